@@ -1,0 +1,151 @@
+//! `switchboard-control up`: the one-command local setup. Runs the control
+//! plane in this process and one gateway replica as a child process, which
+//! connects back over the same gRPC stream a cluster uses. The planes stay
+//! separate programs; only the binary's location is shared.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tracing::{info, warn};
+
+use crate::app;
+
+const GATEWAY_BINARY: &str = "switchboard-gateway";
+/// How long a fresh gateway may take to apply its first snapshot.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Grace period between SIGTERM and SIGKILL for the gateway.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+const SIGTERM: i32 = 15;
+
+#[derive(Clone, Debug)]
+pub struct UpConfig {
+    pub control_plane: app::Config,
+    /// Where the gateway serves MCP.
+    pub gateway_listen: SocketAddr,
+}
+
+/// Runs until `stop` resolves or the gateway exits on its own.
+pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let gateway_bin = sibling_binary(GATEWAY_BINARY)?;
+    let control = app::run(config.control_plane).await?;
+    let mut gateway = spawn_gateway(&gateway_bin, control.grpc_addr, config.gateway_listen)?;
+
+    let ready = wait_ready(config.gateway_listen, &mut gateway).await;
+    let result = match ready {
+        Ok(()) => {
+            println!(
+                "\nSwitchboard is up.\n  MCP endpoint:   http://{gw}/mcp\n  gateway health: http://{gw}/healthz\n  control plane:  http://{cp}/status\n  registry:       edit the YAML files in that directory; changes apply live\nPress Ctrl+C to stop.\n",
+                gw = config.gateway_listen,
+                cp = control.http_addr,
+            );
+            tokio::select! {
+                () = stop => Ok(()),
+                status = gateway.wait() => {
+                    Err(anyhow::anyhow!("the gateway exited unexpectedly ({status:?})"))
+                }
+            }
+        }
+        Err(err) => Err(err),
+    };
+    stop_gateway(gateway).await;
+    control.shutdown_trigger().cancel();
+    control.wait().await;
+    result
+}
+
+/// The gateway binary next to this one (both come out of one `cargo build`).
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locating switchboard-control")?;
+    let dir = me.parent().unwrap_or(Path::new("."));
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{name} not found next to {} (hint: build both binaries with `cargo build --release`)",
+            me.display()
+        );
+    }
+    Ok(path)
+}
+
+fn spawn_gateway(
+    binary: &Path,
+    control_plane: SocketAddr,
+    listen: SocketAddr,
+) -> anyhow::Result<Box<dyn ChildWrapper>> {
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("run")
+        .arg("--control-plane")
+        .arg(format!("http://{control_plane}"))
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--replica-id")
+        .arg("local-0");
+    // The example registry starts `switchboard-gateway demo-server`, so put
+    // the build directory on the gateway's PATH.
+    if let Some(dir) = binary.parent() {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let joined = std::env::join_paths(
+            std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path)),
+        )
+        .context("building PATH for the gateway")?;
+        command.env("PATH", joined);
+    }
+    let mut wrapped = CommandWrap::from(command);
+    wrapped.wrap(KillOnDrop);
+    let child = wrapped
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    info!(pid = ?child.id(), "gateway started");
+    Ok(child)
+}
+
+/// Polls the gateway's readiness endpoint (first config applied).
+async fn wait_ready(listen: SocketAddr, gateway: &mut Box<dyn ChildWrapper>) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = gateway.try_wait()? {
+            bail!("the gateway exited during start-up ({status}); see its log above");
+        }
+        if http_status(listen, "/readyz").await == Some(200) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the gateway did not become ready on {listen} within {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A minimal HTTP/1.0 GET: enough for a readiness probe without an HTTP client.
+async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+async fn stop_gateway(mut gateway: Box<dyn ChildWrapper>) {
+    if gateway.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    if let Err(err) = gateway.signal(SIGTERM) {
+        warn!(error = %err, "cannot signal the gateway");
+    }
+    let exited = tokio::time::timeout(STOP_GRACE, gateway.wait()).await;
+    if exited.is_err() {
+        warn!("the gateway did not stop in time, killing it");
+        let _ = Box::into_pin(gateway.kill()).await;
+    }
+}

@@ -1,0 +1,14 @@
+//! Switchboard control plane: holds the registry of `McpServer` resources,
+//! builds versioned config snapshots and pushes them to gateway replicas
+//! over gRPC, and reports what the replicas say back.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
+
+pub mod admin;
+pub mod app;
+pub mod launcher;
+pub mod push;
+pub mod registry;
+pub mod resource;
+pub mod snapshot;

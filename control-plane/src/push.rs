@@ -1,0 +1,295 @@
+//! Config push: the gRPC `ConfigDiscovery` service. Each gateway replica
+//! holds one stream; it gets the current snapshot at once and every later
+//! one as it is built, and answers each with ACK or NACK. What every replica
+//! last said is kept in [`Replicas`] for status.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
+use proto::config::{
+    self as pb, config_discovery_server::ConfigDiscovery, control_message,
+    replica_message::Kind as ReplicaKind,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::snapshot::SnapshotWatch;
+
+/// A replica that connects but says nothing is dropped after this long.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Snapshots are sent one at a time and each is the whole config, so a
+/// slow replica only ever needs the newest: a tiny buffer is enough.
+const OUTBOUND_BUFFER: usize = 2;
+
+/// The gRPC service; cheap to clone.
+#[derive(Clone)]
+pub struct ConfigPushService {
+    snapshots: SnapshotWatch,
+    replicas: Replicas,
+    cancel: CancellationToken,
+}
+
+/// What each replica that ever connected last reported, by replica id.
+#[derive(Clone, Default)]
+pub struct Replicas {
+    inner: Arc<Mutex<ReplicaTable>>,
+}
+
+#[derive(Default)]
+struct ReplicaTable {
+    next_connection: u64,
+    by_id: BTreeMap<String, ReplicaStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    pub connected: bool,
+    pub build_version: String,
+    /// Last snapshot version sent on the current or last stream.
+    pub sent_version: u64,
+    /// Last version the replica applied completely.
+    pub acked_version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_nack: Option<NackStatus>,
+    /// Per-server health from the replica's last report.
+    pub servers: Vec<ServerHealthStatus>,
+    #[serde(skip)]
+    connection: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NackStatus {
+    pub version: u64,
+    pub reason: String,
+    pub rejected: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerHealthStatus {
+    pub name: String,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub tool_count: u32,
+    pub restarts: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub protocol_version: String,
+}
+
+// === impl ConfigPushService ===
+
+impl ConfigPushService {
+    pub fn new(snapshots: SnapshotWatch, replicas: Replicas, cancel: CancellationToken) -> Self {
+        Self {
+            snapshots,
+            replicas,
+            cancel,
+        }
+    }
+
+    pub fn into_server(self) -> pb::config_discovery_server::ConfigDiscoveryServer<Self> {
+        pb::config_discovery_server::ConfigDiscoveryServer::new(self)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigDiscovery for ConfigPushService {
+    type StreamConfigStream = ReceiverStream<Result<pb::ControlMessage, Status>>;
+
+    async fn stream_config(
+        &self,
+        request: Request<Streaming<pb::ReplicaMessage>>,
+    ) -> Result<Response<Self::StreamConfigStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::ReplicaMessage {
+                kind: Some(ReplicaKind::Hello(hello)),
+            }))) if !hello.replica_id.is_empty() => hello,
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+            Ok(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message must be Hello with a non-empty replica_id",
+                ));
+            }
+        };
+        let connection = self.replicas.connected(&hello);
+        let span = info_span!("replica", replica.id = %hello.replica_id, client.addr = %peer);
+        span.in_scope(|| {
+            info!(
+                build = %hello.build_version,
+                applied_version = hello.applied_version,
+                "replica connected"
+            );
+        });
+
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let stream = ReplicaStream {
+            replica_id: hello.replica_id,
+            connection,
+            inbound,
+            outbound: tx,
+            snapshots: self.snapshots.clone(),
+            replicas: self.replicas.clone(),
+        };
+        // Owned by the stream: it ends when the replica goes away or on shutdown.
+        tokio::spawn(stream.run(self.cancel.clone()).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One replica's stream, from Hello to disconnect.
+struct ReplicaStream {
+    replica_id: String,
+    connection: u64,
+    inbound: Streaming<pb::ReplicaMessage>,
+    outbound: mpsc::Sender<Result<pb::ControlMessage, Status>>,
+    snapshots: SnapshotWatch,
+    replicas: Replicas,
+}
+
+// === impl ReplicaStream ===
+
+impl ReplicaStream {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut last_sent = 0;
+        loop {
+            let snapshot = self.snapshots.borrow_and_update().clone();
+            if snapshot.version != 0 && snapshot.version != last_sent {
+                let version = snapshot.version;
+                let message = pb::ControlMessage {
+                    kind: Some(control_message::Kind::Snapshot((*snapshot).clone())),
+                };
+                if self.outbound.send(Ok(message)).await.is_err() {
+                    break;
+                }
+                debug!(version, "snapshot sent");
+                self.replicas
+                    .update(&self.replica_id, |r| r.sent_version = version);
+                last_sent = version;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.outbound.closed() => break,
+                changed = self.snapshots.changed() => if changed.is_err() { break },
+                message = self.inbound.message() => match message {
+                    Ok(Some(message)) => self.handle(message),
+                    Ok(None) => break,
+                    Err(status) => {
+                        warn!(error = %status, "replica stream failed");
+                        break;
+                    }
+                },
+            }
+        }
+        self.replicas
+            .disconnected(&self.replica_id, self.connection);
+        info!("replica disconnected");
+    }
+
+    fn handle(&self, message: pb::ReplicaMessage) {
+        match message.kind {
+            Some(ReplicaKind::Ack(ack)) => {
+                debug!(version = ack.version, "ACK");
+                self.replicas
+                    .update(&self.replica_id, |r| r.acked_version = ack.version);
+            }
+            Some(ReplicaKind::Nack(nack)) => {
+                warn!(version = nack.version, reason = %nack.reason, "NACK");
+                self.replicas.update(&self.replica_id, |r| {
+                    r.last_nack = Some(NackStatus {
+                        version: nack.version,
+                        reason: nack.reason,
+                        rejected: nack
+                            .rejected
+                            .into_iter()
+                            .map(|x| (x.name, x.reason))
+                            .collect(),
+                    });
+                });
+            }
+            Some(ReplicaKind::Health(report)) => {
+                let servers = report.servers.into_iter().map(health_status).collect();
+                self.replicas
+                    .update(&self.replica_id, |r| r.servers = servers);
+            }
+            Some(ReplicaKind::Hello(_)) | None => {
+                warn!("unexpected message after Hello, ignored");
+            }
+        }
+    }
+}
+
+fn health_status(health: pb::ServerHealth) -> ServerHealthStatus {
+    let state = match health.state() {
+        pb::ServerState::Unspecified => "unknown",
+        pb::ServerState::Starting => "starting",
+        pb::ServerState::Ready => "ready",
+        pb::ServerState::Failed => "failed",
+    };
+    ServerHealthStatus {
+        name: health.name,
+        state,
+        reason: health.reason,
+        tool_count: health.tool_count,
+        restarts: health.restarts,
+        protocol_version: health.protocol_version,
+    }
+}
+
+// === impl Replicas ===
+
+impl Replicas {
+    /// Records a new stream and returns its connection number; a replica
+    /// that reconnects before its old stream is noticed dead gets a new one.
+    fn connected(&self, hello: &pb::Hello) -> u64 {
+        let mut table = self.inner.lock();
+        table.next_connection += 1;
+        let connection = table.next_connection;
+        let previous = table.by_id.remove(&hello.replica_id);
+        table.by_id.insert(
+            hello.replica_id.clone(),
+            ReplicaStatus {
+                connected: true,
+                build_version: hello.build_version.clone(),
+                sent_version: 0,
+                acked_version: hello.applied_version,
+                last_nack: None,
+                servers: previous.map(|p| p.servers).unwrap_or_default(),
+                connection,
+            },
+        );
+        connection
+    }
+
+    fn disconnected(&self, replica_id: &str, connection: u64) {
+        self.update(replica_id, |r| {
+            if r.connection == connection {
+                r.connected = false;
+            }
+        });
+    }
+
+    fn update(&self, replica_id: &str, f: impl FnOnce(&mut ReplicaStatus)) {
+        if let Some(status) = self.inner.lock().by_id.get_mut(replica_id) {
+            f(status);
+        }
+    }
+
+    /// A copy of every replica's status, by replica id.
+    pub fn snapshot(&self) -> BTreeMap<String, ReplicaStatus> {
+        self.inner.lock().by_id.clone()
+    }
+}

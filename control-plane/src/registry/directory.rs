@@ -1,0 +1,383 @@
+//! Registry source for one machine: a directory of `McpServer` YAML files
+//! (`*.yaml`, `*.yml`, several documents per file allowed), watched for
+//! changes. Editing a file is the local `kubectl apply`.
+//!
+//! A file that fails to parse or validate keeps contributing its last good
+//! resources, so a typo never takes a working server away.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use notify::{RecursiveMode, Watcher};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::{Registry, RegistryIssue};
+use crate::resource::{McpServer, ValidServer};
+
+const API_VERSION: &str = "switchboard.dev/v1alpha1";
+const KIND: &str = "McpServer";
+
+/// Editors save in bursts (write, rename, chmod); wait this long after the
+/// last event before rescanning.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("registry directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot watch registry directory {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// Loads a directory and remembers each file's last good resources.
+#[derive(Debug)]
+pub struct DirectorySource {
+    dir: PathBuf,
+    last_good: BTreeMap<PathBuf, Vec<ValidServer>>,
+}
+
+/// What one file parsed into.
+type FileOutcome = Result<Vec<ValidServer>, Vec<RegistryIssue>>;
+
+// === impl DirectorySource ===
+
+impl DirectorySource {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            last_good: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads every file once. Files are taken in path order, which decides
+    /// who wins a duplicate name or namespace.
+    pub fn scan(&mut self) -> Result<Registry, Error> {
+        let read_err = |source| Error::ReadDir {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map_err(read_err)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| is_registry_file(path))
+            .collect();
+        files.sort();
+
+        let mut issues = Vec::new();
+        let mut last_good = BTreeMap::new();
+        for path in files {
+            match load_file(&path) {
+                Ok(servers) => {
+                    last_good.insert(path, servers);
+                }
+                Err(file_issues) => {
+                    for issue in &file_issues {
+                        error!(
+                            file = %issue.source,
+                            resource = issue.resource.as_deref().unwrap_or("-"),
+                            field = issue.field.as_deref().unwrap_or("-"),
+                            "invalid McpServer, keeping the file's last good resources: {}",
+                            issue.message
+                        );
+                    }
+                    issues.extend(file_issues);
+                    if let Some(previous) = self.last_good.remove(&path) {
+                        last_good.insert(path, previous);
+                    }
+                }
+            }
+        }
+        self.last_good = last_good;
+
+        let candidates = self.last_good.iter().flat_map(|(path, servers)| {
+            servers
+                .iter()
+                .map(move |s| (path.display().to_string(), s.clone()))
+        });
+        let registry = Registry::assemble(candidates, issues);
+        for issue in registry.issues.iter().filter(|i| i.field.is_some()) {
+            warn!(file = %issue.source, resource = ?issue.resource, "{}", issue.message);
+        }
+        Ok(registry)
+    }
+
+    /// Scans now, then again after every change in the directory, sending
+    /// each result that differs from the previous one. Ends on `cancel`.
+    ///
+    /// The first scan's errors are returned (the directory must exist); later
+    /// read errors are logged and the last registry stays in place.
+    pub async fn watch(
+        self,
+        tx: watch::Sender<Registry>,
+        cancel: CancellationToken,
+    ) -> Result<(), Error> {
+        let changed = Arc::new(Notify::new());
+        let notifier = changed.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    notifier.notify_one();
+                }
+            })
+            .map_err(|source| Error::Watch {
+                path: self.dir.clone(),
+                source,
+            })?;
+        watcher
+            .watch(&self.dir, RecursiveMode::NonRecursive)
+            .map_err(|source| Error::Watch {
+                path: self.dir.clone(),
+                source,
+            })?;
+        info!(dir = %self.dir.display(), "watching registry directory");
+
+        let source = Arc::new(Mutex::new(self));
+        tx.send_replace(rescan(&source).await?);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = changed.notified() => {}
+            }
+            tokio::time::sleep(DEBOUNCE).await;
+            match rescan(&source).await {
+                Ok(registry) => {
+                    tx.send_if_modified(|current| {
+                        let modified = *current != registry;
+                        *current = registry;
+                        modified
+                    });
+                }
+                Err(err) => {
+                    error!(error = %err, "registry rescan failed, keeping the last registry");
+                }
+            }
+        }
+    }
+}
+
+/// Scans off the async runtime: directory reads are blocking I/O.
+async fn rescan(source: &Arc<Mutex<DirectorySource>>) -> Result<Registry, Error> {
+    let source = source.clone();
+    let dir = source.lock().dir.clone();
+    tokio::task::spawn_blocking(move || source.lock().scan())
+        .await
+        .unwrap_or_else(|join| {
+            Err(Error::ReadDir {
+                path: dir,
+                source: std::io::Error::other(join),
+            })
+        })
+}
+
+fn is_registry_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    !hidden && yaml && path.is_file()
+}
+
+/// Parses and validates every document in a file. Any bad document makes
+/// the whole file bad, so its resources never change half-way.
+fn load_file(path: &Path) -> FileOutcome {
+    let source = path.display().to_string();
+    let issue = |resource: Option<String>, field: Option<String>, message: String| RegistryIssue {
+        source: source.clone(),
+        resource,
+        field,
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![issue(None, None, format!("cannot read file: {e}"))])?;
+
+    let mut servers = Vec::new();
+    let mut issues = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value = match serde_yaml::Value::deserialize(document) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(value) => value,
+            Err(e) => {
+                issues.push(issue(None, None, format!("invalid YAML: {e}")));
+                // The parser cannot resynchronise after a syntax error.
+                break;
+            }
+        };
+        match parse_document(value) {
+            Ok(server) => {
+                debug!(file = %source, resource = %server.name, "loaded McpServer");
+                servers.push(server);
+            }
+            Err((resource, field, message)) => issues.push(issue(resource, field, message)),
+        }
+    }
+    if issues.is_empty() {
+        Ok(servers)
+    } else {
+        Err(issues)
+    }
+}
+
+type DocumentError = (Option<String>, Option<String>, String);
+
+fn parse_document(value: serde_yaml::Value) -> Result<ValidServer, DocumentError> {
+    let resource = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
+    let text_field = |key: &str| value.get(key).and_then(|v| v.as_str()).unwrap_or("");
+    if text_field("apiVersion") != API_VERSION {
+        return Err((
+            resource,
+            Some("apiVersion".into()),
+            format!(
+                "expected `{API_VERSION}`, found `{}`",
+                text_field("apiVersion")
+            ),
+        ));
+    }
+    if text_field("kind") != KIND {
+        return Err((
+            resource,
+            Some("kind".into()),
+            format!("expected `{KIND}`, found `{}`", text_field("kind")),
+        ));
+    }
+    let server: McpServer = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        (resource.clone(), Some(field), e.into_inner().to_string())
+    })?;
+    server
+        .validate()
+        .map_err(|e| (resource, Some(e.field), e.reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIME: &str = "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {name: time}\nspec: {transport: {stdio: {command: mcp-server-time}}}\n";
+
+    fn write(dir: &Path, file: &str, text: &str) {
+        std::fs::write(dir.join(file), text).expect("write test file");
+    }
+
+    #[test]
+    fn loads_multi_document_files_and_skips_other_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let two = format!(
+            "{TIME}---\n{}",
+            TIME.replace("name: time", "name: clock")
+                .replace("{transport", "{namespace: clock, transport")
+        );
+        write(dir.path(), "servers.yaml", &two);
+        write(dir.path(), "README.md", "not yaml");
+        write(dir.path(), ".hidden.yaml", "{{{");
+        let registry = DirectorySource::new(dir.path()).scan().expect("scan");
+        assert_eq!(
+            registry.servers.keys().collect::<Vec<_>>(),
+            ["clock", "time"]
+        );
+        assert!(registry.issues.is_empty(), "{:?}", registry.issues);
+    }
+
+    #[test]
+    fn invalid_file_keeps_its_last_good_resources() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "time.yaml", TIME);
+        let mut source = DirectorySource::new(dir.path());
+        assert_eq!(source.scan().expect("scan").servers.len(), 1);
+
+        write(
+            dir.path(),
+            "time.yaml",
+            &TIME.replace("command: mcp-server-time", "command: ''"),
+        );
+        let registry = source.scan().expect("scan");
+        assert_eq!(registry.servers.len(), 1, "last good copy kept");
+        let issue = &registry.issues[0];
+        assert!(issue.source.ends_with("time.yaml"));
+        assert_eq!(issue.resource.as_deref(), Some("time"));
+        assert_eq!(issue.field.as_deref(), Some("spec.transport.stdio.command"));
+    }
+
+    #[test]
+    fn unknown_field_names_its_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "t.yaml", &TIME.replace("command:", "comand:"));
+        let registry = DirectorySource::new(dir.path()).scan().expect("scan");
+        assert!(registry.servers.is_empty());
+        let issue = &registry.issues[0];
+        assert_eq!(issue.field.as_deref(), Some("spec.transport.stdio.comand"));
+        assert!(issue.message.contains("comand"), "{}", issue.message);
+    }
+
+    #[test]
+    fn syntax_error_and_wrong_kind_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "a.yaml", "metadata: [unclosed");
+        write(
+            dir.path(),
+            "b.yaml",
+            &TIME.replace("kind: McpServer", "kind: Pod"),
+        );
+        let registry = DirectorySource::new(dir.path()).scan().expect("scan");
+        assert!(registry.issues[0].message.starts_with("invalid YAML"));
+        assert_eq!(registry.issues[1].field.as_deref(), Some("kind"));
+    }
+
+    #[test]
+    fn duplicate_names_and_namespaces_keep_the_first_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "a.yaml", TIME);
+        write(dir.path(), "b.yaml", TIME);
+        write(
+            dir.path(),
+            "c.yaml",
+            &TIME
+                .replace("name: time", "name: other")
+                .replace("{transport", "{namespace: time, transport"),
+        );
+        let registry = DirectorySource::new(dir.path()).scan().expect("scan");
+        assert_eq!(registry.servers.keys().collect::<Vec<_>>(), ["time"]);
+        assert_eq!(registry.issues.len(), 2);
+        assert!(registry.issues[0].message.contains("already defined in"));
+        assert!(
+            registry.issues[1]
+                .message
+                .contains("namespace `time` is already used")
+        );
+    }
+
+    #[test]
+    fn missing_directory_is_an_error() {
+        let err = DirectorySource::new("/nonexistent/registry")
+            .scan()
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/registry"));
+    }
+}

@@ -1,0 +1,299 @@
+//! The `McpServer` resource as users write it (YAML file or CRD), and its
+//! validation into [`ValidServer`], the only form the rest of the control
+//! plane sees.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Separator between a server's namespace and its tool names.
+pub const NAME_SEPARATOR: char = '.';
+
+/// Longest resource name, as for a Kubernetes DNS-1123 label.
+const MAX_NAME_LEN: usize = 63;
+
+/// A downstream MCP server the gateways expose under one namespace.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "switchboard.dev",
+    version = "v1alpha1",
+    kind = "McpServer",
+    namespaced,
+    shortname = "mcps",
+    status = "McpServerStatus"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct McpServerSpec {
+    /// Prefix of the server's tools and prompts (`<namespace>.<tool>`).
+    /// Defaults to `metadata.name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// A disabled server is kept in the registry but not pushed to gateways.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// How gateways reach the server. Exactly one transport must be set.
+    pub transport: TransportSpec,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+/// Exactly one of the fields is set.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransportSpec {
+    /// A local process speaking MCP over stdin/stdout, run by every gateway replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio: Option<StdioSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StdioSpec {
+    /// Executable, looked up on the gateway's `PATH`.
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Extra environment variables for the process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Working directory; defaults to the gateway's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Observed state, written by the control plane.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct McpServerStatus {
+    /// `metadata.generation` the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A validated server: every field checked, defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidServer {
+    pub name: String,
+    pub namespace: String,
+    pub enabled: bool,
+    pub transport: ValidTransport,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValidTransport {
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+    },
+}
+
+/// Why a resource is invalid: the field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ValidationError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ValidationError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+// === impl McpServer ===
+
+impl McpServer {
+    /// Checks the resource and fills in defaults. Fails on the first bad field.
+    pub fn validate(&self) -> Result<ValidServer, ValidationError> {
+        let name = self
+            .metadata
+            .name
+            .clone()
+            .ok_or_else(|| ValidationError::new("metadata.name", "is required"))?;
+        check_dns_label(&name).map_err(|reason| ValidationError::new("metadata.name", reason))?;
+
+        let namespace = self.spec.namespace.clone().unwrap_or_else(|| name.clone());
+        check_namespace(&namespace)
+            .map_err(|reason| ValidationError::new("spec.namespace", reason))?;
+
+        let Some(stdio) = &self.spec.transport.stdio else {
+            return Err(ValidationError::new(
+                "spec.transport",
+                "exactly one transport must be set (supported: stdio)",
+            ));
+        };
+        Ok(ValidServer {
+            name,
+            namespace,
+            enabled: self.spec.enabled,
+            transport: validate_stdio(stdio)?,
+        })
+    }
+}
+
+fn validate_stdio(stdio: &StdioSpec) -> Result<ValidTransport, ValidationError> {
+    if stdio.command.trim().is_empty() {
+        return Err(ValidationError::new(
+            "spec.transport.stdio.command",
+            "must not be empty",
+        ));
+    }
+    let mut env = BTreeMap::new();
+    for (i, var) in stdio.env.iter().enumerate() {
+        let field = format!("spec.transport.stdio.env[{i}].name");
+        if var.name.is_empty() || var.name.contains(['=', '\0']) {
+            return Err(ValidationError::new(
+                field,
+                format!("`{}` is not a valid variable name", var.name),
+            ));
+        }
+        if env.insert(var.name.clone(), var.value.clone()).is_some() {
+            return Err(ValidationError::new(
+                field,
+                format!("`{}` is set twice", var.name),
+            ));
+        }
+    }
+    if stdio.cwd.as_deref().is_some_and(str::is_empty) {
+        return Err(ValidationError::new(
+            "spec.transport.stdio.cwd",
+            "must not be empty when set",
+        ));
+    }
+    Ok(ValidTransport::Stdio {
+        command: stdio.command.clone(),
+        args: stdio.args.clone(),
+        env,
+        cwd: stdio.cwd.clone(),
+    })
+}
+
+fn check_dns_label(name: &str) -> Result<(), String> {
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || !valid_chars
+        || name.starts_with('-')
+        || name.ends_with('-')
+    {
+        return Err(format!(
+            "`{name}` must be 1-{MAX_NAME_LEN} lowercase letters, digits or '-', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+fn check_namespace(namespace: &str) -> Result<(), String> {
+    let valid = !namespace.is_empty()
+        && namespace.len() <= MAX_NAME_LEN
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(format!(
+            "`{namespace}` must be 1-{MAX_NAME_LEN} letters, digits, '-' or '_' (the separator `{NAME_SEPARATOR}` is not allowed)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> McpServer {
+        serde_yaml::from_str(yaml).expect("test yaml parses")
+    }
+
+    #[test]
+    fn defaults_namespace_to_name_and_enables() {
+        let server = parse(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {name: time}\n\
+             spec: {transport: {stdio: {command: uvx, args: [mcp-server-time], env: [{name: TZ, value: UTC}]}}}",
+        )
+        .validate()
+        .expect("valid");
+        assert_eq!(server.namespace, "time");
+        assert!(server.enabled);
+        let ValidTransport::Stdio { env, args, .. } = server.transport;
+        assert_eq!(env.get("TZ").map(String::as_str), Some("UTC"));
+        assert_eq!(args, ["mcp-server-time"]);
+    }
+
+    #[test]
+    fn missing_transport_names_the_field() {
+        let err = parse("metadata: {name: x}\nspec: {transport: {}}")
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "spec.transport");
+    }
+
+    #[test]
+    fn empty_command_names_the_field() {
+        let err = parse("metadata: {name: x}\nspec: {transport: {stdio: {command: ' '}}}")
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "spec.transport.stdio.command");
+    }
+
+    #[test]
+    fn namespace_may_not_contain_separator() {
+        let err =
+            parse("metadata: {name: x}\nspec: {namespace: a.b, transport: {stdio: {command: c}}}")
+                .validate()
+                .unwrap_err();
+        assert_eq!(err.field, "spec.namespace");
+    }
+
+    #[test]
+    fn bad_names_are_rejected() {
+        for name in ["Upper", "-lead", "trail-", "has_underscore", ""] {
+            let mut server = parse("metadata: {name: x}\nspec: {transport: {stdio: {command: c}}}");
+            server.metadata.name = Some(name.to_owned());
+            assert_eq!(
+                server.validate().unwrap_err().field,
+                "metadata.name",
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_env_is_rejected() {
+        let err = parse(
+            "metadata: {name: x}\nspec: {transport: {stdio: {command: c, env: [{name: A, value: '1'}, {name: A, value: '2'}]}}}",
+        )
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.field, "spec.transport.stdio.env[1].name");
+    }
+
+    #[test]
+    fn unknown_spec_field_is_a_parse_error() {
+        let err = serde_yaml::from_str::<McpServer>(
+            "metadata: {name: x}\nspec: {transport: {stdio: {command: c, argz: []}}}",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("argz"), "{err}");
+    }
+}

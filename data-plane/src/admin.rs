@@ -1,0 +1,95 @@
+//! Health endpoints served next to `/mcp`: `/healthz` (liveness plus a
+//! JSON view of the config and every server) and `/readyz` (ready once the
+//! first snapshot is applied; servers join later on their own).
+
+use std::collections::BTreeMap;
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use serde::Serialize;
+
+use crate::{
+    downstream::{ServerState, Servers},
+    xds::ConfigStatus,
+};
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub replica_id: String,
+    pub servers: Servers,
+    pub config: ConfigStatus,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Health {
+    status: &'static str,
+    replica_id: String,
+    config_version: u64,
+    control_plane_connected: bool,
+    servers: BTreeMap<String, ServerHealth>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    rejected: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServerHealth {
+    namespace: String,
+    state: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    reason: String,
+    tools: usize,
+    restarts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol_version: Option<String>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AdminState>) -> Json<Health> {
+    let servers = state
+        .servers
+        .list()
+        .into_iter()
+        .map(|handle| {
+            let status = handle.status();
+            let health = ServerHealth {
+                namespace: handle.spec.namespace.to_string(),
+                state: match status.state {
+                    ServerState::Starting => "starting",
+                    ServerState::Ready => "ready",
+                    ServerState::Failed => "failed",
+                },
+                reason: status.reason,
+                tools: status.tools.len(),
+                restarts: status.restarts,
+                protocol_version: status.protocol_version.map(|v| v.to_string()),
+            };
+            (handle.spec.name.to_string(), health)
+        })
+        .collect();
+    Json(Health {
+        status: "ok",
+        replica_id: state.replica_id.clone(),
+        config_version: state.config.applied_version(),
+        control_plane_connected: state.config.connected(),
+        servers,
+        rejected: state.config.rejected(),
+    })
+}
+
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    if state.config.applied_version() > 0 {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first config snapshot\n",
+        )
+    }
+}

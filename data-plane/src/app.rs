@@ -1,0 +1,108 @@
+//! Wires a gateway replica together: config subscriber → servers →
+//! catalog → MCP endpoint, plus the health endpoints.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use axum::Router;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    admin::{self, AdminState},
+    catalog,
+    downstream::Servers,
+    mcp::{self, McpConfig},
+    xds::{ConfigStatus, XdsClient},
+};
+
+/// Once shutdown starts, open HTTP streams get this long to finish.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Static configuration of one replica.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address of the MCP and health endpoints.
+    pub listen: SocketAddr,
+    /// Control-plane gRPC URL, e.g. `http://127.0.0.1:8788`.
+    pub control_plane: String,
+    /// Identifies this replica to the control plane.
+    pub replica_id: String,
+    pub mcp: McpConfig,
+}
+
+/// A running replica.
+pub struct Bound {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    servers: Servers,
+    tasks: JoinSet<()>,
+}
+
+/// Binds the listener and starts every task. Servers start once the first
+/// snapshot arrives.
+pub async fn run(config: Config) -> anyhow::Result<Bound> {
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let servers = Servers::new(shutdown.child_token());
+    let catalog = catalog::spawn_builder(servers.clone(), shutdown.clone());
+    let status = ConfigStatus::default();
+
+    let xds = XdsClient {
+        address: config.control_plane.clone(),
+        replica_id: config.replica_id.clone(),
+        servers: servers.clone(),
+        status: status.clone(),
+    };
+    tasks.spawn(xds.run(shutdown.clone()));
+
+    let router = Router::new()
+        .nest_service(
+            "/mcp",
+            mcp::service(catalog, &config.mcp, shutdown.child_token()),
+        )
+        .merge(admin::router(AdminState {
+            replica_id: config.replica_id.clone(),
+            servers: servers.clone(),
+            config: status,
+        }));
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the MCP listener on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let cancel = shutdown.clone();
+    tasks.spawn(async move {
+        let drained = cancel.clone().cancelled_owned();
+        let serve = axum::serve(listener, router).with_graceful_shutdown(drained);
+        let deadline = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+        };
+        tokio::select! {
+            served = serve => if let Err(err) = served { warn!(error = %err, "HTTP server stopped") },
+            () = deadline => warn!("drain deadline passed, closing open streams"),
+        }
+    });
+    info!(listen = %addr, replica = %config.replica_id, control_plane = %config.control_plane, "gateway listening");
+    Ok(Bound {
+        addr,
+        shutdown,
+        servers,
+        tasks,
+    })
+}
+
+// === impl Bound ===
+
+impl Bound {
+    pub fn shutdown_trigger(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for every task, then for every server process to be reaped.
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        self.servers.wait_stopped().await;
+    }
+}

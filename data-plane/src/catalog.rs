@@ -1,0 +1,123 @@
+//! The catalog: the merged, namespaced view of every ready server's tools,
+//! rebuilt by one task whenever a server changes, and read lock-free by
+//! every request. Subscribers are told when it changes (`list_changed`).
+
+use std::{collections::HashMap, sync::Arc};
+
+use arc_swap::ArcSwap;
+use rmcp::{
+    model::Tool,
+    service::{Peer, RoleClient},
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::{
+    downstream::{ServerState, Servers},
+    spec::NAME_SEPARATOR,
+};
+
+/// One immutable view of all tools.
+#[derive(Default)]
+pub struct Catalog {
+    /// Tools as clients see them, namespaced, ordered by server then tool.
+    tools: Vec<Tool>,
+    routes: HashMap<Arc<str>, ToolRoute>,
+}
+
+/// Where a namespaced tool goes.
+#[derive(Clone)]
+pub struct ToolRoute {
+    pub server: Arc<str>,
+    /// The tool's name on its server.
+    pub tool: Arc<str>,
+    pub peer: Peer<RoleClient>,
+}
+
+/// The current catalog and its change notifications; cheap to clone.
+#[derive(Clone)]
+pub struct CatalogReader {
+    current: Arc<ArcSwap<Catalog>>,
+    generation: watch::Receiver<u64>,
+}
+
+// === impl Catalog ===
+
+impl Catalog {
+    /// Builds the view from the servers that are ready now.
+    pub fn build(servers: &Servers) -> Self {
+        let mut catalog = Catalog::default();
+        for handle in servers.list() {
+            let status = handle.status();
+            let (ServerState::Ready, Some(peer)) = (status.state, status.peer) else {
+                continue;
+            };
+            for tool in status.tools.iter() {
+                let name: Arc<str> =
+                    format!("{}{NAME_SEPARATOR}{}", handle.spec.namespace, tool.name).into();
+                let mut exposed = tool.clone();
+                exposed.name = name.to_string().into();
+                catalog.tools.push(exposed);
+                catalog.routes.insert(
+                    name,
+                    ToolRoute {
+                        server: handle.spec.name.clone(),
+                        tool: tool.name.as_ref().into(),
+                        peer: peer.clone(),
+                    },
+                );
+            }
+        }
+        catalog
+    }
+
+    pub fn tools(&self) -> &[Tool] {
+        &self.tools
+    }
+
+    pub fn route(&self, name: &str) -> Option<&ToolRoute> {
+        self.routes.get(name)
+    }
+}
+
+// === impl CatalogReader ===
+
+impl CatalogReader {
+    pub fn load(&self) -> Arc<Catalog> {
+        self.current.load_full()
+    }
+
+    /// Ticks whenever the set of tools changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
+    }
+}
+
+/// Starts the single task that rebuilds the catalog on every server change.
+pub fn spawn_builder(servers: Servers, cancel: CancellationToken) -> CatalogReader {
+    let current = Arc::new(ArcSwap::from_pointee(Catalog::build(&servers)));
+    let (generation_tx, generation) = watch::channel(0u64);
+    let reader = CatalogReader {
+        current: current.clone(),
+        generation,
+    };
+    let mut changes = servers.subscribe();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let next = Catalog::build(&servers);
+            // Always store: a restart keeps the tools but replaces peers.
+            let tools_changed = current.load().tools != next.tools;
+            current.store(Arc::new(next));
+            if tools_changed {
+                debug!("catalog changed");
+                generation_tx.send_modify(|g| *g += 1);
+            }
+        }
+    });
+    reader
+}

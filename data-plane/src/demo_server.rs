@@ -1,0 +1,264 @@
+//! `switchboard-gateway demo-server`: a small MCP server over stdio, so the
+//! quick start and the tests need nothing outside this repository.
+//!
+//! Tools: `echo`, `add`, `now`, `env`, `info`, `fail`, `sleep`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rmcp::{
+    ErrorData, RoleServer, ServerHandler, ServiceExt,
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+        JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams, ServerCapabilities,
+        ServerConfig, Tool,
+    },
+    service::RequestContext,
+};
+use serde_json::{Value, json};
+
+/// Longest `sleep` a caller may ask for.
+const MAX_SLEEP: Duration = Duration::from_secs(600);
+
+/// Serves the demo tools on stdin/stdout until stdin closes. `instance`
+/// labels this copy in `serverInfo` and the `info` tool.
+pub async fn run(instance: Option<String>) -> anyhow::Result<()> {
+    let server = DemoServer {
+        instance: instance.unwrap_or_else(|| "demo".to_owned()),
+    };
+    let service = server.serve(rmcp::transport::stdio()).await?;
+    service.waiting().await?;
+    Ok(())
+}
+
+pub struct DemoServer {
+    instance: String,
+}
+
+fn schema(value: Value) -> Arc<JsonObject> {
+    match value {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::default(),
+    }
+}
+
+fn tools() -> Vec<Tool> {
+    let string_arg = |name: &str, description: &str| {
+        schema(json!({
+            "type": "object",
+            "properties": { name: { "type": "string", "description": description } },
+            "required": [name],
+        }))
+    };
+    vec![
+        Tool::new(
+            "echo",
+            "Returns its text unchanged (and `meta`, if given, as the result's `_meta`).",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "text": { "type": "string", "description": "Text to echo" },
+                    "meta": { "type": "object", "description": "Returned as the result's _meta" },
+                },
+                "required": ["text"],
+            })),
+        ),
+        Tool::new(
+            "add",
+            "Adds two numbers.",
+            schema(json!({
+                "type": "object",
+                "properties": { "a": { "type": "number" }, "b": { "type": "number" } },
+                "required": ["a", "b"],
+            })),
+        ),
+        Tool::new(
+            "now",
+            "The current time in UTC.",
+            schema(json!({ "type": "object" })),
+        ),
+        Tool::new(
+            "env",
+            "The value of one environment variable of this server process.",
+            string_arg("name", "Variable name"),
+        ),
+        Tool::new(
+            "info",
+            "This server's instance label and process id.",
+            schema(json!({ "type": "object" })),
+        ),
+        Tool::new(
+            "fail",
+            "Always fails with the given message (a tool error, isError = true).",
+            string_arg("message", "Error message"),
+        ),
+        Tool::new(
+            "sleep",
+            "Waits the given number of milliseconds, then answers.",
+            schema(json!({
+                "type": "object",
+                "properties": { "ms": { "type": "integer", "minimum": 0 } },
+                "required": ["ms"],
+            })),
+        ),
+    ]
+}
+
+fn argument<'a>(args: &'a JsonObject, name: &str) -> Result<&'a Value, ErrorData> {
+    args.get(name)
+        .ok_or_else(|| ErrorData::invalid_params(format!("missing argument `{name}`"), None))
+}
+
+fn string_argument<'a>(args: &'a JsonObject, name: &str) -> Result<&'a str, ErrorData> {
+    argument(args, name)?
+        .as_str()
+        .ok_or_else(|| ErrorData::invalid_params(format!("`{name}` must be a string"), None))
+}
+
+fn number_argument(args: &JsonObject, name: &str) -> Result<f64, ErrorData> {
+    argument(args, name)?
+        .as_f64()
+        .ok_or_else(|| ErrorData::invalid_params(format!("`{name}` must be a number"), None))
+}
+
+/// Structured result with the same JSON as text, as the spec recommends.
+fn structured(value: Value) -> CallToolResult {
+    CallToolResult::structured(value)
+}
+
+// === impl DemoServer ===
+
+impl DemoServer {
+    async fn call(
+        &self,
+        name: &str,
+        args: &JsonObject,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(match name {
+            "echo" => {
+                let text = string_argument(args, "text")?;
+                let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+                result.structured_content = Some(json!({ "text": text }));
+                if let Some(Value::Object(meta)) = args.get("meta") {
+                    result.meta = Some(MetaObject(meta.clone()));
+                }
+                result
+            }
+            "add" => {
+                let sum = number_argument(args, "a")? + number_argument(args, "b")?;
+                structured(json!({ "sum": sum }))
+            }
+            "now" => {
+                let since_epoch = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                structured(json!({
+                    "unixMillis": since_epoch.as_millis() as u64,
+                    "utc": rfc3339_utc(since_epoch),
+                }))
+            }
+            "env" => {
+                let name = string_argument(args, "name")?;
+                structured(json!({ "name": name, "value": std::env::var(name).ok() }))
+            }
+            "info" => structured(json!({ "instance": self.instance, "pid": std::process::id() })),
+            "fail" => {
+                CallToolResult::error(vec![ContentBlock::text(string_argument(args, "message")?)])
+            }
+            "sleep" => {
+                let ms = argument(args, "ms")?.as_u64().ok_or_else(|| {
+                    ErrorData::invalid_params("`ms` must be a non-negative integer", None)
+                })?;
+                let wait = Duration::from_millis(ms).min(MAX_SLEEP);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => structured(json!({ "sleptMs": wait.as_millis() as u64 })),
+                    _ = context.ct.cancelled() => return Err(ErrorData::internal_error("cancelled", None)),
+                }
+            }
+            other => {
+                return Err(ErrorData::invalid_params(
+                    format!("unknown tool `{other}`"),
+                    None,
+                ));
+            }
+        })
+    }
+}
+
+impl ServerHandler for DemoServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new("switchboard-demo", env!("CARGO_PKG_VERSION"))
+                    .with_title(self.instance.clone()),
+            )
+            .with_instructions("Demo tools bundled with Switchboard.")
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(tools()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let args = request.arguments.unwrap_or_default();
+        let result = self.call(&request.name, &args, &context).await?;
+        Ok(CallToolResponse::Complete(result))
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time since the Unix epoch.
+fn rfc3339_utc(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(rfc3339_utc(Duration::ZERO), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_utc(Duration::from_millis(951_782_400_123)),
+            "2000-02-29T00:00:00.123Z"
+        );
+        assert_eq!(
+            rfc3339_utc(Duration::from_secs(1_795_305_599)),
+            "2026-11-21T23:59:59.000Z"
+        );
+    }
+}

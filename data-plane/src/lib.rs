@@ -1,0 +1,15 @@
+//! Switchboard gateway replica: subscribes to the control plane's config,
+//! runs the configured MCP servers, and serves them to clients as one MCP
+//! endpoint with namespaced tools.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
+
+pub mod admin;
+pub mod app;
+pub mod catalog;
+pub mod demo_server;
+pub mod downstream;
+pub mod mcp;
+pub mod spec;
+pub mod xds;

@@ -1,0 +1,105 @@
+//! `switchboard-gateway`: the gateway replica binary, plus the bundled
+//! demo MCP server.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+use data_plane::{app, demo_server, mcp::McpConfig};
+use tracing_subscriber::EnvFilter;
+
+/// rmcp logs every handshake at INFO; that belongs at debug for a gateway.
+const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard-gateway",
+    version,
+    about = "Switchboard gateway replica"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP with the servers the control plane configures.
+    Run(RunArgs),
+    /// A demo MCP server on stdin/stdout (echo, add, now, env, info, fail, sleep).
+    DemoServer {
+        /// Label of this copy, shown by its `info` tool and in `serverInfo.title`.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of the MCP endpoint (`/mcp`) and health endpoints.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Control-plane gRPC URL.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:8788"
+    )]
+    control_plane: String,
+    /// Replica name reported to the control plane (the pod name in a cluster).
+    #[arg(long, env = "SWITCHBOARD_REPLICA_ID", default_value = "gateway-0")]
+    replica_id: String,
+    /// Accepted `Host` header values (DNS-rebinding protection); `*` accepts any.
+    #[arg(
+        long = "allowed-host",
+        env = "SWITCHBOARD_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        default_values = ["localhost", "127.0.0.1", "::1"]
+    )]
+    allowed_hosts: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo server's stderr ends up in the gateway's log: keep it terse.
+    let (default_filter, ansi) = match cli.command {
+        Command::DemoServer { .. } => ("warn", false),
+        Command::Run(_) => (DEFAULT_LOG_FILTER, true),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::DemoServer { instance } => demo_server::run(instance).await,
+        Command::Run(args) => {
+            let bound = app::run(app::Config {
+                listen: args.listen,
+                control_plane: args.control_plane,
+                replica_id: args.replica_id,
+                mcp: McpConfig {
+                    allowed_hosts: args.allowed_hosts,
+                },
+            })
+            .await?;
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            bound.shutdown_trigger().cancel();
+            bound.wait().await;
+            Ok(())
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler at start-up");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,336 @@
+//! Config subscriber: holds the replica's stream to the control plane,
+//! applies each snapshot to the running servers and answers ACK or NACK,
+//! reports server health on the same stream, and reconnects with backoff.
+//! When the control plane is away the last applied config keeps serving.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+use proto::config::{
+    self as pb, config_discovery_client::ConfigDiscoveryClient, control_message,
+    replica_message::Kind as ReplicaKind, resource,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    downstream::{ServerState, Servers},
+    spec::ServerSpec,
+};
+
+/// Reconnect backoff, doubling from the first delay up to the cap, and
+/// reset by any response from the control plane.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Server status flaps in bursts (starting → ready); report once it settles.
+const HEALTH_DEBOUNCE: Duration = Duration::from_millis(100);
+/// ACKs, NACKs and health reports waiting to be sent.
+const OUTBOUND_BUFFER: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid control-plane address `{address}`: {source}")]
+    Address {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to the control plane (hint: is it running and reachable?): {0}")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("config stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("config stream closed by this replica")]
+    OutboundClosed,
+}
+
+/// What the replica has applied; read by `/healthz` and `/readyz`.
+#[derive(Clone, Default)]
+pub struct ConfigStatus {
+    inner: Arc<ConfigStatusInner>,
+}
+
+#[derive(Default)]
+struct ConfigStatusInner {
+    applied_version: AtomicU64,
+    connected: AtomicBool,
+    /// Resources of the last snapshot that were refused, with reasons.
+    rejected: Mutex<BTreeMap<String, String>>,
+}
+
+/// The subscriber task's inputs.
+pub struct XdsClient {
+    pub address: String,
+    pub replica_id: String,
+    pub servers: Servers,
+    pub status: ConfigStatus,
+}
+
+// === impl ConfigStatus ===
+
+impl ConfigStatus {
+    /// 0 until the first snapshot is applied.
+    pub fn applied_version(&self) -> u64 {
+        self.inner.applied_version.load(Ordering::Acquire)
+    }
+
+    pub fn connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn rejected(&self) -> BTreeMap<String, String> {
+        self.inner.rejected.lock().clone()
+    }
+}
+
+// === impl XdsClient ===
+
+impl XdsClient {
+    /// Runs until `cancel`, reconnecting forever.
+    pub async fn run(self, cancel: CancellationToken) {
+        let endpoint = match tonic::transport::Endpoint::from_shared(self.address.clone()) {
+            Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT),
+            Err(source) => {
+                let err = Error::Address {
+                    address: self.address.clone(),
+                    source,
+                };
+                warn!(error = %err, "config subscriber disabled");
+                return;
+            }
+        };
+        let mut backoff = INITIAL_BACKOFF;
+        let mut attempt = 0u64;
+        loop {
+            attempt += 1;
+            let mut responded = false;
+            let span = info_span!("xds", attempt, control_plane = %self.address);
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return,
+                outcome = self.run_stream(&endpoint, &mut responded).instrument(span) => outcome,
+            };
+            self.status.inner.connected.store(false, Ordering::Relaxed);
+            match outcome {
+                Ok(()) => info!("control plane closed the config stream"),
+                Err(err) => {
+                    warn!(error = %err, retry_in = ?backoff, "config stream down; serving the last applied config")
+                }
+            }
+            if responded {
+                backoff = INITIAL_BACKOFF;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn run_stream(
+        &self,
+        endpoint: &tonic::transport::Endpoint,
+        responded: &mut bool,
+    ) -> Result<(), Error> {
+        let channel = endpoint.connect().await.map_err(Error::Connect)?;
+        let mut client = ConfigDiscoveryClient::new(channel);
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let hello = ReplicaKind::Hello(pb::Hello {
+            replica_id: self.replica_id.clone(),
+            build_version: env!("CARGO_PKG_VERSION").to_owned(),
+            applied_version: self.status.applied_version(),
+        });
+        send(&tx, hello).await?;
+        let mut inbound = client
+            .stream_config(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        self.status.inner.connected.store(true, Ordering::Relaxed);
+        info!("connected to the control plane");
+
+        let mut health = self.servers.subscribe();
+        send(&tx, ReplicaKind::Health(self.health_report())).await?;
+        loop {
+            tokio::select! {
+                message = inbound.message() => {
+                    let Some(message) = message? else { return Ok(()) };
+                    *responded = true;
+                    if let Some(control_message::Kind::Snapshot(snapshot)) = message.kind {
+                        let reply = self.apply(&snapshot);
+                        send(&tx, reply).await?;
+                    }
+                }
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(HEALTH_DEBOUNCE).await;
+                    health.mark_unchanged();
+                    send(&tx, ReplicaKind::Health(self.health_report())).await?;
+                }
+            }
+        }
+    }
+
+    /// Applies what it can of a snapshot. A rejected resource keeps its last
+    /// good version (if any); the rest is applied.
+    fn apply(&self, snapshot: &pb::Snapshot) -> ReplicaKind {
+        let (mut desired, rejected) = desired_servers(snapshot);
+        for name in rejected.keys() {
+            if desired.contains_key(name.as_str()) {
+                continue;
+            }
+            if let Some(previous) = self.servers.spec(name) {
+                desired.insert(previous.name.clone(), previous);
+            }
+        }
+        self.servers.apply(desired);
+        self.status
+            .inner
+            .applied_version
+            .store(snapshot.version, Ordering::Release);
+        *self.status.inner.rejected.lock() = rejected.clone();
+        if rejected.is_empty() {
+            info!(
+                version = snapshot.version,
+                resources = snapshot.resources.len(),
+                "snapshot applied, ACK"
+            );
+            return ReplicaKind::Ack(pb::Ack {
+                version: snapshot.version,
+            });
+        }
+        let reason = rejected
+            .iter()
+            .map(|(name, why)| format!("{name}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        warn!(version = snapshot.version, %reason, "snapshot partly rejected, NACK");
+        ReplicaKind::Nack(pb::Nack {
+            version: snapshot.version,
+            reason,
+            rejected: rejected
+                .into_iter()
+                .map(|(name, reason)| pb::RejectedResource { name, reason })
+                .collect(),
+        })
+    }
+
+    fn health_report(&self) -> pb::HealthReport {
+        let servers = self
+            .servers
+            .list()
+            .into_iter()
+            .map(|handle| {
+                let status = handle.status();
+                let state = match status.state {
+                    ServerState::Starting => pb::ServerState::Starting,
+                    ServerState::Ready => pb::ServerState::Ready,
+                    ServerState::Failed => pb::ServerState::Failed,
+                };
+                pb::ServerHealth {
+                    name: handle.spec.name.to_string(),
+                    state: state.into(),
+                    reason: status.reason,
+                    tool_count: u32::try_from(status.tools.len()).unwrap_or(u32::MAX),
+                    restarts: status.restarts,
+                    protocol_version: status
+                        .protocol_version
+                        .map(|v| v.to_string())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        debug!("sending health report");
+        pb::HealthReport {
+            applied_version: self.status.applied_version(),
+            servers,
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<pb::ReplicaMessage>, kind: ReplicaKind) -> Result<(), Error> {
+    tx.send(pb::ReplicaMessage { kind: Some(kind) })
+        .await
+        .map_err(|_| Error::OutboundClosed)
+}
+
+type Desired = BTreeMap<Arc<str>, ServerSpec>;
+
+/// Converts every resource, refusing invalid ones and duplicates of a name
+/// or namespace (the first one wins).
+fn desired_servers(snapshot: &pb::Snapshot) -> (Desired, BTreeMap<String, String>) {
+    let mut desired = Desired::new();
+    let mut rejected = BTreeMap::new();
+    for resource in &snapshot.resources {
+        let Some(resource::Kind::McpServer(server)) = &resource.kind else {
+            rejected.insert(String::new(), "resource of unknown kind".to_owned());
+            continue;
+        };
+        let spec = match ServerSpec::try_from(server) {
+            Ok(spec) => spec,
+            Err(err) => {
+                rejected.insert(server.name.clone(), err.to_string());
+                continue;
+            }
+        };
+        if desired.contains_key(&spec.name) {
+            rejected.insert(server.name.clone(), "duplicate name".to_owned());
+        } else if let Some(owner) = desired.values().find(|s| s.namespace == spec.namespace) {
+            let why = format!(
+                "namespace `{}` is already used by `{}`",
+                spec.namespace, owner.name
+            );
+            rejected.insert(server.name.clone(), why);
+        } else {
+            desired.insert(spec.name.clone(), spec);
+        }
+    }
+    (desired, rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(name: &str, namespace: &str, command: &str) -> pb::Resource {
+        pb::Resource {
+            kind: Some(resource::Kind::McpServer(pb::McpServer {
+                name: name.into(),
+                namespace: namespace.into(),
+                transport: Some(pb::mcp_server::Transport::Stdio(pb::StdioTransport {
+                    command: command.into(),
+                    ..Default::default()
+                })),
+            })),
+        }
+    }
+
+    #[test]
+    fn invalid_and_duplicate_resources_are_rejected_individually() {
+        let snapshot = pb::Snapshot {
+            version: 7,
+            resources: vec![
+                resource("a", "a", "cmd"),
+                resource("b", "b", ""),
+                resource("a", "x", "cmd"),
+                resource("c", "a", "cmd"),
+                resource("d", "d", "cmd"),
+            ],
+        };
+        let (desired, rejected) = desired_servers(&snapshot);
+        assert_eq!(desired.keys().map(|k| &**k).collect::<Vec<_>>(), ["a", "d"]);
+        assert_eq!(rejected["b"], "missing stdio.command");
+        assert_eq!(rejected["c"], "namespace `a` is already used by `a`");
+        assert!(rejected.contains_key("a"));
+    }
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: real binaries, real MCP over real sockets and child
+//! processes. One test binary; each scenario file covers one concern.
+
+#[path = "scenarios/bad_input.rs"]
+mod bad_input;
+#[path = "scenarios/control_plane_outage.rs"]
+mod control_plane_outage;
+#[path = "scenarios/quick_start.rs"]
+mod quick_start;
+#[path = "scenarios/registry_changes.rs"]
+mod registry_changes;
+#[path = "scenarios/third_party.rs"]
+mod third_party;

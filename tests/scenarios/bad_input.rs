@@ -1,0 +1,243 @@
+//! Bad input gets a clear error and loses nothing: broken registry files,
+//! servers that cannot start, unknown tools, snapshots a replica refuses.
+
+use e2e::{
+    EVENTUALLY, Switchboard, call, command_server_yaml, connect, demo_server_yaml, eventually,
+    fake_control_plane::{FakeControlPlane, demo_resource, stdio_resource},
+    tool_names,
+};
+use proto::config::{self as pb, replica_message::Kind};
+use rmcp::{ServiceError, model::ErrorCode};
+use serde_json::{Value, json};
+
+fn issues(status: &Value) -> Vec<Value> {
+    status["issues"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn invalid_registry_files_are_reported_and_the_last_good_config_stays() {
+    let tag = format!("invalid-{}", std::process::id());
+    let good = demo_server_yaml("demo", &tag, &[]);
+    let sb = Switchboard::start(&[("demo.yaml", &good)]).await;
+    sb.wait_server_state("demo", "ready").await;
+    let version = sb.control_status().await["snapshotVersion"].clone();
+
+    // A typo in a field name: the file keeps its last good resources.
+    sb.write_file("demo.yaml", &good.replace("\"command\"", "\"comand\""));
+    // Not YAML at all.
+    sb.write_file("broken.yaml", "apiVersion: [unclosed\n");
+    // Valid YAML, invalid spec.
+    sb.write_file("empty.yaml", &e2e::command_server_yaml("empty", "", &[]));
+
+    let status = eventually("three registry issues", EVENTUALLY, || async {
+        let status = sb.control_status().await;
+        (issues(&status).len() == 3)
+            .then_some(status.clone())
+            .ok_or(status.to_string())
+    })
+    .await;
+    let by_file = |file: &str| {
+        issues(&status)
+            .into_iter()
+            .find(|i| i["source"].as_str().is_some_and(|s| s.ends_with(file)))
+            .unwrap_or_else(|| panic!("no issue for {file}: {status}"))
+    };
+    let typo = by_file("demo.yaml");
+    assert_eq!(typo["resource"], "demo");
+    assert_eq!(typo["field"], "spec.transport.stdio.comand");
+    assert!(
+        typo["message"].as_str().unwrap_or("").contains("comand"),
+        "{typo}"
+    );
+    assert!(
+        by_file("broken.yaml")["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("invalid YAML")
+    );
+    let empty = by_file("empty.yaml");
+    assert_eq!(empty["resource"], "empty");
+    assert_eq!(empty["field"], "spec.transport.stdio.command");
+
+    // Nothing was pushed, and the gateway still serves the last good server.
+    assert_eq!(status["snapshotVersion"], version);
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    let echoed = call(&client, "demo.echo", json!({ "text": "ok" }))
+        .await
+        .expect("echo");
+    assert_eq!(echoed.structured_content, Some(json!({ "text": "ok" })));
+    let log = sb.control.as_ref().expect("control plane").log();
+    assert!(
+        log.contains("demo.yaml") && log.contains("comand"),
+        "log names file and field:\n{log}"
+    );
+
+    // Fixing the file clears the issue.
+    sb.write_file("demo.yaml", &good);
+    sb.remove_file("broken.yaml");
+    sb.remove_file("empty.yaml");
+    eventually("issues to clear", EVENTUALLY, || async {
+        let status = sb.control_status().await;
+        issues(&status)
+            .is_empty()
+            .then_some(())
+            .ok_or(status.to_string())
+    })
+    .await;
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn servers_that_cannot_start_fail_alone() {
+    let tag = format!("isolated-{}", std::process::id());
+    let sb = Switchboard::start(&[
+        ("demo.yaml", &demo_server_yaml("demo", &tag, &[])),
+        (
+            "missing.yaml",
+            &command_server_yaml("missing", "/nonexistent/mcp-server", &[]),
+        ),
+        (
+            "quitter.yaml",
+            &command_server_yaml("quitter", "sh", &["-c", "echo giving up >&2; exit 3"]),
+        ),
+    ])
+    .await;
+    let missing = sb.wait_server_state("missing", "failed").await;
+    let reason = missing["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("/nonexistent/mcp-server") && reason.contains("No such file"),
+        "{missing}"
+    );
+    let quitter = sb.wait_server_state("quitter", "failed").await;
+    let reason = quitter["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("exit status: 3") && reason.contains("giving up"),
+        "{quitter}"
+    );
+
+    sb.wait_server_state("demo", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    assert_eq!(
+        tool_names(&client)
+            .await
+            .expect("list")
+            .iter()
+            .filter(|n| !n.starts_with("demo."))
+            .count(),
+        0
+    );
+    call(&client, "demo.echo", json!({ "text": "fine" }))
+        .await
+        .expect("healthy server works");
+
+    // The failing servers are retried with backoff, not in a busy loop.
+    let restarts = eventually("a retry", EVENTUALLY, || async {
+        let n = sb.health().await["servers"]["quitter"]["restarts"]
+            .as_u64()
+            .unwrap_or(0);
+        (n >= 1).then_some(n).ok_or(format!("{n} restarts"))
+    })
+    .await;
+    assert!(restarts < 10, "backoff keeps restarts low, saw {restarts}");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn unknown_tool_gets_an_error_naming_it() {
+    let sb =
+        Switchboard::start(&[("demo.yaml", &demo_server_yaml("demo", "unknown-tool", &[]))]).await;
+    sb.wait_server_state("demo", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    for name in ["nope.echo", "demo.nope", "echo"] {
+        let err = call(&client, name, json!({}))
+            .await
+            .expect_err("unknown tool fails");
+        let Some(ServiceError::McpError(error)) = err.downcast_ref::<ServiceError>() else {
+            panic!("expected a JSON-RPC error, got {err:?}");
+        };
+        assert_eq!(error.code, ErrorCode::INVALID_PARAMS);
+        assert!(error.message.contains(name), "{}", error.message);
+    }
+    // The session is unharmed.
+    call(&client, "demo.echo", json!({ "text": "x" }))
+        .await
+        .expect("echo after errors");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn replica_nacks_bad_resources_and_keeps_its_last_good_config() {
+    let mut control = FakeControlPlane::start().await;
+    let sb = Switchboard::gateway_only(control.addr).await;
+    let mut stream = control.accept().await;
+    assert_eq!(stream.hello.replica_id, "e2e-0");
+    assert_eq!(stream.hello.applied_version, 0);
+
+    stream
+        .send(pb::Snapshot {
+            version: 1,
+            resources: vec![demo_resource("demo", "demo")],
+        })
+        .await;
+    assert_eq!(stream.reply().await, Kind::Ack(pb::Ack { version: 1 }));
+    sb.wait_gateway_ready().await;
+    sb.wait_server_state("demo", "ready").await;
+
+    // A new bad resource and a bad edit of the good one: both refused, the
+    // good one keeps running as it was.
+    let mut broken_demo = demo_resource("demo", "de.mo");
+    if let Some(pb::resource::Kind::McpServer(server)) = &mut broken_demo.kind {
+        server.namespace = "de.mo".into();
+    }
+    stream
+        .send(pb::Snapshot {
+            version: 2,
+            resources: vec![broken_demo, stdio_resource("bad", "bad", "", &[])],
+        })
+        .await;
+    let Kind::Nack(nack) = stream.reply().await else {
+        panic!("expected NACK")
+    };
+    assert_eq!(nack.version, 2);
+    let rejected: Vec<(String, String)> = nack
+        .rejected
+        .iter()
+        .map(|r| (r.name.clone(), r.reason.clone()))
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            ("bad".to_owned(), "missing stdio.command".to_owned()),
+            (
+                "demo".to_owned(),
+                "namespace: `de.mo` must be letters, digits, '-' or '_'".to_owned()
+            ),
+        ]
+    );
+    assert!(
+        nack.reason.contains("bad: missing stdio.command"),
+        "{}",
+        nack.reason
+    );
+
+    let health = sb.health().await;
+    assert_eq!(
+        health["rejected"]["bad"], "missing stdio.command",
+        "{health}"
+    );
+    assert_eq!(health["servers"]["demo"]["namespace"], "demo");
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    call(&client, "demo.echo", json!({ "text": "kept" }))
+        .await
+        .expect("last good demo serves");
+
+    // A good snapshot is ACKed again.
+    stream
+        .send(pb::Snapshot {
+            version: 3,
+            resources: vec![demo_resource("demo", "demo")],
+        })
+        .await;
+    assert_eq!(stream.reply().await, Kind::Ack(pb::Ack { version: 3 }));
+    client.cancel().await.expect("close");
+}

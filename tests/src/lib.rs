@@ -1,0 +1,453 @@
+//! Harness for the end-to-end tests: starts the real `switchboard-control`
+//! and `switchboard-gateway` binaries on loopback ports, gives each test its
+//! own registry directory, and connects real MCP clients.
+//!
+//! The binaries are looked up next to the test executable's `deps/` folder
+//! (`target/<profile>/`), which `cargo test --workspace` fills.
+
+pub mod fake_control_plane;
+
+use std::{
+    future::Future,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use nix::{sys::signal::Signal, unistd::Pid};
+use rmcp::{
+    ClientHandler, ServiceExt,
+    model::{CallToolRequestParams, CallToolResult, ClientConfig, Implementation, Tool},
+    service::{NotificationContext, RoleClient, RunningService},
+    transport::StreamableHttpClientTransport,
+};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// Generous bound for anything "eventually" true; tests fail past it.
+pub const EVENTUALLY: Duration = Duration::from_secs(20);
+
+/// Calls `check` until it returns `Some`, or fails after `timeout` with the
+/// last value seen.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if tokio::time::Instant::now() > deadline => {
+                panic!("timed out waiting for {what}; last observation: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The directory holding the built binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("test executable has a parent");
+    let dir = if deps.ends_with("deps") {
+        deps.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        deps.to_path_buf()
+    };
+    for bin in ["switchboard-control", "switchboard-gateway"] {
+        assert!(
+            dir.join(bin).is_file(),
+            "{bin} not found in {}: run `cargo test --workspace` (or `cargo build --workspace`) first",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// A free loopback port (bound and released; fine for tests on one machine).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// `PATH` with the build directory first, so registries can name
+/// `switchboard-gateway demo-server`.
+fn path_with_bins() -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(bin_dir()).chain(std::env::split_paths(&path)))
+        .expect("PATH entries are joinable")
+}
+
+/// A child process that gets SIGTERM (then SIGKILL) when dropped.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, mut command: Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("create process log");
+        command
+            .env("PATH", path_with_bins())
+            .env("RUST_LOG", "info,data_plane=debug,control_plane=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Self {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGKILL and reaps the process: a crash, not a shutdown.
+    pub async fn kill_hard(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM)?;
+        }
+        tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit after SIGTERM", self.name))?
+            .context("waiting for exit")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            // Give it a moment to stop its own children; kill_on_drop follows.
+            for _ in 0..50 {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// A registry directory plus the control plane and gateway serving it.
+pub struct Switchboard {
+    pub dir: tempfile::TempDir,
+    pub grpc: SocketAddr,
+    pub control_http: SocketAddr,
+    pub gateway_addr: SocketAddr,
+    pub control: Option<Process>,
+    pub gateway: Option<Process>,
+    http: reqwest::Client,
+}
+
+impl Switchboard {
+    fn new(grpc: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("registry")).expect("registry dir");
+        Self {
+            dir,
+            grpc,
+            control_http: free_addr(),
+            gateway_addr: free_addr(),
+            control: None,
+            gateway: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts only a gateway, connected to a control plane the test runs.
+    pub async fn gateway_only(grpc: SocketAddr) -> Self {
+        let mut sb = Self::new(grpc);
+        sb.start_gateway().await;
+        let url = format!("http://{}/healthz", sb.gateway_addr);
+        let http = sb.http.clone();
+        eventually("the gateway to listen", EVENTUALLY, || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { get_status(&http, &url).await.filter_ok(200) }
+        })
+        .await;
+        sb
+    }
+
+    /// Starts both planes with the given registry files and waits until the
+    /// gateway has applied its first snapshot.
+    pub async fn start(files: &[(&str, &str)]) -> Self {
+        let mut sb = Self::new(free_addr());
+        for (name, text) in files {
+            sb.write_file(name, text);
+        }
+        sb.start_control_plane().await;
+        sb.start_gateway().await;
+        sb.wait_gateway_ready().await;
+        sb
+    }
+
+    pub fn registry(&self) -> PathBuf {
+        self.dir.path().join("registry")
+    }
+
+    /// Writes a registry file atomically (write + rename), as editors do.
+    pub fn write_file(&self, name: &str, text: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write registry file");
+        std::fs::rename(&tmp, self.registry().join(name)).expect("move registry file");
+    }
+
+    pub fn remove_file(&self, name: &str) {
+        std::fs::remove_file(self.registry().join(name)).expect("remove registry file");
+    }
+
+    pub async fn start_control_plane(&mut self) {
+        let mut command = Command::new(bin_dir().join("switchboard-control"));
+        command
+            .arg("serve")
+            .arg("--registry")
+            .arg(self.registry())
+            .arg("--grpc-listen")
+            .arg(self.grpc.to_string())
+            .arg("--http-listen")
+            .arg(self.control_http.to_string());
+        let log = self.log_path("control-plane");
+        self.control = Some(Process::spawn("switchboard-control", command, log));
+        let url = format!("http://{}/healthz", self.control_http);
+        let http = self.http.clone();
+        eventually("the control plane to listen", EVENTUALLY, || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { get_status(&http, &url).await.filter_ok(200) }
+        })
+        .await;
+    }
+
+    pub async fn start_gateway(&mut self) {
+        let mut command = Command::new(bin_dir().join("switchboard-gateway"));
+        command
+            .arg("run")
+            .arg("--listen")
+            .arg(self.gateway_addr.to_string())
+            .arg("--control-plane")
+            .arg(format!("http://{}", self.grpc))
+            .arg("--replica-id")
+            .arg("e2e-0");
+        let log = self.log_path("gateway");
+        self.gateway = Some(Process::spawn("switchboard-gateway", command, log));
+    }
+
+    fn log_path(&self, what: &str) -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        self.dir.path().join(format!("{what}-{n}.log"))
+    }
+
+    pub async fn wait_gateway_ready(&self) {
+        let url = format!("http://{}/readyz", self.gateway_addr);
+        let http = self.http.clone();
+        eventually(
+            "the gateway to apply its first snapshot",
+            EVENTUALLY,
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move { get_status(&http, &url).await.filter_ok(200) }
+            },
+        )
+        .await;
+    }
+
+    pub fn mcp_url(&self) -> String {
+        format!("http://{}/mcp", self.gateway_addr)
+    }
+
+    /// `GET /healthz` of the gateway.
+    pub async fn health(&self) -> Value {
+        self.get_json(&format!("http://{}/healthz", self.gateway_addr))
+            .await
+            .expect("gateway /healthz")
+    }
+
+    /// `GET /status` of the control plane.
+    pub async fn control_status(&self) -> Value {
+        self.get_json(&format!("http://{}/status", self.control_http))
+            .await
+            .expect("control plane /status")
+    }
+
+    async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// Waits until the gateway reports `server` in `state`.
+    pub async fn wait_server_state(&self, server: &str, state: &str) -> Value {
+        eventually(
+            &format!("server {server} to be {state}"),
+            EVENTUALLY,
+            || async {
+                let health = self.health().await;
+                let entry = &health["servers"][server];
+                if entry["state"] == state {
+                    Ok(entry.clone())
+                } else {
+                    Err(health.to_string())
+                }
+            },
+        )
+        .await
+    }
+
+    /// Both processes' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for process in [&self.control, &self.gateway].into_iter().flatten() {
+            out.push_str(&format!("==== {} ====\n{}\n", process.name, process.log()));
+        }
+        out
+    }
+}
+
+trait StatusExt {
+    fn filter_ok(self, want: u16) -> Result<(), String>;
+}
+
+impl StatusExt for Result<u16, String> {
+    fn filter_ok(self, want: u16) -> Result<(), String> {
+        match self {
+            Ok(status) if status == want => Ok(()),
+            Ok(status) => Err(format!("HTTP {status}")),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn get_status(http: &reqwest::Client, url: &str) -> Result<u16, String> {
+    http.get(url)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
+}
+
+/// A test MCP client that counts `tools/list_changed` notifications.
+#[derive(Clone, Default)]
+pub struct TestClient {
+    pub tools_changed: Arc<AtomicUsize>,
+}
+
+impl ClientHandler for TestClient {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            Default::default(),
+            Implementation::new("switchboard-e2e", env!("CARGO_PKG_VERSION")),
+        )
+        .with_protocol_version(rmcp::model::ProtocolVersion::LATEST_WITH_INITIALIZE)
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.tools_changed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+pub type McpClient = RunningService<RoleClient, TestClient>;
+
+/// Connects an MCP client over streamable HTTP and initialises a session.
+pub async fn connect(url: &str) -> anyhow::Result<McpClient> {
+    let transport = StreamableHttpClientTransport::from_uri(url.to_owned());
+    Ok(TestClient::default().serve(transport).await?)
+}
+
+/// Sorted tool names.
+pub async fn tool_names(client: &McpClient) -> anyhow::Result<Vec<String>> {
+    let tools: Vec<Tool> = client.list_all_tools().await?;
+    let mut names: Vec<String> = tools.into_iter().map(|t| t.name.into_owned()).collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Calls a tool with JSON arguments.
+pub async fn call(client: &McpClient, tool: &str, args: Value) -> anyhow::Result<CallToolResult> {
+    let Value::Object(arguments) = args else {
+        bail!("arguments must be a JSON object")
+    };
+    let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+    Ok(client.call_tool(params).await?)
+}
+
+/// An `McpServer` YAML for the bundled demo server. `instance` ends up on
+/// the process's command line, so tests can find the process.
+pub fn demo_server_yaml(name: &str, instance: &str, env: &[(&str, &str)]) -> String {
+    let env: Vec<Value> = env
+        .iter()
+        .map(|(k, v)| json!({ "name": k, "value": v }))
+        .collect();
+    let doc = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": name },
+        "spec": {
+            "transport": { "stdio": {
+                "command": "switchboard-gateway",
+                "args": ["demo-server", "--instance", instance],
+                "env": env,
+            } }
+        }
+    });
+    // JSON is valid YAML.
+    doc.to_string()
+}
+
+/// An `McpServer` YAML running an arbitrary command.
+pub fn command_server_yaml(name: &str, command: &str, args: &[&str]) -> String {
+    json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": name },
+        "spec": { "transport": { "stdio": { "command": command, "args": args } } }
+    })
+    .to_string()
+}
+
+/// Processes whose command line mentions `needle`, from `/proc`.
+pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+            cmdline.contains(needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
