@@ -2,11 +2,17 @@
 //! validation into [`ValidServer`], the only form the rest of the control
 //! plane sees.
 
+pub mod resilience;
+
 use std::collections::BTreeMap;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use resilience::{
+    BreakerSpec, HealthSpec, PoolSpec, RawResilience, Resilience, SessionMode, TimeoutsSpec,
+};
 
 /// Separator between a server's namespace and its tool names.
 pub const NAME_SEPARATOR: char = '.';
@@ -35,6 +41,18 @@ pub struct McpServerSpec {
     pub enabled: bool,
     /// How gateways reach the server. Exactly one transport must be set.
     pub transport: TransportSpec,
+    /// `shared` (default): client sessions share pooled connections.
+    /// `perSession`: one connection per client session.
+    #[serde(default)]
+    pub session_mode: SessionMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
 }
 
 fn default_enabled() -> bool {
@@ -89,6 +107,7 @@ pub struct ValidServer {
     pub namespace: String,
     pub enabled: bool,
     pub transport: ValidTransport,
+    pub resilience: Resilience,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,7 +129,7 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason: reason.into(),
@@ -140,11 +159,20 @@ impl McpServer {
                 "exactly one transport must be set (supported: stdio)",
             ));
         };
+        let resilience = RawResilience {
+            session_mode: self.spec.session_mode,
+            pool: self.spec.pool.as_ref(),
+            timeouts: self.spec.timeouts.as_ref(),
+            breaker: self.spec.breaker.as_ref(),
+            health: self.spec.health.as_ref(),
+        }
+        .validate()?;
         Ok(ValidServer {
             name,
             namespace,
             enabled: self.spec.enabled,
             transport: validate_stdio(stdio)?,
+            resilience,
         })
     }
 }

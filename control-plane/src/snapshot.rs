@@ -15,7 +15,10 @@ use tracing::info;
 
 use crate::{
     registry::Registry,
-    resource::{ValidServer, ValidTransport},
+    resource::{
+        ValidServer, ValidTransport,
+        resilience::{Probe, Resilience, SessionMode},
+    },
 };
 
 /// The current snapshot; version 0 means "nothing loaded yet".
@@ -78,11 +81,82 @@ fn to_proto(server: &ValidServer) -> pb::McpServer {
             cwd: cwd.clone().unwrap_or_default(),
         }),
     };
+    let r = &server.resilience;
     pb::McpServer {
         name: server.name.clone(),
         namespace: server.namespace.clone(),
         transport: Some(transport),
+        session_mode: match r.session_mode {
+            SessionMode::Shared => pb::SessionMode::Shared,
+            SessionMode::PerSession => pb::SessionMode::PerSession,
+        }
+        .into(),
+        pool: Some(pool_to_proto(r)),
+        timeouts: Some(pb::Timeouts {
+            call_ms: millis(r.timeouts.call),
+            max_call_ms: millis(r.timeouts.max_call),
+            tool_call_ms: r
+                .timeouts
+                .tools
+                .iter()
+                .map(|(tool, d)| (tool.clone(), millis(*d)))
+                .collect(),
+            initialize_ms: millis(r.timeouts.initialize),
+        }),
+        breaker: Some(breaker_to_proto(r)),
+        health: Some(health_to_proto(r)),
     }
+}
+
+fn pool_to_proto(r: &Resilience) -> pb::Pool {
+    pb::Pool {
+        min: r.pool.min,
+        max: r.pool.max,
+        max_concurrency: r.pool.max_concurrency,
+        idle_timeout_ms: millis(r.pool.idle_timeout),
+        acquire_timeout_ms: millis(r.pool.acquire_timeout),
+    }
+}
+
+fn breaker_to_proto(r: &Resilience) -> pb::Breaker {
+    let b = &r.breaker;
+    pb::Breaker {
+        consecutive_failures: b.consecutive_failures,
+        failure_rate: f64::from(b.failure_rate_percent) / 100.0,
+        min_requests: b.min_requests,
+        window_ms: millis(b.window),
+        open_ms: millis(b.open_duration),
+        half_open_probes: b.half_open_probes,
+        count_jsonrpc_errors: b.count_json_rpc_errors,
+        count_tool_errors: b.count_tool_errors,
+        hide_tools_when_open: b.hide_tools_when_open,
+        per_tool: b.per_tool,
+    }
+}
+
+fn health_to_proto(r: &Resilience) -> pb::HealthCheck {
+    let h = &r.health;
+    let probe = match &h.probe {
+        Probe::Ping => pb::health_check::Probe::Ping(pb::Ping {}),
+        Probe::Initialize => pb::health_check::Probe::Initialize(pb::Initialize {}),
+        Probe::Tool {
+            name,
+            arguments_json,
+        } => pb::health_check::Probe::Tool(pb::ToolProbe {
+            name: name.clone(),
+            arguments_json: arguments_json.clone(),
+        }),
+    };
+    pb::HealthCheck {
+        interval_ms: millis(h.interval),
+        timeout_ms: millis(h.timeout),
+        failure_threshold: h.failure_threshold,
+        probe: Some(probe),
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -92,7 +166,17 @@ mod tests {
     use super::*;
 
     fn server(name: &str, enabled: bool) -> ValidServer {
+        let resilience = crate::resource::resilience::RawResilience {
+            session_mode: SessionMode::Shared,
+            pool: None,
+            timeouts: None,
+            breaker: None,
+            health: None,
+        }
+        .validate()
+        .expect("defaults are valid");
         ValidServer {
+            resilience,
             name: name.into(),
             namespace: name.into(),
             enabled,

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::{
     admin::{self, AdminState},
     catalog,
-    downstream::Servers,
+    downstream::{Launcher, Servers},
     mcp::{self, McpConfig},
     xds::{ConfigStatus, XdsClient},
 };
@@ -30,6 +30,8 @@ pub struct Config {
     /// Identifies this replica to the control plane.
     pub replica_id: String,
     pub mcp: McpConfig,
+    /// How stdio servers are started.
+    pub launcher: Launcher,
 }
 
 /// A running replica.
@@ -45,7 +47,7 @@ pub struct Bound {
 pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let servers = Servers::new(shutdown.child_token());
+    let servers = Servers::new(shutdown.child_token(), config.launcher.clone());
     let catalog = catalog::spawn_builder(servers.clone(), shutdown.clone());
     let status = ConfigStatus::default();
 
@@ -60,7 +62,12 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let router = Router::new()
         .nest_service(
             "/mcp",
-            mcp::service(catalog, &config.mcp, shutdown.child_token()),
+            mcp::service(
+                catalog,
+                servers.clone(),
+                &config.mcp,
+                shutdown.child_token(),
+            ),
         )
         .merge(admin::router(AdminState {
             replica_id: config.replica_id.clone(),

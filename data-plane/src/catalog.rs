@@ -5,16 +5,13 @@
 use std::{collections::HashMap, sync::Arc};
 
 use arc_swap::ArcSwap;
-use rmcp::{
-    model::Tool,
-    service::{Peer, RoleClient},
-};
+use rmcp::model::Tool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::{
-    downstream::{ServerState, Servers},
+    downstream::{ServerHandle, Servers},
     spec::NAME_SEPARATOR,
 };
 
@@ -29,10 +26,9 @@ pub struct Catalog {
 /// Where a namespaced tool goes.
 #[derive(Clone)]
 pub struct ToolRoute {
-    pub server: Arc<str>,
+    pub server: Arc<ServerHandle>,
     /// The tool's name on its server.
     pub tool: Arc<str>,
-    pub peer: Peer<RoleClient>,
 }
 
 /// The current catalog and its change notifications; cheap to clone.
@@ -49,11 +45,10 @@ impl Catalog {
     pub fn build(servers: &Servers) -> Self {
         let mut catalog = Catalog::default();
         for handle in servers.list() {
-            let status = handle.status();
-            let (ServerState::Ready, Some(peer)) = (status.state, status.peer) else {
+            let Some(tools) = handle.visible_tools() else {
                 continue;
             };
-            for tool in status.tools.iter() {
+            for tool in tools.iter() {
                 let name: Arc<str> =
                     format!("{}{NAME_SEPARATOR}{}", handle.spec.namespace, tool.name).into();
                 let mut exposed = tool.clone();
@@ -62,9 +57,8 @@ impl Catalog {
                 catalog.routes.insert(
                     name,
                     ToolRoute {
-                        server: handle.spec.name.clone(),
+                        server: handle.clone(),
                         tool: tool.name.as_ref().into(),
-                        peer: peer.clone(),
                     },
                 );
             }
@@ -110,7 +104,7 @@ pub fn spawn_builder(servers: Servers, cancel: CancellationToken) -> CatalogRead
                 changed = changes.changed() => if changed.is_err() { return },
             }
             let next = Catalog::build(&servers);
-            // Always store: a restart keeps the tools but replaces peers.
+            // Always store: a changed spec keeps the tools but replaces the handle.
             let tools_changed = current.load().tools != next.tools;
             current.store(Arc::new(next));
             if tools_changed {

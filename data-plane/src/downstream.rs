@@ -1,30 +1,44 @@
-//! Downstream servers: the set of MCP servers this replica runs, each with
-//! a supervisor task that starts it, watches it, restarts it with backoff
-//! and tears it down. [`Servers::apply`] is the only writer; it diffs the
-//! desired set against the running one so unchanged servers are untouched.
+//! Downstream servers: the MCP servers this replica runs. [`Servers`] is
+//! the set (only [`Servers::apply`] changes it, diffing so unchanged
+//! servers are untouched); each [`ServerHandle`] owns one server's
+//! connections, circuit breaker and statistics, and routes calls to it.
+//! A supervisor task per server (`supervisor.rs`) starts, probes, restarts
+//! and tears down its connections.
 
+pub mod breaker;
+pub mod pool;
 pub mod stdio;
+mod supervisor;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
-
-use parking_lot::RwLock;
-use rmcp::{
-    ClientHandler,
-    model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion, Tool},
-    service::{NotificationContext, Peer, RoleClient},
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
-use tokio::sync::{Notify, watch};
+
+use parking_lot::{Mutex, RwLock};
+use rmcp::{
+    ClientHandler, ErrorData,
+    model::{
+        CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
+        ClientCapabilities, ClientConfig, ClientRequest, Implementation, ProtocolVersion,
+        RequestMetaObject, ServerResult, Tool,
+    },
+    service::{NotificationContext, PeerRequestOptions, RoleClient, ServiceError},
+};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, info_span};
 
-use crate::spec::{ServerSpec, Transport};
-use stdio::StdioConnection;
+use crate::spec::{ServerSpec, SessionMode};
+use breaker::{Breaker, BreakerState};
+use pool::{AcquireError, Connection, Pool};
+pub use stdio::Launcher;
 
-/// Restart backoff: from the first delay, doubling up to the cap. A server
-/// that stayed up for `STABLE_AFTER` starts again from the first delay.
-const FIRST_RESTART_DELAY: Duration = Duration::from_millis(500);
-const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
-const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Calls whose latency the percentiles are computed over.
+const LATENCY_SAMPLES: usize = 1024;
+/// Supervisor events waiting; senders wait when it is full, nothing is lost.
+const EVENT_BUFFER: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -40,6 +54,73 @@ pub enum Error {
     Protocol(String),
 }
 
+/// Why a call did not produce a result from the server.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("server `{server}` is unavailable: its circuit breaker is open (retry in {}s)", retry_in.as_secs().max(1))]
+    BreakerOpen {
+        server: Arc<str>,
+        retry_in: Duration,
+    },
+    #[error("server `{server}` is unavailable: {reason}")]
+    Unavailable { server: Arc<str>, reason: String },
+    #[error("server `{server}` did not answer {method} within {after:?}")]
+    Timeout {
+        server: Arc<str>,
+        method: &'static str,
+        after: Duration,
+    },
+    #[error("server `{server}` failed during {method}: {source}")]
+    Transport {
+        server: Arc<str>,
+        method: &'static str,
+        #[source]
+        source: ServiceError,
+    },
+    /// A JSON-RPC error the server answered with; relayed as it is.
+    #[error("{0}")]
+    Downstream(ErrorData),
+    #[error("server `{server}` answered {method} with an unexpected result")]
+    UnexpectedResult {
+        server: Arc<str>,
+        method: &'static str,
+    },
+    #[error("request cancelled by the client")]
+    Cancelled,
+}
+
+// === impl CallError ===
+
+impl CallError {
+    /// A stable label for logs, metrics and the result's error `_meta`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::BreakerOpen { .. } => "breaker_open",
+            CallError::Unavailable { .. } => "unavailable",
+            CallError::Timeout { .. } => "timeout",
+            CallError::Transport { .. } => "transport",
+            CallError::Downstream(_) => "downstream",
+            CallError::UnexpectedResult { .. } => "unexpected_result",
+            CallError::Cancelled => "cancelled",
+        }
+    }
+
+    /// The server the error is about, when there is one.
+    pub fn server(&self) -> Option<&str> {
+        match self {
+            CallError::BreakerOpen { server, .. }
+            | CallError::Unavailable { server, .. }
+            | CallError::Timeout { server, .. }
+            | CallError::Transport { server, .. }
+            | CallError::UnexpectedResult { server, .. } => Some(server),
+            CallError::Downstream(_) | CallError::Cancelled => None,
+        }
+    }
+}
+
+/// Identifies a client session to per-session servers.
+pub type SessionKey = u64;
+
 /// The servers this replica runs; cheap to clone.
 #[derive(Clone)]
 pub struct Servers {
@@ -53,16 +134,38 @@ struct ServersInner {
     /// Parent of every server's stop token.
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    launcher: Launcher,
 }
 
-/// One configured server and its supervisor.
+/// One configured server: its connections, breaker and status.
 pub struct ServerHandle {
     pub spec: ServerSpec,
-    status: RwLock<ServerStatus>,
+    status: RwLock<Lifecycle>,
+    pool: Pool,
+    /// Per-session connections by client session.
+    sessions: Mutex<HashMap<SessionKey, Arc<Connection>>>,
+    /// Serialises starting per-session connections.
+    session_start: tokio::sync::Mutex<()>,
+    breaker: Breaker,
+    tool_breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    stats: Stats,
+    events: mpsc::Sender<supervisor::Event>,
+    tools_changed: Arc<Notify>,
     stop: CancellationToken,
+    servers: Servers,
 }
 
-/// What a server is doing now.
+/// Where the server is in its life, as the supervisor last set it.
+#[derive(Clone, Debug)]
+struct Lifecycle {
+    state: ServerState,
+    reason: String,
+    tools: Arc<[Tool]>,
+    restarts: u32,
+    protocol_version: Option<ProtocolVersion>,
+}
+
+/// A point-in-time view of a server for health and status.
 #[derive(Clone, Debug)]
 pub struct ServerStatus {
     pub state: ServerState,
@@ -70,10 +173,13 @@ pub struct ServerStatus {
     pub reason: String,
     pub tools: Arc<[Tool]>,
     pub restarts: u32,
-    /// Negotiated with the server; set once ready.
     pub protocol_version: Option<ProtocolVersion>,
-    /// Set while ready.
-    pub peer: Option<Peer<RoleClient>>,
+    pub breaker: BreakerState,
+    pub last_error: Option<(String, SystemTime)>,
+    pub latency_p50: Option<Duration>,
+    pub latency_p99: Option<Duration>,
+    pub connections: usize,
+    pub in_flight: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +189,13 @@ pub enum ServerState {
     Failed,
 }
 
-/// The gateway's MCP client role towards one downstream server.
+#[derive(Default)]
+struct Stats {
+    latencies: Mutex<VecDeque<Duration>>,
+    last_error: Mutex<Option<(String, SystemTime)>>,
+}
+
+/// The gateway's MCP client role towards one downstream connection.
 #[derive(Clone)]
 pub struct DownstreamClient {
     tools_changed: Arc<Notify>,
@@ -92,13 +204,14 @@ pub struct DownstreamClient {
 // === impl Servers ===
 
 impl Servers {
-    pub fn new(shutdown: CancellationToken) -> Self {
+    pub fn new(shutdown: CancellationToken, launcher: Launcher) -> Self {
         Self {
             inner: Arc::new(ServersInner {
                 by_name: RwLock::default(),
                 changed: watch::Sender::new(0),
                 shutdown,
                 tasks: TaskTracker::new(),
+                launcher,
             }),
         }
     }
@@ -121,16 +234,26 @@ impl Servers {
                 continue;
             }
             info!(server = %name, "starting server");
+            let (events, events_rx) = mpsc::channel(EVENT_BUFFER);
             let handle = Arc::new(ServerHandle {
+                breaker: Breaker::new(spec.breaker.clone()),
                 spec,
-                status: RwLock::new(ServerStatus::starting(0)),
+                status: RwLock::new(Lifecycle::starting(0)),
+                pool: Pool::default(),
+                sessions: Mutex::default(),
+                session_start: tokio::sync::Mutex::new(()),
+                tool_breakers: Mutex::default(),
+                stats: Stats::default(),
+                events,
+                tools_changed: Arc::new(Notify::new()),
                 stop: self.inner.shutdown.child_token(),
+                servers: self.clone(),
             });
             // A root span: a server outlives the config stream that started it.
             let span = info_span!(parent: None, "server", server = %name);
             self.inner
                 .tasks
-                .spawn(supervise(handle.clone(), self.clone()).instrument(span));
+                .spawn(supervisor::supervise(handle.clone(), events_rx).instrument(span));
             by_name.insert(name, handle);
         }
         drop(by_name);
@@ -151,8 +274,18 @@ impl Servers {
         self.inner.changed.subscribe()
     }
 
-    /// Stops every server and waits until all processes are reaped.
-    /// The shutdown token passed to [`Servers::new`] must be cancelled first.
+    /// Closes the per-session connections of a client session that ended.
+    pub fn release_session(&self, session: SessionKey) {
+        for handle in self.list() {
+            if let Some(connection) = handle.sessions.lock().remove(&session) {
+                connection.stop.cancel();
+            }
+        }
+    }
+
+    /// Waits until every server task has stopped and every process is
+    /// reaped. The shutdown token passed to [`Servers::new`] must be
+    /// cancelled first.
     pub async fn wait_stopped(&self) {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
@@ -169,18 +302,246 @@ impl Servers {
 
 impl ServerHandle {
     pub fn status(&self) -> ServerStatus {
-        self.status.read().clone()
+        let lifecycle = self.status.read().clone();
+        let (latency_p50, latency_p99) = self.stats.percentiles();
+        let (session_connections, session_in_flight) = {
+            let sessions = self.sessions.lock();
+            let in_flight = sessions.values().map(|c| c.in_flight()).sum::<u32>();
+            (sessions.len(), in_flight)
+        };
+        ServerStatus {
+            state: lifecycle.state,
+            reason: lifecycle.reason,
+            tools: lifecycle.tools,
+            restarts: lifecycle.restarts,
+            protocol_version: lifecycle.protocol_version,
+            breaker: self.breaker.state(),
+            last_error: self.stats.last_error.lock().clone(),
+            latency_p50,
+            latency_p99,
+            connections: self.pool.len() + session_connections,
+            in_flight: self.pool.in_flight() + session_in_flight,
+        }
     }
 
-    fn set_status(&self, servers: &Servers, status: ServerStatus) {
-        *self.status.write() = status;
-        servers.notify_changed();
+    /// Tools clients may see now: none unless ready, and none while the
+    /// breaker is open if the server hides them then.
+    pub fn visible_tools(&self) -> Option<Arc<[Tool]>> {
+        let lifecycle = self.status.read();
+        let hidden =
+            self.spec.breaker.hide_tools_when_open && self.breaker.state() == BreakerState::Open;
+        (lifecycle.state == ServerState::Ready && !hidden).then(|| lifecycle.tools.clone())
+    }
+
+    /// Calls a tool (by its name on this server) for a client session.
+    /// Counts the outcome in the breaker(s) and the latency statistics.
+    pub async fn call_tool(
+        self: &Arc<Self>,
+        session: SessionKey,
+        params: CallToolRequestParams,
+        meta: RequestMetaObject,
+        cancel: &CancellationToken,
+    ) -> Result<CallToolResult, CallError> {
+        let tool_breaker = self
+            .spec
+            .breaker
+            .per_tool
+            .then(|| self.tool_breaker(&params.name));
+        let permit = self
+            .breaker
+            .try_acquire()
+            .map_err(|r| self.breaker_open(r))?;
+        let tool_permit = match &tool_breaker {
+            Some(breaker) => Some(breaker.try_acquire().map_err(|r| self.breaker_open(r))?),
+            None => None,
+        };
+        let started = tokio::time::Instant::now();
+        let outcome = self.forward_call(session, params, meta, cancel).await;
+        let failed = self.counts_as_failure(&outcome);
+        let mut changed = self.breaker.record(permit, failed);
+        if let (Some(breaker), Some(permit)) = (tool_breaker, tool_permit) {
+            changed |= breaker.record(permit, failed);
+        }
+        if changed {
+            info!(breaker = ?self.breaker.state(), "circuit breaker changed state");
+            self.servers.notify_changed();
+        }
+        match &outcome {
+            Ok(_) => self.stats.record_latency(started.elapsed()),
+            Err(CallError::Cancelled) => {}
+            Err(err) => self.stats.record_error(err.to_string()),
+        }
+        outcome
+    }
+
+    async fn forward_call(
+        self: &Arc<Self>,
+        session: SessionKey,
+        params: CallToolRequestParams,
+        meta: RequestMetaObject,
+        cancel: &CancellationToken,
+    ) -> Result<CallToolResult, CallError> {
+        const METHOD: &str = "tools/call";
+        let timeouts = &self.spec.timeouts;
+        let timeout = timeouts
+            .tools
+            .get(params.name.as_ref())
+            .copied()
+            .unwrap_or(timeouts.call);
+        let connection = self.connection_for(session).await?;
+        let _in_flight = connection.begin(&self.pool);
+        let options = PeerRequestOptions::with_timeout(timeout)
+            .reset_timeout_on_progress()
+            .with_max_total_timeout(timeouts.max_call)
+            .with_meta(meta);
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let transport = |source| CallError::Transport {
+            server: self.spec.name.clone(),
+            method: METHOD,
+            source,
+        };
+        let handle = connection
+            .peer
+            .send_request_with_option(request, options)
+            .await
+            .map_err(transport)?;
+        let (id, peer) = (handle.id.clone(), handle.peer.clone());
+        tokio::select! {
+            response = handle.await_response() => match response {
+                Ok(ServerResult::CallToolResult(result)) => Ok(result),
+                Ok(_) => Err(CallError::UnexpectedResult { server: self.spec.name.clone(), method: METHOD }),
+                Err(ServiceError::McpError(error)) => Err(CallError::Downstream(error)),
+                Err(ServiceError::Timeout { timeout }) => Err(CallError::Timeout {
+                    server: self.spec.name.clone(),
+                    method: METHOD,
+                    after: timeout,
+                }),
+                Err(source) => Err(transport(source)),
+            },
+            _ = cancel.cancelled() => {
+                let reason = Some("cancelled by the client".to_owned());
+                let _ = peer.notify_cancelled(CancelledNotificationParam::new(Some(id), reason)).await;
+                Err(CallError::Cancelled)
+            }
+        }
+    }
+
+    /// A pooled connection (shared mode) or the session's own (per-session).
+    async fn connection_for(
+        self: &Arc<Self>,
+        session: SessionKey,
+    ) -> Result<Arc<Connection>, CallError> {
+        match self.spec.session_mode {
+            SessionMode::PerSession => self.session_connection(session).await,
+            SessionMode::Shared => {
+                let pool = &self.spec.pool;
+                let acquired = self
+                    .pool
+                    .acquire(
+                        pool.max_concurrency,
+                        pool.acquire_timeout,
+                        |count| count < pool.max as usize && !self.stop.is_cancelled(),
+                        || {
+                            if self.events.try_send(supervisor::Event::Grow).is_err() {
+                                self.pool.grow_done();
+                            }
+                        },
+                    )
+                    .await;
+                acquired.map_err(|err| {
+                    let reason = match err {
+                        AcquireError::Busy => format!(
+                            "all {} connection(s) stayed busy for {:?} (pool.max {}, pool.maxConcurrency {})",
+                            self.pool.len(),
+                            pool.acquire_timeout,
+                            pool.max,
+                            pool.max_concurrency
+                        ),
+                        AcquireError::Down => {
+                            let lifecycle = self.status.read();
+                            match lifecycle.state {
+                                ServerState::Failed => format!("server is down: {}", lifecycle.reason),
+                                _ => "server is starting".to_owned(),
+                            }
+                        }
+                    };
+                    CallError::Unavailable {
+                        server: self.spec.name.clone(),
+                        reason,
+                    }
+                })
+            }
+        }
+    }
+
+    async fn session_connection(
+        self: &Arc<Self>,
+        session: SessionKey,
+    ) -> Result<Arc<Connection>, CallError> {
+        let existing = |sessions: &HashMap<SessionKey, Arc<Connection>>| {
+            sessions
+                .get(&session)
+                .filter(|c| !c.stop.is_cancelled())
+                .cloned()
+        };
+        if let Some(connection) = existing(&self.sessions.lock()) {
+            return Ok(connection);
+        }
+        let _starting = self.session_start.lock().await;
+        if let Some(connection) = existing(&self.sessions.lock()) {
+            return Ok(connection);
+        }
+        let connection = supervisor::start_connection(self, Some(session))
+            .await
+            .map_err(|reason| CallError::Unavailable {
+                server: self.spec.name.clone(),
+                reason,
+            })?;
+        self.sessions.lock().insert(session, connection.clone());
+        Ok(connection)
+    }
+
+    fn tool_breaker(&self, tool: &str) -> Arc<Breaker> {
+        self.tool_breakers
+            .lock()
+            .entry(tool.to_owned())
+            .or_insert_with(|| Arc::new(Breaker::new(self.spec.breaker.clone())))
+            .clone()
+    }
+
+    fn breaker_open(&self, rejected: breaker::Rejected) -> CallError {
+        CallError::BreakerOpen {
+            server: self.spec.name.clone(),
+            retry_in: rejected.retry_in,
+        }
+    }
+
+    /// The breaker policy: transport failures and timeouts always count;
+    /// JSON-RPC errors and `isError` results only when configured.
+    fn counts_as_failure(&self, outcome: &Result<CallToolResult, CallError>) -> bool {
+        let policy = &self.spec.breaker;
+        match outcome {
+            Ok(result) => policy.count_tool_errors && result.is_error == Some(true),
+            Err(CallError::Downstream(_)) => policy.count_jsonrpc_errors,
+            Err(CallError::Cancelled | CallError::BreakerOpen { .. }) => false,
+            Err(
+                CallError::Unavailable { .. }
+                | CallError::Timeout { .. }
+                | CallError::Transport { .. }
+                | CallError::UnexpectedResult { .. },
+            ) => true,
+        }
+    }
+
+    fn set_lifecycle(&self, lifecycle: Lifecycle) {
+        *self.status.write() = lifecycle;
+        self.servers.notify_changed();
     }
 }
 
-// === impl ServerStatus ===
+// === impl Lifecycle ===
 
-impl ServerStatus {
+impl Lifecycle {
     fn starting(restarts: u32) -> Self {
         Self {
             state: ServerState::Starting,
@@ -188,106 +549,34 @@ impl ServerStatus {
             tools: Arc::new([]),
             restarts,
             protocol_version: None,
-            peer: None,
         }
     }
 }
 
-/// Runs one server until its stop token fires: start, serve, and on exit
-/// record the reason and start again after a backoff.
-async fn supervise(handle: Arc<ServerHandle>, servers: Servers) {
-    let mut restarts = 0;
-    let mut delay = FIRST_RESTART_DELAY;
-    loop {
-        handle.set_status(&servers, ServerStatus::starting(restarts));
-        let tools_changed = Arc::new(Notify::new());
-        let client = DownstreamClient {
-            tools_changed: tools_changed.clone(),
-        };
-        let Transport::Stdio(spec) = &handle.spec.transport;
-        let started = tokio::select! {
-            _ = handle.stop.cancelled() => return,
-            started = StdioConnection::start(&handle.spec.name, spec, client) => started,
-        };
-        let reason = match started {
-            Ok(connection) => {
-                let began = tokio::time::Instant::now();
-                match serve(&handle, &servers, connection, &tools_changed, restarts).await {
-                    Some(reason) => {
-                        if began.elapsed() >= STABLE_AFTER {
-                            delay = FIRST_RESTART_DELAY;
-                        }
-                        reason
-                    }
-                    None => return,
-                }
-            }
-            Err(err) => err.to_string(),
-        };
-        warn!(reason = %reason, retry_in = ?delay, "server failed");
-        handle.set_status(
-            &servers,
-            ServerStatus {
-                state: ServerState::Failed,
-                reason,
-                ..ServerStatus::starting(restarts)
-            },
-        );
-        tokio::select! {
-            _ = handle.stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(MAX_RESTART_DELAY);
-        restarts += 1;
-    }
-}
+// === impl Stats ===
 
-/// Serves a started connection. Returns the failure reason when the
-/// process dies, or `None` after a requested stop.
-async fn serve(
-    handle: &ServerHandle,
-    servers: &Servers,
-    mut connection: StdioConnection,
-    tools_changed: &Notify,
-    restarts: u32,
-) -> Option<String> {
-    let peer = connection.service.peer().clone();
-    let protocol_version = peer.peer_info().map(|info| info.protocol_version.clone());
-    loop {
-        let tools = tokio::select! {
-            _ = handle.stop.cancelled() => break,
-            reason = connection.exited() => return Some(reason),
-            tools = peer.list_all_tools() => tools,
-        };
-        match tools {
-            Ok(tools) => {
-                info!(tools = tools.len(), protocol = ?protocol_version, "server ready");
-                handle.set_status(
-                    servers,
-                    ServerStatus {
-                        state: ServerState::Ready,
-                        reason: String::new(),
-                        tools: tools.into(),
-                        restarts,
-                        protocol_version: protocol_version.clone(),
-                        peer: Some(peer.clone()),
-                    },
-                );
-            }
-            Err(err) => {
-                connection.shutdown().await;
-                return Some(format!("tools/list failed: {err}"));
-            }
+impl Stats {
+    fn record_latency(&self, latency: Duration) {
+        let mut latencies = self.latencies.lock();
+        if latencies.len() == LATENCY_SAMPLES {
+            latencies.pop_front();
         }
-        tokio::select! {
-            _ = handle.stop.cancelled() => break,
-            reason = connection.exited() => return Some(reason),
-            _ = tools_changed.notified() => info!("server tool list changed"),
-        }
+        latencies.push_back(latency);
     }
-    connection.shutdown().await;
-    info!("server stopped");
-    None
+
+    fn record_error(&self, error: String) {
+        *self.last_error.lock() = Some((error, SystemTime::now()));
+    }
+
+    fn percentiles(&self) -> (Option<Duration>, Option<Duration>) {
+        let mut sorted: Vec<Duration> = self.latencies.lock().iter().copied().collect();
+        if sorted.is_empty() {
+            return (None, None);
+        }
+        sorted.sort_unstable();
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        (Some(at(0.50)), Some(at(0.99)))
+    }
 }
 
 // === impl DownstreamClient ===

@@ -11,5 +11,6 @@ pub mod catalog;
 pub mod demo_server;
 pub mod downstream;
 pub mod mcp;
+pub mod shim;
 pub mod spec;
 pub mod xds;

@@ -3,8 +3,9 @@
 
 use std::net::SocketAddr;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use data_plane::{app, demo_server, mcp::McpConfig};
+use data_plane::{app, demo_server, downstream::Launcher, mcp::McpConfig};
 use tracing_subscriber::EnvFilter;
 
 /// rmcp logs every handshake at INFO; that belongs at debug for a gateway.
@@ -25,6 +26,15 @@ struct Cli {
 enum Command {
     /// Serve MCP with the servers the control plane configures.
     Run(RunArgs),
+    /// Internal: supervises one stdio server process for the gateway.
+    #[command(hide = true)]
+    StdioShim {
+        /// The gateway's pid; the shim exits if it is already gone.
+        #[arg(long)]
+        parent: i32,
+        command: std::ffi::OsString,
+        args: Vec<std::ffi::OsString>,
+    },
     /// A demo MCP server on stdin/stdout (echo, add, now, env, info, fail, sleep).
     DemoServer {
         /// Label of this copy, shown by its `info` tool and in `serverInfo.title`.
@@ -58,13 +68,25 @@ struct RunArgs {
     allowed_hosts: Vec<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The shim runs before any runtime or logging: it only waits on signals.
+    if let Command::StdioShim {
+        parent,
+        command,
+        args,
+    } = cli.command
+    {
+        std::process::exit(data_plane::shim::run(parent, command, args));
+    }
+    tokio::runtime::Runtime::new()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     // The demo server's stderr ends up in the gateway's log: keep it terse.
     let (default_filter, ansi) = match cli.command {
         Command::DemoServer { .. } => ("warn", false),
-        Command::Run(_) => (DEFAULT_LOG_FILTER, true),
+        Command::Run(_) | Command::StdioShim { .. } => (DEFAULT_LOG_FILTER, true),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -75,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::DemoServer { instance } => demo_server::run(instance).await,
+        Command::StdioShim { .. } => unreachable!("handled before the runtime starts"),
         Command::Run(args) => {
             let bound = app::run(app::Config {
                 listen: args.listen,
@@ -82,6 +105,9 @@ async fn main() -> anyhow::Result<()> {
                 replica_id: args.replica_id,
                 mcp: McpConfig {
                     allowed_hosts: args.allowed_hosts,
+                },
+                launcher: Launcher {
+                    shim: Some(std::env::current_exe().context("locating switchboard-gateway")?),
                 },
             })
             .await?;

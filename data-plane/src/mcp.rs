@@ -3,17 +3,24 @@
 //! that owns the tool, with the namespace stripped and the result relayed
 //! unchanged.
 
-use std::{borrow::Cow, sync::Arc, time::Duration};
+use std::{
+    borrow::Cow,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use parking_lot::Mutex;
 use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
-        CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
-        ClientRequest, Implementation, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
-        RequestMetaObject, ServerCapabilities, ServerConfig, ServerResult,
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+        ListToolsResult, MetaObject, PaginatedRequestParams, ProtocolVersion, RequestMetaObject,
+        ServerCapabilities, ServerConfig,
     },
-    service::{NotificationContext, PeerRequestOptions, RequestContext, ServiceError},
+    service::{NotificationContext, RequestContext},
     transport::{
         StreamableHttpServerConfig, StreamableHttpService,
         streamable_http_server::session::local::LocalSessionManager,
@@ -23,7 +30,10 @@ use serde_json::json;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::{Instrument, debug, info_span};
 
-use crate::catalog::CatalogReader;
+use crate::{
+    catalog::CatalogReader,
+    downstream::{CallError, Servers, SessionKey},
+};
 
 /// Idle client sessions are closed after this long; clients then get 404
 /// and re-initialise. rmcp's default (5 min) drops sessions of clients that
@@ -37,21 +47,12 @@ const SESSION_CHANNEL_CAPACITY: usize = 64;
 pub enum Error {
     #[error("unknown tool `{0}`")]
     UnknownTool(String),
-    /// The server that owns the tool cannot be reached right now.
-    #[error("server `{server}` is unavailable: {source}")]
-    Unavailable {
-        server: Arc<str>,
-        #[source]
-        source: ServiceError,
-    },
-    #[error("server `{server}` answered {method} with an unexpected result")]
-    UnexpectedResult {
-        server: Arc<str>,
-        method: &'static str,
-    },
-    #[error("request cancelled by the client")]
-    Cancelled,
+    #[error(transparent)]
+    Call(#[from] CallError),
 }
+
+/// Key under which gateway errors are described in a result's `_meta`.
+const ERROR_META_KEY: &str = "switchboard.dev/error";
 
 /// Settings of the MCP endpoint.
 #[derive(Clone, Debug)]
@@ -62,7 +63,10 @@ pub struct McpConfig {
 
 /// The MCP handler for one client session.
 pub struct GatewaySession {
+    /// Identifies this session to per-session servers.
+    key: SessionKey,
     catalog: CatalogReader,
+    servers: Servers,
     /// Forwards catalog changes as `notifications/tools/list_changed`.
     list_changed: Mutex<Option<AbortOnDropHandle<()>>>,
 }
@@ -70,30 +74,41 @@ pub struct GatewaySession {
 // === impl Error ===
 
 impl Error {
-    /// The one place gateway errors become JSON-RPC errors. Errors a
-    /// downstream server answered with are relayed as they are, not here.
-    pub fn to_jsonrpc(&self) -> ErrorData {
-        match self {
+    /// The one place gateway errors reach the client. Unknown names and
+    /// cancellations are JSON-RPC errors; a server that fails, times out or
+    /// is switched off by its breaker answers with an `isError` result, so
+    /// the model sees why. Errors the server itself answered are relayed.
+    pub fn into_response(self) -> Result<CallToolResponse, ErrorData> {
+        let call = match self {
             Error::UnknownTool(name) => {
-                ErrorData::invalid_params(self.to_string(), Some(json!({ "tool": name })))
+                let message = format!("unknown tool `{name}`");
+                return Err(ErrorData::invalid_params(
+                    message,
+                    Some(json!({ "tool": name })),
+                ));
             }
-            Error::Unavailable { server, .. } | Error::UnexpectedResult { server, .. } => {
-                ErrorData::internal_error(self.to_string(), Some(json!({ "server": server })))
+            Error::Call(CallError::Downstream(error)) => return Err(error),
+            Error::Call(CallError::Cancelled) => {
+                return Err(ErrorData::internal_error(
+                    CallError::Cancelled.to_string(),
+                    None,
+                ));
             }
-            Error::Cancelled => ErrorData::internal_error(self.to_string(), None),
-        }
-    }
-}
-
-impl From<Error> for ErrorData {
-    fn from(err: Error) -> Self {
-        err.to_jsonrpc()
+            Error::Call(call) => call,
+        };
+        let detail = json!({ "kind": call.kind(), "server": call.server() });
+        let mut result = CallToolResult::error(vec![ContentBlock::text(call.to_string())]);
+        let mut meta = MetaObject::default();
+        meta.0.insert(ERROR_META_KEY.to_owned(), detail);
+        result.meta = Some(meta);
+        Ok(CallToolResponse::Complete(result))
     }
 }
 
 /// The streamable HTTP service for `/mcp`.
 pub fn service(
     catalog: CatalogReader,
+    servers: Servers,
     config: &McpConfig,
     shutdown: CancellationToken,
 ) -> StreamableHttpService<GatewaySession, LocalSessionManager> {
@@ -105,7 +120,7 @@ pub fn service(
         .with_legacy_session_mode(true)
         .with_cancellation_token(shutdown);
     StreamableHttpService::new(
-        move || Ok(GatewaySession::new(catalog.clone())),
+        move || Ok(GatewaySession::new(catalog.clone(), servers.clone())),
         Arc::new(sessions),
         http,
     )
@@ -114,9 +129,12 @@ pub fn service(
 // === impl GatewaySession ===
 
 impl GatewaySession {
-    pub fn new(catalog: CatalogReader) -> Self {
+    pub fn new(catalog: CatalogReader, servers: Servers) -> Self {
+        static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
         Self {
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             catalog,
+            servers,
             list_changed: Mutex::new(None),
         }
     }
@@ -125,37 +143,25 @@ impl GatewaySession {
         &self,
         mut params: CallToolRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
-        let catalog = self.catalog.load();
-        let route = catalog
+    ) -> Result<CallToolResult, Error> {
+        let route = self
+            .catalog
+            .load()
             .route(&params.name)
+            .cloned()
             .ok_or_else(|| Error::UnknownTool(params.name.to_string()))?;
         params.name = route.tool.to_string().into();
-        let options = PeerRequestOptions::no_options().with_meta(forwardable_meta(&context.meta));
-        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-        let unavailable = |source| Error::Unavailable {
-            server: route.server.clone(),
-            source,
-        };
-        let handle = route
-            .peer
-            .send_request_with_option(request, options)
-            .await
-            .map_err(unavailable)?;
-        let (id, peer) = (handle.id.clone(), handle.peer.clone());
-        tokio::select! {
-            response = handle.await_response() => match response {
-                Ok(ServerResult::CallToolResult(result)) => Ok(CallToolResponse::Complete(result)),
-                Ok(_) => Err(Error::UnexpectedResult { server: route.server.clone(), method: "tools/call" }.into()),
-                Err(ServiceError::McpError(downstream)) => Err(downstream),
-                Err(source) => Err(unavailable(source).into()),
-            },
-            _ = context.ct.cancelled() => {
-                let reason = Some("cancelled by the client".to_owned());
-                let _ = peer.notify_cancelled(CancelledNotificationParam::new(Some(id), reason)).await;
-                Err(Error::Cancelled.into())
-            }
-        }
+        let meta = forwardable_meta(&context.meta);
+        Ok(route
+            .server
+            .call_tool(self.key, params, meta, &context.ct)
+            .await?)
+    }
+}
+
+impl Drop for GatewaySession {
+    fn drop(&mut self) {
+        self.servers.release_session(self.key);
     }
 }
 
@@ -225,6 +231,9 @@ impl ServerHandler for GatewaySession {
         params: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        self.forward_call(params, context).await
+        match self.forward_call(params, context).await {
+            Ok(result) => Ok(CallToolResponse::Complete(result)),
+            Err(err) => err.into_response(),
+        }
     }
 }

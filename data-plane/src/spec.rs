@@ -2,7 +2,7 @@
 //! IR converted from the control plane's proto resources. Request code only
 //! ever sees these types.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use proto::config as pb;
 
@@ -17,6 +17,71 @@ pub struct ServerSpec {
     /// Tool prefix.
     pub namespace: Arc<str>,
     pub transport: Transport,
+    pub session_mode: SessionMode,
+    pub pool: PoolSpec,
+    pub timeouts: TimeoutSpec,
+    pub breaker: BreakerSpec,
+    pub health: HealthSpec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionMode {
+    Shared,
+    PerSession,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub min: u32,
+    pub max: u32,
+    pub max_concurrency: u32,
+    pub idle_timeout: Duration,
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeoutSpec {
+    pub call: Duration,
+    pub max_call: Duration,
+    pub tools: BTreeMap<String, Duration>,
+    pub initialize: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerSpec {
+    /// 0 = off.
+    pub consecutive_failures: u32,
+    /// 0.0 = off.
+    pub failure_rate: f64,
+    pub min_requests: u32,
+    pub window: Duration,
+    pub open: Duration,
+    pub half_open_probes: u32,
+    pub count_jsonrpc_errors: bool,
+    pub count_tool_errors: bool,
+    pub hide_tools_when_open: bool,
+    pub per_tool: bool,
+}
+
+// A rate from the control plane is a plain number, never NaN: equality is total.
+impl Eq for BreakerSpec {}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthSpec {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+    pub probe: Probe,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Ping,
+    Initialize,
+    Tool {
+        name: String,
+        arguments: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,10 +130,31 @@ impl TryFrom<&pb::McpServer> for ServerSpec {
             Some(pb::mcp_server::Transport::Stdio(stdio)) => Transport::Stdio(stdio.try_into()?),
             None => return Err(ProtoError::Missing("transport")),
         };
+        let session_mode = match server.session_mode() {
+            pb::SessionMode::Unspecified | pb::SessionMode::Shared => SessionMode::Shared,
+            pb::SessionMode::PerSession => SessionMode::PerSession,
+        };
         Ok(Self {
             name: server.name.as_str().into(),
             namespace: server.namespace.as_str().into(),
             transport,
+            session_mode,
+            pool: server
+                .pool
+                .as_ref()
+                .map_or_else(|| Ok(PoolSpec::default()), PoolSpec::try_from)?,
+            timeouts: server
+                .timeouts
+                .as_ref()
+                .map_or_else(TimeoutSpec::default, TimeoutSpec::from),
+            breaker: server
+                .breaker
+                .as_ref()
+                .map_or_else(BreakerSpec::default, BreakerSpec::from),
+            health: server
+                .health
+                .as_ref()
+                .map_or_else(|| Ok(HealthSpec::default()), HealthSpec::try_from)?,
         })
     }
 }
@@ -99,6 +185,170 @@ impl TryFrom<&pb::StdioTransport> for StdioSpec {
     }
 }
 
+// Defaults for fields an older control plane does not send; they match the
+// control plane's own defaults (control-plane/src/resource/resilience.rs).
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        Self {
+            min: 1,
+            max: 1,
+            max_concurrency: 32,
+            idle_timeout: Duration::from_secs(300),
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for TimeoutSpec {
+    fn default() -> Self {
+        Self {
+            call: Duration::from_secs(60),
+            max_call: Duration::from_secs(600),
+            tools: BTreeMap::new(),
+            initialize: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(30),
+            open: Duration::from_secs(30),
+            half_open_probes: 1,
+            count_jsonrpc_errors: false,
+            count_tool_errors: false,
+            hide_tools_when_open: false,
+            per_tool: false,
+        }
+    }
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            failure_threshold: 3,
+            probe: Probe::Ping,
+        }
+    }
+}
+
+/// A zero duration means "not sent": keep the default.
+fn millis_or(ms: u64, default: Duration) -> Duration {
+    if ms == 0 {
+        default
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+impl TryFrom<&pb::Pool> for PoolSpec {
+    type Error = ProtoError;
+
+    fn try_from(pool: &pb::Pool) -> Result<Self, ProtoError> {
+        let default = PoolSpec::default();
+        let max = if pool.max == 0 { default.max } else { pool.max };
+        if pool.min > max {
+            return Err(ProtoError::Invalid {
+                field: "pool.min",
+                reason: format!("{} exceeds pool.max {max}", pool.min),
+            });
+        }
+        Ok(Self {
+            min: pool.min,
+            max,
+            max_concurrency: if pool.max_concurrency == 0 {
+                default.max_concurrency
+            } else {
+                pool.max_concurrency
+            },
+            idle_timeout: millis_or(pool.idle_timeout_ms, default.idle_timeout),
+            acquire_timeout: millis_or(pool.acquire_timeout_ms, default.acquire_timeout),
+        })
+    }
+}
+
+impl From<&pb::Timeouts> for TimeoutSpec {
+    fn from(t: &pb::Timeouts) -> Self {
+        let default = TimeoutSpec::default();
+        Self {
+            call: millis_or(t.call_ms, default.call),
+            max_call: millis_or(t.max_call_ms, default.max_call),
+            tools: t
+                .tool_call_ms
+                .iter()
+                .filter(|(_, ms)| **ms > 0)
+                .map(|(tool, ms)| (tool.clone(), Duration::from_millis(*ms)))
+                .collect(),
+            initialize: millis_or(t.initialize_ms, default.initialize),
+        }
+    }
+}
+
+impl From<&pb::Breaker> for BreakerSpec {
+    fn from(b: &pb::Breaker) -> Self {
+        let default = BreakerSpec::default();
+        let rate = if b.failure_rate.is_finite() {
+            b.failure_rate.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        Self {
+            consecutive_failures: b.consecutive_failures,
+            failure_rate: rate,
+            min_requests: b.min_requests,
+            window: millis_or(b.window_ms, default.window),
+            open: millis_or(b.open_ms, default.open),
+            half_open_probes: b.half_open_probes.max(1),
+            count_jsonrpc_errors: b.count_jsonrpc_errors,
+            count_tool_errors: b.count_tool_errors,
+            hide_tools_when_open: b.hide_tools_when_open,
+            per_tool: b.per_tool,
+        }
+    }
+}
+
+impl TryFrom<&pb::HealthCheck> for HealthSpec {
+    type Error = ProtoError;
+
+    fn try_from(h: &pb::HealthCheck) -> Result<Self, ProtoError> {
+        let default = HealthSpec::default();
+        let probe = match &h.probe {
+            None | Some(pb::health_check::Probe::Ping(_)) => Probe::Ping,
+            Some(pb::health_check::Probe::Initialize(_)) => Probe::Initialize,
+            Some(pb::health_check::Probe::Tool(tool)) => {
+                let arguments = if tool.arguments_json.is_empty() {
+                    serde_json::Map::new()
+                } else {
+                    serde_json::from_str(&tool.arguments_json).map_err(|e| ProtoError::Invalid {
+                        field: "health.tool.arguments_json",
+                        reason: e.to_string(),
+                    })?
+                };
+                if tool.name.is_empty() {
+                    return Err(ProtoError::Missing("health.tool.name"));
+                }
+                Probe::Tool {
+                    name: tool.name.clone(),
+                    arguments,
+                }
+            }
+        };
+        Ok(Self {
+            interval: millis_or(h.interval_ms, default.interval),
+            timeout: millis_or(h.timeout_ms, default.timeout),
+            failure_threshold: h.failure_threshold.max(1),
+            probe,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,7 +361,33 @@ mod tests {
                 command: command.into(),
                 ..Default::default()
             })),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn missing_resilience_fields_take_defaults() {
+        let spec = ServerSpec::try_from(&stdio_server("a", "ns", "cmd")).expect("valid");
+        assert_eq!(spec.pool, PoolSpec::default());
+        assert_eq!(spec.breaker, BreakerSpec::default());
+        assert_eq!(spec.session_mode, SessionMode::Shared);
+    }
+
+    #[test]
+    fn invalid_probe_arguments_are_rejected() {
+        let mut server = stdio_server("a", "ns", "cmd");
+        server.health = Some(pb::HealthCheck {
+            probe: Some(pb::health_check::Probe::Tool(pb::ToolProbe {
+                name: "echo".into(),
+                arguments_json: "[1]".into(),
+            })),
+            ..Default::default()
+        });
+        let err = ServerSpec::try_from(&server).unwrap_err();
+        assert!(
+            err.to_string().starts_with("health.tool.arguments_json"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    downstream::{ServerState, Servers},
+    downstream::{ServerState, Servers, breaker::BreakerState},
     spec::ServerSpec,
 };
 
@@ -237,6 +237,18 @@ impl XdsClient {
                     ServerState::Ready => pb::ServerState::Ready,
                     ServerState::Failed => pb::ServerState::Failed,
                 };
+                let breaker = match status.breaker {
+                    BreakerState::Closed => pb::BreakerState::Closed,
+                    BreakerState::Open => pb::BreakerState::Open,
+                    BreakerState::HalfOpen => pb::BreakerState::HalfOpen,
+                };
+                let (last_error, last_error_at_ms) = status
+                    .last_error
+                    .map(|(error, at)| (error, unix_millis(at)))
+                    .unwrap_or_default();
+                let micros = |d: Option<Duration>| {
+                    d.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+                };
                 pb::ServerHealth {
                     name: handle.spec.name.to_string(),
                     state: state.into(),
@@ -247,6 +259,13 @@ impl XdsClient {
                         .protocol_version
                         .map(|v| v.to_string())
                         .unwrap_or_default(),
+                    breaker: breaker.into(),
+                    last_error,
+                    last_error_at_ms,
+                    latency_p50_us: micros(status.latency_p50),
+                    latency_p99_us: micros(status.latency_p99),
+                    connections: u32::try_from(status.connections).unwrap_or(u32::MAX),
+                    in_flight: status.in_flight,
                 }
             })
             .collect();
@@ -256,6 +275,12 @@ impl XdsClient {
             servers,
         }
     }
+}
+
+/// Unix time in milliseconds, for reports.
+pub fn unix_millis(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn send(tx: &mpsc::Sender<pb::ReplicaMessage>, kind: ReplicaKind) -> Result<(), Error> {
@@ -311,6 +336,7 @@ mod tests {
                     command: command.into(),
                     ..Default::default()
                 })),
+                ..Default::default()
             })),
         }
     }

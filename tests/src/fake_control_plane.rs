@@ -129,6 +129,7 @@ pub fn stdio_resource(name: &str, namespace: &str, command: &str, args: &[&str])
                 args: args.iter().map(|a| a.to_string()).collect(),
                 ..Default::default()
             })),
+            ..Default::default()
         })),
     }
 }

@@ -1,8 +1,14 @@
-//! stdio downstreams: one child process per server, in its own process
-//! group so teardown reaches grandchildren (`npx`, `uvx` wrappers), with a
-//! scrubbed environment and stderr forwarded into the gateway's log.
+//! stdio connections: one child process per connection, started through
+//! the stdio shim (see `shim.rs`) in its own process group so teardown
+//! reaches grandchildren and nothing outlives the gateway; a scrubbed
+//! environment; stderr forwarded into the gateway's log, rate-limited.
 
-use std::{process::Stdio, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use parking_lot::Mutex;
 use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
@@ -13,7 +19,7 @@ use rmcp::{
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::{DownstreamClient, Error};
 use crate::spec::StdioSpec;
@@ -24,15 +30,24 @@ const INHERITED_ENV: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "TZ",
 ];
 
-/// How long a server may take to answer `initialize`.
-const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(30);
 /// After stdin closes, how long to wait for a clean exit before SIGTERM,
 /// and again before SIGKILL.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// After an exit, how long to wait for the rest of stderr: the last line
 /// usually says why.
 const STDERR_DRAIN: Duration = Duration::from_millis(500);
+/// stderr lines logged per second per process; a chatty server must not
+/// flood the gateway's log. Excess lines are counted, not logged.
+const STDERR_LINES_PER_SEC: u32 = 50;
 const SIGTERM: i32 = 15;
+
+/// How this replica starts stdio servers.
+#[derive(Clone, Debug, Default)]
+pub struct Launcher {
+    /// The `switchboard-gateway` binary to run `stdio-shim` from; `None`
+    /// starts servers directly (no protection if the gateway is killed).
+    pub shim: Option<PathBuf>,
+}
 
 /// A running, initialised stdio server.
 pub struct StdioConnection {
@@ -45,36 +60,16 @@ pub struct StdioConnection {
 // === impl StdioConnection ===
 
 impl StdioConnection {
-    /// Starts the process and runs the MCP handshake.
+    /// Starts the process and runs the MCP handshake within `timeout`.
     pub async fn start(
         server: &str,
         spec: &StdioSpec,
+        launcher: &Launcher,
         client: DownstreamClient,
+        timeout: Duration,
     ) -> Result<Self, Error> {
-        let mut command = tokio::process::Command::new(&spec.command);
-        command
-            .args(&spec.args)
-            .env_clear()
-            .envs(
-                INHERITED_ENV
-                    .iter()
-                    .filter_map(|k| Some((k, std::env::var_os(k)?))),
-            )
-            .envs(&spec.env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(cwd) = &spec.cwd {
-            command.current_dir(cwd);
-        }
-        let mut wrapped = CommandWrap::from(command);
-        wrapped.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
-        let mut child = wrapped.spawn().map_err(|source| Error::Spawn {
-            command: spec.command.clone(),
-            source,
-        })?;
+        let mut child = spawn(spec, launcher)?;
         info!(pid = ?child.id(), command = %spec.command, "server process started");
-
         let (Some(stdin), Some(stdout), Some(stderr)) = (
             child.stdin().take(),
             child.stdout().take(),
@@ -83,16 +78,14 @@ impl StdioConnection {
             return Err(Error::Protocol("child stdio was not piped".into()));
         };
         let last_stderr = Arc::new(Mutex::new(String::new()));
-        let stderr_task = AbortOnDropHandle::new(tokio::spawn(
+        let mut stderr_task = AbortOnDropHandle::new(tokio::spawn(
             forward_stderr(server.to_owned(), stderr, last_stderr.clone()).in_current_span(),
         ));
 
         let transport = AsyncRwTransport::new_client(stdout, stdin);
-        let handshake = tokio::time::timeout(INITIALIZE_TIMEOUT, client.serve(transport)).await;
-        let service = match handshake {
+        let service = match tokio::time::timeout(timeout, client.serve(transport)).await {
             Ok(Ok(service)) => service,
             failed => {
-                let mut stderr_task = stderr_task;
                 let mut reason = match tokio::time::timeout(STDERR_DRAIN, child.wait()).await {
                     Ok(status) => {
                         let _ = tokio::time::timeout(STDERR_DRAIN, &mut stderr_task).await;
@@ -104,8 +97,7 @@ impl StdioConnection {
                     ),
                 };
                 if let Err(_elapsed) = failed {
-                    reason =
-                        format!("no initialize response within {INITIALIZE_TIMEOUT:?}; {reason}");
+                    reason = format!("no initialize response within {timeout:?}; {reason}");
                 }
                 kill(&mut child).await;
                 return Err(Error::Initialize(reason));
@@ -136,8 +128,9 @@ impl StdioConnection {
         {
             return;
         }
+        // The shim passes SIGTERM on and gives the group its own grace period.
         if self.child.signal(SIGTERM).is_ok()
-            && tokio::time::timeout(EXIT_GRACE, self.child.wait())
+            && tokio::time::timeout(EXIT_GRACE * 2, self.child.wait())
                 .await
                 .is_ok()
         {
@@ -146,6 +139,43 @@ impl StdioConnection {
         warn!("server ignored SIGTERM, killing its process group");
         kill(&mut self.child).await;
     }
+}
+
+fn spawn(spec: &StdioSpec, launcher: &Launcher) -> Result<Box<dyn ChildWrapper>, Error> {
+    let mut command = match &launcher.shim {
+        Some(shim) => {
+            let mut command = tokio::process::Command::new(shim);
+            command
+                .arg("stdio-shim")
+                .arg("--parent")
+                .arg(std::process::id().to_string())
+                .arg("--")
+                .arg(&spec.command);
+            command
+        }
+        None => tokio::process::Command::new(&spec.command),
+    };
+    command
+        .args(&spec.args)
+        .env_clear()
+        .envs(
+            INHERITED_ENV
+                .iter()
+                .filter_map(|k| Some((k, std::env::var_os(k)?))),
+        )
+        .envs(&spec.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    let mut wrapped = CommandWrap::from(command);
+    wrapped.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
+    wrapped.spawn().map_err(|source| Error::Spawn {
+        command: spec.command.clone(),
+        source,
+    })
 }
 
 async fn kill(child: &mut Box<dyn ChildWrapper>) {
@@ -168,8 +198,8 @@ fn with_stderr(what: String, last_stderr: &str) -> String {
     }
 }
 
-/// Logs the server's stderr line by line and remembers the last line for
-/// failure reasons.
+/// Logs the server's stderr line by line (at most `STDERR_LINES_PER_SEC`)
+/// and remembers the last line for failure reasons.
 async fn forward_stderr(
     server: String,
     stderr: tokio::process::ChildStderr,
@@ -177,13 +207,27 @@ async fn forward_stderr(
 ) {
     let mut reader = BufReader::new(stderr);
     let mut buf = Vec::new();
+    let mut second = Instant::now();
+    let (mut logged, mut dropped) = (0u32, 0u64);
     while let Ok(n) = reader.read_until(b'\n', &mut buf).await {
         if n == 0 {
             break;
         }
         let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
         buf.clear();
-        info!(server = %server, "stderr: {line}");
+        if second.elapsed() >= Duration::from_secs(1) {
+            if dropped > 0 {
+                warn!(server = %server, dropped, "stderr rate limit: lines not logged");
+            }
+            (second, logged, dropped) = (Instant::now(), 0, 0);
+        }
+        if logged < STDERR_LINES_PER_SEC {
+            logged += 1;
+            info!(server = %server, "stderr: {line}");
+        } else {
+            dropped += 1;
+            debug!(server = %server, "stderr (over rate limit): {line}");
+        }
         *last.lock() = line;
     }
 }

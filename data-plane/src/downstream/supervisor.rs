@@ -1,0 +1,332 @@
+//! One task per server keeps its connections alive: starts the first one
+//! (with exponential backoff on failure), grows the pool on demand and to
+//! `pool.min`, reaps idle connections above `pool.min`, refreshes the tool
+//! list, and restarts after crashes. One task per connection owns its
+//! process, runs the health probe and reports the exit.
+
+use std::{sync::Arc, time::Duration};
+
+use rmcp::{
+    model::{CallToolRequestParams, ProtocolVersion, Tool},
+    service::{Peer, RoleClient},
+};
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{Instrument, debug, info, warn};
+
+use super::{
+    DownstreamClient, Lifecycle, ServerHandle, ServerState, SessionKey, pool::Connection,
+    stdio::StdioConnection,
+};
+use crate::spec::{Probe, Transport};
+
+/// Restart backoff: from the first delay, doubling up to the cap. A server
+/// that stayed up for `STABLE_AFTER` starts again from the first delay.
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(500);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// How often idle connections above `pool.min` are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+pub(super) enum Event {
+    /// Calls are waiting: open another pooled connection if allowed.
+    Grow,
+    /// A pooled connection was added by a grow task.
+    Grown,
+    /// A connection's process is gone; `reason` is `None` after a requested stop.
+    Exited {
+        id: u64,
+        session: Option<SessionKey>,
+        reason: Option<String>,
+    },
+}
+
+/// Runs one server until its stop token fires.
+pub(super) async fn supervise(handle: Arc<ServerHandle>, mut events: mpsc::Receiver<Event>) {
+    let mut restarts = 0;
+    let mut delay = FIRST_RESTART_DELAY;
+    loop {
+        handle.set_lifecycle(Lifecycle::starting(restarts));
+        let started = tokio::select! {
+            _ = handle.stop.cancelled() => break,
+            started = start_connection(&handle, None) => started,
+        };
+        let reason = match started {
+            Ok(first) => {
+                let began = Instant::now();
+                let reason = run_pool(&handle, &mut events, &first.peer, restarts).await;
+                if began.elapsed() >= STABLE_AFTER {
+                    delay = FIRST_RESTART_DELAY;
+                }
+                match reason {
+                    Some(reason) => reason,
+                    None => break,
+                }
+            }
+            Err(reason) => reason,
+        };
+        warn!(reason = %reason, retry_in = ?delay, "server failed");
+        handle.stats.record_error(reason.clone());
+        handle.set_lifecycle(Lifecycle {
+            state: ServerState::Failed,
+            reason,
+            ..Lifecycle::starting(restarts)
+        });
+        tokio::select! {
+            _ = handle.stop.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_RESTART_DELAY);
+        restarts += 1;
+    }
+    info!("server stopped");
+}
+
+/// Serves while at least one pooled connection lives. Returns why the last
+/// one died, or `None` after a requested stop.
+async fn run_pool(
+    handle: &Arc<ServerHandle>,
+    events: &mut mpsc::Receiver<Event>,
+    first: &Peer<RoleClient>,
+    restarts: u32,
+) -> Option<String> {
+    let protocol_version = first.peer_info().map(|info| info.protocol_version.clone());
+    refresh_tools(handle, first, protocol_version.clone(), restarts).await;
+    grow_to_min(handle);
+    let mut reap = tokio::time::interval(REAP_EVERY);
+    reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let reopen = handle.breaker.open_until();
+        tokio::select! {
+            _ = handle.stop.cancelled() => return None,
+            event = events.recv() => match event? {
+                Event::Grow => grow(handle),
+                Event::Grown => grow_to_min(handle),
+                Event::Exited { id, session: Some(session), reason } => {
+                    let mut sessions = handle.sessions.lock();
+                    if sessions.get(&session).is_some_and(|c| c.id == id) {
+                        sessions.remove(&session);
+                    }
+                    if let Some(reason) = reason {
+                        handle.stats.record_error(reason);
+                    }
+                }
+                Event::Exited { id, session: None, reason } => {
+                    handle.pool.remove(id);
+                    if let Some(reason) = reason {
+                        if handle.pool.is_empty() {
+                            return Some(reason);
+                        }
+                        handle.stats.record_error(reason);
+                    }
+                    grow_to_min(handle);
+                }
+            },
+            _ = handle.tools_changed.notified() => {
+                if let Some(connection) = handle.pool.all().first() {
+                    info!("server tool list changed");
+                    refresh_tools(handle, &connection.peer, protocol_version.clone(), restarts).await;
+                }
+            }
+            _ = reap.tick() => reap_idle(handle),
+            // An open breaker turns half-open: hidden tools come back.
+            _ = sleep_until(reopen), if reopen.is_some() => handle.servers.notify_changed(),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+async fn refresh_tools(
+    handle: &ServerHandle,
+    peer: &Peer<RoleClient>,
+    protocol_version: Option<ProtocolVersion>,
+    restarts: u32,
+) {
+    let listed = tokio::time::timeout(handle.spec.timeouts.call, peer.list_all_tools()).await;
+    let tools: Arc<[Tool]> = match listed {
+        Ok(Ok(tools)) => tools.into(),
+        Ok(Err(err)) => {
+            handle
+                .stats
+                .record_error(format!("tools/list failed: {err}"));
+            handle.status.read().tools.clone()
+        }
+        Err(_) => {
+            handle.stats.record_error("tools/list timed out".to_owned());
+            handle.status.read().tools.clone()
+        }
+    };
+    info!(tools = tools.len(), protocol = ?protocol_version, "server ready");
+    handle.set_lifecycle(Lifecycle {
+        state: ServerState::Ready,
+        reason: String::new(),
+        tools,
+        restarts,
+        protocol_version,
+    });
+}
+
+fn grow_to_min(handle: &Arc<ServerHandle>) {
+    if handle.pool.len() < handle.spec.pool.min as usize {
+        grow(handle);
+    }
+}
+
+/// Starts one more pooled connection in the background, within `pool.max`.
+fn grow(handle: &Arc<ServerHandle>) {
+    if handle.pool.len() >= handle.spec.pool.max as usize || handle.stop.is_cancelled() {
+        handle.pool.grow_done();
+        return;
+    }
+    let tasks = handle.servers.inner.tasks.clone();
+    let handle = handle.clone();
+    let task = async move {
+        match start_connection(&handle, None).await {
+            Ok(_) => {
+                debug!(connections = handle.pool.len(), "pool grew");
+                let _ = handle.events.send(Event::Grown).await;
+            }
+            Err(reason) => {
+                handle.stats.record_error(reason);
+                handle.pool.grow_done();
+            }
+        }
+    };
+    tasks.spawn(task.in_current_span());
+}
+
+fn reap_idle(handle: &ServerHandle) {
+    let idle_timeout = handle.spec.pool.idle_timeout;
+    let min = handle.spec.pool.min.max(1) as usize;
+    let mut open = handle.pool.len();
+    for connection in handle.pool.all() {
+        if open <= min {
+            break;
+        }
+        if connection.idle_for() >= idle_timeout {
+            debug!(connection = connection.id, "closing idle connection");
+            connection.stop.cancel();
+            handle.pool.remove(connection.id);
+            open -= 1;
+        }
+    }
+}
+
+/// Starts one connection and its task. Pooled connections (no `session`)
+/// join the pool; the caller keeps per-session ones.
+pub(super) async fn start_connection(
+    handle: &Arc<ServerHandle>,
+    session: Option<SessionKey>,
+) -> Result<Arc<Connection>, String> {
+    let Transport::Stdio(spec) = &handle.spec.transport;
+    let client = DownstreamClient {
+        tools_changed: handle.tools_changed.clone(),
+    };
+    let stdio = StdioConnection::start(
+        &handle.spec.name,
+        spec,
+        &handle.servers.inner.launcher,
+        client,
+        handle.spec.timeouts.initialize,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let connection = handle.pool.connection(stdio.service.peer().clone());
+    let task = run_connection(handle.clone(), connection.clone(), stdio, session);
+    handle.servers.inner.tasks.spawn(task.in_current_span());
+    if session.is_none() {
+        handle.pool.add(connection.clone());
+    }
+    Ok(connection)
+}
+
+/// Owns one process: waits for it to exit or be stopped, probes it, and
+/// reports the end to the supervisor.
+async fn run_connection(
+    handle: Arc<ServerHandle>,
+    connection: Arc<Connection>,
+    mut stdio: StdioConnection,
+    session: Option<SessionKey>,
+) {
+    let health = &handle.spec.health;
+    let mut probe = tokio::time::interval_at(Instant::now() + health.interval, health.interval);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0;
+    let reason = loop {
+        tokio::select! {
+            _ = handle.stop.cancelled() => break None,
+            _ = connection.stop.cancelled() => break None,
+            reason = stdio.exited() => break Some(reason),
+            _ = probe.tick() => match run_probe(&handle, &connection).await {
+                Ok(()) => failures = 0,
+                Err(err) => {
+                    failures += 1;
+                    warn!(connection = connection.id, failures, error = %err, "health probe failed");
+                    if failures >= health.failure_threshold {
+                        break Some(format!("health probe failed {failures} times in a row: {err}"));
+                    }
+                }
+            },
+        }
+    };
+    connection.stop.cancel();
+    if reason
+        .as_ref()
+        .is_none_or(|r| r.starts_with("health probe"))
+    {
+        stdio.shutdown().await;
+    }
+    let _ = handle
+        .events
+        .send(Event::Exited {
+            id: connection.id,
+            session,
+            reason,
+        })
+        .await;
+}
+
+async fn run_probe(handle: &ServerHandle, connection: &Connection) -> Result<(), String> {
+    let timeout = handle.spec.health.timeout;
+    let probe = async {
+        match &handle.spec.health.probe {
+            Probe::Ping => connection
+                .peer
+                .send_request(rmcp::model::ClientRequest::PingRequest(Default::default()))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Probe::Tool { name, arguments } => {
+                let params =
+                    CallToolRequestParams::new(name.clone()).with_arguments(arguments.clone());
+                match connection.peer.call_tool(params).await {
+                    Ok(result) if result.is_error == Some(true) => {
+                        Err(format!("probe tool `{name}` returned isError"))
+                    }
+                    Ok(_) => Ok(()),
+                    Err(err) => Err(err.to_string()),
+                }
+            }
+            Probe::Initialize => {
+                let Transport::Stdio(spec) = &handle.spec.transport;
+                let client = DownstreamClient {
+                    tools_changed: Default::default(),
+                };
+                let launcher = &handle.servers.inner.launcher;
+                let fresh =
+                    StdioConnection::start(&handle.spec.name, spec, launcher, client, timeout)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                fresh.shutdown().await;
+                Ok(())
+            }
+        }
+    };
+    tokio::time::timeout(timeout, probe)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
