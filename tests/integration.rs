@@ -9,5 +9,7 @@ mod control_plane_outage;
 mod quick_start;
 #[path = "scenarios/registry_changes.rs"]
 mod registry_changes;
+#[path = "scenarios/resilience.rs"]
+mod resilience;
 #[path = "scenarios/third_party.rs"]
 mod third_party;

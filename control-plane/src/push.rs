@@ -82,6 +82,15 @@ pub struct ServerHealthStatus {
     pub restarts: u32,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub protocol_version: String,
+    pub breaker: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+    /// Unix milliseconds; 0 when there was none.
+    pub last_error_at: u64,
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+    pub connections: u32,
+    pub in_flight: u32,
 }
 
 // === impl ConfigPushService ===
@@ -239,6 +248,12 @@ fn health_status(health: pb::ServerHealth) -> ServerHealthStatus {
         pb::ServerState::Ready => "ready",
         pb::ServerState::Failed => "failed",
     };
+    let breaker = match health.breaker() {
+        pb::BreakerState::Unspecified => "unknown",
+        pb::BreakerState::Closed => "closed",
+        pb::BreakerState::Open => "open",
+        pb::BreakerState::HalfOpen => "halfOpen",
+    };
     ServerHealthStatus {
         name: health.name,
         state,
@@ -246,6 +261,13 @@ fn health_status(health: pb::ServerHealth) -> ServerHealthStatus {
         tool_count: health.tool_count,
         restarts: health.restarts,
         protocol_version: health.protocol_version,
+        breaker,
+        last_error: health.last_error,
+        last_error_at: health.last_error_at_ms,
+        latency_p50_us: health.latency_p50_us,
+        latency_p99_us: health.latency_p99_us,
+        connections: health.connections,
+        in_flight: health.in_flight,
     }
 }
 

@@ -8,8 +8,8 @@ use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde::Serialize;
 
 use crate::{
-    downstream::{ServerState, Servers},
-    xds::ConfigStatus,
+    downstream::{ServerState, Servers, breaker::BreakerState},
+    xds::{ConfigStatus, unix_millis},
 };
 
 #[derive(Clone)]
@@ -42,6 +42,18 @@ struct ServerHealth {
     restarts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     protocol_version: Option<String>,
+    breaker: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+    /// Unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_p99_ms: Option<f64>,
+    connections: usize,
+    in_flight: u32,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -69,6 +81,17 @@ async fn healthz(State(state): State<AdminState>) -> Json<Health> {
                 tools: status.tools.len(),
                 restarts: status.restarts,
                 protocol_version: status.protocol_version.map(|v| v.to_string()),
+                breaker: match status.breaker {
+                    BreakerState::Closed => "closed",
+                    BreakerState::Open => "open",
+                    BreakerState::HalfOpen => "halfOpen",
+                },
+                last_error_at: status.last_error.as_ref().map(|(_, at)| unix_millis(*at)),
+                last_error: status.last_error.map(|(error, _)| error),
+                latency_p50_ms: status.latency_p50.map(|d| d.as_secs_f64() * 1e3),
+                latency_p99_ms: status.latency_p99.map(|d| d.as_secs_f64() * 1e3),
+                connections: status.connections,
+                in_flight: status.in_flight,
             };
             (handle.spec.name.to_string(), health)
         })

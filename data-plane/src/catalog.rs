@@ -41,19 +41,23 @@ pub struct CatalogReader {
 // === impl Catalog ===
 
 impl Catalog {
-    /// Builds the view from the servers that are ready now.
+    /// Builds the view from the servers that are ready now. Tools hidden
+    /// by an open breaker stay routable, so a client with an older list is
+    /// told the breaker is open rather than that the tool does not exist.
     pub fn build(servers: &Servers) -> Self {
         let mut catalog = Catalog::default();
         for handle in servers.list() {
-            let Some(tools) = handle.visible_tools() else {
+            let Some((tools, listed)) = handle.routable_tools() else {
                 continue;
             };
             for tool in tools.iter() {
                 let name: Arc<str> =
                     format!("{}{NAME_SEPARATOR}{}", handle.spec.namespace, tool.name).into();
-                let mut exposed = tool.clone();
-                exposed.name = name.to_string().into();
-                catalog.tools.push(exposed);
+                if listed {
+                    let mut exposed = tool.clone();
+                    exposed.name = name.to_string().into();
+                    catalog.tools.push(exposed);
+                }
                 catalog.routes.insert(
                     name,
                     ToolRoute {

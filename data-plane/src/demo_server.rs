@@ -1,10 +1,16 @@
 //! `switchboard-gateway demo-server`: a small MCP server over stdio, so the
 //! quick start and the tests need nothing outside this repository.
 //!
-//! Tools: `echo`, `add`, `now`, `env`, `info`, `fail`, `sleep`.
+//! Tools: `echo`, `add`, `now`, `env`, `info`, `fail`, `sleep`, plus
+//! fault injection for tests and demos: `hang` (never answers, ignores
+//! cancellation), `crash` (exits at once) and `stats` (cancellations seen).
+//! Start-up faults: `--hang-on-start`, `--garbage-lines N`.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -22,11 +28,35 @@ use serde_json::{Value, json};
 /// Longest `sleep` a caller may ask for.
 const MAX_SLEEP: Duration = Duration::from_secs(600);
 
-/// Serves the demo tools on stdin/stdout until stdin closes. `instance`
-/// labels this copy in `serverInfo` and the `info` tool.
-pub async fn run(instance: Option<String>) -> anyhow::Result<()> {
+/// How the demo server starts.
+#[derive(Clone, Debug, Default)]
+pub struct DemoOptions {
+    /// Labels this copy in `serverInfo` and the `info` tool.
+    pub instance: Option<String>,
+    /// Never start serving (a server that hangs at start).
+    pub hang_on_start: bool,
+    /// Lines of non-MCP output written to stdout before serving.
+    pub garbage_lines: u32,
+}
+
+/// Serves the demo tools on stdin/stdout until stdin closes.
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    if options.hang_on_start {
+        std::future::pending::<()>().await;
+    }
+    if options.garbage_lines > 0 {
+        use tokio::io::AsyncWriteExt;
+        let mut stdout = tokio::io::stdout();
+        for i in 0..options.garbage_lines {
+            stdout
+                .write_all(format!("not json-rpc, line {i}\n").as_bytes())
+                .await?;
+        }
+        stdout.flush().await?;
+    }
     let server = DemoServer {
-        instance: instance.unwrap_or_else(|| "demo".to_owned()),
+        instance: options.instance.unwrap_or_else(|| "demo".to_owned()),
+        cancellations: AtomicU64::new(0),
     };
     let service = server.serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
@@ -35,6 +65,7 @@ pub async fn run(instance: Option<String>) -> anyhow::Result<()> {
 
 pub struct DemoServer {
     instance: String,
+    cancellations: AtomicU64,
 }
 
 fn schema(value: Value) -> Arc<JsonObject> {
@@ -93,6 +124,21 @@ fn tools() -> Vec<Tool> {
             "fail",
             "Always fails with the given message (a tool error, isError = true).",
             string_arg("message", "Error message"),
+        ),
+        Tool::new(
+            "hang",
+            "Never answers and ignores cancellation (fault injection).",
+            schema(json!({ "type": "object" })),
+        ),
+        Tool::new(
+            "crash",
+            "Exits the server process at once (fault injection).",
+            schema(json!({ "type": "object" })),
+        ),
+        Tool::new(
+            "stats",
+            "How many notifications/cancelled this server has received.",
+            schema(json!({ "type": "object" })),
         ),
         Tool::new(
             "sleep",
@@ -165,6 +211,11 @@ impl DemoServer {
                 structured(json!({ "name": name, "value": std::env::var(name).ok() }))
             }
             "info" => structured(json!({ "instance": self.instance, "pid": std::process::id() })),
+            "hang" => std::future::pending().await,
+            "crash" => std::process::exit(3),
+            "stats" => {
+                structured(json!({ "cancellations": self.cancellations.load(Ordering::Relaxed) }))
+            }
             "fail" => {
                 CallToolResult::error(vec![ContentBlock::text(string_argument(args, "message")?)])
             }
@@ -196,6 +247,14 @@ impl ServerHandler for DemoServer {
                     .with_title(self.instance.clone()),
             )
             .with_instructions("Demo tools bundled with Switchboard.")
+    }
+
+    async fn on_cancelled(
+        &self,
+        _notification: rmcp::model::CancelledNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleServer>,
+    ) {
+        self.cancellations.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn list_tools(

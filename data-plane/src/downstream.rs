@@ -324,13 +324,14 @@ impl ServerHandle {
         }
     }
 
-    /// Tools clients may see now: none unless ready, and none while the
-    /// breaker is open if the server hides them then.
-    pub fn visible_tools(&self) -> Option<Arc<[Tool]>> {
+    /// The tools calls may be routed to (none unless ready), and whether
+    /// they are listed: not while the breaker is open, if the server hides
+    /// them then.
+    pub fn routable_tools(&self) -> Option<(Arc<[Tool]>, bool)> {
         let lifecycle = self.status.read();
         let hidden =
             self.spec.breaker.hide_tools_when_open && self.breaker.state() == BreakerState::Open;
-        (lifecycle.state == ServerState::Ready && !hidden).then(|| lifecycle.tools.clone())
+        (lifecycle.state == ServerState::Ready).then(|| (lifecycle.tools.clone(), !hidden))
     }
 
     /// Calls a tool (by its name on this server) for a client session.

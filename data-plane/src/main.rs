@@ -5,7 +5,12 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use data_plane::{app, demo_server, downstream::Launcher, mcp::McpConfig};
+use data_plane::{
+    app,
+    demo_server::{self, DemoOptions},
+    downstream::Launcher,
+    mcp::McpConfig,
+};
 use tracing_subscriber::EnvFilter;
 
 /// rmcp logs every handshake at INFO; that belongs at debug for a gateway.
@@ -40,6 +45,12 @@ enum Command {
         /// Label of this copy, shown by its `info` tool and in `serverInfo.title`.
         #[arg(long)]
         instance: Option<String>,
+        /// Never start serving (fault injection).
+        #[arg(long)]
+        hang_on_start: bool,
+        /// Write this many non-MCP lines to stdout first (fault injection).
+        #[arg(long, default_value_t = 0)]
+        garbage_lines: u32,
     },
 }
 
@@ -96,7 +107,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::DemoServer { instance } => demo_server::run(instance).await,
+        Command::DemoServer {
+            instance,
+            hang_on_start,
+            garbage_lines,
+        } => {
+            let options = DemoOptions {
+                instance,
+                hang_on_start,
+                garbage_lines,
+            };
+            demo_server::run(options).await
+        }
         Command::StdioShim { .. } => unreachable!("handled before the runtime starts"),
         Command::Run(args) => {
             let bound = app::run(app::Config {

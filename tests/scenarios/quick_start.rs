@@ -37,11 +37,14 @@ async fn bundled_registry_serves_both_demo_servers_under_their_namespaces() {
 
     let client = connect(&sb.mcp_url()).await.expect("connect");
     let names = tool_names(&client).await.expect("tools/list");
-    for tool in ["echo", "add", "now", "env", "info", "fail", "sleep"] {
+    let demo_tools = [
+        "echo", "add", "now", "env", "info", "fail", "sleep", "hang", "crash", "stats",
+    ];
+    for tool in demo_tools {
         assert!(names.contains(&format!("demo.{tool}")), "{names:?}");
         assert!(names.contains(&format!("utils.{tool}")), "{names:?}");
     }
-    assert_eq!(names.len(), 14, "{names:?}");
+    assert_eq!(names.len(), 2 * demo_tools.len(), "{names:?}");
 
     let echoed = call(
         &client,
@@ -93,7 +96,7 @@ async fn bundled_registry_serves_both_demo_servers_under_their_namespaces() {
         health["configVersion"].as_u64().unwrap_or(0) > 0,
         "{health}"
     );
-    assert_eq!(health["servers"]["demo"]["tools"], 7);
+    assert_eq!(health["servers"]["demo"]["tools"], demo_tools.len());
     assert_eq!(health["servers"]["demo"]["protocolVersion"], "2025-11-25");
 
     let status = sb.control_status().await;

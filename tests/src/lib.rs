@@ -425,6 +425,28 @@ pub fn demo_server_yaml(name: &str, instance: &str, env: &[(&str, &str)]) -> Str
     doc.to_string()
 }
 
+/// An `McpServer` YAML for the demo server with extra demo-server
+/// arguments and extra `spec` fields (pool, timeouts, breaker, …).
+pub fn demo_server_with(name: &str, instance: &str, demo_args: &[&str], spec: Value) -> String {
+    let mut args = vec!["demo-server", "--instance", instance];
+    args.extend_from_slice(demo_args);
+    server_with(name, "switchboard-gateway", &args, spec)
+}
+
+/// An `McpServer` YAML for any command, with extra `spec` fields.
+pub fn server_with(name: &str, command: &str, args: &[&str], spec: Value) -> String {
+    let mut doc = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": name },
+        "spec": { "transport": { "stdio": { "command": command, "args": args } } }
+    });
+    if let (Some(target), Value::Object(extra)) = (doc["spec"].as_object_mut(), spec) {
+        target.extend(extra);
+    }
+    doc.to_string()
+}
+
 /// An `McpServer` YAML running an arbitrary command.
 pub fn command_server_yaml(name: &str, command: &str, args: &[&str]) -> String {
     json!({
@@ -434,6 +456,16 @@ pub fn command_server_yaml(name: &str, command: &str, args: &[&str]) -> String {
         "spec": { "transport": { "stdio": { "command": command, "args": args } } }
     })
     .to_string()
+}
+
+/// The text of a result's first content block.
+pub fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default()
 }
 
 /// Processes whose command line mentions `needle`, from `/proc`.

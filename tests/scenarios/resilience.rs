@@ -1,0 +1,379 @@
+//! Fault injection: servers that crash, hang, babble or fork; breakers that
+//! open and close; pools and per-session connections. After each scenario
+//! no server process (nor anything it spawned) is left behind.
+
+use std::time::Duration;
+
+use e2e::{
+    EVENTUALLY, McpClient, Switchboard, call, connect, demo_server_with, demo_server_yaml,
+    eventually, processes_matching, server_with, text, tool_names,
+};
+use serde_json::{Value, json};
+
+fn unique(what: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn pid(client: &McpClient, tool: &str) -> Value {
+    let info = call(client, tool, json!({})).await.expect(tool);
+    info.structured_content.expect("structured")["pid"].clone()
+}
+
+/// The `_meta` error kind of a gateway-side tool failure.
+fn error_kind(result: &rmcp::model::CallToolResult) -> Value {
+    result
+        .meta
+        .as_ref()
+        .and_then(|m| m.0.get("switchboard.dev/error"))
+        .map(|e| e["kind"].clone())
+        .unwrap_or(Value::Null)
+}
+
+async fn assert_no_processes(marker: &str, sb: &Switchboard) {
+    eventually(
+        &format!("no process matching {marker}"),
+        EVENTUALLY,
+        || async {
+            let left = processes_matching(marker);
+            left.is_empty()
+                .then_some(())
+                .ok_or(format!("{left:?}\n{}", sb.logs()))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn killed_server_fails_its_call_at_once_and_restarts() {
+    let marker = unique("kill9");
+    let sb = Switchboard::start(&[("k.yaml", &demo_server_yaml("k", &marker, &[]))]).await;
+    sb.wait_server_state("k", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    let victim = pid(&client, "k.info").await.as_i64().expect("pid") as i32;
+
+    let pending = call(&client, "k.sleep", json!({ "ms": 60_000 }));
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim),
+            nix::sys::signal::SIGKILL,
+        )
+        .expect("kill -9 the server");
+    };
+    let started = std::time::Instant::now();
+    let (result, ()) = tokio::join!(pending, killer);
+    let result = result.expect("the call is answered");
+    assert_eq!(result.is_error, Some(true), "{result:?}");
+    assert_eq!(error_kind(&result), "transport", "{result:?}");
+    assert!(
+        text(&result).contains("server `k` failed during tools/call"),
+        "{}",
+        text(&result)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failed at once, not at the timeout"
+    );
+
+    let health = eventually("a restart", EVENTUALLY, || async {
+        let health = sb.health().await;
+        let k = &health["servers"]["k"];
+        (k["state"] == "ready" && k["restarts"].as_u64() >= Some(1))
+            .then_some(health.clone())
+            .ok_or(health.to_string())
+    })
+    .await;
+    assert!(
+        health["servers"]["k"]["lastError"].as_str().is_some(),
+        "{health}"
+    );
+    assert_ne!(pid(&client, "k.info").await.as_i64(), Some(victim as i64));
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn hanging_call_times_out_and_the_server_is_told_to_cancel() {
+    let marker = unique("hang");
+    let spec = json!({ "timeouts": { "call": "30s", "tools": { "hang": "1s" } } });
+    let sb = Switchboard::start(&[("h.yaml", &demo_server_with("h", &marker, &[], spec))]).await;
+    sb.wait_server_state("h", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+
+    let result = call(&client, "h.hang", json!({})).await.expect("answered");
+    assert_eq!(result.is_error, Some(true));
+    assert_eq!(error_kind(&result), "timeout");
+    assert!(
+        text(&result).contains("did not answer tools/call within 1s"),
+        "{}",
+        text(&result)
+    );
+
+    eventually(
+        "the server to receive notifications/cancelled",
+        EVENTUALLY,
+        || async {
+            let stats = call(&client, "h.stats", json!({}))
+                .await
+                .map_err(|e| e.to_string())?;
+            let n = stats.structured_content.unwrap_or_default()["cancellations"].as_u64();
+            (n >= Some(1)).then_some(()).ok_or(format!("{n:?}"))
+        },
+    )
+    .await;
+    // The server still answers other calls.
+    call(&client, "h.echo", json!({ "text": "alive" }))
+        .await
+        .expect("echo");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_server_hanging_at_start_delays_nobody() {
+    let marker = unique("slowstart");
+    let hanging = demo_server_with(
+        "stuck",
+        &marker,
+        &["--hang-on-start"],
+        json!({ "timeouts": { "initialize": "2s" } }),
+    );
+    let sb = Switchboard::start(&[
+        ("stuck.yaml", &hanging),
+        (
+            "fine.yaml",
+            &demo_server_yaml("fine", &format!("{marker}-fine"), &[]),
+        ),
+    ])
+    .await;
+    // Switchboard::start returned: the gateway was ready while `stuck` hung.
+    sb.wait_server_state("fine", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    call(&client, "fine.echo", json!({ "text": "x" }))
+        .await
+        .expect("fine works");
+    let names = tool_names(&client).await.expect("list");
+    assert!(!names.iter().any(|n| n.starts_with("stuck.")), "{names:?}");
+
+    let stuck = sb.wait_server_state("stuck", "failed").await;
+    let reason = stuck["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("no initialize response within 2s"),
+        "{stuck}"
+    );
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn non_mcp_stdout_is_that_servers_problem_only() {
+    let marker = unique("garbage");
+    // Noise before the handshake is skipped; a server that never speaks MCP fails.
+    let noisy = demo_server_with("noisy", &marker, &["--garbage-lines", "20"], json!({}));
+    let babbler = server_with(
+        "babbler",
+        "sh",
+        &[
+            "-c",
+            &format!("while true; do echo {marker}-garbage; sleep 0.05; done"),
+        ],
+        json!({ "timeouts": { "initialize": "2s" } }),
+    );
+    let sb = Switchboard::start(&[("noisy.yaml", &noisy), ("babbler.yaml", &babbler)]).await;
+    sb.wait_server_state("noisy", "ready").await;
+    let failed = sb.wait_server_state("babbler", "failed").await;
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("initialize"),
+        "{failed}"
+    );
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    let echoed = call(&client, "noisy.echo", json!({ "text": "clean" }))
+        .await
+        .expect("echo");
+    assert_eq!(text(&echoed), "clean");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn breaker_opens_under_failures_fails_fast_and_closes_again() {
+    let marker = unique("breaker");
+    let spec = json!({ "breaker": {
+        "consecutiveFailures": 3, "openDuration": "1s", "halfOpenProbes": 1,
+        "countToolErrors": true, "hideToolsWhenOpen": true,
+    } });
+    let sb = Switchboard::start(&[("b.yaml", &demo_server_with("b", &marker, &[], spec))]).await;
+    sb.wait_server_state("b", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    let changes = client.service().tools_changed.clone();
+
+    // A flood of failing calls: the first ones reach the server, then the
+    // breaker answers for it.
+    let flood = (0..20).map(|_| call(&client, "b.fail", json!({ "message": "down" })));
+    let results = futures::future::join_all(flood).await;
+    let kinds: Vec<Value> = results
+        .iter()
+        .map(|r| error_kind(r.as_ref().expect("answered")))
+        .collect();
+    let reached = kinds.iter().filter(|k| k.is_null()).count();
+    let rejected = kinds.iter().filter(|k| **k == "breaker_open").count();
+    assert_eq!(reached + rejected, 20, "{kinds:?}");
+    assert!(rejected >= 1 && reached >= 3, "{kinds:?}");
+
+    let health = sb.health().await;
+    assert_eq!(health["servers"]["b"]["breaker"], "open", "{health}");
+    let names = tool_names(&client).await.expect("list");
+    assert!(
+        !names.iter().any(|n| n.starts_with("b.")),
+        "hidden while open: {names:?}"
+    );
+    let before = changes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(before >= 1, "list_changed when the tools left");
+
+    // After the open period the tools come back; a good call closes it.
+    eventually("tools to come back half-open", EVENTUALLY, || async {
+        let names = tool_names(&client).await.map_err(|e| e.to_string())?;
+        names
+            .contains(&"b.echo".to_owned())
+            .then_some(())
+            .ok_or(format!("{names:?}"))
+    })
+    .await;
+    let probe = call(&client, "b.echo", json!({ "text": "probe" }))
+        .await
+        .expect("probe");
+    assert_eq!(probe.is_error, Some(false));
+    assert_eq!(sb.health().await["servers"]["b"]["breaker"], "closed");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn removing_a_server_ends_its_calls_and_its_processes() {
+    let marker = unique("remove");
+    // The server forks a grandchild that carries the marker in its arguments.
+    let script = format!(
+        "sleep 100000.{} & exec switchboard-gateway demo-server --instance {marker}",
+        std::process::id()
+    );
+    let sb = Switchboard::start(&[(
+        "r.yaml",
+        &server_with("r", "sh", &["-c", &script], json!({})),
+    )])
+    .await;
+    sb.wait_server_state("r", "ready").await;
+    let grandchild = format!("sleep 100000.{}", std::process::id());
+    let running = processes_matching(&grandchild);
+    let sleeping = running
+        .iter()
+        .filter(|(_, cmd)| cmd.starts_with(&grandchild));
+    assert_eq!(
+        sleeping.count(),
+        1,
+        "the forked grandchild runs: {running:?}"
+    );
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+
+    let pending = call(&client, "r.sleep", json!({ "ms": 60_000 }));
+    let remove = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sb.remove_file("r.yaml");
+    };
+    let started = std::time::Instant::now();
+    let (result, ()) = tokio::join!(pending, remove);
+    let result = result.expect("answered");
+    assert_eq!(result.is_error, Some(true), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_no_processes(&marker, &sb).await;
+    assert_no_processes(&grandchild, &sb).await;
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_crashed_gateway_leaves_no_server_behind() {
+    let marker = unique("crash");
+    let script = format!(
+        "sleep 200000.{} & exec switchboard-gateway demo-server --instance {marker}",
+        std::process::id()
+    );
+    let mut sb = Switchboard::start(&[
+        (
+            "a.yaml",
+            &server_with("a", "sh", &["-c", &script], json!({})),
+        ),
+        (
+            "b.yaml",
+            &demo_server_yaml("b", &format!("{marker}-b"), &[]),
+        ),
+    ])
+    .await;
+    sb.wait_server_state("a", "ready").await;
+    sb.wait_server_state("b", "ready").await;
+    sb.gateway.as_mut().expect("gateway").kill_hard().await;
+    assert_no_processes(&marker, &sb).await;
+    assert_no_processes(&format!("sleep 200000.{}", std::process::id()), &sb).await;
+}
+
+#[tokio::test]
+async fn pool_grows_under_load_and_shrinks_when_idle() {
+    let marker = unique("pool");
+    let spec = json!({ "pool": { "min": 1, "max": 2, "maxConcurrency": 1, "idleTimeout": "1s" } });
+    let sb = Switchboard::start(&[("p.yaml", &demo_server_with("p", &marker, &[], spec))]).await;
+    sb.wait_server_state("p", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+
+    // Two slow calls at once need two connections (processes).
+    let slow = || call(&client, "p.sleep", json!({ "ms": 1500 }));
+    let (a, b) = tokio::join!(slow(), slow());
+    assert_eq!(a.expect("a").is_error, Some(false));
+    assert_eq!(b.expect("b").is_error, Some(false));
+    let servers = |m: &str| {
+        processes_matching(m)
+            .into_iter()
+            .filter(|(_, cmd)| !cmd.contains("stdio-shim"))
+            .count()
+    };
+    assert_eq!(servers(&marker), 2, "the pool grew to pool.max");
+
+    eventually("the idle connection to be reaped", EVENTUALLY, || async {
+        let n = servers(&marker);
+        let health = sb.health().await;
+        (n == 1 && health["servers"]["p"]["connections"] == 1)
+            .then_some(())
+            .ok_or(format!("{n} processes, {health}"))
+    })
+    .await;
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn per_session_servers_get_their_own_process_per_client() {
+    let marker = unique("persession");
+    let spec = json!({ "sessionMode": "perSession" });
+    let sb = Switchboard::start(&[("s.yaml", &demo_server_with("s", &marker, &[], spec))]).await;
+    sb.wait_server_state("s", "ready").await;
+    let one = connect(&sb.mcp_url()).await.expect("connect one");
+    let two = connect(&sb.mcp_url()).await.expect("connect two");
+    let (pid_one, pid_two) = (pid(&one, "s.info").await, pid(&two, "s.info").await);
+    assert_ne!(pid_one, pid_two, "each session has its own process");
+    assert_eq!(pid(&one, "s.info").await, pid_one, "and keeps it");
+
+    one.cancel().await.expect("close one");
+    let gone = format!("/proc/{}", pid_one.as_i64().expect("pid"));
+    eventually("session one's process to exit", EVENTUALLY, || async {
+        (!std::path::Path::new(&gone).exists())
+            .then_some(())
+            .ok_or(gone.clone())
+    })
+    .await;
+    assert_eq!(
+        pid(&two, "s.info").await,
+        pid_two,
+        "the other session is untouched"
+    );
+    two.cancel().await.expect("close two");
+}
