@@ -66,6 +66,26 @@ pub struct TransportSpec {
     /// A local process speaking MCP over stdin/stdout, run by every gateway replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdio: Option<StdioSpec>,
+    /// A remote server speaking streamable HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSpec {
+    /// `http://` URL of the server's MCP endpoint.
+    pub url: String,
+    /// Headers sent with every request (e.g. `Authorization`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<Header>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -118,6 +138,10 @@ pub enum ValidTransport {
         env: BTreeMap<String, String>,
         cwd: Option<String>,
     },
+    Http {
+        url: String,
+        headers: BTreeMap<String, String>,
+    },
 }
 
 /// Why a resource is invalid: the field path and what is wrong with it.
@@ -153,11 +177,15 @@ impl McpServer {
         check_namespace(&namespace)
             .map_err(|reason| ValidationError::new("spec.namespace", reason))?;
 
-        let Some(stdio) = &self.spec.transport.stdio else {
-            return Err(ValidationError::new(
-                "spec.transport",
-                "exactly one transport must be set (supported: stdio)",
-            ));
+        let transport = match (&self.spec.transport.stdio, &self.spec.transport.http) {
+            (Some(stdio), None) => validate_stdio(stdio)?,
+            (None, Some(http)) => validate_http(http)?,
+            _ => {
+                return Err(ValidationError::new(
+                    "spec.transport",
+                    "exactly one transport must be set (stdio or http)",
+                ));
+            }
         };
         let resilience = RawResilience {
             session_mode: self.spec.session_mode,
@@ -171,7 +199,7 @@ impl McpServer {
             name,
             namespace,
             enabled: self.spec.enabled,
-            transport: validate_stdio(stdio)?,
+            transport,
             resilience,
         })
     }
@@ -211,6 +239,43 @@ fn validate_stdio(stdio: &StdioSpec) -> Result<ValidTransport, ValidationError> 
         args: stdio.args.clone(),
         env,
         cwd: stdio.cwd.clone(),
+    })
+}
+
+fn validate_http(http: &HttpSpec) -> Result<ValidTransport, ValidationError> {
+    let field = "spec.transport.http.url";
+    let Some(rest) = http.url.strip_prefix("http://") else {
+        let reason = if http.url.starts_with("https://") {
+            "https:// is not supported yet: reach the server over http:// (e.g. a sidecar or mesh)"
+        } else {
+            "must be an http:// URL"
+        };
+        return Err(ValidationError::new(field, reason));
+    };
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(ValidationError::new(
+            field,
+            format!("`{}` has no valid host", http.url),
+        ));
+    }
+    let mut headers = BTreeMap::new();
+    for (i, header) in http.headers.iter().enumerate() {
+        let valid_name = !header.name.is_empty()
+            && header
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !valid_name || header.value.contains(['\r', '\n']) {
+            return Err(ValidationError::new(
+                format!("spec.transport.http.headers[{i}]"),
+                format!("`{}` is not a valid header", header.name),
+            ));
+        }
+        headers.insert(header.name.clone(), header.value.clone());
+    }
+    Ok(ValidTransport::Http {
+        url: http.url.clone(),
+        headers,
     })
 }
 
@@ -263,7 +328,9 @@ mod tests {
         .expect("valid");
         assert_eq!(server.namespace, "time");
         assert!(server.enabled);
-        let ValidTransport::Stdio { env, args, .. } = server.transport;
+        let ValidTransport::Stdio { env, args, .. } = server.transport else {
+            panic!("expected stdio");
+        };
         assert_eq!(env.get("TZ").map(String::as_str), Some("UTC"));
         assert_eq!(args, ["mcp-server-time"]);
     }
@@ -274,6 +341,26 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(err.field, "spec.transport");
+    }
+
+    #[test]
+    fn http_transport_needs_an_http_url() {
+        let ok = parse(
+            "metadata: {name: x}\nspec: {transport: {http: {url: 'http://mcp:8080/mcp', headers: [{name: Authorization, value: Bearer t}]}}}",
+        )
+        .validate()
+        .expect("valid");
+        assert!(matches!(ok.transport, ValidTransport::Http { .. }));
+        for url in ["https://mcp/mcp", "ftp://x", "http://"] {
+            let yaml =
+                format!("metadata: {{name: x}}\nspec: {{transport: {{http: {{url: '{url}'}}}}}}");
+            let err = parse(&yaml).validate().unwrap_err();
+            assert_eq!(err.field, "spec.transport.http.url", "{url}");
+        }
+        let both = parse(
+            "metadata: {name: x}\nspec: {transport: {stdio: {command: c}, http: {url: 'http://h/mcp'}}}",
+        );
+        assert_eq!(both.validate().unwrap_err().field, "spec.transport");
     }
 
     #[test]

@@ -80,6 +80,10 @@ fn to_proto(server: &ValidServer) -> pb::McpServer {
             env: env.clone().into_iter().collect(),
             cwd: cwd.clone().unwrap_or_default(),
         }),
+        ValidTransport::Http { url, headers } => Transport::Http(pb::HttpTransport {
+            url: url.clone(),
+            headers: headers.clone().into_iter().collect(),
+        }),
     };
     let r = &server.resilience;
     pb::McpServer {

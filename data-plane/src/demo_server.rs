@@ -37,6 +37,8 @@ pub struct DemoOptions {
     pub hang_on_start: bool,
     /// Lines of non-MCP output written to stdout before serving.
     pub garbage_lines: u32,
+    /// Serve streamable HTTP at `/mcp` on this address instead of stdio.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Serves the demo tools on stdin/stdout until stdin closes.
@@ -56,16 +58,43 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     }
     let server = DemoServer {
         instance: options.instance.unwrap_or_else(|| "demo".to_owned()),
-        cancellations: AtomicU64::new(0),
+        cancellations: Arc::default(),
     };
-    let service = server.serve(rmcp::transport::stdio()).await?;
-    service.waiting().await?;
+    match options.http {
+        Some(addr) => serve_http(server, addr).await,
+        None => {
+            let service = server.serve(rmcp::transport::stdio()).await?;
+            service.waiting().await?;
+            Ok(())
+        }
+    }
+}
+
+/// Streamable HTTP with sessions, one `DemoServer` per session.
+async fn serve_http(server: DemoServer, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use rmcp::transport::{
+        StreamableHttpServerConfig, StreamableHttpService,
+        streamable_http_server::session::local::LocalSessionManager,
+    };
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!(
+        "demo server listening on http://{}/mcp",
+        listener.local_addr()?
+    );
+    let router = axum::Router::new().nest_service("/mcp", service);
+    axum::serve(listener, router).await?;
     Ok(())
 }
 
+#[derive(Clone)]
 pub struct DemoServer {
     instance: String,
-    cancellations: AtomicU64,
+    cancellations: Arc<AtomicU64>,
 }
 
 fn schema(value: Value) -> Arc<JsonObject> {

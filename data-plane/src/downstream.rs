@@ -6,6 +6,7 @@
 //! and tears down its connections.
 
 pub mod breaker;
+pub mod http;
 pub mod pool;
 pub mod stdio;
 mod supervisor;

@@ -51,6 +51,9 @@ enum Command {
         /// Write this many non-MCP lines to stdout first (fault injection).
         #[arg(long, default_value_t = 0)]
         garbage_lines: u32,
+        /// Serve streamable HTTP at `/mcp` on this address instead of stdio.
+        #[arg(long)]
+        http: Option<SocketAddr>,
     },
 }
 
@@ -111,11 +114,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             instance,
             hang_on_start,
             garbage_lines,
+            http,
         } => {
             let options = DemoOptions {
                 instance,
                 hang_on_start,
                 garbage_lines,
+                http,
             };
             demo_server::run(options).await
         }

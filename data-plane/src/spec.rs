@@ -87,6 +87,13 @@ pub enum Probe {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Transport {
     Stdio(StdioSpec),
+    Http(HttpSpec),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpSpec {
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +135,7 @@ impl TryFrom<&pb::McpServer> for ServerSpec {
         }
         let transport = match &server.transport {
             Some(pb::mcp_server::Transport::Stdio(stdio)) => Transport::Stdio(stdio.try_into()?),
+            Some(pb::mcp_server::Transport::Http(http)) => Transport::Http(http.try_into()?),
             None => return Err(ProtoError::Missing("transport")),
         };
         let session_mode = match server.session_mode() {
@@ -181,6 +189,27 @@ impl TryFrom<&pb::StdioTransport> for StdioSpec {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             cwd: (!stdio.cwd.is_empty()).then(|| PathBuf::from(&stdio.cwd)),
+        })
+    }
+}
+
+impl TryFrom<&pb::HttpTransport> for HttpSpec {
+    type Error = ProtoError;
+
+    fn try_from(http: &pb::HttpTransport) -> Result<Self, ProtoError> {
+        if !http.url.starts_with("http://") || http.url.len() <= "http://".len() {
+            return Err(ProtoError::Invalid {
+                field: "http.url",
+                reason: format!("`{}` is not an http:// URL", http.url),
+            });
+        }
+        Ok(Self {
+            url: http.url.clone(),
+            headers: http
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 }
@@ -394,7 +423,9 @@ mod tests {
     fn converts_a_stdio_server() {
         let spec = ServerSpec::try_from(&stdio_server("a", "ns", "cmd")).expect("valid");
         assert_eq!(&*spec.namespace, "ns");
-        let Transport::Stdio(stdio) = spec.transport;
+        let Transport::Stdio(stdio) = spec.transport else {
+            panic!("expected stdio");
+        };
         assert_eq!(stdio.command, "cmd");
         assert_eq!(stdio.cwd, None);
     }

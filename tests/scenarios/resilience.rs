@@ -377,3 +377,51 @@ async fn per_session_servers_get_their_own_process_per_client() {
     );
     two.cancel().await.expect("close two");
 }
+
+#[tokio::test]
+async fn remote_http_server_is_reconnected_after_it_restarts() {
+    let marker = unique("remote");
+    let addr = e2e::free_addr();
+    let sb = Switchboard::start(&[]).await;
+    let mut remote = sb.spawn_demo_http(addr, &marker).await;
+    let transport = json!({ "http": {
+        "url": format!("http://{addr}/mcp"),
+        "headers": [{ "name": "X-Test", "value": "1" }],
+    } });
+    let yaml = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": "r" },
+        "spec": { "transport": transport },
+    });
+    sb.write_file("r.yaml", &yaml.to_string());
+    let state = sb.wait_server_state("r", "ready").await;
+    assert_eq!(state["tools"], 10, "{state}");
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    let first = pid(&client, "r.info").await;
+
+    // The server goes away and comes back as a new process: its sessions
+    // are gone, the gateway re-initialises and calls work again.
+    remote.kill_hard().await;
+    let _again = sb.spawn_demo_http(addr, &marker).await;
+    let second = eventually(
+        "calls to work against the new process",
+        EVENTUALLY,
+        || async {
+            let result = call(&client, "r.info", json!({}))
+                .await
+                .map_err(|e| e.to_string())?;
+            let pid = result
+                .structured_content
+                .as_ref()
+                .map(|s| s["pid"].clone())
+                .unwrap_or_default();
+            (!pid.is_null() && pid != first)
+                .then_some(pid)
+                .ok_or(format!("{result:?}"))
+        },
+    )
+    .await;
+    assert_ne!(first, second);
+    client.cancel().await.expect("close");
+}

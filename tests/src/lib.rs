@@ -278,6 +278,24 @@ impl Switchboard {
         .await;
     }
 
+    /// Starts the demo server serving streamable HTTP on `addr` and waits
+    /// until it accepts connections.
+    pub async fn spawn_demo_http(&self, addr: SocketAddr, instance: &str) -> Process {
+        let mut command = Command::new(bin_dir().join("switchboard-gateway"));
+        command
+            .args(["demo-server", "--instance", instance, "--http"])
+            .arg(addr.to_string());
+        let process = Process::spawn("demo-server --http", command, self.log_path("demo-http"));
+        eventually("the HTTP demo server to listen", EVENTUALLY, || async {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        process
+    }
+
     pub fn mcp_url(&self) -> String {
         format!("http://{}/mcp", self.gateway_addr)
     }

@@ -14,8 +14,8 @@ use tokio::{sync::mpsc, time::Instant};
 use tracing::{Instrument, debug, info, warn};
 
 use super::{
-    DownstreamClient, Lifecycle, ServerHandle, ServerState, SessionKey, pool::Connection,
-    stdio::StdioConnection,
+    DownstreamClient, Error, Lifecycle, ServerHandle, ServerState, SessionKey,
+    http::HttpConnection, pool::Connection, stdio::StdioConnection,
 };
 use crate::spec::{Probe, Transport};
 
@@ -26,6 +26,12 @@ const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// How often idle connections above `pool.min` are looked for.
 const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// One live connection of either transport.
+enum Link {
+    Stdio(StdioConnection),
+    Http(HttpConnection),
+}
 
 pub(super) enum Event {
     /// Calls are waiting: open another pooled connection if allowed.
@@ -222,21 +228,14 @@ pub(super) async fn start_connection(
     handle: &Arc<ServerHandle>,
     session: Option<SessionKey>,
 ) -> Result<Arc<Connection>, String> {
-    let Transport::Stdio(spec) = &handle.spec.transport;
     let client = DownstreamClient {
         tools_changed: handle.tools_changed.clone(),
     };
-    let stdio = StdioConnection::start(
-        &handle.spec.name,
-        spec,
-        &handle.servers.inner.launcher,
-        client,
-        handle.spec.timeouts.initialize,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let connection = handle.pool.connection(stdio.service.peer().clone());
-    let task = run_connection(handle.clone(), connection.clone(), stdio, session);
+    let link = Link::start(handle, client, handle.spec.timeouts.initialize)
+        .await
+        .map_err(|e| e.to_string())?;
+    let connection = handle.pool.connection(link.peer().clone());
+    let task = run_connection(handle.clone(), connection.clone(), link, session);
     handle.servers.inner.tasks.spawn(task.in_current_span());
     if session.is_none() {
         handle.pool.add(connection.clone());
@@ -249,7 +248,7 @@ pub(super) async fn start_connection(
 async fn run_connection(
     handle: Arc<ServerHandle>,
     connection: Arc<Connection>,
-    mut stdio: StdioConnection,
+    mut link: Link,
     session: Option<SessionKey>,
 ) {
     let health = &handle.spec.health;
@@ -260,7 +259,7 @@ async fn run_connection(
         tokio::select! {
             _ = handle.stop.cancelled() => break None,
             _ = connection.stop.cancelled() => break None,
-            reason = stdio.exited() => break Some(reason),
+            reason = link.closed() => break Some(reason),
             _ = probe.tick() => match run_probe(&handle, &connection).await {
                 Ok(()) => failures = 0,
                 Err(err) => {
@@ -278,7 +277,7 @@ async fn run_connection(
         .as_ref()
         .is_none_or(|r| r.starts_with("health probe"))
     {
-        stdio.shutdown().await;
+        link.shutdown().await;
     }
     let _ = handle
         .events
@@ -312,15 +311,12 @@ async fn run_probe(handle: &ServerHandle, connection: &Connection) -> Result<(),
                 }
             }
             Probe::Initialize => {
-                let Transport::Stdio(spec) = &handle.spec.transport;
                 let client = DownstreamClient {
                     tools_changed: Default::default(),
                 };
-                let launcher = &handle.servers.inner.launcher;
-                let fresh =
-                    StdioConnection::start(&handle.spec.name, spec, launcher, client, timeout)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                let fresh = Link::start(handle, client, timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 fresh.shutdown().await;
                 Ok(())
             }
@@ -329,4 +325,48 @@ async fn run_probe(handle: &ServerHandle, connection: &Connection) -> Result<(),
     tokio::time::timeout(timeout, probe)
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+// === impl Link ===
+
+impl Link {
+    async fn start(
+        handle: &ServerHandle,
+        client: DownstreamClient,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        Ok(match &handle.spec.transport {
+            Transport::Stdio(spec) => {
+                let launcher = &handle.servers.inner.launcher;
+                let connection =
+                    StdioConnection::start(&handle.spec.name, spec, launcher, client, timeout);
+                Link::Stdio(connection.await?)
+            }
+            Transport::Http(spec) => {
+                Link::Http(HttpConnection::start(spec, client, timeout).await?)
+            }
+        })
+    }
+
+    fn peer(&self) -> &Peer<RoleClient> {
+        match self {
+            Link::Stdio(stdio) => stdio.service.peer(),
+            Link::Http(http) => http.peer(),
+        }
+    }
+
+    /// Resolves when the connection is gone, with the reason.
+    async fn closed(&mut self) -> String {
+        match self {
+            Link::Stdio(stdio) => stdio.exited().await,
+            Link::Http(http) => http.closed().await,
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Link::Stdio(stdio) => stdio.shutdown().await,
+            Link::Http(http) => http.shutdown().await,
+        }
+    }
 }

@@ -1,0 +1,93 @@
+//! Streamable-HTTP connections to remote servers. A downstream session the
+//! server expired (404) is re-initialised by rmcp and the request retried
+//! once; a connection that breaks is restarted by the supervisor with
+//! backoff, like a crashed process.
+
+use std::{collections::HashMap, time::Duration};
+
+use http::{HeaderName, HeaderValue};
+use rmcp::{
+    ServiceExt,
+    service::{Peer, QuitReason, RoleClient},
+    transport::{
+        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+    },
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{DownstreamClient, Error};
+use crate::spec::HttpSpec;
+
+/// Requests in flight per connection; rmcp's default (16) is low for a
+/// gateway multiplexing many sessions.
+const MAX_CONCURRENT_REQUESTS: usize = 256;
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+pub struct HttpConnection {
+    peer: Peer<RoleClient>,
+    cancel: CancellationToken,
+    service: JoinHandle<Result<QuitReason, tokio::task::JoinError>>,
+}
+
+// === impl HttpConnection ===
+
+impl HttpConnection {
+    /// Connects and runs the MCP handshake within `timeout`.
+    pub async fn start(
+        spec: &HttpSpec,
+        client: DownstreamClient,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let mut headers = HashMap::new();
+        for (name, value) in &spec.headers {
+            let name = HeaderName::try_from(name.as_str())
+                .map_err(|e| Error::Protocol(format!("header `{name}`: {e}")))?;
+            let value = HeaderValue::try_from(value.as_str())
+                .map_err(|e| Error::Protocol(format!("header `{name}`: {e}")))?;
+            headers.insert(name, value);
+        }
+        let config = StreamableHttpClientTransportConfig::with_uri(spec.url.clone())
+            .custom_headers(headers)
+            .reinit_on_expired_session(true)
+            .max_concurrent_requests(MAX_CONCURRENT_REQUESTS);
+        let transport = StreamableHttpClientTransport::from_config(config);
+        let cancel = CancellationToken::new();
+        let handshake = client.serve_with_ct(transport, cancel.clone());
+        let service = match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(service)) => service,
+            Ok(Err(err)) => {
+                return Err(Error::Initialize(format!("{}: {err}", spec.url)));
+            }
+            Err(_) => {
+                return Err(Error::Initialize(format!(
+                    "no initialize response from {} within {timeout:?}",
+                    spec.url
+                )));
+            }
+        };
+        Ok(Self {
+            peer: service.peer().clone(),
+            cancel,
+            service: tokio::spawn(service.waiting()),
+        })
+    }
+
+    pub fn peer(&self) -> &Peer<RoleClient> {
+        &self.peer
+    }
+
+    /// Resolves when the connection is gone.
+    pub async fn closed(&mut self) -> String {
+        match (&mut self.service).await {
+            Ok(Ok(reason)) => format!("connection closed ({reason:?})"),
+            Ok(Err(join)) | Err(join) => format!("connection task failed: {join}"),
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(CLOSE_GRACE, &mut self.service).await;
+        self.service.abort();
+    }
+}
