@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use axum::Router;
+use axum::{Router, serve::ListenerExt};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -81,6 +81,11 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let cancel = shutdown.clone();
     tasks.spawn(async move {
         let drained = cancel.clone().cancelled_owned();
+        // Without TCP_NODELAY, Nagle's algorithm holds the SSE event that
+        // follows the response headers for a delayed ACK: ~40 ms per call.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serve = axum::serve(listener, router).with_graceful_shutdown(drained);
         let deadline = async {
             cancel.cancelled().await;

@@ -1,7 +1,7 @@
 //! `switchboard-gateway demo-server`: a small MCP server over stdio, so the
 //! quick start and the tests need nothing outside this repository.
 //!
-//! Tools: `echo`, `add`, `now`, `env`, `info`, `fail`, `sleep`, plus
+//! Tools: `echo`, `add`, `now`, `env`, `info`, `fail`, `sleep`, `progress`, plus
 //! fault injection for tests and demos: `hang` (never answers, ignores
 //! cancellation), `crash` (exits at once) and `stats` (cancellations seen).
 //! Start-up faults: `--hang-on-start`, `--garbage-lines N`.
@@ -18,8 +18,8 @@ use rmcp::{
     ErrorData, RoleServer, ServerHandler, ServiceExt,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-        JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams, ServerCapabilities,
-        ServerConfig, Tool,
+        JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams, ProgressNotificationParam,
+        ServerCapabilities, ServerConfig, Tool,
     },
     service::RequestContext,
 };
@@ -39,6 +39,8 @@ pub struct DemoOptions {
     pub garbage_lines: u32,
     /// Serve streamable HTTP at `/mcp` on this address instead of stdio.
     pub http: Option<std::net::SocketAddr>,
+    /// Extra echo tools `extra_0` … to make large catalogs (benchmarks).
+    pub extra_tools: u32,
 }
 
 /// Serves the demo tools on stdin/stdout until stdin closes.
@@ -56,9 +58,19 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         }
         stdout.flush().await?;
     }
+    let mut tools = tools();
+    let echo_schema = tools[0].input_schema.clone();
+    tools.extend((0..options.extra_tools).map(|i| {
+        Tool::new(
+            format!("extra_{i}"),
+            "Echo, under another name.",
+            echo_schema.clone(),
+        )
+    }));
     let server = DemoServer {
         instance: options.instance.unwrap_or_else(|| "demo".to_owned()),
         cancellations: Arc::default(),
+        tools: tools.into(),
     };
     match options.http {
         Some(addr) => serve_http(server, addr).await,
@@ -87,6 +99,10 @@ async fn serve_http(server: DemoServer, addr: std::net::SocketAddr) -> anyhow::R
         listener.local_addr()?
     );
     let router = axum::Router::new().nest_service("/mcp", service);
+    // As the gateway does: no Nagle delay between headers and the SSE event.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router).await?;
     Ok(())
 }
@@ -95,6 +111,7 @@ async fn serve_http(server: DemoServer, addr: std::net::SocketAddr) -> anyhow::R
 pub struct DemoServer {
     instance: String,
     cancellations: Arc<AtomicU64>,
+    tools: Arc<[Tool]>,
 }
 
 fn schema(value: Value) -> Arc<JsonObject> {
@@ -155,6 +172,18 @@ fn tools() -> Vec<Tool> {
             string_arg("message", "Error message"),
         ),
         Tool::new(
+            "progress",
+            "Works for `steps` × `stepMs` milliseconds, reporting progress after each step.",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "steps": { "type": "integer", "minimum": 1 },
+                    "stepMs": { "type": "integer", "minimum": 0 },
+                },
+                "required": ["steps", "stepMs"],
+            })),
+        ),
+        Tool::new(
             "hang",
             "Never answers and ignores cancellation (fault injection).",
             schema(json!({ "type": "object" })),
@@ -213,7 +242,7 @@ impl DemoServer {
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         Ok(match name {
-            "echo" => {
+            tool if tool == "echo" || tool.starts_with("extra_") => {
                 let text = string_argument(args, "text")?;
                 let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
                 result.structured_content = Some(json!({ "text": text }));
@@ -240,6 +269,27 @@ impl DemoServer {
                 structured(json!({ "name": name, "value": std::env::var(name).ok() }))
             }
             "info" => structured(json!({ "instance": self.instance, "pid": std::process::id() })),
+            "progress" => {
+                let count = |name| {
+                    argument(args, name)?.as_u64().ok_or_else(|| {
+                        ErrorData::invalid_params(
+                            format!("`{name}` must be a non-negative integer"),
+                            None,
+                        )
+                    })
+                };
+                let (steps, step) = (count("steps")?, Duration::from_millis(count("stepMs")?));
+                let token = context.meta.get_progress_token();
+                for done in 1..=steps {
+                    tokio::time::sleep(step.min(MAX_SLEEP)).await;
+                    if let Some(token) = &token {
+                        let mut update = ProgressNotificationParam::new(token.clone(), done as f64);
+                        update.total = Some(steps as f64);
+                        let _ = context.peer.notify_progress(update).await;
+                    }
+                }
+                structured(json!({ "steps": steps }))
+            }
             "hang" => std::future::pending().await,
             "crash" => std::process::exit(3),
             "stats" => {
@@ -291,7 +341,7 @@ impl ServerHandler for DemoServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(tools()))
+        Ok(ListToolsResult::with_all_items(self.tools.to_vec()))
     }
 
     async fn call_tool(

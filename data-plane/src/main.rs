@@ -54,6 +54,9 @@ enum Command {
         /// Serve streamable HTTP at `/mcp` on this address instead of stdio.
         #[arg(long)]
         http: Option<SocketAddr>,
+        /// Add this many echo tools named `extra_<n>` (large catalogs).
+        #[arg(long, default_value_t = 0)]
+        extra_tools: u32,
     },
 }
 
@@ -115,16 +118,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hang_on_start,
             garbage_lines,
             http,
+            extra_tools,
         } => {
             let options = DemoOptions {
                 instance,
                 hang_on_start,
                 garbage_lines,
                 http,
+                extra_tools,
             };
             demo_server::run(options).await
         }
-        Command::StdioShim { .. } => unreachable!("handled before the runtime starts"),
+        Command::StdioShim { .. } => anyhow::bail!("stdio-shim runs before the runtime starts"),
         Command::Run(args) => {
             let bound = app::run(app::Config {
                 listen: args.listen,

@@ -204,27 +204,35 @@ async fn non_mcp_stdout_is_that_servers_problem_only() {
 async fn breaker_opens_under_failures_fails_fast_and_closes_again() {
     let marker = unique("breaker");
     let spec = json!({ "breaker": {
-        "consecutiveFailures": 3, "openDuration": "1s", "halfOpenProbes": 1,
+        "consecutiveFailures": 3, "openDuration": "3s", "halfOpenProbes": 1,
         "countToolErrors": true, "hideToolsWhenOpen": true,
     } });
     let sb = Switchboard::start(&[("b.yaml", &demo_server_with("b", &marker, &[], spec))]).await;
     sb.wait_server_state("b", "ready").await;
     let client = connect(&sb.mcp_url()).await.expect("connect");
     let changes = client.service().tools_changed.clone();
+    let before = changes.load(std::sync::atomic::Ordering::SeqCst);
 
-    // A flood of failing calls: the first ones reach the server, then the
-    // breaker answers for it.
-    let flood = (0..20).map(|_| call(&client, "b.fail", json!({ "message": "down" })));
+    // Three failures in a row reach the server and open the breaker.
+    for _ in 0..3 {
+        let failed = call(&client, "b.fail", json!({ "message": "down" }))
+            .await
+            .expect("answered");
+        assert_eq!(failed.is_error, Some(true));
+        assert_eq!(error_kind(&failed), Value::Null, "the server's own error");
+    }
+    // A flood while open: every call is answered by the breaker at once.
+    let flood = (0..20).map(|_| call(&client, "b.echo", json!({ "text": "x" })));
     let results = futures::future::join_all(flood).await;
-    let kinds: Vec<Value> = results
-        .iter()
-        .map(|r| error_kind(r.as_ref().expect("answered")))
-        .collect();
-    let reached = kinds.iter().filter(|k| k.is_null()).count();
-    let rejected = kinds.iter().filter(|k| **k == "breaker_open").count();
-    assert_eq!(reached + rejected, 20, "{kinds:?}");
-    assert!(rejected >= 1 && reached >= 3, "{kinds:?}");
-
+    for result in results {
+        let result = result.expect("answered");
+        assert_eq!(error_kind(&result), "breaker_open", "{result:?}");
+        assert!(
+            text(&result).contains("circuit breaker is open"),
+            "{}",
+            text(&result)
+        );
+    }
     let health = sb.health().await;
     assert_eq!(health["servers"]["b"]["breaker"], "open", "{health}");
     let names = tool_names(&client).await.expect("list");
@@ -232,8 +240,11 @@ async fn breaker_opens_under_failures_fails_fast_and_closes_again() {
         !names.iter().any(|n| n.starts_with("b.")),
         "hidden while open: {names:?}"
     );
-    let before = changes.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(before >= 1, "list_changed when the tools left");
+    eventually("list_changed when the tools left", EVENTUALLY, || async {
+        let now = changes.load(std::sync::atomic::Ordering::SeqCst);
+        (now > before).then_some(()).ok_or(format!("{now}"))
+    })
+    .await;
 
     // After the open period the tools come back; a good call closes it.
     eventually("tools to come back half-open", EVENTUALLY, || async {
@@ -396,7 +407,7 @@ async fn remote_http_server_is_reconnected_after_it_restarts() {
     });
     sb.write_file("r.yaml", &yaml.to_string());
     let state = sb.wait_server_state("r", "ready").await;
-    assert_eq!(state["tools"], 10, "{state}");
+    assert_eq!(state["tools"], 11, "{state}");
     let client = connect(&sb.mcp_url()).await.expect("connect");
     let first = pid(&client, "r.info").await;
 
@@ -424,4 +435,82 @@ async fn remote_http_server_is_reconnected_after_it_restarts() {
     .await;
     assert_ne!(first, second);
     client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn progress_keeps_a_long_call_alive_until_the_absolute_cap() {
+    let marker = unique("progress");
+    let spec = json!({ "timeouts": { "call": "1s", "maxCall": "4s" } });
+    let sb = Switchboard::start(&[("p.yaml", &demo_server_with("p", &marker, &[], spec))]).await;
+    sb.wait_server_state("p", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+
+    // 2.5 s of work with progress every 250 ms: longer than `call`, but
+    // each progress notification restarts it.
+    let done = call(&client, "p.progress", json!({ "steps": 10, "stepMs": 250 }))
+        .await
+        .expect("answered");
+    assert_eq!(done.is_error, Some(false), "{done:?}");
+    assert_eq!(done.structured_content, Some(json!({ "steps": 10 })));
+
+    // Without progress the same length of work times out after `call`.
+    let silent = call(&client, "p.sleep", json!({ "ms": 2500 }))
+        .await
+        .expect("answered");
+    assert_eq!(error_kind(&silent), "timeout", "{silent:?}");
+
+    // Progress does not extend a call past `maxCall`.
+    let capped = call(&client, "p.progress", json!({ "steps": 40, "stepMs": 250 }))
+        .await
+        .expect("answered");
+    assert_eq!(error_kind(&capped), "timeout", "{capped:?}");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn failing_health_probes_restart_the_connection() {
+    let marker = unique("probe");
+    let spec = json!({ "health": {
+        "interval": "200ms", "timeout": "1s", "failureThreshold": 2,
+        "probe": "tool", "tool": { "name": "fail", "arguments": { "message": "unhealthy" } },
+    } });
+    let sb = Switchboard::start(&[("h.yaml", &demo_server_with("h", &marker, &[], spec))]).await;
+    let health = eventually("a probe-triggered restart", EVENTUALLY, || async {
+        let health = sb.health().await;
+        let h = &health["servers"]["h"];
+        (h["restarts"].as_u64() >= Some(1))
+            .then_some(h.clone())
+            .ok_or(health.to_string())
+    })
+    .await;
+    let last_error = health["lastError"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("health probe failed 2 times"),
+        "{health}"
+    );
+    assert!(
+        last_error.contains("probe tool `fail` returned isError"),
+        "{health}"
+    );
+}
+
+#[tokio::test]
+async fn shared_servers_serve_many_sessions_from_one_process() {
+    let marker = unique("shared");
+    let sb = Switchboard::start(&[("s.yaml", &demo_server_yaml("s", &marker, &[]))]).await;
+    sb.wait_server_state("s", "ready").await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(connect(&sb.mcp_url()).await.expect("connect"));
+    }
+    let pids = futures::future::join_all(clients.iter().map(|c| pid(c, "s.info"))).await;
+    assert!(pids.iter().all(|p| *p == pids[0]), "{pids:?}");
+    let servers: Vec<_> = processes_matching(&marker)
+        .into_iter()
+        .filter(|(_, cmd)| !cmd.contains("stdio-shim"))
+        .collect();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    for client in clients {
+        client.cancel().await.expect("close");
+    }
 }

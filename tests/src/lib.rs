@@ -71,11 +71,25 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// A free loopback port (bound and released; fine for tests on one machine).
+/// A free loopback port. Ports come from below Linux's ephemeral range
+/// (32768+), so outgoing connections of concurrent tests never take them
+/// between this check and the server's bind; a counter keeps the tests of
+/// one process apart, and the pid spreads concurrent processes.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
+    use std::sync::atomic::AtomicU16;
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let offset = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + (offset.wrapping_add(n) % SPAN);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// `PATH` with the build directory first, so registries can name
@@ -94,11 +108,16 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, mut command: Command, log: PathBuf) -> Self {
+    /// Starts `command` with the build directory on `PATH`, stderr into
+    /// `log`, and `RUST_LOG` from `SWITCHBOARD_TEST_LOG` (default: debug
+    /// for Switchboard's own crates).
+    pub fn spawn(name: &str, mut command: Command, log: PathBuf) -> Self {
+        let level = std::env::var("SWITCHBOARD_TEST_LOG")
+            .unwrap_or_else(|_| "info,data_plane=debug,control_plane=debug".to_owned());
         let file = std::fs::File::create(&log).expect("create process log");
         command
             .env("PATH", path_with_bins())
-            .env("RUST_LOG", "info,data_plane=debug,control_plane=debug")
+            .env("RUST_LOG", level)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -245,20 +264,26 @@ impl Switchboard {
     }
 
     pub async fn start_gateway(&mut self) {
+        let gateway = self.spawn_replica(self.gateway_addr, "e2e-0");
+        self.gateway = Some(gateway);
+    }
+
+    /// Starts a gateway replica on `listen` connected to this control plane.
+    pub fn spawn_replica(&self, listen: SocketAddr, replica_id: &str) -> Process {
         let mut command = Command::new(bin_dir().join("switchboard-gateway"));
         command
             .arg("run")
             .arg("--listen")
-            .arg(self.gateway_addr.to_string())
+            .arg(listen.to_string())
             .arg("--control-plane")
             .arg(format!("http://{}", self.grpc))
             .arg("--replica-id")
-            .arg("e2e-0");
-        let log = self.log_path("gateway");
-        self.gateway = Some(Process::spawn("switchboard-gateway", command, log));
+            .arg(replica_id);
+        let log = self.log_path(replica_id);
+        Process::spawn("switchboard-gateway", command, log)
     }
 
-    fn log_path(&self, what: &str) -> PathBuf {
+    pub fn log_path(&self, what: &str) -> PathBuf {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         self.dir.path().join(format!("{what}-{n}.log"))
