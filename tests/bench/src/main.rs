@@ -468,7 +468,10 @@ async fn catalog_scenario() -> anyhow::Result<String> {
         if applied.is_none() && sb.health().await["configVersion"] != before {
             applied = Some(started.elapsed());
         }
-        let tools = http.list_tools(&sb.mcp_url(), &session).await.unwrap_or(0);
+        let tools = http
+            .list_tools(&sb.mcp_url(), &session)
+            .await
+            .map_or(0, |(n, _)| n);
         if tools == SERVERS * TOOLS_PER_SERVER {
             break started.elapsed();
         }
@@ -482,10 +485,9 @@ async fn catalog_scenario() -> anyhow::Result<String> {
     let mut sample = Sample::default();
     let t = Instant::now();
     for _ in 0..200 {
-        let t0 = Instant::now();
         match http.list_tools(&sb.mcp_url(), &session).await {
-            Ok(n) if n == SERVERS * TOOLS_PER_SERVER => {
-                sample.micros.push(t0.elapsed().as_micros() as u32)
+            Ok((n, took)) if n == SERVERS * TOOLS_PER_SERVER => {
+                sample.micros.push(took.as_micros() as u32)
             }
             _ => sample.errors += 1,
         }
@@ -495,7 +497,7 @@ async fn catalog_scenario() -> anyhow::Result<String> {
         "## Catalog: {SERVERS} stdio servers × 20 tools\n\n| measure | value |\n|---|---|\n\
          | registry write → snapshot applied | {:.0} ms |\n\
          | snapshot applied → all {} tools listed | {:.0} ms |\n\
-         | tools/list p50 / p99 (1,000 tools) | {:.2} / {:.2} ms |\n| tools/list errors | {} |\n\n",
+         | tools/list p50 / p99 (1,000 tools, until the last byte) | {:.2} / {:.2} ms |\n| tools/list errors | {} |\n\n",
         applied.as_secs_f64() * 1e3,
         SERVERS * TOOLS_PER_SERVER,
         (listed - applied).as_secs_f64() * 1e3,

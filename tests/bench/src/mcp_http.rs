@@ -72,11 +72,21 @@ impl HttpClient {
         Ok(result)
     }
 
-    /// Number of tools in `tools/list`.
-    pub async fn list_tools(&self, url: &str, session: &Session) -> anyhow::Result<usize> {
+    /// Number of tools in `tools/list`, and the time until the whole
+    /// response arrived (parsing the body here is not the server's cost).
+    pub async fn list_tools(
+        &self,
+        url: &str,
+        session: &Session,
+    ) -> anyhow::Result<(usize, std::time::Duration)> {
         let body = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {} });
-        let result = read_result(self.post(url, Some(session), &body).await?).await?;
-        Ok(result["tools"].as_array().map_or(0, Vec::len))
+        let started = std::time::Instant::now();
+        let response = self.post(url, Some(session), &body).await?;
+        let sse = is_sse(&response);
+        let text = response.text().await?;
+        let took = started.elapsed();
+        let result = parse_result(sse, &text)?;
+        Ok((result["tools"].as_array().map_or(0, Vec::len), took))
     }
 
     pub async fn delete(&self, url: &str, session: &Session) -> anyhow::Result<()> {
@@ -119,21 +129,29 @@ impl HttpClient {
     }
 }
 
-/// The `result` of the JSON-RPC response in a JSON or SSE body.
-async fn read_result(response: reqwest::Response) -> anyhow::Result<Value> {
-    let sse = response
+fn is_sse(response: &reqwest::Response) -> bool {
+    response
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("text/event-stream"));
+        .is_some_and(|t| t.starts_with("text/event-stream"))
+}
+
+/// The `result` of the JSON-RPC response in a JSON or SSE body.
+async fn read_result(response: reqwest::Response) -> anyhow::Result<Value> {
+    let sse = is_sse(&response);
     let text = response.text().await?;
+    parse_result(sse, &text)
+}
+
+fn parse_result(sse: bool, text: &str) -> anyhow::Result<Value> {
     let messages: Vec<Value> = if sse {
         text.lines()
             .filter_map(|l| l.strip_prefix("data:"))
             .filter_map(|d| serde_json::from_str(d.trim()).ok())
             .collect()
     } else {
-        vec![serde_json::from_str(&text)?]
+        vec![serde_json::from_str(text)?]
     };
     let response = messages
         .into_iter()
