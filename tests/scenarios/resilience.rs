@@ -514,3 +514,28 @@ async fn shared_servers_serve_many_sessions_from_one_process() {
         client.cancel().await.expect("close");
     }
 }
+
+#[tokio::test]
+async fn a_full_pool_answers_busy_after_the_acquire_timeout() {
+    let marker = unique("busy");
+    let spec = json!({ "pool": { "max": 1, "maxConcurrency": 1, "acquireTimeout": "500ms" } });
+    let sb = Switchboard::start(&[("q.yaml", &demo_server_with("q", &marker, &[], spec))]).await;
+    sb.wait_server_state("q", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+
+    let slow = call(&client, "q.sleep", json!({ "ms": 3000 }));
+    let waiting = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        call(&client, "q.echo", json!({ "text": "queued" })).await
+    };
+    let (slow, waiting) = tokio::join!(slow, waiting);
+    assert_eq!(slow.expect("slow call").is_error, Some(false));
+    let waiting = waiting.expect("answered");
+    assert_eq!(error_kind(&waiting), "unavailable", "{waiting:?}");
+    assert!(
+        text(&waiting).contains("stayed busy for 500ms"),
+        "{}",
+        text(&waiting)
+    );
+    client.cancel().await.expect("close");
+}
