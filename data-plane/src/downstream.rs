@@ -442,7 +442,14 @@ impl ServerHandle {
                     .acquire(
                         pool.max_concurrency,
                         pool.acquire_timeout,
-                        |count| count < pool.max as usize && !self.stop.is_cancelled(),
+                        // Only a running server can grow: while it is down or
+                        // restarting the supervisor cannot act on the request,
+                        // and the call should fail at once with the reason.
+                        |count| {
+                            count < pool.max as usize
+                                && !self.stop.is_cancelled()
+                                && self.status.read().state == ServerState::Ready
+                        },
                         || {
                             if self.events.try_send(supervisor::Event::Grow).is_err() {
                                 self.pool.grow_done();

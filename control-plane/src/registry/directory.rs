@@ -65,10 +65,6 @@ impl DirectorySource {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Reads every file once. Files are taken in path order, which decides
     /// who wins a duplicate name or namespace.
     pub fn scan(&mut self) -> Result<Registry, Error> {
