@@ -1,15 +1,25 @@
-//! The control plane's HTTP API: liveness and a JSON status page with the
+//! The control plane's HTTP API: liveness, a JSON status page with the
 //! registry (servers and problems), the current snapshot version and what
-//! every replica reported.
+//! every replica reported, recent traces, and Prometheus `/metrics`.
 
-use axum::{Json, Router, extract::State, routing::get};
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::{
+    metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, ScrapeSources},
     push::{ReplicaStatus, Replicas},
     registry::{Registry, RegistryIssue},
     snapshot::SnapshotWatch,
+    traces::{SpanView, TraceQuery, TraceStore, TraceSummary},
 };
 
 #[derive(Clone)]
@@ -17,6 +27,20 @@ pub struct AdminState {
     pub registry: watch::Receiver<Registry>,
     pub snapshots: SnapshotWatch,
     pub replicas: Replicas,
+    pub traces: TraceStore,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Serialize)]
+struct TraceList {
+    traces: Vec<TraceSummary>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TraceBody {
+    trace_id: String,
+    spans: Vec<SpanView>,
 }
 
 #[derive(Serialize)]
@@ -39,6 +63,9 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(status))
+        .route("/traces", get(traces))
+        .route("/traces/{trace_id}", get(trace))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -62,4 +89,40 @@ async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
         issues,
         replicas: state.replicas.snapshot(),
     })
+}
+
+async fn traces(
+    State(state): State<AdminState>,
+    Query(query): Query<TraceQuery>,
+) -> Json<TraceList> {
+    Json(TraceList {
+        traces: state.traces.search(&query),
+    })
+}
+
+async fn trace(
+    State(state): State<AdminState>,
+    Path(trace_id): Path<String>,
+) -> Result<Json<TraceBody>, (StatusCode, String)> {
+    let trace_id = trace_id.to_ascii_lowercase();
+    match state.traces.trace(&trace_id) {
+        Some(spans) => Ok(Json(TraceBody { trace_id, spans })),
+        None => Err((
+            StatusCode::NOT_FOUND,
+            format!("trace {trace_id} is not in the buffer (never received, or evicted)\n"),
+        )),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let body = {
+        let registry = state.registry.borrow();
+        state.metrics.render(ScrapeSources {
+            registry: &registry,
+            snapshot_version: state.snapshots.borrow().version,
+            replicas: &state.replicas,
+            traces: &state.traces,
+        })
+    };
+    ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body)
 }

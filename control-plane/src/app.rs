@@ -12,9 +12,11 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{self, AdminState},
+    metrics::{Metrics, TraceCounters},
     push::{ConfigPushService, Replicas},
     registry::directory::DirectorySource,
     snapshot,
+    traces::{TraceReceiver, TraceStore, forward::Forwarder},
 };
 
 /// Static configuration of one control-plane process.
@@ -26,6 +28,10 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     /// Status API.
     pub http_listen: SocketAddr,
+    /// Collector that received spans are forwarded to (OTLP/gRPC).
+    pub otlp_forward: Option<String>,
+    /// Traces kept for the `/traces` API.
+    pub trace_buffer: usize,
 }
 
 /// A running control plane.
@@ -66,6 +72,25 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     ));
 
     let replicas = Replicas::default();
+    let trace_counters = TraceCounters::default();
+    let metrics = Arc::new(Metrics::new(replicas.counters(), trace_counters.clone()));
+    let traces = TraceStore::new(config.trace_buffer);
+    let forwarder = match &config.otlp_forward {
+        Some(endpoint) => {
+            let (forwarder, task) =
+                Forwarder::spawn(endpoint, trace_counters.clone(), shutdown.clone())?;
+            tasks.spawn(async move {
+                let _ = task.await;
+            });
+            Some(forwarder)
+        }
+        None => None,
+    };
+    let receiver = TraceReceiver {
+        store: traces.clone(),
+        forwarder,
+        counters: trace_counters,
+    };
     let grpc = TcpListener::bind(config.grpc_listen)
         .await
         .with_context(|| format!("binding the gRPC listener on {}", config.grpc_listen))?;
@@ -75,6 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(push.into_server())
+            .add_service(receiver.into_server())
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), cancel.cancelled_owned())
             .await;
         if let Err(err) = served {
@@ -90,6 +116,8 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         registry: registry_rx,
         snapshots: snapshot_rx,
         replicas,
+        traces,
+        metrics,
     });
     let cancel = shutdown.clone();
     tasks.spawn(async move {

@@ -31,13 +31,20 @@ pub struct UpConfig {
     pub control_plane: app::Config,
     /// Where the gateway serves MCP.
     pub gateway_listen: SocketAddr,
+    /// The gateway's `--log-format`, so both processes log alike.
+    pub log_format: String,
 }
 
 /// Runs until `stop` resolves or the gateway exits on its own.
 pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let gateway_bin = sibling_binary(GATEWAY_BINARY)?;
     let control = app::run(config.control_plane).await?;
-    let mut gateway = spawn_gateway(&gateway_bin, control.grpc_addr, config.gateway_listen)?;
+    let mut gateway = spawn_gateway(
+        &gateway_bin,
+        control.grpc_addr,
+        config.gateway_listen,
+        &config.log_format,
+    )?;
 
     let ready = wait_ready(config.gateway_listen, &mut gateway).await;
     let result = match ready {
@@ -80,9 +87,12 @@ fn spawn_gateway(
     binary: &Path,
     control_plane: SocketAddr,
     listen: SocketAddr,
+    log_format: &str,
 ) -> anyhow::Result<Box<dyn ChildWrapper>> {
     let mut command = tokio::process::Command::new(binary);
     command
+        .arg("--log-format")
+        .arg(log_format)
         .arg("run")
         .arg("--control-plane")
         .arg(format!("http://{control_plane}"))

@@ -1,6 +1,7 @@
 //! Switchboard control plane: holds the registry of `McpServer` resources,
 //! builds versioned config snapshots and pushes them to gateway replicas
-//! over gRPC, and reports what the replicas say back.
+//! over gRPC, and reports what the replicas say back; receives the
+//! replicas' traces and forwards them to a collector.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
@@ -8,7 +9,9 @@
 pub mod admin;
 pub mod app;
 pub mod launcher;
+pub mod metrics;
 pub mod push;
 pub mod registry;
 pub mod resource;
 pub mod snapshot;
+pub mod traces;

@@ -2,9 +2,9 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use control_plane::{app, launcher};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 #[derive(Parser)]
 #[command(
@@ -13,8 +13,17 @@ use tracing_subscriber::EnvFilter;
     about = "Switchboard control plane"
 )]
 struct Cli {
+    /// Log line format on stderr (`up` passes it on to its gateway).
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Logfmt)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Logfmt,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -54,6 +63,14 @@ struct ControlArgs {
         default_value = "127.0.0.1:8789"
     )]
     http_listen: SocketAddr,
+    /// OTLP/gRPC collector (Jaeger, Tempo, an OpenTelemetry collector) that
+    /// the replicas' spans are forwarded to; without it spans are only
+    /// kept for the `/traces` API.
+    #[arg(long, env = "SWITCHBOARD_OTLP_FORWARD")]
+    otlp_forward: Option<String>,
+    /// Recent traces kept for the `/traces` API.
+    #[arg(long, env = "SWITCHBOARD_TRACE_BUFFER", default_value_t = 1000)]
+    trace_buffer: usize,
 }
 
 impl From<ControlArgs> for app::Config {
@@ -62,17 +79,35 @@ impl From<ControlArgs> for app::Config {
             registry_dir: args.registry,
             grpc_listen: args.grpc_listen,
             http_listen: args.http_listen,
+            otlp_forward: args.otlp_forward.filter(|e| !e.is_empty()),
+            trace_buffer: args.trace_buffer,
         }
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::registry().with(filter);
+    match cli.log_format {
+        LogFormat::Logfmt => logs
+            .with(
+                tracing_logfmt::builder()
+                    .layer()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Json => logs
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+    match cli.command {
         Command::Serve(args) => {
             let bound = app::run(args.into()).await?;
             shutdown_signal().await;
@@ -87,6 +122,11 @@ async fn main() -> anyhow::Result<()> {
             let config = launcher::UpConfig {
                 control_plane: control.into(),
                 gateway_listen,
+                log_format: cli
+                    .log_format
+                    .to_possible_value()
+                    .map(|v| v.get_name().to_owned())
+                    .unwrap_or_default(),
             };
             launcher::up(config, shutdown_signal()).await
         }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::snapshot::SnapshotWatch;
+use crate::{metrics::ConfigCounters, snapshot::SnapshotWatch};
 
 /// A replica that connects but says nothing is dropped after this long.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +38,7 @@ pub struct ConfigPushService {
 #[derive(Clone, Default)]
 pub struct Replicas {
     inner: Arc<Mutex<ReplicaTable>>,
+    counters: ConfigCounters,
 }
 
 #[derive(Default)]
@@ -212,11 +213,13 @@ impl ReplicaStream {
         match message.kind {
             Some(ReplicaKind::Ack(ack)) => {
                 debug!(version = ack.version, "ACK");
+                self.replicas.counters.acks.inc();
                 self.replicas
                     .update(&self.replica_id, |r| r.acked_version = ack.version);
             }
             Some(ReplicaKind::Nack(nack)) => {
                 warn!(version = nack.version, reason = %nack.reason, "NACK");
+                self.replicas.counters.nacks.inc();
                 self.replicas.update(&self.replica_id, |r| {
                     r.last_nack = Some(NackStatus {
                         version: nack.version,
@@ -308,6 +311,10 @@ impl Replicas {
         if let Some(status) = self.inner.lock().by_id.get_mut(replica_id) {
             f(status);
         }
+    }
+
+    pub fn counters(&self) -> ConfigCounters {
+        self.counters.clone()
     }
 
     /// A copy of every replica's status, by replica id.

@@ -1,14 +1,22 @@
 //! Health endpoints served next to `/mcp`: `/healthz` (liveness plus a
 //! JSON view of the config and every server) and `/readyz` (ready once the
-//! first snapshot is applied; servers join later on their own).
+//! first snapshot is applied; servers join later on their own), plus
+//! Prometheus `/metrics`.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use serde::Serialize;
 
 use crate::{
     downstream::{ServerState, Servers, breaker::BreakerState},
+    telemetry::{Metrics, metrics::OPENMETRICS_CONTENT_TYPE},
     xds::{ConfigStatus, unix_millis},
 };
 
@@ -17,6 +25,7 @@ pub struct AdminState {
     pub replica_id: String,
     pub servers: Servers,
     pub config: ConfigStatus,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Serialize)]
@@ -60,6 +69,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -115,4 +125,9 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
             "waiting for the first config snapshot\n",
         )
     }
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let body = state.metrics.render(&state.servers, &state.config);
+    ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body)
 }

@@ -1,7 +1,7 @@
 //! Wires a gateway replica together: config subscriber → servers →
 //! catalog → MCP endpoint, plus the health endpoints.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, serve::ListenerExt};
@@ -14,6 +14,10 @@ use crate::{
     catalog,
     downstream::{Launcher, Servers},
     mcp::{self, McpConfig},
+    telemetry::{
+        Metrics, Telemetry, Tracer,
+        export::{self, ExportConfig},
+    },
     xds::{ConfigStatus, XdsClient},
 };
 
@@ -32,6 +36,10 @@ pub struct Config {
     pub mcp: McpConfig,
     /// How stdio servers are started.
     pub launcher: Launcher,
+    /// Where spans go over OTLP/gRPC; `None` records none.
+    pub otlp_endpoint: Option<String>,
+    /// Log tool arguments and results at debug level.
+    pub log_payloads: bool,
 }
 
 /// A running replica.
@@ -47,7 +55,34 @@ pub struct Bound {
 pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let servers = Servers::new(shutdown.child_token(), config.launcher.clone());
+    let metrics = Arc::new(Metrics::new());
+    let tracer = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let export = ExportConfig {
+                endpoint: endpoint.clone(),
+                service_name: "switchboard-gateway",
+                replica_id: config.replica_id.clone(),
+            };
+            let (tracer, exporter) =
+                export::spawn(export, metrics.spans.clone(), shutdown.clone())?;
+            tasks.spawn(async move {
+                let _ = exporter.await;
+            });
+            tracer
+        }
+        None => Tracer::default(),
+    };
+    let telemetry = Telemetry {
+        tracer,
+        metrics: metrics.clone(),
+        replica_id: config.replica_id.as_str().into(),
+        log_payloads: config.log_payloads,
+    };
+    let servers = Servers::new(
+        shutdown.child_token(),
+        config.launcher.clone(),
+        telemetry.clone(),
+    );
     let catalog = catalog::spawn_builder(servers.clone(), shutdown.clone());
     let status = ConfigStatus::default();
 
@@ -56,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         replica_id: config.replica_id.clone(),
         servers: servers.clone(),
         status: status.clone(),
+        metrics: metrics.clone(),
     };
     tasks.spawn(xds.run(shutdown.clone()));
 
@@ -66,6 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
                 catalog,
                 servers.clone(),
                 &config.mcp,
+                telemetry,
                 shutdown.child_token(),
             ),
         )
@@ -73,6 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
             replica_id: config.replica_id.clone(),
             servers: servers.clone(),
             config: status,
+            metrics,
         }));
     let listener = TcpListener::bind(config.listen)
         .await

@@ -163,7 +163,7 @@ fn tools() -> Vec<Tool> {
         ),
         Tool::new(
             "info",
-            "This server's instance label and process id.",
+            "This server's instance label, process id, and the `traceparent` the request carried.",
             schema(json!({ "type": "object" })),
         ),
         Tool::new(
@@ -268,7 +268,11 @@ impl DemoServer {
                 let name = string_argument(args, "name")?;
                 structured(json!({ "name": name, "value": std::env::var(name).ok() }))
             }
-            "info" => structured(json!({ "instance": self.instance, "pid": std::process::id() })),
+            "info" => structured(json!({
+                "instance": self.instance,
+                "pid": std::process::id(),
+                "traceparent": context.meta.get_traceparent(),
+            })),
             "progress" => {
                 let count = |name| {
                     argument(args, name)?.as_u64().ok_or_else(|| {

@@ -31,8 +31,12 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info, info_span};
 
-use crate::spec::{ServerSpec, SessionMode};
+use crate::{
+    spec::{ServerSpec, SessionMode, Transport},
+    telemetry::{Telemetry, TraceContext, attr, metrics::MethodLabels},
+};
 use breaker::{Breaker, BreakerState};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use pool::{AcquireError, Connection, Pool};
 pub use stdio::Launcher;
 
@@ -136,6 +140,7 @@ struct ServersInner {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     launcher: Launcher,
+    telemetry: Telemetry,
 }
 
 /// One configured server: its connections, breaker and status.
@@ -205,7 +210,7 @@ pub struct DownstreamClient {
 // === impl Servers ===
 
 impl Servers {
-    pub fn new(shutdown: CancellationToken, launcher: Launcher) -> Self {
+    pub fn new(shutdown: CancellationToken, launcher: Launcher, telemetry: Telemetry) -> Self {
         Self {
             inner: Arc::new(ServersInner {
                 by_name: RwLock::default(),
@@ -213,6 +218,7 @@ impl Servers {
                 shutdown,
                 tasks: TaskTracker::new(),
                 launcher,
+                telemetry,
             }),
         }
     }
@@ -336,8 +342,66 @@ impl ServerHandle {
     }
 
     /// Calls a tool (by its name on this server) for a client session.
-    /// Counts the outcome in the breaker(s) and the latency statistics.
+    /// Counts the outcome in the breaker(s) and the latency statistics, and
+    /// traces it as a CLIENT span under the `traceparent` in `meta`.
     pub async fn call_tool(
+        self: &Arc<Self>,
+        session: SessionKey,
+        params: CallToolRequestParams,
+        mut meta: RequestMetaObject,
+        cancel: &CancellationToken,
+    ) -> Result<CallToolResult, CallError> {
+        let telemetry = &self.servers.inner.telemetry;
+        let parent = meta.get_traceparent().and_then(TraceContext::parse);
+        let name = format!("tools/call {}", params.name);
+        let mut span = telemetry.tracer.start(name, SpanKind::Client, parent);
+        if let Some(context) = span.context() {
+            meta.set_traceparent(context.to_traceparent());
+        }
+        if span.is_recording() {
+            span.set(attr::MCP_METHOD_NAME, "tools/call");
+            span.set(attr::GEN_AI_TOOL_NAME, params.name.to_string());
+            span.set(attr::GEN_AI_OPERATION_NAME, "execute_tool");
+            span.set(attr::SERVER, self.spec.name.to_string());
+            match &self.spec.transport {
+                Transport::Stdio(_) => span.set(attr::NETWORK_TRANSPORT, "pipe"),
+                Transport::Http(http) => {
+                    span.set(attr::NETWORK_TRANSPORT, "tcp");
+                    if let Some(host) = http
+                        .url
+                        .parse::<::http::Uri>()
+                        .ok()
+                        .and_then(|u| u.host().map(str::to_owned))
+                    {
+                        span.set(attr::SERVER_ADDRESS, host);
+                    }
+                }
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let outcome = self.guarded_call(session, params, meta, cancel).await;
+        telemetry
+            .metrics
+            .downstream_duration
+            .get_or_create(&MethodLabels {
+                server: self.spec.name.to_string(),
+                method: "tools/call".to_owned(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        match &outcome {
+            Ok(result) if result.is_error == Some(true) => span.set_error("tool_error", ""),
+            Ok(_) => {}
+            Err(CallError::Downstream(error)) => {
+                span.set(attr::RPC_RESPONSE_STATUS_CODE, error.code.0.to_string());
+                span.set_error(&error.code.0.to_string(), error.message.to_string());
+            }
+            Err(err) => span.set_error(err.kind(), err.to_string()),
+        }
+        outcome
+    }
+
+    /// [`ServerHandle::call_tool`] behind the breaker(s).
+    async fn guarded_call(
         self: &Arc<Self>,
         session: SessionKey,
         params: CallToolRequestParams,

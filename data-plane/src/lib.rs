@@ -11,6 +11,8 @@ pub mod catalog;
 pub mod demo_server;
 pub mod downstream;
 pub mod mcp;
+pub mod observe;
 pub mod shim;
 pub mod spec;
+pub mod telemetry;
 pub mod xds;

@@ -11,7 +11,7 @@ use data_plane::{
     downstream::Launcher,
     mcp::McpConfig,
 };
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// rmcp logs every handshake at INFO; that belongs at debug for a gateway.
 const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
@@ -23,8 +23,17 @@ const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
     about = "Switchboard gateway replica"
 )]
 struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Logfmt)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Logfmt,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +92,13 @@ struct RunArgs {
         default_values = ["localhost", "127.0.0.1", "::1"]
     )]
     allowed_hosts: Vec<String>,
+    /// OTLP/gRPC endpoint for spans; defaults to the control plane, which
+    /// receives and forwards them. `none` turns tracing off.
+    #[arg(long, env = "SWITCHBOARD_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Log tool arguments and results (at debug level). They may hold secrets.
+    #[arg(long, env = "SWITCHBOARD_LOG_PAYLOADS")]
+    log_payloads: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,17 +117,29 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // The demo server's stderr ends up in the gateway's log: keep it terse.
-    let (default_filter, ansi) = match cli.command {
-        Command::DemoServer { .. } => ("warn", false),
-        Command::Run(_) | Command::StdioShim { .. } => (DEFAULT_LOG_FILTER, true),
+    let default_filter = match cli.command {
+        Command::DemoServer { .. } => "warn",
+        Command::Run(_) | Command::StdioShim { .. } => DEFAULT_LOG_FILTER,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    let logs = tracing_subscriber::registry().with(filter);
+    match cli.log_format {
+        LogFormat::Logfmt => logs
+            .with(
+                tracing_logfmt::builder()
+                    .layer()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Json => logs
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
     match cli.command {
         Command::DemoServer {
             instance,
@@ -131,6 +159,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::StdioShim { .. } => anyhow::bail!("stdio-shim runs before the runtime starts"),
         Command::Run(args) => {
+            let otlp_endpoint = match args.otlp_endpoint.as_deref() {
+                None | Some("") => Some(args.control_plane.clone()),
+                Some("none") => None,
+                Some(endpoint) => Some(endpoint.to_owned()),
+            };
             let bound = app::run(app::Config {
                 listen: args.listen,
                 control_plane: args.control_plane,
@@ -141,6 +174,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 launcher: Launcher {
                     shim: Some(std::env::current_exe().context("locating switchboard-gateway")?),
                 },
+                otlp_endpoint,
+                log_payloads: args.log_payloads,
             })
             .await?;
             shutdown_signal().await;

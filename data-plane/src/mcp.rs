@@ -6,7 +6,7 @@
 use std::{
     borrow::Cow,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -17,8 +17,9 @@ use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-        ListToolsResult, MetaObject, PaginatedRequestParams, ProtocolVersion, RequestMetaObject,
-        ServerCapabilities, ServerConfig,
+        InitializeRequestParams, InitializeResult, ListToolsResult, MetaObject,
+        PaginatedRequestParams, ProtocolVersion, RequestMetaObject, ServerCapabilities,
+        ServerConfig,
     },
     service::{NotificationContext, RequestContext},
     transport::{
@@ -33,6 +34,8 @@ use tracing::{Instrument, debug, info_span};
 use crate::{
     catalog::CatalogReader,
     downstream::{CallError, Servers, SessionKey},
+    observe::{Observation, RequestInfo, Target},
+    telemetry::Telemetry,
 };
 
 /// Idle client sessions are closed after this long; clients then get 404
@@ -67,6 +70,9 @@ pub struct GatewaySession {
     key: SessionKey,
     catalog: CatalogReader,
     servers: Servers,
+    telemetry: Telemetry,
+    /// The caller this session named first (see `observe.rs`).
+    caller: OnceLock<String>,
     /// Forwards catalog changes as `notifications/tools/list_changed`.
     list_changed: Mutex<Option<AbortOnDropHandle<()>>>,
 }
@@ -103,6 +109,16 @@ impl Error {
         result.meta = Some(meta);
         Ok(CallToolResponse::Complete(result))
     }
+
+    /// Tells the request's observer why it failed; errors the server
+    /// answered itself speak for themselves.
+    fn describe(&self, observation: &mut Observation) {
+        match self {
+            Error::UnknownTool(_) => observation.set_failure("unknown_tool", self.to_string()),
+            Error::Call(CallError::Downstream(_)) => {}
+            Error::Call(call) => observation.set_failure(call.kind(), call.to_string()),
+        }
+    }
 }
 
 /// The streamable HTTP service for `/mcp`.
@@ -110,6 +126,7 @@ pub fn service(
     catalog: CatalogReader,
     servers: Servers,
     config: &McpConfig,
+    telemetry: Telemetry,
     shutdown: CancellationToken,
 ) -> StreamableHttpService<GatewaySession, LocalSessionManager> {
     let mut sessions = LocalSessionManager::default();
@@ -120,7 +137,13 @@ pub fn service(
         .with_legacy_session_mode(true)
         .with_cancellation_token(shutdown);
     StreamableHttpService::new(
-        move || Ok(GatewaySession::new(catalog.clone(), servers.clone())),
+        move || {
+            Ok(GatewaySession::new(
+                catalog.clone(),
+                servers.clone(),
+                telemetry.clone(),
+            ))
+        },
         Arc::new(sessions),
         http,
     )
@@ -129,20 +152,40 @@ pub fn service(
 // === impl GatewaySession ===
 
 impl GatewaySession {
-    pub fn new(catalog: CatalogReader, servers: Servers) -> Self {
+    pub fn new(catalog: CatalogReader, servers: Servers, telemetry: Telemetry) -> Self {
         static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+        telemetry.metrics.sessions.inc();
         Self {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             catalog,
             servers,
+            telemetry,
+            caller: OnceLock::new(),
             list_changed: Mutex::new(None),
         }
+    }
+
+    fn observe(
+        &self,
+        method: &'static str,
+        target: Option<Target>,
+        initialize: Option<&InitializeRequestParams>,
+        context: &RequestContext<RoleServer>,
+    ) -> Observation {
+        let request = RequestInfo {
+            method,
+            target,
+            initialize,
+            session_caller: &self.caller,
+        };
+        Observation::begin(&self.telemetry, request, context)
     }
 
     async fn forward_call(
         &self,
         mut params: CallToolRequestParams,
-        context: RequestContext<RoleServer>,
+        context: &RequestContext<RoleServer>,
+        observation: &mut Observation,
     ) -> Result<CallToolResult, Error> {
         let route = self
             .catalog
@@ -151,7 +194,12 @@ impl GatewaySession {
             .cloned()
             .ok_or_else(|| Error::UnknownTool(params.name.to_string()))?;
         params.name = route.tool.to_string().into();
-        let meta = forwardable_meta(&context.meta);
+        let mut meta = forwardable_meta(&context.meta);
+        observation.set_server(route.server.spec.name.clone());
+        // The downstream call is a child of this request's span.
+        if let Some(trace) = observation.trace() {
+            meta.set_traceparent(trace.to_traceparent());
+        }
         Ok(route
             .server
             .call_tool(self.key, params, meta, &context.ct)
@@ -162,6 +210,7 @@ impl GatewaySession {
 impl Drop for GatewaySession {
     fn drop(&mut self) {
         self.servers.release_session(self.key);
+        self.telemetry.metrics.sessions.dec();
     }
 }
 
@@ -216,14 +265,36 @@ impl ServerHandler for GatewaySession {
         *self.list_changed.lock() = Some(AbortOnDropHandle::new(task));
     }
 
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        let observation = self.observe("initialize", None, Some(&request), &context);
+        context.peer.set_peer_info(request.clone());
+        let result = self.negotiate_initialize(&request);
+        observation.complete(&result, false);
+        result
+    }
+
+    async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        let result = Ok(());
+        self.observe("ping", None, None, &context)
+            .complete(&result, false);
+        result
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(
+        let observation = self.observe("tools/list", None, None, &context);
+        let result = Ok(ListToolsResult::with_all_items(
             self.catalog.load().tools().to_vec(),
-        ))
+        ));
+        observation.complete(&result, false);
+        result
     }
 
     async fn call_tool(
@@ -231,9 +302,29 @@ impl ServerHandler for GatewaySession {
         params: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        match self.forward_call(params, context).await {
+        let target = Some(Target::Tool(params.name.to_string()));
+        let mut observation = self.observe("tools/call", target, None, &context);
+        let arguments = self
+            .telemetry
+            .log_payloads
+            .then(|| params.arguments.clone());
+        let response = match self.forward_call(params, &context, &mut observation).await {
             Ok(result) => Ok(CallToolResponse::Complete(result)),
-            Err(err) => err.into_response(),
+            Err(err) => {
+                err.describe(&mut observation);
+                err.into_response()
+            }
+        };
+        if let Some(arguments) = arguments {
+            let result = response.as_ref().map(|response| match response {
+                CallToolResponse::Complete(result) => Some(result),
+                _ => None,
+            });
+            observation.payload(&arguments, &result);
         }
+        let tool_error =
+            matches!(&response, Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true));
+        observation.complete(&response, tool_error);
+        response
     }
 }

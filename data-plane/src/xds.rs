@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     downstream::{ServerState, Servers, breaker::BreakerState},
     spec::ServerSpec,
+    telemetry::{Metrics, metrics::ResultLabels},
 };
 
 /// Reconnect backoff, doubling from the first delay up to the cap, and
@@ -73,6 +74,7 @@ pub struct XdsClient {
     pub replica_id: String,
     pub servers: Servers,
     pub status: ConfigStatus,
+    pub metrics: Arc<Metrics>,
 }
 
 // === impl ConfigStatus ===
@@ -199,6 +201,11 @@ impl XdsClient {
             .applied_version
             .store(snapshot.version, Ordering::Release);
         *self.status.inner.rejected.lock() = rejected.clone();
+        let result = if rejected.is_empty() { "ack" } else { "nack" };
+        self.metrics
+            .config_updates
+            .get_or_create(&ResultLabels { result })
+            .inc();
         if rejected.is_empty() {
             info!(
                 version = snapshot.version,

@@ -6,6 +6,7 @@
 //! (`target/<profile>/`), which `cargo test --workspace` fills.
 
 pub mod fake_control_plane;
+pub mod otlp;
 
 use std::{
     future::Future,
@@ -21,11 +22,14 @@ use std::{
 
 use anyhow::{Context, bail};
 use nix::{sys::signal::Signal, unistd::Pid};
+use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::{
     ClientHandler, ServiceExt,
     model::{CallToolRequestParams, CallToolResult, ClientConfig, Implementation, Tool},
     service::{NotificationContext, RoleClient, RunningService},
-    transport::StreamableHttpClientTransport,
+    transport::{
+        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+    },
 };
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -182,6 +186,10 @@ pub struct Switchboard {
     pub gateway_addr: SocketAddr,
     pub control: Option<Process>,
     pub gateway: Option<Process>,
+    /// Extra arguments for `switchboard-control serve`.
+    pub control_args: Vec<String>,
+    /// Extra arguments for every `switchboard-gateway run`.
+    pub gateway_args: Vec<String>,
     http: reqwest::Client,
 }
 
@@ -196,6 +204,8 @@ impl Switchboard {
             gateway_addr: free_addr(),
             control: None,
             gateway: None,
+            control_args: Vec::new(),
+            gateway_args: Vec::new(),
             http: reqwest::Client::new(),
         }
     }
@@ -217,7 +227,18 @@ impl Switchboard {
     /// Starts both planes with the given registry files and waits until the
     /// gateway has applied its first snapshot.
     pub async fn start(files: &[(&str, &str)]) -> Self {
+        Self::start_with(files, &[], &[]).await
+    }
+
+    /// [`Switchboard::start`] with extra arguments for each plane.
+    pub async fn start_with(
+        files: &[(&str, &str)],
+        control_args: &[&str],
+        gateway_args: &[&str],
+    ) -> Self {
         let mut sb = Self::new(free_addr());
+        sb.control_args = control_args.iter().map(|a| a.to_string()).collect();
+        sb.gateway_args = gateway_args.iter().map(|a| a.to_string()).collect();
         for (name, text) in files {
             sb.write_file(name, text);
         }
@@ -251,7 +272,8 @@ impl Switchboard {
             .arg("--grpc-listen")
             .arg(self.grpc.to_string())
             .arg("--http-listen")
-            .arg(self.control_http.to_string());
+            .arg(self.control_http.to_string())
+            .args(&self.control_args);
         let log = self.log_path("control-plane");
         self.control = Some(Process::spawn("switchboard-control", command, log));
         let url = format!("http://{}/healthz", self.control_http);
@@ -270,6 +292,16 @@ impl Switchboard {
 
     /// Starts a gateway replica on `listen` connected to this control plane.
     pub fn spawn_replica(&self, listen: SocketAddr, replica_id: &str) -> Process {
+        self.spawn_replica_with(listen, replica_id, &[])
+    }
+
+    /// [`Switchboard::spawn_replica`] with extra `run` arguments.
+    pub fn spawn_replica_with(
+        &self,
+        listen: SocketAddr,
+        replica_id: &str,
+        args: &[&str],
+    ) -> Process {
         let mut command = Command::new(bin_dir().join("switchboard-gateway"));
         command
             .arg("run")
@@ -278,7 +310,9 @@ impl Switchboard {
             .arg("--control-plane")
             .arg(format!("http://{}", self.grpc))
             .arg("--replica-id")
-            .arg(replica_id);
+            .arg(replica_id)
+            .args(&self.gateway_args)
+            .args(args);
         let log = self.log_path(replica_id);
         Process::spawn("switchboard-gateway", command, log)
     }
@@ -339,7 +373,13 @@ impl Switchboard {
             .expect("control plane /status")
     }
 
-    async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
+    /// GET a URL: status code and body.
+    pub async fn get_text(&self, url: &str) -> anyhow::Result<(u16, String)> {
+        let response = self.http.get(url).send().await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    }
+
+    pub async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
         Ok(self
             .http
             .get(url)
@@ -426,6 +466,52 @@ pub type McpClient = RunningService<RoleClient, TestClient>;
 pub async fn connect(url: &str) -> anyhow::Result<McpClient> {
     let transport = StreamableHttpClientTransport::from_uri(url.to_owned());
     Ok(TestClient::default().serve(transport).await?)
+}
+
+/// Connects like [`connect`], sending `headers` with every HTTP request.
+pub async fn connect_with_headers(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<McpClient> {
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+    for (name, value) in headers {
+        config.custom_headers.insert(
+            HeaderName::from_bytes(name.as_bytes())?,
+            HeaderValue::from_str(value)?,
+        );
+    }
+    let transport = StreamableHttpClientTransport::from_config(config);
+    Ok(TestClient::default().serve(transport).await?)
+}
+
+/// The value of one sample in a Prometheus/OpenMetrics text exposition:
+/// `name` with exactly `labels` (in any order).
+pub fn metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let mut found: Vec<(&str, &str)> = series_labels
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .filter_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect();
+            let mut wanted = labels.to_vec();
+            found.sort_unstable();
+            wanted.sort_unstable();
+            (found == wanted).then(|| value.parse().ok()).flatten()
+        })
 }
 
 /// Sorted tool names.

@@ -1,0 +1,444 @@
+//! The control plane's OTLP trace receiver. Replicas export their spans
+//! here (OTLP/gRPC, gzip accepted, on the config port); each export is
+//! handed to the forwarder (`forward.rs`) for the configured collector and
+//! kept in [`TraceStore`], a bounded buffer of recent traces that the HTTP
+//! API filters by server, tool, caller and error.
+
+pub mod forward;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    sync::Arc,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    trace::v1::{Span, span::SpanKind, status::StatusCode},
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status, codec::CompressionEncoding};
+use tracing::debug;
+
+use crate::metrics::TraceCounters;
+use forward::Forwarder;
+
+/// Largest OTLP export accepted; collectors batch far below this.
+const MAX_EXPORT_BYTES: usize = 16 * 1024 * 1024;
+/// Spans kept per trace; a runaway trace cannot crowd out the rest.
+const MAX_SPANS_PER_TRACE: usize = 1024;
+
+/// Span attributes the filters match on.
+const SERVER_ATTR: &str = "switchboard.server";
+const TOOL_ATTR: &str = "gen_ai.tool.name";
+const CALLER_ATTR: &str = "switchboard.caller";
+
+/// Recent traces, oldest evicted first; cheap to clone.
+#[derive(Clone)]
+pub struct TraceStore {
+    inner: Arc<Mutex<StoreInner>>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct StoreInner {
+    traces: HashMap<String, Vec<SpanView>>,
+    /// Trace ids in arrival order of their first span.
+    order: VecDeque<String>,
+}
+
+/// A span as the HTTP API shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpanView {
+    pub trace_id: String,
+    pub span_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub parent_span_id: String,
+    pub name: String,
+    pub kind: &'static str,
+    /// `service.name` of the exporter.
+    pub service: String,
+    /// `service.instance.id` of the exporter (the replica).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+    pub start_time_unix_nano: u64,
+    pub duration_ms: f64,
+    pub error: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub status_message: String,
+    pub attributes: BTreeMap<String, serde_json::Value>,
+}
+
+/// One trace in a listing.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceSummary {
+    pub trace_id: String,
+    /// The root span's name (or the earliest span's, if the root is not here).
+    pub name: String,
+    pub start_time_unix_nano: u64,
+    pub duration_ms: f64,
+    pub span_count: usize,
+    pub error: bool,
+    pub servers: BTreeSet<String>,
+    pub tools: BTreeSet<String>,
+    pub callers: BTreeSet<String>,
+}
+
+/// Filters of `GET /traces`; all given ones must match some span.
+#[derive(Debug, Default, Deserialize)]
+pub struct TraceQuery {
+    pub server: Option<String>,
+    pub tool: Option<String>,
+    pub caller: Option<String>,
+    pub error: Option<bool>,
+    pub limit: Option<usize>,
+}
+
+// === impl TraceStore ===
+
+impl TraceStore {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Arc::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds every span of an export; returns how many were kept.
+    pub fn insert(&self, request: &ExportTraceServiceRequest) -> usize {
+        let mut kept = 0;
+        let mut inner = self.inner.lock();
+        for resource_spans in &request.resource_spans {
+            let resource = resource_spans
+                .resource
+                .as_ref()
+                .map(|r| r.attributes.as_slice())
+                .unwrap_or_default();
+            let service = string_attr(resource, "service.name");
+            let instance = string_attr(resource, "service.instance.id");
+            for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
+                let view = SpanView::new(span, &service, &instance);
+                if !inner.traces.contains_key(&view.trace_id) {
+                    inner.order.push_back(view.trace_id.clone());
+                    while inner.order.len() > self.capacity {
+                        if let Some(evicted) = inner.order.pop_front() {
+                            inner.traces.remove(&evicted);
+                        }
+                    }
+                }
+                let spans = inner.traces.entry(view.trace_id.clone()).or_default();
+                if spans.len() < MAX_SPANS_PER_TRACE {
+                    spans.push(view);
+                    kept += 1;
+                }
+            }
+        }
+        kept
+    }
+
+    /// The spans of one trace, by start time.
+    pub fn trace(&self, trace_id: &str) -> Option<Vec<SpanView>> {
+        let mut spans = self.inner.lock().traces.get(trace_id)?.clone();
+        spans.sort_by_key(|s| s.start_time_unix_nano);
+        Some(spans)
+    }
+
+    /// Traces matching `query`, newest first.
+    pub fn search(&self, query: &TraceQuery) -> Vec<TraceSummary> {
+        let limit = query.limit.unwrap_or(20);
+        let inner = self.inner.lock();
+        inner
+            .order
+            .iter()
+            .rev()
+            .filter_map(|id| inner.traces.get(id))
+            .filter(|spans| query.matches(spans))
+            .take(limit)
+            .map(|spans| TraceSummary::new(spans))
+            .collect()
+    }
+}
+
+// === impl TraceQuery ===
+
+impl TraceQuery {
+    fn matches(&self, spans: &[SpanView]) -> bool {
+        let has = |key: &str, wanted: &Option<String>| {
+            wanted.as_deref().is_none_or(|wanted| {
+                spans
+                    .iter()
+                    .any(|s| s.attributes.get(key).and_then(|v| v.as_str()) == Some(wanted))
+            })
+        };
+        has(SERVER_ATTR, &self.server)
+            && has(TOOL_ATTR, &self.tool)
+            && has(CALLER_ATTR, &self.caller)
+            && self
+                .error
+                .is_none_or(|error| spans.iter().any(|s| s.error) == error)
+    }
+}
+
+// === impl TraceSummary ===
+
+impl TraceSummary {
+    fn new(spans: &[SpanView]) -> Self {
+        let root = spans
+            .iter()
+            .find(|s| s.parent_span_id.is_empty())
+            .or_else(|| spans.iter().min_by_key(|s| s.start_time_unix_nano));
+        let start = spans
+            .iter()
+            .map(|s| s.start_time_unix_nano)
+            .min()
+            .unwrap_or_default();
+        let end = spans
+            .iter()
+            .map(|s| s.start_time_unix_nano + (s.duration_ms * 1e6) as u64)
+            .max()
+            .unwrap_or_default();
+        let collect = |key: &str| {
+            spans
+                .iter()
+                .filter_map(|s| s.attributes.get(key)?.as_str().map(str::to_owned))
+                .collect()
+        };
+        Self {
+            trace_id: spans
+                .first()
+                .map(|s| s.trace_id.clone())
+                .unwrap_or_default(),
+            name: root.map(|s| s.name.clone()).unwrap_or_default(),
+            start_time_unix_nano: start,
+            duration_ms: end.saturating_sub(start) as f64 / 1e6,
+            span_count: spans.len(),
+            error: spans.iter().any(|s| s.error),
+            servers: collect(SERVER_ATTR),
+            tools: collect(TOOL_ATTR),
+            callers: collect(CALLER_ATTR),
+        }
+    }
+}
+
+// === impl SpanView ===
+
+impl SpanView {
+    fn new(span: &Span, service: &str, instance: &str) -> Self {
+        let status = span.status.as_ref();
+        Self {
+            trace_id: hex(&span.trace_id),
+            span_id: hex(&span.span_id),
+            parent_span_id: hex(&span.parent_span_id),
+            name: span.name.clone(),
+            kind: match SpanKind::try_from(span.kind) {
+                Ok(SpanKind::Server) => "server",
+                Ok(SpanKind::Client) => "client",
+                Ok(SpanKind::Producer) => "producer",
+                Ok(SpanKind::Consumer) => "consumer",
+                Ok(SpanKind::Internal) => "internal",
+                Ok(SpanKind::Unspecified) | Err(_) => "unspecified",
+            },
+            service: service.to_owned(),
+            instance: instance.to_owned(),
+            start_time_unix_nano: span.start_time_unix_nano,
+            duration_ms: span
+                .end_time_unix_nano
+                .saturating_sub(span.start_time_unix_nano) as f64
+                / 1e6,
+            error: status.is_some_and(|s| s.code == StatusCode::Error as i32),
+            status_message: status.map(|s| s.message.clone()).unwrap_or_default(),
+            attributes: span
+                .attributes
+                .iter()
+                .map(|kv| (kv.key.clone(), json_value(kv.value.as_ref())))
+                .collect(),
+        }
+    }
+}
+
+fn string_attr(attributes: &[KeyValue], key: &str) -> String {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn json_value(value: Option<&AnyValue>) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match value.and_then(|v| v.value.as_ref()) {
+        None => Json::Null,
+        Some(Value::StringValue(s)) => Json::String(s.clone()),
+        Some(Value::BoolValue(b)) => Json::Bool(*b),
+        Some(Value::IntValue(i)) => Json::from(*i),
+        Some(Value::DoubleValue(d)) => Json::from(*d),
+        Some(Value::BytesValue(b)) => Json::String(hex(b)),
+        Some(Value::ArrayValue(array)) => {
+            Json::Array(array.values.iter().map(|v| json_value(Some(v))).collect())
+        }
+        Some(Value::KvlistValue(list)) => Json::Object(
+            list.values
+                .iter()
+                .map(|kv| (kv.key.clone(), json_value(kv.value.as_ref())))
+                .collect(),
+        ),
+        Some(_) => Json::Null,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The OTLP `TraceService`: stores and forwards; never waits on the
+/// forwarder, so a slow collector cannot slow the replicas' exporters.
+#[derive(Clone)]
+pub struct TraceReceiver {
+    pub store: TraceStore,
+    pub forwarder: Option<Forwarder>,
+    pub counters: TraceCounters,
+}
+
+impl TraceReceiver {
+    pub fn into_server(self) -> TraceServiceServer<Self> {
+        TraceServiceServer::new(self)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_EXPORT_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for TraceReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let request = request.into_inner();
+        let spans: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.counters.received.inc_by(spans as u64);
+        let kept = self.store.insert(&request);
+        debug!(spans, kept, "spans received");
+        if let Some(forwarder) = &self.forwarder {
+            forwarder.forward(request, spans);
+        }
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status as SpanStatus};
+
+    fn export(trace: u8, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        let spans = spans
+            .into_iter()
+            .map(|mut s| {
+                s.trace_id = vec![trace; 16];
+                s
+            })
+            .collect();
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn span(id: u8, attributes: &[(&str, &str)], error: bool) -> Span {
+        Span {
+            span_id: vec![id; 8],
+            name: format!("span {id}"),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: (*k).to_owned(),
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue((*v).to_owned())),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            status: error.then(|| SpanStatus {
+                code: StatusCode::Error as i32,
+                message: "boom".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn filters_by_attributes_and_error() {
+        let store = TraceStore::new(10);
+        store.insert(&export(
+            1,
+            vec![span(1, &[(SERVER_ATTR, "a"), (CALLER_ATTR, "x")], false)],
+        ));
+        store.insert(&export(
+            2,
+            vec![span(2, &[(SERVER_ATTR, "b"), (TOOL_ATTR, "b.t")], true)],
+        ));
+        let query = |q: TraceQuery| -> Vec<String> {
+            store.search(&q).into_iter().map(|t| t.trace_id).collect()
+        };
+        let one = "01".repeat(16);
+        let two = "02".repeat(16);
+        assert_eq!(query(TraceQuery::default()), vec![two.clone(), one.clone()]);
+        let by_server = TraceQuery {
+            server: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(query(by_server), vec![one.clone()]);
+        let errors = TraceQuery {
+            error: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(query(errors), vec![two.clone()]);
+        let by_caller_and_tool = TraceQuery {
+            caller: Some("x".into()),
+            tool: Some("b.t".into()),
+            ..Default::default()
+        };
+        assert!(query(by_caller_and_tool).is_empty());
+    }
+
+    #[test]
+    fn oldest_traces_are_evicted_and_spans_of_a_trace_are_grouped() {
+        let store = TraceStore::new(2);
+        store.insert(&export(1, vec![span(1, &[], false)]));
+        store.insert(&export(2, vec![span(2, &[], false)]));
+        store.insert(&export(2, vec![span(3, &[], false)]));
+        store.insert(&export(3, vec![span(4, &[], false)]));
+        assert_eq!(store.len(), 2);
+        assert!(store.trace(&"01".repeat(16)).is_none());
+        assert_eq!(store.trace(&"02".repeat(16)).map(|s| s.len()), Some(2));
+    }
+}

@@ -1,0 +1,324 @@
+//! One observation per client request: [`Observation`] turns a request
+//! into exactly one SERVER span, one metric sample and one log line that
+//! carries the caller. The session handler begins one per request, tells it
+//! what only the handler knows (the server a call went to, why it failed)
+//! and completes it with the response; one dropped unanswered (the client
+//! went away) is reported as `cancelled`.
+
+use std::{
+    borrow::Cow,
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
+
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use rmcp::{ErrorData, RoleServer, model::InitializeRequestParams, service::RequestContext};
+use serde::Serialize;
+use tracing::{debug, info};
+
+use crate::telemetry::{
+    ActiveSpan, Telemetry, TraceContext, attr,
+    metrics::{MethodLabels, RequestLabels},
+};
+
+/// Header naming the calling agent or team, for logs and traces.
+pub const CALLER_HEADER: &str = "x-switchboard-caller";
+/// The same as a query parameter, for clients that cannot set headers.
+const CALLER_QUERY: &str = "caller";
+const MAX_CALLER_LEN: usize = 128;
+
+/// What a request is, as far as observation cares.
+pub struct RequestInfo<'a> {
+    pub method: &'static str,
+    /// The tool (`tools/call`) or prompt (`prompts/get`) named.
+    pub target: Option<Target>,
+    /// For `initialize`, which carries what later requests read from the
+    /// session.
+    pub initialize: Option<&'a InitializeRequestParams>,
+    /// The caller the session named first; a client that names itself only
+    /// when it connects stays named.
+    pub session_caller: &'a OnceLock<String>,
+}
+
+pub enum Target {
+    Tool(String),
+    Prompt(String),
+}
+
+/// One request in flight; reports when dropped.
+pub struct Observation {
+    telemetry: Telemetry,
+    span: ActiveSpan,
+    started: Instant,
+    method: &'static str,
+    target: Option<String>,
+    request_id: String,
+    session: Option<String>,
+    caller: String,
+    trace_id: Option<String>,
+    server: Option<Arc<str>>,
+    /// Why it failed, when the response alone does not say.
+    failure: Option<(&'static str, String)>,
+    outcome: Option<Outcome>,
+}
+
+struct Outcome {
+    label: &'static str,
+    /// `error.type`, JSON-RPC code (for error responses) and message.
+    error: Option<(Cow<'static, str>, Option<i32>, String)>,
+}
+
+// === impl Observation ===
+
+impl Observation {
+    pub fn begin(
+        telemetry: &Telemetry,
+        request: RequestInfo<'_>,
+        context: &RequestContext<RoleServer>,
+    ) -> Self {
+        let parts = context.extensions.get::<http::request::Parts>();
+        let header = |name: &str| {
+            parts
+                .and_then(|p| p.headers.get(name))
+                .and_then(|v| v.to_str().ok())
+        };
+        let peer = context.peer.peer_info();
+        let client = request.initialize.or(peer.as_deref());
+        let named = header(CALLER_HEADER)
+            .map(str::to_owned)
+            .or_else(|| parts.and_then(|p| query_caller(p.uri.query()?)))
+            .map(|c| truncate(c, MAX_CALLER_LEN));
+        let caller = match named {
+            Some(named) => {
+                let _ = request.session_caller.set(named.clone());
+                named
+            }
+            None => request
+                .session_caller
+                .get()
+                .cloned()
+                .or_else(|| client.map(|c| truncate(c.client_info.name.clone(), MAX_CALLER_LEN)))
+                .unwrap_or_else(|| "unknown".to_owned()),
+        };
+        let method = request.method;
+        // `_meta` is the MCP-level parent (SEP-414); the HTTP header is the
+        // fallback for clients that only trace their HTTP calls.
+        let parent = context
+            .meta
+            .get_traceparent()
+            .or_else(|| header("traceparent"))
+            .and_then(TraceContext::parse);
+        let (target, target_attr) = match request.target {
+            Some(Target::Tool(name)) => (Some(name), attr::GEN_AI_TOOL_NAME),
+            Some(Target::Prompt(name)) => (Some(name), attr::GEN_AI_PROMPT_NAME),
+            None => (None, attr::GEN_AI_TOOL_NAME),
+        };
+        let name = match &target {
+            Some(target) => format!("{method} {target}"),
+            None => method.to_owned(),
+        };
+        let mut span = telemetry.tracer.start(name, SpanKind::Server, parent);
+        let request_id = context.id.to_string();
+        let session = header("mcp-session-id").map(str::to_owned);
+        if span.is_recording() {
+            span.set(attr::MCP_METHOD_NAME, method);
+            span.set(attr::JSONRPC_REQUEST_ID, request_id.clone());
+            span.set(attr::NETWORK_TRANSPORT, "tcp");
+            span.set(attr::CALLER, caller.clone());
+            span.set(attr::REPLICA, telemetry.replica_id.to_string());
+            if let Some(session) = &session {
+                span.set(attr::MCP_SESSION_ID, session.clone());
+            }
+            if let Some(client) = client {
+                span.set(
+                    attr::MCP_PROTOCOL_VERSION,
+                    client.protocol_version.to_string(),
+                );
+            }
+            if let Some(target) = &target {
+                span.set(target_attr, target.clone());
+                if target_attr == attr::GEN_AI_TOOL_NAME {
+                    span.set(attr::GEN_AI_OPERATION_NAME, "execute_tool");
+                }
+            }
+        }
+        let trace_id = span.context().map(|t| t.trace_id_hex());
+        Self {
+            telemetry: telemetry.clone(),
+            span,
+            started: Instant::now(),
+            method,
+            target,
+            request_id,
+            session,
+            caller,
+            trace_id,
+            server: None,
+            failure: None,
+            outcome: None,
+        }
+    }
+
+    /// The context downstream calls are made under: this request's span
+    /// (or the client's context when tracing is off).
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.span.context()
+    }
+
+    /// The server the request was routed to.
+    pub fn set_server(&mut self, server: Arc<str>) {
+        self.server = Some(server);
+    }
+
+    /// Why the request failed, when the response alone does not say (an
+    /// `isError` result written by the gateway, an unknown name).
+    pub fn set_failure(&mut self, kind: &'static str, message: String) {
+        self.failure = Some((kind, message));
+    }
+
+    /// Logs request and response bodies when payload logging is on.
+    pub fn payload(&self, request: &impl Serialize, response: &impl Serialize) {
+        if self.telemetry.log_payloads {
+            debug!(
+                request_id = %self.request_id,
+                request = %serde_json::to_string(request).unwrap_or_default(),
+                response = %serde_json::to_string(response).unwrap_or_default(),
+                "request payload"
+            );
+        }
+    }
+
+    /// Reports the response; `tool_error` says it is an `isError` result.
+    pub fn complete<T>(mut self, result: &Result<T, ErrorData>, tool_error: bool) {
+        let outcome = match (result, self.failure.take()) {
+            (_, Some((kind, message))) => Outcome {
+                label: kind,
+                error: Some((
+                    kind.into(),
+                    result.as_ref().err().map(|e| e.code.0),
+                    message,
+                )),
+            },
+            (Ok(_), None) if tool_error => Outcome {
+                label: "tool_error",
+                error: Some(("tool_error".into(), None, String::new())),
+            },
+            (Ok(_), None) => Outcome {
+                label: "ok",
+                error: None,
+            },
+            (Err(error), None) => Outcome {
+                label: jsonrpc_outcome(error.code.0),
+                error: Some((
+                    error.code.0.to_string().into(),
+                    Some(error.code.0),
+                    error.message.to_string(),
+                )),
+            },
+        };
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        let outcome = self.outcome.take().unwrap_or(Outcome {
+            label: "cancelled",
+            error: Some(("cancelled".into(), None, "abandoned by the client".into())),
+        });
+        let elapsed = self.started.elapsed();
+        let server = self.server.as_deref().unwrap_or("").to_owned();
+        if !server.is_empty() {
+            self.span.set(attr::SERVER, server.clone());
+        }
+        if let Some((error_type, code, message)) = &outcome.error {
+            if let Some(code) = code {
+                self.span
+                    .set(attr::RPC_RESPONSE_STATUS_CODE, code.to_string());
+            }
+            self.span.set_error(error_type, message.clone());
+        }
+        let metrics = &self.telemetry.metrics;
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                server: server.clone(),
+                method: self.method.to_owned(),
+                outcome: outcome.label.to_owned(),
+            })
+            .inc();
+        metrics
+            .request_duration
+            .get_or_create(&MethodLabels {
+                server: server.clone(),
+                method: self.method.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+        let error = outcome
+            .error
+            .as_ref()
+            .map(|(_, _, message)| message.as_str());
+        info!(
+            caller = %self.caller,
+            request_id = %self.request_id,
+            session = self.session.as_deref().unwrap_or(""),
+            method = self.method,
+            server = %server,
+            tool = self.target.as_deref().unwrap_or(""),
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            outcome = outcome.label,
+            error = error.filter(|e| !e.is_empty()),
+            trace_id = self.trace_id.as_deref().unwrap_or(""),
+            "request"
+        );
+    }
+}
+
+/// A stable outcome label for a JSON-RPC error code.
+fn jsonrpc_outcome(code: i32) -> &'static str {
+    match code {
+        -32700 => "parse_error",
+        -32600 => "invalid_request",
+        -32601 => "method_not_found",
+        -32602 => "invalid_params",
+        -32603 => "internal_error",
+        _ => "error",
+    }
+}
+
+fn query_caller(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == CALLER_QUERY)
+        .map(|(_, value)| value.into_owned())
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_from_query_string() {
+        assert_eq!(
+            query_caller("x=1&caller=team%20a%2Fbot"),
+            Some("team a/bot".into())
+        );
+        assert_eq!(query_caller("x=1"), None);
+    }
+
+    #[test]
+    fn long_callers_are_cut_on_a_char_boundary() {
+        let cut = truncate("é".repeat(100), 7);
+        assert_eq!(cut, "ééé");
+    }
+}

@@ -1,0 +1,184 @@
+//! The OTLP/gRPC span exporter: one task that drains the tracer's bounded
+//! queue in batches and sends them (gzip) to the control plane or a
+//! collector. A failed export drops its batch and counts it: spans are
+//! diagnostics, and holding them for an absent receiver would grow without
+//! bound. Nothing here is ever awaited by a request.
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span},
+};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::{codec::CompressionEncoding, transport::Channel};
+use tracing::{debug, info, warn};
+
+use super::{
+    metrics::{DROP_EXPORT_FAILED, DROP_QUEUE_FULL, ReasonLabels},
+    trace::Tracer,
+};
+
+/// Spans waiting for export; beyond this they are dropped.
+const QUEUE_CAPACITY: usize = 4096;
+const MAX_BATCH: usize = 512;
+/// How long a small batch waits for company before it is sent.
+const LINGER: Duration = Duration::from_millis(200);
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// On shutdown, what is queued gets this long to leave.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid OTLP endpoint `{endpoint}`: {source}")]
+pub struct EndpointError {
+    endpoint: String,
+    #[source]
+    source: http::uri::InvalidUri,
+}
+
+/// Who is exporting: becomes the OTLP resource.
+#[derive(Clone, Debug)]
+pub struct ExportConfig {
+    /// OTLP/gRPC URL, e.g. `http://127.0.0.1:8788`.
+    pub endpoint: String,
+    pub service_name: &'static str,
+    pub replica_id: String,
+}
+
+/// Counters the exporter keeps.
+#[derive(Clone)]
+pub struct ExportCounters {
+    pub exported: Counter,
+    pub dropped: Family<ReasonLabels, Counter>,
+}
+
+/// Starts the exporter; returns the tracer that feeds it and the task,
+/// which ends after a final flush once `shutdown` is cancelled.
+pub fn spawn(
+    config: ExportConfig,
+    counters: ExportCounters,
+    shutdown: CancellationToken,
+) -> Result<(Tracer, JoinHandle<()>), EndpointError> {
+    let channel = Channel::from_shared(config.endpoint.clone())
+        .map_err(|source| EndpointError {
+            endpoint: config.endpoint.clone(),
+            source,
+        })?
+        .timeout(EXPORT_TIMEOUT)
+        .connect_lazy();
+    let client = TraceServiceClient::new(channel).send_compressed(CompressionEncoding::Gzip);
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let queue_full = counters
+        .dropped
+        .get_or_create(&ReasonLabels::new(DROP_QUEUE_FULL))
+        .clone();
+    let tracer = Tracer::new(tx, queue_full);
+    info!(endpoint = %config.endpoint, "exporting spans over OTLP");
+    let exporter = Exporter {
+        client,
+        resource: resource(&config),
+        counters,
+        failing: false,
+    };
+    Ok((tracer, tokio::spawn(exporter.run(rx, shutdown))))
+}
+
+fn resource(config: &ExportConfig) -> Resource {
+    let attribute = |key: &str, value: &str| KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.to_owned())),
+        }),
+        ..Default::default()
+    };
+    Resource {
+        attributes: vec![
+            attribute("service.name", config.service_name),
+            attribute("service.version", env!("CARGO_PKG_VERSION")),
+            attribute("service.instance.id", &config.replica_id),
+        ],
+        ..Default::default()
+    }
+}
+
+struct Exporter {
+    client: TraceServiceClient<Channel>,
+    resource: Resource,
+    counters: ExportCounters,
+    /// Logs only the first failure of a streak and the recovery.
+    failing: bool,
+}
+
+impl Exporter {
+    async fn run(mut self, mut spans: mpsc::Receiver<Span>, shutdown: CancellationToken) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            tokio::select! {
+                received = spans.recv_many(&mut batch, MAX_BATCH) => if received == 0 { break },
+                () = shutdown.cancelled() => break,
+            }
+            let fill = async {
+                loop {
+                    let room = MAX_BATCH - batch.len();
+                    if room == 0 || spans.recv_many(&mut batch, room).await == 0 {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, fill).await;
+            self.export(std::mem::take(&mut batch)).await;
+        }
+        spans.close();
+        let flush = async {
+            while spans.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                self.export(std::mem::take(&mut batch)).await;
+            }
+        };
+        if tokio::time::timeout(FLUSH_TIMEOUT, flush).await.is_err() {
+            debug!("span flush cut short by shutdown");
+        }
+    }
+
+    async fn export(&mut self, spans: Vec<Span>) {
+        if spans.is_empty() {
+            return;
+        }
+        let count = spans.len() as u64;
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "switchboard-gateway".to_owned(),
+                        version: env!("CARGO_PKG_VERSION").to_owned(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        match self.client.export(request).await {
+            Ok(_) => {
+                self.counters.exported.inc_by(count);
+                if std::mem::take(&mut self.failing) {
+                    info!("span export recovered");
+                }
+            }
+            Err(status) => {
+                self.counters
+                    .dropped
+                    .get_or_create(&ReasonLabels::new(DROP_EXPORT_FAILED))
+                    .inc_by(count);
+                if !std::mem::replace(&mut self.failing, true) {
+                    warn!(error = %status.message(), spans = count, "span export failed; dropping spans until the receiver is back");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Spans of this replica's making, built straight into OTLP messages: W3C
+//! trace context in and out, a SERVER span per client request and a CLIENT
+//! span per downstream call. A span is handed to the exporter when it is
+//! dropped, with one non-blocking channel send; if the exporter's queue is
+//! full the span is dropped and counted instead of slowing the request.
+
+use std::{
+    fmt::Write as _,
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use opentelemetry_proto::tonic::{
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    trace::v1::{Span, Status, span::SpanKind, status::StatusCode},
+};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+
+/// The W3C trace context of one span (`traceparent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+/// Starts spans; cheap to clone. A disabled tracer records nothing and
+/// passes the caller's trace context through untouched.
+#[derive(Clone, Default)]
+pub struct Tracer {
+    sink: Option<Arc<SpanSink>>,
+}
+
+struct SpanSink {
+    spans: mpsc::Sender<Span>,
+    dropped: Counter,
+}
+
+/// A span being recorded; exported when dropped.
+pub struct ActiveSpan {
+    context: Option<TraceContext>,
+    /// `None` when not recorded (tracer disabled or parent not sampled).
+    record: Option<Recording>,
+}
+
+struct Recording {
+    sink: Arc<SpanSink>,
+    span: Span,
+    started: Instant,
+}
+
+// === impl TraceContext ===
+
+impl TraceContext {
+    /// Parses a `traceparent` value. Unknown future versions are read by
+    /// their version-00 prefix, as the W3C spec asks; invalid ids are `None`.
+    pub fn parse(traceparent: &str) -> Option<Self> {
+        let mut parts = traceparent.trim().split('-');
+        let version = parts.next()?;
+        let (trace_id, span_id, flags) = (parts.next()?, parts.next()?, parts.next()?);
+        let extra = parts.next();
+        if version.len() != 2 || version == "ff" || (version == "00" && extra.is_some()) {
+            return None;
+        }
+        let trace_id: [u8; 16] = decode_hex(trace_id)?;
+        let span_id: [u8; 8] = decode_hex(span_id)?;
+        let [flags]: [u8; 1] = decode_hex(flags)?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(Self {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
+    }
+
+    pub fn to_traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            u8::from(self.sampled)
+        )
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// A new root context, sampled.
+    fn root() -> Self {
+        Self {
+            trace_id: nonzero_id(),
+            span_id: nonzero_id(),
+            sampled: true,
+        }
+    }
+
+    fn child(&self) -> Self {
+        Self {
+            span_id: nonzero_id(),
+            ..*self
+        }
+    }
+}
+
+fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != N * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    // Upper-case hex is invalid in `traceparent`.
+    (!text.bytes().any(|b| b.is_ascii_uppercase())).then_some(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn nonzero_id<const N: usize>() -> [u8; N] {
+    loop {
+        let mut id = [0u8; N];
+        fastrand::fill(&mut id);
+        if id != [0u8; N] {
+            return id;
+        }
+    }
+}
+
+// === impl Tracer ===
+
+impl Tracer {
+    /// A tracer that hands finished spans to `spans`, counting the ones the
+    /// full queue refuses in `dropped`.
+    pub fn new(spans: mpsc::Sender<Span>, dropped: Counter) -> Self {
+        Self {
+            sink: Some(Arc::new(SpanSink { spans, dropped })),
+        }
+    }
+
+    /// Starts a span under `parent` (a new trace when there is none). Not
+    /// recorded when the tracer is disabled or the parent is not sampled.
+    pub fn start(&self, name: String, kind: SpanKind, parent: Option<TraceContext>) -> ActiveSpan {
+        let Some(sink) = &self.sink else {
+            return ActiveSpan {
+                context: parent,
+                record: None,
+            };
+        };
+        let context = parent.map_or_else(TraceContext::root, |p| p.child());
+        let record = context.sampled.then(|| Recording {
+            sink: sink.clone(),
+            span: Span {
+                trace_id: context.trace_id.to_vec(),
+                span_id: context.span_id.to_vec(),
+                parent_span_id: parent.map(|p| p.span_id.to_vec()).unwrap_or_default(),
+                name,
+                kind: kind as i32,
+                start_time_unix_nano: unix_nanos(SystemTime::now()),
+                ..Default::default()
+            },
+            started: Instant::now(),
+        });
+        ActiveSpan {
+            context: Some(context),
+            record,
+        }
+    }
+}
+
+fn unix_nanos(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+// === impl ActiveSpan ===
+
+impl ActiveSpan {
+    /// The context to propagate downstream: this span's, or the parent's
+    /// when tracing is disabled.
+    pub fn context(&self) -> Option<TraceContext> {
+        self.context
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.record.is_some()
+    }
+
+    pub fn set(&mut self, key: &'static str, value: impl Into<String>) {
+        self.push(key, Value::StringValue(value.into()));
+    }
+
+    pub fn set_i64(&mut self, key: &'static str, value: i64) {
+        self.push(key, Value::IntValue(value));
+    }
+
+    /// Marks the span failed: `error.type` plus an ERROR status.
+    pub fn set_error(&mut self, error_type: &str, message: impl Into<String>) {
+        self.set("error.type", error_type);
+        if let Some(record) = &mut self.record {
+            record.span.status = Some(Status {
+                message: message.into(),
+                code: StatusCode::Error as i32,
+            });
+        }
+    }
+
+    fn push(&mut self, key: &'static str, value: Value) {
+        if let Some(record) = &mut self.record {
+            record.span.attributes.push(KeyValue {
+                key: key.to_owned(),
+                value: Some(AnyValue { value: Some(value) }),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+impl Drop for ActiveSpan {
+    fn drop(&mut self) {
+        let Some(Recording {
+            sink,
+            mut span,
+            started,
+        }) = self.record.take()
+        else {
+            return;
+        };
+        let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        span.end_time_unix_nano = span.start_time_unix_nano.saturating_add(elapsed);
+        if sink.spans.try_send(span).is_err() {
+            sink.dropped.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn traceparent_round_trips() {
+        let context = TraceContext::parse(EXAMPLE).expect("valid");
+        assert!(context.sampled);
+        assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(context.to_traceparent(), EXAMPLE);
+    }
+
+    #[test]
+    fn invalid_traceparents_are_ignored() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
+        }
+        // A future version may append fields.
+        let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-more";
+        assert_eq!(TraceContext::parse(future).map(|c| c.sampled), Some(false));
+    }
+
+    #[tokio::test]
+    async fn spans_chain_and_a_full_queue_drops_instead_of_waiting() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let dropped = Counter::default();
+        let tracer = Tracer::new(tx, dropped.clone());
+        let parent = TraceContext::parse(EXAMPLE);
+        let server = tracer.start("tools/call a.echo".into(), SpanKind::Server, parent);
+        let server_context = server.context().expect("recording");
+        assert_eq!(server_context.trace_id, parent.unwrap().trace_id);
+        let mut client = tracer.start(
+            "tools/call echo".into(),
+            SpanKind::Client,
+            Some(server_context),
+        );
+        client.set_error("timeout", "no answer");
+        drop(client);
+        drop(server);
+        let exported = rx.recv().await.expect("client span");
+        assert_eq!(exported.parent_span_id, server_context.span_id.to_vec());
+        assert_eq!(
+            exported.status.map(|s| s.code),
+            Some(StatusCode::Error as i32)
+        );
+        assert_eq!(dropped.get(), 1, "the server span found the queue full");
+    }
+
+    #[test]
+    fn unsampled_parents_and_disabled_tracers_record_nothing() {
+        let (tx, _rx) = mpsc::channel(8);
+        let tracer = Tracer::new(tx, Counter::default());
+        let unsampled =
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let span = tracer.start("x".into(), SpanKind::Server, unsampled);
+        assert!(!span.is_recording());
+        assert_eq!(
+            span.context().map(|c| c.trace_id),
+            unsampled.map(|c| c.trace_id)
+        );
+        let disabled = Tracer::default().start("x".into(), SpanKind::Server, unsampled);
+        assert_eq!(disabled.context(), unsampled, "passed through untouched");
+    }
+}
