@@ -38,6 +38,8 @@ pub struct Config {
     pub launcher: Launcher,
     /// Where spans go over OTLP/gRPC; `None` records none.
     pub otlp_endpoint: Option<String>,
+    /// Share of traces this replica starts that are recorded.
+    pub trace_sample_ratio: f64,
     /// Log tool arguments and results at debug level.
     pub log_payloads: bool,
 }
@@ -62,6 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
                 endpoint: endpoint.clone(),
                 service_name: "switchboard-gateway",
                 replica_id: config.replica_id.clone(),
+                sample_ratio: config.trace_sample_ratio,
             };
             let (tracer, exporter) =
                 export::spawn(export, metrics.spans.clone(), shutdown.clone())?;

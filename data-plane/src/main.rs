@@ -96,6 +96,10 @@ struct RunArgs {
     /// receives and forwards them. `none` turns tracing off.
     #[arg(long, env = "SWITCHBOARD_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Share (0–1) of the traces this replica starts that are recorded;
+    /// requests that arrive with a `traceparent` follow its sampled flag.
+    #[arg(long, env = "SWITCHBOARD_TRACE_SAMPLE_RATIO", default_value_t = 1.0, value_parser = sample_ratio)]
+    trace_sample_ratio: f64,
     /// Log tool arguments and results (at debug level). They may hold secrets.
     #[arg(long, env = "SWITCHBOARD_LOG_PAYLOADS")]
     log_payloads: bool,
@@ -175,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     shim: Some(std::env::current_exe().context("locating switchboard-gateway")?),
                 },
                 otlp_endpoint,
+                trace_sample_ratio: args.trace_sample_ratio,
                 log_payloads: args.log_payloads,
             })
             .await?;
@@ -184,6 +189,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bound.wait().await;
             Ok(())
         }
+    }
+}
+
+fn sample_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("`{text}` is not a number from 0 to 1")),
     }
 }
 

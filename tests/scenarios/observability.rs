@@ -11,6 +11,7 @@ use e2e::{
     EVENTUALLY, Switchboard, call, connect, connect_with_headers, demo_server_yaml, eventually,
     free_addr, metric,
     otlp::{OtlpReceiver, ReceivedSpan, hex, spawn_rotel, string_attribute},
+    wait_listening,
 };
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use rmcp::model::{CallToolRequestParams, MetaObject};
@@ -59,13 +60,7 @@ async fn a_traced_call_is_one_trace_through_the_control_plane_and_a_collector() 
     let receiver = OtlpReceiver::start().await;
     let scratch = tempfile::tempdir().expect("temp dir");
     let (_rotel, rotel_addr) = spawn_rotel(receiver.addr, scratch.path().join("rotel.log"));
-    eventually("rotel to listen", EVENTUALLY, || async {
-        tokio::net::TcpStream::connect(rotel_addr)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    })
-    .await;
+    wait_listening("rotel", rotel_addr).await;
     let demo = demo_server_yaml("demo", &format!("otel-{}", std::process::id()), &[]);
     let forward = format!("http://{rotel_addr}");
     let sb = Switchboard::start_with(

@@ -345,13 +345,7 @@ impl Switchboard {
             .args(["demo-server", "--instance", instance, "--http"])
             .arg(addr.to_string());
         let process = Process::spawn("demo-server --http", command, self.log_path("demo-http"));
-        eventually("the HTTP demo server to listen", EVENTUALLY, || async {
-            tokio::net::TcpStream::connect(addr)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-        .await;
+        wait_listening("the HTTP demo server", addr).await;
         process
     }
 
@@ -461,6 +455,17 @@ impl ClientHandler for TestClient {
 }
 
 pub type McpClient = RunningService<RoleClient, TestClient>;
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_listening(what: &str, addr: SocketAddr) {
+    eventually(&format!("{what} to listen"), EVENTUALLY, || async {
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
 
 /// Connects an MCP client over streamable HTTP and initialises a session.
 pub async fn connect(url: &str) -> anyhow::Result<McpClient> {

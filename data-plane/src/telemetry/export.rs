@@ -47,6 +47,8 @@ pub struct ExportConfig {
     pub endpoint: String,
     pub service_name: &'static str,
     pub replica_id: String,
+    /// Share of new traces recorded (0.0–1.0).
+    pub sample_ratio: f64,
 }
 
 /// Counters the exporter keeps.
@@ -76,7 +78,7 @@ pub fn spawn(
         .dropped
         .get_or_create(&ReasonLabels::new(DROP_QUEUE_FULL))
         .clone();
-    let tracer = Tracer::new(tx, queue_full);
+    let tracer = Tracer::new(tx, queue_full, config.sample_ratio);
     info!(endpoint = %config.endpoint, "exporting spans over OTLP");
     let exporter = Exporter {
         client,

@@ -35,6 +35,8 @@ pub struct Tracer {
 struct SpanSink {
     spans: mpsc::Sender<Span>,
     dropped: Counter,
+    /// Share of new traces recorded; a parent's decision always wins.
+    sample_ratio: f64,
 }
 
 /// A span being recorded; exported when dropped.
@@ -89,12 +91,12 @@ impl TraceContext {
         hex(&self.trace_id)
     }
 
-    /// A new root context, sampled.
-    fn root() -> Self {
+    /// A new root context, sampled with probability `ratio`.
+    fn root(ratio: f64) -> Self {
         Self {
             trace_id: nonzero_id(),
             span_id: nonzero_id(),
-            sampled: true,
+            sampled: ratio >= 1.0 || fastrand::f64() < ratio,
         }
     }
 
@@ -141,10 +143,15 @@ fn nonzero_id<const N: usize>() -> [u8; N] {
 
 impl Tracer {
     /// A tracer that hands finished spans to `spans`, counting the ones the
-    /// full queue refuses in `dropped`.
-    pub fn new(spans: mpsc::Sender<Span>, dropped: Counter) -> Self {
+    /// full queue refuses in `dropped`, and records `sample_ratio` of the
+    /// traces it starts (traces the client started follow its decision).
+    pub fn new(spans: mpsc::Sender<Span>, dropped: Counter, sample_ratio: f64) -> Self {
         Self {
-            sink: Some(Arc::new(SpanSink { spans, dropped })),
+            sink: Some(Arc::new(SpanSink {
+                spans,
+                dropped,
+                sample_ratio,
+            })),
         }
     }
 
@@ -157,7 +164,7 @@ impl Tracer {
                 record: None,
             };
         };
-        let context = parent.map_or_else(TraceContext::root, |p| p.child());
+        let context = parent.map_or_else(|| TraceContext::root(sink.sample_ratio), |p| p.child());
         let record = context.sampled.then(|| Recording {
             sink: sink.clone(),
             span: Span {
@@ -281,7 +288,7 @@ mod tests {
     async fn spans_chain_and_a_full_queue_drops_instead_of_waiting() {
         let (tx, mut rx) = mpsc::channel(1);
         let dropped = Counter::default();
-        let tracer = Tracer::new(tx, dropped.clone());
+        let tracer = Tracer::new(tx, dropped.clone(), 1.0);
         let parent = TraceContext::parse(EXAMPLE);
         let server = tracer.start("tools/call a.echo".into(), SpanKind::Server, parent);
         let server_context = server.context().expect("recording");
@@ -306,7 +313,7 @@ mod tests {
     #[test]
     fn unsampled_parents_and_disabled_tracers_record_nothing() {
         let (tx, _rx) = mpsc::channel(8);
-        let tracer = Tracer::new(tx, Counter::default());
+        let tracer = Tracer::new(tx, Counter::default(), 1.0);
         let unsampled =
             TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
         let span = tracer.start("x".into(), SpanKind::Server, unsampled);
@@ -317,5 +324,21 @@ mod tests {
         );
         let disabled = Tracer::default().start("x".into(), SpanKind::Server, unsampled);
         assert_eq!(disabled.context(), unsampled, "passed through untouched");
+    }
+
+    #[test]
+    fn the_sample_ratio_applies_to_new_traces_only() {
+        let (tx, _rx) = mpsc::channel(8);
+        let never = Tracer::new(tx, Counter::default(), 0.0);
+        let root = never.start("x".into(), SpanKind::Server, None);
+        assert!(!root.is_recording());
+        let context = root.context().expect("a context is still propagated");
+        assert!(!context.sampled, "downstream learns it is not sampled");
+        let sampled_parent = TraceContext::parse(EXAMPLE);
+        assert!(
+            never
+                .start("x".into(), SpanKind::Server, sampled_parent)
+                .is_recording()
+        );
     }
 }

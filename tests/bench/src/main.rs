@@ -67,6 +67,10 @@ struct Args {
     /// Output directory.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
+    /// Extra argument for the gateway under test in the echo, large and
+    /// churn scenarios (repeatable), e.g. `--gateway-arg=--otlp-endpoint=none`.
+    #[arg(long = "gateway-arg", allow_hyphen_values = true)]
+    gateway_args: Vec<String>,
 }
 
 /// Latencies and errors of one target at one point.
@@ -118,11 +122,11 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("hint: set SWITCHBOARD_TEST_LOG=warn (the bench measures with quiet logs)");
     }
     std::fs::create_dir_all(&args.out)?;
-    let mut report = header();
+    let mut report = header(&args.gateway_args);
     let mut chart_points = BTreeMap::new();
 
     if args.scenarios.iter().any(|s| s == "echo" || s == "large") {
-        let bed = TestBed::start().await?;
+        let bed = TestBed::start(&args.gateway_args).await?;
         if args.scenarios.iter().any(|s| s == "echo") {
             let echo = json!({ "text": "hello" });
             let table = compare(&bed, &args, &args.concurrency, &echo).await;
@@ -163,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn header() -> String {
+fn header(gateway_args: &[String]) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -180,7 +184,14 @@ fn header() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    format!("# Switchboard benchmark\n\n{date} · {cores} cores · {cpu} · release build\n\n")
+    let gateway = if gateway_args.is_empty() {
+        "gateway with default flags (tracing on, spans to the control plane)".to_owned()
+    } else {
+        format!("gateway flags: `{}`", gateway_args.join(" "))
+    };
+    format!(
+        "# Switchboard benchmark\n\n{date} · {cores} cores · {cpu} · release build · {gateway}\n\n"
+    )
 }
 
 /// A control plane + gateway with the demo server behind it, the same
@@ -194,11 +205,16 @@ struct TestBed {
 }
 
 impl TestBed {
-    async fn start() -> anyhow::Result<Self> {
-        let sb = Switchboard::start(&[(
-            "demo.yaml",
-            &demo_server_with("demo", "bench-gateway", &[], json!({})),
-        )])
+    async fn start(gateway_args: &[String]) -> anyhow::Result<Self> {
+        let gateway_args: Vec<&str> = gateway_args.iter().map(String::as_str).collect();
+        let sb = Switchboard::start_with(
+            &[(
+                "demo.yaml",
+                &demo_server_with("demo", "bench-gateway", &[], json!({})),
+            )],
+            &[],
+            &gateway_args,
+        )
         .await;
         sb.wait_server_state("demo", "ready").await;
         let addr = free_addr();
@@ -509,7 +525,7 @@ async fn catalog_scenario() -> anyhow::Result<String> {
 
 /// initialize → tools/call → DELETE, in a loop, against ceiling and gateway.
 async fn churn_scenario(args: &Args) -> anyhow::Result<String> {
-    let bed = TestBed::start().await?;
+    let bed = TestBed::start(&args.gateway_args).await?;
     let mut out = String::from(
         "## Session churn (initialize → call → delete)\n\n| concurrency | target | sessions/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|\n",
     );
