@@ -28,6 +28,9 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the McpServer CustomResourceDefinition (YAML), for
+    /// `kubectl apply -f -`.
+    Crd,
     /// Serve the registry to gateway replicas.
     Serve(ControlArgs),
     /// Run the control plane and one local gateway replica (the quick start).
@@ -108,6 +111,10 @@ async fn main() -> anyhow::Result<()> {
             .init(),
     }
     match cli.command {
+        Command::Crd => {
+            print!("{}", control_plane::resource::crd_yaml()?);
+            Ok(())
+        }
         Command::Serve(args) => {
             let bound = app::run(args.into()).await?;
             shutdown_signal().await;

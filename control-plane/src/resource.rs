@@ -6,7 +6,8 @@ pub mod resilience;
 
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -21,20 +22,31 @@ pub const NAME_SEPARATOR: char = '.';
 const MAX_NAME_LEN: usize = 63;
 
 /// A downstream MCP server the gateways expose under one namespace.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "switchboard.dev",
     version = "v1alpha1",
     kind = "McpServer",
     namespaced,
     shortname = "mcps",
-    status = "McpServerStatus"
+    category = "switchboard",
+    doc = "An MCP server that Switchboard gateways serve under one tool prefix.",
+    status = "McpServerStatus",
+    printcolumn(name = "Prefix", type_ = "string", json_path = ".status.prefix", description = "Tool name prefix"),
+    printcolumn(name = "Transport", type_ = "string", json_path = ".status.transport"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Replicas", type_ = "string", json_path = ".status.replicaSummary", description = "Replicas with the server ready / replicas connected"),
+    printcolumn(name = "Tools", type_ = "integer", json_path = ".status.tools"),
+    printcolumn(name = "Breaker", type_ = "string", json_path = ".status.breaker"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters (it becomes the tool prefix)")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct McpServerSpec {
     /// Prefix of the server's tools and prompts (`<namespace>.<tool>`).
     /// Defaults to `metadata.name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,63}$"))]
     pub namespace: Option<String>,
     /// A disabled server is kept in the registry but not pushed to gateways.
     #[serde(default = "default_enabled")]
@@ -60,7 +72,8 @@ fn default_enabled() -> bool {
 }
 
 /// Exactly one of the fields is set.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.stdio) != has(self.http)").message("exactly one transport must be set (stdio or http)"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TransportSpec {
     /// A local process speaking MCP over stdin/stdout, run by every gateway replica.
@@ -118,6 +131,47 @@ pub struct McpServerStatus {
     /// `metadata.generation` the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Accepted` (the spec is valid; why not, otherwise) and `Ready` (the
+    /// server is ready on the gateway replicas).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The tool name prefix in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// `stdio` or `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// Connected gateway replicas.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Replicas that applied this generation.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Replicas on which the server is ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// `ready/connected`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_summary: Option<String>,
+    /// Tools the server offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<i32>,
+    /// Circuit breaker: `closed`, `open` or `halfOpen` (the worst over replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<String>,
+    /// The MCP protocol version the server negotiated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    /// The most recent error a replica reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The `McpServer` CRD as YAML, as checked into the helm chart.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&McpServer::crd())
 }
 
 /// A validated server: every field checked, defaults filled in.

@@ -1,0 +1,63 @@
+//! The CRD in the helm chart is generated from the Rust types; this fails
+//! when the two drift. `UPDATE_CRD=1 cargo test --workspace --test crd`
+//! rewrites the chart's copy.
+
+const CHART_CRD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../charts/switchboard/crds/mcpservers.switchboard.dev.yaml"
+);
+
+#[test]
+fn the_chart_crd_matches_the_rust_types() {
+    let generated = control_plane::resource::crd_yaml().expect("CRD serialises");
+    if std::env::var_os("UPDATE_CRD").is_some() {
+        std::fs::write(CHART_CRD, &generated).expect("write the chart CRD");
+    }
+    let checked_in = std::fs::read_to_string(CHART_CRD).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "charts/switchboard/crds/mcpservers.switchboard.dev.yaml is out of date: \
+         run `UPDATE_CRD=1 cargo test --workspace --test crd`"
+    );
+}
+
+#[test]
+fn the_crd_carries_validation_and_printer_columns() {
+    let crd: serde_json::Value =
+        serde_yaml::from_str(&control_plane::resource::crd_yaml().expect("CRD")).expect("YAML");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "mcps");
+    assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Prefix",
+            "Transport",
+            "Ready",
+            "Replicas",
+            "Tools",
+            "Breaker",
+            "Age"
+        ]
+    );
+    let schema = &version["schema"]["openAPIV3Schema"];
+    let transport = &schema["properties"]["spec"]["properties"]["transport"];
+    assert_eq!(
+        transport["x-kubernetes-validations"][0]["rule"],
+        "has(self.stdio) != has(self.http)"
+    );
+    assert!(
+        schema["properties"]["spec"]["properties"]["namespace"]["pattern"].is_string(),
+        "{schema}"
+    );
+    let described = schema["properties"]["spec"]["properties"]["transport"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!described.is_empty(), "kubectl explain needs field docs");
+}
