@@ -5,6 +5,8 @@
 mod bad_input;
 #[path = "scenarios/control_plane_outage.rs"]
 mod control_plane_outage;
+#[path = "scenarios/kubernetes.rs"]
+mod kubernetes;
 #[path = "scenarios/observability.rs"]
 mod observability;
 #[path = "scenarios/quick_start.rs"]

@@ -1,7 +1,7 @@
 //! Wires the control plane together: registry source → snapshot builder →
 //! config push (gRPC) and the HTTP status API.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use proto::config as pb;
@@ -14,16 +14,29 @@ use crate::{
     admin::{self, AdminState},
     metrics::{Metrics, TraceCounters},
     push::{ConfigPushService, Replicas},
-    registry::directory::DirectorySource,
+    registry::{Registry, directory::DirectorySource, kubernetes::KubernetesSource},
     snapshot,
+    status::StatusWriter,
     traces::{TraceReceiver, TraceStore, forward::Forwarder},
 };
+
+/// Where `McpServer` resources come from.
+#[derive(Clone, Debug)]
+pub enum RegistrySource {
+    /// A directory of YAML files, watched.
+    Directory(PathBuf),
+    /// The Kubernetes API (kubeconfig or in-cluster service account);
+    /// no namespaces means all of them. Status is written back.
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        namespaces: Vec<String>,
+    },
+}
 
 /// Static configuration of one control-plane process.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Directory of `McpServer` YAML files.
-    pub registry_dir: PathBuf,
+    pub registry: RegistrySource,
     /// Where gateway replicas connect for config (gRPC).
     pub grpc_listen: SocketAddr,
     /// Status API.
@@ -48,30 +61,62 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
-    let mut source = DirectorySource::new(&config.registry_dir);
-    let first = source.scan().context("loading the registry")?;
-    info!(
-        dir = %config.registry_dir.display(),
-        servers = first.servers.len(),
-        issues = first.issues.len(),
-        "registry loaded"
-    );
-    let (registry_tx, registry_rx) = watch::channel(first);
-    let cancel = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(err) = source.watch(registry_tx, cancel).await {
-            warn!(error = %err, "registry watch stopped; the last registry stays in place");
+    let (registry_tx, registry_rx) = watch::channel(Registry::default());
+    let mut cluster = None;
+    match &config.registry {
+        RegistrySource::Directory(dir) => {
+            let mut source = DirectorySource::new(dir);
+            let first = source.scan().context("loading the registry")?;
+            info!(
+                dir = %dir.display(),
+                servers = first.servers.len(),
+                issues = first.issues.len(),
+                "registry loaded"
+            );
+            registry_tx.send_replace(first);
+            let cancel = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(err) = source.watch(registry_tx, cancel).await {
+                    warn!(error = %err, "registry watch stopped; the last registry stays in place");
+                }
+            });
         }
-    });
+        RegistrySource::Kubernetes {
+            kubeconfig,
+            namespaces,
+        } => {
+            let client = kube_client(kubeconfig.as_deref()).await?;
+            let (objects_tx, objects_rx) = watch::channel(BTreeMap::new());
+            let source = KubernetesSource::new(client.clone(), namespaces.clone());
+            tasks.spawn(source.watch(registry_tx, objects_tx, shutdown.clone()));
+            cluster = Some((client, objects_rx));
+        }
+    }
 
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(pb::Snapshot::default()));
-    tasks.spawn(snapshot::run_builder(
-        registry_rx.clone(),
-        snapshot_tx,
-        shutdown.clone(),
-    ));
+    // From the cluster, the first snapshot waits for the first full list,
+    // so replicas never start from an empty config that is not the truth.
+    let wait_for_list = matches!(config.registry, RegistrySource::Kubernetes { .. });
+    let mut first_registry = registry_rx.clone();
+    let builder_cancel = shutdown.clone();
+    tasks.spawn(async move {
+        if wait_for_list && first_registry.changed().await.is_err() {
+            return;
+        }
+        snapshot::run_builder(first_registry, snapshot_tx, builder_cancel).await;
+    });
 
     let replicas = Replicas::default();
+    if let Some((client, objects)) = cluster {
+        let writer = StatusWriter {
+            client,
+            registry: registry_rx.clone(),
+            objects,
+            snapshots: snapshot_rx.clone(),
+            replicas: replicas.clone(),
+        };
+        tasks.spawn(writer.run(shutdown.clone()));
+    }
     let trace_counters = TraceCounters::default();
     let metrics = Arc::new(Metrics::new(replicas.counters(), trace_counters.clone()));
     let traces = TraceStore::new(config.trace_buffer);
@@ -136,6 +181,22 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         shutdown,
         tasks,
     })
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "no Kubernetes config: set KUBECONFIG, write ~/.kube/config, or run in a pod with a service account",
+        )?,
+    };
+    kube::Client::try_from(config).context("creating the Kubernetes client")
 }
 
 // === impl Bound ===

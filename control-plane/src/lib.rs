@@ -14,4 +14,5 @@ pub mod push;
 pub mod registry;
 pub mod resource;
 pub mod snapshot;
+pub mod status;
 pub mod traces;

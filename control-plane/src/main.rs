@@ -21,6 +21,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum Source {
+    Directory,
+    Kubernetes,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Logfmt,
     Json,
@@ -52,6 +58,22 @@ struct ControlArgs {
         default_value = "deploy/local/registry"
     )]
     registry: PathBuf,
+    /// Where McpServer resources come from: a directory (`--registry`) or
+    /// the Kubernetes API (kubeconfig or in-cluster), which also gets
+    /// status written back.
+    #[arg(long, env = "SWITCHBOARD_SOURCE", value_enum, default_value_t = Source::Directory)]
+    source: Source,
+    /// With `--source kubernetes`: the kubeconfig to use (default: `KUBECONFIG`,
+    /// `~/.kube/config`, or the in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// With `--source kubernetes`: namespaces to watch (default: all).
+    #[arg(
+        long = "watch-namespace",
+        env = "SWITCHBOARD_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    watch_namespaces: Vec<String>,
     /// gRPC address replicas connect to.
     #[arg(
         long,
@@ -79,7 +101,13 @@ struct ControlArgs {
 impl From<ControlArgs> for app::Config {
     fn from(args: ControlArgs) -> Self {
         Self {
-            registry_dir: args.registry,
+            registry: match args.source {
+                Source::Directory => app::RegistrySource::Directory(args.registry),
+                Source::Kubernetes => app::RegistrySource::Kubernetes {
+                    kubeconfig: args.kubeconfig,
+                    namespaces: args.watch_namespaces,
+                },
+            },
             grpc_listen: args.grpc_listen,
             http_listen: args.http_listen,
             otlp_forward: args.otlp_forward.filter(|e| !e.is_empty()),

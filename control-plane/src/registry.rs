@@ -1,15 +1,19 @@
 //! The registry: every `McpServer` the control plane knows, after validation,
-//! with the problems found on the way. Sources (a YAML directory today, the
-//! Kubernetes API later) produce [`Registry`] values; the snapshot builder
+//! with the problems found on the way. Sources (a YAML directory, or the
+//! Kubernetes API) produce [`Registry`] values; the snapshot builder
 //! consumes them.
 
 pub mod directory;
+pub mod kubernetes;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::resource::ValidServer;
+use crate::resource::{McpServer, ValidServer};
+
+const API_VERSION: &str = "switchboard.dev/v1alpha1";
+const KIND: &str = "McpServer";
 
 /// The registry as one source currently sees it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -80,4 +84,43 @@ impl Registry {
     pub fn enabled(&self) -> impl Iterator<Item = &ValidServer> {
         self.servers.values().filter(|s| s.enabled)
     }
+}
+
+/// What is wrong with one resource: its name (if it has one), the field,
+/// and the message.
+pub type ResourceError = (Option<String>, Option<String>, String);
+
+/// Parses and validates one `McpServer` document, from a file or the
+/// Kubernetes API, naming the field that is wrong.
+pub fn parse_resource(value: serde_yaml::Value) -> Result<ValidServer, ResourceError> {
+    let resource = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
+    let text_field = |key: &str| value.get(key).and_then(|v| v.as_str()).unwrap_or("");
+    if text_field("apiVersion") != API_VERSION {
+        return Err((
+            resource,
+            Some("apiVersion".into()),
+            format!(
+                "expected `{API_VERSION}`, found `{}`",
+                text_field("apiVersion")
+            ),
+        ));
+    }
+    if text_field("kind") != KIND {
+        return Err((
+            resource,
+            Some("kind".into()),
+            format!("expected `{KIND}`, found `{}`", text_field("kind")),
+        ));
+    }
+    let server: McpServer = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        (resource.clone(), Some(field), e.into_inner().to_string())
+    })?;
+    server
+        .validate()
+        .map_err(|e| (resource, Some(e.field), e.reason))
 }

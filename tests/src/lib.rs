@@ -6,6 +6,7 @@
 //! (`target/<profile>/`), which `cargo test --workspace` fills.
 
 pub mod fake_control_plane;
+pub mod kube_apiserver;
 pub mod otlp;
 
 use std::{

@@ -19,11 +19,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Registry, RegistryIssue};
-use crate::resource::{McpServer, ValidServer};
-
-const API_VERSION: &str = "switchboard.dev/v1alpha1";
-const KIND: &str = "McpServer";
+use super::{Registry, RegistryIssue, parse_resource};
+use crate::resource::ValidServer;
 
 /// Editors save in bursts (write, rename, chmod); wait this long after the
 /// last event before rescanning.
@@ -222,7 +219,7 @@ fn load_file(path: &Path) -> FileOutcome {
                 break;
             }
         };
-        match parse_document(value) {
+        match parse_resource(value) {
             Ok(server) => {
                 debug!(file = %source, resource = %server.name, "loaded McpServer");
                 servers.push(server);
@@ -235,41 +232,6 @@ fn load_file(path: &Path) -> FileOutcome {
     } else {
         Err(issues)
     }
-}
-
-type DocumentError = (Option<String>, Option<String>, String);
-
-fn parse_document(value: serde_yaml::Value) -> Result<ValidServer, DocumentError> {
-    let resource = value
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(|n| n.as_str())
-        .map(str::to_owned);
-    let text_field = |key: &str| value.get(key).and_then(|v| v.as_str()).unwrap_or("");
-    if text_field("apiVersion") != API_VERSION {
-        return Err((
-            resource,
-            Some("apiVersion".into()),
-            format!(
-                "expected `{API_VERSION}`, found `{}`",
-                text_field("apiVersion")
-            ),
-        ));
-    }
-    if text_field("kind") != KIND {
-        return Err((
-            resource,
-            Some("kind".into()),
-            format!("expected `{KIND}`, found `{}`", text_field("kind")),
-        ));
-    }
-    let server: McpServer = serde_path_to_error::deserialize(value).map_err(|e| {
-        let field = e.path().to_string();
-        (resource.clone(), Some(field), e.into_inner().to_string())
-    })?;
-    server
-        .validate()
-        .map_err(|e| (resource, Some(e.field), e.reason))
 }
 
 #[cfg(test)]

@@ -1,0 +1,179 @@
+//! Registry source for a cluster: `McpServer` resources watched through
+//! the Kubernetes API (all namespaces, or a configured list). Objects are
+//! watched untyped and parsed one by one, so one malformed resource is an
+//! issue on that resource instead of a failed list. Status writes do not
+//! change any spec, so they never produce a new registry.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, stream::SelectAll};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject},
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{API_VERSION, KIND, Registry, RegistryIssue, parse_resource};
+use crate::resource::McpServer;
+
+/// Objects by (Kubernetes namespace, name).
+pub type ObjectKey = (String, String);
+
+/// Watches `McpServer`s and publishes the registry they make.
+pub struct KubernetesSource {
+    client: Client,
+    /// Kubernetes namespaces to watch; empty watches all.
+    namespaces: Vec<String>,
+}
+
+impl KubernetesSource {
+    pub fn new(client: Client, namespaces: Vec<String>) -> Self {
+        Self { client, namespaces }
+    }
+
+    /// Runs until `cancel`; the watcher retries with backoff on its own,
+    /// and the last registry stays in place meanwhile.
+    pub async fn watch(
+        self,
+        registry: watch::Sender<Registry>,
+        objects: watch::Sender<BTreeMap<ObjectKey, DynamicObject>>,
+        cancel: CancellationToken,
+    ) {
+        let resource = ApiResource::erase::<McpServer>(&());
+        let apis: Vec<Api<DynamicObject>> = if self.namespaces.is_empty() {
+            vec![Api::all_with(self.client.clone(), &resource)]
+        } else {
+            self.namespaces
+                .iter()
+                .map(|ns| Api::namespaced_with(self.client.clone(), ns, &resource))
+                .collect()
+        };
+        let mut streams = SelectAll::new();
+        for api in apis {
+            streams.push(
+                watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .boxed(),
+            );
+        }
+        // Per stream, objects listed since its last `Init`, swapped in at `InitDone`.
+        let mut listing: Option<BTreeMap<ObjectKey, DynamicObject>> = None;
+        let mut current: BTreeMap<ObjectKey, DynamicObject> = BTreeMap::new();
+        // The first complete listing is published even when empty: it is
+        // what the snapshot builder waits for.
+        let mut published = false;
+        info!(namespaces = ?self.namespaces, "watching McpServer resources");
+        loop {
+            let event = tokio::select! {
+                () = cancel.cancelled() => return,
+                event = streams.next() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+            };
+            let changed = match event {
+                Ok(watcher::Event::Init) => {
+                    listing = Some(BTreeMap::new());
+                    false
+                }
+                Ok(watcher::Event::InitApply(object)) => {
+                    if let (Some(listing), Some(key)) = (listing.as_mut(), key(&object)) {
+                        listing.insert(key, object);
+                    }
+                    false
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let listed = listing.take().unwrap_or_default();
+                    // With several namespace streams, a relist replaces only
+                    // that namespace's objects.
+                    let namespaces: Vec<String> = listed.keys().map(|(ns, _)| ns.clone()).collect();
+                    if self.namespaces.is_empty() {
+                        current = listed;
+                    } else {
+                        current.retain(|(ns, _), _| !namespaces.contains(ns));
+                        current.extend(listed);
+                    }
+                    true
+                }
+                Ok(watcher::Event::Apply(object)) => key(&object)
+                    .map(|key| current.insert(key, object))
+                    .is_some(),
+                Ok(watcher::Event::Delete(object)) => {
+                    key(&object).map(|key| current.remove(&key)).is_some()
+                }
+                Err(err) => {
+                    warn!(error = %err, "McpServer watch failed; retrying");
+                    false
+                }
+            };
+            if changed {
+                let next = assemble(&current);
+                registry.send_if_modified(|registry| {
+                    let modified = *registry != next || !published;
+                    if modified {
+                        debug!(
+                            servers = next.servers.len(),
+                            issues = next.issues.len(),
+                            "registry changed"
+                        );
+                        *registry = next;
+                    }
+                    modified
+                });
+                published = true;
+                objects.send_replace(current.clone());
+            }
+        }
+    }
+}
+
+fn key(object: &DynamicObject) -> Option<ObjectKey> {
+    Some((
+        object.metadata.namespace.clone().unwrap_or_default(),
+        object.metadata.name.clone()?,
+    ))
+}
+
+/// Where an object's issues are reported from.
+pub fn source_of((namespace, name): &ObjectKey) -> String {
+    format!("mcpservers/{namespace}/{name}")
+}
+
+/// Validates every object; the oldest resource keeps a contested name or
+/// prefix, as the first file does in directory mode.
+fn assemble(objects: &BTreeMap<ObjectKey, DynamicObject>) -> Registry {
+    let mut ordered: Vec<(&ObjectKey, &DynamicObject)> = objects.iter().collect();
+    ordered
+        .sort_by_key(|(key, object)| (object.metadata.creation_timestamp.clone(), (*key).clone()));
+    let mut candidates = Vec::new();
+    let mut issues = Vec::new();
+    for (key, object) in ordered {
+        let source = source_of(key);
+        let mut object = object.clone();
+        // List items may leave out their type; it is known here.
+        object.types.get_or_insert_with(|| kube::api::TypeMeta {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+        });
+        let parsed = serde_json::to_value(&object)
+            .map_err(|e| e.to_string())
+            .and_then(|json| serde_yaml::to_value(json).map_err(|e| e.to_string()));
+        let outcome = match parsed {
+            Ok(value) => parse_resource(value),
+            Err(message) => Err((Some(key.1.clone()), None, message)),
+        };
+        match outcome {
+            Ok(server) => candidates.push((source, server)),
+            Err((resource, field, message)) => issues.push(RegistryIssue {
+                source,
+                resource,
+                field,
+                message,
+            }),
+        }
+    }
+    Registry::assemble(candidates, issues)
+}
