@@ -3,6 +3,8 @@
 
 #[path = "scenarios/bad_input.rs"]
 mod bad_input;
+#[path = "scenarios/chart.rs"]
+mod chart;
 #[path = "scenarios/control_plane_outage.rs"]
 mod control_plane_outage;
 #[path = "scenarios/kubernetes.rs"]

@@ -1,6 +1,7 @@
 //! The CRD in the helm chart is generated from the Rust types; this fails
-//! when the two drift. `UPDATE_CRD=1 cargo test --workspace --test crd`
-//! rewrites the chart's copy.
+//! when the two drift (`UPDATE_CRD=1 cargo test --workspace --test crd`
+//! rewrites the chart's copy). Every McpServer the repository ships
+//! (templates, the example registry) validates.
 
 const CHART_CRD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -60,4 +61,18 @@ fn the_crd_carries_validation_and_printer_columns() {
         .as_str()
         .unwrap_or_default();
     assert!(!described.is_empty(), "kubectl explain needs field docs");
+}
+
+#[test]
+fn every_template_and_bundled_resource_validates() {
+    for dir in ["templates/mcpservers", "deploy/local/registry"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(dir);
+        let registry = control_plane::registry::directory::DirectorySource::new(&path)
+            .scan()
+            .expect("scan");
+        assert!(registry.issues.is_empty(), "{dir}: {:?}", registry.issues);
+        assert!(!registry.servers.is_empty(), "{dir} is empty");
+    }
 }

@@ -445,7 +445,10 @@ async fn patch(
     merge(&mut next, &patch);
     // The main resource ignores status; the spec decides the generation.
     next["status"] = current["status"].clone();
-    if let Some(object) = next.as_object_mut().filter(|o| o.get("status").is_some_and(Value::is_null)) {
+    if let Some(object) = next
+        .as_object_mut()
+        .filter(|o| o.get("status").is_some_and(Value::is_null))
+    {
         object.remove("status");
     }
     keep_identity(&mut next, &current);
