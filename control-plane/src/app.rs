@@ -10,8 +10,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use kube::runtime::events::{Recorder, Reporter};
+
 use crate::{
     admin::{self, AdminState},
+    leader::{self, LeaseConfig},
     metrics::{Metrics, TraceCounters},
     push::{ConfigPushService, Replicas},
     registry::{Registry, directory::DirectorySource, kubernetes::KubernetesSource},
@@ -30,6 +33,8 @@ pub enum RegistrySource {
     Kubernetes {
         kubeconfig: Option<PathBuf>,
         namespaces: Vec<String>,
+        /// The lease that elects the pod writing status.
+        lease: LeaseConfig,
     },
 }
 
@@ -84,12 +89,18 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         RegistrySource::Kubernetes {
             kubeconfig,
             namespaces,
+            lease,
         } => {
             let client = kube_client(kubeconfig.as_deref()).await?;
             let (objects_tx, objects_rx) = watch::channel(BTreeMap::new());
             let source = KubernetesSource::new(client.clone(), namespaces.clone());
             tasks.spawn(source.watch(registry_tx, objects_tx, shutdown.clone()));
-            cluster = Some((client, objects_rx));
+            let leading = leader::spawn(client.clone(), lease.clone(), shutdown.clone());
+            let reporter = Reporter {
+                controller: "switchboard-control-plane".into(),
+                instance: Some(lease.identity.clone()),
+            };
+            cluster = Some((client, objects_rx, leading, reporter));
         }
     }
 
@@ -107,8 +118,10 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     });
 
     let replicas = Replicas::default();
-    if let Some((client, objects)) = cluster {
+    if let Some((client, objects, leading, reporter)) = cluster {
         let writer = StatusWriter {
+            recorder: Recorder::new(client.clone(), reporter),
+            leading,
             client,
             registry: registry_rx.clone(),
             objects,

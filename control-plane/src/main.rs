@@ -67,6 +67,17 @@ struct ControlArgs {
     /// `~/.kube/config`, or the in-cluster service account).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// With `--source kubernetes`: namespace of the Lease that elects the
+    /// pod writing status (every pod serves config).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// With `--source kubernetes`: this pod's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// With `--source kubernetes`: how long a Lease holder may go without
+    /// renewing before another pod takes over.
+    #[arg(long, default_value = "15s", value_parser = control_plane::resource::resilience::parse_duration)]
+    lease_duration: std::time::Duration,
     /// With `--source kubernetes`: namespaces to watch (default: all).
     #[arg(
         long = "watch-namespace",
@@ -106,6 +117,12 @@ impl From<ControlArgs> for app::Config {
                 Source::Kubernetes => app::RegistrySource::Kubernetes {
                     kubeconfig: args.kubeconfig,
                     namespaces: args.watch_namespaces,
+                    lease: control_plane::leader::LeaseConfig {
+                        namespace: args.lease_namespace,
+                        name: "switchboard-control-plane".into(),
+                        identity: args.identity.unwrap_or_else(default_identity),
+                        duration: args.lease_duration,
+                    },
                 },
             },
             grpc_listen: args.grpc_listen,
@@ -166,6 +183,14 @@ async fn main() -> anyhow::Result<()> {
             launcher::up(config, shutdown_signal()).await
         }
     }
+}
+
+/// Outside a pod: the host name and process id.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "control-plane".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// SIGINT or SIGTERM.

@@ -122,6 +122,49 @@ pub struct EnvVar {
     pub name: String,
     #[serde(default)]
     pub value: String,
+    /// Take the value from a Secret or ConfigMap in the resource's
+    /// namespace (Kubernetes source only). The control plane resolves it and
+    /// pushes the value to the gateways; it never logs or reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// Exactly one of the fields is set.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.secretKeyRef) != has(self.configMapKeyRef)").message("set exactly one of secretKeyRef and configMapKeyRef"))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVarSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeySelector>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeySelector {
+    /// The Secret or ConfigMap, in the McpServer's namespace.
+    pub name: String,
+    pub key: String,
+    /// Leave the variable unset when the object or key is missing, instead
+    /// of refusing the resource.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// A value to be read from the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueRef {
+    pub kind: RefKind,
+    pub name: String,
+    pub key: String,
+    pub optional: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefKind {
+    Secret,
+    ConfigMap,
 }
 
 /// Observed state, written by the control plane.
@@ -190,6 +233,9 @@ pub enum ValidTransport {
         command: String,
         args: Vec<String>,
         env: BTreeMap<String, String>,
+        /// Variables whose values a registry source still has to read
+        /// (`valueFrom`); empty once resolved.
+        env_from: BTreeMap<String, ValueRef>,
         cwd: Option<String>,
     },
     Http {
@@ -267,6 +313,7 @@ fn validate_stdio(stdio: &StdioSpec) -> Result<ValidTransport, ValidationError> 
         ));
     }
     let mut env = BTreeMap::new();
+    let mut env_from = BTreeMap::new();
     for (i, var) in stdio.env.iter().enumerate() {
         let field = format!("spec.transport.stdio.env[{i}].name");
         if var.name.is_empty() || var.name.contains(['=', '\0']) {
@@ -275,11 +322,28 @@ fn validate_stdio(stdio: &StdioSpec) -> Result<ValidTransport, ValidationError> 
                 format!("`{}` is not a valid variable name", var.name),
             ));
         }
-        if env.insert(var.name.clone(), var.value.clone()).is_some() {
+        if env.contains_key(&var.name) || env_from.contains_key(&var.name) {
             return Err(ValidationError::new(
                 field,
                 format!("`{}` is set twice", var.name),
             ));
+        }
+        match &var.value_from {
+            None => {
+                env.insert(var.name.clone(), var.value.clone());
+            }
+            Some(source) => {
+                let field = format!("spec.transport.stdio.env[{i}].valueFrom");
+                let reference =
+                    value_ref(source).map_err(|reason| ValidationError::new(&field, reason))?;
+                if !var.value.is_empty() {
+                    return Err(ValidationError::new(
+                        field,
+                        "set either value or valueFrom, not both",
+                    ));
+                }
+                env_from.insert(var.name.clone(), reference);
+            }
         }
     }
     if stdio.cwd.as_deref().is_some_and(str::is_empty) {
@@ -292,7 +356,25 @@ fn validate_stdio(stdio: &StdioSpec) -> Result<ValidTransport, ValidationError> 
         command: stdio.command.clone(),
         args: stdio.args.clone(),
         env,
+        env_from,
         cwd: stdio.cwd.clone(),
+    })
+}
+
+fn value_ref(source: &EnvVarSource) -> Result<ValueRef, String> {
+    let (kind, selector) = match (&source.secret_key_ref, &source.config_map_key_ref) {
+        (Some(secret), None) => (RefKind::Secret, secret),
+        (None, Some(config_map)) => (RefKind::ConfigMap, config_map),
+        _ => return Err("set exactly one of secretKeyRef and configMapKeyRef".into()),
+    };
+    if selector.name.is_empty() || selector.key.is_empty() {
+        return Err("name and key are required".into());
+    }
+    Ok(ValueRef {
+        kind,
+        name: selector.name.clone(),
+        key: selector.key.clone(),
+        optional: selector.optional,
     })
 }
 

@@ -69,11 +69,14 @@ pub fn build_resources(registry: &Registry) -> Vec<pb::Resource> {
 
 fn to_proto(server: &ValidServer) -> pb::McpServer {
     let transport = match &server.transport {
+        // Registry sources resolve (or refuse) every `valueFrom` before a
+        // server gets here.
         ValidTransport::Stdio {
             command,
             args,
             env,
             cwd,
+            env_from: _,
         } => Transport::Stdio(pb::StdioTransport {
             command: command.clone(),
             args: args.clone(),
@@ -188,6 +191,7 @@ mod tests {
                 command: "cmd".into(),
                 args: vec!["a".into()],
                 env: BTreeMap::from([("K".into(), "V".into())]),
+                env_from: BTreeMap::new(),
                 cwd: None,
             },
         }

@@ -15,8 +15,9 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, Client,
+    Api, Client, Resource,
     api::{ApiResource, DynamicObject, Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder},
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -38,6 +39,10 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct StatusWriter {
     pub client: Client,
+    /// Publishes an event when a condition changes.
+    pub recorder: Recorder,
+    /// Only the leader writes.
+    pub leading: watch::Receiver<bool>,
     pub registry: watch::Receiver<Registry>,
     pub objects: watch::Receiver<BTreeMap<ObjectKey, DynamicObject>>,
     pub snapshots: SnapshotWatch,
@@ -61,6 +66,12 @@ impl StatusWriter {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            if !*self.leading.borrow() {
+                // Another pod writes; start from the objects' own status
+                // when leadership comes here.
+                written.clear();
+                continue;
+            }
             let objects = self.objects.borrow().clone();
             let registry = self.registry.borrow().clone();
             let replicas = self.replicas.snapshot();
@@ -77,8 +88,8 @@ impl StatusWriter {
                     .and_then(|s| serde_json::from_value(s.clone()).ok());
                 // Transition times carry over from what was last written
                 // (the watch may not have shown it yet) or else from the object.
-                let previous = written.get(key).or(current.as_ref());
-                let desired = inputs.status(key, object, previous);
+                let previous = written.get(key).cloned().or(current.clone());
+                let desired = inputs.status(key, object, previous.as_ref());
                 if current.as_ref() == Some(&desired) || written.get(key) == Some(&desired) {
                     continue;
                 }
@@ -91,12 +102,49 @@ impl StatusWriter {
                 {
                     Ok(_) => {
                         debug!(namespace = %key.0, name = %key.1, "status written");
+                        self.announce(object, &resource, previous.as_ref(), &desired)
+                            .await;
                         written.insert(key.clone(), desired);
                     }
                     Err(err) => {
                         warn!(namespace = %key.0, name = %key.1, error = %err, "cannot write status");
                     }
                 }
+            }
+        }
+    }
+}
+
+impl StatusWriter {
+    /// An event per condition whose status changed (or first appeared).
+    async fn announce(
+        &self,
+        object: &DynamicObject,
+        resource: &ApiResource,
+        previous: Option<&McpServerStatus>,
+        status: &McpServerStatus,
+    ) {
+        let reference = object.object_ref(resource);
+        for condition in &status.conditions {
+            let before = previous
+                .and_then(|p| p.conditions.iter().find(|c| c.type_ == condition.type_))
+                .map(|c| c.status.as_str());
+            if before == Some(condition.status.as_str()) {
+                continue;
+            }
+            let event = Event {
+                type_: if condition.status == "True" {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
+                reason: condition.reason.clone(),
+                note: Some(format!("{}: {}", condition.type_, condition.message)),
+                action: condition.type_.clone(),
+                secondary: None,
+            };
+            if let Err(err) = self.recorder.publish(&event, &reference).await {
+                warn!(error = %err, "cannot publish event");
             }
         }
     }

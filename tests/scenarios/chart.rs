@@ -147,10 +147,15 @@ fn the_production_values_render_hpa_namespaced_rbac_and_service_monitors() {
         assert!(rendered.contains(needle), "no `{needle}` in the render");
     }
     assert!(!rendered.contains("kind: ClusterRole"));
+    let gateway = rendered
+        .split("\n---")
+        .find(|doc| doc.contains("kind: Deployment") && doc.contains("name: switchboard-gateway\n"))
+        .expect("the gateway Deployment");
     assert!(
-        !rendered.contains("replicas: 2"),
+        !gateway.contains("replicas:"),
         "the HPA owns the replica count"
     );
+    assert!(rendered.contains("replicas: 2"), "two control-plane pods");
 }
 
 #[test]

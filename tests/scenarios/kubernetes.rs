@@ -200,6 +200,20 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
         .await
         .expect("demo keeps working");
 
+    // Conditions that changed were announced as events (events.k8s.io/v1),
+    // by the one pod holding the lease.
+    let events = api.objects("events");
+    let announced = |name: &str, reason: &str, kind: &str| {
+        events
+            .iter()
+            .any(|e| e["regarding"]["name"] == name && e["reason"] == reason && e["type"] == kind)
+    };
+    assert!(announced("demo", "Ready", "Normal"), "{events:#?}");
+    assert!(announced("bad", "Invalid", "Warning"), "{events:#?}");
+    let leases = api.objects("leases");
+    assert_eq!(leases.len(), 1, "{leases:#?}");
+    assert!(leases[0]["spec"]["holderIdentity"].is_string());
+
     // Deleting the resource withdraws its tools.
     let deleted = kubectl(&api, home.path(), &["delete", "--wait=false", "-f", &file])
         .await
@@ -212,4 +226,187 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
             .ok_or(format!("{names:?}"))
     })
     .await;
+}
+
+#[tokio::test]
+async fn env_values_come_from_secrets_and_config_maps_and_stay_secret() {
+    const SECRET: &str = "sk-live-0123456789abcdef";
+    let api = KubeApiServer::start().await;
+    let home = tempfile::tempdir().expect("kubectl home");
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let sb = Switchboard::start_with(
+        &[],
+        &["--source", "kubernetes", "--kubeconfig", &kubeconfig],
+        &[],
+    )
+    .await;
+    let apply = |name: &str, text: String| {
+        let path = home.path().join(name);
+        std::fs::write(&path, text).expect("write manifest");
+        path.display().to_string()
+    };
+    let credentials = apply(
+        "credentials.yaml",
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: api-token, namespace: default}}\nstringData: {{token: {SECRET}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: default}}\ndata: {{region: eu-west-1}}\n"
+        ),
+    );
+    kubectl(
+        &api,
+        home.path(),
+        &["apply", "--validate=false", "-f", &credentials],
+    )
+    .await
+    .expect("apply the Secret and ConfigMap");
+    let tag = format!("secret-{}", std::process::id());
+    let server = apply(
+        "server.yaml",
+        format!(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: vault, namespace: default}}\nspec:\n  transport:\n    stdio:\n      command: switchboard-gateway\n      args: [demo-server, --instance, {tag}]\n      env:\n        - name: API_TOKEN\n          valueFrom: {{secretKeyRef: {{name: api-token, key: token}}}}\n        - name: REGION\n          valueFrom: {{configMapKeyRef: {{name: settings, key: region}}}}\n        - name: OPTIONAL\n          valueFrom: {{secretKeyRef: {{name: absent, key: x, optional: true}}}}\n"
+        ),
+    );
+    kubectl(
+        &api,
+        home.path(),
+        &["apply", "--validate=false", "-f", &server],
+    )
+    .await
+    .expect("apply the McpServer");
+
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    let env = |name: &'static str| {
+        let client = &client;
+        async move {
+            call(client, "vault.env", json!({ "name": name }))
+                .await
+                .map_err(|e| e.to_string())
+                .map(|r| r.structured_content.unwrap_or_default()["value"].clone())
+        }
+    };
+    eventually("the secret reaches the server", EVENTUALLY, || async {
+        let token = env("API_TOKEN").await?;
+        (token == SECRET).then_some(()).ok_or(token.to_string())
+    })
+    .await;
+    assert_eq!(env("REGION").await.expect("REGION"), "eu-west-1");
+    assert_eq!(env("OPTIONAL").await.expect("OPTIONAL"), Value::Null);
+
+    // A reference to nothing is not accepted, naming what is missing.
+    let broken = apply(
+        "broken.yaml",
+        "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {name: broken, namespace: default}\nspec:\n  transport:\n    stdio:\n      command: switchboard-gateway\n      args: [demo-server]\n      env:\n        - name: TOKEN\n          valueFrom: {secretKeyRef: {name: nowhere, key: token}}\n".to_owned(),
+    );
+    kubectl(
+        &api,
+        home.path(),
+        &["apply", "--validate=false", "-f", &broken],
+    )
+    .await
+    .expect("apply broken");
+    let message = eventually("broken is not accepted", EVENTUALLY, || async {
+        let object: Value = serde_json::from_str(
+            &kubectl(&api, home.path(), &["get", "mcps", "broken", "-o", "json"]).await?,
+        )
+        .map_err(|e| e.to_string())?;
+        let accepted = condition(&object, "Accepted");
+        (accepted["status"] == "False")
+            .then(|| accepted["message"].as_str().unwrap_or("").to_owned())
+            .ok_or(object.to_string())
+    })
+    .await;
+    assert!(message.contains("`nowhere`"), "{message}");
+
+    // The value appears in no log, status or event.
+    let everywhere = format!(
+        "{}{}{}{:?}",
+        sb.control.as_ref().expect("control plane").log(),
+        sb.gateway.as_ref().expect("gateway").log(),
+        kubectl(&api, home.path(), &["get", "mcps", "-o", "json"])
+            .await
+            .expect("get -o json"),
+        api.objects("events"),
+    );
+    assert!(!everywhere.contains(SECRET), "the secret value leaked");
+}
+
+#[tokio::test]
+async fn one_control_plane_pod_leads_and_another_takes_over() {
+    let api = KubeApiServer::start().await;
+    let home = tempfile::tempdir().expect("kubectl home");
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let args = |identity: &'static str| {
+        vec![
+            "--source".to_owned(),
+            "kubernetes".to_owned(),
+            "--kubeconfig".to_owned(),
+            kubeconfig.clone(),
+            "--identity".to_owned(),
+            identity.to_owned(),
+            "--lease-duration".to_owned(),
+            "2s".to_owned(),
+        ]
+    };
+    let first_args = args("pod-a");
+    let first: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let mut sb = Switchboard::start_with(&[], &first, &[]).await;
+    eventually("pod-a leads", EVENTUALLY, || async {
+        let holder = api
+            .objects("leases")
+            .first()
+            .map(|l| l["spec"]["holderIdentity"].clone());
+        (holder == Some(json!("pod-a")))
+            .then_some(())
+            .ok_or(format!("{holder:?}"))
+    })
+    .await;
+    // A second pod serves config too, but does not lead.
+    let mut second = Switchboard::unstarted();
+    second.control_args = args("pod-b");
+    second.start_control_plane().await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let holder = api.objects("leases")[0]["spec"]["holderIdentity"].clone();
+    assert_eq!(holder, "pod-a", "a live leader keeps the lease");
+
+    // The leader crashes: pod-b takes the lease and writes status.
+    sb.control.as_mut().expect("pod-a").kill_hard().await;
+    eventually("pod-b leads", EVENTUALLY, || async {
+        let holder = api
+            .objects("leases")
+            .first()
+            .map(|l| l["spec"]["holderIdentity"].clone());
+        (holder == Some(json!("pod-b")))
+            .then_some(())
+            .ok_or(format!("{holder:?}"))
+    })
+    .await;
+    let file = home.path().join("demo.yaml");
+    std::fs::write(
+        &file,
+        demo_resource("demo", &format!("lease-{}", std::process::id())),
+    )
+    .expect("write resource");
+    kubectl(
+        &api,
+        home.path(),
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            &file.display().to_string(),
+        ],
+    )
+    .await
+    .expect("kubectl apply");
+    eventually("status from the new leader", EVENTUALLY, || async {
+        let object: Value = serde_json::from_str(
+            &kubectl(&api, home.path(), &["get", "mcps", "demo", "-o", "json"]).await?,
+        )
+        .map_err(|e| e.to_string())?;
+        (condition(&object, "Accepted")["status"] == "True")
+            .then_some(())
+            .ok_or(object.to_string())
+    })
+    .await;
+    let transitions = api.objects("leases")[0]["spec"]["leaseTransitions"].clone();
+    assert_eq!(transitions, 1, "one takeover");
 }

@@ -1,16 +1,21 @@
 //! A **stand-in** for the Kubernetes API server, because no real one can
 //! run here. It speaks the wire protocol the way kube-rs and kubectl use
-//! it for the `McpServer` resource: discovery (`/version`, `/api`,
-//! `/apis/...`), list with `resourceVersion`, watch as newline-delimited
-//! `WatchEvent`s replayed from a global resourceVersion history, create,
-//! get, merge and apply patches, delete, the `/status` subresource (which
-//! leaves `metadata.generation` alone, while spec changes bump it), server-side
-//! `Table` output built from the CRD's printer columns (what `kubectl get`
-//! shows), and errors as `metav1.Status`. It does not validate objects
-//! against the CRD schema, authenticate, or implement other resources.
+//! it, for the resources Switchboard touches: `McpServer` (with its
+//! `/status` subresource and printer columns), `Secret` and `ConfigMap`
+//! (env values), `events.k8s.io/v1` `Event` and `coordination.k8s.io/v1`
+//! `Lease`. It serves discovery (`/version`, `/api`, `/apis/...`), list
+//! with `resourceVersion`, watch as newline-delimited `WatchEvent`s replayed
+//! from a global resourceVersion history, create (also by `generateName`),
+//! get, replace and merge/apply patches with `resourceVersion`
+//! preconditions (409 on conflict), delete, `/status` writes that leave
+//! `metadata.generation` alone while spec changes bump it, `stringData`
+//! folded into a Secret's `data`, server-side `Table` output from the CRD's
+//! printer columns (what `kubectl get mcps` prints), and errors as
+//! `metav1.Status`. It does not validate objects against schemas,
+//! authenticate, or authorize.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     convert::Infallible,
     net::SocketAddr,
     path::PathBuf,
@@ -26,24 +31,82 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use base64::Engine;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-const GROUP: &str = "switchboard.dev";
-const VERSION: &str = "v1alpha1";
-const API_VERSION: &str = "switchboard.dev/v1alpha1";
-const KIND: &str = "McpServer";
-const PLURAL: &str = "mcpservers";
 /// The CRD the chart installs: its printer columns shape `kubectl get`.
 const CRD: &str = include_str!("../../charts/switchboard/crds/mcpservers.switchboard.dev.yaml");
+
+/// A resource type this stand-in serves (all namespaced).
+#[derive(Debug)]
+struct Kind {
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    short_names: &'static [&'static str],
+    /// A custom resource with a status subresource and generations.
+    custom: bool,
+}
+
+const KINDS: &[Kind] = &[
+    Kind {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        singular: "secret",
+        kind: "Secret",
+        short_names: &[],
+        custom: false,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        plural: "configmaps",
+        singular: "configmap",
+        kind: "ConfigMap",
+        short_names: &["cm"],
+        custom: false,
+    },
+    Kind {
+        group: "switchboard.dev",
+        version: "v1alpha1",
+        plural: "mcpservers",
+        singular: "mcpserver",
+        kind: "McpServer",
+        short_names: &["mcps"],
+        custom: true,
+    },
+    Kind {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind: "Event",
+        short_names: &["ev"],
+        custom: false,
+    },
+    Kind {
+        group: "coordination.k8s.io",
+        version: "v1",
+        plural: "leases",
+        singular: "lease",
+        kind: "Lease",
+        short_names: &[],
+        custom: false,
+    },
+];
 
 pub struct KubeApiServer {
     pub addr: SocketAddr,
     /// A kubeconfig pointing at this server (namespace `default`).
     pub kubeconfig: PathBuf,
+    state: ApiState,
     _dir: tempfile::TempDir,
     _server: tokio::task::JoinHandle<()>,
 }
@@ -55,10 +118,13 @@ struct ApiState {
     columns: Arc<Vec<Value>>,
 }
 
+/// Objects by (plural, namespace, name).
+type Key = (&'static str, String, String);
+
 #[derive(Default)]
 struct Store {
     resource_version: u64,
-    objects: BTreeMap<(String, String), Value>,
+    objects: BTreeMap<Key, Value>,
     history: Vec<WatchEvent>,
 }
 
@@ -66,6 +132,7 @@ struct Store {
 struct WatchEvent {
     resource_version: u64,
     kind: &'static str,
+    plural: &'static str,
     namespace: String,
     object: Value,
 }
@@ -80,6 +147,7 @@ struct ListQuery {
 }
 
 type Reply = Result<Response, ApiError>;
+type Params = Path<HashMap<String, String>>;
 
 /// An error answered as a `metav1.Status`.
 #[derive(Debug)]
@@ -87,6 +155,13 @@ struct ApiError {
     code: StatusCode,
     reason: &'static str,
     message: String,
+}
+
+/// What a request addresses.
+struct Target {
+    kind: &'static Kind,
+    namespace: Option<String>,
+    name: Option<String>,
 }
 
 impl KubeApiServer {
@@ -106,25 +181,30 @@ impl KubeApiServer {
             events,
             columns: Arc::new(columns),
         };
-        let base = format!("/apis/{GROUP}/{VERSION}");
         let router = Router::new()
             .route("/version", get(version))
             .route("/api", get(core_versions))
             .route("/api/v1", get(core_resources))
             .route("/apis", get(groups))
-            .route(&format!("/apis/{GROUP}"), get(group))
-            .route(&base, get(resources))
-            .route(&format!("{base}/{PLURAL}"), get(list_all))
+            .route("/apis/{group}", get(group))
+            .route("/apis/{group}/{version}", get(group_resources))
+            .route("/api/v1/{plural}", get(list))
+            .route("/apis/{group}/{version}/{plural}", get(list))
+            .route("/api/v1/namespaces/{ns}/{plural}", get(list).post(create))
             .route(
-                &format!("{base}/namespaces/{{ns}}/{PLURAL}"),
-                get(list_namespace).post(create),
+                "/apis/{group}/{version}/namespaces/{ns}/{plural}",
+                get(list).post(create),
             )
             .route(
-                &format!("{base}/namespaces/{{ns}}/{PLURAL}/{{name}}"),
+                "/api/v1/namespaces/{ns}/{plural}/{name}",
                 get(read).patch(patch).put(replace).delete(delete),
             )
             .route(
-                &format!("{base}/namespaces/{{ns}}/{PLURAL}/{{name}}/status"),
+                "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
+                get(read).patch(patch).put(replace).delete(delete),
+            )
+            .route(
+                "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}/status",
                 get(read).patch(patch_status).put(replace_status),
             )
             .fallback(|| async {
@@ -134,7 +214,7 @@ impl KubeApiServer {
                     "the server could not find the requested resource",
                 )
             })
-            .with_state(state);
+            .with_state(state.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -150,9 +230,100 @@ impl KubeApiServer {
         Self {
             addr,
             kubeconfig,
+            state,
             _dir: dir,
             _server: server,
         }
+    }
+
+    /// Every stored object of one resource (plural), for assertions on
+    /// what no kubectl command shows (events, leases).
+    pub fn objects(&self, plural: &str) -> Vec<Value> {
+        self.state
+            .store
+            .lock()
+            .objects
+            .iter()
+            .filter(|((p, _, _), _)| *p == plural)
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+}
+
+// === impl Kind ===
+
+impl Kind {
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    fn resources(group: &str, version: &str) -> impl Iterator<Item = &'static Kind> {
+        KINDS
+            .iter()
+            .filter(move |k| k.group == group && k.version == version)
+    }
+
+    fn discovery(&self) -> Vec<Value> {
+        let mut resources = vec![json!({
+            "name": self.plural, "singularName": self.singular, "namespaced": true,
+            "kind": self.kind, "shortNames": self.short_names,
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+        })];
+        if self.custom {
+            resources[0]["categories"] = json!(["switchboard"]);
+            resources.push(json!({
+                "name": format!("{}/status", self.plural), "singularName": "", "namespaced": true,
+                "kind": self.kind, "verbs": ["get", "patch", "update"]
+            }));
+        }
+        resources
+    }
+}
+
+impl Target {
+    fn from(params: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let group = params.get("group").map_or("", String::as_str);
+        let version = params.get("version").map_or("v1", String::as_str);
+        let plural = params.get("plural").map_or("", String::as_str);
+        let kind = Kind::resources(group, version)
+            .find(|k| k.plural == plural)
+            .ok_or_else(|| {
+                status_error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+            })?;
+        Ok(Self {
+            kind,
+            namespace: params.get("ns").cloned(),
+            name: params.get("name").cloned(),
+        })
+    }
+
+    fn key(&self) -> Key {
+        (
+            self.kind.plural,
+            self.namespace.clone().unwrap_or_default(),
+            self.name.clone().unwrap_or_default(),
+        )
+    }
+
+    fn not_found(&self) -> ApiError {
+        status_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!(
+                "{}.{} \"{}\" not found",
+                self.kind.plural,
+                self.kind.group,
+                self.name.as_deref().unwrap_or("")
+            ),
+        )
     }
 }
 
@@ -166,7 +337,7 @@ async fn version() -> Json<Value> {
     }))
 }
 
-async fn core_versions(State(_): State<ApiState>) -> Json<Value> {
+async fn core_versions() -> Json<Value> {
     Json(json!({
         "kind": "APIVersions", "versions": ["v1"],
         "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1" }]
@@ -174,106 +345,102 @@ async fn core_versions(State(_): State<ApiState>) -> Json<Value> {
 }
 
 async fn core_resources() -> Json<Value> {
-    Json(json!({
-        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
-        "resources": [{
-            "name": "namespaces", "singularName": "namespace", "namespaced": false,
-            "kind": "Namespace", "verbs": ["get", "list"], "shortNames": ["ns"]
-        }]
-    }))
+    let resources: Vec<Value> = Kind::resources("", "v1")
+        .flat_map(Kind::discovery)
+        .collect();
+    Json(
+        json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": resources }),
+    )
 }
 
-fn group_body() -> Value {
-    let version = json!({ "groupVersion": API_VERSION, "version": VERSION });
-    json!({ "name": GROUP, "versions": [version.clone()], "preferredVersion": version })
+fn group_body(name: &str) -> Option<Value> {
+    let kind = KINDS.iter().find(|k| k.group == name && !name.is_empty())?;
+    let version = json!({ "groupVersion": kind.api_version(), "version": kind.version });
+    Some(json!({ "name": name, "versions": [version.clone()], "preferredVersion": version }))
 }
 
 async fn groups() -> Json<Value> {
-    Json(json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [group_body()] }))
+    let mut names: Vec<&str> = KINDS
+        .iter()
+        .map(|k| k.group)
+        .filter(|g| !g.is_empty())
+        .collect();
+    names.dedup();
+    let groups: Vec<Value> = names.into_iter().filter_map(group_body).collect();
+    Json(json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups }))
 }
 
-async fn group() -> Json<Value> {
-    let mut body = group_body();
+async fn group(Path(name): Path<String>) -> Reply {
+    let mut body = group_body(&name)
+        .ok_or_else(|| status_error(StatusCode::NOT_FOUND, "NotFound", "no such group"))?;
     body["kind"] = json!("APIGroup");
     body["apiVersion"] = json!("v1");
-    Json(body)
+    Ok(Json(body).into_response())
 }
 
-async fn resources() -> Json<Value> {
-    Json(json!({
-        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION,
-        "resources": [
-            {
-                "name": PLURAL, "singularName": "mcpserver", "namespaced": true, "kind": KIND,
-                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-                "shortNames": ["mcps"], "categories": ["switchboard"]
-            },
-            {
-                "name": format!("{PLURAL}/status"), "singularName": "", "namespaced": true,
-                "kind": KIND, "verbs": ["get", "patch", "update"]
-            }
-        ]
+async fn group_resources(Path((group, version)): Path<(String, String)>) -> Reply {
+    let resources: Vec<Value> = Kind::resources(&group, &version)
+        .flat_map(Kind::discovery)
+        .collect();
+    if resources.is_empty() {
+        return Err(status_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "no such group version",
+        ));
+    }
+    Ok(Json(json!({
+        "kind": "APIResourceList", "apiVersion": "v1",
+        "groupVersion": format!("{group}/{version}"), "resources": resources
     }))
+    .into_response())
 }
 
 // --- collections ---
 
-async fn list_all(
+async fn list(
     State(state): State<ApiState>,
+    Path(params): Params,
     Query(query): Query<ListQuery>,
     headers: HeaderMap,
-) -> Response {
-    list_or_watch(state, None, query, &headers)
-}
-
-async fn list_namespace(
-    State(state): State<ApiState>,
-    Path(ns): Path<String>,
-    Query(query): Query<ListQuery>,
-    headers: HeaderMap,
-) -> Response {
-    list_or_watch(state, Some(ns), query, &headers)
-}
-
-fn list_or_watch(
-    state: ApiState,
-    namespace: Option<String>,
-    query: ListQuery,
-    headers: &HeaderMap,
-) -> Response {
+) -> Reply {
+    let target = Target::from(&params)?;
+    let kind = target.kind;
+    let namespace = target.namespace;
     let name = query
         .field_selector
         .as_deref()
         .and_then(|s| s.strip_prefix("metadata.name="))
         .map(str::to_owned);
-    let selected = move |ns: &str, object: &Value| {
-        namespace.as_deref().is_none_or(|want| want == ns)
+    let selected = move |plural: &str, ns: &str, object: &Value| {
+        plural == kind.plural
+            && namespace.as_deref().is_none_or(|want| want == ns)
             && name
                 .as_deref()
                 .is_none_or(|want| object["metadata"]["name"] == want)
     };
     if matches!(query.watch.as_deref(), Some("true" | "1")) {
-        return watch(state, query, selected);
+        return Ok(watch(state, query, selected));
     }
     let store = state.store.lock();
     let items: Vec<Value> = store
         .objects
         .iter()
-        .filter(|((ns, _), object)| selected(ns, object))
+        .filter(|((plural, ns, _), object)| selected(plural, ns, object))
         .map(|(_, object)| object.clone())
         .collect();
     let resource_version = store.resource_version.to_string();
     drop(store);
-    if wants_table(headers) {
-        return Json(table(&state.columns, &items, &resource_version)).into_response();
+    if kind.custom && wants_table(&headers) {
+        return Ok(Json(table(&state.columns, &items, &resource_version)).into_response());
     }
-    Json(json!({
-        "apiVersion": API_VERSION,
-        "kind": format!("{KIND}List"),
+    Ok(Json(json!({
+        "apiVersion": kind.api_version(),
+        "kind": format!("{}List", kind.kind),
         "metadata": { "resourceVersion": resource_version },
         "items": items,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// Streams events after the given resourceVersion (or every current object
@@ -281,7 +448,7 @@ fn list_or_watch(
 fn watch(
     state: ApiState,
     query: ListQuery,
-    selected: impl Fn(&str, &Value) -> bool + Send + Sync + 'static,
+    selected: impl Fn(&str, &str, &Value) -> bool + Send + Sync + 'static,
 ) -> Response {
     let since: Option<u64> = query
         .resource_version
@@ -305,9 +472,10 @@ fn watch(
                 store
                     .objects
                     .iter()
-                    .map(|((ns, _), object)| WatchEvent {
+                    .map(|((plural, ns, _), object)| WatchEvent {
                         resource_version: store.resource_version,
                         kind: "ADDED",
+                        plural,
                         namespace: ns.clone(),
                         object: object.clone(),
                     })
@@ -324,7 +492,10 @@ fn watch(
             text.push('\n');
             Ok(Bytes::from(text))
         };
-        for event in replay.iter().filter(|e| selected(&e.namespace, &e.object)) {
+        for event in replay
+            .iter()
+            .filter(|e| selected(e.plural, &e.namespace, &e.object))
+        {
             if tx.send(line(event)).await.is_err() {
                 return;
             }
@@ -349,7 +520,9 @@ fn watch(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             };
-            if event.resource_version <= last || !selected(&event.namespace, &event.object) {
+            if event.resource_version <= last
+                || !selected(event.plural, &event.namespace, &event.object)
+            {
                 continue;
             }
             last = event.resource_version;
@@ -364,176 +537,223 @@ fn watch(
         .unwrap_or_default()
 }
 
-async fn create(State(state): State<ApiState>, Path(ns): Path<String>, body: Bytes) -> Reply {
-    let mut object = parse_body(&body)?;
-    let name = object["metadata"]["name"]
-        .as_str()
-        .filter(|n| !n.is_empty())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            status_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Invalid",
-                "metadata.name: Required value",
-            )
-        })?;
-    if object["apiVersion"] != API_VERSION || object["kind"] != KIND {
+async fn create(State(state): State<ApiState>, Path(params): Params, body: Bytes) -> Reply {
+    let target = Target::from(&params)?;
+    let object = parse_body(&body)?;
+    let (code, object) = insert(&state, &target, object)?;
+    Ok((code, Json(object)).into_response())
+}
+
+/// Stores a new object in `target`'s namespace.
+fn insert(
+    state: &ApiState,
+    target: &Target,
+    mut object: Value,
+) -> Result<(StatusCode, Value), ApiError> {
+    let kind = target.kind;
+    let ns = target.namespace.clone().unwrap_or_default();
+    if object["apiVersion"] != kind.api_version().as_str() || object["kind"] != kind.kind {
         return Err(status_error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
-            "expected apiVersion switchboard.dev/v1alpha1, kind McpServer",
+            &format!(
+                "expected apiVersion {}, kind {}",
+                kind.api_version(),
+                kind.kind
+            ),
         ));
     }
     let mut store = state.store.lock();
-    if store.objects.contains_key(&(ns.clone(), name.clone())) {
+    let name = match object["metadata"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+    {
+        Some(name) => name.to_owned(),
+        None => match object["metadata"]["generateName"].as_str() {
+            Some(prefix) => format!("{prefix}{:05x}", store.resource_version + 1),
+            None => {
+                return Err(status_error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "metadata.name: Required value",
+                ));
+            }
+        },
+    };
+    if store
+        .objects
+        .contains_key(&(kind.plural, ns.clone(), name.clone()))
+    {
         return Err(status_error(
             StatusCode::CONFLICT,
             "AlreadyExists",
-            &format!("{PLURAL}.{GROUP} \"{name}\" already exists"),
+            &format!("{}.{} \"{name}\" already exists", kind.plural, kind.group),
         ));
     }
-    if let Some(object) = object.as_object_mut() {
-        object.remove("status");
+    if kind.custom {
+        if let Some(object) = object.as_object_mut() {
+            object.remove("status");
+        }
+        object["metadata"]["generation"] = json!(1);
     }
+    fold_string_data(kind, &mut object);
     let metadata = &mut object["metadata"];
+    metadata["name"] = json!(name);
     metadata["namespace"] = json!(ns);
     metadata["uid"] = json!(format!(
         "00000000-0000-0000-0000-{:012}",
         store.resource_version + 1
     ));
-    metadata["generation"] = json!(1);
     metadata["creationTimestamp"] = json!(rfc3339_now());
-    let object = store.commit(&state.events, "ADDED", &ns, &name, object);
-    Ok((StatusCode::CREATED, Json(object)).into_response())
+    let object = store.commit(&state.events, kind.plural, "ADDED", &ns, &name, object);
+    Ok((StatusCode::CREATED, object))
 }
 
-async fn read(State(state): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> Reply {
+async fn read(State(state): State<ApiState>, Path(params): Params) -> Reply {
+    let target = Target::from(&params)?;
     let store = state.store.lock();
     let object = store
         .objects
-        .get(&(ns, name.clone()))
-        .ok_or_else(|| not_found(&name))?;
+        .get(&target.key())
+        .ok_or_else(|| target.not_found())?;
     Ok(Json(object.clone()).into_response())
 }
 
 async fn patch(
     State(state): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
+    Path(params): Params,
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
+    let target = Target::from(&params)?;
     let patch = patch_body(&headers, &body)?;
     let apply = content_type(&headers).starts_with("application/apply-patch");
-    let exists = state
+    let exists = state.store.lock().objects.contains_key(&target.key());
+    if !exists {
+        if !apply {
+            return Err(target.not_found());
+        }
+        let (code, object) = insert(&state, &target, patch)?;
+        return Ok((code, Json(object)).into_response());
+    }
+    let mut next = current(&state, &target)?;
+    merge(&mut next, &patch);
+    update(&state, &target, next, &patch)
+}
+
+async fn replace(State(state): State<ApiState>, Path(params): Params, body: Bytes) -> Reply {
+    let target = Target::from(&params)?;
+    let next = parse_body(&body)?;
+    update(&state, &target, next.clone(), &next)
+}
+
+fn current(state: &ApiState, target: &Target) -> Result<Value, ApiError> {
+    state
         .store
         .lock()
         .objects
-        .contains_key(&(ns.clone(), name.clone()));
-    if !exists {
-        if !apply {
-            return Err(not_found(&name));
-        }
-        return create(State(state), Path(ns), body).await;
-    }
-    let mut store = state.store.lock();
-    let current = store
-        .objects
-        .get(&(ns.clone(), name.clone()))
+        .get(&target.key())
         .cloned()
-        .ok_or_else(|| not_found(&name))?;
-    let mut next = current.clone();
-    merge(&mut next, &patch);
-    // The main resource ignores status; the spec decides the generation.
-    next["status"] = current["status"].clone();
-    if let Some(object) = next
-        .as_object_mut()
-        .filter(|o| o.get("status").is_some_and(Value::is_null))
-    {
-        object.remove("status");
-    }
-    keep_identity(&mut next, &current);
-    if next["spec"] != current["spec"] {
-        next["metadata"]["generation"] =
-            json!(current["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
-    }
-    let object = store.commit(&state.events, "MODIFIED", &ns, &name, next);
-    Ok(Json(object).into_response())
+        .ok_or_else(|| target.not_found())
 }
 
-async fn replace(
-    State(state): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
-    body: Bytes,
-) -> Reply {
-    let mut next = parse_body(&body)?;
+/// Writes `next` over the stored object: identity kept, status kept (it
+/// changes only through `/status`), generation bumped on a spec change,
+/// and a `resourceVersion` in the request must match (optimistic
+/// concurrency, as leases use it).
+fn update(state: &ApiState, target: &Target, mut next: Value, request: &Value) -> Reply {
+    let kind = target.kind;
     let mut store = state.store.lock();
+    let key = target.key();
     let current = store
         .objects
-        .get(&(ns.clone(), name.clone()))
+        .get(&key)
         .cloned()
-        .ok_or_else(|| not_found(&name))?;
-    next["status"] = current["status"].clone();
-    keep_identity(&mut next, &current);
-    if next["spec"] != current["spec"] {
-        next["metadata"]["generation"] =
-            json!(current["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+        .ok_or_else(|| target.not_found())?;
+    let expected = request["metadata"]["resourceVersion"].as_str();
+    if expected.is_some() && expected != current["metadata"]["resourceVersion"].as_str() {
+        return Err(status_error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on {}.{} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
+                kind.plural, kind.group, key.2
+            ),
+        ));
     }
-    let object = store.commit(&state.events, "MODIFIED", &ns, &name, next);
+    keep_identity(&mut next, &current);
+    if kind.custom {
+        next["status"] = current["status"].clone();
+        if let Some(object) = next
+            .as_object_mut()
+            .filter(|o| o.get("status").is_some_and(Value::is_null))
+        {
+            object.remove("status");
+        }
+        let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+        next["metadata"]["generation"] =
+            json!(generation + i64::from(next["spec"] != current["spec"]));
+    }
+    fold_string_data(kind, &mut next);
+    let object = store.commit(&state.events, kind.plural, "MODIFIED", &key.1, &key.2, next);
     Ok(Json(object).into_response())
 }
 
 async fn patch_status(
     State(state): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
+    Path(params): Params,
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
+    let target = Target::from(&params)?;
     let patch = patch_body(&headers, &body)?;
-    let mut store = state.store.lock();
-    let current = store
-        .objects
-        .get(&(ns.clone(), name.clone()))
-        .cloned()
-        .ok_or_else(|| not_found(&name))?;
-    let mut patched = current.clone();
+    let mut patched = current(&state, &target)?;
     merge(&mut patched, &patch);
-    // Only the status changes through the subresource.
-    let mut next = current;
-    next["status"] = patched["status"].clone();
-    let object = store.commit(&state.events, "MODIFIED", &ns, &name, next);
-    Ok(Json(object).into_response())
+    write_status(&state, &target, patched["status"].clone())
 }
 
-async fn replace_status(
-    State(state): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
-    body: Bytes,
-) -> Reply {
+async fn replace_status(State(state): State<ApiState>, Path(params): Params, body: Bytes) -> Reply {
+    let target = Target::from(&params)?;
     let body = parse_body(&body)?;
+    write_status(&state, &target, body["status"].clone())
+}
+
+/// Only the status changes through the subresource.
+fn write_status(state: &ApiState, target: &Target, status: Value) -> Reply {
     let mut store = state.store.lock();
+    let key = target.key();
     let mut next = store
         .objects
-        .get(&(ns.clone(), name.clone()))
+        .get(&key)
         .cloned()
-        .ok_or_else(|| not_found(&name))?;
-    next["status"] = body["status"].clone();
-    let object = store.commit(&state.events, "MODIFIED", &ns, &name, next);
+        .ok_or_else(|| target.not_found())?;
+    next["status"] = status;
+    let object = store.commit(
+        &state.events,
+        target.kind.plural,
+        "MODIFIED",
+        &key.1,
+        &key.2,
+        next,
+    );
     Ok(Json(object).into_response())
 }
 
-async fn delete(State(state): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> Reply {
+async fn delete(State(state): State<ApiState>, Path(params): Params) -> Reply {
+    let target = Target::from(&params)?;
+    let key = target.key();
     let mut store = state.store.lock();
-    let object = store
+    let mut object = store
         .objects
-        .remove(&(ns.clone(), name.clone()))
-        .ok_or_else(|| not_found(&name))?;
+        .remove(&key)
+        .ok_or_else(|| target.not_found())?;
     store.resource_version += 1;
-    let mut object = object;
     object["metadata"]["resourceVersion"] = json!(store.resource_version.to_string());
     let event = WatchEvent {
         resource_version: store.resource_version,
         kind: "DELETED",
-        namespace: ns,
+        plural: target.kind.plural,
+        namespace: key.1,
         object: object.clone(),
     };
     store.history.push(event.clone());
@@ -548,6 +768,7 @@ impl Store {
     fn commit(
         &mut self,
         events: &broadcast::Sender<WatchEvent>,
+        plural: &'static str,
         kind: &'static str,
         namespace: &str,
         name: &str,
@@ -555,17 +776,35 @@ impl Store {
     ) -> Value {
         self.resource_version += 1;
         object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
-        self.objects
-            .insert((namespace.to_owned(), name.to_owned()), object.clone());
+        self.objects.insert(
+            (plural, namespace.to_owned(), name.to_owned()),
+            object.clone(),
+        );
         let event = WatchEvent {
             resource_version: self.resource_version,
             kind,
+            plural,
             namespace: namespace.to_owned(),
             object: object.clone(),
         };
         self.history.push(event.clone());
         let _ = events.send(event);
         object
+    }
+}
+
+/// A Secret's `stringData` is write-only: the server folds it into `data`.
+fn fold_string_data(kind: &Kind, object: &mut Value) {
+    if kind.kind != "Secret" {
+        return;
+    }
+    let Some(string_data) = object.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    for (key, value) in string_data.as_object().into_iter().flatten() {
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(value.as_str().unwrap_or(""));
+        object["data"][key] = json!(encoded);
     }
 }
 
@@ -736,19 +975,11 @@ fn age(timestamp: &str) -> String {
     format!("{}s", now.saturating_sub(created))
 }
 
-fn not_found(name: &str) -> ApiError {
-    status_error(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        &format!("{PLURAL}.{GROUP} \"{name}\" not found"),
-    )
-}
-
 fn status_body(code: StatusCode, reason: &str, message: &str) -> Value {
     json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "message": message, "reason": reason,
-        "details": { "group": GROUP, "kind": PLURAL }, "code": code.as_u16()
+        "details": {}, "code": code.as_u16()
     })
 }
 

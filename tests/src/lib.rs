@@ -211,6 +211,12 @@ impl Switchboard {
         }
     }
 
+    /// Nothing started yet, on fresh ports: for tests that start the
+    /// pieces themselves.
+    pub fn unstarted() -> Self {
+        Self::new(free_addr())
+    }
+
     /// Starts only a gateway, connected to a control plane the test runs.
     pub async fn gateway_only(grpc: SocketAddr) -> Self {
         let mut sb = Self::new(grpc);

@@ -19,8 +19,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Registry, RegistryIssue, parse_resource};
-use crate::resource::ValidServer;
+use super::{Registry, RegistryIssue, ResourceError, parse_resource};
+use crate::resource::{ValidServer, ValidTransport};
 
 /// Editors save in bursts (write, rename, chmod); wait this long after the
 /// last event before rescanning.
@@ -219,7 +219,7 @@ fn load_file(path: &Path) -> FileOutcome {
                 break;
             }
         };
-        match parse_resource(value) {
+        match parse_resource(value).and_then(without_references) {
             Ok(server) => {
                 debug!(file = %source, resource = %server.name, "loaded McpServer");
                 servers.push(server);
@@ -231,6 +231,18 @@ fn load_file(path: &Path) -> FileOutcome {
         Ok(servers)
     } else {
         Err(issues)
+    }
+}
+
+/// Files cannot read Secrets or ConfigMaps.
+fn without_references(server: ValidServer) -> Result<ValidServer, ResourceError> {
+    match &server.transport {
+        ValidTransport::Stdio { env_from, .. } if !env_from.is_empty() => Err((
+            Some(server.name.clone()),
+            Some("spec.transport.stdio.env.valueFrom".into()),
+            "valueFrom (secretKeyRef/configMapKeyRef) needs the Kubernetes source; use value in a registry file".into(),
+        )),
+        _ => Ok(server),
     }
 }
 
@@ -328,6 +340,22 @@ mod tests {
             registry.issues[1]
                 .message
                 .contains("namespace `time` is already used")
+        );
+    }
+
+    #[test]
+    fn value_from_needs_the_kubernetes_source() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(
+            dir.path(),
+            "secret.yaml",
+            "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {name: s}\nspec: {transport: {stdio: {command: x, env: [{name: T, valueFrom: {secretKeyRef: {name: n, key: k}}}]}}}\n",
+        );
+        let registry = DirectorySource::new(dir.path()).scan().expect("scan");
+        assert!(registry.servers.is_empty());
+        assert_eq!(
+            registry.issues[0].field.as_deref(),
+            Some("spec.transport.stdio.env.valueFrom")
         );
     }
 

@@ -1,12 +1,16 @@
 //! Registry source for a cluster: `McpServer` resources watched through
 //! the Kubernetes API (all namespaces, or a configured list). Objects are
 //! watched untyped and parsed one by one, so one malformed resource is an
-//! issue on that resource instead of a failed list. Status writes do not
-//! change any spec, so they never produce a new registry.
+//! issue on that resource instead of a failed list. `valueFrom` env values
+//! are read from Secrets and ConfigMaps in the resource's namespace, again
+//! every [`REFRESH`] so rotated secrets reach the gateways; the values are
+//! never logged. Status writes do not change any spec, so they never
+//! produce a new registry.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use futures::{StreamExt, stream::SelectAll};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject},
@@ -16,8 +20,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{API_VERSION, KIND, Registry, RegistryIssue, parse_resource};
-use crate::resource::McpServer;
+use super::{API_VERSION, KIND, Registry, RegistryIssue, ResourceError, parse_resource};
+use crate::resource::{McpServer, RefKind, ValidServer, ValidTransport, ValueRef};
+
+/// How often Secret and ConfigMap values are read again.
+pub const REFRESH: Duration = Duration::from_secs(30);
 
 /// Objects by (Kubernetes namespace, name).
 pub type ObjectKey = (String, String);
@@ -65,14 +72,28 @@ impl KubernetesSource {
         // The first complete listing is published even when empty: it is
         // what the snapshot builder waits for.
         let mut published = false;
+        let mut refresh = tokio::time::interval(REFRESH);
         info!(namespaces = ?self.namespaces, "watching McpServer resources");
         loop {
             let event = tokio::select! {
                 () = cancel.cancelled() => return,
+                _ = refresh.tick() => None,
                 event = streams.next() => match event {
-                    Some(event) => event,
+                    Some(event) => Some(event),
                     None => return,
                 },
+            };
+            let Some(event) = event else {
+                // Re-read referenced values once the first list is in.
+                if published {
+                    let next = assemble(&self.client, &current).await;
+                    registry.send_if_modified(|registry| {
+                        let modified = *registry != next;
+                        *registry = next;
+                        modified
+                    });
+                }
+                continue;
             };
             let changed = match event {
                 Ok(watcher::Event::Init) => {
@@ -110,7 +131,7 @@ impl KubernetesSource {
                 }
             };
             if changed {
-                let next = assemble(&current);
+                let next = assemble(&self.client, &current).await;
                 registry.send_if_modified(|registry| {
                     let modified = *registry != next || !published;
                     if modified {
@@ -142,9 +163,10 @@ pub fn source_of((namespace, name): &ObjectKey) -> String {
     format!("mcpservers/{namespace}/{name}")
 }
 
-/// Validates every object; the oldest resource keeps a contested name or
-/// prefix, as the first file does in directory mode.
-fn assemble(objects: &BTreeMap<ObjectKey, DynamicObject>) -> Registry {
+/// Validates every object and reads its referenced values; the oldest
+/// resource keeps a contested name or prefix, as the first file does in
+/// directory mode.
+async fn assemble(client: &Client, objects: &BTreeMap<ObjectKey, DynamicObject>) -> Registry {
     let mut ordered: Vec<(&ObjectKey, &DynamicObject)> = objects.iter().collect();
     ordered
         .sort_by_key(|(key, object)| (object.metadata.creation_timestamp.clone(), (*key).clone()));
@@ -162,7 +184,10 @@ fn assemble(objects: &BTreeMap<ObjectKey, DynamicObject>) -> Registry {
             .map_err(|e| e.to_string())
             .and_then(|json| serde_yaml::to_value(json).map_err(|e| e.to_string()));
         let outcome = match parsed {
-            Ok(value) => parse_resource(value),
+            Ok(value) => match parse_resource(value) {
+                Ok(server) => resolve(client, &key.0, server).await,
+                Err(error) => Err(error),
+            },
             Err(message) => Err((Some(key.1.clone()), None, message)),
         };
         match outcome {
@@ -176,4 +201,69 @@ fn assemble(objects: &BTreeMap<ObjectKey, DynamicObject>) -> Registry {
         }
     }
     Registry::assemble(candidates, issues)
+}
+
+/// Replaces every `valueFrom` with the value it names.
+async fn resolve(
+    client: &Client,
+    namespace: &str,
+    mut server: ValidServer,
+) -> Result<ValidServer, ResourceError> {
+    let name = server.name.clone();
+    let ValidTransport::Stdio { env, env_from, .. } = &mut server.transport else {
+        return Ok(server);
+    };
+    for (variable, reference) in std::mem::take(env_from) {
+        let field = Some(format!("spec.transport.stdio.env[{variable}].valueFrom"));
+        match read_value(client, namespace, &reference).await {
+            Ok(Some(value)) => {
+                env.insert(variable, value);
+            }
+            Ok(None) if reference.optional => {}
+            Ok(None) => {
+                let what = match reference.kind {
+                    RefKind::Secret => "Secret",
+                    RefKind::ConfigMap => "ConfigMap",
+                };
+                let message = format!(
+                    "{what} `{}` or its key `{}` does not exist in namespace `{namespace}` (set optional: true to allow that)",
+                    reference.name, reference.key
+                );
+                return Err((Some(name), field, message));
+            }
+            Err(message) => return Err((Some(name), field, message)),
+        }
+    }
+    Ok(server)
+}
+
+/// The value, `None` when the object or key is missing.
+async fn read_value(
+    client: &Client,
+    namespace: &str,
+    reference: &ValueRef,
+) -> Result<Option<String>, String> {
+    let cannot_read = |e: kube::Error| format!("cannot read `{}`: {e}", reference.name);
+    match reference.kind {
+        RefKind::Secret => {
+            let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+                .get_opt(&reference.name)
+                .await
+                .map_err(cannot_read)?;
+            let Some(bytes) = secret.and_then(|s| s.data?.remove(&reference.key)) else {
+                return Ok(None);
+            };
+            String::from_utf8(bytes.0).map(Some).map_err(|_| {
+                format!(
+                    "key `{}` of Secret `{}` is not UTF-8 text",
+                    reference.key, reference.name
+                )
+            })
+        }
+        RefKind::ConfigMap => Ok(Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .get_opt(&reference.name)
+            .await
+            .map_err(cannot_read)?
+            .and_then(|c| c.data?.remove(&reference.key))),
+    }
 }
