@@ -46,6 +46,38 @@ async fn kubectl(api: &KubeApiServer, home: &Path, args: &[&str]) -> Result<Stri
     }
 }
 
+/// Writes `manifest` to `file` in the kubectl home and applies it.
+async fn apply(
+    api: &KubeApiServer,
+    home: &Path,
+    file: &str,
+    manifest: &str,
+) -> Result<String, String> {
+    let path = home.join(file);
+    std::fs::write(&path, manifest).map_err(|e| e.to_string())?;
+    let path = path.display().to_string();
+    kubectl(api, home, &["apply", "--validate=false", "-f", &path]).await
+}
+
+async fn wait_for_leader(api: &KubeApiServer, identity: &str) {
+    eventually(&format!("{identity} leads"), EVENTUALLY, || async {
+        let holder = api
+            .objects("leases")
+            .first()
+            .map(|l| l["spec"]["holderIdentity"].clone());
+        (holder == Some(json!(identity)))
+            .then_some(())
+            .ok_or(format!("{holder:?}"))
+    })
+    .await;
+}
+
+/// `kubectl get mcps NAME -o json`.
+async fn get_mcp(api: &KubeApiServer, home: &Path, name: &str) -> Result<Value, String> {
+    let json = kubectl(api, home, &["get", "mcps", name, "-o", "json"]).await?;
+    serde_json::from_str(&json).map_err(|e| format!("{e}: {json}"))
+}
+
 fn demo_resource(name: &str, instance: &str) -> String {
     format!(
         "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  transport:\n    stdio:\n      command: switchboard-gateway\n      args: [demo-server, --instance, {instance}]\n"
@@ -71,17 +103,9 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
     )
     .await;
     let tag = format!("k8s-{}", std::process::id());
-    let file = home.path().join("demo.yaml");
-    std::fs::write(&file, demo_resource("demo", &tag)).expect("write resource");
-    let file = file.display().to_string();
-
-    let created = kubectl(
-        &api,
-        home.path(),
-        &["apply", "--validate=false", "-f", &file],
-    )
-    .await
-    .expect("kubectl apply");
+    let created = apply(&api, home.path(), "demo.yaml", &demo_resource("demo", &tag))
+        .await
+        .expect("kubectl apply");
     assert!(created.contains("created"), "{created}");
 
     let client = connect(&sb.mcp_url()).await.expect("connect");
@@ -114,12 +138,9 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
     })
     .await;
     assert!(table.starts_with("NAME"), "{table}");
-    let object: Value = serde_json::from_str(
-        &kubectl(&api, home.path(), &["get", "mcps", "demo", "-o", "json"])
-            .await
-            .expect("get -o json"),
-    )
-    .expect("JSON");
+    let object = get_mcp(&api, home.path(), "demo")
+        .await
+        .expect("get -o json");
     let status = &object["status"];
     assert_eq!(condition(&object, "Accepted")["status"], "True", "{status}");
     assert_eq!(condition(&object, "Ready")["status"], "True", "{status}");
@@ -130,20 +151,17 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
 
     // A spec change is a new generation; the status follows it, and the
     // status writes themselves never made one.
-    std::fs::write(&file, demo_resource("demo", &format!("{tag}-v2"))).expect("rewrite");
-    let configured = kubectl(
+    let configured = apply(
         &api,
         home.path(),
-        &["apply", "--validate=false", "-f", &file],
+        "demo.yaml",
+        &demo_resource("demo", &format!("{tag}-v2")),
     )
     .await
     .expect("kubectl apply again");
     assert!(configured.contains("configured"), "{configured}");
     eventually("observedGeneration 2, ready", EVENTUALLY, || async {
-        let object: Value = serde_json::from_str(
-            &kubectl(&api, home.path(), &["get", "mcps", "demo", "-o", "json"]).await?,
-        )
-        .map_err(|e| e.to_string())?;
+        let object = get_mcp(&api, home.path(), "demo").await?;
         (object["metadata"]["generation"] == 2
             && object["status"]["observedGeneration"] == 2
             && condition(&object, "Ready")["status"] == "True")
@@ -153,29 +171,16 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
     .await;
 
     // An invalid resource is not accepted, says why, and breaks nothing.
-    let bad = home.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata:\n  name: bad\n  namespace: default\nspec:\n  transport:\n    stdio: {command: x}\n    http: {url: 'http://127.0.0.1:1/mcp'}\n",
-    )
-    .expect("write bad resource");
-    kubectl(
+    apply(
         &api,
         home.path(),
-        &[
-            "apply",
-            "--validate=false",
-            "-f",
-            &bad.display().to_string(),
-        ],
+        "bad.yaml",
+        "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata:\n  name: bad\n  namespace: default\nspec:\n  transport:\n    stdio: {command: x}\n    http: {url: 'http://127.0.0.1:1/mcp'}\n",
     )
     .await
     .expect("the stand-in stores it (it does not run CEL)");
     let rejected = eventually("bad is not accepted", EVENTUALLY, || async {
-        let object: Value = serde_json::from_str(
-            &kubectl(&api, home.path(), &["get", "mcps", "bad", "-o", "json"]).await?,
-        )
-        .map_err(|e| e.to_string())?;
+        let object = get_mcp(&api, home.path(), "bad").await?;
         (condition(&object, "Accepted")["status"] == "False")
             .then(|| object.clone())
             .ok_or(object.to_string())
@@ -215,6 +220,7 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
     assert!(leases[0]["spec"]["holderIdentity"].is_string());
 
     // Deleting the resource withdraws its tools.
+    let file = home.path().join("demo.yaml").display().to_string();
     let deleted = kubectl(&api, home.path(), &["delete", "--wait=false", "-f", &file])
         .await
         .expect("kubectl delete");
@@ -240,38 +246,19 @@ async fn env_values_come_from_secrets_and_config_maps_and_stay_secret() {
         &[],
     )
     .await;
-    let apply = |name: &str, text: String| {
-        let path = home.path().join(name);
-        std::fs::write(&path, text).expect("write manifest");
-        path.display().to_string()
-    };
-    let credentials = apply(
-        "credentials.yaml",
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: api-token, namespace: default}}\nstringData: {{token: {SECRET}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: default}}\ndata: {{region: eu-west-1}}\n"
-        ),
+    let credentials = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: api-token, namespace: default}}\nstringData: {{token: {SECRET}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: default}}\ndata: {{region: eu-west-1}}\n"
     );
-    kubectl(
-        &api,
-        home.path(),
-        &["apply", "--validate=false", "-f", &credentials],
-    )
-    .await
-    .expect("apply the Secret and ConfigMap");
+    apply(&api, home.path(), "credentials.yaml", &credentials)
+        .await
+        .expect("apply the Secret and ConfigMap");
     let tag = format!("secret-{}", std::process::id());
-    let server = apply(
-        "server.yaml",
-        format!(
-            "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: vault, namespace: default}}\nspec:\n  transport:\n    stdio:\n      command: switchboard-gateway\n      args: [demo-server, --instance, {tag}]\n      env:\n        - name: API_TOKEN\n          valueFrom: {{secretKeyRef: {{name: api-token, key: token}}}}\n        - name: REGION\n          valueFrom: {{configMapKeyRef: {{name: settings, key: region}}}}\n        - name: OPTIONAL\n          valueFrom: {{secretKeyRef: {{name: absent, key: x, optional: true}}}}\n"
-        ),
+    let server = format!(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: vault, namespace: default}}\nspec:\n  transport:\n    stdio:\n      command: switchboard-gateway\n      args: [demo-server, --instance, {tag}]\n      env:\n        - name: API_TOKEN\n          valueFrom: {{secretKeyRef: {{name: api-token, key: token}}}}\n        - name: REGION\n          valueFrom: {{configMapKeyRef: {{name: settings, key: region}}}}\n        - name: OPTIONAL\n          valueFrom: {{secretKeyRef: {{name: absent, key: x, optional: true}}}}\n"
     );
-    kubectl(
-        &api,
-        home.path(),
-        &["apply", "--validate=false", "-f", &server],
-    )
-    .await
-    .expect("apply the McpServer");
+    apply(&api, home.path(), "server.yaml", &server)
+        .await
+        .expect("apply the McpServer");
 
     let client = connect(&sb.mcp_url()).await.expect("connect");
     let env = |name: &'static str| {
@@ -292,22 +279,12 @@ async fn env_values_come_from_secrets_and_config_maps_and_stay_secret() {
     assert_eq!(env("OPTIONAL").await.expect("OPTIONAL"), Value::Null);
 
     // A reference to nothing is not accepted, naming what is missing.
-    let broken = apply(
-        "broken.yaml",
-        "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {name: broken, namespace: default}\nspec:\n  transport:\n    stdio:\n      command: switchboard-gateway\n      args: [demo-server]\n      env:\n        - name: TOKEN\n          valueFrom: {secretKeyRef: {name: nowhere, key: token}}\n".to_owned(),
-    );
-    kubectl(
-        &api,
-        home.path(),
-        &["apply", "--validate=false", "-f", &broken],
-    )
-    .await
-    .expect("apply broken");
+    let broken = "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {name: broken, namespace: default}\nspec:\n  transport:\n    stdio:\n      command: switchboard-gateway\n      args: [demo-server]\n      env:\n        - name: TOKEN\n          valueFrom: {secretKeyRef: {name: nowhere, key: token}}\n";
+    apply(&api, home.path(), "broken.yaml", broken)
+        .await
+        .expect("apply broken");
     let message = eventually("broken is not accepted", EVENTUALLY, || async {
-        let object: Value = serde_json::from_str(
-            &kubectl(&api, home.path(), &["get", "mcps", "broken", "-o", "json"]).await?,
-        )
-        .map_err(|e| e.to_string())?;
+        let object = get_mcp(&api, home.path(), "broken").await?;
         let accepted = condition(&object, "Accepted");
         (accepted["status"] == "False")
             .then(|| accepted["message"].as_str().unwrap_or("").to_owned())
@@ -349,16 +326,7 @@ async fn one_control_plane_pod_leads_and_another_takes_over() {
     let first_args = args("pod-a");
     let first: Vec<&str> = first_args.iter().map(String::as_str).collect();
     let mut sb = Switchboard::start_with(&[], &first, &[]).await;
-    eventually("pod-a leads", EVENTUALLY, || async {
-        let holder = api
-            .objects("leases")
-            .first()
-            .map(|l| l["spec"]["holderIdentity"].clone());
-        (holder == Some(json!("pod-a")))
-            .then_some(())
-            .ok_or(format!("{holder:?}"))
-    })
-    .await;
+    wait_for_leader(&api, "pod-a").await;
     // A second pod serves config too, but does not lead.
     let mut second = Switchboard::unstarted();
     second.control_args = args("pod-b");
@@ -369,39 +337,13 @@ async fn one_control_plane_pod_leads_and_another_takes_over() {
 
     // The leader crashes: pod-b takes the lease and writes status.
     sb.control.as_mut().expect("pod-a").kill_hard().await;
-    eventually("pod-b leads", EVENTUALLY, || async {
-        let holder = api
-            .objects("leases")
-            .first()
-            .map(|l| l["spec"]["holderIdentity"].clone());
-        (holder == Some(json!("pod-b")))
-            .then_some(())
-            .ok_or(format!("{holder:?}"))
-    })
-    .await;
-    let file = home.path().join("demo.yaml");
-    std::fs::write(
-        &file,
-        demo_resource("demo", &format!("lease-{}", std::process::id())),
-    )
-    .expect("write resource");
-    kubectl(
-        &api,
-        home.path(),
-        &[
-            "apply",
-            "--validate=false",
-            "-f",
-            &file.display().to_string(),
-        ],
-    )
-    .await
-    .expect("kubectl apply");
+    wait_for_leader(&api, "pod-b").await;
+    let demo = demo_resource("demo", &format!("lease-{}", std::process::id()));
+    apply(&api, home.path(), "demo.yaml", &demo)
+        .await
+        .expect("kubectl apply");
     eventually("status from the new leader", EVENTUALLY, || async {
-        let object: Value = serde_json::from_str(
-            &kubectl(&api, home.path(), &["get", "mcps", "demo", "-o", "json"]).await?,
-        )
-        .map_err(|e| e.to_string())?;
+        let object = get_mcp(&api, home.path(), "demo").await?;
         (condition(&object, "Accepted")["status"] == "True")
             .then_some(())
             .ok_or(object.to_string())
