@@ -274,6 +274,26 @@ fn health_status(health: pb::ServerHealth) -> ServerHealthStatus {
     }
 }
 
+#[cfg(test)]
+impl ReplicaStatus {
+    /// A connected replica, for status computations in tests.
+    pub(crate) fn connected_with(
+        acked_version: u64,
+        servers: Vec<ServerHealthStatus>,
+        last_nack: Option<NackStatus>,
+    ) -> Self {
+        Self {
+            connected: true,
+            build_version: String::new(),
+            sent_version: acked_version,
+            acked_version,
+            last_nack,
+            servers,
+            connection: 0,
+        }
+    }
+}
+
 // === impl Replicas ===
 
 impl Replicas {

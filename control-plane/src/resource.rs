@@ -39,7 +39,7 @@ const MAX_NAME_LEN: usize = 63;
     printcolumn(name = "Tools", type_ = "integer", json_path = ".status.tools"),
     printcolumn(name = "Breaker", type_ = "string", json_path = ".status.breaker"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters (it becomes the tool prefix)")
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label (lowercase letters, digits and '-', at most 63): it names the server in tool prefixes and status")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct McpServerSpec {

@@ -169,6 +169,16 @@ impl Inputs<'_> {
             .flat_map(|r| r.servers.iter().filter(|s| &s.name == name))
             .collect();
         let ready = health.iter().filter(|h| h.state == "ready").count();
+        // A replica that refused the resource in the current snapshot.
+        let refused = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.connected)
+            .find_map(|(id, r)| {
+                let nack = r.last_nack.as_ref()?;
+                let reason = nack.rejected.get(name)?;
+                (nack.version >= self.snapshot_version).then(|| format!("replica {id}: {reason}"))
+            });
         let accepted = match issue {
             Some(issue) => condition(
                 "Accepted",
@@ -179,10 +189,13 @@ impl Inputs<'_> {
                     None => issue.message.clone(),
                 },
             ),
-            None if server.is_some() => {
-                condition("Accepted", true, "Valid", "the spec is valid".into())
-            }
-            None => condition("Accepted", false, "Pending", "not validated yet".into()),
+            None => match (&refused, server) {
+                (Some(refused), Some(_)) => {
+                    condition("Accepted", false, "Rejected", refused.clone())
+                }
+                (None, Some(_)) => condition("Accepted", true, "Valid", "the spec is valid".into()),
+                (_, None) => condition("Accepted", false, "Pending", "not validated yet".into()),
+            },
         };
         let ready_condition = match server {
             None => condition(
@@ -290,4 +303,168 @@ fn keep_transition_time(mut condition: Condition, status: Option<&McpServerStatu
         condition.last_transition_time = previous.last_transition_time.clone();
     }
     condition
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        push::{NackStatus, ServerHealthStatus},
+        registry::RegistryIssue,
+        resource::McpServer,
+    };
+
+    fn object(name: &str, generation: i64) -> (ObjectKey, DynamicObject) {
+        let mut object = DynamicObject::new(name, &ApiResource::erase::<McpServer>(&()));
+        object.metadata.namespace = Some("default".into());
+        object.metadata.generation = Some(generation);
+        (("default".into(), name.into()), object)
+    }
+
+    fn registry_with(name: &str) -> Registry {
+        let yaml = format!(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: {name}}}\nspec: {{transport: {{stdio: {{command: x}}}}}}"
+        );
+        let server: McpServer = serde_yaml::from_str(&yaml).expect("yaml");
+        Registry::assemble(
+            [("src".to_owned(), server.validate().expect("valid"))],
+            vec![],
+        )
+    }
+
+    fn health(name: &str, state: &'static str, tools: u32) -> ServerHealthStatus {
+        ServerHealthStatus {
+            name: name.into(),
+            state,
+            reason: if state == "ready" {
+                String::new()
+            } else {
+                "exit status 1".into()
+            },
+            tool_count: tools,
+            restarts: 0,
+            protocol_version: "2025-06-18".into(),
+            breaker: "closed",
+            last_error: String::new(),
+            last_error_at: 0,
+            latency_p50_us: 0,
+            latency_p99_us: 0,
+            connections: 1,
+            in_flight: 0,
+        }
+    }
+
+    fn condition<'a>(status: &'a McpServerStatus, kind: &str) -> &'a Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .expect("condition")
+    }
+
+    #[test]
+    fn ready_on_some_replicas_reports_counts_and_tools() {
+        let registry = registry_with("demo");
+        let replicas = BTreeMap::from([
+            (
+                "r1".to_owned(),
+                ReplicaStatus::connected_with(7, vec![health("demo", "ready", 5)], None),
+            ),
+            (
+                "r2".to_owned(),
+                ReplicaStatus::connected_with(6, vec![health("demo", "failed", 0)], None),
+            ),
+        ]);
+        let inputs = Inputs {
+            registry: &registry,
+            replicas: &replicas,
+            snapshot_version: 7,
+        };
+        let (key, object) = object("demo", 3);
+        let status = inputs.status(&key, &object, None);
+        assert_eq!(condition(&status, "Accepted").status, "True");
+        assert_eq!(condition(&status, "Ready").status, "True");
+        assert_eq!(
+            condition(&status, "Ready").message,
+            "ready on 1 of 2 replicas"
+        );
+        assert_eq!(condition(&status, "Ready").observed_generation, Some(3));
+        assert_eq!(
+            (
+                status.replicas,
+                status.updated_replicas,
+                status.ready_replicas
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(status.replica_summary.as_deref(), Some("1/2"));
+        assert_eq!(status.tools, Some(5));
+        assert_eq!(status.transport.as_deref(), Some("stdio"));
+        assert_eq!(status.prefix.as_deref(), Some("demo"));
+    }
+
+    #[test]
+    fn a_replica_nack_or_a_registry_issue_is_not_accepted() {
+        let registry = registry_with("demo");
+        let nack = NackStatus {
+            version: 7,
+            reason: "demo: bad".into(),
+            rejected: BTreeMap::from([("demo".to_owned(), "unsupported field".to_owned())]),
+        };
+        let replicas = BTreeMap::from([(
+            "r1".to_owned(),
+            ReplicaStatus::connected_with(6, vec![], Some(nack)),
+        )]);
+        let inputs = Inputs {
+            registry: &registry,
+            replicas: &replicas,
+            snapshot_version: 7,
+        };
+        let (key, object) = object("demo", 1);
+        let accepted = condition(&inputs.status(&key, &object, None), "Accepted").clone();
+        assert_eq!(
+            (accepted.status.as_str(), accepted.reason.as_str()),
+            ("False", "Rejected")
+        );
+        assert_eq!(accepted.message, "replica r1: unsupported field");
+
+        let mut invalid = Registry::default();
+        invalid.issues.push(RegistryIssue {
+            source: source_of(&key),
+            resource: Some("demo".into()),
+            field: Some("spec.transport".into()),
+            message: "exactly one transport must be set".into(),
+        });
+        let inputs = Inputs {
+            registry: &invalid,
+            replicas: &BTreeMap::new(),
+            snapshot_version: 7,
+        };
+        let status = inputs.status(&key, &object, None);
+        assert_eq!(
+            condition(&status, "Accepted").message,
+            "spec.transport: exactly one transport must be set"
+        );
+        assert_eq!(condition(&status, "Ready").reason, "NotAccepted");
+    }
+
+    #[test]
+    fn transition_times_hold_while_a_condition_keeps_its_status() {
+        let registry = registry_with("demo");
+        let no_replicas = BTreeMap::new();
+        let inputs = Inputs {
+            registry: &registry,
+            replicas: &no_replicas,
+            snapshot_version: 1,
+        };
+        let (key, object) = object("demo", 1);
+        let mut first = inputs.status(&key, &object, None);
+        assert_eq!(condition(&first, "Ready").reason, "NoReplicas");
+        let long_ago = Time(Timestamp::UNIX_EPOCH);
+        for c in &mut first.conditions {
+            c.last_transition_time = long_ago.clone();
+        }
+        let again = inputs.status(&key, &object, Some(&first));
+        assert_eq!(again, first, "nothing changed, nothing to write");
+    }
 }

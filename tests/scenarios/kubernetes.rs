@@ -170,7 +170,29 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
     })
     .await;
 
-    // An invalid resource is not accepted, says why, and breaks nothing.
+    // What the CRD's schema can catch, the API server refuses outright.
+    let refused = apply(
+        &api,
+        home.path(),
+        "refused.yaml",
+        "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {name: refused, namespace: default}\nspec:\n  namespace: has.dots\n  pool: {max: 500}\n  transport: {stdio: {command: x}}\n",
+    )
+    .await
+    .expect_err("the schema refuses it");
+    assert!(
+        refused.contains("spec.namespace in body should match"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("spec.pool.max in body should be less than or equal to 64"),
+        "{refused}"
+    );
+    get_mcp(&api, home.path(), "refused")
+        .await
+        .expect_err("nothing was stored");
+
+    // What only the control plane can judge is not accepted, says why, and
+    // breaks nothing.
     apply(
         &api,
         home.path(),

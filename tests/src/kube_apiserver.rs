@@ -11,8 +11,11 @@
 //! `metadata.generation` alone while spec changes bump it, `stringData`
 //! folded into a Secret's `data`, server-side `Table` output from the CRD's
 //! printer columns (what `kubectl get mcps` prints), and errors as
-//! `metav1.Status`. It does not validate objects against schemas,
-//! authenticate, or authorize.
+//! `metav1.Status`. `McpServer` specs are checked against the CRD's
+//! structural schema as the API server does (types, required fields,
+//! patterns, bounds, enums; unknown fields pruned) and refused with 422;
+//! the CRD's CEL rules are not evaluated. It does not authenticate or
+//! authorize.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -116,6 +119,8 @@ struct ApiState {
     store: Arc<Mutex<Store>>,
     events: broadcast::Sender<WatchEvent>,
     columns: Arc<Vec<Value>>,
+    /// `openAPIV3Schema.properties.spec` of the McpServer CRD.
+    spec_schema: Arc<Value>,
 }
 
 /// Objects by (plural, namespace, name).
@@ -176,10 +181,13 @@ impl KubeApiServer {
             .cloned()
             .unwrap_or_default();
         let (events, _) = broadcast::channel(1024);
+        let spec_schema =
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone();
         let state = ApiState {
             store: Arc::default(),
             events,
             columns: Arc::new(columns),
+            spec_schema: Arc::new(spec_schema),
         };
         let router = Router::new()
             .route("/version", get(version))
@@ -595,6 +603,7 @@ fn insert(
             object.remove("status");
         }
         object["metadata"]["generation"] = json!(1);
+        validate_spec(&state.spec_schema, kind, &mut object)?;
     }
     fold_string_data(kind, &mut object);
     let metadata = &mut object["metadata"];
@@ -683,6 +692,7 @@ fn update(state: &ApiState, target: &Target, mut next: Value, request: &Value) -
     }
     keep_identity(&mut next, &current);
     if kind.custom {
+        validate_spec(&state.spec_schema, kind, &mut next)?;
         next["status"] = current["status"].clone();
         if let Some(object) = next
             .as_object_mut()
@@ -790,6 +800,126 @@ impl Store {
         self.history.push(event.clone());
         let _ = events.send(event);
         object
+    }
+}
+
+/// Refuses a spec that breaks the CRD's structural schema (422, listing
+/// every problem as the API server words them) and prunes unknown fields.
+fn validate_spec(schema: &Value, kind: &Kind, object: &mut Value) -> Result<(), ApiError> {
+    let mut problems = Vec::new();
+    match object.get_mut("spec") {
+        Some(spec) => check_schema(schema, spec, "spec", &mut problems),
+        None => problems.push("spec: Required value".to_owned()),
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or("");
+    Err(status_error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+        &format!(
+            "{}.{} \"{name}\" is invalid: {}",
+            kind.kind,
+            kind.group,
+            problems.join(", ")
+        ),
+    ))
+}
+
+fn check_schema(schema: &Value, value: &mut Value, path: &str, problems: &mut Vec<String>) {
+    if value.is_null() {
+        if schema["nullable"] != true {
+            problems.push(format!(
+                "{path}: Invalid value: \"null\": {path} in body must not be null"
+            ));
+        }
+        return;
+    }
+    let expected = schema["type"].as_str().unwrap_or("");
+    let matches = match expected {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        _ => true,
+    };
+    if !matches {
+        problems.push(format!(
+            "{path}: Invalid value: \"{}\": {path} in body must be of type {expected}",
+            value_kind(value)
+        ));
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            for required in schema["required"].as_array().into_iter().flatten() {
+                let field = required.as_str().unwrap_or("");
+                if !map.contains_key(field) {
+                    problems.push(format!("{path}.{field}: Required value"));
+                }
+            }
+            let properties = schema["properties"].as_object();
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            let mut pruned = Vec::new();
+            for (key, child) in map.iter_mut() {
+                let child_path = format!("{path}.{key}");
+                match properties.and_then(|p| p.get(key)).or(additional) {
+                    Some(child_schema) => check_schema(child_schema, child, &child_path, problems),
+                    None if schema["x-kubernetes-preserve-unknown-fields"] == true => {}
+                    None => pruned.push(key.clone()),
+                }
+            }
+            for key in pruned {
+                map.remove(&key);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                check_schema(&schema["items"], item, &format!("{path}[{i}]"), problems);
+            }
+        }
+        Value::String(text) => {
+            if let Some(pattern) = schema["pattern"].as_str() {
+                let matched = regex::Regex::new(pattern).is_ok_and(|re| re.is_match(text));
+                if !matched {
+                    problems.push(format!(
+                        "{path}: Invalid value: \"{text}\": {path} in body should match '{pattern}'"
+                    ));
+                }
+            }
+            let allowed = schema["enum"].as_array();
+            if allowed.is_some_and(|allowed| !allowed.iter().any(|a| a == text.as_str())) {
+                problems.push(format!("{path}: Unsupported value: \"{text}\""));
+            }
+        }
+        Value::Number(number) => {
+            let n = number.as_f64().unwrap_or(0.0);
+            if let Some(min) = schema["minimum"].as_f64().filter(|min| n < *min) {
+                problems.push(format!(
+                    "{path}: Invalid value: {number}: {path} in body should be greater than or equal to {min}"
+                ));
+            }
+            if let Some(max) = schema["maximum"].as_f64().filter(|max| n > *max) {
+                problems.push(format!(
+                    "{path}: Invalid value: {number}: {path} in body should be less than or equal to {max}"
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn value_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
     }
 }
 

@@ -29,12 +29,16 @@ pub struct PoolSpec {
     /// Connections kept open even when idle (default 1).
     pub min: Option<u32>,
     /// Most connections per replica (default 1: many servers keep state).
+    #[schemars(range(min = 1, max = 64))]
     pub max: Option<u32>,
     /// Calls in flight on one connection before another is opened (default 32).
+    #[schemars(range(min = 1))]
     pub max_concurrency: Option<u32>,
     /// Connections above `min` idle this long are closed (default 5m).
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub idle_timeout: Option<String>,
     /// How long a call waits for a connection when all are busy (default 10s).
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub acquire_timeout: Option<String>,
 }
 
@@ -42,13 +46,16 @@ pub struct PoolSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TimeoutsSpec {
     /// Per call; restarted by every progress notification (default 60s).
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub call: Option<String>,
     /// Absolute cap per call, progress or not (default 10m).
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub max_call: Option<String>,
     /// Per-tool `call` overrides, by the tool's name on its server.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tools: BTreeMap<String, String>,
     /// Start-up: process spawn plus the `initialize` handshake (default 30s).
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub initialize: Option<String>,
 }
 
@@ -58,12 +65,15 @@ pub struct BreakerSpec {
     /// Consecutive failures that open the breaker (default 5; 0 = off).
     pub consecutive_failures: Option<u32>,
     /// Failure percentage within `window` that opens it (default 50; 0 = off).
+    #[schemars(range(max = 100))]
     pub failure_rate_percent: Option<u32>,
     /// Calls within `window` before the rate counts (default 20).
     pub min_requests: Option<u32>,
     /// Window for the failure rate (default 30s).
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub window: Option<String>,
     /// How long it stays open before trial calls (default 30s).
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub open_duration: Option<String>,
     /// Trial calls when half-open; all must succeed to close (default 1).
     pub half_open_probes: Option<u32>,
