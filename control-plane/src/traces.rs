@@ -44,11 +44,19 @@ pub struct TraceStore {
     capacity: usize,
 }
 
+/// Spans are kept as received and turned into views only when the API is
+/// asked: receiving stays cheap for the machine the gateways run on.
 #[derive(Default)]
 struct StoreInner {
-    traces: HashMap<String, Vec<SpanView>>,
+    traces: HashMap<Vec<u8>, Vec<StoredSpan>>,
     /// Trace ids in arrival order of their first span.
-    order: VecDeque<String>,
+    order: VecDeque<Vec<u8>>,
+}
+
+struct StoredSpan {
+    service: Arc<str>,
+    instance: Arc<str>,
+    span: Span,
 }
 
 /// A span as the HTTP API shows it.
@@ -128,21 +136,24 @@ impl TraceStore {
                 .as_ref()
                 .map(|r| r.attributes.as_slice())
                 .unwrap_or_default();
-            let service = string_attr(resource, "service.name");
-            let instance = string_attr(resource, "service.instance.id");
+            let service: Arc<str> = string_attr(resource, "service.name").into();
+            let instance: Arc<str> = string_attr(resource, "service.instance.id").into();
             for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
-                let view = SpanView::new(span, &service, &instance);
-                if !inner.traces.contains_key(&view.trace_id) {
-                    inner.order.push_back(view.trace_id.clone());
+                if !inner.traces.contains_key(&span.trace_id) {
+                    inner.order.push_back(span.trace_id.clone());
                     while inner.order.len() > self.capacity {
                         if let Some(evicted) = inner.order.pop_front() {
                             inner.traces.remove(&evicted);
                         }
                     }
                 }
-                let spans = inner.traces.entry(view.trace_id.clone()).or_default();
+                let spans = inner.traces.entry(span.trace_id.clone()).or_default();
                 if spans.len() < MAX_SPANS_PER_TRACE {
-                    spans.push(view);
+                    spans.push(StoredSpan {
+                        service: service.clone(),
+                        instance: instance.clone(),
+                        span: span.clone(),
+                    });
                     kept += 1;
                 }
             }
@@ -152,7 +163,8 @@ impl TraceStore {
 
     /// The spans of one trace, by start time.
     pub fn trace(&self, trace_id: &str) -> Option<Vec<SpanView>> {
-        let mut spans = self.inner.lock().traces.get(trace_id)?.clone();
+        let id = unhex(trace_id)?;
+        let mut spans = views(self.inner.lock().traces.get(&id)?);
         spans.sort_by_key(|s| s.start_time_unix_nano);
         Some(spans)
     }
@@ -166,11 +178,29 @@ impl TraceStore {
             .iter()
             .rev()
             .filter_map(|id| inner.traces.get(id))
+            .map(|spans| views(spans))
             .filter(|spans| query.matches(spans))
             .take(limit)
-            .map(|spans| TraceSummary::new(spans))
+            .map(|spans| TraceSummary::new(&spans))
             .collect()
     }
+}
+
+fn views(spans: &[StoredSpan]) -> Vec<SpanView> {
+    spans
+        .iter()
+        .map(|s| SpanView::new(&s.span, &s.service, &s.instance))
+        .collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 // === impl TraceQuery ===

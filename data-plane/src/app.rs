@@ -98,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     };
     tasks.spawn(xds.run(shutdown.clone()));
 
+    let body_limit = mcp::guard::BodyLimit(config.mcp.max_body_bytes);
     let router = Router::new()
         .nest_service(
             "/mcp",
@@ -109,6 +110,10 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
                 shutdown.child_token(),
             ),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            body_limit,
+            mcp::guard::guard,
+        ))
         .merge(admin::router(AdminState {
             replica_id: config.replica_id.clone(),
             servers: servers.clone(),

@@ -100,6 +100,9 @@ struct RunArgs {
     /// requests that arrive with a `traceparent` follow its sampled flag.
     #[arg(long, env = "SWITCHBOARD_TRACE_SAMPLE_RATIO", default_value_t = 1.0, value_parser = sample_ratio)]
     trace_sample_ratio: f64,
+    /// Largest request body accepted on `/mcp`, in bytes (413 beyond).
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
     /// Log tool arguments and results (at debug level). They may hold secrets.
     #[arg(long, env = "SWITCHBOARD_LOG_PAYLOADS")]
     log_payloads: bool,
@@ -174,6 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 replica_id: args.replica_id,
                 mcp: McpConfig {
                     allowed_hosts: args.allowed_hosts,
+                    max_body_bytes: args.max_body_bytes,
                 },
                 launcher: Launcher {
                     shim: Some(std::env::current_exe().context("locating switchboard-gateway")?),

@@ -1,7 +1,9 @@
 //! The client-facing MCP endpoint: one [`GatewaySession`] per client
 //! session, answering from the catalog and forwarding calls to the server
 //! that owns the tool, with the namespace stripped and the result relayed
-//! unchanged.
+//! unchanged. `guard.rs` checks request bodies before rmcp sees them.
+
+pub mod guard;
 
 use std::{
     borrow::Cow,
@@ -62,6 +64,8 @@ const ERROR_META_KEY: &str = "switchboard.dev/error";
 pub struct McpConfig {
     /// `Host` values accepted (DNS-rebinding protection).
     pub allowed_hosts: Vec<String>,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
 }
 
 /// The MCP handler for one client session.
@@ -134,6 +138,7 @@ pub fn service(
     sessions.session_config.channel_capacity = SESSION_CHANNEL_CAPACITY;
     let http = StreamableHttpServerConfig::default()
         .with_allowed_hosts(config.allowed_hosts.clone())
+        .with_max_request_body_bytes(config.max_body_bytes)
         .with_legacy_session_mode(true)
         .with_cancellation_token(shutdown);
     StreamableHttpService::new(

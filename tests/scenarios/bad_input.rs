@@ -1,5 +1,6 @@
 //! Bad input gets a clear error and loses nothing: broken registry files,
-//! servers that cannot start, unknown tools, snapshots a replica refuses.
+//! servers that cannot start, unknown tools, snapshots a replica refuses,
+//! malformed, oversized and unknown MCP requests.
 
 use e2e::{
     EVENTUALLY, Switchboard, call, command_server_yaml, connect, demo_server_yaml, eventually,
@@ -240,4 +241,121 @@ async fn replica_nacks_bad_resources_and_keeps_its_last_good_config() {
         .await;
     assert_eq!(stream.reply().await, Kind::Ack(pb::Ack { version: 3 }));
     client.cancel().await.expect("close");
+}
+
+/// The JSON-RPC message in a response: the body itself, or the first
+/// `data:` line of an SSE stream.
+fn jsonrpc_message(body: &str) -> Value {
+    serde_json::from_str(body)
+        .ok()
+        .or_else(|| {
+            body.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .find_map(|d| serde_json::from_str(d.trim()).ok())
+        })
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_unknown_requests_get_clear_errors_and_sessions_go_on() {
+    let demo = demo_server_yaml("demo", &format!("bad-http-{}", std::process::id()), &[]);
+    let sb =
+        Switchboard::start_with(&[("demo.yaml", &demo)], &[], &["--max-body-bytes", "2048"]).await;
+    sb.wait_server_state("demo", "ready").await;
+    let other = connect(&sb.mcp_url()).await.expect("another client");
+    let http = reqwest::Client::new();
+    let url = sb.mcp_url();
+    let post = |body: String, session: Option<String>| {
+        let mut request = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        async move {
+            let response = request.send().await.expect("POST /mcp");
+            let status = response.status().as_u16();
+            let session = response
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            (status, session, response.text().await.unwrap_or_default())
+        }
+    };
+    let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    let (status, session, _) = post(initialize.to_owned(), None).await;
+    assert_eq!(status, 200);
+    let session = session.expect("a session id");
+    let (status, _, _) = post(
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_owned(),
+        Some(session.clone()),
+    )
+    .await;
+    assert!(status < 300, "{status}");
+
+    let oversized = format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"demo.echo","arguments":{{"text":"{}"}}}}}}"#,
+        "x".repeat(4096)
+    );
+    for (body, want_status, want_code) in [
+        (r#"{"jsonrpc":"2.0","#.to_owned(), 400, -32700),
+        (
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#.to_owned(),
+            400,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#.to_owned(),
+            400,
+            -32600,
+        ),
+        (r#"{"jsonrpc":"2.0","id":1}"#.to_owned(), 400, -32600),
+        (oversized, 413, -32600),
+    ] {
+        let (status, _, text) = post(body.clone(), Some(session.clone())).await;
+        let message = jsonrpc_message(&text);
+        assert_eq!(status, want_status, "{body:.60}: {text}");
+        assert_eq!(message["error"]["code"], want_code, "{body:.60}: {text}");
+        assert!(
+            !message["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
+            "{text}"
+        );
+    }
+    // A method nobody implements is a JSON-RPC error, at once.
+    let (_, _, text) = post(
+        r#"{"jsonrpc":"2.0","id":7,"method":"no/such/method"}"#.to_owned(),
+        Some(session.clone()),
+    )
+    .await;
+    assert_eq!(jsonrpc_message(&text)["error"]["code"], -32601, "{text}");
+    // An unknown session is 404, so clients re-initialise.
+    let (status, _, _) = post(
+        r#"{"jsonrpc":"2.0","id":8,"method":"ping"}"#.to_owned(),
+        Some("no-such-session".to_owned()),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Nothing was disturbed: the same session and another client go on.
+    let (status, _, text) = post(
+        r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"demo.echo","arguments":{"text":"still here"}}}"#.to_owned(),
+        Some(session),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        jsonrpc_message(&text)["result"]["structuredContent"]["text"],
+        "still here",
+        "{text}"
+    );
+    let echoed = call(&other, "demo.echo", json!({ "text": "fine" }))
+        .await
+        .expect("the other client");
+    assert_eq!(echoed.structured_content, Some(json!({ "text": "fine" })));
 }

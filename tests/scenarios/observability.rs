@@ -13,7 +13,10 @@ use e2e::{
     otlp::{OtlpReceiver, ReceivedSpan, hex, spawn_rotel, string_attribute},
     wait_listening,
 };
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    trace::v1::{ResourceSpans, ScopeSpans, Span, span::SpanKind},
+};
 use rmcp::model::{CallToolRequestParams, MetaObject};
 use serde_json::{Value, json};
 
@@ -242,6 +245,34 @@ async fn a_traced_call_is_one_trace_through_the_control_plane_and_a_collector() 
             .await
             .expect("GET /traces")
     ));
+
+    // The control plane's receiver takes gzip, as collectors send it.
+    let mut otlp = TraceServiceClient::connect(format!("http://{}", sb.grpc))
+        .await
+        .expect("connect to the control plane's OTLP receiver")
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let gzipped_trace = [7u8; 16];
+    otlp.export(ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: gzipped_trace.to_vec(),
+                    span_id: vec![1; 8],
+                    name: "from a collector".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    })
+    .await
+    .expect("a gzip export is accepted");
+    let stored = sb
+        .get_json(&format!("{api}/traces/{}", hex(&gzipped_trace)))
+        .await
+        .expect("the gzip-exported trace");
+    assert_eq!(stored["spans"][0]["name"], "from a collector");
 
     // The request log line, as JSON, names caller, tool, server, outcome.
     let log = sb.gateway.as_ref().expect("gateway").log();

@@ -1,6 +1,5 @@
 //! The OTLP/gRPC span exporter: one task that drains the tracer's bounded
-//! queue in batches and sends them (gzip) to the control plane or a
-//! collector. A failed export drops its batch and counts it: spans are
+//! queue in batches and sends them to the control plane or a collector. A failed export drops its batch and counts it: spans are
 //! diagnostics, and holding them for an absent receiver would grow without
 //! bound. Nothing here is ever awaited by a request.
 
@@ -15,7 +14,7 @@ use opentelemetry_proto::tonic::{
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::{codec::CompressionEncoding, transport::Channel};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -72,7 +71,9 @@ pub fn spawn(
         })?
         .timeout(EXPORT_TIMEOUT)
         .connect_lazy();
-    let client = TraceServiceClient::new(channel).send_compressed(CompressionEncoding::Gzip);
+    // Uncompressed: the receiver is usually the control plane next door, and
+    // gzip would spend the CPU the gateways' requests need.
+    let client = TraceServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let queue_full = counters
         .dropped

@@ -1,0 +1,181 @@
+//! Checks every body POSTed to `/mcp` before the MCP service parses it:
+//! over the size limit is 413, not JSON is a JSON-RPC parse error (-32700),
+//! JSON that is not a JSON-RPC 2.0 message (or a batch, which MCP dropped)
+//! is an invalid request (-32600). Each answer is a JSON-RPC error object,
+//! so clients and people both see what was wrong; the session, if any, is
+//! untouched. The check borrows from the body and allocates nothing for
+//! well-formed messages.
+
+use std::borrow::Cow;
+
+use axum::{
+    Json,
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, de::IgnoredAny};
+use serde_json::{Value, json};
+use tracing::debug;
+
+/// Largest request body accepted, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+/// Why a body was refused, answered as a JSON-RPC error object.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    code: i64,
+    message: String,
+}
+
+const PARSE_ERROR: i64 = -32700;
+const INVALID_REQUEST: i64 = -32600;
+
+/// What a JSON-RPC message must look like, read without copying.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
+    id: Option<IgnoredAny>,
+    result: Option<IgnoredAny>,
+    error: Option<IgnoredAny>,
+}
+
+pub async fn guard(State(limit): State<BodyLimit>, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, limit.0).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            let too_large = std::error::Error::source(&err)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            let refusal = if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    INVALID_REQUEST,
+                    format!("request body exceeds the limit of {} bytes", limit.0),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    INVALID_REQUEST,
+                    format!("cannot read the request body: {err}"),
+                )
+            };
+            return refusal.into_response();
+        }
+    };
+    if let Err(refusal) = check(&bytes) {
+        debug!(status = %refusal.status, code = refusal.code, "refused a malformed MCP request");
+        return refusal.into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+fn check(bytes: &Bytes) -> Result<(), Refusal> {
+    let envelope: Envelope<'_> = match serde_json::from_slice(bytes) {
+        Ok(envelope) => envelope,
+        Err(err) if err.is_syntax() || err.is_eof() => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                PARSE_ERROR,
+                format!("Parse error: {err}"),
+            ));
+        }
+        Err(_) => {
+            let message = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+                "Invalid Request: JSON-RPC batches are not supported by MCP; send one message per request".to_owned()
+            } else {
+                "Invalid Request: expected a JSON-RPC 2.0 object with `jsonrpc`, and `method` or `result`/`error`".to_owned()
+            };
+            return Err(error(StatusCode::BAD_REQUEST, INVALID_REQUEST, message));
+        }
+    };
+    if envelope.jsonrpc.as_deref() != Some("2.0") {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "Invalid Request: `jsonrpc` must be \"2.0\"".to_owned(),
+        ));
+    }
+    let is_response =
+        envelope.id.is_some() && (envelope.result.is_some() || envelope.error.is_some());
+    if envelope.method.is_none() && !is_response {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "Invalid Request: a message needs a `method` (request, notification) or an `id` with `result` or `error` (response)".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn error(status: StatusCode, code: i64, message: String) -> Refusal {
+    Refusal {
+        status,
+        code,
+        message,
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body: Value = json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": { "code": self.code, "message": self.message },
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The HTTP status and JSON-RPC error code `check` answers with.
+    fn refusal(body: &str) -> Option<(StatusCode, i64)> {
+        let refusal = check(&Bytes::from(body.to_owned())).err()?;
+        assert!(!refusal.message.is_empty());
+        Some((refusal.status, refusal.code))
+    }
+
+    #[test]
+    fn well_formed_messages_pass() {
+        for ok in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"2.0","id":"a","result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"x"}}"#,
+        ] {
+            assert!(check(&Bytes::from(ok)).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn malformed_messages_get_the_json_rpc_code() {
+        let parse_error = Some((StatusCode::BAD_REQUEST, PARSE_ERROR));
+        assert_eq!(refusal(r#"{"jsonrpc":"2.0","#), parse_error);
+        assert_eq!(refusal("not json"), parse_error);
+        for invalid in [
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            r#"{"id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
+            r#""just a string""#,
+        ] {
+            let invalid_request = Some((StatusCode::BAD_REQUEST, INVALID_REQUEST));
+            assert_eq!(refusal(invalid), invalid_request, "{invalid}");
+        }
+    }
+}
