@@ -9,6 +9,8 @@ mod chart;
 mod control_plane_outage;
 #[path = "scenarios/kubernetes.rs"]
 mod kubernetes;
+#[path = "scenarios/naming.rs"]
+mod naming;
 #[path = "scenarios/observability.rs"]
 mod observability;
 #[path = "scenarios/quick_start.rs"]

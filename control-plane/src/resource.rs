@@ -2,6 +2,7 @@
 //! validation into [`ValidServer`], the only form the rest of the control
 //! plane sees.
 
+pub mod naming;
 pub mod resilience;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use naming::{Naming, PrefixMode, ToolsSpec};
 use resilience::{
     BreakerSpec, HealthSpec, PoolSpec, RawResilience, Resilience, SessionMode, TimeoutsSpec,
 };
@@ -65,6 +67,17 @@ pub struct McpServerSpec {
     pub breaker: Option<BreakerSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
+    /// When tool names get the prefix: `Always` (default), `Never`,
+    /// `Conditional` (only where names collide).
+    #[serde(default)]
+    pub prefix_mode: PrefixMode,
+    /// Between prefix and tool name (default `.`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separator: Option<String>,
+    /// Which tools are served (include/exclude globs), renames and
+    /// description overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolsSpec>,
 }
 
 fn default_enabled() -> bool {
@@ -225,6 +238,7 @@ pub struct ValidServer {
     pub enabled: bool,
     pub transport: ValidTransport,
     pub resilience: Resilience,
+    pub naming: Naming,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,12 +309,18 @@ impl McpServer {
             health: self.spec.health.as_ref(),
         }
         .validate()?;
+        let naming = naming::validate(
+            self.spec.prefix_mode,
+            self.spec.separator.as_deref(),
+            self.spec.tools.as_ref(),
+        )?;
         Ok(ValidServer {
             name,
             namespace,
             enabled: self.spec.enabled,
             transport,
             resilience,
+            naming,
         })
     }
 }

@@ -17,6 +17,7 @@ use crate::{
     registry::Registry,
     resource::{
         ValidServer, ValidTransport,
+        naming::{Naming, PrefixMode},
         resilience::{Probe, Resilience, SessionMode},
     },
 };
@@ -112,6 +113,23 @@ fn to_proto(server: &ValidServer) -> pb::McpServer {
         }),
         breaker: Some(breaker_to_proto(r)),
         health: Some(health_to_proto(r)),
+        naming: Some(naming_to_proto(&server.naming)),
+    }
+}
+
+fn naming_to_proto(naming: &Naming) -> pb::Naming {
+    pb::Naming {
+        prefix_mode: match naming.prefix_mode {
+            PrefixMode::Always => pb::PrefixMode::Always,
+            PrefixMode::Never => pb::PrefixMode::Never,
+            PrefixMode::Conditional => pb::PrefixMode::Conditional,
+        }
+        .into(),
+        separator: naming.separator.clone(),
+        include: naming.include.clone(),
+        exclude: naming.exclude.clone(),
+        rename: naming.rename.clone().into_iter().collect(),
+        descriptions: naming.descriptions.clone().into_iter().collect(),
     }
 }
 
@@ -184,6 +202,7 @@ mod tests {
         .expect("defaults are valid");
         ValidServer {
             resilience,
+            naming: Naming::default(),
             name: name.into(),
             namespace: name.into(),
             enabled,

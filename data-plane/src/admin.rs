@@ -15,6 +15,7 @@ use axum::{
 use serde::Serialize;
 
 use crate::{
+    catalog::{CatalogReader, Collision},
     downstream::{ServerState, Servers, breaker::BreakerState},
     telemetry::{Metrics, metrics::OPENMETRICS_CONTENT_TYPE},
     xds::{ConfigStatus, unix_millis},
@@ -26,6 +27,7 @@ pub struct AdminState {
     pub servers: Servers,
     pub config: ConfigStatus,
     pub metrics: Arc<Metrics>,
+    pub catalog: CatalogReader,
 }
 
 #[derive(Serialize)]
@@ -38,6 +40,12 @@ struct Health {
     servers: BTreeMap<String, ServerHealth>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     rejected: BTreeMap<String, String>,
+    /// Tool names several servers wanted, and how each was resolved.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_name_collisions: Vec<Collision>,
+    /// Tool names longer than common LLM providers accept (64).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    long_tool_names: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -74,6 +82,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn healthz(State(state): State<AdminState>) -> Json<Health> {
+    let catalog = state.catalog.load();
     let servers = state
         .servers
         .list()
@@ -113,6 +122,8 @@ async fn healthz(State(state): State<AdminState>) -> Json<Health> {
         control_plane_connected: state.config.connected(),
         servers,
         rejected: state.config.rejected(),
+        tool_name_collisions: catalog.collisions().to_vec(),
+        long_tool_names: catalog.long_names().to_vec(),
     })
 }
 

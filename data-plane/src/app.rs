@@ -103,7 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         .nest_service(
             "/mcp",
             mcp::service(
-                catalog,
+                catalog.clone(),
                 servers.clone(),
                 &config.mcp,
                 telemetry,
@@ -119,6 +119,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
             servers: servers.clone(),
             config: status,
             metrics,
+            catalog,
         }));
     let listener = TcpListener::bind(config.listen)
         .await

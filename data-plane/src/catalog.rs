@@ -1,19 +1,30 @@
-//! The catalog: the merged, namespaced view of every ready server's tools,
-//! rebuilt by one task whenever a server changes, and read lock-free by
-//! every request. Subscribers are told when it changes (`list_changed`).
+//! The catalog: the merged view of every ready server's tools, named by
+//! each server's naming rules (prefix mode, separator, include/exclude,
+//! renames, descriptions), rebuilt by one task whenever a server changes,
+//! and read lock-free by every request. Name collisions are resolved
+//! deterministically (servers in name order; the first keeps a contested
+//! name, later ones get it prefixed) and reported, never dropped.
+//! Subscribers are told when it changes (`list_changed`).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use arc_swap::ArcSwap;
 use rmcp::model::Tool;
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
     downstream::{ServerHandle, Servers},
-    spec::NAME_SEPARATOR,
+    spec::PrefixMode,
 };
+
+/// Longest tool name common LLM providers accept.
+pub const MAX_TOOL_NAME_LEN: usize = 64;
 
 /// One immutable view of all tools.
 #[derive(Default)]
@@ -21,6 +32,30 @@ pub struct Catalog {
     /// Tools as clients see them, namespaced, ordered by server then tool.
     tools: Vec<Tool>,
     routes: HashMap<Arc<str>, ToolRoute>,
+    /// Names two servers wanted, and how each was resolved.
+    collisions: Vec<Collision>,
+    /// Exposed names longer than [`MAX_TOOL_NAME_LEN`].
+    long_names: Vec<String>,
+}
+
+/// A name more than one server wanted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Collision {
+    pub name: String,
+    /// The server that keeps the name (first by server name).
+    pub kept_by: String,
+    /// The other servers and the names their tools got instead.
+    pub renamed: Vec<(String, String)>,
+}
+
+/// A tool on its way into the catalog.
+struct Candidate<'a> {
+    handle: &'a Arc<ServerHandle>,
+    tool: &'a Tool,
+    /// After `rename`, before any prefix.
+    base: String,
+    listed: bool,
 }
 
 /// Where a namespaced tool goes.
@@ -45,29 +80,116 @@ impl Catalog {
     /// by an open breaker stay routable, so a client with an older list is
     /// told the breaker is open rather than that the tool does not exist.
     pub fn build(servers: &Servers) -> Self {
-        let mut catalog = Catalog::default();
-        for handle in servers.list() {
-            let Some((tools, listed)) = handle.routable_tools() else {
-                continue;
-            };
-            for tool in tools.iter() {
-                let name: Arc<str> =
-                    format!("{}{NAME_SEPARATOR}{}", handle.spec.namespace, tool.name).into();
-                if listed {
-                    let mut exposed = tool.clone();
-                    exposed.name = name.to_string().into();
-                    catalog.tools.push(exposed);
-                }
-                catalog.routes.insert(
-                    name,
-                    ToolRoute {
-                        server: handle.clone(),
-                        tool: tool.name.as_ref().into(),
-                    },
-                );
+        let handles = servers.list();
+        let ready: Vec<_> = handles
+            .iter()
+            .filter_map(|handle| {
+                let (tools, listed) = handle.routable_tools()?;
+                Some((handle, tools, listed))
+            })
+            .collect();
+        let mut candidates = Vec::new();
+        for (handle, tools, listed) in &ready {
+            let naming = &handle.spec.naming;
+            for tool in tools.iter().filter(|t| naming.serves(&t.name)) {
+                let base = naming
+                    .rename
+                    .get(tool.name.as_ref())
+                    .cloned()
+                    .unwrap_or_else(|| tool.name.to_string());
+                candidates.push(Candidate {
+                    handle,
+                    tool,
+                    base,
+                    listed: *listed,
+                });
             }
         }
+        Self::from_candidates(&candidates)
+    }
+
+    fn from_candidates(candidates: &[Candidate<'_>]) -> Self {
+        let prefixed = |c: &Candidate<'_>| {
+            let spec = &c.handle.spec;
+            format!("{}{}{}", spec.namespace, spec.naming.separator, c.base)
+        };
+        // How many servers want each bare name.
+        let mut wanted: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for c in candidates {
+            if c.handle.spec.naming.prefix_mode != PrefixMode::Always {
+                wanted
+                    .entry(&c.base)
+                    .or_default()
+                    .insert(&c.handle.spec.name);
+            }
+        }
+        let mut catalog = Catalog::default();
+        let mut owner: HashMap<String, String> = HashMap::new();
+        let mut collisions: Vec<Collision> = Vec::new();
+        for c in candidates {
+            let server = c.handle.spec.name.to_string();
+            let preferred = match c.handle.spec.naming.prefix_mode {
+                PrefixMode::Always => prefixed(c),
+                PrefixMode::Never => c.base.clone(),
+                PrefixMode::Conditional
+                    if wanted.get(c.base.as_str()).is_some_and(|s| s.len() > 1) =>
+                {
+                    prefixed(c)
+                }
+                PrefixMode::Conditional => c.base.clone(),
+            };
+            let name = match owner.get(&preferred) {
+                Some(first) if *first != server => {
+                    let fallback = prefixed(c);
+                    match collisions.iter_mut().find(|x| x.name == preferred) {
+                        Some(collision) => {
+                            collision.renamed.push((server.clone(), fallback.clone()))
+                        }
+                        None => collisions.push(Collision {
+                            name: preferred.clone(),
+                            kept_by: first.clone(),
+                            renamed: vec![(server.clone(), fallback.clone())],
+                        }),
+                    }
+                    fallback
+                }
+                _ => preferred,
+            };
+            owner.insert(name.clone(), server);
+            if name.len() > MAX_TOOL_NAME_LEN {
+                catalog.long_names.push(name.clone());
+            }
+            let name: Arc<str> = name.into();
+            if c.listed {
+                let mut exposed = c.tool.clone();
+                exposed.name = name.to_string().into();
+                if let Some(description) =
+                    c.handle.spec.naming.descriptions.get(c.tool.name.as_ref())
+                {
+                    exposed.description = Some(description.clone().into());
+                }
+                catalog.tools.push(exposed);
+            }
+            catalog.routes.insert(
+                name,
+                ToolRoute {
+                    server: c.handle.clone(),
+                    tool: c.tool.name.as_ref().into(),
+                },
+            );
+        }
+        catalog.collisions = collisions;
         catalog
+    }
+
+    /// Names more than one server wanted, and how they were resolved.
+    pub fn collisions(&self) -> &[Collision] {
+        &self.collisions
+    }
+
+    /// Exposed names longer than [`MAX_TOOL_NAME_LEN`] characters.
+    pub fn long_names(&self) -> &[String] {
+        &self.long_names
     }
 
     pub fn tools(&self) -> &[Tool] {
@@ -108,8 +230,17 @@ pub fn spawn_builder(servers: Servers, cancel: CancellationToken) -> CatalogRead
                 changed = changes.changed() => if changed.is_err() { return },
             }
             let next = Catalog::build(&servers);
+            let previous = current.load();
+            if next.collisions != previous.collisions {
+                for collision in &next.collisions {
+                    warn!(name = %collision.name, kept_by = %collision.kept_by, renamed = ?collision.renamed, "tool name collision");
+                }
+            }
+            if next.long_names != previous.long_names && !next.long_names.is_empty() {
+                warn!(names = ?next.long_names, limit = MAX_TOOL_NAME_LEN, "tool names longer than LLM providers accept");
+            }
             // Always store: a changed spec keeps the tools but replaces the handle.
-            let tools_changed = current.load().tools != next.tools;
+            let tools_changed = previous.tools != next.tools;
             current.store(Arc::new(next));
             if tools_changed {
                 debug!("catalog changed");

@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use proto::config as pb;
 
-/// Separator between a server's namespace and its tool names.
-pub const NAME_SEPARATOR: char = '.';
+/// Separator between a server's namespace and its tool names, unless the
+/// server names another.
+pub const NAME_SEPARATOR: &str = ".";
 
 /// One downstream MCP server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +23,25 @@ pub struct ServerSpec {
     pub timeouts: TimeoutSpec,
     pub breaker: BreakerSpec,
     pub health: HealthSpec,
+    pub naming: NamingSpec,
+}
+
+/// How the server's tools are named and which are served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamingSpec {
+    pub prefix_mode: PrefixMode,
+    pub separator: Arc<str>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub rename: BTreeMap<String, String>,
+    pub descriptions: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefixMode {
+    Always,
+    Never,
+    Conditional,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,8 +183,84 @@ impl TryFrom<&pb::McpServer> for ServerSpec {
                 .health
                 .as_ref()
                 .map_or_else(|| Ok(HealthSpec::default()), HealthSpec::try_from)?,
+            naming: server
+                .naming
+                .as_ref()
+                .map_or_else(NamingSpec::default, NamingSpec::from),
         })
     }
+}
+
+impl Default for NamingSpec {
+    /// What an older control plane that sends no naming means.
+    fn default() -> Self {
+        Self {
+            prefix_mode: PrefixMode::Always,
+            separator: NAME_SEPARATOR.into(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            rename: BTreeMap::new(),
+            descriptions: BTreeMap::new(),
+        }
+    }
+}
+
+impl From<&pb::Naming> for NamingSpec {
+    fn from(naming: &pb::Naming) -> Self {
+        Self {
+            prefix_mode: match naming.prefix_mode() {
+                pb::PrefixMode::Unspecified | pb::PrefixMode::Always => PrefixMode::Always,
+                pb::PrefixMode::Never => PrefixMode::Never,
+                pb::PrefixMode::Conditional => PrefixMode::Conditional,
+            },
+            separator: if naming.separator.is_empty() {
+                NAME_SEPARATOR.into()
+            } else {
+                naming.separator.as_str().into()
+            },
+            include: naming.include.clone(),
+            exclude: naming.exclude.clone(),
+            rename: naming.rename.clone().into_iter().collect(),
+            descriptions: naming.descriptions.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl NamingSpec {
+    /// Whether the server's tool `name` is served.
+    pub fn serves(&self, name: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|g| glob_match(g, name)))
+            && !self.exclude.iter().any(|g| glob_match(g, name))
+    }
+}
+
+/// `*` matches any run of characters, `?` any one; everything else itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (pattern, text): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), text.chars().collect());
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                backtrack = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match backtrack {
+                Some((star, matched)) => {
+                    p = star + 1;
+                    t = matched + 1;
+                    backtrack = Some((star, matched + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
 }
 
 impl TryFrom<&pb::StdioTransport> for StdioSpec {
@@ -380,6 +476,23 @@ impl TryFrom<&pb::HealthCheck> for HealthSpec {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn globs_match_like_shell_patterns() {
+        for (pattern, text, matches) in [
+            ("echo", "echo", true),
+            ("e*", "echo", true),
+            ("*o", "echo", true),
+            ("*", "", true),
+            ("e?ho", "echo", true),
+            ("get_*_time", "get_current_time", true),
+            ("e*x", "echo", false),
+            ("echo", "echoes", false),
+            ("?", "", false),
+        ] {
+            assert_eq!(glob_match(pattern, text), matches, "{pattern} ~ {text}");
+        }
+    }
+
     use super::*;
 
     fn stdio_server(name: &str, namespace: &str, command: &str) -> pb::McpServer {
