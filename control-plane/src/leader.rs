@@ -51,7 +51,10 @@ async fn campaign(
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let retry = config.duration / 3;
     loop {
-        let leads = match try_lead(&api, &config).await {
+        // A hung API call must not keep this pod acting as leader past
+        // the point another may take the lease.
+        let attempt = tokio::time::timeout(retry, try_lead(&api, &config)).await;
+        let leads = match attempt.unwrap_or(Ok(false)) {
             Ok(leads) => leads,
             Err(err) => {
                 warn!(lease = %config.name, error = %err, "leader election: cannot read or renew the lease");

@@ -95,7 +95,7 @@ impl StatusWriter {
                 }
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(self.client.clone(), &key.0, &resource);
-                let patch = Patch::Merge(json!({ "status": desired }));
+                let patch = Patch::Merge(json!({ "status": merge_patch(&desired) }));
                 match api
                     .patch_status(&key.1, &PatchParams::default(), &patch)
                     .await
@@ -281,6 +281,28 @@ impl Inputs<'_> {
     }
 }
 
+/// The status as a merge patch: fields that are unset now are sent as
+/// `null`, so values from before (a last error, a tool count) are removed
+/// rather than left in place.
+fn merge_patch(status: &McpServerStatus) -> serde_json::Value {
+    let mut patch = serde_json::to_value(status).unwrap_or_default();
+    if let Some(fields) = patch.as_object_mut() {
+        for field in [
+            "observedGeneration",
+            "prefix",
+            "transport",
+            "replicaSummary",
+            "tools",
+            "breaker",
+            "protocolVersion",
+            "lastError",
+        ] {
+            fields.entry(field).or_insert(serde_json::Value::Null);
+        }
+    }
+    patch
+}
+
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -446,6 +468,17 @@ mod tests {
             "spec.transport: exactly one transport must be set"
         );
         assert_eq!(condition(&status, "Ready").reason, "NotAccepted");
+    }
+
+    #[test]
+    fn cleared_fields_are_sent_as_null() {
+        let patch = merge_patch(&McpServerStatus::default());
+        assert_eq!(patch["lastError"], serde_json::Value::Null);
+        assert!(
+            patch
+                .as_object()
+                .is_some_and(|p| p.contains_key("lastError"))
+        );
     }
 
     #[test]

@@ -29,6 +29,8 @@ use forward::Forwarder;
 
 /// Largest OTLP export accepted; collectors batch far below this.
 const MAX_EXPORT_BYTES: usize = 16 * 1024 * 1024;
+/// Most traces one `/traces` answer lists.
+const MAX_LIMIT: usize = 200;
 /// Spans kept per trace; a runaway trace cannot crowd out the rest.
 const MAX_SPANS_PER_TRACE: usize = 1024;
 
@@ -171,7 +173,7 @@ impl TraceStore {
 
     /// Traces matching `query`, newest first.
     pub fn search(&self, query: &TraceQuery) -> Vec<TraceSummary> {
-        let limit = query.limit.unwrap_or(20);
+        let limit = query.limit.unwrap_or(20).min(MAX_LIMIT);
         let inner = self.inner.lock();
         inner
             .order
@@ -238,7 +240,10 @@ impl TraceSummary {
             .unwrap_or_default();
         let end = spans
             .iter()
-            .map(|s| s.start_time_unix_nano + (s.duration_ms * 1e6) as u64)
+            .map(|s| {
+                s.start_time_unix_nano
+                    .saturating_add((s.duration_ms * 1e6) as u64)
+            })
             .max()
             .unwrap_or_default();
         let collect = |key: &str| {

@@ -138,23 +138,24 @@ impl Catalog {
                 }
                 PrefixMode::Conditional => c.base.clone(),
             };
-            let name = match owner.get(&preferred) {
-                Some(first) if *first != server => {
-                    let fallback = prefixed(c);
-                    match collisions.iter_mut().find(|x| x.name == preferred) {
-                        Some(collision) => {
-                            collision.renamed.push((server.clone(), fallback.clone()))
-                        }
-                        None => collisions.push(Collision {
-                            name: preferred.clone(),
-                            kept_by: first.clone(),
-                            renamed: vec![(server.clone(), fallback.clone())],
-                        }),
-                    }
-                    fallback
+            // The first free name of: preferred, prefixed, prefixed~2, …
+            let fallback = prefixed(c);
+            let name = std::iter::once(preferred.clone())
+                .chain(std::iter::once(fallback.clone()))
+                .chain((2..).map(|n| format!("{fallback}~{n}")))
+                .find(|name| !owner.contains_key(name))
+                .unwrap_or(fallback);
+            if name != preferred {
+                let kept_by = owner.get(&preferred).cloned().unwrap_or_default();
+                match collisions.iter_mut().find(|x| x.name == preferred) {
+                    Some(collision) => collision.renamed.push((server.clone(), name.clone())),
+                    None => collisions.push(Collision {
+                        name: preferred.clone(),
+                        kept_by,
+                        renamed: vec![(server.clone(), name.clone())],
+                    }),
                 }
-                _ => preferred,
-            };
+            }
             owner.insert(name.clone(), server);
             if name.len() > MAX_TOOL_NAME_LEN {
                 catalog.long_names.push(name.clone());

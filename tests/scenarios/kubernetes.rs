@@ -374,3 +374,47 @@ async fn one_control_plane_pod_leads_and_another_takes_over() {
     let transitions = api.objects("leases")[0]["spec"]["leaseTransitions"].clone();
     assert_eq!(transitions, 1, "one takeover");
 }
+
+#[tokio::test]
+async fn listed_namespaces_are_watched_and_others_ignored() {
+    let api = KubeApiServer::start().await;
+    let home = tempfile::tempdir().expect("kubectl home");
+    let kubeconfig = api.kubeconfig.display().to_string();
+    // Resources exist before the control plane starts: each namespace's
+    // first list must bring its own.
+    let tag = std::process::id();
+    for (name, namespace) in [("alpha", "team-a"), ("gamma", "team-c"), ("beta", "team-b")] {
+        let manifest = demo_resource(name, &format!("ns-{name}-{tag}"))
+            .replace("namespace: default", &format!("namespace: {namespace}"));
+        apply(&api, home.path(), &format!("{name}.yaml"), &manifest)
+            .await
+            .expect("kubectl apply");
+    }
+    let sb = Switchboard::start_with(
+        &[],
+        &[
+            "--source",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig,
+            "--watch-namespace",
+            "team-a,team-b",
+        ],
+        &[],
+    )
+    .await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    eventually("team-a and team-b served", EVENTUALLY, || async {
+        let names = tool_names(&client).await.map_err(|e| e.to_string())?;
+        let served = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
+        (served("alpha.") && served("beta."))
+            .then_some(())
+            .ok_or(format!("{names:?}"))
+    })
+    .await;
+    let names = tool_names(&client).await.expect("tools/list");
+    assert!(
+        !names.iter().any(|n| n.starts_with("gamma.")),
+        "team-c is not watched: {names:?}"
+    );
+}

@@ -50,27 +50,34 @@ impl KubernetesSource {
         cancel: CancellationToken,
     ) {
         let resource = ApiResource::erase::<McpServer>(&());
-        let apis: Vec<Api<DynamicObject>> = if self.namespaces.is_empty() {
-            vec![Api::all_with(self.client.clone(), &resource)]
+        // One watch per namespace (`None`: all of them), its events tagged
+        // with the namespace so each relist replaces only its own objects.
+        let scopes: Vec<Option<String>> = if self.namespaces.is_empty() {
+            vec![None]
         } else {
-            self.namespaces
-                .iter()
-                .map(|ns| Api::namespaced_with(self.client.clone(), ns, &resource))
-                .collect()
+            self.namespaces.iter().cloned().map(Some).collect()
         };
         let mut streams = SelectAll::new();
-        for api in apis {
+        for scope in &scopes {
+            let api: Api<DynamicObject> = match scope {
+                None => Api::all_with(self.client.clone(), &resource),
+                Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            };
+            let scope = scope.clone();
             streams.push(
                 watcher(api, watcher::Config::default())
                     .default_backoff()
+                    .map(move |event| (scope.clone(), event))
                     .boxed(),
             );
         }
-        // Per stream, objects listed since its last `Init`, swapped in at `InitDone`.
-        let mut listing: Option<BTreeMap<ObjectKey, DynamicObject>> = None;
+        // Per scope, objects listed since its last `Init`, swapped in at `InitDone`.
+        let mut listings: BTreeMap<Option<String>, BTreeMap<ObjectKey, DynamicObject>> =
+            BTreeMap::new();
+        let mut listed_once: std::collections::BTreeSet<Option<String>> = Default::default();
         let mut current: BTreeMap<ObjectKey, DynamicObject> = BTreeMap::new();
-        // The first complete listing is published even when empty: it is
-        // what the snapshot builder waits for.
+        // The first complete listing of every scope is published even when
+        // empty: it is what the snapshot builder waits for.
         let mut published = false;
         let mut refresh = tokio::time::interval(REFRESH);
         info!(namespaces = ?self.namespaces, "watching McpServer resources");
@@ -83,7 +90,7 @@ impl KubernetesSource {
                     None => return,
                 },
             };
-            let Some(event) = event else {
+            let Some((scope, event)) = event else {
                 // Re-read referenced values once the first list is in.
                 if published {
                     let next = assemble(&self.client, &current).await;
@@ -97,33 +104,43 @@ impl KubernetesSource {
             };
             let changed = match event {
                 Ok(watcher::Event::Init) => {
-                    listing = Some(BTreeMap::new());
+                    listings.insert(scope, BTreeMap::new());
                     false
                 }
                 Ok(watcher::Event::InitApply(object)) => {
-                    if let (Some(listing), Some(key)) = (listing.as_mut(), key(&object)) {
+                    if let (Some(listing), Some(key)) = (listings.get_mut(&scope), key(&object)) {
                         listing.insert(key, object);
                     }
                     false
                 }
                 Ok(watcher::Event::InitDone) => {
-                    let listed = listing.take().unwrap_or_default();
-                    // With several namespace streams, a relist replaces only
-                    // that namespace's objects.
-                    let namespaces: Vec<String> = listed.keys().map(|(ns, _)| ns.clone()).collect();
-                    if self.namespaces.is_empty() {
-                        current = listed;
-                    } else {
-                        current.retain(|(ns, _), _| !namespaces.contains(ns));
-                        current.extend(listed);
+                    let listed = listings.remove(&scope).unwrap_or_default();
+                    match &scope {
+                        None => current = listed,
+                        Some(ns) => {
+                            current.retain(|(object_ns, _), _| object_ns != ns);
+                            current.extend(listed);
+                        }
                     }
-                    true
+                    listed_once.insert(scope);
+                    listed_once.len() == scopes.len()
                 }
-                Ok(watcher::Event::Apply(object)) => key(&object)
-                    .map(|key| current.insert(key, object))
-                    .is_some(),
+                // Only a new or changed spec matters: status writes (ours)
+                // come back as events too and must not cost a re-read of
+                // every referenced Secret.
+                Ok(watcher::Event::Apply(object)) => match key(&object) {
+                    Some(key) => {
+                        let spec_changed = current
+                            .get(&key)
+                            .is_none_or(|old| old.data.get("spec") != object.data.get("spec"));
+                        current.insert(key, object);
+                        spec_changed && listed_once.len() == scopes.len()
+                    }
+                    None => false,
+                },
                 Ok(watcher::Event::Delete(object)) => {
-                    key(&object).map(|key| current.remove(&key)).is_some()
+                    key(&object).and_then(|key| current.remove(&key)).is_some()
+                        && listed_once.len() == scopes.len()
                 }
                 Err(err) => {
                     warn!(error = %err, "McpServer watch failed; retrying");
@@ -145,6 +162,10 @@ impl KubernetesSource {
                     modified
                 });
                 published = true;
+            }
+            // The status writer needs every object's latest status and
+            // generation, status-only changes included.
+            if published {
                 objects.send_replace(current.clone());
             }
         }
