@@ -353,7 +353,7 @@ impl ServerHandle {
     ) -> Result<CallToolResult, CallError> {
         let telemetry = &self.servers.inner.telemetry;
         let parent = meta.get_traceparent().and_then(TraceContext::parse);
-        let name = format!("tools/call {}", params.name);
+        let name = || format!("tools/call {}", params.name);
         let mut span = telemetry.tracer.start(name, SpanKind::Client, parent);
         if let Some(context) = span.context() {
             meta.set_traceparent(context.to_traceparent());

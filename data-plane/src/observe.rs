@@ -113,7 +113,7 @@ impl Observation {
             Some(Target::Prompt(name)) => (Some(name), attr::GEN_AI_PROMPT_NAME),
             None => (None, attr::GEN_AI_TOOL_NAME),
         };
-        let name = match &target {
+        let name = || match &target {
             Some(target) => format!("{method} {target}"),
             None => method.to_owned(),
         };

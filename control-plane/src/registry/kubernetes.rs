@@ -75,6 +75,8 @@ impl KubernetesSource {
         let mut listings: BTreeMap<Option<String>, BTreeMap<ObjectKey, DynamicObject>> =
             BTreeMap::new();
         let mut listed_once: std::collections::BTreeSet<Option<String>> = Default::default();
+        let all_listed =
+            |listed: &std::collections::BTreeSet<Option<String>>| listed.len() == scopes.len();
         let mut current: BTreeMap<ObjectKey, DynamicObject> = BTreeMap::new();
         // The first complete listing of every scope is published even when
         // empty: it is what the snapshot builder waits for.
@@ -123,7 +125,7 @@ impl KubernetesSource {
                         }
                     }
                     listed_once.insert(scope);
-                    listed_once.len() == scopes.len()
+                    all_listed(&listed_once)
                 }
                 // Only a new or changed spec matters: status writes (ours)
                 // come back as events too and must not cost a re-read of
@@ -134,13 +136,13 @@ impl KubernetesSource {
                             .get(&key)
                             .is_none_or(|old| old.data.get("spec") != object.data.get("spec"));
                         current.insert(key, object);
-                        spec_changed && listed_once.len() == scopes.len()
+                        spec_changed && all_listed(&listed_once)
                     }
                     None => false,
                 },
                 Ok(watcher::Event::Delete(object)) => {
                     key(&object).and_then(|key| current.remove(&key)).is_some()
-                        && listed_once.len() == scopes.len()
+                        && all_listed(&listed_once)
                 }
                 Err(err) => {
                     warn!(error = %err, "McpServer watch failed; retrying");

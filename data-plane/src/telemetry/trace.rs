@@ -156,8 +156,14 @@ impl Tracer {
     }
 
     /// Starts a span under `parent` (a new trace when there is none). Not
-    /// recorded when the tracer is disabled or the parent is not sampled.
-    pub fn start(&self, name: String, kind: SpanKind, parent: Option<TraceContext>) -> ActiveSpan {
+    /// recorded when the tracer is disabled or the parent is not sampled;
+    /// `name` is only built for spans that are recorded.
+    pub fn start(
+        &self,
+        name: impl FnOnce() -> String,
+        kind: SpanKind,
+        parent: Option<TraceContext>,
+    ) -> ActiveSpan {
         let Some(sink) = &self.sink else {
             return ActiveSpan {
                 context: parent,
@@ -171,7 +177,7 @@ impl Tracer {
                 trace_id: context.trace_id.to_vec(),
                 span_id: context.span_id.to_vec(),
                 parent_span_id: parent.map(|p| p.span_id.to_vec()).unwrap_or_default(),
-                name,
+                name: name(),
                 kind: kind as i32,
                 start_time_unix_nano: unix_nanos(SystemTime::now()),
                 ..Default::default()
@@ -290,11 +296,11 @@ mod tests {
         let dropped = Counter::default();
         let tracer = Tracer::new(tx, dropped.clone(), 1.0);
         let parent = TraceContext::parse(EXAMPLE);
-        let server = tracer.start("tools/call a.echo".into(), SpanKind::Server, parent);
+        let server = tracer.start(|| "tools/call a.echo".into(), SpanKind::Server, parent);
         let server_context = server.context().expect("recording");
         assert_eq!(server_context.trace_id, parent.unwrap().trace_id);
         let mut client = tracer.start(
-            "tools/call echo".into(),
+            || "tools/call echo".into(),
             SpanKind::Client,
             Some(server_context),
         );
@@ -316,13 +322,13 @@ mod tests {
         let tracer = Tracer::new(tx, Counter::default(), 1.0);
         let unsampled =
             TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
-        let span = tracer.start("x".into(), SpanKind::Server, unsampled);
+        let span = tracer.start(|| "x".into(), SpanKind::Server, unsampled);
         assert!(!span.is_recording());
         assert_eq!(
             span.context().map(|c| c.trace_id),
             unsampled.map(|c| c.trace_id)
         );
-        let disabled = Tracer::default().start("x".into(), SpanKind::Server, unsampled);
+        let disabled = Tracer::default().start(|| "x".into(), SpanKind::Server, unsampled);
         assert_eq!(disabled.context(), unsampled, "passed through untouched");
     }
 
@@ -330,14 +336,14 @@ mod tests {
     fn the_sample_ratio_applies_to_new_traces_only() {
         let (tx, _rx) = mpsc::channel(8);
         let never = Tracer::new(tx, Counter::default(), 0.0);
-        let root = never.start("x".into(), SpanKind::Server, None);
+        let root = never.start(|| "x".into(), SpanKind::Server, None);
         assert!(!root.is_recording());
         let context = root.context().expect("a context is still propagated");
         assert!(!context.sampled, "downstream learns it is not sampled");
         let sampled_parent = TraceContext::parse(EXAMPLE);
         assert!(
             never
-                .start("x".into(), SpanKind::Server, sampled_parent)
+                .start(|| "x".into(), SpanKind::Server, sampled_parent)
                 .is_recording()
         );
     }
