@@ -17,6 +17,8 @@ mod observability;
 mod quick_start;
 #[path = "scenarios/registry_changes.rs"]
 mod registry_changes;
+#[path = "scenarios/relay.rs"]
+mod relay;
 #[path = "scenarios/resilience.rs"]
 mod resilience;
 #[path = "scenarios/third_party.rs"]

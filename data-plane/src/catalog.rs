@@ -1,10 +1,12 @@
-//! The catalog: the merged view of every ready server's tools, named by
-//! each server's naming rules (prefix mode, separator, include/exclude,
-//! renames, descriptions), rebuilt by one task whenever a server changes,
-//! and read lock-free by every request. Name collisions are resolved
-//! deterministically (servers in name order; the first keeps a contested
-//! name, later ones get it prefixed) and reported, never dropped.
-//! Subscribers are told when it changes (`list_changed`).
+//! The catalog: the merged view of every ready server's tools, prompts,
+//! resources and resource templates, named by each server's naming rules
+//! (prefix mode, separator, include/exclude, renames, descriptions),
+//! rebuilt by one task whenever a server changes, and read lock-free by
+//! every request. Name collisions are resolved deterministically (servers
+//! in name order; the first keeps a contested name, later ones get it
+//! prefixed) and reported, never dropped. Resource URIs of prefixed
+//! servers become `{prefix}+{uri}` (see `ServerSpec::uri_prefix`).
+//! Subscribers are told which lists changed (`list_changed`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,7 +14,10 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use rmcp::model::Tool;
+use rmcp::model::{
+    Prompt, PromptsCapability, Resource, ResourceTemplate, ResourcesCapability, ServerCapabilities,
+    Tool, ToolsCapability,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -26,14 +31,21 @@ use crate::{
 /// Longest tool name common LLM providers accept.
 pub const MAX_TOOL_NAME_LEN: usize = 64;
 
-/// One immutable view of all tools.
+/// One immutable view of all servers' offers.
 #[derive(Default)]
 pub struct Catalog {
     /// Tools as clients see them, namespaced, ordered by server then tool.
     tools: Vec<Tool>,
-    routes: HashMap<Arc<str>, ToolRoute>,
+    tool_routes: HashMap<Arc<str>, Route>,
+    prompts: Vec<Prompt>,
+    prompt_routes: HashMap<Arc<str>, Route>,
+    resources: Vec<Resource>,
+    templates: Vec<ResourceTemplate>,
+    uris: UriRoutes,
+    capabilities: ServerCapabilities,
     /// Names two servers wanted, and how each was resolved.
     collisions: Vec<Collision>,
+    prompt_collisions: Vec<Collision>,
     /// Exposed names longer than [`MAX_TOOL_NAME_LEN`].
     long_names: Vec<String>,
 }
@@ -45,32 +57,51 @@ pub struct Collision {
     pub name: String,
     /// The server that keeps the name (first by server name).
     pub kept_by: String,
-    /// The other servers and the names their tools got instead.
+    /// The other servers and the names they got instead.
     pub renamed: Vec<(String, String)>,
 }
 
-/// A tool on its way into the catalog.
+/// A name on its way into the catalog.
 struct Candidate<'a> {
     handle: &'a Arc<ServerHandle>,
-    tool: &'a Tool,
     /// After `rename`, before any prefix.
     base: String,
-    listed: bool,
 }
 
-/// Where a namespaced tool goes.
+/// Where a namespaced tool or prompt goes.
 #[derive(Clone)]
-pub struct ToolRoute {
+pub struct Route {
     pub server: Arc<ServerHandle>,
-    /// The tool's name on its server.
-    pub tool: Arc<str>,
+    /// The name on its server.
+    pub name: Arc<str>,
+}
+
+/// How a client-facing resource URI finds its server.
+#[derive(Default)]
+struct UriRoutes {
+    /// Servers whose URIs carry their prefix.
+    prefixed: HashMap<Arc<str>, Arc<ServerHandle>>,
+    /// Unprefixed servers' listed URIs (the first server listing one wins).
+    exact: HashMap<String, Arc<ServerHandle>>,
+    /// Unprefixed servers' templates.
+    templates: Vec<(String, Arc<ServerHandle>)>,
+    /// Unprefixed servers with resources at all.
+    unprefixed: Vec<Arc<ServerHandle>>,
+}
+
+/// Counters of list changes, one per kind a client can be told about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub tools: u64,
+    pub prompts: u64,
+    pub resources: u64,
 }
 
 /// The current catalog and its change notifications; cheap to clone.
 #[derive(Clone)]
 pub struct CatalogReader {
     current: Arc<ArcSwap<Catalog>>,
-    generation: watch::Receiver<u64>,
+    changes: watch::Receiver<Changes>,
 }
 
 // === impl Catalog ===
@@ -84,108 +115,152 @@ impl Catalog {
         let ready: Vec<_> = handles
             .iter()
             .filter_map(|handle| {
-                let (tools, listed) = handle.routable_tools()?;
-                Some((handle, tools, listed))
+                let (offer, listed) = handle.routable()?;
+                Some((handle, offer, listed))
             })
             .collect();
-        let mut candidates = Vec::new();
-        for (handle, tools, listed) in &ready {
+        let mut catalog = Catalog::default();
+        let mut capabilities = ServerCapabilities::default();
+        let mut tools_capability = ToolsCapability::default();
+        tools_capability.list_changed = Some(true);
+        capabilities.tools = Some(tools_capability);
+
+        let mut tool_candidates = Vec::new();
+        let mut tools = Vec::new();
+        for (handle, offer, listed) in &ready {
             let naming = &handle.spec.naming;
-            for tool in tools.iter().filter(|t| naming.serves(&t.name)) {
+            for tool in offer.tools.iter().filter(|t| naming.serves(&t.name)) {
                 let base = naming
                     .rename
                     .get(tool.name.as_ref())
                     .cloned()
                     .unwrap_or_else(|| tool.name.to_string());
-                candidates.push(Candidate {
-                    handle,
-                    tool,
-                    base,
-                    listed: *listed,
-                });
+                tool_candidates.push(Candidate { handle, base });
+                tools.push((tool, *listed));
             }
         }
-        Self::from_candidates(&candidates)
-    }
-
-    fn from_candidates(candidates: &[Candidate<'_>]) -> Self {
-        let prefixed = |c: &Candidate<'_>| {
-            let spec = &c.handle.spec;
-            format!("{}{}{}", spec.namespace, spec.naming.separator, c.base)
-        };
-        // How many servers want each bare name.
-        let mut wanted: HashMap<&str, HashSet<&str>> = HashMap::new();
-        for c in candidates {
-            if c.handle.spec.naming.prefix_mode != PrefixMode::Always {
-                wanted
-                    .entry(&c.base)
-                    .or_default()
-                    .insert(&c.handle.spec.name);
-            }
-        }
-        let mut catalog = Catalog::default();
-        let mut owner: HashMap<String, String> = HashMap::new();
-        let mut collisions: Vec<Collision> = Vec::new();
-        for c in candidates {
-            let server = c.handle.spec.name.to_string();
-            let preferred = match c.handle.spec.naming.prefix_mode {
-                PrefixMode::Always => prefixed(c),
-                PrefixMode::Never => c.base.clone(),
-                PrefixMode::Conditional
-                    if wanted.get(c.base.as_str()).is_some_and(|s| s.len() > 1) =>
-                {
-                    prefixed(c)
-                }
-                PrefixMode::Conditional => c.base.clone(),
-            };
-            // The first free name of: preferred, prefixed, prefixed~2, …
-            let fallback = prefixed(c);
-            let name = std::iter::once(preferred.clone())
-                .chain(std::iter::once(fallback.clone()))
-                .chain((2..).map(|n| format!("{fallback}~{n}")))
-                .find(|name| !owner.contains_key(name))
-                .unwrap_or(fallback);
-            if name != preferred {
-                let kept_by = owner.get(&preferred).cloned().unwrap_or_default();
-                match collisions.iter_mut().find(|x| x.name == preferred) {
-                    Some(collision) => collision.renamed.push((server.clone(), name.clone())),
-                    None => collisions.push(Collision {
-                        name: preferred.clone(),
-                        kept_by,
-                        renamed: vec![(server.clone(), name.clone())],
-                    }),
-                }
-            }
-            owner.insert(name.clone(), server);
+        let (names, collisions) = resolve_names(&tool_candidates);
+        for ((name, candidate), (tool, listed)) in
+            names.into_iter().zip(&tool_candidates).zip(tools)
+        {
             if name.len() > MAX_TOOL_NAME_LEN {
                 catalog.long_names.push(name.clone());
             }
             let name: Arc<str> = name.into();
-            if c.listed {
-                let mut exposed = c.tool.clone();
+            if listed {
+                let mut exposed = tool.clone();
                 exposed.name = name.to_string().into();
-                if let Some(description) =
-                    c.handle.spec.naming.descriptions.get(c.tool.name.as_ref())
-                {
+                let descriptions = &candidate.handle.spec.naming.descriptions;
+                if let Some(description) = descriptions.get(tool.name.as_ref()) {
                     exposed.description = Some(description.clone().into());
                 }
                 catalog.tools.push(exposed);
             }
-            catalog.routes.insert(
-                name,
-                ToolRoute {
-                    server: c.handle.clone(),
-                    tool: c.tool.name.as_ref().into(),
-                },
-            );
+            let route = Route {
+                server: candidate.handle.clone(),
+                name: tool.name.as_ref().into(),
+            };
+            catalog.tool_routes.insert(name, route);
         }
         catalog.collisions = collisions;
+
+        let mut prompt_candidates = Vec::new();
+        let mut prompts = Vec::new();
+        for (handle, offer, _) in &ready {
+            for prompt in offer.prompts.iter() {
+                let base = prompt.name.clone();
+                prompt_candidates.push(Candidate { handle, base });
+                prompts.push(prompt);
+            }
+        }
+        let (names, collisions) = resolve_names(&prompt_candidates);
+        for ((name, candidate), prompt) in names.into_iter().zip(&prompt_candidates).zip(prompts) {
+            let mut exposed = prompt.clone();
+            exposed.name = name.clone();
+            catalog.prompts.push(exposed);
+            let route = Route {
+                server: candidate.handle.clone(),
+                name: prompt.name.as_str().into(),
+            };
+            catalog.prompt_routes.insert(name.into(), route);
+        }
+        catalog.prompt_collisions = collisions;
+
+        for (handle, offer, _) in &ready {
+            let server_capabilities = &offer.capabilities;
+            if server_capabilities.prompts.is_some() {
+                let mut prompts = PromptsCapability::default();
+                prompts.list_changed = Some(true);
+                capabilities.prompts = Some(prompts);
+            }
+            if server_capabilities.completions.is_some() {
+                capabilities.completions = Some(Default::default());
+            }
+            if server_capabilities.logging.is_some() {
+                capabilities.logging = Some(Default::default());
+            }
+            let Some(resources) = &server_capabilities.resources else {
+                continue;
+            };
+            let merged = capabilities
+                .resources
+                .get_or_insert_with(ResourcesCapability::default);
+            merged.list_changed = Some(true);
+            if resources.subscribe == Some(true) {
+                merged.subscribe = Some(true);
+            }
+            catalog.add_resources(handle, offer);
+        }
+        catalog.capabilities = capabilities;
         catalog
     }
 
-    /// Names more than one server wanted, and how they were resolved.
+    fn add_resources(&mut self, handle: &Arc<ServerHandle>, offer: &crate::downstream::Offer) {
+        let prefix = handle.spec.uri_prefix();
+        let expose = |uri: &str| match &prefix {
+            Some(prefix) => format!("{prefix}+{uri}"),
+            None => uri.to_owned(),
+        };
+        for resource in offer.resources.iter() {
+            let mut exposed = resource.clone();
+            exposed.uri = expose(&resource.uri);
+            self.resources.push(exposed);
+        }
+        for template in offer.templates.iter() {
+            let mut exposed = template.clone();
+            exposed.uri_template = expose(&template.uri_template);
+            self.templates.push(exposed);
+        }
+        let routes = &mut self.uris;
+        match prefix {
+            Some(prefix) => {
+                routes.prefixed.insert(prefix, handle.clone());
+            }
+            None => {
+                for resource in offer.resources.iter() {
+                    routes
+                        .exact
+                        .entry(resource.uri.clone())
+                        .or_insert_with(|| handle.clone());
+                }
+                for template in offer.templates.iter() {
+                    routes
+                        .templates
+                        .push((template.uri_template.clone(), handle.clone()));
+                }
+                routes.unprefixed.push(handle.clone());
+            }
+        }
+    }
+
+    /// Tool names more than one server wanted, and how they were resolved.
     pub fn collisions(&self) -> &[Collision] {
         &self.collisions
+    }
+
+    /// Prompt names more than one server wanted.
+    pub fn prompt_collisions(&self) -> &[Collision] {
+        &self.prompt_collisions
     }
 
     /// Exposed names longer than [`MAX_TOOL_NAME_LEN`] characters.
@@ -197,9 +272,141 @@ impl Catalog {
         &self.tools
     }
 
-    pub fn route(&self, name: &str) -> Option<&ToolRoute> {
-        self.routes.get(name)
+    pub fn prompts(&self) -> &[Prompt] {
+        &self.prompts
     }
+
+    pub fn resources(&self) -> &[Resource] {
+        &self.resources
+    }
+
+    pub fn templates(&self) -> &[ResourceTemplate] {
+        &self.templates
+    }
+
+    /// What the servers behind this catalog support, together.
+    pub fn capabilities(&self) -> &ServerCapabilities {
+        &self.capabilities
+    }
+
+    pub fn route(&self, tool: &str) -> Option<&Route> {
+        self.tool_routes.get(tool)
+    }
+
+    pub fn prompt_route(&self, prompt: &str) -> Option<&Route> {
+        self.prompt_routes.get(prompt)
+    }
+
+    /// The server a client-facing resource URI belongs to, and the URI the
+    /// server knows. `template` says `uri` is a template (completion refs).
+    pub fn resource_route(&self, uri: &str, template: bool) -> Option<Route> {
+        let routes = &self.uris;
+        let route = |server: &Arc<ServerHandle>, uri: &str| Route {
+            server: server.clone(),
+            name: uri.into(),
+        };
+        if let Some((prefix, rest)) = uri.split_once('+')
+            && let Some(server) = routes.prefixed.get(prefix)
+        {
+            return Some(route(server, rest));
+        }
+        let by_template = routes.templates.iter().find(|(t, _)| {
+            if template {
+                t == uri
+            } else {
+                template_matches(t, uri)
+            }
+        });
+        let server = routes
+            .exact
+            .get(uri)
+            .filter(|_| !template)
+            .or(by_template.map(|(_, server)| server))
+            .or(match routes.unprefixed.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            })?;
+        Some(route(server, uri))
+    }
+}
+
+/// Names each candidate: prefixed or not by its server's prefix mode, the
+/// first free of (preferred, prefixed, prefixed~2, …) on a collision.
+fn resolve_names(candidates: &[Candidate<'_>]) -> (Vec<String>, Vec<Collision>) {
+    let prefixed = |c: &Candidate<'_>| {
+        let spec = &c.handle.spec;
+        format!("{}{}{}", spec.namespace, spec.naming.separator, c.base)
+    };
+    // How many servers want each bare name.
+    let mut wanted: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for c in candidates {
+        if c.handle.spec.naming.prefix_mode != PrefixMode::Always {
+            wanted
+                .entry(&c.base)
+                .or_default()
+                .insert(&c.handle.spec.name);
+        }
+    }
+    let mut names = Vec::with_capacity(candidates.len());
+    let mut owner: HashMap<String, String> = HashMap::new();
+    let mut collisions: Vec<Collision> = Vec::new();
+    for c in candidates {
+        let server = c.handle.spec.name.to_string();
+        let preferred = match c.handle.spec.naming.prefix_mode {
+            PrefixMode::Always => prefixed(c),
+            PrefixMode::Never => c.base.clone(),
+            PrefixMode::Conditional if wanted.get(c.base.as_str()).is_some_and(|s| s.len() > 1) => {
+                prefixed(c)
+            }
+            PrefixMode::Conditional => c.base.clone(),
+        };
+        let fallback = prefixed(c);
+        let name = std::iter::once(preferred.clone())
+            .chain(std::iter::once(fallback.clone()))
+            .chain((2..).map(|n| format!("{fallback}~{n}")))
+            .find(|name| !owner.contains_key(name))
+            .unwrap_or(fallback);
+        if name != preferred {
+            let kept_by = owner.get(&preferred).cloned().unwrap_or_default();
+            match collisions.iter_mut().find(|x| x.name == preferred) {
+                Some(collision) => collision.renamed.push((server.clone(), name.clone())),
+                None => collisions.push(Collision {
+                    name: preferred.clone(),
+                    kept_by,
+                    renamed: vec![(server.clone(), name.clone())],
+                }),
+            }
+        }
+        owner.insert(name.clone(), server);
+        names.push(name);
+    }
+    (names, collisions)
+}
+
+/// Whether `uri` is an expansion of an RFC 6570 level-1 `template`: each
+/// `{var}` stands for a non-empty run up to the next literal part.
+fn template_matches(template: &str, uri: &str) -> bool {
+    let mut parts = template.split('{');
+    let Some(mut rest) = uri.strip_prefix(parts.next().unwrap_or_default()) else {
+        return false;
+    };
+    for part in parts {
+        let Some((_, literal)) = part.split_once('}') else {
+            return false;
+        };
+        if literal.is_empty() {
+            if rest.is_empty() {
+                return false;
+            }
+            rest = "";
+            continue;
+        }
+        match rest.find(literal) {
+            Some(at) if at > 0 => rest = &rest[at + literal.len()..],
+            _ => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 // === impl CatalogReader ===
@@ -209,19 +416,19 @@ impl CatalogReader {
         self.current.load_full()
     }
 
-    /// Ticks whenever the set of tools changes.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.generation.clone()
+    /// Ticks whenever a list clients see changes.
+    pub fn subscribe(&self) -> watch::Receiver<Changes> {
+        self.changes.clone()
     }
 }
 
 /// Starts the single task that rebuilds the catalog on every server change.
 pub fn spawn_builder(servers: Servers, cancel: CancellationToken) -> CatalogReader {
     let current = Arc::new(ArcSwap::from_pointee(Catalog::build(&servers)));
-    let (generation_tx, generation) = watch::channel(0u64);
+    let (changes_tx, changes) = watch::channel(Changes::default());
     let reader = CatalogReader {
         current: current.clone(),
-        generation,
+        changes,
     };
     let mut changes = servers.subscribe();
     tokio::spawn(async move {
@@ -237,17 +444,50 @@ pub fn spawn_builder(servers: Servers, cancel: CancellationToken) -> CatalogRead
                     warn!(name = %collision.name, kept_by = %collision.kept_by, renamed = ?collision.renamed, "tool name collision");
                 }
             }
+            if next.prompt_collisions != previous.prompt_collisions {
+                for collision in &next.prompt_collisions {
+                    warn!(name = %collision.name, kept_by = %collision.kept_by, renamed = ?collision.renamed, "prompt name collision");
+                }
+            }
             if next.long_names != previous.long_names && !next.long_names.is_empty() {
                 warn!(names = ?next.long_names, limit = MAX_TOOL_NAME_LEN, "tool names longer than LLM providers accept");
             }
-            // Always store: a changed spec keeps the tools but replaces the handle.
-            let tools_changed = previous.tools != next.tools;
+            // Always store: a changed spec keeps the lists but replaces the handle.
+            let tools = previous.tools != next.tools;
+            let prompts = previous.prompts != next.prompts;
+            let resources =
+                previous.resources != next.resources || previous.templates != next.templates;
             current.store(Arc::new(next));
-            if tools_changed {
-                debug!("catalog changed");
-                generation_tx.send_modify(|g| *g += 1);
+            if tools || prompts || resources {
+                debug!(tools, prompts, resources, "catalog changed");
+                changes_tx.send_modify(|changes| {
+                    changes.tools += u64::from(tools);
+                    changes.prompts += u64::from(prompts);
+                    changes.resources += u64::from(resources);
+                });
             }
         }
     });
     reader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::template_matches;
+
+    #[test]
+    fn templates_match_their_expansions_only() {
+        let template = "demo://resource/dynamic/text/{index}";
+        assert!(template_matches(template, "demo://resource/dynamic/text/7"));
+        assert!(!template_matches(template, "demo://resource/dynamic/text/"));
+        assert!(!template_matches(
+            template,
+            "demo://resource/dynamic/blob/7"
+        ));
+        let template = "file:///{dir}/{name}.txt";
+        assert!(template_matches(template, "file:///a/b.txt"));
+        assert!(!template_matches(template, "file:///a/b.md"));
+        assert!(template_matches("plain://x", "plain://x"));
+        assert!(!template_matches("plain://x", "plain://xy"));
+    }
 }

@@ -8,6 +8,7 @@
 pub mod breaker;
 pub mod http;
 pub mod pool;
+pub mod relay;
 pub mod stdio;
 mod supervisor;
 
@@ -19,25 +20,28 @@ use std::{
 
 use parking_lot::{Mutex, RwLock};
 use rmcp::{
-    ClientHandler, ErrorData,
+    ErrorData,
     model::{
         CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
-        ClientCapabilities, ClientConfig, ClientRequest, Implementation, ProtocolVersion,
-        RequestMetaObject, ServerResult, Tool,
+        ClientRequest, Prompt, ProtocolVersion, RequestMetaObject, Resource, ResourceTemplate,
+        ServerCapabilities, ServerResult, Tool,
     },
-    service::{NotificationContext, PeerRequestOptions, RoleClient, ServiceError},
+    service::{PeerRequestOptions, ServiceError},
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info, info_span};
 
+pub use crate::clients::SessionKey;
 use crate::{
+    clients::Clients,
     spec::{ServerSpec, SessionMode, Transport},
     telemetry::{Telemetry, TraceContext, attr, metrics::MethodLabels},
 };
 use breaker::{Breaker, BreakerState};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use pool::{AcquireError, Connection, Pool};
+pub use relay::{DownstreamClient, Origin};
 pub use stdio::Launcher;
 
 /// Calls whose latency the percentiles are computed over.
@@ -123,9 +127,6 @@ impl CallError {
     }
 }
 
-/// Identifies a client session to per-session servers.
-pub type SessionKey = u64;
-
 /// The servers this replica runs; cheap to clone.
 #[derive(Clone)]
 pub struct Servers {
@@ -141,6 +142,7 @@ struct ServersInner {
     tasks: TaskTracker,
     launcher: Launcher,
     telemetry: Telemetry,
+    clients: Clients,
 }
 
 /// One configured server: its connections, breaker and status.
@@ -156,7 +158,8 @@ pub struct ServerHandle {
     tool_breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     stats: Stats,
     events: mpsc::Sender<supervisor::Event>,
-    tools_changed: Arc<Notify>,
+    /// Woken when the server says a list changed.
+    lists_changed: Arc<Notify>,
     stop: CancellationToken,
     servers: Servers,
 }
@@ -166,9 +169,19 @@ pub struct ServerHandle {
 struct Lifecycle {
     state: ServerState,
     reason: String,
-    tools: Arc<[Tool]>,
+    offer: Offer,
     restarts: u32,
     protocol_version: Option<ProtocolVersion>,
+}
+
+/// What a ready server offers, as it listed it.
+#[derive(Clone, Debug, Default)]
+pub struct Offer {
+    pub tools: Arc<[Tool]>,
+    pub prompts: Arc<[Prompt]>,
+    pub resources: Arc<[Resource]>,
+    pub templates: Arc<[ResourceTemplate]>,
+    pub capabilities: ServerCapabilities,
 }
 
 /// A point-in-time view of a server for health and status.
@@ -201,12 +214,6 @@ struct Stats {
     last_error: Mutex<Option<(String, SystemTime)>>,
 }
 
-/// The gateway's MCP client role towards one downstream connection.
-#[derive(Clone)]
-pub struct DownstreamClient {
-    tools_changed: Arc<Notify>,
-}
-
 // === impl Servers ===
 
 impl Servers {
@@ -219,6 +226,7 @@ impl Servers {
                 tasks: TaskTracker::new(),
                 launcher,
                 telemetry,
+                clients: Clients::default(),
             }),
         }
     }
@@ -252,7 +260,7 @@ impl Servers {
                 tool_breakers: Mutex::default(),
                 stats: Stats::default(),
                 events,
-                tools_changed: Arc::new(Notify::new()),
+                lists_changed: Arc::new(Notify::new()),
                 stop: self.inner.shutdown.child_token(),
                 servers: self.clone(),
             });
@@ -274,6 +282,11 @@ impl Servers {
 
     pub fn spec(&self, name: &str) -> Option<ServerSpec> {
         self.inner.by_name.read().get(name).map(|h| h.spec.clone())
+    }
+
+    /// The client sessions connected to this replica.
+    pub fn clients(&self) -> &Clients {
+        &self.inner.clients
     }
 
     /// Ticks whenever the set or any server's status changes.
@@ -319,7 +332,7 @@ impl ServerHandle {
         ServerStatus {
             state: lifecycle.state,
             reason: lifecycle.reason,
-            tools: lifecycle.tools,
+            tools: lifecycle.offer.tools,
             restarts: lifecycle.restarts,
             protocol_version: lifecycle.protocol_version,
             breaker: self.breaker.state(),
@@ -331,37 +344,57 @@ impl ServerHandle {
         }
     }
 
-    /// The tools calls may be routed to (none unless ready), and whether
-    /// they are listed: not while the breaker is open, if the server hides
-    /// them then.
-    pub fn routable_tools(&self) -> Option<(Arc<[Tool]>, bool)> {
+    /// What requests may be routed to (nothing unless ready), and whether
+    /// its tools are listed: not while the breaker is open, if the server
+    /// hides them then.
+    pub fn routable(&self) -> Option<(Offer, bool)> {
         let lifecycle = self.status.read();
         let hidden =
             self.spec.breaker.hide_tools_when_open && self.breaker.state() == BreakerState::Open;
-        (lifecycle.state == ServerState::Ready).then(|| (lifecycle.tools.clone(), !hidden))
+        (lifecycle.state == ServerState::Ready).then(|| (lifecycle.offer.clone(), !hidden))
     }
 
-    /// Calls a tool (by its name on this server) for a client session.
-    /// Counts the outcome in the breaker(s) and the latency statistics, and
-    /// traces it as a CLIENT span under the `traceparent` in `meta`.
+    /// Calls a tool (by its name on this server) for a client request.
     pub async fn call_tool(
         self: &Arc<Self>,
-        session: SessionKey,
+        origin: &Origin,
         params: CallToolRequestParams,
-        mut meta: RequestMetaObject,
+        meta: RequestMetaObject,
         cancel: &CancellationToken,
     ) -> Result<CallToolResult, CallError> {
+        let request = Request::call_tool(params);
+        match self.request(origin, request, meta, cancel).await? {
+            ServerResult::CallToolResult(result) => Ok(result),
+            _ => Err(self.unexpected("tools/call")),
+        }
+    }
+
+    /// Sends a client's request on to this server. Counts the outcome in
+    /// the breaker(s) and the latency statistics, and traces it as a
+    /// CLIENT span under the `traceparent` in `meta`.
+    pub async fn request(
+        self: &Arc<Self>,
+        origin: &Origin,
+        request: Request,
+        mut meta: RequestMetaObject,
+        cancel: &CancellationToken,
+    ) -> Result<ServerResult, CallError> {
         let telemetry = &self.servers.inner.telemetry;
         let parent = meta.get_traceparent().and_then(TraceContext::parse);
-        let name = || format!("tools/call {}", params.name);
+        let name = || match &request.target {
+            Some(target) => format!("{} {target}", request.method),
+            None => request.method.to_owned(),
+        };
         let mut span = telemetry.tracer.start(name, SpanKind::Client, parent);
         if let Some(context) = span.context() {
             meta.set_traceparent(context.to_traceparent());
         }
         if span.is_recording() {
-            span.set(attr::MCP_METHOD_NAME, "tools/call");
-            span.set(attr::GEN_AI_TOOL_NAME, params.name.to_string());
-            span.set(attr::GEN_AI_OPERATION_NAME, "execute_tool");
+            span.set(attr::MCP_METHOD_NAME, request.method);
+            if let Some(tool) = request.tool_name() {
+                span.set(attr::GEN_AI_TOOL_NAME, tool.to_owned());
+                span.set(attr::GEN_AI_OPERATION_NAME, "execute_tool");
+            }
             span.set(attr::SERVER, self.spec.name.to_string());
             match &self.spec.transport {
                 Transport::Stdio(_) => span.set(attr::NETWORK_TRANSPORT, "pipe"),
@@ -378,18 +411,21 @@ impl ServerHandle {
                 }
             }
         }
+        let method = request.method;
         let started = tokio::time::Instant::now();
-        let outcome = self.guarded_call(session, params, meta, cancel).await;
+        let outcome = self.guarded_request(origin, request, meta, cancel).await;
         telemetry
             .metrics
             .downstream_duration
             .get_or_create(&MethodLabels {
                 server: self.spec.name.to_string(),
-                method: "tools/call".to_owned(),
+                method: method.to_owned(),
             })
             .observe(started.elapsed().as_secs_f64());
         match &outcome {
-            Ok(result) if result.is_error == Some(true) => span.set_error("tool_error", ""),
+            Ok(ServerResult::CallToolResult(result)) if result.is_error == Some(true) => {
+                span.set_error("tool_error", "")
+            }
             Ok(_) => {}
             Err(CallError::Downstream(error)) => {
                 span.set(attr::RPC_RESPONSE_STATUS_CODE, error.code.0.to_string());
@@ -400,19 +436,18 @@ impl ServerHandle {
         outcome
     }
 
-    /// [`ServerHandle::call_tool`] behind the breaker(s).
-    async fn guarded_call(
+    /// [`ServerHandle::request`] behind the breaker(s).
+    async fn guarded_request(
         self: &Arc<Self>,
-        session: SessionKey,
-        params: CallToolRequestParams,
+        origin: &Origin,
+        request: Request,
         meta: RequestMetaObject,
         cancel: &CancellationToken,
-    ) -> Result<CallToolResult, CallError> {
-        let tool_breaker = self
-            .spec
-            .breaker
-            .per_tool
-            .then(|| self.tool_breaker(&params.name));
+    ) -> Result<ServerResult, CallError> {
+        let tool_breaker = match request.tool_name() {
+            Some(tool) if self.spec.breaker.per_tool => Some(self.tool_breaker(tool)),
+            _ => None,
+        };
         let permit = self
             .breaker
             .try_acquire()
@@ -422,7 +457,7 @@ impl ServerHandle {
             None => None,
         };
         let started = tokio::time::Instant::now();
-        let outcome = self.forward_call(session, params, meta, cancel).await;
+        let outcome = self.forward(origin, request, meta, cancel).await;
         let failed = self.counts_as_failure(&outcome);
         let mut changed = self.breaker.record(permit, failed);
         if let (Some(breaker), Some(permit)) = (tool_breaker, tool_permit) {
@@ -440,46 +475,47 @@ impl ServerHandle {
         outcome
     }
 
-    async fn forward_call(
+    async fn forward(
         self: &Arc<Self>,
-        session: SessionKey,
-        params: CallToolRequestParams,
+        origin: &Origin,
+        request: Request,
         meta: RequestMetaObject,
         cancel: &CancellationToken,
-    ) -> Result<CallToolResult, CallError> {
-        const METHOD: &str = "tools/call";
+    ) -> Result<ServerResult, CallError> {
+        let method = request.method;
         let timeouts = &self.spec.timeouts;
-        let timeout = timeouts
-            .tools
-            .get(params.name.as_ref())
+        let timeout = request
+            .tool_name()
+            .and_then(|tool| timeouts.tools.get(tool))
             .copied()
             .unwrap_or(timeouts.call);
-        let connection = self.connection_for(session).await?;
+        let connection = self.connection_for(origin.session).await?;
         let _in_flight = connection.begin(&self.pool);
         let options = PeerRequestOptions::with_timeout(timeout)
             .reset_timeout_on_progress()
             .with_max_total_timeout(timeouts.max_call)
             .with_meta(meta);
-        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
         let transport = |source| CallError::Transport {
             server: self.spec.name.clone(),
-            method: METHOD,
+            method,
             source,
         };
         let handle = connection
             .peer
-            .send_request_with_option(request, options)
+            .send_request_with_option(request.message, options)
             .await
             .map_err(transport)?;
+        let _registered = connection
+            .relay
+            .register(handle.progress_token.clone(), origin.clone());
         let (id, peer) = (handle.id.clone(), handle.peer.clone());
         tokio::select! {
             response = handle.await_response() => match response {
-                Ok(ServerResult::CallToolResult(result)) => Ok(result),
-                Ok(_) => Err(CallError::UnexpectedResult { server: self.spec.name.clone(), method: METHOD }),
+                Ok(result) => Ok(result),
                 Err(ServiceError::McpError(error)) => Err(CallError::Downstream(error)),
                 Err(ServiceError::Timeout { timeout }) => Err(CallError::Timeout {
                     server: self.spec.name.clone(),
-                    method: METHOD,
+                    method,
                     after: timeout,
                 }),
                 Err(source) => Err(transport(source)),
@@ -489,6 +525,13 @@ impl ServerHandle {
                 let _ = peer.notify_cancelled(CancelledNotificationParam::new(Some(id), reason)).await;
                 Err(CallError::Cancelled)
             }
+        }
+    }
+
+    pub fn unexpected(&self, method: &'static str) -> CallError {
+        CallError::UnexpectedResult {
+            server: self.spec.name.clone(),
+            method,
         }
     }
 
@@ -591,10 +634,13 @@ impl ServerHandle {
 
     /// The breaker policy: transport failures and timeouts always count;
     /// JSON-RPC errors and `isError` results only when configured.
-    fn counts_as_failure(&self, outcome: &Result<CallToolResult, CallError>) -> bool {
+    fn counts_as_failure(&self, outcome: &Result<ServerResult, CallError>) -> bool {
         let policy = &self.spec.breaker;
         match outcome {
-            Ok(result) => policy.count_tool_errors && result.is_error == Some(true),
+            Ok(ServerResult::CallToolResult(result)) => {
+                policy.count_tool_errors && result.is_error == Some(true)
+            }
+            Ok(_) => false,
             Err(CallError::Downstream(_)) => policy.count_jsonrpc_errors,
             Err(CallError::Cancelled | CallError::BreakerOpen { .. }) => false,
             Err(
@@ -619,7 +665,7 @@ impl Lifecycle {
         Self {
             state: ServerState::Starting,
             reason: String::new(),
-            tools: Arc::new([]),
+            offer: Offer::default(),
             restarts,
             protocol_version: None,
         }
@@ -652,20 +698,42 @@ impl Stats {
     }
 }
 
-// === impl DownstreamClient ===
+// === impl Request ===
 
-impl ClientHandler for DownstreamClient {
-    fn get_info(&self) -> ClientConfig {
-        // No sampling/elicitation/roots yet: a shared server cannot call
-        // back into one client session, so do not let it ask.
-        ClientConfig::new(
-            ClientCapabilities::default(),
-            Implementation::new("switchboard-gateway", env!("CARGO_PKG_VERSION")),
-        )
-        .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+/// A client request on its way to a server, with what telemetry needs.
+pub struct Request {
+    pub message: ClientRequest,
+    pub method: &'static str,
+    /// The tool, prompt or resource it is about, as the server names it.
+    pub target: Option<String>,
+    is_tool: bool,
+}
+
+impl Request {
+    pub fn new(
+        message: impl Into<ClientRequest>,
+        method: &'static str,
+        target: Option<String>,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            method,
+            target,
+            is_tool: false,
+        }
     }
 
-    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.tools_changed.notify_one();
+    pub fn call_tool(params: CallToolRequestParams) -> Self {
+        let target = Some(params.name.to_string());
+        Self {
+            message: CallToolRequest::new(params).into(),
+            method: "tools/call",
+            target,
+            is_tool: true,
+        }
+    }
+
+    fn tool_name(&self) -> Option<&str> {
+        self.target.as_deref().filter(|_| self.is_tool)
     }
 }

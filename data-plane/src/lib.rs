@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod catalog;
+pub mod clients;
 pub mod demo_server;
 pub mod downstream;
 pub mod mcp;

@@ -1,7 +1,14 @@
 //! The client-facing MCP endpoint: one [`GatewaySession`] per client
-//! session, answering from the catalog and forwarding calls to the server
-//! that owns the tool, with the namespace stripped and the result relayed
-//! unchanged. `guard.rs` checks request bodies before rmcp sees them.
+//! session, answering lists from the catalog and forwarding everything
+//! else (tool calls, prompts, resource reads and subscriptions,
+//! completions, log levels) to the server that owns the name or URI, with
+//! the namespace stripped and the result relayed unchanged. What servers
+//! send back outside a response goes through `downstream/relay.rs`.
+//! `guard.rs` checks request bodies before rmcp sees them.
+
+// Logging is deprecated by SEP-2577 but clients on the protocol versions
+// this gateway serves still use it.
+#![allow(deprecated)]
 
 pub mod guard;
 
@@ -18,10 +25,14 @@ use parking_lot::Mutex;
 use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
-        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-        InitializeRequestParams, InitializeResult, ListToolsResult, MetaObject,
-        PaginatedRequestParams, ProtocolVersion, RequestMetaObject, ServerCapabilities,
-        ServerConfig,
+        CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequest,
+        CompleteRequestParams, CompleteResult, ContentBlock, GetPromptRequest,
+        GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams,
+        InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+        ListToolsResult, MetaObject, PaginatedRequestParams, ProtocolVersion, ReadResourceRequest,
+        ReadResourceRequestParams, ReadResourceResponse, Reference, RequestMetaObject,
+        ResourceContents, ServerConfig, ServerResult, SetLevelRequest, SetLevelRequestParams,
+        SubscribeRequest, SubscribeRequestParams, UnsubscribeRequest, UnsubscribeRequestParams,
     },
     service::{NotificationContext, RequestContext},
     transport::{
@@ -34,8 +45,9 @@ use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::{Instrument, debug, info_span};
 
 use crate::{
-    catalog::CatalogReader,
-    downstream::{CallError, Servers, SessionKey},
+    catalog::{CatalogReader, Route},
+    clients::ClientSession,
+    downstream::{CallError, Origin, Request, Servers, SessionKey},
     observe::{Observation, RequestInfo, Target},
     telemetry::Telemetry,
 };
@@ -52,6 +64,10 @@ const SESSION_CHANNEL_CAPACITY: usize = 64;
 pub enum Error {
     #[error("unknown tool `{0}`")]
     UnknownTool(String),
+    #[error("unknown prompt `{0}`")]
+    UnknownPrompt(String),
+    #[error("no server serves resource `{0}`")]
+    UnknownResource(String),
     #[error(transparent)]
     Call(#[from] CallError),
 }
@@ -77,34 +93,29 @@ pub struct GatewaySession {
     telemetry: Telemetry,
     /// The caller this session named first (see `observe.rs`).
     caller: OnceLock<String>,
-    /// Forwards catalog changes as `notifications/tools/list_changed`.
+    /// This session as the relay reaches it, from its first request on.
+    client: OnceLock<Arc<ClientSession>>,
+    /// Forwards catalog changes as `notifications/*/list_changed`.
     list_changed: Mutex<Option<AbortOnDropHandle<()>>>,
 }
 
 // === impl Error ===
 
 impl Error {
-    /// The one place gateway errors reach the client. Unknown names and
+    /// How a failed `tools/call` reaches the client. Unknown names and
     /// cancellations are JSON-RPC errors; a server that fails, times out or
     /// is switched off by its breaker answers with an `isError` result, so
     /// the model sees why. Errors the server itself answered are relayed.
     pub fn into_response(self) -> Result<CallToolResponse, ErrorData> {
         let call = match self {
-            Error::UnknownTool(name) => {
-                let message = format!("unknown tool `{name}`");
-                return Err(ErrorData::invalid_params(
-                    message,
-                    Some(json!({ "tool": name })),
-                ));
-            }
-            Error::Call(CallError::Downstream(error)) => return Err(error),
-            Error::Call(CallError::Cancelled) => {
-                return Err(ErrorData::internal_error(
-                    CallError::Cancelled.to_string(),
-                    None,
-                ));
-            }
-            Error::Call(call) => call,
+            Error::Call(
+                call @ (CallError::BreakerOpen { .. }
+                | CallError::Unavailable { .. }
+                | CallError::Timeout { .. }
+                | CallError::Transport { .. }
+                | CallError::UnexpectedResult { .. }),
+            ) => call,
+            other => return Err(other.into_error()),
         };
         let detail = json!({ "kind": call.kind(), "server": call.server() });
         let mut result = CallToolResult::error(vec![ContentBlock::text(call.to_string())]);
@@ -114,11 +125,39 @@ impl Error {
         Ok(CallToolResponse::Complete(result))
     }
 
+    /// A JSON-RPC error for methods other than `tools/call`, which have
+    /// no `isError` result to explain a failure in.
+    pub fn into_error(self) -> ErrorData {
+        let message = self.to_string();
+        match self {
+            Error::UnknownTool(name) => {
+                ErrorData::invalid_params(message, Some(json!({ "tool": name })))
+            }
+            Error::UnknownPrompt(name) => {
+                ErrorData::invalid_params(message, Some(json!({ "prompt": name })))
+            }
+            Error::UnknownResource(uri) => {
+                ErrorData::resource_not_found(message, Some(json!({ "uri": uri })))
+            }
+            Error::Call(CallError::Downstream(error)) => error,
+            Error::Call(CallError::Cancelled) => ErrorData::internal_error(message, None),
+            Error::Call(call) => {
+                let detail =
+                    json!({ ERROR_META_KEY: { "kind": call.kind(), "server": call.server() } });
+                ErrorData::internal_error(message, Some(detail))
+            }
+        }
+    }
+
     /// Tells the request's observer why it failed; errors the server
     /// answered itself speak for themselves.
     fn describe(&self, observation: &mut Observation) {
         match self {
             Error::UnknownTool(_) => observation.set_failure("unknown_tool", self.to_string()),
+            Error::UnknownPrompt(_) => observation.set_failure("unknown_prompt", self.to_string()),
+            Error::UnknownResource(_) => {
+                observation.set_failure("unknown_resource", self.to_string())
+            }
             Error::Call(CallError::Downstream(_)) => {}
             Error::Call(call) => observation.set_failure(call.kind(), call.to_string()),
         }
@@ -166,6 +205,7 @@ impl GatewaySession {
             servers,
             telemetry,
             caller: OnceLock::new(),
+            client: OnceLock::new(),
             list_changed: Mutex::new(None),
         }
     }
@@ -186,6 +226,43 @@ impl GatewaySession {
         Observation::begin(&self.telemetry, request, context)
     }
 
+    /// The client request a downstream request is made for; registers
+    /// the session with the relay on its first request.
+    fn origin(&self, context: &RequestContext<RoleServer>) -> Origin {
+        self.client.get_or_init(|| {
+            self.servers
+                .clients()
+                .register(self.key, context.peer.clone())
+        });
+        Origin {
+            session: self.key,
+            client: context.peer.clone(),
+            request_id: context.id.clone(),
+            progress_token: context.meta.get_progress_token(),
+        }
+    }
+
+    /// Sends a request on to the server a route names, as a child of this
+    /// request's span.
+    async fn forward(
+        &self,
+        route: &Route,
+        request: Request,
+        context: &RequestContext<RoleServer>,
+        observation: &mut Observation,
+    ) -> Result<ServerResult, Error> {
+        let mut meta = forwardable_meta(&context.meta);
+        observation.set_server(route.server.spec.name.clone());
+        if let Some(trace) = observation.trace() {
+            meta.set_traceparent(trace.to_traceparent());
+        }
+        let origin = self.origin(context);
+        Ok(route
+            .server
+            .request(&origin, request, meta, &context.ct)
+            .await?)
+    }
+
     async fn forward_call(
         &self,
         mut params: CallToolRequestParams,
@@ -198,23 +275,97 @@ impl GatewaySession {
             .route(&params.name)
             .cloned()
             .ok_or_else(|| Error::UnknownTool(params.name.to_string()))?;
-        params.name = route.tool.to_string().into();
-        let mut meta = forwardable_meta(&context.meta);
-        observation.set_server(route.server.spec.name.clone());
-        // The downstream call is a child of this request's span.
-        if let Some(trace) = observation.trace() {
-            meta.set_traceparent(trace.to_traceparent());
+        params.name = route.name.to_string().into();
+        match self
+            .forward(&route, Request::call_tool(params), context, observation)
+            .await?
+        {
+            ServerResult::CallToolResult(result) => Ok(result),
+            _ => Err(route.server.unexpected("tools/call").into()),
         }
-        Ok(route
-            .server
-            .call_tool(self.key, params, meta, &context.ct)
-            .await?)
+    }
+
+    /// Runs a forwarded request under an observation and turns gateway
+    /// errors into JSON-RPC errors.
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        target: Option<Target>,
+        context: &RequestContext<RoleServer>,
+        request: impl AsyncFnOnce(&mut Observation) -> Result<T, Error>,
+    ) -> Result<T, ErrorData> {
+        let mut observation = self.observe(method, target, None, context);
+        let result = request(&mut observation).await.map_err(|err| {
+            err.describe(&mut observation);
+            err.into_error()
+        });
+        observation.complete(&result, false);
+        result
+    }
+
+    /// The server and server-side URI of a client-facing resource URI.
+    fn resource_route(&self, uri: &str, template: bool) -> Result<Route, Error> {
+        self.catalog
+            .load()
+            .resource_route(uri, template)
+            .ok_or_else(|| Error::UnknownResource(uri.to_owned()))
+    }
+
+    /// Forwards (un)subscriptions to the server; a server hears about a
+    /// URI once however many sessions subscribe to it.
+    async fn resource_subscription(
+        &self,
+        uri: String,
+        subscribe: bool,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let method = if subscribe {
+            "resources/subscribe"
+        } else {
+            "resources/unsubscribe"
+        };
+        let target = Some(Target::Resource(uri.clone()));
+        self.observed(method, target, context, async |observation| {
+            let route = self.resource_route(&uri, false)?;
+            self.origin(context);
+            let session = self.client.get().cloned();
+            let clients = self.servers.clients();
+            let others = clients.others_subscribed(&uri, self.key);
+            let changed = session.is_some_and(|session| {
+                if subscribe {
+                    session.subscribe(&uri)
+                } else {
+                    session.unsubscribe(&uri)
+                }
+            });
+            if others || !changed {
+                return Ok(());
+            }
+            let server_uri = route.name.to_string();
+            let request = if subscribe {
+                Request::new(
+                    SubscribeRequest::new(SubscribeRequestParams::new(server_uri.clone())),
+                    method,
+                    Some(server_uri),
+                )
+            } else {
+                Request::new(
+                    UnsubscribeRequest::new(UnsubscribeRequestParams::new(server_uri.clone())),
+                    method,
+                    Some(server_uri),
+                )
+            };
+            self.forward(&route, request, context, observation).await?;
+            Ok(())
+        })
+        .await
     }
 }
 
 impl Drop for GatewaySession {
     fn drop(&mut self) {
         self.servers.release_session(self.key);
+        self.servers.clients().remove(self.key);
         self.telemetry.metrics.sessions.dec();
     }
 }
@@ -231,18 +382,14 @@ fn forwardable_meta(meta: &RequestMetaObject) -> RequestMetaObject {
 }
 
 impl ServerHandler for GatewaySession {
+    /// The union of what the servers behind this gateway support.
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_tool_list_changed()
-                .build(),
-        )
-        .with_server_info(Implementation::new(
-            "switchboard",
-            env!("CARGO_PKG_VERSION"),
-        ))
-        .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+        ServerConfig::new(self.catalog.load().capabilities().clone())
+            .with_server_info(Implementation::new(
+                "switchboard",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
     }
 
     // TODO(#3): the stateless 2026-07-28 revision.
@@ -256,13 +403,29 @@ impl ServerHandler for GatewaySession {
         let peer = context.peer;
         let mut changes = self.catalog.subscribe();
         changes.mark_unchanged();
+        let mut seen = *changes.borrow_and_update();
         let task = tokio::spawn(
             async move {
                 while changes.changed().await.is_ok() {
-                    if peer.notify_tool_list_changed().await.is_err() {
+                    let now = *changes.borrow_and_update();
+                    let sent = if now.tools != seen.tools {
+                        peer.notify_tool_list_changed().await.is_ok()
+                    } else {
+                        true
+                    } && if now.prompts != seen.prompts {
+                        peer.notify_prompt_list_changed().await.is_ok()
+                    } else {
+                        true
+                    } && if now.resources != seen.resources {
+                        peer.notify_resource_list_changed().await.is_ok()
+                    } else {
+                        true
+                    };
+                    if !sent {
                         break;
                     }
-                    debug!("sent tools/list_changed");
+                    debug!(?now, "sent list_changed");
+                    seen = now;
                 }
             }
             .instrument(info_span!("list_changed")),
@@ -331,5 +494,227 @@ impl ServerHandler for GatewaySession {
             matches!(&response, Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true));
         observation.complete(&response, tool_error);
         response
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        self.observed("prompts/list", None, &context, async |_| {
+            Ok(ListPromptsResult::with_all_items(
+                self.catalog.load().prompts().to_vec(),
+            ))
+        })
+        .await
+    }
+
+    async fn get_prompt(
+        &self,
+        mut request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let target = Some(Target::Prompt(request.name.clone()));
+        self.observed("prompts/get", target, &context, async |observation| {
+            let route = self
+                .catalog
+                .load()
+                .prompt_route(&request.name)
+                .cloned()
+                .ok_or_else(|| Error::UnknownPrompt(request.name.clone()))?;
+            request.name = route.name.to_string();
+            let target = Some(request.name.clone());
+            let forwarded = Request::new(GetPromptRequest::new(request), "prompts/get", target);
+            match self
+                .forward(&route, forwarded, &context, observation)
+                .await?
+            {
+                ServerResult::GetPromptResult(result) => Ok(GetPromptResponse::Complete(result)),
+                ServerResult::InputRequiredResult(result) => {
+                    Ok(GetPromptResponse::InputRequired(result))
+                }
+                _ => Err(route.server.unexpected("prompts/get").into()),
+            }
+        })
+        .await
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        self.observed("resources/list", None, &context, async |_| {
+            Ok(ListResourcesResult::with_all_items(
+                self.catalog.load().resources().to_vec(),
+            ))
+        })
+        .await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        self.observed("resources/templates/list", None, &context, async |_| {
+            Ok(ListResourceTemplatesResult::with_all_items(
+                self.catalog.load().templates().to_vec(),
+            ))
+        })
+        .await
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let target = Some(Target::Resource(request.uri.clone()));
+        self.observed("resources/read", target, &context, async |observation| {
+            let client_uri = request.uri.clone();
+            let route = self.resource_route(&request.uri, false)?;
+            let mut request = request;
+            request.uri = route.name.to_string();
+            let target = Some(request.uri.clone());
+            let forwarded =
+                Request::new(ReadResourceRequest::new(request), "resources/read", target);
+            match self
+                .forward(&route, forwarded, &context, observation)
+                .await?
+            {
+                ServerResult::ReadResourceResult(mut result) => {
+                    // Contents name the URI the client asked for.
+                    let server_uri = route.name.as_ref();
+                    for contents in &mut result.contents {
+                        if let ResourceContents::TextResourceContents { uri, .. }
+                        | ResourceContents::BlobResourceContents { uri, .. } = contents
+                            && uri == server_uri
+                        {
+                            uri.clone_from(&client_uri);
+                        }
+                    }
+                    Ok(ReadResourceResponse::Complete(result))
+                }
+                ServerResult::InputRequiredResult(result) => {
+                    Ok(ReadResourceResponse::InputRequired(result))
+                }
+                _ => Err(route.server.unexpected("resources/read").into()),
+            }
+        })
+        .await
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.resource_subscription(request.uri, true, &context)
+            .await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.resource_subscription(request.uri, false, &context)
+            .await
+    }
+
+    async fn complete(
+        &self,
+        mut request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let target = match &request.r#ref {
+            Reference::Prompt(prompt) => Target::Prompt(prompt.name.clone()),
+            Reference::Resource(resource) => Target::Resource(resource.uri.clone()),
+            other => {
+                let message = format!(
+                    "unsupported completion reference `{}`",
+                    other.reference_type()
+                );
+                return Err(ErrorData::invalid_params(message, None));
+            }
+        };
+        self.observed(
+            "completion/complete",
+            Some(target),
+            &context,
+            async |observation| {
+                let route = match &mut request.r#ref {
+                    Reference::Prompt(prompt) => {
+                        let route = self
+                            .catalog
+                            .load()
+                            .prompt_route(&prompt.name)
+                            .cloned()
+                            .ok_or_else(|| Error::UnknownPrompt(prompt.name.clone()))?;
+                        prompt.name = route.name.to_string();
+                        route
+                    }
+                    Reference::Resource(resource) => {
+                        let route = self.resource_route(&resource.uri, true)?;
+                        resource.uri = route.name.to_string();
+                        route
+                    }
+                    other => return Err(Error::UnknownResource(other.reference_type().to_owned())),
+                };
+                let forwarded =
+                    Request::new(CompleteRequest::new(request), "completion/complete", None);
+                match self
+                    .forward(&route, forwarded, &context, observation)
+                    .await?
+                {
+                    ServerResult::CompleteResult(result) => Ok(result),
+                    _ => Err(route.server.unexpected("completion/complete").into()),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Remembered for this session (log messages are filtered by it) and
+    /// passed on to every server that logs.
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.observed("logging/setLevel", None, &context, async |observation| {
+            self.origin(&context);
+            if let Some(session) = self.client.get() {
+                session.set_log_level(request.level);
+            }
+            let routes: Vec<Route> = self
+                .servers
+                .list()
+                .into_iter()
+                .filter(|server| {
+                    server
+                        .routable()
+                        .is_some_and(|(offer, _)| offer.capabilities.logging.is_some())
+                })
+                .map(|server| Route {
+                    name: server.spec.name.clone(),
+                    server,
+                })
+                .collect();
+            for route in routes {
+                let forwarded = Request::new(
+                    SetLevelRequest::new(request.clone()),
+                    "logging/setLevel",
+                    None,
+                );
+                // One server refusing does not undo the level for the others.
+                if let Err(err) = self.forward(&route, forwarded, &context, observation).await {
+                    debug!(server = %route.server.spec.name, error = %err, "logging/setLevel not applied");
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 }

@@ -43,6 +43,7 @@ pub struct RequestInfo<'a> {
 pub enum Target {
     Tool(String),
     Prompt(String),
+    Resource(String),
 }
 
 /// One request in flight; reports when dropped.
@@ -111,6 +112,7 @@ impl Observation {
         let (target, target_attr) = match request.target {
             Some(Target::Tool(name)) => (Some(name), attr::GEN_AI_TOOL_NAME),
             Some(Target::Prompt(name)) => (Some(name), attr::GEN_AI_PROMPT_NAME),
+            Some(Target::Resource(uri)) => (Some(uri), attr::MCP_RESOURCE_URI),
             None => (None, attr::GEN_AI_TOOL_NAME),
         };
         let name = || match &target {

@@ -135,6 +135,16 @@ pub enum ProtoError {
 
 // === impl ServerSpec ===
 
+impl ServerSpec {
+    /// What clients see in front of this server's resource URIs
+    /// (`{prefix}+{uri}`), when its names are always prefixed. A `+` joins
+    /// scheme characters, so the result is still a URI, URI templates
+    /// still expand, and stripping the prefix gives the server's URI back.
+    pub fn uri_prefix(&self) -> Option<Arc<str>> {
+        (self.naming.prefix_mode == PrefixMode::Always).then(|| self.namespace.clone())
+    }
+}
+
 impl TryFrom<&pb::McpServer> for ServerSpec {
     type Error = ProtoError;
 

@@ -20,6 +20,7 @@ pub mod attr {
     pub const MCP_PROTOCOL_VERSION: &str = "mcp.protocol.version";
     pub const GEN_AI_TOOL_NAME: &str = "gen_ai.tool.name";
     pub const GEN_AI_PROMPT_NAME: &str = "gen_ai.prompt.name";
+    pub const MCP_RESOURCE_URI: &str = "mcp.resource.uri";
     pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
     pub const JSONRPC_REQUEST_ID: &str = "jsonrpc.request.id";
     pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";

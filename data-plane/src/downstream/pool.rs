@@ -16,10 +16,14 @@ use rmcp::service::{Peer, RoleClient};
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::relay::Relay;
+
 /// One live connection (one process, for stdio).
 pub struct Connection {
     pub id: u64,
     pub peer: Peer<RoleClient>,
+    /// Routes what the server sends back to the clients it concerns.
+    pub relay: Arc<Relay>,
     in_flight: AtomicU32,
     last_used: Mutex<Instant>,
     /// Cancelled to ask the connection's task to shut it down.
@@ -88,10 +92,11 @@ impl Drop for InFlight<'_> {
 
 impl Pool {
     /// Wraps a new peer as a connection; not yet in the pool.
-    pub fn connection(&self, peer: Peer<RoleClient>) -> Arc<Connection> {
+    pub fn connection(&self, peer: Peer<RoleClient>, relay: Arc<Relay>) -> Arc<Connection> {
         Arc::new(Connection {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             peer,
+            relay,
             in_flight: AtomicU32::new(0),
             last_used: Mutex::new(Instant::now()),
             stop: CancellationToken::new(),

@@ -1,21 +1,22 @@
 //! One task per server keeps its connections alive: starts the first one
 //! (with exponential backoff on failure), grows the pool on demand and to
 //! `pool.min`, reaps idle connections above `pool.min`, refreshes the tool
-//! list, and restarts after crashes. One task per connection owns its
+//! lists (tools, prompts, resources, templates), and restarts after
+//! crashes. One task per connection owns its
 //! process, runs the health probe and reports the exit.
 
 use std::{sync::Arc, time::Duration};
 
 use rmcp::{
-    model::{CallToolRequestParams, ProtocolVersion, Tool},
-    service::{Peer, RoleClient},
+    model::{CallToolRequestParams, ProtocolVersion},
+    service::{Peer, RoleClient, ServiceError},
 };
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{Instrument, debug, info, warn};
 
 use super::{
-    DownstreamClient, Error, Lifecycle, ServerHandle, ServerState, SessionKey,
-    http::HttpConnection, pool::Connection, stdio::StdioConnection,
+    DownstreamClient, Error, Lifecycle, Offer, ServerHandle, ServerState, SessionKey,
+    http::HttpConnection, pool::Connection, relay::Relay, stdio::StdioConnection,
 };
 use crate::spec::{Probe, Transport};
 
@@ -96,7 +97,7 @@ async fn run_pool(
     restarts: u32,
 ) -> Option<String> {
     let protocol_version = first.peer_info().map(|info| info.protocol_version.clone());
-    refresh_tools(handle, first, protocol_version.clone(), restarts).await;
+    refresh_offer(handle, first, protocol_version.clone(), restarts).await;
     grow_to_min(handle);
     let mut reap = tokio::time::interval(REAP_EVERY);
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -127,10 +128,10 @@ async fn run_pool(
                     grow_to_min(handle);
                 }
             },
-            _ = handle.tools_changed.notified() => {
+            _ = handle.lists_changed.notified() => {
                 if let Some(connection) = handle.pool.all().first() {
-                    info!("server tool list changed");
-                    refresh_tools(handle, &connection.peer, protocol_version.clone(), restarts).await;
+                    info!("server lists changed");
+                    refresh_offer(handle, &connection.peer, protocol_version.clone(), restarts).await;
                 }
             }
             _ = reap.tick() => reap_idle(handle),
@@ -146,34 +147,94 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn refresh_tools(
+/// Lists what the server offers (what its capabilities say it has) and
+/// marks it ready. A list that fails keeps its previous contents.
+async fn refresh_offer(
     handle: &ServerHandle,
     peer: &Peer<RoleClient>,
     protocol_version: Option<ProtocolVersion>,
     restarts: u32,
 ) {
-    let listed = tokio::time::timeout(handle.spec.timeouts.call, peer.list_all_tools()).await;
-    let tools: Arc<[Tool]> = match listed {
-        Ok(Ok(tools)) => tools.into(),
-        Ok(Err(err)) => {
-            handle
-                .stats
-                .record_error(format!("tools/list failed: {err}"));
-            handle.status.read().tools.clone()
-        }
-        Err(_) => {
-            handle.stats.record_error("tools/list timed out".to_owned());
-            handle.status.read().tools.clone()
-        }
+    let previous = handle.status.read().offer.clone();
+    let capabilities = peer
+        .peer_info()
+        .map(|info| info.capabilities.clone())
+        .unwrap_or_default();
+    let has_resources = capabilities.resources.is_some();
+    let offer = Offer {
+        tools: list_or_keep(
+            handle,
+            "tools/list",
+            true,
+            peer.list_all_tools(),
+            previous.tools,
+        )
+        .await,
+        prompts: list_or_keep(
+            handle,
+            "prompts/list",
+            capabilities.prompts.is_some(),
+            peer.list_all_prompts(),
+            previous.prompts,
+        )
+        .await,
+        resources: list_or_keep(
+            handle,
+            "resources/list",
+            has_resources,
+            peer.list_all_resources(),
+            previous.resources,
+        )
+        .await,
+        templates: list_or_keep(
+            handle,
+            "resources/templates/list",
+            has_resources,
+            peer.list_all_resource_templates(),
+            previous.templates,
+        )
+        .await,
+        capabilities,
     };
-    info!(tools = tools.len(), protocol = ?protocol_version, "server ready");
+    info!(
+        tools = offer.tools.len(),
+        prompts = offer.prompts.len(),
+        resources = offer.resources.len(),
+        templates = offer.templates.len(),
+        protocol = ?protocol_version,
+        "server ready"
+    );
     handle.set_lifecycle(Lifecycle {
         state: ServerState::Ready,
         reason: String::new(),
-        tools,
+        offer,
         restarts,
         protocol_version,
     });
+}
+
+/// One list of a server's offer; what it had before if listing fails.
+async fn list_or_keep<T>(
+    handle: &ServerHandle,
+    what: &str,
+    wanted: bool,
+    listed: impl Future<Output = Result<Vec<T>, ServiceError>>,
+    previous: Arc<[T]>,
+) -> Arc<[T]> {
+    if !wanted {
+        return Arc::new([]);
+    }
+    match tokio::time::timeout(handle.spec.timeouts.call, listed).await {
+        Ok(Ok(items)) => items.into(),
+        Ok(Err(err)) => {
+            handle.stats.record_error(format!("{what} failed: {err}"));
+            previous
+        }
+        Err(_) => {
+            handle.stats.record_error(format!("{what} timed out"));
+            previous
+        }
+    }
 }
 
 fn grow_to_min(handle: &Arc<ServerHandle>) {
@@ -228,13 +289,21 @@ pub(super) async fn start_connection(
     handle: &Arc<ServerHandle>,
     session: Option<SessionKey>,
 ) -> Result<Arc<Connection>, String> {
+    let relay = Arc::new(Relay::new(
+        handle.spec.name.clone(),
+        handle.spec.uri_prefix(),
+        session,
+        handle.servers.clients().clone(),
+        handle.lists_changed.clone(),
+        handle.spec.timeouts.max_call,
+    ));
     let client = DownstreamClient {
-        tools_changed: handle.tools_changed.clone(),
+        relay: relay.clone(),
     };
     let link = Link::start(handle, client, handle.spec.timeouts.initialize)
         .await
         .map_err(|e| e.to_string())?;
-    let connection = handle.pool.connection(link.peer().clone());
+    let connection = handle.pool.connection(link.peer().clone(), relay);
     let task = run_connection(handle.clone(), connection.clone(), link, session);
     handle.servers.inner.tasks.spawn(task.in_current_span());
     if session.is_none() {
@@ -311,8 +380,17 @@ async fn run_probe(handle: &ServerHandle, connection: &Connection) -> Result<(),
                 }
             }
             Probe::Initialize => {
+                // A throwaway connection: nothing it sends reaches a client.
+                let relay = Relay::new(
+                    handle.spec.name.clone(),
+                    None,
+                    None,
+                    Default::default(),
+                    Default::default(),
+                    timeout,
+                );
                 let client = DownstreamClient {
-                    tools_changed: Default::default(),
+                    relay: Arc::new(relay),
                 };
                 let fresh = Link::start(handle, client, timeout)
                     .await

@@ -1,0 +1,148 @@
+//! The client sessions connected to this replica, as the relay needs them:
+//! how to reach each one (its rmcp peer), the log level it asked for, and
+//! the resources it subscribed to. Notifications a server sends outside any
+//! request (log messages, `resources/updated`) are delivered through here,
+//! only to the sessions that asked for them.
+
+// Logging is deprecated by SEP-2577 but clients on older protocol
+// versions still use it, so the relay keeps serving it.
+#![allow(deprecated)]
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use parking_lot::{Mutex, RwLock};
+use rmcp::{
+    model::LoggingLevel,
+    service::{Peer, RoleServer},
+};
+
+/// Identifies a client session on this replica.
+pub type SessionKey = u64;
+
+/// Every connected client session; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Clients {
+    by_key: Arc<RwLock<HashMap<SessionKey, Arc<ClientSession>>>>,
+}
+
+/// One client session.
+pub struct ClientSession {
+    pub key: SessionKey,
+    pub peer: Peer<RoleServer>,
+    /// Set by `logging/setLevel`; no log messages before that.
+    log_level: Mutex<Option<LoggingLevel>>,
+    /// Client-facing URIs this session subscribed to.
+    subscriptions: Mutex<HashSet<String>>,
+}
+
+// === impl Clients ===
+
+impl Clients {
+    pub fn register(&self, key: SessionKey, peer: Peer<RoleServer>) -> Arc<ClientSession> {
+        let session = Arc::new(ClientSession {
+            key,
+            peer,
+            log_level: Mutex::new(None),
+            subscriptions: Mutex::default(),
+        });
+        self.by_key.write().insert(key, session.clone());
+        session
+    }
+
+    pub fn remove(&self, key: SessionKey) {
+        self.by_key.write().remove(&key);
+    }
+
+    pub fn get(&self, key: SessionKey) -> Option<Arc<ClientSession>> {
+        self.by_key.read().get(&key).cloned()
+    }
+
+    /// Sessions whose log level lets a message of `level` through.
+    pub fn logging_at(&self, level: LoggingLevel) -> Vec<Arc<ClientSession>> {
+        self.matching(|session| session.wants_log(level))
+    }
+
+    /// Sessions subscribed to a client-facing URI.
+    pub fn subscribed_to(&self, uri: &str) -> Vec<Arc<ClientSession>> {
+        self.matching(|session| session.is_subscribed(uri))
+    }
+
+    /// Whether any session other than `except` is subscribed to `uri`.
+    pub fn others_subscribed(&self, uri: &str, except: SessionKey) -> bool {
+        self.by_key
+            .read()
+            .values()
+            .any(|s| s.key != except && s.is_subscribed(uri))
+    }
+
+    fn matching(&self, wanted: impl Fn(&ClientSession) -> bool) -> Vec<Arc<ClientSession>> {
+        self.by_key
+            .read()
+            .values()
+            .filter(|s| wanted(s))
+            .cloned()
+            .collect()
+    }
+}
+
+// === impl ClientSession ===
+
+impl ClientSession {
+    pub fn set_log_level(&self, level: LoggingLevel) {
+        *self.log_level.lock() = Some(level);
+    }
+
+    pub fn wants_log(&self, level: LoggingLevel) -> bool {
+        allows(*self.log_level.lock(), level)
+    }
+
+    pub fn is_subscribed(&self, uri: &str) -> bool {
+        self.subscriptions.lock().contains(uri)
+    }
+
+    /// Records a subscription; `false` if it was already there.
+    pub fn subscribe(&self, uri: &str) -> bool {
+        self.subscriptions.lock().insert(uri.to_owned())
+    }
+
+    /// Drops a subscription; `false` if there was none.
+    pub fn unsubscribe(&self, uri: &str) -> bool {
+        self.subscriptions.lock().remove(uri)
+    }
+}
+
+/// Whether a client that asked for `minimum` gets a message at `level`.
+fn allows(minimum: Option<LoggingLevel>, level: LoggingLevel) -> bool {
+    minimum.is_some_and(|minimum| severity(level) >= severity(minimum))
+}
+
+/// RFC 5424 order, least severe first.
+fn severity(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_filter_by_severity() {
+        assert!(!allows(None, LoggingLevel::Emergency), "no level set");
+        let warning = Some(LoggingLevel::Warning);
+        assert!(!allows(warning, LoggingLevel::Info));
+        assert!(allows(warning, LoggingLevel::Warning));
+        assert!(allows(warning, LoggingLevel::Critical));
+    }
+}

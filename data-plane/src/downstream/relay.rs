@@ -1,0 +1,396 @@
+//! What flows from a server back to clients over one connection: progress
+//! (with the client's own token restored, never going backwards), log
+//! messages, `resources/updated`, list changes, and the server's own
+//! requests (sampling, elicitation, roots). A server request goes to the
+//! client session whose request is in flight on the connection, riding
+//! that request's response stream; when no single session can be named
+//! (a shared connection busy with several sessions, or idle), the server
+//! gets an error saying so rather than another client's answer.
+
+// Sampling, roots and logging are deprecated by SEP-2577 but clients on
+// the protocol versions this gateway serves still use them.
+#![allow(deprecated)]
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
+use rmcp::{
+    ClientHandler, ErrorData,
+    model::{
+        CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientResult,
+        CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequest,
+        ElicitRequestParams, ElicitResult, ElicitationCapability, GetExtensions, Implementation,
+        ListRootsRequest, ListRootsResult, LoggingMessageNotificationParam,
+        ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestId,
+        ResourceUpdatedNotificationParam, RootsCapabilities, ServerRequest,
+    },
+    service::{
+        NotificationContext, OriginatingRequestId, Peer, PeerRequestOptions, RequestContext,
+        RoleClient, RoleServer,
+    },
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::clients::{ClientSession, Clients, SessionKey};
+
+/// A progress notification may overtake the registration of its request
+/// (rmcp hands out the token only once the request is on the wire); it
+/// waits this long for it.
+const REGISTRATION_GRACE: Duration = Duration::from_secs(1);
+
+/// The client request a downstream request was made for.
+#[derive(Clone)]
+pub struct Origin {
+    pub session: SessionKey,
+    pub client: Peer<RoleServer>,
+    /// The client's request id: server requests ride its response stream.
+    pub request_id: RequestId,
+    /// The client's progress token, if it asked for progress.
+    pub progress_token: Option<ProgressToken>,
+}
+
+/// Routes one connection's server-to-client traffic.
+pub struct Relay {
+    server: Arc<str>,
+    /// Prefix of the URIs clients see (`Always` naming), if any.
+    uri_prefix: Option<Arc<str>>,
+    /// The one session a per-session connection serves.
+    session: Option<SessionKey>,
+    clients: Clients,
+    /// Woken when the server says its tools, prompts or resources changed.
+    lists_changed: Arc<Notify>,
+    /// Requests in flight on this connection, by the token rmcp gave them.
+    in_flight: Mutex<HashMap<ProgressToken, Arc<Tracked>>>,
+    registered: Notify,
+    /// Upper bound for a server request waiting on a client.
+    client_timeout: Duration,
+}
+
+struct Tracked {
+    origin: Origin,
+    /// Last progress relayed; later notifications must exceed it.
+    last_progress: Mutex<Option<f64>>,
+}
+
+/// Keeps a request registered with its relay until dropped.
+pub struct Registration<'a> {
+    relay: &'a Relay,
+    token: ProgressToken,
+}
+
+/// The gateway's MCP client role towards one downstream connection.
+#[derive(Clone)]
+pub struct DownstreamClient {
+    pub relay: Arc<Relay>,
+}
+
+// === impl Relay ===
+
+impl Relay {
+    pub fn new(
+        server: Arc<str>,
+        uri_prefix: Option<Arc<str>>,
+        session: Option<SessionKey>,
+        clients: Clients,
+        lists_changed: Arc<Notify>,
+        client_timeout: Duration,
+    ) -> Self {
+        Self {
+            server,
+            uri_prefix,
+            session,
+            clients,
+            lists_changed,
+            in_flight: Mutex::default(),
+            registered: Notify::new(),
+            client_timeout,
+        }
+    }
+
+    /// Registers a request sent under `token` on behalf of `origin`.
+    pub fn register(&self, token: ProgressToken, origin: Origin) -> Registration<'_> {
+        let tracked = Arc::new(Tracked {
+            origin,
+            last_progress: Mutex::new(None),
+        });
+        self.in_flight.lock().insert(token.clone(), tracked);
+        self.registered.notify_waiters();
+        Registration { relay: self, token }
+    }
+
+    async fn tracked(&self, token: &ProgressToken) -> Option<Arc<Tracked>> {
+        let lookup = || self.in_flight.lock().get(token).cloned();
+        let wait = async {
+            loop {
+                let registered = self.registered.notified();
+                if let Some(tracked) = lookup() {
+                    return tracked;
+                }
+                registered.await;
+            }
+        };
+        tokio::time::timeout(REGISTRATION_GRACE, wait).await.ok()
+    }
+
+    /// The client request a server request belongs to: the one session
+    /// with requests in flight here (the latest of them).
+    fn origin(&self) -> Result<Origin, ErrorData> {
+        let in_flight = self.in_flight.lock();
+        let mut candidates = in_flight
+            .values()
+            .filter(|t| self.session.is_none_or(|s| s == t.origin.session));
+        let Some(first) = candidates.next() else {
+            return Err(self.unroutable("no client request is in flight on this connection"));
+        };
+        let mut latest = &first.origin;
+        for tracked in candidates {
+            if tracked.origin.session != latest.session {
+                return Err(self.unroutable(
+                    "requests of several client sessions are in flight on this shared connection \
+                     (use sessionMode: PerSession for servers that call back)",
+                ));
+            }
+            if request_id_after(&tracked.origin.request_id, &latest.request_id) {
+                latest = &tracked.origin;
+            }
+        }
+        Ok(latest.clone())
+    }
+
+    fn unroutable(&self, why: &str) -> ErrorData {
+        ErrorData::internal_error(
+            format!(
+                "switchboard cannot tell which client session this request from server `{}` is for: {why}",
+                self.server
+            ),
+            None,
+        )
+    }
+
+    /// Sends a server's request to the client it belongs to and waits for
+    /// the answer; the server cancelling its request cancels it there too.
+    async fn ask_client(
+        &self,
+        mut request: ServerRequest,
+        cancel: CancellationToken,
+    ) -> Result<ClientResult, ErrorData> {
+        // A per-session connection's server may also ask between requests;
+        // that goes on the session's standalone stream.
+        let (client, request_id) = match self.origin() {
+            Ok(origin) => (origin.client, Some(origin.request_id)),
+            Err(error) => match self.session.and_then(|key| self.clients.get(key)) {
+                Some(session) => (session.peer.clone(), None),
+                None => return Err(error),
+            },
+        };
+        debug!(server = %self.server, "relaying server request to client");
+        if let Some(id) = request_id {
+            request.extensions_mut().insert(OriginatingRequestId(id));
+        }
+        let timeout = self.client_timeout;
+        // A fresh task: rmcp would otherwise mark the request as coming
+        // from the server's request this handler serves, not the client's.
+        let task = tokio::spawn(async move {
+            let options = PeerRequestOptions::with_timeout(timeout);
+            let handle = client.send_request_with_option(request, options).await?;
+            let (id, client) = (handle.id.clone(), handle.peer.clone());
+            tokio::select! {
+                answer = handle.await_response() => answer,
+                _ = cancel.cancelled() => {
+                    let reason = Some("cancelled by the server".to_owned());
+                    let _ = client.notify_cancelled(CancelledNotificationParam::new(Some(id), reason)).await;
+                    Err(rmcp::service::ServiceError::Cancelled { reason: None })
+                }
+            }
+        });
+        match task.await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(rmcp::service::ServiceError::McpError(error))) => Err(error),
+            Ok(Err(error)) => Err(ErrorData::internal_error(
+                format!("the client did not answer: {error}"),
+                None,
+            )),
+            Err(error) => Err(ErrorData::internal_error(error.to_string(), None)),
+        }
+    }
+
+    /// The URI clients know a server's resource by.
+    fn client_uri(&self, uri: &str) -> String {
+        match &self.uri_prefix {
+            Some(prefix) => format!("{prefix}+{uri}"),
+            None => uri.to_owned(),
+        }
+    }
+
+    /// Sessions a notification outside any request goes to: the
+    /// connection's own session, else the one with requests in flight,
+    /// else every session `wanted` selects.
+    fn audience(
+        &self,
+        wanted: impl Fn(&ClientSession) -> bool,
+        everyone: impl FnOnce() -> Vec<Arc<ClientSession>>,
+    ) -> Vec<Arc<ClientSession>> {
+        let only = self
+            .session
+            .or_else(|| self.origin().ok().map(|o| o.session));
+        match only {
+            Some(key) => self
+                .clients
+                .get(key)
+                .filter(|session| wanted(session))
+                .into_iter()
+                .collect(),
+            None => everyone(),
+        }
+    }
+}
+
+/// Whether `a` was issued after `b` (ids a client numbers upwards).
+fn request_id_after(a: &RequestId, b: &RequestId) -> bool {
+    match (a, b) {
+        (RequestId::Number(a), RequestId::Number(b)) => a > b,
+        _ => false,
+    }
+}
+
+// === impl Registration ===
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.relay.in_flight.lock().remove(&self.token);
+    }
+}
+
+// === impl DownstreamClient ===
+
+impl ClientHandler for DownstreamClient {
+    fn get_info(&self) -> ClientConfig {
+        let mut capabilities = ClientCapabilities::default();
+        capabilities.sampling = Some(Default::default());
+        capabilities.elicitation = Some(ElicitationCapability::default());
+        capabilities.roots = Some(RootsCapabilities::default());
+        ClientConfig::new(
+            capabilities,
+            Implementation::new("switchboard-gateway", env!("CARGO_PKG_VERSION")),
+        )
+        .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
+        match self.relay.ask_client(request, context.ct).await? {
+            ClientResult::CreateMessageResult(result) => Ok(*result),
+            _ => Err(unexpected_answer("sampling/createMessage")),
+        }
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
+        match self.relay.ask_client(request, context.ct).await? {
+            ClientResult::ElicitResult(result) => Ok(result),
+            _ => Err(unexpected_answer("elicitation/create")),
+        }
+    }
+
+    async fn list_roots(
+        &self,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
+        match self.relay.ask_client(request, context.ct).await? {
+            ClientResult::ListRootsResult(result) => Ok(result),
+            _ => Err(unexpected_answer("roots/list")),
+        }
+    }
+
+    async fn on_progress(
+        &self,
+        mut params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let Some(tracked) = self.relay.tracked(&params.progress_token).await else {
+            return;
+        };
+        let Some(token) = tracked.origin.progress_token.clone() else {
+            return;
+        };
+        {
+            // rmcp handles notifications concurrently; a late one would
+            // make the client's progress go backwards, so it is dropped.
+            let mut last = tracked.last_progress.lock();
+            if last.is_some_and(|last| params.progress <= last) {
+                return;
+            }
+            *last = Some(params.progress);
+        }
+        params.progress_token = token;
+        let _ = tracked.origin.client.notify_progress(params).await;
+    }
+
+    async fn on_logging_message(
+        &self,
+        mut params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let server = &self.relay.server;
+        params.logger = Some(match params.logger.take() {
+            Some(logger) => format!("{server}/{logger}"),
+            None => server.to_string(),
+        });
+        let level = params.level;
+        let audience = self.relay.audience(
+            |session| session.wants_log(level),
+            || self.relay.clients.logging_at(level),
+        );
+        for session in audience {
+            let _ = session.peer.notify_logging_message(params.clone()).await;
+        }
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let uri = self.relay.client_uri(&params.uri);
+        let audience = self.relay.audience(
+            |session| session.is_subscribed(&uri),
+            || self.relay.clients.subscribed_to(&uri),
+        );
+        for session in audience {
+            let _ = session
+                .peer
+                .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri.clone()))
+                .await;
+        }
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.relay.lists_changed.notify_one();
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.relay.lists_changed.notify_one();
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.relay.lists_changed.notify_one();
+    }
+}
+
+fn unexpected_answer(method: &str) -> ErrorData {
+    ErrorData::internal_error(
+        format!("the client answered {method} with another result"),
+        None,
+    )
+}

@@ -1,0 +1,421 @@
+//! The relay beyond tools, against a real third-party server:
+//! `@modelcontextprotocol/server-everything` (npm, installed by `.ci/run`
+//! into `tests/npm`) behind the gateway over stdio. Resources and
+//! templates with rewritten URIs, prompts, completions, progress,
+//! logging, subscriptions, and the server's own requests (sampling,
+//! elicitation) reaching the client session that caused them, never
+//! another one.
+
+#![allow(deprecated)] // Sampling and logging: deprecated by SEP-2577, still in use.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use e2e::{Switchboard, eventually, server_with};
+use parking_lot::Mutex;
+use rmcp::{
+    ClientHandler, ErrorData, RoleClient, ServiceExt,
+    model::{
+        ArgumentInfo, CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig,
+        CompleteRequestParams, CreateMessageRequestParams, CreateMessageResult,
+        ElicitRequestParams, ElicitResult, ElicitationAction, GetPromptRequestParams,
+        Implementation, ListRootsResult, LoggingLevel, LoggingMessageNotificationParam,
+        ProgressNotificationParam, ReadResourceRequestParams, Reference, ResourceContents,
+        ResourceUpdatedNotificationParam, Root, SamplingMessage, SetLevelRequestParams,
+        SubscribeRequestParams, UnsubscribeRequestParams,
+    },
+    service::{NotificationContext, RequestContext, RunningService},
+    transport::StreamableHttpClientTransport,
+};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What one client saw of the relay.
+#[derive(Default)]
+struct Seen {
+    sampling: Vec<String>,
+    elicitations: usize,
+    progress: Vec<f64>,
+    logs: Vec<LoggingMessageNotificationParam>,
+    updated: Vec<String>,
+}
+
+/// A client that answers the server's requests with its own name, so a
+/// test can tell whose answer came back.
+#[derive(Clone)]
+struct Client {
+    name: &'static str,
+    seen: Arc<Mutex<Seen>>,
+}
+
+type Session = RunningService<RoleClient, Client>;
+
+impl ClientHandler for Client {
+    fn get_info(&self) -> ClientConfig {
+        let mut capabilities = ClientCapabilities::default();
+        capabilities.sampling = Some(Default::default());
+        capabilities.elicitation = Some(Default::default());
+        capabilities.roots = Some(Default::default());
+        ClientConfig::new(capabilities, Implementation::new(self.name, "1.0.0"))
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        let asked = serde_json::to_string(&params.messages).unwrap_or_default();
+        self.seen.lock().sampling.push(asked);
+        Ok(CreateMessageResult::new(
+            SamplingMessage::assistant_text(format!("sampled by {}", self.name)),
+            "e2e-model".to_owned(),
+        ))
+    }
+
+    async fn create_elicitation(
+        &self,
+        _params: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        self.seen.lock().elicitations += 1;
+        let content = json!({ "name": self.name, "check": true });
+        Ok(ElicitResult::new(ElicitationAction::Accept).with_content(content))
+    }
+
+    async fn list_roots(
+        &self,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        Ok(ListRootsResult::new(vec![Root::new(format!(
+            "file:///{}",
+            self.name
+        ))]))
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.seen.lock().progress.push(params.progress);
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.seen.lock().logs.push(params);
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.seen.lock().updated.push(params.uri);
+    }
+}
+
+async fn connect(sb: &Switchboard, name: &'static str) -> (Session, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let client = Client {
+        name,
+        seen: seen.clone(),
+    };
+    let transport = StreamableHttpClientTransport::from_uri(sb.mcp_url());
+    let session = client.serve(transport).await.expect("connect");
+    (session, seen)
+}
+
+/// The server-everything binary `npm ci` put under `tests/npm`.
+fn everything_bin() -> String {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("npm/node_modules/.bin/mcp-server-everything");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `npm ci --prefix tests/npm`",
+        bin.display()
+    );
+    bin.display().to_string()
+}
+
+fn everything(name: &str, spec: Value) -> String {
+    server_with(name, &everything_bin(), &["stdio"], spec)
+}
+
+async fn call(session: &Session, tool: &str, arguments: Value) -> CallToolResult {
+    let params = CallToolRequestParams::new(tool.to_owned())
+        .with_arguments(arguments.as_object().cloned().unwrap_or_default());
+    session.call_tool(params).await.expect(tool)
+}
+
+/// Every text block of a result, joined.
+fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until the gateway lists `tool` (server-everything registers its
+/// sampling and elicitation tools only after initialisation).
+async fn wait_for_tool(session: &Session, tool: &str) {
+    eventually(&format!("{tool} to be listed"), WAIT, || async {
+        let tools = session.list_all_tools().await.map_err(|e| e.to_string())?;
+        let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+        if names.iter().any(|n| n == tool) {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn resources_prompts_completion_progress_logging_and_subscriptions() {
+    let sb = Switchboard::start(&[("everything.yaml", &everything("everything", json!({})))]).await;
+    sb.wait_server_state("everything", "ready").await;
+    let (session, seen) = connect(&sb, "alice").await;
+
+    // Capabilities are the union of what the servers support.
+    let info = session.peer_info().expect("server info");
+    let capabilities = &info.capabilities;
+    assert!(capabilities.prompts.is_some(), "{capabilities:?}");
+    assert!(capabilities.completions.is_some(), "{capabilities:?}");
+    assert!(capabilities.logging.is_some(), "{capabilities:?}");
+    let resources = capabilities.resources.as_ref().expect("resources");
+    assert_eq!(resources.subscribe, Some(true), "{capabilities:?}");
+
+    // Resources: URIs carry the server's prefix and read back through it.
+    let listed = session.list_all_resources().await.expect("resources/list");
+    assert!(!listed.is_empty());
+    assert!(
+        listed
+            .iter()
+            .all(|r| r.uri.starts_with("everything+demo://")),
+        "{:?}",
+        listed.iter().map(|r| &r.uri).collect::<Vec<_>>()
+    );
+    let uri = listed[0].uri.clone();
+    let read = session
+        .read_resource(ReadResourceRequestParams::new(uri.clone()))
+        .await
+        .expect("resources/read");
+    let (ResourceContents::TextResourceContents { uri: got, .. }
+    | ResourceContents::BlobResourceContents { uri: got, .. }) = &read.contents[0]
+    else {
+        panic!("{read:?}");
+    };
+    assert_eq!(got, &uri, "contents name the URI the client asked for");
+
+    // Templates: prefixed too, and an expansion is routed to the server.
+    let templates = session
+        .list_all_resource_templates()
+        .await
+        .expect("resources/templates/list");
+    let template = templates
+        .iter()
+        .find(|t| t.uri_template.contains("dynamic/text/{"))
+        .unwrap_or_else(|| panic!("{templates:?}"));
+    assert!(template.uri_template.starts_with("everything+demo://"));
+    let expanded = "everything+demo://resource/dynamic/text/3";
+    let read = session
+        .read_resource(ReadResourceRequestParams::new(expanded))
+        .await
+        .expect("read a template expansion");
+    assert!(
+        matches!(&read.contents[0], ResourceContents::TextResourceContents { text, .. } if !text.is_empty()),
+        "{read:?}"
+    );
+    let unknown = session
+        .read_resource(ReadResourceRequestParams::new("nosuch+x://y"))
+        .await
+        .expect_err("unknown resource");
+    assert!(unknown.to_string().contains("nosuch+x://y"), "{unknown}");
+
+    // Prompts: namespaced like tools, arguments relayed.
+    let prompts = session.list_all_prompts().await.expect("prompts/list");
+    let names: Vec<_> = prompts.iter().map(|p| p.name.as_str()).collect();
+    assert!(names.contains(&"everything.args-prompt"), "{names:?}");
+    let mut arguments = serde_json::Map::new();
+    arguments.insert("city".to_owned(), json!("Lisbon"));
+    let prompt = session
+        .get_prompt(GetPromptRequestParams::new("everything.args-prompt").with_arguments(arguments))
+        .await
+        .expect("prompts/get");
+    let messages = serde_json::to_string(&prompt.messages).expect("json");
+    assert!(messages.contains("Lisbon"), "{messages}");
+    let unknown = session
+        .get_prompt(GetPromptRequestParams::new("everything.nope"))
+        .await
+        .expect_err("unknown prompt");
+    assert!(unknown.to_string().contains("everything.nope"), "{unknown}");
+
+    // Completion: the prompt reference is rewritten to the server's name.
+    let completion = session
+        .complete(CompleteRequestParams::new(
+            Reference::for_prompt("everything.completable-prompt"),
+            ArgumentInfo::new("department", "E"),
+        ))
+        .await
+        .expect("completion/complete");
+    assert!(
+        completion
+            .completion
+            .values
+            .iter()
+            .any(|v| v.starts_with('E')),
+        "{completion:?}"
+    );
+
+    // Progress: the client's own token, in order, to the end.
+    let done = call(
+        &session,
+        "everything.trigger-long-running-operation",
+        json!({ "duration": 1, "steps": 4 }),
+    )
+    .await;
+    assert!(text(&done).contains("completed"), "{done:?}");
+    eventually("the last progress notification", WAIT, || async {
+        let progress = seen.lock().progress.clone();
+        if progress.last() == Some(&4.0) {
+            Ok(())
+        } else {
+            Err(format!("{progress:?}"))
+        }
+    })
+    .await;
+    let progress = seen.lock().progress.clone();
+    assert!(
+        progress.windows(2).all(|w| w[0] < w[1]),
+        "progress went backwards: {progress:?}"
+    );
+
+    // Logging: the level is the client's, messages name their server.
+    session
+        .set_level(SetLevelRequestParams::new(LoggingLevel::Debug))
+        .await
+        .expect("logging/setLevel");
+    call(&session, "everything.toggle-simulated-logging", json!({})).await;
+    eventually("a log message from the server", WAIT, || async {
+        let logs = seen.lock().logs.clone();
+        match logs.first() {
+            Some(log) => Ok(log.clone()),
+            None => Err("none yet".to_owned()),
+        }
+    })
+    .await;
+    call(&session, "everything.toggle-simulated-logging", json!({})).await;
+    let logs = seen.lock().logs.clone();
+    assert!(
+        logs.iter().all(|l| l
+            .logger
+            .as_deref()
+            .is_some_and(|l| l.starts_with("everything"))),
+        "{logs:?}"
+    );
+
+    // Subscriptions: updates arrive under the client's URI.
+    session
+        .subscribe(SubscribeRequestParams::new(uri.clone()))
+        .await
+        .expect("resources/subscribe");
+    call(&session, "everything.toggle-subscriber-updates", json!({})).await;
+    eventually("resources/updated for the subscribed URI", WAIT, || async {
+        let updated = seen.lock().updated.clone();
+        if updated.contains(&uri) {
+            Ok(())
+        } else {
+            Err(format!("{updated:?}"))
+        }
+    })
+    .await;
+    call(&session, "everything.toggle-subscriber-updates", json!({})).await;
+    session
+        .unsubscribe(UnsubscribeRequestParams::new(uri.clone()))
+        .await
+        .expect("resources/unsubscribe");
+    let updated = seen.lock().updated.clone();
+    assert!(updated.iter().all(|u| u == &uri), "{updated:?}");
+
+    session.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn server_requests_reach_only_the_session_that_caused_them() {
+    let per_session = everything("mine", json!({ "sessionMode": "perSession" }));
+    let shared = everything("shared", json!({}));
+    let sb = Switchboard::start(&[("mine.yaml", &per_session), ("shared.yaml", &shared)]).await;
+    sb.wait_server_state("mine", "ready").await;
+    sb.wait_server_state("shared", "ready").await;
+    let (alice, alice_seen) = connect(&sb, "alice").await;
+    let (bob, bob_seen) = connect(&sb, "bob").await;
+    wait_for_tool(&alice, "mine.trigger-sampling-request").await;
+    wait_for_tool(&alice, "shared.trigger-sampling-request").await;
+
+    // Both sessions ask at the same time; each gets its own answer.
+    let tool = "mine.trigger-sampling-request";
+    let prompt = json!({ "prompt": "who answers?" });
+    let (for_alice, for_bob) = tokio::join!(
+        call(&alice, tool, prompt.clone()),
+        call(&bob, tool, prompt.clone())
+    );
+    assert!(
+        text(&for_alice).contains("sampled by alice"),
+        "{for_alice:?}"
+    );
+    assert!(text(&for_bob).contains("sampled by bob"), "{for_bob:?}");
+    assert_eq!(alice_seen.lock().sampling.len(), 1);
+    assert_eq!(bob_seen.lock().sampling.len(), 1);
+
+    // Elicitation goes the same way.
+    let elicited = call(&bob, "mine.trigger-elicitation-request", json!({})).await;
+    assert!(text(&elicited).contains("bob"), "{elicited:?}");
+    assert_eq!(bob_seen.lock().elicitations, 1);
+    assert_eq!(alice_seen.lock().elicitations, 0);
+
+    // A shared connection with only alice's call in flight: hers.
+    let alone = call(
+        &alice,
+        "shared.trigger-sampling-request",
+        json!({ "prompt": "only me" }),
+    )
+    .await;
+    assert!(text(&alone).contains("sampled by alice"), "{alone:?}");
+
+    // The same connection busy with both sessions: nobody can tell whose
+    // request it is, so the server gets an error and nobody is asked.
+    let slow = call(
+        &bob,
+        "shared.trigger-long-running-operation",
+        json!({ "duration": 3, "steps": 3 }),
+    );
+    let ambiguous = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        call(
+            &alice,
+            "shared.trigger-sampling-request",
+            json!({ "prompt": "whose?" }),
+        )
+        .await
+    };
+    let (_, ambiguous) = tokio::join!(slow, ambiguous);
+    let message = text(&ambiguous);
+    assert!(
+        message.contains("cannot tell which client session"),
+        "{ambiguous:?}"
+    );
+    assert_eq!(
+        alice_seen.lock().sampling.len(),
+        2,
+        "no new sampling for alice"
+    );
+    assert_eq!(bob_seen.lock().sampling.len(), 1, "none for bob either");
+
+    alice.cancel().await.expect("close");
+    bob.cancel().await.expect("close");
+}
