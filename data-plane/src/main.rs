@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use data_plane::{
     app,
+    bridge::{self, BridgeConfig},
     demo_server::{self, DemoOptions},
     downstream::Launcher,
     mcp::McpConfig,
@@ -40,6 +41,20 @@ enum LogFormat {
 enum Command {
     /// Serve MCP with the servers the control plane configures.
     Run(RunArgs),
+    /// Speak MCP on stdin/stdout for a client that can only start a command,
+    /// relaying every message to a gateway's `/mcp` endpoint.
+    Bridge {
+        /// The gateway's MCP endpoint.
+        #[arg(
+            long,
+            env = "SWITCHBOARD_URL",
+            default_value = "http://127.0.0.1:8787/mcp"
+        )]
+        url: String,
+        /// Who is calling (the client's name), for the gateway's logs and traces.
+        #[arg(long, env = "SWITCHBOARD_CALLER")]
+        caller: Option<String>,
+    },
     /// Internal: supervises one stdio server process for the gateway.
     #[command(hide = true)]
     StdioShim {
@@ -125,7 +140,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // The demo server's stderr ends up in the gateway's log: keep it terse.
     let default_filter = match cli.command {
-        Command::DemoServer { .. } => "warn",
+        Command::DemoServer { .. } | Command::Bridge { .. } => "warn",
         Command::Run(_) | Command::StdioShim { .. } => DEFAULT_LOG_FILTER,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
@@ -165,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             demo_server::run(options).await
         }
         Command::StdioShim { .. } => anyhow::bail!("stdio-shim runs before the runtime starts"),
+        Command::Bridge { url, caller } => bridge::run(BridgeConfig { url, caller }).await,
         Command::Run(args) => {
             let otlp_endpoint = match args.otlp_endpoint.as_deref() {
                 None | Some("") => Some(args.control_plane.clone()),

@@ -419,3 +419,78 @@ async fn server_requests_reach_only_the_session_that_caused_them() {
     alice.cancel().await.expect("close");
     bob.cancel().await.expect("close");
 }
+
+/// A stdio-only client through `switchboard-gateway bridge`: lists, calls,
+/// answers the server's sampling request through the bridge, and is named
+/// by `--caller` in the gateway's log.
+#[tokio::test]
+async fn stdio_bridge_relays_both_ways_and_names_the_caller() {
+    let spec = json!({ "sessionMode": "perSession" });
+    let sb = Switchboard::start(&[("everything.yaml", &everything("everything", spec))]).await;
+    sb.wait_server_state("everything", "ready").await;
+    let mut bridge = tokio::process::Command::new(e2e::bin_dir().join("switchboard-gateway"))
+        .args(["bridge", "--url", &sb.mcp_url(), "--caller", "bridge-e2e"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the bridge");
+    let stdout = bridge.stdout.take().expect("stdout");
+    let stdin = bridge.stdin.take().expect("stdin");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let client = Client {
+        name: "stdio-client",
+        seen: seen.clone(),
+    };
+    let session = client
+        .serve((stdout, stdin))
+        .await
+        .expect("initialize through the bridge");
+    let server = session.peer_info().and_then(|i| i.server_info.clone());
+    assert_eq!(server.map(|s| s.name).as_deref(), Some("switchboard"));
+    wait_for_tool(&session, "everything.trigger-sampling-request").await;
+
+    let echoed = call(
+        &session,
+        "everything.echo",
+        json!({ "message": "over stdio" }),
+    )
+    .await;
+    assert!(text(&echoed).contains("over stdio"), "{echoed:?}");
+    let sampled = call(
+        &session,
+        "everything.trigger-sampling-request",
+        json!({ "prompt": "through the bridge" }),
+    )
+    .await;
+    assert!(
+        text(&sampled).contains("sampled by stdio-client"),
+        "{sampled:?}"
+    );
+    assert_eq!(seen.lock().sampling.len(), 1);
+    let unknown = session
+        .get_prompt(GetPromptRequestParams::new("nope"))
+        .await
+        .expect_err("unknown prompt through the bridge");
+    assert!(unknown.to_string().contains("nope"), "{unknown}");
+
+    eventually("the caller in the gateway's request log", WAIT, || async {
+        let logs = sb.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("message=request") && l.contains("tool=everything.echo"));
+        match line {
+            Some(line) if line.contains("caller=bridge-e2e") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // Closing stdin ends the bridge (and its gateway session) cleanly.
+    session.cancel().await.expect("close");
+    let status = tokio::time::timeout(WAIT, bridge.wait())
+        .await
+        .expect("the bridge exits after stdin closes")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+}
