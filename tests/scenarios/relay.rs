@@ -494,3 +494,93 @@ async fn stdio_bridge_relays_both_ways_and_names_the_caller() {
         .expect("wait");
     assert!(status.success(), "{status}");
 }
+
+/// Runs the Python SDK client script and returns what it saw.
+async fn python_sdk(args: &[&str]) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/sdk_client.py");
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the Python client finishes")
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python client failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn assert_python_saw_the_gateway(seen: &Value) {
+    assert_eq!(seen["server"], "switchboard", "{seen}");
+    let tools = seen["tools"].as_array().expect("tools");
+    assert!(tools.contains(&json!("everything.echo")), "{seen}");
+    assert!(
+        seen["echo"]
+            .as_str()
+            .is_some_and(|t| t.contains("from python")),
+        "{seen}"
+    );
+    // An unknown tool is a JSON-RPC error naming it.
+    let unknown = seen["unknown_tool"]["text"].as_str().unwrap_or_default();
+    assert!(unknown.contains("everything.no-such-tool"), "{seen}");
+    assert_eq!(seen["unknown_tool"]["code"], -32602, "{seen}");
+    assert!(
+        seen["prompts"]
+            .as_array()
+            .is_some_and(|p| p.contains(&json!("everything.args-prompt"))),
+        "{seen}"
+    );
+    assert!(
+        seen["prompt"].as_str().is_some_and(|p| p.contains("Porto")),
+        "{seen}"
+    );
+    let first = seen["resources"][0].as_str().expect("a resource");
+    assert!(first.starts_with("everything+demo://"), "{seen}");
+    assert_eq!(seen["read_uri"], first, "{seen}");
+    assert!(
+        seen["sampled"]
+            .as_str()
+            .is_some_and(|s| s.contains("sampled by python-sdk")),
+        "{seen}"
+    );
+}
+
+/// The official Python SDK (PyPI `mcp`, a 2.x client that probes
+/// `server/discover` first) over streamable HTTP and through the bridge.
+#[tokio::test]
+async fn python_sdk_client_over_http_and_through_the_bridge() {
+    let sb = Switchboard::start(&[("everything.yaml", &everything("everything", json!({})))]).await;
+    sb.wait_server_state("everything", "ready").await;
+    let (session, _) = connect(&sb, "waiter").await;
+    wait_for_tool(&session, "everything.trigger-sampling-request").await;
+    session.cancel().await.expect("close");
+
+    let over_http = python_sdk(&["http", &sb.mcp_url()]).await;
+    assert_python_saw_the_gateway(&over_http);
+
+    let gateway = e2e::bin_dir().join("switchboard-gateway");
+    let gateway = gateway.display().to_string();
+    let bridged = python_sdk(&["bridge", &gateway, &sb.mcp_url()]).await;
+    assert_python_saw_the_gateway(&bridged);
+    eventually("the bridge's caller in the request log", WAIT, || async {
+        let logs = sb.logs();
+        if logs
+            .lines()
+            .any(|l| l.contains("message=request") && l.contains("caller=python-bridge"))
+        {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    })
+    .await;
+}
