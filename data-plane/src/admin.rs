@@ -43,6 +43,9 @@ struct Health {
     /// Tool names several servers wanted, and how each was resolved.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_name_collisions: Vec<Collision>,
+    /// Prompt names several servers wanted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    prompt_name_collisions: Vec<Collision>,
     /// Tool names longer than common LLM providers accept (64).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     long_tool_names: Vec<String>,
@@ -123,6 +126,7 @@ async fn healthz(State(state): State<AdminState>) -> Json<Health> {
         servers,
         rejected: state.config.rejected(),
         tool_name_collisions: catalog.collisions().to_vec(),
+        prompt_name_collisions: catalog.prompt_collisions().to_vec(),
         long_tool_names: catalog.long_names().to_vec(),
     })
 }

@@ -341,6 +341,46 @@ async fn malformed_oversized_and_unknown_requests_get_clear_errors_and_sessions_
     )
     .await;
     assert_eq!(status, 404);
+    // `server/discover` (2026-07-28 clients probe with it before falling
+    // back to `initialize`) gets an error at once that lists the versions
+    // served (the stateless revision is not served yet); one without the
+    // revision's required `_meta` gets -32602 saying what it lacks.
+    let discover = r#"{"jsonrpc":"2.0","id":11,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let response = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "server/discover")
+        .body(discover)
+        .send()
+        .await
+        .expect("POST server/discover");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    let discovered = jsonrpc_message(&text);
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(discovered["error"]["code"], -32022, "{text}");
+    let supported = &discovered["error"]["data"]["supported"];
+    assert!(
+        supported
+            .as_array()
+            .is_some_and(|v| v.contains(&json!("2025-11-25"))),
+        "{text}"
+    );
+    let (_, _, text) = post(
+        r#"{"jsonrpc":"2.0","id":12,"method":"server/discover","params":{}}"#.to_owned(),
+        None,
+    )
+    .await;
+    let refused = jsonrpc_message(&text);
+    assert_eq!(refused["error"]["code"], -32602, "{text}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("protocolVersion")),
+        "{text}"
+    );
 
     // Nothing was disturbed: the same session and another client go on.
     let (status, _, text) = post(
