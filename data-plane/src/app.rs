@@ -106,10 +106,17 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
                 catalog.clone(),
                 servers.clone(),
                 &config.mcp,
-                telemetry,
+                telemetry.clone(),
                 shutdown.child_token(),
             ),
         )
+        .merge(mcp::sse::router(
+            catalog.clone(),
+            servers.clone(),
+            &config.mcp,
+            telemetry,
+            shutdown.child_token(),
+        ))
         .layer(axum::middleware::from_fn_with_state(
             body_limit,
             mcp::guard::guard,

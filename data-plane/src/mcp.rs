@@ -4,13 +4,15 @@
 //! completions, log levels) to the server that owns the name or URI, with
 //! the namespace stripped and the result relayed unchanged. What servers
 //! send back outside a response goes through `downstream/relay.rs`.
-//! `guard.rs` checks request bodies before rmcp sees them.
+//! `guard.rs` checks request bodies before rmcp sees them; `sse.rs` serves
+//! the same sessions over legacy HTTP+SSE.
 
 // Logging is deprecated by SEP-2577 but clients on the protocol versions
 // this gateway serves still use it.
 #![allow(deprecated)]
 
 pub mod guard;
+pub mod sse;
 
 use std::{
     borrow::Cow,

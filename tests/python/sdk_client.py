@@ -1,7 +1,8 @@
 """A client other than rmcp: the official Python MCP SDK (PyPI `mcp`).
 
-Connects to a Switchboard gateway either over streamable HTTP (`http URL`)
-or by starting the stdio bridge (`bridge GATEWAY_BIN URL`), exercises tools,
+Connects to a Switchboard gateway over streamable HTTP (`http URL`), over
+legacy HTTP+SSE (`sse URL`, the gateway's `/sse`), or by starting the stdio
+bridge (`bridge GATEWAY_BIN URL`), exercises tools,
 prompts, resources and sampling, and prints one JSON object describing what
 it saw. The Rust test that runs it asserts on that object.
 """
@@ -12,6 +13,7 @@ import sys
 
 import mcp_types as types
 from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 
 
@@ -65,6 +67,8 @@ async def main():
     mode = sys.argv[1]
     if mode == "http":
         target = sys.argv[2]
+    elif mode == "sse":
+        target = sse_client(sys.argv[2])
     else:
         gateway, url = sys.argv[2], sys.argv[3]
         target = StdioServerParameters(

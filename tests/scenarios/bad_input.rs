@@ -7,6 +7,7 @@ use e2e::{
     fake_control_plane::{FakeControlPlane, demo_resource, stdio_resource},
     tool_names,
 };
+use futures::StreamExt;
 use proto::config::{self as pb, replica_message::Kind};
 use rmcp::{ServiceError, model::ErrorCode};
 use serde_json::{Value, json};
@@ -398,4 +399,68 @@ async fn malformed_oversized_and_unknown_requests_get_clear_errors_and_sessions_
         .await
         .expect("the other client");
     assert_eq!(echoed.structured_content, Some(json!({ "text": "fine" })));
+}
+
+/// Legacy SSE refuses what `/mcp` refuses: foreign hosts (DNS rebinding),
+/// unknown sessions, malformed bodies — each with a JSON-RPC error.
+#[tokio::test]
+async fn legacy_sse_refuses_foreign_hosts_unknown_sessions_and_bad_bodies() {
+    let demo = demo_server_yaml("demo", &format!("bad-sse-{}", std::process::id()), &[]);
+    let sb = Switchboard::start(&[("demo.yaml", &demo)]).await;
+    sb.wait_server_state("demo", "ready").await;
+    let http = reqwest::Client::new();
+    let sse = sb.mcp_url().replace("/mcp", "/sse");
+    let message = sb.mcp_url().replace("/mcp", "/message");
+
+    for (header, value) in [("host", "evil.example"), ("origin", "http://evil.example")] {
+        let response = http
+            .get(&sse)
+            .header(header, value)
+            .send()
+            .await
+            .expect("GET /sse");
+        assert_eq!(response.status().as_u16(), 403, "{header}: {value}");
+        let text = response.text().await.unwrap_or_default();
+        assert!(text.contains("evil.example"), "{text}");
+    }
+
+    let post = |url: String, body: &'static str| {
+        let request = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.expect("POST /message");
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+    };
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let (status, text) = post(format!("{message}?sessionId=nope"), ping).await;
+    assert_eq!(status, 404, "{text}");
+    assert!(
+        jsonrpc_message(&text)["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nope")),
+        "{text}"
+    );
+    let (status, text) = post(format!("{message}?sessionId=nope"), r#"{"jsonrpc":"2.0","#).await;
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(jsonrpc_message(&text)["error"]["code"], -32700, "{text}");
+
+    // A real session still opens: the first event names where to POST.
+    let mut stream = http
+        .get(&sse)
+        .send()
+        .await
+        .expect("GET /sse")
+        .bytes_stream();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+        .await
+        .expect("an endpoint event")
+        .expect("stream open")
+        .expect("bytes");
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.contains("event: endpoint"), "{first}");
+    assert!(first.contains("/message?sessionId="), "{first}");
 }

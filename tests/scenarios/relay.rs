@@ -555,9 +555,10 @@ fn assert_python_saw_the_gateway(seen: &Value) {
 }
 
 /// The official Python SDK (PyPI `mcp`, a 2.x client that probes
-/// `server/discover` first) over streamable HTTP and through the bridge.
+/// `server/discover` first) over streamable HTTP, over legacy SSE, and
+/// through the bridge.
 #[tokio::test]
-async fn python_sdk_client_over_http_and_through_the_bridge() {
+async fn python_sdk_client_over_http_sse_and_through_the_bridge() {
     let sb = Switchboard::start(&[("everything.yaml", &everything("everything", json!({})))]).await;
     sb.wait_server_state("everything", "ready").await;
     let (session, _) = connect(&sb, "waiter").await;
@@ -566,6 +567,10 @@ async fn python_sdk_client_over_http_and_through_the_bridge() {
 
     let over_http = python_sdk(&["http", &sb.mcp_url()]).await;
     assert_python_saw_the_gateway(&over_http);
+
+    let sse_url = sb.mcp_url().replace("/mcp", "/sse");
+    let over_sse = python_sdk(&["sse", &sse_url]).await;
+    assert_python_saw_the_gateway(&over_sse);
 
     let gateway = e2e::bin_dir().join("switchboard-gateway");
     let gateway = gateway.display().to_string();

@@ -1,0 +1,205 @@
+//! Legacy HTTP+SSE (protocol 2024-11-05) for clients that predate
+//! streamable HTTP. `GET /sse` opens a session and its event stream, whose
+//! first event (`endpoint`) names where to POST (`/message?sessionId=…`);
+//! everything the gateway sends is a `message` event on that stream. The
+//! session is the same [`GatewaySession`] streamable HTTP uses, served by
+//! rmcp over channels; it ends when the client closes the stream.
+
+use std::{collections::HashMap, convert::Infallible, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Query, State},
+    http::{StatusCode, request::Parts},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::{get, post},
+};
+use futures::{StreamExt, stream};
+use parking_lot::RwLock;
+use rmcp::{
+    ServiceExt,
+    model::{ClientJsonRpcMessage, GetExtensions, JsonRpcMessage, ServerJsonRpcMessage},
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{CancellationToken, PollSender};
+use tracing::{Instrument, debug, info_span};
+
+use super::{GatewaySession, McpConfig};
+use crate::{catalog::CatalogReader, downstream::Servers, telemetry::Telemetry};
+
+/// Messages buffered per direction before the sender waits.
+const CHANNEL_CAPACITY: usize = 64;
+
+/// The open SSE sessions and what a new one needs.
+#[derive(Clone)]
+pub struct SseState {
+    sessions: Arc<RwLock<HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>>>,
+    catalog: CatalogReader,
+    servers: Servers,
+    telemetry: Telemetry,
+    allowed_hosts: Arc<[String]>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Deserialize)]
+struct SessionQuery {
+    #[serde(rename = "sessionId")]
+    session_id: String,
+}
+
+/// `GET /sse` and `POST /message`.
+pub fn router(
+    catalog: CatalogReader,
+    servers: Servers,
+    config: &McpConfig,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> Router {
+    let state = SseState {
+        sessions: Arc::default(),
+        catalog,
+        servers,
+        telemetry,
+        allowed_hosts: config.allowed_hosts.clone().into(),
+        shutdown,
+    };
+    Router::new()
+        .route("/sse", get(open))
+        .route("/message", post(message))
+        .with_state(state)
+}
+
+async fn open(State(state): State<SseState>, parts: Parts) -> Response {
+    if let Err(refused) = check_host(&state.allowed_hosts, &parts) {
+        return rpc_error(StatusCode::FORBIDDEN, -32600, refused);
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    let (to_client, outbound) = mpsc::channel::<ServerJsonRpcMessage>(CHANNEL_CAPACITY);
+    let (inbound_tx, inbound) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL_CAPACITY);
+    state.sessions.write().insert(id.clone(), inbound_tx);
+    let stop = state.shutdown.child_token();
+    let session = GatewaySession::new(state.catalog, state.servers, state.telemetry);
+    let sessions = state.sessions.clone();
+    let key = id.clone();
+    let running = stop.clone();
+    tokio::spawn(
+        async move {
+            let transport = (PollSender::new(to_client), ReceiverStream::new(inbound));
+            match session.serve_with_ct(transport, running).await {
+                Ok(service) => {
+                    let _ = service.waiting().await;
+                }
+                Err(err) => debug!(error = %err, "SSE session ended before initialize"),
+            }
+            sessions.write().remove(&key);
+            debug!("SSE session closed");
+        }
+        .instrument(info_span!("sse_session", session = %id)),
+    );
+    // The session lives as long as the client keeps the stream open.
+    let closed = stop.drop_guard();
+    let endpoint = Event::default()
+        .event("endpoint")
+        .data(format!("/message?sessionId={id}"));
+    let messages = ReceiverStream::new(outbound).map(move |message| {
+        let _session = &closed;
+        let data = serde_json::to_string(&message).unwrap_or_default();
+        Ok::<_, Infallible>(Event::default().event("message").data(data))
+    });
+    let events = stream::once(async move { Ok(endpoint) }).chain(messages);
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn message(
+    State(state): State<SseState>,
+    Query(query): Query<SessionQuery>,
+    parts: Parts,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = check_host(&state.allowed_hosts, &parts) {
+        return rpc_error(StatusCode::FORBIDDEN, -32600, refused);
+    }
+    let sender = state.sessions.read().get(&query.session_id).cloned();
+    let Some(sender) = sender else {
+        return rpc_error(
+            StatusCode::NOT_FOUND,
+            -32600,
+            format!(
+                "unknown or expired session `{}`; open a new one at /sse",
+                query.session_id
+            ),
+        );
+    };
+    let mut message: ClientJsonRpcMessage = match serde_json::from_slice(&body) {
+        Ok(message) => message,
+        Err(err) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                -32600,
+                format!("Invalid Request: {err}"),
+            );
+        }
+    };
+    // Handlers read headers (caller, traceparent) from the request parts,
+    // as they do on streamable HTTP.
+    match &mut message {
+        JsonRpcMessage::Request(request) => {
+            request.request.extensions_mut().insert(parts);
+        }
+        JsonRpcMessage::Notification(notification) => {
+            notification.notification.extensions_mut().insert(parts);
+        }
+        _ => {}
+    }
+    if sender.send(message).await.is_err() {
+        return rpc_error(
+            StatusCode::NOT_FOUND,
+            -32600,
+            format!("session `{}` has ended", query.session_id),
+        );
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// DNS-rebinding protection, as on `/mcp`: the `Host` (and `Origin`, when
+/// a browser sends one) must name an allowed host.
+fn check_host(allowed: &[String], parts: &Parts) -> Result<(), String> {
+    if allowed.iter().any(|h| h == "*") {
+        return Ok(());
+    }
+    let host_of = |value: &str| {
+        let authority = value.rsplit("://").next().unwrap_or(value);
+        let authority = authority.split('/').next().unwrap_or(authority);
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6).to_owned(),
+            None => authority.split(':').next().unwrap_or(authority).to_owned(),
+        }
+    };
+    let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let named = [header("host"), header("origin")];
+    let refused = named
+        .into_iter()
+        .flatten()
+        .map(host_of)
+        .find(|host| !allowed.iter().any(|a| a.eq_ignore_ascii_case(host)));
+    match (header("host"), refused) {
+        (Some(_), None) => Ok(()),
+        (None, _) => Err("missing Host header".to_owned()),
+        (Some(_), Some(host)) => Err(format!("host `{host}` is not allowed (see --allowed-host)")),
+    }
+}
+
+fn rpc_error(status: StatusCode, code: i64, message: String) -> Response {
+    let body =
+        json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
+    (status, Json(body)).into_response()
+}
