@@ -86,7 +86,7 @@ fn default_enabled() -> bool {
 
 /// Exactly one of the fields is set.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
-#[x_kube(validation = Rule::new("has(self.stdio) != has(self.http)").message("exactly one transport must be set (stdio or http)"))]
+#[x_kube(validation = Rule::new("[has(self.stdio), has(self.http), has(self.sse)].filter(x, x).size() == 1").message("exactly one transport must be set (stdio, http or sse)"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TransportSpec {
     /// A local process speaking MCP over stdin/stdout, run by every gateway replica.
@@ -95,16 +95,39 @@ pub struct TransportSpec {
     /// A remote server speaking streamable HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSpec>,
+    /// A server speaking the legacy HTTP+SSE transport (2024-11-05).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<SseSpec>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpSpec {
-    /// `http://` URL of the server's MCP endpoint.
+    /// `http://` or `https://` URL of the server's MCP endpoint.
     pub url: String,
     /// Headers sent with every request (e.g. `Authorization`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<Header>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SseSpec {
+    /// `http://` or `https://` URL of the server's event stream, e.g. `http://127.0.0.1:3001/sse`.
+    pub url: String,
+    /// Headers sent with every request (e.g. `Authorization`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<Header>,
+    /// A command each gateway replica starts first and keeps running while
+    /// connected (for SSE servers that run beside the gateway); the replica
+    /// waits until `url` answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment of `command` (plain values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -195,7 +218,7 @@ pub struct McpServerStatus {
     /// The tool name prefix in effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
-    /// `stdio` or `http`.
+    /// `stdio`, `http` or `sse`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
     /// Connected gateway replicas.
@@ -256,6 +279,20 @@ pub enum ValidTransport {
         url: String,
         headers: BTreeMap<String, String>,
     },
+    Sse {
+        url: String,
+        headers: BTreeMap<String, String>,
+        /// Started before connecting, when set.
+        launch: Option<Launch>,
+    },
+}
+
+/// A process started beside an SSE server's connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
 }
 
 /// Why a resource is invalid: the field path and what is wrong with it.
@@ -291,13 +328,15 @@ impl McpServer {
         check_namespace(&namespace)
             .map_err(|reason| ValidationError::new("spec.namespace", reason))?;
 
-        let transport = match (&self.spec.transport.stdio, &self.spec.transport.http) {
-            (Some(stdio), None) => validate_stdio(stdio)?,
-            (None, Some(http)) => validate_http(http)?,
+        let transport = &self.spec.transport;
+        let transport = match (&transport.stdio, &transport.http, &transport.sse) {
+            (Some(stdio), None, None) => validate_stdio(stdio)?,
+            (None, Some(http), None) => validate_http(http)?,
+            (None, None, Some(sse)) => validate_sse(sse)?,
             _ => {
                 return Err(ValidationError::new(
                     "spec.transport",
-                    "exactly one transport must be set (stdio or http)",
+                    "exactly one transport must be set (stdio, http or sse)",
                 ));
             }
         };
@@ -399,23 +438,90 @@ fn value_ref(source: &EnvVarSource) -> Result<ValueRef, String> {
 }
 
 fn validate_http(http: &HttpSpec) -> Result<ValidTransport, ValidationError> {
-    let field = "spec.transport.http.url";
-    let Some(rest) = http.url.strip_prefix("http://") else {
-        let reason = if http.url.starts_with("https://") {
-            "https:// is not supported yet: reach the server over http:// (e.g. a sidecar or mesh)"
-        } else {
-            "must be an http:// URL"
-        };
-        return Err(ValidationError::new(field, reason));
+    Ok(ValidTransport::Http {
+        url: validate_url("spec.transport.http.url", &http.url)?,
+        headers: validate_headers("spec.transport.http.headers", &http.headers)?,
+    })
+}
+
+fn validate_sse(sse: &SseSpec) -> Result<ValidTransport, ValidationError> {
+    let url = validate_url("spec.transport.sse.url", &sse.url)?;
+    let headers = validate_headers("spec.transport.sse.headers", &sse.headers)?;
+    let launch = match &sse.command {
+        None if sse.args.is_empty() && sse.env.is_empty() => None,
+        None => {
+            return Err(ValidationError::new(
+                "spec.transport.sse.command",
+                "is required when args or env are set",
+            ));
+        }
+        Some(command) if command.trim().is_empty() => {
+            return Err(ValidationError::new(
+                "spec.transport.sse.command",
+                "must not be empty when set",
+            ));
+        }
+        Some(command) => {
+            let mut env = BTreeMap::new();
+            for (i, var) in sse.env.iter().enumerate() {
+                if var.value_from.is_some() {
+                    return Err(ValidationError::new(
+                        format!("spec.transport.sse.env[{i}].valueFrom"),
+                        "is not supported for sse commands; use value",
+                    ));
+                }
+                if var.name.is_empty()
+                    || var.name.contains(['=', '\0'])
+                    || env.insert(var.name.clone(), var.value.clone()).is_some()
+                {
+                    return Err(ValidationError::new(
+                        format!("spec.transport.sse.env[{i}].name"),
+                        format!(
+                            "`{}` is not a valid variable name or is set twice",
+                            var.name
+                        ),
+                    ));
+                }
+            }
+            Some(Launch {
+                command: command.clone(),
+                args: sse.args.clone(),
+                env,
+            })
+        }
+    };
+    Ok(ValidTransport::Sse {
+        url,
+        headers,
+        launch,
+    })
+}
+
+fn validate_url(field: &str, url: &str) -> Result<String, ValidationError> {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err(ValidationError::new(
+            field,
+            "must be an http:// or https:// URL",
+        ));
     };
     if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
         return Err(ValidationError::new(
             field,
-            format!("`{}` has no valid host", http.url),
+            format!("`{url}` has no valid host"),
         ));
     }
-    let mut headers = BTreeMap::new();
-    for (i, header) in http.headers.iter().enumerate() {
+    Ok(url.to_owned())
+}
+
+fn validate_headers(
+    field: &str,
+    headers: &[Header],
+) -> Result<BTreeMap<String, String>, ValidationError> {
+    let mut valid = BTreeMap::new();
+    for (i, header) in headers.iter().enumerate() {
         let valid_name = !header.name.is_empty()
             && header
                 .name
@@ -423,16 +529,13 @@ fn validate_http(http: &HttpSpec) -> Result<ValidTransport, ValidationError> {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
         if !valid_name || header.value.contains(['\r', '\n']) {
             return Err(ValidationError::new(
-                format!("spec.transport.http.headers[{i}]"),
+                format!("{field}[{i}]"),
                 format!("`{}` is not a valid header", header.name),
             ));
         }
-        headers.insert(header.name.clone(), header.value.clone());
+        valid.insert(header.name.clone(), header.value.clone());
     }
-    Ok(ValidTransport::Http {
-        url: http.url.clone(),
-        headers,
-    })
+    Ok(valid)
 }
 
 fn check_dns_label(name: &str) -> Result<(), String> {
@@ -507,7 +610,7 @@ mod tests {
         .validate()
         .expect("valid");
         assert!(matches!(ok.transport, ValidTransport::Http { .. }));
-        for url in ["https://mcp/mcp", "ftp://x", "http://"] {
+        for url in ["ftp://x", "http://", "https:///x"] {
             let yaml =
                 format!("metadata: {{name: x}}\nspec: {{transport: {{http: {{url: '{url}'}}}}}}");
             let err = parse(&yaml).validate().unwrap_err();
@@ -517,6 +620,48 @@ mod tests {
             "metadata: {name: x}\nspec: {transport: {stdio: {command: c}, http: {url: 'http://h/mcp'}}}",
         );
         assert_eq!(both.validate().unwrap_err().field, "spec.transport");
+    }
+
+    #[test]
+    fn sse_transport_with_and_without_a_command() {
+        let plain = parse("metadata: {name: x}\nspec: {transport: {sse: {url: 'https://h/sse'}}}")
+            .validate()
+            .expect("valid");
+        assert!(matches!(
+            plain.transport,
+            ValidTransport::Sse { launch: None, .. }
+        ));
+        let launched = parse(
+            "metadata: {name: x}\nspec: {transport: {sse: {url: 'http://127.0.0.1:3001/sse', command: node, args: [s.js], env: [{name: PORT, value: '3001'}]}}}",
+        )
+        .validate()
+        .expect("valid");
+        let ValidTransport::Sse {
+            launch: Some(launch),
+            ..
+        } = launched.transport
+        else {
+            panic!("{launched:?}");
+        };
+        assert_eq!(launch.env.get("PORT").map(String::as_str), Some("3001"));
+        for (yaml, field) in [
+            ("{sse: {url: 'ws://h'}}", "spec.transport.sse.url"),
+            (
+                "{sse: {url: 'http://h/sse', args: [x]}}",
+                "spec.transport.sse.command",
+            ),
+            (
+                "{sse: {url: 'http://h/sse', command: c, env: [{name: A, valueFrom: {secretKeyRef: {name: s, key: k}}}]}}",
+                "spec.transport.sse.env[0].valueFrom",
+            ),
+            (
+                "{sse: {url: 'http://h/sse'}, http: {url: 'http://h/mcp'}}",
+                "spec.transport",
+            ),
+        ] {
+            let yaml = format!("metadata: {{name: x}}\nspec: {{transport: {yaml}}}");
+            assert_eq!(parse(&yaml).validate().unwrap_err().field, field, "{yaml}");
+        }
     }
 
     #[test]

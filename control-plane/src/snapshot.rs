@@ -88,6 +88,20 @@ fn to_proto(server: &ValidServer) -> pb::McpServer {
             url: url.clone(),
             headers: headers.clone().into_iter().collect(),
         }),
+        ValidTransport::Sse {
+            url,
+            headers,
+            launch,
+        } => Transport::Sse(pb::SseTransport {
+            url: url.clone(),
+            headers: headers.clone().into_iter().collect(),
+            launch: launch.as_ref().map(|launch| pb::StdioTransport {
+                command: launch.command.clone(),
+                args: launch.args.clone(),
+                env: launch.env.clone().into_iter().collect(),
+                cwd: String::new(),
+            }),
+        }),
     };
     let r = &server.resilience;
     pb::McpServer {

@@ -250,6 +250,7 @@ impl Inputs<'_> {
                 match s.transport {
                     ValidTransport::Stdio { .. } => "stdio",
                     ValidTransport::Http { .. } => "http",
+                    ValidTransport::Sse { .. } => "sse",
                 }
                 .to_owned()
             }),

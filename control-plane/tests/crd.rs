@@ -51,7 +51,7 @@ fn the_crd_carries_validation_and_printer_columns() {
     let transport = &schema["properties"]["spec"]["properties"]["transport"];
     assert_eq!(
         transport["x-kubernetes-validations"][0]["rule"],
-        "has(self.stdio) != has(self.http)"
+        "[has(self.stdio), has(self.http), has(self.sse)].filter(x, x).size() == 1"
     );
     assert!(
         schema["properties"]["spec"]["properties"]["namespace"]["pattern"].is_string(),

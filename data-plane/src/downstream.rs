@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod http;
 pub mod pool;
 pub mod relay;
+pub mod sse;
 pub mod stdio;
 mod supervisor;
 
@@ -98,6 +99,22 @@ pub enum CallError {
     Cancelled,
 }
 
+/// An error with every cause, so a TLS or connection failure says why
+/// (reqwest's top-level message alone does not).
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 // === impl CallError ===
 
 impl CallError {
@@ -158,6 +175,8 @@ pub struct ServerHandle {
     tool_breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     stats: Stats,
     events: mpsc::Sender<supervisor::Event>,
+    /// The process an `sse` server's `command` runs, if any.
+    sse_launch: sse::SharedLaunch,
     /// Woken when the server says a list changed.
     lists_changed: Arc<Notify>,
     stop: CancellationToken,
@@ -260,6 +279,7 @@ impl Servers {
                 tool_breakers: Mutex::default(),
                 stats: Stats::default(),
                 events,
+                sse_launch: sse::SharedLaunch::default(),
                 lists_changed: Arc::new(Notify::new()),
                 stop: self.inner.shutdown.child_token(),
                 servers: self.clone(),
@@ -396,16 +416,16 @@ impl ServerHandle {
                 span.set(attr::GEN_AI_OPERATION_NAME, "execute_tool");
             }
             span.set(attr::SERVER, self.spec.name.to_string());
-            match &self.spec.transport {
-                Transport::Stdio(_) => span.set(attr::NETWORK_TRANSPORT, "pipe"),
-                Transport::Http(http) => {
+            let remote = match &self.spec.transport {
+                Transport::Stdio(_) => None,
+                Transport::Http(http) => Some(http),
+                Transport::Sse(sse) => Some(&sse.remote),
+            };
+            match remote {
+                None => span.set(attr::NETWORK_TRANSPORT, "pipe"),
+                Some(remote) => {
                     span.set(attr::NETWORK_TRANSPORT, "tcp");
-                    if let Some(host) = http
-                        .url
-                        .parse::<::http::Uri>()
-                        .ok()
-                        .and_then(|u| u.host().map(str::to_owned))
-                    {
+                    if let Some(host) = remote.host() {
                         span.set(attr::SERVER_ADDRESS, host);
                     }
                 }

@@ -134,6 +134,8 @@ fn main() -> anyhow::Result<()> {
     {
         std::process::exit(data_plane::shim::run(parent, command, args));
     }
+    // One TLS crypto provider for every https client (downstream servers).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::runtime::Runtime::new()?.block_on(run(cli))
 }
 

@@ -108,6 +108,14 @@ pub enum Probe {
 pub enum Transport {
     Stdio(StdioSpec),
     Http(HttpSpec),
+    Sse(SseSpec),
+}
+
+/// A legacy HTTP+SSE server, and the process to start beside it, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SseSpec {
+    pub remote: HttpSpec,
+    pub launch: Option<StdioSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,6 +174,10 @@ impl TryFrom<&pb::McpServer> for ServerSpec {
         let transport = match &server.transport {
             Some(pb::mcp_server::Transport::Stdio(stdio)) => Transport::Stdio(stdio.try_into()?),
             Some(pb::mcp_server::Transport::Http(http)) => Transport::Http(http.try_into()?),
+            Some(pb::mcp_server::Transport::Sse(sse)) => Transport::Sse(SseSpec {
+                remote: HttpSpec::new("sse.url", &sse.url, &sse.headers)?,
+                launch: sse.launch.as_ref().map(StdioSpec::try_from).transpose()?,
+            }),
             None => return Err(ProtoError::Missing("transport")),
         };
         let session_mode = match server.session_mode() {
@@ -303,20 +315,38 @@ impl TryFrom<&pb::HttpTransport> for HttpSpec {
     type Error = ProtoError;
 
     fn try_from(http: &pb::HttpTransport) -> Result<Self, ProtoError> {
-        if !http.url.starts_with("http://") || http.url.len() <= "http://".len() {
+        Self::new("http.url", &http.url, &http.headers)
+    }
+}
+
+impl HttpSpec {
+    fn new(
+        field: &'static str,
+        url: &str,
+        headers: &std::collections::HashMap<String, String>,
+    ) -> Result<Self, ProtoError> {
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if host.is_none_or(str::is_empty) {
             return Err(ProtoError::Invalid {
-                field: "http.url",
-                reason: format!("`{}` is not an http:// URL", http.url),
+                field,
+                reason: format!("`{url}` is not an http:// or https:// URL"),
             });
         }
         Ok(Self {
-            url: http.url.clone(),
-            headers: http
-                .headers
+            url: url.to_owned(),
+            headers: headers
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         })
+    }
+
+    /// The host part of the URL, for traces.
+    pub fn host(&self) -> Option<String> {
+        let uri = self.url.parse::<::http::Uri>().ok()?;
+        uri.host().map(str::to_owned)
     }
 }
 

@@ -589,3 +589,97 @@ async fn python_sdk_client_over_http_sse_and_through_the_bridge() {
     })
     .await;
 }
+
+/// server-everything behind the gateway over legacy SSE (the gateway
+/// starts it with `command` and waits for it to listen) and over
+/// streamable HTTP: tools, progress, sampling and resources relayed.
+#[tokio::test]
+async fn server_everything_over_sse_and_streamable_http() {
+    let sse_port = e2e::free_addr().port().to_string();
+    let sse = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": "legacy" },
+        "spec": {
+            "sessionMode": "perSession",
+            "transport": { "sse": {
+                "url": format!("http://127.0.0.1:{sse_port}/sse"),
+                "command": everything_bin(),
+                "args": ["sse"],
+                "env": [{ "name": "PORT", "value": sse_port }],
+            } },
+        },
+    });
+    let http_port = e2e::free_addr().port().to_string();
+    let _http_server = tokio::process::Command::new(everything_bin())
+        .arg("streamableHttp")
+        .env("PORT", &http_port)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start server-everything over streamable HTTP");
+    let http = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": "web" },
+        "spec": { "transport": { "http": { "url": format!("http://127.0.0.1:{http_port}/mcp") } } },
+    });
+    let sb = Switchboard::start(&[
+        ("legacy.yaml", &sse.to_string()),
+        ("web.yaml", &http.to_string()),
+    ])
+    .await;
+    sb.wait_server_state("legacy", "ready").await;
+    sb.wait_server_state("web", "ready").await;
+    let (session, seen) = connect(&sb, "carol").await;
+    wait_for_tool(&session, "legacy.trigger-sampling-request").await;
+
+    for server in ["legacy", "web"] {
+        let echoed = call(
+            &session,
+            &format!("{server}.echo"),
+            json!({ "message": server }),
+        )
+        .await;
+        assert!(text(&echoed).contains(server), "{echoed:?}");
+        let resources = session.list_all_resources().await.expect("resources/list");
+        let uri = resources
+            .iter()
+            .map(|r| r.uri.clone())
+            .find(|u| u.starts_with(&format!("{server}+demo://")))
+            .unwrap_or_else(|| panic!("no {server} resource"));
+        let read = session
+            .read_resource(ReadResourceRequestParams::new(uri.clone()))
+            .await
+            .expect("resources/read");
+        assert!(!read.contents.is_empty(), "{read:?}");
+    }
+
+    let done = call(
+        &session,
+        "legacy.trigger-long-running-operation",
+        json!({ "duration": 1, "steps": 3 }),
+    )
+    .await;
+    assert!(text(&done).contains("completed"), "{done:?}");
+    eventually("progress over SSE", WAIT, || async {
+        let progress = seen.lock().progress.clone();
+        if progress.last() == Some(&3.0) {
+            Ok(())
+        } else {
+            Err(format!("{progress:?}"))
+        }
+    })
+    .await;
+
+    let sampled = call(
+        &session,
+        "legacy.trigger-sampling-request",
+        json!({ "prompt": "over sse" }),
+    )
+    .await;
+    assert!(text(&sampled).contains("sampled by carol"), "{sampled:?}");
+    let health = sb.health().await;
+    assert_eq!(health["servers"]["legacy"]["state"], "ready", "{health}");
+    session.cancel().await.expect("close");
+}

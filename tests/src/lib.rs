@@ -192,10 +192,23 @@ pub struct Switchboard {
     /// Extra arguments for every `switchboard-gateway run`.
     pub gateway_args: Vec<String>,
     http: reqwest::Client,
+    /// Extra environment for every gateway replica.
+    pub gateway_env: Vec<(String, String)>,
+}
+
+/// The gateway's https support makes reqwest (shared by the whole
+/// workspace build) require a process-wide TLS provider before any client
+/// is built; every harness entry point installs it.
+pub fn install_tls_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 impl Switchboard {
     fn new(grpc: SocketAddr) -> Self {
+        install_tls_provider();
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("registry")).expect("registry dir");
         Self {
@@ -207,6 +220,7 @@ impl Switchboard {
             gateway: None,
             control_args: Vec::new(),
             gateway_args: Vec::new(),
+            gateway_env: Vec::new(),
             http: reqwest::Client::new(),
         }
     }
@@ -319,7 +333,8 @@ impl Switchboard {
             .arg("--replica-id")
             .arg(replica_id)
             .args(&self.gateway_args)
-            .args(args);
+            .args(args)
+            .envs(self.gateway_env.iter().cloned());
         let log = self.log_path(replica_id);
         Process::spawn("switchboard-gateway", command, log)
     }
@@ -476,6 +491,7 @@ pub async fn wait_listening(what: &str, addr: SocketAddr) {
 
 /// Connects an MCP client over streamable HTTP and initialises a session.
 pub async fn connect(url: &str) -> anyhow::Result<McpClient> {
+    install_tls_provider();
     let transport = StreamableHttpClientTransport::from_uri(url.to_owned());
     Ok(TestClient::default().serve(transport).await?)
 }
@@ -485,6 +501,7 @@ pub async fn connect_with_headers(
     url: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<McpClient> {
+    install_tls_provider();
     let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
     for (name, value) in headers {
         config.custom_headers.insert(

@@ -16,13 +16,15 @@ use rmcp::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{DownstreamClient, Error};
+use super::{DownstreamClient, Error, with_causes};
 use crate::spec::HttpSpec;
 
 /// Requests in flight per connection; rmcp's default (16) is low for a
 /// gateway multiplexing many sessions.
 const MAX_CONCURRENT_REQUESTS: usize = 256;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Bound on the extra request that explains a failed connection.
+const DIAGNOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct HttpConnection {
     peer: Peer<RoleClient>,
@@ -57,7 +59,11 @@ impl HttpConnection {
         let service = match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(service)) => service,
             Ok(Err(err)) => {
-                return Err(Error::Initialize(format!("{}: {err}", spec.url)));
+                let mut reason = format!("{}: {}", spec.url, with_causes(&err));
+                if let Some(cause) = connection_failure(&spec.url).await {
+                    reason = format!("{reason} ({cause})");
+                }
+                return Err(Error::Initialize(reason));
             }
             Err(_) => {
                 return Err(Error::Initialize(format!(
@@ -89,5 +95,19 @@ impl HttpConnection {
         self.cancel.cancel();
         let _ = tokio::time::timeout(CLOSE_GRACE, &mut self.service).await;
         self.service.abort();
+    }
+}
+
+/// Why the URL cannot be reached at all (DNS, TCP, TLS), if that is the
+/// problem: rmcp's transport error drops the cause, which for a TLS
+/// failure is the only useful part ("invalid peer certificate: …").
+async fn connection_failure(url: &str) -> Option<String> {
+    let client = reqwest::Client::builder()
+        .timeout(DIAGNOSE_TIMEOUT)
+        .build()
+        .ok()?;
+    match client.head(url).send().await {
+        Ok(_) => None,
+        Err(err) => Some(with_causes(&err)),
     }
 }

@@ -2,6 +2,8 @@
 //! the stdio shim (see `shim.rs`) in its own process group so teardown
 //! reaches grandchildren and nothing outlives the gateway; a scrubbed
 //! environment; stderr forwarded into the gateway's log, rate-limited.
+//! [`Launched`] is the same kind of process without MCP on its pipes, for
+//! servers reached over the network that the gateway starts itself.
 
 use std::{
     path::PathBuf,
@@ -68,7 +70,7 @@ impl StdioConnection {
         client: DownstreamClient,
         timeout: Duration,
     ) -> Result<Self, Error> {
-        let mut child = spawn(spec, launcher)?;
+        let mut child = spawn(spec, launcher, Stdio::piped())?;
         info!(pid = ?child.id(), command = %spec.command, "server process started");
         let (Some(stdin), Some(stdout), Some(stderr)) = (
             child.stdin().take(),
@@ -122,26 +124,82 @@ impl StdioConnection {
     /// process group. Returns once the process is reaped.
     pub async fn shutdown(mut self) {
         let _ = self.service.close_with_timeout(EXIT_GRACE).await;
-        if tokio::time::timeout(EXIT_GRACE, self.child.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        // The shim passes SIGTERM on and gives the group its own grace period.
-        if self.child.signal(SIGTERM).is_ok()
-            && tokio::time::timeout(EXIT_GRACE * 2, self.child.wait())
-                .await
-                .is_ok()
-        {
-            return;
-        }
-        warn!("server ignored SIGTERM, killing its process group");
-        kill(&mut self.child).await;
+        stop(&mut self.child).await;
     }
 }
 
-fn spawn(spec: &StdioSpec, launcher: &Launcher) -> Result<Box<dyn ChildWrapper>, Error> {
+/// A process the gateway runs beside a network connection to it.
+pub struct Launched {
+    child: Box<dyn ChildWrapper>,
+    last_output: Arc<Mutex<String>>,
+    _output: [AbortOnDropHandle<()>; 2],
+}
+
+// === impl Launched ===
+
+impl Launched {
+    /// Starts the process; its stdout and stderr go to the log.
+    pub fn start(server: &str, spec: &StdioSpec, launcher: &Launcher) -> Result<Self, Error> {
+        let mut child = spawn(spec, launcher, Stdio::null())?;
+        info!(pid = ?child.id(), command = %spec.command, "server process started");
+        let (Some(stdout), Some(stderr)) = (child.stdout().take(), child.stderr().take()) else {
+            return Err(Error::Protocol("child output was not piped".into()));
+        };
+        let last_output = Arc::new(Mutex::new(String::new()));
+        let forward = |output| {
+            let task = forward_stderr(server.to_owned(), output, last_output.clone());
+            AbortOnDropHandle::new(tokio::spawn(task.in_current_span()))
+        };
+        let output = [
+            forward(Box::new(stdout) as Output),
+            forward(Box::new(stderr)),
+        ];
+        Ok(Self {
+            child,
+            last_output,
+            _output: output,
+        })
+    }
+
+    /// Resolves when the process exits, with a reason fit for `/healthz`.
+    pub async fn exited(&mut self) -> String {
+        let status = self.child.wait().await;
+        tokio::time::sleep(STDERR_DRAIN).await;
+        describe_exit(status, &self.last_output.lock())
+    }
+
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub async fn shutdown(mut self) {
+        stop(&mut self.child).await;
+    }
+}
+
+/// Waits for a clean exit, then escalates to SIGTERM and SIGKILL on the
+/// whole process group. Returns once the process is reaped.
+async fn stop(child: &mut Box<dyn ChildWrapper>) {
+    if tokio::time::timeout(EXIT_GRACE, child.wait()).await.is_ok() {
+        return;
+    }
+    // The shim passes SIGTERM on and gives the group its own grace period.
+    if child.signal(SIGTERM).is_ok()
+        && tokio::time::timeout(EXIT_GRACE * 2, child.wait())
+            .await
+            .is_ok()
+    {
+        return;
+    }
+    warn!("server ignored SIGTERM, killing its process group");
+    kill(child).await;
+}
+
+fn spawn(
+    spec: &StdioSpec,
+    launcher: &Launcher,
+    stdin: Stdio,
+) -> Result<Box<dyn ChildWrapper>, Error> {
     let mut command = match &launcher.shim {
         Some(shim) => {
             let mut command = tokio::process::Command::new(shim);
@@ -164,7 +222,7 @@ fn spawn(spec: &StdioSpec, launcher: &Launcher) -> Result<Box<dyn ChildWrapper>,
                 .filter_map(|k| Some((k, std::env::var_os(k)?))),
         )
         .envs(&spec.env)
-        .stdin(Stdio::piped())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(cwd) = &spec.cwd {
@@ -198,11 +256,14 @@ fn with_stderr(what: String, last_stderr: &str) -> String {
     }
 }
 
+/// A process's output stream.
+type Output = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
 /// Logs the server's stderr line by line (at most `STDERR_LINES_PER_SEC`)
 /// and remembers the last line for failure reasons.
 async fn forward_stderr(
     server: String,
-    stderr: tokio::process::ChildStderr,
+    stderr: impl tokio::io::AsyncRead + Unpin,
     last: Arc<Mutex<String>>,
 ) {
     let mut reader = BufReader::new(stderr);

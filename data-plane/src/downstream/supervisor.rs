@@ -16,7 +16,8 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::{
     DownstreamClient, Error, Lifecycle, Offer, ServerHandle, ServerState, SessionKey,
-    http::HttpConnection, pool::Connection, relay::Relay, stdio::StdioConnection,
+    http::HttpConnection, pool::Connection, relay::Relay, sse::SseConnection,
+    stdio::StdioConnection,
 };
 use crate::spec::{Probe, Transport};
 
@@ -32,6 +33,7 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 enum Link {
     Stdio(StdioConnection),
     Http(HttpConnection),
+    Sse(SseConnection),
 }
 
 pub(super) enum Event {
@@ -85,6 +87,7 @@ pub(super) async fn supervise(handle: Arc<ServerHandle>, mut events: mpsc::Recei
         delay = (delay * 2).min(MAX_RESTART_DELAY);
         restarts += 1;
     }
+    handle.sse_launch.shutdown().await;
     info!("server stopped");
 }
 
@@ -423,6 +426,12 @@ impl Link {
             Transport::Http(spec) => {
                 Link::Http(HttpConnection::start(spec, client, timeout).await?)
             }
+            Transport::Sse(spec) => {
+                let launch = (&handle.servers.inner.launcher, &handle.sse_launch);
+                let connection =
+                    SseConnection::start(&handle.spec.name, spec, launch, client, timeout);
+                Link::Sse(connection.await?)
+            }
         })
     }
 
@@ -430,6 +439,7 @@ impl Link {
         match self {
             Link::Stdio(stdio) => stdio.service.peer(),
             Link::Http(http) => http.peer(),
+            Link::Sse(sse) => sse.peer(),
         }
     }
 
@@ -438,6 +448,7 @@ impl Link {
         match self {
             Link::Stdio(stdio) => stdio.exited().await,
             Link::Http(http) => http.closed().await,
+            Link::Sse(sse) => sse.closed().await,
         }
     }
 
@@ -445,6 +456,7 @@ impl Link {
         match self {
             Link::Stdio(stdio) => stdio.shutdown().await,
             Link::Http(http) => http.shutdown().await,
+            Link::Sse(sse) => sse.shutdown().await,
         }
     }
 }

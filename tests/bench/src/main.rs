@@ -117,6 +117,7 @@ const DEMO_TOOLS: usize = 11;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    e2e::install_tls_provider();
     // The processes under test log only warnings: logging is not what we measure.
     if std::env::var_os("SWITCHBOARD_TEST_LOG").is_none() {
         eprintln!("hint: set SWITCHBOARD_TEST_LOG=warn (the bench measures with quiet logs)");
