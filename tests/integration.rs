@@ -5,6 +5,8 @@
 mod bad_input;
 #[path = "scenarios/chart.rs"]
 mod chart;
+#[path = "scenarios/conformance.rs"]
+mod conformance;
 #[path = "scenarios/control_plane_outage.rs"]
 mod control_plane_outage;
 #[path = "scenarios/kubernetes.rs"]

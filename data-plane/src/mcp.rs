@@ -177,8 +177,28 @@ pub fn service(
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(SESSION_IDLE_TIMEOUT);
     sessions.session_config.channel_capacity = SESSION_CHANNEL_CAPACITY;
-    let http = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(config.allowed_hosts.clone())
+    let mut http = StreamableHttpServerConfig::default();
+    http = if config.allowed_hosts.iter().any(|h| h == "*") {
+        http.disable_allowed_hosts()
+    } else {
+        // A browser's `Origin` must name an allowed host too (any port).
+        let origins = config.allowed_hosts.iter().flat_map(|host| {
+            let authority = if host.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("[{host}]:*")
+            } else if host.contains(':') {
+                host.clone()
+            } else {
+                format!("{host}:*")
+            };
+            [
+                format!("http://{authority}"),
+                format!("https://{authority}"),
+            ]
+        });
+        http.with_allowed_hosts(config.allowed_hosts.clone())
+            .with_allowed_origins(origins)
+    };
+    let http = http
         .with_max_request_body_bytes(config.max_body_bytes)
         .with_legacy_session_mode(true)
         .with_cancellation_token(shutdown);

@@ -401,8 +401,9 @@ async fn malformed_oversized_and_unknown_requests_get_clear_errors_and_sessions_
     assert_eq!(echoed.structured_content, Some(json!({ "text": "fine" })));
 }
 
-/// Legacy SSE refuses what `/mcp` refuses: foreign hosts (DNS rebinding),
-/// unknown sessions, malformed bodies — each with a JSON-RPC error.
+/// Legacy SSE refuses what `/mcp` refuses: foreign hosts and origins (DNS
+/// rebinding), unknown sessions, malformed bodies — each with a JSON-RPC
+/// error.
 #[tokio::test]
 async fn legacy_sse_refuses_foreign_hosts_unknown_sessions_and_bad_bodies() {
     let demo = demo_server_yaml("demo", &format!("bad-sse-{}", std::process::id()), &[]);
@@ -422,6 +423,26 @@ async fn legacy_sse_refuses_foreign_hosts_unknown_sessions_and_bad_bodies() {
         assert_eq!(response.status().as_u16(), 403, "{header}: {value}");
         let text = response.text().await.unwrap_or_default();
         assert!(text.contains("evil.example"), "{text}");
+    }
+
+    // `/mcp` too: a foreign Origin with an allowed Host is refused, a
+    // local one accepted.
+    let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    let port = sb.gateway_addr.port();
+    for (origin, want) in [
+        ("http://evil.example".to_owned(), 403),
+        (format!("http://127.0.0.1:{port}"), 200),
+    ] {
+        let response = http
+            .post(sb.mcp_url())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("origin", &origin)
+            .body(initialize)
+            .send()
+            .await
+            .expect("POST /mcp");
+        assert_eq!(response.status().as_u16(), want, "{origin}");
     }
 
     let post = |url: String, body: &'static str| {

@@ -1,0 +1,205 @@
+//! The official MCP conformance suite (`@modelcontextprotocol/conformance`
+//! 0.1.16, and the 0.2.0-alpha.12 pre-release with its extra scenarios;
+//! npm, run with the Node 22 from the npm package `node`; all installed by
+//! `.ci/run` into `tests/npm`), against our fixture server
+//! (`tests/src/bin/conformance-fixture.rs`) directly over streamable HTTP
+//! and through the gateway (the fixture behind it over stdio, no prefix).
+//! Every scenario that passes directly must pass through the gateway.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use e2e::{Switchboard, bin_dir, free_addr, server_with, wait_listening};
+use serde_json::{Value, json};
+
+/// Scenarios allowed to fail through the gateway although they pass
+/// directly, each with the reason (also listed in the README). Empty: the
+/// gateway passes everything the fixture passes.
+const GATEWAY_EXCEPTIONS: &[(&str, &str)] = &[];
+
+/// What one scenario's checks came to.
+#[derive(Debug, Default)]
+struct Outcome {
+    failures: Vec<String>,
+    warnings: Vec<String>,
+    successes: usize,
+}
+
+fn npm_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("npm/node_modules")
+}
+
+/// The released suite (every scenario, pending ones included) and the
+/// pre-release's default suite (its `all` adds 2026-07-28 and draft
+/// scenarios, which the gateway does not serve yet), as `tests/npm`
+/// installs them.
+const SUITES: &[(&str, &str)] = &[
+    ("@modelcontextprotocol/conformance", "all"),
+    ("conformance-next", "active"),
+];
+
+/// Runs every scenario of a suite against `url`; returns each one's
+/// outcome from the result files (the console only has a summary).
+async fn run_suite(
+    (package, suite_name): (&str, &str),
+    url: &str,
+    out: &Path,
+) -> BTreeMap<String, Outcome> {
+    let node = npm_dir().join(".bin/node");
+    let suite = npm_dir().join(package).join("dist/index.js");
+    assert!(
+        node.exists() && suite.exists(),
+        "run `npm ci --prefix tests/npm` first (node@22 and @modelcontextprotocol/conformance)"
+    );
+    let output = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::process::Command::new(&node)
+            .arg(&suite)
+            .args(["server", "--suite", suite_name, "--url", url, "-o"])
+            .arg(out)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the suite finishes")
+    .expect("node runs");
+    let console = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        console.contains("=== SUMMARY ==="),
+        "the suite did not run:\n{console}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // One directory per scenario: `server-<scenario>-<ISO timestamp>`.
+    let result_dir =
+        regex::Regex::new(r"^server-(.+)-\d{4}-\d{2}-\d{2}T[\d-]+Z$").expect("valid regex");
+    let mut outcomes = BTreeMap::new();
+    for entry in std::fs::read_dir(out).expect("result directory") {
+        let dir = entry.expect("entry").path();
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let Some(scenario) = result_dir.captures(name).map(|c| c[1].to_owned()) else {
+            continue;
+        };
+        // Skipped scenarios leave no checks.
+        let Ok(checks) = std::fs::read_to_string(dir.join("checks.json")) else {
+            continue;
+        };
+        let checks: Vec<Value> = serde_json::from_str(&checks).expect("checks.json is JSON");
+        let outcome: &mut Outcome = outcomes.entry(scenario).or_default();
+        for check in checks {
+            let line = format!(
+                "{}: {}",
+                check["id"].as_str().unwrap_or_default(),
+                check["errorMessage"].as_str().unwrap_or_default()
+            );
+            match check["status"].as_str() {
+                Some("SUCCESS") => outcome.successes += 1,
+                Some("FAILURE") => outcome.failures.push(line),
+                Some("WARNING") => outcome.warnings.push(line),
+                _ => {}
+            }
+        }
+    }
+    outcomes
+}
+
+#[tokio::test]
+async fn the_suite_passes_through_the_gateway_wherever_it_passes_directly() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let fixture = bin_dir().join("conformance-fixture");
+
+    let direct_addr = free_addr();
+    let _direct = tokio::process::Command::new(&fixture)
+        .args(["--http", &direct_addr.to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the fixture");
+    wait_listening("the conformance fixture", direct_addr).await;
+    let direct_url = format!("http://127.0.0.1:{}/mcp", direct_addr.port());
+
+    let yaml = server_with(
+        "conformance",
+        &fixture.display().to_string(),
+        &[],
+        json!({ "prefixMode": "Never" }),
+    );
+    let sb = Switchboard::start(&[("conformance.yaml", &yaml)]).await;
+    sb.wait_server_state("conformance", "ready").await;
+    for (i, suite) in SUITES.iter().enumerate() {
+        let direct = run_suite(*suite, &direct_url, &out.path().join(format!("direct-{i}"))).await;
+        let gateway = run_suite(
+            *suite,
+            &sb.mcp_url(),
+            &out.path().join(format!("gateway-{i}")),
+        )
+        .await;
+        compare(suite.0, &direct, &gateway, &sb);
+    }
+}
+
+/// Asserts the gateway passes every scenario the fixture passes directly.
+fn compare(
+    package: &str,
+    direct: &BTreeMap<String, Outcome>,
+    gateway: &BTreeMap<String, Outcome>,
+    sb: &Switchboard,
+) {
+    let report = |outcomes: &BTreeMap<String, Outcome>| {
+        outcomes
+            .iter()
+            .filter(|(_, o)| !o.failures.is_empty() || !o.warnings.is_empty())
+            .map(|(s, o)| format!("{s}: failures {:?} warnings {:?}", o.failures, o.warnings))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let passed = |outcomes: &BTreeMap<String, Outcome>| {
+        outcomes.values().map(|o| o.successes).sum::<usize>()
+    };
+    eprintln!(
+        "{package}: {} scenarios; checks passed directly {}, through the gateway {}\ndirect:\n{}\ngateway:\n{}",
+        direct.len(),
+        passed(direct),
+        passed(gateway),
+        report(direct),
+        report(gateway)
+    );
+
+    // The fixture itself must be sound, or the comparison proves nothing.
+    let passing: Vec<&String> = direct
+        .iter()
+        .filter(|(_, o)| o.failures.is_empty() && o.successes > 0)
+        .map(|(s, _)| s)
+        .collect();
+    assert!(
+        passing.len() >= 30,
+        "only {} scenarios pass against the fixture directly:\n{}",
+        passing.len(),
+        report(direct)
+    );
+    for scenario in passing {
+        let exception = GATEWAY_EXCEPTIONS.iter().find(|(s, _)| s == scenario);
+        let through = gateway
+            .get(scenario)
+            .unwrap_or_else(|| panic!("{scenario} did not run through the gateway"));
+        match exception {
+            None => assert!(
+                through.failures.is_empty() && through.successes > 0,
+                "{package}: {scenario} passes directly but not through the gateway: {:?}\n{}",
+                through.failures,
+                sb.logs()
+            ),
+            Some((_, reason)) => assert!(
+                !through.failures.is_empty(),
+                "{scenario} is listed as an exception ({reason}) but passes: remove it"
+            ),
+        }
+    }
+    // Which every proxy measured so far fails.
+    let rebinding = &gateway["dns-rebinding-protection"];
+    assert!(
+        rebinding.failures.is_empty() && rebinding.successes == 2,
+        "{rebinding:?}"
+    );
+}
