@@ -12,7 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use naming::{Naming, PrefixMode, ToolsSpec};
+use naming::{NamesSpec, Naming, PrefixMode};
 use resilience::{
     BreakerSpec, HealthSpec, PoolSpec, RawResilience, Resilience, SessionMode, TimeoutsSpec,
 };
@@ -67,8 +67,8 @@ pub struct McpServerSpec {
     pub breaker: Option<BreakerSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
-    /// When tool names get the prefix: `Always` (default), `Never`,
-    /// `Conditional` (only where names collide).
+    /// When tool and prompt names get the prefix: `Always` (default),
+    /// `Never`, `Conditional` (only where names collide).
     #[serde(default)]
     pub prefix_mode: PrefixMode,
     /// Between prefix and tool name (default `.`).
@@ -77,7 +77,10 @@ pub struct McpServerSpec {
     /// Which tools are served (include/exclude globs), renames and
     /// description overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tools: Option<ToolsSpec>,
+    pub tools: Option<NamesSpec>,
+    /// The same for prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<NamesSpec>,
 }
 
 fn default_enabled() -> bool {
@@ -352,6 +355,7 @@ impl McpServer {
             self.spec.prefix_mode,
             self.spec.separator.as_deref(),
             self.spec.tools.as_ref(),
+            self.spec.prompts.as_ref(),
         )?;
         Ok(ValidServer {
             name,

@@ -17,7 +17,7 @@ use crate::{
     registry::Registry,
     resource::{
         ValidServer, ValidTransport,
-        naming::{Naming, PrefixMode},
+        naming::{NamesSpec, Naming, PrefixMode},
         resilience::{Probe, Resilience, SessionMode},
     },
 };
@@ -140,10 +140,17 @@ fn naming_to_proto(naming: &Naming) -> pb::Naming {
         }
         .into(),
         separator: naming.separator.clone(),
-        include: naming.include.clone(),
-        exclude: naming.exclude.clone(),
-        rename: naming.rename.clone().into_iter().collect(),
-        descriptions: naming.descriptions.clone().into_iter().collect(),
+        tools: Some(rules_to_proto(&naming.tools)),
+        prompts: Some(rules_to_proto(&naming.prompts)),
+    }
+}
+
+fn rules_to_proto(names: &NamesSpec) -> pb::NameRules {
+    pb::NameRules {
+        include: names.include.clone(),
+        exclude: names.exclude.clone(),
+        rename: names.rename.clone().into_iter().collect(),
+        descriptions: names.descriptions.clone().into_iter().collect(),
     }
 }
 

@@ -128,13 +128,9 @@ impl Catalog {
         let mut tool_candidates = Vec::new();
         let mut tools = Vec::new();
         for (handle, offer, listed) in &ready {
-            let naming = &handle.spec.naming;
-            for tool in offer.tools.iter().filter(|t| naming.serves(&t.name)) {
-                let base = naming
-                    .rename
-                    .get(tool.name.as_ref())
-                    .cloned()
-                    .unwrap_or_else(|| tool.name.to_string());
+            let rules = &handle.spec.naming.tools;
+            for tool in offer.tools.iter().filter(|t| rules.serves(&t.name)) {
+                let base = rules.renamed(&tool.name).to_owned();
                 tool_candidates.push(Candidate { handle, base });
                 tools.push((tool, *listed));
             }
@@ -150,7 +146,7 @@ impl Catalog {
             if listed {
                 let mut exposed = tool.clone();
                 exposed.name = name.to_string().into();
-                let descriptions = &candidate.handle.spec.naming.descriptions;
+                let descriptions = &candidate.handle.spec.naming.tools.descriptions;
                 if let Some(description) = descriptions.get(tool.name.as_ref()) {
                     exposed.description = Some(description.clone().into());
                 }
@@ -167,8 +163,9 @@ impl Catalog {
         let mut prompt_candidates = Vec::new();
         let mut prompts = Vec::new();
         for (handle, offer, _) in &ready {
-            for prompt in offer.prompts.iter() {
-                let base = prompt.name.clone();
+            let rules = &handle.spec.naming.prompts;
+            for prompt in offer.prompts.iter().filter(|p| rules.serves(&p.name)) {
+                let base = rules.renamed(&prompt.name).to_owned();
                 prompt_candidates.push(Candidate { handle, base });
                 prompts.push(prompt);
             }
@@ -177,6 +174,10 @@ impl Catalog {
         for ((name, candidate), prompt) in names.into_iter().zip(&prompt_candidates).zip(prompts) {
             let mut exposed = prompt.clone();
             exposed.name = name.clone();
+            let descriptions = &candidate.handle.spec.naming.prompts.descriptions;
+            if let Some(description) = descriptions.get(&prompt.name) {
+                exposed.description = Some(description.clone());
+            }
             catalog.prompts.push(exposed);
             let route = Route {
                 server: candidate.handle.clone(),

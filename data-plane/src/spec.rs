@@ -26,11 +26,18 @@ pub struct ServerSpec {
     pub naming: NamingSpec,
 }
 
-/// How the server's tools are named and which are served.
+/// How the server's tools and prompts are named and which are served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamingSpec {
     pub prefix_mode: PrefixMode,
     pub separator: Arc<str>,
+    pub tools: NameRules,
+    pub prompts: NameRules,
+}
+
+/// Which of one list's names are served, and as what.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NameRules {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub rename: BTreeMap<String, String>,
@@ -219,10 +226,8 @@ impl Default for NamingSpec {
         Self {
             prefix_mode: PrefixMode::Always,
             separator: NAME_SEPARATOR.into(),
-            include: Vec::new(),
-            exclude: Vec::new(),
-            rename: BTreeMap::new(),
-            descriptions: BTreeMap::new(),
+            tools: NameRules::default(),
+            prompts: NameRules::default(),
         }
     }
 }
@@ -240,19 +245,41 @@ impl From<&pb::Naming> for NamingSpec {
             } else {
                 naming.separator.as_str().into()
             },
-            include: naming.include.clone(),
-            exclude: naming.exclude.clone(),
-            rename: naming.rename.clone().into_iter().collect(),
-            descriptions: naming.descriptions.clone().into_iter().collect(),
+            tools: naming
+                .tools
+                .as_ref()
+                .map(NameRules::from)
+                .unwrap_or_default(),
+            prompts: naming
+                .prompts
+                .as_ref()
+                .map(NameRules::from)
+                .unwrap_or_default(),
         }
     }
 }
 
-impl NamingSpec {
-    /// Whether the server's tool `name` is served.
+impl From<&pb::NameRules> for NameRules {
+    fn from(rules: &pb::NameRules) -> Self {
+        Self {
+            include: rules.include.clone(),
+            exclude: rules.exclude.clone(),
+            rename: rules.rename.clone().into_iter().collect(),
+            descriptions: rules.descriptions.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl NameRules {
+    /// Whether the server's `name` is served.
     pub fn serves(&self, name: &str) -> bool {
         (self.include.is_empty() || self.include.iter().any(|g| glob_match(g, name)))
             && !self.exclude.iter().any(|g| glob_match(g, name))
+    }
+
+    /// The name clients see, before any prefix.
+    pub fn renamed<'a>(&'a self, name: &'a str) -> &'a str {
+        self.rename.get(name).map_or(name, String::as_str)
     }
 }
 

@@ -177,7 +177,12 @@ async fn wait_for_tool(session: &Session, tool: &str) {
 
 #[tokio::test]
 async fn resources_prompts_completion_progress_logging_and_subscriptions() {
-    let sb = Switchboard::start(&[("everything.yaml", &everything("everything", json!({})))]).await;
+    let prompts = json!({ "prompts": {
+        "exclude": ["resource-*"],
+        "rename": { "simple-prompt": "hello" },
+        "descriptions": { "args-prompt": "Ask about a city" },
+    } });
+    let sb = Switchboard::start(&[("everything.yaml", &everything("everything", prompts))]).await;
     sb.wait_server_state("everything", "ready").await;
     let (session, seen) = connect(&sb, "alice").await;
 
@@ -237,10 +242,32 @@ async fn resources_prompts_completion_progress_logging_and_subscriptions() {
         .expect_err("unknown resource");
     assert!(unknown.to_string().contains("nosuch+x://y"), "{unknown}");
 
-    // Prompts: namespaced like tools, arguments relayed.
+    // Prompts: namespaced like tools, filtered, renamed and described as
+    // the McpServer says; arguments relayed.
     let prompts = session.list_all_prompts().await.expect("prompts/list");
     let names: Vec<_> = prompts.iter().map(|p| p.name.as_str()).collect();
     assert!(names.contains(&"everything.args-prompt"), "{names:?}");
+    assert!(names.contains(&"everything.hello"), "{names:?}");
+    let hidden = |n: &&str| n.contains("resource-prompt") || n.contains("simple-prompt");
+    assert!(!names.iter().any(hidden), "{names:?}");
+    let described = prompts.iter().find(|p| p.name == "everything.args-prompt");
+    assert_eq!(
+        described.and_then(|p| p.description.as_deref()),
+        Some("Ask about a city")
+    );
+    let renamed = session
+        .get_prompt(GetPromptRequestParams::new("everything.hello"))
+        .await
+        .expect("a renamed prompt routes to the server's name");
+    assert!(!renamed.messages.is_empty(), "{renamed:?}");
+    let excluded = session
+        .get_prompt(GetPromptRequestParams::new("everything.resource-prompt"))
+        .await
+        .expect_err("an excluded prompt is not served");
+    assert!(
+        excluded.to_string().contains("resource-prompt"),
+        "{excluded}"
+    );
     let mut arguments = serde_json::Map::new();
     arguments.insert("city".to_owned(), json!("Lisbon"));
     let prompt = session

@@ -1,8 +1,8 @@
-//! How a server's tools are named for clients: the prefix mode and
-//! separator, which tools are served (include/exclude globs), renames and
-//! description overrides. Validated here; applied by the gateways'
-//! catalog, which alone sees every server's tools and so can resolve
-//! collisions.
+//! How a server's tools and prompts are named for clients: the prefix mode
+//! and separator, and per list which names are served (include/exclude
+//! globs), renames and description overrides. Validated here; applied by
+//! the gateways' catalog, which alone sees every server's names and so can
+//! resolve collisions.
 
 use std::collections::BTreeMap;
 
@@ -27,21 +27,21 @@ pub enum PrefixMode {
     Conditional,
 }
 
-/// Which tools are served, and as what.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// Which of a server's tools (or prompts) are served, and as what.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ToolsSpec {
-    /// Globs (`*`, `?`) on the server's tool names; when set, only matching
-    /// tools are served.
+pub struct NamesSpec {
+    /// Globs (`*`, `?`) on the server's names; when set, only matching
+    /// ones are served.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<String>,
-    /// Globs of tools not to serve (applied after `include`).
+    /// Globs of names not to serve (applied after `include`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
-    /// The server's tool name → the name clients see (before any prefix).
+    /// The server's name → the name clients see (before any prefix).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rename: BTreeMap<String, String>,
-    /// The server's tool name → the description clients see.
+    /// The server's name → the description clients see.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub descriptions: BTreeMap<String, String>,
 }
@@ -51,10 +51,8 @@ pub struct ToolsSpec {
 pub struct Naming {
     pub prefix_mode: PrefixMode,
     pub separator: String,
-    pub include: Vec<String>,
-    pub exclude: Vec<String>,
-    pub rename: BTreeMap<String, String>,
-    pub descriptions: BTreeMap<String, String>,
+    pub tools: NamesSpec,
+    pub prompts: NamesSpec,
 }
 
 impl Default for Naming {
@@ -62,10 +60,8 @@ impl Default for Naming {
         Self {
             prefix_mode: PrefixMode::Always,
             separator: ".".into(),
-            include: Vec::new(),
-            exclude: Vec::new(),
-            rename: BTreeMap::new(),
-            descriptions: BTreeMap::new(),
+            tools: NamesSpec::default(),
+            prompts: NamesSpec::default(),
         }
     }
 }
@@ -73,7 +69,8 @@ impl Default for Naming {
 pub fn validate(
     prefix_mode: PrefixMode,
     separator: Option<&str>,
-    tools: Option<&ToolsSpec>,
+    tools: Option<&NamesSpec>,
+    prompts: Option<&NamesSpec>,
 ) -> Result<Naming, ValidationError> {
     let separator = separator.unwrap_or(".");
     if separator.is_empty()
@@ -87,38 +84,40 @@ pub fn validate(
             format!("must be 1-{MAX_SEPARATOR_LEN} visible characters, got `{separator}`"),
         ));
     }
-    let tools = tools.cloned().unwrap_or_default();
-    for (field, globs) in [("include", &tools.include), ("exclude", &tools.exclude)] {
+    Ok(Naming {
+        prefix_mode,
+        separator: separator.to_owned(),
+        tools: validate_names("spec.tools", tools)?,
+        prompts: validate_names("spec.prompts", prompts)?,
+    })
+}
+
+fn validate_names(field: &str, names: Option<&NamesSpec>) -> Result<NamesSpec, ValidationError> {
+    let names = names.cloned().unwrap_or_default();
+    for (list, globs) in [("include", &names.include), ("exclude", &names.exclude)] {
         if let Some((i, _)) = globs.iter().enumerate().find(|(_, g)| g.is_empty()) {
             return Err(ValidationError::new(
-                format!("spec.tools.{field}[{i}]"),
+                format!("{field}.{list}[{i}]"),
                 "must not be empty",
             ));
         }
     }
     let mut seen = BTreeMap::new();
-    for (from, to) in &tools.rename {
+    for (from, to) in &names.rename {
         if to.is_empty() || to.chars().any(char::is_whitespace) {
             return Err(ValidationError::new(
-                format!("spec.tools.rename.{from}"),
-                format!("`{to}` is not a valid tool name"),
+                format!("{field}.rename.{from}"),
+                format!("`{to}` is not a valid name"),
             ));
         }
         if let Some(other) = seen.insert(to, from) {
             return Err(ValidationError::new(
-                format!("spec.tools.rename.{from}"),
+                format!("{field}.rename.{from}"),
                 format!("`{to}` is also the new name of `{other}`"),
             ));
         }
     }
-    Ok(Naming {
-        prefix_mode,
-        separator: separator.to_owned(),
-        include: tools.include,
-        exclude: tools.exclude,
-        rename: tools.rename,
-        descriptions: tools.descriptions,
-    })
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -128,7 +127,7 @@ mod tests {
     #[test]
     fn defaults_prefix_always_with_a_dot() {
         assert_eq!(
-            validate(PrefixMode::Always, None, None),
+            validate(PrefixMode::Always, None, None, None),
             Ok(Naming::default())
         );
     }
@@ -137,23 +136,27 @@ mod tests {
     fn bad_separators_renames_and_globs_name_their_field() {
         let field = |r: Result<Naming, ValidationError>| r.err().map(|e| e.field);
         assert_eq!(
-            field(validate(PrefixMode::Never, Some(" "), None)).as_deref(),
+            field(validate(PrefixMode::Never, Some(" "), None, None)).as_deref(),
             Some("spec.separator")
         );
-        let clash = ToolsSpec {
+        let clash = NamesSpec {
             rename: BTreeMap::from([("a".into(), "x".into()), ("b".into(), "x".into())]),
             ..Default::default()
         };
         assert_eq!(
-            field(validate(PrefixMode::Always, None, Some(&clash))).as_deref(),
+            field(validate(PrefixMode::Always, None, Some(&clash), None)).as_deref(),
             Some("spec.tools.rename.b")
         );
-        let empty = ToolsSpec {
+        assert_eq!(
+            field(validate(PrefixMode::Always, None, None, Some(&clash))).as_deref(),
+            Some("spec.prompts.rename.b")
+        );
+        let empty = NamesSpec {
             exclude: vec![String::new()],
             ..Default::default()
         };
         assert_eq!(
-            field(validate(PrefixMode::Always, None, Some(&empty))).as_deref(),
+            field(validate(PrefixMode::Always, None, Some(&empty), None)).as_deref(),
             Some("spec.tools.exclude[0]")
         );
     }
