@@ -41,6 +41,8 @@ pub struct DemoOptions {
     pub http: Option<std::net::SocketAddr>,
     /// Extra echo tools `extra_0` … to make large catalogs (benchmarks).
     pub extra_tools: u32,
+    /// List tools this many per page (all at once when unset).
+    pub page_size: Option<usize>,
 }
 
 /// Serves the demo tools on stdin/stdout until stdin closes.
@@ -71,6 +73,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         instance: options.instance.unwrap_or_else(|| "demo".to_owned()),
         cancellations: Arc::default(),
         tools: tools.into(),
+        page_size: options.page_size.filter(|n| *n > 0),
     };
     match options.http {
         Some(addr) => serve_http(server, addr).await,
@@ -112,6 +115,7 @@ pub struct DemoServer {
     instance: String,
     cancellations: Arc<AtomicU64>,
     tools: Arc<[Tool]>,
+    page_size: Option<usize>,
 }
 
 fn schema(value: Value) -> Arc<JsonObject> {
@@ -342,10 +346,22 @@ impl ServerHandler for DemoServer {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.tools.to_vec()))
+        let Some(page_size) = self.page_size else {
+            return Ok(ListToolsResult::with_all_items(self.tools.to_vec()));
+        };
+        let start = match request.and_then(|r| r.cursor) {
+            None => 0,
+            Some(cursor) => cursor
+                .parse::<usize>()
+                .map_err(|_| ErrorData::invalid_params(format!("bad cursor `{cursor}`"), None))?,
+        };
+        let end = (start + page_size).min(self.tools.len());
+        let mut result = ListToolsResult::with_all_items(self.tools[start.min(end)..end].to_vec());
+        result.next_cursor = (end < self.tools.len()).then(|| end.to_string());
+        Ok(result)
     }
 
     async fn call_tool(

@@ -81,6 +81,9 @@ enum Command {
         /// Add this many echo tools named `extra_<n>` (large catalogs).
         #[arg(long, default_value_t = 0)]
         extra_tools: u32,
+        /// List tools this many per page (pagination tests).
+        #[arg(long)]
+        page_size: Option<usize>,
     },
 }
 
@@ -118,6 +121,10 @@ struct RunArgs {
     /// Largest request body accepted on `/mcp`, in bytes (413 beyond).
     #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Items per page of tools/list, prompts/list, resources/list and
+    /// resources/templates/list (clients follow `nextCursor`).
+    #[arg(long, env = "SWITCHBOARD_LIST_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    list_page_size: u32,
     /// Log tool arguments and results (at debug level). They may hold secrets.
     #[arg(long, env = "SWITCHBOARD_LOG_PAYLOADS")]
     log_payloads: bool,
@@ -171,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             garbage_lines,
             http,
             extra_tools,
+            page_size,
         } => {
             let options = DemoOptions {
                 instance,
@@ -178,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 garbage_lines,
                 http,
                 extra_tools,
+                page_size,
             };
             demo_server::run(options).await
         }
@@ -196,6 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 mcp: McpConfig {
                     allowed_hosts: args.allowed_hosts,
                     max_body_bytes: args.max_body_bytes,
+                    page_size: args.list_page_size as usize,
                 },
                 launcher: Launcher {
                     shim: Some(std::env::current_exe().context("locating switchboard-gateway")?),

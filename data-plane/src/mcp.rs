@@ -70,6 +70,8 @@ pub enum Error {
     UnknownPrompt(String),
     #[error("no server serves resource `{0}`")]
     UnknownResource(String),
+    #[error("invalid cursor `{0}`: use the nextCursor of the previous page")]
+    InvalidCursor(String),
     #[error(transparent)]
     Call(#[from] CallError),
 }
@@ -84,6 +86,9 @@ pub struct McpConfig {
     pub allowed_hosts: Vec<String>,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// Items per page of `tools/list`, `prompts/list`, `resources/list`
+    /// and `resources/templates/list`.
+    pub page_size: usize,
 }
 
 /// The MCP handler for one client session.
@@ -95,6 +100,7 @@ pub struct GatewaySession {
     telemetry: Telemetry,
     /// The caller this session named first (see `observe.rs`).
     caller: OnceLock<String>,
+    page_size: usize,
     /// This session as the relay reaches it, from its first request on.
     client: OnceLock<Arc<ClientSession>>,
     /// Forwards catalog changes as `notifications/*/list_changed`.
@@ -141,6 +147,7 @@ impl Error {
             Error::UnknownResource(uri) => {
                 ErrorData::resource_not_found(message, Some(json!({ "uri": uri })))
             }
+            Error::InvalidCursor(_) => ErrorData::invalid_params(message, None),
             Error::Call(CallError::Downstream(error)) => error,
             Error::Call(CallError::Cancelled) => ErrorData::internal_error(message, None),
             Error::Call(call) => {
@@ -160,6 +167,7 @@ impl Error {
             Error::UnknownResource(_) => {
                 observation.set_failure("unknown_resource", self.to_string())
             }
+            Error::InvalidCursor(_) => observation.set_failure("invalid_cursor", self.to_string()),
             Error::Call(CallError::Downstream(_)) => {}
             Error::Call(call) => observation.set_failure(call.kind(), call.to_string()),
         }
@@ -174,6 +182,7 @@ pub fn service(
     telemetry: Telemetry,
     shutdown: CancellationToken,
 ) -> StreamableHttpService<GatewaySession, LocalSessionManager> {
+    let page_size = config.page_size;
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(SESSION_IDLE_TIMEOUT);
     sessions.session_config.channel_capacity = SESSION_CHANNEL_CAPACITY;
@@ -208,6 +217,7 @@ pub fn service(
                 catalog.clone(),
                 servers.clone(),
                 telemetry.clone(),
+                page_size,
             ))
         },
         Arc::new(sessions),
@@ -218,7 +228,12 @@ pub fn service(
 // === impl GatewaySession ===
 
 impl GatewaySession {
-    pub fn new(catalog: CatalogReader, servers: Servers, telemetry: Telemetry) -> Self {
+    pub fn new(
+        catalog: CatalogReader,
+        servers: Servers,
+        telemetry: Telemetry,
+        page_size: usize,
+    ) -> Self {
         static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
         telemetry.metrics.sessions.inc();
         Self {
@@ -227,6 +242,7 @@ impl GatewaySession {
             servers,
             telemetry,
             caller: OnceLock::new(),
+            page_size: page_size.max(1),
             client: OnceLock::new(),
             list_changed: Mutex::new(None),
         }
@@ -323,6 +339,27 @@ impl GatewaySession {
         });
         observation.complete(&result, false);
         result
+    }
+
+    /// One page of a catalog list and the cursor of the next: the cursor is
+    /// the offset of the page's first item. A list that changes between
+    /// pages is announced by `list_changed`.
+    fn page<T: Clone>(
+        &self,
+        items: &[T],
+        request: Option<&PaginatedRequestParams>,
+    ) -> Result<(Vec<T>, Option<String>), Error> {
+        let start = match request.and_then(|r| r.cursor.as_deref()) {
+            None => 0,
+            Some(cursor) => cursor
+                .parse::<usize>()
+                .ok()
+                .filter(|start| *start <= items.len())
+                .ok_or_else(|| Error::InvalidCursor(cursor.to_owned()))?,
+        };
+        let end = start.saturating_add(self.page_size).min(items.len());
+        let next = (end < items.len()).then(|| end.to_string());
+        Ok((items[start..end].to_vec(), next))
     }
 
     /// The server and server-side URI of a client-facing resource URI.
@@ -476,15 +513,16 @@ impl ServerHandler for GatewaySession {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let observation = self.observe("tools/list", None, None, &context);
-        let result = Ok(ListToolsResult::with_all_items(
-            self.catalog.load().tools().to_vec(),
-        ));
-        observation.complete(&result, false);
-        result
+        self.observed("tools/list", None, &context, async |_| {
+            let (tools, next) = self.page(self.catalog.load().tools(), request.as_ref())?;
+            let mut result = ListToolsResult::with_all_items(tools);
+            result.next_cursor = next;
+            Ok(result)
+        })
+        .await
     }
 
     async fn call_tool(
@@ -520,13 +558,14 @@ impl ServerHandler for GatewaySession {
 
     async fn list_prompts(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
         self.observed("prompts/list", None, &context, async |_| {
-            Ok(ListPromptsResult::with_all_items(
-                self.catalog.load().prompts().to_vec(),
-            ))
+            let (prompts, next) = self.page(self.catalog.load().prompts(), request.as_ref())?;
+            let mut result = ListPromptsResult::with_all_items(prompts);
+            result.next_cursor = next;
+            Ok(result)
         })
         .await
     }
@@ -563,26 +602,30 @@ impl ServerHandler for GatewaySession {
 
     async fn list_resources(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         self.observed("resources/list", None, &context, async |_| {
-            Ok(ListResourcesResult::with_all_items(
-                self.catalog.load().resources().to_vec(),
-            ))
+            let catalog = self.catalog.load();
+            let (resources, next) = self.page(catalog.resources(), request.as_ref())?;
+            let mut result = ListResourcesResult::with_all_items(resources);
+            result.next_cursor = next;
+            Ok(result)
         })
         .await
     }
 
     async fn list_resource_templates(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         self.observed("resources/templates/list", None, &context, async |_| {
-            Ok(ListResourceTemplatesResult::with_all_items(
-                self.catalog.load().templates().to_vec(),
-            ))
+            let catalog = self.catalog.load();
+            let (templates, next) = self.page(catalog.templates(), request.as_ref())?;
+            let mut result = ListResourceTemplatesResult::with_all_items(templates);
+            result.next_cursor = next;
+            Ok(result)
         })
         .await
     }

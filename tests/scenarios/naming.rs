@@ -136,3 +136,44 @@ async fn invalid_naming_is_a_registry_issue() {
         "{issues}"
     );
 }
+
+/// Both ways of paging: the gateway follows a server's `nextCursor` (the
+/// demo server lists 7 tools a page) and pages its own lists for clients
+/// (`--list-page-size 10`); a made-up cursor is refused.
+#[tokio::test]
+async fn lists_are_paged_both_ways() {
+    let paged = demo_server_with(
+        "paged",
+        "paged",
+        &["--extra-tools", "30", "--page-size", "7"],
+        json!({}),
+    );
+    let sb =
+        Switchboard::start_with(&[("paged.yaml", &paged)], &[], &["--list-page-size", "10"]).await;
+    let state = sb.wait_server_state("paged", "ready").await;
+    let server_tools = state["tools"].as_u64().expect("tool count");
+    assert!(server_tools > 30, "every downstream page was read: {state}");
+
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    let first = client.list_tools(None).await.expect("first page");
+    assert_eq!(first.tools.len(), 10);
+    let cursor = first.next_cursor.clone().expect("a next cursor");
+    let second = client
+        .list_tools(Some(
+            rmcp::model::PaginatedRequestParams::default().with_cursor(Some(cursor)),
+        ))
+        .await
+        .expect("second page");
+    assert_eq!(second.tools.len(), 10);
+    assert_ne!(first.tools[0].name, second.tools[0].name);
+    let all = tool_names(&client).await.expect("all pages");
+    assert_eq!(all.len() as u64, server_tools, "{all:?}");
+    let bogus = client
+        .list_tools(Some(
+            rmcp::model::PaginatedRequestParams::default().with_cursor(Some("x".into())),
+        ))
+        .await
+        .expect_err("a made-up cursor");
+    assert!(bogus.to_string().contains("invalid cursor"), "{bogus}");
+    client.cancel().await.expect("close");
+}

@@ -539,3 +539,82 @@ async fn a_full_pool_answers_busy_after_the_acquire_timeout() {
     );
     client.cancel().await.expect("close");
 }
+
+/// A client cancelling its call, and a client going away mid-call, both
+/// reach the server as `notifications/cancelled`; the gateway and the
+/// server go on serving.
+#[tokio::test]
+async fn client_cancellation_and_disconnect_cancel_the_server_call() {
+    let marker = unique("cancel");
+    let sb = Switchboard::start(&[("c.yaml", &demo_server_yaml("c", &marker, &[]))]).await;
+    sb.wait_server_state("c", "ready").await;
+    let observer = connect(&sb.mcp_url()).await.expect("connect");
+    let cancellations = || async {
+        let stats = call(&observer, "c.stats", json!({})).await.expect("stats");
+        stats.structured_content.unwrap_or_default()["cancellations"]
+            .as_u64()
+            .unwrap_or_default()
+    };
+    let sleep = || {
+        let params = rmcp::model::CallToolRequestParams::new("c.sleep").with_arguments(
+            json!({ "ms": 60_000 })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params))
+    };
+
+    // The client cancels its own call.
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    let handle = client
+        .send_cancellable_request(sleep(), Default::default())
+        .await
+        .expect("call sent");
+    eventually("the call to reach the server", EVENTUALLY, || async {
+        let health = sb.health().await;
+        let in_flight = health["servers"]["c"]["inFlight"].as_u64();
+        (in_flight >= Some(1))
+            .then_some(())
+            .ok_or(health.to_string())
+    })
+    .await;
+    handle
+        .cancel(Some("changed my mind".into()))
+        .await
+        .expect("cancel");
+    eventually("the server to be told", EVENTUALLY, || async {
+        let n = cancellations().await;
+        (n >= 1).then_some(()).ok_or(format!("{n}"))
+    })
+    .await;
+
+    // The client disappears (its session ends) with a call in flight.
+    let leaving = connect(&sb.mcp_url()).await.expect("connect");
+    let _pending = leaving
+        .send_cancellable_request(sleep(), Default::default())
+        .await
+        .expect("call sent");
+    eventually(
+        "the second call to reach the server",
+        EVENTUALLY,
+        || async {
+            let health = sb.health().await;
+            let in_flight = health["servers"]["c"]["inFlight"].as_u64();
+            (in_flight >= Some(1))
+                .then_some(())
+                .ok_or(health.to_string())
+        },
+    )
+    .await;
+    leaving.cancel().await.expect("close the session");
+    eventually("the server to be told again", EVENTUALLY, || async {
+        let n = cancellations().await;
+        (n >= 2).then_some(()).ok_or(format!("{n}"))
+    })
+    .await;
+    call(&observer, "c.echo", json!({ "text": "still here" }))
+        .await
+        .expect("the gateway goes on");
+    observer.cancel().await.expect("close");
+}

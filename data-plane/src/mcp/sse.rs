@@ -45,6 +45,7 @@ pub struct SseState {
     servers: Servers,
     telemetry: Telemetry,
     allowed_hosts: Arc<[String]>,
+    page_size: usize,
     shutdown: CancellationToken,
 }
 
@@ -68,6 +69,7 @@ pub fn router(
         servers,
         telemetry,
         allowed_hosts: config.allowed_hosts.clone().into(),
+        page_size: config.page_size,
         shutdown,
     };
     Router::new()
@@ -85,7 +87,12 @@ async fn open(State(state): State<SseState>, parts: Parts) -> Response {
     let (inbound_tx, inbound) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL_CAPACITY);
     state.sessions.write().insert(id.clone(), inbound_tx);
     let stop = state.shutdown.child_token();
-    let session = GatewaySession::new(state.catalog, state.servers, state.telemetry);
+    let session = GatewaySession::new(
+        state.catalog,
+        state.servers,
+        state.telemetry,
+        state.page_size,
+    );
     let sessions = state.sessions.clone();
     let key = id.clone();
     let running = stop.clone();
