@@ -17,7 +17,7 @@ use crate::{
     registry::Registry,
     resource::{
         ValidServer, ValidTransport,
-        naming::{NamesSpec, Naming, PrefixMode},
+        naming::{Naming, PrefixMode},
         resilience::{Probe, Resilience, SessionMode},
     },
 };
@@ -140,17 +140,16 @@ fn naming_to_proto(naming: &Naming) -> pb::Naming {
         }
         .into(),
         separator: naming.separator.clone(),
-        tools: Some(rules_to_proto(&naming.tools)),
-        prompts: Some(rules_to_proto(&naming.prompts)),
-    }
-}
-
-fn rules_to_proto(names: &NamesSpec) -> pb::NameRules {
-    pb::NameRules {
-        include: names.include.clone(),
-        exclude: names.exclude.clone(),
-        rename: names.rename.clone().into_iter().collect(),
-        descriptions: names.descriptions.clone().into_iter().collect(),
+        include: naming.tools.include.clone(),
+        exclude: naming.tools.exclude.clone(),
+        rename: naming.tools.rename.clone().into_iter().collect(),
+        descriptions: naming.tools.descriptions.clone().into_iter().collect(),
+        prompts: Some(pb::NameRules {
+            include: naming.prompts.include.clone(),
+            exclude: naming.prompts.exclude.clone(),
+            rename: naming.prompts.rename.clone().into_iter().collect(),
+            descriptions: naming.prompts.descriptions.clone().into_iter().collect(),
+        }),
     }
 }
 

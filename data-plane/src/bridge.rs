@@ -5,7 +5,10 @@
 //! one line on stdout. Once the session exists, a GET stream carries what
 //! the gateway sends on its own (list changes, server requests). Every
 //! request names the caller in `x-switchboard-caller`, so the gateway's
-//! logs and traces say who it was. Nothing but protocol goes to stdout.
+//! logs and traces say who it was. When the gateway forgets the session
+//! (idle expiry, a restart), the bridge opens a new one by replaying the
+//! client's `initialize` and retries, since a stdio client never sees the
+//! 404 that would tell it to. Nothing but protocol goes to stdout.
 
 use std::{sync::Arc, time::Duration};
 
@@ -51,6 +54,10 @@ struct Bridge {
     config: Arc<BridgeConfig>,
     http: reqwest::Client,
     session: Arc<Mutex<Session>>,
+    /// The client's `initialize`, replayed to open a new session.
+    initialize: Arc<Mutex<Option<Value>>>,
+    /// One new session at a time, however many requests found it gone.
+    resuming: Arc<tokio::sync::Mutex<()>>,
     output: mpsc::Sender<String>,
     stop: CancellationToken,
 }
@@ -73,6 +80,8 @@ pub async fn run(config: BridgeConfig) -> anyhow::Result<()> {
             .build()
             .context("building the HTTP client")?,
         session: Arc::default(),
+        initialize: Arc::default(),
+        resuming: Arc::default(),
         output,
         stop: CancellationToken::new(),
     };
@@ -90,6 +99,7 @@ pub async fn run(config: BridgeConfig) -> anyhow::Result<()> {
         };
         // The session must exist before anything else is sent.
         if message["method"] == "initialize" {
+            *bridge.initialize.lock() = Some(message.clone());
             bridge.clone().post(message).await;
             bridge.start_listening();
         } else {
@@ -125,6 +135,13 @@ impl Bridge {
         request
     }
 
+    fn send(&self, message: &Value) -> impl Future<Output = reqwest::Result<reqwest::Response>> {
+        self.request(reqwest::Method::POST)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(message.to_string())
+            .send()
+    }
+
     /// POSTs one message and relays whatever comes back. A request the
     /// gateway could not answer gets a JSON-RPC error, never silence.
     async fn post(self, message: Value) {
@@ -133,26 +150,41 @@ impl Bridge {
             .filter(|_| message.get("method").is_some())
             .cloned();
         let initialize = message["method"] == "initialize";
-        let sent = self
-            .request(reqwest::Method::POST)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(message.to_string())
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(err) => {
-                warn!(error = %err, "gateway unreachable");
-                if let Some(id) = id {
-                    let message = format!(
-                        "switchboard gateway at {} is unreachable: {err}",
-                        self.config.url
-                    );
-                    self.emit(rpc_error(&id, -32603, message)).await;
+        for attempt in 0..2 {
+            let sent_with = self.session.lock().id.clone();
+            let response = match self.send(&message).await {
+                Ok(response) => response,
+                Err(err) => {
+                    warn!(error = %err, "gateway unreachable");
+                    if let Some(id) = id {
+                        let message = format!(
+                            "switchboard gateway at {} is unreachable: {err}",
+                            self.config.url
+                        );
+                        self.emit(rpc_error(&id, -32603, message)).await;
+                    }
+                    return;
                 }
-                return;
+            };
+            let expired = response.status() == StatusCode::NOT_FOUND && sent_with.is_some();
+            if expired && !initialize && attempt == 0 && self.resume(sent_with).await {
+                continue;
             }
-        };
+            self.relay_response(response, id.as_ref(), initialize, false)
+                .await;
+            return;
+        }
+    }
+
+    /// Relays one POST's answer (unless `quiet`), remembering the session
+    /// an `initialize` opened.
+    async fn relay_response(
+        &self,
+        response: reqwest::Response,
+        id: Option<&Value>,
+        initialize: bool,
+        quiet: bool,
+    ) {
         if initialize && let Some(session) = response.headers().get(SESSION_HEADER) {
             self.session.lock().id = session.to_str().ok().map(str::to_owned);
         }
@@ -163,29 +195,68 @@ impl Bridge {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if is_sse {
-            self.relay_stream(response, initialize).await;
+            self.relay_stream(response, initialize, quiet).await;
             return;
         }
         let body = response.text().await.unwrap_or_default();
         match serde_json::from_str::<Value>(&body) {
             Ok(answer) if answer.is_object() => {
                 self.remember_version(initialize, &answer);
-                self.emit(answer).await;
+                if !quiet {
+                    self.emit(answer).await;
+                }
             }
-            _ if status.is_success() => {}
+            _ if status.is_success() || quiet => {}
             _ => {
                 if let Some(id) = id {
                     let message = format!(
                         "switchboard gateway answered HTTP {status}: {}",
                         body.trim()
                     );
-                    self.emit(rpc_error(&id, -32603, message)).await;
+                    self.emit(rpc_error(id, -32603, message)).await;
                 }
             }
         }
     }
 
-    async fn relay_stream(&self, response: reqwest::Response, initialize: bool) {
+    /// Opens a new session in place of `stale` by replaying the client's
+    /// `initialize`; `true` once a session is there to retry on.
+    async fn resume(&self, stale: Option<String>) -> bool {
+        let _one = self.resuming.lock().await;
+        if self.session.lock().id != stale {
+            return true;
+        }
+        let Some(mut initialize) = self.initialize.lock().clone() else {
+            return false;
+        };
+        initialize["id"] = json!("switchboard-bridge-resume");
+        *self.session.lock() = Session::default();
+        match self.send(&initialize).await {
+            Ok(response) if response.status().is_success() => {
+                self.relay_response(response, None, true, true).await;
+            }
+            Ok(response) => {
+                warn!(status = %response.status(), "could not open a new gateway session");
+                return false;
+            }
+            Err(err) => {
+                warn!(error = %err, "could not open a new gateway session");
+                return false;
+            }
+        }
+        if self.session.lock().id.is_none() {
+            return false;
+        }
+        let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+        if let Err(err) = self.send(&initialized).await {
+            debug!(error = %err, "notifications/initialized not delivered");
+        }
+        self.start_listening();
+        info!("the gateway forgot the session; opened a new one");
+        true
+    }
+
+    async fn relay_stream(&self, response: reqwest::Response, initialize: bool, quiet: bool) {
         let mut events = SseStream::from_bytes_stream(response.bytes_stream());
         while let Some(event) = events.next().await {
             let event = match event {
@@ -201,7 +272,9 @@ impl Bridge {
             match serde_json::from_str::<Value>(&data) {
                 Ok(message) => {
                     self.remember_version(initialize, &message);
-                    self.emit(message).await;
+                    if !quiet {
+                        self.emit(message).await;
+                    }
                 }
                 Err(err) => warn!(error = %err, "gateway sent an event that is not JSON"),
             }
@@ -235,7 +308,7 @@ impl Bridge {
                         delay = FIRST_RECONNECT;
                         tokio::select! {
                             _ = bridge.stop.cancelled() => return,
-                            _ = bridge.relay_stream(response, false) => {}
+                            _ = bridge.relay_stream(response, false, false) => {}
                         }
                     }
                     // The gateway offers no such stream, or the session is gone.

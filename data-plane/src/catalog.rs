@@ -235,7 +235,11 @@ impl Catalog {
         let routes = &mut self.uris;
         match prefix {
             Some(prefix) => {
-                routes.prefixed.insert(prefix, handle.clone());
+                if let Some(first) = routes.prefixed.get(&prefix) {
+                    warn!(prefix = %prefix, kept_by = %first.spec.name, server = %handle.spec.name, "two servers' namespaces make the same resource URI prefix");
+                } else {
+                    routes.prefixed.insert(prefix, handle.clone());
+                }
             }
             None => {
                 for resource in offer.resources.iter() {
@@ -306,8 +310,9 @@ impl Catalog {
             server: server.clone(),
             name: uri.into(),
         };
+        // Schemes are case-insensitive (RFC 3986).
         if let Some((prefix, rest)) = uri.split_once('+')
-            && let Some(server) = routes.prefixed.get(prefix)
+            && let Some(server) = routes.prefixed.get(prefix.to_ascii_lowercase().as_str())
         {
             return Some(route(server, rest));
         }

@@ -65,6 +65,15 @@ impl Clients {
         self.matching(|session| session.wants_log(level))
     }
 
+    /// The most verbose level any session asked for.
+    pub fn most_verbose_level(&self) -> Option<LoggingLevel> {
+        self.by_key
+            .read()
+            .values()
+            .filter_map(|s| *s.log_level.lock())
+            .min_by_key(|level| severity(*level))
+    }
+
     /// Sessions subscribed to a client-facing URI.
     pub fn subscribed_to(&self, uri: &str) -> Vec<Arc<ClientSession>> {
         self.matching(|session| session.is_subscribed(uri))

@@ -51,6 +51,7 @@ use crate::{
     clients::ClientSession,
     downstream::{CallError, Origin, Request, Servers, SessionKey},
     observe::{Observation, RequestInfo, Target},
+    spec::SessionMode,
     telemetry::Telemetry,
 };
 
@@ -387,34 +388,39 @@ impl GatewaySession {
         self.observed(method, target, context, async |observation| {
             let route = self.resource_route(&uri, false)?;
             self.origin(context);
-            let session = self.client.get().cloned();
-            let clients = self.servers.clients();
-            let others = clients.others_subscribed(&uri, self.key);
-            let changed = session.is_some_and(|session| {
-                if subscribe {
-                    session.subscribe(&uri)
-                } else {
-                    session.unsubscribe(&uri)
-                }
-            });
-            if others || !changed {
+            let Some(session) = self.client.get().cloned() else {
+                return Ok(());
+            };
+            if session.is_subscribed(&uri) == subscribe {
                 return Ok(());
             }
-            let server_uri = route.name.to_string();
-            let request = if subscribe {
-                Request::new(
-                    SubscribeRequest::new(SubscribeRequestParams::new(server_uri.clone())),
-                    method,
-                    Some(server_uri),
-                )
+            // A shared server hears of a URI once however many sessions
+            // subscribe; a per-session server has its own connection each.
+            let shared = route.server.spec.session_mode == SessionMode::Shared;
+            let others = shared && self.servers.clients().others_subscribed(&uri, self.key);
+            if !others {
+                let server_uri = route.name.to_string();
+                let request = if subscribe {
+                    Request::new(
+                        SubscribeRequest::new(SubscribeRequestParams::new(server_uri.clone())),
+                        method,
+                        Some(server_uri),
+                    )
+                } else {
+                    Request::new(
+                        UnsubscribeRequest::new(UnsubscribeRequestParams::new(server_uri.clone())),
+                        method,
+                        Some(server_uri),
+                    )
+                };
+                self.forward(&route, request, context, observation).await?;
+            }
+            // Recorded once the server accepted, so a failed attempt can be retried.
+            if subscribe {
+                session.subscribe(&uri);
             } else {
-                Request::new(
-                    UnsubscribeRequest::new(UnsubscribeRequestParams::new(server_uri.clone())),
-                    method,
-                    Some(server_uri),
-                )
-            };
-            self.forward(&route, request, context, observation).await?;
+                session.unsubscribe(&uri);
+            }
             Ok(())
         })
         .await
@@ -742,7 +748,9 @@ impl ServerHandler for GatewaySession {
     }
 
     /// Remembered for this session (log messages are filtered by it) and
-    /// passed on to every server that logs.
+    /// passed on to every server that logs: a per-session server gets the
+    /// session's level, a shared one the most verbose any session asked
+    /// for, so no session gets less than it asked for.
     async fn set_level(
         &self,
         request: SetLevelRequestParams,
@@ -767,12 +775,16 @@ impl ServerHandler for GatewaySession {
                     server,
                 })
                 .collect();
+            let shared_level = self.servers.clients().most_verbose_level();
             for route in routes {
-                let forwarded = Request::new(
-                    SetLevelRequest::new(request.clone()),
-                    "logging/setLevel",
-                    None,
-                );
+                let mut level = request.clone();
+                if route.server.spec.session_mode == SessionMode::Shared
+                    && let Some(shared) = shared_level
+                {
+                    level.level = shared;
+                }
+                let forwarded =
+                    Request::new(SetLevelRequest::new(level), "logging/setLevel", None);
                 // One server refusing does not undo the level for the others.
                 if let Err(err) = self.forward(&route, forwarded, &context, observation).await {
                     debug!(server = %route.server.spec.name, error = %err, "logging/setLevel not applied");

@@ -152,11 +152,30 @@ pub enum ProtoError {
 
 impl ServerSpec {
     /// What clients see in front of this server's resource URIs
-    /// (`{prefix}+{uri}`), when its names are always prefixed. A `+` joins
-    /// scheme characters, so the result is still a URI, URI templates
-    /// still expand, and stripping the prefix gives the server's URI back.
+    /// (`{prefix}+{uri}`), when its names are always prefixed: the
+    /// namespace made a URI scheme (lower case, `_` as `-`, a leading `x`
+    /// unless it starts with a letter). `+` joins scheme characters, so the
+    /// result is still a URI, URI templates still expand, and stripping the
+    /// prefix gives the server's URI back.
     pub fn uri_prefix(&self) -> Option<Arc<str>> {
-        (self.naming.prefix_mode == PrefixMode::Always).then(|| self.namespace.clone())
+        if self.naming.prefix_mode != PrefixMode::Always {
+            return None;
+        }
+        let mut scheme: String = self
+            .namespace
+            .chars()
+            .map(|c| {
+                if c == '_' {
+                    '-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        if !scheme.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            scheme.insert(0, 'x');
+        }
+        Some(scheme.into())
     }
 }
 
@@ -245,11 +264,12 @@ impl From<&pb::Naming> for NamingSpec {
             } else {
                 naming.separator.as_str().into()
             },
-            tools: naming
-                .tools
-                .as_ref()
-                .map(NameRules::from)
-                .unwrap_or_default(),
+            tools: NameRules {
+                include: naming.include.clone(),
+                exclude: naming.exclude.clone(),
+                rename: naming.rename.clone().into_iter().collect(),
+                descriptions: naming.descriptions.clone().into_iter().collect(),
+            },
             prompts: naming
                 .prompts
                 .as_ref()
@@ -543,6 +563,36 @@ impl TryFrom<&pb::HealthCheck> for HealthSpec {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_become_valid_uri_schemes() {
+        let prefix = |namespace: &str, mode| {
+            let server = pb::McpServer {
+                name: "s".into(),
+                namespace: namespace.into(),
+                transport: Some(pb::mcp_server::Transport::Stdio(pb::StdioTransport {
+                    command: "c".into(),
+                    ..Default::default()
+                })),
+                naming: Some(pb::Naming {
+                    prefix_mode: mode as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            ServerSpec::try_from(&server)
+                .expect("valid")
+                .uri_prefix()
+                .map(|p| p.to_string())
+        };
+        let always = pb::PrefixMode::Always;
+        assert_eq!(prefix("time", always).as_deref(), Some("time"));
+        assert_eq!(prefix("My_Files", always).as_deref(), Some("my-files"));
+        assert_eq!(prefix("2fa", always).as_deref(), Some("x2fa"));
+        assert_eq!(prefix("time", pb::PrefixMode::Never), None);
+    }
+
     #[test]
     fn globs_match_like_shell_patterns() {
         for (pattern, text, matches) in [
@@ -559,8 +609,6 @@ mod tests {
             assert_eq!(glob_match(pattern, text), matches, "{pattern} ~ {text}");
         }
     }
-
-    use super::*;
 
     fn stdio_server(name: &str, namespace: &str, command: &str) -> pb::McpServer {
         pb::McpServer {

@@ -448,12 +448,13 @@ async fn server_requests_reach_only_the_session_that_caused_them() {
 }
 
 /// A stdio-only client through `switchboard-gateway bridge`: lists, calls,
-/// answers the server's sampling request through the bridge, and is named
-/// by `--caller` in the gateway's log.
+/// answers the server's sampling request through the bridge, is named by
+/// `--caller` in the gateway's log, and keeps working when the gateway
+/// restarts and forgets its session.
 #[tokio::test]
 async fn stdio_bridge_relays_both_ways_and_names_the_caller() {
     let spec = json!({ "sessionMode": "perSession" });
-    let sb = Switchboard::start(&[("everything.yaml", &everything("everything", spec))]).await;
+    let mut sb = Switchboard::start(&[("everything.yaml", &everything("everything", spec))]).await;
     sb.wait_server_state("everything", "ready").await;
     let mut bridge = tokio::process::Command::new(e2e::bin_dir().join("switchboard-gateway"))
         .args(["bridge", "--url", &sb.mcp_url(), "--caller", "bridge-e2e"])
@@ -512,6 +513,21 @@ async fn stdio_bridge_relays_both_ways_and_names_the_caller() {
         }
     })
     .await;
+
+    // The gateway restarts: the bridge opens a new session on its own.
+    if let Some(mut gateway) = sb.gateway.take() {
+        gateway.kill_hard().await;
+    }
+    sb.start_gateway().await;
+    sb.wait_gateway_ready().await;
+    sb.wait_server_state("everything", "ready").await;
+    let again = call(
+        &session,
+        "everything.echo",
+        json!({ "message": "after a restart" }),
+    )
+    .await;
+    assert!(text(&again).contains("after a restart"), "{again:?}");
 
     // Closing stdin ends the bridge (and its gateway session) cleanly.
     session.cancel().await.expect("close");

@@ -31,7 +31,7 @@ use rmcp::{
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::clients::{ClientSession, Clients, SessionKey};
 
@@ -176,6 +176,19 @@ impl Relay {
         mut request: ServerRequest,
         cancel: CancellationToken,
     ) -> Result<ClientResult, ErrorData> {
+        // The request may overtake the registration of the call it serves.
+        if self.origin().is_err() {
+            let registered = async {
+                loop {
+                    let notified = self.registered.notified();
+                    if self.origin().is_ok() {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            let _ = tokio::time::timeout(REGISTRATION_GRACE, registered).await;
+        }
         // A per-session connection's server may also ask between requests;
         // that goes on the session's standalone stream.
         let (client, request_id) = match self.origin() {
@@ -192,7 +205,8 @@ impl Relay {
         let timeout = self.client_timeout;
         // A fresh task: rmcp would otherwise mark the request as coming
         // from the server's request this handler serves, not the client's.
-        let task = tokio::spawn(async move {
+        let task = tokio::spawn(
+            async move {
             let options = PeerRequestOptions::with_timeout(timeout);
             let handle = client.send_request_with_option(request, options).await?;
             let (id, client) = (handle.id.clone(), handle.peer.clone());
@@ -204,7 +218,9 @@ impl Relay {
                     Err(rmcp::service::ServiceError::Cancelled { reason: None })
                 }
             }
-        });
+        }
+            .in_current_span(),
+        );
         match task.await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(rmcp::service::ServiceError::McpError(error))) => Err(error),
@@ -362,11 +378,19 @@ impl ClientHandler for DownstreamClient {
         params: ResourceUpdatedNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
+        // Every subscriber hears of it, whoever has calls in flight; a
+        // per-session connection's updates are its own session's.
         let uri = self.relay.client_uri(&params.uri);
-        let audience = self.relay.audience(
-            |session| session.is_subscribed(&uri),
-            || self.relay.clients.subscribed_to(&uri),
-        );
+        let audience = match self.relay.session {
+            Some(key) => self
+                .relay
+                .clients
+                .get(key)
+                .filter(|session| session.is_subscribed(&uri))
+                .into_iter()
+                .collect(),
+            None => self.relay.clients.subscribed_to(&uri),
+        };
         for session in audience {
             let _ = session
                 .peer

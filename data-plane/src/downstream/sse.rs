@@ -130,9 +130,13 @@ impl SseConnection {
 
         let (to_server, outbound) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL_CAPACITY);
         let (inbound_tx, inbound) = mpsc::channel::<ServerJsonRpcMessage>(CHANNEL_CAPACITY);
-        let reader = tokio::spawn(read_events(events, inbound_tx).in_current_span());
-        let writer =
-            tokio::spawn(post_messages(http, endpoint, headers, outbound).in_current_span());
+        // Owned at once: a failed handshake must not leave them running.
+        let reader = AbortOnDropHandle::new(tokio::spawn(
+            read_events(events, inbound_tx).in_current_span(),
+        ));
+        let writer = AbortOnDropHandle::new(tokio::spawn(
+            post_messages(http, endpoint, headers, outbound).in_current_span(),
+        ));
         let transport = (PollSender::new(to_server), ReceiverStream::new(inbound));
         let cancel = CancellationToken::new();
         let handshake = client.serve_with_ct(transport, cancel.clone());
@@ -153,8 +157,8 @@ impl SseConnection {
             peer: service.peer().clone(),
             cancel,
             service: tokio::spawn(service.waiting()),
-            _reader: AbortOnDropHandle::new(reader),
-            _writer: AbortOnDropHandle::new(writer),
+            _reader: reader,
+            _writer: writer,
         })
     }
 
@@ -276,12 +280,21 @@ fn header_map(remote: &HttpSpec) -> Result<HeaderMap, Error> {
     Ok(headers)
 }
 
-/// The endpoint event's URL, which may be relative to the stream's.
+/// The endpoint event's URL, which may be relative to the stream's. It
+/// must stay on the stream's origin: the configured headers (credentials)
+/// go with every POST.
 fn resolve(base: &str, endpoint: &str) -> Result<String, Error> {
     let base = url::Url::parse(base).map_err(|e| Error::Protocol(format!("`{base}`: {e}")))?;
-    base.join(endpoint)
-        .map(String::from)
-        .map_err(|e| Error::Protocol(format!("endpoint `{endpoint}`: {e}")))
+    let resolved = base
+        .join(endpoint)
+        .map_err(|e| Error::Protocol(format!("endpoint `{endpoint}`: {e}")))?;
+    if resolved.origin() != base.origin() {
+        return Err(Error::Protocol(format!(
+            "endpoint `{endpoint}` is not on the stream's origin {}",
+            base.origin().ascii_serialization()
+        )));
+    }
+    Ok(resolved.into())
 }
 
 #[cfg(test)]
@@ -300,6 +313,14 @@ mod tests {
             resolved("messages?s=2"),
             "http://127.0.0.1:3001/messages?s=2"
         );
-        assert_eq!(resolved("http://other:9/m"), "http://other:9/m");
+        assert_eq!(
+            resolved("http://127.0.0.1:3001/m"),
+            "http://127.0.0.1:3001/m"
+        );
+        assert!(resolve(base, "http://other:9/m").is_err(), "another host");
+        assert!(
+            resolve(base, "https://127.0.0.1:3001/m").is_err(),
+            "another scheme"
+        );
     }
 }

@@ -82,7 +82,7 @@ async fn open(State(state): State<SseState>, parts: Parts) -> Response {
     if let Err(refused) = check_host(&state.allowed_hosts, &parts) {
         return rpc_error(StatusCode::FORBIDDEN, -32600, refused);
     }
-    let id = format!("{:032x}", fastrand::u128(..));
+    let id = uuid::Uuid::new_v4().simple().to_string();
     let (to_client, outbound) = mpsc::channel::<ServerJsonRpcMessage>(CHANNEL_CAPACITY);
     let (inbound_tx, inbound) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL_CAPACITY);
     state.sessions.write().insert(id.clone(), inbound_tx);
@@ -108,7 +108,7 @@ async fn open(State(state): State<SseState>, parts: Parts) -> Response {
             sessions.write().remove(&key);
             debug!("SSE session closed");
         }
-        .instrument(info_span!("sse_session", session = %id)),
+        .instrument(info_span!("sse_session")),
     );
     // The session lives as long as the client keeps the stream open.
     let closed = stop.drop_guard();
@@ -192,12 +192,23 @@ fn check_host(allowed: &[String], parts: &Parts) -> Result<(), String> {
         }
     };
     let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let authority = |value: &str| {
+        let value = value.rsplit("://").next().unwrap_or(value);
+        value.split('/').next().unwrap_or(value).to_owned()
+    };
+    // An entry names a host (any port) or a host:port.
+    let permitted = |value: &str| {
+        let (host, authority) = (host_of(value), authority(value));
+        allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&host) || a.eq_ignore_ascii_case(&authority))
+    };
     let named = [header("host"), header("origin")];
     let refused = named
         .into_iter()
         .flatten()
-        .map(host_of)
-        .find(|host| !allowed.iter().any(|a| a.eq_ignore_ascii_case(host)));
+        .find(|value| !permitted(value))
+        .map(host_of);
     match (header("host"), refused) {
         (Some(_), None) => Ok(()),
         (None, _) => Err("missing Host header".to_owned()),
