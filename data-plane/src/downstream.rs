@@ -169,8 +169,9 @@ pub struct ServerHandle {
     pool: Pool,
     /// Per-session connections by client session.
     sessions: Mutex<HashMap<SessionKey, Arc<Connection>>>,
-    /// Serialises starting per-session connections.
-    session_start: tokio::sync::Mutex<()>,
+    /// Serialises starting a session's connection (one start per session;
+    /// different sessions start theirs side by side).
+    session_starts: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
     breaker: Breaker,
     tool_breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     stats: Stats,
@@ -275,7 +276,7 @@ impl Servers {
                 status: RwLock::new(Lifecycle::starting(0)),
                 pool: Pool::default(),
                 sessions: Mutex::default(),
-                session_start: tokio::sync::Mutex::new(()),
+                session_starts: Mutex::default(),
                 tool_breakers: Mutex::default(),
                 stats: Stats::default(),
                 events,
@@ -623,18 +624,26 @@ impl ServerHandle {
         if let Some(connection) = existing(&self.sessions.lock()) {
             return Ok(connection);
         }
-        let _starting = self.session_start.lock().await;
+        let gate = self
+            .session_starts
+            .lock()
+            .entry(session)
+            .or_default()
+            .clone();
+        let _starting = gate.lock().await;
         if let Some(connection) = existing(&self.sessions.lock()) {
             return Ok(connection);
         }
-        let connection = supervisor::start_connection(self, Some(session))
-            .await
-            .map_err(|reason| CallError::Unavailable {
-                server: self.spec.name.clone(),
-                reason,
-            })?;
-        self.sessions.lock().insert(session, connection.clone());
-        Ok(connection)
+        let started = supervisor::start_connection(self, Some(session)).await;
+        // Registered before the gate goes, so a later call finds it.
+        if let Ok(connection) = &started {
+            self.sessions.lock().insert(session, connection.clone());
+        }
+        self.session_starts.lock().remove(&session);
+        started.map_err(|reason| CallError::Unavailable {
+            server: self.spec.name.clone(),
+            reason,
+        })
     }
 
     fn tool_breaker(&self, tool: &str) -> Arc<Breaker> {

@@ -100,7 +100,11 @@ async fn run_pool(
     restarts: u32,
 ) -> Option<String> {
     let protocol_version = first.peer_info().map(|info| info.protocol_version.clone());
-    refresh_offer(handle, first, protocol_version.clone(), restarts).await;
+    // Listing may take up to a call timeout per list; a stop must not wait.
+    tokio::select! {
+        _ = handle.stop.cancelled() => return None,
+        () = refresh_offer(handle, first, protocol_version.clone(), restarts) => {}
+    }
     grow_to_min(handle);
     let mut reap = tokio::time::interval(REAP_EVERY);
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -134,7 +138,11 @@ async fn run_pool(
             _ = handle.lists_changed.notified() => {
                 if let Some(connection) = handle.pool.all().first() {
                     info!("server lists changed");
-                    refresh_offer(handle, &connection.peer, protocol_version.clone(), restarts).await;
+                    let refresh = refresh_offer(handle, &connection.peer, protocol_version.clone(), restarts);
+                    tokio::select! {
+                        _ = handle.stop.cancelled() => return None,
+                        () = refresh => {}
+                    }
                 }
             }
             _ = reap.tick() => reap_idle(handle),
