@@ -23,5 +23,7 @@ mod registry_changes;
 mod relay;
 #[path = "scenarios/resilience.rs"]
 mod resilience;
+#[path = "scenarios/sessions.rs"]
+mod sessions;
 #[path = "scenarios/third_party.rs"]
 mod third_party;

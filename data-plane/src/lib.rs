@@ -2,7 +2,7 @@
 //! runs the configured MCP servers, and serves them to clients as one MCP
 //! endpoint with namespaced tools.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod admin;

@@ -1,7 +1,7 @@
 //! `switchboard-gateway`: the gateway replica binary, plus the bundled
 //! demo MCP server.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -125,6 +125,11 @@ struct RunArgs {
     /// resources/templates/list (clients follow `nextCursor`).
     #[arg(long, env = "SWITCHBOARD_LIST_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     list_page_size: u32,
+    /// Seconds a streamable-HTTP session may sit idle (no open stream, no
+    /// request) before it is parked out of memory; its next request
+    /// restores it. Sessions with their own state are never parked. 0 never parks.
+    #[arg(long, env = "SWITCHBOARD_PARK_IDLE_SESSIONS_AFTER", default_value_t = 30.0, value_parser = park_after)]
+    park_idle_sessions_after: f64,
     /// Log tool arguments and results (at debug level). They may hold secrets.
     #[arg(long, env = "SWITCHBOARD_LOG_PAYLOADS")]
     log_payloads: bool,
@@ -206,6 +211,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     allowed_hosts: args.allowed_hosts,
                     max_body_bytes: args.max_body_bytes,
                     page_size: args.list_page_size as usize,
+                    park_after: (args.park_idle_sessions_after > 0.0)
+                        .then(|| Duration::from_secs_f64(args.park_idle_sessions_after)),
                 },
                 launcher: Launcher {
                     shim: Some(std::env::current_exe().context("locating switchboard-gateway")?),
@@ -221,6 +228,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bound.wait().await;
             Ok(())
         }
+    }
+}
+
+fn park_after(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if (0.0..=86_400.0).contains(&seconds) => Ok(seconds),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds from 0 to 86400"
+        )),
     }
 }
 

@@ -5,13 +5,15 @@
 //! the namespace stripped and the result relayed unchanged. What servers
 //! send back outside a response goes through `downstream/relay.rs`.
 //! `guard.rs` checks request bodies before rmcp sees them; `sse.rs` serves
-//! the same sessions over legacy HTTP+SSE.
+//! the same sessions over legacy HTTP+SSE; `park.rs` takes idle sessions
+//! out of memory.
 
 // Logging is deprecated by SEP-2577 but clients on the protocol versions
 // this gateway serves still use it.
 #![allow(deprecated)]
 
 pub mod guard;
+pub mod park;
 pub mod sse;
 
 use std::{
@@ -39,7 +41,9 @@ use rmcp::{
     service::{NotificationContext, RequestContext},
     transport::{
         StreamableHttpServerConfig, StreamableHttpService,
-        streamable_http_server::session::local::LocalSessionManager,
+        streamable_http_server::{
+            SessionId, SessionRestoreMarker, session::local::LocalSessionManager,
+        },
     },
 };
 use serde_json::json;
@@ -90,6 +94,9 @@ pub struct McpConfig {
     /// Items per page of `tools/list`, `prompts/list`, `resources/list`
     /// and `resources/templates/list`.
     pub page_size: usize,
+    /// Idle streamable-HTTP sessions are parked after this long (`park.rs`);
+    /// `None` keeps every session in memory.
+    pub park_after: Option<Duration>,
 }
 
 /// The MCP handler for one client session.
@@ -106,6 +113,11 @@ pub struct GatewaySession {
     client: OnceLock<Arc<ClientSession>>,
     /// Forwards catalog changes as `notifications/*/list_changed`.
     list_changed: Mutex<Option<AbortOnDropHandle<()>>>,
+    /// Where this session is pinned when it gains state a replayed
+    /// handshake would lose; `None` where sessions are never parked.
+    parking: Option<Arc<park::Book>>,
+    /// The streamable-HTTP session id, from `notifications/initialized` on.
+    session_id: OnceLock<SessionId>,
 }
 
 // === impl Error ===
@@ -182,12 +194,28 @@ pub fn service(
     config: &McpConfig,
     telemetry: Telemetry,
     shutdown: CancellationToken,
-) -> StreamableHttpService<GatewaySession, LocalSessionManager> {
+) -> StreamableHttpService<GatewaySession, park::ParkingSessions> {
     let page_size = config.page_size;
-    let mut sessions = LocalSessionManager::default();
-    sessions.session_config.keep_alive = Some(SESSION_IDLE_TIMEOUT);
-    sessions.session_config.channel_capacity = SESSION_CHANNEL_CAPACITY;
+    let mut local = LocalSessionManager::default();
+    local.session_config.keep_alive = Some(SESSION_IDLE_TIMEOUT);
+    local.session_config.channel_capacity = SESSION_CHANNEL_CAPACITY;
     let mut http = StreamableHttpServerConfig::default();
+    let parking = config.park_after.map(|park_after| {
+        let book = park::Book::new(park_after, SESSION_IDLE_TIMEOUT, telemetry.metrics.clone());
+        http.session_store = Some(Arc::new(park::Store::new(book.clone())));
+        book
+    });
+    let book = parking.clone().unwrap_or_else(|| {
+        park::Book::new(
+            Duration::MAX,
+            SESSION_IDLE_TIMEOUT,
+            telemetry.metrics.clone(),
+        )
+    });
+    let sessions = Arc::new(park::ParkingSessions::new(local, book));
+    if parking.is_some() {
+        park::spawn_reaper(sessions.clone(), shutdown.clone());
+    }
     http = if config.allowed_hosts.iter().any(|h| h == "*") {
         http.disable_allowed_hosts()
     } else {
@@ -219,9 +247,10 @@ pub fn service(
                 servers.clone(),
                 telemetry.clone(),
                 page_size,
-            ))
+            )
+            .parked_by(parking.clone()))
         },
-        Arc::new(sessions),
+        sessions,
         http,
     )
 }
@@ -246,6 +275,20 @@ impl GatewaySession {
             page_size: page_size.max(1),
             client: OnceLock::new(),
             list_changed: Mutex::new(None),
+            parking: None,
+            session_id: OnceLock::new(),
+        }
+    }
+
+    fn parked_by(mut self, parking: Option<Arc<park::Book>>) -> Self {
+        self.parking = parking;
+        self
+    }
+
+    /// Keeps this session in memory from now on (see `park.rs`).
+    fn pin(&self) {
+        if let (Some(book), Some(id)) = (&self.parking, self.session_id.get()) {
+            book.pin(id);
         }
     }
 
@@ -292,6 +335,10 @@ impl GatewaySession {
     ) -> Result<ServerResult, Error> {
         let mut meta = forwardable_meta(&context.meta);
         observation.set_server(route.server.spec.name.clone());
+        if route.server.spec.session_mode != SessionMode::Shared {
+            // Its connection to the server lives as long as the session.
+            self.pin();
+        }
         if let Some(trace) = observation.trace() {
             meta.set_traceparent(trace.to_traceparent());
         }
@@ -417,6 +464,7 @@ impl GatewaySession {
             }
             // Recorded once the server accepted, so a failed attempt can be retried.
             if subscribe {
+                self.pin();
                 session.subscribe(&uri);
             } else {
                 session.unsubscribe(&uri);
@@ -465,6 +513,14 @@ impl ServerHandler for GatewaySession {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        if let Some(id) = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.headers.get("mcp-session-id"))
+            .and_then(|id| id.to_str().ok())
+        {
+            let _ = self.session_id.set(id.into());
+        }
         let peer = context.peer;
         let mut changes = self.catalog.subscribe();
         changes.mark_unchanged();
@@ -503,8 +559,12 @@ impl ServerHandler for GatewaySession {
         request: InitializeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
-        let observation = self.observe("initialize", None, Some(&request), &context);
         context.peer.set_peer_info(request.clone());
+        // A parked session coming back replays its handshake: not a request.
+        if context.extensions.get::<SessionRestoreMarker>().is_some() {
+            return self.negotiate_initialize(&request);
+        }
+        let observation = self.observe("initialize", None, Some(&request), &context);
         let result = self.negotiate_initialize(&request);
         observation.complete(&result, false);
         result
@@ -758,6 +818,7 @@ impl ServerHandler for GatewaySession {
     ) -> Result<(), ErrorData> {
         self.observed("logging/setLevel", None, &context, async |observation| {
             self.origin(&context);
+            self.pin();
             if let Some(session) = self.client.get() {
                 session.set_log_level(request.level);
             }

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub request_duration: HistogramFamily<MethodLabels>,
     pub downstream_duration: HistogramFamily<MethodLabels>,
     pub sessions: Gauge,
+    pub sessions_parked: Gauge,
+    pub session_parks: Counter,
+    pub session_restores: Counter,
     pub config_updates: Family<ResultLabels, Counter>,
     pub spans: ExportCounters,
     config_version: Gauge<i64, AtomicI64>,
@@ -100,6 +103,9 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             downstream_duration: Family::new_with_constructor(latency_histogram),
             sessions: Gauge::default(),
+            sessions_parked: Gauge::default(),
+            session_parks: Counter::default(),
+            session_restores: Counter::default(),
             config_updates: Family::default(),
             spans: ExportCounters {
                 exported: Counter::default(),
@@ -145,7 +151,22 @@ impl Metrics {
             Unit::Seconds,
             m.downstream_duration.clone(),
         );
-        registry.register("sessions", "Open client sessions", m.sessions.clone());
+        registry.register("sessions", "Client sessions in memory", m.sessions.clone());
+        registry.register(
+            "sessions_parked",
+            "Idle client sessions parked out of memory",
+            m.sessions_parked.clone(),
+        );
+        registry.register(
+            "session_parks",
+            "Idle client sessions parked",
+            m.session_parks.clone(),
+        );
+        registry.register(
+            "session_restores",
+            "Parked client sessions restored by a request",
+            m.session_restores.clone(),
+        );
         registry.register(
             "config_updates",
             "Config snapshots answered, by result (ack, nack)",

@@ -590,20 +590,97 @@ async fn churn(url: &str, tool: &str, concurrency: usize, duration: Duration) ->
     total
 }
 
-/// Idle memory, memory per idle session, and many sessions calling at once.
+/// Seconds of quiet after which the `sessions` scenario's gateway parks a
+/// session (the default, 30 s, would only make the run longer).
+const BENCH_PARK_AFTER: &str = "2";
+
+/// Idle memory and memory per idle session, with every session in memory
+/// and with idle sessions parked; then many parked sessions calling at once
+/// (each call restores its session).
 async fn sessions_scenario(args: &Args) -> anyhow::Result<String> {
-    let sb = Switchboard::start(&[(
-        "demo.yaml",
-        &demo_server_with("demo", "bench-sessions", &[], json!({})),
-    )])
+    let live = row("all in memory", &open_idle_sessions(args, "0").await?);
+    let parked = open_idle_sessions(args, BENCH_PARK_AFTER).await?;
+    let sb = &parked.switchboard;
+    let url = sb.mcp_url();
+    let http = HttpClient::new();
+    let callers = parked
+        .sessions
+        .iter()
+        .take(args.concurrent_calls)
+        .map(|session| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.call_tool(&url, session, "demo.echo", &json!({ "text": "many" }))
+                    .await
+            }
+        });
+    let started = Instant::now();
+    let results = futures::future::join_all(callers).await;
+    let took = started.elapsed();
+    let call_errors = results.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
+        eprintln!("first concurrent-call error: {err:#}");
+    }
+    let restores = metric(sb, "switchboard_session_restores_total").await;
+    Ok(format!(
+        "## Sessions\n\n{} idle sessions (initialize, then nothing). Parked: \
+         `--park-idle-sessions-after {BENCH_PARK_AFTER}`, measured once all are parked.\n\n\
+         | sessions | gateway RSS idle (example registry, excluding its servers) | with the sessions | per idle session | failed to open |\n\
+         |---|---|---|---|---|\n{}{}\n\
+         | {} parked sessions calling a tool at once | value |\n|---|---|\n\
+         | errors | {call_errors} |\n| all answered in | {:.0} ms |\n| sessions restored | {restores} |\n\n",
+        args.sessions,
+        live,
+        row("parked when idle", &parked),
+        args.concurrent_calls.min(parked.sessions.len()),
+        took.as_secs_f64() * 1e3,
+    ))
+}
+
+/// One row of the sessions table.
+fn row(what: &str, m: &IdleSessions) -> String {
+    format!(
+        "| {what} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {} |\n",
+        m.idle_kib as f64 / 1024.0,
+        m.with_sessions_kib as f64 / 1024.0,
+        m.per_session_kib(),
+        m.open_errors,
+    )
+}
+
+struct IdleSessions {
+    switchboard: Switchboard,
+    sessions: Vec<mcp_http::Session>,
+    open_errors: usize,
+    idle_kib: u64,
+    with_sessions_kib: u64,
+}
+
+impl IdleSessions {
+    fn per_session_kib(&self) -> f64 {
+        self.with_sessions_kib.saturating_sub(self.idle_kib) as f64
+            / self.sessions.len().max(1) as f64
+    }
+}
+
+/// A gateway with `args.sessions` idle sessions open; with parking on,
+/// measured once every session is parked.
+async fn open_idle_sessions(args: &Args, park_after: &str) -> anyhow::Result<IdleSessions> {
+    let sb = Switchboard::start_with(
+        &[(
+            "demo.yaml",
+            &demo_server_with("demo", "bench-sessions", &[], json!({})),
+        )],
+        &[],
+        &["--park-idle-sessions-after", park_after],
+    )
     .await;
     sb.wait_server_state("demo", "ready").await;
     let pid = sb.gateway.as_ref().and_then(Process::pid).unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = rss_kib(pid);
+    let idle_kib = rss_kib(pid);
     let url = sb.mcp_url();
     let http = HttpClient::new();
-
     let mut sessions = Vec::with_capacity(args.sessions);
     let mut open_errors = 0;
     for chunk in 0..args.sessions.div_ceil(100) {
@@ -617,37 +694,36 @@ async fn sessions_scenario(args: &Args) -> anyhow::Result<String> {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let with_sessions = rss_kib(pid);
-    let per_session =
-        (with_sessions.saturating_sub(idle)) as f64 * 1024.0 / sessions.len().max(1) as f64;
-
-    let callers = sessions.iter().take(args.concurrent_calls).map(|session| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            http.call_tool(&url, session, "demo.echo", &json!({ "text": "many" }))
-                .await
+    if park_after != "0" {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metric(&sb, "switchboard_sessions_parked").await < sessions.len() as u64 {
+            anyhow::ensure!(Instant::now() < deadline, "idle sessions were not parked");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    });
-    let started = Instant::now();
-    let results = futures::future::join_all(callers).await;
-    let took = started.elapsed();
-    let call_errors = results.iter().filter(|r| r.is_err()).count();
-    if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
-        eprintln!("first concurrent-call error: {err:#}");
+        // Freed pages go back to the OS after the allocator's purge delay.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Ok(format!(
-        "## Sessions\n\n| measure | value |\n|---|---|\n\
-         | gateway RSS idle (example registry, excluding its servers) | {:.1} MiB |\n\
-         | gateway RSS with {} idle sessions | {:.1} MiB |\n\
-         | memory per idle session | {:.1} KiB |\n| sessions that failed to open | {open_errors} |\n\
-         | {} sessions calling a tool at once: errors | {call_errors} (all answered in {:.0} ms) |\n\n",
-        idle as f64 / 1024.0,
-        sessions.len(),
-        with_sessions as f64 / 1024.0,
-        per_session / 1024.0,
-        args.concurrent_calls.min(sessions.len()),
-        took.as_secs_f64() * 1e3,
-    ))
+    let with_sessions_kib = rss_kib(pid);
+    Ok(IdleSessions {
+        switchboard: sb,
+        sessions,
+        open_errors,
+        idle_kib,
+        with_sessions_kib,
+    })
+}
+
+/// A counter or gauge of the gateway's `/metrics`.
+async fn metric(sb: &Switchboard, name: &str) -> u64 {
+    let url = format!("http://{}/metrics", sb.gateway_addr);
+    let Ok(response) = reqwest::get(&url).await else {
+        return 0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
 }
 
 /// A registry edit until every one of 3 replicas has applied it.

@@ -1,0 +1,492 @@
+//! Parks idle client sessions. rmcp keeps a worker task, a service task
+//! and half a dozen channels per streamable-HTTP session (~60 KiB); most
+//! agents open a session and then sit between prompts. A session with no
+//! open stream, nothing in flight and nothing of its own to lose is, after
+//! a quiet spell, reduced to its `initialize` parameters (a few hundred
+//! bytes); its next request restores it through rmcp's session store (the
+//! handshake is replayed) and the client never notices. Sessions that hold
+//! a GET stream, subscribed to resources, set a log level or own
+//! per-session server connections are pinned and never parked. A parked
+//! session expires like a live one, after the idle timeout.
+//!
+//! A parked session costs one slot in a table and nothing on the heap:
+//! ids are kept as UUIDs and identical handshakes (one client program's)
+//! are shared, since any small allocation left behind would keep the page
+//! it shares with the freed session resident.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
+use rmcp::{
+    model::{ClientJsonRpcMessage, ServerJsonRpcMessage},
+    transport::streamable_http_server::{
+        RestoreOutcome, SessionId, SessionManager,
+        session::{
+            ServerSseMessage, SessionState, SessionStore, SessionStoreError,
+            local::{LocalSessionManager, LocalSessionManagerError},
+        },
+    },
+};
+use tokio::{sync::Notify, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+use uuid::Uuid;
+
+use crate::telemetry::Metrics;
+
+/// The session manager of `/mcp`: rmcp's in-memory one, plus parking.
+pub struct ParkingSessions {
+    inner: LocalSessionManager,
+    book: Arc<Book>,
+}
+
+/// What is known of every session, live or parked; shared by the manager,
+/// the store rmcp restores from, the handlers that pin and the reaper.
+pub struct Book {
+    entries: Mutex<HashMap<Uuid, Entry>>,
+    /// Distinct handshakes, by their JSON.
+    handshakes: Mutex<HashMap<String, Arc<SessionState>>>,
+    /// Woken when a session finishes parking.
+    parked: Notify,
+    park_after: Duration,
+    expire_after: Duration,
+    metrics: Arc<Metrics>,
+}
+
+struct Entry {
+    /// The handshake to replay; rmcp stores it once `initialize` succeeded.
+    state: Option<Arc<SessionState>>,
+    last_active: Instant,
+    open_streams: u32,
+    pinned: bool,
+    phase: Phase,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Live,
+    /// Its rmcp session is being closed; a restore waits for that.
+    Parking,
+    Parked,
+}
+
+/// The store rmcp persists handshakes to and restores sessions from.
+pub struct Store(Arc<Book>);
+
+/// A response or GET stream; the session is busy while it is open.
+struct Tracked {
+    inner: Pin<Box<dyn Stream<Item = ServerSseMessage> + Send + Sync>>,
+    _open: OpenStream,
+}
+
+struct OpenStream {
+    book: Arc<Book>,
+    id: Option<Uuid>,
+}
+
+/// rmcp's session ids are UUIDs; anything else names no session.
+fn key(id: &str) -> Option<Uuid> {
+    Uuid::try_parse(id).ok()
+}
+
+// === impl ParkingSessions ===
+
+impl ParkingSessions {
+    pub fn new(inner: LocalSessionManager, book: Arc<Book>) -> Self {
+        Self { inner, book }
+    }
+
+    fn track(
+        &self,
+        id: &SessionId,
+        stream: impl Stream<Item = ServerSseMessage> + Send + Sync + 'static,
+    ) -> Tracked {
+        Tracked {
+            inner: Box::pin(stream),
+            _open: self.book.open_stream(id),
+        }
+    }
+
+    /// Parks every session that has been idle long enough, and forgets
+    /// parked ones past the idle timeout, until `shutdown`.
+    pub async fn reap(self: Arc<Self>, shutdown: CancellationToken) {
+        let every =
+            (self.book.park_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut parked_last_tick = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            // Sessions parked on the last tick have let go of their memory
+            // by now (their service tasks end after the close returns).
+            if parked_last_tick {
+                let _ = tokio::task::spawn_blocking(release_free_memory).await;
+            }
+            let due = self.book.due_for_parking();
+            parked_last_tick = !due.is_empty();
+            for id in due {
+                // Ends the session's rmcp worker and service; the handler
+                // is dropped, and rmcp's own `close_session` call after that
+                // finds the session parking and keeps it.
+                let session = SessionId::from(id.to_string());
+                if let Err(err) = SessionManager::close_session(&self.inner, &session).await {
+                    debug!(%session, error = %err, "closing a parked session's worker");
+                }
+                self.book.finish_parking(id);
+            }
+        }
+    }
+}
+
+impl SessionManager for ParkingSessions {
+    type Error = LocalSessionManagerError;
+    type Transport = <LocalSessionManager as SessionManager>::Transport;
+
+    async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
+        let (id, transport) = self.inner.create_session().await?;
+        let Some(uuid) = key(&id) else {
+            // Not an id this book can hold: never parked.
+            return Ok((id, transport));
+        };
+        self.book.entries.lock().insert(
+            uuid,
+            Entry {
+                state: None,
+                last_active: Instant::now(),
+                open_streams: 0,
+                pinned: false,
+                phase: Phase::Live,
+            },
+        );
+        Ok((id, transport))
+    }
+
+    async fn initialize_session(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<ServerJsonRpcMessage, Self::Error> {
+        self.book.touch(id);
+        self.inner.initialize_session(id, message).await
+    }
+
+    /// A parked session is "not here", so rmcp restores it from the store.
+    async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
+        if !self.book.touch(id) {
+            return Ok(false);
+        }
+        let live = self.inner.has_session(id).await?;
+        if !live {
+            // rmcp ended it (idle timeout, a failed service): gone for good.
+            self.book.forget(id);
+        }
+        Ok(live)
+    }
+
+    /// A client's DELETE, or rmcp noticing a session's service ended.
+    async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        let parking = key(id).is_some_and(|uuid| {
+            let mut entries = self.book.entries.lock();
+            match entries.get(&uuid).map(|e| e.phase) {
+                Some(Phase::Parking | Phase::Parked) => true,
+                Some(Phase::Live) => {
+                    entries.remove(&uuid);
+                    false
+                }
+                None => false,
+            }
+        });
+        if !parking {
+            self.inner.close_session(id).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_stream(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let stream = self.inner.create_stream(id, message).await?;
+        Ok(self.track(id, stream))
+    }
+
+    async fn accept_message(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<(), Self::Error> {
+        self.book.touch(id);
+        self.inner.accept_message(id, message).await
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &SessionId,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let stream = self.inner.create_standalone_stream(id).await?;
+        Ok(self.track(id, stream))
+    }
+
+    async fn resume(
+        &self,
+        id: &SessionId,
+        last_event_id: String,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let stream = self.inner.resume(id, last_event_id).await?;
+        Ok(self.track(id, stream))
+    }
+
+    async fn restore_session(
+        &self,
+        id: SessionId,
+    ) -> Result<RestoreOutcome<Self::Transport>, Self::Error> {
+        // rmcp restores one session id at a time; a park in progress is
+        // waited for so the old worker is gone before the new one starts.
+        let Some(uuid) = key(&id) else {
+            return Ok(RestoreOutcome::NotSupported);
+        };
+        loop {
+            let parked = self.book.parked.notified();
+            match self.book.entries.lock().get(&uuid).map(|e| e.phase) {
+                Some(Phase::Parking) => {}
+                Some(Phase::Parked) => break,
+                Some(Phase::Live) => return Ok(RestoreOutcome::AlreadyPresent),
+                None => return Ok(RestoreOutcome::NotSupported),
+            }
+            parked.await;
+        }
+        let outcome = self.inner.restore_session(id.clone()).await?;
+        if matches!(outcome, RestoreOutcome::Restored(_)) {
+            self.book.restored(uuid);
+        }
+        Ok(outcome)
+    }
+}
+
+// === impl Book ===
+
+impl Book {
+    pub fn new(park_after: Duration, expire_after: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            entries: Mutex::new(HashMap::new()),
+            handshakes: Mutex::new(HashMap::new()),
+            parked: Notify::new(),
+            park_after,
+            expire_after,
+            metrics,
+        })
+    }
+
+    /// Keeps a session in memory from now on: it holds state a replayed
+    /// handshake would not bring back.
+    pub fn pin(&self, id: &str) {
+        self.update(key(id), |entry| entry.pinned = true);
+    }
+
+    fn update(&self, id: Option<Uuid>, change: impl FnOnce(&mut Entry)) {
+        let Some(uuid) = id else {
+            return;
+        };
+        if let Some(entry) = self.entries.lock().get_mut(&uuid) {
+            change(entry);
+        }
+    }
+
+    /// Records activity on a live session; false if it is not live.
+    fn touch(&self, id: &SessionId) -> bool {
+        let Some(uuid) = key(id) else {
+            return false;
+        };
+        match self.entries.lock().get_mut(&uuid) {
+            Some(entry) if entry.phase == Phase::Live => {
+                entry.last_active = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Some(entry) = key(id).and_then(|uuid| self.entries.lock().remove(&uuid))
+            && entry.phase == Phase::Parked
+        {
+            self.metrics.sessions_parked.dec();
+        }
+    }
+
+    fn open_stream(self: &Arc<Self>, id: &SessionId) -> OpenStream {
+        let id = key(id);
+        self.update(id, |entry| {
+            entry.open_streams += 1;
+            entry.last_active = Instant::now();
+        });
+        OpenStream {
+            book: self.clone(),
+            id,
+        }
+    }
+
+    /// The shared copy of a handshake.
+    fn intern(&self, state: &SessionState) -> Arc<SessionState> {
+        let json = serde_json::to_string(state).unwrap_or_default();
+        self.handshakes
+            .lock()
+            .entry(json)
+            .or_insert_with(|| Arc::new(state.clone()))
+            .clone()
+    }
+
+    /// Live sessions idle long enough, now marked parking; parked ones past
+    /// the idle timeout are forgotten.
+    fn due_for_parking(&self) -> Vec<Uuid> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        let mut expired = 0;
+        self.entries.lock().retain(|id, entry| {
+            let idle = now.saturating_duration_since(entry.last_active);
+            match entry.phase {
+                Phase::Parked if idle >= self.expire_after => {
+                    expired += 1;
+                    return false;
+                }
+                Phase::Live
+                    if idle >= self.park_after
+                        && entry.open_streams == 0
+                        && !entry.pinned
+                        && entry.state.is_some() =>
+                {
+                    entry.phase = Phase::Parking;
+                    due.push(*id);
+                }
+                _ => {}
+            }
+            true
+        });
+        if expired > 0 {
+            self.metrics.sessions_parked.dec_by(expired);
+            debug!(expired, "forgot parked sessions past the idle timeout");
+        }
+        self.handshakes
+            .lock()
+            .retain(|_, state| Arc::strong_count(state) > 1);
+        due
+    }
+
+    fn finish_parking(&self, id: Uuid) {
+        let parked = match self.entries.lock().get_mut(&id) {
+            Some(entry) if entry.phase == Phase::Parking => {
+                entry.phase = Phase::Parked;
+                true
+            }
+            _ => false,
+        };
+        if parked {
+            self.metrics.sessions_parked.inc();
+            self.metrics.session_parks.inc();
+            debug!(session = %id, "parked an idle session");
+        }
+        self.parked.notify_waiters();
+    }
+
+    fn restored(&self, id: Uuid) {
+        if let Some(entry) = self.entries.lock().get_mut(&id) {
+            entry.phase = Phase::Live;
+            entry.last_active = Instant::now();
+        }
+        self.metrics.sessions_parked.dec();
+        self.metrics.session_restores.inc();
+        debug!(session = %id, "restored a parked session");
+    }
+}
+
+// === impl Store ===
+
+impl Store {
+    pub fn new(book: Arc<Book>) -> Self {
+        Self(book)
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for Store {
+    async fn load(&self, session_id: &str) -> Result<Option<SessionState>, SessionStoreError> {
+        let Some(uuid) = key(session_id) else {
+            return Ok(None);
+        };
+        let entries = self.0.entries.lock();
+        Ok(entries
+            .get(&uuid)
+            .filter(|e| e.phase != Phase::Live)
+            .and_then(|e| e.state.as_deref().cloned()))
+    }
+
+    async fn store(&self, session_id: &str, state: &SessionState) -> Result<(), SessionStoreError> {
+        let Some(uuid) = key(session_id) else {
+            return Ok(());
+        };
+        let state = self.0.intern(state);
+        if let Some(entry) = self.0.entries.lock().get_mut(&uuid) {
+            entry.state = Some(state);
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, session_id: &str) -> Result<(), SessionStoreError> {
+        self.0.forget(session_id);
+        Ok(())
+    }
+}
+
+// === impl Tracked ===
+
+impl Stream for Tracked {
+    type Item = ServerSseMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.book.update(self.id, |entry| {
+            entry.open_streams = entry.open_streams.saturating_sub(1);
+            entry.last_active = Instant::now();
+        });
+    }
+}
+
+/// glibc returns freed memory from the middle of its heaps to the OS only
+/// when asked; without this, parking frees memory for reuse but the
+/// replica's resident size stays at its peak.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
+
+/// Spawns the reaper of `sessions` as a task that ends with `shutdown`.
+pub fn spawn_reaper(sessions: Arc<ParkingSessions>, shutdown: CancellationToken) {
+    tokio::spawn(
+        sessions
+            .reap(shutdown)
+            .instrument(info_span!("session_parking")),
+    );
+}

@@ -1,0 +1,219 @@
+//! Idle sessions are parked out of memory and come back on their next
+//! request without the client noticing; sessions with a GET stream or
+//! state of their own stay; a parked session can still be deleted.
+
+use std::time::Duration;
+
+use e2e::{EVENTUALLY, Switchboard, call, connect, demo_server_yaml, eventually, metric, text};
+use serde_json::{Value, json};
+
+/// A streamable-HTTP session spoken by hand: no GET stream, as a simple
+/// client (or a script) leaves it.
+struct RawSession {
+    http: reqwest::Client,
+    url: String,
+    id: String,
+}
+
+impl RawSession {
+    async fn open(url: &str) -> Self {
+        let http = reqwest::Client::new();
+        let response = http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(
+                json!({
+                    "jsonrpc": "2.0", "id": 0, "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-06-18", "capabilities": {},
+                        "clientInfo": { "name": "raw-session", "version": "1" }
+                    }
+                })
+                .to_string(),
+            )
+            .send()
+            .await
+            .expect("initialize");
+        assert_eq!(response.status(), 200);
+        let id = response.headers()["mcp-session-id"]
+            .to_str()
+            .expect("session id")
+            .to_owned();
+        let session = Self {
+            http,
+            url: url.to_owned(),
+            id,
+        };
+        let (status, _) = session
+            .post(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))
+            .await;
+        assert_eq!(status, 202);
+        session
+    }
+
+    /// The HTTP status and the JSON-RPC message answered (JSON or SSE).
+    async fn post(&self, message: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(message.to_string())
+            .send()
+            .await
+            .expect("POST /mcp");
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str(&body)
+            .ok()
+            .or_else(|| {
+                body.lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+                    .find(|m| m.get("id").is_some())
+            })
+            .unwrap_or(Value::Null);
+        (status, message)
+    }
+
+    async fn echo(&self, text: &str) -> (u16, Value) {
+        self.post(json!({
+            "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": { "name": "demo.echo", "arguments": { "text": text } }
+        }))
+        .await
+    }
+
+    async fn delete(&self) -> u16 {
+        self.http
+            .delete(&self.url)
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+            .await
+            .expect("DELETE /mcp")
+            .status()
+            .as_u16()
+    }
+}
+
+async fn metrics(sb: &Switchboard, name: &str) -> f64 {
+    let (_, exposition) = sb
+        .get_text(&format!("http://{}/metrics", sb.gateway_addr))
+        .await
+        .expect("GET /metrics");
+    metric(&exposition, name, &[]).unwrap_or_else(|| panic!("no {name} in {exposition}"))
+}
+
+async fn wait_metric(sb: &Switchboard, name: &str, want: f64) {
+    eventually(&format!("{name} to be {want}"), EVENTUALLY, || async {
+        let value = metrics(sb, name).await;
+        (value == want).then_some(()).ok_or(value.to_string())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idle_sessions_are_parked_and_come_back_on_their_next_request() {
+    let demo = demo_server_yaml("demo", &format!("park-{}", std::process::id()), &[]);
+    let sb = Switchboard::start_with(
+        &[("demo.yaml", &demo)],
+        &[],
+        &["--park-idle-sessions-after", "1"],
+    )
+    .await;
+    sb.wait_server_state("demo", "ready").await;
+    let url = sb.mcp_url();
+
+    // Parked once idle: no stream, no state of its own.
+    let idle = RawSession::open(&url).await;
+    // Pinned: a log level is state a replayed handshake would not restore.
+    let leveled = RawSession::open(&url).await;
+    let (status, reply) = leveled
+        .post(json!({
+            "jsonrpc": "2.0", "id": 3, "method": "logging/setLevel",
+            "params": { "level": "debug" }
+        }))
+        .await;
+    assert_eq!((status, reply.get("error")), (200, None), "{reply}");
+    // Kept: rmcp's client holds a GET stream open for server messages.
+    let streaming = connect(&url).await.expect("rmcp client");
+
+    wait_metric(&sb, "switchboard_sessions_parked", 1.0).await;
+    // Several parking rounds later, the other two are still in memory.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(metrics(&sb, "switchboard_session_parks_total").await, 1.0);
+    assert_eq!(metrics(&sb, "switchboard_sessions").await, 2.0);
+
+    // The parked session answers under the same id, no re-initialize.
+    let (status, reply) = idle.echo("back again").await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["result"]["content"][0]["text"], "back again",
+        "{reply}"
+    );
+    assert_eq!(
+        metrics(&sb, "switchboard_session_restores_total").await,
+        1.0
+    );
+
+    // Parked again, then deleted: gone for good (404, so clients re-initialise).
+    wait_metric(&sb, "switchboard_sessions_parked", 1.0).await;
+    assert!(idle.delete().await < 300);
+    assert_eq!(metrics(&sb, "switchboard_sessions_parked").await, 0.0);
+    assert_eq!(idle.echo("deleted").await.0, 404);
+
+    // The sessions that stayed never noticed.
+    let (status, reply) = leveled.echo("still here").await;
+    assert_eq!(
+        (status, &reply["result"]["content"][0]["text"]),
+        (200, &json!("still here")),
+        "{reply}"
+    );
+    let result = call(&streaming, "demo.echo", json!({ "text": "streaming" }))
+        .await
+        .expect("call over the rmcp client");
+    assert_eq!(text(&result), "streaming");
+    // Only the idle session was ever parked (twice).
+    assert_eq!(metrics(&sb, "switchboard_session_parks_total").await, 2.0);
+    streaming.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn many_parked_sessions_come_back_at_once() {
+    let demo = demo_server_yaml("demo", &format!("park-many-{}", std::process::id()), &[]);
+    let sb = Switchboard::start_with(
+        &[("demo.yaml", &demo)],
+        &[],
+        &["--park-idle-sessions-after", "0.2"],
+    )
+    .await;
+    sb.wait_server_state("demo", "ready").await;
+    let url = sb.mcp_url();
+    let sessions = futures::future::join_all((0..50).map(|_| RawSession::open(&url))).await;
+    wait_metric(&sb, "switchboard_sessions_parked", 50.0).await;
+
+    // Each session's call restores it, concurrently, each with its own answer.
+    let replies = futures::future::join_all(
+        sessions
+            .iter()
+            .enumerate()
+            .map(|(n, session)| async move { (n, session.echo(&format!("call {n}")).await) }),
+    )
+    .await;
+    for (n, (status, reply)) in replies {
+        assert_eq!(status, 200, "session {n}: {reply}");
+        assert_eq!(
+            reply["result"]["content"][0]["text"],
+            format!("call {n}"),
+            "session {n}"
+        );
+    }
+    assert_eq!(
+        metrics(&sb, "switchboard_session_restores_total").await,
+        50.0
+    );
+}
