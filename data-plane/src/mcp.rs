@@ -41,9 +41,7 @@ use rmcp::{
     service::{NotificationContext, RequestContext},
     transport::{
         StreamableHttpServerConfig, StreamableHttpService,
-        streamable_http_server::{
-            SessionId, SessionRestoreMarker, session::local::LocalSessionManager,
-        },
+        streamable_http_server::{SessionRestoreMarker, session::local::LocalSessionManager},
     },
 };
 use serde_json::json;
@@ -116,8 +114,6 @@ pub struct GatewaySession {
     /// Where this session is pinned when it gains state a replayed
     /// handshake would lose; `None` where sessions are never parked.
     parking: Option<Arc<park::Book>>,
-    /// The streamable-HTTP session id, from `notifications/initialized` on.
-    session_id: OnceLock<SessionId>,
 }
 
 // === impl Error ===
@@ -276,7 +272,6 @@ impl GatewaySession {
             client: OnceLock::new(),
             list_changed: Mutex::new(None),
             parking: None,
-            session_id: OnceLock::new(),
         }
     }
 
@@ -285,9 +280,15 @@ impl GatewaySession {
         self
     }
 
-    /// Keeps this session in memory from now on (see `park.rs`).
-    fn pin(&self) {
-        if let (Some(book), Some(id)) = (&self.parking, self.session_id.get()) {
+    /// Keeps this session in memory from now on (see `park.rs`); the
+    /// request names the session in its header.
+    fn pin(&self, context: &RequestContext<RoleServer>) {
+        let id = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.headers.get("mcp-session-id"))
+            .and_then(|id| id.to_str().ok());
+        if let (Some(book), Some(id)) = (&self.parking, id) {
             book.pin(id);
         }
     }
@@ -337,7 +338,7 @@ impl GatewaySession {
         observation.set_server(route.server.spec.name.clone());
         if route.server.spec.session_mode != SessionMode::Shared {
             // Its connection to the server lives as long as the session.
-            self.pin();
+            self.pin(context);
         }
         if let Some(trace) = observation.trace() {
             meta.set_traceparent(trace.to_traceparent());
@@ -464,7 +465,7 @@ impl GatewaySession {
             }
             // Recorded once the server accepted, so a failed attempt can be retried.
             if subscribe {
-                self.pin();
+                self.pin(context);
                 session.subscribe(&uri);
             } else {
                 session.unsubscribe(&uri);
@@ -513,20 +514,19 @@ impl ServerHandler for GatewaySession {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        if let Some(id) = context
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|parts| parts.headers.get("mcp-session-id"))
-            .and_then(|id| id.to_str().ok())
-        {
-            let _ = self.session_id.set(id.into());
-        }
+        // A parked session may have missed changes: its client re-lists.
+        let restored = context.extensions.get::<SessionRestoreMarker>().is_some();
         let peer = context.peer;
         let mut changes = self.catalog.subscribe();
         changes.mark_unchanged();
         let mut seen = *changes.borrow_and_update();
         let task = tokio::spawn(
             async move {
+                if restored {
+                    let _ = peer.notify_tool_list_changed().await;
+                    let _ = peer.notify_prompt_list_changed().await;
+                    let _ = peer.notify_resource_list_changed().await;
+                }
                 while changes.changed().await.is_ok() {
                     let now = *changes.borrow_and_update();
                     let sent = if now.tools != seen.tools {
@@ -818,7 +818,7 @@ impl ServerHandler for GatewaySession {
     ) -> Result<(), ErrorData> {
         self.observed("logging/setLevel", None, &context, async |observation| {
             self.origin(&context);
-            self.pin();
+            self.pin(&context);
             if let Some(session) = self.client.get() {
                 session.set_log_level(request.level);
             }

@@ -2,7 +2,10 @@
 //! request without the client noticing; sessions with a GET stream or
 //! state of their own stay; a parked session can still be deleted.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use e2e::{EVENTUALLY, Switchboard, call, connect, demo_server_yaml, eventually, metric, text};
 use serde_json::{Value, json};
@@ -13,6 +16,8 @@ struct RawSession {
     http: reqwest::Client,
     url: String,
     id: String,
+    /// JSON-RPC ids: unique among a session's requests in flight.
+    next_request: AtomicU64,
 }
 
 impl RawSession {
@@ -44,6 +49,7 @@ impl RawSession {
             http,
             url: url.to_owned(),
             id,
+            next_request: AtomicU64::new(1),
         };
         let (status, _) = session
             .post(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))
@@ -81,7 +87,8 @@ impl RawSession {
 
     async fn echo(&self, text: &str) -> (u16, Value) {
         self.post(json!({
-            "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "jsonrpc": "2.0", "id": self.next_request.fetch_add(1, Ordering::Relaxed),
+            "method": "tools/call",
             "params": { "name": "demo.echo", "arguments": { "text": text } }
         }))
         .await
@@ -215,5 +222,22 @@ async fn many_parked_sessions_come_back_at_once() {
     assert_eq!(
         metrics(&sb, "switchboard_session_restores_total").await,
         50.0
+    );
+
+    // Several requests at once on one parked session: one restores it, the
+    // others wait for that and go to the same restored session.
+    wait_metric(&sb, "switchboard_sessions_parked", 50.0).await;
+    let session = &sessions[0];
+    let replies = futures::future::join_all(
+        (0..8).map(|n| async move { (n, session.echo(&format!("same {n}")).await) }),
+    )
+    .await;
+    for (n, (status, reply)) in replies {
+        assert_eq!(status, 200, "call {n}: {reply}");
+        assert_eq!(reply["result"]["content"][0]["text"], format!("same {n}"));
+    }
+    assert_eq!(
+        metrics(&sb, "switchboard_session_restores_total").await,
+        51.0
     );
 }

@@ -36,7 +36,7 @@ use rmcp::{
 };
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 use uuid::Uuid;
 
 use crate::telemetry::Metrics;
@@ -72,10 +72,17 @@ struct Entry {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
     Live,
-    /// Its rmcp session is being closed; a restore waits for that.
+    /// Its rmcp session is being closed: parked once rmcp reports the old
+    /// service ended (its `close_session` call), which a restore waits for.
     Parking,
     Parked,
+    /// A request is replaying its handshake; other requests wait for it
+    /// in rmcp's restore queue.
+    Restoring,
 }
+
+/// How long a park may wait for rmcp to report the old service ended.
+const PARKING_GRACE: Duration = Duration::from_secs(10);
 
 /// The store rmcp persists handshakes to and restores sessions from.
 pub struct Store(Arc<Book>);
@@ -137,12 +144,11 @@ impl ParkingSessions {
             for id in due {
                 // Ends the session's rmcp worker and service; the handler
                 // is dropped, and rmcp's own `close_session` call after that
-                // finds the session parking and keeps it.
+                // completes the park.
                 let session = SessionId::from(id.to_string());
                 if let Err(err) = SessionManager::close_session(&self.inner, &session).await {
                     debug!(%session, error = %err, "closing a parked session's worker");
                 }
-                self.book.finish_parking(id);
             }
         }
     }
@@ -193,21 +199,24 @@ impl SessionManager for ParkingSessions {
         Ok(live)
     }
 
-    /// A client's DELETE, or rmcp noticing a session's service ended.
+    /// A client's DELETE, or rmcp reporting a session's service ended:
+    /// for a session being parked, that is the park done.
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
-        let parking = key(id).is_some_and(|uuid| {
+        let Some(uuid) = key(id) else {
+            return self.inner.close_session(id).await;
+        };
+        let phase = {
             let mut entries = self.book.entries.lock();
-            match entries.get(&uuid).map(|e| e.phase) {
-                Some(Phase::Parking | Phase::Parked) => true,
-                Some(Phase::Live) => {
-                    entries.remove(&uuid);
-                    false
-                }
-                None => false,
+            let phase = entries.get(&uuid).map(|e| e.phase);
+            if matches!(phase, Some(Phase::Live | Phase::Restoring)) {
+                entries.remove(&uuid);
             }
-        });
-        if !parking {
-            self.inner.close_session(id).await?;
+            phase
+        };
+        match phase {
+            Some(Phase::Parking) => self.book.finish_parking(uuid),
+            Some(Phase::Parked) => {}
+            Some(Phase::Live | Phase::Restoring) | None => self.inner.close_session(id).await?,
         }
         Ok(())
     }
@@ -221,13 +230,17 @@ impl SessionManager for ParkingSessions {
         Ok(self.track(id, stream))
     }
 
+    /// Also carries a restore's replayed `initialized`, after which the
+    /// session is live again.
     async fn accept_message(
         &self,
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<(), Self::Error> {
         self.book.touch(id);
-        self.inner.accept_message(id, message).await
+        self.inner.accept_message(id, message).await?;
+        self.book.finish_restore(id);
+        Ok(())
     }
 
     async fn create_standalone_stream(
@@ -258,19 +271,22 @@ impl SessionManager for ParkingSessions {
         };
         loop {
             let parked = self.book.parked.notified();
-            match self.book.entries.lock().get(&uuid).map(|e| e.phase) {
+            match self.book.begin_restore(uuid) {
                 Some(Phase::Parking) => {}
                 Some(Phase::Parked) => break,
-                Some(Phase::Live) => return Ok(RestoreOutcome::AlreadyPresent),
+                Some(Phase::Live | Phase::Restoring) => {
+                    return Ok(RestoreOutcome::AlreadyPresent);
+                }
                 None => return Ok(RestoreOutcome::NotSupported),
             }
-            parked.await;
+            // The reaper completes a park rmcp never reported, so this ends.
+            let _ = tokio::time::timeout(PARKING_GRACE, parked).await;
         }
-        let outcome = self.inner.restore_session(id.clone()).await?;
-        if matches!(outcome, RestoreOutcome::Restored(_)) {
-            self.book.restored(uuid);
+        let outcome = self.inner.restore_session(id.clone()).await;
+        if !matches!(outcome, Ok(RestoreOutcome::Restored(_))) {
+            self.book.abort_restore(uuid);
         }
-        Ok(outcome)
+        outcome
     }
 }
 
@@ -348,17 +364,21 @@ impl Book {
     }
 
     /// Live sessions idle long enough, now marked parking; parked ones past
-    /// the idle timeout are forgotten.
+    /// the idle timeout are forgotten; parks rmcp never reported complete.
     fn due_for_parking(&self) -> Vec<Uuid> {
         let now = Instant::now();
         let mut due = Vec::new();
         let mut expired = 0;
+        let mut stale = Vec::new();
         self.entries.lock().retain(|id, entry| {
             let idle = now.saturating_duration_since(entry.last_active);
             match entry.phase {
                 Phase::Parked if idle >= self.expire_after => {
                     expired += 1;
                     return false;
+                }
+                Phase::Parking if idle >= self.park_after.saturating_add(PARKING_GRACE) => {
+                    stale.push(*id);
                 }
                 Phase::Live
                     if idle >= self.park_after
@@ -380,6 +400,10 @@ impl Book {
         self.handshakes
             .lock()
             .retain(|_, state| Arc::strong_count(state) > 1);
+        for id in stale {
+            warn!(session = %id, "rmcp never reported a parked session's service ended");
+            self.finish_parking(id);
+        }
         due
     }
 
@@ -399,14 +423,37 @@ impl Book {
         self.parked.notify_waiters();
     }
 
-    fn restored(&self, id: Uuid) {
-        if let Some(entry) = self.entries.lock().get_mut(&id) {
-            entry.phase = Phase::Live;
-            entry.last_active = Instant::now();
+    /// A parked session's restore starts (its phase before is returned).
+    fn begin_restore(&self, id: Uuid) -> Option<Phase> {
+        let mut entries = self.entries.lock();
+        let entry = entries.get_mut(&id)?;
+        let phase = entry.phase;
+        if phase == Phase::Parked {
+            entry.phase = Phase::Restoring;
+            self.metrics.sessions_parked.dec();
         }
-        self.metrics.sessions_parked.dec();
-        self.metrics.session_restores.inc();
-        debug!(session = %id, "restored a parked session");
+        Some(phase)
+    }
+
+    fn abort_restore(&self, id: Uuid) {
+        if let Some(entry) = self.entries.lock().get_mut(&id)
+            && entry.phase == Phase::Restoring
+        {
+            entry.phase = Phase::Parked;
+            self.metrics.sessions_parked.inc();
+        }
+    }
+
+    /// The replayed handshake is in: requests may reach the session again.
+    fn finish_restore(&self, id: &SessionId) {
+        self.update(key(id), |entry| {
+            if entry.phase == Phase::Restoring {
+                entry.phase = Phase::Live;
+                entry.last_active = Instant::now();
+                self.metrics.session_restores.inc();
+                debug!(session = %id, "restored a parked session");
+            }
+        });
     }
 }
 
@@ -427,7 +474,7 @@ impl SessionStore for Store {
         let entries = self.0.entries.lock();
         Ok(entries
             .get(&uuid)
-            .filter(|e| e.phase != Phase::Live)
+            .filter(|e| matches!(e.phase, Phase::Parking | Phase::Parked))
             .and_then(|e| e.state.as_deref().cloned()))
     }
 
