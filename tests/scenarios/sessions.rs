@@ -22,7 +22,11 @@ struct RawSession {
 
 impl RawSession {
     async fn open(url: &str) -> Self {
-        let http = reqwest::Client::new();
+        // A request the gateway never answers fails the test, not hangs it.
+        let http = reqwest::Client::builder()
+            .timeout(EVENTUALLY)
+            .build()
+            .expect("HTTP client");
         let response = http
             .post(url)
             .header("content-type", "application/json")
@@ -239,5 +243,48 @@ async fn many_parked_sessions_come_back_at_once() {
     assert_eq!(
         metrics(&sb, "switchboard_session_restores_total").await,
         51.0
+    );
+}
+
+#[tokio::test]
+async fn a_request_id_already_in_flight_is_refused_and_the_first_request_goes_on() {
+    let demo = demo_server_yaml("demo", &format!("dup-id-{}", std::process::id()), &[]);
+    let sb = Switchboard::start(&[("demo.yaml", &demo)]).await;
+    sb.wait_server_state("demo", "ready").await;
+    let session = RawSession::open(&sb.mcp_url()).await;
+    let call = |ms: u64| {
+        json!({
+            "jsonrpc": "2.0", "id": 5, "method": "tools/call",
+            "params": { "name": "demo.sleep", "arguments": { "ms": ms } }
+        })
+    };
+    let slow = session.post(call(1500));
+    let duplicate = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        session.post(call(1)).await
+    };
+    let ((first_status, first), (status, refused)) = tokio::join!(slow, duplicate);
+    assert_eq!(status, 200, "{refused}");
+    assert_eq!(refused["id"], 5, "{refused}");
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already in flight")),
+        "{refused}"
+    );
+    assert_eq!(first_status, 200, "{first}");
+    assert_eq!(first["id"], 5, "{first}");
+    assert_eq!(
+        first["result"]["structuredContent"]["sleptMs"], 1500,
+        "the first request got its own answer: {first}"
+    );
+
+    // Once answered, the id is free again.
+    let (status, again) = session.post(call(2)).await;
+    assert_eq!(
+        (status, &again["result"]["structuredContent"]["sleptMs"]),
+        (200, &json!(2)),
+        "{again}"
     );
 }

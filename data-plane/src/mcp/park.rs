@@ -9,6 +9,10 @@
 //! per-session server connections are pinned and never parked. A parked
 //! session expires like a live one, after the idle timeout.
 //!
+//! The book also refuses a request whose JSON-RPC id is already in flight
+//! in its session: rmcp routes answers by id, so the two would get each
+//! other's answer or none.
+//!
 //! A parked session costs one slot in a table and nothing on the heap:
 //! ids are kept as UUIDs and identical handshakes (one client program's)
 //! are shared, since any small allocation left behind would keep the page
@@ -25,7 +29,8 @@ use std::{
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use rmcp::{
-    model::{ClientJsonRpcMessage, ServerJsonRpcMessage},
+    ErrorData,
+    model::{ClientJsonRpcMessage, RequestId, ServerJsonRpcMessage},
     transport::streamable_http_server::{
         RestoreOutcome, SessionId, SessionManager,
         session::{
@@ -65,6 +70,8 @@ struct Entry {
     state: Option<Arc<SessionState>>,
     last_active: Instant,
     open_streams: u32,
+    /// Ids of the requests whose response streams are open.
+    in_flight: Vec<RequestId>,
     pinned: bool,
     phase: Phase,
 }
@@ -90,12 +97,13 @@ pub struct Store(Arc<Book>);
 /// A response or GET stream; the session is busy while it is open.
 struct Tracked {
     inner: Pin<Box<dyn Stream<Item = ServerSseMessage> + Send + Sync>>,
-    _open: OpenStream,
+    _open: Option<OpenStream>,
 }
 
 struct OpenStream {
     book: Arc<Book>,
     id: Option<Uuid>,
+    request: Option<RequestId>,
 }
 
 /// rmcp's session ids are UUIDs; anything else names no session.
@@ -111,13 +119,12 @@ impl ParkingSessions {
     }
 
     fn track(
-        &self,
-        id: &SessionId,
+        open: OpenStream,
         stream: impl Stream<Item = ServerSseMessage> + Send + Sync + 'static,
     ) -> Tracked {
         Tracked {
             inner: Box::pin(stream),
-            _open: self.book.open_stream(id),
+            _open: Some(open),
         }
     }
 
@@ -170,6 +177,7 @@ impl SessionManager for ParkingSessions {
                 state: None,
                 last_active: Instant::now(),
                 open_streams: 0,
+                in_flight: Vec::new(),
                 pinned: false,
                 phase: Phase::Live,
             },
@@ -226,8 +234,15 @@ impl SessionManager for ParkingSessions {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let request = match &message {
+            ClientJsonRpcMessage::Request(request) => Some(request.id.clone()),
+            _ => None,
+        };
+        let Some(open) = self.book.open_stream(id, request.clone()) else {
+            return Ok(Tracked::refusal(request));
+        };
         let stream = self.inner.create_stream(id, message).await?;
-        Ok(self.track(id, stream))
+        Ok(Self::track(open, stream))
     }
 
     /// Also carries a restore's replayed `initialized`, after which the
@@ -247,8 +262,12 @@ impl SessionManager for ParkingSessions {
         &self,
         id: &SessionId,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let open = self.book.open_stream(id, None);
         let stream = self.inner.create_standalone_stream(id).await?;
-        Ok(self.track(id, stream))
+        Ok(Self::track(
+            open.expect("a stream without a request is never refused"),
+            stream,
+        ))
     }
 
     async fn resume(
@@ -256,8 +275,12 @@ impl SessionManager for ParkingSessions {
         id: &SessionId,
         last_event_id: String,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let open = self.book.open_stream(id, None);
         let stream = self.inner.resume(id, last_event_id).await?;
-        Ok(self.track(id, stream))
+        Ok(Self::track(
+            open.expect("a stream without a request is never refused"),
+            stream,
+        ))
     }
 
     async fn restore_session(
@@ -341,16 +364,30 @@ impl Book {
         }
     }
 
-    fn open_stream(self: &Arc<Self>, id: &SessionId) -> OpenStream {
+    /// `None` if `request`'s id is already in flight in the session.
+    fn open_stream(
+        self: &Arc<Self>,
+        id: &SessionId,
+        request: Option<RequestId>,
+    ) -> Option<OpenStream> {
         let id = key(id);
+        let mut duplicate = false;
         self.update(id, |entry| {
+            if let Some(request) = &request {
+                duplicate = entry.in_flight.contains(request);
+                if duplicate {
+                    return;
+                }
+                entry.in_flight.push(request.clone());
+            }
             entry.open_streams += 1;
             entry.last_active = Instant::now();
         });
-        OpenStream {
+        (!duplicate).then(|| OpenStream {
             book: self.clone(),
             id,
-        }
+            request,
+        })
     }
 
     /// The shared copy of a handshake.
@@ -387,6 +424,8 @@ impl Book {
                         && entry.state.is_some() =>
                 {
                     entry.phase = Phase::Parking;
+                    // No heap left behind to pin the freed session's pages.
+                    entry.in_flight = Vec::new();
                     due.push(*id);
                 }
                 _ => {}
@@ -497,6 +536,26 @@ impl SessionStore for Store {
 
 // === impl Tracked ===
 
+impl Tracked {
+    /// The answer to a request reusing the id of one still in flight.
+    fn refusal(request: Option<RequestId>) -> Self {
+        let message = request
+            .as_ref()
+            .map_or_else(String::new, |id| format!(" {id}"));
+        let error = ErrorData::invalid_request(
+            format!(
+                "request id{message} is already in flight in this session; use a new id for each request"
+            ),
+            None,
+        );
+        let answer = ServerSseMessage::from_message(ServerJsonRpcMessage::error(error, request));
+        Tracked {
+            inner: Box::pin(futures::stream::iter([answer])),
+            _open: None,
+        }
+    }
+}
+
 impl Stream for Tracked {
     type Item = ServerSseMessage;
 
@@ -510,6 +569,11 @@ impl Drop for OpenStream {
         self.book.update(self.id, |entry| {
             entry.open_streams = entry.open_streams.saturating_sub(1);
             entry.last_active = Instant::now();
+            if let Some(request) = &self.request
+                && let Some(at) = entry.in_flight.iter().position(|r| r == request)
+            {
+                entry.in_flight.swap_remove(at);
+            }
         });
     }
 }
