@@ -196,22 +196,18 @@ pub fn service(
     local.session_config.keep_alive = Some(SESSION_IDLE_TIMEOUT);
     local.session_config.channel_capacity = SESSION_CHANNEL_CAPACITY;
     let mut http = StreamableHttpServerConfig::default();
-    let parking = config.park_after.map(|park_after| {
-        let book = park::Book::new(park_after, SESSION_IDLE_TIMEOUT, telemetry.metrics.clone());
+    // Without parking the book still refuses duplicate request ids.
+    let book = park::Book::new(
+        config.park_after.unwrap_or(Duration::MAX),
+        SESSION_IDLE_TIMEOUT,
+        telemetry.metrics.clone(),
+    );
+    let sessions = Arc::new(park::ParkingSessions::new(local, book.clone()));
+    let parking = config.park_after.map(|_| {
         http.session_store = Some(Arc::new(park::Store::new(book.clone())));
+        park::spawn_reaper(sessions.clone(), shutdown.clone());
         book
     });
-    let book = parking.clone().unwrap_or_else(|| {
-        park::Book::new(
-            Duration::MAX,
-            SESSION_IDLE_TIMEOUT,
-            telemetry.metrics.clone(),
-        )
-    });
-    let sessions = Arc::new(park::ParkingSessions::new(local, book));
-    if parking.is_some() {
-        park::spawn_reaper(sessions.clone(), shutdown.clone());
-    }
     http = if config.allowed_hosts.iter().any(|h| h == "*") {
         http.disable_allowed_hosts()
     } else {

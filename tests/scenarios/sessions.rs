@@ -127,16 +127,23 @@ async fn wait_metric(sb: &Switchboard, name: &str, want: f64) {
     .await;
 }
 
-#[tokio::test]
-async fn idle_sessions_are_parked_and_come_back_on_their_next_request() {
-    let demo = demo_server_yaml("demo", &format!("park-{}", std::process::id()), &[]);
+/// A gateway with the demo server that parks sessions idle for `park_after`
+/// seconds.
+async fn parking_gateway(tag: &str, park_after: &str) -> Switchboard {
+    let demo = demo_server_yaml("demo", &format!("{tag}-{}", std::process::id()), &[]);
     let sb = Switchboard::start_with(
         &[("demo.yaml", &demo)],
         &[],
-        &["--park-idle-sessions-after", "1"],
+        &["--park-idle-sessions-after", park_after],
     )
     .await;
     sb.wait_server_state("demo", "ready").await;
+    sb
+}
+
+#[tokio::test]
+async fn idle_sessions_are_parked_and_come_back_on_their_next_request() {
+    let sb = parking_gateway("park", "1").await;
     let url = sb.mcp_url();
 
     // Parked once idle: no stream, no state of its own.
@@ -195,14 +202,7 @@ async fn idle_sessions_are_parked_and_come_back_on_their_next_request() {
 
 #[tokio::test]
 async fn many_parked_sessions_come_back_at_once() {
-    let demo = demo_server_yaml("demo", &format!("park-many-{}", std::process::id()), &[]);
-    let sb = Switchboard::start_with(
-        &[("demo.yaml", &demo)],
-        &[],
-        &["--park-idle-sessions-after", "0.2"],
-    )
-    .await;
-    sb.wait_server_state("demo", "ready").await;
+    let sb = parking_gateway("park-many", "0.2").await;
     let url = sb.mcp_url();
     let sessions = futures::future::join_all((0..50).map(|_| RawSession::open(&url))).await;
     wait_metric(&sb, "switchboard_sessions_parked", 50.0).await;

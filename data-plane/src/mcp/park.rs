@@ -118,16 +118,6 @@ impl ParkingSessions {
         Self { inner, book }
     }
 
-    fn track(
-        open: OpenStream,
-        stream: impl Stream<Item = ServerSseMessage> + Send + Sync + 'static,
-    ) -> Tracked {
-        Tracked {
-            inner: Box::pin(stream),
-            _open: Some(open),
-        }
-    }
-
     /// Parks every session that has been idle long enough, and forgets
     /// parked ones past the idle timeout, until `shutdown`.
     pub async fn reap(self: Arc<Self>, shutdown: CancellationToken) {
@@ -153,7 +143,7 @@ impl ParkingSessions {
                 // is dropped, and rmcp's own `close_session` call after that
                 // completes the park.
                 let session = SessionId::from(id.to_string());
-                if let Err(err) = SessionManager::close_session(&self.inner, &session).await {
+                if let Err(err) = self.inner.close_session(&session).await {
                     debug!(%session, error = %err, "closing a parked session's worker");
                 }
             }
@@ -171,17 +161,7 @@ impl SessionManager for ParkingSessions {
             // Not an id this book can hold: never parked.
             return Ok((id, transport));
         };
-        self.book.entries.lock().insert(
-            uuid,
-            Entry {
-                state: None,
-                last_active: Instant::now(),
-                open_streams: 0,
-                in_flight: Vec::new(),
-                pinned: false,
-                phase: Phase::Live,
-            },
-        );
+        self.book.entries.lock().insert(uuid, Entry::new());
         Ok((id, transport))
     }
 
@@ -234,15 +214,17 @@ impl SessionManager for ParkingSessions {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        let request = match &message {
-            ClientJsonRpcMessage::Request(request) => Some(request.id.clone()),
-            _ => None,
-        };
-        let Some(open) = self.book.open_stream(id, request.clone()) else {
-            return Ok(Tracked::refusal(request));
+        let open = match &message {
+            ClientJsonRpcMessage::Request(request) => {
+                match self.book.open_request(id, &request.id) {
+                    Some(open) => open,
+                    None => return Ok(Tracked::refusal(request.id.clone())),
+                }
+            }
+            _ => self.book.open_stream(id),
         };
         let stream = self.inner.create_stream(id, message).await?;
-        Ok(Self::track(open, stream))
+        Ok(Tracked::new(open, stream))
     }
 
     /// Also carries a restore's replayed `initialized`, after which the
@@ -252,9 +234,8 @@ impl SessionManager for ParkingSessions {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<(), Self::Error> {
-        self.book.touch(id);
         self.inner.accept_message(id, message).await?;
-        self.book.finish_restore(id);
+        self.book.accepted(id);
         Ok(())
     }
 
@@ -262,12 +243,9 @@ impl SessionManager for ParkingSessions {
         &self,
         id: &SessionId,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        let open = self.book.open_stream(id, None);
+        let open = self.book.open_stream(id);
         let stream = self.inner.create_standalone_stream(id).await?;
-        Ok(Self::track(
-            open.expect("a stream without a request is never refused"),
-            stream,
-        ))
+        Ok(Tracked::new(open, stream))
     }
 
     async fn resume(
@@ -275,12 +253,9 @@ impl SessionManager for ParkingSessions {
         id: &SessionId,
         last_event_id: String,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        let open = self.book.open_stream(id, None);
+        let open = self.book.open_stream(id);
         let stream = self.inner.resume(id, last_event_id).await?;
-        Ok(Self::track(
-            open.expect("a stream without a request is never refused"),
-            stream,
-        ))
+        Ok(Tracked::new(open, stream))
     }
 
     async fn restore_session(
@@ -364,29 +339,33 @@ impl Book {
         }
     }
 
-    /// `None` if `request`'s id is already in flight in the session.
-    fn open_stream(
-        self: &Arc<Self>,
-        id: &SessionId,
-        request: Option<RequestId>,
-    ) -> Option<OpenStream> {
+    /// Counts a stream as open until the guard is dropped.
+    fn open_stream(self: &Arc<Self>, id: &SessionId) -> OpenStream {
+        let id = key(id);
+        self.update(id, Entry::opened);
+        OpenStream {
+            book: self.clone(),
+            id,
+            request: None,
+        }
+    }
+
+    /// [`Book::open_stream`] for a request's response; `None` if a request
+    /// with the same id is in flight in the session.
+    fn open_request(self: &Arc<Self>, id: &SessionId, request: &RequestId) -> Option<OpenStream> {
         let id = key(id);
         let mut duplicate = false;
         self.update(id, |entry| {
-            if let Some(request) = &request {
-                duplicate = entry.in_flight.contains(request);
-                if duplicate {
-                    return;
-                }
+            duplicate = entry.in_flight.contains(request);
+            if !duplicate {
                 entry.in_flight.push(request.clone());
+                entry.opened();
             }
-            entry.open_streams += 1;
-            entry.last_active = Instant::now();
         });
         (!duplicate).then(|| OpenStream {
             book: self.clone(),
             id,
-            request,
+            request: Some(request.clone()),
         })
     }
 
@@ -483,16 +462,37 @@ impl Book {
         }
     }
 
-    /// The replayed handshake is in: requests may reach the session again.
-    fn finish_restore(&self, id: &SessionId) {
+    /// A notification or response reached the session. For a restoring
+    /// one, that is the replayed `initialized`: requests may reach it again.
+    fn accepted(&self, id: &SessionId) {
         self.update(key(id), |entry| {
+            entry.last_active = Instant::now();
             if entry.phase == Phase::Restoring {
                 entry.phase = Phase::Live;
-                entry.last_active = Instant::now();
                 self.metrics.session_restores.inc();
                 debug!(session = %id, "restored a parked session");
             }
         });
+    }
+}
+
+// === impl Entry ===
+
+impl Entry {
+    fn new() -> Self {
+        Self {
+            state: None,
+            last_active: Instant::now(),
+            open_streams: 0,
+            in_flight: Vec::new(),
+            pinned: false,
+            phase: Phase::Live,
+        }
+    }
+
+    fn opened(&mut self) {
+        self.open_streams += 1;
+        self.last_active = Instant::now();
     }
 }
 
@@ -537,18 +537,26 @@ impl SessionStore for Store {
 // === impl Tracked ===
 
 impl Tracked {
+    fn new(
+        open: OpenStream,
+        stream: impl Stream<Item = ServerSseMessage> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            inner: Box::pin(stream),
+            _open: Some(open),
+        }
+    }
+
     /// The answer to a request reusing the id of one still in flight.
-    fn refusal(request: Option<RequestId>) -> Self {
-        let message = request
-            .as_ref()
-            .map_or_else(String::new, |id| format!(" {id}"));
+    fn refusal(request: RequestId) -> Self {
         let error = ErrorData::invalid_request(
             format!(
-                "request id{message} is already in flight in this session; use a new id for each request"
+                "request id {request} is already in flight in this session; use a new id for each request"
             ),
             None,
         );
-        let answer = ServerSseMessage::from_message(ServerJsonRpcMessage::error(error, request));
+        let answer =
+            ServerSseMessage::from_message(ServerJsonRpcMessage::error(error, Some(request)));
         Tracked {
             inner: Box::pin(futures::stream::iter([answer])),
             _open: None,
@@ -600,4 +608,130 @@ pub fn spawn_reaper(sessions: Arc<ParkingSessions>, shutdown: CancellationToken)
             .reap(shutdown)
             .instrument(info_span!("session_parking")),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use rmcp::model::{InitializeRequestParams, NumberOrString};
+
+    use super::*;
+
+    const PARK_AFTER: Duration = Duration::from_secs(30);
+    const EXPIRE_AFTER: Duration = Duration::from_secs(1800);
+
+    /// A book holding one live, initialised session.
+    fn book_with_session() -> (Arc<Book>, SessionId, Uuid) {
+        let book = Book::new(PARK_AFTER, EXPIRE_AFTER, Arc::new(Metrics::new()));
+        let uuid = Uuid::new_v4();
+        let mut entry = Entry::new();
+        entry.state = Some(book.intern(&SessionState::new(InitializeRequestParams::default())));
+        book.entries.lock().insert(uuid, entry);
+        (book, SessionId::from(uuid.to_string()), uuid)
+    }
+
+    fn phase(book: &Book, uuid: Uuid) -> Option<Phase> {
+        book.entries.lock().get(&uuid).map(|e| e.phase)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_idle_sessions_without_streams_or_pins_are_parked() {
+        let (book, id, uuid) = book_with_session();
+        tokio::time::advance(PARK_AFTER / 2).await;
+        assert!(book.due_for_parking().is_empty(), "not idle long enough");
+
+        let open = book.open_stream(&id);
+        tokio::time::advance(PARK_AFTER * 2).await;
+        assert!(book.due_for_parking().is_empty(), "a stream is open");
+        drop(open);
+        assert!(
+            book.due_for_parking().is_empty(),
+            "closing a stream is activity"
+        );
+
+        tokio::time::advance(PARK_AFTER).await;
+        book.pin(&id);
+        assert!(book.due_for_parking().is_empty(), "pinned");
+        book.update(Some(uuid), |entry| entry.pinned = false);
+
+        assert_eq!(book.due_for_parking(), vec![uuid]);
+        assert_eq!(phase(&book, uuid), Some(Phase::Parking));
+        assert!(!book.touch(&id), "a parking session is not live");
+        book.finish_parking(uuid);
+        assert_eq!(phase(&book, uuid), Some(Phase::Parked));
+        assert_eq!(book.metrics.sessions_parked.get(), 1);
+        assert_eq!(book.metrics.session_parks.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_park_rmcp_never_reports_completes_after_the_grace() {
+        let (book, _, uuid) = book_with_session();
+        tokio::time::advance(PARK_AFTER).await;
+        assert_eq!(book.due_for_parking(), vec![uuid]);
+        tokio::time::advance(PARKING_GRACE / 2).await;
+        book.due_for_parking();
+        assert_eq!(phase(&book, uuid), Some(Phase::Parking));
+        tokio::time::advance(PARKING_GRACE).await;
+        book.due_for_parking();
+        assert_eq!(phase(&book, uuid), Some(Phase::Parked));
+        assert_eq!(book.metrics.sessions_parked.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_sessions_expire_like_live_ones_and_the_gauge_follows() {
+        let (book, id, uuid) = book_with_session();
+        tokio::time::advance(PARK_AFTER).await;
+        book.due_for_parking();
+        book.finish_parking(uuid);
+
+        // A restore that fails puts it back; one that succeeds makes it live.
+        assert_eq!(book.begin_restore(uuid), Some(Phase::Parked));
+        assert_eq!(book.metrics.sessions_parked.get(), 0);
+        book.abort_restore(uuid);
+        assert_eq!(book.metrics.sessions_parked.get(), 1);
+        assert_eq!(phase(&book, uuid), Some(Phase::Parked));
+
+        tokio::time::advance(EXPIRE_AFTER).await;
+        book.due_for_parking();
+        assert_eq!(phase(&book, uuid), None, "expired");
+        assert_eq!(book.metrics.sessions_parked.get(), 0);
+        assert!(
+            book.handshakes.lock().is_empty(),
+            "its handshake is dropped"
+        );
+        assert!(!book.touch(&id));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_is_live_once_the_replayed_handshake_is_in() {
+        let (book, id, uuid) = book_with_session();
+        tokio::time::advance(PARK_AFTER).await;
+        book.due_for_parking();
+        book.finish_parking(uuid);
+        assert_eq!(book.begin_restore(uuid), Some(Phase::Parked));
+        assert!(!book.touch(&id), "requests wait while it restores");
+        book.accepted(&id);
+        assert_eq!(phase(&book, uuid), Some(Phase::Live));
+        assert!(book.touch(&id));
+        assert_eq!(book.metrics.session_restores.get(), 1);
+        assert_eq!(book.metrics.sessions_parked.get(), 0);
+    }
+
+    #[test]
+    fn identical_handshakes_are_shared() {
+        let (book, _, _) = book_with_session();
+        let state = SessionState::new(InitializeRequestParams::default());
+        assert!(Arc::ptr_eq(&book.intern(&state), &book.intern(&state)));
+    }
+
+    #[tokio::test]
+    async fn a_request_id_is_refused_while_it_is_in_flight() {
+        let (book, id, _) = book_with_session();
+        let request = NumberOrString::Number(7);
+        let first = book.open_request(&id, &request).expect("a new id");
+        assert!(book.open_request(&id, &request).is_none());
+        let other = book.open_request(&id, &NumberOrString::Number(8));
+        assert!(other.is_some(), "another id is fine");
+        drop(first);
+        assert!(book.open_request(&id, &request).is_some(), "free again");
+    }
 }

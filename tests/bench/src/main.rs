@@ -598,8 +598,8 @@ const BENCH_PARK_AFTER: &str = "2";
 /// and with idle sessions parked; then many parked sessions calling at once
 /// (each call restores its session).
 async fn sessions_scenario(args: &Args) -> anyhow::Result<String> {
-    let live = row("all in memory", &open_idle_sessions(args, "0").await?);
-    let parked = open_idle_sessions(args, BENCH_PARK_AFTER).await?;
+    let live = row("all in memory", &open_idle_sessions(args, None).await?);
+    let parked = open_idle_sessions(args, Some(BENCH_PARK_AFTER)).await?;
     let sb = &parked.switchboard;
     let url = sb.mcp_url();
     let http = HttpClient::new();
@@ -665,14 +665,14 @@ impl IdleSessions {
 
 /// A gateway with `args.sessions` idle sessions open; with parking on,
 /// measured once every session is parked.
-async fn open_idle_sessions(args: &Args, park_after: &str) -> anyhow::Result<IdleSessions> {
+async fn open_idle_sessions(args: &Args, park_after: Option<&str>) -> anyhow::Result<IdleSessions> {
     let sb = Switchboard::start_with(
         &[(
             "demo.yaml",
             &demo_server_with("demo", "bench-sessions", &[], json!({})),
         )],
         &[],
-        &["--park-idle-sessions-after", park_after],
+        &["--park-idle-sessions-after", park_after.unwrap_or("0")],
     )
     .await;
     sb.wait_server_state("demo", "ready").await;
@@ -694,7 +694,7 @@ async fn open_idle_sessions(args: &Args, park_after: &str) -> anyhow::Result<Idl
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    if park_after != "0" {
+    if park_after.is_some() {
         let deadline = Instant::now() + Duration::from_secs(60);
         while metric(&sb, "switchboard_sessions_parked").await < sessions.len() as u64 {
             anyhow::ensure!(Instant::now() < deadline, "idle sessions were not parked");
