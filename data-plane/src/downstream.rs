@@ -526,26 +526,28 @@ impl ServerHandle {
             .send_request_with_option(request.message, options)
             .await
             .map_err(transport)?;
-        let _registered = connection
+        let registered = connection
             .relay
             .register(handle.progress_token.clone(), origin.clone());
         let (id, peer) = (handle.id.clone(), handle.peer.clone());
-        tokio::select! {
-            response = handle.await_response() => match response {
-                Ok(result) => Ok(result),
-                Err(ServiceError::McpError(error)) => Err(CallError::Downstream(error)),
-                Err(ServiceError::Timeout { timeout }) => Err(CallError::Timeout {
-                    server: self.spec.name.clone(),
-                    method,
-                    after: timeout,
-                }),
-                Err(source) => Err(transport(source)),
-            },
+        let response = tokio::select! {
+            response = handle.await_response() => response,
             _ = cancel.cancelled() => {
                 let reason = Some("cancelled by the client".to_owned());
                 let _ = peer.notify_cancelled(CancelledNotificationParam::new(Some(id), reason)).await;
-                Err(CallError::Cancelled)
+                return Err(CallError::Cancelled);
             }
+        };
+        registered.settled().await;
+        match response {
+            Ok(result) => Ok(result),
+            Err(ServiceError::McpError(error)) => Err(CallError::Downstream(error)),
+            Err(ServiceError::Timeout { timeout }) => Err(CallError::Timeout {
+                server: self.spec.name.clone(),
+                method,
+                after: timeout,
+            }),
+            Err(source) => Err(transport(source)),
         }
     }
 

@@ -4,13 +4,14 @@
 //! templates with rewritten URIs, prompts, completions, progress,
 //! logging, subscriptions, and the server's own requests (sampling,
 //! elicitation) reaching the client session that caused them, never
-//! another one.
+//! another one. Progress order is checked against the demo server, which
+//! can send it back to back.
 
 #![allow(deprecated)] // Sampling and logging: deprecated by SEP-2577, still in use.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use e2e::{Switchboard, eventually, server_with};
+use e2e::{RawSession, Switchboard, demo_server_yaml, eventually, free_addr, server_with};
 use parking_lot::Mutex;
 use rmcp::{
     ClientHandler, ErrorData, RoleClient, ServiceExt,
@@ -370,6 +371,58 @@ async fn resources_prompts_completion_progress_logging_and_subscriptions() {
     assert!(updated.iter().all(|u| u == &uri), "{updated:?}");
 
     session.cancel().await.expect("close");
+}
+
+/// Every progress notification of a request, in the order the server sent
+/// it and ahead of the response, with the client's own token: rmcp hands
+/// notifications to concurrent tasks, so this fails if the gateway does not
+/// put them back in order.
+#[tokio::test]
+async fn progress_arrives_in_order_and_before_the_response() {
+    let tag = format!("progress-order-{}", std::process::id());
+    let sb = Switchboard::start(&[("fast.yaml", &demo_server_yaml("fast", &tag, &[]))]).await;
+    let addr = free_addr();
+    let _remote = sb.spawn_demo_http(addr, &tag).await;
+    let remote = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": "remote" },
+        "spec": { "transport": { "http": { "url": format!("http://{addr}/mcp") } } },
+    });
+    sb.write_file("remote.yaml", &remote.to_string());
+    sb.wait_server_state("fast", "ready").await;
+    sb.wait_server_state("remote", "ready").await;
+
+    const STEPS: u64 = 40;
+    let url = sb.mcp_url();
+    let sessions = futures::future::join_all((0..4).map(|_| RawSession::open(&url))).await;
+    // Concurrent calls from several sessions share each server's connection.
+    let calls = sessions.iter().enumerate().flat_map(|(n, session)| {
+        ["fast.progress", "remote.progress"].map(|tool| async move {
+            let token = format!("{tool}-{n}");
+            let args = json!({ "steps": STEPS, "stepMs": 0 });
+            let message = session.call_message(tool, args, json!({ "progressToken": token }));
+            (token, session.post_all(message).await)
+        })
+    });
+    for (token, (status, messages)) in futures::future::join_all(calls).await {
+        assert_eq!(status, 200, "{token}: {messages:?}");
+        let (response, progress) = messages.split_last().expect("a response");
+        assert_eq!(
+            response["result"]["structuredContent"]["steps"], STEPS,
+            "{token}: the response comes last: {messages:?}"
+        );
+        let relayed: Vec<_> = progress
+            .iter()
+            .map(|m| {
+                assert_eq!(m["method"], "notifications/progress", "{token}: {m}");
+                assert_eq!(m["params"]["progressToken"], token.as_str(), "{m}");
+                m["params"]["progress"].as_f64().unwrap_or_default()
+            })
+            .collect();
+        let sent: Vec<_> = (1..=STEPS).map(|step| step as f64).collect();
+        assert_eq!(relayed, sent, "{token}");
+    }
 }
 
 #[tokio::test]

@@ -2,113 +2,15 @@
 //! request without the client noticing; sessions with a GET stream or
 //! state of their own stay; a parked session can still be deleted.
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::time::Duration;
 
-use e2e::{EVENTUALLY, Switchboard, call, connect, demo_server_yaml, eventually, metric, text};
+use e2e::{
+    EVENTUALLY, RawSession, Switchboard, call, connect, demo_server_yaml, eventually, metric, text,
+};
 use serde_json::{Value, json};
 
-/// A streamable-HTTP session spoken by hand: no GET stream, as a simple
-/// client (or a script) leaves it.
-struct RawSession {
-    http: reqwest::Client,
-    url: String,
-    id: String,
-    /// JSON-RPC ids: unique among a session's requests in flight.
-    next_request: AtomicU64,
-}
-
-impl RawSession {
-    async fn open(url: &str) -> Self {
-        // A request the gateway never answers fails the test, not hangs it.
-        let http = reqwest::Client::builder()
-            .timeout(EVENTUALLY)
-            .build()
-            .expect("HTTP client");
-        let response = http
-            .post(url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(
-                json!({
-                    "jsonrpc": "2.0", "id": 0, "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-06-18", "capabilities": {},
-                        "clientInfo": { "name": "raw-session", "version": "1" }
-                    }
-                })
-                .to_string(),
-            )
-            .send()
-            .await
-            .expect("initialize");
-        assert_eq!(response.status(), 200);
-        let id = response.headers()["mcp-session-id"]
-            .to_str()
-            .expect("session id")
-            .to_owned();
-        let session = Self {
-            http,
-            url: url.to_owned(),
-            id,
-            next_request: AtomicU64::new(1),
-        };
-        let (status, _) = session
-            .post(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))
-            .await;
-        assert_eq!(status, 202);
-        session
-    }
-
-    /// The HTTP status and the JSON-RPC message answered (JSON or SSE).
-    async fn post(&self, message: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &self.id)
-            .header("mcp-protocol-version", "2025-06-18")
-            .body(message.to_string())
-            .send()
-            .await
-            .expect("POST /mcp");
-        let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str(&body)
-            .ok()
-            .or_else(|| {
-                body.lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-                    .find(|m| m.get("id").is_some())
-            })
-            .unwrap_or(Value::Null);
-        (status, message)
-    }
-
-    async fn echo(&self, text: &str) -> (u16, Value) {
-        self.post(json!({
-            "jsonrpc": "2.0", "id": self.next_request.fetch_add(1, Ordering::Relaxed),
-            "method": "tools/call",
-            "params": { "name": "demo.echo", "arguments": { "text": text } }
-        }))
-        .await
-    }
-
-    async fn delete(&self) -> u16 {
-        self.http
-            .delete(&self.url)
-            .header("mcp-session-id", &self.id)
-            .header("mcp-protocol-version", "2025-06-18")
-            .send()
-            .await
-            .expect("DELETE /mcp")
-            .status()
-            .as_u16()
-    }
+async fn echo(session: &RawSession, text: &str) -> (u16, Value) {
+    session.call("demo.echo", json!({ "text": text })).await
 }
 
 async fn metrics(sb: &Switchboard, name: &str) -> f64 {
@@ -167,7 +69,7 @@ async fn idle_sessions_are_parked_and_come_back_on_their_next_request() {
     assert_eq!(metrics(&sb, "switchboard_sessions").await, 2.0);
 
     // The parked session answers under the same id, no re-initialize.
-    let (status, reply) = idle.echo("back again").await;
+    let (status, reply) = echo(&idle, "back again").await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(
         reply["result"]["content"][0]["text"], "back again",
@@ -182,10 +84,10 @@ async fn idle_sessions_are_parked_and_come_back_on_their_next_request() {
     wait_metric(&sb, "switchboard_sessions_parked", 1.0).await;
     assert!(idle.delete().await < 300);
     assert_eq!(metrics(&sb, "switchboard_sessions_parked").await, 0.0);
-    assert_eq!(idle.echo("deleted").await.0, 404);
+    assert_eq!(echo(&idle, "deleted").await.0, 404);
 
     // The sessions that stayed never noticed.
-    let (status, reply) = leveled.echo("still here").await;
+    let (status, reply) = echo(&leveled, "still here").await;
     assert_eq!(
         (status, &reply["result"]["content"][0]["text"]),
         (200, &json!("still here")),
@@ -212,7 +114,7 @@ async fn many_parked_sessions_come_back_at_once() {
         sessions
             .iter()
             .enumerate()
-            .map(|(n, session)| async move { (n, session.echo(&format!("call {n}")).await) }),
+            .map(|(n, session)| async move { (n, echo(session, &format!("call {n}")).await) }),
     )
     .await;
     for (n, (status, reply)) in replies {
@@ -233,7 +135,7 @@ async fn many_parked_sessions_come_back_at_once() {
     wait_metric(&sb, "switchboard_sessions_parked", 50.0).await;
     let session = &sessions[0];
     let replies = futures::future::join_all(
-        (0..8).map(|n| async move { (n, session.echo(&format!("same {n}")).await) }),
+        (0..8).map(|n| async move { (n, echo(session, &format!("same {n}")).await) }),
     )
     .await;
     for (n, (status, reply)) in replies {

@@ -8,6 +8,9 @@
 pub mod fake_control_plane;
 pub mod kube_apiserver;
 pub mod otlp;
+mod raw_session;
+
+pub use raw_session::RawSession;
 
 use std::{
     future::Future,

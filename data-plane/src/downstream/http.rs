@@ -53,7 +53,9 @@ impl HttpConnection {
             .custom_headers(headers)
             .reinit_on_expired_session(true)
             .max_concurrent_requests(MAX_CONCURRENT_REQUESTS);
-        let transport = StreamableHttpClientTransport::from_config(config);
+        let transport = client
+            .relay
+            .sequenced(StreamableHttpClientTransport::from_config(config));
         let cancel = CancellationToken::new();
         let handshake = client.serve_with_ct(transport, cancel.clone());
         let service = match tokio::time::timeout(timeout, handshake).await {

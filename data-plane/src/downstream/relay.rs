@@ -1,5 +1,6 @@
 //! What flows from a server back to clients over one connection: progress
-//! (with the client's own token restored, never going backwards), log
+//! (with the client's own token restored, in the server's order, all of it
+//! ahead of the response it belongs to), log
 //! messages, `resources/updated`, list changes, and the server's own
 //! requests (sampling, elicitation, roots). A server request goes to the
 //! client session whose request is in flight on the connection, riding
@@ -11,7 +12,7 @@
 // the protocol versions this gateway serves still use them.
 #![allow(deprecated)]
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
 use rmcp::{
@@ -22,23 +23,25 @@ use rmcp::{
         ElicitRequestParams, ElicitResult, ElicitationCapability, GetExtensions, Implementation,
         ListRootsRequest, ListRootsResult, LoggingMessageNotificationParam,
         ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestId,
-        ResourceUpdatedNotificationParam, RootsCapabilities, ServerRequest,
+        ResourceUpdatedNotificationParam, RootsCapabilities, ServerJsonRpcMessage,
+        ServerNotification, ServerRequest,
     },
     service::{
         NotificationContext, OriginatingRequestId, Peer, PeerRequestOptions, RequestContext,
-        RoleClient, RoleServer,
+        RoleClient, RoleServer, RxJsonRpcMessage, TxJsonRpcMessage,
     },
+    transport::{IntoTransport, Transport},
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
 use crate::clients::{ClientSession, Clients, SessionKey};
 
-/// A progress notification may overtake the registration of its request
-/// (rmcp hands out the token only once the request is on the wire); it
-/// waits this long for it.
-const REGISTRATION_GRACE: Duration = Duration::from_secs(1);
+/// How long a server message waits for what must come before it: the
+/// registration of its request (rmcp hands out the token only once the
+/// request is on the wire), or the progress notification before it.
+const ORDER_GRACE: Duration = Duration::from_secs(1);
 
 /// The client request a downstream request was made for.
 #[derive(Clone)]
@@ -64,20 +67,37 @@ pub struct Relay {
     /// Requests in flight on this connection, by the token rmcp gave them.
     in_flight: Mutex<HashMap<ProgressToken, Arc<Tracked>>>,
     registered: Notify,
+    /// Progress notifications read off the wire so far, per token.
+    progress_arrived: Mutex<HashMap<ProgressToken, u64>>,
     /// Upper bound for a server request waiting on a client.
     client_timeout: Duration,
 }
 
 struct Tracked {
     origin: Origin,
-    /// Last progress relayed; later notifications must exceed it.
-    last_progress: Mutex<Option<f64>>,
+    /// How many of the request's progress notifications have been dealt
+    /// with (relayed, or dropped for a client that wants none), in order.
+    settled: watch::Sender<u64>,
 }
 
 /// Keeps a request registered with its relay until dropped.
 pub struct Registration<'a> {
     relay: &'a Relay,
     token: ProgressToken,
+    tracked: Arc<Tracked>,
+}
+
+/// A progress notification's place among those of its request, stamped
+/// as it is read: rmcp handles notifications in concurrent tasks, and this
+/// is how the relay restores the server's order.
+#[derive(Clone, Copy)]
+struct ProgressSeq(u64);
+
+/// A downstream transport that stamps each progress notification with its
+/// [`ProgressSeq`] before rmcp sees it.
+pub struct Sequenced<T> {
+    inner: T,
+    relay: Arc<Relay>,
 }
 
 /// The gateway's MCP client role towards one downstream connection.
@@ -105,6 +125,7 @@ impl Relay {
             lists_changed,
             in_flight: Mutex::default(),
             registered: Notify::new(),
+            progress_arrived: Mutex::default(),
             client_timeout,
         }
     }
@@ -113,11 +134,38 @@ impl Relay {
     pub fn register(&self, token: ProgressToken, origin: Origin) -> Registration<'_> {
         let tracked = Arc::new(Tracked {
             origin,
-            last_progress: Mutex::new(None),
+            settled: watch::Sender::new(0),
         });
-        self.in_flight.lock().insert(token.clone(), tracked);
+        self.in_flight.lock().insert(token.clone(), tracked.clone());
         self.registered.notify_waiters();
-        Registration { relay: self, token }
+        Registration {
+            relay: self,
+            token,
+            tracked,
+        }
+    }
+
+    /// Wraps a transport to this relay's server so progress keeps its order.
+    pub fn sequenced<T, E, A>(
+        self: &Arc<Self>,
+        transport: T,
+    ) -> Sequenced<impl Transport<RoleClient, Error = E> + use<T, E, A>>
+    where
+        T: IntoTransport<RoleClient, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Sequenced {
+            inner: transport.into_transport(),
+            relay: self.clone(),
+        }
+    }
+
+    /// Counts a progress notification read off the wire; its sequence number.
+    fn progress_arrived(&self, token: &ProgressToken) -> u64 {
+        let mut arrived = self.progress_arrived.lock();
+        let count = arrived.entry(token.clone()).or_default();
+        *count += 1;
+        *count
     }
 
     async fn tracked(&self, token: &ProgressToken) -> Option<Arc<Tracked>> {
@@ -131,7 +179,7 @@ impl Relay {
                 registered.await;
             }
         };
-        tokio::time::timeout(REGISTRATION_GRACE, wait).await.ok()
+        tokio::time::timeout(ORDER_GRACE, wait).await.ok()
     }
 
     /// The client request a server request belongs to: the one session
@@ -187,7 +235,7 @@ impl Relay {
                     notified.await;
                 }
             };
-            let _ = tokio::time::timeout(REGISTRATION_GRACE, registered).await;
+            let _ = tokio::time::timeout(ORDER_GRACE, registered).await;
         }
         // A per-session connection's server may also ask between requests;
         // that goes on the session's standalone stream.
@@ -273,9 +321,55 @@ fn request_id_after(a: &RequestId, b: &RequestId) -> bool {
 
 // === impl Registration ===
 
+impl Registration<'_> {
+    /// Waits until every progress notification the server sent before its
+    /// response has gone to the client, so none arrives after the response.
+    pub async fn settled(&self) {
+        let arrived = self.relay.progress_arrived.lock().get(&self.token).copied();
+        if let Some(arrived) = arrived {
+            let mut settled = self.tracked.settled.subscribe();
+            let _ = tokio::time::timeout(ORDER_GRACE, settled.wait_for(|s| *s >= arrived)).await;
+        }
+    }
+}
+
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         self.relay.in_flight.lock().remove(&self.token);
+        self.relay.progress_arrived.lock().remove(&self.token);
+    }
+}
+
+// === impl Sequenced ===
+
+impl<T: Transport<RoleClient>> Transport<RoleClient> for Sequenced<T> {
+    type Error = T::Error;
+
+    fn name() -> Cow<'static, str> {
+        T::name()
+    }
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let mut message = self.inner.receive().await?;
+        if let ServerJsonRpcMessage::Notification(notification) = &mut message
+            && let ServerNotification::ProgressNotification(progress) =
+                &mut notification.notification
+        {
+            let seq = self.relay.progress_arrived(&progress.params.progress_token);
+            progress.extensions.insert(ProgressSeq(seq));
+        }
+        Some(message)
+    }
+
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
     }
 }
 
@@ -332,25 +426,32 @@ impl ClientHandler for DownstreamClient {
     async fn on_progress(
         &self,
         mut params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
+        context: NotificationContext<RoleClient>,
     ) {
-        let Some(tracked) = self.relay.tracked(&params.progress_token).await else {
+        let relay = &self.relay;
+        let Some(tracked) = relay.tracked(&params.progress_token).await else {
+            // Not (or no longer) a request of ours: nothing will settle it.
+            relay.progress_arrived.lock().remove(&params.progress_token);
             return;
         };
-        let Some(token) = tracked.origin.progress_token.clone() else {
-            return;
-        };
-        {
-            // rmcp handles notifications concurrently; a late one would
-            // make the client's progress go backwards, so it is dropped.
-            let mut last = tracked.last_progress.lock();
-            if last.is_some_and(|last| params.progress <= last) {
-                return;
-            }
-            *last = Some(params.progress);
+        let seq = context.extensions.get::<ProgressSeq>().map(|seq| seq.0);
+        if let Some(seq) = seq {
+            // The previous one first; bounded, so a lost one cannot stall the rest.
+            let mut settled = tracked.settled.subscribe();
+            let turn = settled.wait_for(|s| *s + 1 >= seq);
+            let _ = tokio::time::timeout(ORDER_GRACE, turn).await;
         }
-        params.progress_token = token;
-        let _ = tracked.origin.client.notify_progress(params).await;
+        if let Some(token) = tracked.origin.progress_token.clone() {
+            params.progress_token = token;
+            let _ = tracked.origin.client.notify_progress(params).await;
+        }
+        if let Some(seq) = seq {
+            tracked.settled.send_if_modified(|settled| {
+                let advanced = seq > *settled;
+                *settled = (*settled).max(seq);
+                advanced
+            });
+        }
     }
 
     async fn on_logging_message(

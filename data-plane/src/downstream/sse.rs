@@ -137,7 +137,9 @@ impl SseConnection {
         let writer = AbortOnDropHandle::new(tokio::spawn(
             post_messages(http, endpoint, headers, outbound).in_current_span(),
         ));
-        let transport = (PollSender::new(to_server), ReceiverStream::new(inbound));
+        let transport = client
+            .relay
+            .sequenced((PollSender::new(to_server), ReceiverStream::new(inbound)));
         let cancel = CancellationToken::new();
         let handshake = client.serve_with_ct(transport, cancel.clone());
         let service = match tokio::time::timeout_at(deadline, handshake).await {

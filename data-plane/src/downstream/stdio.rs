@@ -84,7 +84,9 @@ impl StdioConnection {
             forward_stderr(server.to_owned(), stderr, last_stderr.clone()).in_current_span(),
         ));
 
-        let transport = AsyncRwTransport::new_client(stdout, stdin);
+        let transport = client
+            .relay
+            .sequenced(AsyncRwTransport::new_client(stdout, stdin));
         let service = match tokio::time::timeout(timeout, client.serve(transport)).await {
             Ok(Ok(service)) => service,
             failed => {

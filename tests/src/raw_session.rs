@@ -1,0 +1,126 @@
+//! A streamable-HTTP client session spoken by hand: no GET stream, as a
+//! simple client (or a script) leaves it, and every message of a response
+//! stream visible in the order it came.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+
+use crate::EVENTUALLY;
+
+pub struct RawSession {
+    http: reqwest::Client,
+    url: String,
+    id: String,
+    /// JSON-RPC ids: unique among a session's requests in flight.
+    next_request: AtomicU64,
+}
+
+impl RawSession {
+    /// Initializes a session at `url` (protocol 2025-06-18).
+    pub async fn open(url: &str) -> Self {
+        // A request the gateway never answers fails the test, not hangs it.
+        let http = reqwest::Client::builder()
+            .timeout(EVENTUALLY)
+            .build()
+            .expect("HTTP client");
+        let response = http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(
+                json!({
+                    "jsonrpc": "2.0", "id": 0, "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-06-18", "capabilities": {},
+                        "clientInfo": { "name": "raw-session", "version": "1" }
+                    }
+                })
+                .to_string(),
+            )
+            .send()
+            .await
+            .expect("initialize");
+        assert_eq!(response.status(), 200);
+        let id = response.headers()["mcp-session-id"]
+            .to_str()
+            .expect("session id")
+            .to_owned();
+        let session = Self {
+            http,
+            url: url.to_owned(),
+            id,
+            next_request: AtomicU64::new(1),
+        };
+        let (status, _) = session
+            .post(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))
+            .await;
+        assert_eq!(status, 202);
+        session
+    }
+
+    /// The HTTP status and every JSON-RPC message answered, in order (one
+    /// for a JSON body, each `data:` event of an SSE stream).
+    pub async fn post_all(&self, message: Value) -> (u16, Vec<Value>) {
+        let response = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(message.to_string())
+            .send()
+            .await
+            .expect("POST /mcp");
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        let messages = match serde_json::from_str(&body) {
+            Ok(message) => vec![message],
+            Err(_) => body
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+                .collect(),
+        };
+        (status, messages)
+    }
+
+    /// The HTTP status and the response among the messages answered.
+    pub async fn post(&self, message: Value) -> (u16, Value) {
+        let (status, messages) = self.post_all(message).await;
+        let response = messages.into_iter().find(|m| m.get("id").is_some());
+        (status, response.unwrap_or(Value::Null))
+    }
+
+    /// A `tools/call` under a fresh request id.
+    pub async fn call(&self, tool: &str, arguments: Value) -> (u16, Value) {
+        self.post(self.call_message(tool, arguments, Value::Null))
+            .await
+    }
+
+    /// The message of a `tools/call` under a fresh request id, with `meta`
+    /// as its `_meta` unless null.
+    pub fn call_message(&self, tool: &str, arguments: Value, meta: Value) -> Value {
+        let mut params = json!({ "name": tool, "arguments": arguments });
+        if !meta.is_null() {
+            params["_meta"] = meta;
+        }
+        json!({
+            "jsonrpc": "2.0", "id": self.next_request.fetch_add(1, Ordering::Relaxed),
+            "method": "tools/call", "params": params
+        })
+    }
+
+    pub async fn delete(&self) -> u16 {
+        self.http
+            .delete(&self.url)
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+            .await
+            .expect("DELETE /mcp")
+            .status()
+            .as_u16()
+    }
+}
