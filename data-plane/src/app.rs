@@ -110,6 +110,10 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
                 shutdown.child_token(),
             ),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            mcp::single::single_response,
+        ))
         .merge(mcp::sse::router(
             catalog.clone(),
             servers.clone(),

@@ -14,6 +14,7 @@
 
 pub mod guard;
 pub mod park;
+pub mod single;
 pub mod sse;
 
 use std::{

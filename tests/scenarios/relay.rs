@@ -11,7 +11,7 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use e2e::{RawSession, Switchboard, demo_server_yaml, eventually, free_addr, server_with};
+use e2e::{RawSession, Switchboard, demo_server_yaml, eventually, free_addr, metric, server_with};
 use parking_lot::Mutex;
 use rmcp::{
     ClientHandler, ErrorData, RoleClient, ServiceExt,
@@ -423,6 +423,84 @@ async fn progress_arrives_in_order_and_before_the_response() {
         let sent: Vec<_> = (1..=STEPS).map(|step| step as f64).collect();
         assert_eq!(relayed, sent, "{token}");
     }
+}
+
+/// A request whose stream would carry only its response is answered with
+/// that response as JSON; anything before it, or a slow answer, streams.
+#[tokio::test]
+async fn a_lone_quick_response_is_plain_json_and_everything_else_streams() {
+    let tag = format!("framing-{}", std::process::id());
+    let sb = Switchboard::start(&[("demo.yaml", &demo_server_yaml("demo", &tag, &[]))]).await;
+    sb.wait_server_state("demo", "ready").await;
+    let session = RawSession::open(&sb.mcp_url()).await;
+    let post = |tool: &str, args: Value, meta: Value| {
+        session.post_framed(session.call_message(tool, args, meta))
+    };
+
+    // Quick means within the gateway's window (50 ms), which a loaded
+    // machine may miss now and then: the answer is right either way.
+    let mut posts = 1; // initialize
+    let mut quick = async |tool: &str, args: Value| {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            posts += 1;
+            let (status, framing, messages) = post(tool, args.clone(), Value::Null).await;
+            assert_eq!((status, messages.len()), (200, 1), "{messages:?}");
+            if framing == "application/json" {
+                return messages[0].clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{tool} never answered as JSON"
+            );
+        }
+    };
+    let answer = quick("demo.echo", json!({ "text": "quick" })).await;
+    assert_eq!(answer["result"]["structuredContent"]["text"], "quick");
+    // An error answer is a lone response too.
+    let answer = quick("demo.nope", json!({})).await;
+    assert!(answer["error"]["message"].is_string(), "{answer}");
+
+    // Progress first: the stream, every message in it.
+    let progress = json!({ "progressToken": "p" });
+    let (status, framing, messages) = post(
+        "demo.progress",
+        json!({ "steps": 2, "stepMs": 0 }),
+        progress,
+    )
+    .await;
+    assert_eq!(
+        (status, framing.as_str()),
+        (200, "text/event-stream"),
+        "{messages:?}"
+    );
+    assert_eq!(messages.len(), 3, "{messages:?}");
+
+    // A slow answer: the stream starts before it, and the answer still comes.
+    let (status, framing, messages) = post("demo.sleep", json!({ "ms": 500 }), Value::Null).await;
+    assert_eq!(
+        (status, framing.as_str()),
+        (200, "text/event-stream"),
+        "{messages:?}"
+    );
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["result"]["structuredContent"]["sleptMs"], 500);
+
+    let (_, exposition) = sb
+        .get_text(&format!("http://{}/metrics", sb.gateway_addr))
+        .await
+        .expect("GET /metrics");
+    let framed = |framing| {
+        metric(
+            &exposition,
+            "switchboard_responses_total",
+            &[("framing", framing)],
+        )
+    };
+    let (json, sse) = (framed("json").unwrap_or(0.0), framed("sse").unwrap_or(0.0));
+    // Every answer counted once: the handshake's, the quick ones, the two streams.
+    assert_eq!(json + sse, f64::from(posts + 2), "{exposition}");
+    assert!(json >= 3.0 && sse >= 2.0, "{exposition}");
 }
 
 #[tokio::test]

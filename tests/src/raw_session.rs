@@ -62,6 +62,12 @@ impl RawSession {
     /// The HTTP status and every JSON-RPC message answered, in order (one
     /// for a JSON body, each `data:` event of an SSE stream).
     pub async fn post_all(&self, message: Value) -> (u16, Vec<Value>) {
+        let (status, _, messages) = self.post_framed(message).await;
+        (status, messages)
+    }
+
+    /// [`Self::post_all`], with the answer's content type.
+    pub async fn post_framed(&self, message: Value) -> (u16, String, Vec<Value>) {
         let response = self
             .http
             .post(&self.url)
@@ -74,6 +80,12 @@ impl RawSession {
             .await
             .expect("POST /mcp");
         let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let body = response.text().await.unwrap_or_default();
         let messages = match serde_json::from_str(&body) {
             Ok(message) => vec![message],
@@ -83,7 +95,7 @@ impl RawSession {
                 .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
                 .collect(),
         };
-        (status, messages)
+        (status, content_type, messages)
     }
 
     /// The HTTP status and the response among the messages answered.

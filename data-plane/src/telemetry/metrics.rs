@@ -30,6 +30,10 @@ const LATENCY_BUCKETS: [f64; 18] = [
 pub const DROP_QUEUE_FULL: &str = "queue_full";
 pub const DROP_EXPORT_FAILED: &str = "export_failed";
 
+/// How a request's answer went out: the response alone as JSON, or a stream.
+pub const FRAMING_JSON: &str = "json";
+pub const FRAMING_SSE: &str = "sse";
+
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -63,6 +67,11 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FramingLabels {
+    pub framing: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric of a replica, and the registry that exposes them.
@@ -77,6 +86,7 @@ pub struct Metrics {
     pub sessions_parked: Gauge,
     pub session_parks: Counter,
     pub session_restores: Counter,
+    responses: Family<FramingLabels, Counter>,
     pub config_updates: Family<ResultLabels, Counter>,
     pub spans: ExportCounters,
     config_version: Gauge<i64, AtomicI64>,
@@ -106,6 +116,7 @@ impl Metrics {
             sessions_parked: Gauge::default(),
             session_parks: Counter::default(),
             session_restores: Counter::default(),
+            responses: Family::default(),
             config_updates: Family::default(),
             spans: ExportCounters {
                 exported: Counter::default(),
@@ -126,6 +137,9 @@ impl Metrics {
                 .spans
                 .dropped
                 .get_or_create_owned(&ReasonLabels::new(reason));
+        }
+        for framing in [FRAMING_JSON, FRAMING_SSE] {
+            metrics.framing(framing);
         }
         for result in ["ack", "nack"] {
             metrics
@@ -166,6 +180,11 @@ impl Metrics {
             "session_restores",
             "Parked client sessions restored by a request",
             m.session_restores.clone(),
+        );
+        registry.register(
+            "responses",
+            "Answers to client requests over streamable HTTP, by framing (json: the response alone; sse: a stream)",
+            m.responses.clone(),
         );
         registry.register(
             "config_updates",
@@ -230,6 +249,12 @@ impl Metrics {
 
     /// Renders every metric in the OpenMetrics text format, reading server
     /// and config state as it is now.
+    /// The counter of answers framed as `framing` (json, sse).
+    pub fn framing(&self, framing: &'static str) -> Counter {
+        self.responses
+            .get_or_create_owned(&FramingLabels { framing })
+    }
+
     pub fn render(&self, servers: &Servers, config: &ConfigStatus) -> String {
         let _scrape = self.scrape.lock();
         let state_families = [
