@@ -11,7 +11,7 @@
 //! within the window (a long call, which wants early headers and the
 //! keep-alives), the stream goes out as it came, nothing lost or reordered.
 
-use std::{sync::Arc, time::Duration};
+use std::{ops::Range, sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
@@ -35,9 +35,17 @@ enum First {
     /// No message yet: only priming events, comments, or a partial event.
     Pending,
     /// The request's response: the stream has nothing else to say.
-    Response(Bytes),
+    Response(Data),
     /// Something the client must see before the response.
     Other,
+}
+
+/// An event's data: where it lies in the stream when it is one line (the
+/// usual case, copied nowhere), else the lines joined.
+#[derive(Debug, PartialEq)]
+enum Data {
+    Line(Range<usize>),
+    Joined(Vec<u8>),
 }
 
 /// The fields that tell a JSON-RPC response from other messages.
@@ -87,7 +95,11 @@ pub async fn single_response(
         match first_message(&seen) {
             First::Pending => {}
             First::Other => break,
-            First::Response(json) => {
+            First::Response(data) => {
+                let json = match data {
+                    Data::Line(range) => Bytes::from(seen).slice(range),
+                    Data::Joined(joined) => Bytes::from(joined),
+                };
                 metrics.framing(FRAMING_JSON).inc();
                 trace!(bytes = json.len(), "answered as JSON");
                 let headers = &mut parts.headers;
@@ -107,43 +119,75 @@ pub async fn single_response(
 
 /// Reads the SSE events in `stream` up to its first message.
 fn first_message(stream: &[u8]) -> First {
-    let mut data: Option<Vec<u8>> = None;
-    for line in stream.split_inclusive(|b| *b == b'\n') {
-        let Some(line) = line.strip_suffix(b"\n") else {
-            break; // still being written
-        };
+    let mut data: Option<Data> = None;
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', stream) {
+        let line = &stream[start..end];
+        let line_start = start;
+        start = end + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             match data.take() {
-                Some(data) if !data.is_empty() => return classify(data),
-                _ => continue, // a priming event or a comment
-            }
-        }
-        if let Some(value) = line.strip_prefix(b"data:") {
-            let value = value.strip_prefix(b" ").unwrap_or(value);
-            match &mut data {
+                None => continue, // a comment, or an event without data
+                Some(Data::Line(range)) if range.is_empty() => continue, // priming
                 Some(data) => {
-                    data.push(b'\n');
-                    data.extend_from_slice(value);
+                    let json = match &data {
+                        Data::Line(range) => &stream[range.clone()],
+                        Data::Joined(joined) => joined,
+                    };
+                    return if is_response(json) {
+                        First::Response(data)
+                    } else {
+                        First::Other
+                    };
                 }
-                None => data = Some(value.to_vec()),
             }
         }
+        let Some(value) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let skip = if value.starts_with(b" ") { 6 } else { 5 };
+        let value = line_start + skip..line_start + line.len();
+        data = Some(match data {
+            None => Data::Line(value),
+            Some(Data::Line(first)) => Data::Joined(join(&stream[first], &stream[value])),
+            Some(Data::Joined(joined)) => Data::Joined(join(&joined, &stream[value])),
+        });
     }
     First::Pending
 }
 
-fn classify(data: Vec<u8>) -> First {
-    match serde_json::from_slice::<Envelope>(&data) {
-        Ok(m)
-            if m.id.is_some()
-                && m.method.is_none()
-                && (m.result.is_some() || m.error.is_some()) =>
-        {
-            First::Response(Bytes::from(data))
+fn join(before: &[u8], line: &[u8]) -> Vec<u8> {
+    [before, b"\n", line].concat()
+}
+
+/// Whether a message is a JSON-RPC response (an id and a result or an
+/// error, no method). rmcp writes `jsonrpc` and `id` first, so the key
+/// after the id settles it without reading a large result; anything
+/// written otherwise is parsed in full.
+fn is_response(json: &[u8]) -> bool {
+    let after_id = json
+        .strip_prefix(br#"{"jsonrpc":"2.0","id":"#)
+        .and_then(|rest| {
+            let id_len = match rest.first() {
+                Some(b'"') => memchr::memchr(b'"', &rest[1..]).map(|end| end + 2)?,
+                _ => rest
+                    .iter()
+                    .position(|b| !b.is_ascii_digit() && *b != b'-')?,
+            };
+            rest.get(id_len..)
+        });
+    if let Some(after_id) = after_id {
+        if after_id.starts_with(br#","result":"#) || after_id.starts_with(br#","error":"#) {
+            return true;
         }
-        _ => First::Other,
+        if after_id.starts_with(br#","method":"#) {
+            return false;
+        }
     }
+    serde_json::from_slice::<Envelope>(json).is_ok_and(|m| {
+        m.id.is_some() && m.method.is_none() && (m.result.is_some() || m.error.is_some())
+    })
 }
 
 #[cfg(test)]
@@ -152,28 +196,35 @@ mod tests {
 
     const RESPONSE: &str = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
 
-    #[test]
-    fn a_response_after_the_priming_event_is_the_answer() {
-        let stream = format!("data: \nid: 0/1\nretry: 3000\n\ndata: {RESPONSE}\nid: 1/1\n\n");
-        assert_eq!(
-            first_message(stream.as_bytes()),
-            First::Response(Bytes::from(RESPONSE))
-        );
-        let crlf = stream.replace('\n', "\r\n");
-        assert_eq!(
-            first_message(crlf.as_bytes()),
-            First::Response(Bytes::from(RESPONSE))
-        );
+    /// The JSON a stream would be answered with, if any.
+    fn answer(stream: &str) -> Option<String> {
+        match first_message(stream.as_bytes()) {
+            First::Response(Data::Line(range)) => Some(stream[range].to_owned()),
+            First::Response(Data::Joined(joined)) => String::from_utf8(joined).ok(),
+            First::Pending | First::Other => None,
+        }
     }
 
     #[test]
-    fn an_error_response_is_the_answer_too() {
-        let error = r#"{"jsonrpc":"2.0","id":"a","error":{"code":-32602,"message":"no"}}"#;
-        let stream = format!(": keep-alive\n\ndata: {error}\n\n");
-        assert_eq!(
-            first_message(stream.as_bytes()),
-            First::Response(Bytes::from(error))
-        );
+    fn a_response_after_the_priming_event_is_the_answer() {
+        let stream = format!("data: \nid: 0/1\nretry: 3000\n\ndata: {RESPONSE}\nid: 1/1\n\n");
+        assert_eq!(answer(&stream).as_deref(), Some(RESPONSE));
+        let crlf = stream.replace('\n', "\r\n");
+        assert_eq!(answer(&crlf).as_deref(), Some(RESPONSE));
+        let unspaced = format!("data:{RESPONSE}\n\n");
+        assert_eq!(answer(&unspaced).as_deref(), Some(RESPONSE));
+    }
+
+    #[test]
+    fn error_responses_and_other_key_orders_are_answers_too() {
+        for response in [
+            r#"{"jsonrpc":"2.0","id":"a","error":{"code":-32602,"message":"no"}}"#,
+            r#"{"jsonrpc":"2.0","id":"a\"b","result":{}}"#,
+            r#"{"result":{"method":"x"},"id":-7,"jsonrpc":"2.0"}"#,
+        ] {
+            let stream = format!(": keep-alive\n\ndata: {response}\n\n");
+            assert_eq!(answer(&stream).as_deref(), Some(response), "{response}");
+        }
     }
 
     #[test]
@@ -181,6 +232,7 @@ mod tests {
         for first in [
             r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#,
             r#"{"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{}}"#,
+            r#"{"params":{},"method":"ping","id":3,"jsonrpc":"2.0"}"#,
             "not json",
         ] {
             let stream = format!("data: \n\ndata: {first}\n\ndata: {RESPONSE}\n\n");
@@ -203,10 +255,8 @@ mod tests {
     fn data_lines_of_one_event_are_joined() {
         let stream = "data: {\"jsonrpc\":\"2.0\",\ndata: \"id\":2,\"result\":{}}\n\n";
         assert_eq!(
-            first_message(stream.as_bytes()),
-            First::Response(Bytes::from(
-                "{\"jsonrpc\":\"2.0\",\n\"id\":2,\"result\":{}}"
-            ))
+            answer(stream).as_deref(),
+            Some("{\"jsonrpc\":\"2.0\",\n\"id\":2,\"result\":{}}")
         );
     }
 }
