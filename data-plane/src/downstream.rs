@@ -7,6 +7,7 @@
 
 pub mod breaker;
 pub mod http;
+mod lines;
 pub mod pool;
 pub mod relay;
 pub mod sse;

@@ -144,6 +144,40 @@ async fn servers_that_cannot_start_fail_alone() {
     client.cancel().await.expect("close");
 }
 
+/// A server that writes other things to stdout (a banner, stray JSON)
+/// keeps working: the lines are skipped, and the stray JSON is logged.
+#[tokio::test]
+async fn noise_on_a_servers_stdout_is_skipped() {
+    let tag = format!("noisy-{}", std::process::id());
+    let script = format!(
+        r#"echo 'noisy server v1 starting'; echo '{{"hello":"world"}}'; echo; exec switchboard-gateway demo-server --instance {tag}"#
+    );
+    let sb = Switchboard::start(&[(
+        "noisy.yaml",
+        &command_server_yaml("noisy", "sh", &["-c", &script]),
+    )])
+    .await;
+    sb.wait_server_state("noisy", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    let result = call(
+        &client,
+        "noisy.echo",
+        json!({ "text": "through the noise" }),
+    )
+    .await
+    .expect("call");
+    assert_eq!(
+        result.structured_content,
+        Some(json!({ "text": "through the noise" }))
+    );
+    let logs = sb.logs();
+    assert!(
+        logs.contains("skipped a message that is not valid MCP JSON-RPC"),
+        "{logs}"
+    );
+    client.cancel().await.expect("close");
+}
+
 #[tokio::test]
 async fn unknown_tool_gets_an_error_naming_it() {
     let sb =

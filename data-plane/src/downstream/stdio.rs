@@ -17,13 +17,12 @@ use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
 use rmcp::{
     ServiceExt,
     service::{RoleClient, RunningService},
-    transport::async_rw::AsyncRwTransport,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{DownstreamClient, Error};
+use super::{DownstreamClient, Error, lines::LineTransport};
 use crate::spec::StdioSpec;
 
 /// Variables a server inherits from the gateway; everything else (tokens,
@@ -84,9 +83,7 @@ impl StdioConnection {
             forward_stderr(server.to_owned(), stderr, last_stderr.clone()).in_current_span(),
         ));
 
-        let transport = client
-            .relay
-            .sequenced(AsyncRwTransport::new_client(stdout, stdin));
+        let transport = client.relay.sequenced(LineTransport::new(stdout, stdin));
         let service = match tokio::time::timeout(timeout, client.serve(transport)).await {
             Ok(Ok(service)) => service,
             failed => {

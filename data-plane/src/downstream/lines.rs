@@ -1,0 +1,335 @@
+//! The gateway's end of a stdio server's pipes: newline-delimited JSON-RPC.
+//!
+//! rmcp's own line transport reads through an 8 KiB buffer, looks for each
+//! line end byte by byte and writes every message with its own write. A
+//! 100 KiB result then costs a dozen reads and a slow scan, and a busy
+//! connection wakes the server once per request. Here line ends are found
+//! with `memchr` in 64 KiB reads, and one writer task sends every message
+//! queued at that moment in one write.
+//!
+//! Lines that are not JSON (servers that log to stdout) are skipped and
+//! logged; so are lines longer than [`MAX_LINE`], without holding them in
+//! memory. EOF or a read error ends the connection, which the supervisor
+//! then restarts.
+
+use std::{borrow::Cow, future::Future, io};
+
+use bytes::BytesMut;
+use rmcp::{
+    model::{ClientJsonRpcMessage, ServerJsonRpcMessage},
+    service::RoleClient,
+    transport::Transport,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::{Instrument, debug, warn};
+
+/// Longest message accepted from a server (rmcp's limit too).
+const MAX_LINE: usize = 16 * 1024 * 1024;
+/// How much is read from the pipe at once, at least.
+const READ_CHUNK: usize = 64 * 1024;
+/// Messages waiting for the writer before senders wait too.
+const WRITE_QUEUE: usize = 256;
+
+/// A message on its way to the server, and who waits for it to be written.
+struct Outgoing {
+    line: Vec<u8>,
+    written: oneshot::Sender<io::Result<()>>,
+}
+
+/// Newline-delimited JSON-RPC over a child's stdout and stdin.
+pub struct LineTransport<R> {
+    stdout: R,
+    buf: BytesMut,
+    /// How far `buf` has been searched for a line end.
+    scanned: usize,
+    /// Dropping the rest of a line over [`MAX_LINE`].
+    discarding: bool,
+    to_writer: Option<mpsc::Sender<Outgoing>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+// === impl LineTransport ===
+
+impl<R: AsyncRead + Send + Unpin> LineTransport<R> {
+    pub fn new<W: AsyncWrite + Send + Unpin + 'static>(stdout: R, stdin: W) -> Self {
+        let (to_writer, queue) = mpsc::channel(WRITE_QUEUE);
+        let writer = tokio::spawn(write_lines(stdin, queue).in_current_span());
+        Self {
+            stdout,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            scanned: 0,
+            discarding: false,
+            to_writer: Some(to_writer),
+            writer: Some(writer),
+        }
+    }
+
+    /// The next complete line already buffered, without its line end.
+    fn next_line(&mut self) -> Option<BytesMut> {
+        loop {
+            let found = memchr::memchr(b'\n', &self.buf[self.scanned..])?;
+            let mut line = self.buf.split_to(self.scanned + found + 1);
+            self.scanned = 0;
+            if std::mem::take(&mut self.discarding) {
+                continue; // the tail of an oversized line
+            }
+            line.truncate(line.len() - 1);
+            if line.last() == Some(&b'\r') {
+                line.truncate(line.len() - 1);
+            }
+            return Some(line);
+        }
+    }
+}
+
+impl<R: AsyncRead + Send + Unpin> Transport<RoleClient> for LineTransport<R> {
+    type Error = io::Error;
+
+    fn name() -> Cow<'static, str> {
+        "stdio".into()
+    }
+
+    // The future owns what it needs: callers may keep several in flight.
+    #[allow(refining_impl_trait)]
+    fn send(
+        &mut self,
+        item: ClientJsonRpcMessage,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static + use<R> {
+        let to_writer = self.to_writer.clone();
+        async move {
+            let mut line = serde_json::to_vec(&item)?;
+            line.push(b'\n');
+            let closed =
+                || io::Error::new(io::ErrorKind::NotConnected, "the server's stdin is closed");
+            let to_writer = to_writer.ok_or_else(closed)?;
+            let (written, done) = oneshot::channel();
+            to_writer
+                .send(Outgoing { line, written })
+                .await
+                .map_err(|_| closed())?;
+            done.await.map_err(|_| closed())?
+        }
+    }
+
+    async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
+        loop {
+            while let Some(line) = self.next_line() {
+                if let Some(message) = parse(&line) {
+                    return Some(message);
+                }
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() > MAX_LINE {
+                if !self.discarding {
+                    warn!(
+                        limit = MAX_LINE,
+                        "server sent a line over the limit; dropping it"
+                    );
+                }
+                self.discarding = true;
+                self.buf = BytesMut::with_capacity(READ_CHUNK);
+                self.scanned = 0;
+            }
+            self.buf.reserve(READ_CHUNK);
+            match self.stdout.read_buf(&mut self.buf).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(error) => {
+                    warn!(%error, "reading the server's stdout failed");
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        // The writer sends what is queued, then drops stdin: the server's EOF.
+        self.to_writer = None;
+        if let Some(writer) = self.writer.take() {
+            writer.await.map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+/// A server message, or `None` (logged) for a line that is not one.
+fn parse(line: &[u8]) -> Option<ServerJsonRpcMessage> {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let line = line.strip_prefix(BOM).unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    match serde_json::from_slice(line) {
+        Ok(message) => Some(message),
+        Err(error) if error.is_syntax() || error.is_eof() => {
+            // Most often a server logging to stdout.
+            debug!(line = %String::from_utf8_lossy(line), "skipped a line that is not JSON");
+            None
+        }
+        Err(error) => {
+            warn!(%error, "skipped a message that is not valid MCP JSON-RPC");
+            None
+        }
+    }
+}
+
+/// Writes queued lines to the server, all that are waiting in one write.
+async fn write_lines<W: AsyncWrite + Unpin>(mut stdin: W, mut queue: mpsc::Receiver<Outgoing>) {
+    let mut batch = Vec::new();
+    let mut buf = Vec::new();
+    while queue.recv_many(&mut batch, WRITE_QUEUE).await > 0 {
+        buf.clear();
+        for outgoing in &batch {
+            buf.extend_from_slice(&outgoing.line);
+        }
+        let result = match stdin.write_all(&buf).await {
+            Ok(()) => stdin.flush().await,
+            Err(error) => Err(error),
+        };
+        for outgoing in batch.drain(..) {
+            let result = match &result {
+                Ok(()) => Ok(()),
+                Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+            };
+            let _ = outgoing.written.send(result);
+        }
+        if result.is_err() {
+            return; // the pipe is gone: senders see a closed stdin from here on
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rmcp::model::{ClientNotification, ClientRequest, PingRequest};
+    use tokio::io::{AsyncBufReadExt, BufReader, duplex};
+
+    use super::*;
+
+    const PING_RESPONSE: &str = r#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
+
+    fn transport() -> (
+        LineTransport<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+    ) {
+        let (stdout, server_out) = duplex(1 << 20);
+        let (stdin, server_in) = duplex(1 << 20);
+        (LineTransport::new(stdout, stdin), server_out, server_in)
+    }
+
+    fn is_ping_response(message: &ServerJsonRpcMessage) -> bool {
+        matches!(message, ServerJsonRpcMessage::Response(r) if r.id == rmcp::model::NumberOrString::Number(7))
+    }
+
+    #[tokio::test]
+    async fn messages_come_whole_however_the_pipe_splits_them_and_noise_is_skipped() {
+        let (mut transport, mut server_out, _server_in) = transport();
+        let big = "x".repeat(200_000);
+        let big_line = format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"level":"info","data":"{big}"}}}}"#
+        );
+        let stream = format!(
+            "starting up...\n\n\u{feff}{PING_RESPONSE}\r\n{PING_RESPONSE}\n{{\"not\":\"a message\"}}\n{big_line}\n{PING_RESPONSE}"
+        );
+        let writer = tokio::spawn(async move {
+            for chunk in stream.as_bytes().chunks(1000) {
+                server_out.write_all(chunk).await.expect("write");
+            }
+            server_out.write_all(b"\n").await.expect("write");
+            server_out
+        });
+        for n in 0..2 {
+            let message = transport.receive().await.expect("a message");
+            assert!(is_ping_response(&message), "message {n}: {message:?}");
+        }
+        let message = transport.receive().await.expect("the large message");
+        assert!(
+            matches!(message, ServerJsonRpcMessage::Notification(_)),
+            "{message:?}"
+        );
+        assert!(is_ping_response(
+            &transport.receive().await.expect("the last message")
+        ));
+        drop(writer.await.expect("writer"));
+        assert!(transport.receive().await.is_none(), "EOF ends the stream");
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_limit_is_dropped_and_the_next_one_read() {
+        let (mut transport, mut server_out, _server_in) = transport();
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..(MAX_LINE >> 20) + 1 {
+                server_out.write_all(&chunk).await.expect("write");
+            }
+            server_out.write_all(b"\n").await.expect("write");
+            server_out
+                .write_all(PING_RESPONSE.as_bytes())
+                .await
+                .expect("write");
+            server_out.write_all(b"\n").await.expect("write");
+            server_out
+        });
+        let message = transport.receive().await.expect("the message after it");
+        assert!(is_ping_response(&message), "{message:?}");
+        assert!(transport.buf.capacity() < 2 * MAX_LINE);
+        drop(writer.await.expect("writer"));
+    }
+
+    #[tokio::test]
+    async fn concurrent_sends_arrive_as_lines_and_close_ends_stdin() {
+        let (mut transport, _server_out, server_in) = transport();
+        let sends: Vec<_> = (0..50)
+            .map(|n| {
+                let message = if n % 2 == 0 {
+                    ClientJsonRpcMessage::request(
+                        ClientRequest::PingRequest(PingRequest::default()),
+                        rmcp::model::NumberOrString::Number(n),
+                    )
+                } else {
+                    ClientJsonRpcMessage::notification(ClientNotification::InitializedNotification(
+                        Default::default(),
+                    ))
+                };
+                transport.send(message)
+            })
+            .collect();
+        for sent in futures::future::join_all(sends).await {
+            sent.expect("written");
+        }
+        transport.close().await.expect("closed");
+        let mut lines = BufReader::new(server_in).lines();
+        let mut count = 0;
+        while let Some(line) = lines.next_line().await.expect("read") {
+            let value: serde_json::Value =
+                serde_json::from_str(&line).expect("one JSON message per line");
+            assert_eq!(value["jsonrpc"], "2.0");
+            count += 1;
+        }
+        assert_eq!(count, 50, "every message, then EOF");
+        let refused = transport.send(ClientJsonRpcMessage::notification(
+            ClientNotification::InitializedNotification(Default::default()),
+        ));
+        assert_eq!(
+            refused.await.expect_err("closed").kind(),
+            io::ErrorKind::NotConnected
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_that_stopped_reading_fails_the_send() {
+        let (mut transport, _server_out, server_in) = transport();
+        drop(server_in);
+        let failed = transport
+            .send(ClientJsonRpcMessage::notification(
+                ClientNotification::InitializedNotification(Default::default()),
+            ))
+            .await;
+        assert!(failed.is_err(), "{failed:?}");
+    }
+}
