@@ -328,7 +328,10 @@ impl Registration<'_> {
         let arrived = self.relay.progress_arrived.lock().get(&self.token).copied();
         if let Some(arrived) = arrived {
             let mut settled = self.tracked.settled.subscribe();
-            let _ = tokio::time::timeout(ORDER_GRACE, settled.wait_for(|s| *s >= arrived)).await;
+            let all_out = settled.wait_for(|s| *s >= arrived);
+            if tokio::time::timeout(ORDER_GRACE, all_out).await.is_err() {
+                debug!(server = %self.relay.server, "response sent before all of its progress was relayed");
+            }
         }
     }
 }
@@ -439,7 +442,9 @@ impl ClientHandler for DownstreamClient {
             // The previous one first; bounded, so a lost one cannot stall the rest.
             let mut settled = tracked.settled.subscribe();
             let turn = settled.wait_for(|s| *s + 1 >= seq);
-            let _ = tokio::time::timeout(ORDER_GRACE, turn).await;
+            if tokio::time::timeout(ORDER_GRACE, turn).await.is_err() {
+                debug!(server = %relay.server, seq, "progress relayed out of turn: an earlier one never came");
+            }
         }
         if let Some(token) = tracked.origin.progress_token.clone() {
             params.progress_token = token;
