@@ -539,7 +539,10 @@ impl ServerHandle {
                 return Err(CallError::Cancelled);
             }
         };
-        registered.settled().await;
+        tokio::select! {
+            () = registered.settled() => {}
+            _ = cancel.cancelled() => return Err(CallError::Cancelled),
+        }
         match response {
             Ok(result) => Ok(result),
             Err(ServiceError::McpError(error)) => Err(CallError::Downstream(error)),

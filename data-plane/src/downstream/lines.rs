@@ -8,8 +8,8 @@
 //! queued at that moment in one write.
 //!
 //! Lines that are not JSON (servers that log to stdout) are skipped and
-//! logged; so are lines longer than [`MAX_LINE`], without holding them in
-//! memory. EOF or a read error ends the connection, which the supervisor
+//! logged at debug, JSON that is not MCP with throttled warnings; lines
+//! longer than [`MAX_LINE`] are dropped without being held in memory. EOF or a read error ends the connection, which the supervisor
 //! then restarts.
 
 use std::{borrow::Cow, future::Future, io};
@@ -48,6 +48,8 @@ pub struct LineTransport<R> {
     scanned: usize,
     /// Dropping the rest of a line over [`MAX_LINE`].
     discarding: bool,
+    /// JSON lines skipped because they were not MCP messages.
+    not_mcp: u64,
     to_writer: Option<mpsc::Sender<Outgoing>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -63,6 +65,7 @@ impl<R: AsyncRead + Send + Unpin> LineTransport<R> {
             buf: BytesMut::with_capacity(READ_CHUNK),
             scanned: 0,
             discarding: false,
+            not_mcp: 0,
             to_writer: Some(to_writer),
             writer: Some(writer),
         }
@@ -118,8 +121,19 @@ impl<R: AsyncRead + Send + Unpin> Transport<RoleClient> for LineTransport<R> {
     async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
         loop {
             while let Some(line) = self.next_line() {
-                if let Some(message) = parse(&line) {
-                    return Some(message);
+                match parse(&line) {
+                    Ok(message) => return Some(message),
+                    Err(Skipped::NotJson) => {}
+                    Err(Skipped::NotMcp(error)) => {
+                        // A server logging JSON to stdout must not flood the
+                        // log: warnings at the 1st, 2nd, 4th, 8th… skip.
+                        self.not_mcp += 1;
+                        if self.not_mcp.is_power_of_two() {
+                            warn!(%error, skipped = self.not_mcp, "skipped a message that is not valid MCP JSON-RPC");
+                        } else {
+                            debug!(%error, skipped = self.not_mcp, "skipped a message that is not valid MCP JSON-RPC");
+                        }
+                    }
                 }
             }
             self.scanned = self.buf.len();
@@ -156,25 +170,29 @@ impl<R: AsyncRead + Send + Unpin> Transport<RoleClient> for LineTransport<R> {
     }
 }
 
-/// A server message, or `None` (logged) for a line that is not one.
-fn parse(line: &[u8]) -> Option<ServerJsonRpcMessage> {
+/// Why a line from the server was skipped.
+enum Skipped {
+    /// Blank, or not JSON at all: most often a server logging to stdout.
+    NotJson,
+    /// JSON, but not an MCP message.
+    NotMcp(serde_json::Error),
+}
+
+/// A server message, or why the line is not one.
+fn parse(line: &[u8]) -> Result<ServerJsonRpcMessage, Skipped> {
     const BOM: &[u8] = b"\xEF\xBB\xBF";
     let line = line.strip_prefix(BOM).unwrap_or(line);
     if line.iter().all(u8::is_ascii_whitespace) {
-        return None;
+        return Err(Skipped::NotJson);
     }
-    match serde_json::from_slice(line) {
-        Ok(message) => Some(message),
-        Err(error) if error.is_syntax() || error.is_eof() => {
-            // Most often a server logging to stdout.
+    serde_json::from_slice(line).map_err(|error| {
+        if error.is_syntax() || error.is_eof() {
             debug!(line = %String::from_utf8_lossy(line), "skipped a line that is not JSON");
-            None
+            Skipped::NotJson
+        } else {
+            Skipped::NotMcp(error)
         }
-        Err(error) => {
-            warn!(%error, "skipped a message that is not valid MCP JSON-RPC");
-            None
-        }
-    }
+    })
 }
 
 /// Writes queued lines to the server, all that are waiting in one write.
@@ -257,6 +275,20 @@ mod tests {
         ));
         drop(writer.await.expect("writer"));
         assert!(transport.receive().await.is_none(), "EOF ends the stream");
+    }
+
+    #[tokio::test]
+    async fn json_that_is_not_mcp_is_counted_and_skipped() {
+        let (mut transport, mut server_out, _server_in) = transport();
+        let log_line = r#"{"level":30,"msg":"listening"}"#.to_owned() + "\n";
+        let stream = log_line.repeat(5) + PING_RESPONSE + "\n";
+        server_out
+            .write_all(stream.as_bytes())
+            .await
+            .expect("write");
+        let message = transport.receive().await.expect("the message after them");
+        assert!(is_ping_response(&message), "{message:?}");
+        assert_eq!(transport.not_mcp, 5);
     }
 
     #[tokio::test]

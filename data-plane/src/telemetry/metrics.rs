@@ -247,14 +247,14 @@ impl Metrics {
         }
     }
 
-    /// Renders every metric in the OpenMetrics text format, reading server
-    /// and config state as it is now.
     /// The counter of answers framed as `framing` (json, sse).
     pub fn framing(&self, framing: &'static str) -> Counter {
         self.responses
             .get_or_create_owned(&FramingLabels { framing })
     }
 
+    /// Renders every metric in the OpenMetrics text format, reading server
+    /// and config state as it is now.
     pub fn render(&self, servers: &Servers, config: &ConfigStatus) -> String {
         let _scrape = self.scrape.lock();
         let state_families = [
