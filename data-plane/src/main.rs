@@ -1,7 +1,7 @@
 //! `switchboard-gateway`: the gateway replica binary, plus the bundled
 //! demo MCP server.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, ops::RangeInclusive, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -232,18 +232,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn park_after(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(seconds) if (0.0..=86_400.0).contains(&seconds) => Ok(seconds),
-        _ => Err(format!(
-            "`{text}` is not a number of seconds from 0 to 86400"
-        )),
-    }
+    number_in(text, 0.0..=86_400.0, "a number of seconds from 0 to 86400")
 }
 
 fn sample_ratio(text: &str) -> Result<f64, String> {
+    number_in(text, 0.0..=1.0, "a number from 0 to 1")
+}
+
+fn number_in(text: &str, range: RangeInclusive<f64>, what: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
-        _ => Err(format!("`{text}` is not a number from 0 to 1")),
+        Ok(number) if range.contains(&number) => Ok(number),
+        _ => Err(format!("`{text}` is not {what}")),
     }
 }
 

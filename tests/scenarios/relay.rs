@@ -486,10 +486,7 @@ async fn a_lone_quick_response_is_plain_json_and_everything_else_streams() {
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(messages[0]["result"]["structuredContent"]["sleptMs"], 500);
 
-    let (_, exposition) = sb
-        .get_text(&format!("http://{}/metrics", sb.gateway_addr))
-        .await
-        .expect("GET /metrics");
+    let exposition = sb.gateway_metrics().await;
     let framed = |framing| {
         metric(
             &exposition,

@@ -14,10 +14,7 @@ async fn echo(session: &RawSession, text: &str) -> (u16, Value) {
 }
 
 async fn metrics(sb: &Switchboard, name: &str) -> f64 {
-    let (_, exposition) = sb
-        .get_text(&format!("http://{}/metrics", sb.gateway_addr))
-        .await
-        .expect("GET /metrics");
+    let exposition = sb.gateway_metrics().await;
     metric(&exposition, name, &[]).unwrap_or_else(|| panic!("no {name} in {exposition}"))
 }
 

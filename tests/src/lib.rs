@@ -398,6 +398,14 @@ impl Switchboard {
         Ok((response.status().as_u16(), response.text().await?))
     }
 
+    /// The gateway's `/metrics` exposition (read values with [`metric`]).
+    pub async fn gateway_metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.gateway_addr);
+        let (status, text) = self.get_text(&url).await.expect("GET /metrics");
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
     pub async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
         Ok(self
             .http

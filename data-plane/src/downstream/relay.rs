@@ -437,26 +437,27 @@ impl ClientHandler for DownstreamClient {
             relay.progress_arrived.lock().remove(&params.progress_token);
             return;
         };
-        let seq = context.extensions.get::<ProgressSeq>().map(|seq| seq.0);
-        if let Some(seq) = seq {
-            // The previous one first; bounded, so a lost one cannot stall the rest.
-            let mut settled = tracked.settled.subscribe();
-            let turn = settled.wait_for(|s| *s + 1 >= seq);
-            if tokio::time::timeout(ORDER_GRACE, turn).await.is_err() {
-                debug!(server = %relay.server, seq, "progress relayed out of turn: an earlier one never came");
-            }
+        // Every downstream transport is `Sequenced`; 0 would mean "not
+        // numbered": no turn to wait for, nothing to settle.
+        let seq = context
+            .extensions
+            .get::<ProgressSeq>()
+            .map_or(0, |seq| seq.0);
+        // The previous one first; bounded, so a lost one cannot stall the rest.
+        let mut settled = tracked.settled.subscribe();
+        let turn = settled.wait_for(|s| *s + 1 >= seq);
+        if tokio::time::timeout(ORDER_GRACE, turn).await.is_err() {
+            debug!(server = %relay.server, seq, "progress relayed out of turn: an earlier one never came");
         }
         if let Some(token) = tracked.origin.progress_token.clone() {
             params.progress_token = token;
             let _ = tracked.origin.client.notify_progress(params).await;
         }
-        if let Some(seq) = seq {
-            tracked.settled.send_if_modified(|settled| {
-                let advanced = seq > *settled;
-                *settled = (*settled).max(seq);
-                advanced
-            });
-        }
+        tracked.settled.send_if_modified(|settled| {
+            let advanced = seq > *settled;
+            *settled = (*settled).max(seq);
+            advanced
+        });
     }
 
     async fn on_logging_message(

@@ -629,6 +629,13 @@ mod tests {
         (book, SessionId::from(uuid.to_string()), uuid)
     }
 
+    /// Idles the session until it is due, and completes its park.
+    async fn park(book: &Book, uuid: Uuid) {
+        tokio::time::advance(PARK_AFTER).await;
+        assert_eq!(book.due_for_parking(), vec![uuid]);
+        book.finish_parking(uuid);
+    }
+
     fn phase(book: &Book, uuid: Uuid) -> Option<Phase> {
         book.entries.lock().get(&uuid).map(|e| e.phase)
     }
@@ -679,9 +686,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn parked_sessions_expire_like_live_ones_and_the_gauge_follows() {
         let (book, id, uuid) = book_with_session();
-        tokio::time::advance(PARK_AFTER).await;
-        book.due_for_parking();
-        book.finish_parking(uuid);
+        park(&book, uuid).await;
 
         // A restore that fails puts it back; one that succeeds makes it live.
         assert_eq!(book.begin_restore(uuid), Some(Phase::Parked));
@@ -704,9 +709,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_restore_is_live_once_the_replayed_handshake_is_in() {
         let (book, id, uuid) = book_with_session();
-        tokio::time::advance(PARK_AFTER).await;
-        book.due_for_parking();
-        book.finish_parking(uuid);
+        park(&book, uuid).await;
         assert_eq!(book.begin_restore(uuid), Some(Phase::Parked));
         assert!(!book.touch(&id), "requests wait while it restores");
         book.accepted(&id);

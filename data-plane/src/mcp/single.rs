@@ -24,7 +24,7 @@ use futures::StreamExt;
 use serde::{Deserialize, de::IgnoredAny};
 use tracing::trace;
 
-use crate::telemetry::metrics::{FRAMING_JSON, FRAMING_SSE, Metrics};
+use crate::telemetry::metrics::Metrics;
 
 /// How long a response may take and still be answered as JSON.
 const WINDOW: Duration = Duration::from_millis(50);
@@ -100,7 +100,7 @@ pub async fn single_response(
                     Data::Line(range) => Bytes::from(seen).slice(range),
                     Data::Joined(joined) => Bytes::from(joined),
                 };
-                metrics.framing(FRAMING_JSON).inc();
+                metrics.answered_json.inc();
                 trace!(bytes = json.len(), "answered as JSON");
                 let headers = &mut parts.headers;
                 headers.insert(
@@ -112,7 +112,7 @@ pub async fn single_response(
             }
         }
     }
-    metrics.framing(FRAMING_SSE).inc();
+    metrics.answered_sse.inc();
     let replay = futures::stream::iter([Ok(Bytes::from(seen))].into_iter().chain(failed.map(Err)));
     Response::from_parts(parts, Body::from_stream(replay.chain(stream)))
 }

@@ -30,10 +30,6 @@ const LATENCY_BUCKETS: [f64; 18] = [
 pub const DROP_QUEUE_FULL: &str = "queue_full";
 pub const DROP_EXPORT_FAILED: &str = "export_failed";
 
-/// How a request's answer went out: the response alone as JSON, or a stream.
-pub const FRAMING_JSON: &str = "json";
-pub const FRAMING_SSE: &str = "sse";
-
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -87,6 +83,10 @@ pub struct Metrics {
     pub session_parks: Counter,
     pub session_restores: Counter,
     responses: Family<FramingLabels, Counter>,
+    /// Answers that went out as the response alone, in JSON.
+    pub answered_json: Counter,
+    /// Answers that went out as an SSE stream.
+    pub answered_sse: Counter,
     pub config_updates: Family<ResultLabels, Counter>,
     pub spans: ExportCounters,
     config_version: Gauge<i64, AtomicI64>,
@@ -105,6 +105,10 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Self {
+        // Counted on every request: looked up in the family once, here.
+        let responses = Family::<FramingLabels, Counter>::default();
+        let framed = |framing| responses.get_or_create_owned(&FramingLabels { framing });
+        let (answered_json, answered_sse) = (framed("json"), framed("sse"));
         let metrics = Self {
             // Replaced below, once every metric is registered.
             registry: Registry::default(),
@@ -116,7 +120,9 @@ impl Metrics {
             sessions_parked: Gauge::default(),
             session_parks: Counter::default(),
             session_restores: Counter::default(),
-            responses: Family::default(),
+            responses,
+            answered_json,
+            answered_sse,
             config_updates: Family::default(),
             spans: ExportCounters {
                 exported: Counter::default(),
@@ -137,9 +143,6 @@ impl Metrics {
                 .spans
                 .dropped
                 .get_or_create_owned(&ReasonLabels::new(reason));
-        }
-        for framing in [FRAMING_JSON, FRAMING_SSE] {
-            metrics.framing(framing);
         }
         for result in ["ack", "nack"] {
             metrics
@@ -245,12 +248,6 @@ impl Metrics {
             registry,
             ..metrics
         }
-    }
-
-    /// The counter of answers framed as `framing` (json, sse).
-    pub fn framing(&self, framing: &'static str) -> Counter {
-        self.responses
-            .get_or_create_owned(&FramingLabels { framing })
     }
 
     /// Renders every metric in the OpenMetrics text format, reading server

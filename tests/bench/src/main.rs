@@ -715,15 +715,8 @@ async fn open_idle_sessions(args: &Args, park_after: Option<&str>) -> anyhow::Re
 
 /// A counter or gauge of the gateway's `/metrics`.
 async fn metric(sb: &Switchboard, name: &str) -> u64 {
-    let url = format!("http://{}/metrics", sb.gateway_addr);
-    let Ok(response) = reqwest::get(&url).await else {
-        return 0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map_or(0, |value| value as u64)
+    let exposition = sb.gateway_metrics().await;
+    e2e::metric(&exposition, name, &[]).map_or(0, |value| value as u64)
 }
 
 /// A registry edit until every one of 3 replicas has applied it.
