@@ -9,6 +9,8 @@ mod chart;
 mod conformance;
 #[path = "scenarios/control_plane_outage.rs"]
 mod control_plane_outage;
+#[path = "scenarios/direct.rs"]
+mod direct;
 #[path = "scenarios/kubernetes.rs"]
 mod kubernetes;
 #[path = "scenarios/naming.rs"]

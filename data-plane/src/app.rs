@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{Router, serve::ListenerExt};
+use axum::serve::ListenerExt;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -99,39 +99,31 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     tasks.spawn(xds.run(shutdown.clone()));
 
     let body_limit = mcp::guard::BodyLimit(config.mcp.max_body_bytes);
-    let router = Router::new()
-        .nest_service(
-            "/mcp",
-            mcp::service(
-                catalog.clone(),
-                servers.clone(),
-                &config.mcp,
-                telemetry.clone(),
-                shutdown.child_token(),
-            ),
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            metrics.clone(),
-            mcp::single::single_response,
-        ))
-        .merge(mcp::sse::router(
-            catalog.clone(),
-            servers.clone(),
-            &config.mcp,
-            telemetry,
-            shutdown.child_token(),
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            body_limit,
-            mcp::guard::guard,
-        ))
-        .merge(admin::router(AdminState {
-            replica_id: config.replica_id.clone(),
-            servers: servers.clone(),
-            config: status,
-            metrics,
-            catalog,
-        }));
+    let router = mcp::router(
+        catalog.clone(),
+        servers.clone(),
+        &config.mcp,
+        telemetry.clone(),
+        shutdown.child_token(),
+    )
+    .merge(mcp::sse::router(
+        catalog.clone(),
+        servers.clone(),
+        &config.mcp,
+        telemetry,
+        shutdown.child_token(),
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        body_limit,
+        mcp::guard::guard,
+    ))
+    .merge(admin::router(AdminState {
+        replica_id: config.replica_id.clone(),
+        servers: servers.clone(),
+        config: status,
+        metrics,
+        catalog,
+    }));
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the MCP listener on {}", config.listen))?;

@@ -24,8 +24,8 @@ use parking_lot::{Mutex, RwLock};
 use rmcp::{
     ErrorData,
     model::{
-        CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
-        ClientRequest, Prompt, ProtocolVersion, RequestMetaObject, Resource, ResourceTemplate,
+        CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest,
+        JsonObject, Prompt, ProtocolVersion, RequestMetaObject, Resource, ResourceTemplate,
         ServerCapabilities, ServerResult, Tool,
     },
     service::{PeerRequestOptions, ServiceError},
@@ -41,9 +41,11 @@ use crate::{
     telemetry::{Telemetry, TraceContext, attr, metrics::MethodLabels},
 };
 use breaker::{Breaker, BreakerState};
+use lines::Answer;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use pool::{AcquireError, Connection, Pool};
 pub use relay::{DownstreamClient, Origin};
+use serde_json::value::RawValue;
 pub use stdio::Launcher;
 
 /// Calls whose latency the percentiles are computed over.
@@ -376,44 +378,83 @@ impl ServerHandle {
         (lifecycle.state == ServerState::Ready).then(|| (lifecycle.offer.clone(), !hidden))
     }
 
-    /// Calls a tool (by its name on this server) for a client request.
-    pub async fn call_tool(
-        self: &Arc<Self>,
-        origin: &Origin,
-        params: CallToolRequestParams,
-        meta: RequestMetaObject,
-        cancel: &CancellationToken,
-    ) -> Result<CallToolResult, CallError> {
-        let request = Request::call_tool(params);
-        match self.request(origin, request, meta, cancel).await? {
-            ServerResult::CallToolResult(result) => Ok(result),
-            _ => Err(self.unexpected("tools/call")),
-        }
-    }
-
-    /// Sends a client's request on to this server. Counts the outcome in
-    /// the breaker(s) and the latency statistics, and traces it as a
-    /// CLIENT span under the `traceparent` in `meta`.
+    /// Sends a client's request on to this server through rmcp.
     pub async fn request(
         self: &Arc<Self>,
         origin: &Origin,
         request: Request,
-        mut meta: RequestMetaObject,
+        meta: RequestMetaObject,
         cancel: &CancellationToken,
     ) -> Result<ServerResult, CallError> {
+        let Request {
+            message,
+            method,
+            target,
+            is_tool,
+        } = request;
+        let about = About {
+            method,
+            target: target.as_deref(),
+            tool: target.as_deref().filter(|_| is_tool),
+            session: origin.session,
+        };
+        self.exchange(about, meta, async |connection, meta, timeout| {
+            let options = PeerRequestOptions::with_timeout(timeout)
+                .reset_timeout_on_progress()
+                .with_max_total_timeout(self.spec.timeouts.max_call)
+                .with_meta(meta);
+            self.send(connection, origin, (method, message), options, cancel)
+                .await
+        })
+        .await
+    }
+
+    /// Calls a tool past rmcp (see `lines.rs`): `params` (with the tool's
+    /// name on this server) go as they are, the result comes back unparsed.
+    /// Only stdio servers take direct calls.
+    pub async fn call_tool_direct(
+        self: &Arc<Self>,
+        origin: &Origin,
+        tool: &str,
+        params: JsonObject,
+        meta: RequestMetaObject,
+        cancel: &CancellationToken,
+    ) -> Result<DirectResult, CallError> {
+        let about = About {
+            method: "tools/call",
+            target: Some(tool),
+            tool: Some(tool),
+            session: origin.session,
+        };
+        self.exchange(about, meta, async |connection, meta, timeout| {
+            self.send_direct(connection, origin, params, meta, timeout, cancel)
+                .await
+        })
+        .await
+    }
+
+    /// A request's way to the server, whichever way it is sent: counts the
+    /// outcome in the latency statistics and traces it as a CLIENT span
+    /// under the `traceparent` in `meta`.
+    async fn exchange<A: Answered>(
+        self: &Arc<Self>,
+        about: About<'_>,
+        mut meta: RequestMetaObject,
+        send: impl AsyncFnOnce(&Connection, RequestMetaObject, Duration) -> Result<A, CallError>,
+    ) -> Result<A, CallError> {
         let telemetry = &self.servers.inner.telemetry;
         let parent = meta.get_traceparent().and_then(TraceContext::parse);
-        let name = || match &request.target {
-            Some(target) => format!("{} {target}", request.method),
-            None => request.method.to_owned(),
+        let name = || match about.target {
+            Some(target) => format!("{} {target}", about.method),
+            None => about.method.to_owned(),
         };
         let mut span = telemetry.tracer.start(name, SpanKind::Client, parent);
         if let Some(context) = span.context() {
             meta.set_traceparent(context.to_traceparent());
         }
         if span.is_recording() {
-            span.set(attr::MCP_METHOD_NAME, request.method);
-            if let Some(tool) = request.tool_name() {
+            span.set(attr::MCP_METHOD_NAME, about.method);
+            if let Some(tool) = about.tool {
                 span.set(attr::GEN_AI_TOOL_NAME, tool.to_owned());
                 span.set(attr::GEN_AI_OPERATION_NAME, "execute_tool");
             }
@@ -433,21 +474,18 @@ impl ServerHandle {
                 }
             }
         }
-        let method = request.method;
         let started = tokio::time::Instant::now();
-        let outcome = self.guarded_request(origin, request, meta, cancel).await;
+        let outcome = self.guarded(&about, meta, send).await;
         telemetry
             .metrics
             .downstream_duration
             .get_or_create(&MethodLabels {
                 server: self.spec.name.to_string(),
-                method: method.to_owned(),
+                method: about.method.to_owned(),
             })
             .observe(started.elapsed().as_secs_f64());
         match &outcome {
-            Ok(ServerResult::CallToolResult(result)) if result.is_error == Some(true) => {
-                span.set_error("tool_error", "")
-            }
+            Ok(answer) if answer.is_tool_error() => span.set_error("tool_error", ""),
             Ok(_) => {}
             Err(CallError::Downstream(error)) => {
                 span.set(attr::RPC_RESPONSE_STATUS_CODE, error.code.0.to_string());
@@ -458,15 +496,14 @@ impl ServerHandle {
         outcome
     }
 
-    /// [`ServerHandle::request`] behind the breaker(s).
-    async fn guarded_request(
+    /// [`ServerHandle::exchange`] behind the breaker(s), on a connection.
+    async fn guarded<A: Answered>(
         self: &Arc<Self>,
-        origin: &Origin,
-        request: Request,
+        about: &About<'_>,
         meta: RequestMetaObject,
-        cancel: &CancellationToken,
-    ) -> Result<ServerResult, CallError> {
-        let tool_breaker = match request.tool_name() {
+        send: impl AsyncFnOnce(&Connection, RequestMetaObject, Duration) -> Result<A, CallError>,
+    ) -> Result<A, CallError> {
+        let tool_breaker = match about.tool {
             Some(tool) if self.spec.breaker.per_tool => Some(self.tool_breaker(tool)),
             _ => None,
         };
@@ -479,7 +516,18 @@ impl ServerHandle {
             None => None,
         };
         let started = tokio::time::Instant::now();
-        let outcome = self.forward(origin, request, meta, cancel).await;
+        let outcome = async {
+            let timeouts = &self.spec.timeouts;
+            let timeout = about
+                .tool
+                .and_then(|tool| timeouts.tools.get(tool))
+                .copied()
+                .unwrap_or(timeouts.call);
+            let connection = self.connection_for(about.session).await?;
+            let _in_flight = connection.begin(&self.pool);
+            send(&connection, meta, timeout).await
+        }
+        .await;
         let failed = self.counts_as_failure(&outcome);
         let mut changed = self.breaker.record(permit, failed);
         if let (Some(breaker), Some(permit)) = (tool_breaker, tool_permit) {
@@ -497,26 +545,16 @@ impl ServerHandle {
         outcome
     }
 
-    async fn forward(
-        self: &Arc<Self>,
+    /// Sends a request through rmcp and relays what the server sends
+    /// back for it until the response.
+    async fn send(
+        &self,
+        connection: &Connection,
         origin: &Origin,
-        request: Request,
-        meta: RequestMetaObject,
+        (method, message): (&'static str, ClientRequest),
+        options: PeerRequestOptions,
         cancel: &CancellationToken,
     ) -> Result<ServerResult, CallError> {
-        let method = request.method;
-        let timeouts = &self.spec.timeouts;
-        let timeout = request
-            .tool_name()
-            .and_then(|tool| timeouts.tools.get(tool))
-            .copied()
-            .unwrap_or(timeouts.call);
-        let connection = self.connection_for(origin.session).await?;
-        let _in_flight = connection.begin(&self.pool);
-        let options = PeerRequestOptions::with_timeout(timeout)
-            .reset_timeout_on_progress()
-            .with_max_total_timeout(timeouts.max_call)
-            .with_meta(meta);
         let transport = |source| CallError::Transport {
             server: self.spec.name.clone(),
             method,
@@ -524,7 +562,7 @@ impl ServerHandle {
         };
         let handle = connection
             .peer
-            .send_request_with_option(request.message, options)
+            .send_request_with_option(message, options)
             .await
             .map_err(transport)?;
         let registered = connection
@@ -552,6 +590,57 @@ impl ServerHandle {
                 after: timeout,
             }),
             Err(source) => Err(transport(source)),
+        }
+    }
+
+    /// Sends a `tools/call` past rmcp. It is registered with the relay
+    /// like any other, so a server request or log message sent while it
+    /// runs is routed as usual; progress is not asked for.
+    async fn send_direct(
+        &self,
+        connection: &Connection,
+        origin: &Origin,
+        mut params: JsonObject,
+        meta: RequestMetaObject,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<DirectResult, CallError> {
+        const METHOD: &str = "tools/call";
+        let transport = |source| CallError::Transport {
+            server: self.spec.name.clone(),
+            method: METHOD,
+            source,
+        };
+        let Some(direct) = &connection.direct else {
+            return Err(transport(ServiceError::UnexpectedResponse));
+        };
+        if !meta.0.is_empty() {
+            params.insert("_meta".to_owned(), serde_json::Value::Object(meta.0.0));
+        }
+        let timeout = timeout.min(self.spec.timeouts.max_call);
+        let mut call = direct
+            .call(METHOD, &params)
+            .await
+            .map_err(|_| transport(ServiceError::TransportClosed))?;
+        let _registered = connection
+            .relay
+            .register(call.progress_token(), origin.clone());
+        // Dropping the call unanswered tells the server it was cancelled.
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(timeout, call.answer()) => answer,
+            _ = cancel.cancelled() => return Err(CallError::Cancelled),
+        };
+        match answer {
+            Ok(Ok(Answer::Result(result))) => {
+                DirectResult::new(result).ok_or_else(|| self.unexpected(METHOD))
+            }
+            Ok(Ok(Answer::Error(error))) => Err(CallError::Downstream(error)),
+            Ok(Err(_closed)) => Err(transport(ServiceError::TransportClosed)),
+            Err(_elapsed) => Err(CallError::Timeout {
+                server: self.spec.name.clone(),
+                method: METHOD,
+                after: timeout,
+            }),
         }
     }
 
@@ -669,13 +758,10 @@ impl ServerHandle {
 
     /// The breaker policy: transport failures and timeouts always count;
     /// JSON-RPC errors and `isError` results only when configured.
-    fn counts_as_failure(&self, outcome: &Result<ServerResult, CallError>) -> bool {
+    fn counts_as_failure(&self, outcome: &Result<impl Answered, CallError>) -> bool {
         let policy = &self.spec.breaker;
         match outcome {
-            Ok(ServerResult::CallToolResult(result)) => {
-                policy.count_tool_errors && result.is_error == Some(true)
-            }
-            Ok(_) => false,
+            Ok(answer) => policy.count_tool_errors && answer.is_tool_error(),
             Err(CallError::Downstream(_)) => policy.count_jsonrpc_errors,
             Err(CallError::Cancelled | CallError::BreakerOpen { .. }) => false,
             Err(
@@ -733,6 +819,59 @@ impl Stats {
     }
 }
 
+// === impl Answered ===
+
+/// What a server answered a forwarded request with.
+pub trait Answered {
+    /// Whether it is a tool result with `isError` set.
+    fn is_tool_error(&self) -> bool;
+}
+
+impl Answered for ServerResult {
+    fn is_tool_error(&self) -> bool {
+        matches!(self, ServerResult::CallToolResult(result) if result.is_error == Some(true))
+    }
+}
+
+/// A `tools/call` result as the server wrote it (see
+/// [`ServerHandle::call_tool_direct`]).
+#[derive(Debug)]
+pub struct DirectResult {
+    pub result: Box<RawValue>,
+    pub is_error: bool,
+}
+
+impl DirectResult {
+    /// `None` unless the result is a JSON object, as tool results are.
+    fn new(result: Box<RawValue>) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Flags {
+            #[serde(rename = "isError")]
+            is_error: Option<bool>,
+        }
+        let flags: Flags = serde_json::from_str(result.get()).ok()?;
+        Some(Self {
+            is_error: flags.is_error == Some(true),
+            result,
+        })
+    }
+}
+
+impl Answered for DirectResult {
+    fn is_tool_error(&self) -> bool {
+        self.is_error
+    }
+}
+
+/// What telemetry, breakers and timeouts need to know of a request.
+struct About<'a> {
+    method: &'static str,
+    /// The tool, prompt or resource it is about, as the server names it.
+    target: Option<&'a str>,
+    tool: Option<&'a str>,
+    session: SessionKey,
+}
+
 // === impl Request ===
 
 /// A client request on its way to a server, with what telemetry needs.
@@ -766,9 +905,5 @@ impl Request {
             target,
             is_tool: true,
         }
-    }
-
-    fn tool_name(&self) -> Option<&str> {
-        self.target.as_deref().filter(|_| self.is_tool)
     }
 }

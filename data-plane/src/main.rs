@@ -133,6 +133,12 @@ struct RunArgs {
     /// Log tool arguments and results (at debug level). They may hold secrets.
     #[arg(long, env = "SWITCHBOARD_LOG_PAYLOADS")]
     log_payloads: bool,
+    /// Threads serving MCP. With 1, everything runs on one thread, which
+    /// under load costs far less than handing each call between threads;
+    /// scale out with replicas, or give a replica with cores to spare more
+    /// (0: one per core).
+    #[arg(long, env = "SWITCHBOARD_WORKER_THREADS", default_value_t = 1)]
+    worker_threads: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,7 +154,22 @@ fn main() -> anyhow::Result<()> {
     }
     // One TLS crypto provider for every https client (downstream servers).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Runtime::new()?.block_on(run(cli))
+    let runtime = match &cli.command {
+        Command::Run(args) if args.worker_threads == 1 => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        }
+        Command::Run(args) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if args.worker_threads > 0 {
+                runtime.worker_threads(args.worker_threads);
+            }
+            runtime.enable_all().build()?
+        }
+        _ => tokio::runtime::Runtime::new()?,
+    };
+    runtime.block_on(run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

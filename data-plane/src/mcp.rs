@@ -4,14 +4,17 @@
 //! completions, log levels) to the server that owns the name or URI, with
 //! the namespace stripped and the result relayed unchanged. What servers
 //! send back outside a response goes through `downstream/relay.rs`.
-//! `guard.rs` checks request bodies before rmcp sees them; `sse.rs` serves
-//! the same sessions over legacy HTTP+SSE; `park.rs` takes idle sessions
-//! out of memory.
+//! `guard.rs` checks request bodies before rmcp sees them; `direct.rs`
+//! answers plain tool calls without rmcp's session layer and `single.rs`
+//! answers other one-message streams as JSON; `sse.rs` serves the same
+//! sessions over legacy HTTP+SSE; `park.rs` takes idle sessions out of
+//! memory.
 
 // Logging is deprecated by SEP-2577 but clients on the protocol versions
 // this gateway serves still use it.
 #![allow(deprecated)]
 
+pub mod direct;
 pub mod guard;
 pub mod park;
 pub mod single;
@@ -53,6 +56,7 @@ use crate::{
     catalog::{CatalogReader, Route},
     clients::ClientSession,
     downstream::{CallError, Origin, Request, Servers, SessionKey},
+    mcp::direct::{DirectPath, DirectSession},
     observe::{Observation, RequestInfo, Target},
     spec::SessionMode,
     telemetry::Telemetry,
@@ -106,15 +110,16 @@ pub struct GatewaySession {
     servers: Servers,
     telemetry: Telemetry,
     /// The caller this session named first (see `observe.rs`).
-    caller: OnceLock<String>,
+    caller: Arc<OnceLock<String>>,
     page_size: usize,
     /// This session as the relay reaches it, from its first request on.
     client: OnceLock<Arc<ClientSession>>,
     /// Forwards catalog changes as `notifications/*/list_changed`.
     list_changed: Mutex<Option<AbortOnDropHandle<()>>>,
     /// Where this session is pinned when it gains state a replayed
-    /// handshake would lose; `None` where sessions are never parked.
-    parking: Option<Arc<park::Book>>,
+    /// handshake would lose, and lent to the direct path; `None` for
+    /// legacy SSE sessions, which have neither.
+    book: Option<Arc<park::Book>>,
 }
 
 // === impl Error ===
@@ -125,6 +130,11 @@ impl Error {
     /// is switched off by its breaker answers with an `isError` result, so
     /// the model sees why. Errors the server itself answered are relayed.
     pub fn into_response(self) -> Result<CallToolResponse, ErrorData> {
+        self.into_tool_result().map(CallToolResponse::Complete)
+    }
+
+    /// [`Error::into_response`] as the result it always is.
+    fn into_tool_result(self) -> Result<CallToolResult, ErrorData> {
         let call = match self {
             Error::Call(
                 call @ (CallError::BreakerOpen { .. }
@@ -140,7 +150,7 @@ impl Error {
         let mut meta = MetaObject::default();
         meta.0.insert(ERROR_META_KEY.to_owned(), detail);
         result.meta = Some(meta);
-        Ok(CallToolResponse::Complete(result))
+        Ok(result)
     }
 
     /// A JSON-RPC error for methods other than `tools/call`, which have
@@ -184,31 +194,32 @@ impl Error {
     }
 }
 
-/// The streamable HTTP service for `/mcp`.
-pub fn service(
+/// `/mcp`: rmcp's streamable HTTP service behind the direct path and
+/// the JSON answers.
+pub fn router(
     catalog: CatalogReader,
     servers: Servers,
     config: &McpConfig,
     telemetry: Telemetry,
     shutdown: CancellationToken,
-) -> StreamableHttpService<GatewaySession, park::ParkingSessions> {
+) -> axum::Router {
     let page_size = config.page_size;
     let mut local = LocalSessionManager::default();
     local.session_config.keep_alive = Some(SESSION_IDLE_TIMEOUT);
     local.session_config.channel_capacity = SESSION_CHANNEL_CAPACITY;
     let mut http = StreamableHttpServerConfig::default();
-    // Without parking the book still refuses duplicate request ids.
+    // Without parking the book still refuses duplicate request ids and
+    // lends sessions to the direct path.
     let book = park::Book::new(
         config.park_after.unwrap_or(Duration::MAX),
         SESSION_IDLE_TIMEOUT,
         telemetry.metrics.clone(),
     );
     let sessions = Arc::new(park::ParkingSessions::new(local, book.clone()));
-    let parking = config.park_after.map(|_| {
+    if config.park_after.is_some() {
         http.session_store = Some(Arc::new(park::Store::new(book.clone())));
         park::spawn_reaper(sessions.clone(), shutdown.clone());
-        book
-    });
+    }
     http = if config.allowed_hosts.iter().any(|h| h == "*") {
         http.disable_allowed_hosts()
     } else {
@@ -233,7 +244,14 @@ pub fn service(
         .with_max_request_body_bytes(config.max_body_bytes)
         .with_legacy_session_mode(true)
         .with_cancellation_token(shutdown);
-    StreamableHttpService::new(
+    let direct = Arc::new(DirectPath {
+        book: book.clone(),
+        catalog: catalog.clone(),
+        telemetry: telemetry.clone(),
+        allowed_hosts: config.allowed_hosts.clone().into(),
+    });
+    let metrics = telemetry.metrics.clone();
+    let service = Arc::new(StreamableHttpService::new(
         move || {
             Ok(GatewaySession::new(
                 catalog.clone(),
@@ -241,11 +259,25 @@ pub fn service(
                 telemetry.clone(),
                 page_size,
             )
-            .parked_by(parking.clone()))
+            .booked_in(book.clone()))
         },
         sessions,
         http,
-    )
+    ));
+    // Middleware clones the service it wraps for every request; rmcp's
+    // clones its whole config (host lists and all), an `Arc` does not.
+    let handler =
+        move |request: axum::extract::Request| async move { service.handle(request).await };
+    axum::Router::new()
+        .route("/mcp", axum::routing::any(handler))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            single::single_response,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            direct,
+            direct::direct_path,
+        ))
 }
 
 // === impl GatewaySession ===
@@ -264,28 +296,23 @@ impl GatewaySession {
             catalog,
             servers,
             telemetry,
-            caller: OnceLock::new(),
+            caller: Arc::default(),
             page_size: page_size.max(1),
             client: OnceLock::new(),
             list_changed: Mutex::new(None),
-            parking: None,
+            book: None,
         }
     }
 
-    fn parked_by(mut self, parking: Option<Arc<park::Book>>) -> Self {
-        self.parking = parking;
+    fn booked_in(mut self, book: Arc<park::Book>) -> Self {
+        self.book = Some(book);
         self
     }
 
     /// Keeps this session in memory from now on (see `park.rs`); the
     /// request names the session in its header.
     fn pin(&self, context: &RequestContext<RoleServer>) {
-        let id = context
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|parts| parts.headers.get("mcp-session-id"))
-            .and_then(|id| id.to_str().ok());
-        if let (Some(book), Some(id)) = (&self.parking, id) {
+        if let (Some(book), Some(id)) = (&self.book, session_id(&context.extensions)) {
             book.pin(id);
         }
     }
@@ -481,6 +508,16 @@ impl Drop for GatewaySession {
     }
 }
 
+/// The session a request or notification names in its header.
+fn session_id(extensions: &rmcp::model::Extensions) -> Option<&str> {
+    extensions
+        .get::<http::request::Parts>()?
+        .headers
+        .get("mcp-session-id")?
+        .to_str()
+        .ok()
+}
+
 /// The client's `_meta` minus what belongs to this hop: rmcp assigns its
 /// own progress token, and protocol keys describe the client's session with
 /// the gateway, not the gateway's session with the server.
@@ -511,6 +548,12 @@ impl ServerHandler for GatewaySession {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        if let (Some(book), Some(id)) = (&self.book, session_id(&context.extensions)) {
+            let session = DirectSession::new(self.key, context.peer.clone(), self.caller.clone());
+            if let Some(session) = session {
+                book.attach(id, Arc::new(session));
+            }
+        }
         // A parked session may have missed changes: its client re-lists.
         let restored = context.extensions.get::<SessionRestoreMarker>().is_some();
         let peer = context.peer;

@@ -12,7 +12,11 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use rmcp::{ErrorData, RoleServer, model::InitializeRequestParams, service::RequestContext};
+use rmcp::{
+    ErrorData, RoleServer,
+    model::{InitializeRequestParams, RequestMetaObject},
+    service::RequestContext,
+};
 use serde::Serialize;
 use tracing::{debug, info};
 
@@ -38,6 +42,16 @@ pub struct RequestInfo<'a> {
     /// The caller the session named first; a client that names itself only
     /// when it connects stays named.
     pub session_caller: &'a OnceLock<String>,
+}
+
+/// Where a request came from.
+pub struct Arrival<'a> {
+    /// The HTTP request it arrived in.
+    pub parts: Option<&'a http::request::Parts>,
+    /// The session's `initialize`.
+    pub peer: Option<&'a InitializeRequestParams>,
+    pub meta: &'a RequestMetaObject,
+    pub request_id: String,
 }
 
 pub enum Target {
@@ -77,14 +91,25 @@ impl Observation {
         request: RequestInfo<'_>,
         context: &RequestContext<RoleServer>,
     ) -> Self {
-        let parts = context.extensions.get::<http::request::Parts>();
+        let peer = context.peer.peer_info();
+        let arrival = Arrival {
+            parts: context.extensions.get(),
+            peer: peer.as_deref(),
+            meta: &context.meta,
+            request_id: context.id.to_string(),
+        };
+        Self::begin_at(telemetry, request, arrival)
+    }
+
+    /// [`Observation::begin`] for a request that did not come through rmcp.
+    pub fn begin_at(telemetry: &Telemetry, request: RequestInfo<'_>, arrival: Arrival<'_>) -> Self {
+        let parts = arrival.parts;
         let header = |name: &str| {
             parts
                 .and_then(|p| p.headers.get(name))
                 .and_then(|v| v.to_str().ok())
         };
-        let peer = context.peer.peer_info();
-        let client = request.initialize.or(peer.as_deref());
+        let client = request.initialize.or(arrival.peer);
         let named = header(CALLER_HEADER)
             .map(str::to_owned)
             .or_else(|| parts.and_then(|p| query_caller(p.uri.query()?)))
@@ -104,7 +129,7 @@ impl Observation {
         let method = request.method;
         // `_meta` is the MCP-level parent (SEP-414); the HTTP header is the
         // fallback for clients that only trace their HTTP calls.
-        let parent = context
+        let parent = arrival
             .meta
             .get_traceparent()
             .or_else(|| header("traceparent"))
@@ -120,7 +145,7 @@ impl Observation {
             None => method.to_owned(),
         };
         let mut span = telemetry.tracer.start(name, SpanKind::Server, parent);
-        let request_id = context.id.to_string();
+        let request_id = arrival.request_id;
         let session = header("mcp-session-id").map(str::to_owned);
         if span.is_recording() {
             span.set(attr::MCP_METHOD_NAME, method);

@@ -19,6 +19,11 @@ pub struct RawSession {
 impl RawSession {
     /// Initializes a session at `url` (protocol 2025-06-18).
     pub async fn open(url: &str) -> Self {
+        Self::open_with(url, json!({})).await
+    }
+
+    /// [`Self::open`] for a client declaring `capabilities`.
+    pub async fn open_with(url: &str, capabilities: Value) -> Self {
         // A request the gateway never answers fails the test, not hangs it.
         let http = reqwest::Client::builder()
             .timeout(EVENTUALLY)
@@ -32,7 +37,7 @@ impl RawSession {
                 json!({
                     "jsonrpc": "2.0", "id": 0, "method": "initialize",
                     "params": {
-                        "protocolVersion": "2025-06-18", "capabilities": {},
+                        "protocolVersion": "2025-06-18", "capabilities": capabilities,
                         "clientInfo": { "name": "raw-session", "version": "1" }
                     }
                 })

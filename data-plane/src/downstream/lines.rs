@@ -9,17 +9,36 @@
 //!
 //! Lines that are not JSON (servers that log to stdout) are skipped and
 //! logged at debug, JSON that is not MCP with throttled warnings; lines
-//! longer than [`MAX_LINE`] are dropped without being held in memory. EOF or a read error ends the connection, which the supervisor
-//! then restarts.
+//! longer than [`MAX_LINE`] are dropped without being held in memory. EOF
+//! or a read error ends the connection, which the supervisor then restarts.
+//!
+//! [`Direct`] sends `tools/call` requests past rmcp: their ids are strings
+//! (`"sb:<n>"`) that rmcp, which numbers its own, never uses, so their
+//! responses are told apart here and handed over with the result unparsed.
 
-use std::{borrow::Cow, future::Future, io};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    future::Future,
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use bytes::BytesMut;
+use parking_lot::Mutex;
 use rmcp::{
-    model::{ClientJsonRpcMessage, ServerJsonRpcMessage},
+    ErrorData,
+    model::{
+        ClientJsonRpcMessage, JsonObject, NumberOrString, ProgressToken, ServerJsonRpcMessage,
+    },
     service::RoleClient,
     transport::Transport,
 };
+use serde::{Deserialize, Serialize, de::IgnoredAny};
+use serde_json::value::RawValue;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::{mpsc, oneshot},
@@ -29,15 +48,62 @@ use tracing::{Instrument, debug, warn};
 
 /// Longest message accepted from a server (rmcp's limit too).
 const MAX_LINE: usize = 16 * 1024 * 1024;
-/// How much is read from the pipe at once, at least.
+/// How much room a read gets when the buffer runs out.
 const READ_CHUNK: usize = 64 * 1024;
+/// Less room than this and the buffer is grown before reading.
+const MIN_READ: usize = 4 * 1024;
 /// Messages waiting for the writer before senders wait too.
 const WRITE_QUEUE: usize = 256;
+
+/// What the ids of direct requests start with.
+const DIRECT_ID_PREFIX: &str = "sb:";
 
 /// A message on its way to the server, and who waits for it to be written.
 struct Outgoing {
     line: Vec<u8>,
     written: oneshot::Sender<io::Result<()>>,
+}
+
+/// Requests sent to the server past rmcp, waiting for their responses.
+pub struct Direct {
+    /// Weak, so the server still gets EOF when rmcp closes the transport.
+    to_writer: mpsc::WeakSender<Outgoing>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    next_id: AtomicU64,
+}
+
+/// One direct request in flight. Dropped unanswered (timeout, the client
+/// went away), it tells the server with `notifications/cancelled`.
+pub struct DirectCall {
+    direct: Arc<Direct>,
+    id: u64,
+    answer: oneshot::Receiver<Answer>,
+}
+
+/// A server's response to a direct request.
+#[derive(Debug)]
+pub enum Answer {
+    /// The result, as the server wrote it.
+    Result(Box<RawValue>),
+    Error(ErrorData),
+}
+
+/// A response line, read only as far as telling whose it is.
+#[derive(Deserialize)]
+struct ResponseLine<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    method: Option<IgnoredAny>,
+    result: Option<Box<RawValue>>,
+    error: Option<ErrorData>,
+}
+
+#[derive(Serialize)]
+struct RequestLine<'a> {
+    jsonrpc: &'static str,
+    id: &'a str,
+    method: &'a str,
+    params: &'a JsonObject,
 }
 
 /// Newline-delimited JSON-RPC over a child's stdout and stdin.
@@ -52,6 +118,7 @@ pub struct LineTransport<R> {
     not_mcp: u64,
     to_writer: Option<mpsc::Sender<Outgoing>>,
     writer: Option<JoinHandle<()>>,
+    direct: Arc<Direct>,
 }
 
 // === impl LineTransport ===
@@ -60,6 +127,11 @@ impl<R: AsyncRead + Send + Unpin> LineTransport<R> {
     pub fn new<W: AsyncWrite + Send + Unpin + 'static>(stdout: R, stdin: W) -> Self {
         let (to_writer, queue) = mpsc::channel(WRITE_QUEUE);
         let writer = tokio::spawn(write_lines(stdin, queue).in_current_span());
+        let direct = Arc::new(Direct {
+            to_writer: to_writer.downgrade(),
+            waiting: Mutex::default(),
+            next_id: AtomicU64::new(1),
+        });
         Self {
             stdout,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -68,7 +140,13 @@ impl<R: AsyncRead + Send + Unpin> LineTransport<R> {
             not_mcp: 0,
             to_writer: Some(to_writer),
             writer: Some(writer),
+            direct,
         }
+    }
+
+    /// Sends requests to this server past rmcp.
+    pub fn direct(&self) -> Arc<Direct> {
+        self.direct.clone()
     }
 
     /// The next complete line already buffered, without its line end.
@@ -106,21 +184,22 @@ impl<R: AsyncRead + Send + Unpin> Transport<RoleClient> for LineTransport<R> {
         async move {
             let mut line = serde_json::to_vec(&item)?;
             line.push(b'\n');
-            let closed =
-                || io::Error::new(io::ErrorKind::NotConnected, "the server's stdin is closed");
-            let to_writer = to_writer.ok_or_else(closed)?;
+            let to_writer = to_writer.ok_or_else(stdin_closed)?;
             let (written, done) = oneshot::channel();
             to_writer
                 .send(Outgoing { line, written })
                 .await
-                .map_err(|_| closed())?;
-            done.await.map_err(|_| closed())?
+                .map_err(|_| stdin_closed())?;
+            done.await.map_err(|_| stdin_closed())?
         }
     }
 
     async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
         loop {
             while let Some(line) = self.next_line() {
+                if self.direct.take_answer(&line) {
+                    continue;
+                }
                 match parse(&line) {
                     Ok(message) => return Some(message),
                     Err(Skipped::NotJson) => {}
@@ -148,12 +227,20 @@ impl<R: AsyncRead + Send + Unpin> Transport<RoleClient> for LineTransport<R> {
                 self.buf = BytesMut::with_capacity(READ_CHUNK);
                 self.scanned = 0;
             }
-            self.buf.reserve(READ_CHUNK);
+            // Only a nearly full buffer is grown: reserving a whole chunk
+            // with a partial line in it would allocate anew on every read.
+            if self.buf.capacity() - self.buf.len() < MIN_READ {
+                self.buf.reserve(READ_CHUNK);
+            }
             match self.stdout.read_buf(&mut self.buf).await {
-                Ok(0) => return None,
+                Ok(0) => {
+                    self.direct.waiting.lock().clear();
+                    return None;
+                }
                 Ok(_) => {}
                 Err(error) => {
                     warn!(%error, "reading the server's stdout failed");
+                    self.direct.waiting.lock().clear();
                     return None;
                 }
             }
@@ -167,6 +254,141 @@ impl<R: AsyncRead + Send + Unpin> Transport<RoleClient> for LineTransport<R> {
             writer.await.map_err(io::Error::other)?;
         }
         Ok(())
+    }
+}
+
+impl<R> Drop for LineTransport<R> {
+    fn drop(&mut self) {
+        // Waiting direct requests learn the connection is gone.
+        self.direct.waiting.lock().clear();
+    }
+}
+
+// === impl Direct ===
+
+impl Direct {
+    /// Sends a request; `params` go as they are.
+    pub async fn call(
+        self: &Arc<Self>,
+        method: &str,
+        params: &JsonObject,
+    ) -> io::Result<DirectCall> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let wire_id = format!("{DIRECT_ID_PREFIX}{id}");
+        let mut line = serde_json::to_vec(&RequestLine {
+            jsonrpc: "2.0",
+            id: &wire_id,
+            method,
+            params,
+        })?;
+        line.push(b'\n');
+        let (answer_to, answer) = oneshot::channel();
+        self.waiting.lock().insert(id, answer_to);
+        let call = DirectCall {
+            direct: self.clone(),
+            id,
+            answer,
+        };
+        let (written, done) = oneshot::channel();
+        let to_writer = self.to_writer.upgrade().ok_or_else(stdin_closed)?;
+        to_writer
+            .send(Outgoing { line, written })
+            .await
+            .map_err(|_| stdin_closed())?;
+        done.await.map_err(|_| stdin_closed())??;
+        Ok(call)
+    }
+
+    /// Hands a line over to the direct request it answers; false if it
+    /// answers none (it then goes to rmcp).
+    fn take_answer(&self, line: &[u8]) -> bool {
+        // Cheap checks first: nothing waits, or no id of ours in the line.
+        if self.waiting.lock().is_empty() {
+            return false;
+        }
+        if memchr::memmem::find(line, b"\"sb:").is_none() {
+            return false;
+        }
+        let Ok(response) = serde_json::from_slice::<ResponseLine<'_>>(line) else {
+            return false;
+        };
+        let Some(id) = response
+            .id
+            .as_deref()
+            .and_then(|id| id.strip_prefix(DIRECT_ID_PREFIX))
+            .and_then(|id| id.parse::<u64>().ok())
+            .filter(|_| response.method.is_none())
+        else {
+            return false;
+        };
+        let answer = match (response.result, response.error) {
+            (Some(result), None) => Answer::Result(result),
+            (None, Some(error)) => Answer::Error(error),
+            _ => return false,
+        };
+        match self.waiting.lock().remove(&id) {
+            Some(waiter) => {
+                let _ = waiter.send(answer);
+                true
+            }
+            None => {
+                debug!(
+                    id,
+                    "dropped the answer to a direct request no one waits for"
+                );
+                true
+            }
+        }
+    }
+
+    /// Tells the server a request is abandoned; best effort, never waits.
+    fn cancel(&self, id: u64) {
+        let Some(to_writer) = self.to_writer.upgrade() else {
+            return;
+        };
+        let notification = serde_json::json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": { "requestId": format!("{DIRECT_ID_PREFIX}{id}"), "reason": "cancelled by the gateway" },
+        });
+        let mut line = notification.to_string().into_bytes();
+        line.push(b'\n');
+        let (written, _) = oneshot::channel();
+        let _ = to_writer.try_send(Outgoing { line, written });
+    }
+}
+
+fn stdin_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the server's stdin is closed")
+}
+
+// === impl DirectCall ===
+
+impl DirectCall {
+    /// Its id as the relay's key: rmcp's own tokens are numbers.
+    pub fn progress_token(&self) -> ProgressToken {
+        ProgressToken(NumberOrString::String(
+            format!("{DIRECT_ID_PREFIX}{}", self.id).into(),
+        ))
+    }
+
+    /// The server's answer; an error once the connection is gone.
+    pub async fn answer(&mut self) -> io::Result<Answer> {
+        (&mut self.answer).await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )
+        })
+    }
+}
+
+impl Drop for DirectCall {
+    fn drop(&mut self) {
+        // Still waiting: no answer came, so the server is told.
+        if self.direct.waiting.lock().remove(&self.id).is_some() {
+            self.direct.cancel(self.id);
+        }
     }
 }
 

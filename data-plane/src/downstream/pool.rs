@@ -16,7 +16,7 @@ use rmcp::service::{Peer, RoleClient};
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::relay::Relay;
+use super::{lines::Direct, relay::Relay};
 
 /// One live connection (one process, for stdio).
 pub struct Connection {
@@ -24,6 +24,8 @@ pub struct Connection {
     pub peer: Peer<RoleClient>,
     /// Routes what the server sends back to the clients it concerns.
     pub relay: Arc<Relay>,
+    /// Requests past rmcp (stdio connections).
+    pub direct: Option<Arc<Direct>>,
     in_flight: AtomicU32,
     last_used: Mutex<Instant>,
     /// Cancelled to ask the connection's task to shut it down.
@@ -92,11 +94,17 @@ impl Drop for InFlight<'_> {
 
 impl Pool {
     /// Wraps a new peer as a connection; not yet in the pool.
-    pub fn connection(&self, peer: Peer<RoleClient>, relay: Arc<Relay>) -> Arc<Connection> {
+    pub fn connection(
+        &self,
+        peer: Peer<RoleClient>,
+        relay: Arc<Relay>,
+        direct: Option<Arc<Direct>>,
+    ) -> Arc<Connection> {
         Arc::new(Connection {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             peer,
             relay,
+            direct,
             in_flight: AtomicU32::new(0),
             last_used: Mutex::new(Instant::now()),
             stop: CancellationToken::new(),

@@ -22,7 +22,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{DownstreamClient, Error, lines::LineTransport};
+use super::{
+    DownstreamClient, Error,
+    lines::{Direct, LineTransport},
+};
 use crate::spec::StdioSpec;
 
 /// Variables a server inherits from the gateway; everything else (tokens,
@@ -53,6 +56,8 @@ pub struct Launcher {
 /// A running, initialised stdio server.
 pub struct StdioConnection {
     pub service: RunningService<RoleClient, DownstreamClient>,
+    /// `tools/call` past rmcp, on the same pipes.
+    pub direct: Arc<Direct>,
     child: Box<dyn ChildWrapper>,
     last_stderr: Arc<Mutex<String>>,
     stderr: AbortOnDropHandle<()>,
@@ -83,7 +88,9 @@ impl StdioConnection {
             forward_stderr(server.to_owned(), stderr, last_stderr.clone()).in_current_span(),
         ));
 
-        let transport = client.relay.sequenced(LineTransport::new(stdout, stdin));
+        let lines = LineTransport::new(stdout, stdin);
+        let direct = lines.direct();
+        let transport = client.relay.sequenced(lines);
         let service = match tokio::time::timeout(timeout, client.serve(transport)).await {
             Ok(Ok(service)) => service,
             failed => {
@@ -106,6 +113,7 @@ impl StdioConnection {
         };
         Ok(Self {
             service,
+            direct,
             child,
             last_stderr,
             stderr: stderr_task,

@@ -16,7 +16,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::{
     DownstreamClient, Error, Lifecycle, Offer, ServerHandle, ServerState, SessionKey,
-    http::HttpConnection, pool::Connection, relay::Relay, sse::SseConnection,
+    http::HttpConnection, lines::Direct, pool::Connection, relay::Relay, sse::SseConnection,
     stdio::StdioConnection,
 };
 use crate::spec::{Probe, Transport};
@@ -314,7 +314,9 @@ pub(super) async fn start_connection(
     let link = Link::start(handle, client, handle.spec.timeouts.initialize)
         .await
         .map_err(|e| e.to_string())?;
-    let connection = handle.pool.connection(link.peer().clone(), relay);
+    let connection = handle
+        .pool
+        .connection(link.peer().clone(), relay, link.direct());
     let task = run_connection(handle.clone(), connection.clone(), link, session);
     handle.servers.inner.tasks.spawn(task.in_current_span());
     if session.is_none() {
@@ -441,6 +443,13 @@ impl Link {
                 Link::Sse(connection.await?)
             }
         })
+    }
+
+    fn direct(&self) -> Option<Arc<Direct>> {
+        match self {
+            Link::Stdio(stdio) => Some(stdio.direct.clone()),
+            Link::Http(_) | Link::Sse(_) => None,
+        }
     }
 
     fn peer(&self) -> &Peer<RoleClient> {

@@ -11,7 +11,8 @@
 //!
 //! The book also refuses a request whose JSON-RPC id is already in flight
 //! in its session: rmcp routes answers by id, so the two would get each
-//! other's answer or none.
+//! other's answer or none. And it lends live sessions to `direct.rs`, which
+//! answers some calls without rmcp; those count as activity like any other.
 //!
 //! A parked session costs one slot in a table and nothing on the heap:
 //! ids are kept as UUIDs and identical handshakes (one client program's)
@@ -44,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 use uuid::Uuid;
 
+use super::direct::DirectSession;
 use crate::telemetry::Metrics;
 
 /// The session manager of `/mcp`: rmcp's in-memory one, plus parking.
@@ -74,6 +76,11 @@ struct Entry {
     in_flight: Vec<RequestId>,
     pinned: bool,
     phase: Phase,
+    /// What direct calls need of the session, once it has said (live only).
+    direct: Option<Arc<DirectSession>>,
+    /// When rmcp last saw the session: its worker ends a session it has not
+    /// seen for the idle timeout, however busy direct calls keep it.
+    rmcp_seen: Instant,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -100,7 +107,7 @@ struct Tracked {
     _open: Option<OpenStream>,
 }
 
-struct OpenStream {
+pub struct OpenStream {
     book: Arc<Book>,
     id: Option<Uuid>,
     request: Option<RequestId>,
@@ -193,14 +200,19 @@ impl SessionManager for ParkingSessions {
         let Some(uuid) = key(id) else {
             return self.inner.close_session(id).await;
         };
-        let phase = {
+        let (phase, direct) = {
             let mut entries = self.book.entries.lock();
             let phase = entries.get(&uuid).map(|e| e.phase);
-            if matches!(phase, Some(Phase::Live | Phase::Restoring)) {
-                entries.remove(&uuid);
-            }
-            phase
+            let removed = match phase {
+                Some(Phase::Live | Phase::Restoring) => entries.remove(&uuid),
+                _ => None,
+            };
+            (phase, removed.and_then(|entry| entry.direct))
         };
+        // Calls end with their session, as rmcp's own do.
+        if let Some(direct) = direct {
+            direct.cancel_all();
+        }
         match phase {
             Some(Phase::Parking) => self.book.finish_parking(uuid),
             Some(Phase::Parked) => {}
@@ -325,6 +337,7 @@ impl Book {
         match self.entries.lock().get_mut(&uuid) {
             Some(entry) if entry.phase == Phase::Live => {
                 entry.last_active = Instant::now();
+                entry.rmcp_seen = entry.last_active;
                 true
             }
             _ => false,
@@ -369,6 +382,53 @@ impl Book {
         })
     }
 
+    /// Lets direct calls reach a live session.
+    pub fn attach(&self, id: &str, session: Arc<DirectSession>) {
+        self.update(key(id), |entry| {
+            if entry.phase == Phase::Live {
+                entry.direct = Some(session);
+            }
+        });
+    }
+
+    /// A live session a direct call may go to, with the call counted in
+    /// flight until the guard drops; `None` sends the request through
+    /// rmcp: the session is parked, unknown or not attached, rmcp has not
+    /// seen it for half its idle timeout, or the id is in flight already
+    /// (rmcp's path refuses that with the reason).
+    pub fn open_direct(
+        self: &Arc<Self>,
+        id: &str,
+        request: &RequestId,
+    ) -> Option<(OpenStream, Arc<DirectSession>)> {
+        let uuid = key(id)?;
+        let mut entries = self.entries.lock();
+        let entry = entries.get_mut(&uuid)?;
+        let session = entry.direct.as_ref()?.clone();
+        if entry.phase != Phase::Live
+            || entry.rmcp_seen.elapsed() >= self.expire_after / 2
+            || entry.in_flight.contains(request)
+        {
+            return None;
+        }
+        entry.in_flight.push(request.clone());
+        entry.opened();
+        drop(entries);
+        let open = OpenStream {
+            book: self.clone(),
+            id: Some(uuid),
+            request: Some(request.clone()),
+        };
+        Some((open, session))
+    }
+
+    /// The live session a direct call's `notifications/cancelled` is for.
+    pub fn direct_session(&self, id: &str) -> Option<Arc<DirectSession>> {
+        let entries = self.entries.lock();
+        let entry = entries.get(&key(id)?)?;
+        entry.direct.clone().filter(|_| entry.phase == Phase::Live)
+    }
+
     /// The shared copy of a handshake.
     fn intern(&self, state: &SessionState) -> Arc<SessionState> {
         let json = serde_json::to_string(state).unwrap_or_default();
@@ -405,6 +465,7 @@ impl Book {
                     entry.phase = Phase::Parking;
                     // No heap left behind to pin the freed session's pages.
                     entry.in_flight = Vec::new();
+                    entry.direct = None;
                     due.push(*id);
                 }
                 _ => {}
@@ -487,6 +548,8 @@ impl Entry {
             in_flight: Vec::new(),
             pinned: false,
             phase: Phase::Live,
+            direct: None,
+            rmcp_seen: Instant::now(),
         }
     }
 

@@ -27,7 +27,7 @@ use tracing::trace;
 use crate::telemetry::metrics::Metrics;
 
 /// How long a response may take and still be answered as JSON.
-const WINDOW: Duration = Duration::from_millis(50);
+pub(super) const WINDOW: Duration = Duration::from_millis(50);
 
 /// What a stream's first message turned out to be.
 #[derive(Debug, PartialEq)]

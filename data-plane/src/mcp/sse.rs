@@ -179,7 +179,7 @@ async fn message(
 
 /// DNS-rebinding protection, as on `/mcp`: the `Host` (and `Origin`, when
 /// a browser sends one) must name an allowed host.
-fn check_host(allowed: &[String], parts: &Parts) -> Result<(), String> {
+pub(super) fn check_host(allowed: &[String], parts: &Parts) -> Result<(), String> {
     if allowed.iter().any(|h| h == "*") {
         return Ok(());
     }

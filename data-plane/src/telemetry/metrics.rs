@@ -87,6 +87,8 @@ pub struct Metrics {
     pub answered_json: Counter,
     /// Answers that went out as an SSE stream.
     pub answered_sse: Counter,
+    /// `tools/call` requests answered past rmcp (`mcp/direct.rs`).
+    pub direct_calls: Counter,
     pub config_updates: Family<ResultLabels, Counter>,
     pub spans: ExportCounters,
     config_version: Gauge<i64, AtomicI64>,
@@ -123,6 +125,7 @@ impl Metrics {
             responses,
             answered_json,
             answered_sse,
+            direct_calls: Counter::default(),
             config_updates: Family::default(),
             spans: ExportCounters {
                 exported: Counter::default(),
@@ -188,6 +191,11 @@ impl Metrics {
             "responses",
             "Answers to client requests over streamable HTTP, by framing (json: the response alone; sse: a stream)",
             m.responses.clone(),
+        );
+        registry.register(
+            "direct_calls",
+            "tools/call requests relayed on the direct path, past the MCP session layer",
+            m.direct_calls.clone(),
         );
         registry.register(
             "config_updates",
