@@ -595,52 +595,69 @@ impl ServerHandle {
 
     /// Sends a `tools/call` past rmcp. It is registered with the relay
     /// like any other, so a server request or log message sent while it
-    /// runs is routed as usual; progress is not asked for.
+    /// runs is routed as usual, and it asks for progress under its own id
+    /// as rmcp does: progress is not relayed (the client asked for none)
+    /// but restarts the timeout, up to `maxCall`.
     async fn send_direct(
         &self,
         connection: &Connection,
         origin: &Origin,
         mut params: JsonObject,
-        meta: RequestMetaObject,
+        mut meta: RequestMetaObject,
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<DirectResult, CallError> {
         const METHOD: &str = "tools/call";
-        let transport = |source| CallError::Transport {
+        let Some(direct) = &connection.direct else {
+            return Err(CallError::Unavailable {
+                server: self.spec.name.clone(),
+                reason: "its connection does not take direct calls".to_owned(),
+            });
+        };
+        let transport = || CallError::Transport {
             server: self.spec.name.clone(),
             method: METHOD,
-            source,
+            source: ServiceError::TransportClosed,
         };
-        let Some(direct) = &connection.direct else {
-            return Err(transport(ServiceError::UnexpectedResponse));
+        let timed_out = || CallError::Timeout {
+            server: self.spec.name.clone(),
+            method: METHOD,
+            after: timeout,
         };
-        if !meta.0.is_empty() {
-            params.insert("_meta".to_owned(), serde_json::Value::Object(meta.0.0));
-        }
-        let timeout = timeout.min(self.spec.timeouts.max_call);
-        let mut call = direct
-            .call(METHOD, &params)
-            .await
-            .map_err(|_| transport(ServiceError::TransportClosed))?;
-        let _registered = connection
+        // Dropped unanswered, the call tells the server it was cancelled.
+        let mut call = direct.start();
+        meta.set_progress_token(call.progress_token());
+        params.insert("_meta".to_owned(), serde_json::Value::Object(meta.0.0));
+        let registered = connection
             .relay
             .register(call.progress_token(), origin.clone());
-        // Dropping the call unanswered tells the server it was cancelled.
+        let mut progressed = registered.progress();
+        let give_up = tokio::time::Instant::now() + self.spec.timeouts.max_call;
+        let deadline = || (tokio::time::Instant::now() + timeout).min(give_up);
+        let exchange = async {
+            match tokio::time::timeout_at(deadline(), call.send(METHOD, &params)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(transport()),
+                Err(_) => return Err(timed_out()),
+            }
+            let mut until = deadline();
+            loop {
+                tokio::select! {
+                    answer = call.answer() => return answer.map_err(|_| transport()),
+                    Ok(()) = progressed.changed() => until = deadline(),
+                    () = tokio::time::sleep_until(until) => return Err(timed_out()),
+                }
+            }
+        };
         let answer = tokio::select! {
-            answer = tokio::time::timeout(timeout, call.answer()) => answer,
+            answer = exchange => answer?,
             _ = cancel.cancelled() => return Err(CallError::Cancelled),
         };
         match answer {
-            Ok(Ok(Answer::Result(result))) => {
+            Answer::Result(result) => {
                 DirectResult::new(result).ok_or_else(|| self.unexpected(METHOD))
             }
-            Ok(Ok(Answer::Error(error))) => Err(CallError::Downstream(error)),
-            Ok(Err(_closed)) => Err(transport(ServiceError::TransportClosed)),
-            Err(_elapsed) => Err(CallError::Timeout {
-                server: self.spec.name.clone(),
-                method: METHOD,
-                after: timeout,
-            }),
+            Answer::Error(error) => Err(CallError::Downstream(error)),
         }
     }
 
@@ -842,14 +859,20 @@ pub struct DirectResult {
 }
 
 impl DirectResult {
-    /// `None` unless the result is a JSON object, as tool results are.
+    /// `None` unless the result is a JSON object and a finished call's, as
+    /// rmcp's path requires too (no `input_required` or `task` result).
     fn new(result: Box<RawValue>) -> Option<Self> {
         #[derive(serde::Deserialize)]
-        struct Flags {
+        struct Flags<'a> {
             #[serde(rename = "isError")]
             is_error: Option<bool>,
+            #[serde(rename = "resultType", borrow)]
+            result_type: Option<std::borrow::Cow<'a, str>>,
         }
-        let flags: Flags = serde_json::from_str(result.get()).ok()?;
+        let flags: Flags<'_> = serde_json::from_str(result.get()).ok()?;
+        if flags.result_type.is_some_and(|kind| kind != "complete") {
+            return None;
+        }
         Some(Self {
             is_error: flags.is_error == Some(true),
             result,

@@ -267,45 +267,23 @@ impl<R> Drop for LineTransport<R> {
 // === impl Direct ===
 
 impl Direct {
-    /// Sends a request; `params` go as they are.
-    pub async fn call(
-        self: &Arc<Self>,
-        method: &str,
-        params: &JsonObject,
-    ) -> io::Result<DirectCall> {
+    /// A new request, waiting for its answer from now on; it goes to the
+    /// server with [`DirectCall::send`].
+    pub fn start(self: &Arc<Self>) -> DirectCall {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let wire_id = format!("{DIRECT_ID_PREFIX}{id}");
-        let mut line = serde_json::to_vec(&RequestLine {
-            jsonrpc: "2.0",
-            id: &wire_id,
-            method,
-            params,
-        })?;
-        line.push(b'\n');
         let (answer_to, answer) = oneshot::channel();
         self.waiting.lock().insert(id, answer_to);
-        let call = DirectCall {
+        DirectCall {
             direct: self.clone(),
             id,
             answer,
-        };
-        let (written, done) = oneshot::channel();
-        let to_writer = self.to_writer.upgrade().ok_or_else(stdin_closed)?;
-        to_writer
-            .send(Outgoing { line, written })
-            .await
-            .map_err(|_| stdin_closed())?;
-        done.await.map_err(|_| stdin_closed())??;
-        Ok(call)
+        }
     }
 
-    /// Hands a line over to the direct request it answers; false if it
-    /// answers none (it then goes to rmcp).
+    /// Hands a line over to the direct request it answers; false if it is
+    /// not an answer to one (it then goes to rmcp).
     fn take_answer(&self, line: &[u8]) -> bool {
-        // Cheap checks first: nothing waits, or no id of ours in the line.
-        if self.waiting.lock().is_empty() {
-            return false;
-        }
+        // Most lines carry no id of ours: a vectorised search rules them out.
         if memchr::memmem::find(line, b"\"sb:").is_none() {
             return false;
         }
@@ -326,22 +304,18 @@ impl Direct {
             (None, Some(error)) => Answer::Error(error),
             _ => return false,
         };
+        // An answer after its call gave up (timeout, cancel) is dropped here:
+        // rmcp would warn about an id it never sent.
         match self.waiting.lock().remove(&id) {
             Some(waiter) => {
                 let _ = waiter.send(answer);
-                true
             }
-            None => {
-                debug!(
-                    id,
-                    "dropped the answer to a direct request no one waits for"
-                );
-                true
-            }
+            None => debug!(id, "dropped the late answer to a direct request"),
         }
+        true
     }
 
-    /// Tells the server a request is abandoned; best effort, never waits.
+    /// Tells the server a request is abandoned; never waits.
     fn cancel(&self, id: u64) {
         let Some(to_writer) = self.to_writer.upgrade() else {
             return;
@@ -349,27 +323,47 @@ impl Direct {
         let notification = serde_json::json!({
             "jsonrpc": "2.0",
             "method": "notifications/cancelled",
-            "params": { "requestId": format!("{DIRECT_ID_PREFIX}{id}"), "reason": "cancelled by the gateway" },
+            "params": { "requestId": wire_id(id), "reason": "cancelled by the gateway" },
         });
         let mut line = notification.to_string().into_bytes();
         line.push(b'\n');
         let (written, _) = oneshot::channel();
-        let _ = to_writer.try_send(Outgoing { line, written });
+        // A full queue is waited out in the background, not dropped.
+        if let Err(mpsc::error::TrySendError::Full(outgoing)) =
+            to_writer.try_send(Outgoing { line, written })
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = to_writer.send(outgoing).await;
+            });
+        }
     }
-}
-
-fn stdin_closed() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "the server's stdin is closed")
 }
 
 // === impl DirectCall ===
 
 impl DirectCall {
-    /// Its id as the relay's key: rmcp's own tokens are numbers.
+    /// Its id, which also names its progress: rmcp's own are numbers.
     pub fn progress_token(&self) -> ProgressToken {
-        ProgressToken(NumberOrString::String(
-            format!("{DIRECT_ID_PREFIX}{}", self.id).into(),
-        ))
+        ProgressToken(NumberOrString::String(wire_id(self.id).into()))
+    }
+
+    /// Writes the request to the server; `params` go as they are.
+    pub async fn send(&self, method: &str, params: &JsonObject) -> io::Result<()> {
+        let mut line = serde_json::to_vec(&RequestLine {
+            jsonrpc: "2.0",
+            id: &wire_id(self.id),
+            method,
+            params,
+        })?;
+        line.push(b'\n');
+        let to_writer = self.direct.to_writer.upgrade().ok_or_else(stdin_closed)?;
+        let (written, done) = oneshot::channel();
+        to_writer
+            .send(Outgoing { line, written })
+            .await
+            .map_err(|_| stdin_closed())?;
+        done.await.map_err(|_| stdin_closed())?
     }
 
     /// The server's answer; an error once the connection is gone.
@@ -390,6 +384,14 @@ impl Drop for DirectCall {
             self.direct.cancel(self.id);
         }
     }
+}
+
+fn wire_id(id: u64) -> String {
+    format!("{DIRECT_ID_PREFIX}{id}")
+}
+
+fn stdin_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the server's stdin is closed")
 }
 
 /// Why a line from the server was skipped.
@@ -585,5 +587,89 @@ mod tests {
             ))
             .await;
         assert!(failed.is_err(), "{failed:?}");
+    }
+
+    fn echo_params() -> JsonObject {
+        let mut params = JsonObject::new();
+        params.insert("name".into(), "echo".into());
+        params
+    }
+
+    #[tokio::test]
+    async fn direct_answers_are_taken_by_id_and_the_rest_goes_to_rmcp() {
+        let (mut transport, mut server_out, server_in) = transport();
+        let mut call = transport.direct().start();
+        call.send("tools/call", &echo_params())
+            .await
+            .expect("written");
+        let mut lines = BufReader::new(server_in).lines();
+        let sent: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.expect("read").expect("a line"))
+                .expect("JSON");
+        assert_eq!(sent["id"], "sb:1");
+        assert_eq!(sent["method"], "tools/call");
+        assert_eq!(sent["params"]["name"], "echo");
+        // Our id inside another message's text is not an answer; an answer
+        // may put its id anywhere.
+        let mention = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"\"sb:1\""}}"#;
+        let answer = r#"{"result":{"content":[],"isError":true},"jsonrpc":"2.0","id":"sb:1"}"#;
+        let stream = format!("{answer}\n{mention}\n");
+        server_out
+            .write_all(stream.as_bytes())
+            .await
+            .expect("write");
+        let (message, answered) = tokio::join!(transport.receive(), call.answer());
+        assert!(
+            matches!(message, Some(ServerJsonRpcMessage::Notification(_))),
+            "{message:?}"
+        );
+        match answered.expect("answered") {
+            Answer::Result(result) => {
+                assert_eq!(result.get(), r#"{"content":[],"isError":true}"#)
+            }
+            Answer::Error(error) => panic!("{error:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_direct_call_is_cancelled_and_its_late_answer_dropped() {
+        let (mut transport, mut server_out, server_in) = transport();
+        let call = transport.direct().start();
+        call.send("tools/call", &echo_params())
+            .await
+            .expect("written");
+        drop(call);
+        let mut lines = BufReader::new(server_in).lines();
+        let _request = lines.next_line().await.expect("read");
+        let cancelled: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.expect("read").expect("a line"))
+                .expect("JSON");
+        assert_eq!(cancelled["method"], "notifications/cancelled");
+        assert_eq!(cancelled["params"]["requestId"], "sb:1");
+        // The answer comes anyway: rmcp never sees it.
+        let late = r#"{"jsonrpc":"2.0","id":"sb:1","result":{"content":[]}}"#;
+        let stream = format!("{late}\n{PING_RESPONSE}\n");
+        server_out
+            .write_all(stream.as_bytes())
+            .await
+            .expect("write");
+        let message = transport.receive().await.expect("a message");
+        assert!(is_ping_response(&message), "{message:?}");
+    }
+
+    #[tokio::test]
+    async fn a_direct_call_fails_when_the_server_goes() {
+        let (mut transport, server_out, _server_in) = transport();
+        let mut call = transport.direct().start();
+        call.send("tools/call", &echo_params())
+            .await
+            .expect("written");
+        drop(server_out);
+        let (message, answered) = tokio::join!(transport.receive(), call.answer());
+        assert!(message.is_none(), "EOF");
+        assert_eq!(
+            answered.expect_err("no answer").kind(),
+            io::ErrorKind::UnexpectedEof
+        );
     }
 }

@@ -322,6 +322,12 @@ fn request_id_after(a: &RequestId, b: &RequestId) -> bool {
 // === impl Registration ===
 
 impl Registration<'_> {
+    /// Changes each time a progress notification of the request is dealt
+    /// with.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.tracked.settled.subscribe()
+    }
+
     /// Waits until every progress notification the server sent before its
     /// response has gone to the client, so none arrives after the response.
     pub async fn settled(&self) {

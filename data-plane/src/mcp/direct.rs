@@ -7,14 +7,17 @@
 //! was most of the gateway's time (README, "Performance").
 //!
 //! Only a call that needs nothing else of the session goes this way: no
-//! progress token and no protocol keys in its `_meta`, from a client that
-//! cannot be asked for sampling or elicitation, to a shared stdio server,
-//! on a live session rmcp has seen lately, with headers rmcp would take as
-//! they are. Everything else, and every error the gateway answers itself
-//! (unknown tool, malformed request, a refused host), takes rmcp's path, so
-//! both answer alike. Spans, metrics, the request log line, breakers,
-//! timeouts and cancellation (the client's `notifications/cancelled`, or
-//! it going away) are the same on both.
+//! progress token, protocol keys or fields beyond `name`, `arguments` and
+//! `_meta`, from a client that cannot be asked anything (no sampling,
+//! elicitation or roots: those requests ride the stream of the call they
+//! serve), to a shared stdio server, on a live session rmcp has seen
+//! lately, with headers rmcp would take as they are and no `Origin`.
+//! Everything else, and every error the gateway answers itself (unknown
+//! tool, malformed request, a refused host), takes rmcp's path, so both
+//! answer alike. Spans, metrics, the request log line, breakers, timeouts
+//! and cancellation are the same on both; one difference: a direct answer
+//! that streams (slower than the JSON window) cannot be resumed after a
+//! dropped connection, which cancels the call instead.
 
 use std::{
     borrow::Cow,
@@ -27,10 +30,11 @@ use std::{
 use axum::{
     body::{Body, Bytes},
     extract::{Request, State},
-    http::{HeaderValue, Method, StatusCode, header, request::Parts},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use rmcp::{
     ErrorData, RoleServer,
@@ -50,7 +54,7 @@ use super::{
 use crate::{
     catalog::{CatalogReader, Route},
     clients::SessionKey,
-    downstream::Origin,
+    downstream::{CallError, Origin},
     observe::{Arrival, Observation, RequestInfo, Target},
     spec::{SessionMode, Transport},
     telemetry::Telemetry,
@@ -73,8 +77,15 @@ pub struct DirectSession {
     key: SessionKey,
     peer: Peer<RoleServer>,
     caller: Arc<OnceLock<String>>,
-    /// Direct calls in flight, by the client's request id.
-    calls: Mutex<HashMap<RequestId, CancellationToken>>,
+    calls: Mutex<Calls>,
+}
+
+/// A session's direct calls in flight, by the client's request id.
+#[derive(Default)]
+struct Calls {
+    by_id: HashMap<RequestId, CancellationToken>,
+    /// The session ended: no call starts any more.
+    closed: bool,
 }
 
 /// A client message, read only as far as choosing its path.
@@ -104,6 +115,7 @@ struct Call {
     route: Route,
     session: Arc<DirectSession>,
     cancel: CancellationToken,
+    telemetry: Telemetry,
     _open: OpenStream,
     _in_table: InTable,
 }
@@ -112,43 +124,6 @@ struct Call {
 struct InTable {
     session: Arc<DirectSession>,
     id: RequestId,
-}
-
-// === impl DirectSession ===
-
-impl DirectSession {
-    /// `None` for a client that may be asked for sampling or elicitation:
-    /// those ride the response stream of the call they serve, which the
-    /// direct path does not open.
-    pub fn new(
-        key: SessionKey,
-        peer: Peer<RoleServer>,
-        caller: Arc<OnceLock<String>>,
-    ) -> Option<Self> {
-        let capabilities = &peer.peer_info()?.capabilities;
-        if capabilities.sampling.is_some() || capabilities.elicitation.is_some() {
-            return None;
-        }
-        Some(Self {
-            key,
-            peer,
-            caller,
-            calls: Mutex::default(),
-        })
-    }
-
-    /// Cancels every direct call in flight: the session ended.
-    pub fn cancel_all(&self) {
-        for call in self.calls.lock().values() {
-            call.cancel();
-        }
-    }
-}
-
-impl Drop for InTable {
-    fn drop(&mut self) {
-        self.session.calls.lock().remove(&self.id);
-    }
 }
 
 /// The middleware on `/mcp`: answers what the direct path takes, passes
@@ -185,31 +160,29 @@ pub async fn direct_path(
 impl DirectPath {
     /// Whether rmcp would take the request's headers as they are.
     fn takes(&self, parts: &Parts) -> bool {
-        let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let accepts = |wanted: &str| {
-            parts
-                .headers
-                .get_all(header::ACCEPT)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|media| essence(media).eq_ignore_ascii_case(wanted))
-        };
-        let json_body = header(header::CONTENT_TYPE.as_str())
+        let header = |name| parts.headers.get(name).map(|v| v.to_str().ok());
+        let json_body = header(header::CONTENT_TYPE)
+            .flatten()
             .is_some_and(|v| essence(v).eq_ignore_ascii_case("application/json"));
         // Later revisions add header checks rmcp makes; those go through it.
-        let known_version = header("mcp-protocol-version").is_none_or(|version| {
-            ProtocolVersion::known_up_to(&ProtocolVersion::LATEST_WITH_INITIALIZE)
-                .iter()
-                .any(|known| {
-                    known.as_str() == version
-                        && version < ProtocolVersion::STANDARD_HEADERS.as_str()
-                })
-        });
+        let known_version = match header(http::HeaderName::from_static("mcp-protocol-version")) {
+            None => true,
+            Some(None) => false,
+            Some(Some(version)) => {
+                ProtocolVersion::known_up_to(&ProtocolVersion::LATEST_WITH_INITIALIZE)
+                    .iter()
+                    .any(|known| {
+                        known.as_str() == version
+                            && version < ProtocolVersion::STANDARD_HEADERS.as_str()
+                    })
+            }
+        };
+        // A browser's request: its origin is rmcp's to judge.
+        let from_browser = parts.headers.contains_key(header::ORIGIN);
         json_body
             && known_version
-            && accepts("application/json")
-            && accepts("text/event-stream")
+            && !from_browser
+            && accepts_json_and_sse(&parts.headers)
             && check_host(&self.allowed_hosts, parts).is_ok()
     }
 
@@ -224,33 +197,30 @@ impl DirectPath {
             return Err(parts);
         };
         let params = incoming.params.map(RawValue::get);
-        match (&*incoming.method, incoming.id, params) {
-            ("tools/call", Some(id), Some(params)) => {
-                let Ok(params) = serde_json::from_str(params) else {
-                    return Err(parts);
-                };
-                match self.call(session_id, id, params) {
-                    Some(call) => Ok(call.respond(parts, &self.telemetry).await),
-                    None => Err(parts),
-                }
-            }
+        let answered = match (&*incoming.method, incoming.id, params) {
+            ("tools/call", Some(id), Some(params)) => serde_json::from_str(params)
+                .ok()
+                .and_then(|params| self.call(session_id, id, params))
+                .map(|call| Answered::Call(Box::new(call))),
             ("notifications/cancelled", None, Some(params)) => {
-                let cancelled = serde_json::from_str::<CancelledParams>(params)
+                serde_json::from_str::<CancelledParams>(params)
                     .ok()
                     .and_then(|params| {
                         let session = self.book.direct_session(session_id)?;
-                        let call = session.calls.lock().get(&params.request_id)?.clone();
-                        Some(call)
-                    });
-                match cancelled {
-                    Some(call) => {
-                        call.cancel();
-                        Ok(StatusCode::ACCEPTED.into_response())
-                    }
-                    None => Err(parts),
-                }
+                        let calls = session.calls.lock();
+                        Some(calls.by_id.get(&params.request_id)?.clone())
+                    })
+                    .map(Answered::Cancel)
             }
-            _ => Err(parts),
+            _ => None,
+        };
+        match answered {
+            Some(Answered::Call(call)) => Ok(call.respond(parts).await),
+            Some(Answered::Cancel(call)) => {
+                call.cancel();
+                Ok(StatusCode::ACCEPTED.into_response())
+            }
+            None => Err(parts),
         }
     }
 
@@ -258,24 +228,22 @@ impl DirectPath {
     /// must take rmcp's path.
     fn call(&self, session_id: &str, id: RequestId, mut params: JsonObject) -> Option<Call> {
         let name = params.get("name")?.as_str()?.to_owned();
-        // Arguments rmcp would refuse get its refusal.
-        if params
-            .get("arguments")
-            .is_some_and(|arguments| !arguments.is_object() && !arguments.is_null())
-        {
-            return None;
-        }
+        let plain = params
+            .keys()
+            .all(|key| matches!(key.as_str(), "name" | "arguments" | "_meta"))
+            && params
+                .get("arguments")
+                .is_none_or(|arguments| arguments.is_object() || arguments.is_null());
         let meta = match params.remove("_meta") {
             None => JsonObject::new(),
             Some(serde_json::Value::Object(meta)) => meta,
             Some(_) => return None,
         };
-        // Keys of this hop (rmcp's path strips or checks them).
-        if meta
+        // Keys of this hop: rmcp's path strips or checks them.
+        let hop_keys = meta
             .keys()
-            .any(|key| key == "progressToken" || key.starts_with("io.modelcontextprotocol/"))
-            || self.telemetry.log_payloads
-        {
+            .any(|key| key == "progressToken" || key.starts_with("io.modelcontextprotocol/"));
+        if !plain || hop_keys || self.telemetry.log_payloads {
             return None;
         }
         let route = self.catalog.load().route(&name).cloned()?;
@@ -286,15 +254,7 @@ impl DirectPath {
             return None;
         }
         let (open, session) = self.book.open_direct(session_id, &id)?;
-        let cancel = CancellationToken::new();
-        if session
-            .calls
-            .lock()
-            .insert(id.clone(), cancel.clone())
-            .is_some()
-        {
-            return None;
-        }
+        let cancel = session.begin(&id)?;
         let in_table = InTable {
             session: session.clone(),
             id: id.clone(),
@@ -308,9 +268,65 @@ impl DirectPath {
             route,
             session,
             cancel,
+            telemetry: self.telemetry.clone(),
             _open: open,
             _in_table: in_table,
         })
+    }
+}
+
+/// What the direct path does with a message it takes.
+enum Answered {
+    Call(Box<Call>),
+    Cancel(CancellationToken),
+}
+
+// === impl DirectSession ===
+
+impl DirectSession {
+    /// `None` for a client that may be asked for something (sampling,
+    /// elicitation, roots): those requests ride the response stream of
+    /// the call they serve, which the direct path does not open.
+    pub fn new(
+        key: SessionKey,
+        peer: Peer<RoleServer>,
+        caller: Arc<OnceLock<String>>,
+    ) -> Option<Self> {
+        let capabilities = &peer.peer_info()?.capabilities;
+        let askable = capabilities.sampling.is_some()
+            || capabilities.elicitation.is_some()
+            || capabilities.roots.is_some();
+        if askable {
+            return None;
+        }
+        Some(Self {
+            key,
+            peer,
+            caller,
+            calls: Mutex::default(),
+        })
+    }
+
+    /// Cancels every direct call in flight and refuses new ones: the
+    /// session ended.
+    pub fn close(&self) {
+        let mut calls = self.calls.lock();
+        calls.closed = true;
+        for call in calls.by_id.values() {
+            call.cancel();
+        }
+    }
+
+    /// Enters a call in the table; `None` if the session has ended or the
+    /// id is taken.
+    fn begin(&self, id: &RequestId) -> Option<CancellationToken> {
+        let mut calls = self.calls.lock();
+        if calls.closed || calls.by_id.contains_key(id) {
+            return None;
+        }
+        let cancel = CancellationToken::new();
+        calls.by_id.insert(id.clone(), cancel.clone());
+        Some(cancel)
     }
 }
 
@@ -319,52 +335,35 @@ impl DirectPath {
 impl Call {
     /// Relays the call and frames its answer as `single.rs` does: JSON if
     /// it comes within the window, else a stream that starts at once and
-    /// carries keep-alives until the answer.
-    async fn respond(self, parts: Parts, telemetry: &Telemetry) -> Response {
-        let metrics = telemetry.metrics.clone();
-        let mut answer = Box::pin(self.relay(parts, telemetry.clone()));
+    /// carries keep-alives until the answer. A cancelled call gets no
+    /// answer (as on rmcp's path): its stream ends empty.
+    async fn respond(self, parts: Parts) -> Response {
+        let metrics = self.telemetry.metrics.clone();
+        let mut answer = Box::pin(self.relay(parts));
         tokio::select! {
-            body = &mut answer => {
-                metrics.answered_json.inc();
-                let mut response = Response::new(Body::from(body));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                response
-            }
+            answer = &mut answer => match answer {
+                Some(body) => {
+                    metrics.answered_json.inc();
+                    let mut response = Response::new(Body::from(body));
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    response
+                }
+                None => stream_response(futures::stream::empty()),
+            },
             () = tokio::time::sleep(WINDOW) => {
                 metrics.answered_sse.inc();
-                let start = tokio::time::Instant::now() + SSE_KEEP_ALIVE;
-                let keep_alive = tokio::time::interval_at(start, SSE_KEEP_ALIVE);
-                let events = futures::stream::unfold(Some((answer, keep_alive)), |state| async move {
-                    let (mut answer, mut keep_alive) = state?;
-                    tokio::select! {
-                        body = &mut answer => {
-                            let event = [b"event: message\ndata: ".as_slice(), &body, b"\n\n"].concat();
-                            Some((Ok::<_, Infallible>(Bytes::from(event)), None))
-                        }
-                        _ = keep_alive.tick() => {
-                            Some((Ok(Bytes::from_static(b":\n\n")), Some((answer, keep_alive))))
-                        }
-                    }
-                });
-                let mut response = Response::new(Body::from_stream(events));
-                let headers = response.headers_mut();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/event-stream"),
-                );
-                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                response
+                stream_response(with_keep_alives(answer))
             }
         }
     }
 
-    /// Sends the call on and returns the JSON-RPC response for the client.
-    /// Dropped before it ends (the client went away), the call is
-    /// cancelled at the server and observed as cancelled.
-    async fn relay(self, parts: Parts, telemetry: Telemetry) -> Bytes {
+    /// Sends the call on; the JSON-RPC response for the client, `None` if
+    /// the call was cancelled. Dropped before it ends (the client went
+    /// away), the call is cancelled at the server and observed as such.
+    async fn relay(self, parts: Parts) -> Option<Bytes> {
         let Call {
             name,
             id,
@@ -373,24 +372,11 @@ impl Call {
             route,
             session,
             cancel,
+            telemetry,
             ..
         } = self;
-        let server = &route.server;
-        let peer_info = session.peer.peer_info();
-        let request = RequestInfo {
-            method: "tools/call",
-            target: Some(Target::Tool(name)),
-            initialize: None,
-            session_caller: &session.caller,
-        };
-        let arrival = Arrival {
-            parts: Some(&parts),
-            peer: peer_info.as_deref(),
-            meta: &meta,
-            request_id: id.to_string(),
-        };
-        let mut observation = Observation::begin_at(&telemetry, request, arrival);
-        observation.set_server(server.spec.name.clone());
+        let mut observation = session.observe(&telemetry, name, &id, &parts, &meta);
+        observation.set_server(route.server.spec.name.clone());
         if let Some(trace) = observation.trace() {
             meta.set_traceparent(trace.to_traceparent());
         }
@@ -401,32 +387,146 @@ impl Call {
             progress_token: None,
         };
         params.insert("name".to_owned(), route.name.to_string().into());
-        let outcome = server
+        let outcome = route
+            .server
             .call_tool_direct(&origin, &route.name, params, meta, &cancel)
             .await;
-        match outcome {
+        let (key, value) = match outcome {
             Ok(result) => {
                 observation.complete(&Ok::<_, ErrorData>(()), result.is_error);
-                answer(&id, "result", result.result.get().as_bytes())
+                return Some(json_rpc_response(
+                    &id,
+                    "result",
+                    result.result.get().as_bytes(),
+                ));
+            }
+            Err(CallError::Cancelled) => {
+                let error = Error::Call(CallError::Cancelled);
+                error.describe(&mut observation);
+                observation.complete(&Err::<(), _>(error.into_error()), false);
+                return None;
             }
             Err(error) => {
                 let error = Error::Call(error);
                 error.describe(&mut observation);
                 let response = error.into_tool_result();
                 observation.complete(&response, response.is_ok());
-                // rmcp's own types: encoding them cannot fail.
-                let (key, value) = match &response {
+                match &response {
                     Ok(result) => ("result", serde_json::to_vec(result)),
                     Err(error) => ("error", serde_json::to_vec(error)),
-                };
-                answer(&id, key, &value.unwrap_or_default())
+                }
             }
-        }
+        };
+        // rmcp's own types: encoding them cannot fail.
+        Some(json_rpc_response(&id, key, &value.unwrap_or_default()))
     }
 }
 
+impl DirectSession {
+    /// The call's observation, as rmcp's path begins it.
+    fn observe(
+        &self,
+        telemetry: &Telemetry,
+        tool: String,
+        id: &RequestId,
+        parts: &Parts,
+        meta: &RequestMetaObject,
+    ) -> Observation {
+        let peer_info = self.peer.peer_info();
+        let request = RequestInfo {
+            method: "tools/call",
+            target: Some(Target::Tool(tool)),
+            initialize: None,
+            session_caller: &self.caller,
+        };
+        let arrival = Arrival {
+            parts: Some(parts),
+            peer: peer_info.as_deref(),
+            meta,
+            request_id: id.to_string(),
+        };
+        Observation::begin_at(telemetry, request, arrival)
+    }
+}
+
+impl Drop for InTable {
+    fn drop(&mut self) {
+        self.session.calls.lock().by_id.remove(&self.id);
+    }
+}
+
+/// An SSE response carrying `events`.
+fn stream_response(events: impl Stream<Item = Bytes> + Send + 'static) -> Response {
+    let mut response = Response::new(Body::from_stream(events.map(Ok::<_, Infallible>)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Proxies such as nginx would otherwise hold the keep-alives back.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The answer as one SSE event, keep-alive comments until it comes.
+fn with_keep_alives(
+    answer: impl Future<Output = Option<Bytes>> + Send + Unpin + 'static,
+) -> impl Stream<Item = Bytes> + Send + 'static {
+    let start = tokio::time::Instant::now() + SSE_KEEP_ALIVE;
+    let keep_alive = tokio::time::interval_at(start, SSE_KEEP_ALIVE);
+    futures::stream::unfold(Some((answer, keep_alive)), |state| async move {
+        let (mut answer, mut keep_alive) = state?;
+        tokio::select! {
+            answer = &mut answer => {
+                let body = answer?;
+                let event = [b"event: message\ndata: ".as_slice(), &body, b"\n\n"].concat();
+                Some((Bytes::from(event), None))
+            }
+            _ = keep_alive.tick() => {
+                Some((Bytes::from_static(b":\n\n"), Some((answer, keep_alive))))
+            }
+        }
+    })
+}
+
+/// Whether the client takes both JSON and SSE answers, as rmcp requires
+/// (a zero weight excludes a type). Quoted parameters are left to rmcp.
+fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
+    let mut values = Vec::new();
+    for value in headers.get_all(header::ACCEPT) {
+        match value.to_str() {
+            Ok(value) if !value.contains('"') => values.push(value),
+            _ => return false,
+        }
+    }
+    let accepted = || {
+        values
+            .iter()
+            .flat_map(|v| v.split(','))
+            .filter_map(|range| {
+                let mut parts = range.split(';');
+                let essence = parts.next()?.trim();
+                let refused = parts.any(|parameter| {
+                    parameter.split_once('=').is_some_and(|(name, weight)| {
+                        name.trim().eq_ignore_ascii_case("q") && is_zero_weight(weight.trim())
+                    })
+                });
+                (!refused).then_some(essence)
+            })
+    };
+    let has = |wanted: &str| accepted().any(|media| media.eq_ignore_ascii_case(wanted));
+    has("application/json") && has("text/event-stream")
+}
+
+/// `q=0`, `q=0.0`, … (up to three decimals, as RFC 9110 allows).
+fn is_zero_weight(weight: &str) -> bool {
+    let (whole, fraction) = weight.split_once('.').unwrap_or((weight, ""));
+    whole == "0" && fraction.len() <= 3 && fraction.bytes().all(|digit| digit == b'0')
+}
+
 /// A JSON-RPC response whose `result` or `error` (`key`) is JSON already.
-fn answer(id: &RequestId, key: &str, value: &[u8]) -> Bytes {
+fn json_rpc_response(id: &RequestId, key: &str, value: &[u8]) -> Bytes {
     let mut body = Vec::with_capacity(value.len() + 48);
     body.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
     // A request id is a number or a string: encoding it cannot fail.
@@ -442,4 +542,49 @@ fn answer(id: &RequestId, key: &str, value: &[u8]) -> Bytes {
 /// A media type without its parameters.
 fn essence(media: &str) -> &str {
     media.split(';').next().unwrap_or(media).trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::ACCEPT, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn both_answer_types_must_be_accepted_with_a_weight() {
+        assert!(accepts_json_and_sse(&accept(&[
+            "application/json, text/event-stream"
+        ])));
+        assert!(accepts_json_and_sse(&accept(&[
+            "Application/JSON;q=0.5",
+            "text/event-stream;q=1"
+        ])));
+        assert!(!accepts_json_and_sse(&accept(&[
+            "application/json;q=0, text/event-stream"
+        ])));
+        assert!(!accepts_json_and_sse(&accept(&[
+            "application/json, text/event-stream;q=0.000"
+        ])));
+        assert!(!accepts_json_and_sse(&accept(&["application/json"])));
+        assert!(!accepts_json_and_sse(&accept(&[
+            r#"application/json;profile="x", text/event-stream"#
+        ])));
+    }
+
+    #[test]
+    fn answers_splice_the_result_in_as_it_is() {
+        let id = RequestId::String("a\"b".into());
+        let body = json_rpc_response(&id, "result", br#"{"content":[],"x":1}"#);
+        let parsed: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            parsed,
+            serde_json::json!({ "jsonrpc": "2.0", "id": "a\"b", "result": { "content": [], "x": 1 } })
+        );
+    }
 }

@@ -113,9 +113,12 @@ pub struct OpenStream {
     request: Option<RequestId>,
 }
 
-/// rmcp's session ids are UUIDs; anything else names no session.
+/// rmcp's session ids are UUIDs as it spells them (hyphenated, lower
+/// case); anything else names no session, as it does for rmcp.
 fn key(id: &str) -> Option<Uuid> {
-    Uuid::try_parse(id).ok()
+    let uuid = Uuid::try_parse(id).ok()?;
+    let mut canonical = Uuid::encode_buffer();
+    (uuid.as_hyphenated().encode_lower(&mut canonical) == id).then_some(uuid)
 }
 
 // === impl ParkingSessions ===
@@ -211,7 +214,7 @@ impl SessionManager for ParkingSessions {
         };
         // Calls end with their session, as rmcp's own do.
         if let Some(direct) = direct {
-            direct.cancel_all();
+            direct.close();
         }
         match phase {
             Some(Phase::Parking) => self.book.finish_parking(uuid),
@@ -385,7 +388,8 @@ impl Book {
     /// Lets direct calls reach a live session.
     pub fn attach(&self, id: &str, session: Arc<DirectSession>) {
         self.update(key(id), |entry| {
-            if entry.phase == Phase::Live {
+            // The first stays: calls in flight are in its table.
+            if matches!(entry.phase, Phase::Live | Phase::Restoring) && entry.direct.is_none() {
                 entry.direct = Some(session);
             }
         });

@@ -11,7 +11,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Query, State},
-    http::{StatusCode, request::Parts},
+    http::{StatusCode, request::Parts, uri::Authority},
     response::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
@@ -177,43 +177,60 @@ async fn message(
     StatusCode::ACCEPTED.into_response()
 }
 
-/// DNS-rebinding protection, as on `/mcp`: the `Host` (and `Origin`, when
-/// a browser sends one) must name an allowed host.
+/// DNS-rebinding protection, as rmcp does it on `/mcp`: the `Host` (and
+/// the `Origin`, when a browser sends one) must name an allowed host; an
+/// entry names a host (any port) or a host:port. Headers that are not
+/// text or not an authority are refused, never skipped.
 pub(super) fn check_host(allowed: &[String], parts: &Parts) -> Result<(), String> {
     if allowed.iter().any(|h| h == "*") {
         return Ok(());
     }
-    let host_of = |value: &str| {
-        let authority = value.rsplit("://").next().unwrap_or(value);
-        let authority = authority.split('/').next().unwrap_or(authority);
-        match authority.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or(v6).to_owned(),
-            None => authority.split(':').next().unwrap_or(authority).to_owned(),
-        }
+    let header = |name: http::HeaderName| match parts.headers.get(&name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| format!("the {name} header is not text")),
     };
-    let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let authority = |value: &str| {
-        let value = value.rsplit("://").next().unwrap_or(value);
-        value.split('/').next().unwrap_or(value).to_owned()
-    };
-    // An entry names a host (any port) or a host:port.
-    let permitted = |value: &str| {
-        let (host, authority) = (host_of(value), authority(value));
-        allowed
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(&host) || a.eq_ignore_ascii_case(&authority))
-    };
-    let named = [header("host"), header("origin")];
-    let refused = named
-        .into_iter()
-        .flatten()
-        .find(|value| !permitted(value))
-        .map(host_of);
-    match (header("host"), refused) {
-        (Some(_), None) => Ok(()),
-        (None, _) => Err("missing Host header".to_owned()),
-        (Some(_), Some(host)) => Err(format!("host `{host}` is not allowed (see --allowed-host)")),
+    let host = header(http::header::HOST)?.ok_or("missing Host header")?;
+    let host = Authority::try_from(host).map_err(|_| format!("invalid Host header `{host}`"))?;
+    if !is_allowed(allowed, &host) {
+        return Err(format!(
+            "host `{}` is not allowed (see --allowed-host)",
+            host.host()
+        ));
     }
+    if let Some(origin) = header(http::header::ORIGIN)? {
+        let authority = ["http://", "https://"]
+            .iter()
+            .find_map(|scheme| {
+                let prefix = origin.get(..scheme.len())?;
+                prefix
+                    .eq_ignore_ascii_case(scheme)
+                    .then(|| &origin[scheme.len()..])
+            })
+            .and_then(|authority| Authority::try_from(authority).ok())
+            .ok_or_else(|| format!("invalid Origin `{origin}`"))?;
+        if !is_allowed(allowed, &authority) {
+            return Err(format!(
+                "origin `{origin}` is not allowed (see --allowed-host)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_allowed(allowed: &[String], authority: &Authority) -> bool {
+    let unbracketed = |host: &str| host.trim_matches(['[', ']']).to_ascii_lowercase();
+    let host = unbracketed(authority.host());
+    allowed.iter().any(|entry| {
+        let entry = entry.trim();
+        let (entry_host, entry_port) = match Authority::try_from(entry) {
+            Ok(parsed) => (unbracketed(parsed.host()), parsed.port_u16()),
+            Err(_) => (unbracketed(entry), None),
+        };
+        entry_host == host && entry_port.is_none_or(|port| authority.port_u16() == Some(port))
+    })
 }
 
 fn rpc_error(status: StatusCode, code: i64, message: String) -> Response {
