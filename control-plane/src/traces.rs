@@ -129,10 +129,10 @@ impl TraceStore {
     }
 
     /// Adds every span of an export; returns how many were kept.
-    pub fn insert(&self, request: &ExportTraceServiceRequest) -> usize {
+    pub fn insert(&self, request: ExportTraceServiceRequest) -> usize {
         let mut kept = 0;
         let mut inner = self.inner.lock();
-        for resource_spans in &request.resource_spans {
+        for resource_spans in request.resource_spans {
             let resource = resource_spans
                 .resource
                 .as_ref()
@@ -140,7 +140,7 @@ impl TraceStore {
                 .unwrap_or_default();
             let service: Arc<str> = string_attr(resource, "service.name").into();
             let instance: Arc<str> = string_attr(resource, "service.instance.id").into();
-            for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
                 if !inner.traces.contains_key(&span.trace_id) {
                     inner.order.push_back(span.trace_id.clone());
                     while inner.order.len() > self.capacity {
@@ -154,7 +154,7 @@ impl TraceStore {
                     spans.push(StoredSpan {
                         service: service.clone(),
                         instance: instance.clone(),
-                        span: span.clone(),
+                        span,
                     });
                     kept += 1;
                 }
@@ -373,11 +373,12 @@ impl TraceService for TraceReceiver {
             .map(|s| s.spans.len())
             .sum();
         self.counters.received.inc_by(spans as u64);
-        let kept = self.store.insert(&request);
-        debug!(spans, kept, "spans received");
+        // Only a forwarded export is copied; the store takes the original.
         if let Some(forwarder) = &self.forwarder {
-            forwarder.forward(request, spans);
+            forwarder.forward(request.clone(), spans);
         }
+        let kept = self.store.insert(request);
+        debug!(spans, kept, "spans received");
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -433,11 +434,11 @@ mod tests {
     #[test]
     fn filters_by_attributes_and_error() {
         let store = TraceStore::new(10);
-        store.insert(&export(
+        store.insert(export(
             1,
             vec![span(1, &[(SERVER_ATTR, "a"), (CALLER_ATTR, "x")], false)],
         ));
-        store.insert(&export(
+        store.insert(export(
             2,
             vec![span(2, &[(SERVER_ATTR, "b"), (TOOL_ATTR, "b.t")], true)],
         ));
@@ -468,10 +469,10 @@ mod tests {
     #[test]
     fn oldest_traces_are_evicted_and_spans_of_a_trace_are_grouped() {
         let store = TraceStore::new(2);
-        store.insert(&export(1, vec![span(1, &[], false)]));
-        store.insert(&export(2, vec![span(2, &[], false)]));
-        store.insert(&export(2, vec![span(3, &[], false)]));
-        store.insert(&export(3, vec![span(4, &[], false)]));
+        store.insert(export(1, vec![span(1, &[], false)]));
+        store.insert(export(2, vec![span(2, &[], false)]));
+        store.insert(export(2, vec![span(3, &[], false)]));
+        store.insert(export(3, vec![span(4, &[], false)]));
         assert_eq!(store.len(), 2);
         assert!(store.trace(&"01".repeat(16)).is_none());
         assert_eq!(store.trace(&"02".repeat(16)).map(|s| s.len()), Some(2));

@@ -596,8 +596,8 @@ impl ServerHandle {
     /// Sends a `tools/call` past rmcp. It is registered with the relay
     /// like any other, so a server request or log message sent while it
     /// runs is routed as usual, and it asks for progress under its own id
-    /// as rmcp does: progress is not relayed (the client asked for none)
-    /// but restarts the timeout, up to `maxCall`.
+    /// as rmcp does: progress restarts the timeout, up to `maxCall`, and
+    /// reaches the client if it asked for it (`origin.progress_to`).
     async fn send_direct(
         &self,
         connection: &Connection,
@@ -653,6 +653,11 @@ impl ServerHandle {
             answer = exchange => answer?,
             _ = cancel.cancelled() => return Err(CallError::Cancelled),
         };
+        // Progress the server sent before its answer goes out first.
+        tokio::select! {
+            () = registered.settled() => {}
+            _ = cancel.cancelled() => return Err(CallError::Cancelled),
+        }
         match answer {
             Answer::Result(result) => {
                 DirectResult::new(result).ok_or_else(|| self.unexpected(METHOD))

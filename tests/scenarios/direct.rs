@@ -60,7 +60,7 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
     }
 
     // What the direct path leaves to rmcp: unknown tools and malformed
-    // calls (the gateway's own errors), and calls asking for progress.
+    // calls (the gateway's own errors).
     let before = direct_calls(&sb).await;
     let (_, unknown) = direct.call("d.nope", json!({})).await;
     assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
@@ -78,24 +78,34 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
         let expected: Vec<_> = expected.into_iter().map(without_id).collect();
         assert_eq!((status, answer), (expected_status, expected), "{params}");
     }
-    let progress = direct.call_message(
-        "d.progress",
-        json!({ "steps": 2, "stepMs": 0 }),
-        json!({ "progressToken": "p1" }),
-    );
-    let (status, messages) = direct.post_all(progress).await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        messages.len(),
-        3,
-        "two progress notifications, then the result: {messages:?}"
-    );
-    assert_eq!(messages[0]["params"]["progressToken"], "p1");
+    assert_eq!(direct_calls(&sb).await, before, "none took the direct path");
+
+    // Progress rides the call's own stream, with the client's token, ahead
+    // of the result, as on rmcp's path.
+    let progress = |session: &RawSession| {
+        session.call_message(
+            "d.progress",
+            json!({ "steps": 3, "stepMs": 0 }),
+            json!({ "progressToken": "p1" }),
+        )
+    };
+    let (status, framing, messages) = direct.post_framed(progress(&direct)).await;
+    assert_eq!((status, framing.as_str()), (200, "text/event-stream"));
     assert_eq!(
         direct_calls(&sb).await,
-        before,
-        "neither took the direct path"
+        before + 1.0,
+        "progress goes direct"
     );
+    let (_, _, expected) = via_rmcp.post_framed(progress(&via_rmcp)).await;
+    let messages: Vec<_> = messages.into_iter().map(without_id).collect();
+    let expected: Vec<_> = expected.into_iter().map(without_id).collect();
+    assert_eq!(messages, expected);
+    assert_eq!(
+        messages.len(),
+        4,
+        "three progress notifications, then the result: {messages:?}"
+    );
+    assert_eq!(messages[0]["params"]["progressToken"], "p1");
 
     // Many at once on one session: each gets its own answer.
     let calls = (0..40).map(|n| {

@@ -32,7 +32,7 @@ use rmcp::{
     },
     transport::{IntoTransport, Transport},
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
@@ -52,6 +52,10 @@ pub struct Origin {
     pub request_id: RequestId,
     /// The client's progress token, if it asked for progress.
     pub progress_token: Option<ProgressToken>,
+    /// Where its progress goes when the request did not come through rmcp
+    /// (the direct path answers on a stream of its own); else the client's
+    /// rmcp session routes it.
+    pub progress_to: Option<mpsc::Sender<ProgressNotificationParam>>,
 }
 
 /// Routes one connection's server-to-client traffic.
@@ -457,7 +461,14 @@ impl ClientHandler for DownstreamClient {
         }
         if let Some(token) = tracked.origin.progress_token.clone() {
             params.progress_token = token;
-            let _ = tracked.origin.client.notify_progress(params).await;
+            match &tracked.origin.progress_to {
+                Some(stream) => {
+                    let _ = stream.send(params).await;
+                }
+                None => {
+                    let _ = tracked.origin.client.notify_progress(params).await;
+                }
+            }
         }
         tracked.settled.send_if_modified(|settled| {
             let advanced = seq > *settled;

@@ -7,8 +7,9 @@
 //! was most of the gateway's time (README, "Performance").
 //!
 //! Only a call that needs nothing else of the session goes this way: no
-//! progress token, protocol keys or fields beyond `name`, `arguments` and
-//! `_meta`, from a client that cannot be asked anything (no sampling,
+//! protocol keys or fields beyond `name`, `arguments` and `_meta` (a
+//! progress token is fine: progress rides the call's own stream), from a
+//! client that cannot be asked anything (no sampling,
 //! elicitation or roots: those requests ride the stream of the call they
 //! serve), to a shared stdio server, on a live session rmcp has seen
 //! lately, with headers rmcp would take as they are and no `Origin`.
@@ -23,6 +24,7 @@ use std::{
     borrow::Cow,
     collections::HashMap,
     convert::Infallible,
+    pin::Pin,
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -38,11 +40,15 @@ use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use rmcp::{
     ErrorData, RoleServer,
-    model::{JsonObject, ProtocolVersion, RequestId, RequestMetaObject},
+    model::{
+        JsonObject, ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestId,
+        RequestMetaObject,
+    },
     service::Peer,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -62,6 +68,8 @@ use crate::{
 
 /// Keep-alive comments on a stream waiting for a slow answer (as rmcp's).
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Progress notifications waiting for a slow client before the relay waits.
+const PROGRESS_BUFFER: usize = 64;
 
 /// What the direct path needs of the `/mcp` endpoint.
 pub struct DirectPath {
@@ -110,6 +118,8 @@ struct Call {
     /// The tool as the client named it.
     name: String,
     id: RequestId,
+    /// The client's, if it asked for progress.
+    progress_token: Option<ProgressToken>,
     params: JsonObject,
     meta: RequestMetaObject,
     route: Route,
@@ -234,15 +244,20 @@ impl DirectPath {
             && params
                 .get("arguments")
                 .is_none_or(|arguments| arguments.is_object() || arguments.is_null());
-        let meta = match params.remove("_meta") {
+        let mut meta = match params.remove("_meta") {
             None => JsonObject::new(),
             Some(serde_json::Value::Object(meta)) => meta,
             Some(_) => return None,
         };
-        // Keys of this hop: rmcp's path strips or checks them.
+        // The server gets a token of the gateway's; the client's is restored.
+        let progress_token = match meta.remove("progressToken") {
+            None => None,
+            Some(token) => Some(serde_json::from_value::<ProgressToken>(token).ok()?),
+        };
+        // Protocol keys of this hop: rmcp's path checks them.
         let hop_keys = meta
             .keys()
-            .any(|key| key == "progressToken" || key.starts_with("io.modelcontextprotocol/"));
+            .any(|key| key.starts_with("io.modelcontextprotocol/"));
         if !plain || hop_keys || self.telemetry.log_payloads {
             return None;
         }
@@ -263,6 +278,7 @@ impl DirectPath {
         Some(Call {
             name,
             id,
+            progress_token,
             params,
             meta: RequestMetaObject::from(meta),
             route,
@@ -273,6 +289,13 @@ impl DirectPath {
             _in_table: in_table,
         })
     }
+}
+
+/// How a call's answer begins.
+enum Head {
+    Done(Option<Bytes>),
+    Progress(ProgressNotificationParam),
+    Slow,
 }
 
 /// What the direct path does with a message it takes.
@@ -334,39 +357,73 @@ impl DirectSession {
 
 impl Call {
     /// Relays the call and frames its answer as `single.rs` does: JSON if
-    /// it comes within the window, else a stream that starts at once and
-    /// carries keep-alives until the answer. A cancelled call gets no
-    /// answer (as on rmcp's path): its stream ends empty.
+    /// it is all there is and comes within the window, else a stream that
+    /// starts at once and carries its progress and keep-alives until the
+    /// answer. A cancelled call gets no answer (as on rmcp's path): its
+    /// stream ends without one.
     async fn respond(self, parts: Parts) -> Response {
         let metrics = self.telemetry.metrics.clone();
-        let mut answer = Box::pin(self.relay(parts));
-        tokio::select! {
-            answer = &mut answer => match answer {
-                Some(body) => {
-                    metrics.answered_json.inc();
-                    let mut response = Response::new(Body::from(body));
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    response
-                }
-                None => stream_response(futures::stream::empty()),
-            },
-            () = tokio::time::sleep(WINDOW) => {
-                metrics.answered_sse.inc();
-                stream_response(with_keep_alives(answer))
+        // A channel only for a client that asked for progress.
+        let (progress_to, mut progress) = match self.progress_token {
+            Some(_) => {
+                let (progress_to, progress) = mpsc::channel(PROGRESS_BUFFER);
+                (Some(progress_to), Some(progress))
             }
-        }
+            None => (None, None),
+        };
+        let mut answer = Box::pin(self.relay(parts, progress_to));
+        let head = tokio::select! {
+            biased;
+            done = &mut answer => Head::Done(done),
+            Some(first) = next_progress(&mut progress) => Head::Progress(first),
+            () = tokio::time::sleep(WINDOW) => Head::Slow,
+        };
+        let (first, done) = match head {
+            // Progress is out before the answer is: none queued, none came.
+            Head::Done(done) => match progress.as_mut().and_then(|p| p.try_recv().ok()) {
+                Some(first) => (Some(first), Some(done)),
+                None => match done {
+                    Some(body) => {
+                        metrics.answered_json.inc();
+                        let mut response = Response::new(Body::from(body));
+                        response.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        return response;
+                    }
+                    None => return stream_response(futures::stream::empty()),
+                },
+            },
+            Head::Progress(first) => (Some(first), None),
+            Head::Slow => (None, None),
+        };
+        metrics.answered_sse.inc();
+        let state = Streaming {
+            answer,
+            done,
+            progress,
+            keep_alive: tokio::time::interval_at(
+                tokio::time::Instant::now() + SSE_KEEP_ALIVE,
+                SSE_KEEP_ALIVE,
+            ),
+        };
+        let head = futures::stream::iter(first.map(progress_event));
+        stream_response(head.chain(state.into_stream()))
     }
 
     /// Sends the call on; the JSON-RPC response for the client, `None` if
     /// the call was cancelled. Dropped before it ends (the client went
     /// away), the call is cancelled at the server and observed as such.
-    async fn relay(self, parts: Parts) -> Option<Bytes> {
+    async fn relay(
+        self,
+        parts: Parts,
+        progress_to: Option<mpsc::Sender<ProgressNotificationParam>>,
+    ) -> Option<Bytes> {
         let Call {
             name,
             id,
+            progress_token,
             mut params,
             mut meta,
             route,
@@ -384,7 +441,8 @@ impl Call {
             session: session.key,
             client: session.peer.clone(),
             request_id: id.clone(),
-            progress_token: None,
+            progress_token,
+            progress_to,
         };
         params.insert("name".to_owned(), route.name.to_string().into());
         let outcome = route
@@ -469,25 +527,66 @@ fn stream_response(events: impl Stream<Item = Bytes> + Send + 'static) -> Respon
     response
 }
 
-/// The answer as one SSE event, keep-alive comments until it comes.
-fn with_keep_alives(
-    answer: impl Future<Output = Option<Bytes>> + Send + Unpin + 'static,
-) -> impl Stream<Item = Bytes> + Send + 'static {
-    let start = tokio::time::Instant::now() + SSE_KEEP_ALIVE;
-    let keep_alive = tokio::time::interval_at(start, SSE_KEEP_ALIVE);
-    futures::stream::unfold(Some((answer, keep_alive)), |state| async move {
-        let (mut answer, mut keep_alive) = state?;
-        tokio::select! {
-            answer = &mut answer => {
-                let body = answer?;
-                let event = [b"event: message\ndata: ".as_slice(), &body, b"\n\n"].concat();
-                Some((Bytes::from(event), None))
+/// What a streamed answer's stream carries next.
+struct Streaming<F> {
+    answer: Pin<Box<F>>,
+    /// The answer, when it came before the stream started.
+    done: Option<Option<Bytes>>,
+    progress: Option<mpsc::Receiver<ProgressNotificationParam>>,
+    keep_alive: tokio::time::Interval,
+}
+
+impl<F: Future<Output = Option<Bytes>> + Send + 'static> Streaming<F> {
+    /// Progress as it comes, keep-alive comments while nothing does, then
+    /// the answer (after any progress still queued) and the end.
+    fn into_stream(self) -> impl Stream<Item = Bytes> + Send + 'static {
+        futures::stream::unfold(Some(self), |state| async move {
+            let mut state = state?;
+            if let Some(done) = state.done.take() {
+                return Some((state.finish(done), None));
             }
-            _ = keep_alive.tick() => {
-                Some((Bytes::from_static(b":\n\n"), Some((answer, keep_alive))))
+            tokio::select! {
+                biased;
+                Some(update) = next_progress(&mut state.progress) => Some((progress_event(update), Some(state))),
+                done = &mut state.answer => Some((state.finish(done), None)),
+                _ = state.keep_alive.tick() => Some((Bytes::from_static(b":\n\n"), Some(state))),
             }
+        })
+    }
+
+    fn finish(&mut self, done: Option<Bytes>) -> Bytes {
+        let mut events = Vec::new();
+        while let Some(update) = self.progress.as_mut().and_then(|p| p.try_recv().ok()) {
+            events.extend_from_slice(&progress_event(update));
         }
-    })
+        if let Some(body) = done {
+            events.extend_from_slice(&event(&body));
+        }
+        events.into()
+    }
+}
+
+/// The next progress notification; `None` at once without a channel.
+async fn next_progress(
+    progress: &mut Option<mpsc::Receiver<ProgressNotificationParam>>,
+) -> Option<ProgressNotificationParam> {
+    progress.as_mut()?.recv().await
+}
+
+/// One SSE event carrying a JSON-RPC message.
+fn event(message: &[u8]) -> Bytes {
+    [b"event: message\ndata: ".as_slice(), message, b"\n\n"]
+        .concat()
+        .into()
+}
+
+fn progress_event(update: ProgressNotificationParam) -> Bytes {
+    let message = serde_json::json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/progress",
+        "params": update,
+    });
+    event(message.to_string().as_bytes())
 }
 
 /// Whether the client takes both JSON and SSE answers, as rmcp requires
