@@ -181,17 +181,7 @@ impl<R: AsyncRead + Send + Unpin> Transport<RoleClient> for LineTransport<R> {
         item: ClientJsonRpcMessage,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static + use<R> {
         let to_writer = self.to_writer.clone();
-        async move {
-            let mut line = serde_json::to_vec(&item)?;
-            line.push(b'\n');
-            let to_writer = to_writer.ok_or_else(stdin_closed)?;
-            let (written, done) = oneshot::channel();
-            to_writer
-                .send(Outgoing { line, written })
-                .await
-                .map_err(|_| stdin_closed())?;
-            done.await.map_err(|_| stdin_closed())?
-        }
+        async move { write_line(to_writer, &item).await }
     }
 
     async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
@@ -350,20 +340,13 @@ impl DirectCall {
 
     /// Writes the request to the server; `params` go as they are.
     pub async fn send(&self, method: &str, params: &JsonObject) -> io::Result<()> {
-        let mut line = serde_json::to_vec(&RequestLine {
+        let request = RequestLine {
             jsonrpc: "2.0",
             id: &wire_id(self.id),
             method,
             params,
-        })?;
-        line.push(b'\n');
-        let to_writer = self.direct.to_writer.upgrade().ok_or_else(stdin_closed)?;
-        let (written, done) = oneshot::channel();
-        to_writer
-            .send(Outgoing { line, written })
-            .await
-            .map_err(|_| stdin_closed())?;
-        done.await.map_err(|_| stdin_closed())?
+        };
+        write_line(self.direct.to_writer.upgrade(), &request).await
     }
 
     /// The server's answer; an error once the connection is gone.
@@ -384,6 +367,23 @@ impl Drop for DirectCall {
             self.direct.cancel(self.id);
         }
     }
+}
+
+/// Queues `message` as one line for the writer task and waits until it is
+/// written.
+async fn write_line(
+    to_writer: Option<mpsc::Sender<Outgoing>>,
+    message: &impl Serialize,
+) -> io::Result<()> {
+    let mut line = serde_json::to_vec(message)?;
+    line.push(b'\n');
+    let to_writer = to_writer.ok_or_else(stdin_closed)?;
+    let (written, done) = oneshot::channel();
+    to_writer
+        .send(Outgoing { line, written })
+        .await
+        .map_err(|_| stdin_closed())?;
+    done.await.map_err(|_| stdin_closed())?
 }
 
 fn wire_id(id: u64) -> String {
