@@ -151,26 +151,27 @@ async fn a_direct_call_ends_with_its_cancellation_or_its_session() {
         .await
     };
 
-    // The client cancels: the server is told, the call answers with why.
+    // The client cancels: the server is told, and the call's stream ends
+    // without an answer (as on rmcp's path), well before the client's own
+    // timeout would have ended it.
     let session = RawSession::open(&url).await;
     let before = direct_calls(&sb).await;
     let message = session.call_message("d.sleep", json!({ "ms": 60_000 }), Value::Null);
     let request_id = message["id"].clone();
-    let pending = session.post(message);
-    let cancel = async {
-        in_flight().await;
-        let (status, _) = session
-            .post(json!({
-                "jsonrpc": "2.0", "method": "notifications/cancelled",
-                "params": { "requestId": request_id, "reason": "changed my mind" }
-            }))
-            .await;
-        status
-    };
-    let ((status, answer), cancel_status) = tokio::join!(pending, cancel);
-    assert_eq!(cancel_status, 202);
-    // A cancelled request gets no response (as on rmcp's path).
-    assert_eq!((status, &answer), (200, &Value::Null));
+    let pending = session.send(message).await;
+    in_flight().await;
+    let (status, _) = session
+        .post(json!({
+            "jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": { "requestId": request_id, "reason": "changed my mind" }
+        }))
+        .await;
+    assert_eq!(status, 202);
+    let body = pending
+        .text()
+        .await
+        .expect("the gateway ends the stream, not the client's timeout");
+    assert!(!body.contains("\"id\""), "no answer: {body}");
     assert_eq!(direct_calls(&sb).await, before + 1.0, "the call was direct");
     eventually("the server to be told", EVENTUALLY, || async {
         let n = cancellations().await;
@@ -180,14 +181,16 @@ async fn a_direct_call_ends_with_its_cancellation_or_its_session() {
 
     // The session ends (DELETE) with a call in flight: the call ends too.
     let leaving = RawSession::open(&url).await;
-    let pending = leaving.call("d.sleep", json!({ "ms": 60_000 }));
-    let end = async {
-        in_flight().await;
-        leaving.delete().await
-    };
-    let ((status, answer), deleted) = tokio::join!(pending, end);
-    assert_eq!(deleted, 202);
-    assert_eq!((status, &answer), (200, &Value::Null));
+    let pending = leaving
+        .send(leaving.call_message("d.sleep", json!({ "ms": 60_000 }), Value::Null))
+        .await;
+    in_flight().await;
+    assert_eq!(leaving.delete().await, 202);
+    let body = pending
+        .text()
+        .await
+        .expect("the gateway ends the stream, not the client's timeout");
+    assert!(!body.contains("\"id\""), "no answer: {body}");
     eventually("the server to be told again", EVENTUALLY, || async {
         let n = cancellations().await;
         (n >= 2).then_some(()).ok_or(format!("{n}"))
@@ -249,6 +252,11 @@ async fn direct_calls_time_out_and_survive_a_crash_as_rmcp_calls_do() {
     assert_eq!(
         messages[0]["result"]["structuredContent"],
         json!({ "steps": 10 })
+    );
+    assert_eq!(
+        direct_calls(&sb).await,
+        before + 1.0,
+        "it took the direct path"
     );
     // Without progress the same length of work times out after `call`.
     let (_, silent) = session.call("t.sleep", json!({ "ms": 2500 })).await;

@@ -73,17 +73,7 @@ impl RawSession {
 
     /// [`Self::post_all`], with the answer's content type.
     pub async fn post_framed(&self, message: Value) -> (u16, String, Vec<Value>) {
-        let response = self
-            .http
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &self.id)
-            .header("mcp-protocol-version", "2025-06-18")
-            .body(message.to_string())
-            .send()
-            .await
-            .expect("POST /mcp");
+        let response = self.send(message).await;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -101,6 +91,20 @@ impl RawSession {
                 .collect(),
         };
         (status, content_type, messages)
+    }
+
+    /// POSTs `message`; the response as soon as its headers are in.
+    pub async fn send(&self, message: Value) -> reqwest::Response {
+        self.http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(message.to_string())
+            .send()
+            .await
+            .expect("POST /mcp")
     }
 
     /// The HTTP status and the response among the messages answered.
