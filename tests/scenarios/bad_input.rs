@@ -348,6 +348,17 @@ async fn malformed_oversized_and_unknown_requests_get_clear_errors_and_sessions_
             -32600,
         ),
         (r#"{"jsonrpc":"2.0","id":1}"#.to_owned(), 400, -32600),
+        // A tool call rmcp could not even dispatch: invalid params.
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#.to_owned(),
+            400,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"demo.echo","arguments":"text"}}"#.to_owned(),
+            400,
+            -32602,
+        ),
         (oversized, 413, -32600),
     ] {
         let (status, _, text) = post(body.clone(), Some(session.clone())).await;

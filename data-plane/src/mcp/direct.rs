@@ -237,13 +237,11 @@ impl DirectPath {
     /// A `tools/call` the direct path takes, ready to go; `None` if it
     /// must take rmcp's path.
     fn call(&self, session_id: &str, id: RequestId, mut params: JsonObject) -> Option<Call> {
+        // The guard has checked the types of `name`, `arguments` and `_meta`.
         let name = params.get("name")?.as_str()?.to_owned();
         let plain = params
             .keys()
-            .all(|key| matches!(key.as_str(), "name" | "arguments" | "_meta"))
-            && params
-                .get("arguments")
-                .is_none_or(|arguments| arguments.is_object() || arguments.is_null());
+            .all(|key| matches!(key.as_str(), "name" | "arguments" | "_meta"));
         let mut meta = match params.remove("_meta") {
             None => JsonObject::new(),
             Some(serde_json::Value::Object(meta)) => meta,

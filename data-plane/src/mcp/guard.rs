@@ -1,7 +1,10 @@
 //! Checks every body POSTed to `/mcp` before the MCP service parses it:
 //! over the size limit is 413, not JSON is a JSON-RPC parse error (-32700),
 //! JSON that is not a JSON-RPC 2.0 message (or a batch, which MCP dropped)
-//! is an invalid request (-32600). Each answer is a JSON-RPC error object,
+//! is an invalid request (-32600), and a `tools/call` without a string
+//! `name` or with `arguments` or `_meta` that are not objects has invalid
+//! params (-32602, with the request's id; rmcp would call the method
+//! unknown). Each answer is a JSON-RPC error object,
 //! so clients and people both see what was wrong; the session, if any, is
 //! untouched. The check borrows from the body and allocates nothing for
 //! well-formed messages.
@@ -17,6 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, de::IgnoredAny};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tracing::debug;
 
@@ -30,10 +34,13 @@ struct Refusal {
     status: StatusCode,
     code: i64,
     message: String,
+    /// The refused request's id, when it had one to answer.
+    id: Option<Box<RawValue>>,
 }
 
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
+const INVALID_PARAMS: i64 = -32602;
 
 /// What a JSON-RPC message must look like, read without copying.
 #[derive(Deserialize)]
@@ -42,9 +49,23 @@ struct Envelope<'a> {
     jsonrpc: Option<Cow<'a, str>>,
     #[serde(borrow)]
     method: Option<Cow<'a, str>>,
-    id: Option<IgnoredAny>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
     result: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+}
+
+/// The parts of `tools/call` params whose type rmcp needs to dispatch it.
+#[derive(Deserialize)]
+struct CallParams<'a> {
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
+    #[serde(borrow, rename = "_meta")]
+    meta: Option<&'a RawValue>,
 }
 
 pub async fn guard(State(limit): State<BodyLimit>, request: Request, next: Next) -> Response {
@@ -116,6 +137,39 @@ fn check(bytes: &Bytes) -> Result<(), Refusal> {
             "Invalid Request: a message needs a `method` (request, notification) or an `id` with `result` or `error` (response)".to_owned(),
         ));
     }
+    if envelope.method.as_deref() == Some("tools/call")
+        && let Some(id) = envelope.id
+        && let Err(problem) = check_call_params(envelope.params)
+    {
+        let mut refusal = error(
+            StatusCode::BAD_REQUEST,
+            INVALID_PARAMS,
+            format!("Invalid params: tools/call {problem}"),
+        );
+        refusal.id = Some(id.to_owned());
+        return Err(refusal);
+    }
+    Ok(())
+}
+
+/// What is wrong with `tools/call` params, if anything.
+fn check_call_params(params: Option<&RawValue>) -> Result<(), &'static str> {
+    let is = |value: Option<&RawValue>, first: u8| {
+        value.is_some_and(|v| v.get().as_bytes().first() == Some(&first))
+    };
+    let is_null = |value: Option<&RawValue>| value.is_some_and(|v| v.get() == "null");
+    let params = params.ok_or("needs `params` with a `name`")?;
+    let call: CallParams<'_> =
+        serde_json::from_str(params.get()).map_err(|_| "needs `params` as an object")?;
+    if !is(call.name, b'"') {
+        return Err("needs `params.name` as a string");
+    }
+    if call.arguments.is_some() && !is(call.arguments, b'{') && !is_null(call.arguments) {
+        return Err("needs `params.arguments` as an object");
+    }
+    if call.meta.is_some() && !is(call.meta, b'{') {
+        return Err("needs `params._meta` as an object");
+    }
     Ok(())
 }
 
@@ -124,6 +178,7 @@ fn error(status: StatusCode, code: i64, message: String) -> Refusal {
         status,
         code,
         message,
+        id: None,
     }
 }
 
@@ -131,7 +186,7 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let body: Value = json!({
             "jsonrpc": "2.0",
-            "id": null,
+            "id": self.id,
             "error": { "code": self.code, "message": self.message },
         });
         (self.status, Json(body)).into_response()
@@ -158,6 +213,36 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"x"}}"#,
         ] {
             assert!(check(&Bytes::from(ok)).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn tool_calls_need_a_name_and_object_arguments() {
+        for ok in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":null}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":[1]},"_meta":{}}}"#,
+        ] {
+            assert!(check(&Bytes::from(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call"}"#,
+            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":[]}"#,
+            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":5}}"#,
+            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"arguments":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"a","arguments":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"a","_meta":[]}}"#,
+        ] {
+            let refused = check(&Bytes::from(bad)).expect_err(bad);
+            assert_eq!(
+                (refused.status, refused.code),
+                (StatusCode::BAD_REQUEST, INVALID_PARAMS),
+                "{bad}"
+            );
+            assert_eq!(
+                refused.id.map(|id| id.get().to_owned()).as_deref(),
+                Some(r#""q""#)
+            );
         }
     }
 
