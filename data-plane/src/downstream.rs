@@ -650,15 +650,16 @@ impl ServerHandle {
             }
         };
         let answer = tokio::select! {
-            answer = exchange => answer?,
+            answer = exchange => answer,
             _ = cancel.cancelled() => return Err(CallError::Cancelled),
         };
-        // Progress the server sent before its answer goes out first.
+        // Progress the server sent before its answer (or before the call
+        // failed) goes out first.
         tokio::select! {
             () = registered.settled() => {}
             _ = cancel.cancelled() => return Err(CallError::Cancelled),
         }
-        match answer {
+        match answer? {
             Answer::Result(result) => {
                 DirectResult::new(result).ok_or_else(|| self.unexpected(METHOD))
             }

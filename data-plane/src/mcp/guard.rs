@@ -12,7 +12,6 @@
 use std::borrow::Cow;
 
 use axum::{
-    Json,
     body::{Body, Bytes},
     extract::{Request, State},
     http::{Method, StatusCode},
@@ -20,8 +19,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, de::IgnoredAny};
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use tracing::debug;
 
 /// Largest request body accepted, in bytes.
@@ -146,7 +145,9 @@ fn check(bytes: &Bytes) -> Result<(), Refusal> {
             INVALID_PARAMS,
             format!("Invalid params: tools/call {problem}"),
         );
-        refusal.id = Some(id.to_owned());
+        // Only a valid id (a string or a number) is echoed, as it came.
+        let valid_id = matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'));
+        refusal.id = valid_id.then(|| id.to_owned());
         return Err(refusal);
     }
     Ok(())
@@ -167,7 +168,7 @@ fn check_call_params(params: Option<&RawValue>) -> Result<(), &'static str> {
     if call.arguments.is_some() && !is(call.arguments, b'{') && !is_null(call.arguments) {
         return Err("needs `params.arguments` as an object");
     }
-    if call.meta.is_some() && !is(call.meta, b'{') {
+    if call.meta.is_some() && !is(call.meta, b'{') && !is_null(call.meta) {
         return Err("needs `params._meta` as an object");
     }
     Ok(())
@@ -184,12 +185,12 @@ fn error(status: StatusCode, code: i64, message: String) -> Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let body: Value = json!({
-            "jsonrpc": "2.0",
-            "id": self.id,
-            "error": { "code": self.code, "message": self.message },
-        });
-        (self.status, Json(body)).into_response()
+        // Written as it came: turning the raw id into a `Value` could fail.
+        let id = self.id.as_deref().map_or("null", RawValue::get);
+        let error = json!({ "code": self.code, "message": self.message });
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#);
+        let content_type = [(http::header::CONTENT_TYPE, "application/json")];
+        (self.status, content_type, body).into_response()
     }
 }
 
@@ -220,7 +221,7 @@ mod tests {
     fn tool_calls_need_a_name_and_object_arguments() {
         for ok in [
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":null}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":null,"_meta":null}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":[1]},"_meta":{}}}"#,
         ] {
             assert!(check(&Bytes::from(ok)).is_ok(), "{ok}");
@@ -244,6 +245,19 @@ mod tests {
                 Some(r#""q""#)
             );
         }
+    }
+
+    #[test]
+    fn only_a_valid_id_is_echoed() {
+        let nested = format!(
+            r#"{{"jsonrpc":"2.0","id":{}1{},"method":"tools/call","params":{{"name":5}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let refused = check(&Bytes::from(nested)).expect_err("invalid params");
+        assert!(refused.id.is_none());
+        let body = refused.into_response();
+        assert_eq!(body.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
