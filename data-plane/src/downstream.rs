@@ -626,11 +626,10 @@ impl ServerHandle {
         };
         // Dropped unanswered, the call tells the server it was cancelled.
         let mut call = direct.start();
-        meta.set_progress_token(call.progress_token());
+        let token = call.progress_token();
+        meta.set_progress_token(token.clone());
         params.insert("_meta".to_owned(), serde_json::Value::Object(meta.0.0));
-        let registered = connection
-            .relay
-            .register(call.progress_token(), origin.clone());
+        let registered = connection.relay.register(token, origin.clone());
         let mut progressed = registered.progress();
         let give_up = tokio::time::Instant::now() + self.spec.timeouts.max_call;
         let deadline = || (tokio::time::Instant::now() + timeout).min(give_up);

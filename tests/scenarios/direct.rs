@@ -25,11 +25,17 @@ fn without_id(mut response: Value) -> Value {
     response
 }
 
-#[tokio::test]
-async fn direct_calls_answer_as_the_rmcp_path_does() {
-    let marker = format!("direct-{}", std::process::id());
+/// A gateway serving the demo server as `d`, ready.
+async fn demo_gateway(tag: &str) -> Switchboard {
+    let marker = format!("{tag}-{}", std::process::id());
     let sb = Switchboard::start(&[("d.yaml", &demo_server_yaml("d", &marker, &[]))]).await;
     sb.wait_server_state("d", "ready").await;
+    sb
+}
+
+#[tokio::test]
+async fn direct_calls_answer_as_the_rmcp_path_does() {
+    let sb = demo_gateway("direct").await;
     let url = sb.mcp_url();
     let direct = RawSession::open(&url).await;
     // A client that may be asked for something: rmcp's path, always.
@@ -129,9 +135,7 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
 
 #[tokio::test]
 async fn a_direct_call_ends_with_its_cancellation_or_its_session() {
-    let marker = format!("direct-cancel-{}", std::process::id());
-    let sb = Switchboard::start(&[("d.yaml", &demo_server_yaml("d", &marker, &[]))]).await;
-    sb.wait_server_state("d", "ready").await;
+    let sb = demo_gateway("direct-cancel").await;
     let url = sb.mcp_url();
     let observer = RawSession::open(&url).await;
     let cancellations = async || {

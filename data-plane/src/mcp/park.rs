@@ -203,18 +203,17 @@ impl SessionManager for ParkingSessions {
         let Some(uuid) = key(id) else {
             return self.inner.close_session(id).await;
         };
-        let (phase, direct) = {
+        let (phase, removed) = {
             let mut entries = self.book.entries.lock();
             let phase = entries.get(&uuid).map(|e| e.phase);
             let removed = match phase {
                 Some(Phase::Live | Phase::Restoring) => entries.remove(&uuid),
                 _ => None,
             };
-            (phase, removed.and_then(|entry| entry.direct))
+            (phase, removed)
         };
-        // Calls end with their session, as rmcp's own do.
-        if let Some(direct) = direct {
-            direct.close();
+        if let Some(entry) = removed {
+            entry.close_direct();
         }
         match phase {
             Some(Phase::Parking) => self.book.finish_parking(uuid),
@@ -348,11 +347,13 @@ impl Book {
     }
 
     fn forget(&self, id: &str) {
-        if let Some(entry) = key(id).and_then(|uuid| self.entries.lock().remove(&uuid))
-            && entry.phase == Phase::Parked
-        {
+        let Some(entry) = key(id).and_then(|uuid| self.entries.lock().remove(&uuid)) else {
+            return;
+        };
+        if entry.phase == Phase::Parked {
             self.metrics.sessions_parked.dec();
         }
+        entry.close_direct();
     }
 
     /// Counts a stream as open until the guard is dropped.
@@ -554,6 +555,14 @@ impl Entry {
             phase: Phase::Live,
             direct: None,
             rmcp_seen: Instant::now(),
+        }
+    }
+
+    /// Ends the session's direct calls, as rmcp ends its own calls with
+    /// the session.
+    fn close_direct(&self) {
+        if let Some(direct) = &self.direct {
+            direct.close();
         }
     }
 
