@@ -10,7 +10,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, OnceLock},
 };
 
 use arc_swap::ArcSwap;
@@ -19,6 +19,7 @@ use rmcp::model::{
     Tool, ToolsCapability,
 };
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -48,6 +49,21 @@ pub struct Catalog {
     prompt_collisions: Vec<Collision>,
     /// Exposed names longer than [`MAX_TOOL_NAME_LEN`].
     long_names: Vec<String>,
+    /// Each list's items as JSON, encoded on first use (by [`List`]).
+    encoded: [OnceLock<Option<Encoded>>; 4],
+}
+
+/// A list's items, each encoded as JSON once per catalog: a list request
+/// copies them instead of cloning and encoding typed items every time.
+pub type Encoded = Box<[Box<RawValue>]>;
+
+/// The catalog's lists, as clients ask for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum List {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
 }
 
 /// A name more than one server wanted.
@@ -277,6 +293,18 @@ impl Catalog {
         &self.tools
     }
 
+    /// A list's items as JSON; `None` if one does not encode.
+    pub fn encoded(&self, list: List) -> Option<&[Box<RawValue>]> {
+        self.encoded[list as usize]
+            .get_or_init(|| match list {
+                List::Tools => encode(&self.tools),
+                List::Prompts => encode(&self.prompts),
+                List::Resources => encode(&self.resources),
+                List::ResourceTemplates => encode(&self.templates),
+            })
+            .as_deref()
+    }
+
     pub fn prompts(&self) -> &[Prompt] {
         &self.prompts
     }
@@ -413,6 +441,46 @@ fn template_matches(template: &str, uri: &str) -> bool {
         }
     }
     rest.is_empty()
+}
+
+fn encode<T: Serialize>(items: &[T]) -> Option<Encoded> {
+    items
+        .iter()
+        .map(|item| serde_json::value::to_raw_value(item).ok())
+        .collect()
+}
+
+// === impl List ===
+
+impl List {
+    pub fn from_method(method: &str) -> Option<Self> {
+        Some(match method {
+            "tools/list" => Self::Tools,
+            "prompts/list" => Self::Prompts,
+            "resources/list" => Self::Resources,
+            "resources/templates/list" => Self::ResourceTemplates,
+            _ => return None,
+        })
+    }
+
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Tools => "tools/list",
+            Self::Prompts => "prompts/list",
+            Self::Resources => "resources/list",
+            Self::ResourceTemplates => "resources/templates/list",
+        }
+    }
+
+    /// The result's field holding the items.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::Prompts => "prompts",
+            Self::Resources => "resources",
+            Self::ResourceTemplates => "resourceTemplates",
+        }
+    }
 }
 
 // === impl CatalogReader ===

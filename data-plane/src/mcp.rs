@@ -22,6 +22,7 @@ pub mod sse;
 
 use std::{
     borrow::Cow,
+    ops::Range,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -249,6 +250,7 @@ pub fn router(
         catalog: catalog.clone(),
         telemetry: telemetry.clone(),
         allowed_hosts: config.allowed_hosts.clone().into(),
+        page_size: page_size.max(1),
     });
     let metrics = telemetry.metrics.clone();
     let service = Arc::new(StreamableHttpService::new(
@@ -415,25 +417,15 @@ impl GatewaySession {
         result
     }
 
-    /// One page of a catalog list and the cursor of the next: the cursor is
-    /// the offset of the page's first item. A list that changes between
-    /// pages is announced by `list_changed`.
+    /// One page of a catalog list and the cursor of the next.
     fn page<T: Clone>(
         &self,
         items: &[T],
         request: Option<&PaginatedRequestParams>,
     ) -> Result<(Vec<T>, Option<String>), Error> {
-        let start = match request.and_then(|r| r.cursor.as_deref()) {
-            None => 0,
-            Some(cursor) => cursor
-                .parse::<usize>()
-                .ok()
-                .filter(|start| *start <= items.len())
-                .ok_or_else(|| Error::InvalidCursor(cursor.to_owned()))?,
-        };
-        let end = start.saturating_add(self.page_size).min(items.len());
-        let next = (end < items.len()).then(|| end.to_string());
-        Ok((items[start..end].to_vec(), next))
+        let cursor = request.and_then(|r| r.cursor.as_deref());
+        let (range, next) = page(items.len(), self.page_size, cursor)?;
+        Ok((items[range].to_vec(), next))
     }
 
     /// The server and server-side URI of a client-facing resource URI.
@@ -528,6 +520,27 @@ fn forwardable_meta(meta: &RequestMetaObject) -> RequestMetaObject {
         .0
         .retain(|key, _| key != "progressToken" && !key.starts_with("io.modelcontextprotocol/"));
     meta
+}
+
+/// Where a page of a catalog list of `len` items lies, and the cursor of
+/// the next: the cursor is the offset of the page's first item. A list
+/// that changes between pages is announced by `list_changed`.
+fn page(
+    len: usize,
+    page_size: usize,
+    cursor: Option<&str>,
+) -> Result<(Range<usize>, Option<String>), Error> {
+    let start = match cursor {
+        None => 0,
+        Some(cursor) => cursor
+            .parse::<usize>()
+            .ok()
+            .filter(|start| *start <= len)
+            .ok_or_else(|| Error::InvalidCursor(cursor.to_owned()))?,
+    };
+    let end = start.saturating_add(page_size).min(len);
+    let next = (end < len).then(|| end.to_string());
+    Ok((start..end, next))
 }
 
 impl ServerHandler for GatewaySession {

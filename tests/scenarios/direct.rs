@@ -1,13 +1,14 @@
 //! The direct path (`data-plane/src/mcp/direct.rs`): plain tool calls
-//! relayed past rmcp's session layer answer exactly as rmcp's path does,
-//! everything that needs more of the session takes rmcp's path, and a call
-//! that ends early (the client cancels, its session ends) is cancelled at
-//! the server too.
+//! relayed past rmcp's session layer, and catalog lists copied from their
+//! encoded items, answer exactly as rmcp's path does; everything that needs
+//! more of the session takes rmcp's path, and a call that ends early (the
+//! client cancels, its session ends) is cancelled at the server too.
 
 use std::time::Duration;
 
 use e2e::{
-    EVENTUALLY, RawSession, Switchboard, demo_server_with, demo_server_yaml, eventually, metric,
+    EVENTUALLY, RawSession, Switchboard, demo_server_with, demo_server_yaml, eventually,
+    everything_server_yaml, metric,
 };
 use serde_json::{Value, json};
 
@@ -15,6 +16,12 @@ use serde_json::{Value, json};
 async fn direct_calls(sb: &Switchboard) -> f64 {
     let exposition = sb.gateway_metrics().await;
     metric(&exposition, "switchboard_direct_calls_total", &[]).unwrap_or_default()
+}
+
+/// `switchboard_direct_lists_total` now.
+async fn direct_lists(sb: &Switchboard) -> f64 {
+    let exposition = sb.gateway_metrics().await;
+    metric(&exposition, "switchboard_direct_lists_total", &[]).unwrap_or_default()
 }
 
 /// A response without its id: what both paths must agree on.
@@ -289,4 +296,125 @@ async fn direct_calls_time_out_and_survive_a_crash_as_rmcp_calls_do() {
         direct_calls(&sb).await >= before + 5.0,
         "all of them took the direct path"
     );
+}
+
+/// A list request with `params`.
+fn list_message(method: &str, params: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": format!("{method}?{params}"), "method": method, "params": params })
+}
+
+/// Every item of a catalog list, page by page (`nextCursor`), and how
+/// many pages it took.
+async fn list_all(session: &RawSession, method: &str, key: &str) -> (Vec<Value>, usize) {
+    let (mut items, mut pages, mut cursor) = (Vec::new(), 0, Value::Null);
+    loop {
+        let params = if cursor.is_null() {
+            json!({})
+        } else {
+            json!({ "cursor": cursor })
+        };
+        let (status, answer) = session.post(list_message(method, params)).await;
+        assert_eq!(status, 200, "{method}: {answer}");
+        let page = answer["result"][key].as_array().cloned();
+        items.extend(page.unwrap_or_else(|| panic!("{method}: {answer}")));
+        pages += 1;
+        cursor = answer["result"]["nextCursor"].clone();
+        if cursor.is_null() {
+            return (items, pages);
+        }
+    }
+}
+
+/// The four catalog lists, paged, answer on the direct path as on rmcp's,
+/// for any client (lists ask nothing of it), and follow catalog changes.
+#[tokio::test]
+async fn catalog_lists_answer_as_the_rmcp_path_does() {
+    let marker = format!("direct-lists-{}", std::process::id());
+    let files = [
+        ("e.yaml", everything_server_yaml("e", json!({}))),
+        ("d.yaml", demo_server_yaml("d", &marker, &[])),
+    ];
+    let files: Vec<_> = files.iter().map(|(n, y)| (*n, y.as_str())).collect();
+    let sb = Switchboard::start_with(&files, &[], &["--list-page-size", "3"]).await;
+    sb.wait_server_state("e", "ready").await;
+    sb.wait_server_state("d", "ready").await;
+    let url = sb.mcp_url();
+    // A client that may be asked for things: its calls take rmcp's path,
+    // its lists need no stream and do not.
+    let session = RawSession::open_with(&url, json!({ "sampling": {}, "roots": {} })).await;
+    // server-everything adds tools once it is initialised: a steady list.
+    eventually("the late tools to be listed", EVENTUALLY, || async {
+        let (tools, _) = list_all(&session, "tools/list", "tools").await;
+        let late = tools
+            .iter()
+            .any(|t| t["name"] == "e.trigger-sampling-request");
+        late.then_some(()).ok_or(format!("{} tools", tools.len()))
+    })
+    .await;
+
+    let lists = [
+        ("tools/list", "tools"),
+        ("prompts/list", "prompts"),
+        ("resources/list", "resources"),
+        ("resources/templates/list", "resourceTemplates"),
+    ];
+    for (method, key) in lists {
+        let mut cursor = Value::Null;
+        let mut pages = 0;
+        loop {
+            let mut params = json!({});
+            if !cursor.is_null() {
+                params["cursor"] = cursor.clone();
+            }
+            let before = direct_lists(&sb).await;
+            let (status, answer) = session.post(list_message(method, params.clone())).await;
+            assert_eq!(status, 200, "{method}: {answer}");
+            assert_eq!(direct_lists(&sb).await, before + 1.0, "{method} is direct");
+            // A params key the direct path does not know: rmcp's path.
+            params["x-unknown"] = json!(true);
+            let (_, expected) = session.post(list_message(method, params)).await;
+            assert_eq!(direct_lists(&sb).await, before + 1.0, "{method} via rmcp");
+            assert!(expected["result"][key].is_array(), "{method}: {expected}");
+            assert_eq!(without_id(answer.clone()), without_id(expected), "{method}");
+            pages += 1;
+            cursor = answer["result"]["nextCursor"].clone();
+            if cursor.is_null() {
+                break;
+            }
+        }
+        if method == "tools/list" {
+            assert!(pages >= 5, "{pages} pages of 3 tools");
+        }
+    }
+
+    // A made-up cursor: rmcp's path answers the error.
+    let before = direct_lists(&sb).await;
+    let bad = json!({ "cursor": "not-a-cursor" });
+    let (_, answer) = session.post(list_message("tools/list", bad)).await;
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    assert_eq!(direct_lists(&sb).await, before);
+
+    // A server joins: the next list has its tools (the encoded lists are
+    // the catalog's, never stale).
+    sb.write_file("late.yaml", &demo_server_yaml("late", &marker, &[]));
+    eventually(
+        "the new server's tools to be listed",
+        EVENTUALLY,
+        || async {
+            let (tools, _) = list_all(&session, "tools/list", "tools").await;
+            let joined = tools.iter().any(|t| t["name"] == "late.echo");
+            joined.then_some(()).ok_or(format!("{} tools", tools.len()))
+        },
+    )
+    .await;
+
+    // Each list is observed as rmcp's path observes it.
+    let exposition = sb.gateway_metrics().await;
+    let labels = [
+        ("server", ""),
+        ("method", "prompts/list"),
+        ("outcome", "ok"),
+    ];
+    let prompts = metric(&exposition, "switchboard_requests_total", &labels);
+    assert!(prompts >= Some(2.0), "{exposition}");
 }

@@ -11,7 +11,10 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use e2e::{RawSession, Switchboard, demo_server_yaml, eventually, free_addr, metric, server_with};
+use e2e::{
+    RawSession, Switchboard, demo_server_yaml, eventually, everything_bin, everything_server_yaml,
+    free_addr, metric,
+};
 use parking_lot::Mutex;
 use rmcp::{
     ClientHandler, ErrorData, RoleClient, ServiceExt,
@@ -129,22 +132,6 @@ async fn connect(sb: &Switchboard, name: &'static str) -> (Session, Arc<Mutex<Se
     (session, seen)
 }
 
-/// The server-everything binary `npm ci` put under `tests/npm`.
-fn everything_bin() -> String {
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("npm/node_modules/.bin/mcp-server-everything");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `npm ci --prefix tests/npm`",
-        bin.display()
-    );
-    bin.display().to_string()
-}
-
-fn everything(name: &str, spec: Value) -> String {
-    server_with(name, &everything_bin(), &["stdio"], spec)
-}
-
 async fn call(session: &Session, tool: &str, arguments: Value) -> CallToolResult {
     let params = CallToolRequestParams::new(tool.to_owned())
         .with_arguments(arguments.as_object().cloned().unwrap_or_default());
@@ -183,7 +170,11 @@ async fn resources_prompts_completion_progress_logging_and_subscriptions() {
         "rename": { "simple-prompt": "hello" },
         "descriptions": { "args-prompt": "Ask about a city" },
     } });
-    let sb = Switchboard::start(&[("everything.yaml", &everything("everything", prompts))]).await;
+    let sb = Switchboard::start(&[(
+        "everything.yaml",
+        &everything_server_yaml("everything", prompts),
+    )])
+    .await;
     sb.wait_server_state("everything", "ready").await;
     let (session, seen) = connect(&sb, "alice").await;
 
@@ -502,8 +493,8 @@ async fn a_lone_quick_response_is_plain_json_and_everything_else_streams() {
 
 #[tokio::test]
 async fn server_requests_reach_only_the_session_that_caused_them() {
-    let per_session = everything("mine", json!({ "sessionMode": "perSession" }));
-    let shared = everything("shared", json!({}));
+    let per_session = everything_server_yaml("mine", json!({ "sessionMode": "perSession" }));
+    let shared = everything_server_yaml("shared", json!({}));
     let sb = Switchboard::start(&[("mine.yaml", &per_session), ("shared.yaml", &shared)]).await;
     sb.wait_server_state("mine", "ready").await;
     sb.wait_server_state("shared", "ready").await;
@@ -582,7 +573,11 @@ async fn server_requests_reach_only_the_session_that_caused_them() {
 #[tokio::test]
 async fn stdio_bridge_relays_both_ways_and_names_the_caller() {
     let spec = json!({ "sessionMode": "perSession" });
-    let mut sb = Switchboard::start(&[("everything.yaml", &everything("everything", spec))]).await;
+    let mut sb = Switchboard::start(&[(
+        "everything.yaml",
+        &everything_server_yaml("everything", spec),
+    )])
+    .await;
     sb.wait_server_state("everything", "ready").await;
     let mut bridge = tokio::process::Command::new(e2e::bin_dir().join("switchboard-gateway"))
         .args(["bridge", "--url", &sb.mcp_url(), "--caller", "bridge-e2e"])
@@ -730,7 +725,11 @@ fn assert_python_saw_the_gateway(seen: &Value) {
 /// through the bridge.
 #[tokio::test]
 async fn python_sdk_client_over_http_sse_and_through_the_bridge() {
-    let sb = Switchboard::start(&[("everything.yaml", &everything("everything", json!({})))]).await;
+    let sb = Switchboard::start(&[(
+        "everything.yaml",
+        &everything_server_yaml("everything", json!({})),
+    )])
+    .await;
     sb.wait_server_state("everything", "ready").await;
     let (session, _) = connect(&sb, "waiter").await;
     wait_for_tool(&session, "everything.trigger-sampling-request").await;

@@ -616,6 +616,25 @@ pub fn server_with(name: &str, command: &str, args: &[&str], spec: Value) -> Str
     doc.to_string()
 }
 
+/// The `@modelcontextprotocol/server-everything` binary `npm ci` put
+/// under `tests/npm`.
+pub fn everything_bin() -> String {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("npm/node_modules/.bin/mcp-server-everything");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `npm ci --prefix tests/npm`",
+        bin.display()
+    );
+    bin.display().to_string()
+}
+
+/// An `McpServer` YAML running server-everything over stdio, with `spec`
+/// merged into its spec.
+pub fn everything_server_yaml(name: &str, spec: Value) -> String {
+    server_with(name, &everything_bin(), &["stdio"], spec)
+}
+
 /// An `McpServer` YAML running an arbitrary command.
 pub fn command_server_yaml(name: &str, command: &str, args: &[&str]) -> String {
     json!({

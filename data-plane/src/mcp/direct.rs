@@ -52,13 +52,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Error,
+    Error, page,
     park::{Book, OpenStream},
     single::WINDOW,
     sse::check_host,
 };
 use crate::{
-    catalog::{CatalogReader, Route},
+    catalog::{CatalogReader, List, Route},
     clients::SessionKey,
     downstream::{CallError, Origin},
     observe::{Arrival, Observation, RequestInfo, Target},
@@ -77,6 +77,8 @@ pub struct DirectPath {
     pub catalog: CatalogReader,
     pub telemetry: Telemetry,
     pub allowed_hosts: Arc<[String]>,
+    /// Items per page of a catalog list.
+    pub page_size: usize,
 }
 
 /// What a direct call needs of its session; the book holds it while the
@@ -85,6 +87,11 @@ pub struct DirectSession {
     key: SessionKey,
     peer: Peer<RoleServer>,
     caller: Arc<OnceLock<String>>,
+    /// The client may be asked for something (sampling, elicitation,
+    /// roots): those requests ride the response stream of the call they
+    /// serve, which the direct path does not open, so its calls take
+    /// rmcp's path (its lists need no stream and do not).
+    askable: bool,
     calls: Mutex<Calls>,
 }
 
@@ -104,6 +111,16 @@ struct Incoming<'a> {
     method: Cow<'a, str>,
     #[serde(borrow)]
     params: Option<&'a RawValue>,
+}
+
+/// The params of a list request the direct path takes: rmcp's path
+/// judges anything else.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    cursor: Option<String>,
+    #[serde(rename = "_meta")]
+    meta: Option<JsonObject>,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +229,15 @@ impl DirectPath {
                 .ok()
                 .and_then(|params| self.call(session_id, id, params))
                 .map(|call| Answered::Call(Box::new(call))),
+            (method, Some(id), params) if let Some(list) = List::from_method(method) => {
+                let params = match params {
+                    None => Some(ListParams::default()),
+                    Some(params) => serde_json::from_str(params).ok(),
+                };
+                params
+                    .and_then(|params| self.list(session_id, id, list, params, &parts))
+                    .map(Answered::List)
+            }
             ("notifications/cancelled", None, Some(params)) => {
                 serde_json::from_str::<CancelledParams>(params)
                     .ok()
@@ -230,6 +256,7 @@ impl DirectPath {
                 call.cancel();
                 Ok(StatusCode::ACCEPTED.into_response())
             }
+            Some(Answered::List(body)) => Ok(json_response(body)),
             None => Err(parts),
         }
     }
@@ -253,10 +280,7 @@ impl DirectPath {
             Some(token) => Some(serde_json::from_value::<ProgressToken>(token).ok()?),
         };
         // Protocol keys of this hop: rmcp's path checks them.
-        let hop_keys = meta
-            .keys()
-            .any(|key| key.starts_with("io.modelcontextprotocol/"));
-        if !plain || hop_keys || self.telemetry.log_payloads {
+        if !plain || has_hop_keys(&meta) || self.telemetry.log_payloads {
             return None;
         }
         let route = self.catalog.load().route(&name).cloned()?;
@@ -267,6 +291,9 @@ impl DirectPath {
             return None;
         }
         let (open, session) = self.book.open_direct(session_id, &id)?;
+        if session.askable {
+            return None;
+        }
         let cancel = session.begin(&id)?;
         let in_table = InTable {
             session: session.clone(),
@@ -287,6 +314,52 @@ impl DirectPath {
             _in_table: in_table,
         })
     }
+
+    /// A page of a catalog list, as the JSON-RPC response: its items were
+    /// encoded once per catalog, so this copies bytes. `None` sends the
+    /// request through rmcp (which also answers an invalid cursor).
+    fn list(
+        &self,
+        session_id: &str,
+        id: RequestId,
+        list: List,
+        params: ListParams,
+        parts: &Parts,
+    ) -> Option<Bytes> {
+        let meta = params.meta.unwrap_or_default();
+        if has_hop_keys(&meta) || self.telemetry.log_payloads {
+            return None;
+        }
+        let catalog = self.catalog.load();
+        let items = catalog.encoded(list)?;
+        let (range, next) = page(items.len(), self.page_size, params.cursor.as_deref()).ok()?;
+        let (_open, session) = self.book.open_direct(session_id, &id)?;
+        let meta = RequestMetaObject::from(meta);
+        let observation = session.observe(&self.telemetry, list.method(), None, &id, parts, &meta);
+        let items = &items[range];
+        let size = items.iter().map(|item| item.get().len() + 1).sum::<usize>();
+        let mut body = json_rpc_head(&id, "result", size + 64);
+        body.push(b'{');
+        if let Some(next) = next {
+            body.extend_from_slice(br#""nextCursor":""#);
+            body.extend_from_slice(next.as_bytes());
+            body.extend_from_slice(br#"","#);
+        }
+        body.push(b'"');
+        body.extend_from_slice(list.key().as_bytes());
+        body.extend_from_slice(b"\":[");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item.get().as_bytes());
+        }
+        body.extend_from_slice(b"]}}");
+        observation.complete(&Ok::<_, ErrorData>(()), false);
+        self.telemetry.metrics.direct_lists.inc();
+        self.telemetry.metrics.answered_json.inc();
+        Some(body.into())
+    }
 }
 
 /// How a call's answer begins.
@@ -300,14 +373,13 @@ enum Head {
 enum Answered {
     Call(Box<Call>),
     Cancel(CancellationToken),
+    List(Bytes),
 }
 
 // === impl DirectSession ===
 
 impl DirectSession {
-    /// `None` for a client that may be asked for something (sampling,
-    /// elicitation, roots): those requests ride the response stream of
-    /// the call they serve, which the direct path does not open.
+    /// `None` before the client has said who it is.
     pub fn new(
         key: SessionKey,
         peer: Peer<RoleServer>,
@@ -317,13 +389,11 @@ impl DirectSession {
         let askable = capabilities.sampling.is_some()
             || capabilities.elicitation.is_some()
             || capabilities.roots.is_some();
-        if askable {
-            return None;
-        }
         Some(Self {
             key,
             peer,
             caller,
+            askable,
             calls: Mutex::default(),
         })
     }
@@ -383,12 +453,7 @@ impl Call {
                 None => match done {
                     Some(body) => {
                         metrics.answered_json.inc();
-                        let mut response = Response::new(Body::from(body));
-                        response.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/json"),
-                        );
-                        return response;
+                        return json_response(body);
                     }
                     None => return stream_response(futures::stream::empty()),
                 },
@@ -430,7 +495,8 @@ impl Call {
             telemetry,
             ..
         } = self;
-        let mut observation = session.observe(&telemetry, name, &id, &parts, &meta);
+        let target = Some(Target::Tool(name));
+        let mut observation = session.observe(&telemetry, "tools/call", target, &id, &parts, &meta);
         observation.set_server(route.server.spec.name.clone());
         if let Some(trace) = observation.trace() {
             meta.set_traceparent(trace.to_traceparent());
@@ -479,19 +545,20 @@ impl Call {
 }
 
 impl DirectSession {
-    /// The call's observation, as rmcp's path begins it.
+    /// A request's observation, as rmcp's path begins it.
     fn observe(
         &self,
         telemetry: &Telemetry,
-        tool: String,
+        method: &'static str,
+        target: Option<Target>,
         id: &RequestId,
         parts: &Parts,
         meta: &RequestMetaObject,
     ) -> Observation {
         let peer_info = self.peer.peer_info();
         let request = RequestInfo {
-            method: "tools/call",
-            target: Some(Target::Tool(tool)),
+            method,
+            target,
             initialize: None,
             session_caller: &self.caller,
         };
@@ -624,16 +691,40 @@ fn is_zero_weight(weight: &str) -> bool {
 
 /// A JSON-RPC response whose `result` or `error` (`key`) is JSON already.
 fn json_rpc_response(id: &RequestId, key: &str, value: &[u8]) -> Bytes {
-    let mut body = Vec::with_capacity(value.len() + 48);
+    let mut body = json_rpc_head(id, key, value.len());
+    body.extend_from_slice(value);
+    body.push(b'}');
+    body.into()
+}
+
+/// A JSON-RPC response up to its `result` or `error` (`key`), with room
+/// for `value_len` bytes more.
+fn json_rpc_head(id: &RequestId, key: &str, value_len: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(value_len + 48);
     body.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
     // A request id is a number or a string: encoding it cannot fail.
     let _ = serde_json::to_writer(&mut body, id);
     body.extend_from_slice(b",\"");
     body.extend_from_slice(key.as_bytes());
     body.extend_from_slice(b"\":");
-    body.extend_from_slice(value);
-    body.push(b'}');
-    body.into()
+    body
+}
+
+/// A complete answer as plain JSON.
+fn json_response(body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Whether a request's `_meta` has protocol keys of this hop, which
+/// rmcp's path checks.
+fn has_hop_keys(meta: &JsonObject) -> bool {
+    meta.keys()
+        .any(|key| key.starts_with("io.modelcontextprotocol/"))
 }
 
 /// A media type without its parameters.

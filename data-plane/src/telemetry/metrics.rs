@@ -89,6 +89,8 @@ pub struct Metrics {
     pub answered_sse: Counter,
     /// `tools/call` requests answered past rmcp (`mcp/direct.rs`).
     pub direct_calls: Counter,
+    /// Catalog lists answered past rmcp (`mcp/direct.rs`).
+    pub direct_lists: Counter,
     pub config_updates: Family<ResultLabels, Counter>,
     pub spans: ExportCounters,
     config_version: Gauge<i64, AtomicI64>,
@@ -126,6 +128,7 @@ impl Metrics {
             answered_json,
             answered_sse,
             direct_calls: Counter::default(),
+            direct_lists: Counter::default(),
             config_updates: Family::default(),
             spans: ExportCounters {
                 exported: Counter::default(),
@@ -196,6 +199,11 @@ impl Metrics {
             "direct_calls",
             "tools/call requests relayed on the direct path, past the MCP session layer",
             m.direct_calls.clone(),
+        );
+        registry.register(
+            "direct_lists",
+            "tools/list, prompts/list, resources/list and resources/templates/list requests answered on the direct path from the catalog's encoded lists",
+            m.direct_lists.clone(),
         );
         registry.register(
             "config_updates",
