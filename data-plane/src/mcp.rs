@@ -249,7 +249,7 @@ pub fn router(
         book: book.clone(),
         catalog: catalog.clone(),
         telemetry: telemetry.clone(),
-        allowed_hosts: config.allowed_hosts.clone().into(),
+        allowed_hosts: sse::AllowedHosts::new(&config.allowed_hosts),
         page_size: page_size.max(1),
     });
     let metrics = telemetry.metrics.clone();

@@ -55,7 +55,7 @@ use super::{
     Error, page,
     park::{Book, OpenStream},
     single::WINDOW,
-    sse::check_host,
+    sse::{AllowedHosts, check_host},
 };
 use crate::{
     catalog::{CatalogReader, List, Route},
@@ -76,7 +76,7 @@ pub struct DirectPath {
     pub book: Arc<Book>,
     pub catalog: CatalogReader,
     pub telemetry: Telemetry,
-    pub allowed_hosts: Arc<[String]>,
+    pub allowed_hosts: AllowedHosts,
     /// Items per page of a catalog list.
     pub page_size: usize,
 }

@@ -44,7 +44,7 @@ pub struct SseState {
     catalog: CatalogReader,
     servers: Servers,
     telemetry: Telemetry,
-    allowed_hosts: Arc<[String]>,
+    allowed_hosts: Arc<AllowedHosts>,
     page_size: usize,
     shutdown: CancellationToken,
 }
@@ -68,7 +68,7 @@ pub fn router(
         catalog,
         servers,
         telemetry,
-        allowed_hosts: config.allowed_hosts.clone().into(),
+        allowed_hosts: Arc::new(AllowedHosts::new(&config.allowed_hosts)),
         page_size: config.page_size,
         shutdown,
     };
@@ -177,12 +177,52 @@ async fn message(
     StatusCode::ACCEPTED.into_response()
 }
 
+/// `--allowed-host` entries, read once: every request's `Host` is
+/// checked against them.
+pub struct AllowedHosts {
+    /// `*`: any host.
+    any: bool,
+    /// Lower-case hosts without brackets, and the port if one is named.
+    entries: Vec<(String, Option<u16>)>,
+}
+
+impl AllowedHosts {
+    pub fn new(hosts: &[String]) -> Self {
+        let entries = hosts
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                match Authority::try_from(entry) {
+                    Ok(parsed) => (unbracketed(parsed.host()), parsed.port_u16()),
+                    Err(_) => (unbracketed(entry), None),
+                }
+            })
+            .collect();
+        Self {
+            any: hosts.iter().any(|h| h == "*"),
+            entries,
+        }
+    }
+
+    fn allows(&self, authority: &Authority) -> bool {
+        let host = authority.host().trim_matches(['[', ']']);
+        self.entries.iter().any(|(entry_host, entry_port)| {
+            entry_host.eq_ignore_ascii_case(host)
+                && entry_port.is_none_or(|port| authority.port_u16() == Some(port))
+        })
+    }
+}
+
+fn unbracketed(host: &str) -> String {
+    host.trim_matches(['[', ']']).to_ascii_lowercase()
+}
+
 /// DNS-rebinding protection, as rmcp does it on `/mcp`: the `Host` (and
 /// the `Origin`, when a browser sends one) must name an allowed host; an
 /// entry names a host (any port) or a host:port. Headers that are not
 /// text or not an authority are refused, never skipped.
-pub(super) fn check_host(allowed: &[String], parts: &Parts) -> Result<(), String> {
-    if allowed.iter().any(|h| h == "*") {
+pub(super) fn check_host(allowed: &AllowedHosts, parts: &Parts) -> Result<(), String> {
+    if allowed.any {
         return Ok(());
     }
     let header = |name: http::HeaderName| match parts.headers.get(&name) {
@@ -194,7 +234,7 @@ pub(super) fn check_host(allowed: &[String], parts: &Parts) -> Result<(), String
     };
     let host = header(http::header::HOST)?.ok_or("missing Host header")?;
     let host = Authority::try_from(host).map_err(|_| format!("invalid Host header `{host}`"))?;
-    if !is_allowed(allowed, &host) {
+    if !allowed.allows(&host) {
         return Err(format!(
             "host `{}` is not allowed (see --allowed-host)",
             host.host()
@@ -211,7 +251,7 @@ pub(super) fn check_host(allowed: &[String], parts: &Parts) -> Result<(), String
             })
             .and_then(|authority| Authority::try_from(authority).ok())
             .ok_or_else(|| format!("invalid Origin `{origin}`"))?;
-        if !is_allowed(allowed, &authority) {
+        if !allowed.allows(&authority) {
             return Err(format!(
                 "origin `{origin}` is not allowed (see --allowed-host)"
             ));
@@ -220,21 +260,56 @@ pub(super) fn check_host(allowed: &[String], parts: &Parts) -> Result<(), String
     Ok(())
 }
 
-fn is_allowed(allowed: &[String], authority: &Authority) -> bool {
-    let unbracketed = |host: &str| host.trim_matches(['[', ']']).to_ascii_lowercase();
-    let host = unbracketed(authority.host());
-    allowed.iter().any(|entry| {
-        let entry = entry.trim();
-        let (entry_host, entry_port) = match Authority::try_from(entry) {
-            Ok(parsed) => (unbracketed(parsed.host()), parsed.port_u16()),
-            Err(_) => (unbracketed(entry), None),
-        };
-        entry_host == host && entry_port.is_none_or(|port| authority.port_u16() == Some(port))
-    })
-}
-
 fn rpc_error(status: StatusCode, code: i64, message: String) -> Response {
     let body =
         json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(host: &str, origin: Option<&str>) -> Parts {
+        let mut request = http::Request::builder().header(http::header::HOST, host);
+        if let Some(origin) = origin {
+            request = request.header(http::header::ORIGIN, origin);
+        }
+        request.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn hosts_and_origins_must_name_an_allowed_host() {
+        let entries = ["localhost", "127.0.0.1:8080", "[::1]", " Example.COM "];
+        let allowed = AllowedHosts::new(&entries.map(String::from));
+        for host in [
+            "localhost:1234",
+            "LOCALHOST",
+            "127.0.0.1:8080",
+            "[::1]:5",
+            "example.com",
+        ] {
+            assert_eq!(check_host(&allowed, &parts(host, None)), Ok(()), "{host}");
+        }
+        for host in [
+            "127.0.0.1:9",
+            "127.0.0.1",
+            "evil.com",
+            "localhost/x",
+            "localhost.evil.com",
+        ] {
+            assert!(check_host(&allowed, &parts(host, None)).is_err(), "{host}");
+        }
+        let origin = |origin| check_host(&allowed, &parts("localhost", Some(origin)));
+        assert_eq!(origin("http://localhost:3000"), Ok(()));
+        assert_eq!(origin("HTTPS://[::1]"), Ok(()));
+        for refused in ["ftp://localhost", "http://evil.com", "localhost", "http://"] {
+            assert!(origin(refused).is_err(), "{refused}");
+        }
+        let any = AllowedHosts::new(&["*".to_owned()]);
+        assert_eq!(
+            check_host(&any, &parts("evil.com", Some("http://evil.com"))),
+            Ok(())
+        );
+    }
 }
