@@ -44,7 +44,7 @@ use breaker::{Breaker, BreakerState};
 use lines::Answer;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use pool::{AcquireError, Connection, Pool};
-pub use relay::{DownstreamClient, Origin};
+pub use relay::{DownstreamClient, Origin, ToStream};
 use serde_json::value::RawValue;
 pub use stdio::Launcher;
 
@@ -597,7 +597,7 @@ impl ServerHandle {
     /// like any other, so a server request or log message sent while it
     /// runs is routed as usual, and it asks for progress under its own id
     /// as rmcp does: progress restarts the timeout, up to `maxCall`, and
-    /// reaches the client if it asked for it (`origin.progress_to`).
+    /// reaches the client if it asked for it (`origin.stream`).
     async fn send_direct(
         &self,
         connection: &Connection,

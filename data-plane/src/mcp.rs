@@ -348,7 +348,7 @@ impl GatewaySession {
             client: context.peer.clone(),
             request_id: context.id.clone(),
             progress_token: context.meta.get_progress_token(),
-            progress_to: None,
+            stream: None,
         }
     }
 

@@ -45,9 +45,14 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
     let sb = demo_gateway("direct").await;
     let url = sb.mcp_url();
     let direct = RawSession::open(&url).await;
-    // A client that may be asked for something: rmcp's path, always.
-    let via_rmcp = RawSession::open_with(&url, json!({ "sampling": {} })).await;
-    let with_roots = RawSession::open_with(&url, json!({ "roots": {} })).await;
+    // A client that may be asked for something: direct too.
+    let asking = RawSession::open_with(&url, json!({ "sampling": {}, "roots": {} })).await;
+    // A params key the direct path does not know sends a call to rmcp's
+    // path, which ignores it: the reference answer.
+    let via_rmcp = |mut message: Value| {
+        message["params"]["x-unknown"] = json!(true);
+        message
+    };
 
     let taken = [
         ("d.echo", json!({ "text": "same answer" })),
@@ -64,12 +69,14 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
             before + 1.0,
             "{tool} takes the direct path"
         );
-        let (status, expected) = via_rmcp.call(tool, arguments.clone()).await;
+        let (_, from_asking) = asking.call(tool, arguments.clone()).await;
+        assert_eq!(direct_calls(&sb).await, before + 2.0, "{tool}, asking");
+        let message = direct.call_message(tool, arguments.clone(), Value::Null);
+        let (status, expected) = direct.post(via_rmcp(message)).await;
         assert_eq!(status, 200, "{tool}: {expected}");
-        let (_, with_roots) = with_roots.call(tool, arguments.clone()).await;
-        assert_eq!(direct_calls(&sb).await, before + 1.0, "{tool} via rmcp");
+        assert_eq!(direct_calls(&sb).await, before + 2.0, "{tool} via rmcp");
         assert_eq!(without_id(answer.clone()), without_id(expected), "{tool}");
-        assert_eq!(without_id(answer), without_id(with_roots), "{tool}");
+        assert_eq!(without_id(answer), without_id(from_asking), "{tool}");
     }
 
     // What the direct path leaves to rmcp: unknown tools and malformed
@@ -86,7 +93,7 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
     for params in malformed {
         let message = |n| json!({ "jsonrpc": "2.0", "id": 1000 + n, "method": "tools/call", "params": params });
         let (status, _, answer) = direct.post_framed(message(1)).await;
-        let (expected_status, _, expected) = via_rmcp.post_framed(message(2)).await;
+        let (expected_status, _, expected) = asking.post_framed(message(2)).await;
         let answer: Vec<_> = answer.into_iter().map(without_id).collect();
         let expected: Vec<_> = expected.into_iter().map(without_id).collect();
         assert_eq!((status, answer), (expected_status, expected), "{params}");
@@ -109,7 +116,8 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
         before + 1.0,
         "progress goes direct"
     );
-    let (_, _, expected) = via_rmcp.post_framed(progress(&via_rmcp)).await;
+    let (_, _, expected) = direct.post_framed(via_rmcp(progress(&direct))).await;
+    assert_eq!(direct_calls(&sb).await, before + 1.0, "the reference");
     let messages: Vec<_> = messages.into_iter().map(without_id).collect();
     let expected: Vec<_> = expected.into_iter().map(without_id).collect();
     assert_eq!(messages, expected);
@@ -417,4 +425,104 @@ async fn catalog_lists_answer_as_the_rmcp_path_does() {
     ];
     let prompts = metric(&exposition, "switchboard_requests_total", &labels);
     assert!(prompts >= Some(2.0), "{exposition}");
+}
+
+/// The JSON-RPC messages of an SSE response, read as they come.
+struct Events {
+    response: reqwest::Response,
+    buf: String,
+}
+
+impl Events {
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let event: String = self.buf.drain(..end + 2).collect();
+                let data = event.lines().find_map(|l| l.strip_prefix("data:"));
+                match data.map(|d| serde_json::from_str(d.trim())) {
+                    Some(Ok(message)) => return Some(message),
+                    _ => continue,
+                }
+            }
+            let chunk = self.response.chunk().await.expect("stream")?;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+/// A server's request during a direct call rides the call's stream under
+/// an id of the gateway's, and the client's answer (a result or an error),
+/// POSTed back, reaches the server: a client that may be asked things
+/// (sampling, roots: most coding agents) keeps the direct path.
+#[tokio::test]
+async fn server_requests_ride_a_direct_calls_stream() {
+    let sb = Switchboard::start(&[("e.yaml", &everything_server_yaml("e", json!({})))]).await;
+    sb.wait_server_state("e", "ready").await;
+    let session =
+        RawSession::open_with(&sb.mcp_url(), json!({ "sampling": {}, "roots": {} })).await;
+    // server-everything offers its sampling tool once it is initialised.
+    eventually("the sampling tool to be listed", EVENTUALLY, || async {
+        let (tools, _) = list_all(&session, "tools/list", "tools").await;
+        let late = tools
+            .iter()
+            .any(|t| t["name"] == "e.trigger-sampling-request");
+        late.then_some(()).ok_or(format!("{} tools", tools.len()))
+    })
+    .await;
+
+    let answers = [
+        json!({ "result": {
+            "role": "assistant", "model": "test-model",
+            "content": { "type": "text", "text": "sampled by the test" }
+        } }),
+        json!({ "error": { "code": -1, "message": "no LLM here" } }),
+    ];
+    for (n, answer) in answers.into_iter().enumerate() {
+        let before = direct_calls(&sb).await;
+        let call = session.call_message(
+            "e.trigger-sampling-request",
+            json!({ "prompt": format!("question {n}") }),
+            Value::Null,
+        );
+        let call_id = call["id"].clone();
+        let response = session.send(call).await;
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut events = Events {
+            response,
+            buf: String::new(),
+        };
+        let asked = events.next().await.expect("the server's request");
+        assert_eq!(asked["method"], "sampling/createMessage", "{asked}");
+        assert!(asked["id"].is_string(), "an id of the gateway's: {asked}");
+        let text = &asked["params"]["messages"][0]["content"]["text"];
+        assert!(
+            text.to_string().contains(&format!("question {n}")),
+            "{asked}"
+        );
+
+        let mut reply = json!({ "jsonrpc": "2.0", "id": asked["id"] });
+        reply
+            .as_object_mut()
+            .expect("object")
+            .extend(answer.as_object().cloned().unwrap_or_default());
+        let (status, _) = session.post(reply).await;
+        assert_eq!(status, 202);
+        let result = events.next().await.expect("the call's response");
+        assert_eq!(result["id"], call_id, "{result}");
+        let expected = if n == 0 {
+            "sampled by the test"
+        } else {
+            "no LLM here"
+        };
+        assert!(result.to_string().contains(expected), "{result}");
+        assert_eq!(direct_calls(&sb).await, before + 1.0, "the call was direct");
+    }
+
+    // An answer nobody asked for goes to rmcp's path, which refuses it;
+    // the session keeps working.
+    let stray = json!({ "jsonrpc": "2.0", "id": "sb:999", "result": {} });
+    let (status, _) = session.post(stray).await;
+    assert!(status < 500, "{status}");
+    let (tools, _) = list_all(&session, "tools/list", "tools").await;
+    assert!(!tools.is_empty());
 }

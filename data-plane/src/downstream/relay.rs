@@ -32,7 +32,7 @@ use rmcp::{
     },
     transport::{IntoTransport, Transport},
 };
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
@@ -52,10 +52,23 @@ pub struct Origin {
     pub request_id: RequestId,
     /// The client's progress token, if it asked for progress.
     pub progress_token: Option<ProgressToken>,
-    /// Where its progress goes when the request did not come through rmcp
-    /// (the direct path answers on a stream of its own); else the client's
-    /// rmcp session routes it.
-    pub progress_to: Option<mpsc::Sender<ProgressNotificationParam>>,
+    /// The request's own response stream, when it did not come through
+    /// rmcp (the direct path answers on a stream of its own): its progress
+    /// and the server's requests go there. Else the client's rmcp session
+    /// routes them.
+    pub stream: Option<mpsc::Sender<ToStream>>,
+}
+
+/// What a server sends to a client on the stream of the client's request
+/// (the direct path's).
+pub enum ToStream {
+    Progress(ProgressNotificationParam),
+    /// A server request; the client's answer, when it POSTs one, goes to
+    /// the sender.
+    Request(
+        ServerRequest,
+        oneshot::Sender<Result<ClientResult, ErrorData>>,
+    ),
 }
 
 /// Routes one connection's server-to-client traffic.
@@ -243,14 +256,17 @@ impl Relay {
         }
         // A per-session connection's server may also ask between requests;
         // that goes on the session's standalone stream.
-        let (client, request_id) = match self.origin() {
-            Ok(origin) => (origin.client, Some(origin.request_id)),
+        let (client, request_id, stream) = match self.origin() {
+            Ok(origin) => (origin.client, Some(origin.request_id), origin.stream),
             Err(error) => match self.session.and_then(|key| self.clients.get(key)) {
-                Some(session) => (session.peer.clone(), None),
+                Some(session) => (session.peer.clone(), None, None),
                 None => return Err(error),
             },
         };
         debug!(server = %self.server, "relaying server request to client");
+        if let Some(stream) = stream {
+            return self.ask_on_stream(&stream, request, cancel).await;
+        }
         if let Some(id) = request_id {
             request.extensions_mut().insert(OriginatingRequestId(id));
         }
@@ -281,6 +297,33 @@ impl Relay {
                 None,
             )),
             Err(error) => Err(ErrorData::internal_error(error.to_string(), None)),
+        }
+    }
+
+    /// [`Self::ask_client`] for a request the direct path answers: the
+    /// question rides its stream, and the answer comes back through it.
+    async fn ask_on_stream(
+        &self,
+        stream: &mpsc::Sender<ToStream>,
+        request: ServerRequest,
+        cancel: CancellationToken,
+    ) -> Result<ClientResult, ErrorData> {
+        let gone = || ErrorData::internal_error("the client did not answer: it went away", None);
+        let (answer_to, answer) = oneshot::channel();
+        stream
+            .send(ToStream::Request(request, answer_to))
+            .await
+            .map_err(|_| gone())?;
+        tokio::select! {
+            answer = tokio::time::timeout(self.client_timeout, answer) => match answer {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(gone()),
+                Err(_) => Err(ErrorData::internal_error(
+                    format!("the client did not answer within {:?}", self.client_timeout),
+                    None,
+                )),
+            },
+            _ = cancel.cancelled() => Err(ErrorData::internal_error("cancelled by the server", None)),
         }
     }
 
@@ -461,9 +504,9 @@ impl ClientHandler for DownstreamClient {
         }
         if let Some(token) = tracked.origin.progress_token.clone() {
             params.progress_token = token;
-            match &tracked.origin.progress_to {
+            match &tracked.origin.stream {
                 Some(stream) => {
-                    let _ = stream.send(params).await;
+                    let _ = stream.send(ToStream::Progress(params)).await;
                 }
                 None => {
                     let _ = tracked.origin.client.notify_progress(params).await;

@@ -1,24 +1,27 @@
-//! The direct path: `tools/call` on a live session without rmcp's session
-//! machinery. The request is read once, routed by the catalog and written
-//! to the stdio server with the server's tool name; the server's result goes
-//! back to the client as `application/json`, never parsed into types and
-//! serialised again. rmcp's path costs a session worker hop, a service
-//! loop, two typed parses and an SSE stream per call, which under load
-//! was most of the gateway's time (README, "Performance").
+//! The direct path: `tools/call` and the catalog lists on a live session
+//! without rmcp's session machinery. A call is read once, routed by the
+//! catalog and written to the stdio server with the server's tool name;
+//! the server's result goes back to the client as `application/json`,
+//! never parsed into types and serialised again. A list is a page of the
+//! catalog's items, encoded once per catalog. rmcp's path costs a session
+//! worker hop, a service loop, two typed parses and an SSE stream per
+//! request, which under load was most of the gateway's time (README,
+//! "Performance").
 //!
 //! Only a call that needs nothing else of the session goes this way: no
-//! protocol keys or fields beyond `name`, `arguments` and `_meta` (a
-//! progress token is fine: progress rides the call's own stream), from a
-//! client that cannot be asked anything (no sampling,
-//! elicitation or roots: those requests ride the stream of the call they
-//! serve), to a shared stdio server, on a live session rmcp has seen
-//! lately, with headers rmcp would take as they are and no `Origin`.
-//! Everything else, and every error the gateway answers itself (unknown
-//! tool, malformed request, a refused host), takes rmcp's path, so both
-//! answer alike. Spans, metrics, the request log line, breakers, timeouts
-//! and cancellation are the same on both; one difference: a direct answer
-//! that streams (slower than the JSON window) cannot be resumed after a
-//! dropped connection, which cancels the call instead.
+//! protocol keys or fields beyond `name`, `arguments` and `_meta`, to a
+//! shared stdio server, on a live session rmcp has seen lately, with
+//! headers rmcp would take as they are and no `Origin`. Whatever the
+//! server sends the client during the call rides the call's own stream:
+//! progress (under the client's token) and the server's requests
+//! (sampling, elicitation, roots, under ids of the gateway's, whose
+//! answers the client POSTs back here). Everything else, and every error
+//! the gateway answers itself (unknown tool, malformed request, a refused
+//! host), takes rmcp's path, so both answer alike. Spans, metrics, the
+//! request log line, breakers, timeouts and cancellation are the same on
+//! both; one difference: a direct answer that streams (slower than the
+//! JSON window) cannot be resumed after a dropped connection, which
+//! cancels the call instead.
 
 use std::{
     borrow::Cow,
@@ -41,14 +44,14 @@ use parking_lot::Mutex;
 use rmcp::{
     ErrorData, RoleServer,
     model::{
-        JsonObject, ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestId,
-        RequestMetaObject,
+        ClientResult, JsonObject, ProgressNotificationParam, ProgressToken, ProtocolVersion,
+        RequestId, RequestMetaObject, ServerJsonRpcMessage, ServerRequest,
     },
     service::Peer,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -60,7 +63,7 @@ use super::{
 use crate::{
     catalog::{CatalogReader, List, Route},
     clients::SessionKey,
-    downstream::{CallError, Origin},
+    downstream::{CallError, Origin, ToStream},
     observe::{Arrival, Observation, RequestInfo, Target},
     spec::{SessionMode, Transport},
     telemetry::Telemetry,
@@ -68,8 +71,8 @@ use crate::{
 
 /// Keep-alive comments on a stream waiting for a slow answer (as rmcp's).
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Progress notifications waiting for a slow client before the relay waits.
-const PROGRESS_BUFFER: usize = 64;
+/// Messages for a slow client's stream queued before the relay waits.
+const STREAM_BUFFER: usize = 64;
 
 /// What the direct path needs of the `/mcp` endpoint.
 pub struct DirectPath {
@@ -88,9 +91,7 @@ pub struct DirectSession {
     peer: Peer<RoleServer>,
     caller: Arc<OnceLock<String>>,
     /// The client may be asked for something (sampling, elicitation,
-    /// roots): those requests ride the response stream of the call they
-    /// serve, which the direct path does not open, so its calls take
-    /// rmcp's path (its lists need no stream and do not).
+    /// roots): every call of its gets a stream for those requests.
     askable: bool,
     calls: Mutex<Calls>,
 }
@@ -99,8 +100,19 @@ pub struct DirectSession {
 #[derive(Default)]
 struct Calls {
     by_id: HashMap<RequestId, CancellationToken>,
+    /// Server requests on the streams of direct calls, waiting for the
+    /// client's answer, by the id the client was given.
+    asked: HashMap<RequestId, Asked>,
+    next_ask: u64,
     /// The session ended: no call starts any more.
     closed: bool,
+}
+
+/// A server request the client has been sent on a direct call's stream.
+struct Asked {
+    /// Reads the client's result as the type the request expects.
+    read: fn(&str) -> serde_json::Result<ClientResult>,
+    answer_to: oneshot::Sender<Result<ClientResult, ErrorData>>,
 }
 
 /// A client message, read only as far as choosing its path.
@@ -108,9 +120,13 @@ struct Calls {
 struct Incoming<'a> {
     id: Option<RequestId>,
     #[serde(borrow)]
-    method: Cow<'a, str>,
+    method: Option<Cow<'a, str>>,
     #[serde(borrow)]
     params: Option<&'a RawValue>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
 }
 
 /// The params of a list request the direct path takes: rmcp's path
@@ -224,12 +240,12 @@ impl DirectPath {
             return Err(parts);
         };
         let params = incoming.params.map(RawValue::get);
-        let answered = match (&*incoming.method, incoming.id, params) {
-            ("tools/call", Some(id), Some(params)) => serde_json::from_str(params)
+        let answered = match (incoming.method.as_deref(), incoming.id, params) {
+            (Some("tools/call"), Some(id), Some(params)) => serde_json::from_str(params)
                 .ok()
                 .and_then(|params| self.call(session_id, id, params))
                 .map(|call| Answered::Call(Box::new(call))),
-            (method, Some(id), params) if let Some(list) = List::from_method(method) => {
+            (Some(method), Some(id), params) if let Some(list) = List::from_method(method) => {
                 let params = match params {
                     None => Some(ListParams::default()),
                     Some(params) => serde_json::from_str(params).ok(),
@@ -238,7 +254,14 @@ impl DirectPath {
                     .and_then(|params| self.list(session_id, id, list, params, &parts))
                     .map(Answered::List)
             }
-            ("notifications/cancelled", None, Some(params)) => {
+            // The client's answer to a server request on a direct call's
+            // stream.
+            (None, Some(id), None) => self
+                .book
+                .direct_session(session_id)
+                .and_then(|session| session.answered(&id, incoming.result, incoming.error))
+                .map(|()| Answered::Accepted),
+            (Some("notifications/cancelled"), None, Some(params)) => {
                 serde_json::from_str::<CancelledParams>(params)
                     .ok()
                     .and_then(|params| {
@@ -256,6 +279,7 @@ impl DirectPath {
                 call.cancel();
                 Ok(StatusCode::ACCEPTED.into_response())
             }
+            Some(Answered::Accepted) => Ok(StatusCode::ACCEPTED.into_response()),
             Some(Answered::List(body)) => Ok(json_response(body)),
             None => Err(parts),
         }
@@ -291,9 +315,6 @@ impl DirectPath {
             return None;
         }
         let (open, session) = self.book.open_direct(session_id, &id)?;
-        if session.askable {
-            return None;
-        }
         let cancel = session.begin(&id)?;
         let in_table = InTable {
             session: session.clone(),
@@ -365,7 +386,8 @@ impl DirectPath {
 /// How a call's answer begins.
 enum Head {
     Done(Option<Bytes>),
-    Progress(ProgressNotificationParam),
+    /// Something for the client before the answer.
+    Early(Box<ToStream>),
     Slow,
 }
 
@@ -374,6 +396,8 @@ enum Answered {
     Call(Box<Call>),
     Cancel(CancellationToken),
     List(Bytes),
+    /// Taken, nothing to answer but 202.
+    Accepted,
 }
 
 // === impl DirectSession ===
@@ -406,6 +430,59 @@ impl DirectSession {
         for call in calls.by_id.values() {
             call.cancel();
         }
+        // Nobody is left to answer: the servers' requests fail.
+        calls.asked.clear();
+    }
+
+    /// A message for the client as an SSE event. A server request gets an
+    /// id of the gateway's (strings: rmcp numbers its own), under which the
+    /// client's answer finds its way back ([`Self::answered`]).
+    fn event(&self, item: ToStream) -> Bytes {
+        let (request, answer_to) = match item {
+            ToStream::Progress(update) => return progress_event(update),
+            ToStream::Request(request, answer_to) => (request, answer_to),
+        };
+        let read = reader_for(&request);
+        let id = {
+            let mut calls = self.calls.lock();
+            // Questions nobody waits for any more (timed out, cancelled).
+            calls.asked.retain(|_, asked| !asked.answer_to.is_closed());
+            calls.next_ask += 1;
+            let id = RequestId::String(format!("sb:{}", calls.next_ask).into());
+            calls.asked.insert(id.clone(), Asked { read, answer_to });
+            id
+        };
+        let message = ServerJsonRpcMessage::request(request, id);
+        // rmcp's own types: encoding them cannot fail.
+        event(&serde_json::to_vec(&message).unwrap_or_default())
+    }
+
+    /// Hands the client's answer to the server request it answers; `None`
+    /// if no direct call asked it (rmcp's path takes it then).
+    fn answered(
+        &self,
+        id: &RequestId,
+        result: Option<&RawValue>,
+        error: Option<&RawValue>,
+    ) -> Option<()> {
+        let asked = self.calls.lock().asked.remove(id)?;
+        let answer = match (result, error) {
+            (Some(result), None) => (asked.read)(result.get()).map_err(|error| {
+                ErrorData::invalid_params(
+                    format!("the client's answer is malformed: {error}"),
+                    None,
+                )
+            }),
+            (None, Some(error)) => Err(serde_json::from_str(error.get()).unwrap_or_else(|error| {
+                ErrorData::internal_error(format!("the client's error is malformed: {error}"), None)
+            })),
+            _ => Err(ErrorData::invalid_params(
+                "the client's answer has neither a result nor an error",
+                None,
+            )),
+        };
+        let _ = asked.answer_to.send(answer);
+        Some(())
     }
 
     /// Enters a call in the table; `None` if the session has ended or the
@@ -431,24 +508,27 @@ impl Call {
     /// stream ends without one.
     async fn respond(self, parts: Parts) -> Response {
         let metrics = self.telemetry.metrics.clone();
-        // A channel only for a client that asked for progress.
-        let (progress_to, mut progress) = match self.progress_token {
-            Some(_) => {
-                let (progress_to, progress) = mpsc::channel(PROGRESS_BUFFER);
-                (Some(progress_to), Some(progress))
+        let session = self.session.clone();
+        // A stream of its own only for a client that asked for progress or
+        // may be asked something.
+        let (stream_to, mut early) = match self.progress_token.is_some() || session.askable {
+            true => {
+                let (stream_to, early) = mpsc::channel(STREAM_BUFFER);
+                (Some(stream_to), Some(early))
             }
-            None => (None, None),
+            false => (None, None),
         };
-        let mut answer = Box::pin(self.relay(parts, progress_to));
+        let mut answer = Box::pin(self.relay(parts, stream_to));
         let head = tokio::select! {
             biased;
             done = &mut answer => Head::Done(done),
-            Some(first) = next_progress(&mut progress) => Head::Progress(first),
+            Some(first) = next_early(&mut early) => Head::Early(Box::new(first)),
             () = tokio::time::sleep(WINDOW) => Head::Slow,
         };
         let (first, done) = match head {
-            // Progress is out before the answer is: none queued, none came.
-            Head::Done(done) => match progress.as_mut().and_then(|p| p.try_recv().ok()) {
+            // What went to the client's stream goes out before the answer:
+            // none queued, none came.
+            Head::Done(done) => match early.as_mut().and_then(|p| p.try_recv().ok()) {
                 Some(first) => (Some(first), Some(done)),
                 None => match done {
                     Some(body) => {
@@ -458,31 +538,28 @@ impl Call {
                     None => return stream_response(futures::stream::empty()),
                 },
             },
-            Head::Progress(first) => (Some(first), None),
+            Head::Early(first) => (Some(*first), None),
             Head::Slow => (None, None),
         };
         metrics.answered_sse.inc();
+        let head = futures::stream::iter(first.map(|first| session.event(first)));
         let state = Streaming {
             answer,
             done,
-            progress,
+            early,
+            session,
             keep_alive: tokio::time::interval_at(
                 tokio::time::Instant::now() + SSE_KEEP_ALIVE,
                 SSE_KEEP_ALIVE,
             ),
         };
-        let head = futures::stream::iter(first.map(progress_event));
         stream_response(head.chain(state.into_stream()))
     }
 
     /// Sends the call on; the JSON-RPC response for the client, `None` if
     /// the call was cancelled. Dropped before it ends (the client went
     /// away), the call is cancelled at the server and observed as such.
-    async fn relay(
-        self,
-        parts: Parts,
-        progress_to: Option<mpsc::Sender<ProgressNotificationParam>>,
-    ) -> Option<Bytes> {
+    async fn relay(self, parts: Parts, stream: Option<mpsc::Sender<ToStream>>) -> Option<Bytes> {
         let Call {
             name,
             id,
@@ -506,7 +583,7 @@ impl Call {
             client: session.peer.clone(),
             request_id: id.clone(),
             progress_token,
-            progress_to,
+            stream,
         };
         params.insert("name".to_owned(), route.name.to_string().into());
         let outcome = route
@@ -597,7 +674,9 @@ struct Streaming<F> {
     answer: Pin<Box<F>>,
     /// The answer, when it came before the stream started.
     done: Option<Option<Bytes>>,
-    progress: Option<mpsc::Receiver<ProgressNotificationParam>>,
+    /// Progress and server requests for the client, in the server's order.
+    early: Option<mpsc::Receiver<ToStream>>,
+    session: Arc<DirectSession>,
     keep_alive: tokio::time::Interval,
 }
 
@@ -612,7 +691,7 @@ impl<F: Future<Output = Option<Bytes>> + Send + 'static> Streaming<F> {
             }
             tokio::select! {
                 biased;
-                Some(update) = next_progress(&mut state.progress) => Some((progress_event(update), Some(state))),
+                Some(item) = next_early(&mut state.early) => Some((state.session.event(item), Some(state))),
                 done = &mut state.answer => Some((state.finish(done), None)),
                 _ = state.keep_alive.tick() => Some((Bytes::from_static(b":\n\n"), Some(state))),
             }
@@ -621,8 +700,8 @@ impl<F: Future<Output = Option<Bytes>> + Send + 'static> Streaming<F> {
 
     fn finish(&mut self, done: Option<Bytes>) -> Bytes {
         let mut events = Vec::new();
-        while let Some(update) = self.progress.as_mut().and_then(|p| p.try_recv().ok()) {
-            events.extend_from_slice(&progress_event(update));
+        while let Some(item) = self.early.as_mut().and_then(|p| p.try_recv().ok()) {
+            events.extend_from_slice(&self.session.event(item));
         }
         if let Some(body) = done {
             events.extend_from_slice(&event(&body));
@@ -631,11 +710,25 @@ impl<F: Future<Output = Option<Bytes>> + Send + 'static> Streaming<F> {
     }
 }
 
-/// The next progress notification; `None` at once without a channel.
-async fn next_progress(
-    progress: &mut Option<mpsc::Receiver<ProgressNotificationParam>>,
-) -> Option<ProgressNotificationParam> {
-    progress.as_mut()?.recv().await
+/// The next message for the client's stream; `None` at once without one.
+async fn next_early(early: &mut Option<mpsc::Receiver<ToStream>>) -> Option<ToStream> {
+    early.as_mut()?.recv().await
+}
+
+/// How the client's result to `request` is read.
+fn reader_for(request: &ServerRequest) -> fn(&str) -> serde_json::Result<ClientResult> {
+    match request {
+        ServerRequest::CreateMessageRequest(_) => {
+            |raw| serde_json::from_str(raw).map(|r| ClientResult::CreateMessageResult(Box::new(r)))
+        }
+        ServerRequest::ListRootsRequest(_) => {
+            |raw| serde_json::from_str(raw).map(ClientResult::ListRootsResult)
+        }
+        ServerRequest::ElicitRequest(_) => {
+            |raw| serde_json::from_str(raw).map(ClientResult::ElicitResult)
+        }
+        _ => |raw| serde_json::from_str(raw).map(ClientResult::CustomResult),
+    }
 }
 
 /// One SSE event carrying a JSON-RPC message.
