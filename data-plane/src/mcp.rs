@@ -17,6 +17,7 @@
 pub mod direct;
 pub mod guard;
 pub mod park;
+mod replay;
 pub mod single;
 pub mod sse;
 

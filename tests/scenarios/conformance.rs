@@ -20,14 +20,6 @@ use serde_json::{Value, json};
 /// gateway passes everything the fixture passes.
 const GATEWAY_EXCEPTIONS: &[(&str, &str)] = &[];
 
-/// Scenarios that pass through the gateway with warnings only (the
-/// suite's SHOULDs), where directly they pass outright, each with the
-/// reason (also in the README).
-const GATEWAY_WARNINGS: &[(&str, &str)] = &[(
-    "server-sse-polling",
-    "a direct-path answer that streams has no priming event or retry hint: it cannot be resumed",
-)];
-
 /// What one scenario's checks came to.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -191,13 +183,6 @@ fn compare(
         let through = gateway
             .get(scenario)
             .unwrap_or_else(|| panic!("{scenario} did not run through the gateway"));
-        if let Some((_, reason)) = GATEWAY_WARNINGS.iter().find(|(s, _)| s == scenario) {
-            assert!(
-                through.failures.is_empty() && !through.warnings.is_empty(),
-                "{scenario} is listed as passing with warnings ({reason}) but: {through:?}"
-            );
-            continue;
-        }
         match exception {
             None => assert!(
                 through.failures.is_empty() && through.successes > 0,

@@ -133,6 +133,20 @@ impl RawSession {
         })
     }
 
+    /// Picks a response stream up again after `last_event_id` (a GET with
+    /// `Last-Event-ID`, as a client whose connection broke does).
+    pub async fn resume(&self, last_event_id: &str) -> reqwest::Response {
+        self.http
+            .get(&self.url)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-06-18")
+            .header("last-event-id", last_event_id)
+            .send()
+            .await
+            .expect("GET /mcp")
+    }
+
     pub async fn delete(&self) -> u16 {
         self.http
             .delete(&self.url)

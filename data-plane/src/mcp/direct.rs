@@ -18,10 +18,8 @@
 //! answers the client POSTs back here). Everything else, and every error
 //! the gateway answers itself (unknown tool, malformed request, a refused
 //! host), takes rmcp's path, so both answer alike. Spans, metrics, the
-//! request log line, breakers, timeouts and cancellation are the same on
-//! both; one difference: a direct answer that streams (slower than the
-//! JSON window) cannot be resumed after a dropped connection, which
-//! cancels the call instead.
+//! request log line, breakers, timeouts, cancellation and resuming a
+//! stream after a dropped connection (`replay.rs`) are the same on both.
 
 use std::{
     borrow::Cow,
@@ -29,7 +27,6 @@ use std::{
     convert::Infallible,
     pin::Pin,
     sync::{Arc, OnceLock},
-    time::Duration,
 };
 
 use axum::{
@@ -39,7 +36,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use parking_lot::Mutex;
 use rmcp::{
     ErrorData, RoleServer,
@@ -53,10 +50,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug};
 
 use super::{
     Error, page,
     park::{Book, OpenStream},
+    replay::{KEEP_FINISHED, Replay, parse_event_id},
     single::WINDOW,
     sse::{AllowedHosts, check_host},
 };
@@ -69,8 +68,7 @@ use crate::{
     telemetry::Telemetry,
 };
 
-/// Keep-alive comments on a stream waiting for a slow answer (as rmcp's).
-const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+const LAST_EVENT_ID: &str = "last-event-id";
 /// Messages for a slow client's stream queued before the relay waits.
 const STREAM_BUFFER: usize = 64;
 
@@ -104,6 +102,9 @@ struct Calls {
     /// client's answer, by the id the client was given.
     asked: HashMap<RequestId, Asked>,
     next_ask: u64,
+    /// Streamed answers, resumable by `Last-Event-ID`.
+    replays: HashMap<u64, Arc<Replay>>,
+    next_stream: u64,
     /// The session ended: no call starts any more.
     closed: bool,
 }
@@ -176,6 +177,13 @@ pub async fn direct_path(
     request: Request,
     next: Next,
 ) -> Response {
+    if request.method() == Method::GET && request.headers().contains_key(LAST_EVENT_ID) {
+        let (parts, body) = request.into_parts();
+        return match path.resume(&parts) {
+            Some(response) => response,
+            None => next.run(Request::from_parts(parts, body)).await,
+        };
+    }
     if request.method() != Method::POST || !request.headers().contains_key("mcp-session-id") {
         return next.run(request).await;
     }
@@ -227,6 +235,28 @@ impl DirectPath {
             && !from_browser
             && accepts_json_and_sse(&parts.headers)
             && check_host(&self.allowed_hosts, parts).is_ok()
+    }
+
+    /// A client picking up a streamed direct answer where its connection
+    /// broke: what came after the event it names, then the rest live.
+    /// `None` sends the request through rmcp (not one of ours, or gone).
+    fn resume(&self, parts: &Parts) -> Option<Response> {
+        let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let (stream, number) = parse_event_id(header(LAST_EVENT_ID)?)?;
+        let session = self.book.direct_session(header("mcp-session-id")?)?;
+        if parts.headers.contains_key(header::ORIGIN)
+            || check_host(&self.allowed_hosts, parts).is_err()
+        {
+            return None;
+        }
+        let replay = session.calls.lock().replays.get(&stream)?.clone();
+        let events = replay.follow(number.checked_add(1)?)?;
+        debug!(
+            stream,
+            after = number,
+            "a client resumed a direct answer's stream"
+        );
+        Some(stream_response(events))
     }
 
     /// The answer to a message the direct path takes; the request's parts
@@ -432,6 +462,7 @@ impl DirectSession {
         }
         // Nobody is left to answer: the servers' requests fail.
         calls.asked.clear();
+        calls.replays.clear();
     }
 
     /// A message for the client as an SSE event. A server request gets an
@@ -455,6 +486,20 @@ impl DirectSession {
         let message = ServerJsonRpcMessage::request(request, id);
         // rmcp's own types: encoding them cannot fail.
         event(&serde_json::to_vec(&message).unwrap_or_default())
+    }
+
+    /// A new resumable stream for a streamed answer; `None` once the
+    /// session has ended.
+    fn open_replay(&self) -> Option<Arc<Replay>> {
+        let mut calls = self.calls.lock();
+        if calls.closed {
+            return None;
+        }
+        calls.next_stream += 1;
+        let stream = calls.next_stream;
+        let replay = Replay::new(stream);
+        calls.replays.insert(stream, replay.clone());
+        Some(replay)
     }
 
     /// Hands the client's answer to the server request it answers; `None`
@@ -503,9 +548,10 @@ impl DirectSession {
 impl Call {
     /// Relays the call and frames its answer as `single.rs` does: JSON if
     /// it is all there is and comes within the window, else a stream that
-    /// starts at once and carries its progress and keep-alives until the
-    /// answer. A cancelled call gets no answer (as on rmcp's path): its
-    /// stream ends without one.
+    /// starts at once, carries its progress, server requests and
+    /// keep-alives until the answer, and outlives the connection. A
+    /// cancelled call gets no answer (as on rmcp's path): its stream ends
+    /// without one.
     async fn respond(self, parts: Parts) -> Response {
         let metrics = self.telemetry.metrics.clone();
         let session = self.session.clone();
@@ -542,23 +588,32 @@ impl Call {
             Head::Slow => (None, None),
         };
         metrics.answered_sse.inc();
-        let head = futures::stream::iter(first.map(|first| session.event(first)));
+        let Some(replay) = session.open_replay() else {
+            // The session ended in the window: the call is cancelled.
+            return stream_response(futures::stream::empty());
+        };
+        if let Some(first) = first {
+            replay.push(&session.event(first));
+        }
         let state = Streaming {
             answer,
             done,
             early,
             session,
-            keep_alive: tokio::time::interval_at(
-                tokio::time::Instant::now() + SSE_KEEP_ALIVE,
-                SSE_KEEP_ALIVE,
-            ),
         };
-        stream_response(head.chain(state.into_stream()))
+        // From here the call runs without the connection, as on rmcp's
+        // path: a client that loses it resumes with `Last-Event-ID`.
+        tokio::spawn(state.run(replay.clone()).in_current_span());
+        match replay.follow(0) {
+            Some(events) => stream_response(events),
+            None => stream_response(futures::stream::empty()),
+        }
     }
 
     /// Sends the call on; the JSON-RPC response for the client, `None` if
     /// the call was cancelled. Dropped before it ends (the client went
-    /// away), the call is cancelled at the server and observed as such.
+    /// away before its answer started), the call is cancelled at the server
+    /// and observed as such.
     async fn relay(self, parts: Parts, stream: Option<mpsc::Sender<ToStream>>) -> Option<Bytes> {
         let Call {
             name,
@@ -656,8 +711,10 @@ impl Drop for InTable {
 }
 
 /// An SSE response carrying `events`.
-fn stream_response(events: impl Stream<Item = Bytes> + Send + 'static) -> Response {
-    let mut response = Response::new(Body::from_stream(events.map(Ok::<_, Infallible>)));
+fn stream_response(
+    events: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+) -> Response {
+    let mut response = Response::new(Body::from_stream(events));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -677,36 +734,32 @@ struct Streaming<F> {
     /// Progress and server requests for the client, in the server's order.
     early: Option<mpsc::Receiver<ToStream>>,
     session: Arc<DirectSession>,
-    keep_alive: tokio::time::Interval,
 }
 
 impl<F: Future<Output = Option<Bytes>> + Send + 'static> Streaming<F> {
-    /// Progress as it comes, keep-alive comments while nothing does, then
-    /// the answer (after any progress still queued) and the end.
-    fn into_stream(self) -> impl Stream<Item = Bytes> + Send + 'static {
-        futures::stream::unfold(Some(self), |state| async move {
-            let mut state = state?;
-            if let Some(done) = state.done.take() {
-                return Some((state.finish(done), None));
-            }
-            tokio::select! {
-                biased;
-                Some(item) = next_early(&mut state.early) => Some((state.session.event(item), Some(state))),
-                done = &mut state.answer => Some((state.finish(done), None)),
-                _ = state.keep_alive.tick() => Some((Bytes::from_static(b":\n\n"), Some(state))),
-            }
-        })
-    }
-
-    fn finish(&mut self, done: Option<Bytes>) -> Bytes {
-        let mut events = Vec::new();
+    /// Puts progress and server requests on the stream as they come, then
+    /// the answer (after any still queued); keeps the finished stream
+    /// resumable for a while.
+    async fn run(mut self, replay: Arc<Replay>) {
+        let done = match self.done.take() {
+            Some(done) => done,
+            None => loop {
+                tokio::select! {
+                    biased;
+                    Some(item) = next_early(&mut self.early) => replay.push(&self.session.event(item)),
+                    done = &mut self.answer => break done,
+                }
+            },
+        };
         while let Some(item) = self.early.as_mut().and_then(|p| p.try_recv().ok()) {
-            events.extend_from_slice(&self.session.event(item));
+            replay.push(&self.session.event(item));
         }
         if let Some(body) = done {
-            events.extend_from_slice(&event(&body));
+            replay.push(&event(&body));
         }
-        events.into()
+        replay.finish();
+        tokio::time::sleep(KEEP_FINISHED).await;
+        self.session.calls.lock().replays.remove(&replay.stream());
     }
 }
 
