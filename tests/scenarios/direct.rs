@@ -217,6 +217,7 @@ async fn a_direct_call_ends_with_its_cancellation_or_its_session() {
     // The client loses its connection mid-answer: the call runs on, and
     // a GET with the last event's id picks the stream up where it broke.
     let resuming = RawSession::open(&url).await;
+    let told = cancellations().await;
     let message = resuming.call_message(
         "d.progress",
         json!({ "steps": 4, "stepMs": 300 }),
@@ -233,6 +234,7 @@ async fn a_direct_call_ends_with_its_cancellation_or_its_session() {
     while let Some(message) = events.next().await {
         rest.push(message);
     }
+    assert_eq!(rest.len(), 4, "{rest:?}");
     let progress: Vec<_> = rest
         .iter()
         .map(|m| m["params"]["progress"].clone())
@@ -242,13 +244,16 @@ async fn a_direct_call_ends_with_its_cancellation_or_its_session() {
         [json!(2.0), json!(3.0), json!(4.0)],
         "{rest:?}"
     );
-    assert_eq!(rest.len(), 4, "{rest:?}");
     assert_eq!(rest[3]["id"], call_id, "{rest:?}");
     assert_eq!(
         rest[3]["result"]["structuredContent"]["steps"], 4,
         "{rest:?}"
     );
-    assert_eq!(cancellations().await, 2, "the server was not told to stop");
+    assert_eq!(
+        cancellations().await,
+        told,
+        "the server was not told to stop"
+    );
     let (status, answer) = observer
         .call("d.echo", json!({ "text": "still here" }))
         .await;
@@ -365,8 +370,7 @@ async fn catalog_lists_answer_as_the_rmcp_path_does() {
     sb.wait_server_state("e", "ready").await;
     sb.wait_server_state("d", "ready").await;
     let url = sb.mcp_url();
-    // A client that may be asked for things: its calls take rmcp's path,
-    // its lists need no stream and do not.
+    // Any client, one that may be asked for things too.
     let session = RawSession::open_with(&url, json!({ "sampling": {}, "roots": {} })).await;
     // server-everything adds tools once it is initialised: a steady list.
     eventually("the late tools to be listed", EVENTUALLY, || async {
@@ -434,15 +438,21 @@ async fn catalog_lists_answer_as_the_rmcp_path_does() {
     )
     .await;
 
-    // Each list is observed as rmcp's path observes it.
-    let exposition = sb.gateway_metrics().await;
+    // A direct list is observed as rmcp's path observes it.
     let labels = [
         ("server", ""),
         ("method", "prompts/list"),
         ("outcome", "ok"),
     ];
-    let prompts = metric(&exposition, "switchboard_requests_total", &labels);
-    assert!(prompts >= Some(2.0), "{exposition}");
+    let listed = async || {
+        let exposition = sb.gateway_metrics().await;
+        metric(&exposition, "switchboard_requests_total", &labels).unwrap_or_default()
+    };
+    let (before, lists) = (listed().await, direct_lists(&sb).await);
+    list_all(&session, "prompts/list", "prompts").await;
+    let pages = direct_lists(&sb).await - lists;
+    assert!(pages >= 1.0);
+    assert_eq!(listed().await, before + pages);
 }
 
 /// The JSON-RPC messages of an SSE response, read as they come.

@@ -12,7 +12,16 @@
 // the protocol versions this gateway serves still use them.
 #![allow(deprecated)]
 
-use std::{borrow::Cow, collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use parking_lot::Mutex;
 use rmcp::{
@@ -63,13 +72,21 @@ pub struct Origin {
 /// (the direct path's).
 pub enum ToStream {
     Progress(ProgressNotificationParam),
-    /// A server request; the client's answer, when it POSTs one, goes to
-    /// the sender.
-    Request(
-        ServerRequest,
-        oneshot::Sender<Result<ClientResult, ErrorData>>,
-    ),
+    /// A server request under an id of the gateway's (strings: rmcp
+    /// numbers its own); the client's answer, when it POSTs one, goes to
+    /// `answer_to`.
+    Request {
+        id: RequestId,
+        request: ServerRequest,
+        answer_to: oneshot::Sender<Result<ClientResult, ErrorData>>,
+    },
+    /// The server stopped waiting for its request (it cancelled it, or the
+    /// client took too long): the client is told.
+    Withdrawn(RequestId),
 }
+
+/// Ids of server requests asked on direct calls' streams.
+static NEXT_QUESTION: AtomicU64 = AtomicU64::new(1);
 
 /// Routes one connection's server-to-client traffic.
 pub struct Relay {
@@ -309,22 +326,29 @@ impl Relay {
         cancel: CancellationToken,
     ) -> Result<ClientResult, ErrorData> {
         let gone = || ErrorData::internal_error("the client did not answer: it went away", None);
+        let number = NEXT_QUESTION.fetch_add(1, Ordering::Relaxed);
+        let id = RequestId::String(format!("sb:{number}").into());
         let (answer_to, answer) = oneshot::channel();
-        stream
-            .send(ToStream::Request(request, answer_to))
-            .await
-            .map_err(|_| gone())?;
-        tokio::select! {
+        let asked = ToStream::Request {
+            id: id.clone(),
+            request,
+            answer_to,
+        };
+        stream.send(asked).await.map_err(|_| gone())?;
+        let given_up = tokio::select! {
             answer = tokio::time::timeout(self.client_timeout, answer) => match answer {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(_)) => Err(gone()),
-                Err(_) => Err(ErrorData::internal_error(
+                Ok(Ok(answer)) => return answer,
+                Ok(Err(_)) => return Err(gone()),
+                Err(_) => ErrorData::internal_error(
                     format!("the client did not answer within {:?}", self.client_timeout),
                     None,
-                )),
+                ),
             },
-            _ = cancel.cancelled() => Err(ErrorData::internal_error("cancelled by the server", None)),
-        }
+            _ = cancel.cancelled() => ErrorData::internal_error("cancelled by the server", None),
+        };
+        // A full stream forgets it when the stream ends instead.
+        let _ = stream.try_send(ToStream::Withdrawn(id));
+        Err(given_up)
     }
 
     /// The URI clients know a server's resource by.

@@ -41,8 +41,9 @@ use parking_lot::Mutex;
 use rmcp::{
     ErrorData, RoleServer,
     model::{
-        ClientResult, JsonObject, ProgressNotificationParam, ProgressToken, ProtocolVersion,
-        RequestId, RequestMetaObject, ServerJsonRpcMessage, ServerRequest,
+        CancelledNotification, CancelledNotificationParam, ClientResult, JsonObject,
+        ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestId, RequestMetaObject,
+        ServerJsonRpcMessage, ServerNotification, ServerRequest,
     },
     service::Peer,
 };
@@ -92,6 +93,8 @@ pub struct DirectSession {
     /// roots): every call of its gets a stream for those requests.
     askable: bool,
     calls: Mutex<Calls>,
+    /// Cancelled when the session ends.
+    ended: CancellationToken,
 }
 
 /// A session's direct calls in flight, by the client's request id.
@@ -101,10 +104,8 @@ struct Calls {
     /// Server requests on the streams of direct calls, waiting for the
     /// client's answer, by the id the client was given.
     asked: HashMap<RequestId, Asked>,
-    next_ask: u64,
     /// Streamed answers, resumable by `Last-Event-ID`.
     replays: HashMap<u64, Arc<Replay>>,
-    next_stream: u64,
     /// The session ended: no call starts any more.
     closed: bool,
 }
@@ -128,6 +129,17 @@ struct Incoming<'a> {
     result: Option<&'a RawValue>,
     #[serde(borrow)]
     error: Option<&'a RawValue>,
+}
+
+impl Incoming<'_> {
+    /// An answer to a server request or a cancel: it may concern a call on
+    /// the direct path, which rmcp has never seen.
+    fn about_direct(&self) -> bool {
+        match self.method.as_deref() {
+            None => self.id.is_some(),
+            Some(method) => method == "notifications/cancelled",
+        }
+    }
 }
 
 /// The params of a list request the direct path takes: rmcp's path
@@ -194,7 +206,11 @@ pub async fn direct_path(
         Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
     };
     let answered = match serde_json::from_slice::<Incoming<'_>>(&bytes) {
-        Ok(incoming) if path.takes(&parts) => path.answer(parts, incoming).await,
+        // What only concerns the direct path's own calls (an answer to a
+        // server request, a cancel) is taken with whatever headers came.
+        Ok(incoming) if path.takes(&parts) || (incoming.about_direct() && path.local(&parts)) => {
+            path.answer(parts, incoming).await
+        }
         _ => Err(parts),
     };
     match answered {
@@ -228,12 +244,16 @@ impl DirectPath {
                     })
             }
         };
-        // A browser's request: its origin is rmcp's to judge.
-        let from_browser = parts.headers.contains_key(header::ORIGIN);
         json_body
             && known_version
-            && !from_browser
-            && accepts_json_and_sse(&parts.headers)
+            && accepts(&parts.headers, &["application/json", "text/event-stream"])
+            && self.local(parts)
+    }
+
+    /// Not a browser's request (its origin is rmcp's to judge), and for an
+    /// allowed host.
+    fn local(&self, parts: &Parts) -> bool {
+        !parts.headers.contains_key(header::ORIGIN)
             && check_host(&self.allowed_hosts, parts).is_ok()
     }
 
@@ -244,9 +264,7 @@ impl DirectPath {
         let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let (stream, number) = parse_event_id(header(LAST_EVENT_ID)?)?;
         let session = self.book.direct_session(header("mcp-session-id")?)?;
-        if parts.headers.contains_key(header::ORIGIN)
-            || check_host(&self.allowed_hosts, parts).is_err()
-        {
+        if !self.local(parts) || !accepts(&parts.headers, &["text/event-stream"]) {
             return None;
         }
         let replay = session.calls.lock().replays.get(&stream)?.clone();
@@ -449,6 +467,7 @@ impl DirectSession {
             caller,
             askable,
             calls: Mutex::default(),
+            ended: CancellationToken::new(),
         })
     }
 
@@ -463,29 +482,42 @@ impl DirectSession {
         // Nobody is left to answer: the servers' requests fail.
         calls.asked.clear();
         calls.replays.clear();
+        self.ended.cancel();
     }
 
-    /// A message for the client as an SSE event. A server request gets an
-    /// id of the gateway's (strings: rmcp numbers its own), under which the
-    /// client's answer finds its way back ([`Self::answered`]).
-    fn event(&self, item: ToStream) -> Bytes {
-        let (request, answer_to) = match item {
-            ToStream::Progress(update) => return progress_event(update),
-            ToStream::Request(request, answer_to) => (request, answer_to),
+    /// A message for the client as an SSE event; `None` if there is
+    /// nothing to say (a question withdrawn before it was asked, or asked
+    /// of a session that has ended, which fails it at once). A question's
+    /// answer finds its way back by its id ([`Self::answered`]).
+    fn event(&self, item: ToStream) -> Option<Bytes> {
+        let message = match item {
+            ToStream::Progress(update) => return Some(progress_event(update)),
+            ToStream::Request {
+                id,
+                request,
+                answer_to,
+            } => {
+                let read = reader_for(&request);
+                let mut calls = self.calls.lock();
+                if calls.closed {
+                    return None;
+                }
+                // Questions nobody waits for any more.
+                calls.asked.retain(|_, asked| !asked.answer_to.is_closed());
+                calls.asked.insert(id.clone(), Asked { read, answer_to });
+                ServerJsonRpcMessage::request(request, id)
+            }
+            ToStream::Withdrawn(id) => {
+                self.calls.lock().asked.remove(&id)?;
+                let reason = "the server no longer needs an answer".to_owned();
+                let cancelled = CancelledNotificationParam::new(Some(id), Some(reason));
+                ServerJsonRpcMessage::notification(ServerNotification::CancelledNotification(
+                    CancelledNotification::new(cancelled),
+                ))
+            }
         };
-        let read = reader_for(&request);
-        let id = {
-            let mut calls = self.calls.lock();
-            // Questions nobody waits for any more (timed out, cancelled).
-            calls.asked.retain(|_, asked| !asked.answer_to.is_closed());
-            calls.next_ask += 1;
-            let id = RequestId::String(format!("sb:{}", calls.next_ask).into());
-            calls.asked.insert(id.clone(), Asked { read, answer_to });
-            id
-        };
-        let message = ServerJsonRpcMessage::request(request, id);
         // rmcp's own types: encoding them cannot fail.
-        event(&serde_json::to_vec(&message).unwrap_or_default())
+        Some(event(&serde_json::to_vec(&message).unwrap_or_default()))
     }
 
     /// A new resumable stream for a streamed answer; `None` once the
@@ -495,10 +527,8 @@ impl DirectSession {
         if calls.closed {
             return None;
         }
-        calls.next_stream += 1;
-        let stream = calls.next_stream;
-        let replay = Replay::new(stream);
-        calls.replays.insert(stream, replay.clone());
+        let replay = Replay::new();
+        calls.replays.insert(replay.stream(), replay.clone());
         Some(replay)
     }
 
@@ -592,8 +622,8 @@ impl Call {
             // The session ended in the window: the call is cancelled.
             return stream_response(futures::stream::empty());
         };
-        if let Some(first) = first {
-            replay.push(&session.event(first));
+        if let Some(event) = first.and_then(|first| session.event(first)) {
+            replay.push(&event);
         }
         let state = Streaming {
             answer,
@@ -746,20 +776,30 @@ impl<F: Future<Output = Option<Bytes>> + Send + 'static> Streaming<F> {
             None => loop {
                 tokio::select! {
                     biased;
-                    Some(item) = next_early(&mut self.early) => replay.push(&self.session.event(item)),
+                    Some(item) = next_early(&mut self.early) => {
+                        if let Some(event) = self.session.event(item) {
+                            replay.push(&event);
+                        }
+                    }
                     done = &mut self.answer => break done,
                 }
             },
         };
         while let Some(item) = self.early.as_mut().and_then(|p| p.try_recv().ok()) {
-            replay.push(&self.session.event(item));
+            if let Some(event) = self.session.event(item) {
+                replay.push(&event);
+            }
         }
         if let Some(body) = done {
             replay.push(&event(&body));
         }
         replay.finish();
-        tokio::time::sleep(KEEP_FINISHED).await;
-        self.session.calls.lock().replays.remove(&replay.stream());
+        let Self { session, .. } = self;
+        tokio::select! {
+            () = tokio::time::sleep(KEEP_FINISHED) => {}
+            () = session.ended.cancelled() => {}
+        }
+        session.calls.lock().replays.remove(&replay.stream());
     }
 }
 
@@ -800,9 +840,9 @@ fn progress_event(update: ProgressNotificationParam) -> Bytes {
     event(message.to_string().as_bytes())
 }
 
-/// Whether the client takes both JSON and SSE answers, as rmcp requires
-/// (a zero weight excludes a type). Quoted parameters are left to rmcp.
-fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
+/// Whether the client takes every one of `types`, as rmcp requires (a zero
+/// weight excludes a type). Quoted parameters are left to rmcp.
+fn accepts(headers: &HeaderMap, types: &[&str]) -> bool {
     let mut values = Vec::new();
     for value in headers.get_all(header::ACCEPT) {
         match value.to_str() {
@@ -825,8 +865,9 @@ fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
                 (!refused).then_some(essence)
             })
     };
-    let has = |wanted: &str| accepted().any(|media| media.eq_ignore_ascii_case(wanted));
-    has("application/json") && has("text/event-stream")
+    types
+        .iter()
+        .all(|wanted| accepted().any(|media| media.eq_ignore_ascii_case(wanted)))
 }
 
 /// `q=0`, `q=0.0`, … (up to three decimals, as RFC 9110 allows).
@@ -892,23 +933,22 @@ mod tests {
 
     #[test]
     fn both_answer_types_must_be_accepted_with_a_weight() {
-        assert!(accepts_json_and_sse(&accept(&[
-            "application/json, text/event-stream"
-        ])));
-        assert!(accepts_json_and_sse(&accept(&[
-            "Application/JSON;q=0.5",
-            "text/event-stream;q=1"
-        ])));
-        assert!(!accepts_json_and_sse(&accept(&[
-            "application/json;q=0, text/event-stream"
-        ])));
-        assert!(!accepts_json_and_sse(&accept(&[
-            "application/json, text/event-stream;q=0.000"
-        ])));
-        assert!(!accepts_json_and_sse(&accept(&["application/json"])));
-        assert!(!accepts_json_and_sse(&accept(&[
+        let both = |values: &[&'static str]| {
+            accepts(&accept(values), &["application/json", "text/event-stream"])
+        };
+        assert!(both(&["application/json, text/event-stream"]));
+        assert!(both(&["Application/JSON;q=0.5", "text/event-stream;q=1"]));
+        assert!(!both(&["application/json;q=0, text/event-stream"]));
+        assert!(!both(&["application/json, text/event-stream;q=0.000"]));
+        assert!(!both(&["application/json"]));
+        assert!(!both(&[
             r#"application/json;profile="x", text/event-stream"#
-        ])));
+        ]));
+        // A resume asks only for the stream.
+        assert!(accepts(
+            &accept(&["text/event-stream"]),
+            &["text/event-stream"]
+        ));
     }
 
     #[test]

@@ -5,7 +5,15 @@
 //! then follows the stream live until its answer. A finished stream is
 //! kept for [`KEEP_FINISHED`].
 
-use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::body::Bytes;
 use futures::Stream;
@@ -20,6 +28,10 @@ const MAX_EVENTS: usize = 1024;
 const RETRY: Duration = Duration::from_secs(3);
 /// Keep-alive comments on a stream waiting for a slow answer (as rmcp's).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Stream numbers, unique in the process: a session parked and restored
+/// starts a new table, and an old id must not name a new stream.
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 
 /// One streamed answer's events.
 pub struct Replay {
@@ -38,9 +50,9 @@ struct State {
 
 impl Replay {
     /// A stream whose first event (number 0) primes the client to resume.
-    pub fn new(stream: u64) -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         let replay = Arc::new(Self {
-            stream,
+            stream: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
             state: Mutex::default(),
             changed: Notify::new(),
         });
@@ -77,7 +89,9 @@ impl Replay {
 
     /// The events from number `from` on, then live ones, with keep-alive
     /// comments while none come, until the stream finishes; `None` if
-    /// `from` is no longer kept.
+    /// `from` is no longer kept. A follower that falls so far behind that
+    /// events it has not read are dropped is ended (its resume is refused
+    /// then), never handed a gap.
     pub fn follow(
         self: Arc<Self>,
         from: u64,
@@ -95,7 +109,7 @@ impl Replay {
                     let changed = replay.changed.notified();
                     let (event, finished) = {
                         let state = replay.state.lock();
-                        let index = next.saturating_sub(state.first);
+                        let index = next.checked_sub(state.first)?;
                         let index = usize::try_from(index).unwrap_or(usize::MAX);
                         (state.events.get(index).cloned(), state.finished)
                     };
@@ -149,7 +163,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_follower_gets_what_came_after_its_id_then_the_live_rest() {
-        let replay = Replay::new(7);
+        let replay = Replay::new();
+        let n = replay.stream();
         replay.push(b"data: one\n\n");
         let live = tokio::spawn({
             let replay = replay.clone();
@@ -158,25 +173,37 @@ mod tests {
         tokio::task::yield_now().await;
         replay.push(b"data: two\n\n");
         replay.finish();
-        assert_eq!(
-            live.await.expect("task"),
-            ["id: sb-7-1\ndata: one\n\n", "id: sb-7-2\ndata: two\n\n"]
+        let (one, two) = (
+            format!("id: sb-{n}-1\ndata: one\n\n"),
+            format!("id: sb-{n}-2\ndata: two\n\n"),
         );
+        assert_eq!(live.await.expect("task"), [one, two.clone()]);
         let resumed = collect(&replay, 2).await;
-        assert_eq!(resumed, ["id: sb-7-2\ndata: two\n\n"]);
+        assert_eq!(resumed, [two]);
         let all = collect(&replay, 0).await;
-        assert!(all[0].starts_with("id: sb-7-0\nretry: 3000\n"), "{all:?}");
+        let priming = format!("id: sb-{n}-0\nretry: 3000\n");
+        assert!(all[0].starts_with(&priming), "{all:?}");
         assert_eq!(parse_event_id("sb-7-2"), Some((7, 2)));
+        assert_ne!(Replay::new().stream(), n, "numbers are never reused");
         assert_eq!(parse_event_id("7/2"), None);
     }
 
     #[tokio::test]
     async fn old_events_are_dropped_and_cannot_be_resumed_from() {
-        let replay = Replay::new(1);
+        let replay = Replay::new();
         for _ in 0..MAX_EVENTS + 5 {
             replay.push(b"data: x\n\n");
         }
         assert!(replay.clone().follow(0).is_none());
         assert!(replay.clone().follow(6).is_some());
+
+        // A follower overtaken by the drop ends rather than skip events.
+        let behind = Replay::new();
+        let follower = behind.clone().follow(0).expect("kept");
+        for _ in 0..MAX_EVENTS + 5 {
+            behind.push(b"data: x\n\n");
+        }
+        behind.finish();
+        assert_eq!(follower.count().await, 0);
     }
 }
