@@ -356,6 +356,16 @@ async fn list_all(session: &RawSession, method: &str, key: &str) -> (Vec<Value>,
     }
 }
 
+/// Waits until `tool` is listed (on the direct path).
+async fn wait_listed(session: &RawSession, tool: &str) {
+    eventually(&format!("{tool} to be listed"), EVENTUALLY, || async {
+        let (tools, _) = list_all(session, "tools/list", "tools").await;
+        let listed = tools.iter().any(|t| t["name"] == tool);
+        listed.then_some(()).ok_or(format!("{} tools", tools.len()))
+    })
+    .await;
+}
+
 /// The four catalog lists, paged, answer on the direct path as on rmcp's,
 /// for any client (lists ask nothing of it), and follow catalog changes.
 #[tokio::test]
@@ -373,14 +383,7 @@ async fn catalog_lists_answer_as_the_rmcp_path_does() {
     // Any client, one that may be asked for things too.
     let session = RawSession::open_with(&url, json!({ "sampling": {}, "roots": {} })).await;
     // server-everything adds tools once it is initialised: a steady list.
-    eventually("the late tools to be listed", EVENTUALLY, || async {
-        let (tools, _) = list_all(&session, "tools/list", "tools").await;
-        let late = tools
-            .iter()
-            .any(|t| t["name"] == "e.trigger-sampling-request");
-        late.then_some(()).ok_or(format!("{} tools", tools.len()))
-    })
-    .await;
+    wait_listed(&session, "e.trigger-sampling-request").await;
 
     let lists = [
         ("tools/list", "tools"),
@@ -427,16 +430,7 @@ async fn catalog_lists_answer_as_the_rmcp_path_does() {
     // A server joins: the next list has its tools (the encoded lists are
     // the catalog's, never stale).
     sb.write_file("late.yaml", &demo_server_yaml("late", &marker, &[]));
-    eventually(
-        "the new server's tools to be listed",
-        EVENTUALLY,
-        || async {
-            let (tools, _) = list_all(&session, "tools/list", "tools").await;
-            let joined = tools.iter().any(|t| t["name"] == "late.echo");
-            joined.then_some(()).ok_or(format!("{} tools", tools.len()))
-        },
-    )
-    .await;
+    wait_listed(&session, "late.echo").await;
 
     // A direct list is observed as rmcp's path observes it.
     let labels = [
@@ -506,14 +500,7 @@ async fn server_requests_ride_a_direct_calls_stream() {
     let session =
         RawSession::open_with(&sb.mcp_url(), json!({ "sampling": {}, "roots": {} })).await;
     // server-everything offers its sampling tool once it is initialised.
-    eventually("the sampling tool to be listed", EVENTUALLY, || async {
-        let (tools, _) = list_all(&session, "tools/list", "tools").await;
-        let late = tools
-            .iter()
-            .any(|t| t["name"] == "e.trigger-sampling-request");
-        late.then_some(()).ok_or(format!("{} tools", tools.len()))
-    })
-    .await;
+    wait_listed(&session, "e.trigger-sampling-request").await;
 
     let answers = [
         json!({ "result": {
