@@ -1,10 +1,15 @@
 //! `switchboard-gateway demo-server`: a small MCP server over stdio, so the
 //! quick start and the tests need nothing outside this repository.
 //!
-//! Tools: `echo`, `add`, `now`, `env`, `info`, `fail`, `sleep`, `progress`, plus
-//! fault injection for tests and demos: `hang` (never answers, ignores
-//! cancellation), `crash` (exits at once) and `stats` (cancellations seen).
-//! Start-up faults: `--hang-on-start`, `--garbage-lines N`.
+//! Tools: `echo`, `add`, `now`, `env`, `info`, `fail`, `sleep`, `progress`,
+//! `roots` (asks the client), plus fault injection for tests and demos:
+//! `hang` (never answers, ignores cancellation), `crash` (exits at once)
+//! and `stats` (cancellations seen). Start-up faults: `--hang-on-start`,
+//! `--garbage-lines N`.
+
+// Roots are deprecated by SEP-2577 but clients on the protocol versions
+// this server speaks still use them.
+#![allow(deprecated)]
 
 use std::{
     sync::{
@@ -17,11 +22,12 @@ use std::{
 use rmcp::{
     ErrorData, RoleServer, ServerHandler, ServiceExt,
     model::{
-        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-        JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams, ProgressNotificationParam,
-        ServerCapabilities, ServerConfig, Tool,
+        CallToolRequestParams, CallToolResponse, CallToolResult, ClientResult, ContentBlock,
+        Implementation, JsonObject, ListRootsRequest, ListToolsResult, MetaObject,
+        PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig,
+        ServerRequest, Tool,
     },
-    service::RequestContext,
+    service::{PeerRequestOptions, RequestContext},
 };
 use serde_json::{Value, json};
 
@@ -211,12 +217,32 @@ fn tools() -> Vec<Tool> {
                 "required": ["ms"],
             })),
         ),
+        Tool::new(
+            "roots",
+            "Asks the client for its roots, waiting `waitMs` for the answer (then cancels the question, and answers `thenMs` later).",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "waitMs": { "type": "integer", "minimum": 0 },
+                    "thenMs": { "type": "integer", "minimum": 0 },
+                },
+                "required": ["waitMs"],
+            })),
+        ),
     ]
 }
 
 fn argument<'a>(args: &'a JsonObject, name: &str) -> Result<&'a Value, ErrorData> {
     args.get(name)
         .ok_or_else(|| ErrorData::invalid_params(format!("missing argument `{name}`"), None))
+}
+
+/// A duration in milliseconds, at most [`MAX_SLEEP`].
+fn millis_argument(args: &JsonObject, name: &str) -> Result<Duration, ErrorData> {
+    let ms = argument(args, name)?.as_u64().ok_or_else(|| {
+        ErrorData::invalid_params(format!("`{name}` must be a non-negative integer"), None)
+    })?;
+    Ok(Duration::from_millis(ms).min(MAX_SLEEP))
 }
 
 fn string_argument<'a>(args: &'a JsonObject, name: &str) -> Result<&'a str, ErrorData> {
@@ -306,11 +332,36 @@ impl DemoServer {
             "fail" => {
                 CallToolResult::error(vec![ContentBlock::text(string_argument(args, "message")?)])
             }
+            "roots" => {
+                let wait = millis_argument(args, "waitMs")?;
+                let then = args
+                    .get("thenMs")
+                    .map_or(Ok(Duration::ZERO), |_| millis_argument(args, "thenMs"))?;
+                let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
+                let options = PeerRequestOptions::with_timeout(wait);
+                let answer = match context
+                    .peer
+                    .send_request_with_option(request, options)
+                    .await
+                {
+                    Ok(handle) => handle.await_response().await,
+                    Err(error) => Err(error),
+                };
+                match answer {
+                    Ok(ClientResult::ListRootsResult(result)) => {
+                        structured(json!({ "roots": result.roots.len() }))
+                    }
+                    Ok(_) => {
+                        return Err(ErrorData::internal_error("not a roots/list answer", None));
+                    }
+                    Err(error) => {
+                        tokio::time::sleep(then).await;
+                        structured(json!({ "answered": false, "error": error.to_string() }))
+                    }
+                }
+            }
             "sleep" => {
-                let ms = argument(args, "ms")?.as_u64().ok_or_else(|| {
-                    ErrorData::invalid_params("`ms` must be a non-negative integer", None)
-                })?;
-                let wait = Duration::from_millis(ms).min(MAX_SLEEP);
+                let wait = millis_argument(args, "ms")?;
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => structured(json!({ "sleptMs": wait.as_millis() as u64 })),
                     _ = context.ct.cancelled() => return Err(ErrorData::internal_error("cancelled", None)),

@@ -555,3 +555,48 @@ async fn server_requests_ride_a_direct_calls_stream() {
     let (tools, _) = list_all(&session, "tools/list", "tools").await;
     assert!(!tools.is_empty());
 }
+
+/// A server request the server stops waiting for is withdrawn on the
+/// call's stream (`notifications/cancelled` under the gateway's id), and
+/// the call goes on to its answer; answered in time, it gets through.
+#[tokio::test]
+async fn a_server_request_the_server_gives_up_on_is_withdrawn() {
+    let sb = demo_gateway("direct-withdraw").await;
+    let session = RawSession::open_with(&sb.mcp_url(), json!({ "roots": {} })).await;
+    let before = direct_calls(&sb).await;
+
+    // The server waits 300 ms for an answer, then 1 s before it answers.
+    let call = session.call_message(
+        "d.roots",
+        json!({ "waitMs": 300, "thenMs": 1000 }),
+        Value::Null,
+    );
+    let call_id = call["id"].clone();
+    let mut events = Events::new(session.send(call).await);
+    let asked = events.next().await.expect("the server's question");
+    assert_eq!(asked["method"], "roots/list", "{asked}");
+    let withdrawn = events.next().await.expect("the withdrawal");
+    assert_eq!(
+        withdrawn["method"], "notifications/cancelled",
+        "{withdrawn}"
+    );
+    assert_eq!(withdrawn["params"]["requestId"], asked["id"], "{withdrawn}");
+    let result = events.next().await.expect("the call's response");
+    assert_eq!(result["id"], call_id, "{result}");
+    let answer = &result["result"]["structuredContent"];
+    assert_eq!(answer["answered"], false, "{result}");
+
+    let call = session.call_message("d.roots", json!({ "waitMs": 60_000 }), Value::Null);
+    let mut events = Events::new(session.send(call).await);
+    let asked = events.next().await.expect("the server's question");
+    let roots = json!({ "roots": [{ "uri": "file:///work", "name": "work" }] });
+    let reply = json!({ "jsonrpc": "2.0", "id": asked["id"], "result": roots });
+    let (status, _) = session.post(reply).await;
+    assert_eq!(status, 202);
+    let result = events.next().await.expect("the call's response");
+    assert_eq!(
+        result["result"]["structuredContent"]["roots"], 1,
+        "{result}"
+    );
+    assert_eq!(direct_calls(&sb).await, before + 2.0, "both were direct");
+}

@@ -132,7 +132,7 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
         let row = table.lines().find(|l| l.starts_with("demo ")).unwrap_or("");
         let cells: Vec<&str> = row.split_whitespace().collect();
         // NAME PREFIX TRANSPORT READY REPLICAS TOOLS BREAKER AGE
-        (cells.get(1..7) == Some(&["demo", "stdio", "True", "1/1", "11", "closed"][..]))
+        (cells.get(1..7) == Some(&["demo", "stdio", "True", "1/1", "12", "closed"][..]))
             .then(|| table.clone())
             .ok_or(table)
     })

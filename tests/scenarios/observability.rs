@@ -354,7 +354,7 @@ async fn metrics_and_logfmt_lines_describe_a_known_workload() {
     assert_eq!(value("switchboard_sessions", &[]), 2.0);
     let server = [("server", "demo")];
     assert_eq!(value("switchboard_server_ready", &server), 1.0);
-    assert_eq!(value("switchboard_server_tools", &server), 11.0);
+    assert_eq!(value("switchboard_server_tools", &server), 12.0);
     assert_eq!(value("switchboard_server_breaker_state", &server), 0.0);
     assert_eq!(value("switchboard_server_restarts", &server), 0.0);
     assert_eq!(value("switchboard_server_connections", &server), 1.0);

@@ -39,6 +39,7 @@ async fn bundled_registry_serves_both_demo_servers_under_their_namespaces() {
     let names = tool_names(&client).await.expect("tools/list");
     let demo_tools = [
         "echo", "add", "now", "env", "info", "fail", "sleep", "progress", "hang", "crash", "stats",
+        "roots",
     ];
     for tool in demo_tools {
         assert!(names.contains(&format!("demo.{tool}")), "{names:?}");

@@ -412,7 +412,7 @@ async fn remote_http_server_is_reconnected_after_it_restarts() {
     });
     sb.write_file("r.yaml", &yaml.to_string());
     let state = sb.wait_server_state("r", "ready").await;
-    assert_eq!(state["tools"], 11, "{state}");
+    assert_eq!(state["tools"], 12, "{state}");
     let client = connect(&sb.mcp_url()).await.expect("connect");
     let first = pid(&client, "r.info").await;
 

@@ -112,7 +112,7 @@ enum Target {
 
 const TARGETS: [&str; 3] = ["ceiling", "gateway", "floor"];
 /// Tools the demo server offers without `--extra-tools`.
-const DEMO_TOOLS: usize = 11;
+const DEMO_TOOLS: usize = 12;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
