@@ -558,7 +558,8 @@ async fn server_requests_ride_a_direct_calls_stream() {
 
 /// A server request the server stops waiting for is withdrawn on the
 /// call's stream (`notifications/cancelled` under the gateway's id), and
-/// the call goes on to its answer; answered in time, it gets through.
+/// the call goes on to its answer; answered in time, it gets through, and
+/// a malformed answer reaches the server as an error.
 #[tokio::test]
 async fn a_server_request_the_server_gives_up_on_is_withdrawn() {
     let sb = demo_gateway("direct-withdraw").await;
@@ -598,5 +599,20 @@ async fn a_server_request_the_server_gives_up_on_is_withdrawn() {
         result["result"]["structuredContent"]["roots"], 1,
         "{result}"
     );
-    assert_eq!(direct_calls(&sb).await, before + 2.0, "both were direct");
+
+    // An answer that is not what the question asked for reaches the server
+    // as an error saying so.
+    let call = session.call_message("d.roots", json!({ "waitMs": 60_000 }), Value::Null);
+    let mut events = Events::new(session.send(call).await);
+    let asked = events.next().await.expect("the server's question");
+    let malformed = json!({ "roots": "not a list" });
+    let reply = json!({ "jsonrpc": "2.0", "id": asked["id"], "result": malformed });
+    let (status, _) = session.post(reply).await;
+    assert_eq!(status, 202);
+    let result = events.next().await.expect("the call's response");
+    let answer = &result["result"]["structuredContent"];
+    assert_eq!(answer["answered"], false, "{result}");
+    let error = answer["error"].to_string();
+    assert!(error.contains("malformed"), "{result}");
+    assert_eq!(direct_calls(&sb).await, before + 3.0, "all were direct");
 }

@@ -470,6 +470,8 @@ impl Book {
                     entry.phase = Phase::Parking;
                     // No heap left behind to pin the freed session's pages.
                     entry.in_flight = Vec::new();
+                    // Its finished direct streams go with it, as rmcp's do.
+                    entry.close_direct();
                     entry.direct = None;
                     due.push(*id);
                 }
