@@ -2,7 +2,9 @@
 //! here (OTLP/gRPC, gzip accepted, on the config port); each export is
 //! handed to the forwarder (`forward.rs`) for the configured collector and
 //! kept in [`TraceStore`], a bounded buffer of recent traces that the HTTP
-//! API filters by server, tool, caller and error.
+//! API filters by server, tool, caller and error. Spans stay encoded as
+//! they arrived (`proto/otlp_trace.proto`) and are decoded only when the API
+//! reads them: receiving is a cost on every tool call, reading is not.
 
 pub mod forward;
 
@@ -12,14 +14,16 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
     common::v1::{AnyValue, KeyValue, any_value::Value},
+    resource::v1::Resource,
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
 use parking_lot::Mutex;
+use prost::Message;
+use proto::otlp::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, codec::CompressionEncoding};
 use tracing::debug;
@@ -46,8 +50,6 @@ pub struct TraceStore {
     capacity: usize,
 }
 
-/// Spans are kept as received and turned into views only when the API is
-/// asked: receiving stays cheap for the machine the gateways run on.
 #[derive(Default)]
 struct StoreInner {
     traces: HashMap<Vec<u8>, Vec<StoredSpan>>,
@@ -58,7 +60,32 @@ struct StoreInner {
 struct StoredSpan {
     service: Arc<str>,
     instance: Arc<str>,
-    span: Span,
+    /// An encoded OTLP `Span`.
+    span: Vec<u8>,
+}
+
+/// The one `Span` field read on arrival: what the store groups by.
+#[derive(Clone, PartialEq, Message)]
+struct SpanTraceId {
+    #[prost(bytes = "vec", tag = "1")]
+    trace_id: Vec<u8>,
+}
+
+/// An export that is not OTLP; nothing of it is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidExport {
+    #[error("the resource of resource_spans[{index}] is not an OTLP Resource: {source}")]
+    Resource {
+        index: usize,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("span {index} of the export is not an OTLP Span: {source}")]
+    Span {
+        index: usize,
+        #[source]
+        source: prost::DecodeError,
+    },
 }
 
 /// A span as the HTTP API shows it.
@@ -128,39 +155,54 @@ impl TraceStore {
         self.len() == 0
     }
 
-    /// Adds every span of an export; returns how many were kept.
-    pub fn insert(&self, request: ExportTraceServiceRequest) -> usize {
-        let mut kept = 0;
-        let mut inner = self.inner.lock();
-        for resource_spans in request.resource_spans {
-            let resource = resource_spans
-                .resource
-                .as_ref()
-                .map(|r| r.attributes.as_slice())
-                .unwrap_or_default();
-            let service: Arc<str> = string_attr(resource, "service.name").into();
-            let instance: Arc<str> = string_attr(resource, "service.instance.id").into();
-            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
-                if !inner.traces.contains_key(&span.trace_id) {
-                    inner.order.push_back(span.trace_id.clone());
-                    while inner.order.len() > self.capacity {
-                        if let Some(evicted) = inner.order.pop_front() {
-                            inner.traces.remove(&evicted);
-                        }
+    /// Adds every span of an export; returns how many were kept. An export
+    /// with a span or resource that does not decode is refused whole. Only
+    /// the outer layer of a span is checked here; a span whose attributes
+    /// turn out not to decode is left out of the API's answers.
+    pub fn insert(&self, request: ExportTraceServiceRequest) -> Result<usize, InvalidExport> {
+        let mut arrivals = Vec::with_capacity(request.resource_spans.len());
+        let mut index = 0;
+        for (resource_index, resource_spans) in request.resource_spans.into_iter().enumerate() {
+            let resource =
+                Resource::decode(resource_spans.resource.as_slice()).map_err(|source| {
+                    InvalidExport::Resource {
+                        index: resource_index,
+                        source,
                     }
-                }
-                let spans = inner.traces.entry(span.trace_id.clone()).or_default();
-                if spans.len() < MAX_SPANS_PER_TRACE {
-                    spans.push(StoredSpan {
-                        service: service.clone(),
-                        instance: instance.clone(),
-                        span,
-                    });
-                    kept += 1;
-                }
+                })?;
+            let service: Arc<str> = string_attr(&resource.attributes, "service.name").into();
+            let instance: Arc<str> =
+                string_attr(&resource.attributes, "service.instance.id").into();
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                let SpanTraceId { trace_id } = SpanTraceId::decode(span.as_slice())
+                    .map_err(|source| InvalidExport::Span { index, source })?;
+                index += 1;
+                let span = StoredSpan {
+                    service: service.clone(),
+                    instance: instance.clone(),
+                    span,
+                };
+                arrivals.push((trace_id, span));
             }
         }
-        kept
+        let mut kept = 0;
+        let mut inner = self.inner.lock();
+        for (trace_id, span) in arrivals {
+            if !inner.traces.contains_key(&trace_id) {
+                inner.order.push_back(trace_id.clone());
+                while inner.order.len() > self.capacity {
+                    if let Some(evicted) = inner.order.pop_front() {
+                        inner.traces.remove(&evicted);
+                    }
+                }
+            }
+            let spans = inner.traces.entry(trace_id).or_default();
+            if spans.len() < MAX_SPANS_PER_TRACE {
+                spans.push(span);
+                kept += 1;
+            }
+        }
+        Ok(kept)
     }
 
     /// The spans of one trace, by start time.
@@ -191,7 +233,13 @@ impl TraceStore {
 fn views(spans: &[StoredSpan]) -> Vec<SpanView> {
     spans
         .iter()
-        .map(|s| SpanView::new(&s.span, &s.service, &s.instance))
+        .filter_map(|s| match Span::decode(s.span.as_slice()) {
+            Ok(span) => Some(SpanView::new(&span, &s.service, &s.instance)),
+            Err(error) => {
+                debug!(%error, "stored span does not decode; left out");
+                None
+            }
+        })
         .collect()
 }
 
@@ -372,15 +420,19 @@ impl TraceService for TraceReceiver {
             .flat_map(|r| &r.scope_spans)
             .map(|s| s.spans.len())
             .sum();
-        self.counters.received.inc_by(spans as u64);
         // Only a forwarded export is copied; the store takes the original.
-        if let Some(forwarder) = &self.forwarder {
-            forwarder.forward(request.clone(), spans);
+        let forwarded = self.forwarder.as_ref().map(|_| request.clone());
+        let kept = self
+            .store
+            .insert(request)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        self.counters.received.inc_by(spans as u64);
+        if let (Some(forwarder), Some(request)) = (&self.forwarder, forwarded) {
+            forwarder.forward(request, spans);
         }
-        let kept = self.store.insert(request);
         debug!(spans, kept, "spans received");
         Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
+            partial_success: Vec::new(),
         }))
     }
 }
@@ -388,8 +440,12 @@ impl TraceService for TraceReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status as SpanStatus};
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest as TypedExport,
+        trace::v1::{ResourceSpans, ScopeSpans, Status as SpanStatus},
+    };
 
+    /// An export as OpenTelemetry's own types write it.
     fn export(trace: u8, spans: Vec<Span>) -> ExportTraceServiceRequest {
         let spans = spans
             .into_iter()
@@ -398,31 +454,44 @@ mod tests {
                 s
             })
             .collect();
-        ExportTraceServiceRequest {
+        let typed = TypedExport {
             resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        attribute("service.name", "switchboard-gateway"),
+                        attribute("service.instance.id", "replica-1"),
+                    ],
+                    ..Default::default()
+                }),
                 scope_spans: vec![ScopeSpans {
                     spans,
                     ..Default::default()
                 }],
                 ..Default::default()
             }],
+        };
+        ExportTraceServiceRequest::decode(typed.encode_to_vec().as_slice()).expect("same wire")
+    }
+
+    fn attribute(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(value.to_owned())),
+            }),
+            ..Default::default()
         }
+    }
+
+    fn insert(store: &TraceStore, export: ExportTraceServiceRequest) {
+        store.insert(export).expect("a valid export");
     }
 
     fn span(id: u8, attributes: &[(&str, &str)], error: bool) -> Span {
         Span {
             span_id: vec![id; 8],
             name: format!("span {id}"),
-            attributes: attributes
-                .iter()
-                .map(|(k, v)| KeyValue {
-                    key: (*k).to_owned(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue((*v).to_owned())),
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
+            attributes: attributes.iter().map(|(k, v)| attribute(k, v)).collect(),
             status: error.then(|| SpanStatus {
                 code: StatusCode::Error as i32,
                 message: "boom".into(),
@@ -434,14 +503,20 @@ mod tests {
     #[test]
     fn filters_by_attributes_and_error() {
         let store = TraceStore::new(10);
-        store.insert(export(
-            1,
-            vec![span(1, &[(SERVER_ATTR, "a"), (CALLER_ATTR, "x")], false)],
-        ));
-        store.insert(export(
-            2,
-            vec![span(2, &[(SERVER_ATTR, "b"), (TOOL_ATTR, "b.t")], true)],
-        ));
+        insert(
+            &store,
+            export(
+                1,
+                vec![span(1, &[(SERVER_ATTR, "a"), (CALLER_ATTR, "x")], false)],
+            ),
+        );
+        insert(
+            &store,
+            export(
+                2,
+                vec![span(2, &[(SERVER_ATTR, "b"), (TOOL_ATTR, "b.t")], true)],
+            ),
+        );
         let query = |q: TraceQuery| -> Vec<String> {
             store.search(&q).into_iter().map(|t| t.trace_id).collect()
         };
@@ -469,12 +544,68 @@ mod tests {
     #[test]
     fn oldest_traces_are_evicted_and_spans_of_a_trace_are_grouped() {
         let store = TraceStore::new(2);
-        store.insert(export(1, vec![span(1, &[], false)]));
-        store.insert(export(2, vec![span(2, &[], false)]));
-        store.insert(export(2, vec![span(3, &[], false)]));
-        store.insert(export(3, vec![span(4, &[], false)]));
+        insert(&store, export(1, vec![span(1, &[], false)]));
+        insert(&store, export(2, vec![span(2, &[], false)]));
+        insert(&store, export(2, vec![span(3, &[], false)]));
+        insert(&store, export(3, vec![span(4, &[], false)]));
         assert_eq!(store.len(), 2);
         assert!(store.trace(&"01".repeat(16)).is_none());
         assert_eq!(store.trace(&"02".repeat(16)).map(|s| s.len()), Some(2));
+    }
+
+    #[test]
+    fn spans_read_back_with_their_exporter_and_attributes() {
+        let store = TraceStore::new(2);
+        insert(
+            &store,
+            export(1, vec![span(1, &[(TOOL_ATTR, "a.echo")], true)]),
+        );
+        let spans = store.trace(&"01".repeat(16)).expect("stored");
+        let [span] = spans.as_slice() else {
+            panic!("one span: {spans:?}")
+        };
+        assert_eq!(span.span_id, "01".repeat(8));
+        assert_eq!(span.name, "span 1");
+        assert_eq!(
+            (span.service.as_str(), span.instance.as_str()),
+            ("switchboard-gateway", "replica-1")
+        );
+        assert_eq!(span.attributes[TOOL_ATTR], "a.echo");
+        assert!(span.error);
+        assert_eq!(span.status_message, "boom");
+    }
+
+    #[test]
+    fn an_export_that_is_not_otlp_is_refused_whole() {
+        let store = TraceStore::new(10);
+        let mut bad = export(1, vec![span(1, &[], false), span(2, &[], false)]);
+        bad.resource_spans[0].scope_spans[0].spans[1] = vec![0xff];
+        let error = store.insert(bad).expect_err("a truncated span");
+        assert!(
+            error.to_string().contains("span 1 of the export"),
+            "{error}"
+        );
+        assert!(store.is_empty(), "nothing of it kept");
+
+        let mut bad = export(1, vec![span(1, &[], false)]);
+        bad.resource_spans[0].resource = vec![0x0a, 0x05];
+        let error = store.insert(bad).expect_err("a truncated resource");
+        assert!(error.to_string().contains("resource"), "{error}");
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_span_whose_attributes_do_not_decode_is_left_out_of_answers() {
+        let store = TraceStore::new(10);
+        let mut export = export(1, vec![span(1, &[], false), span(2, &[], false)]);
+        // Field 9 (attributes), one byte long, not a KeyValue.
+        export.resource_spans[0].scope_spans[0].spans[0].extend([0x4a, 0x01, 0xff]);
+        assert_eq!(store.insert(export).expect("outer layer is valid"), 2);
+        let spans = store.trace(&"01".repeat(16)).expect("stored");
+        assert_eq!(
+            spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["span 2"]
+        );
+        assert_eq!(store.search(&TraceQuery::default()).len(), 1);
     }
 }

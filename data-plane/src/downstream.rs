@@ -38,11 +38,10 @@ pub use crate::clients::SessionKey;
 use crate::{
     clients::Clients,
     spec::{ServerSpec, SessionMode, Transport},
-    telemetry::{Telemetry, TraceContext, attr, metrics::MethodLabels},
+    telemetry::{SpanKind, Telemetry, TraceContext, attr, metrics::MethodLabels},
 };
 use breaker::{Breaker, BreakerState};
 use lines::Answer;
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use pool::{AcquireError, Connection, Pool};
 pub use relay::{DownstreamClient, Origin, ToStream};
 use serde_json::value::RawValue;
@@ -455,10 +454,10 @@ impl ServerHandle {
         if span.is_recording() {
             span.set(attr::MCP_METHOD_NAME, about.method);
             if let Some(tool) = about.tool {
-                span.set(attr::GEN_AI_TOOL_NAME, tool.to_owned());
+                span.set(attr::GEN_AI_TOOL_NAME, tool);
                 span.set(attr::GEN_AI_OPERATION_NAME, "execute_tool");
             }
-            span.set(attr::SERVER, self.spec.name.to_string());
+            span.set(attr::SERVER, &self.spec.name);
             let remote = match &self.spec.transport {
                 Transport::Stdio(_) => None,
                 Transport::Http(http) => Some(http),
@@ -469,7 +468,7 @@ impl ServerHandle {
                 Some(remote) => {
                     span.set(attr::NETWORK_TRANSPORT, "tcp");
                     if let Some(host) = remote.host() {
-                        span.set(attr::SERVER_ADDRESS, host);
+                        span.set(attr::SERVER_ADDRESS, &host);
                     }
                 }
             }
@@ -480,18 +479,19 @@ impl ServerHandle {
             .metrics
             .downstream_duration
             .get_or_create(&MethodLabels {
-                server: self.spec.name.to_string(),
-                method: about.method.to_owned(),
+                server: Some(self.spec.name.clone()),
+                method: about.method,
             })
             .observe(started.elapsed().as_secs_f64());
         match &outcome {
             Ok(answer) if answer.is_tool_error() => span.set_error("tool_error", ""),
             Ok(_) => {}
             Err(CallError::Downstream(error)) => {
-                span.set(attr::RPC_RESPONSE_STATUS_CODE, error.code.0.to_string());
-                span.set_error(&error.code.0.to_string(), error.message.to_string());
+                let code = error.code.0.to_string();
+                span.set(attr::RPC_RESPONSE_STATUS_CODE, &code);
+                span.set_error(&code, &error.message);
             }
-            Err(err) => span.set_error(err.kind(), err.to_string()),
+            Err(err) => span.set_error(err.kind(), &err.to_string()),
         }
         outcome
     }

@@ -11,7 +11,6 @@ use std::{
     time::Instant,
 };
 
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use rmcp::{
     ErrorData, RoleServer,
     model::{InitializeRequestParams, RequestMetaObject},
@@ -21,7 +20,7 @@ use serde::Serialize;
 use tracing::{debug, info};
 
 use crate::telemetry::{
-    ActiveSpan, Telemetry, TraceContext, attr,
+    ActiveSpan, SpanKind, Telemetry, TraceContext, attr,
     metrics::{MethodLabels, RequestLabels},
 };
 
@@ -70,7 +69,6 @@ pub struct Observation {
     request_id: String,
     session: Option<String>,
     caller: String,
-    trace_id: Option<String>,
     server: Option<Arc<str>>,
     /// Why it failed, when the response alone does not say.
     failure: Option<(&'static str, String)>,
@@ -149,27 +147,23 @@ impl Observation {
         let session = header("mcp-session-id").map(str::to_owned);
         if span.is_recording() {
             span.set(attr::MCP_METHOD_NAME, method);
-            span.set(attr::JSONRPC_REQUEST_ID, request_id.clone());
+            span.set(attr::JSONRPC_REQUEST_ID, &request_id);
             span.set(attr::NETWORK_TRANSPORT, "tcp");
-            span.set(attr::CALLER, caller.clone());
-            span.set(attr::REPLICA, telemetry.replica_id.to_string());
+            span.set(attr::CALLER, &caller);
+            span.set(attr::REPLICA, &telemetry.replica_id);
             if let Some(session) = &session {
-                span.set(attr::MCP_SESSION_ID, session.clone());
+                span.set(attr::MCP_SESSION_ID, session);
             }
             if let Some(client) = client {
-                span.set(
-                    attr::MCP_PROTOCOL_VERSION,
-                    client.protocol_version.to_string(),
-                );
+                span.set(attr::MCP_PROTOCOL_VERSION, client.protocol_version.as_str());
             }
             if let Some(target) = &target {
-                span.set(target_attr, target.clone());
+                span.set(target_attr, target);
                 if target_attr == attr::GEN_AI_TOOL_NAME {
                     span.set(attr::GEN_AI_OPERATION_NAME, "execute_tool");
                 }
             }
         }
-        let trace_id = span.context().map(|t| t.trace_id_hex());
         Self {
             telemetry: telemetry.clone(),
             span,
@@ -179,7 +173,6 @@ impl Observation {
             request_id,
             session,
             caller,
-            trace_id,
             server: None,
             failure: None,
             outcome: None,
@@ -254,31 +247,31 @@ impl Drop for Observation {
             error: Some(("cancelled".into(), None, "abandoned by the client".into())),
         });
         let elapsed = self.started.elapsed();
-        let server = self.server.as_deref().unwrap_or("").to_owned();
-        if !server.is_empty() {
-            self.span.set(attr::SERVER, server.clone());
+        let server = self.server.take();
+        if let Some(server) = &server {
+            self.span.set(attr::SERVER, server);
         }
         if let Some((error_type, code, message)) = &outcome.error {
             if let Some(code) = code {
                 self.span
-                    .set(attr::RPC_RESPONSE_STATUS_CODE, code.to_string());
+                    .set(attr::RPC_RESPONSE_STATUS_CODE, &code.to_string());
             }
-            self.span.set_error(error_type, message.clone());
+            self.span.set_error(error_type, message);
         }
         let metrics = &self.telemetry.metrics;
         metrics
             .requests
             .get_or_create(&RequestLabels {
                 server: server.clone(),
-                method: self.method.to_owned(),
-                outcome: outcome.label.to_owned(),
+                method: self.method,
+                outcome: outcome.label,
             })
             .inc();
         metrics
             .request_duration
             .get_or_create(&MethodLabels {
                 server: server.clone(),
-                method: self.method.to_owned(),
+                method: self.method,
             })
             .observe(elapsed.as_secs_f64());
         let error = outcome
@@ -290,12 +283,16 @@ impl Drop for Observation {
             request_id = %self.request_id,
             session = self.session.as_deref().unwrap_or(""),
             method = self.method,
-            server = %server,
+            server = server.as_deref().unwrap_or(""),
             tool = self.target.as_deref().unwrap_or(""),
             duration_ms = elapsed.as_secs_f64() * 1e3,
             outcome = outcome.label,
             error = error.filter(|e| !e.is_empty()),
-            trace_id = self.trace_id.as_deref().unwrap_or(""),
+            trace_id = self
+                .span
+                .context()
+                .map(|t| t.trace_id_hex())
+                .unwrap_or_default(),
             "request"
         );
     }

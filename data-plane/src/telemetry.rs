@@ -1,15 +1,17 @@
-//! A replica's telemetry: OTLP spans (`trace.rs`, exported by
-//! `export.rs`), Prometheus metrics (`metrics.rs`), and the attribute
+//! A replica's telemetry: OTLP spans (`trace.rs`, written by `otlp.rs`,
+//! exported by `export.rs`), Prometheus metrics (`metrics.rs`), and the attribute
 //! names of the OpenTelemetry MCP semantic conventions they share.
 //! [`Telemetry`] is the handle request paths carry.
 
 pub mod export;
 pub mod metrics;
+pub mod otlp;
 pub mod trace;
 
 use std::sync::Arc;
 
 pub use metrics::Metrics;
+pub use otlp::SpanKind;
 pub use trace::{ActiveSpan, TraceContext, Tracer};
 
 /// Span attribute names. The MCP ones follow the OpenTelemetry MCP

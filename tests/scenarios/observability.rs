@@ -246,6 +246,34 @@ async fn a_traced_call_is_one_trace_through_the_control_plane_and_a_collector() 
             .expect("GET /traces")
     ));
 
+    // An export whose span is not a protobuf message is refused whole, with
+    // the reason; the receiver goes on taking valid ones (below).
+    let mut raw = proto::otlp::trace_service_client::TraceServiceClient::connect(format!(
+        "http://{}",
+        sb.grpc
+    ))
+    .await
+    .expect("connect to the control plane's OTLP receiver");
+    let refused = raw
+        .export(proto::otlp::ExportTraceServiceRequest {
+            resource_spans: vec![proto::otlp::ResourceSpans {
+                scope_spans: vec![proto::otlp::ScopeSpans {
+                    spans: vec![vec![0x0a, 0x10, 7]],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect_err("a truncated span");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("span 0 of the export is not an OTLP Span"),
+        "{refused:?}"
+    );
+
     // The control plane's receiver takes gzip, as collectors send it.
     let mut otlp = TraceServiceClient::connect(format!("http://{}", sb.grpc))
         .await

@@ -1,13 +1,12 @@
 //! Forwards received OTLP exports to the configured collector (Jaeger,
-//! Tempo, an OpenTelemetry collector) over OTLP/gRPC with gzip. Exports
-//! wait in a bounded queue; when it is full or the collector fails, spans
-//! are dropped and counted, never queued without bound.
+//! Tempo, an OpenTelemetry collector) over OTLP/gRPC with gzip, spans as
+//! they arrived. Exports wait in a bounded queue; when it is full or the
+//! collector fails, spans are dropped and counted, never queued without
+//! bound.
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
-};
+use proto::otlp::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{codec::CompressionEncoding, transport::Channel};

@@ -1,17 +1,15 @@
 //! The OTLP/gRPC span exporter: one task that drains the tracer's bounded
-//! queue in batches and sends them to the control plane or a collector. A failed export drops its batch and counts it: spans are
+//! queue in batches and sends them to the control plane or a collector, the
+//! spans as the tracer encoded them (`proto/otlp_trace.proto`). A failed export drops its batch and counts it: spans are
 //! diagnostics, and holding them for an absent receiver would grow without
 //! bound. Nothing here is ever awaited by a request.
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
-    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
-};
 use prometheus_client::metrics::{counter::Counter, family::Family};
+use proto::otlp::{
+    ExportTraceServiceRequest, ResourceSpans, ScopeSpans, trace_service_client::TraceServiceClient,
+};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -19,7 +17,8 @@ use tracing::{debug, info, warn};
 
 use super::{
     metrics::{DROP_EXPORT_FAILED, DROP_QUEUE_FULL, ReasonLabels},
-    trace::Tracer,
+    otlp,
+    trace::{EncodedSpan, Tracer},
 };
 
 /// Spans waiting for export; beyond this they are dropped.
@@ -83,41 +82,30 @@ pub fn spawn(
     info!(endpoint = %config.endpoint, "exporting spans over OTLP");
     let exporter = Exporter {
         client,
-        resource: resource(&config),
+        resource: otlp::resource(&[
+            ("service.name", config.service_name),
+            ("service.version", env!("CARGO_PKG_VERSION")),
+            ("service.instance.id", &config.replica_id),
+        ]),
+        scope: otlp::scope("switchboard-gateway", env!("CARGO_PKG_VERSION")),
         counters,
         failing: false,
     };
     Ok((tracer, tokio::spawn(exporter.run(rx, shutdown))))
 }
 
-fn resource(config: &ExportConfig) -> Resource {
-    let attribute = |key: &str, value: &str| KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(value.to_owned())),
-        }),
-        ..Default::default()
-    };
-    Resource {
-        attributes: vec![
-            attribute("service.name", config.service_name),
-            attribute("service.version", env!("CARGO_PKG_VERSION")),
-            attribute("service.instance.id", &config.replica_id),
-        ],
-        ..Default::default()
-    }
-}
-
 struct Exporter {
     client: TraceServiceClient<Channel>,
-    resource: Resource,
+    /// The encoded OTLP `Resource` and `InstrumentationScope` of every export.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
     counters: ExportCounters,
     /// Logs only the first failure of a streak and the recovery.
     failing: bool,
 }
 
 impl Exporter {
-    async fn run(mut self, mut spans: mpsc::Receiver<Span>, shutdown: CancellationToken) {
+    async fn run(mut self, mut spans: mpsc::Receiver<EncodedSpan>, shutdown: CancellationToken) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             tokio::select! {
@@ -146,24 +134,20 @@ impl Exporter {
         }
     }
 
-    async fn export(&mut self, spans: Vec<Span>) {
+    async fn export(&mut self, spans: Vec<EncodedSpan>) {
         if spans.is_empty() {
             return;
         }
         let count = spans.len() as u64;
         let request = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
+                resource: self.resource.clone(),
                 scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "switchboard-gateway".to_owned(),
-                        version: env!("CARGO_PKG_VERSION").to_owned(),
-                        ..Default::default()
-                    }),
+                    scope: self.scope.clone(),
                     spans,
-                    ..Default::default()
+                    schema_url: String::new(),
                 }],
-                ..Default::default()
+                schema_url: String::new(),
             }],
         };
         match self.client.export(request).await {

@@ -4,7 +4,7 @@
 //! one source of truth and nothing to keep in sync. Labels stay
 //! low-cardinality: server, method, outcome — never tool, caller or session.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, atomic::AtomicI64};
 
 use parking_lot::Mutex;
 use prometheus_client::{
@@ -33,19 +33,20 @@ pub const DROP_EXPORT_FAILED: &str = "export_failed";
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Request labels are built on every request: nothing in them is allocated.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Empty for requests no server answers (`initialize`, `tools/list`).
-    pub server: String,
-    pub method: String,
+    pub server: Option<Arc<str>>,
+    pub method: &'static str,
     /// `ok`, `tool_error`, or why it failed (`timeout`, `unknown_tool`, …).
-    pub outcome: String,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
-    pub server: String,
-    pub method: String,
+    pub server: Option<Arc<str>>,
+    pub method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,20 +1,26 @@
-//! Spans of this replica's making, built straight into OTLP messages: W3C
-//! trace context in and out, a SERVER span per client request and a CLIENT
-//! span per downstream call. A span is handed to the exporter when it is
-//! dropped, with one non-blocking channel send; if the exporter's queue is
-//! full the span is dropped and counted instead of slowing the request.
+//! Spans of this replica's making, written straight into protobuf as they
+//! are recorded (`otlp.rs`): W3C trace context in and out, a SERVER span per
+//! client request and a CLIENT span per downstream call. A span is handed to
+//! the exporter when it is dropped, with one non-blocking channel send; if
+//! the exporter's queue is full the span is dropped and counted instead of
+//! slowing the request.
 
 use std::{
     sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use opentelemetry_proto::tonic::{
-    common::v1::{AnyValue, KeyValue, any_value::Value},
-    trace::v1::{Span, Status, span::SpanKind, status::StatusCode},
-};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
+
+use super::otlp::{self, SpanKind, Value, span as field};
+
+/// Room for a span with its attributes; the buffer grows if a span needs
+/// more (long tool names, error messages).
+const SPAN_CAPACITY: usize = 512;
+
+/// A finished span, encoded as an OTLP `Span`.
+pub type EncodedSpan = Vec<u8>;
 
 /// The W3C trace context of one span (`traceparent`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +38,7 @@ pub struct Tracer {
 }
 
 struct SpanSink {
-    spans: mpsc::Sender<Span>,
+    spans: mpsc::Sender<EncodedSpan>,
     dropped: Counter,
     /// Share of new traces recorded; a parent's decision always wins.
     sample_ratio: f64,
@@ -47,7 +53,9 @@ pub struct ActiveSpan {
 
 struct Recording {
     sink: Arc<SpanSink>,
-    span: Span,
+    /// Every field but the end time, which the drop appends.
+    span: EncodedSpan,
+    start_unix_nano: u64,
     started: Instant,
 }
 
@@ -152,7 +160,7 @@ impl Tracer {
     /// A tracer that hands finished spans to `spans`, counting the ones the
     /// full queue refuses in `dropped`, and records `sample_ratio` of the
     /// traces it starts (traces the client started follow its decision).
-    pub fn new(spans: mpsc::Sender<Span>, dropped: Counter, sample_ratio: f64) -> Self {
+    pub fn new(spans: mpsc::Sender<EncodedSpan>, dropped: Counter, sample_ratio: f64) -> Self {
         Self {
             sink: Some(Arc::new(SpanSink {
                 spans,
@@ -178,18 +186,23 @@ impl Tracer {
             };
         };
         let context = parent.map_or_else(|| TraceContext::root(sink.sample_ratio), |p| p.child());
-        let record = context.sampled.then(|| Recording {
-            sink: sink.clone(),
-            span: Span {
-                trace_id: context.trace_id.to_vec(),
-                span_id: context.span_id.to_vec(),
-                parent_span_id: parent.map(|p| p.span_id.to_vec()).unwrap_or_default(),
-                name: name(),
-                kind: kind as i32,
-                start_time_unix_nano: unix_nanos(SystemTime::now()),
-                ..Default::default()
-            },
-            started: Instant::now(),
+        let record = context.sampled.then(|| {
+            let start_unix_nano = unix_nanos(SystemTime::now());
+            let mut buf = Vec::with_capacity(SPAN_CAPACITY);
+            otlp::bytes(&mut buf, field::TRACE_ID, &context.trace_id);
+            otlp::bytes(&mut buf, field::SPAN_ID, &context.span_id);
+            if let Some(parent) = parent {
+                otlp::bytes(&mut buf, field::PARENT_SPAN_ID, &parent.span_id);
+            }
+            otlp::bytes(&mut buf, field::NAME, name().as_bytes());
+            otlp::varint(&mut buf, field::KIND, kind as u64);
+            otlp::fixed64(&mut buf, field::START_TIME_UNIX_NANO, start_unix_nano);
+            Recording {
+                sink: sink.clone(),
+                span: buf,
+                start_unix_nano,
+                started: Instant::now(),
+            }
         });
         ActiveSpan {
             context: Some(context),
@@ -216,32 +229,25 @@ impl ActiveSpan {
         self.record.is_some()
     }
 
-    pub fn set(&mut self, key: &'static str, value: impl Into<String>) {
-        self.push(key, Value::StringValue(value.into()));
+    pub fn set(&mut self, key: &'static str, value: &str) {
+        self.push(key, Value::Str(value));
     }
 
     pub fn set_i64(&mut self, key: &'static str, value: i64) {
-        self.push(key, Value::IntValue(value));
+        self.push(key, Value::Int(value));
     }
 
     /// Marks the span failed: `error.type` plus an ERROR status.
-    pub fn set_error(&mut self, error_type: &str, message: impl Into<String>) {
+    pub fn set_error(&mut self, error_type: &str, message: &str) {
         self.set("error.type", error_type);
         if let Some(record) = &mut self.record {
-            record.span.status = Some(Status {
-                message: message.into(),
-                code: StatusCode::Error as i32,
-            });
+            otlp::error_status(&mut record.span, message);
         }
     }
 
-    fn push(&mut self, key: &'static str, value: Value) {
+    fn push(&mut self, key: &'static str, value: Value<'_>) {
         if let Some(record) = &mut self.record {
-            record.span.attributes.push(KeyValue {
-                key: key.to_owned(),
-                value: Some(AnyValue { value: Some(value) }),
-                ..Default::default()
-            });
+            otlp::key_value(&mut record.span, field::ATTRIBUTES, key, value);
         }
     }
 }
@@ -251,13 +257,18 @@ impl Drop for ActiveSpan {
         let Some(Recording {
             sink,
             mut span,
+            start_unix_nano,
             started,
         }) = self.record.take()
         else {
             return;
         };
         let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        span.end_time_unix_nano = span.start_time_unix_nano.saturating_add(elapsed);
+        otlp::fixed64(
+            &mut span,
+            field::END_TIME_UNIX_NANO,
+            start_unix_nano.saturating_add(elapsed),
+        );
         if sink.spans.try_send(span).is_err() {
             sink.dropped.inc();
         }
@@ -266,6 +277,9 @@ impl Drop for ActiveSpan {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
+    use prost::Message;
+
     use super::*;
 
     const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -315,10 +329,14 @@ mod tests {
         drop(client);
         drop(server);
         let exported = rx.recv().await.expect("client span");
+        let exported = Span::decode(exported.as_slice()).expect("a valid span");
         assert_eq!(exported.parent_span_id, server_context.span_id.to_vec());
+        assert_eq!(exported.name, "tools/call echo");
+        assert_eq!(exported.kind, SpanKind::Client as i32);
+        assert!(exported.end_time_unix_nano >= exported.start_time_unix_nano);
         assert_eq!(
-            exported.status.map(|s| s.code),
-            Some(StatusCode::Error as i32)
+            exported.status.map(|s| (s.code, s.message)),
+            Some((StatusCode::Error as i32, "no answer".into()))
         );
         assert_eq!(dropped.get(), 1, "the server span found the queue full");
     }
