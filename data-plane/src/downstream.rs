@@ -44,6 +44,7 @@ use breaker::{Breaker, BreakerState};
 use lines::Answer;
 use pool::{AcquireError, Connection, Pool};
 pub use relay::{DownstreamClient, Origin, ToStream};
+use serde::Serialize;
 use serde_json::value::RawValue;
 pub use stdio::Launcher;
 
@@ -415,7 +416,7 @@ impl ServerHandle {
         self: &Arc<Self>,
         origin: &Origin,
         tool: &str,
-        params: JsonObject,
+        arguments: Option<&RawValue>,
         meta: RequestMetaObject,
         cancel: &CancellationToken,
     ) -> Result<DirectResult, CallError> {
@@ -426,7 +427,11 @@ impl ServerHandle {
             session: origin.session,
         };
         self.exchange(about, meta, async |connection, meta, timeout| {
-            self.send_direct(connection, origin, params, meta, timeout, cancel)
+            let call = DirectToolCall {
+                name: tool,
+                arguments,
+            };
+            self.send_direct(connection, origin, call, meta, timeout, cancel)
                 .await
         })
         .await
@@ -602,7 +607,7 @@ impl ServerHandle {
         &self,
         connection: &Connection,
         origin: &Origin,
-        mut params: JsonObject,
+        tool_call: DirectToolCall<'_>,
         mut meta: RequestMetaObject,
         timeout: Duration,
         cancel: &CancellationToken,
@@ -628,7 +633,11 @@ impl ServerHandle {
         let mut call = direct.start();
         let token = call.progress_token();
         meta.set_progress_token(token.clone());
-        params.insert("_meta".to_owned(), serde_json::Value::Object(meta.0.0));
+        let params = DirectParams {
+            name: tool_call.name,
+            arguments: tool_call.arguments,
+            meta: &meta.0.0,
+        };
         let registered = connection.relay.register(token, origin.clone());
         let mut progressed = registered.progress();
         let give_up = tokio::time::Instant::now() + self.spec.timeouts.max_call;
@@ -853,6 +862,23 @@ impl Answered for ServerResult {
     fn is_tool_error(&self) -> bool {
         matches!(self, ServerResult::CallToolResult(result) if result.is_error == Some(true))
     }
+}
+
+/// A tool call on the direct path: the arguments go to the server as the
+/// client wrote them, never parsed into a value tree.
+struct DirectToolCall<'a> {
+    name: &'a str,
+    arguments: Option<&'a RawValue>,
+}
+
+/// `tools/call` params as the server gets them.
+#[derive(Serialize)]
+struct DirectParams<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arguments: Option<&'a RawValue>,
+    #[serde(rename = "_meta")]
+    meta: &'a JsonObject,
 }
 
 /// A `tools/call` result as the server wrote it (see

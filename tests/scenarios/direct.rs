@@ -77,6 +77,26 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
         assert_eq!(without_id(answer), without_id(from_asking), "{tool}");
     }
 
+    // Arguments reach the server as the client wrote them, escapes and
+    // all; null `arguments` and `_meta` count as absent, on both paths.
+    let before = direct_calls(&sb).await;
+    let tricky = json!({ "text": "quote \" backslash \\ line\n é 🚀 \u{7}" });
+    let (status, answer) = direct.call("d.echo", tricky.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["result"]["structuredContent"]["text"], tricky["text"],
+        "{answer}"
+    );
+    let nulls = json!({
+        "jsonrpc": "2.0", "id": "nulls", "method": "tools/call",
+        "params": { "name": "d.echo", "arguments": null, "_meta": null },
+    });
+    let (status, answer) = direct.post(nulls.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(direct_calls(&sb).await, before + 2.0, "both went direct");
+    let (_, expected) = direct.post(via_rmcp(nulls)).await;
+    assert_eq!(without_id(answer), without_id(expected));
+
     // What the direct path leaves to rmcp: unknown tools and malformed
     // calls (the gateway's own errors).
     let before = direct_calls(&sb).await;

@@ -31,9 +31,7 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use rmcp::{
     ErrorData,
-    model::{
-        ClientJsonRpcMessage, JsonObject, NumberOrString, ProgressToken, ServerJsonRpcMessage,
-    },
+    model::{ClientJsonRpcMessage, NumberOrString, ProgressToken, ServerJsonRpcMessage},
     service::RoleClient,
     transport::Transport,
 };
@@ -99,11 +97,11 @@ struct ResponseLine<'a> {
 }
 
 #[derive(Serialize)]
-struct RequestLine<'a> {
+struct RequestLine<'a, P> {
     jsonrpc: &'static str,
     id: &'a str,
     method: &'a str,
-    params: &'a JsonObject,
+    params: &'a P,
 }
 
 /// Newline-delimited JSON-RPC over a child's stdout and stdin.
@@ -339,7 +337,7 @@ impl DirectCall {
     }
 
     /// Writes the request to the server; `params` go as they are.
-    pub async fn send(&self, method: &str, params: &JsonObject) -> io::Result<()> {
+    pub async fn send(&self, method: &str, params: &impl Serialize) -> io::Result<()> {
         let request = RequestLine {
             jsonrpc: "2.0",
             id: &wire_id(self.id),
@@ -447,7 +445,7 @@ async fn write_lines<W: AsyncWrite + Unpin>(mut stdin: W, mut queue: mpsc::Recei
 
 #[cfg(test)]
 mod tests {
-    use rmcp::model::{ClientNotification, ClientRequest, PingRequest};
+    use rmcp::model::{ClientNotification, ClientRequest, JsonObject, PingRequest};
     use tokio::io::{AsyncBufReadExt, BufReader, duplex};
 
     use super::*;

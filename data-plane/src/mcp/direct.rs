@@ -152,6 +152,18 @@ struct ListParams {
     meta: Option<JsonObject>,
 }
 
+/// The params of a `tools/call` the direct path takes: rmcp's path judges
+/// anything else (the guard has already refused mistyped ones). The
+/// arguments are kept as the client wrote them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallParams {
+    name: String,
+    arguments: Option<Box<RawValue>>,
+    #[serde(rename = "_meta")]
+    meta: Option<JsonObject>,
+}
+
 #[derive(Deserialize)]
 struct CancelledParams {
     #[serde(rename = "requestId")]
@@ -166,7 +178,8 @@ struct Call {
     id: RequestId,
     /// The client's, if it asked for progress.
     progress_token: Option<ProgressToken>,
-    params: JsonObject,
+    /// As the client wrote them.
+    arguments: Option<Box<RawValue>>,
     meta: RequestMetaObject,
     route: Route,
     session: Arc<DirectSession>,
@@ -335,24 +348,20 @@ impl DirectPath {
 
     /// A `tools/call` the direct path takes, ready to go; `None` if it
     /// must take rmcp's path.
-    fn call(&self, session_id: &str, id: RequestId, mut params: JsonObject) -> Option<Call> {
-        // The guard has checked the types of `name`, `arguments` and `_meta`.
-        let name = params.get("name")?.as_str()?.to_owned();
-        let plain = params
-            .keys()
-            .all(|key| matches!(key.as_str(), "name" | "arguments" | "_meta"));
-        let mut meta = match params.remove("_meta") {
-            None => JsonObject::new(),
-            Some(serde_json::Value::Object(meta)) => meta,
-            Some(_) => return None,
-        };
+    fn call(&self, session_id: &str, id: RequestId, params: CallParams) -> Option<Call> {
+        let CallParams {
+            name,
+            arguments,
+            meta,
+        } = params;
+        let mut meta = meta.unwrap_or_default();
         // The server gets a token of the gateway's; the client's is restored.
         let progress_token = match meta.remove("progressToken") {
             None => None,
             Some(token) => Some(serde_json::from_value::<ProgressToken>(token).ok()?),
         };
         // Protocol keys of this hop: rmcp's path checks them.
-        if !plain || has_hop_keys(&meta) || self.telemetry.log_payloads {
+        if has_hop_keys(&meta) || self.telemetry.log_payloads {
             return None;
         }
         let route = self.catalog.load().route(&name).cloned()?;
@@ -373,7 +382,7 @@ impl DirectPath {
             name,
             id,
             progress_token,
-            params,
+            arguments,
             meta: RequestMetaObject::from(meta),
             route,
             session,
@@ -649,7 +658,7 @@ impl Call {
             name,
             id,
             progress_token,
-            mut params,
+            arguments,
             mut meta,
             route,
             session,
@@ -670,10 +679,9 @@ impl Call {
             progress_token,
             stream,
         };
-        params.insert("name".to_owned(), route.name.to_string().into());
         let outcome = route
             .server
-            .call_tool_direct(&origin, &route.name, params, meta, &cancel)
+            .call_tool_direct(&origin, &route.name, arguments.as_deref(), meta, &cancel)
             .await;
         let (key, value) = match outcome {
             Ok(result) => {
