@@ -73,12 +73,24 @@ struct Args {
     gateway_args: Vec<String>,
 }
 
-/// Latencies and errors of one target at one point.
+/// Latencies and errors of one target at one point, and the CPU time its
+/// processes spent on them.
 #[derive(Default, Clone)]
 struct Sample {
     micros: Vec<u32>,
     errors: u64,
     elapsed: Duration,
+    cpu: Cpu,
+}
+
+/// CPU time (user + system, all threads) of the processes behind a target.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    /// The MCP server: over HTTP (ceiling), behind the gateway (with its
+    /// stdio shim) or spoken to directly (floor).
+    server: Duration,
+    gateway: Duration,
+    control_plane: Duration,
 }
 
 impl Sample {
@@ -86,10 +98,16 @@ impl Sample {
         self.micros.extend(other.micros);
         self.errors += other.errors;
         self.elapsed += other.elapsed;
+        self.cpu = self.cpu + other.cpu;
     }
 
     fn rps(&self) -> f64 {
         self.micros.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Microseconds of `spent` per answered call.
+    fn per_call_us(&self, spent: Duration) -> f64 {
+        spent.as_secs_f64() * 1e6 / (self.micros.len() as f64).max(1.0)
     }
 
     fn quantile_ms(&self, q: f64) -> f64 {
@@ -100,6 +118,30 @@ impl Sample {
         sorted.sort_unstable();
         let index = ((sorted.len() - 1) as f64 * q).round() as usize;
         f64::from(sorted[index]) / 1000.0
+    }
+}
+
+impl std::ops::Add for Cpu {
+    type Output = Cpu;
+
+    fn add(self, other: Cpu) -> Cpu {
+        Cpu {
+            server: self.server + other.server,
+            gateway: self.gateway + other.gateway,
+            control_plane: self.control_plane + other.control_plane,
+        }
+    }
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            server: self.server.saturating_sub(earlier.server),
+            gateway: self.gateway.saturating_sub(earlier.gateway),
+            control_plane: self.control_plane.saturating_sub(earlier.control_plane),
+        }
     }
 }
 
@@ -199,9 +241,9 @@ fn header(gateway_args: &[String]) -> String {
 /// server over HTTP (ceiling), and over stdio straight to this process (floor).
 struct TestBed {
     sb: Switchboard,
-    _ceiling: Process,
+    ceiling: Process,
     ceiling_url: String,
-    _floor: (RunningService<RoleClient, ()>, tokio::process::Child),
+    floor_process: (RunningService<RoleClient, ()>, tokio::process::Child),
     floor: Peer<RoleClient>,
 }
 
@@ -224,8 +266,8 @@ impl TestBed {
         Ok(Self {
             ceiling_url: format!("http://{addr}/mcp"),
             floor: floor.0.peer().clone(),
-            _floor: floor,
-            _ceiling: ceiling,
+            floor_process: floor,
+            ceiling,
             sb,
         })
     }
@@ -248,6 +290,32 @@ impl TestBed {
 
     fn gateway_pid(&self) -> u32 {
         self.sb.gateway.as_ref().and_then(Process::pid).unwrap_or(0)
+    }
+
+    /// CPU time the processes behind target `name` have spent so far.
+    fn cpu(&self, name: &str) -> Cpu {
+        match name {
+            "ceiling" => Cpu {
+                server: cpu_time(self.ceiling.pid()),
+                ..Cpu::default()
+            },
+            "gateway" => {
+                let gateway = self.gateway_pid();
+                Cpu {
+                    server: descendants(gateway)
+                        .into_iter()
+                        .map(Some)
+                        .map(cpu_time)
+                        .sum(),
+                    gateway: cpu_time(Some(gateway)),
+                    control_plane: cpu_time(self.sb.control.as_ref().and_then(Process::pid)),
+                }
+            }
+            _ => Cpu {
+                server: cpu_time(self.floor_process.1.id()),
+                ..Cpu::default()
+            },
+        }
     }
 
     async fn memory_report(&self, args: &Args) -> anyhow::Result<String> {
@@ -321,13 +389,15 @@ async fn compare(
     for &concurrency in levels {
         for round in 0..args.rounds {
             for name in TARGETS {
-                let sample = load(
+                let before = bed.cpu(name);
+                let mut sample = load(
                     &bed.target(name),
                     concurrency,
                     Duration::from_secs(args.seconds),
                     arguments,
                 )
                 .await;
+                sample.cpu = bed.cpu(name) - before;
                 eprintln!(
                     "c={concurrency} round {round} {name}: {:.0} req/s, {} errors",
                     sample.rps(),
@@ -447,6 +517,26 @@ fn render_comparison(
             t["gateway"].quantile_ms(0.5) / t["ceiling"].quantile_ms(0.5),
             t["gateway"].rps() / t["ceiling"].rps(),
             t["gateway"].quantile_ms(0.5) / t["floor"].quantile_ms(0.5),
+        );
+    }
+    out.push_str(
+        "\nCPU per call (µs, user + system of all threads, over every round; \
+         the bench client's own is left out):\n\n\
+         | concurrency | ceiling: server | gateway: gateway | gateway: control plane | gateway: server | floor: server | gateway + control plane ÷ ceiling server |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for (concurrency, t) in table {
+        let (ceiling, gateway, floor) = (&t["ceiling"], &t["gateway"], &t["floor"]);
+        let ceiling_server = ceiling.per_call_us(ceiling.cpu.server);
+        let own = gateway.per_call_us(gateway.cpu.gateway + gateway.cpu.control_plane);
+        let _ = writeln!(
+            out,
+            "| {concurrency} | {ceiling_server:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            gateway.per_call_us(gateway.cpu.gateway),
+            gateway.per_call_us(gateway.cpu.control_plane),
+            gateway.per_call_us(gateway.cpu.server),
+            floor.per_call_us(floor.cpu.server),
+            own / ceiling_server,
         );
     }
     out.push('\n');
@@ -792,6 +882,22 @@ async fn propagation_scenario() -> anyhow::Result<String> {
         sample.quantile_ms(0.5),
         sample.quantile_ms(0.99)
     ))
+}
+
+/// User + system CPU time of a process and all its threads so far; zero
+/// for a process that is gone.
+fn cpu_time(pid: Option<u32>) -> Duration {
+    // `/proc` counts in USER_HZ, which Linux fixes at 100 per second.
+    const TICK: Duration = Duration::from_millis(10);
+    let ticks = pid.and_then(|pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name: state is the 3rd, utime the 14th.
+        let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+        let user: u32 = fields.next()?.parse().ok()?;
+        let system: u32 = fields.next()?.parse().ok()?;
+        Some(user + system)
+    });
+    TICK * ticks.unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
