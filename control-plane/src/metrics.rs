@@ -18,6 +18,8 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// Why spans were dropped.
 pub const DROP_QUEUE_FULL: &str = "forward_queue_full";
 pub const DROP_FORWARD_FAILED: &str = "forward_failed";
+/// Refused at the receiver: the export was not OTLP.
+pub const DROP_INVALID: &str = "invalid_export";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -70,7 +72,7 @@ impl Default for TraceCounters {
             forwarded: Counter::default(),
             dropped: Family::default(),
         };
-        for reason in [DROP_QUEUE_FULL, DROP_FORWARD_FAILED] {
+        for reason in [DROP_QUEUE_FULL, DROP_FORWARD_FAILED, DROP_INVALID] {
             counters.dropped(reason);
         }
         counters
@@ -138,7 +140,7 @@ impl Metrics {
         );
         registry.register(
             "spans_dropped",
-            "Spans not forwarded, by reason (forward_queue_full, forward_failed)",
+            "Spans not kept or forwarded, by reason (forward_queue_full, forward_failed, invalid_export)",
             traces.dropped.clone(),
         );
         registry.register(

@@ -14,7 +14,7 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    common::v1::{AnyValue, KeyValue, any_value::Value},
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
     resource::v1::Resource,
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, codec::CompressionEncoding};
 use tracing::debug;
 
-use crate::metrics::TraceCounters;
+use crate::metrics::{DROP_INVALID, TraceCounters};
 use forward::Forwarder;
 
 /// Largest OTLP export accepted; collectors batch far below this.
@@ -76,6 +76,15 @@ struct SpanTraceId {
 pub enum InvalidExport {
     #[error("the resource of resource_spans[{index}] is not an OTLP Resource: {source}")]
     Resource {
+        index: usize,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error(
+        "the scope of resource_spans[{resource}].scope_spans[{index}] is not an OTLP InstrumentationScope: {source}"
+    )]
+    Scope {
+        resource: usize,
         index: usize,
         #[source]
         source: prost::DecodeError,
@@ -156,9 +165,10 @@ impl TraceStore {
     }
 
     /// Adds every span of an export; returns how many were kept. An export
-    /// with a span or resource that does not decode is refused whole. Only
-    /// the outer layer of a span is checked here; a span whose attributes
-    /// turn out not to decode is left out of the API's answers.
+    /// whose resource or scope does not decode, or a span whose framing or
+    /// trace id does not, is refused whole. The rest of a span is decoded
+    /// only when the API reads it: one that does not decode then is left
+    /// out of the answers.
     pub fn insert(&self, request: ExportTraceServiceRequest) -> Result<usize, InvalidExport> {
         let mut arrivals = Vec::with_capacity(request.resource_spans.len());
         let mut index = 0;
@@ -173,6 +183,15 @@ impl TraceStore {
             let service: Arc<str> = string_attr(&resource.attributes, "service.name").into();
             let instance: Arc<str> =
                 string_attr(&resource.attributes, "service.instance.id").into();
+            for (scope_index, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
+                InstrumentationScope::decode(scope_spans.scope.as_slice()).map_err(|source| {
+                    InvalidExport::Scope {
+                        resource: resource_index,
+                        index: scope_index,
+                        source,
+                    }
+                })?;
+            }
             for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
                 let SpanTraceId { trace_id } = SpanTraceId::decode(span.as_slice())
                     .map_err(|source| InvalidExport::Span { index, source })?;
@@ -205,12 +224,13 @@ impl TraceStore {
         Ok(kept)
     }
 
-    /// The spans of one trace, by start time.
+    /// The spans of one trace, by start time; `None` if none is here (or
+    /// none of its spans decodes).
     pub fn trace(&self, trace_id: &str) -> Option<Vec<SpanView>> {
         let id = unhex(trace_id)?;
         let mut spans = views(self.inner.lock().traces.get(&id)?);
         spans.sort_by_key(|s| s.start_time_unix_nano);
-        Some(spans)
+        (!spans.is_empty()).then_some(spans)
     }
 
     /// Traces matching `query`, newest first.
@@ -223,7 +243,7 @@ impl TraceStore {
             .rev()
             .filter_map(|id| inner.traces.get(id))
             .map(|spans| views(spans))
-            .filter(|spans| query.matches(spans))
+            .filter(|spans| !spans.is_empty() && query.matches(spans))
             .take(limit)
             .map(|spans| TraceSummary::new(&spans))
             .collect()
@@ -422,10 +442,11 @@ impl TraceService for TraceReceiver {
             .sum();
         // Only a forwarded export is copied; the store takes the original.
         let forwarded = self.forwarder.as_ref().map(|_| request.clone());
-        let kept = self
-            .store
-            .insert(request)
-            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let kept = self.store.insert(request).map_err(|error| {
+            self.counters.dropped(DROP_INVALID).inc_by(spans as u64);
+            debug!(%error, spans, "export refused");
+            Status::invalid_argument(error.to_string())
+        })?;
         self.counters.received.inc_by(spans as u64);
         if let (Some(forwarder), Some(request)) = (&self.forwarder, forwarded) {
             forwarder.forward(request, spans);
@@ -592,20 +613,41 @@ mod tests {
         let error = store.insert(bad).expect_err("a truncated resource");
         assert!(error.to_string().contains("resource"), "{error}");
         assert!(store.is_empty());
+
+        let mut bad = export(1, vec![span(1, &[], false)]);
+        bad.resource_spans[0].scope_spans[0].scope = vec![0x0a, 0x05];
+        let error = store.insert(bad).expect_err("a truncated scope");
+        assert!(error.to_string().contains("scope_spans[0]"), "{error}");
+        assert!(store.is_empty());
     }
 
     #[test]
     fn a_span_whose_attributes_do_not_decode_is_left_out_of_answers() {
         let store = TraceStore::new(10);
-        let mut export = export(1, vec![span(1, &[], false), span(2, &[], false)]);
         // Field 9 (attributes), one byte long, not a KeyValue.
-        export.resource_spans[0].scope_spans[0].spans[0].extend([0x4a, 0x01, 0xff]);
-        assert_eq!(store.insert(export).expect("outer layer is valid"), 2);
+        let garble = |export: &mut ExportTraceServiceRequest| {
+            export.resource_spans[0].scope_spans[0].spans[0].extend([0x4a, 0x01, 0xff]);
+        };
+        let mut partly = export(1, vec![span(1, &[], false), span(2, &[], false)]);
+        garble(&mut partly);
+        assert_eq!(store.insert(partly).expect("outer layer is valid"), 2);
         let spans = store.trace(&"01".repeat(16)).expect("stored");
         assert_eq!(
             spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             ["span 2"]
         );
-        assert_eq!(store.search(&TraceQuery::default()).len(), 1);
+        // A trace none of whose spans decodes is not listed at all.
+        let mut wholly = export(2, vec![span(3, &[], false)]);
+        garble(&mut wholly);
+        assert_eq!(store.insert(wholly).expect("outer layer is valid"), 1);
+        assert!(store.trace(&"02".repeat(16)).is_none());
+        let listed = store.search(&TraceQuery::default());
+        assert_eq!(
+            listed
+                .iter()
+                .map(|t| t.trace_id.as_str())
+                .collect::<Vec<_>>(),
+            ["01".repeat(16)]
+        );
     }
 }

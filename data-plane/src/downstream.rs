@@ -24,9 +24,9 @@ use parking_lot::{Mutex, RwLock};
 use rmcp::{
     ErrorData,
     model::{
-        CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest,
-        JsonObject, Prompt, ProtocolVersion, RequestMetaObject, Resource, ResourceTemplate,
-        ServerCapabilities, ServerResult, Tool,
+        CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest, Prompt,
+        ProtocolVersion, RequestMetaObject, Resource, ResourceTemplate, ServerCapabilities,
+        ServerResult, Tool,
     },
     service::{PeerRequestOptions, ServiceError},
 };
@@ -409,9 +409,9 @@ impl ServerHandle {
         .await
     }
 
-    /// Calls a tool past rmcp (see `lines.rs`): `params` (with the tool's
-    /// name on this server) go as they are, the result comes back unparsed.
-    /// Only stdio servers take direct calls.
+    /// Calls a tool past rmcp (see `lines.rs`): `tool` is its name on this
+    /// server, the arguments go as the client wrote them (on one line) and
+    /// the result comes back unparsed. Only stdio servers take direct calls.
     pub async fn call_tool_direct(
         self: &Arc<Self>,
         origin: &Origin,
@@ -427,11 +427,12 @@ impl ServerHandle {
             session: origin.session,
         };
         self.exchange(about, meta, async |connection, meta, timeout| {
-            let call = DirectToolCall {
+            let params = DirectParams {
                 name: tool,
                 arguments,
+                meta,
             };
-            self.send_direct(connection, origin, call, meta, timeout, cancel)
+            self.send_direct(connection, origin, params, timeout, cancel)
                 .await
         })
         .await
@@ -607,8 +608,7 @@ impl ServerHandle {
         &self,
         connection: &Connection,
         origin: &Origin,
-        tool_call: DirectToolCall<'_>,
-        mut meta: RequestMetaObject,
+        mut params: DirectParams<'_>,
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<DirectResult, CallError> {
@@ -632,12 +632,7 @@ impl ServerHandle {
         // Dropped unanswered, the call tells the server it was cancelled.
         let mut call = direct.start();
         let token = call.progress_token();
-        meta.set_progress_token(token.clone());
-        let params = DirectParams {
-            name: tool_call.name,
-            arguments: tool_call.arguments,
-            meta: &meta.0.0,
-        };
+        params.meta.set_progress_token(token.clone());
         let registered = connection.relay.register(token, origin.clone());
         let mut progressed = registered.progress();
         let give_up = tokio::time::Instant::now() + self.spec.timeouts.max_call;
@@ -864,21 +859,15 @@ impl Answered for ServerResult {
     }
 }
 
-/// A tool call on the direct path: the arguments go to the server as the
-/// client wrote them, never parsed into a value tree.
-struct DirectToolCall<'a> {
-    name: &'a str,
-    arguments: Option<&'a RawValue>,
-}
-
-/// `tools/call` params as the server gets them.
+/// `tools/call` params of a direct call as the server gets them: the
+/// arguments as the client wrote them, never parsed into a value tree.
 #[derive(Serialize)]
 struct DirectParams<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     arguments: Option<&'a RawValue>,
     #[serde(rename = "_meta")]
-    meta: &'a JsonObject,
+    meta: RequestMetaObject,
 }
 
 /// A `tools/call` result as the server wrote it (see

@@ -97,6 +97,29 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
     let (_, expected) = direct.post(via_rmcp(nulls)).await;
     assert_eq!(without_id(answer), without_id(expected));
 
+    // A pretty-printed call keeps line breaks between the tokens of its
+    // arguments. None may reach the server's stdin, where each line is a
+    // message: here the next line would be a call of the client's making,
+    // under an id of the gateway's, and the client's own call would never
+    // be answered.
+    let before = direct_calls(&sb).await;
+    let smuggled = r#"{"jsonrpc":"2.0","id":"sb:4242","method":"tools/call","params":{"name":"fail","arguments":{"message":"smuggled"}}}"#;
+    let body = format!(
+        "{{\n  \"jsonrpc\": \"2.0\",\n  \"id\": \"pretty\",\n  \"method\": \"tools/call\",\n  \
+         \"params\": {{\n    \"name\": \"d.echo\",\n    \
+         \"arguments\": {{\"text\": \"pretty\", \"x\":\r\n{smuggled}\n}}\n  }}\n}}"
+    );
+    let response = direct.send_text(body).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value =
+        serde_json::from_str(&response.text().await.expect("body")).expect("a JSON answer");
+    assert_eq!(answer["id"], "pretty", "{answer}");
+    assert_eq!(
+        answer["result"]["structuredContent"]["text"], "pretty",
+        "{answer}"
+    );
+    assert_eq!(direct_calls(&sb).await, before + 1.0, "it went direct");
+
     // What the direct path leaves to rmcp: unknown tools and malformed
     // calls (the gateway's own errors).
     let before = direct_calls(&sb).await;

@@ -273,6 +273,19 @@ async fn a_traced_call_is_one_trace_through_the_control_plane_and_a_collector() 
             .contains("span 0 of the export is not an OTLP Span"),
         "{refused:?}"
     );
+    let (_, text) = sb
+        .get_text(&format!("{api}/metrics"))
+        .await
+        .expect("control plane /metrics");
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_control_spans_dropped_total",
+            &[("reason", "invalid_export")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
 
     // The control plane's receiver takes gzip, as collectors send it.
     let mut otlp = TraceServiceClient::connect(format!("http://{}", sb.grpc))

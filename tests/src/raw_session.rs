@@ -95,13 +95,18 @@ impl RawSession {
 
     /// POSTs `message`; the response as soon as its headers are in.
     pub async fn send(&self, message: Value) -> reqwest::Response {
+        self.send_text(message.to_string()).await
+    }
+
+    /// [`Self::send`] with a body as written (pretty-printed, malformed).
+    pub async fn send_text(&self, body: String) -> reqwest::Response {
         self.http
             .post(&self.url)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .header("mcp-session-id", &self.id)
             .header("mcp-protocol-version", "2025-06-18")
-            .body(message.to_string())
+            .body(body)
             .send()
             .await
             .expect("POST /mcp")

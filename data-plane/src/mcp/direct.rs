@@ -152,6 +152,18 @@ struct ListParams {
     meta: Option<JsonObject>,
 }
 
+/// `value` without line breaks: a stdio server reads each line as a
+/// message of its own, so one left in a client's arguments would end the
+/// call's line early and could smuggle a message of the client's making to
+/// a server other clients share. JSON allows a raw line break only between
+/// tokens, where a space means the same.
+fn one_line(value: Box<RawValue>) -> Option<Box<RawValue>> {
+    if memchr::memchr2(b'\n', b'\r', value.get().as_bytes()).is_none() {
+        return Some(value);
+    }
+    RawValue::from_string(value.get().replace(['\n', '\r'], " ")).ok()
+}
+
 /// The params of a `tools/call` the direct path takes: rmcp's path judges
 /// anything else (the guard has already refused mistyped ones). The
 /// arguments are kept as the client wrote them.
@@ -354,6 +366,10 @@ impl DirectPath {
             arguments,
             meta,
         } = params;
+        let arguments = match arguments {
+            None => None,
+            Some(arguments) => Some(one_line(arguments)?),
+        };
         let mut meta = meta.unwrap_or_default();
         // The server gets a token of the gateway's; the client's is restored.
         let progress_token = match meta.remove("progressToken") {

@@ -300,7 +300,11 @@ impl TestBed {
                 ..Cpu::default()
             },
             "gateway" => {
-                let gateway = self.gateway_pid();
+                // A gateway that is gone spent nothing more (and pid 0's
+                // descendants would be every process on the machine).
+                let Some(gateway) = self.sb.gateway.as_ref().and_then(Process::pid) else {
+                    return Cpu::default();
+                };
                 Cpu {
                     server: descendants(gateway)
                         .into_iter()
