@@ -1,6 +1,6 @@
 //! A replica's telemetry: OTLP spans (`trace.rs`, written by `otlp.rs`,
-//! exported by `export.rs`), Prometheus metrics (`metrics.rs`), and the attribute
-//! names of the OpenTelemetry MCP semantic conventions they share.
+//! exported by `export.rs`), Prometheus metrics (`metrics.rs`), and the
+//! attribute names of the OpenTelemetry MCP semantic conventions they share.
 //! [`Telemetry`] is the handle request paths carry.
 
 pub mod export;

@@ -1,8 +1,9 @@
 //! The OTLP/gRPC span exporter: one task that drains the tracer's bounded
 //! queue in batches and sends them to the control plane or a collector, the
-//! spans as the tracer encoded them (`proto/otlp_trace.proto`). A failed export drops its batch and counts it: spans are
-//! diagnostics, and holding them for an absent receiver would grow without
-//! bound. Nothing here is ever awaited by a request.
+//! spans as the tracer encoded them (`proto/otlp_trace.proto`). A failed
+//! export drops its batch and counts it: spans are diagnostics, and holding
+//! them for an absent receiver would grow without bound. Nothing here is
+//! ever awaited by a request.
 
 use std::time::Duration;
 

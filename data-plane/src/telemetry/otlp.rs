@@ -27,13 +27,6 @@ pub enum SpanKind {
     Client = 3,
 }
 
-/// An attribute's value.
-#[derive(Clone, Copy, Debug)]
-pub enum Value<'a> {
-    Str(&'a str),
-    Int(i64),
-}
-
 /// `Status.StatusCode.STATUS_CODE_ERROR`.
 const STATUS_CODE_ERROR: u64 = 2;
 
@@ -53,13 +46,10 @@ pub fn fixed64(buf: &mut Vec<u8>, tag: u32, value: u64) {
     buf.extend_from_slice(&value.to_le_bytes());
 }
 
-/// A `KeyValue` (key 1, `AnyValue` 2) as field `tag`.
-pub fn key_value(buf: &mut Vec<u8>, tag: u32, key: &str, value: Value<'_>) {
-    // `AnyValue`: string_value = 1, int_value = 3.
-    let any_len = match value {
-        Value::Str(text) => delimited_len(1, text.len()),
-        Value::Int(number) => key_len(3) + encoded_len_varint(number as u64),
-    };
+/// A string `KeyValue` (key 1; `AnyValue` 2, its string_value 1) as
+/// field `tag`.
+pub fn key_value(buf: &mut Vec<u8>, tag: u32, key: &str, value: &str) {
+    let any_len = delimited_len(1, value.len());
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(
         (delimited_len(1, key.len()) + delimited_len(2, any_len)) as u64,
@@ -68,10 +58,7 @@ pub fn key_value(buf: &mut Vec<u8>, tag: u32, key: &str, value: Value<'_>) {
     bytes(buf, 1, key.as_bytes());
     encode_key(2, WireType::LengthDelimited, buf);
     encode_varint(any_len as u64, buf);
-    match value {
-        Value::Str(text) => bytes(buf, 1, text.as_bytes()),
-        Value::Int(number) => varint(buf, 3, number as u64),
-    }
+    bytes(buf, 1, value.as_bytes());
 }
 
 /// An ERROR `Status` (message 2, code 3) as the span's status.
@@ -87,7 +74,7 @@ pub fn error_status(buf: &mut Vec<u8>, message: &str) {
 pub fn resource(attributes: &[(&str, &str)]) -> Vec<u8> {
     let mut buf = Vec::new();
     for (key, value) in attributes {
-        key_value(&mut buf, 1, key, Value::Str(value));
+        key_value(&mut buf, 1, key, value);
     }
     buf
 }
@@ -132,9 +119,8 @@ mod tests {
         bytes(&mut buf, span::NAME, b"tools/call a.echo");
         varint(&mut buf, span::KIND, SpanKind::Client as u64);
         fixed64(&mut buf, span::START_TIME_UNIX_NANO, 5);
-        key_value(&mut buf, span::ATTRIBUTES, "k", Value::Str("v"));
-        key_value(&mut buf, span::ATTRIBUTES, "long", Value::Str(&long));
-        key_value(&mut buf, span::ATTRIBUTES, "n", Value::Int(-7));
+        key_value(&mut buf, span::ATTRIBUTES, "k", "v");
+        key_value(&mut buf, span::ATTRIBUTES, "long", &long);
         fixed64(&mut buf, span::END_TIME_UNIX_NANO, u64::MAX);
         error_status(&mut buf, "boom");
         let span = Span::decode(buf.as_slice()).expect("a valid span");
@@ -149,7 +135,6 @@ mod tests {
                 attributes: vec![
                     attribute("k", any_value::Value::StringValue("v".into())),
                     attribute("long", any_value::Value::StringValue(long)),
-                    attribute("n", any_value::Value::IntValue(-7)),
                 ],
                 status: Some(Status {
                     message: "boom".into(),

@@ -13,7 +13,7 @@ use std::{
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
-use super::otlp::{self, SpanKind, Value, span as field};
+use super::otlp::{self, SpanKind, span as field};
 
 /// Room for a span with its attributes; the buffer grows if a span needs
 /// more (long tool names, error messages).
@@ -230,11 +230,9 @@ impl ActiveSpan {
     }
 
     pub fn set(&mut self, key: &'static str, value: &str) {
-        self.push(key, Value::Str(value));
-    }
-
-    pub fn set_i64(&mut self, key: &'static str, value: i64) {
-        self.push(key, Value::Int(value));
+        if let Some(record) = &mut self.record {
+            otlp::key_value(&mut record.span, field::ATTRIBUTES, key, value);
+        }
     }
 
     /// Marks the span failed: `error.type` plus an ERROR status.
@@ -242,12 +240,6 @@ impl ActiveSpan {
         self.set("error.type", error_type);
         if let Some(record) = &mut self.record {
             otlp::error_status(&mut record.span, message);
-        }
-    }
-
-    fn push(&mut self, key: &'static str, value: Value<'_>) {
-        if let Some(record) = &mut self.record {
-            otlp::key_value(&mut record.span, field::ATTRIBUTES, key, value);
         }
     }
 }

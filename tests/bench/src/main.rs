@@ -288,8 +288,10 @@ impl TestBed {
         }
     }
 
-    fn gateway_pid(&self) -> u32 {
-        self.sb.gateway.as_ref().and_then(Process::pid).unwrap_or(0)
+    /// `None` once the gateway is gone (pid 0 would stand for the whole
+    /// machine in `descendants`).
+    fn gateway_pid(&self) -> Option<u32> {
+        gateway_pid(&self.sb)
     }
 
     /// CPU time the processes behind target `name` have spent so far.
@@ -300,9 +302,7 @@ impl TestBed {
                 ..Cpu::default()
             },
             "gateway" => {
-                // A gateway that is gone spent nothing more (and pid 0's
-                // descendants would be every process on the machine).
-                let Some(gateway) = self.sb.gateway.as_ref().and_then(Process::pid) else {
+                let Some(gateway) = self.gateway_pid() else {
                     return Cpu::default();
                 };
                 Cpu {
@@ -323,7 +323,9 @@ impl TestBed {
     }
 
     async fn memory_report(&self, args: &Args) -> anyhow::Result<String> {
-        let pid = self.gateway_pid();
+        let pid = self
+            .gateway_pid()
+            .context("the gateway under test is gone")?;
         let mut out = String::from(
             "## Gateway memory\n\n| when | gateway RSS (MiB) | its servers' RSS (MiB) |\n|---|---|---|\n",
         );
@@ -770,7 +772,7 @@ async fn open_idle_sessions(args: &Args, park_after: Option<&str>) -> anyhow::Re
     )
     .await;
     sb.wait_server_state("demo", "ready").await;
-    let pid = sb.gateway.as_ref().and_then(Process::pid).unwrap_or(0);
+    let pid = gateway_pid(&sb).context("the gateway under test is gone")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_kib = rss_kib(pid);
     let url = sb.mcp_url();
@@ -886,6 +888,10 @@ async fn propagation_scenario() -> anyhow::Result<String> {
         sample.quantile_ms(0.5),
         sample.quantile_ms(0.99)
     ))
+}
+
+fn gateway_pid(sb: &Switchboard) -> Option<u32> {
+    sb.gateway.as_ref().and_then(Process::pid)
 }
 
 /// User + system CPU time of a process and all its threads so far; zero
