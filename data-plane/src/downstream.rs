@@ -20,6 +20,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use rmcp::{
     ErrorData,
@@ -638,7 +639,9 @@ impl ServerHandle {
         let give_up = tokio::time::Instant::now() + self.spec.timeouts.max_call;
         let deadline = || (tokio::time::Instant::now() + timeout).min(give_up);
         let exchange = async {
-            match tokio::time::timeout_at(deadline(), call.send(METHOD, &params)).await {
+            match tokio::time::timeout_at(deadline(), call.send(METHOD, &params, params.len_hint()))
+                .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(transport()),
                 Err(_) => return Err(timed_out()),
@@ -870,18 +873,27 @@ struct DirectParams<'a> {
     meta: RequestMetaObject,
 }
 
+impl DirectParams<'_> {
+    /// About how many bytes the params take encoded: the arguments, mostly.
+    fn len_hint(&self) -> usize {
+        let arguments = self.arguments.map_or(0, |arguments| arguments.get().len());
+        self.name.len() + arguments + 256
+    }
+}
+
 /// A `tools/call` result as the server wrote it (see
 /// [`ServerHandle::call_tool_direct`]).
 #[derive(Debug)]
 pub struct DirectResult {
-    pub result: Box<RawValue>,
+    /// A JSON object, as the server wrote it.
+    pub result: Bytes,
     pub is_error: bool,
 }
 
 impl DirectResult {
     /// `None` unless the result is a JSON object and a finished call's, as
     /// rmcp's path requires too (no `input_required` or `task` result).
-    fn new(result: Box<RawValue>) -> Option<Self> {
+    fn new(result: Bytes) -> Option<Self> {
         #[derive(serde::Deserialize)]
         struct Flags<'a> {
             #[serde(rename = "isError")]
@@ -889,7 +901,19 @@ impl DirectResult {
             #[serde(rename = "resultType", borrow)]
             result_type: Option<std::borrow::Cow<'a, str>>,
         }
-        let flags: Flags<'_> = serde_json::from_str(result.get()).ok()?;
+        // The result is valid JSON: an object starts with its brace. A key
+        // is spelled out or escaped with `\u`; a result with neither has no
+        // flags, which spares a large one a second full parse.
+        let may_have_flags = [&b"isError"[..], b"resultType", br"\u"]
+            .iter()
+            .any(|needle| memchr::memmem::find(&result, needle).is_some());
+        if !may_have_flags {
+            return result.starts_with(b"{").then_some(Self {
+                result,
+                is_error: false,
+            });
+        }
+        let flags: Flags<'_> = serde_json::from_slice(&result).ok()?;
         if flags.result_type.is_some_and(|kind| kind != "complete") {
             return None;
         }
@@ -948,5 +972,37 @@ impl Request {
             target,
             is_tool: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(result: &str) -> Option<bool> {
+        DirectResult::new(Bytes::copy_from_slice(result.as_bytes())).map(|result| result.is_error)
+    }
+
+    #[test]
+    fn a_direct_result_is_read_for_its_flags_however_they_are_spelled() {
+        assert_eq!(flags(r#"{"content":[]}"#), Some(false));
+        assert_eq!(flags(r#"{"content":[],"isError":true}"#), Some(true));
+        assert_eq!(flags(r#"{"isError":false,"content":[]}"#), Some(false));
+        // An escaped key is the same key.
+        assert_eq!(flags(r#"{"content":[],"is\u0045rror":true}"#), Some(true));
+        // Named only inside a text, it is not a flag.
+        assert_eq!(
+            flags(r#"{"content":[{"type":"text","text":"isError"}]}"#),
+            Some(false)
+        );
+        assert_eq!(
+            flags(r#"{"content":[],"resultType":"complete"}"#),
+            Some(false)
+        );
+        assert_eq!(flags(r#"{"content":[],"resultType":"task"}"#), None);
+        assert_eq!(flags(r#"{"content":[],"result\u0054ype":"task"}"#), None);
+        assert_eq!(flags(r#"{"content":[],"isError":"yes"}"#), None);
+        assert_eq!(flags(r#"["content"]"#), None);
+        assert_eq!(flags(r#""text""#), None);
     }
 }

@@ -27,7 +27,7 @@ use std::{
     },
 };
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use rmcp::{
     ErrorData,
@@ -50,6 +50,8 @@ const MAX_LINE: usize = 16 * 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Less room than this and the buffer is grown before reading.
 const MIN_READ: usize = 4 * 1024;
+/// Room for what a message adds to its params: envelope, id, method.
+const LINE_OVERHEAD: usize = 128;
 /// Messages waiting for the writer before senders wait too.
 const WRITE_QUEUE: usize = 256;
 
@@ -81,8 +83,9 @@ pub struct DirectCall {
 /// A server's response to a direct request.
 #[derive(Debug)]
 pub enum Answer {
-    /// The result, as the server wrote it.
-    Result(Box<RawValue>),
+    /// The result as the server wrote it (valid JSON): a slice of its line,
+    /// so a large result is not copied on its way to the client.
+    Result(Bytes),
     Error(ErrorData),
 }
 
@@ -92,7 +95,8 @@ struct ResponseLine<'a> {
     #[serde(borrow)]
     id: Option<Cow<'a, str>>,
     method: Option<IgnoredAny>,
-    result: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
     error: Option<ErrorData>,
 }
 
@@ -179,12 +183,13 @@ impl<R: AsyncRead + Send + Unpin> Transport<RoleClient> for LineTransport<R> {
         item: ClientJsonRpcMessage,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static + use<R> {
         let to_writer = self.to_writer.clone();
-        async move { write_line(to_writer, &item).await }
+        async move { write_line(to_writer, &item, 0).await }
     }
 
     async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
         loop {
             while let Some(line) = self.next_line() {
+                let line = line.freeze();
                 if self.direct.take_answer(&line) {
                     continue;
                 }
@@ -270,7 +275,7 @@ impl Direct {
 
     /// Hands a line over to the direct request it answers; false if it is
     /// not an answer to one (it then goes to rmcp).
-    fn take_answer(&self, line: &[u8]) -> bool {
+    fn take_answer(&self, line: &Bytes) -> bool {
         // Most lines carry no id of ours: a vectorised search rules them out.
         if memchr::memmem::find(line, b"\"sb:").is_none() {
             return false;
@@ -288,7 +293,7 @@ impl Direct {
             return false;
         };
         let answer = match (response.result, response.error) {
-            (Some(result), None) => Answer::Result(result),
+            (Some(result), None) => Answer::Result(line.slice_ref(result.get().as_bytes())),
             (None, Some(error)) => Answer::Error(error),
             _ => return false,
         };
@@ -336,15 +341,21 @@ impl DirectCall {
         ProgressToken(NumberOrString::String(wire_id(self.id).into()))
     }
 
-    /// Writes the request to the server; `params` go as they are.
-    pub async fn send(&self, method: &str, params: &impl Serialize) -> io::Result<()> {
+    /// Writes the request to the server; `params` go as they are, and take
+    /// about `params_len` bytes.
+    pub async fn send(
+        &self,
+        method: &str,
+        params: &impl Serialize,
+        params_len: usize,
+    ) -> io::Result<()> {
         let request = RequestLine {
             jsonrpc: "2.0",
             id: &wire_id(self.id),
             method,
             params,
         };
-        write_line(self.direct.to_writer.upgrade(), &request).await
+        write_line(self.direct.to_writer.upgrade(), &request, params_len).await
     }
 
     /// The server's answer; an error once the connection is gone.
@@ -368,12 +379,15 @@ impl Drop for DirectCall {
 }
 
 /// Queues `message` as one line for the writer task and waits until it is
-/// written.
+/// written. Room for `len_hint` bytes is made at once: a large message is
+/// not copied over and over as its buffer grows.
 async fn write_line(
     to_writer: Option<mpsc::Sender<Outgoing>>,
     message: &impl Serialize,
+    len_hint: usize,
 ) -> io::Result<()> {
-    let mut line = serde_json::to_vec(message)?;
+    let mut line = Vec::with_capacity(len_hint.saturating_add(LINE_OVERHEAD));
+    serde_json::to_writer(&mut line, message)?;
     line.push(b'\n');
     let to_writer = to_writer.ok_or_else(stdin_closed)?;
     let (written, done) = oneshot::channel();
@@ -422,11 +436,18 @@ async fn write_lines<W: AsyncWrite + Unpin>(mut stdin: W, mut queue: mpsc::Recei
     let mut batch = Vec::new();
     let mut buf = Vec::new();
     while queue.recv_many(&mut batch, WRITE_QUEUE).await > 0 {
-        buf.clear();
-        for outgoing in &batch {
-            buf.extend_from_slice(&outgoing.line);
-        }
-        let result = match stdin.write_all(&buf).await {
+        // A lone message (a large one, most often) is written as it is.
+        let lines: &[u8] = match batch.as_slice() {
+            [outgoing] => &outgoing.line,
+            _ => {
+                buf.clear();
+                for outgoing in &batch {
+                    buf.extend_from_slice(&outgoing.line);
+                }
+                &buf
+            }
+        };
+        let result = match stdin.write_all(lines).await {
             Ok(()) => stdin.flush().await,
             Err(error) => Err(error),
         };
@@ -597,7 +618,7 @@ mod tests {
     async fn direct_answers_are_taken_by_id_and_the_rest_goes_to_rmcp() {
         let (mut transport, mut server_out, server_in) = transport();
         let mut call = transport.direct().start();
-        call.send("tools/call", &echo_params())
+        call.send("tools/call", &echo_params(), 0)
             .await
             .expect("written");
         let mut lines = BufReader::new(server_in).lines();
@@ -623,7 +644,7 @@ mod tests {
         );
         match answered.expect("answered") {
             Answer::Result(result) => {
-                assert_eq!(result.get(), r#"{"content":[],"isError":true}"#)
+                assert_eq!(&result[..], br#"{"content":[],"isError":true}"#)
             }
             Answer::Error(error) => panic!("{error:?}"),
         }
@@ -633,7 +654,7 @@ mod tests {
     async fn an_abandoned_direct_call_is_cancelled_and_its_late_answer_dropped() {
         let (mut transport, mut server_out, server_in) = transport();
         let call = transport.direct().start();
-        call.send("tools/call", &echo_params())
+        call.send("tools/call", &echo_params(), 0)
             .await
             .expect("written");
         drop(call);
@@ -659,7 +680,7 @@ mod tests {
     async fn a_direct_call_fails_when_the_server_goes() {
         let (mut transport, server_out, _server_in) = transport();
         let mut call = transport.direct().start();
-        call.send("tools/call", &echo_params())
+        call.send("tools/call", &echo_params(), 0)
             .await
             .expect("written");
         drop(server_out);

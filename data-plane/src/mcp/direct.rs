@@ -702,11 +702,7 @@ impl Call {
         let (key, value) = match outcome {
             Ok(result) => {
                 observation.complete(&Ok::<_, ErrorData>(()), result.is_error);
-                return Some(json_rpc_response(
-                    &id,
-                    "result",
-                    result.result.get().as_bytes(),
-                ));
+                return Some(json_rpc_response(&id, "result", &result.result));
             }
             Err(CallError::Cancelled) => {
                 let error = Error::Call(CallError::Cancelled);
