@@ -52,11 +52,16 @@ pub struct TraceStore {
 
 #[derive(Default)]
 struct StoreInner {
-    traces: HashMap<Vec<u8>, Vec<StoredSpan>>,
+    /// Shared with the reads decoding them: a read takes its traces under
+    /// the lock and decodes after it, so a search over every stored trace
+    /// never holds up arriving exports (one that adds to a trace being
+    /// read copies that trace's list).
+    traces: HashMap<Vec<u8>, Arc<Vec<StoredSpan>>>,
     /// Trace ids in arrival order of their first span.
     order: VecDeque<Vec<u8>>,
 }
 
+#[derive(Clone)]
 struct StoredSpan {
     service: Arc<str>,
     instance: Arc<str>,
@@ -215,7 +220,7 @@ impl TraceStore {
                     }
                 }
             }
-            let spans = inner.traces.entry(trace_id).or_default();
+            let spans = Arc::make_mut(inner.traces.entry(trace_id).or_default());
             if spans.len() < MAX_SPANS_PER_TRACE {
                 spans.push(span);
                 kept += 1;
@@ -228,7 +233,8 @@ impl TraceStore {
     /// none of its spans decodes).
     pub fn trace(&self, trace_id: &str) -> Option<Vec<SpanView>> {
         let id = unhex(trace_id)?;
-        let mut spans = views(self.inner.lock().traces.get(&id)?);
+        let stored = self.inner.lock().traces.get(&id)?.clone();
+        let mut spans = views(&stored);
         spans.sort_by_key(|s| s.start_time_unix_nano);
         (!spans.is_empty()).then_some(spans)
     }
@@ -236,12 +242,15 @@ impl TraceStore {
     /// Traces matching `query`, newest first.
     pub fn search(&self, query: &TraceQuery) -> Vec<TraceSummary> {
         let limit = query.limit.unwrap_or(20).min(MAX_LIMIT);
-        let inner = self.inner.lock();
-        inner
-            .order
+        let newest_first: Vec<Arc<Vec<StoredSpan>>> = {
+            let inner = self.inner.lock();
+            let traces = inner.order.iter().rev();
+            traces
+                .filter_map(|id| inner.traces.get(id).cloned())
+                .collect()
+        };
+        newest_first
             .iter()
-            .rev()
-            .filter_map(|id| inner.traces.get(id))
             .map(|spans| views(spans))
             .filter(|spans| !spans.is_empty() && query.matches(spans))
             .take(limit)
@@ -572,6 +581,21 @@ mod tests {
         assert_eq!(store.len(), 2);
         assert!(store.trace(&"01".repeat(16)).is_none());
         assert_eq!(store.trace(&"02".repeat(16)).map(|s| s.len()), Some(2));
+    }
+
+    #[test]
+    fn a_trace_being_read_is_not_changed_under_its_reader() {
+        let store = TraceStore::new(2);
+        insert(&store, export(1, vec![span(1, &[], false)]));
+        let id = vec![1; 16];
+        let reading = store.inner.lock().traces.get(&id).cloned().expect("stored");
+        insert(&store, export(1, vec![span(2, &[], false)]));
+        assert_eq!(
+            views(&reading).len(),
+            1,
+            "the reader's copy stays as it was"
+        );
+        assert_eq!(store.trace(&"01".repeat(16)).map(|s| s.len()), Some(2));
     }
 
     #[test]
