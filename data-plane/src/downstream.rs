@@ -901,18 +901,6 @@ impl DirectResult {
             #[serde(rename = "resultType", borrow)]
             result_type: Option<std::borrow::Cow<'a, str>>,
         }
-        // The result is valid JSON: an object starts with its brace. A key
-        // is spelled out or escaped with `\u`; a result with neither has no
-        // flags, which spares a large one a second full parse.
-        let may_have_flags = [&b"isError"[..], b"resultType", br"\u"]
-            .iter()
-            .any(|needle| memchr::memmem::find(&result, needle).is_some());
-        if !may_have_flags {
-            return result.starts_with(b"{").then_some(Self {
-                result,
-                is_error: false,
-            });
-        }
         let flags: Flags<'_> = serde_json::from_slice(&result).ok()?;
         if flags.result_type.is_some_and(|kind| kind != "complete") {
             return None;
@@ -995,6 +983,18 @@ mod tests {
             flags(r#"{"content":[{"type":"text","text":"isError"}]}"#),
             Some(false)
         );
+        assert_eq!(flags(r#"{"content":[],"isError" : false }"#), Some(false));
+        // Nested, or the tail of another key, it is not the flag.
+        assert_eq!(
+            flags(r#"{"structuredContent":{"isError":true},"isError":false}"#),
+            Some(false)
+        );
+        assert_eq!(
+            flags(r#"{"content":[{"type":"text","text":"a\"isError"}],"isError":true}"#),
+            Some(true)
+        );
+        assert_eq!(flags(r#"{"isError":false,"isError":true}"#), None);
+        assert_eq!(flags(r#"{"x\"isError":true,"content":[]}"#), Some(false));
         assert_eq!(
             flags(r#"{"content":[],"resultType":"complete"}"#),
             Some(false)
