@@ -103,6 +103,21 @@ pub enum CallError {
     Cancelled,
 }
 
+/// Sends `item` without waiting and without dropping it: a full channel
+/// takes it from a task once there is room (outside a runtime, as in a
+/// `Drop` at shutdown, a full channel loses it). For what must follow
+/// other messages but must not hold up its sender: cancels, withdrawals.
+fn send_soon<T: Send + 'static>(sender: &mpsc::Sender<T>, item: T) {
+    if let Err(mpsc::error::TrySendError::Full(item)) = sender.try_send(item)
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        let sender = sender.clone();
+        runtime.spawn(async move {
+            let _ = sender.send(item).await;
+        });
+    }
+}
+
 /// An error with every cause, so a TLS or connection failure says why
 /// (reqwest's top-level message alone does not).
 pub fn with_causes(error: &dyn std::error::Error) -> String {
@@ -969,6 +984,18 @@ mod tests {
 
     fn flags(result: &str) -> Option<bool> {
         DirectResult::new(Bytes::copy_from_slice(result.as_bytes())).map(|result| result.is_error)
+    }
+
+    #[tokio::test]
+    async fn a_message_sent_soon_waits_for_room_on_a_full_channel() {
+        let (sender, mut receiver) = mpsc::channel(1);
+        send_soon(&sender, 1);
+        // The channel is full now: the second waits for room.
+        send_soon(&sender, 2);
+        drop(sender);
+        assert_eq!(receiver.recv().await, Some(1));
+        assert_eq!(receiver.recv().await, Some(2));
+        assert_eq!(receiver.recv().await, None);
     }
 
     #[test]

@@ -321,15 +321,7 @@ impl Direct {
         let mut line = notification.to_string().into_bytes();
         line.push(b'\n');
         let (written, _) = oneshot::channel();
-        // A full queue is waited out in the background, not dropped.
-        if let Err(mpsc::error::TrySendError::Full(outgoing)) =
-            to_writer.try_send(Outgoing { line, written })
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(async move {
-                let _ = to_writer.send(outgoing).await;
-            });
-        }
+        super::send_soon(&to_writer, Outgoing { line, written });
     }
 }
 

@@ -346,7 +346,8 @@ impl Relay {
             },
             _ = cancel.cancelled() => ErrorData::internal_error("cancelled by the server", None),
         };
-        withdraw(stream, id);
+        // A full stream takes it once there is room.
+        super::send_soon(stream, ToStream::Withdrawn(id));
         Err(given_up)
     }
 
@@ -607,41 +608,4 @@ fn unexpected_answer(method: &str) -> ErrorData {
         format!("the client answered {method} with another result"),
         None,
     )
-}
-
-/// Tells the client a question is withdrawn. A full stream takes it once
-/// there is room: never waits, never drops it.
-fn withdraw(stream: &mpsc::Sender<ToStream>, id: RequestId) {
-    if let Err(mpsc::error::TrySendError::Full(withdrawn)) =
-        stream.try_send(ToStream::Withdrawn(id))
-    {
-        let stream = stream.clone();
-        tokio::spawn(async move {
-            let _ = stream.send(withdrawn).await;
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn withdrawn(message: Option<ToStream>) -> Option<RequestId> {
-        match message {
-            Some(ToStream::Withdrawn(id)) => Some(id),
-            _ => None,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_withdrawal_waits_for_room_on_a_full_stream() {
-        let (to_stream, mut stream) = mpsc::channel(1);
-        withdraw(&to_stream, RequestId::Number(1));
-        // The stream is full now: the second waits for room.
-        withdraw(&to_stream, RequestId::Number(2));
-        drop(to_stream);
-        assert_eq!(withdrawn(stream.recv().await), Some(RequestId::Number(1)));
-        assert_eq!(withdrawn(stream.recv().await), Some(RequestId::Number(2)));
-        assert!(stream.recv().await.is_none());
-    }
 }
