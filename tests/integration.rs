@@ -29,3 +29,5 @@ mod resilience;
 mod sessions;
 #[path = "scenarios/third_party.rs"]
 mod third_party;
+#[path = "scenarios/up.rs"]
+mod up;

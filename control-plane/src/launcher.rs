@@ -99,7 +99,10 @@ fn spawn_gateway(
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--replica-id")
-        .arg("local-0");
+        .arg("local-0")
+        // The gateway stops with `up`, even if `up` is killed.
+        .arg("--parent")
+        .arg(std::process::id().to_string());
     // The example registry starts `switchboard-gateway demo-server`, so put
     // the build directory on the gateway's PATH.
     if let Some(dir) = binary.parent() {
@@ -115,7 +118,7 @@ fn spawn_gateway(
     let child = wrapped
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    info!(pid = ?child.id(), "gateway started");
+    info!(pid = child.id(), "gateway started");
     Ok(child)
 }
 

@@ -161,8 +161,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
+            let stop = shutdown_signal();
             let bound = app::run(args.into()).await?;
-            shutdown_signal().await;
+            stop.await;
             bound.shutdown_trigger().cancel();
             bound.wait().await;
             Ok(())
@@ -193,12 +194,18 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler at start-up");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Resolves on SIGINT or SIGTERM. The handlers are installed at the call,
+/// not at the first poll: a signal that comes in between (while `up` waits
+/// for the gateway, say) must stop the process gracefully, not kill it.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler at start-up");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler at start-up");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

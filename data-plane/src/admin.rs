@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::{
     catalog::{CatalogReader, Collision},
-    downstream::{ServerState, Servers, breaker::BreakerState},
+    downstream::{ServerState, Servers},
     telemetry::{Metrics, metrics::OPENMETRICS_CONTENT_TYPE},
     xds::{ConfigStatus, unix_millis},
 };
@@ -103,11 +103,7 @@ async fn healthz(State(state): State<AdminState>) -> Json<Health> {
                 tools: status.tools.len(),
                 restarts: status.restarts,
                 protocol_version: status.protocol_version.map(|v| v.to_string()),
-                breaker: match status.breaker {
-                    BreakerState::Closed => "closed",
-                    BreakerState::Open => "open",
-                    BreakerState::HalfOpen => "halfOpen",
-                },
+                breaker: status.breaker.as_str(),
                 last_error_at: status.last_error.as_ref().map(|(_, at)| unix_millis(*at)),
                 last_error: status.last_error.map(|(error, _)| error),
                 latency_p50_ms: status.latency_p50.map(|d| d.as_secs_f64() * 1e3),

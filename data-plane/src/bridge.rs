@@ -85,7 +85,7 @@ pub async fn run(config: BridgeConfig) -> anyhow::Result<()> {
         output,
         stop: CancellationToken::new(),
     };
-    info!(url = %bridge.config.url, caller = ?bridge.config.caller, "bridge started");
+    info!(url = %bridge.config.url, caller = bridge.config.caller.as_deref(), "bridge started");
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = stdin.next_line().await.context("reading stdin")? {
         let message: Value = match serde_json::from_str(&line) {

@@ -450,6 +450,19 @@ fn encode<T: Serialize>(items: &[T]) -> Option<Encoded> {
         .collect()
 }
 
+// === impl Collision ===
+
+impl Collision {
+    /// `server=name` pairs for the log: who was renamed to what.
+    fn renamed_list(&self) -> String {
+        let pairs = self
+            .renamed
+            .iter()
+            .map(|(server, name)| format!("{server}={name}"));
+        pairs.collect::<Vec<_>>().join(",")
+    }
+}
+
 // === impl List ===
 
 impl List {
@@ -515,16 +528,16 @@ pub fn spawn_builder(servers: Servers, cancel: CancellationToken) -> CatalogRead
             let previous = current.load();
             if next.collisions != previous.collisions {
                 for collision in &next.collisions {
-                    warn!(name = %collision.name, kept_by = %collision.kept_by, renamed = ?collision.renamed, "tool name collision");
+                    warn!(name = %collision.name, kept_by = %collision.kept_by, renamed = %collision.renamed_list(), "tool name collision");
                 }
             }
             if next.prompt_collisions != previous.prompt_collisions {
                 for collision in &next.prompt_collisions {
-                    warn!(name = %collision.name, kept_by = %collision.kept_by, renamed = ?collision.renamed, "prompt name collision");
+                    warn!(name = %collision.name, kept_by = %collision.kept_by, renamed = %collision.renamed_list(), "prompt name collision");
                 }
             }
             if next.long_names != previous.long_names && !next.long_names.is_empty() {
-                warn!(names = ?next.long_names, limit = MAX_TOOL_NAME_LEN, "tool names longer than LLM providers accept");
+                warn!(names = %next.long_names.join(","), limit = MAX_TOOL_NAME_LEN, "tool names longer than LLM providers accept");
             }
             // Always store: a changed spec keeps the lists but replaces the handle.
             let tools = previous.tools != next.tools;

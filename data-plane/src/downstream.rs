@@ -118,6 +118,24 @@ fn send_soon<T: Send + 'static>(sender: &mpsc::Sender<T>, item: T) {
     }
 }
 
+/// A network connection's service task, and how it ended.
+type ServiceTask =
+    tokio::task::JoinHandle<Result<rmcp::service::QuitReason, tokio::task::JoinError>>;
+
+/// Waits for a network connection's service to end and says why, in words
+/// fit for `/healthz` and the log; `what` names the connection.
+async fn service_ended(service: &mut ServiceTask, what: &str) -> String {
+    use rmcp::service::QuitReason;
+    match service.await {
+        Ok(Ok(QuitReason::Closed)) => format!("{what} closed"),
+        Ok(Ok(QuitReason::Cancelled)) => format!("{what} cancelled"),
+        Ok(Ok(QuitReason::JoinError(join)) | Err(join)) | Err(join) => {
+            format!("connection task failed: {join}")
+        }
+        Ok(Ok(_)) => format!("{what} ended"),
+    }
+}
+
 /// An error with every cause, so a TLS or connection failure says why
 /// (reqwest's top-level message alone does not).
 pub fn with_causes(error: &dyn std::error::Error) -> String {
@@ -556,7 +574,10 @@ impl ServerHandle {
             changed |= breaker.record(permit, failed);
         }
         if changed {
-            info!(breaker = ?self.breaker.state(), "circuit breaker changed state");
+            info!(
+                breaker = self.breaker.state().as_str(),
+                "circuit breaker changed state"
+            );
             self.servers.notify_changed();
         }
         match &outcome {

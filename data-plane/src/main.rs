@@ -133,6 +133,11 @@ struct RunArgs {
     /// Log tool arguments and results (at debug level). They may hold secrets.
     #[arg(long, env = "SWITCHBOARD_LOG_PAYLOADS")]
     log_payloads: bool,
+    /// Stop (as on SIGTERM) when the process with this pid, which started
+    /// this one, exits, even if it is killed; `switchboard-control up`
+    /// passes its own.
+    #[arg(long)]
+    parent: Option<i32>,
     /// Threads serving MCP. With 1, everything runs on one thread, which
     /// under load costs far less than handing each call between threads;
     /// scale out with replicas, or give a replica with cores to spare more
@@ -151,6 +156,14 @@ fn main() -> anyhow::Result<()> {
     } = cli.command
     {
         std::process::exit(data_plane::shim::run(parent, command, args));
+    }
+    if let Command::Run(RunArgs {
+        parent: Some(parent),
+        ..
+    }) = &cli.command
+        && !data_plane::shim::exit_with_parent(*parent)
+    {
+        anyhow::bail!("the process that started this gateway (pid {parent}) has exited");
     }
     // One TLS crypto provider for every https client (downstream servers).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -224,6 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some("none") => None,
                 Some(endpoint) => Some(endpoint.to_owned()),
             };
+            let stop = shutdown_signal();
             let bound = app::run(app::Config {
                 listen: args.listen,
                 control_plane: args.control_plane,
@@ -243,7 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 log_payloads: args.log_payloads,
             })
             .await?;
-            shutdown_signal().await;
+            stop.await;
             tracing::info!("shutting down");
             bound.shutdown_trigger().cancel();
             bound.wait().await;
@@ -267,12 +281,18 @@ fn number_in(text: &str, range: RangeInclusive<f64>, what: &str) -> Result<f64, 
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler at start-up");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Resolves on SIGINT or SIGTERM. The handlers are installed at the call,
+/// not at the first poll: a signal that comes while the gateway starts
+/// must stop it gracefully (servers and all), not kill it.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler at start-up");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler at start-up");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

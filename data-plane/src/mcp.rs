@@ -254,6 +254,7 @@ pub fn router(
         page_size: page_size.max(1),
     });
     let metrics = telemetry.metrics.clone();
+    let held = book.clone();
     let service = Arc::new(StreamableHttpService::new(
         move || {
             Ok(GatewaySession::new(
@@ -273,6 +274,10 @@ pub fn router(
         move |request: axum::extract::Request| async move { service.handle(request).await };
     axum::Router::new()
         .route("/mcp", axum::routing::any(handler))
+        .layer(axum::middleware::from_fn_with_state(
+            held,
+            park::end_session,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             single::single_response,
@@ -600,7 +605,12 @@ impl ServerHandler for GatewaySession {
                     if !sent {
                         break;
                     }
-                    debug!(?now, "sent list_changed");
+                    debug!(
+                        tools = now.tools,
+                        prompts = now.prompts,
+                        resources = now.resources,
+                        "sent list_changed"
+                    );
                     seen = now;
                 }
             }

@@ -30,12 +30,10 @@ const CANNOT_START: i32 = 127;
 /// Runs `command` under supervision; returns the exit code to use (when the
 /// server was killed by a signal the shim re-raises it and does not return).
 pub fn run(parent: i32, command: OsString, args: Vec<OsString>) -> i32 {
-    // Best effort: without these the shim still forwards signals and reaps.
-    let _ = prctl::set_pdeathsig(Signal::SIGTERM);
-    if getppid().as_raw() != parent {
-        // The gateway died before the death signal was armed.
+    if !exit_with_parent(parent) {
         return 1;
     }
+    // Best effort: without it the shim still stops its group and reaps.
     let _ = prctl::set_child_subreaper(true);
     // The group is what gets stopped; make sure it is our own, not the
     // caller's (the gateway already starts the shim as a group leader).
@@ -86,6 +84,15 @@ pub fn run(parent: i32, command: OsString, args: Vec<OsString>) -> i32 {
             Err(_) => {}
         }
     }
+}
+
+/// Asks the kernel for SIGTERM when `parent`, this process's parent, exits
+/// (even by SIGKILL). False if it is gone already: it died before the
+/// request took hold. Call it from the main thread, before any other.
+pub fn exit_with_parent(parent: i32) -> bool {
+    // Best effort: a kernel without it still runs everything, unguarded.
+    let _ = prctl::set_pdeathsig(Signal::SIGTERM);
+    getppid().as_raw() == parent
 }
 
 /// Reaps every exited child; returns the server's status once it is gone.

@@ -3,9 +3,10 @@
 //! malformed, oversized and unknown MCP requests.
 
 use e2e::{
-    EVENTUALLY, Switchboard, call, command_server_yaml, connect, demo_server_yaml, eventually,
+    EVENTUALLY, RawSession, Switchboard, call, command_server_yaml, connect, demo_server_with,
+    demo_server_yaml, eventually,
     fake_control_plane::{FakeControlPlane, demo_resource, stdio_resource},
-    tool_names,
+    server_with, tool_names,
 };
 use futures::StreamExt;
 use proto::config::{self as pb, replica_message::Kind};
@@ -348,6 +349,29 @@ async fn malformed_oversized_and_unknown_requests_get_clear_errors_and_sessions_
             -32600,
         ),
         (r#"{"jsonrpc":"2.0","id":1}"#.to_owned(), 400, -32600),
+        // Ids that are not a string or an integer (rmcp answered these
+        // with a plain-text 415).
+        (
+            r#"{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}"#.to_owned(),
+            400,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#.to_owned(),
+            400,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1e999999,"method":"ping"}"#.to_owned(),
+            400,
+            -32600,
+        ),
+        // Params rmcp cannot read, on a method other than tools/call.
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":[5]}"#.to_owned(),
+            400,
+            -32602,
+        ),
         // A tool call rmcp could not even dispatch: invalid params.
         (
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#.to_owned(),
@@ -364,6 +388,7 @@ async fn malformed_oversized_and_unknown_requests_get_clear_errors_and_sessions_
         let (status, _, text) = post(body.clone(), Some(session.clone())).await;
         let message = jsonrpc_message(&text);
         assert_eq!(status, want_status, "{body:.60}: {text}");
+        assert_eq!(message["jsonrpc"], "2.0", "a JSON-RPC body: {body:.60}: {text}");
         assert_eq!(message["error"]["code"], want_code, "{body:.60}: {text}");
         assert!(
             !message["error"]["message"]
@@ -529,4 +554,89 @@ async fn legacy_sse_refuses_foreign_hosts_unknown_sessions_and_bad_bodies() {
     let first = String::from_utf8_lossy(&first);
     assert!(first.contains("event: endpoint"), "{first}");
     assert!(first.contains("/message?sessionId="), "{first}");
+}
+
+/// `switchboard_direct_calls_total` now.
+async fn direct_calls(sb: &Switchboard) -> f64 {
+    let exposition = sb.gateway_metrics().await;
+    e2e::metric(&exposition, "switchboard_direct_calls_total", &[]).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn arguments_a_server_cannot_parse_are_refused_at_once_on_both_paths() {
+    // One connection taking one call at a time: a call left hanging would
+    // hold it, and every later call would find the server busy.
+    let pool =
+        json!({ "pool": { "min": 1, "max": 1, "maxConcurrency": 1, "acquireTimeout": "2s" } });
+    let tag = format!("unparsable-{}", std::process::id());
+    let strict = concat!(env!("CARGO_MANIFEST_DIR"), "/python/strict_server.py");
+    let python = e2e::python();
+    let sb = Switchboard::start(&[
+        ("d.yaml", &demo_server_with("d", &tag, &[], pool.clone())),
+        (
+            "s.yaml",
+            &server_with("strict", &python.to_string_lossy(), &[strict], pool),
+        ),
+    ])
+    .await;
+    sb.wait_server_state("d", "ready").await;
+    sb.wait_server_state("strict", "ready").await;
+    let direct = RawSession::open(&sb.mcp_url()).await;
+    // A browser-like client (it sends `Origin`) goes through rmcp's path.
+    let through_rmcp = RawSession::open(&sb.mcp_url())
+        .await
+        .with_origin("http://127.0.0.1:1");
+
+    let deep = format!("{}1{}", r#"{"a":"#.repeat(10_000), "}".repeat(10_000));
+    for (session, path) in [(&direct, "direct"), (&through_rmcp, "rmcp")] {
+        for (what, arguments) in [
+            ("nested 10,000 deep", deep.as_str()),
+            ("a lone surrogate", r#"{"text":"\ud800"}"#),
+        ] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":"bad","method":"tools/call","params":{{"name":"d.echo","arguments":{arguments}}}}}"#
+            );
+            let response = session.send_text(body).await;
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.expect("a JSON-RPC body");
+            assert_eq!(status, 400, "{path}, {what}: {answer}");
+            assert_eq!(answer["id"], "bad", "{path}, {what}: {answer}");
+            assert_eq!(answer["error"]["code"], -32602, "{path}, {what}: {answer}");
+        }
+        // Nothing was left hanging on the server's one connection.
+        let (status, answer) = session.call("d.echo", json!({ "text": path })).await;
+        assert_eq!(status, 200);
+        assert_eq!(answer["result"]["content"][0]["text"], path, "{answer}");
+    }
+
+    // A server with a stricter reader than the gateway's answers a line it
+    // refuses with a null-id parse error: that call fails at once, on
+    // either path, and the next one is answered.
+    let before = direct_calls(&sb).await;
+    for (session, path) in [(&direct, "direct"), (&through_rmcp, "rmcp")] {
+        let (_, answer) = session
+            .call("strict.echo", json!({ "n": 18_446_744_073_709_551_615u64 }))
+            .await;
+        assert_eq!(answer["error"]["code"], -32700, "{path}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("beyond 2**53")),
+            "{path}: {answer}"
+        );
+        let (_, answer) = session.call("strict.echo", json!({ "n": 7 })).await;
+        assert_eq!(
+            answer["result"]["content"][0]["text"], r#"{"n": 7}"#,
+            "{path}: {answer}"
+        );
+    }
+    assert_eq!(
+        direct_calls(&sb).await,
+        before + 2.0,
+        "one call of each pair took the direct path"
+    );
+    assert!(
+        sb.logs().contains("server could not read a request"),
+        "the gateway says why"
+    );
 }

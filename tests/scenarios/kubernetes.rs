@@ -1,7 +1,8 @@
 //! In a cluster: the control plane watches `McpServer` resources through
 //! the Kubernetes API and writes their status back. The API server is the
 //! stand-in in `e2e::kube_apiserver` (no real one can run here); the client
-//! is the real `kubectl` (`.ci/fetch-tools` puts a pinned one in `.ci/tools`).
+//! is the real `kubectl` (`.ci/test`, through `.ci/fetch-tools`, puts a
+//! pinned one in `.ci/tools`).
 
 use std::path::{Path, PathBuf};
 
@@ -14,13 +15,11 @@ fn kubectl_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("SWITCHBOARD_KUBECTL") {
         return path.into();
     }
-    let pinned = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/tools/kubectl");
-    assert!(
-        pinned.is_file(),
-        "kubectl not found at {}: run `.ci/fetch-tools` (or set SWITCHBOARD_KUBECTL)",
-        pinned.display()
-    );
-    pinned
+    e2e::require_tool(
+        "kubectl",
+        e2e::repo_root().join(".ci/tools/kubectl"),
+        "`.ci/fetch-tools`, or set SWITCHBOARD_KUBECTL",
+    )
 }
 
 /// Runs kubectl against the stand-in; returns stdout, or stderr as the error.

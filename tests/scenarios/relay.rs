@@ -1,5 +1,5 @@
 //! The relay beyond tools, against a real third-party server:
-//! `@modelcontextprotocol/server-everything` (npm, installed by `.ci/run`
+//! `@modelcontextprotocol/server-everything` (npm, installed by `.ci/test`
 //! into `tests/npm`) behind the gateway over stdio. Resources and
 //! templates with rewritten URIs, prompts, completions, progress,
 //! logging, subscriptions, and the server's own requests (sampling,
@@ -663,10 +663,11 @@ async fn stdio_bridge_relays_both_ways_and_names_the_caller() {
 
 /// Runs the Python SDK client script and returns what it saw.
 async fn python_sdk(args: &[&str]) -> Value {
+    e2e::require_python_module("mcp", "mcp");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/sdk_client.py");
     let output = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new("python3")
+        tokio::process::Command::new(e2e::python())
             .arg(&script)
             .args(args)
             .kill_on_drop(true)
@@ -674,13 +675,19 @@ async fn python_sdk(args: &[&str]) -> Value {
     )
     .await
     .expect("the Python client finishes")
-    .expect("python3 runs");
+    .expect("python runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
         "python client failed ({}):\n{stdout}\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
+    );
+    // The SDK ends its session with DELETE and logs any answer but 200/204.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("Session termination failed"),
+        "the gateway refused the SDK's DELETE:\n{stderr}"
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use e2e::{
     EVENTUALLY, McpClient, Switchboard, call, connect, demo_server_with, demo_server_yaml,
-    eventually, processes_matching, server_with, text, tool_names,
+    eventually, processes_matching, server_with, stubborn_server_yaml, text, tool_names,
 };
 use serde_json::{Value, json};
 
@@ -327,6 +327,80 @@ async fn a_crashed_gateway_leaves_no_server_behind() {
     sb.gateway.as_mut().expect("gateway").kill_hard().await;
     assert_no_processes(&marker, &sb).await;
     assert_no_processes(&format!("sleep 200000.{}", std::process::id()), &sb).await;
+}
+
+/// Waits until a process of each `needles` entry runs.
+async fn wait_running(needles: &[String]) {
+    eventually("the servers' processes", EVENTUALLY, || async {
+        let missing: Vec<_> = needles
+            .iter()
+            .filter(|n| processes_matching(n).is_empty())
+            .collect();
+        missing
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("{missing:?}"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_gateway_stopped_or_killed_while_servers_start_leaves_no_process() {
+    for hard in [false, true] {
+        let tag = unique_tag();
+        let mut sb = Switchboard::start(&[
+            ("s.yaml", &stubborn_server_yaml("s", &tag)),
+            (
+                "h.yaml",
+                &server_with("h", "sleep", &[&format!("7779.{tag}")], json!({})),
+            ),
+        ])
+        .await;
+        wait_running(&[
+            format!("stubborn-{tag}"),
+            format!("sleep 7780.{tag}"),
+            format!("sleep 7779.{tag}"),
+        ])
+        .await;
+        assert_eq!(sb.health().await["servers"]["s"]["state"], "starting");
+        let gateway = sb.gateway.as_mut().expect("gateway");
+        if hard {
+            gateway.kill_hard().await;
+        } else {
+            let status = gateway.terminate().await.expect("the gateway stops");
+            assert!(status.success(), "{status}");
+        }
+        assert_no_processes(&tag, &sb).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_changed_or_removed_while_it_starts_leaves_no_process() {
+    let (first, second) = (unique_tag(), unique_tag());
+    let sb = Switchboard::start(&[("s.yaml", &stubborn_server_yaml("s", &first))]).await;
+    wait_running(&[format!("sleep 7780.{first}")]).await;
+
+    // A changed spec replaces the starting server: the old tree goes.
+    sb.write_file("s.yaml", &stubborn_server_yaml("s", &second));
+    wait_running(&[format!("sleep 7780.{second}")]).await;
+    assert_no_processes(&first, &sb).await;
+
+    // Removed (the snapshot no longer has it): its tree goes too, and
+    // the gateway keeps serving.
+    sb.remove_file("s.yaml");
+    assert_no_processes(&second, &sb).await;
+    assert_eq!(sb.health().await["servers"]["s"], Value::Null);
+}
+
+/// A number only this test's processes carry (`sleep` takes it as seconds).
+fn unique_tag() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(100);
+    format!(
+        "{}{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 #[tokio::test]

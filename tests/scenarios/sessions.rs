@@ -77,11 +77,13 @@ async fn idle_sessions_are_parked_and_come_back_on_their_next_request() {
         1.0
     );
 
-    // Parked again, then deleted: gone for good (404, so clients re-initialise).
+    // Parked again, then deleted: 200, and gone for good (404, so clients
+    // re-initialise); deleting it again is 404 too, as for any unknown id.
     wait_metric(&sb, "switchboard_sessions_parked", 1.0).await;
-    assert!(idle.delete().await < 300);
+    assert_eq!(idle.delete().await, 200);
     assert_eq!(metrics(&sb, "switchboard_sessions_parked").await, 0.0);
     assert_eq!(echo(&idle, "deleted").await.0, 404);
+    assert_eq!(idle.delete().await, 404);
 
     // The sessions that stayed never noticed.
     let (status, reply) = echo(&leveled, "still here").await;

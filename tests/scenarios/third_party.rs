@@ -1,15 +1,19 @@
 //! A real third-party MCP server behind the gateway: `mcp-server-time`
-//! from PyPI (installed by `.ci/run`), configured by the template users copy.
+//! from PyPI (installed by `.ci/test` into `.ci/venv`), configured by the
+//! template users copy.
 
 use e2e::{Switchboard, call, connect, tool_names};
 use serde_json::{Value, json};
 
 #[tokio::test]
 async fn mcp_server_time_from_pypi() {
-    let yaml = include_str!("../../templates/mcpservers/time.yaml");
-    let sb = Switchboard::start(&[("time.yaml", yaml)]).await;
-    // Without `pip install mcp-server-time` this fails with the server's
-    // reason from /healthz ("No module named mcp_server_time").
+    e2e::require_python_module("mcp_server_time", "mcp-server-time");
+    // The template as users copy it, but with the tests' Python (the venv's).
+    let template = include_str!("../../templates/mcpservers/time.yaml");
+    let python = serde_json::to_string(&e2e::python()).expect("the path is UTF-8");
+    let yaml = template.replace("command: python3", &format!("command: {python}"));
+    assert_ne!(yaml, template, "time.yaml no longer runs `python3`");
+    let sb = Switchboard::start(&[("time.yaml", &yaml)]).await;
     let state = sb.wait_server_state("time", "ready").await;
     assert!(state["tools"].as_u64().unwrap_or(0) >= 2, "{state}");
     let client = connect(&sb.mcp_url()).await.expect("connect");
@@ -123,7 +127,8 @@ async fn https_server_is_verified_against_the_trusted_roots() {
     test_certificates(certs.path());
     let port = e2e::free_addr().port().to_string();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/tls_server.py");
-    let _server = tokio::process::Command::new("python3")
+    e2e::require_python_module("mcp", "mcp");
+    let _server = tokio::process::Command::new(e2e::python())
         .arg(&script)
         .arg(&port)
         .arg(certs.path().join("leaf.pem"))

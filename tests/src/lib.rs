@@ -117,15 +117,21 @@ pub struct Process {
 
 impl Process {
     /// Starts `command` with the build directory on `PATH`, stderr into
-    /// `log`, and `RUST_LOG` from `SWITCHBOARD_TEST_LOG` (default: debug
-    /// for Switchboard's own crates).
+    /// `log`, and, unless the command sets its own, `RUST_LOG` from
+    /// `SWITCHBOARD_TEST_LOG` (default: debug for Switchboard's own crates).
     pub fn spawn(name: &str, mut command: Command, log: PathBuf) -> Self {
-        let level = std::env::var("SWITCHBOARD_TEST_LOG")
-            .unwrap_or_else(|_| "info,data_plane=debug,control_plane=debug".to_owned());
+        let has_level = command
+            .as_std()
+            .get_envs()
+            .any(|(key, _)| key == "RUST_LOG");
+        if !has_level {
+            let level = std::env::var("SWITCHBOARD_TEST_LOG")
+                .unwrap_or_else(|_| "info,data_plane=debug,control_plane=debug".to_owned());
+            command.env("RUST_LOG", level);
+        }
         let file = std::fs::File::create(&log).expect("create process log");
         command
             .env("PATH", path_with_bins())
-            .env("RUST_LOG", level)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -153,6 +159,14 @@ impl Process {
     /// Sends SIGKILL and reaps the process: a crash, not a shutdown.
     pub async fn kill_hard(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Waits for the process to exit, however it ends.
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
+        self.child
+            .wait()
+            .await
+            .unwrap_or_else(|e| panic!("waiting for {}: {e}", self.name))
     }
 
     /// SIGTERM, then waits for a clean exit.
@@ -616,17 +630,23 @@ pub fn server_with(name: &str, command: &str, args: &[&str], spec: Value) -> Str
     doc.to_string()
 }
 
+/// A stdio server that never speaks MCP, ignores SIGTERM and forks a
+/// grandchild (`sleep 7780.<tag>`, ignoring SIGTERM too) as it starts:
+/// only SIGKILL ends it. Its shell's command line carries `stubborn-<tag>`.
+pub fn stubborn_server_yaml(name: &str, tag: &str) -> String {
+    let script = format!("trap '' TERM; sleep 7780.{tag} & while :; do sleep 1; done");
+    let marker = format!("stubborn-{tag}");
+    server_with(name, "sh", &["-c", &script, &marker], json!({}))
+}
+
 /// The `@modelcontextprotocol/server-everything` binary `npm ci` put
 /// under `tests/npm`.
 pub fn everything_bin() -> String {
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("npm/node_modules/.bin/mcp-server-everything");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `npm ci --prefix tests/npm`",
-        bin.display()
-    );
-    bin.display().to_string()
+    require_tool("mcp-server-everything", bin, "`npm ci --prefix tests/npm`")
+        .display()
+        .to_string()
 }
 
 /// An `McpServer` YAML running server-everything over stdio, with `spec`
@@ -670,4 +690,63 @@ pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
             cmdline.contains(needle).then_some((pid, cmdline))
         })
         .collect()
+}
+
+// === Locating the external tools the tests use ===
+//
+// `.ci/test` installs all of them inside the repository; a missing one
+// fails its test with one line naming the command to run.
+
+/// How to install the Python packages alone (`.ci/test` does it too).
+pub const PIP_INSTALL: &str = "`.ci/venv/bin/pip install -r .ci/requirements.txt`";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests
+        .parent()
+        .expect("tests/ is in the repository")
+        .to_path_buf()
+}
+
+/// The Python the tests run, and name in the registries they write:
+/// `.ci/venv/bin/python3` once `.ci/test` has made the venv, else `python3`
+/// on `PATH` (with the packages of `.ci/requirements.txt` installed some
+/// other way).
+pub fn python() -> PathBuf {
+    let venv = repo_root().join(".ci/venv/bin/python3");
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// `path`, if it is a file; otherwise fails the test with one line saying
+/// `what` is missing and to run `.ci/test` (or `alternative`, which
+/// installs just that).
+pub fn require_tool(what: &str, path: PathBuf, alternative: &str) -> PathBuf {
+    assert!(
+        path.is_file(),
+        "{what} not found at {}: run `.ci/test` (or {alternative})",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test with one line unless [`python()`] imports `module`, from
+/// the PyPI package `package` pinned in `.ci/requirements.txt`.
+pub fn require_python_module(module: &str, package: &str) {
+    let python = python();
+    let imported = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        imported,
+        "Python module {module} (PyPI {package}) not found for {}: run `.ci/test` (or {PIP_INSTALL})",
+        python.display()
+    );
 }

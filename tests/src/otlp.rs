@@ -117,23 +117,19 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The `rotel-agent` binary of the `rotel` PyPI package (`.ci/run`
-/// installs it).
+/// The `rotel-agent` binary of the `rotel` PyPI package (`.ci/test`
+/// installs it into `.ci/venv`).
 fn rotel_agent() -> PathBuf {
-    let output = std::process::Command::new("python3")
+    crate::require_python_module("rotel", "rotel");
+    let output = std::process::Command::new(crate::python())
         .args([
             "-c",
             "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
         ])
         .output()
-        .expect("running python3 to locate rotel");
+        .expect("running python to locate rotel");
     let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    assert!(
-        output.status.success() && path.is_file(),
-        "rotel-agent not found ({}); install it with `pip install rotel==0.0.1a15`",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    path
+    crate::require_tool("rotel-agent", path, crate::PIP_INSTALL)
 }
 
 /// Starts the rotel collector receiving OTLP/gRPC on the returned address

@@ -14,6 +14,8 @@ pub struct RawSession {
     id: String,
     /// JSON-RPC ids: unique among a session's requests in flight.
     next_request: AtomicU64,
+    /// Sent with every POST, as a browser-based client does.
+    origin: Option<String>,
 }
 
 impl RawSession {
@@ -56,6 +58,7 @@ impl RawSession {
             url: url.to_owned(),
             id,
             next_request: AtomicU64::new(1),
+            origin: None,
         };
         let (status, _) = session
             .post(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))
@@ -93,6 +96,13 @@ impl RawSession {
         (status, content_type, messages)
     }
 
+    /// Sends `Origin: origin` with every POST from now on.
+    #[must_use]
+    pub fn with_origin(mut self, origin: &str) -> Self {
+        self.origin = Some(origin.to_owned());
+        self
+    }
+
     /// POSTs `message`; the response as soon as its headers are in.
     pub async fn send(&self, message: Value) -> reqwest::Response {
         self.send_text(message.to_string()).await
@@ -100,16 +110,17 @@ impl RawSession {
 
     /// [`Self::send`] with a body as written (pretty-printed, malformed).
     pub async fn send_text(&self, body: String) -> reqwest::Response {
-        self.http
+        let mut request = self
+            .http
             .post(&self.url)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .header("mcp-session-id", &self.id)
-            .header("mcp-protocol-version", "2025-06-18")
-            .body(body)
-            .send()
-            .await
-            .expect("POST /mcp")
+            .header("mcp-protocol-version", "2025-06-18");
+        if let Some(origin) = &self.origin {
+            request = request.header("origin", origin);
+        }
+        request.body(body).send().await.expect("POST /mcp")
     }
 
     /// The HTTP status and the response among the messages answered.

@@ -109,7 +109,7 @@ impl DirectorySource {
         });
         let registry = Registry::assemble(candidates, issues);
         for issue in registry.issues.iter().filter(|i| i.field.is_some()) {
-            warn!(file = %issue.source, resource = ?issue.resource, "{}", issue.message);
+            warn!(file = %issue.source, resource = issue.resource.as_deref(), "{}", issue.message);
         }
         Ok(registry)
     }

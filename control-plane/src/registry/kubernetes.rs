@@ -82,7 +82,7 @@ impl KubernetesSource {
         // empty: it is what the snapshot builder waits for.
         let mut published = false;
         let mut refresh = tokio::time::interval(REFRESH);
-        info!(namespaces = ?self.namespaces, "watching McpServer resources");
+        info!(namespaces = %self.namespaces.join(","), "watching McpServer resources");
         loop {
             let event = tokio::select! {
                 () = cancel.cancelled() => return,

@@ -26,6 +26,19 @@ pub struct Rejected {
     pub retry_in: Duration,
 }
 
+// === impl BreakerState ===
+
+impl BreakerState {
+    /// The name `/healthz` and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "halfOpen",
+        }
+    }
+}
+
 /// Permission for one call; report its outcome with [`Breaker::record`].
 #[derive(Debug)]
 #[must_use]

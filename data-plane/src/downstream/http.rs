@@ -8,12 +8,11 @@ use std::{collections::HashMap, time::Duration};
 use http::{HeaderName, HeaderValue};
 use rmcp::{
     ServiceExt,
-    service::{Peer, QuitReason, RoleClient},
+    service::{Peer, RoleClient},
     transport::{
         StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
     },
 };
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{DownstreamClient, Error, with_causes};
@@ -29,7 +28,7 @@ const DIAGNOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct HttpConnection {
     peer: Peer<RoleClient>,
     cancel: CancellationToken,
-    service: JoinHandle<Result<QuitReason, tokio::task::JoinError>>,
+    service: super::ServiceTask,
 }
 
 // === impl HttpConnection ===
@@ -87,10 +86,7 @@ impl HttpConnection {
 
     /// Resolves when the connection is gone.
     pub async fn closed(&mut self) -> String {
-        match (&mut self.service).await {
-            Ok(Ok(reason)) => format!("connection closed ({reason:?})"),
-            Ok(Err(join)) | Err(join) => format!("connection task failed: {join}"),
-        }
+        super::service_ended(&mut self.service, "connection").await
     }
 
     pub async fn shutdown(mut self) {

@@ -12,6 +12,10 @@
 //! longer than [`MAX_LINE`] are dropped without being held in memory. EOF
 //! or a read error ends the connection, which the supervisor then restarts.
 //!
+//! A server that cannot parse a line answers with a JSON-RPC error whose
+//! id is null; that error goes to the request written last on the
+//! connection, which would otherwise wait out its whole timeout.
+//!
 //! [`Direct`] sends `tools/call` requests past rmcp: their ids are strings
 //! (`"sb:<n>"`) that rmcp, which numbers its own, never uses, so their
 //! responses are told apart here and handed over with the result unparsed.
@@ -31,7 +35,9 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use rmcp::{
     ErrorData,
-    model::{ClientJsonRpcMessage, NumberOrString, ProgressToken, ServerJsonRpcMessage},
+    model::{
+        ClientJsonRpcMessage, JsonRpcError, NumberOrString, ProgressToken, ServerJsonRpcMessage,
+    },
     service::RoleClient,
     transport::Transport,
 };
@@ -61,8 +67,20 @@ const DIRECT_ID_PREFIX: &str = "sb:";
 /// A message on its way to the server, and who waits for it to be written.
 struct Outgoing {
     line: Vec<u8>,
+    /// The request it is, if it is one.
+    request: Option<Written>,
     written: oneshot::Sender<io::Result<()>>,
 }
+
+/// A request written to the server, by the id it was sent with.
+#[derive(Clone, Debug, PartialEq)]
+enum Written {
+    Direct(u64),
+    Rmcp(NumberOrString),
+}
+
+/// The request written last, which a null-id error answers.
+type LastWritten = Arc<Mutex<Option<Written>>>;
 
 /// Requests sent to the server past rmcp, waiting for their responses.
 pub struct Direct {
@@ -121,6 +139,7 @@ pub struct LineTransport<R> {
     to_writer: Option<mpsc::Sender<Outgoing>>,
     writer: Option<JoinHandle<()>>,
     direct: Arc<Direct>,
+    last_written: LastWritten,
 }
 
 // === impl LineTransport ===
@@ -128,7 +147,9 @@ pub struct LineTransport<R> {
 impl<R: AsyncRead + Send + Unpin> LineTransport<R> {
     pub fn new<W: AsyncWrite + Send + Unpin + 'static>(stdout: R, stdin: W) -> Self {
         let (to_writer, queue) = mpsc::channel(WRITE_QUEUE);
-        let writer = tokio::spawn(write_lines(stdin, queue).in_current_span());
+        let last_written = LastWritten::default();
+        let writer =
+            tokio::spawn(write_lines(stdin, queue, last_written.clone()).in_current_span());
         let direct = Arc::new(Direct {
             to_writer: to_writer.downgrade(),
             waiting: Mutex::default(),
@@ -143,6 +164,35 @@ impl<R: AsyncRead + Send + Unpin> LineTransport<R> {
             to_writer: Some(to_writer),
             writer: Some(writer),
             direct,
+            last_written,
+        }
+    }
+
+    /// A server's error with a null id: it could not read a request, and
+    /// the one written last is taken to be it. A direct request gets the
+    /// error here; one of rmcp's comes back with its id filled in; with no
+    /// request left to fail, the error goes to rmcp as it came.
+    fn unread_request(&self, mut error: JsonRpcError) -> Option<ServerJsonRpcMessage> {
+        let Some(written) = self.last_written.lock().take() else {
+            return Some(ServerJsonRpcMessage::Error(error));
+        };
+        warn!(
+            code = error.error.code.0,
+            message = %error.error.message,
+            request = %written,
+            "server could not read a request (error with a null id); failing the request written last"
+        );
+        match written {
+            Written::Direct(id) => {
+                if let Some(waiter) = self.direct.waiting.lock().remove(&id) {
+                    let _ = waiter.send(Answer::Error(error.error));
+                }
+                None
+            }
+            Written::Rmcp(id) => {
+                error.id = Some(id);
+                Some(ServerJsonRpcMessage::Error(error))
+            }
         }
     }
 
@@ -183,7 +233,11 @@ impl<R: AsyncRead + Send + Unpin> Transport<RoleClient> for LineTransport<R> {
         item: ClientJsonRpcMessage,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static + use<R> {
         let to_writer = self.to_writer.clone();
-        async move { write_line(to_writer, &item, 0).await }
+        let request = match &item {
+            ClientJsonRpcMessage::Request(request) => Some(Written::Rmcp(request.id.clone())),
+            _ => None,
+        };
+        async move { write_line(to_writer, &item, request, 0).await }
     }
 
     async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
@@ -194,6 +248,11 @@ impl<R: AsyncRead + Send + Unpin> Transport<RoleClient> for LineTransport<R> {
                     continue;
                 }
                 match parse(&line) {
+                    Ok(ServerJsonRpcMessage::Error(error)) if error.id.is_none() => {
+                        if let Some(message) = self.unread_request(error) {
+                            return Some(message);
+                        }
+                    }
                     Ok(message) => return Some(message),
                     Err(Skipped::NotJson) => {}
                     Err(Skipped::NotMcp(error)) => {
@@ -321,7 +380,12 @@ impl Direct {
         let mut line = notification.to_string().into_bytes();
         line.push(b'\n');
         let (written, _) = oneshot::channel();
-        super::send_soon(&to_writer, Outgoing { line, written });
+        let outgoing = Outgoing {
+            line,
+            request: None,
+            written,
+        };
+        super::send_soon(&to_writer, outgoing);
     }
 }
 
@@ -347,7 +411,14 @@ impl DirectCall {
             method,
             params,
         };
-        write_line(self.direct.to_writer.upgrade(), &request, params_len).await
+        let written = Some(Written::Direct(self.id));
+        write_line(
+            self.direct.to_writer.upgrade(),
+            &request,
+            written,
+            params_len,
+        )
+        .await
     }
 
     /// The server's answer; an error once the connection is gone.
@@ -376,6 +447,7 @@ impl Drop for DirectCall {
 async fn write_line(
     to_writer: Option<mpsc::Sender<Outgoing>>,
     message: &impl Serialize,
+    request: Option<Written>,
     len_hint: usize,
 ) -> io::Result<()> {
     let mut line = Vec::with_capacity(len_hint.saturating_add(LINE_OVERHEAD));
@@ -384,10 +456,25 @@ async fn write_line(
     let to_writer = to_writer.ok_or_else(stdin_closed)?;
     let (written, done) = oneshot::channel();
     to_writer
-        .send(Outgoing { line, written })
+        .send(Outgoing {
+            line,
+            request,
+            written,
+        })
         .await
         .map_err(|_| stdin_closed())?;
     done.await.map_err(|_| stdin_closed())?
+}
+
+// === impl Written ===
+
+impl std::fmt::Display for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Written::Direct(id) => f.write_str(&wire_id(*id)),
+            Written::Rmcp(id) => id.fmt(f),
+        }
+    }
 }
 
 fn wire_id(id: u64) -> String {
@@ -423,8 +510,13 @@ fn parse(line: &[u8]) -> Result<ServerJsonRpcMessage, Skipped> {
     })
 }
 
-/// Writes queued lines to the server, all that are waiting in one write.
-async fn write_lines<W: AsyncWrite + Unpin>(mut stdin: W, mut queue: mpsc::Receiver<Outgoing>) {
+/// Writes queued lines to the server, all that are waiting in one write,
+/// and notes the last request among them.
+async fn write_lines<W: AsyncWrite + Unpin>(
+    mut stdin: W,
+    mut queue: mpsc::Receiver<Outgoing>,
+    last_written: LastWritten,
+) {
     let mut batch = Vec::new();
     let mut buf = Vec::new();
     while queue.recv_many(&mut batch, WRITE_QUEUE).await > 0 {
@@ -443,6 +535,9 @@ async fn write_lines<W: AsyncWrite + Unpin>(mut stdin: W, mut queue: mpsc::Recei
             Ok(()) => stdin.flush().await,
             Err(error) => Err(error),
         };
+        if let Some(request) = batch.iter().rev().find_map(|o| o.request.clone()) {
+            *last_written.lock() = Some(request);
+        }
         for outgoing in batch.drain(..) {
             let result = match &result {
                 Ok(()) => Ok(()),
@@ -457,230 +552,4 @@ async fn write_lines<W: AsyncWrite + Unpin>(mut stdin: W, mut queue: mpsc::Recei
 }
 
 #[cfg(test)]
-mod tests {
-    use rmcp::model::{ClientNotification, ClientRequest, JsonObject, PingRequest};
-    use tokio::io::{AsyncBufReadExt, BufReader, duplex};
-
-    use super::*;
-
-    const PING_RESPONSE: &str = r#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
-
-    fn transport() -> (
-        LineTransport<tokio::io::DuplexStream>,
-        tokio::io::DuplexStream,
-        tokio::io::DuplexStream,
-    ) {
-        let (stdout, server_out) = duplex(1 << 20);
-        let (stdin, server_in) = duplex(1 << 20);
-        (LineTransport::new(stdout, stdin), server_out, server_in)
-    }
-
-    fn is_ping_response(message: &ServerJsonRpcMessage) -> bool {
-        matches!(message, ServerJsonRpcMessage::Response(r) if r.id == rmcp::model::NumberOrString::Number(7))
-    }
-
-    #[tokio::test]
-    async fn messages_come_whole_however_the_pipe_splits_them_and_noise_is_skipped() {
-        let (mut transport, mut server_out, _server_in) = transport();
-        let big = "x".repeat(200_000);
-        let big_line = format!(
-            r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"level":"info","data":"{big}"}}}}"#
-        );
-        let stream = format!(
-            "starting up...\n\n\u{feff}{PING_RESPONSE}\r\n{PING_RESPONSE}\n{{\"not\":\"a message\"}}\n{big_line}\n{PING_RESPONSE}"
-        );
-        let writer = tokio::spawn(async move {
-            for chunk in stream.as_bytes().chunks(1000) {
-                server_out.write_all(chunk).await.expect("write");
-            }
-            server_out.write_all(b"\n").await.expect("write");
-            server_out
-        });
-        for n in 0..2 {
-            let message = transport.receive().await.expect("a message");
-            assert!(is_ping_response(&message), "message {n}: {message:?}");
-        }
-        let message = transport.receive().await.expect("the large message");
-        assert!(
-            matches!(message, ServerJsonRpcMessage::Notification(_)),
-            "{message:?}"
-        );
-        assert!(is_ping_response(
-            &transport.receive().await.expect("the last message")
-        ));
-        drop(writer.await.expect("writer"));
-        assert!(transport.receive().await.is_none(), "EOF ends the stream");
-    }
-
-    #[tokio::test]
-    async fn json_that_is_not_mcp_is_counted_and_skipped() {
-        let (mut transport, mut server_out, _server_in) = transport();
-        let log_line = r#"{"level":30,"msg":"listening"}"#.to_owned() + "\n";
-        let stream = log_line.repeat(5) + PING_RESPONSE + "\n";
-        server_out
-            .write_all(stream.as_bytes())
-            .await
-            .expect("write");
-        let message = transport.receive().await.expect("the message after them");
-        assert!(is_ping_response(&message), "{message:?}");
-        assert_eq!(transport.not_mcp, 5);
-    }
-
-    #[tokio::test]
-    async fn a_line_over_the_limit_is_dropped_and_the_next_one_read() {
-        let (mut transport, mut server_out, _server_in) = transport();
-        let writer = tokio::spawn(async move {
-            let chunk = vec![b'x'; 1 << 20];
-            for _ in 0..(MAX_LINE >> 20) + 1 {
-                server_out.write_all(&chunk).await.expect("write");
-            }
-            server_out.write_all(b"\n").await.expect("write");
-            server_out
-                .write_all(PING_RESPONSE.as_bytes())
-                .await
-                .expect("write");
-            server_out.write_all(b"\n").await.expect("write");
-            server_out
-        });
-        let message = transport.receive().await.expect("the message after it");
-        assert!(is_ping_response(&message), "{message:?}");
-        assert!(transport.buf.capacity() < 2 * MAX_LINE);
-        drop(writer.await.expect("writer"));
-    }
-
-    #[tokio::test]
-    async fn concurrent_sends_arrive_as_lines_and_close_ends_stdin() {
-        let (mut transport, _server_out, server_in) = transport();
-        let sends: Vec<_> = (0..50)
-            .map(|n| {
-                let message = if n % 2 == 0 {
-                    ClientJsonRpcMessage::request(
-                        ClientRequest::PingRequest(PingRequest::default()),
-                        rmcp::model::NumberOrString::Number(n),
-                    )
-                } else {
-                    ClientJsonRpcMessage::notification(ClientNotification::InitializedNotification(
-                        Default::default(),
-                    ))
-                };
-                transport.send(message)
-            })
-            .collect();
-        for sent in futures::future::join_all(sends).await {
-            sent.expect("written");
-        }
-        transport.close().await.expect("closed");
-        let mut lines = BufReader::new(server_in).lines();
-        let mut count = 0;
-        while let Some(line) = lines.next_line().await.expect("read") {
-            let value: serde_json::Value =
-                serde_json::from_str(&line).expect("one JSON message per line");
-            assert_eq!(value["jsonrpc"], "2.0");
-            count += 1;
-        }
-        assert_eq!(count, 50, "every message, then EOF");
-        let refused = transport.send(ClientJsonRpcMessage::notification(
-            ClientNotification::InitializedNotification(Default::default()),
-        ));
-        assert_eq!(
-            refused.await.expect_err("closed").kind(),
-            io::ErrorKind::NotConnected
-        );
-    }
-
-    #[tokio::test]
-    async fn a_server_that_stopped_reading_fails_the_send() {
-        let (mut transport, _server_out, server_in) = transport();
-        drop(server_in);
-        let failed = transport
-            .send(ClientJsonRpcMessage::notification(
-                ClientNotification::InitializedNotification(Default::default()),
-            ))
-            .await;
-        assert!(failed.is_err(), "{failed:?}");
-    }
-
-    fn echo_params() -> JsonObject {
-        let mut params = JsonObject::new();
-        params.insert("name".into(), "echo".into());
-        params
-    }
-
-    #[tokio::test]
-    async fn direct_answers_are_taken_by_id_and_the_rest_goes_to_rmcp() {
-        let (mut transport, mut server_out, server_in) = transport();
-        let mut call = transport.direct().start();
-        call.send("tools/call", &echo_params(), 0)
-            .await
-            .expect("written");
-        let mut lines = BufReader::new(server_in).lines();
-        let sent: serde_json::Value =
-            serde_json::from_str(&lines.next_line().await.expect("read").expect("a line"))
-                .expect("JSON");
-        assert_eq!(sent["id"], "sb:1");
-        assert_eq!(sent["method"], "tools/call");
-        assert_eq!(sent["params"]["name"], "echo");
-        // Our id inside another message's text is not an answer; an answer
-        // may put its id anywhere.
-        let mention = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"\"sb:1\""}}"#;
-        let answer = r#"{"result":{"content":[],"isError":true},"jsonrpc":"2.0","id":"sb:1"}"#;
-        let stream = format!("{answer}\n{mention}\n");
-        server_out
-            .write_all(stream.as_bytes())
-            .await
-            .expect("write");
-        let (message, answered) = tokio::join!(transport.receive(), call.answer());
-        assert!(
-            matches!(message, Some(ServerJsonRpcMessage::Notification(_))),
-            "{message:?}"
-        );
-        match answered.expect("answered") {
-            Answer::Result(result) => {
-                assert_eq!(&result[..], br#"{"content":[],"isError":true}"#)
-            }
-            Answer::Error(error) => panic!("{error:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn an_abandoned_direct_call_is_cancelled_and_its_late_answer_dropped() {
-        let (mut transport, mut server_out, server_in) = transport();
-        let call = transport.direct().start();
-        call.send("tools/call", &echo_params(), 0)
-            .await
-            .expect("written");
-        drop(call);
-        let mut lines = BufReader::new(server_in).lines();
-        let _request = lines.next_line().await.expect("read");
-        let cancelled: serde_json::Value =
-            serde_json::from_str(&lines.next_line().await.expect("read").expect("a line"))
-                .expect("JSON");
-        assert_eq!(cancelled["method"], "notifications/cancelled");
-        assert_eq!(cancelled["params"]["requestId"], "sb:1");
-        // The answer comes anyway: rmcp never sees it.
-        let late = r#"{"jsonrpc":"2.0","id":"sb:1","result":{"content":[]}}"#;
-        let stream = format!("{late}\n{PING_RESPONSE}\n");
-        server_out
-            .write_all(stream.as_bytes())
-            .await
-            .expect("write");
-        let message = transport.receive().await.expect("a message");
-        assert!(is_ping_response(&message), "{message:?}");
-    }
-
-    #[tokio::test]
-    async fn a_direct_call_fails_when_the_server_goes() {
-        let (mut transport, server_out, _server_in) = transport();
-        let mut call = transport.direct().start();
-        call.send("tools/call", &echo_params(), 0)
-            .await
-            .expect("written");
-        drop(server_out);
-        let (message, answered) = tokio::join!(transport.receive(), call.answer());
-        assert!(message.is_none(), "EOF");
-        assert_eq!(
-            answered.expect_err("no answer").kind(),
-            io::ErrorKind::UnexpectedEof
-        );
-    }
-}
+mod tests;

@@ -14,10 +14,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use rmcp::{
     ServiceExt,
     model::{ClientJsonRpcMessage, ServerJsonRpcMessage},
-    service::{Peer, QuitReason, RoleClient},
+    service::{Peer, RoleClient},
 };
 use sse_stream::SseStream;
-use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{
     sync::{CancellationToken, PollSender},
@@ -45,7 +45,7 @@ type Events =
 pub struct SseConnection {
     peer: Peer<RoleClient>,
     cancel: CancellationToken,
-    service: JoinHandle<Result<QuitReason, tokio::task::JoinError>>,
+    service: super::ServiceTask,
     _reader: AbortOnDropHandle<()>,
     _writer: AbortOnDropHandle<()>,
 }
@@ -170,10 +170,7 @@ impl SseConnection {
 
     /// Resolves when the stream closes (also when a launched process dies).
     pub async fn closed(&mut self) -> String {
-        match (&mut self.service).await {
-            Ok(Ok(reason)) => format!("event stream closed ({reason:?})"),
-            Ok(Err(join)) | Err(join) => format!("connection task failed: {join}"),
-        }
+        super::service_ended(&mut self.service, "event stream").await
     }
 
     pub async fn shutdown(mut self) {

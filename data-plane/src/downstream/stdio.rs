@@ -2,6 +2,9 @@
 //! the stdio shim (see `shim.rs`) in its own process group so teardown
 //! reaches grandchildren and nothing outlives the gateway; a scrubbed
 //! environment; stderr forwarded into the gateway's log, rate-limited.
+//! However a process is let go of (stopped, failed to start, or dropped
+//! mid-start when its server is removed or the gateway stops), its whole
+//! tree ends: see [`ProcessTree`].
 //! [`Launched`] is the same kind of process without MCP on its pipes, for
 //! servers reached over the network that the gateway starts itself.
 
@@ -13,7 +16,7 @@ use std::{
 };
 
 use parking_lot::Mutex;
-use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
+use process_wrap::tokio::{ChildWrapper, CommandWrap, ProcessGroup};
 use rmcp::{
     ServiceExt,
     service::{RoleClient, RunningService},
@@ -44,6 +47,7 @@ const STDERR_DRAIN: Duration = Duration::from_millis(500);
 /// flood the gateway's log. Excess lines are counted, not logged.
 const STDERR_LINES_PER_SEC: u32 = 50;
 const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
 
 /// How this replica starts stdio servers.
 #[derive(Clone, Debug, Default)]
@@ -58,7 +62,7 @@ pub struct StdioConnection {
     pub service: RunningService<RoleClient, DownstreamClient>,
     /// `tools/call` past rmcp, on the same pipes.
     pub direct: Arc<Direct>,
-    child: Box<dyn ChildWrapper>,
+    child: ProcessTree,
     last_stderr: Arc<Mutex<String>>,
     stderr: AbortOnDropHandle<()>,
 }
@@ -75,7 +79,7 @@ impl StdioConnection {
         timeout: Duration,
     ) -> Result<Self, Error> {
         let mut child = spawn(spec, launcher, Stdio::piped())?;
-        info!(pid = ?child.id(), command = %spec.command, "server process started");
+        info!(pid = child.id(), command = %spec.command, "server process started");
         let (Some(stdin), Some(stdout), Some(stderr)) = (
             child.stdin().take(),
             child.stdout().take(),
@@ -107,7 +111,7 @@ impl StdioConnection {
                 if let Err(_elapsed) = failed {
                     reason = format!("no initialize response within {timeout:?}; {reason}");
                 }
-                kill(&mut child).await;
+                terminate(&mut child).await;
                 return Err(Error::Initialize(reason));
             }
         };
@@ -137,7 +141,7 @@ impl StdioConnection {
 
 /// A process the gateway runs beside a network connection to it.
 pub struct Launched {
-    child: Box<dyn ChildWrapper>,
+    child: ProcessTree,
     last_output: Arc<Mutex<String>>,
     _output: [AbortOnDropHandle<()>; 2],
 }
@@ -148,7 +152,7 @@ impl Launched {
     /// Starts the process; its stdout and stderr go to the log.
     pub fn start(server: &str, spec: &StdioSpec, launcher: &Launcher) -> Result<Self, Error> {
         let mut child = spawn(spec, launcher, Stdio::null())?;
-        info!(pid = ?child.id(), command = %spec.command, "server process started");
+        info!(pid = child.id(), command = %spec.command, "server process started");
         let (Some(stdout), Some(stderr)) = (child.stdout().take(), child.stderr().take()) else {
             return Err(Error::Protocol("child output was not piped".into()));
         };
@@ -184,12 +188,61 @@ impl Launched {
     }
 }
 
+/// A server's process group (the shim, the server, what it started). Let
+/// go of while it may still run (a start abandoned because its server was
+/// removed or the gateway is stopping), it is stopped without waiting: the
+/// shim is told to end its group (it escalates to SIGKILL and reaps
+/// re-parented descendants on its own, so it must not be killed first); a
+/// group without a shim is killed. tokio reaps the process afterwards.
+struct ProcessTree {
+    child: Box<dyn ChildWrapper>,
+    shim: bool,
+}
+
+// === impl ProcessTree ===
+
+impl std::ops::Deref for ProcessTree {
+    type Target = dyn ChildWrapper;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.child
+    }
+}
+
+impl std::ops::DerefMut for ProcessTree {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.child
+    }
+}
+
+impl Drop for ProcessTree {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let signal = if self.shim { SIGTERM } else { SIGKILL };
+        debug!(
+            pid = self.child.id(),
+            signal, "stopping a server process let go of while running"
+        );
+        if let Err(error) = self.child.signal(signal) {
+            warn!(%error, "cannot stop a server process group");
+        }
+    }
+}
+
 /// Waits for a clean exit, then escalates to SIGTERM and SIGKILL on the
 /// whole process group. Returns once the process is reaped.
-async fn stop(child: &mut Box<dyn ChildWrapper>) {
+async fn stop(child: &mut ProcessTree) {
     if tokio::time::timeout(EXIT_GRACE, child.wait()).await.is_ok() {
         return;
     }
+    terminate(child).await;
+}
+
+/// SIGTERM to the whole process group, then SIGKILL if it is still there.
+/// Returns once the process is reaped.
+async fn terminate(child: &mut ProcessTree) {
     // The shim passes SIGTERM on and gives the group its own grace period.
     if child.signal(SIGTERM).is_ok()
         && tokio::time::timeout(EXIT_GRACE * 2, child.wait())
@@ -202,11 +255,7 @@ async fn stop(child: &mut Box<dyn ChildWrapper>) {
     kill(child).await;
 }
 
-fn spawn(
-    spec: &StdioSpec,
-    launcher: &Launcher,
-    stdin: Stdio,
-) -> Result<Box<dyn ChildWrapper>, Error> {
+fn spawn(spec: &StdioSpec, launcher: &Launcher, stdin: Stdio) -> Result<ProcessTree, Error> {
     let mut command = match &launcher.shim {
         Some(shim) => {
             let mut command = tokio::process::Command::new(shim);
@@ -236,14 +285,18 @@ fn spawn(
         command.current_dir(cwd);
     }
     let mut wrapped = CommandWrap::from(command);
-    wrapped.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
-    wrapped.spawn().map_err(|source| Error::Spawn {
+    wrapped.wrap(ProcessGroup::leader());
+    let child = wrapped.spawn().map_err(|source| Error::Spawn {
         command: spec.command.clone(),
         source,
+    })?;
+    Ok(ProcessTree {
+        child,
+        shim: launcher.shim.is_some(),
     })
 }
 
-async fn kill(child: &mut Box<dyn ChildWrapper>) {
+async fn kill(child: &mut ProcessTree) {
     let _ = Box::into_pin(child.kill()).await;
 }
 

@@ -212,7 +212,7 @@ async fn refresh_offer(
         prompts = offer.prompts.len(),
         resources = offer.resources.len(),
         templates = offer.templates.len(),
-        protocol = ?protocol_version,
+        protocol = protocol_version.as_ref().map(|v| v.as_str()),
         "server ready"
     );
     handle.set_lifecycle(Lifecycle {

@@ -1,13 +1,17 @@
-//! Checks every body POSTed to `/mcp` before the MCP service parses it:
-//! over the size limit is 413, not JSON is a JSON-RPC parse error (-32700),
-//! JSON that is not a JSON-RPC 2.0 message (or a batch, which MCP dropped)
-//! is an invalid request (-32600), and a `tools/call` without a string
-//! `name` or with `arguments` or `_meta` that are not objects has invalid
-//! params (-32602, with the request's id; rmcp would call the method
-//! unknown). Each answer is a JSON-RPC error object,
-//! so clients and people both see what was wrong; the session, if any, is
-//! untouched. The check borrows from the body and allocates nothing for
-//! well-formed messages.
+//! Checks every body POSTed to `/mcp` before the MCP service parses it, so
+//! every invalid message gets one kind of answer, a JSON-RPC error object:
+//! over the size limit is 413; not JSON is a parse error (-32700); JSON
+//! that is not a JSON-RPC 2.0 message (a batch, which MCP dropped, an `id`
+//! that is not a string or an integer) is an invalid request (-32600); and
+//! a request whose params do not parse is invalid params (-32602, with the
+//! request's id). `tools/call`, the hot path, is read without allocating:
+//! its params' shape is checked (rmcp would call the method unknown), and
+//! the whole message is read as a strict parser reads it (serde_json's
+//! 128-level nesting limit, escapes that decode, numbers in range), since
+//! its arguments go to the server as written and a server that cannot parse
+//! a line never answers it. Every other message is parsed as rmcp parses
+//! it, so rmcp never refuses one with its own plain-text 415. The session,
+//! if any, is untouched.
 
 use std::borrow::Cow;
 
@@ -18,7 +22,11 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use serde::{Deserialize, de::IgnoredAny};
+use rmcp::model::{ClientJsonRpcMessage, RequestId};
+use serde::{
+    Deserialize, Deserializer,
+    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
+};
 use serde_json::json;
 use serde_json::value::RawValue;
 use tracing::debug;
@@ -48,7 +56,8 @@ struct Envelope<'a> {
     jsonrpc: Option<Cow<'a, str>>,
     #[serde(borrow)]
     method: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    /// `Some("null")` for an explicit null, which a request may not carry.
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
     result: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
@@ -102,55 +111,131 @@ pub async fn guard(State(limit): State<BodyLimit>, request: Request, next: Next)
 }
 
 fn check(bytes: &Bytes) -> Result<(), Refusal> {
-    let envelope: Envelope<'_> = match serde_json::from_slice(bytes) {
-        Ok(envelope) => envelope,
-        Err(err) if err.is_syntax() || err.is_eof() => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                PARSE_ERROR,
-                format!("Parse error: {err}"),
-            ));
-        }
-        Err(_) => {
-            let message = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-                "Invalid Request: JSON-RPC batches are not supported by MCP; send one message per request".to_owned()
-            } else {
-                "Invalid Request: expected a JSON-RPC 2.0 object with `jsonrpc`, and `method` or `result`/`error`".to_owned()
-            };
-            return Err(error(StatusCode::BAD_REQUEST, INVALID_REQUEST, message));
-        }
-    };
+    let envelope = read_envelope(bytes)?;
+    let invalid = |message: String| error(StatusCode::BAD_REQUEST, INVALID_REQUEST, message);
     if envelope.jsonrpc.as_deref() != Some("2.0") {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            INVALID_REQUEST,
+        return Err(invalid(
             "Invalid Request: `jsonrpc` must be \"2.0\"".to_owned(),
         ));
     }
-    let is_response =
-        envelope.id.is_some() && (envelope.result.is_some() || envelope.error.is_some());
+    let is_error = envelope.error.is_some() && envelope.method.is_none();
+    let is_response = envelope.id.is_some() && (envelope.result.is_some() || is_error);
     if envelope.method.is_none() && !is_response {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            INVALID_REQUEST,
-            "Invalid Request: a message needs a `method` (request, notification) or an `id` with `result` or `error` (response)".to_owned(),
-        ));
+        return Err(invalid("Invalid Request: a message needs a `method` (request, notification) or an `id` with `result` or `error` (response)".to_owned()));
     }
-    if envelope.method.as_deref() == Some("tools/call")
-        && let Some(id) = envelope.id
-        && let Err(problem) = check_call_params(envelope.params)
+    // An error response may say `"id": null` (it could not read the id).
+    let id = envelope.id.filter(|id| !(is_error && id.get() == "null"));
+    if let Some(id) = id
+        && let Err(err) = serde_json::from_str::<RequestId>(id.get())
     {
-        let mut refusal = error(
-            StatusCode::BAD_REQUEST,
-            INVALID_PARAMS,
-            format!("Invalid params: tools/call {problem}"),
-        );
-        // Only a valid id (a string or a number) is echoed, as it came.
-        let valid_id = matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'));
-        refusal.id = valid_id.then(|| id.to_owned());
-        return Err(refusal);
+        return Err(invalid(format!(
+            "Invalid Request: `id` must be a string or an integer ({err})"
+        )));
+    }
+    let invalid_params = |message: String| Refusal {
+        id: id.map(RawValue::to_owned),
+        ..error(StatusCode::BAD_REQUEST, INVALID_PARAMS, message)
+    };
+    match envelope.method.as_deref() {
+        Some("tools/call") if id.is_some() => {
+            check_call_params(envelope.params)
+                .map_err(|problem| format!("Invalid params: tools/call {problem}"))
+                .map_err(invalid_params)?;
+            serde_json::from_slice::<Parsable>(bytes).map_err(|err| {
+                invalid_params(format!(
+                    "Invalid params: tools/call cannot be parsed as a server would: {err}"
+                ))
+            })?;
+        }
+        method => {
+            if let Err(err) = serde_json::from_slice::<ClientJsonRpcMessage>(bytes) {
+                return Err(match (method, id) {
+                    (Some(method), Some(_)) => {
+                        invalid_params(format!("Invalid params: {method}: {err}"))
+                    }
+                    _ => invalid(format!("Invalid Request: {err}")),
+                });
+            }
+        }
     }
     Ok(())
+}
+
+/// The message's envelope, or why it is not a JSON-RPC message at all.
+fn read_envelope(bytes: &Bytes) -> Result<Envelope<'_>, Refusal> {
+    serde_json::from_slice(bytes).map_err(|err| {
+        if err.is_syntax() || err.is_eof() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                PARSE_ERROR,
+                format!("Parse error: {err}"),
+            );
+        }
+        let message = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            "Invalid Request: JSON-RPC batches are not supported by MCP; send one message per request".to_owned()
+        } else {
+            "Invalid Request: expected a JSON-RPC 2.0 object with `jsonrpc`, and `method` or `result`/`error`".to_owned()
+        };
+        error(StatusCode::BAD_REQUEST, INVALID_REQUEST, message)
+    })
+}
+
+/// A field that is there, `null` included (serde reads a null `Option` as
+/// absent).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Any JSON value, read as a strict parser reads it into a tree (nesting
+/// limit, escapes, number range) and kept nowhere.
+struct Parsable;
+
+impl<'de> Deserialize<'de> for Parsable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Parsable)
+    }
+}
+
+impl<'de> Visitor<'de> for Parsable {
+    type Value = Parsable;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(Parsable)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(Parsable)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(Parsable)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(Parsable)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(Parsable)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(Parsable)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<Parsable>()?.is_some() {}
+        Ok(Parsable)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<Parsable, Parsable>()?.is_some() {}
+        Ok(Parsable)
+    }
 }
 
 /// What is wrong with `tools/call` params, if anything.
@@ -195,86 +280,4 @@ impl IntoResponse for Refusal {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The HTTP status and JSON-RPC error code `check` answers with.
-    fn refusal(body: &str) -> Option<(StatusCode, i64)> {
-        let refusal = check(&Bytes::from(body.to_owned())).err()?;
-        assert!(!refusal.message.is_empty());
-        Some((refusal.status, refusal.code))
-    }
-
-    #[test]
-    fn well_formed_messages_pass() {
-        for ok in [
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
-            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-            r#"{"jsonrpc":"2.0","id":"a","result":{}}"#,
-            r#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"x"}}"#,
-        ] {
-            assert!(check(&Bytes::from(ok)).is_ok(), "{ok}");
-        }
-    }
-
-    #[test]
-    fn tool_calls_need_a_name_and_object_arguments() {
-        for ok in [
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":null,"_meta":null}}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":[1]},"_meta":{}}}"#,
-        ] {
-            assert!(check(&Bytes::from(ok)).is_ok(), "{ok}");
-        }
-        for bad in [
-            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call"}"#,
-            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":[]}"#,
-            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":5}}"#,
-            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"arguments":{}}}"#,
-            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"a","arguments":"x"}}"#,
-            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"a","_meta":[]}}"#,
-        ] {
-            let refused = check(&Bytes::from(bad)).expect_err(bad);
-            assert_eq!(
-                (refused.status, refused.code),
-                (StatusCode::BAD_REQUEST, INVALID_PARAMS),
-                "{bad}"
-            );
-            assert_eq!(
-                refused.id.map(|id| id.get().to_owned()).as_deref(),
-                Some(r#""q""#)
-            );
-        }
-    }
-
-    #[test]
-    fn only_a_valid_id_is_echoed() {
-        let nested = format!(
-            r#"{{"jsonrpc":"2.0","id":{}1{},"method":"tools/call","params":{{"name":5}}}}"#,
-            "[".repeat(200),
-            "]".repeat(200)
-        );
-        let refused = check(&Bytes::from(nested)).expect_err("invalid params");
-        assert!(refused.id.is_none());
-        let body = refused.into_response();
-        assert_eq!(body.status(), StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn malformed_messages_get_the_json_rpc_code() {
-        let parse_error = Some((StatusCode::BAD_REQUEST, PARSE_ERROR));
-        assert_eq!(refusal(r#"{"jsonrpc":"2.0","#), parse_error);
-        assert_eq!(refusal("not json"), parse_error);
-        for invalid in [
-            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
-            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
-            r#"{"id":1,"method":"ping"}"#,
-            r#"{"jsonrpc":"2.0","id":1}"#,
-            r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
-            r#""just a string""#,
-        ] {
-            let invalid_request = Some((StatusCode::BAD_REQUEST, INVALID_REQUEST));
-            assert_eq!(refusal(invalid), invalid_request, "{invalid}");
-        }
-    }
-}
+mod tests;

@@ -14,6 +14,10 @@
 //! other's answer or none. And it lends live sessions to `direct.rs`, which
 //! answers some calls without rmcp; those count as activity like any other.
 //!
+//! A client's `DELETE` ends a session this replica holds, live or parked,
+//! with 200; any other id gets 404, as every request naming an unknown
+//! session does (rmcp answers 202 to both, which SDKs log as a failure).
+//!
 //! A parked session costs one slot in a table and nothing on the heap:
 //! ids are kept as UUIDs and identical handshakes (one client program's)
 //! are shared, since any small allocation left behind would keep the page
@@ -27,6 +31,12 @@ use std::{
     time::Duration,
 };
 
+use axum::{
+    extract::{Request, State},
+    http::{Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use rmcp::{
@@ -302,6 +312,29 @@ impl SessionManager for ParkingSessions {
     }
 }
 
+/// Middleware: the status of a client's `DELETE /mcp`. rmcp still does
+/// the work (and its Host, header and version checks answer first).
+pub async fn end_session(State(book): State<Arc<Book>>, request: Request, next: Next) -> Response {
+    if request.method() != Method::DELETE {
+        return next.run(request).await;
+    }
+    let held = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|id| id.to_str().ok())
+        .is_some_and(|id| book.holds(id));
+    let response = next.run(request).await;
+    if response.status() != StatusCode::ACCEPTED {
+        return response;
+    }
+    if held {
+        StatusCode::OK.into_response()
+    } else {
+        // The words rmcp answers any other request for an unknown session with.
+        (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response()
+    }
+}
+
 // === impl Book ===
 
 impl Book {
@@ -314,6 +347,11 @@ impl Book {
             expire_after,
             metrics,
         })
+    }
+
+    /// Whether this replica holds the session, live or parked.
+    pub fn holds(&self, id: &str) -> bool {
+        key(id).is_some_and(|uuid| self.entries.lock().contains_key(&uuid))
     }
 
     /// Keeps a session in memory from now on: it holds state a replayed

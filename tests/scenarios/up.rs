@@ -1,0 +1,207 @@
+//! `switchboard-control up`, the README's one command: its log is plain
+//! values a person can read, and however it is stopped (SIGTERM, SIGINT,
+//! SIGKILL) no server process, nor anything a server started, outlives it,
+//! whatever state the server is in.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use e2e::{
+    EVENTUALLY, Process, bin_dir, call, connect, demo_server_yaml, eventually, free_addr,
+    processes_matching, server_with, stubborn_server_yaml, wait_listening,
+};
+use nix::{sys::signal::Signal, unistd::Pid};
+use serde_json::json;
+use tokio::process::Command;
+
+/// `up` on fresh ports, serving the registry in `dir`.
+struct Up {
+    process: Process,
+    gateway: SocketAddr,
+}
+
+impl Up {
+    /// Starts `up`; `rust_log`, when given, is its `RUST_LOG`.
+    async fn start(dir: &Path, log: &Path, rust_log: Option<&str>) -> Self {
+        let gateway = free_addr();
+        let mut command = Command::new(bin_dir().join("switchboard-control"));
+        if let Some(level) = rust_log {
+            command.env("RUST_LOG", level);
+        }
+        command
+            .arg("up")
+            .arg("--registry")
+            .arg(dir)
+            .arg("--grpc-listen")
+            .arg(free_addr().to_string())
+            .arg("--http-listen")
+            .arg(free_addr().to_string())
+            .arg("--gateway-listen")
+            .arg(gateway.to_string());
+        let process = Process::spawn("switchboard-control up", command, log.to_path_buf());
+        let up = Self { process, gateway };
+        wait_listening("the gateway `up` starts", gateway).await;
+        eventually("the gateway to be ready", EVENTUALLY, || async {
+            let url = format!("http://{}/readyz", up.gateway);
+            match reqwest::get(&url).await {
+                Ok(response) if response.status() == 200 => Ok(()),
+                other => Err(format!("{other:?}\n{}", up.process.log())),
+            }
+        })
+        .await;
+        up
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = self.process.pid().expect("`up` is running") as i32;
+        nix::sys::signal::kill(Pid::from_raw(pid), signal).expect("signal `up`");
+    }
+}
+
+/// A number no other process's command line carries: `sleep` takes it as
+/// seconds, and it tells this test's processes apart from any other's.
+fn tag(n: u32) -> String {
+    format!("{}{n:03}", std::process::id())
+}
+
+/// A registry the issue describes: a server that never speaks MCP (`sleep`),
+/// one that ignores SIGTERM and forks a grandchild (which ignores it too)
+/// while starting, and a ready demo server. Every process carries `tag`.
+fn stubborn_registry(dir: &Path, tag: &str) {
+    let files = [
+        (
+            "hang.yaml",
+            server_with("hang", "sleep", &[&format!("7779.{tag}")], json!({})),
+        ),
+        ("stubborn.yaml", stubborn_server_yaml("stubborn", tag)),
+        (
+            "ready.yaml",
+            demo_server_yaml("ready", &format!("ready-{tag}"), &[]),
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).expect("write registry file");
+    }
+}
+
+#[tokio::test]
+async fn up_leaves_no_server_process_however_it_is_stopped() {
+    for (n, signal) in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGKILL]
+        .into_iter()
+        .enumerate()
+    {
+        let tag = tag(n as u32);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let registry = dir.path().join("registry");
+        std::fs::create_dir(&registry).expect("registry dir");
+        stubborn_registry(&registry, &tag);
+        let mut up = Up::start(&registry, &dir.path().join("up.log"), None).await;
+        tracing::info!(
+            ?signal,
+            "every server process runs, the stubborn ones still starting"
+        );
+        eventually("the servers' processes", EVENTUALLY, || async {
+            let running = processes_matching(&tag);
+            let all = [
+                format!("sleep 7779.{tag}"),
+                format!("sleep 7780.{tag}"),
+                format!("stubborn-{tag}"),
+                format!("ready-{tag}"),
+            ];
+            let missing: Vec<_> = all
+                .iter()
+                .filter(|want| !running.iter().any(|(_, cmd)| cmd.contains(want.as_str())))
+                .collect();
+            missing
+                .is_empty()
+                .then_some(())
+                .ok_or(format!("missing {missing:?} in {running:?}"))
+        })
+        .await;
+
+        up.signal(signal);
+        let exited = tokio::time::timeout(Duration::from_secs(30), up.process.wait())
+            .await
+            .expect("`up` exits");
+        if signal != Signal::SIGKILL {
+            assert!(
+                exited.success(),
+                "{signal:?}: {exited}\n{}",
+                up.process.log()
+            );
+        }
+        eventually(
+            &format!("no process of `up` after {signal:?}"),
+            EVENTUALLY,
+            || async {
+                let left = processes_matching(&tag);
+                left.is_empty()
+                    .then_some(())
+                    .ok_or(format!("{left:?}\n{}", up.process.log()))
+            },
+        )
+        .await;
+    }
+}
+
+/// Rust `Debug` renderings that must never reach a log line.
+const DEBUG_RENDERINGS: &[&str] = &[
+    "Some(",
+    "None",
+    "ProtocolVersion(",
+    "Instant {",
+    "QuitReason",
+    "Ok(",
+    "Err(",
+];
+
+#[tokio::test]
+async fn the_quick_start_log_shows_plain_values() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/registry");
+    let log = dir.path().join("up.log");
+    // rmcp's own handshake lines print its types as they are; a user sees
+    // them only when asking for them (the default filter has `rmcp=warn`).
+    let level = "info,rmcp=warn,data_plane=debug,control_plane=debug";
+    let mut up = Up::start(&bundled, &log, Some(level)).await;
+    eventually("both demo servers ready", EVENTUALLY, || async {
+        let url = format!("http://{}/healthz", up.gateway);
+        let health: serde_json::Value = reqwest::get(&url)
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let ready = |s: &str| health["servers"][s]["state"] == "ready";
+        (ready("demo") && ready("utils"))
+            .then_some(())
+            .ok_or(health.to_string())
+    })
+    .await;
+    let client = connect(&format!("http://{}/mcp", up.gateway))
+        .await
+        .expect("connect");
+    call(&client, "demo.echo", json!({ "text": "hello" }))
+        .await
+        .expect("demo.echo");
+    call(&client, "utils.fail", json!({ "message": "on purpose" }))
+        .await
+        .expect("a failing tool still answers");
+    client.cancel().await.expect("close");
+    up.signal(Signal::SIGTERM);
+    tokio::time::timeout(Duration::from_secs(30), up.process.wait())
+        .await
+        .expect("`up` exits");
+
+    let text = up.process.log();
+    assert!(text.contains("server ready"), "{text}");
+    assert!(text.contains("protocol=2025-"), "{text}");
+    let debug_lines: Vec<&str> = text
+        .lines()
+        .filter(|line| DEBUG_RENDERINGS.iter().any(|d| line.contains(d)))
+        .collect();
+    assert!(
+        debug_lines.is_empty(),
+        "log lines with Rust Debug values:\n{}",
+        debug_lines.join("\n")
+    );
+}
