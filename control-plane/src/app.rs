@@ -95,7 +95,9 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
             let (objects_tx, objects_rx) = watch::channel(BTreeMap::new());
             let source = KubernetesSource::new(client.clone(), namespaces.clone());
             tasks.spawn(source.watch(registry_tx, objects_tx, shutdown.clone()));
-            let leading = leader::spawn(client.clone(), lease.clone(), shutdown.clone());
+            let (leading, campaign) =
+                leader::campaign(client.clone(), lease.clone(), shutdown.clone());
+            tasks.spawn(campaign);
             let reporter = Reporter {
                 controller: "switchboard-control-plane".into(),
                 instance: Some(lease.identity.clone()),

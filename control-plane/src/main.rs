@@ -71,6 +71,14 @@ struct ControlArgs {
     /// pod writing status (every pod serves config).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
+    /// With `--source kubernetes`: the Lease's name. One per installation:
+    /// the chart names it after the release.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LEASE_NAME",
+        default_value = "switchboard-control-plane"
+    )]
+    lease_name: String,
     /// With `--source kubernetes`: this pod's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -119,7 +127,7 @@ impl From<ControlArgs> for app::Config {
                     namespaces: args.watch_namespaces,
                     lease: control_plane::leader::LeaseConfig {
                         namespace: args.lease_namespace,
-                        name: "switchboard-control-plane".into(),
+                        name: args.lease_name,
                         identity: args.identity.unwrap_or_else(default_identity),
                         duration: args.lease_duration,
                     },

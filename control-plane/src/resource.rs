@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, transform::Transform};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use naming::{NamesSpec, Naming, PrefixMode};
 use resilience::{
@@ -22,6 +23,16 @@ pub const NAME_SEPARATOR: char = '.';
 
 /// Longest resource name, as for a Kubernetes DNS-1123 label.
 const MAX_NAME_LEN: usize = 63;
+
+/// Most environment variables one process gets. Generous (environments
+/// rarely pass a few dozen); it bounds, for the API server, how often the
+/// CRD's `valueFrom` CEL rule can run per object, so the rule's estimated
+/// cost stays far inside a real cluster's budget whatever else is added.
+pub const MAX_ENV_VARS: usize = 256;
+
+/// Durations in the CRD: `<number><unit>`, as [`resilience::parse_duration`]
+/// reads them.
+pub(crate) const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h)$";
 
 /// A downstream MCP server the gateways expose under one namespace.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -44,11 +55,12 @@ const MAX_NAME_LEN: usize = 63;
     validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label (lowercase letters, digits and '-', at most 63): it names the server in tool prefixes and status")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = openapi_integer_formats)]
 pub struct McpServerSpec {
     /// Prefix of the server's tools and prompts (`<namespace>.<tool>`).
     /// Defaults to `metadata.name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,63}$"))]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,63}$"), length(max = MAX_NAME_LEN))]
     pub namespace: Option<String>,
     /// A disabled server is kept in the registry but not pushed to gateways.
     #[serde(default = "default_enabled")]
@@ -73,6 +85,7 @@ pub struct McpServerSpec {
     pub prefix_mode: PrefixMode,
     /// Between prefix and tool name (default `.`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = naming::MAX_SEPARATOR_LEN))]
     pub separator: Option<String>,
     /// Which tools are served (include/exclude globs), renames and
     /// description overrides.
@@ -130,6 +143,7 @@ pub struct SseSpec {
     pub args: Vec<String>,
     /// Environment of `command` (plain values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ENV_VARS))]
     pub env: Vec<EnvVar>,
 }
 
@@ -149,6 +163,7 @@ pub struct StdioSpec {
     pub args: Vec<String>,
     /// Extra environment variables for the process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ENV_VARS))]
     pub env: Vec<EnvVar>,
     /// Working directory; defaults to the gateway's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,6 +269,28 @@ pub struct McpServerStatus {
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
     serde_yaml::to_string(&McpServer::crd())
+}
+
+/// schemars describes Rust's unsigned integers with formats OpenAPI does
+/// not define (`uint32`, ...). The API server ignores a format it does not
+/// know, so such a format promises a check that never runs. This keeps the
+/// `minimum: 0` schemars emits beside it, names OpenAPI's format for the
+/// range instead, and adds the upper bound the control plane can parse.
+fn openapi_integer_formats(schema: &mut Schema) {
+    schemars::transform::RecursiveTransform(|schema: &mut Schema| {
+        let (format, maximum) = match schema.get("format").and_then(Value::as_str) {
+            Some("uint8") => ("int32", Some(u64::from(u8::MAX))),
+            Some("uint16") => ("int32", Some(u64::from(u16::MAX))),
+            Some("uint32") => ("int64", Some(u64::from(u32::MAX))),
+            Some("uint64" | "uint") => ("int64", None),
+            _ => return,
+        };
+        schema.insert("format".into(), format.into());
+        if let Some(maximum) = maximum.filter(|_| schema.get("maximum").is_none()) {
+            schema.insert("maximum".into(), maximum.into());
+        }
+    })
+    .transform(schema);
 }
 
 /// A validated server: every field checked, defaults filled in.
@@ -375,6 +412,7 @@ fn validate_stdio(stdio: &StdioSpec) -> Result<ValidTransport, ValidationError> 
             "must not be empty",
         ));
     }
+    check_env_count("spec.transport.stdio.env", stdio.env.len())?;
     let mut env = BTreeMap::new();
     let mut env_from = BTreeMap::new();
     for (i, var) in stdio.env.iter().enumerate() {
@@ -424,6 +462,16 @@ fn validate_stdio(stdio: &StdioSpec) -> Result<ValidTransport, ValidationError> 
     })
 }
 
+fn check_env_count(field: &str, count: usize) -> Result<(), ValidationError> {
+    if count > MAX_ENV_VARS {
+        return Err(ValidationError::new(
+            field,
+            format!("at most {MAX_ENV_VARS} variables, got {count}"),
+        ));
+    }
+    Ok(())
+}
+
 fn value_ref(source: &EnvVarSource) -> Result<ValueRef, String> {
     let (kind, selector) = match (&source.secret_key_ref, &source.config_map_key_ref) {
         (Some(secret), None) => (RefKind::Secret, secret),
@@ -466,6 +514,7 @@ fn validate_sse(sse: &SseSpec) -> Result<ValidTransport, ValidationError> {
             ));
         }
         Some(command) => {
+            check_env_count("spec.transport.sse.env", sse.env.len())?;
             let mut env = BTreeMap::new();
             for (i, var) in sse.env.iter().enumerate() {
                 if var.value_from.is_some() {
@@ -706,6 +755,99 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(err.field, "spec.transport.stdio.env[1].name");
+    }
+
+    #[test]
+    fn too_many_env_vars_are_refused() {
+        let env: Vec<_> = (0..=MAX_ENV_VARS)
+            .map(|i| serde_json::json!({ "name": format!("V{i}"), "value": "x" }))
+            .collect();
+        let mut server = parse("metadata: {name: x}\nspec: {transport: {stdio: {command: c}}}");
+        server.spec.transport.stdio =
+            serde_json::from_value(serde_json::json!({ "command": "c", "env": env }))
+                .expect("stdio spec");
+        let err = server.validate().unwrap_err();
+        assert_eq!(err.field, "spec.transport.stdio.env");
+    }
+
+    fn crd_spec_schema() -> Value {
+        let crd: Value = serde_yaml::from_str(&crd_yaml().expect("CRD")).expect("YAML");
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+    }
+
+    /// `health.tool.arguments` is any JSON object, kept whole by the API
+    /// server (a structural schema needs the type; without
+    /// `x-kubernetes-preserve-unknown-fields` every key would be pruned).
+    #[test]
+    fn the_crd_keeps_probe_arguments_whole() {
+        let spec = crd_spec_schema();
+        let arguments =
+            &spec["properties"]["health"]["properties"]["tool"]["properties"]["arguments"];
+        assert_eq!(arguments["type"], "object", "{arguments}");
+        assert_eq!(arguments["x-kubernetes-preserve-unknown-fields"], true);
+    }
+
+    #[test]
+    fn every_duration_in_the_crd_has_the_duration_pattern() {
+        let spec = crd_spec_schema();
+        for pointer in [
+            "/pool/properties/idleTimeout",
+            "/pool/properties/acquireTimeout",
+            "/timeouts/properties/call",
+            "/timeouts/properties/maxCall",
+            "/timeouts/properties/initialize",
+            "/timeouts/properties/tools/additionalProperties",
+            "/breaker/properties/window",
+            "/breaker/properties/openDuration",
+            "/health/properties/interval",
+            "/health/properties/timeout",
+        ] {
+            let field = spec["properties"].pointer(pointer).expect(pointer);
+            assert_eq!(field["pattern"], DURATION_PATTERN, "{pointer}");
+            assert_eq!(field["type"], "string", "{pointer}");
+        }
+    }
+
+    /// No `uint32`-style formats (the API server ignores formats it does
+    /// not know), and the `u32` bounds the control plane parses.
+    #[test]
+    fn unsigned_integers_use_openapi_formats_and_bounds() {
+        let breaker = &crd_spec_schema()["properties"]["breaker"]["properties"];
+        let threshold = &breaker["consecutiveFailures"];
+        assert_eq!(threshold["format"], "int64");
+        assert_eq!(threshold["minimum"], 0.0);
+        assert_eq!(threshold["maximum"], f64::from(u32::MAX));
+        assert_eq!(breaker["failureRatePercent"]["maximum"], 100.0, "kept");
+        assert!(!crd_yaml().expect("CRD").contains("uint"));
+    }
+
+    /// A CEL rule runs once per item of every list above it; each such list
+    /// is bounded, so the rule's estimated cost stays small.
+    #[test]
+    fn lists_above_cel_rules_are_bounded() {
+        fn walk(node: &Value, bounded: bool, path: &str, found: &mut Vec<String>) {
+            if node.get("x-kubernetes-validations").is_some() {
+                assert!(bounded, "{path}: a CEL rule under an unbounded list");
+                found.push(path.to_owned());
+            }
+            let bounded = bounded && (node["type"] != "array" || node["maxItems"].is_u64());
+            if let Some(items) = node.get("items") {
+                walk(items, bounded, &format!("{path}[]"), found);
+            }
+            for (name, property) in node["properties"].as_object().into_iter().flatten() {
+                walk(property, bounded, &format!("{path}.{name}"), found);
+            }
+        }
+        let mut found = Vec::new();
+        walk(&crd_spec_schema(), true, "spec", &mut found);
+        assert_eq!(
+            found,
+            [
+                "spec.transport",
+                "spec.transport.sse.env[].valueFrom",
+                "spec.transport.stdio.env[].valueFrom",
+            ]
+        );
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! snapshot, tool count, breaker, protocol version and last error. Only
 //! changed statuses are patched, and only the status subresource, which
 //! leaves `generation` alone: a status write never produces a new snapshot.
+//! What is not known yet is `Unknown`, never `False` (API conventions), and
+//! publishes no event. A patch that fails is retried with backoff, each
+//! call bounded by a timeout, and leadership is checked before every one,
+//! so a pod that lost the lease stops writing mid-pass.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -36,6 +40,14 @@ use crate::{
 
 /// How often statuses are recomputed from the replicas' reports.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one status patch may take (kube sets no timeout).
+const PATCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed patch of a resource, the wait before the next; it
+/// doubles with each failure up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// The longest event note a real API server accepts, in bytes.
+const MAX_NOTE_BYTES: usize = 1024;
 
 pub struct StatusWriter {
     pub client: Client,
@@ -49,6 +61,21 @@ pub struct StatusWriter {
     pub replicas: Replicas,
 }
 
+/// A condition's status, as the API conventions spell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    True,
+    False,
+    /// Not known yet: not validated, or no replica has reported.
+    Unknown,
+}
+
+/// Failed patches of one resource, and when to try again.
+struct Backoff {
+    failures: u32,
+    next: tokio::time::Instant,
+}
+
 /// The facts a status is computed from, for one pass.
 struct Inputs<'a> {
     registry: &'a Registry,
@@ -60,7 +87,9 @@ impl StatusWriter {
     pub async fn run(self, cancel: CancellationToken) {
         let resource = ApiResource::erase::<McpServer>(&());
         let mut written: HashMap<ObjectKey, McpServerStatus> = HashMap::new();
+        let mut failing: HashMap<ObjectKey, Backoff> = HashMap::new();
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -81,7 +110,17 @@ impl StatusWriter {
                 snapshot_version: self.snapshots.borrow().version,
             };
             written.retain(|key, _| objects.contains_key(key));
+            failing.retain(|key, _| objects.contains_key(key));
             for (key, object) in &objects {
+                if !*self.leading.borrow() {
+                    break;
+                }
+                if failing
+                    .get(key)
+                    .is_some_and(|b| tokio::time::Instant::now() < b.next)
+                {
+                    continue;
+                }
                 let current: Option<McpServerStatus> = object
                     .data
                     .get("status")
@@ -96,18 +135,34 @@ impl StatusWriter {
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(self.client.clone(), &key.0, &resource);
                 let patch = Patch::Merge(json!({ "status": merge_patch(&desired) }));
-                match api
-                    .patch_status(&key.1, &PatchParams::default(), &patch)
-                    .await
-                {
-                    Ok(_) => {
+                let patched = tokio::time::timeout(
+                    PATCH_TIMEOUT,
+                    api.patch_status(&key.1, &PatchParams::default(), &patch),
+                )
+                .await;
+                match patched {
+                    Ok(Ok(_)) => {
                         debug!(namespace = %key.0, name = %key.1, "status written");
+                        failing.remove(key);
                         self.announce(object, &resource, previous.as_ref(), &desired)
                             .await;
                         written.insert(key.clone(), desired);
                     }
-                    Err(err) => {
-                        warn!(namespace = %key.0, name = %key.1, error = %err, "cannot write status");
+                    failed => {
+                        let backoff = failing.entry(key.clone()).or_insert(Backoff {
+                            failures: 0,
+                            next: tokio::time::Instant::now(),
+                        });
+                        let delay = FIRST_RETRY_DELAY
+                            .saturating_mul(1 << backoff.failures.min(6))
+                            .min(MAX_RETRY_DELAY);
+                        backoff.failures += 1;
+                        backoff.next = tokio::time::Instant::now() + delay;
+                        let error = match failed {
+                            Ok(Err(err)) => err.to_string(),
+                            _ => format!("no answer within {}s", PATCH_TIMEOUT.as_secs()),
+                        };
+                        warn!(namespace = %key.0, name = %key.1, %error, retry_in = ?delay, "cannot write status");
                     }
                 }
             }
@@ -129,7 +184,8 @@ impl StatusWriter {
             let before = previous
                 .and_then(|p| p.conditions.iter().find(|c| c.type_ == condition.type_))
                 .map(|c| c.status.as_str());
-            if before == Some(condition.status.as_str()) {
+            // Not knowing yet is news to nobody.
+            if before == Some(condition.status.as_str()) || condition.status == "Unknown" {
                 continue;
             }
             let event = Event {
@@ -139,7 +195,7 @@ impl StatusWriter {
                     EventType::Warning
                 },
                 reason: condition.reason.clone(),
-                note: Some(format!("{}: {}", condition.type_, condition.message)),
+                note: Some(note(&condition.type_, &condition.message)),
                 action: condition.type_.clone(),
                 secondary: None,
             };
@@ -182,7 +238,7 @@ impl Inputs<'_> {
         let accepted = match issue {
             Some(issue) => condition(
                 "Accepted",
-                false,
+                Known::False,
                 "Invalid",
                 match &issue.field {
                     Some(field) => format!("{field}: {}", issue.message),
@@ -191,27 +247,49 @@ impl Inputs<'_> {
             ),
             None => match (&refused, server) {
                 (Some(refused), Some(_)) => {
-                    condition("Accepted", false, "Rejected", refused.clone())
+                    condition("Accepted", Known::False, "Rejected", refused.clone())
                 }
-                (None, Some(_)) => condition("Accepted", true, "Valid", "the spec is valid".into()),
-                (_, None) => condition("Accepted", false, "Pending", "not validated yet".into()),
+                (None, Some(_)) => {
+                    condition("Accepted", Known::True, "Valid", "the spec is valid".into())
+                }
+                (_, None) => condition(
+                    "Accepted",
+                    Known::Unknown,
+                    "Pending",
+                    "not validated yet".into(),
+                ),
             },
         };
         let ready_condition = match server {
+            None if issue.is_none() => condition(
+                "Ready",
+                Known::Unknown,
+                "Pending",
+                "not validated yet".into(),
+            ),
             None => condition(
                 "Ready",
-                false,
+                Known::False,
                 "NotAccepted",
                 "the spec was not accepted".into(),
             ),
-            Some(server) if !server.enabled => {
-                condition("Ready", false, "Disabled", "spec.enabled is false".into())
-            }
+            Some(server) if !server.enabled => condition(
+                "Ready",
+                Known::False,
+                "Disabled",
+                "spec.enabled is false".into(),
+            ),
             Some(_) if connected.is_empty() => condition(
                 "Ready",
-                false,
+                Known::False,
                 "NoReplicas",
                 "no gateway replica is connected".into(),
+            ),
+            Some(_) if health.is_empty() => condition(
+                "Ready",
+                Known::Unknown,
+                "Pending",
+                "no replica has reported on it yet".into(),
             ),
             Some(_) if ready == 0 => {
                 let why = health
@@ -220,14 +298,14 @@ impl Inputs<'_> {
                     .map_or_else(|| "starting".to_owned(), |h| h.reason.clone());
                 condition(
                     "Ready",
-                    false,
+                    Known::False,
                     "NotReady",
                     format!("not ready on any replica: {why}"),
                 )
             }
             Some(_) => condition(
                 "Ready",
-                true,
+                Known::True,
                 "Ready",
                 format!("ready on {ready} of {} replicas", connected.len()),
             ),
@@ -308,15 +386,36 @@ fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+fn condition(type_: &str, status: Known, reason: &str, message: String) -> Condition {
+    let status = match status {
+        Known::True => "True",
+        Known::False => "False",
+        Known::Unknown => "Unknown",
+    };
     Condition {
         type_: type_.to_owned(),
-        status: if status { "True" } else { "False" }.to_owned(),
+        status: status.to_owned(),
         reason: reason.to_owned(),
         message,
         observed_generation: None,
         last_transition_time: Time(Timestamp::now()),
     }
+}
+
+/// An event's note for a condition, cut to what the API server accepts
+/// (a longer note is refused, and the event lost).
+fn note(type_: &str, message: &str) -> String {
+    let mut note = format!("{type_}: {message}");
+    if note.len() > MAX_NOTE_BYTES {
+        const MORE: &str = "…";
+        let mut end = MAX_NOTE_BYTES - MORE.len();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str(MORE);
+    }
+    note
 }
 
 /// A condition keeps its transition time while its status stays the same.
@@ -500,5 +599,48 @@ mod tests {
         }
         let again = inputs.status(&key, &object, Some(&first));
         assert_eq!(again, first, "nothing changed, nothing to write");
+    }
+
+    #[test]
+    fn what_is_not_known_yet_is_unknown() {
+        let (key, object) = object("demo", 1);
+        let replicas = BTreeMap::from([(
+            "r1".to_owned(),
+            ReplicaStatus::connected_with(7, vec![], None),
+        )]);
+        // Not validated yet.
+        let empty = Registry::default();
+        let inputs = Inputs {
+            registry: &empty,
+            replicas: &replicas,
+            snapshot_version: 7,
+        };
+        let status = inputs.status(&key, &object, None);
+        assert_eq!(condition(&status, "Accepted").status, "Unknown");
+        assert_eq!(condition(&status, "Ready").status, "Unknown");
+        // Valid, but no replica has said anything about it yet.
+        let registry = registry_with("demo");
+        let inputs = Inputs {
+            registry: &registry,
+            ..inputs
+        };
+        let status = inputs.status(&key, &object, None);
+        assert_eq!(condition(&status, "Accepted").status, "True");
+        assert_eq!(
+            (
+                condition(&status, "Ready").status.as_str(),
+                condition(&status, "Ready").reason.as_str()
+            ),
+            ("Unknown", "Pending")
+        );
+    }
+
+    #[test]
+    fn event_notes_fit_what_the_api_server_accepts() {
+        let short = note("Ready", "ready on 1 of 1 replicas");
+        assert_eq!(short, "Ready: ready on 1 of 1 replicas");
+        let long = note("Ready", &"é".repeat(2000));
+        assert!(long.len() <= MAX_NOTE_BYTES, "{}", long.len());
+        assert!(long.starts_with("Ready: éé") && long.ends_with('…'));
     }
 }

@@ -4,10 +4,15 @@
 //! `deploy/kubernetes/switchboard.yaml`), every render checked offline
 //! against the Kubernetes 1.33 schemas (`kubernetes-validate`), and
 //! `values.schema.json` refusing bad values. `UPDATE_GOLDEN=1` rewrites
-//! the golden files. The Dockerfile is linted and the compose file checked
-//! against it (no Docker engine runs here to build them).
+//! the golden files. Every CRD the chart renders or `switchboard-control
+//! crd` prints passes the API server stand-in's CRD review. The Dockerfile
+//! is linted and the compose file checked against it (no Docker engine
+//! runs here to build them).
 
 use std::path::{Path, PathBuf};
+
+use e2e::kube_apiserver::crd;
+use serde_json::Value;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -155,6 +160,61 @@ fn the_production_values_render_hpa_namespaced_rbac_and_service_monitors() {
         "the HPA owns the replica count"
     );
     assert!(rendered.contains("replicas: 2"), "two control-plane pods");
+}
+
+/// What a real cluster does with the chart's CRD (`helm install` applies
+/// `crds/` first, so a refused CRD installs nothing) and with the one the
+/// documented upgrade applies (`switchboard-control crd | kubectl apply
+/// --server-side ...`): reviewed as apiextensions.k8s.io/v1 reviews it,
+/// with no warning and no format a server would ignore.
+#[test]
+fn every_crd_passes_the_api_servers_review() {
+    let output = std::process::Command::new(e2e::bin_dir().join("switchboard-control"))
+        .arg("crd")
+        .output()
+        .expect("running switchboard-control crd");
+    assert!(output.status.success(), "switchboard-control crd failed");
+    let printed = String::from_utf8(output.stdout).expect("UTF-8");
+    let shipped = std::fs::read_to_string(
+        root()
+            .join(CHART)
+            .join("crds/mcpservers.switchboard.dev.yaml"),
+    )
+    .expect("the chart CRD");
+    assert!(
+        printed == shipped,
+        "the chart CRD differs from `switchboard-control crd`: run `UPDATE_CRD=1 cargo test -p control-plane --test crd`"
+    );
+    let mut crds = vec![(
+        "switchboard-control crd",
+        serde_yaml::from_str::<Value>(&printed).expect("CRD YAML"),
+    )];
+    let rendered = render(&["--include-crds"]);
+    for doc in rendered.split("\n---") {
+        let object: Value = serde_yaml::from_str(doc).unwrap_or_default();
+        if object["kind"] == "CustomResourceDefinition" {
+            crds.push(("helm template --include-crds", object));
+        }
+    }
+    assert_eq!(crds.len(), 2, "one CRD printed, one rendered");
+    for (source, object) in crds {
+        let name = object["metadata"]["name"].as_str().unwrap_or("");
+        let review = crd::review(&object);
+        assert!(
+            review.errors.is_empty(),
+            "{source}: {}",
+            review.refusal(name).unwrap_or_default()
+        );
+        assert!(
+            review.warnings.is_empty(),
+            "{source}: {:?}",
+            review.warnings
+        );
+        for version in object["spec"]["versions"].as_array().into_iter().flatten() {
+            let unknown = crd::unknown_formats(&version["schema"]["openAPIV3Schema"]);
+            assert!(unknown.is_empty(), "{source}: {unknown:#?}");
+        }
+    }
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! is the real `kubectl` (`.ci/test`, through `.ci/fetch-tools`, puts a
 //! pinned one in `.ci/tools`).
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+};
 
 use e2e::{
     EVENTUALLY, Switchboard, call, connect, eventually, kube_apiserver::KubeApiServer, tool_names,
@@ -43,6 +46,52 @@ async fn kubectl(api: &KubeApiServer, home: &Path, args: &[&str]) -> Result<Stri
             String::from_utf8_lossy(&output.stdout)
         ))
     }
+}
+
+/// Runs kubectl with `input` on its stdin (`-f -`).
+async fn kubectl_stdin(
+    api: &KubeApiServer,
+    home: &Path,
+    args: &[&str],
+    input: Vec<u8>,
+) -> Result<String, String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(kubectl_binary())
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .arg("--cache-dir")
+        .arg(home.join("cache"))
+        .args(args)
+        .env("HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("kubectl has no stdin")?;
+    stdin.write_all(&input).await.map_err(|e| e.to_string())?;
+    drop(stdin);
+    let output = child.wait_with_output().await.map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&output.stdout)
+        ))
+    }
+}
+
+/// What `switchboard-control crd` prints.
+async fn crd_command_output() -> Vec<u8> {
+    let output = tokio::process::Command::new(e2e::bin_dir().join("switchboard-control"))
+        .arg("crd")
+        .output()
+        .await
+        .expect("running switchboard-control crd");
+    assert!(output.status.success(), "switchboard-control crd failed");
+    output.stdout
 }
 
 /// Writes `manifest` to `file` in the kubectl home and applies it.
@@ -416,4 +465,135 @@ async fn listed_namespaces_are_watched_and_others_ignored() {
         !names.iter().any(|n| n.starts_with("gamma.")),
         "team-c is not watched: {names:?}"
     );
+}
+
+/// The CRD upgrade the chart README documents (Helm never upgrades
+/// `crds/`), then a tool probe whose arguments hold nested keys: the API
+/// server keeps every key (`x-kubernetes-preserve-unknown-fields`), and
+/// the gateway probes with them. Before, a real cluster refused the CRD
+/// (`arguments` had no type) and this stand-in pruned the arguments to `{}`.
+#[tokio::test]
+async fn tool_probe_arguments_survive_the_api_server_and_reach_the_probe() {
+    let api = KubeApiServer::start().await;
+    let home = tempfile::tempdir().expect("kubectl home");
+    let upgrade = [
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--validate=false",
+        "-f",
+        "-",
+    ];
+    let crd = crd_command_output().await;
+    let applied = kubectl_stdin(&api, home.path(), &upgrade, crd.clone())
+        .await
+        .expect("the CRD upgrade applies");
+    assert!(applied.contains("serverside-applied"), "{applied}");
+
+    // The CRD as it was: refused, in the real server's words, and nothing stored.
+    let mut untyped: Value = serde_yaml::from_slice(&crd).expect("CRD YAML");
+    let arguments = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/health/properties/tool/properties/arguments";
+    *untyped
+        .pointer_mut(arguments)
+        .expect("the arguments schema") = json!({});
+    let refused = kubectl_stdin(
+        &api,
+        home.path(),
+        &upgrade,
+        untyped.to_string().into_bytes(),
+    )
+    .await
+    .expect_err("a real API server refuses an untyped field");
+    assert!(
+        refused.contains("properties[arguments].type: Required value: must not be empty for specified object fields"),
+        "{refused}"
+    );
+    let stored = kubectl(
+        &api,
+        home.path(),
+        &["get", "crd", "mcpservers.switchboard.dev", "-o", "json"],
+    )
+    .await
+    .expect("kubectl get crd");
+    let stored: Value = serde_json::from_str(&stored).expect("CRD JSON");
+    assert_eq!(
+        stored
+            .pointer(arguments)
+            .and_then(|a| a.get("x-kubernetes-preserve-unknown-fields")),
+        Some(&json!(true))
+    );
+
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let sb = Switchboard::start_with(
+        &[],
+        &["--source", "kubernetes", "--kubeconfig", &kubeconfig],
+        &[],
+    )
+    .await;
+    let tag = format!("probe-{}", std::process::id());
+    let probed = |name: &str, arguments: &Value| {
+        let mut server: Value = serde_yaml::from_str(&demo_resource(name, &tag)).expect("YAML");
+        server["spec"]["health"] = json!({
+            "probe": "tool", "interval": "1s", "failureThreshold": 1,
+            "tool": { "name": "echo", "arguments": arguments },
+        });
+        server.to_string()
+    };
+    let arguments = json!({
+        "text": "still here",
+        "meta": { "nested": { "list": [1, { "deep": true }], "empty": {} }, "dotted.key": "x" },
+    });
+    // The same probe without `text`, which the demo server's echo requires.
+    let forgetful = json!({ "meta": { "nested": { "only": "meta" } } });
+    apply(
+        &api,
+        home.path(),
+        "probed.json",
+        &probed("probed", &arguments),
+    )
+    .await
+    .expect("apply probed");
+    apply(
+        &api,
+        home.path(),
+        "forgetful.json",
+        &probed("forgetful", &forgetful),
+    )
+    .await
+    .expect("apply forgetful");
+    let object = get_mcp(&api, home.path(), "probed")
+        .await
+        .expect("get probed");
+    assert_eq!(object["spec"]["health"]["tool"]["arguments"], arguments);
+    let object = get_mcp(&api, home.path(), "forgetful")
+        .await
+        .expect("get forgetful");
+    assert_eq!(object["spec"]["health"]["tool"]["arguments"], forgetful);
+
+    // Probes run with what the resource says: without `text` they fail.
+    eventually("forgetful's probe fails", EVENTUALLY, || async {
+        let object = get_mcp(&api, home.path(), "forgetful").await?;
+        let last_error = object["status"]["lastError"].as_str().unwrap_or("");
+        last_error
+            .contains("missing argument `text`")
+            .then_some(())
+            .ok_or(object["status"].to_string())
+    })
+    .await;
+    let object = get_mcp(&api, home.path(), "probed")
+        .await
+        .expect("get probed");
+    let status = &object["status"];
+    assert_eq!(condition(&object, "Ready")["status"], "True", "{status}");
+    assert!(
+        !status["lastError"]
+            .as_str()
+            .unwrap_or("")
+            .contains("health probe"),
+        "{status}"
+    );
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    call(&client, "probed.echo", json!({ "text": "hello" }))
+        .await
+        .expect("probed serves");
 }

@@ -1,50 +1,73 @@
 //! A **stand-in** for the Kubernetes API server, because no real one can
-//! run here. It speaks the wire protocol the way kube-rs and kubectl use
-//! it, for the resources Switchboard touches: `McpServer` (with its
+//! run here: as strict as a real one wherever Switchboard's manifests and
+//! clients meet it.
+//!
+//! # What it serves
+//!
+//! The wire protocol as kube-rs and kubectl use it, for the resources
+//! Switchboard touches: `CustomResourceDefinition`, `McpServer` (with its
 //! `/status` subresource and printer columns), `Secret` and `ConfigMap`
 //! (env values), `events.k8s.io/v1` `Event` and `coordination.k8s.io/v1`
-//! `Lease`. It serves discovery (`/version`, `/api`, `/apis/...`), list
-//! with `resourceVersion`, watch as newline-delimited `WatchEvent`s replayed
+//! `Lease`. Discovery (`/version`, `/api`, `/apis/...`), list with
+//! `resourceVersion`, watch as newline-delimited `WatchEvent`s replayed
 //! from a global resourceVersion history, create (also by `generateName`),
 //! get, replace and merge/apply patches with `resourceVersion`
 //! preconditions (409 on conflict), delete, `/status` writes that leave
 //! `metadata.generation` alone while spec changes bump it, `stringData`
-//! folded into a Secret's `data`, server-side `Table` output from the CRD's
-//! printer columns (what `kubectl get mcps` prints), and errors as
-//! `metav1.Status`. `McpServer` specs are checked against the CRD's
-//! structural schema as the API server does (types, required fields,
-//! patterns, bounds, enums; unknown fields pruned) and refused with 422;
-//! the CRD's CEL rules are not evaluated. It does not authenticate or
-//! authorize.
+//! folded into a Secret's `data`, server-side `Table` output from the
+//! CRD's printer columns (what `kubectl get mcps` prints), `Warning`
+//! headers, and errors as `metav1.Status` in the real server's words.
+//!
+//! # CRDs and custom resources
+//!
+//! CRDs are reviewed as apiextensions.k8s.io/v1 reviews them ([`crd`]):
+//! the chart's when the stand-in starts (one a cluster would refuse makes
+//! it panic with the real server's message, as `helm install` would fail),
+//! and each one created, replaced or applied server-side through the API.
+//! `McpServer`s follow the stored CRD: defaulted, pruned and validated as
+//! the real server does ([`schema`]), `fieldValidation` (`Strict`, `Warn`,
+//! the default, `Ignore`) deciding what an unknown field costs.
+//!
+//! # Differences from a real server
+//!
+//! CEL rules are neither run nor cost-estimated; server-side apply is a
+//! merge patch (no field ownership, so no conflicts); a client-side
+//! `kubectl apply` of an existing object sends a strategic merge patch,
+//! refused with 415; only the `McpServer` CRD makes a kind served; no
+//! authentication or authorization.
+
+pub mod crd;
+pub mod field;
+mod read;
+mod schema;
+mod table;
+mod write;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    convert::Infallible,
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
     Json, Router,
-    body::{Body, Bytes},
-    extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode, header},
+    extract::Path,
+    http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
 };
-use base64::Engine;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::broadcast;
 
-/// The CRD the chart installs: its printer columns shape `kubectl get`.
+use field::FieldError;
+
+/// The CRD the chart installs.
 const CRD: &str = include_str!("../../charts/switchboard/crds/mcpservers.switchboard.dev.yaml");
 
-/// A resource type this stand-in serves (all namespaced).
+/// A resource type this stand-in serves.
 #[derive(Debug)]
 struct Kind {
     group: &'static str,
@@ -53,7 +76,13 @@ struct Kind {
     singular: &'static str,
     kind: &'static str,
     short_names: &'static [&'static str],
-    /// A custom resource with a status subresource and generations.
+    categories: &'static [&'static str],
+    namespaced: bool,
+    /// Has a `/status` subresource: status changes only through it, and
+    /// `metadata.generation` counts spec changes.
+    status: bool,
+    /// A custom resource: served while its CRD is stored, and admitted
+    /// against that CRD's schema.
     custom: bool,
 }
 
@@ -65,6 +94,9 @@ const KINDS: &[Kind] = &[
         singular: "secret",
         kind: "Secret",
         short_names: &[],
+        categories: &[],
+        namespaced: true,
+        status: false,
         custom: false,
     },
     Kind {
@@ -74,6 +106,9 @@ const KINDS: &[Kind] = &[
         singular: "configmap",
         kind: "ConfigMap",
         short_names: &["cm"],
+        categories: &[],
+        namespaced: true,
+        status: false,
         custom: false,
     },
     Kind {
@@ -83,6 +118,9 @@ const KINDS: &[Kind] = &[
         singular: "mcpserver",
         kind: "McpServer",
         short_names: &["mcps"],
+        categories: &["switchboard"],
+        namespaced: true,
+        status: true,
         custom: true,
     },
     Kind {
@@ -92,6 +130,9 @@ const KINDS: &[Kind] = &[
         singular: "event",
         kind: "Event",
         short_names: &["ev"],
+        categories: &[],
+        namespaced: true,
+        status: false,
         custom: false,
     },
     Kind {
@@ -101,6 +142,21 @@ const KINDS: &[Kind] = &[
         singular: "lease",
         kind: "Lease",
         short_names: &[],
+        categories: &[],
+        namespaced: true,
+        status: false,
+        custom: false,
+    },
+    Kind {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        plural: "customresourcedefinitions",
+        singular: "customresourcedefinition",
+        kind: "CustomResourceDefinition",
+        short_names: &["crd", "crds"],
+        categories: &["api-extensions"],
+        namespaced: false,
+        status: true,
         custom: false,
     },
 ];
@@ -118,12 +174,9 @@ pub struct KubeApiServer {
 struct ApiState {
     store: Arc<Mutex<Store>>,
     events: broadcast::Sender<WatchEvent>,
-    columns: Arc<Vec<Value>>,
-    /// `openAPIV3Schema.properties.spec` of the McpServer CRD.
-    spec_schema: Arc<Value>,
 }
 
-/// Objects by (plural, namespace, name).
+/// Objects by (plural, namespace, name); cluster-scoped ones have namespace "".
 type Key = (&'static str, String, String);
 
 #[derive(Default)]
@@ -151,6 +204,24 @@ struct ListQuery {
     field_selector: Option<String>,
 }
 
+/// The query of a write: `?fieldValidation=Strict|Warn|Ignore`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WriteQuery {
+    field_validation: Option<String>,
+}
+
+/// What an unknown field costs (`metav1.FieldValidation*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FieldValidation {
+    /// Refused, 400.
+    Strict,
+    /// Dropped, with a `Warning` header (the default).
+    Warn,
+    /// Dropped silently (`kubectl --validate=false`).
+    Ignore,
+}
+
 type Reply = Result<Response, ApiError>;
 type Params = Path<HashMap<String, String>>;
 
@@ -160,6 +231,7 @@ struct ApiError {
     code: StatusCode,
     reason: &'static str,
     message: String,
+    details: Value,
 }
 
 /// What a request addresses.
@@ -167,64 +239,48 @@ struct Target {
     kind: &'static Kind,
     namespace: Option<String>,
     name: Option<String>,
+    /// For a custom resource: the served version of its stored CRD.
+    crd_version: Option<Value>,
 }
 
 impl KubeApiServer {
+    /// Starts the stand-in on a loopback port with the chart's CRD
+    /// installed, as after `helm install`.
+    ///
+    /// # Panics
+    ///
+    /// When a real API server would refuse the chart's CRD: the panic
+    /// carries the real server's message.
     pub async fn start() -> Self {
+        let crd: Value = serde_yaml::from_str(CRD).expect("the chart CRD parses");
+        Self::start_with_crd(crd).await
+    }
+
+    /// Starts the stand-in with `crd` installed.
+    ///
+    /// # Panics
+    ///
+    /// When a real API server would refuse `crd`.
+    pub async fn start_with_crd(crd: Value) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the API server stand-in");
         let addr = listener.local_addr().expect("address");
-        let crd: Value = serde_yaml::from_str(CRD).expect("the chart CRD parses");
-        let columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
         let (events, _) = broadcast::channel(1024);
-        let spec_schema =
-            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone();
         let state = ApiState {
             store: Arc::default(),
             events,
-            columns: Arc::new(columns),
-            spec_schema: Arc::new(spec_schema),
         };
-        let router = Router::new()
-            .route("/version", get(version))
-            .route("/api", get(core_versions))
-            .route("/api/v1", get(core_resources))
-            .route("/apis", get(groups))
-            .route("/apis/{group}", get(group))
-            .route("/apis/{group}/{version}", get(group_resources))
-            .route("/api/v1/{plural}", get(list))
-            .route("/apis/{group}/{version}/{plural}", get(list))
-            .route("/api/v1/namespaces/{ns}/{plural}", get(list).post(create))
-            .route(
-                "/apis/{group}/{version}/namespaces/{ns}/{plural}",
-                get(list).post(create),
-            )
-            .route(
-                "/api/v1/namespaces/{ns}/{plural}/{name}",
-                get(read).patch(patch).put(replace).delete(delete),
-            )
-            .route(
-                "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
-                get(read).patch(patch).put(replace).delete(delete),
-            )
-            .route(
-                "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}/status",
-                get(read).patch(patch_status).put(replace_status),
-            )
-            .fallback(|| async {
-                status_error(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                )
-            })
-            .with_state(state.clone());
+        let crds = Target::cluster(kind("customresourcedefinitions"));
+        if let Err(refused) = write::insert(&state, &crds, crd, FieldValidation::Strict) {
+            panic!(
+                "a real API server refuses this CRD (so `helm install` fails): {}",
+                refused.message
+            );
+        }
+        let server_state = state.clone();
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = axum::serve(listener, router(server_state)).await;
         });
         let dir = tempfile::tempdir().expect("temp dir");
         let kubeconfig = dir.path().join("kubeconfig");
@@ -258,6 +314,57 @@ impl KubeApiServer {
     }
 }
 
+fn router(state: ApiState) -> Router {
+    let one = || {
+        get(read::read)
+            .patch(write::patch)
+            .put(write::replace)
+            .delete(write::delete)
+    };
+    Router::new()
+        .route("/version", get(version))
+        .route("/api", get(core_versions))
+        .route("/api/v1", get(core_resources))
+        .route("/apis", get(groups))
+        .route("/apis/{group}", get(group))
+        .route("/apis/{group}/{version}", get(group_resources))
+        .route("/api/v1/{plural}", get(read::list))
+        .route(
+            "/apis/{group}/{version}/{plural}",
+            get(read::list).post(write::create),
+        )
+        .route("/apis/{group}/{version}/{plural}/{name}", one())
+        .route(
+            "/api/v1/namespaces/{ns}/{plural}",
+            get(read::list).post(write::create),
+        )
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}",
+            get(read::list).post(write::create),
+        )
+        .route("/api/v1/namespaces/{ns}/{plural}/{name}", one())
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
+            one(),
+        )
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}/status",
+            get(read::read)
+                .patch(write::patch_status)
+                .put(write::replace_status),
+        )
+        .fallback(|| async { not_found("the server could not find the requested resource") })
+        .with_state(state)
+}
+
+/// The kind with this plural.
+fn kind(plural: &str) -> &'static Kind {
+    KINDS
+        .iter()
+        .find(|k| k.plural == plural)
+        .expect("a kind the stand-in serves")
+}
+
 // === impl Kind ===
 
 impl Kind {
@@ -277,40 +384,63 @@ impl Kind {
 
     fn discovery(&self) -> Vec<Value> {
         let mut resources = vec![json!({
-            "name": self.plural, "singularName": self.singular, "namespaced": true,
+            "name": self.plural, "singularName": self.singular, "namespaced": self.namespaced,
             "kind": self.kind, "shortNames": self.short_names,
             "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
         })];
-        if self.custom {
-            resources[0]["categories"] = json!(["switchboard"]);
+        if !self.categories.is_empty() {
+            resources[0]["categories"] = json!(self.categories);
+        }
+        if self.status {
             resources.push(json!({
-                "name": format!("{}/status", self.plural), "singularName": "", "namespaced": true,
-                "kind": self.kind, "verbs": ["get", "patch", "update"]
+                "name": format!("{}/status", self.plural), "singularName": "",
+                "namespaced": self.namespaced, "kind": self.kind, "verbs": ["get", "patch", "update"]
             }));
         }
         resources
     }
+
+    /// The name of the CRD that defines this kind.
+    fn crd_name(&self) -> String {
+        format!("{}.{}", self.plural, self.group)
+    }
 }
 
+// === impl Target ===
+
 impl Target {
-    fn from(params: &HashMap<String, String>) -> Result<Self, ApiError> {
+    /// The kind and object a request's path names. A custom kind is found
+    /// only while its CRD is stored and serves the version.
+    fn from(state: &ApiState, params: &HashMap<String, String>) -> Result<Self, ApiError> {
         let group = params.get("group").map_or("", String::as_str);
         let version = params.get("version").map_or("v1", String::as_str);
         let plural = params.get("plural").map_or("", String::as_str);
+        let missing = || not_found("the server could not find the requested resource");
         let kind = Kind::resources(group, version)
             .find(|k| k.plural == plural)
-            .ok_or_else(|| {
-                status_error(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                )
-            })?;
+            .ok_or_else(missing)?;
+        let namespace = params.get("ns").cloned();
+        let crd_version = if kind.custom {
+            Some(state.store.lock().crd_version(kind).ok_or_else(missing)?)
+        } else {
+            None
+        };
         Ok(Self {
             kind,
-            namespace: params.get("ns").cloned(),
+            namespace: namespace.filter(|_| kind.namespaced),
             name: params.get("name").cloned(),
+            crd_version,
         })
+    }
+
+    /// A cluster-scoped collection.
+    fn cluster(kind: &'static Kind) -> Self {
+        Self {
+            kind,
+            namespace: None,
+            name: None,
+            crd_version: None,
+        }
     }
 
     fn key(&self) -> Key {
@@ -322,17 +452,155 @@ impl Target {
     }
 
     fn not_found(&self) -> ApiError {
-        status_error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!(
-                "{}.{} \"{}\" not found",
-                self.kind.plural,
-                self.kind.group,
-                self.name.as_deref().unwrap_or("")
-            ),
-        )
+        not_found(&format!(
+            "{}.{} \"{}\" not found",
+            self.kind.plural,
+            self.kind.group,
+            self.name.as_deref().unwrap_or("")
+        ))
     }
+
+    /// The stored CRD's schema for this custom kind.
+    fn schema(&self) -> &Value {
+        self.crd_version
+            .as_ref()
+            .map_or(&Value::Null, |v| &v["schema"]["openAPIV3Schema"])
+    }
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Stamps a new resourceVersion, stores the object and tells watchers.
+    fn commit(
+        &mut self,
+        events: &broadcast::Sender<WatchEvent>,
+        plural: &'static str,
+        kind: &'static str,
+        namespace: &str,
+        name: &str,
+        mut object: Value,
+    ) -> Value {
+        self.resource_version += 1;
+        object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        self.objects.insert(
+            (plural, namespace.to_owned(), name.to_owned()),
+            object.clone(),
+        );
+        let event = WatchEvent {
+            resource_version: self.resource_version,
+            kind,
+            plural,
+            namespace: namespace.to_owned(),
+            object: object.clone(),
+        };
+        self.history.push(event.clone());
+        let _ = events.send(event);
+        object
+    }
+
+    /// The served version of `kind`'s stored CRD.
+    fn crd_version(&self, kind: &Kind) -> Option<Value> {
+        let key = ("customresourcedefinitions", String::new(), kind.crd_name());
+        self.objects.get(&key)?["spec"]["versions"]
+            .as_array()?
+            .iter()
+            .find(|v| v["name"] == kind.version && v["served"] == true)
+            .cloned()
+    }
+}
+
+// === impl FieldValidation ===
+
+impl FieldValidation {
+    fn from(query: &WriteQuery) -> Self {
+        match query.field_validation.as_deref() {
+            Some("Strict") => Self::Strict,
+            Some("Ignore") => Self::Ignore,
+            _ => Self::Warn,
+        }
+    }
+
+    /// What `unknown` fields cost: a 400 when strict, else warnings.
+    fn judge(self, kind: &Kind, unknown: &[String]) -> Result<Vec<String>, ApiError> {
+        let named: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {}", field::go_quote(f)))
+            .collect();
+        match self {
+            _ if named.is_empty() => Ok(Vec::new()),
+            Self::Strict => Err(status_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!(
+                    "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+                    named.join(", "),
+                    kind = kind.kind,
+                    version = kind.version,
+                ),
+            )),
+            Self::Warn => Ok(named),
+            Self::Ignore => Ok(Vec::new()),
+        }
+    }
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    /// `errors.NewInvalid`: 422 with every field error as a cause.
+    fn invalid(kind: &Kind, name: &str, errors: &[FieldError]) -> Self {
+        let causes: Vec<Value> = errors.iter().map(FieldError::cause).collect();
+        Self {
+            code: StatusCode::UNPROCESSABLE_ENTITY,
+            reason: "Invalid",
+            message: field::invalid_message(kind.kind, kind.group, name, errors),
+            details: json!({
+                "name": name, "group": kind.group, "kind": kind.kind, "causes": causes
+            }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = status_body(self.code, self.reason, &self.message);
+        body["details"] = self.details;
+        (self.code, Json(body)).into_response()
+    }
+}
+
+/// Adds a `Warning: 299 - "<text>"` header per warning, as the API server
+/// does (kubectl prints them as `Warning: <text>`).
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for warning in warnings {
+        let escaped = warning.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(value) = HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            response.headers_mut().append("warning", value);
+        }
+    }
+    response
+}
+
+fn status_body(code: StatusCode, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason,
+        "details": {}, "code": code.as_u16()
+    })
+}
+
+fn status_error(code: StatusCode, reason: &'static str, message: &str) -> ApiError {
+    ApiError {
+        code,
+        reason,
+        message: message.to_owned(),
+        details: json!({}),
+    }
+}
+
+fn not_found(message: &str) -> ApiError {
+    status_error(StatusCode::NOT_FOUND, "NotFound", message)
 }
 
 // --- discovery ---
@@ -379,8 +647,7 @@ async fn groups() -> Json<Value> {
 }
 
 async fn group(Path(name): Path<String>) -> Reply {
-    let mut body = group_body(&name)
-        .ok_or_else(|| status_error(StatusCode::NOT_FOUND, "NotFound", "no such group"))?;
+    let mut body = group_body(&name).ok_or_else(|| not_found("no such group"))?;
     body["kind"] = json!("APIGroup");
     body["apiVersion"] = json!("v1");
     Ok(Json(body).into_response())
@@ -391,11 +658,7 @@ async fn group_resources(Path((group, version)): Path<(String, String)>) -> Repl
         .flat_map(Kind::discovery)
         .collect();
     if resources.is_empty() {
-        return Err(status_error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "no such group version",
-        ));
+        return Err(not_found("no such group version"));
     }
     Ok(Json(json!({
         "kind": "APIResourceList", "apiVersion": "v1",
@@ -404,774 +667,5 @@ async fn group_resources(Path((group, version)): Path<(String, String)>) -> Repl
     .into_response())
 }
 
-// --- collections ---
-
-async fn list(
-    State(state): State<ApiState>,
-    Path(params): Params,
-    Query(query): Query<ListQuery>,
-    headers: HeaderMap,
-) -> Reply {
-    let target = Target::from(&params)?;
-    let kind = target.kind;
-    let namespace = target.namespace;
-    let name = query
-        .field_selector
-        .as_deref()
-        .and_then(|s| s.strip_prefix("metadata.name="))
-        .map(str::to_owned);
-    let selected = move |plural: &str, ns: &str, object: &Value| {
-        plural == kind.plural
-            && namespace.as_deref().is_none_or(|want| want == ns)
-            && name
-                .as_deref()
-                .is_none_or(|want| object["metadata"]["name"] == want)
-    };
-    if matches!(query.watch.as_deref(), Some("true" | "1")) {
-        return Ok(watch(state, query, selected));
-    }
-    let store = state.store.lock();
-    let items: Vec<Value> = store
-        .objects
-        .iter()
-        .filter(|((plural, ns, _), object)| selected(plural, ns, object))
-        .map(|(_, object)| object.clone())
-        .collect();
-    let resource_version = store.resource_version.to_string();
-    drop(store);
-    if kind.custom && wants_table(&headers) {
-        return Ok(Json(table(&state.columns, &items, &resource_version)).into_response());
-    }
-    Ok(Json(json!({
-        "apiVersion": kind.api_version(),
-        "kind": format!("{}List", kind.kind),
-        "metadata": { "resourceVersion": resource_version },
-        "items": items,
-    }))
-    .into_response())
-}
-
-/// Streams events after the given resourceVersion (or every current object
-/// as ADDED, without one), then live events, as newline-delimited JSON.
-fn watch(
-    state: ApiState,
-    query: ListQuery,
-    selected: impl Fn(&str, &str, &Value) -> bool + Send + Sync + 'static,
-) -> Response {
-    let since: Option<u64> = query
-        .resource_version
-        .as_deref()
-        .filter(|rv| !rv.is_empty() && *rv != "0")
-        .and_then(|rv| rv.parse().ok());
-    let mut live = state.events.subscribe();
-    let (replay, mut last) = {
-        let store = state.store.lock();
-        match since {
-            Some(since) => (
-                store
-                    .history
-                    .iter()
-                    .filter(|e| e.resource_version > since)
-                    .cloned()
-                    .collect::<Vec<_>>(),
-                since,
-            ),
-            None => (
-                store
-                    .objects
-                    .iter()
-                    .map(|((plural, ns, _), object)| WatchEvent {
-                        resource_version: store.resource_version,
-                        kind: "ADDED",
-                        plural,
-                        namespace: ns.clone(),
-                        object: object.clone(),
-                    })
-                    .collect(),
-                store.resource_version,
-            ),
-        }
-    };
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
-    let timeout = Duration::from_secs(query.timeout_seconds.unwrap_or(300));
-    tokio::spawn(async move {
-        let line = |event: &WatchEvent| {
-            let mut text = json!({ "type": event.kind, "object": event.object }).to_string();
-            text.push('\n');
-            Ok(Bytes::from(text))
-        };
-        for event in replay
-            .iter()
-            .filter(|e| selected(e.plural, &e.namespace, &e.object))
-        {
-            if tx.send(line(event)).await.is_err() {
-                return;
-            }
-        }
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        loop {
-            let event = tokio::select! {
-                () = &mut deadline => return,
-                () = tx.closed() => return,
-                event = live.recv() => match event {
-                    Ok(event) => event,
-                    // A slow watcher is told to relist, as a real server does.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let gone = json!({
-                            "type": "ERROR",
-                            "object": status_body(StatusCode::GONE, "Expired", "too old resource version"),
-                        });
-                        let _ = tx.send(Ok(Bytes::from(format!("{gone}\n")))).await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-            };
-            if event.resource_version <= last
-                || !selected(event.plural, &event.namespace, &event.object)
-            {
-                continue;
-            }
-            last = event.resource_version;
-            if tx.send(line(&event)).await.is_err() {
-                return;
-            }
-        }
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(ReceiverStream::new(rx)))
-        .unwrap_or_default()
-}
-
-async fn create(State(state): State<ApiState>, Path(params): Params, body: Bytes) -> Reply {
-    let target = Target::from(&params)?;
-    let object = parse_body(&body)?;
-    let (code, object) = insert(&state, &target, object)?;
-    Ok((code, Json(object)).into_response())
-}
-
-/// Stores a new object in `target`'s namespace.
-fn insert(
-    state: &ApiState,
-    target: &Target,
-    mut object: Value,
-) -> Result<(StatusCode, Value), ApiError> {
-    let kind = target.kind;
-    let ns = target.namespace.clone().unwrap_or_default();
-    if object["apiVersion"] != kind.api_version().as_str() || object["kind"] != kind.kind {
-        return Err(status_error(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!(
-                "expected apiVersion {}, kind {}",
-                kind.api_version(),
-                kind.kind
-            ),
-        ));
-    }
-    let mut store = state.store.lock();
-    let name = match object["metadata"]["name"]
-        .as_str()
-        .filter(|n| !n.is_empty())
-    {
-        Some(name) => name.to_owned(),
-        None => match object["metadata"]["generateName"].as_str() {
-            Some(prefix) => format!("{prefix}{:05x}", store.resource_version + 1),
-            None => {
-                return Err(status_error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid",
-                    "metadata.name: Required value",
-                ));
-            }
-        },
-    };
-    if store
-        .objects
-        .contains_key(&(kind.plural, ns.clone(), name.clone()))
-    {
-        return Err(status_error(
-            StatusCode::CONFLICT,
-            "AlreadyExists",
-            &format!("{}.{} \"{name}\" already exists", kind.plural, kind.group),
-        ));
-    }
-    if kind.custom {
-        if let Some(object) = object.as_object_mut() {
-            object.remove("status");
-        }
-        object["metadata"]["generation"] = json!(1);
-        validate_spec(&state.spec_schema, kind, &mut object)?;
-    }
-    fold_string_data(kind, &mut object);
-    let metadata = &mut object["metadata"];
-    metadata["name"] = json!(name);
-    metadata["namespace"] = json!(ns);
-    metadata["uid"] = json!(format!(
-        "00000000-0000-0000-0000-{:012}",
-        store.resource_version + 1
-    ));
-    metadata["creationTimestamp"] = json!(rfc3339_now());
-    let object = store.commit(&state.events, kind.plural, "ADDED", &ns, &name, object);
-    Ok((StatusCode::CREATED, object))
-}
-
-async fn read(State(state): State<ApiState>, Path(params): Params) -> Reply {
-    let target = Target::from(&params)?;
-    let store = state.store.lock();
-    let object = store
-        .objects
-        .get(&target.key())
-        .ok_or_else(|| target.not_found())?;
-    Ok(Json(object.clone()).into_response())
-}
-
-async fn patch(
-    State(state): State<ApiState>,
-    Path(params): Params,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Reply {
-    let target = Target::from(&params)?;
-    let patch = patch_body(&headers, &body)?;
-    let apply = content_type(&headers).starts_with("application/apply-patch");
-    let exists = state.store.lock().objects.contains_key(&target.key());
-    if !exists {
-        if !apply {
-            return Err(target.not_found());
-        }
-        let (code, object) = insert(&state, &target, patch)?;
-        return Ok((code, Json(object)).into_response());
-    }
-    let mut next = current(&state, &target)?;
-    merge(&mut next, &patch);
-    update(&state, &target, next, &patch)
-}
-
-async fn replace(State(state): State<ApiState>, Path(params): Params, body: Bytes) -> Reply {
-    let target = Target::from(&params)?;
-    let next = parse_body(&body)?;
-    update(&state, &target, next.clone(), &next)
-}
-
-fn current(state: &ApiState, target: &Target) -> Result<Value, ApiError> {
-    state
-        .store
-        .lock()
-        .objects
-        .get(&target.key())
-        .cloned()
-        .ok_or_else(|| target.not_found())
-}
-
-/// Writes `next` over the stored object: identity kept, status kept (it
-/// changes only through `/status`), generation bumped on a spec change,
-/// and a `resourceVersion` in the request must match (optimistic
-/// concurrency, as leases use it).
-fn update(state: &ApiState, target: &Target, mut next: Value, request: &Value) -> Reply {
-    let kind = target.kind;
-    let mut store = state.store.lock();
-    let key = target.key();
-    let current = store
-        .objects
-        .get(&key)
-        .cloned()
-        .ok_or_else(|| target.not_found())?;
-    let expected = request["metadata"]["resourceVersion"].as_str();
-    if expected.is_some() && expected != current["metadata"]["resourceVersion"].as_str() {
-        return Err(status_error(
-            StatusCode::CONFLICT,
-            "Conflict",
-            &format!(
-                "Operation cannot be fulfilled on {}.{} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
-                kind.plural, kind.group, key.2
-            ),
-        ));
-    }
-    keep_identity(&mut next, &current);
-    if kind.custom {
-        validate_spec(&state.spec_schema, kind, &mut next)?;
-        next["status"] = current["status"].clone();
-        if let Some(object) = next
-            .as_object_mut()
-            .filter(|o| o.get("status").is_some_and(Value::is_null))
-        {
-            object.remove("status");
-        }
-        let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
-        next["metadata"]["generation"] =
-            json!(generation + i64::from(next["spec"] != current["spec"]));
-    }
-    fold_string_data(kind, &mut next);
-    let object = store.commit(&state.events, kind.plural, "MODIFIED", &key.1, &key.2, next);
-    Ok(Json(object).into_response())
-}
-
-async fn patch_status(
-    State(state): State<ApiState>,
-    Path(params): Params,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Reply {
-    let target = Target::from(&params)?;
-    let patch = patch_body(&headers, &body)?;
-    let mut patched = current(&state, &target)?;
-    merge(&mut patched, &patch);
-    write_status(&state, &target, patched["status"].clone())
-}
-
-async fn replace_status(State(state): State<ApiState>, Path(params): Params, body: Bytes) -> Reply {
-    let target = Target::from(&params)?;
-    let body = parse_body(&body)?;
-    write_status(&state, &target, body["status"].clone())
-}
-
-/// Only the status changes through the subresource.
-fn write_status(state: &ApiState, target: &Target, status: Value) -> Reply {
-    let mut store = state.store.lock();
-    let key = target.key();
-    let mut next = store
-        .objects
-        .get(&key)
-        .cloned()
-        .ok_or_else(|| target.not_found())?;
-    next["status"] = status;
-    let object = store.commit(
-        &state.events,
-        target.kind.plural,
-        "MODIFIED",
-        &key.1,
-        &key.2,
-        next,
-    );
-    Ok(Json(object).into_response())
-}
-
-async fn delete(State(state): State<ApiState>, Path(params): Params) -> Reply {
-    let target = Target::from(&params)?;
-    let key = target.key();
-    let mut store = state.store.lock();
-    let mut object = store
-        .objects
-        .remove(&key)
-        .ok_or_else(|| target.not_found())?;
-    store.resource_version += 1;
-    object["metadata"]["resourceVersion"] = json!(store.resource_version.to_string());
-    let event = WatchEvent {
-        resource_version: store.resource_version,
-        kind: "DELETED",
-        plural: target.kind.plural,
-        namespace: key.1,
-        object: object.clone(),
-    };
-    store.history.push(event.clone());
-    let _ = state.events.send(event);
-    Ok(Json(object).into_response())
-}
-
-// === impl Store ===
-
-impl Store {
-    /// Stamps a new resourceVersion, stores the object and tells watchers.
-    fn commit(
-        &mut self,
-        events: &broadcast::Sender<WatchEvent>,
-        plural: &'static str,
-        kind: &'static str,
-        namespace: &str,
-        name: &str,
-        mut object: Value,
-    ) -> Value {
-        self.resource_version += 1;
-        object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
-        self.objects.insert(
-            (plural, namespace.to_owned(), name.to_owned()),
-            object.clone(),
-        );
-        let event = WatchEvent {
-            resource_version: self.resource_version,
-            kind,
-            plural,
-            namespace: namespace.to_owned(),
-            object: object.clone(),
-        };
-        self.history.push(event.clone());
-        let _ = events.send(event);
-        object
-    }
-}
-
-/// Refuses a spec that breaks the CRD's structural schema (422, listing
-/// every problem as the API server words them) and prunes unknown fields.
-fn validate_spec(schema: &Value, kind: &Kind, object: &mut Value) -> Result<(), ApiError> {
-    let mut problems = Vec::new();
-    match object.get_mut("spec") {
-        Some(spec) => check_schema(schema, spec, "spec", &mut problems),
-        None => problems.push("spec: Required value".to_owned()),
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let name = object["metadata"]["name"].as_str().unwrap_or("");
-    Err(status_error(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "Invalid",
-        &format!(
-            "{}.{} \"{name}\" is invalid: {}",
-            kind.kind,
-            kind.group,
-            problems.join(", ")
-        ),
-    ))
-}
-
-fn check_schema(schema: &Value, value: &mut Value, path: &str, problems: &mut Vec<String>) {
-    if value.is_null() {
-        if schema["nullable"] != true {
-            problems.push(format!(
-                "{path}: Invalid value: \"null\": {path} in body must not be null"
-            ));
-        }
-        return;
-    }
-    let expected = schema["type"].as_str().unwrap_or("");
-    let matches = match expected {
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "number" => value.is_number(),
-        "boolean" => value.is_boolean(),
-        _ => true,
-    };
-    if !matches {
-        problems.push(format!(
-            "{path}: Invalid value: \"{}\": {path} in body must be of type {expected}",
-            value_kind(value)
-        ));
-        return;
-    }
-    match value {
-        Value::Object(map) => {
-            for required in schema["required"].as_array().into_iter().flatten() {
-                let field = required.as_str().unwrap_or("");
-                if !map.contains_key(field) {
-                    problems.push(format!("{path}.{field}: Required value"));
-                }
-            }
-            let properties = schema["properties"].as_object();
-            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
-            let mut pruned = Vec::new();
-            for (key, child) in map.iter_mut() {
-                let child_path = format!("{path}.{key}");
-                match properties.and_then(|p| p.get(key)).or(additional) {
-                    Some(child_schema) => check_schema(child_schema, child, &child_path, problems),
-                    None if schema["x-kubernetes-preserve-unknown-fields"] == true => {}
-                    None => pruned.push(key.clone()),
-                }
-            }
-            for key in pruned {
-                map.remove(&key);
-            }
-        }
-        Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                check_schema(&schema["items"], item, &format!("{path}[{i}]"), problems);
-            }
-        }
-        Value::String(text) => {
-            if let Some(pattern) = schema["pattern"].as_str() {
-                let matched = regex::Regex::new(pattern).is_ok_and(|re| re.is_match(text));
-                if !matched {
-                    problems.push(format!(
-                        "{path}: Invalid value: \"{text}\": {path} in body should match '{pattern}'"
-                    ));
-                }
-            }
-            let allowed = schema["enum"].as_array();
-            if allowed.is_some_and(|allowed| !allowed.iter().any(|a| a == text.as_str())) {
-                problems.push(format!("{path}: Unsupported value: \"{text}\""));
-            }
-        }
-        Value::Number(number) => {
-            let n = number.as_f64().unwrap_or(0.0);
-            if let Some(min) = schema["minimum"].as_f64().filter(|min| n < *min) {
-                problems.push(format!(
-                    "{path}: Invalid value: {number}: {path} in body should be greater than or equal to {min}"
-                ));
-            }
-            if let Some(max) = schema["maximum"].as_f64().filter(|max| n > *max) {
-                problems.push(format!(
-                    "{path}: Invalid value: {number}: {path} in body should be less than or equal to {max}"
-                ));
-            }
-        }
-        _ => {}
-    }
-}
-
-fn value_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// A Secret's `stringData` is write-only: the server folds it into `data`.
-fn fold_string_data(kind: &Kind, object: &mut Value) {
-    if kind.kind != "Secret" {
-        return;
-    }
-    let Some(string_data) = object.as_object_mut().and_then(|o| o.remove("stringData")) else {
-        return;
-    };
-    for (key, value) in string_data.as_object().into_iter().flatten() {
-        let encoded =
-            base64::engine::general_purpose::STANDARD.encode(value.as_str().unwrap_or(""));
-        object["data"][key] = json!(encoded);
-    }
-}
-
-// --- helpers ---
-
-fn keep_identity(next: &mut Value, current: &Value) {
-    next["apiVersion"] = current["apiVersion"].clone();
-    next["kind"] = current["kind"].clone();
-    for key in [
-        "name",
-        "namespace",
-        "uid",
-        "creationTimestamp",
-        "generation",
-    ] {
-        next["metadata"][key] = current["metadata"][key].clone();
-    }
-}
-
-fn content_type(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
-fn patch_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
-    let kind = content_type(headers);
-    if kind.starts_with("application/merge-patch+json")
-        || kind.starts_with("application/apply-patch+yaml")
-    {
-        return parse_body(body);
-    }
-    Err(status_error(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "UnsupportedMediaType",
-        &format!(
-            "the body of the request was in an unknown format ({kind}); custom resources accept merge and apply patches"
-        ),
-    ))
-}
-
-/// JSON, or YAML (apply patches may be either).
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .or_else(|_| serde_yaml::from_slice(body))
-        .map_err(|e| {
-            status_error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("cannot decode the body: {e}"),
-            )
-        })
-}
-
-/// RFC 7386 JSON merge patch.
-fn merge(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    if let Value::Object(target) = target {
-        for (key, value) in patch {
-            if value.is_null() {
-                target.remove(key);
-            } else {
-                merge(target.entry(key.clone()).or_insert(Value::Null), value);
-            }
-        }
-    }
-}
-
-fn wants_table(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("as=Table"))
-}
-
-/// The server-side table `kubectl get` prints: the name plus the CRD's
-/// printer columns, evaluated with the JSONPath subset they use.
-fn table(columns: &[Value], items: &[Value], resource_version: &str) -> Value {
-    let mut definitions = vec![json!({
-        "name": "Name", "type": "string", "format": "name",
-        "description": "Name of the resource", "priority": 0
-    })];
-    definitions.extend(columns.iter().map(|c| {
-        json!({
-            "name": c["name"], "type": c["type"], "format": c.get("format").cloned().unwrap_or(json!("")),
-            "description": c.get("description").cloned().unwrap_or(json!("")), "priority": 0
-        })
-    }));
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|item| {
-            let mut cells = vec![item["metadata"]["name"].clone()];
-            cells.extend(columns.iter().map(|c| {
-                let value = json_path(item, c["jsonPath"].as_str().unwrap_or(""));
-                match (c["type"].as_str(), value) {
-                    (Some("date"), Some(Value::String(at))) => json!(age(&at)),
-                    (_, Some(value)) => value,
-                    (_, None) => Value::Null,
-                }
-            }));
-            json!({
-                "cells": cells,
-                "object": {
-                    "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                    "metadata": item["metadata"]
-                }
-            })
-        })
-        .collect();
-    json!({
-        "kind": "Table", "apiVersion": "meta.k8s.io/v1",
-        "metadata": { "resourceVersion": resource_version },
-        "columnDefinitions": definitions,
-        "rows": rows,
-    })
-}
-
-/// `.a.b` and `.a.list[?(@.key=="value")].field`.
-fn json_path(object: &Value, path: &str) -> Option<Value> {
-    let mut current = object.clone();
-    // Split on dots outside `[...]` filters.
-    let mut segments = Vec::new();
-    let (mut depth, mut start) = (0usize, 0usize);
-    let path = path.trim_start_matches('.');
-    for (i, c) in path.char_indices() {
-        match c {
-            '[' => depth += 1,
-            ']' => depth = depth.saturating_sub(1),
-            '.' if depth == 0 => {
-                segments.push(&path[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    segments.push(&path[start..]);
-    for segment in segments {
-        let (field, filter) = match segment.split_once("[?(@.") {
-            Some((field, rest)) => (field, Some(rest.trim_end_matches(")]"))),
-            None => (segment, None),
-        };
-        current = current.get(field)?.clone();
-        if let Some(filter) = filter {
-            let (key, value) = filter.split_once("==")?;
-            let value = value.trim_matches('"');
-            current = current
-                .as_array()?
-                .iter()
-                .find(|entry| entry[key] == value)?
-                .clone();
-        }
-    }
-    (!current.is_null()).then_some(current)
-}
-
-fn age(timestamp: &str) -> String {
-    let created = parse_rfc3339(timestamp).unwrap_or(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!("{}s", now.saturating_sub(created))
-}
-
-fn status_body(code: StatusCode, reason: &str, message: &str) -> Value {
-    json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {},
-        "status": "Failure", "message": message, "reason": reason,
-        "details": {}, "code": code.as_u16()
-    })
-}
-
-fn status_error(code: StatusCode, reason: &'static str, message: &str) -> ApiError {
-    ApiError {
-        code,
-        reason,
-        message: message.to_owned(),
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = status_body(self.code, self.reason, &self.message);
-        (self.code, Json(body)).into_response()
-    }
-}
-
-fn rfc3339_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-fn parse_rfc3339(text: &str) -> Option<u64> {
-    let (date, time) = text.trim_end_matches('Z').split_once('T')?;
-    let mut date = date.split('-').map(|p| p.parse::<i64>());
-    let (year, month, day) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
-    let mut time = time.split(':').map(|p| p.parse::<u64>());
-    let (hour, minute, second) = (time.next()?.ok()?, time.next()?.ok()?, time.next()?.ok()?);
-    let days = days_from_civil(year, month, day);
-    Some(u64::try_from(days).ok()? * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// Howard Hinnant's civil-from-days (proleptic Gregorian, UTC).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+#[cfg(test)]
+mod tests;

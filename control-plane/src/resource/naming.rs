@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::ValidationError;
 
-/// Longest separator accepted.
-const MAX_SEPARATOR_LEN: usize = 8;
+/// Longest separator accepted, in bytes (the CRD's `maxLength` counts
+/// characters, so it refuses less and the rest is refused here).
+pub(crate) const MAX_SEPARATOR_LEN: usize = 8;
 
 /// When tool names get the server's prefix.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

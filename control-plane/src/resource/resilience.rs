@@ -5,10 +5,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use super::ValidationError;
+use super::{DURATION_PATTERN, ValidationError};
 
 /// How client sessions map to server connections.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -35,10 +35,10 @@ pub struct PoolSpec {
     #[schemars(range(min = 1))]
     pub max_concurrency: Option<u32>,
     /// Connections above `min` idle this long are closed (default 5m).
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(pattern(DURATION_PATTERN))]
     pub idle_timeout: Option<String>,
     /// How long a call waits for a connection when all are busy (default 10s).
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(pattern(DURATION_PATTERN))]
     pub acquire_timeout: Option<String>,
 }
 
@@ -46,16 +46,17 @@ pub struct PoolSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TimeoutsSpec {
     /// Per call; restarted by every progress notification (default 60s).
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(pattern(DURATION_PATTERN))]
     pub call: Option<String>,
     /// Absolute cap per call, progress or not (default 10m).
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(pattern(DURATION_PATTERN))]
     pub max_call: Option<String>,
     /// Per-tool `call` overrides, by the tool's name on its server.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = duration_values)]
     pub tools: BTreeMap<String, String>,
     /// Start-up: process spawn plus the `initialize` handshake (default 30s).
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(pattern(DURATION_PATTERN))]
     pub initialize: Option<String>,
 }
 
@@ -70,10 +71,10 @@ pub struct BreakerSpec {
     /// Calls within `window` before the rate counts (default 20).
     pub min_requests: Option<u32>,
     /// Window for the failure rate (default 30s).
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(pattern(DURATION_PATTERN))]
     pub window: Option<String>,
     /// How long it stays open before trial calls (default 30s).
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(pattern(DURATION_PATTERN))]
     pub open_duration: Option<String>,
     /// Trial calls when half-open; all must succeed to close (default 1).
     pub half_open_probes: Option<u32>,
@@ -104,8 +105,10 @@ pub enum ProbeKind {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthSpec {
     /// Time between probes (default 30s).
+    #[schemars(pattern(DURATION_PATTERN))]
     pub interval: Option<String>,
     /// Probe timeout (default 5s).
+    #[schemars(pattern(DURATION_PATTERN))]
     pub timeout: Option<String>,
     /// Consecutive failed probes before the connection is restarted (default 3).
     pub failure_threshold: Option<u32>,
@@ -119,8 +122,31 @@ pub struct HealthSpec {
 pub struct ToolProbeSpec {
     /// The tool's name on its server (no namespace).
     pub name: String,
+    /// The call's arguments: whatever JSON object the tool takes, kept as
+    /// written (default `{}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
     pub arguments: Option<serde_json::Value>,
+}
+
+/// Any JSON object, kept whole by the API server. Without
+/// `x-kubernetes-preserve-unknown-fields` a structural schema must give the
+/// field a type and would prune every key it does not list; with only the
+/// type missing, apiextensions.k8s.io/v1 refuses the whole CRD.
+fn any_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// A map whose values are durations.
+fn duration_values(schema: &mut Schema) {
+    schema.insert(
+        "additionalProperties".into(),
+        serde_json::json!({ "type": "string", "pattern": DURATION_PATTERN }),
+    );
 }
 
 /// Validated resilience settings, every default filled in.
