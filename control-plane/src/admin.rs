@@ -1,4 +1,4 @@
-//! The control plane's HTTP API: liveness, a JSON status page with the
+//! The control plane's HTTP API: liveness, readiness, a JSON status page with the
 //! registry (servers and problems), the current snapshot version and what
 //! every replica reported, recent traces, and Prometheus `/metrics`.
 
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::{
     metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, ScrapeSources},
+    peers::Peers,
     push::{ReplicaStatus, Replicas},
     registry::{Registry, RegistryIssue},
     snapshot::SnapshotWatch,
@@ -25,8 +26,12 @@ use crate::{
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: watch::Receiver<Registry>,
+    /// True once the registry is complete (`/readyz`).
+    pub ready: watch::Receiver<bool>,
     pub snapshots: SnapshotWatch,
     pub replicas: Replicas,
+    /// Other control-plane pods' replicas (in a cluster; empty otherwise).
+    pub peers: Peers,
     pub traces: TraceStore,
     pub metrics: Arc<Metrics>,
 }
@@ -62,11 +67,27 @@ struct ServerEntry {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/traces", get(traces))
         .route("/traces/{trace_id}", get(trace))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// 200 once the registry is complete (from a cluster: every watched
+/// namespace listed once), 503 before: a pod that cannot list a namespace
+/// (RBAC, say) has no config to give gateways, so the Service must not
+/// send them to it.
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    if *state.ready.borrow() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for the first complete list of every watched namespace\n",
+        )
+    }
 }
 
 async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
@@ -87,7 +108,9 @@ async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
         snapshot_version: state.snapshots.borrow().version,
         servers,
         issues,
-        replicas: state.replicas.snapshot(),
+        replicas: state
+            .peers
+            .merged(state.replicas.snapshot(), state.snapshots.borrow().version),
     })
 }
 

@@ -16,6 +16,7 @@ use crate::{
     admin::{self, AdminState},
     leader::{self, LeaseConfig},
     metrics::{Metrics, TraceCounters},
+    peers::{self, PeerConfig, Peers},
     push::{ConfigPushService, Replicas},
     registry::{Registry, directory::DirectorySource, kubernetes::KubernetesSource},
     snapshot,
@@ -102,7 +103,12 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
                 controller: "switchboard-control-plane".into(),
                 instance: Some(lease.identity.clone()),
             };
-            cluster = Some((client, objects_rx, leading, reporter));
+            let peer_config = PeerConfig {
+                namespace: lease.namespace.clone(),
+                lease: lease.name.clone(),
+                identity: lease.identity.clone(),
+            };
+            cluster = Some((client, objects_rx, leading, reporter, peer_config));
         }
     }
 
@@ -110,17 +116,35 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     // From the cluster, the first snapshot waits for the first full list,
     // so replicas never start from an empty config that is not the truth.
     let wait_for_list = matches!(config.registry, RegistrySource::Kubernetes { .. });
+    // Ready (`/readyz`) once the registry is the truth: at once from a
+    // directory; from the cluster, once every watched namespace is listed.
+    let (ready_tx, ready) = watch::channel(!wait_for_list);
     let mut first_registry = registry_rx.clone();
     let builder_cancel = shutdown.clone();
     tasks.spawn(async move {
         if wait_for_list && first_registry.changed().await.is_err() {
             return;
         }
+        ready_tx.send_replace(true);
         snapshot::run_builder(first_registry, snapshot_tx, builder_cancel).await;
     });
 
     let replicas = Replicas::default();
-    if let Some((client, objects, leading, reporter)) = cluster {
+    let peers = Peers::default();
+    if let Some((client, objects, leading, reporter, peer_config)) = cluster {
+        tasks.spawn(peers::publish(
+            client.clone(),
+            peer_config.clone(),
+            replicas.clone(),
+            snapshot_rx.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(peers::watch(
+            client.clone(),
+            peer_config,
+            peers.clone(),
+            shutdown.clone(),
+        ));
         let writer = StatusWriter {
             recorder: Recorder::new(client.clone(), reporter),
             leading,
@@ -129,6 +153,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
             objects,
             snapshots: snapshot_rx.clone(),
             replicas: replicas.clone(),
+            peers: peers.clone(),
         };
         tasks.spawn(writer.run(shutdown.clone()));
     }
@@ -174,8 +199,10 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let http_addr = http.local_addr()?;
     let router = admin::router(AdminState {
         registry: registry_rx,
+        ready,
         snapshots: snapshot_rx,
         replicas,
+        peers,
         traces,
         metrics,
     });

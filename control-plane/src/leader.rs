@@ -25,6 +25,9 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// How often a pod that does not lead looks at the lease (client-go's
+/// retry period).
+const FOLLOWER_RETRY: Duration = Duration::from_secs(2);
 /// How long handing the lease back may take at shutdown.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -66,12 +69,12 @@ async fn run(
     cancel: CancellationToken,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    let retry = config.duration / 3;
+    let renew = config.duration / 3;
     let mut observed = None;
     loop {
         // A hung API call must not keep this pod acting as leader past
         // the point another may take the lease.
-        let attempt = tokio::time::timeout(retry, try_lead(&api, &config, &mut observed)).await;
+        let attempt = tokio::time::timeout(renew, try_lead(&api, &config, &mut observed)).await;
         let leads = match attempt.unwrap_or(Ok(false)) {
             Ok(leads) => leads,
             Err(err) => {
@@ -88,9 +91,16 @@ async fn run(
                 info!(lease = %config.name, "not leading: another control-plane pod writes status");
             }
         }
+        // The leader renews every third of the duration; the others look
+        // more often, so a lease handed back is taken within a moment.
+        let wait = if leads {
+            renew
+        } else {
+            renew.min(FOLLOWER_RETRY)
+        };
         tokio::select! {
             () = cancel.cancelled() => break,
-            () = tokio::time::sleep(retry) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
     if *leading.borrow() {

@@ -11,6 +11,7 @@ pub mod app;
 pub mod launcher;
 pub mod leader;
 pub mod metrics;
+pub mod peers;
 pub mod push;
 pub mod registry;
 pub mod resource;

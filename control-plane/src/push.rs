@@ -3,14 +3,14 @@
 //! one as it is built, and answers each with ACK or NACK. What every replica
 //! last said is kept in [`Replicas`] for status.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
 use proto::config::{
     self as pb, config_discovery_server::ConfigDiscovery, control_message,
     replica_message::Kind as ReplicaKind,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,9 @@ struct ReplicaTable {
     by_id: BTreeMap<String, ReplicaStatus>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// Serialized for `/status` and for the reports control-plane pods share
+/// (`peers.rs`), and read back from the latter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaStatus {
     pub connected: bool,
@@ -64,7 +66,7 @@ pub struct ReplicaStatus {
     connection: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NackStatus {
     pub version: u64,
@@ -72,19 +74,19 @@ pub struct NackStatus {
     pub rejected: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerHealthStatus {
     pub name: String,
-    pub state: &'static str,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    pub state: Cow<'static, str>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
     pub tool_count: u32,
     pub restarts: u32,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub protocol_version: String,
-    pub breaker: &'static str,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    pub breaker: Cow<'static, str>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_error: String,
     /// Unix milliseconds; 0 when there was none.
     pub last_error_at: u64,
@@ -259,18 +261,32 @@ fn health_status(health: pb::ServerHealth) -> ServerHealthStatus {
     };
     ServerHealthStatus {
         name: health.name,
-        state,
+        state: state.into(),
         reason: health.reason,
         tool_count: health.tool_count,
         restarts: health.restarts,
         protocol_version: health.protocol_version,
-        breaker,
+        breaker: breaker.into(),
         last_error: health.last_error,
         last_error_at: health.last_error_at_ms,
         latency_p50_us: health.latency_p50_us,
         latency_p99_us: health.latency_p99_us,
         connections: health.connections,
         in_flight: health.in_flight,
+    }
+}
+
+impl ReplicaStatus {
+    /// The same, with the figures that change on every call (latencies,
+    /// calls in flight) zeroed: what other pods are told.
+    pub(crate) fn without_latencies(&self) -> Self {
+        let mut status = self.clone();
+        for server in &mut status.servers {
+            server.latency_p50_us = 0;
+            server.latency_p99_us = 0;
+            server.in_flight = 0;
+        }
+        status
     }
 }
 

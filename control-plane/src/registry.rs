@@ -8,7 +8,10 @@ pub mod kubernetes;
 
 use std::collections::BTreeMap;
 
+use kube::CustomResourceExt;
 use serde::Serialize;
+use serde_ignored::Path;
+use tracing::debug;
 
 use crate::resource::{McpServer, ValidServer};
 
@@ -34,6 +37,29 @@ pub struct RegistryIssue {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     pub message: String,
+}
+
+/// What parsing does with a field the `McpServer` types do not know. The
+/// parse is the same for every source; only this policy differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownFields {
+    /// Refuse the resource, naming the field. For files written by hand,
+    /// where an unknown field is a typo and dropping it would silently lose
+    /// a setting.
+    Refuse,
+    /// Parse the rest and log the fields at debug. For objects from the API
+    /// server, which already pruned them to the installed CRD's schema: a
+    /// field left is one a newer CRD defines (upgrades apply the CRD before
+    /// the control plane), and refusing the resource would take a working
+    /// server away over a setting this control plane cannot apply anyway.
+    Ignore,
+}
+
+/// One step of a field path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
 }
 
 // === impl Registry ===
@@ -91,8 +117,14 @@ impl Registry {
 pub type ResourceError = (Option<String>, Option<String>, String);
 
 /// Parses and validates one `McpServer` document, from a file or the
-/// Kubernetes API, naming the field that is wrong.
-pub fn parse_resource(value: serde_yaml::Value) -> Result<ValidServer, ResourceError> {
+/// Kubernetes API, naming the field that is wrong. Fields the types do not
+/// know are refused or ignored as `unknown_fields` says; a refused one is
+/// reported before any other error, since a misspelt field is what makes a
+/// required one look missing.
+pub fn parse_resource(
+    value: serde_yaml::Value,
+    unknown_fields: UnknownFields,
+) -> Result<ValidServer, ResourceError> {
     let resource = value
         .get("metadata")
         .and_then(|m| m.get("name"))
@@ -116,11 +148,225 @@ pub fn parse_resource(value: serde_yaml::Value) -> Result<ValidServer, ResourceE
             format!("expected `{KIND}`, found `{}`", text_field("kind")),
         ));
     }
-    let server: McpServer = serde_path_to_error::deserialize(value).map_err(|e| {
+    let mut unknown: Vec<Vec<Segment>> = Vec::new();
+    let parsed: Result<McpServer, _> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut |path| {
+            let segments = segments(&path);
+            // The root type leaves `apiVersion` and `kind`, checked above, to `Resource`.
+            let type_meta = matches!(
+                segments.as_slice(),
+                [Segment::Key(key)] if key == "apiVersion" || key == "kind"
+            );
+            if !type_meta {
+                unknown.push(segments);
+            }
+        }));
+    match unknown_fields {
+        UnknownFields::Refuse => {
+            if let Some(first) = unknown.first() {
+                return Err((resource, Some(display(first)), unknown_field_message(first)));
+            }
+        }
+        UnknownFields::Ignore if !unknown.is_empty() => {
+            let fields: Vec<String> = unknown.iter().map(|s| display(s)).collect();
+            debug!(
+                resource = resource.as_deref().unwrap_or("-"),
+                fields = %fields.join(", "),
+                "ignoring McpServer fields this control plane does not know (a newer CRD?)"
+            );
+        }
+        UnknownFields::Ignore => {}
+    }
+    let server = parsed.map_err(|e| {
         let field = e.path().to_string();
         (resource.clone(), Some(field), e.into_inner().to_string())
     })?;
     server
         .validate()
         .map_err(|e| (resource, Some(e.field), e.reason))
+}
+
+/// The path serde_ignored reports, without its `Option` and newtype steps.
+fn segments(path: &Path<'_>) -> Vec<Segment> {
+    let (parent, last) = match path {
+        Path::Root => return Vec::new(),
+        Path::Seq { parent, index } => (parent, Some(Segment::Index(*index))),
+        Path::Map { parent, key } => (parent, Some(Segment::Key(key.clone()))),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => (parent, None),
+    };
+    let mut path = segments(parent);
+    path.extend(last);
+    path
+}
+
+/// A field path as validation errors write it: `spec.transport.stdio.env[0].name`.
+fn display(segments: &[Segment]) -> String {
+    let mut path = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Key(key) if path.is_empty() => path.push_str(key),
+            Segment::Key(key) => {
+                path.push('.');
+                path.push_str(key);
+            }
+            Segment::Index(index) => path.push_str(&format!("[{index}]")),
+        }
+    }
+    path
+}
+
+/// `unknown field `x``, with the fields the CRD allows there when it lists
+/// them (everywhere under `spec`; not in `metadata`, which it leaves to the
+/// API server).
+fn unknown_field_message(segments: &[Segment]) -> String {
+    let Some((Segment::Key(name), parent)) = segments.split_last() else {
+        return format!("unknown field `{}`", display(segments));
+    };
+    let schema = serde_json::to_value(McpServer::crd()).unwrap_or_default();
+    let mut node = &schema["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    for segment in parent {
+        node = match segment {
+            Segment::Key(key) => &node["properties"][key],
+            Segment::Index(_) => &node["items"],
+        };
+    }
+    match node["properties"].as_object() {
+        Some(known) if !parent.is_empty() => {
+            let known: Vec<String> = known.keys().map(|k| format!("`{k}`")).collect();
+            format!(
+                "unknown field `{name}`, expected one of {}",
+                known.join(", ")
+            )
+        }
+        _ => format!("unknown field `{name}`"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> serde_yaml::Value {
+        serde_yaml::from_str(text).expect("test YAML")
+    }
+
+    fn server(spec: &str) -> serde_yaml::Value {
+        yaml(&format!(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: time}}\nspec: {spec}"
+        ))
+    }
+
+    /// An object as the API server returns it, with fields a newer CRD
+    /// added (`spec.rateLimit`, `spec.transport.stdio.sandbox`, an env
+    /// entry's `description`): the API server keeps them, as they are in
+    /// the installed CRD's schema.
+    const FROM_A_NEWER_CRD: &str = "
+apiVersion: switchboard.dev/v1alpha1
+kind: McpServer
+metadata:
+  name: time
+  namespace: team
+  uid: 0b7c1f1e-5a41-4c3e-9d1e-2f5b8f0e7a11
+  resourceVersion: '42'
+  generation: 3
+  creationTimestamp: '2025-01-01T00:00:00Z'
+  managedFields: [{manager: kubectl, operation: Apply, apiVersion: switchboard.dev/v1alpha1}]
+spec:
+  rateLimit: {perMinute: 60}
+  transport:
+    stdio:
+      command: mcp-server-time
+      sandbox: {network: none}
+      env: [{name: TZ, value: UTC, description: zone}]
+status:
+  observedGeneration: 2
+  replicas: 2
+";
+
+    #[test]
+    fn unknown_fields_are_refused_naming_the_field_and_what_is_allowed() {
+        for (value, field, message) in [
+            (
+                server("{transport: {stdio: {command: c, argz: []}}}"),
+                "spec.transport.stdio.argz",
+                "unknown field `argz`, expected one of `args`, `command`, `cwd`, `env`",
+            ),
+            (
+                server("{transport: {stdio: {command: c, env: [{name: A, vaule: x}]}}}"),
+                "spec.transport.stdio.env[0].vaule",
+                "unknown field `vaule`, expected one of `name`, `value`, `valueFrom`",
+            ),
+            (
+                server("{pool: {mxa: 2}, transport: {stdio: {command: c}}}"),
+                "spec.pool.mxa",
+                "unknown field `mxa`, expected one of",
+            ),
+            (
+                server("{session_mode: perSession, transport: {stdio: {command: c}}}"),
+                "spec.session_mode",
+                "`sessionMode`",
+            ),
+            (
+                yaml(
+                    "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {name: time, lables: {}}\nspec: {transport: {stdio: {command: c}}}",
+                ),
+                "metadata.lables",
+                "unknown field `lables`",
+            ),
+        ] {
+            let (resource, got_field, got_message) =
+                parse_resource(value, UnknownFields::Refuse).expect_err(field);
+            assert_eq!(resource.as_deref(), Some("time"));
+            assert_eq!(got_field.as_deref(), Some(field));
+            assert!(got_message.contains(message), "{field}: {got_message}");
+        }
+    }
+
+    /// `comand` makes `command` look missing; the typo is the error to report.
+    #[test]
+    fn an_unknown_field_is_reported_before_the_missing_field_it_hides() {
+        let value = server("{transport: {stdio: {comand: c}}}");
+        let (_, field, message) =
+            parse_resource(value, UnknownFields::Refuse).expect_err("refused");
+        assert_eq!(field.as_deref(), Some("spec.transport.stdio.comand"));
+        assert!(message.starts_with("unknown field `comand`"), "{message}");
+        let (_, field, message) = parse_resource(
+            server("{transport: {stdio: {comand: c}}}"),
+            UnknownFields::Ignore,
+        )
+        .expect_err("still refused: command is required");
+        assert_eq!(field.as_deref(), Some("spec.transport.stdio"));
+        assert!(message.contains("missing field `command`"), "{message}");
+    }
+
+    #[test]
+    fn fields_from_a_newer_crd_are_ignored_on_cluster_objects() {
+        let parsed = parse_resource(yaml(FROM_A_NEWER_CRD), UnknownFields::Ignore)
+            .expect("a newer CRD's fields do not refuse the resource");
+        let known = parse_resource(
+            server(
+                "{transport: {stdio: {command: mcp-server-time, env: [{name: TZ, value: UTC}]}}}",
+            ),
+            UnknownFields::Ignore,
+        )
+        .expect("valid");
+        assert_eq!(parsed, known, "the fields it knows are applied as written");
+
+        let (_, field, _) = parse_resource(yaml(FROM_A_NEWER_CRD), UnknownFields::Refuse)
+            .expect_err("the same object from a file");
+        assert_eq!(field.as_deref(), Some("spec.rateLimit"));
+    }
+
+    /// Everything the API server sets on an object is known: nothing is
+    /// ignored or refused but the fields the CRD does not describe.
+    #[test]
+    fn server_set_metadata_and_status_are_known_fields() {
+        let object = FROM_A_NEWER_CRD
+            .replace("  rateLimit: {perMinute: 60}\n", "")
+            .replace("      sandbox: {network: none}\n", "")
+            .replace(", description: zone", "");
+        parse_resource(yaml(&object), UnknownFields::Refuse).expect("nothing unknown");
+    }
 }

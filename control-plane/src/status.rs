@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
+    peers::Peers,
     push::{ReplicaStatus, Replicas},
     registry::{
         Registry,
@@ -59,6 +60,8 @@ pub struct StatusWriter {
     pub objects: watch::Receiver<BTreeMap<ObjectKey, DynamicObject>>,
     pub snapshots: SnapshotWatch,
     pub replicas: Replicas,
+    /// What replicas connected to other control-plane pods reported.
+    pub peers: Peers,
 }
 
 /// A condition's status, as the API conventions spell it.
@@ -103,11 +106,14 @@ impl StatusWriter {
             }
             let objects = self.objects.borrow().clone();
             let registry = self.registry.borrow().clone();
-            let replicas = self.replicas.snapshot();
+            let snapshot_version = self.snapshots.borrow().version;
+            let replicas = self
+                .peers
+                .merged(self.replicas.snapshot(), snapshot_version);
             let inputs = Inputs {
                 registry: &registry,
                 replicas: &replicas,
-                snapshot_version: self.snapshots.borrow().version,
+                snapshot_version,
             };
             written.retain(|key, _| objects.contains_key(key));
             failing.retain(|key, _| objects.contains_key(key));
@@ -457,7 +463,7 @@ mod tests {
     fn health(name: &str, state: &'static str, tools: u32) -> ServerHealthStatus {
         ServerHealthStatus {
             name: name.into(),
-            state,
+            state: state.into(),
             reason: if state == "ready" {
                 String::new()
             } else {
@@ -466,7 +472,7 @@ mod tests {
             tool_count: tools,
             restarts: 0,
             protocol_version: "2025-06-18".into(),
-            breaker: "closed",
+            breaker: "closed".into(),
             last_error: String::new(),
             last_error_at: 0,
             latency_p50_us: 0,

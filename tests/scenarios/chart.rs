@@ -4,7 +4,9 @@
 //! `deploy/kubernetes/switchboard.yaml`), every render checked offline
 //! against the Kubernetes 1.33 schemas (`kubernetes-validate`), and
 //! `values.schema.json` refusing bad values. `UPDATE_GOLDEN=1` rewrites
-//! the golden files. Every CRD the chart renders or `switchboard-control
+//! the golden files. The objects that depend on values (RBAC, disruption
+//! budgets, anti-affinity, probes, ServiceMonitors) are checked field by
+//! field. Every CRD the chart renders or `switchboard-control
 //! crd` prints passes the API server stand-in's CRD review. The Dockerfile
 //! is linted and the compose file checked against it (no Docker engine
 //! runs here to build them).
@@ -75,6 +77,30 @@ fn check_golden(rendered: &str, golden: &str) {
     );
 }
 
+/// The objects of a render.
+fn objects(rendered: &str) -> Vec<Value> {
+    rendered
+        .split("\n---")
+        .filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok())
+        .filter(Value::is_object)
+        .collect()
+}
+
+/// The object of that kind and name, if rendered.
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+fn deployment<'a>(objects: &'a [Value], name: &str) -> &'a Value {
+    find(objects, "Deployment", name).unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+fn pod_spec(deployment: &Value) -> &Value {
+    &deployment["spec"]["template"]["spec"]
+}
+
 /// `kubernetes-validate` (PyPI) against the 1.33 schemas, strict.
 fn validate(rendered: &str) {
     let file = tempfile::NamedTempFile::new().expect("temp file");
@@ -131,12 +157,8 @@ fn the_default_render_is_the_plain_manifest_and_valid() {
 
 #[test]
 fn the_production_values_render_hpa_namespaced_rbac_and_service_monitors() {
-    let rendered = render(&[
-        "-f",
-        "charts/switchboard/ci/ha-values.yaml",
-        "--api-versions",
-        "monitoring.coreos.com/v1",
-    ]);
+    // No `--api-versions`: the ServiceMonitors render from the values alone.
+    let rendered = render(&["-f", "charts/switchboard/ci/ha-values.yaml"]);
     validate(&rendered);
     check_golden(&rendered, "tests/golden/chart-ha.yaml");
     for needle in [
@@ -150,7 +172,23 @@ fn the_production_values_render_hpa_namespaced_rbac_and_service_monitors() {
     ] {
         assert!(rendered.contains(needle), "no `{needle}` in the render");
     }
-    assert!(!rendered.contains("kind: ClusterRole"));
+    // Namespaced RBAC: no cluster-wide grant; the only ClusterRoles are the
+    // aggregated ones, which grant nothing alone.
+    assert!(!rendered.contains("kind: ClusterRoleBinding"));
+    let objects = objects(&rendered);
+    let cluster_roles: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+        .map(|o| &o["metadata"]["name"])
+        .collect();
+    assert_eq!(
+        cluster_roles,
+        ["switchboard-mcpservers-view", "switchboard-mcpservers-edit"]
+    );
+    assert!(
+        find(&objects, "PodDisruptionBudget", "switchboard-control-plane").is_some(),
+        "two control-plane pods get a budget"
+    );
     let gateway = rendered
         .split("\n---")
         .find(|doc| doc.contains("kind: Deployment") && doc.contains("name: switchboard-gateway\n"))
@@ -160,6 +198,266 @@ fn the_production_values_render_hpa_namespaced_rbac_and_service_monitors() {
         "the HPA owns the replica count"
     );
     assert!(rendered.contains("replicas: 2"), "two control-plane pods");
+}
+
+/// Exactly the calls the control plane makes where McpServers live: a
+/// watcher (list, watch; no get), `patch_status` (a merge patch; no get or
+/// update), `get_opt` of env Secrets/ConfigMaps, and `Recorder::publish`
+/// (events.k8s.io/v1 create, then patch for a repeat).
+#[test]
+fn the_control_plane_may_only_make_the_calls_it_makes() {
+    let rendered = render(&[]);
+    let objects = objects(&rendered);
+    let role = find(&objects, "ClusterRole", "switchboard-control-plane")
+        .expect("the control plane's ClusterRole");
+    let rules: Vec<(String, String)> = role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|rule| {
+            let join = |key: &str| {
+                let items: Vec<&str> = rule[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                items.join(",")
+            };
+            (
+                format!("{}/{}", join("apiGroups"), join("resources")),
+                join("verbs"),
+            )
+        })
+        .collect();
+    let expected = [
+        ("switchboard.dev/mcpservers", "list,watch"),
+        ("switchboard.dev/mcpservers/status", "patch"),
+        ("/secrets,configmaps", "get"),
+        ("events.k8s.io/events", "create,patch"),
+    ];
+    assert_eq!(
+        rules,
+        expected.map(|(r, v)| (r.to_owned(), v.to_owned())),
+        "{role:#?}"
+    );
+}
+
+/// Namespace users bound to the built-in `view`, `edit` or `admin` role
+/// get McpServers with it, as they get Deployments; status stays read-only.
+#[test]
+fn mcpservers_are_aggregated_into_the_built_in_user_roles() {
+    let objects = objects(&render(&[]));
+    let view = find(&objects, "ClusterRole", "switchboard-mcpservers-view").expect("view role");
+    let edit = find(&objects, "ClusterRole", "switchboard-mcpservers-edit").expect("edit role");
+    let aggregated = |role: &Value, to: &str| {
+        role["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")] == "true"
+    };
+    for to in ["view", "edit", "admin"] {
+        assert!(aggregated(view, to), "view role not aggregated to {to}");
+    }
+    assert!(aggregated(edit, "edit") && aggregated(edit, "admin"));
+    assert!(!aggregated(edit, "view"), "view must not gain write verbs");
+    assert_eq!(
+        view["rules"][0]["resources"],
+        serde_json::json!(["mcpservers", "mcpservers/status"])
+    );
+    assert_eq!(
+        view["rules"][0]["verbs"],
+        serde_json::json!(["get", "list", "watch"])
+    );
+    assert_eq!(
+        edit["rules"][0]["resources"],
+        serde_json::json!(["mcpservers"])
+    );
+    assert_eq!(
+        edit["rules"][0]["verbs"],
+        serde_json::json!(["create", "update", "patch", "delete", "deletecollection"])
+    );
+    assert_eq!(edit["rules"].as_array().map(Vec::len), Some(1));
+
+    let without = render(&["--set", "rbac.aggregateClusterRoles=false"]);
+    assert!(!without.contains("aggregate-to-"), "switched off");
+}
+
+/// One pod gets no budget (it would block every node drain) and nothing to
+/// spread; several get a budget and preferred anti-affinity across nodes,
+/// which the values can make required, turn off, or replace.
+#[test]
+fn a_second_control_plane_pod_brings_a_budget_and_anti_affinity() {
+    const CONTROL_PLANE: &str = "switchboard-control-plane";
+    let one = objects(&render(&[]));
+    assert!(find(&one, "PodDisruptionBudget", CONTROL_PLANE).is_none());
+    assert!(
+        pod_spec(deployment(&one, CONTROL_PLANE))
+            .get("affinity")
+            .is_none()
+    );
+
+    let two = objects(&render(&["--set", "controlPlane.replicaCount=2"]));
+    let pdb = find(&two, "PodDisruptionBudget", CONTROL_PLANE).expect("a control-plane PDB");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "control-plane"
+    );
+    let affinity = &pod_spec(deployment(&two, CONTROL_PLANE))["affinity"]["podAntiAffinity"];
+    let term = &affinity["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(term["weight"], 100);
+    assert_eq!(
+        term["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"],
+        pdb["spec"]["selector"]["matchLabels"],
+        "spreads its own pods"
+    );
+
+    let required = objects(&render(&[
+        "--set",
+        "controlPlane.replicaCount=2",
+        "--set",
+        "controlPlane.podAntiAffinity=required",
+    ]));
+    let affinity = &pod_spec(deployment(&required, CONTROL_PLANE))["affinity"]["podAntiAffinity"];
+    assert_eq!(
+        affinity["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    let off = objects(&render(&[
+        "--set",
+        "controlPlane.replicaCount=2",
+        "--set",
+        "controlPlane.podAntiAffinity=none",
+        "--set",
+        "controlPlane.pdb.enabled=false",
+    ]));
+    assert!(
+        pod_spec(deployment(&off, CONTROL_PLANE))
+            .get("affinity")
+            .is_none()
+    );
+    assert!(find(&off, "PodDisruptionBudget", CONTROL_PLANE).is_none());
+}
+
+#[test]
+fn several_gateway_pods_spread_over_nodes_unless_the_affinity_is_given() {
+    const GATEWAY: &str = "switchboard-gateway";
+    let default = objects(&render(&[]));
+    let affinity = &pod_spec(deployment(&default, GATEWAY))["affinity"]["podAntiAffinity"];
+    let term = &affinity["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "gateway"
+    );
+
+    let one = objects(&render(&["--set", "gateway.replicaCount=1"]));
+    assert!(
+        pod_spec(deployment(&one, GATEWAY))
+            .get("affinity")
+            .is_none()
+    );
+    let autoscaled = objects(&render(&[
+        "--set",
+        "gateway.replicaCount=1",
+        "--set",
+        "gateway.autoscaling.enabled=true",
+    ]));
+    assert!(pod_spec(deployment(&autoscaled, GATEWAY))["affinity"]["podAntiAffinity"].is_object());
+
+    let own = objects(&render(&[
+        "--set-json",
+        r#"gateway.affinity={"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"pool","operator":"In","values":["mcp"]}]}]}}}"#,
+    ]));
+    let affinity = &pod_spec(deployment(&own, GATEWAY))["affinity"];
+    assert!(affinity["nodeAffinity"].is_object());
+    assert!(
+        affinity.get("podAntiAffinity").is_none(),
+        "replaced, not merged"
+    );
+}
+
+/// Liveness asks whether the process is alive, readiness whether it should
+/// get traffic: different checks, so a pod that is alive but not ready
+/// leaves the Service without being restarted.
+#[test]
+fn liveness_and_readiness_are_different_checks() {
+    let objects = objects(&render(&[]));
+    let probes = |name: &str| {
+        let container = &pod_spec(deployment(&objects, name))["containers"][0];
+        (
+            container["livenessProbe"].clone(),
+            container["readinessProbe"].clone(),
+        )
+    };
+    let (live, ready) = probes("switchboard-control-plane");
+    assert_eq!(live["httpGet"]["path"], "/healthz");
+    assert_eq!(live["httpGet"]["port"], "http");
+    // Ready once every watched namespace has been listed.
+    assert_eq!(ready["httpGet"]["path"], "/readyz");
+    assert_eq!(ready["httpGet"]["port"], "http");
+
+    let (live, ready) = probes("switchboard-gateway");
+    assert_eq!(live["httpGet"]["path"], "/healthz");
+    assert_eq!(ready["httpGet"]["path"], "/readyz");
+    assert_eq!(ready["httpGet"]["port"], "mcp");
+}
+
+/// CEL validation rules in the CRD are GA from 1.29.
+#[test]
+fn the_chart_declares_the_kubernetes_versions_it_runs_on() {
+    let chart: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join(CHART).join("Chart.yaml")).expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml YAML");
+    assert_eq!(chart["kubeVersion"], ">=1.29.0-0");
+    let refused =
+        helm(&["template", "x", CHART, "--kube-version", "1.28.9"]).expect_err("1.28 is refused");
+    assert!(refused.contains("kubeVersion"), "{refused}");
+    for version in ["1.29.0", "v1.33.2-eks-1"] {
+        helm(&["template", "x", CHART, "--kube-version", version])
+            .unwrap_or_else(|e| panic!("{version}: {e}"));
+    }
+}
+
+/// A values switch, not a probe of the cluster: `helm template` (and the
+/// GitOps tools that use it) cannot see the cluster's APIs.
+#[test]
+fn service_monitors_follow_the_values_switch_alone() {
+    assert!(
+        !render(&[]).contains("kind: ServiceMonitor"),
+        "off by default"
+    );
+    let objects = objects(&render(&[
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.interval=15s",
+    ]));
+    for (name, port) in [
+        ("switchboard-control-plane", "http"),
+        ("switchboard-gateway", "mcp"),
+    ] {
+        let monitor = find(&objects, "ServiceMonitor", name)
+            .unwrap_or_else(|| panic!("no ServiceMonitor {name}"));
+        let endpoint = &monitor["spec"]["endpoints"][0];
+        assert_eq!(endpoint["port"], port);
+        assert_eq!(endpoint["path"], "/metrics");
+        assert_eq!(endpoint["interval"], "15s");
+        // It selects the Service by the Service's labels, and scrapes a
+        // port the Service names.
+        let service = find(&objects, "Service", name).expect("the Service it scrapes");
+        for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .expect("matchLabels")
+        {
+            assert_eq!(&service["metadata"]["labels"][key], value, "{name}: {key}");
+        }
+        let ports = service["spec"]["ports"].as_array().expect("ports");
+        assert!(ports.iter().any(|p| p["name"] == port), "{name}: {port}");
+    }
 }
 
 /// What a real cluster does with the chart's CRD (`helm install` applies
@@ -245,6 +543,8 @@ fn the_values_schema_refuses_bad_values() {
         ("logFormat=xml", "logFormat"),
         ("gateway.traceSampleRatio=2", "traceSampleRatio"),
         ("gateway.replicas=3", "replicas"),
+        ("controlPlane.podAntiAffinity=sometimes", "podAntiAffinity"),
+        ("rbac.aggregateClusterRoles=yes", "aggregateClusterRoles"),
     ] {
         let error = helm(&["template", "x", CHART, "--set", set])
             .expect_err(&format!("--set {set} must be refused"));

@@ -2,11 +2,19 @@
 //! the Kubernetes API and writes their status back. The API server is the
 //! stand-in in `e2e::kube_apiserver` (no real one can run here); the client
 //! is the real `kubectl` (`.ci/test`, through `.ci/fetch-tools`, puts a
-//! pinned one in `.ci/tools`).
+//! pinned one in `.ci/tools`). By topic: what the control plane does when
+//! the API server misbehaves ([`api_faults`]), and leader election
+//! ([`leases`]).
+
+#[path = "kubernetes/api_faults.rs"]
+mod api_faults;
+#[path = "kubernetes/leases.rs"]
+mod leases;
 
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
+    time::Duration,
 };
 
 use e2e::{
@@ -107,17 +115,68 @@ async fn apply(
     kubectl(api, home, &["apply", "--validate=false", "-f", &path]).await
 }
 
-async fn wait_for_leader(api: &KubeApiServer, identity: &str) {
-    eventually(&format!("{identity} leads"), EVENTUALLY, || async {
-        let holder = api
-            .objects("leases")
-            .first()
-            .map(|l| l["spec"]["holderIdentity"].clone());
-        (holder == Some(json!(identity)))
-            .then_some(())
-            .ok_or(format!("{holder:?}"))
+/// The Lease the control plane campaigns for unless told another name.
+const DEFAULT_LEASE: &str = "switchboard-control-plane";
+
+/// The holder of Lease `lease`, `Null` when there is none (or no Lease).
+fn holder(api: &KubeApiServer, lease: &str) -> Value {
+    api.objects("leases")
+        .into_iter()
+        .find(|l| l["metadata"]["name"] == lease)
+        .map(|l| l["spec"]["holderIdentity"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits up to `within` for `identity` to hold Lease `lease`.
+async fn wait_for_leader(api: &KubeApiServer, lease: &str, identity: &str, within: Duration) {
+    eventually(&format!("{identity} leads {lease}"), within, || async {
+        let holder = holder(api, lease);
+        (holder == identity).then_some(()).ok_or(holder.to_string())
     })
     .await;
+}
+
+/// `switchboard-control serve` arguments for a pod of the stand-in's
+/// cluster, plus `extra`.
+fn pod_args(api: &KubeApiServer, extra: &[&str]) -> Vec<String> {
+    let kubeconfig = api.kubeconfig.display().to_string();
+    ["--source", "kubernetes", "--kubeconfig", &kubeconfig]
+        .iter()
+        .chain(extra)
+        .map(|a| (*a).to_owned())
+        .collect()
+}
+
+/// A control plane in the stand-in's cluster and a gateway, the gateway
+/// ready.
+async fn start_in_cluster(api: &KubeApiServer) -> Switchboard {
+    let args = pod_args(api, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Switchboard::start_with(&[], &args, &[]).await
+}
+
+/// A control-plane pod alone (no gateway), started and listening.
+async fn start_pod(api: &KubeApiServer, extra: &[&str]) -> Switchboard {
+    let mut pod = Switchboard::unstarted();
+    pod.control_args = pod_args(api, extra);
+    pod.start_control_plane().await;
+    pod
+}
+
+/// The stored `McpServer` named `name` (`Null` if there is none).
+fn stored_mcp(api: &KubeApiServer, name: &str) -> Value {
+    api.objects("mcpservers")
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == name)
+        .unwrap_or(Value::Null)
+}
+
+/// The `Warning` events about `name`.
+fn warnings_about(api: &KubeApiServer, name: &str) -> Vec<Value> {
+    api.objects("events")
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == name && e["type"] == "Warning")
+        .collect()
 }
 
 /// `kubectl get mcps NAME -o json`.
@@ -374,53 +433,6 @@ async fn env_values_come_from_secrets_and_config_maps_and_stay_secret() {
         api.objects("events"),
     );
     assert!(!everywhere.contains(SECRET), "the secret value leaked");
-}
-
-#[tokio::test]
-async fn one_control_plane_pod_leads_and_another_takes_over() {
-    let api = KubeApiServer::start().await;
-    let home = tempfile::tempdir().expect("kubectl home");
-    let kubeconfig = api.kubeconfig.display().to_string();
-    let args = |identity: &'static str| {
-        vec![
-            "--source".to_owned(),
-            "kubernetes".to_owned(),
-            "--kubeconfig".to_owned(),
-            kubeconfig.clone(),
-            "--identity".to_owned(),
-            identity.to_owned(),
-            "--lease-duration".to_owned(),
-            "2s".to_owned(),
-        ]
-    };
-    let first_args = args("pod-a");
-    let first: Vec<&str> = first_args.iter().map(String::as_str).collect();
-    let mut sb = Switchboard::start_with(&[], &first, &[]).await;
-    wait_for_leader(&api, "pod-a").await;
-    // A second pod serves config too, but does not lead.
-    let mut second = Switchboard::unstarted();
-    second.control_args = args("pod-b");
-    second.start_control_plane().await;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let holder = api.objects("leases")[0]["spec"]["holderIdentity"].clone();
-    assert_eq!(holder, "pod-a", "a live leader keeps the lease");
-
-    // The leader crashes: pod-b takes the lease and writes status.
-    sb.control.as_mut().expect("pod-a").kill_hard().await;
-    wait_for_leader(&api, "pod-b").await;
-    let demo = demo_resource("demo", &format!("lease-{}", std::process::id()));
-    apply(&api, home.path(), "demo.yaml", &demo)
-        .await
-        .expect("kubectl apply");
-    eventually("status from the new leader", EVENTUALLY, || async {
-        let object = get_mcp(&api, home.path(), "demo").await?;
-        (condition(&object, "Accepted")["status"] == "True")
-            .then_some(())
-            .ok_or(object.to_string())
-    })
-    .await;
-    let transitions = api.objects("leases")[0]["spec"]["leaseTransitions"].clone();
-    assert_eq!(transitions, 1, "one takeover");
 }
 
 #[tokio::test]

@@ -9,14 +9,32 @@
 //! `/status` subresource and printer columns), `Secret` and `ConfigMap`
 //! (env values), `events.k8s.io/v1` `Event` and `coordination.k8s.io/v1`
 //! `Lease`. Discovery (`/version`, `/api`, `/apis/...`), list with
-//! `resourceVersion`, watch as newline-delimited `WatchEvent`s replayed
-//! from a global resourceVersion history, create (also by `generateName`),
-//! get, replace and merge/apply patches with `resourceVersion`
-//! preconditions (409 on conflict), delete, `/status` writes that leave
+//! `resourceVersion` and label and field selectors, watch as
+//! newline-delimited `WatchEvent`s replayed from a global resourceVersion
+//! history, create (also by `generateName`), get, replace and merge/apply
+//! patches with `resourceVersion` preconditions (409 on conflict, `/status`
+//! writes included), delete, `/status` writes that leave
 //! `metadata.generation` alone while spec changes bump it, `stringData`
-//! folded into a Secret's `data`, server-side `Table` output from the
-//! CRD's printer columns (what `kubectl get mcps` prints), `Warning`
-//! headers, and errors as `metav1.Status` in the real server's words.
+//! folded into a Secret's `data`, server-side `Table` output from the CRD's
+//! printer columns (what `kubectl get mcps` prints), `Warning` headers,
+//! `Event`s validated as the real server validates them, and errors as
+//! `metav1.Status` in the real server's words.
+//!
+//! Lists are paginated with `limit` and `continue`, each page from the
+//! snapshot at the first page's resourceVersion. Watches send bookmarks
+//! when asked (`allowWatchBookmarks=true`, every
+//! [`KubeApiServer::bookmark_every`]). History is kept until
+//! [`KubeApiServer::compact`], as etcd keeps it until compaction: a watch
+//! resuming from before that point gets `410 Expired` "too old resource
+//! version", a continued list from before it `410` too.
+//!
+//! # Faults
+//!
+//! A test switches on what a real server does on a bad day ([`fault`]):
+//! 429 with `Retry-After`, 500, 503, 504, RBAC denials (403) per resource,
+//! namespace, object or verb, slow and hung requests, through
+//! [`KubeApiServer::fault`]; [`KubeApiServer::end_watches`] closes every
+//! open watch, as a restarting server does.
 //!
 //! # CRDs and custom resources
 //!
@@ -34,12 +52,16 @@
 //! merge patch (no field ownership, so no conflicts); a client-side
 //! `kubectl apply` of an existing object sends a strategic merge patch,
 //! refused with 415; only the `McpServer` CRD makes a kind served; no
-//! authentication or authorization.
+//! authentication, and no authorization beyond the denials a test switches
+//! on; bookmarks are not sent as a watch's timeout ends.
 
 pub mod crd;
+mod event;
+pub mod fault;
 pub mod field;
 mod read;
 mod schema;
+mod selector;
 mod table;
 mod write;
 
@@ -48,20 +70,23 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
+    time::Duration,
 };
 
 use axum::{
     Json, Router,
     extract::Path,
     http::{HeaderValue, StatusCode},
+    middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
+pub use fault::{Fault, FaultHandle};
 use field::FieldError;
 
 /// The CRD the chart installs.
@@ -174,16 +199,25 @@ pub struct KubeApiServer {
 struct ApiState {
     store: Arc<Mutex<Store>>,
     events: broadcast::Sender<WatchEvent>,
+    faults: fault::Faults,
+    /// Bumped to close every open watch.
+    watch_epoch: Arc<watch::Sender<u64>>,
 }
 
 /// Objects by (plural, namespace, name); cluster-scoped ones have namespace "".
 type Key = (&'static str, String, String);
 
-#[derive(Default)]
 struct Store {
     resource_version: u64,
     objects: BTreeMap<Key, Value>,
+    /// Every change after the compaction point, oldest first.
     history: Vec<WatchEvent>,
+    /// The resourceVersion history was last compacted at (0: never).
+    compacted: u64,
+    /// The objects as they were at the compaction point.
+    compacted_objects: BTreeMap<Key, Value>,
+    /// How often a watch that asked for bookmarks gets one.
+    bookmark_every: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -202,6 +236,11 @@ struct ListQuery {
     resource_version: Option<String>,
     timeout_seconds: Option<u64>,
     field_selector: Option<String>,
+    label_selector: Option<String>,
+    allow_watch_bookmarks: Option<bool>,
+    limit: Option<usize>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
 }
 
 /// The query of a write: `?fieldValidation=Strict|Warn|Ignore`.
@@ -268,8 +307,10 @@ impl KubeApiServer {
         let addr = listener.local_addr().expect("address");
         let (events, _) = broadcast::channel(1024);
         let state = ApiState {
-            store: Arc::default(),
+            store: Arc::new(Mutex::new(Store::default())),
             events,
+            faults: fault::Faults::default(),
+            watch_epoch: Arc::new(watch::Sender::new(0)),
         };
         let crds = Target::cluster(kind("customresourcedefinitions"));
         if let Err(refused) = write::insert(&state, &crds, crd, FieldValidation::Strict) {
@@ -311,6 +352,51 @@ impl KubeApiServer {
             .filter(|((p, _, _), _)| *p == plural)
             .map(|(_, object)| object.clone())
             .collect()
+    }
+
+    /// Every change to one resource (plural) since the last compaction,
+    /// oldest first: the watch event type and the object as written.
+    pub fn history(&self, plural: &str) -> Vec<(&'static str, Value)> {
+        self.state
+            .store
+            .lock()
+            .history
+            .iter()
+            .filter(|e| e.plural == plural)
+            .map(|e| (e.kind, e.object.clone()))
+            .collect()
+    }
+
+    /// Switches `fault` on until [`FaultHandle::lift`] or
+    /// [`KubeApiServer::clear_faults`].
+    pub fn fault(&self, fault: Fault) -> FaultHandle {
+        self.state.faults.add(fault)
+    }
+
+    /// Switches every fault off (held requests stay held).
+    pub fn clear_faults(&self) {
+        self.state.faults.clear();
+    }
+
+    /// Compacts history up to now, as etcd compaction does: watches and
+    /// continued lists from an older resourceVersion get `410`.
+    pub fn compact(&self) {
+        let mut store = self.state.store.lock();
+        store.compacted = store.resource_version;
+        store.compacted_objects = store.objects.clone();
+        store.history.clear();
+    }
+
+    /// Closes every open watch, as a restarting API server does; clients
+    /// resume from the last resourceVersion they saw.
+    pub fn end_watches(&self) {
+        self.state.watch_epoch.send_modify(|epoch| *epoch += 1);
+    }
+
+    /// How often watches that ask for bookmarks get one (default: a
+    /// minute, as the real watch cache sends them).
+    pub fn bookmark_every(&self, interval: Duration) {
+        self.state.store.lock().bookmark_every = interval;
     }
 }
 
@@ -354,6 +440,10 @@ fn router(state: ApiState) -> Router {
                 .put(write::replace_status),
         )
         .fallback(|| async { not_found("the server could not find the requested resource") })
+        .layer(middleware::from_fn_with_state(
+            state.faults.clone(),
+            fault::intercept,
+        ))
         .with_state(state)
 }
 
@@ -404,6 +494,16 @@ impl Kind {
     fn crd_name(&self) -> String {
         format!("{}.{}", self.plural, self.group)
     }
+
+    /// `GroupResource.String()`, as errors name the resource: `secrets`,
+    /// `leases.coordination.k8s.io`.
+    fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_owned()
+        } else {
+            self.crd_name()
+        }
+    }
 }
 
 // === impl Target ===
@@ -453,9 +553,8 @@ impl Target {
 
     fn not_found(&self) -> ApiError {
         not_found(&format!(
-            "{}.{} \"{}\" not found",
-            self.kind.plural,
-            self.kind.group,
+            "{} \"{}\" not found",
+            self.kind.qualified(),
             self.name.as_deref().unwrap_or("")
         ))
     }
@@ -470,7 +569,47 @@ impl Target {
 
 // === impl Store ===
 
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            resource_version: 0,
+            objects: BTreeMap::new(),
+            history: Vec::new(),
+            compacted: 0,
+            compacted_objects: BTreeMap::new(),
+            // The watch cache's `bookmarkFrequency`.
+            bookmark_every: Duration::from_secs(60),
+        }
+    }
+}
+
 impl Store {
+    /// The objects as they were at `resource_version`, replayed from the
+    /// compaction point; `None` once compaction has passed it.
+    fn objects_at(&self, resource_version: u64) -> Option<BTreeMap<Key, Value>> {
+        if resource_version < self.compacted {
+            return None;
+        }
+        let mut objects = self.compacted_objects.clone();
+        for event in self
+            .history
+            .iter()
+            .take_while(|e| e.resource_version <= resource_version)
+        {
+            let name = event.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            let key = (event.plural, event.namespace.clone(), name);
+            if event.kind == "DELETED" {
+                objects.remove(&key);
+            } else {
+                objects.insert(key, event.object.clone());
+            }
+        }
+        Some(objects)
+    }
+
     /// Stamps a new resourceVersion, stores the object and tells watchers.
     fn commit(
         &mut self,

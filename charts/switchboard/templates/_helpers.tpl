@@ -61,3 +61,36 @@ app.kubernetes.io/component: {{ .component }}
 {{- $hosts := list "localhost" "127.0.0.1" $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) }}
 {{- concat $hosts .Values.gateway.extraAllowedHosts | join "," }}
 {{- end }}
+
+{{/*
+Scheduling affinity of one component (dict: root, component, values: the
+component's values, multiple: whether it runs more than one pod). The
+values' own `affinity` wins; otherwise several pods get anti-affinity
+across nodes as `podAntiAffinity` says, so one node going away takes one
+pod, not all of them.
+*/}}
+{{- define "switchboard.affinity" -}}
+{{- if .values.affinity }}
+affinity:
+  {{- toYaml .values.affinity | nindent 2 }}
+{{- else if and .multiple (ne .values.podAntiAffinity "none") }}
+{{- $selector := include "switchboard.selectorLabels" (dict "root" .root "component" .component) }}
+affinity:
+  podAntiAffinity:
+    {{- if eq .values.podAntiAffinity "required" }}
+    requiredDuringSchedulingIgnoredDuringExecution:
+      - topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- $selector | nindent 12 }}
+    {{- else }}
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- $selector | nindent 14 }}
+    {{- end }}
+{{- end }}
+{{- end }}

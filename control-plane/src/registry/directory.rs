@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Registry, RegistryIssue, ResourceError, parse_resource};
+use super::{Registry, RegistryIssue, ResourceError, UnknownFields, parse_resource};
 use crate::resource::{ValidServer, ValidTransport};
 
 /// Editors save in bursts (write, rename, chmod); wait this long after the
@@ -219,7 +219,8 @@ fn load_file(path: &Path) -> FileOutcome {
                 break;
             }
         };
-        match parse_resource(value).and_then(without_references) {
+        // Files are written by hand: an unknown field is a typo.
+        match parse_resource(value, UnknownFields::Refuse).and_then(without_references) {
             Ok(server) => {
                 debug!(file = %source, resource = %server.name, "loaded McpServer");
                 servers.push(server);
@@ -303,7 +304,46 @@ mod tests {
         assert!(registry.servers.is_empty());
         let issue = &registry.issues[0];
         assert_eq!(issue.field.as_deref(), Some("spec.transport.stdio.comand"));
-        assert!(issue.message.contains("comand"), "{}", issue.message);
+        assert_eq!(
+            issue.message,
+            "unknown field `comand`, expected one of `args`, `command`, `cwd`, `env`"
+        );
+    }
+
+    /// What a cluster object may carry (a newer CRD's field) is an error in
+    /// a file: there it is a typo.
+    #[test]
+    fn unknown_fields_are_refused_anywhere_in_the_resource() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (file, text, field) in [
+            (
+                "spec.yaml",
+                TIME.replace("spec: {", "spec: {rateLimit: {perMinute: 1}, "),
+                "spec.rateLimit",
+            ),
+            (
+                "metadata.yaml",
+                TIME.replace("{name: time}", "{name: time, lables: {a: b}}"),
+                "metadata.lables",
+            ),
+            (
+                "root.yaml",
+                format!("{TIME}spec_version: 2\n"),
+                "spec_version",
+            ),
+        ] {
+            write(dir.path(), file, &text);
+            let registry = DirectorySource::new(dir.path()).scan().expect("scan");
+            assert!(registry.servers.is_empty(), "{file}");
+            let issue = &registry.issues[0];
+            assert_eq!(issue.field.as_deref(), Some(field), "{file}");
+            assert!(
+                issue.message.starts_with("unknown field"),
+                "{}",
+                issue.message
+            );
+            std::fs::remove_file(dir.path().join(file)).expect("remove");
+        }
     }
 
     #[test]

@@ -7,21 +7,39 @@
 //! never logged. Only a missing Secret, ConfigMap or key is a problem with
 //! the resource: a read that fails otherwise (429, 5xx, a timeout, RBAC)
 //! keeps the value read last and is retried with backoff, so an API server
-//! having a bad moment never takes a server off the gateways. Reads run
-//! concurrently, each with a timeout, so a hung one cannot hold up the
-//! registry. Status writes do not change any spec, so they never produce a
-//! new registry.
+//! having a bad moment never takes a server off the gateways.
+//!
+//! Reads run beside the watch, concurrently, each with a timeout: the
+//! registry is assembled from the values read last, so a slow or hung read
+//! holds up only the server waiting for its first value (which keeps its
+//! previous spec on the gateways meanwhile, or joins once the read is
+//! done), never the other resources. The first registry is published once
+//! every watched namespace has been listed and the values it references
+//! have been read (or have failed), so replicas never start without a
+//! server only because its Secret was still being read. Status writes do
+//! not change any spec, so they never produce a new registry.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
-use futures::{StreamExt, stream::SelectAll};
+use futures::{
+    FutureExt, StreamExt,
+    future::BoxFuture,
+    stream::{FuturesUnordered, SelectAll},
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject},
     runtime::{WatchStreamExt, watcher},
 };
-use tokio::sync::watch;
+use tokio::{
+    sync::{Semaphore, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -40,11 +58,80 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Objects by (Kubernetes namespace, name).
 pub type ObjectKey = (String, String);
 
+/// A watch scope: one namespace, or `None` for all of them.
+type Scope = Option<String>;
+
 /// Watches `McpServer`s and publishes the registry they make.
 pub struct KubernetesSource {
     client: Client,
     /// Kubernetes namespaces to watch; empty watches all.
     namespaces: Vec<String>,
+}
+
+/// The objects of every scope, swapped in scope by scope as each
+/// (re)list completes.
+struct Listing {
+    scopes: usize,
+    /// Per scope, objects listed since its last `Init`, swapped in at `InitDone`.
+    partial: BTreeMap<Scope, BTreeMap<ObjectKey, DynamicObject>>,
+    listed_once: BTreeSet<Scope>,
+    current: BTreeMap<ObjectKey, DynamicObject>,
+}
+
+/// Parsed objects and the servers last published for them.
+#[derive(Default)]
+struct Servers {
+    /// Each object's parse, with the resourceVersion it was parsed at.
+    parsed: BTreeMap<ObjectKey, (Option<String>, Result<ValidServer, ResourceError>)>,
+    /// Each object's server as last published, its values resolved: what
+    /// stays on the gateways while a changed spec waits for a first read.
+    resolved: BTreeMap<ObjectKey, ValidServer>,
+}
+
+/// A referenced value: (namespace, kind, object name, key).
+type ValueKey = (String, &'static str, String, String);
+
+/// What reading a value gave: the value (`None`: the object or key does
+/// not exist), or why it could not be read.
+type ReadOutcome = Result<Option<String>, String>;
+
+/// The referenced values: read last, kept through failed reads, read again
+/// in the background.
+struct Values {
+    client: Client,
+    /// Every referenced value, and how to read it.
+    wanted: BTreeMap<ValueKey, ValueRef>,
+    last: BTreeMap<ValueKey, Option<String>>,
+    /// Values whose latest read failed.
+    failing: BTreeSet<ValueKey>,
+    /// Values being read now (each at most once at a time).
+    reading: BTreeSet<ValueKey>,
+    /// The reads themselves; dropped (and so cancelled) with the source.
+    reads: FuturesUnordered<BoxFuture<'static, (ValueKey, ReadOutcome)>>,
+    permits: Arc<Semaphore>,
+    /// Rounds of reads in a row that had a failure, for the retry backoff.
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// What is known of one value.
+#[derive(Debug, PartialEq)]
+enum Lookup<'a> {
+    /// Read: the value, or `None` when it does not exist.
+    Read(Option<&'a str>),
+    /// Never read: every read so far failed (and is retried).
+    Failed,
+    /// Never read: the first read is under way.
+    Pending,
+}
+
+/// A server with its values filled in, or why not.
+enum Resolved {
+    /// Boxed: a server is large, and the other variants small.
+    Ready(Box<ValidServer>),
+    /// A value's first read is under way.
+    Pending,
+    Invalid(ResourceError),
 }
 
 impl KubernetesSource {
@@ -53,23 +140,92 @@ impl KubernetesSource {
     }
 
     /// Runs until `cancel`; the watcher retries with backoff on its own,
-    /// and the last registry stays in place meanwhile.
+    /// and the last registry stays in place meanwhile. The first registry
+    /// is published once every scope has been listed (and its values read).
     pub async fn watch(
         self,
         registry: watch::Sender<Registry>,
         objects: watch::Sender<BTreeMap<ObjectKey, DynamicObject>>,
         cancel: CancellationToken,
     ) {
-        let resource = ApiResource::erase::<McpServer>(&());
-        // One watch per namespace (`None`: all of them), its events tagged
-        // with the namespace so each relist replaces only its own objects.
-        let scopes: Vec<Option<String>> = if self.namespaces.is_empty() {
+        let scopes: Vec<Scope> = if self.namespaces.is_empty() {
             vec![None]
         } else {
             self.namespaces.iter().cloned().map(Some).collect()
         };
+        let mut streams = self.streams(&scopes);
+        let mut listing = Listing::new(scopes.len());
+        let mut servers = Servers::default();
+        let mut values = Values::new(self.client.clone());
+        let mut published = false;
+        let mut refresh = tokio::time::interval(REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        info!(namespaces = %self.namespaces.join(","), "watching McpServer resources");
+        loop {
+            let changed = tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = refresh.tick() => {
+                    values.refresh();
+                    false
+                }
+                () = sleep_until(values.retry_at) => {
+                    values.retry();
+                    false
+                }
+                Some(read) = values.reads.next() => {
+                    // Settle every read that is done, then assemble once.
+                    let mut changed = values.settle(read);
+                    while let Some(Some(read)) = values.reads.next().now_or_never() {
+                        changed |= values.settle(read);
+                    }
+                    changed
+                }
+                event = streams.next() => match event {
+                    Some((scope, event)) => listing.apply(scope, event),
+                    None => return,
+                },
+            };
+            if listing.complete() && (changed || !published) {
+                let next = servers.assemble(&listing.current, &mut values);
+                // The first registry waits for the first reads.
+                if published || !values.pending() {
+                    registry.send_if_modified(|registry| {
+                        let modified = *registry != next || !published;
+                        if modified {
+                            debug!(
+                                servers = next.servers.len(),
+                                issues = next.issues.len(),
+                                "registry changed"
+                            );
+                            *registry = next;
+                        }
+                        modified
+                    });
+                    published = true;
+                }
+            }
+            // The status writer needs every object's latest status and
+            // generation, status-only changes included.
+            if published {
+                objects.send_replace(listing.current.clone());
+            }
+        }
+    }
+
+    /// One watch per scope, its events tagged with the scope so each
+    /// relist replaces only its own objects.
+    fn streams(
+        &self,
+        scopes: &[Scope],
+    ) -> SelectAll<
+        futures::stream::BoxStream<
+            'static,
+            (Scope, watcher::Result<watcher::Event<DynamicObject>>),
+        >,
+    > {
+        let resource = ApiResource::erase::<McpServer>(&());
         let mut streams = SelectAll::new();
-        for scope in &scopes {
+        for scope in scopes {
             let api: Api<DynamicObject> = match scope {
                 None => Api::all_with(self.client.clone(), &resource),
                 Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
@@ -82,107 +238,86 @@ impl KubernetesSource {
                     .boxed(),
             );
         }
-        // Per scope, objects listed since its last `Init`, swapped in at `InitDone`.
-        let mut listings: BTreeMap<Option<String>, BTreeMap<ObjectKey, DynamicObject>> =
-            BTreeMap::new();
-        let mut listed_once: std::collections::BTreeSet<Option<String>> = Default::default();
-        let all_listed =
-            |listed: &std::collections::BTreeSet<Option<String>>| listed.len() == scopes.len();
-        let mut current: BTreeMap<ObjectKey, DynamicObject> = BTreeMap::new();
-        // The first complete listing of every scope is published even when
-        // empty: it is what the snapshot builder waits for.
-        let mut published = false;
-        let mut refresh = tokio::time::interval(REFRESH);
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut values = Values::default();
-        info!(namespaces = %self.namespaces.join(","), "watching McpServer resources");
-        loop {
-            let event = tokio::select! {
-                () = cancel.cancelled() => return,
-                _ = refresh.tick() => None,
-                () = values.retry_due() => None,
-                event = streams.next() => match event {
-                    Some(event) => Some(event),
-                    None => return,
-                },
-            };
-            let Some((scope, event)) = event else {
-                // Re-read referenced values once the first list is in.
-                if published {
-                    let next = assemble(&self.client, &current, &mut values).await;
-                    registry.send_if_modified(|registry| {
-                        let modified = *registry != next;
-                        *registry = next;
-                        modified
-                    });
-                }
-                continue;
-            };
-            let changed = match event {
-                Ok(watcher::Event::Init) => {
-                    listings.insert(scope, BTreeMap::new());
-                    false
-                }
-                Ok(watcher::Event::InitApply(object)) => {
-                    if let (Some(listing), Some(key)) = (listings.get_mut(&scope), key(&object)) {
-                        listing.insert(key, object);
-                    }
-                    false
-                }
-                Ok(watcher::Event::InitDone) => {
-                    let listed = listings.remove(&scope).unwrap_or_default();
-                    match &scope {
-                        None => current = listed,
-                        Some(ns) => {
-                            current.retain(|(object_ns, _), _| object_ns != ns);
-                            current.extend(listed);
-                        }
-                    }
-                    listed_once.insert(scope);
-                    all_listed(&listed_once)
-                }
-                // Only a new or changed spec matters: status writes (ours)
-                // come back as events too and must not cost a re-read of
-                // every referenced Secret.
-                Ok(watcher::Event::Apply(object)) => match key(&object) {
-                    Some(key) => {
-                        let spec_changed = current
-                            .get(&key)
-                            .is_none_or(|old| old.data.get("spec") != object.data.get("spec"));
-                        current.insert(key, object);
-                        spec_changed && all_listed(&listed_once)
-                    }
-                    None => false,
-                },
-                Ok(watcher::Event::Delete(object)) => {
-                    key(&object).and_then(|key| current.remove(&key)).is_some()
-                        && all_listed(&listed_once)
-                }
-                Err(err) => {
-                    warn!(error = %err, "McpServer watch failed; retrying");
-                    false
-                }
-            };
-            if changed {
-                let next = assemble(&self.client, &current, &mut values).await;
-                registry.send_if_modified(|registry| {
-                    let modified = *registry != next || !published;
-                    if modified {
-                        debug!(
-                            servers = next.servers.len(),
-                            issues = next.issues.len(),
-                            "registry changed"
-                        );
-                        *registry = next;
-                    }
-                    modified
-                });
-                published = true;
+        streams
+    }
+}
+
+/// Resolves at `at`; never without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+// === impl Listing ===
+
+impl Listing {
+    fn new(scopes: usize) -> Self {
+        Self {
+            scopes,
+            partial: BTreeMap::new(),
+            listed_once: BTreeSet::new(),
+            current: BTreeMap::new(),
+        }
+    }
+
+    /// Every scope has been listed in full at least once.
+    fn complete(&self) -> bool {
+        self.listed_once.len() == self.scopes
+    }
+
+    /// Takes in one watch event; true when the registry may have changed.
+    fn apply(
+        &mut self,
+        scope: Scope,
+        event: watcher::Result<watcher::Event<DynamicObject>>,
+    ) -> bool {
+        match event {
+            Ok(watcher::Event::Init) => {
+                self.partial.insert(scope, BTreeMap::new());
+                false
             }
-            // The status writer needs every object's latest status and
-            // generation, status-only changes included.
-            if published {
-                objects.send_replace(current.clone());
+            Ok(watcher::Event::InitApply(object)) => {
+                if let (Some(listing), Some(key)) = (self.partial.get_mut(&scope), key(&object)) {
+                    listing.insert(key, object);
+                }
+                false
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed = self.partial.remove(&scope).unwrap_or_default();
+                match &scope {
+                    None => self.current = listed,
+                    Some(ns) => {
+                        self.current.retain(|(object_ns, _), _| object_ns != ns);
+                        self.current.extend(listed);
+                    }
+                }
+                self.listed_once.insert(scope);
+                self.complete()
+            }
+            // Only a new or changed spec matters: status writes (ours)
+            // come back as events too and must not cost a new registry.
+            Ok(watcher::Event::Apply(object)) => match key(&object) {
+                Some(key) => {
+                    let spec_changed = self
+                        .current
+                        .get(&key)
+                        .is_none_or(|old| old.data.get("spec") != object.data.get("spec"));
+                    self.current.insert(key, object);
+                    spec_changed && self.complete()
+                }
+                None => false,
+            },
+            Ok(watcher::Event::Delete(object)) => {
+                key(&object)
+                    .and_then(|key| self.current.remove(&key))
+                    .is_some()
+                    && self.complete()
+            }
+            Err(err) => {
+                warn!(namespace = scope.as_deref().unwrap_or("*"), error = %err, "McpServer watch failed; retrying");
+                false
             }
         }
     }
@@ -200,131 +335,209 @@ pub fn source_of((namespace, name): &ObjectKey) -> String {
     format!("mcpservers/{namespace}/{name}")
 }
 
-/// A referenced value: (namespace, kind, object name, key).
-type ValueKey = (String, &'static str, String, String);
+// === impl Servers ===
 
-/// What reading a value gave: the value (`None`: the object or key does
-/// not exist), or why it could not be read.
-type ReadOutcome = Result<Option<String>, String>;
+impl Servers {
+    /// Validates every object, asks for the values they reference, and
+    /// fills in those known; the oldest resource keeps a contested name or
+    /// prefix, as the first file does in directory mode.
+    fn assemble(
+        &mut self,
+        objects: &BTreeMap<ObjectKey, DynamicObject>,
+        values: &mut Values,
+    ) -> Registry {
+        self.parsed.retain(|key, _| objects.contains_key(key));
+        self.resolved.retain(|key, _| objects.contains_key(key));
+        let mut ordered: Vec<(&ObjectKey, &DynamicObject)> = objects.iter().collect();
+        ordered.sort_by_key(|(key, object)| {
+            (object.metadata.creation_timestamp.clone(), (*key).clone())
+        });
+        let mut valid = Vec::new();
+        let mut issues = Vec::new();
+        for (key, object) in ordered {
+            let version = &object.metadata.resource_version;
+            let parsed = match self.parsed.get(key) {
+                Some((parsed_at, parsed)) if parsed_at == version => parsed.clone(),
+                _ => {
+                    let parsed = parse_object(key, object);
+                    self.parsed
+                        .insert(key.clone(), (version.clone(), parsed.clone()));
+                    parsed
+                }
+            };
+            match parsed {
+                Ok(server) => valid.push((key, server)),
+                Err(error) => issues.push(issue(key, error)),
+            }
+        }
+        values.want(
+            valid
+                .iter()
+                .flat_map(|(key, server)| {
+                    references(server)
+                        .map(|reference| (value_key(&key.0, reference), reference.clone()))
+                })
+                .collect(),
+        );
+        let mut candidates = Vec::new();
+        for (key, server) in valid {
+            match resolve(&key.0, server, values) {
+                Resolved::Ready(server) => {
+                    self.resolved.insert(key.clone(), (*server).clone());
+                    candidates.push((source_of(key), *server));
+                }
+                Resolved::Pending => {
+                    if let Some(server) = self.resolved.get(key) {
+                        candidates.push((source_of(key), server.clone()));
+                    }
+                }
+                Resolved::Invalid(error) => {
+                    self.resolved.remove(key);
+                    issues.push(issue(key, error));
+                }
+            }
+        }
+        Registry::assemble(candidates, issues)
+    }
+}
 
-/// The values read last, kept through failed reads, and when to retry.
-#[derive(Default)]
-struct Values {
-    last: BTreeMap<ValueKey, Option<String>>,
-    /// Failed reads in a row, for the retry backoff.
-    failures: u32,
-    retry_at: Option<tokio::time::Instant>,
+fn issue(key: &ObjectKey, (resource, field, message): ResourceError) -> RegistryIssue {
+    RegistryIssue {
+        source: source_of(key),
+        resource,
+        field,
+        message,
+    }
 }
 
 // === impl Values ===
 
 impl Values {
-    /// Resolves when a retry of failed reads is due; never without one.
-    async fn retry_due(&self) {
-        match self.retry_at {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            wanted: BTreeMap::new(),
+            last: BTreeMap::new(),
+            failing: BTreeSet::new(),
+            reading: BTreeSet::new(),
+            reads: FuturesUnordered::new(),
+            permits: Arc::new(Semaphore::new(PARALLEL_READS)),
+            failures: 0,
+            retry_at: None,
         }
     }
 
-    /// Reads every key in `wanted` at once; a failed read keeps the value
-    /// read last, and schedules a retry.
-    async fn read_all(&mut self, client: &Client, wanted: Vec<(ValueKey, ValueRef)>) {
-        // Boxed: a stream over an iterator's closure trips rustc's `Send`
-        // inference for the task awaiting it.
-        let reads: Vec<futures::future::BoxFuture<'static, (ValueKey, ReadOutcome)>> = wanted
-            .into_iter()
-            .map(|(key, reference)| {
-                let client = client.clone();
-                Box::pin(async move {
-                    let read = read_value(&client, &key.0, &reference);
-                    let outcome = match tokio::time::timeout(READ_TIMEOUT, read).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => Err(format!("no answer within {}s", READ_TIMEOUT.as_secs())),
-                    };
-                    (key, outcome)
-                }) as futures::future::BoxFuture<'static, _>
-            })
+    /// Makes `wanted` the values to keep; starts the first read of each
+    /// new one and forgets the ones no longer referenced.
+    fn want(&mut self, wanted: BTreeMap<ValueKey, ValueRef>) {
+        self.wanted = wanted;
+        self.last.retain(|key, _| self.wanted.contains_key(key));
+        self.failing.retain(|key| self.wanted.contains_key(key));
+        let new: Vec<ValueKey> = self
+            .wanted
+            .keys()
+            .filter(|key| self.lookup(key) == Lookup::Pending)
+            .cloned()
             .collect();
-        let outcomes: Vec<(ValueKey, ReadOutcome)> = futures::stream::iter(reads)
-            .buffer_unordered(PARALLEL_READS)
-            .collect()
-            .await;
-        let mut failed = false;
-        self.last
-            .retain(|key, _| outcomes.iter().any(|(k, _)| k == key));
-        for (key, outcome) in outcomes {
+        new.into_iter().for_each(|key| self.start(key));
+    }
+
+    /// Reads every value again (rotated secrets).
+    fn refresh(&mut self) {
+        let keys: Vec<ValueKey> = self.wanted.keys().cloned().collect();
+        keys.into_iter().for_each(|key| self.start(key));
+    }
+
+    /// Reads the values whose last read failed again.
+    fn retry(&mut self) {
+        self.retry_at = None;
+        let keys: Vec<ValueKey> = self.failing.iter().cloned().collect();
+        keys.into_iter().for_each(|key| self.start(key));
+    }
+
+    /// Starts reading `key`, unless a read of it is under way.
+    fn start(&mut self, key: ValueKey) {
+        let Some(reference) = self.wanted.get(&key).cloned() else {
+            return;
+        };
+        if !self.reading.insert(key.clone()) {
+            return;
+        }
+        let client = self.client.clone();
+        let permits = self.permits.clone();
+        self.reads.push(Box::pin(async move {
+            // The semaphore is never closed.
+            let _permit = permits.acquire_owned().await;
+            let read = read_value(&client, &key.0, &reference);
+            let outcome = match tokio::time::timeout(READ_TIMEOUT, read).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("no answer within {}s", READ_TIMEOUT.as_secs())),
+            };
+            (key, outcome)
+        }));
+    }
+
+    /// Takes in a finished read: a failure keeps the value read last. Once
+    /// no read is under way, schedules a retry of the failed ones. True
+    /// when what is known of the value changed.
+    fn settle(&mut self, (key, outcome): (ValueKey, ReadOutcome)) -> bool {
+        self.reading.remove(&key);
+        // What resolution sees of the value: read (the value), or never
+        // read and failed (`true`) or pending (`false`).
+        let known = |values: &Self| {
+            values
+                .last
+                .get(&key)
+                .cloned()
+                .ok_or(values.failing.contains(&key))
+        };
+        let changed = if self.wanted.contains_key(&key) {
+            let before = known(self);
             match outcome {
                 Ok(value) => {
-                    self.last.insert(key, value);
+                    self.failing.remove(&key);
+                    self.last.insert(key.clone(), value);
                 }
                 Err(error) => {
-                    failed = true;
                     let (namespace, kind, name, _) = &key;
                     let kept = self.last.contains_key(&key);
                     warn!(%namespace, kind, %name, %error, kept_last_value = kept, "cannot read a referenced value; retrying");
+                    self.failing.insert(key.clone());
                 }
             }
-        }
-        if failed {
-            let delay = FIRST_RETRY
-                .saturating_mul(1 << self.failures.min(5))
-                .min(REFRESH);
-            self.failures += 1;
-            self.retry_at = Some(tokio::time::Instant::now() + delay);
+            before != known(self)
         } else {
-            self.failures = 0;
-            self.retry_at = None;
+            false
+        };
+        if self.reading.is_empty() {
+            if self.failing.is_empty() {
+                self.failures = 0;
+                self.retry_at = None;
+            } else if self.retry_at.is_none() {
+                let delay = FIRST_RETRY
+                    .saturating_mul(1 << self.failures.min(5))
+                    .min(REFRESH);
+                self.failures += 1;
+                self.retry_at = Some(Instant::now() + delay);
+            }
         }
+        changed
     }
-}
 
-/// Validates every object and reads its referenced values; the oldest
-/// resource keeps a contested name or prefix, as the first file does in
-/// directory mode.
-async fn assemble(
-    client: &Client,
-    objects: &BTreeMap<ObjectKey, DynamicObject>,
-    values: &mut Values,
-) -> Registry {
-    let mut ordered: Vec<(&ObjectKey, &DynamicObject)> = objects.iter().collect();
-    ordered
-        .sort_by_key(|(key, object)| (object.metadata.creation_timestamp.clone(), (*key).clone()));
-    let mut parsed = Vec::new();
-    let mut issues = Vec::new();
-    for (key, object) in ordered {
-        match parse_object(key, object) {
-            Ok(server) => parsed.push((key, server)),
-            Err((resource, field, message)) => issues.push(RegistryIssue {
-                source: source_of(key),
-                resource,
-                field,
-                message,
-            }),
+    fn lookup(&self, key: &ValueKey) -> Lookup<'_> {
+        match self.last.get(key) {
+            Some(value) => Lookup::Read(value.as_deref()),
+            None if self.failing.contains(key) => Lookup::Failed,
+            None => Lookup::Pending,
         }
     }
-    let wanted: Vec<(ValueKey, ValueRef)> = parsed
-        .iter()
-        .flat_map(|(key, server)| {
-            references(server).map(|reference| (value_key(&key.0, reference), reference.clone()))
-        })
-        .collect::<BTreeMap<_, _>>()
-        .into_iter()
-        .collect();
-    values.read_all(client, wanted).await;
-    let mut candidates = Vec::new();
-    for (key, server) in parsed {
-        match resolve(&key.0, server, values) {
-            Ok(server) => candidates.push((source_of(key), server)),
-            Err((resource, field, message)) => issues.push(RegistryIssue {
-                source: source_of(key),
-                resource,
-                field,
-                message,
-            }),
-        }
+
+    /// A referenced value's first read is still under way.
+    fn pending(&self) -> bool {
+        self.wanted
+            .keys()
+            .any(|key| self.lookup(key) == Lookup::Pending)
     }
-    Registry::assemble(candidates, issues)
 }
 
 /// One object as a validated server (its values not read yet).
@@ -339,7 +552,7 @@ fn parse_object(key: &ObjectKey, object: &DynamicObject) -> Result<ValidServer, 
         .map_err(|e| e.to_string())
         .and_then(|json| serde_yaml::to_value(json).map_err(|e| e.to_string()))
         .map_err(|message| (Some(key.1.clone()), None, message))?;
-    parse_resource(value)
+    parse_resource(value, super::UnknownFields::Ignore)
 }
 
 /// The values a server's env takes from the cluster.
@@ -367,42 +580,43 @@ fn kind_name(kind: RefKind) -> &'static str {
     }
 }
 
-/// Replaces every `valueFrom` with the value read last.
-fn resolve(
-    namespace: &str,
-    mut server: ValidServer,
-    values: &Values,
-) -> Result<ValidServer, ResourceError> {
+/// Replaces every `valueFrom` with the value read last. A missing value
+/// (or one never read) is an issue even while another is still pending.
+fn resolve(namespace: &str, mut server: ValidServer, values: &Values) -> Resolved {
     let name = server.name.clone();
     let ValidTransport::Stdio { env, env_from, .. } = &mut server.transport else {
-        return Ok(server);
+        return Resolved::Ready(Box::new(server));
     };
+    let mut pending = false;
     for (variable, reference) in std::mem::take(env_from) {
         let field = Some(format!("spec.transport.stdio.env[{variable}].valueFrom"));
         let what = kind_name(reference.kind);
-        match values.last.get(&value_key(namespace, &reference)) {
-            Some(Some(value)) => {
-                env.insert(variable, value.clone());
+        let message = match values.lookup(&value_key(namespace, &reference)) {
+            Lookup::Read(Some(value)) => {
+                env.insert(variable, value.to_owned());
+                continue;
             }
-            Some(None) if reference.optional => {}
-            Some(None) => {
-                let message = format!(
-                    "{what} `{}` or its key `{}` does not exist in namespace `{namespace}` (set optional: true to allow that)",
-                    reference.name, reference.key
-                );
-                return Err((Some(name), field, message));
+            Lookup::Read(None) if reference.optional => continue,
+            Lookup::Pending => {
+                pending = true;
+                continue;
             }
-            // Never read: every read of it failed so far (and is retried).
-            None => {
-                let message = format!(
-                    "{what} `{}` could not be read yet (retrying; see the control plane's log)",
-                    reference.name
-                );
-                return Err((Some(name), field, message));
-            }
-        }
+            Lookup::Read(None) => format!(
+                "{what} `{}` or its key `{}` does not exist in namespace `{namespace}` (set optional: true to allow that)",
+                reference.name, reference.key
+            ),
+            Lookup::Failed => format!(
+                "{what} `{}` could not be read yet (retrying; see the control plane's log)",
+                reference.name
+            ),
+        };
+        return Resolved::Invalid((Some(name), field, message));
     }
-    Ok(server)
+    if pending {
+        Resolved::Pending
+    } else {
+        Resolved::Ready(Box::new(server))
+    }
 }
 
 /// The value, `None` when the object or key is missing (the API server's
@@ -434,119 +648,4 @@ async fn read_value(client: &Client, namespace: &str, reference: &ValueRef) -> R
 }
 
 #[cfg(test)]
-mod tests {
-    use http::{Request, Response};
-    use kube::client::Body;
-    use serde_json::{Value, json};
-    use tower_test::mock;
-
-    use super::*;
-
-    fn token_ref() -> ValueRef {
-        ValueRef {
-            kind: RefKind::Secret,
-            name: "creds".into(),
-            key: "token".into(),
-            optional: false,
-        }
-    }
-
-    fn wanted() -> Vec<(ValueKey, ValueRef)> {
-        vec![(value_key("team", &token_ref()), token_ref())]
-    }
-
-    /// An API server that answers each read of the Secret with the next
-    /// of `answers` (`None`: never answers).
-    fn api_server(answers: Vec<Option<(u16, Value)>>) -> Client {
-        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-        tokio::spawn(async move {
-            let mut unanswered = Vec::new();
-            for answer in answers {
-                let Some((request, respond)) = handle.next_request().await else {
-                    return;
-                };
-                assert_eq!(
-                    request.uri().path(),
-                    "/api/v1/namespaces/team/secrets/creds"
-                );
-                match answer {
-                    Some((status, body)) => {
-                        let body = Body::from(body.to_string().into_bytes());
-                        let response = Response::builder().status(status).body(body);
-                        respond.send_response(response.expect("a valid response"));
-                    }
-                    None => unanswered.push(respond),
-                }
-            }
-            // Hung reads stay hung until the test ends.
-            std::future::pending::<()>().await;
-        });
-        Client::new(service, "default")
-    }
-
-    fn status(code: u16, reason: &str) -> Value {
-        json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": format!("{reason} (test)"), "reason": reason, "code": code
-        })
-    }
-
-    fn last_token(values: &Values) -> Option<&Option<String>> {
-        values.last.get(&value_key("team", &token_ref()))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_read_keeps_the_last_value_and_only_not_found_removes_it() {
-        let secret = json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": { "name": "creds", "namespace": "team" },
-            "data": { "token": "czNjcjN0" }
-        });
-        let client = api_server(vec![
-            Some((200, secret)),
-            Some((503, status(503, "ServiceUnavailable"))),
-            Some((429, status(429, "TooManyRequests"))),
-            None,
-            Some((404, status(404, "NotFound"))),
-        ]);
-        let mut values = Values::default();
-        values.read_all(&client, wanted()).await;
-        assert_eq!(last_token(&values), Some(&Some("s3cr3t".to_owned())));
-        assert!(values.retry_at.is_none());
-
-        // 503, 429, then no answer at all: the value stays, and retries
-        // come sooner than the refresh, each later than the one before.
-        let mut delays = Vec::new();
-        for _ in 0..3 {
-            let started = tokio::time::Instant::now();
-            values.read_all(&client, wanted()).await;
-            assert_eq!(last_token(&values), Some(&Some("s3cr3t".to_owned())));
-            let retry_at = values.retry_at.expect("a retry is scheduled");
-            delays.push(retry_at - tokio::time::Instant::now());
-            assert!(retry_at - started <= READ_TIMEOUT + REFRESH);
-        }
-        assert!(delays.windows(2).all(|d| d[0] < d[1]), "{delays:?}");
-        assert!(delays[0] < REFRESH, "{delays:?}");
-
-        // Only the API server saying it does not exist makes it missing.
-        values.read_all(&client, wanted()).await;
-        assert_eq!(last_token(&values), Some(&None));
-        assert!(values.retry_at.is_none());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_value_never_read_is_an_issue_that_says_it_is_retried() {
-        let client = api_server(vec![Some((500, status(500, "InternalError")))]);
-        let mut values = Values::default();
-        values.read_all(&client, wanted()).await;
-        assert!(values.retry_at.is_some());
-        let yaml = "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {name: s}\nspec: {transport: {stdio: {command: x, env: [{name: TOKEN, valueFrom: {secretKeyRef: {name: creds, key: token}}}]}}}\n";
-        let server = parse_resource(serde_yaml::from_str(yaml).expect("YAML")).expect("valid");
-        let (_, field, message) = resolve("team", server, &values).expect_err("not read yet");
-        assert_eq!(
-            field.as_deref(),
-            Some("spec.transport.stdio.env[TOKEN].valueFrom")
-        );
-        assert!(message.contains("could not be read yet"), "{message}");
-    }
-}
+mod tests;

@@ -30,7 +30,7 @@ pub enum PrefixMode {
 
 /// Which of a server's tools (or prompts) are served, and as what.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NamesSpec {
     /// Globs (`*`, `?`) on the server's names; when set, only matching
     /// ones are served.

@@ -24,7 +24,7 @@ pub enum SessionMode {
 
 /// Durations are written as `<number><unit>` with unit `ms`, `s`, `m` or `h`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PoolSpec {
     /// Connections kept open even when idle (default 1).
     pub min: Option<u32>,
@@ -43,7 +43,7 @@ pub struct PoolSpec {
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct TimeoutsSpec {
     /// Per call; restarted by every progress notification (default 60s).
     #[schemars(pattern(DURATION_PATTERN))]
@@ -61,7 +61,7 @@ pub struct TimeoutsSpec {
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BreakerSpec {
     /// Consecutive failures that open the breaker (default 5; 0 = off).
     pub consecutive_failures: Option<u32>,
@@ -102,7 +102,7 @@ pub enum ProbeKind {
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HealthSpec {
     /// Time between probes (default 30s).
     #[schemars(pattern(DURATION_PATTERN))]
@@ -118,7 +118,7 @@ pub struct HealthSpec {
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ToolProbeSpec {
     /// The tool's name on its server (no namespace).
     pub name: String,

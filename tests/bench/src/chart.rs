@@ -1,22 +1,20 @@
 //! The latency chart: p50 and p99 against concurrency for each target,
 //! drawn as SVG and rasterised to PNG with resvg (system fonts for text).
 
-use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+use std::{fmt::Write as _, path::Path};
 
 use anyhow::Context;
 
-use crate::{Sample, TARGETS};
+use crate::compare::Table;
 
 const WIDTH: f64 = 800.0;
 const HEIGHT: f64 = 480.0;
 const MARGIN: f64 = 70.0;
-const COLORS: [&str; 3] = ["#2b8a3e", "#1c7ed6", "#868e96"];
+const COLORS: [&str; 4] = ["#2b8a3e", "#e8590c", "#1c7ed6", "#868e96"];
 
-pub fn render(
-    table: &BTreeMap<usize, BTreeMap<&'static str, Sample>>,
-    png: &Path,
-) -> anyhow::Result<()> {
-    let svg = svg(table);
+/// Draws `targets` (at most four; the rest are left out) from `table`.
+pub fn render(table: &Table, targets: &[&str], png: &Path) -> anyhow::Result<()> {
+    let svg = svg(table, targets);
     std::fs::write(png.with_extension("svg"), &svg)?;
     let mut options = resvg::usvg::Options::default();
     options.fontdb_mut().load_system_fonts();
@@ -33,7 +31,7 @@ pub fn render(
     Ok(())
 }
 
-fn svg(table: &BTreeMap<usize, BTreeMap<&'static str, Sample>>) -> String {
+fn svg(table: &Table, targets: &[&str]) -> String {
     let levels: Vec<usize> = table.keys().copied().collect();
     let max_ms = table
         .values()
@@ -51,7 +49,7 @@ fn svg(table: &BTreeMap<usize, BTreeMap<&'static str, Sample>>) -> String {
     );
     let _ = write!(
         out,
-        r#"<text x="{}" y="28" font-size="16" text-anchor="middle">tools/call echo latency vs concurrency (solid p50, dashed p99)</text>"#,
+        r#"<text x="{}" y="28" font-size="16" text-anchor="middle">tools/call echo latency vs concurrency, light driver (solid p50, dashed p99)</text>"#,
         WIDTH / 2.0
     );
     let _ = write!(
@@ -85,13 +83,13 @@ fn svg(table: &BTreeMap<usize, BTreeMap<&'static str, Sample>>) -> String {
         HEIGHT / 2.0,
         HEIGHT / 2.0
     );
-    for (t, name) in TARGETS.iter().enumerate() {
+    for (t, name) in targets.iter().take(COLORS.len()).enumerate() {
         for (q, dash) in [(0.5, ""), (0.99, r#" stroke-dasharray="6 4""#)] {
             let points: Vec<String> = levels
                 .iter()
                 .enumerate()
                 .filter_map(|(i, level)| {
-                    let ms = table[level][name].quantile_ms(q);
+                    let ms = table[level].get(name)?.quantile_ms(q);
                     ms.is_finite().then(|| format!("{:.1},{:.1}", x(i), y(ms)))
                 })
                 .collect();

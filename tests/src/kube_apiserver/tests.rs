@@ -1,9 +1,70 @@
 //! The stand-in over HTTP: CRDs through the API, and what an unknown field
-//! costs under each `fieldValidation`.
+//! costs under each `fieldValidation`; by topic, its faults, watches and
+//! lists, and what writes are refused.
 
+mod faults;
+mod watch;
+mod writes;
+
+use std::time::Duration;
+
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::*;
+
+/// One answer: status, headers and body.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends `method path`, with `body` as JSON (or as `content_type`).
+async fn send(
+    api: &KubeApiServer,
+    method: Method,
+    path: &str,
+    body: Option<(&str, &Value)>,
+) -> Answer {
+    let mut request = reqwest::Client::new().request(method, format!("http://{}{path}", api.addr));
+    if let Some((content_type, body)) = body {
+        request = request
+            .header("content-type", content_type)
+            .body(body.to_string());
+    }
+    let response = request.send().await.expect("request");
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        text: response.text().await.expect("body"),
+    }
+}
+
+async fn get(api: &KubeApiServer, path: &str) -> Answer {
+    send(api, Method::GET, path, None).await
+}
+
+async fn create(api: &KubeApiServer, path: &str, body: &Value) -> Answer {
+    send(api, Method::POST, path, Some(("application/json", body))).await
+}
+
+fn secret(name: &str, value: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": name }, "stringData": { "token": value },
+    })
+}
 
 fn crd() -> Value {
     serde_yaml::from_str(CRD).expect("the chart CRD parses")

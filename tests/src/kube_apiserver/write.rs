@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{
     ApiError, ApiState, FieldValidation, Kind, Params, Reply, Target, WatchEvent, WriteQuery, crd,
-    schema, status_error, table::rfc3339_now, with_warnings,
+    event, schema, status_error, table::rfc3339_now, with_warnings,
 };
 
 /// A stored object, how it was stored, and the warnings for the client.
@@ -82,7 +82,7 @@ pub(super) fn insert(
         return Err(status_error(
             StatusCode::CONFLICT,
             "AlreadyExists",
-            &format!("{}.{} \"{name}\" already exists", kind.plural, kind.group),
+            &format!("{} \"{name}\" already exists", kind.qualified()),
         ));
     }
     if kind.status {
@@ -113,8 +113,8 @@ pub(super) fn insert(
 
 /// What the server checks before storing `object` of `target`'s kind
 /// (`current` on an update): a CRD is reviewed (and, accepted, gets the
-/// status a real server gives it), a custom resource is defaulted, pruned
-/// and validated against its CRD. Returns the warnings.
+/// status a real server gives it), an `Event` validated, a custom resource
+/// is defaulted, pruned and validated against its CRD. Returns the warnings.
 fn admit(
     target: &Target,
     object: &mut Value,
@@ -135,6 +135,17 @@ fn admit(
             object["status"] = established(object);
         }
         return Ok(review.warnings);
+    }
+    if kind.plural == "events" {
+        let namespace = target.namespace.as_deref().unwrap_or("");
+        let errors = match current {
+            None => event::validate_create(object, namespace),
+            Some(current) => event::validate_update(object, current, namespace),
+        };
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(kind, &name, &errors));
+        }
+        return Ok(Vec::new());
     }
     if !kind.custom {
         return Ok(Vec::new());
@@ -242,17 +253,7 @@ fn update(
         .get(&key)
         .cloned()
         .ok_or_else(|| target.not_found())?;
-    let expected = request["metadata"]["resourceVersion"].as_str();
-    if expected.is_some() && expected != current["metadata"]["resourceVersion"].as_str() {
-        return Err(status_error(
-            StatusCode::CONFLICT,
-            "Conflict",
-            &format!(
-                "Operation cannot be fulfilled on {}.{} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
-                kind.plural, kind.group, key.2
-            ),
-        ));
-    }
+    precondition(kind, &key.2, request, &current)?;
     keep_identity(&mut next, &current);
     if kind.status {
         next["status"] = current["status"].clone();
@@ -290,7 +291,8 @@ pub(super) async fn patch_status(
     let mut patched = current(&state, &target)?;
     merge(&mut patched, &patch);
     let validation = FieldValidation::from(&query);
-    Ok(write_status(&state, &target, patched["status"].clone(), validation)?.into_response())
+    let status = patched["status"].clone();
+    Ok(write_status(&state, &target, &patch, status, validation)?.into_response())
 }
 
 pub(super) async fn replace_status(
@@ -302,14 +304,35 @@ pub(super) async fn replace_status(
     let target = Target::from(&state, &params)?;
     let body = parse_body(&body)?;
     let validation = FieldValidation::from(&query);
-    Ok(write_status(&state, &target, body["status"].clone(), validation)?.into_response())
+    let status = body["status"].clone();
+    Ok(write_status(&state, &target, &body, status, validation)?.into_response())
+}
+
+/// A `resourceVersion` in the request must be the stored one (optimistic
+/// concurrency): `Conflict`, worded as `errors.NewConflict` with
+/// `OptimisticLockErrorMsg`.
+fn precondition(kind: &Kind, name: &str, request: &Value, current: &Value) -> Result<(), ApiError> {
+    let expected = request["metadata"]["resourceVersion"].as_str();
+    if expected.is_none() || expected == current["metadata"]["resourceVersion"].as_str() {
+        return Ok(());
+    }
+    Err(status_error(
+        StatusCode::CONFLICT,
+        "Conflict",
+        &format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+            kind.qualified()
+        ),
+    ))
 }
 
 /// Only the status changes through the subresource; the whole object is
-/// admitted again, so the status is pruned and validated too.
+/// admitted again, so the status is pruned and validated too. A
+/// `resourceVersion` in `request` is a precondition, as on any update.
 fn write_status(
     state: &ApiState,
     target: &Target,
+    request: &Value,
     status: Value,
     validation: FieldValidation,
 ) -> Result<Written, ApiError> {
@@ -320,6 +343,7 @@ fn write_status(
         .get(&key)
         .cloned()
         .ok_or_else(|| target.not_found())?;
+    precondition(target.kind, &key.2, request, &next)?;
     next["status"] = status;
     let warnings = if target.kind.custom {
         admit(target, &mut next, None, validation)?
