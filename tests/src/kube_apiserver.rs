@@ -301,6 +301,9 @@ impl KubeApiServer {
     ///
     /// When a real API server would refuse `crd`.
     pub async fn start_with_crd(crd: Value) -> Self {
+        // Whoever talks to the stand-in builds an HTTP client, and the
+        // workspace's reqwest wants a process-wide TLS provider for that.
+        crate::install_tls_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the API server stand-in");
