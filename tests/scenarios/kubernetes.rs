@@ -202,13 +202,7 @@ fn condition<'a>(object: &'a Value, kind: &str) -> &'a Value {
 async fn kubectl_apply_get_and_delete_drive_the_gateway() {
     let api = KubeApiServer::start().await;
     let home = tempfile::tempdir().expect("kubectl home");
-    let kubeconfig = api.kubeconfig.display().to_string();
-    let sb = Switchboard::start_with(
-        &[],
-        &["--source", "kubernetes", "--kubeconfig", &kubeconfig],
-        &[],
-    )
-    .await;
+    let sb = start_in_cluster(&api).await;
     let tag = format!("k8s-{}", std::process::id());
     let created = apply(&api, home.path(), "demo.yaml", &demo_resource("demo", &tag))
         .await
@@ -368,13 +362,7 @@ async fn env_values_come_from_secrets_and_config_maps_and_stay_secret() {
     const SECRET: &str = "sk-live-0123456789abcdef";
     let api = KubeApiServer::start().await;
     let home = tempfile::tempdir().expect("kubectl home");
-    let kubeconfig = api.kubeconfig.display().to_string();
-    let sb = Switchboard::start_with(
-        &[],
-        &["--source", "kubernetes", "--kubeconfig", &kubeconfig],
-        &[],
-    )
-    .await;
+    let sb = start_in_cluster(&api).await;
     let credentials = format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: api-token, namespace: default}}\nstringData: {{token: {SECRET}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: default}}\ndata: {{region: eu-west-1}}\n"
     );
@@ -439,7 +427,6 @@ async fn env_values_come_from_secrets_and_config_maps_and_stay_secret() {
 async fn listed_namespaces_are_watched_and_others_ignored() {
     let api = KubeApiServer::start().await;
     let home = tempfile::tempdir().expect("kubectl home");
-    let kubeconfig = api.kubeconfig.display().to_string();
     // Resources exist before the control plane starts: each namespace's
     // first list must bring its own.
     let tag = std::process::id();
@@ -450,19 +437,9 @@ async fn listed_namespaces_are_watched_and_others_ignored() {
             .await
             .expect("kubectl apply");
     }
-    let sb = Switchboard::start_with(
-        &[],
-        &[
-            "--source",
-            "kubernetes",
-            "--kubeconfig",
-            &kubeconfig,
-            "--watch-namespace",
-            "team-a,team-b",
-        ],
-        &[],
-    )
-    .await;
+    let args = pod_args(&api, &["--watch-namespace", "team-a,team-b"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sb = Switchboard::start_with(&[], &args, &[]).await;
     let client = connect(&sb.mcp_url()).await.expect("connect");
     eventually("team-a and team-b served", EVENTUALLY, || async {
         let names = tool_names(&client).await.map_err(|e| e.to_string())?;
@@ -535,13 +512,7 @@ async fn tool_probe_arguments_survive_the_api_server_and_reach_the_probe() {
         Some(&json!(true))
     );
 
-    let kubeconfig = api.kubeconfig.display().to_string();
-    let sb = Switchboard::start_with(
-        &[],
-        &["--source", "kubernetes", "--kubeconfig", &kubeconfig],
-        &[],
-    )
-    .await;
+    let sb = start_in_cluster(&api).await;
     let tag = format!("probe-{}", std::process::id());
     let probed = |name: &str, arguments: &Value| {
         let mut server: Value = serde_yaml::from_str(&demo_resource(name, &tag)).expect("YAML");

@@ -13,19 +13,7 @@ use super::*;
 async fn one_control_plane_pod_leads_and_another_takes_over() {
     let api = KubeApiServer::start().await;
     let home = tempfile::tempdir().expect("kubectl home");
-    let kubeconfig = api.kubeconfig.display().to_string();
-    let args = |identity: &'static str| {
-        vec![
-            "--source".to_owned(),
-            "kubernetes".to_owned(),
-            "--kubeconfig".to_owned(),
-            kubeconfig.clone(),
-            "--identity".to_owned(),
-            identity.to_owned(),
-            "--lease-duration".to_owned(),
-            "2s".to_owned(),
-        ]
-    };
+    let args = |identity: &str| pod_args(&api, &["--identity", identity, "--lease-duration", "2s"]);
     let first_args = args("pod-a");
     let first: Vec<&str> = first_args.iter().map(String::as_str).collect();
     let mut sb = Switchboard::start_with(&[], &first, &[]).await;
@@ -184,11 +172,10 @@ async fn wait_for_replica_counts(api: &KubeApiServer, home: &Path, want: u64) ->
 
 #[tokio::test]
 async fn status_counts_every_replica_whichever_control_plane_pod_it_reached() {
-    const LEASE: &str = "switchboard-control-plane";
     let api = KubeApiServer::start().await;
     let home = tempfile::tempdir().expect("kubectl home");
     let mut a = pod_with_replica(&api, "pod-a", "gw-a").await;
-    wait_for_leader(&api, LEASE, "pod-a", EVENTUALLY).await;
+    wait_for_leader(&api, DEFAULT_LEASE, "pod-a", EVENTUALLY).await;
     let b = pod_with_replica(&api, "pod-b", "gw-b").await;
     let demo = demo_resource("demo", &format!("ha-{}", std::process::id()));
     apply(&api, home.path(), "demo.yaml", &demo)
@@ -210,7 +197,7 @@ async fn status_counts_every_replica_whichever_control_plane_pod_it_reached() {
     tracing::info!("pod-a stops: pod-b leads and counts what is left");
     let stopped = a.control.as_mut().expect("pod-a").terminate().await;
     assert!(stopped.expect("pod-a stops").success());
-    wait_for_leader(&api, LEASE, "pod-b", EVENTUALLY).await;
+    wait_for_leader(&api, DEFAULT_LEASE, "pod-b", EVENTUALLY).await;
     let reports: Vec<String> = api
         .objects("configmaps")
         .iter()
@@ -219,7 +206,7 @@ async fn status_counts_every_replica_whichever_control_plane_pod_it_reached() {
         .collect();
     assert_eq!(
         reports,
-        [format!("{LEASE}-replicas-pod-b")],
+        [format!("{DEFAULT_LEASE}-replicas-pod-b")],
         "pod-a removed its report"
     );
     let object = wait_for_replica_counts(&api, home.path(), 1).await;
