@@ -301,6 +301,8 @@ fn openapi_integer_formats(schema: &mut Schema) {
 /// A validated server: every field checked, defaults filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidServer {
+    /// The identity gateways know it by: `metadata.name` from a file,
+    /// `<namespace>/<name>` from a cluster.
     pub name: String,
     pub namespace: String,
     pub enabled: bool,

@@ -33,7 +33,7 @@ use crate::{
     push::{ReplicaStatus, Replicas},
     registry::{
         Registry,
-        kubernetes::{ObjectKey, source_of},
+        kubernetes::{ObjectKey, identity, source_of},
     },
     resource::{McpServer, McpServerStatus, ValidTransport},
     snapshot::SnapshotWatch,
@@ -220,7 +220,7 @@ impl Inputs<'_> {
         previous: Option<&McpServerStatus>,
     ) -> McpServerStatus {
         let generation = object.metadata.generation;
-        let name = &key.1;
+        let name = &identity(key);
         let source = source_of(key);
         let issue = self.registry.issues.iter().find(|i| i.source == source);
         let server = self.registry.servers.get(name).filter(|_| issue.is_none());
@@ -454,15 +454,15 @@ mod tests {
             "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: {name}}}\nspec: {{transport: {{stdio: {{command: x}}}}}}"
         );
         let server: McpServer = serde_yaml::from_str(&yaml).expect("yaml");
-        Registry::assemble(
-            [("src".to_owned(), server.validate().expect("valid"))],
-            vec![],
-        )
+        let mut server = server.validate().expect("valid");
+        server.name = format!("default/{name}");
+        Registry::assemble([("src".to_owned(), server)], vec![])
     }
 
+    /// A replica's report on the server `name` in namespace `default`.
     fn health(name: &str, state: &'static str, tools: u32) -> ServerHealthStatus {
         ServerHealthStatus {
-            name: name.into(),
+            name: format!("default/{name}"),
             state: state.into(),
             reason: if state == "ready" {
                 String::new()
@@ -537,7 +537,7 @@ mod tests {
         let nack = NackStatus {
             version: 7,
             reason: "demo: bad".into(),
-            rejected: BTreeMap::from([("demo".to_owned(), "unsupported field".to_owned())]),
+            rejected: BTreeMap::from([("default/demo".to_owned(), "unsupported field".to_owned())]),
         };
         let replicas = BTreeMap::from([(
             "r1".to_owned(),

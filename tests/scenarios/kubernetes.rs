@@ -580,3 +580,126 @@ async fn tool_probe_arguments_survive_the_api_server_and_reach_the_probe() {
         .await
         .expect("probed serves");
 }
+
+/// `kubectl get mcps NAME -n NAMESPACE -o json`.
+async fn get_mcp_in(
+    api: &KubeApiServer,
+    home: &Path,
+    namespace: &str,
+    name: &str,
+) -> Result<Value, String> {
+    let json = kubectl(
+        api,
+        home,
+        &["get", "mcps", name, "-n", namespace, "-o", "json"],
+    )
+    .await?;
+    serde_json::from_str(&json).map_err(|e| format!("{e}: {json}"))
+}
+
+/// The CRD is namespaced, so two teams may each have a `github`: a
+/// server's identity is namespace/name. Both default to the prefix
+/// `github`; the younger one is told so on its own status until it picks
+/// another prefix, and then both are served, each status on its own object.
+#[tokio::test]
+async fn two_namespaces_may_each_have_a_server_of_the_same_name() {
+    let api = KubeApiServer::start().await;
+    let home = tempfile::tempdir().expect("kubectl home");
+    let sb = start_in_cluster(&api).await;
+    let tag = std::process::id();
+    let github = |namespace: &str, prefix: Option<&str>| {
+        let manifest = demo_resource("github", &format!("{namespace}-{tag}"))
+            .replace("namespace: default", &format!("namespace: {namespace}"));
+        match prefix {
+            Some(prefix) => manifest.replace("spec:\n", &format!("spec:\n  namespace: {prefix}\n")),
+            None => manifest,
+        }
+    };
+    apply(&api, home.path(), "a.yaml", &github("team-a", None))
+        .await
+        .expect("team-a's github");
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    eventually("team-a's github is served", EVENTUALLY, || async {
+        let object = get_mcp_in(&api, home.path(), "team-a", "github").await?;
+        (condition(&object, "Ready")["status"] == "True")
+            .then_some(())
+            .ok_or(object.to_string())
+    })
+    .await;
+    apply(&api, home.path(), "b.yaml", &github("team-b", None))
+        .await
+        .expect("team-b's github is stored: the name is free in team-b");
+
+    let refused = eventually("team-b's github is not accepted", EVENTUALLY, || async {
+        let object = get_mcp_in(&api, home.path(), "team-b", "github").await?;
+        (condition(&object, "Accepted")["status"] == "False")
+            .then(|| object.clone())
+            .ok_or(object.to_string())
+    })
+    .await;
+    let accepted = condition(&refused, "Accepted");
+    assert_eq!(accepted["reason"], "Invalid", "{accepted}");
+    assert_eq!(
+        accepted["message"],
+        "spec.namespace: namespace `github` is already used by McpServer `team-a/github`"
+    );
+    let first = get_mcp_in(&api, home.path(), "team-a", "github")
+        .await
+        .expect("team-a's github");
+    assert_eq!(condition(&first, "Accepted")["status"], "True", "{first}");
+    assert_eq!(condition(&first, "Ready")["status"], "True", "{first}");
+
+    // Another prefix: both are served, side by side.
+    apply(
+        &api,
+        home.path(),
+        "b.yaml",
+        &github("team-b", Some("github-b")),
+    )
+    .await
+    .expect("team-b picks a prefix");
+    eventually("both githubs are ready", EVENTUALLY, || async {
+        let a = get_mcp_in(&api, home.path(), "team-a", "github").await?;
+        let b = get_mcp_in(&api, home.path(), "team-b", "github").await?;
+        let ready = |o: &Value| {
+            condition(o, "Accepted")["status"] == "True"
+                && condition(o, "Ready")["status"] == "True"
+        };
+        (ready(&a)
+            && ready(&b)
+            && a["status"]["prefix"] == "github"
+            && b["status"]["prefix"] == "github-b")
+            .then_some(())
+            .ok_or(format!("{a}\n{b}"))
+    })
+    .await;
+    for (tool, instance) in [("github.info", "team-a"), ("github-b.info", "team-b")] {
+        let answer = call(&client, tool, json!({})).await.expect(tool);
+        let text = serde_json::to_string(&answer.structured_content).expect("JSON");
+        assert!(
+            text.contains(&format!("{instance}-{tag}")),
+            "{tool}: {text}"
+        );
+    }
+    let servers = sb.control_status().await["servers"].to_string();
+    assert!(
+        servers.contains("team-a/github") && servers.contains("team-b/github"),
+        "{servers}"
+    );
+
+    // Deleting one leaves the other alone.
+    let file = home.path().join("a.yaml").display().to_string();
+    kubectl(&api, home.path(), &["delete", "--wait=false", "-f", &file])
+        .await
+        .expect("kubectl delete");
+    eventually("team-a's github withdrawn", EVENTUALLY, || async {
+        let names = tool_names(&client).await.map_err(|e| e.to_string())?;
+        (!names.iter().any(|n| n.starts_with("github.")))
+            .then_some(())
+            .ok_or(format!("{names:?}"))
+    })
+    .await;
+    call(&client, "github-b.info", json!({}))
+        .await
+        .expect("team-b's github keeps working");
+}

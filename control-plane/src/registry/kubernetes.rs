@@ -330,9 +330,17 @@ fn key(object: &DynamicObject) -> Option<ObjectKey> {
     ))
 }
 
+/// A cluster server's identity, the name gateways, metrics and traces know
+/// it by: `<namespace>/<name>`, since the CRD is namespaced and two teams
+/// may both call a server `github`. Its tool prefix still defaults to the
+/// bare name, so such a pair is told apart by `spec.namespace`.
+pub fn identity((namespace, name): &ObjectKey) -> String {
+    format!("{namespace}/{name}")
+}
+
 /// Where an object's issues are reported from.
-pub fn source_of((namespace, name): &ObjectKey) -> String {
-    format!("mcpservers/{namespace}/{name}")
+pub fn source_of(key: &ObjectKey) -> String {
+    format!("mcpservers/{}", identity(key))
 }
 
 // === impl Servers ===
@@ -552,7 +560,9 @@ fn parse_object(key: &ObjectKey, object: &DynamicObject) -> Result<ValidServer, 
         .map_err(|e| e.to_string())
         .and_then(|json| serde_yaml::to_value(json).map_err(|e| e.to_string()))
         .map_err(|message| (Some(key.1.clone()), None, message))?;
-    parse_resource(value, super::UnknownFields::Ignore)
+    let mut server = parse_resource(value, super::UnknownFields::Ignore)?;
+    server.name = identity(key);
+    Ok(server)
 }
 
 /// The values a server's env takes from the cluster.

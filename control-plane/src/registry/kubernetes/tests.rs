@@ -114,8 +114,9 @@ fn object(name: &str, secrets: &[&str], version: u32) -> (ObjectKey, DynamicObje
     (("team".to_owned(), name.to_owned()), object)
 }
 
+/// The env of the server `name` in namespace `team`.
 fn env_of(registry: &Registry, name: &str) -> Option<Vec<String>> {
-    match &registry.servers.get(name)?.transport {
+    match &registry.servers.get(&format!("team/{name}"))?.transport {
         ValidTransport::Stdio { env, .. } => Some(env.keys().cloned().collect()),
         _ => None,
     }
@@ -200,7 +201,7 @@ async fn a_hung_read_holds_up_only_the_server_waiting_for_it() {
     assert!(values.settle(read), "alpha's value is known now");
     let registry = servers.assemble(&objects, &mut values);
     assert_eq!(env_of(&registry, "alpha"), Some(vec!["CREDS".to_owned()]));
-    assert!(!registry.servers.contains_key("beta"));
+    assert!(!registry.servers.contains_key("team/beta"));
     assert!(registry.issues.is_empty(), "{:?}", registry.issues);
 
     // alpha now also wants a value whose read hangs: it stays as it was.
