@@ -55,6 +55,7 @@
 //! authentication, and no authorization beyond the denials a test switches
 //! on; bookmarks are not sent as a watch's timeout ends.
 
+mod cel;
 pub mod crd;
 mod event;
 pub mod fault;

@@ -13,9 +13,10 @@
 //!
 //! # Differences from the real server
 //!
-//! CEL rules are neither compiled nor cost-estimated (a rule over a real
-//! cluster's budget passes here), `x-kubernetes-validations[].fieldPath` is
-//! not resolved, conversion and selectable fields are not checked, pattern
+//! CEL rules are compiled as [`super::cel`] compiles them (parsed, and
+//! variables declared; not type-checked) but not cost-estimated (a rule
+//! over a real cluster's budget passes here),
+//! `x-kubernetes-validations[].fieldPath` is not resolved, conversion and selectable fields are not checked, pattern
 //! errors carry the regex crate's words instead of Go's, and bad values the
 //! real server prints as Go structs (a whole `JSONSchemaProps` or version
 //! list) are printed as JSON maps.

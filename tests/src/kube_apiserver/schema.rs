@@ -10,11 +10,13 @@
 //! `SchemaValidator`, worded as `validation.ValidateCustomResource`
 //! reports it (`pkg/apiserver/validation/validation.go`), list types
 //! (`listtype/validation.go`) and `metadata.name` as a DNS subdomain.
-//! Not modelled: `format` checks on values, validation ratcheting, CEL.
+//! CEL rules then run ([`cel`]) unless a blocking error came first.
+//! Not modelled: `format` checks on values, validation ratcheting.
 
 use serde_json::{Map, Value};
 
-use super::field::{self, FieldError};
+use super::cel;
+use super::field::{self, ErrorType, FieldError};
 
 /// The outcome of admitting an object.
 #[derive(Debug, Default)]
@@ -49,7 +51,7 @@ const META_FIELDS: &[&str] = &["apiVersion", "kind", "metadata"];
 
 /// Defaults, prunes and validates `object` (a whole custom resource) against
 /// the CRD version's `openAPIV3Schema`, in place.
-pub fn admit(schema: &Value, object: &mut Value) -> Admission {
+pub fn admit(schema: &Value, object: &mut Value, old: Option<&Value>) -> Admission {
     prune_nulls(object, Some(schema));
     apply_defaults(object, Some(schema));
     let mut unknown_fields = Vec::new();
@@ -58,6 +60,26 @@ pub fn admit(schema: &Value, object: &mut Value) -> Admission {
     unknown_fields.sort();
     let mut errors = validate_name(schema, object);
     validate(schema, object, "", "", &mut errors);
+    // `hasBlockingErr`: rules are not run over a value of the wrong shape.
+    let blocking = errors.iter().any(|e| {
+        matches!(
+            e.kind,
+            ErrorType::NotSupported
+                | ErrorType::Required
+                | ErrorType::TooLong
+                | ErrorType::TooMany
+                | ErrorType::TypeInvalid
+        )
+    });
+    if blocking {
+        errors.push(FieldError::invalid(
+            "<nil>",
+            "null",
+            "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+        ));
+    } else {
+        errors.extend(cel::evaluate(schema, object, old));
+    }
     Admission {
         unknown_fields,
         errors,

@@ -164,6 +164,7 @@ async fn unknown_fields_are_refused_warned_about_or_dropped() {
     assert_eq!((status, warnings.len()), (201, 0));
 }
 
+/// Schema errors and the CRD's CEL rules (no transport), all at once.
 #[tokio::test]
 async fn invalid_resources_are_refused_with_every_cause() {
     let api = KubeApiServer::start().await;
@@ -172,7 +173,7 @@ async fn invalid_resources_are_refused_with_every_cause() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(
         body["message"],
-        r#"McpServer.switchboard.dev "demo" is invalid: [spec.namespace: Invalid value: "a.b": spec.namespace in body should match '^[A-Za-z0-9_-]{1,63}$', spec.pool.max: Invalid value: 65: spec.pool.max in body should be less than or equal to 64]"#
+        r#"McpServer.switchboard.dev "demo" is invalid: [spec.namespace: Invalid value: "a.b": spec.namespace in body should match '^[A-Za-z0-9_-]{1,63}$', spec.pool.max: Invalid value: 65: spec.pool.max in body should be less than or equal to 64, spec.transport: Invalid value: "object": exactly one transport must be set (stdio, http or sse)]"#
     );
-    assert_eq!(body["details"]["causes"].as_array().map(Vec::len), Some(2));
+    assert_eq!(body["details"]["causes"].as_array().map(Vec::len), Some(3));
 }

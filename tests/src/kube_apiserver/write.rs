@@ -150,7 +150,7 @@ fn admit(
     if !kind.custom {
         return Ok(Vec::new());
     }
-    let admission = schema::admit(target.schema(), object);
+    let admission = schema::admit(target.schema(), object, current);
     let warnings = validation.judge(kind, &admission.unknown_fields)?;
     if !admission.errors.is_empty() {
         return Err(ApiError::invalid(kind, &name, &admission.errors));
@@ -344,9 +344,10 @@ fn write_status(
         .cloned()
         .ok_or_else(|| target.not_found())?;
     precondition(target.kind, &key.2, request, &next)?;
+    let current = next.clone();
     next["status"] = status;
     let warnings = if target.kind.custom {
-        admit(target, &mut next, None, validation)?
+        admit(target, &mut next, Some(&current), validation)?
     } else {
         Vec::new()
     };

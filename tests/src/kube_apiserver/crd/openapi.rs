@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::super::{
+    cel,
     field::{FieldError, child, index, key},
     schema,
 };
@@ -364,7 +365,7 @@ fn list_map_keys(node: &Value, list_type: Option<&str>, path: &str, errors: &mut
     }
 }
 
-/// The syntax of `x-kubernetes-validations` (the CEL itself is not compiled).
+/// `x-kubernetes-validations`: the fields, and each rule compiled.
 fn rules(node: &Value, path: &str, errors: &mut Vec<FieldError>) {
     const REASONS: &[&str] = &[
         "FieldValueDuplicate",
@@ -402,6 +403,15 @@ fn rules(node: &Value, path: &str, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::required(
                 &child(&at, "message"),
                 "message must be specified if rule contains line breaks",
+            ));
+        }
+        if !expression.trim().is_empty()
+            && let Err(error) = cel::compile(expression)
+        {
+            errors.push(FieldError::invalid(
+                &child(&at, "rule"),
+                rule.clone(),
+                &format!("compilation failed: {error}"),
             ));
         }
         if text("messageExpression").is_some_and(|m| !m.is_empty() && m.trim().is_empty()) {

@@ -227,6 +227,7 @@ fn node_checks_word_their_refusals_as_the_server_does() {
             "when": { "type": "date" },
             "ref": { "$ref": "#/definitions/x" },
             "rules": { "type": "string", "x-kubernetes-validations": [{ "rule": " " }] },
+            "compiled": { "type": "string", "x-kubernetes-validations": [{ "rule": "self ==" }, { "rule": "size(other) > 0" }] },
             "conditions": {
                 "type": "array",
                 "x-kubernetes-list-type": "map",
@@ -237,6 +238,23 @@ fn node_checks_word_their_refusals_as_the_server_does() {
     })));
     let spec = format!("{ROOT}.properties[spec]");
     let errors = messages(&crd);
+    let compiled = |i: usize| {
+        errors
+            .iter()
+            .find(|e| e.starts_with(&format!("{spec}.properties[compiled].x-kubernetes-validations[{i}].rule: Invalid value: ")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        compiled(0).contains("compilation failed: ERROR: <input>:1:"),
+        "{errors:#?}"
+    );
+    assert!(
+        compiled(1).ends_with(
+            "compilation failed: ERROR: <input>: undeclared reference to 'other' (in container '')"
+        ),
+        "{errors:#?}"
+    );
     for expected in [
         format!(
             "{spec}.properties[conditions].items.properties[type].default: Required value: this property is in x-kubernetes-list-map-keys, so it must have a default or be a required property"

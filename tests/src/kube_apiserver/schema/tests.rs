@@ -34,7 +34,7 @@ fn tool_probe_arguments_keep_every_key_and_unknown_fields_elsewhere_go() {
         "health": { "probe": "tool", "tool": { "name": "echo", "arguments": arguments } },
     }));
     object["metadata"]["colour"] = json!("blue");
-    let admission = admit(&chart_schema(), &mut object);
+    let admission = admit(&chart_schema(), &mut object, None);
     assert_eq!(messages(&admission), Vec::<String>::new());
     assert_eq!(
         admission.unknown_fields,
@@ -77,7 +77,7 @@ fn defaults_fill_missing_and_non_nullable_null_fields_and_other_nulls_go() {
         "separator": null,
         "pool": null,
     }));
-    let admission = admit(&chart_schema(), &mut object);
+    let admission = admit(&chart_schema(), &mut object, None);
     assert_eq!(messages(&admission), Vec::<String>::new());
     let spec = &object["spec"];
     assert_eq!(spec["enabled"], true);
@@ -101,7 +101,7 @@ fn refusals_read_like_kube_openapi() {
         "transport": { "stdio": { "command": "c", "env": vec![json!({ "name": "A" }); 257] } },
         "health": { "interval": "soon" },
     }));
-    let errors = messages(&admit(&chart_schema(), &mut object));
+    let errors = messages(&admit(&chart_schema(), &mut object, None));
     for expected in [
         r#"spec.namespace: Invalid value: "has.dots": spec.namespace in body should match '^[A-Za-z0-9_-]{1,63}$'"#,
         "spec.pool.max: Invalid value: 500: spec.pool.max in body should be less than or equal to 64",
@@ -117,7 +117,7 @@ fn refusals_read_like_kube_openapi() {
         );
     }
     let mut nameless = json!({ "metadata": { "name": "Not_A_Name" } });
-    let errors = messages(&admit(&chart_schema(), &mut nameless));
+    let errors = messages(&admit(&chart_schema(), &mut nameless, None));
     assert_eq!(errors[1], "spec: Required value");
     assert!(errors[0].starts_with(
         r#"metadata.name: Invalid value: "Not_A_Name": a lowercase RFC 1123 subdomain"#
@@ -130,7 +130,7 @@ fn map_lists_refuse_two_items_with_one_key() {
                         "lastTransitionTime": "2026-01-01T00:00:00Z" });
     let mut object = server(json!({ "transport": { "stdio": { "command": "c" } } }));
     object["status"] = json!({ "conditions": [ready, ready] });
-    let errors = messages(&admit(&chart_schema(), &mut object));
+    let errors = messages(&admit(&chart_schema(), &mut object, None));
     assert_eq!(
         errors,
         [r#"status.conditions[1]: Duplicate value: map[string]interface {}{"type":"Ready"}"#]

@@ -113,7 +113,7 @@ async fn status_writes_are_checked_against_the_schema() {
     assert_eq!(answer.status, 422, "{}", answer.text);
     assert_eq!(
         answer.json()["message"],
-        r#"McpServer.switchboard.dev "demo" is invalid: status.conditions[0].reason: Required value"#
+        r#"McpServer.switchboard.dev "demo" is invalid: [status.conditions[0].reason: Required value, <nil>: Invalid value: "null": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]"#
     );
 }
 
