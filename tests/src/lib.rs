@@ -9,6 +9,7 @@ pub mod fake_control_plane;
 pub mod kube_apiserver;
 pub mod otlp;
 mod raw_session;
+pub mod scripted_replica;
 
 pub use raw_session::RawSession;
 

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{EVENTUALLY, Switchboard, eventually};
-use serde_json::Value;
+use e2e::{EVENTUALLY, Switchboard, eventually, scripted_replica::RefusingReplica};
+use serde_json::{Value, json};
 
 use super::*;
 
@@ -213,4 +213,130 @@ async fn status_counts_every_replica_whichever_control_plane_pod_it_reached() {
     assert_eq!(object["status"]["replicaSummary"], "1/1", "{object}");
     let status = b.control_status().await;
     assert_eq!(status["replicas"]["gw-a"], Value::Null, "{status}");
+}
+
+/// Every field of the `demo` resource's status that replicas decide, with
+/// its two conditions as `[status, reason, message]`.
+async fn replica_status(api: &KubeApiServer, home: &Path) -> Result<Value, String> {
+    let object = get_mcp(api, home, "demo").await?;
+    let status = &object["status"];
+    let brief = |kind: &str| {
+        let c = condition(&object, kind);
+        json!([c["status"], c["reason"], c["message"]])
+    };
+    let mut fields = json!({ "Accepted": brief("Accepted"), "Ready": brief("Ready") });
+    for field in [
+        "observedGeneration",
+        "prefix",
+        "transport",
+        "replicas",
+        "updatedReplicas",
+        "readyReplicas",
+        "replicaSummary",
+        "tools",
+        "breaker",
+    ] {
+        fields[field] = status[field].clone();
+    }
+    fields["protocolVersion"] = json!(
+        status["protocolVersion"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+    );
+    Ok(fields)
+}
+
+/// Waits until the status is `want`, field for field.
+async fn expect_status(api: &KubeApiServer, home: &Path, step: &str, want: Value) {
+    eventually(step, EVENTUALLY, || async {
+        let got = replica_status(api, home).await?;
+        (got == want)
+            .then_some(())
+            .ok_or(format!("got {got:#}\nwant {want:#}"))
+    })
+    .await;
+}
+
+/// Gateways split over two control-plane pods, one of them refusing the
+/// resource: the leader reports the refusal it only hears of through the
+/// other pod, and after each step (leader failover, the refusing replica
+/// leaving, a gateway joining the new leader) every field is right.
+#[tokio::test]
+async fn a_refusal_heard_by_the_other_pod_reaches_status_through_failover() {
+    let api = KubeApiServer::start().await;
+    let home = tempfile::tempdir().expect("kubectl home");
+    let mut a = pod_with_replica(&api, "pod-a", "gw-a").await;
+    wait_for_leader(&api, DEFAULT_LEASE, "pod-a", EVENTUALLY).await;
+    let mut b = start_pod(&api, &["--identity", "pod-b", "--lease-duration", "2s"]).await;
+    let refusal = "unknown field `naming` (gateway 0.0.1)";
+    let older = RefusingReplica::connect(b.grpc, "gw-old", refusal).await;
+    let demo = demo_resource("demo", &format!("split-{}", std::process::id()));
+    apply(&api, home.path(), "demo.yaml", &demo)
+        .await
+        .expect("kubectl apply");
+
+    let rejected = json!(["False", "Rejected", format!("replica gw-old: {refusal}")]);
+    expect_status(
+        &api,
+        home.path(),
+        "the leader, pod-a, reports gw-old's refusal, heard by pod-b",
+        json!({
+            "Accepted": rejected,
+            "Ready": ["True", "Ready", "ready on 1 of 2 replicas"],
+            "observedGeneration": 1, "prefix": "demo", "transport": "stdio",
+            "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "replicaSummary": "1/2",
+            "tools": 12, "breaker": "closed", "protocolVersion": true,
+        }),
+    )
+    .await;
+
+    tracing::info!("pod-a stops: pod-b leads, with only gw-old connected");
+    let stopped = a.control.as_mut().expect("pod-a").terminate().await;
+    assert!(stopped.expect("pod-a stops").success());
+    wait_for_leader(&api, DEFAULT_LEASE, "pod-b", EVENTUALLY).await;
+    expect_status(
+        &api,
+        home.path(),
+        "pod-b reports gw-old alone",
+        json!({
+            "Accepted": rejected,
+            "Ready": ["Unknown", "Pending", "no replica has reported on it yet"],
+            "observedGeneration": 1, "prefix": "demo", "transport": "stdio",
+            "replicas": 1, "updatedReplicas": 0, "readyReplicas": 0, "replicaSummary": "0/1",
+            "tools": null, "breaker": null, "protocolVersion": false,
+        }),
+    )
+    .await;
+
+    tracing::info!("gw-old leaves: accepted again, and no replica");
+    drop(older);
+    expect_status(
+        &api,
+        home.path(),
+        "no replica connected",
+        json!({
+            "Accepted": ["True", "Valid", "the spec is valid"],
+            "Ready": ["False", "NoReplicas", "no gateway replica is connected"],
+            "observedGeneration": 1, "prefix": "demo", "transport": "stdio",
+            "replicas": 0, "updatedReplicas": 0, "readyReplicas": 0, "replicaSummary": "0/0",
+            "tools": null, "breaker": null, "protocolVersion": false,
+        }),
+    )
+    .await;
+
+    tracing::info!("a gateway joins pod-b, the leader now");
+    b.gateway = Some(b.spawn_replica(b.gateway_addr, "gw-b"));
+    expect_status(
+        &api,
+        home.path(),
+        "gw-b serves it",
+        json!({
+            "Accepted": ["True", "Valid", "the spec is valid"],
+            "Ready": ["True", "Ready", "ready on 1 of 1 replicas"],
+            "observedGeneration": 1, "prefix": "demo", "transport": "stdio",
+            "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "replicaSummary": "1/1",
+            "tools": 12, "breaker": "closed", "protocolVersion": true,
+        }),
+    )
+    .await;
 }
