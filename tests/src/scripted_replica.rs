@@ -51,12 +51,14 @@ impl RefusingReplica {
                 let rejected: Vec<pb::RejectedResource> = snapshot
                     .resources
                     .iter()
-                    .filter_map(|r| match &r.kind {
-                        Some(resource::Kind::McpServer(server)) => Some(pb::RejectedResource {
+                    .filter_map(|r| {
+                        let Some(resource::Kind::McpServer(server)) = &r.kind else {
+                            return None;
+                        };
+                        Some(pb::RejectedResource {
                             name: server.name.clone(),
                             reason: reason.clone(),
-                        }),
-                        None => None,
+                        })
                     })
                     .collect();
                 let nack = pb::Nack {
