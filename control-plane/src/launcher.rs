@@ -22,8 +22,9 @@ use crate::app;
 const GATEWAY_BINARY: &str = "switchboard-gateway";
 /// How long a fresh gateway may take to apply its first snapshot.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Grace period between SIGTERM and SIGKILL for the gateway.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Grace period between SIGTERM and SIGKILL for the gateway: longer than
+/// its drain (10 s), closing (2 s) and servers' teardown together.
+const STOP_GRACE: Duration = Duration::from_secs(20);
 const SIGTERM: i32 = 15;
 
 #[derive(Clone, Debug)]

@@ -1,7 +1,7 @@
 //! Health endpoints served next to `/mcp`: `/healthz` (liveness plus a
 //! JSON view of the config and every server) and `/readyz` (ready once the
-//! first snapshot is applied; servers join later on their own), plus
-//! Prometheus `/metrics`.
+//! first snapshot is applied, servers joining later on their own, and not
+//! ready again once the replica drains), plus Prometheus `/metrics`.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::{
     catalog::{CatalogReader, Collision},
     downstream::{ServerState, Servers},
+    drain::Drain,
     telemetry::{Metrics, metrics::OPENMETRICS_CONTENT_TYPE},
     xds::{ConfigStatus, unix_millis},
 };
@@ -28,6 +29,7 @@ pub struct AdminState {
     pub config: ConfigStatus,
     pub metrics: Arc<Metrics>,
     pub catalog: CatalogReader,
+    pub drain: Drain,
 }
 
 #[derive(Serialize)]
@@ -128,7 +130,9 @@ async fn healthz(State(state): State<AdminState>) -> Json<Health> {
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
-    if state.config.applied_version() > 0 {
+    if state.drain.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n")
+    } else if state.config.applied_version() > 0 {
         (StatusCode::OK, "ready\n")
     } else {
         (

@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use tokio::time::Instant;
+
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::{net::TcpListener, task::JoinSet};
@@ -13,6 +15,7 @@ use crate::{
     admin::{self, AdminState},
     catalog,
     downstream::{Launcher, Servers},
+    drain::Drain,
     mcp::{self, McpConfig},
     telemetry::{
         Metrics, Telemetry, Tracer,
@@ -21,8 +24,11 @@ use crate::{
     xds::{ConfigStatus, XdsClient},
 };
 
-/// Once shutdown starts, open HTTP streams get this long to finish.
+/// Once shutdown starts, calls in flight get this long to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Once the drain is over, connections left open (idle streams, whose
+/// sessions have ended) get this long to close.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Static configuration of one replica.
 #[derive(Clone, Debug)]
@@ -48,14 +54,24 @@ pub struct Config {
 pub struct Bound {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
+    force: CancellationToken,
     servers: Servers,
     tasks: JoinSet<()>,
 }
 
 /// Binds the listener and starts every task. Servers start once the first
 /// snapshot arrives.
+///
+/// Stopping goes in order: the trigger starts the drain (not ready, new
+/// requests refused, calls in flight finish); then client sessions end and
+/// the HTTP server closes; only then do servers, the config stream and the
+/// span exporter stop, so nothing a drained call needs goes first.
 pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let shutdown = CancellationToken::new();
+    let force = CancellationToken::new();
+    let stop_http = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let drain = Drain::default();
     let mut tasks = JoinSet::new();
     let metrics = Arc::new(Metrics::new());
     let tracer = match &config.otlp_endpoint {
@@ -66,8 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
                 replica_id: config.replica_id.clone(),
                 sample_ratio: config.trace_sample_ratio,
             };
-            let (tracer, exporter) =
-                export::spawn(export, metrics.spans.clone(), shutdown.clone())?;
+            let (tracer, exporter) = export::spawn(export, metrics.spans.clone(), stop.clone())?;
             tasks.spawn(async move {
                 let _ = exporter.await;
             });
@@ -82,11 +97,12 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         log_payloads: config.log_payloads,
     };
     let servers = Servers::new(
-        shutdown.child_token(),
+        stop.child_token(),
         config.launcher.clone(),
         telemetry.clone(),
+        drain.clone(),
     );
-    let catalog = catalog::spawn_builder(servers.clone(), shutdown.clone());
+    let catalog = catalog::spawn_builder(servers.clone(), stop.clone());
     let status = ConfigStatus::default();
 
     let xds = XdsClient {
@@ -96,25 +112,28 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         status: status.clone(),
         metrics: metrics.clone(),
     };
-    tasks.spawn(xds.run(shutdown.clone()));
+    tasks.spawn(xds.run(stop.clone()));
 
-    let body_limit = mcp::guard::BodyLimit(config.mcp.max_body_bytes);
+    let guard = mcp::guard::GuardState {
+        body_limit: config.mcp.max_body_bytes,
+        drain: drain.clone(),
+    };
     let router = mcp::router(
         catalog.clone(),
         servers.clone(),
         &config.mcp,
         telemetry.clone(),
-        shutdown.child_token(),
+        stop_http.child_token(),
     )
     .merge(mcp::sse::router(
         catalog.clone(),
         servers.clone(),
         &config.mcp,
         telemetry,
-        shutdown.child_token(),
+        stop_http.child_token(),
     ))
     .layer(axum::middleware::from_fn_with_state(
-        body_limit,
+        guard,
         mcp::guard::guard,
     ))
     .merge(admin::router(AdminState {
@@ -123,43 +142,84 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         config: status,
         metrics,
         catalog,
+        drain: drain.clone(),
     }));
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the MCP listener on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let cancel = shutdown.clone();
+    let closing = stop_http.clone();
+    let stopping = stop.clone();
     tasks.spawn(async move {
-        let drained = cancel.clone().cancelled_owned();
         // Without TCP_NODELAY, Nagle's algorithm holds the SSE event that
         // follows the response headers for a delayed ACK: ~40 ms per call.
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let serve = axum::serve(listener, router).with_graceful_shutdown(drained);
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(closing.clone().cancelled_owned());
         let deadline = async {
-            cancel.cancelled().await;
-            tokio::time::sleep(DRAIN_DEADLINE).await;
+            closing.cancelled().await;
+            tokio::time::sleep(CLOSE_DEADLINE).await;
         };
         tokio::select! {
             served = serve => if let Err(err) = served { warn!(error = %err, "HTTP server stopped") },
-            () = deadline => warn!("drain deadline passed, closing open streams"),
+            () = deadline => warn!("connections still open after the drain; closing them"),
         }
+        stopping.cancel();
     });
+    tasks.spawn(drain_then_stop(
+        shutdown.clone(),
+        force.clone(),
+        drain,
+        stop_http,
+    ));
     info!(listen = %addr, replica = %config.replica_id, control_plane = %config.control_plane, "gateway listening");
     Ok(Bound {
         addr,
         shutdown,
+        force,
         servers,
         tasks,
     })
 }
 
+/// On the trigger: drains, then ends the client sessions and the HTTP
+/// server (which then stops the rest). `force` cuts the drain short.
+async fn drain_then_stop(
+    trigger: CancellationToken,
+    force: CancellationToken,
+    drain: Drain,
+    stop_http: CancellationToken,
+) {
+    trigger.cancelled().await;
+    drain.start();
+    info!(
+        in_flight = drain.in_flight(),
+        "draining: not ready, refusing new requests"
+    );
+    let started = Instant::now();
+    tokio::select! {
+        drained = tokio::time::timeout(DRAIN_DEADLINE, drain.wait()) => match drained {
+            Ok(()) => info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained"),
+            Err(_) => warn!(in_flight = drain.in_flight(), "drain deadline passed; stopping the calls left"),
+        },
+        () = force.cancelled() => warn!(in_flight = drain.in_flight(), "asked again to stop; not waiting for the drain"),
+    }
+    stop_http.cancel();
+}
+
 // === impl Bound ===
 
 impl Bound {
+    /// Starts stopping: drain, then stop.
     pub fn shutdown_trigger(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Stops without waiting for the drain to end.
+    pub fn force_trigger(&self) -> CancellationToken {
+        self.force.clone()
     }
 
     /// Waits for every task, then for every server process to be reaped.

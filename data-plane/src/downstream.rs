@@ -38,6 +38,7 @@ use tracing::{Instrument, info, info_span};
 pub use crate::clients::SessionKey;
 use crate::{
     clients::Clients,
+    drain::Drain,
     spec::{ServerSpec, SessionMode, Transport},
     telemetry::{SpanKind, Telemetry, TraceContext, attr, metrics::MethodLabels},
 };
@@ -197,6 +198,8 @@ struct ServersInner {
     launcher: Launcher,
     telemetry: Telemetry,
     clients: Clients,
+    /// Every exchange with a server holds it until answered.
+    drain: Drain,
 }
 
 /// One configured server: its connections, breaker and status.
@@ -274,7 +277,12 @@ struct Stats {
 // === impl Servers ===
 
 impl Servers {
-    pub fn new(shutdown: CancellationToken, launcher: Launcher, telemetry: Telemetry) -> Self {
+    pub fn new(
+        shutdown: CancellationToken,
+        launcher: Launcher,
+        telemetry: Telemetry,
+        drain: Drain,
+    ) -> Self {
         Self {
             inner: Arc::new(ServersInner {
                 by_name: RwLock::default(),
@@ -284,6 +292,7 @@ impl Servers {
                 launcher,
                 telemetry,
                 clients: Clients::default(),
+                drain,
             }),
         }
     }
@@ -481,6 +490,9 @@ impl ServerHandle {
         mut meta: RequestMetaObject,
         send: impl AsyncFnOnce(&Connection, RequestMetaObject, Duration) -> Result<A, CallError>,
     ) -> Result<A, CallError> {
+        // Held also by calls the edge admitted before a drain started and
+        // that reach a server only now, such as legacy SSE's.
+        let _in_flight = self.servers.inner.drain.blocker();
         let telemetry = &self.servers.inner.telemetry;
         let parent = meta.get_traceparent().and_then(TraceContext::parse);
         let name = || match about.target {

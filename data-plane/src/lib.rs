@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod clients;
 pub mod demo_server;
 pub mod downstream;
+pub mod drain;
 pub mod mcp;
 pub mod observe;
 pub mod shim;

@@ -260,6 +260,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stop.await;
             tracing::info!("shutting down");
             bound.shutdown_trigger().cancel();
+            let force = bound.force_trigger();
+            let again = shutdown_signal();
+            tokio::spawn(async move {
+                again.await;
+                force.cancel();
+            });
             bound.wait().await;
             Ok(())
         }

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
-use proto::config as pb;
+use proto::{config as pb, defaults};
 
 /// Separator between a server's namespace and its tool names, unless the
 /// server names another.
@@ -397,17 +397,17 @@ impl HttpSpec {
     }
 }
 
-// Defaults for fields an older control plane does not send; they match the
-// control plane's own defaults (control-plane/src/resource/resilience.rs).
+// For fields an older control plane does not send: the control plane's own
+// defaults (`proto::defaults`).
 
 impl Default for PoolSpec {
     fn default() -> Self {
         Self {
-            min: 1,
-            max: 1,
-            max_concurrency: 32,
-            idle_timeout: Duration::from_secs(300),
-            acquire_timeout: Duration::from_secs(10),
+            min: defaults::POOL_MIN,
+            max: defaults::POOL_MIN,
+            max_concurrency: defaults::POOL_MAX_CONCURRENCY,
+            idle_timeout: defaults::POOL_IDLE_TIMEOUT,
+            acquire_timeout: defaults::POOL_ACQUIRE_TIMEOUT,
         }
     }
 }
@@ -415,10 +415,10 @@ impl Default for PoolSpec {
 impl Default for TimeoutSpec {
     fn default() -> Self {
         Self {
-            call: Duration::from_secs(60),
-            max_call: Duration::from_secs(600),
+            call: defaults::CALL_TIMEOUT,
+            max_call: defaults::MAX_CALL_TIMEOUT,
             tools: BTreeMap::new(),
-            initialize: Duration::from_secs(30),
+            initialize: defaults::INITIALIZE_TIMEOUT,
         }
     }
 }
@@ -426,12 +426,12 @@ impl Default for TimeoutSpec {
 impl Default for BreakerSpec {
     fn default() -> Self {
         Self {
-            consecutive_failures: 5,
-            failure_rate: 0.5,
-            min_requests: 20,
-            window: Duration::from_secs(30),
-            open: Duration::from_secs(30),
-            half_open_probes: 1,
+            consecutive_failures: defaults::BREAKER_CONSECUTIVE_FAILURES,
+            failure_rate: f64::from(defaults::BREAKER_FAILURE_RATE_PERCENT) / 100.0,
+            min_requests: defaults::BREAKER_MIN_REQUESTS,
+            window: defaults::BREAKER_WINDOW,
+            open: defaults::BREAKER_OPEN,
+            half_open_probes: defaults::BREAKER_HALF_OPEN_PROBES,
             count_jsonrpc_errors: false,
             count_tool_errors: false,
             hide_tools_when_open: false,
@@ -443,9 +443,9 @@ impl Default for BreakerSpec {
 impl Default for HealthSpec {
     fn default() -> Self {
         Self {
-            interval: Duration::from_secs(30),
-            timeout: Duration::from_secs(5),
-            failure_threshold: 3,
+            interval: defaults::HEALTH_INTERVAL,
+            timeout: defaults::HEALTH_TIMEOUT,
+            failure_threshold: defaults::HEALTH_FAILURE_THRESHOLD,
             probe: Probe::Ping,
         }
     }

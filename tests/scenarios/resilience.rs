@@ -697,3 +697,84 @@ async fn client_cancellation_and_disconnect_cancel_the_server_call() {
         .expect("the gateway goes on");
     observer.cancel().await.expect("close");
 }
+
+/// SIGTERM during a 3 s call: the replica stops being ready and refuses
+/// new requests at once, the call still completes with its result, and
+/// then the gateway exits leaving no process behind.
+#[tokio::test]
+async fn a_stopping_gateway_finishes_calls_in_flight_and_refuses_new_ones() {
+    let marker = unique("drain");
+    let mut sb = Switchboard::start(&[("d.yaml", &demo_server_yaml("d", &marker, &[]))]).await;
+    sb.wait_server_state("d", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    let other = connect(&sb.mcp_url()).await.expect("a second session");
+    let in_flight = tokio::spawn(async move {
+        call(&client, "d.progress", json!({ "steps": 3, "stepMs": 1000 })).await
+    });
+    eventually("the call is in flight", EVENTUALLY, || async {
+        let health = sb.health().await;
+        (health["servers"]["d"]["inFlight"] == 1)
+            .then_some(())
+            .ok_or(health.to_string())
+    })
+    .await;
+    let pid = sb
+        .gateway
+        .as_ref()
+        .and_then(|g| g.pid())
+        .expect("gateway pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+
+    let http = reqwest::Client::new();
+    let ready = format!("http://{}/readyz", sb.gateway_addr);
+    let (status, body) = eventually("not ready", EVENTUALLY, || async {
+        let answer = http.get(&ready).send().await.map_err(|e| e.to_string())?;
+        let status = answer.status().as_u16();
+        let body = answer.text().await.map_err(|e| e.to_string())?;
+        (status == 503)
+            .then_some((status, body.clone()))
+            .ok_or(body)
+    })
+    .await;
+    assert_eq!((status, body.as_str()), (503, "draining: shutting down\n"));
+
+    // A new session and a new request on an open one are both refused.
+    let initialize = json!({ "jsonrpc": "2.0", "id": 7, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": { "name": "late", "version": "1" } } });
+    let refused = http
+        .post(sb.mcp_url())
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status().as_u16(), 503);
+    let body: Value = refused.json().await.expect("a JSON-RPC error");
+    assert_eq!(body["id"], 7, "{body}");
+    assert_eq!(body["error"]["code"], -32000, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("shutting down")),
+        "{body}"
+    );
+    call(&other, "d.echo", json!({ "text": "late" }))
+        .await
+        .expect_err("a new call on an open session is refused");
+
+    let result = in_flight
+        .await
+        .expect("the calling task")
+        .expect("the call in flight completes");
+    assert_eq!(result.structured_content, Some(json!({ "steps": 3 })));
+    let gateway = sb.gateway.as_mut().expect("gateway");
+    assert!(gateway.wait().await.success(), "{}", sb.logs());
+    assert_no_processes(&marker, &sb).await;
+    let logs = sb.logs();
+    assert!(logs.contains("drained"), "{logs}");
+}

@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use proto::defaults;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
@@ -235,7 +236,7 @@ impl RawResilience<'_> {
 }
 
 fn validate_pool(spec: PoolSpec) -> Result<Pool, ValidationError> {
-    let min = spec.min.unwrap_or(1);
+    let min = spec.min.unwrap_or(defaults::POOL_MIN);
     let max = spec.max.unwrap_or(min.max(1));
     if max == 0 || max > MAX_POOL {
         return Err(ValidationError::new(
@@ -249,7 +250,9 @@ fn validate_pool(spec: PoolSpec) -> Result<Pool, ValidationError> {
             format!("must not exceed pool.max ({max}), got {min}"),
         ));
     }
-    let max_concurrency = spec.max_concurrency.unwrap_or(32);
+    let max_concurrency = spec
+        .max_concurrency
+        .unwrap_or(defaults::POOL_MAX_CONCURRENCY);
     if max_concurrency == 0 {
         return Err(ValidationError::new(
             "spec.pool.maxConcurrency",
@@ -260,14 +263,26 @@ fn validate_pool(spec: PoolSpec) -> Result<Pool, ValidationError> {
         min,
         max,
         max_concurrency,
-        idle_timeout: duration_or("spec.pool.idleTimeout", spec.idle_timeout, "5m")?,
-        acquire_timeout: duration_or("spec.pool.acquireTimeout", spec.acquire_timeout, "10s")?,
+        idle_timeout: duration_or(
+            "spec.pool.idleTimeout",
+            spec.idle_timeout,
+            defaults::POOL_IDLE_TIMEOUT,
+        )?,
+        acquire_timeout: duration_or(
+            "spec.pool.acquireTimeout",
+            spec.acquire_timeout,
+            defaults::POOL_ACQUIRE_TIMEOUT,
+        )?,
     })
 }
 
 fn validate_timeouts(spec: TimeoutsSpec) -> Result<Timeouts, ValidationError> {
-    let call = duration_or("spec.timeouts.call", spec.call, "60s")?;
-    let max_call = duration_or("spec.timeouts.maxCall", spec.max_call, "10m")?;
+    let call = duration_or("spec.timeouts.call", spec.call, defaults::CALL_TIMEOUT)?;
+    let max_call = duration_or(
+        "spec.timeouts.maxCall",
+        spec.max_call,
+        defaults::MAX_CALL_TIMEOUT,
+    )?;
     if max_call < call {
         return Err(ValidationError::new(
             "spec.timeouts.maxCall",
@@ -291,19 +306,27 @@ fn validate_timeouts(spec: TimeoutsSpec) -> Result<Timeouts, ValidationError> {
         call,
         max_call,
         tools,
-        initialize: duration_or("spec.timeouts.initialize", spec.initialize, "30s")?,
+        initialize: duration_or(
+            "spec.timeouts.initialize",
+            spec.initialize,
+            defaults::INITIALIZE_TIMEOUT,
+        )?,
     })
 }
 
 fn validate_breaker(spec: BreakerSpec) -> Result<Breaker, ValidationError> {
-    let failure_rate_percent = spec.failure_rate_percent.unwrap_or(50);
+    let failure_rate_percent = spec
+        .failure_rate_percent
+        .unwrap_or(defaults::BREAKER_FAILURE_RATE_PERCENT);
     if failure_rate_percent > 100 {
         return Err(ValidationError::new(
             "spec.breaker.failureRatePercent",
             format!("must be 0-100, got {failure_rate_percent}"),
         ));
     }
-    let half_open_probes = spec.half_open_probes.unwrap_or(1);
+    let half_open_probes = spec
+        .half_open_probes
+        .unwrap_or(defaults::BREAKER_HALF_OPEN_PROBES);
     if half_open_probes == 0 {
         return Err(ValidationError::new(
             "spec.breaker.halfOpenProbes",
@@ -311,11 +334,17 @@ fn validate_breaker(spec: BreakerSpec) -> Result<Breaker, ValidationError> {
         ));
     }
     Ok(Breaker {
-        consecutive_failures: spec.consecutive_failures.unwrap_or(5),
+        consecutive_failures: spec
+            .consecutive_failures
+            .unwrap_or(defaults::BREAKER_CONSECUTIVE_FAILURES),
         failure_rate_percent,
-        min_requests: spec.min_requests.unwrap_or(20),
-        window: duration_or("spec.breaker.window", spec.window, "30s")?,
-        open_duration: duration_or("spec.breaker.openDuration", spec.open_duration, "30s")?,
+        min_requests: spec.min_requests.unwrap_or(defaults::BREAKER_MIN_REQUESTS),
+        window: duration_or("spec.breaker.window", spec.window, defaults::BREAKER_WINDOW)?,
+        open_duration: duration_or(
+            "spec.breaker.openDuration",
+            spec.open_duration,
+            defaults::BREAKER_OPEN,
+        )?,
         half_open_probes,
         count_json_rpc_errors: spec.count_json_rpc_errors.unwrap_or(false),
         count_tool_errors: spec.count_tool_errors.unwrap_or(false),
@@ -354,7 +383,9 @@ fn validate_health(spec: HealthSpec) -> Result<Health, ValidationError> {
             ));
         }
     };
-    let failure_threshold = spec.failure_threshold.unwrap_or(3);
+    let failure_threshold = spec
+        .failure_threshold
+        .unwrap_or(defaults::HEALTH_FAILURE_THRESHOLD);
     if failure_threshold == 0 {
         return Err(ValidationError::new(
             "spec.health.failureThreshold",
@@ -362,8 +393,16 @@ fn validate_health(spec: HealthSpec) -> Result<Health, ValidationError> {
         ));
     }
     Ok(Health {
-        interval: duration_or("spec.health.interval", spec.interval, "30s")?,
-        timeout: duration_or("spec.health.timeout", spec.timeout, "5s")?,
+        interval: duration_or(
+            "spec.health.interval",
+            spec.interval,
+            defaults::HEALTH_INTERVAL,
+        )?,
+        timeout: duration_or(
+            "spec.health.timeout",
+            spec.timeout,
+            defaults::HEALTH_TIMEOUT,
+        )?,
         failure_threshold,
         probe,
     })
@@ -372,10 +411,12 @@ fn validate_health(spec: HealthSpec) -> Result<Health, ValidationError> {
 fn duration_or(
     field: &str,
     value: Option<String>,
-    default: &str,
+    default: Duration,
 ) -> Result<Duration, ValidationError> {
-    let text = value.as_deref().unwrap_or(default);
-    let duration = parse_duration(text).map_err(|reason| ValidationError::new(field, reason))?;
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let duration = parse_duration(&text).map_err(|reason| ValidationError::new(field, reason))?;
     if duration.is_zero() {
         return Err(ValidationError::new(field, "must be positive"));
     }

@@ -12,8 +12,17 @@
 //! a line never answers it. Every other message is parsed as rmcp parses
 //! it, so rmcp never refuses one with its own plain-text 415. The session,
 //! if any, is untouched.
+//!
+//! It is also where draining (`drain.rs`) is enforced: once the replica
+//! drains, a new request or stream is refused with 503 while answers,
+//! notifications and cancellations still reach the calls in flight, and
+//! every admitted POST holds the drain until its answer is written.
 
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
 use axum::{
     body::{Body, Bytes},
@@ -31,9 +40,15 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tracing::debug;
 
-/// Largest request body accepted, in bytes.
-#[derive(Clone, Copy, Debug)]
-pub struct BodyLimit(pub usize);
+use crate::drain::{Blocker, Drain};
+
+/// What the guard needs: the largest request body accepted, in bytes, and
+/// the replica's drain.
+#[derive(Clone, Debug)]
+pub struct GuardState {
+    pub body_limit: usize,
+    pub drain: Drain,
+}
 
 /// Why a body was refused, answered as a JSON-RPC error object.
 #[derive(Debug)]
@@ -46,6 +61,8 @@ struct Refusal {
 }
 
 const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC's implementation-defined server error.
+const SERVER_ERROR: i64 = -32000;
 const INVALID_REQUEST: i64 = -32600;
 const INVALID_PARAMS: i64 = -32602;
 
@@ -76,12 +93,16 @@ struct CallParams<'a> {
     meta: Option<&'a RawValue>,
 }
 
-pub async fn guard(State(limit): State<BodyLimit>, request: Request, next: Next) -> Response {
+pub async fn guard(State(state): State<GuardState>, request: Request, next: Next) -> Response {
+    let limit = state.body_limit;
     if request.method() != Method::POST {
+        if request.method() == Method::GET && state.drain.is_draining() {
+            return draining(None).into_response();
+        }
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, limit.0).await {
+    let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
         Err(err) => {
             let too_large = std::error::Error::source(&err)
@@ -90,7 +111,7 @@ pub async fn guard(State(limit): State<BodyLimit>, request: Request, next: Next)
                 error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     INVALID_REQUEST,
-                    format!("request body exceeds the limit of {} bytes", limit.0),
+                    format!("request body exceeds the limit of {limit} bytes"),
                 )
             } else {
                 error(
@@ -102,15 +123,71 @@ pub async fn guard(State(limit): State<BodyLimit>, request: Request, next: Next)
             return refusal.into_response();
         }
     };
-    if let Err(refusal) = check(&bytes) {
-        debug!(status = %refusal.status, code = refusal.code, "refused a malformed MCP request");
-        return refusal.into_response();
+    match check(&bytes) {
+        Err(refusal) => {
+            debug!(status = %refusal.status, code = refusal.code, "refused a malformed MCP request");
+            return refusal.into_response();
+        }
+        Ok(Some(id)) if state.drain.is_draining() => {
+            debug!("refused a request: draining");
+            return draining(Some(id)).into_response();
+        }
+        Ok(_) => {}
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let blocker = state.drain.blocker();
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    response.map(|body| {
+        Body::new(Held {
+            body,
+            _blocker: blocker,
+        })
+    })
 }
 
-fn check(bytes: &Bytes) -> Result<(), Refusal> {
+/// 503 for new work while the replica drains: the client should go to
+/// another replica (or this one's successor).
+fn draining(id: Option<&RawValue>) -> Refusal {
+    Refusal {
+        id: id.map(RawValue::to_owned),
+        ..error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            SERVER_ERROR,
+            "the gateway is shutting down: retry on another replica".to_owned(),
+        )
+    }
+}
+
+/// A response body that holds the drain until it has been written.
+struct Held {
+    body: Body,
+    _blocker: Blocker,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Checks one message; a request's id comes back (notifications and
+/// answers have none to refuse).
+fn check(bytes: &Bytes) -> Result<Option<&RawValue>, Refusal> {
     let envelope = read_envelope(bytes)?;
     let invalid = |message: String| error(StatusCode::BAD_REQUEST, INVALID_REQUEST, message);
     if envelope.jsonrpc.as_deref() != Some("2.0") {
@@ -158,7 +235,7 @@ fn check(bytes: &Bytes) -> Result<(), Refusal> {
             }
         }
     }
-    Ok(())
+    Ok(id.filter(|_| envelope.method.is_some()))
 }
 
 /// The message's envelope, or why it is not a JSON-RPC message at all.
