@@ -143,6 +143,6 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let body = state.metrics.render(&state.servers, &state.config);
+    let body = state.metrics.render();
     ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body)
 }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::{
     admin::{self, AdminState},
     catalog,
-    downstream::{Launcher, Servers},
+    downstream::{Launcher, Servers, gauges::ServerGauges},
     drain::Drain,
     mcp::{self, McpConfig},
     telemetry::{
@@ -104,6 +104,9 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     );
     let catalog = catalog::spawn_builder(servers.clone(), stop.clone());
     let status = ConfigStatus::default();
+    metrics.register_collector(ServerGauges(servers.clone()));
+    metrics.register_collector(status.clone());
+    metrics.register_collector(drain.clone());
 
     let xds = XdsClient {
         address: config.control_plane.clone(),

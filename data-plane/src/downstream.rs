@@ -6,6 +6,7 @@
 //! and tears down its connections.
 
 pub mod breaker;
+pub mod gauges;
 pub mod http;
 mod lines;
 pub mod pool;

@@ -10,6 +10,11 @@ use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::gauge::ConstGauge,
+};
 use tokio::sync::Notify;
 
 /// The replica's drain state; cheap to clone. Taking and dropping a
@@ -80,6 +85,25 @@ impl Drop for Blocker {
         if self.state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.state.idle.notify_waiters();
         }
+    }
+}
+
+impl Collector for Drain {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let draining = ConstGauge::new(i64::from(self.is_draining()));
+        draining.encode(encoder.encode_descriptor(
+            "draining",
+            "1 once the replica is stopping: not ready, refusing new requests",
+            None,
+            draining.metric_type(),
+        )?)?;
+        let in_flight = ConstGauge::new(i64::try_from(self.in_flight()).unwrap_or(i64::MAX));
+        in_flight.encode(encoder.encode_descriptor(
+            "drain_in_flight",
+            "Requests and calls in flight: what a stop would wait for",
+            None,
+            in_flight.metric_type(),
+        )?)
     }
 }
 

@@ -13,6 +13,11 @@ use std::{
 };
 
 use parking_lot::Mutex;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::gauge::ConstGauge,
+};
 use proto::config::{
     self as pb, config_discovery_client::ConfigDiscoveryClient, control_message,
     replica_message::Kind as ReplicaKind, resource,
@@ -54,13 +59,14 @@ pub enum Error {
     OutboundClosed,
 }
 
-/// What the replica has applied; read by `/healthz` and `/readyz`.
-#[derive(Clone, Default)]
+/// What the replica has applied; read by `/healthz`, `/readyz` and, as
+/// gauges, by each metrics scrape.
+#[derive(Clone, Debug, Default)]
 pub struct ConfigStatus {
     inner: Arc<ConfigStatusInner>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct ConfigStatusInner {
     applied_version: AtomicU64,
     connected: AtomicBool,
@@ -328,6 +334,25 @@ fn desired_servers(snapshot: &pb::Snapshot) -> (Desired, BTreeMap<String, String
         }
     }
     (desired, rejected)
+}
+
+impl Collector for ConfigStatus {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let version = ConstGauge::new(i64::try_from(self.applied_version()).unwrap_or(i64::MAX));
+        version.encode(encoder.encode_descriptor(
+            "config_version",
+            "Version of the last applied config snapshot (0 before the first)",
+            None,
+            version.metric_type(),
+        )?)?;
+        let connected = ConstGauge::new(i64::from(self.connected()));
+        connected.encode(encoder.encode_descriptor(
+            "control_plane_connected",
+            "1 while the config stream is up",
+            None,
+            connected.metric_type(),
+        )?)
+    }
 }
 
 #[cfg(test)]

@@ -404,6 +404,7 @@ async fn metrics_and_logfmt_lines_describe_a_known_workload() {
         1.0
     );
     assert_eq!(value("switchboard_control_plane_connected", &[]), 1.0);
+    assert_eq!(value("switchboard_draining", &[]), 0.0);
     assert_eq!(
         value("switchboard_config_version", &[]),
         sb.health().await["configVersion"].as_f64().unwrap_or(-1.0)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use e2e::{
     EVENTUALLY, McpClient, Switchboard, call, connect, demo_server_with, demo_server_yaml,
-    eventually, processes_matching, server_with, stubborn_server_yaml, text, tool_names,
+    eventually, metric, processes_matching, server_with, stubborn_server_yaml, text, tool_names,
 };
 use serde_json::{Value, json};
 
@@ -741,6 +741,12 @@ async fn a_stopping_gateway_finishes_calls_in_flight_and_refuses_new_ones() {
     })
     .await;
     assert_eq!((status, body.as_str()), (503, "draining: shutting down\n"));
+    let metrics = sb.gateway_metrics().await;
+    assert_eq!(metric(&metrics, "switchboard_draining", &[]), Some(1.0));
+    assert!(
+        metric(&metrics, "switchboard_drain_in_flight", &[]) >= Some(1.0),
+        "the call holds the drain: {metrics}"
+    );
 
     // A new session and a new request on an open one are both refused.
     let initialize = json!({ "jsonrpc": "2.0", "id": 7, "method": "initialize", "params": {

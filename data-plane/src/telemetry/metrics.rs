@@ -1,23 +1,21 @@
 //! Prometheus metrics of a replica. Request counters and latencies are
-//! recorded as requests finish; per-server state (breaker, restarts, pool)
-//! and config state are read from their owners at scrape time, so there is
-//! one source of truth and nothing to keep in sync. Labels stay
-//! low-cardinality: server, method, outcome — never tool, caller or session.
+//! recorded as requests finish; state (servers, config, drain) is read by
+//! its owner's collector at scrape time (`downstream/gauges.rs`, `xds.rs`,
+//! `drain.rs`), so there is one source of truth and nothing to keep in
+//! sync. Labels stay low-cardinality: server, method, outcome — never
+//! tool, caller or session.
 
-use std::sync::{Arc, atomic::AtomicI64};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use prometheus_client::{
+    collector::Collector,
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
 use super::export::ExportCounters;
-use crate::{
-    downstream::{ServerState, Servers, breaker::BreakerState},
-    xds::ConfigStatus,
-};
 
 /// Latency buckets in seconds: the MCP semantic conventions' buckets with
 /// sub-10 ms resolution added, where a gateway's own cost shows.
@@ -50,11 +48,6 @@ pub struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServerLabels {
-    pub server: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -73,9 +66,8 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric of a replica, and the registry that exposes them.
 pub struct Metrics {
-    registry: Registry,
-    /// Serialises scrapes: server gauges are rebuilt on each one.
-    scrape: Mutex<()>,
+    /// Locked to add a subsystem's collector, and by each scrape.
+    registry: Mutex<Registry>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: HistogramFamily<MethodLabels>,
     pub downstream_duration: HistogramFamily<MethodLabels>,
@@ -94,14 +86,6 @@ pub struct Metrics {
     pub direct_lists: Counter,
     pub config_updates: Family<ResultLabels, Counter>,
     pub spans: ExportCounters,
-    config_version: Gauge<i64, AtomicI64>,
-    control_plane_connected: Gauge,
-    server_ready: Family<ServerLabels, Gauge>,
-    server_tools: Family<ServerLabels, Gauge>,
-    server_restarts: Family<ServerLabels, Gauge>,
-    breaker_state: Family<ServerLabels, Gauge>,
-    connections: Family<ServerLabels, Gauge>,
-    in_flight: Family<ServerLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -116,8 +100,7 @@ impl Metrics {
         let (answered_json, answered_sse) = (framed("json"), framed("sse"));
         let metrics = Self {
             // Replaced below, once every metric is registered.
-            registry: Registry::default(),
-            scrape: Mutex::new(()),
+            registry: Mutex::default(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             downstream_duration: Family::new_with_constructor(latency_histogram),
@@ -135,14 +118,6 @@ impl Metrics {
                 exported: Counter::default(),
                 dropped: Family::default(),
             },
-            config_version: Gauge::default(),
-            control_plane_connected: Gauge::default(),
-            server_ready: Family::default(),
-            server_tools: Family::default(),
-            server_restarts: Family::default(),
-            breaker_state: Family::default(),
-            connections: Family::default(),
-            in_flight: Family::default(),
         };
         // Series that dashboards and alerts watch start at 0.
         for reason in [DROP_QUEUE_FULL, DROP_EXPORT_FAILED] {
@@ -212,16 +187,6 @@ impl Metrics {
             m.config_updates.clone(),
         );
         registry.register(
-            "config_version",
-            "Version of the last applied config snapshot (0 before the first)",
-            m.config_version.clone(),
-        );
-        registry.register(
-            "control_plane_connected",
-            "1 while the config stream is up",
-            m.control_plane_connected.clone(),
-        );
-        registry.register(
             "spans_exported",
             "Spans accepted by the OTLP receiver",
             m.spans.exported.clone(),
@@ -231,90 +196,23 @@ impl Metrics {
             "Spans dropped, by reason (queue_full, export_failed)",
             m.spans.dropped.clone(),
         );
-        registry.register(
-            "server_ready",
-            "1 when the server is ready",
-            m.server_ready.clone(),
-        );
-        registry.register(
-            "server_tools",
-            "Tools the server offers",
-            m.server_tools.clone(),
-        );
-        registry.register(
-            "server_restarts",
-            "Process or connection restarts since the server's spec last changed",
-            m.server_restarts.clone(),
-        );
-        registry.register(
-            "server_breaker_state",
-            "Circuit breaker: 0 closed, 1 half-open, 2 open",
-            m.breaker_state.clone(),
-        );
-        registry.register(
-            "server_connections",
-            "Open connections (processes for stdio servers), pooled and per-session",
-            m.connections.clone(),
-        );
-        registry.register(
-            "server_in_flight",
-            "Calls waiting for the server",
-            m.in_flight.clone(),
-        );
         Self {
-            registry,
+            registry: Mutex::new(registry),
             ..metrics
         }
     }
 
-    /// Renders every metric in the OpenMetrics text format, reading server
-    /// and config state as it is now.
-    pub fn render(&self, servers: &Servers, config: &ConfigStatus) -> String {
-        let _scrape = self.scrape.lock();
-        let state_families = [
-            &self.server_ready,
-            &self.server_tools,
-            &self.server_restarts,
-            &self.breaker_state,
-            &self.connections,
-            &self.in_flight,
-        ];
-        // Removed servers must disappear, not linger at their last value.
-        for family in state_families {
-            family.clear();
-        }
-        for handle in servers.list() {
-            let status = handle.status();
-            let labels = ServerLabels {
-                server: handle.spec.name.to_string(),
-            };
-            let set = |family: &Family<ServerLabels, Gauge>, value: i64| {
-                family.get_or_create(&labels).set(value);
-            };
-            set(
-                &self.server_ready,
-                i64::from(status.state == ServerState::Ready),
-            );
-            set(&self.server_tools, status.tools.len() as i64);
-            set(&self.server_restarts, i64::from(status.restarts));
-            set(
-                &self.breaker_state,
-                match status.breaker {
-                    BreakerState::Closed => 0,
-                    BreakerState::HalfOpen => 1,
-                    BreakerState::Open => 2,
-                },
-            );
-            set(&self.connections, status.connections as i64);
-            set(&self.in_flight, i64::from(status.in_flight));
-        }
-        self.config_version
-            .set(i64::try_from(config.applied_version()).unwrap_or(i64::MAX));
-        self.control_plane_connected
-            .set(i64::from(config.connected()));
+    /// Adds a subsystem's metrics, read from it at each scrape.
+    pub fn register_collector(&self, collector: impl Collector) {
+        self.registry.lock().register_collector(Box::new(collector));
+    }
+
+    /// Renders every metric in the OpenMetrics text format, collectors'
+    /// state as it is now.
+    pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode(&mut out, &self.registry.lock());
         out
     }
 }
