@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::{
-    metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, ScrapeSources},
+    metrics::{Metrics, OPENMETRICS_CONTENT_TYPE},
     peers::Peers,
     push::{ReplicaStatus, Replicas},
     registry::{Registry, RegistryIssue},
@@ -138,14 +138,6 @@ async fn trace(
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let body = {
-        let registry = state.registry.borrow();
-        state.metrics.render(ScrapeSources {
-            registry: &registry,
-            snapshot_version: state.snapshots.borrow().version,
-            replicas: &state.replicas,
-            traces: &state.traces,
-        })
-    };
+    let body = state.metrics.render();
     ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body)
 }

@@ -15,13 +15,13 @@ use kube::runtime::events::{Recorder, Reporter};
 use crate::{
     admin::{self, AdminState},
     leader::{self, LeaseConfig},
-    metrics::{Metrics, TraceCounters},
+    metrics::Metrics,
     peers::{self, PeerConfig, Peers},
     push::{ConfigPushService, Replicas},
     registry::{Registry, directory::DirectorySource, kubernetes::KubernetesSource},
-    snapshot,
+    snapshot::{self, SnapshotGauges},
     status::StatusWriter,
-    traces::{TraceReceiver, TraceStore, forward::Forwarder},
+    traces::{TraceCounters, TraceReceiver, TraceStore, forward::Forwarder},
 };
 
 /// Where `McpServer` resources come from.
@@ -158,7 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         tasks.spawn(writer.run(shutdown.clone()));
     }
     let trace_counters = TraceCounters::default();
-    let metrics = Arc::new(Metrics::new(replicas.counters(), trace_counters.clone()));
+    let metrics = Arc::new(Metrics::new());
     let traces = TraceStore::new(config.trace_buffer);
     let forwarder = match &config.otlp_forward {
         Some(endpoint) => {
@@ -176,6 +176,12 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         forwarder,
         counters: trace_counters,
     };
+    metrics.register_collector(replicas.clone());
+    metrics.register_collector(receiver.clone());
+    metrics.register_collector(SnapshotGauges {
+        registry: registry_rx.clone(),
+        snapshots: snapshot_rx.clone(),
+    });
     let grpc = TcpListener::bind(config.grpc_listen)
         .await
         .with_context(|| format!("binding the gRPC listener on {}", config.grpc_listen))?;

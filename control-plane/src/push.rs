@@ -6,6 +6,11 @@
 use std::{borrow::Cow, collections::BTreeMap, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::Counter, gauge::ConstGauge},
+};
 use proto::config::{
     self as pb, config_discovery_server::ConfigDiscovery, control_message,
     replica_message::Kind as ReplicaKind,
@@ -17,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::{metrics::ConfigCounters, snapshot::SnapshotWatch};
+use crate::snapshot::SnapshotWatch;
 
 /// A replica that connects but says nothing is dropped after this long.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +37,13 @@ pub struct ConfigPushService {
     snapshots: SnapshotWatch,
     replicas: Replicas,
     cancel: CancellationToken,
+}
+
+/// Answers to config snapshots, over all replicas.
+#[derive(Clone, Debug, Default)]
+struct ConfigCounters {
+    acks: Counter,
+    nacks: Counter,
 }
 
 /// What each replica that ever connected last reported, by replica id.
@@ -312,6 +324,51 @@ impl ReplicaStatus {
 
 // === impl Replicas ===
 
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replicas")
+    }
+}
+
+impl Collector for Replicas {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let counters = [
+            (
+                "config_acks",
+                "Snapshots replicas applied (ACK)",
+                &self.counters.acks,
+            ),
+            (
+                "config_nacks",
+                "Snapshots replicas refused in part (NACK)",
+                &self.counters.nacks,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let connected = self
+            .inner
+            .lock()
+            .by_id
+            .values()
+            .filter(|r| r.connected)
+            .count();
+        let connected = ConstGauge::new(i64::try_from(connected).unwrap_or(i64::MAX));
+        connected.encode(encoder.encode_descriptor(
+            "replicas_connected",
+            "Gateway replicas holding a config stream",
+            None,
+            connected.metric_type(),
+        )?)
+    }
+}
+
 impl Replicas {
     /// Records a new stream and returns its connection number; a replica
     /// that reconnects before its old stream is noticed dead gets a new one.
@@ -347,10 +404,6 @@ impl Replicas {
         if let Some(status) = self.inner.lock().by_id.get_mut(replica_id) {
             f(status);
         }
-    }
-
-    pub fn counters(&self) -> ConfigCounters {
-        self.counters.clone()
     }
 
     /// A copy of every replica's status, by replica id.

@@ -8,6 +8,11 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::gauge::ConstGauge,
+};
 use proto::config::{self as pb, mcp_server::Transport, resource::Kind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +29,45 @@ use crate::{
 
 /// The current snapshot; version 0 means "nothing loaded yet".
 pub type SnapshotWatch = watch::Receiver<Arc<pb::Snapshot>>;
+
+/// The registry and the snapshot built from it, as gauges read at scrape.
+#[derive(Debug)]
+pub struct SnapshotGauges {
+    pub registry: watch::Receiver<Registry>,
+    pub snapshots: SnapshotWatch,
+}
+
+impl Collector for SnapshotGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let (servers, issues) = {
+            let registry = self.registry.borrow();
+            (count(registry.servers.len()), count(registry.issues.len()))
+        };
+        let version = i64::try_from(self.snapshots.borrow().version).unwrap_or(i64::MAX);
+        for (name, help, value) in [
+            (
+                "snapshot_version",
+                "Version of the current config snapshot",
+                version,
+            ),
+            (
+                "registry_servers",
+                "Valid McpServer resources in the registry",
+                servers,
+            ),
+            (
+                "registry_issues",
+                "Registry files or resources that were refused",
+                issues,
+            ),
+        ] {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
 
 /// Builds a snapshot for every registry change until `cancel`.
 pub async fn run_builder(

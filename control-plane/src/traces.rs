@@ -19,6 +19,11 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
 use parking_lot::Mutex;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::Counter, family::Family, gauge::ConstGauge},
+};
 use prost::Message;
 use proto::otlp::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -28,7 +33,6 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, codec::CompressionEncoding};
 use tracing::debug;
 
-use crate::metrics::{DROP_INVALID, TraceCounters};
 use forward::Forwarder;
 
 /// Largest OTLP export accepted; collectors batch far below this.
@@ -38,10 +42,53 @@ const MAX_LIMIT: usize = 200;
 /// Spans kept per trace; a runaway trace cannot crowd out the rest.
 const MAX_SPANS_PER_TRACE: usize = 1024;
 
+/// Why spans were dropped.
+pub const DROP_QUEUE_FULL: &str = "forward_queue_full";
+pub const DROP_FORWARD_FAILED: &str = "forward_failed";
+/// Refused at the receiver: the export was not OTLP.
+pub const DROP_INVALID: &str = "invalid_export";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Spans through the OTLP receiver; shared with the forwarder.
+#[derive(Clone, Debug)]
+pub struct TraceCounters {
+    pub received: Counter,
+    pub forwarded: Counter,
+    dropped: Family<ReasonLabels, Counter>,
+}
+
 /// Span attributes the filters match on.
 const SERVER_ATTR: &str = "switchboard.server";
 const TOOL_ATTR: &str = "gen_ai.tool.name";
 const CALLER_ATTR: &str = "switchboard.caller";
+
+// === impl TraceCounters ===
+
+impl Default for TraceCounters {
+    /// Every drop reason starts at 0, so dashboards and alerts see the
+    /// series before the first drop.
+    fn default() -> Self {
+        let counters = Self {
+            received: Counter::default(),
+            forwarded: Counter::default(),
+            dropped: Family::default(),
+        };
+        for reason in [DROP_QUEUE_FULL, DROP_FORWARD_FAILED, DROP_INVALID] {
+            counters.dropped(reason);
+        }
+        counters
+    }
+}
+
+impl TraceCounters {
+    pub fn dropped(&self, reason: &'static str) -> Counter {
+        self.dropped.get_or_create(&ReasonLabels { reason }).clone()
+    }
+}
 
 /// Recent traces, oldest evicted first; cheap to clone.
 #[derive(Clone)]
@@ -433,6 +480,52 @@ impl TraceReceiver {
         TraceServiceServer::new(self)
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(MAX_EXPORT_BYTES)
+    }
+}
+
+impl std::fmt::Debug for TraceReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TraceReceiver")
+    }
+}
+
+/// The trace pipeline's metrics: spans received, forwarded and dropped,
+/// and the traces the store holds now.
+impl Collector for TraceReceiver {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let counters = &self.counters;
+        for (name, help, counter) in [
+            (
+                "spans_received",
+                "Spans received from replicas over OTLP",
+                &counters.received,
+            ),
+            (
+                "spans_forwarded",
+                "Spans forwarded to the configured collector",
+                &counters.forwarded,
+            ),
+        ] {
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        counters.dropped.encode(encoder.encode_descriptor(
+            "spans_dropped",
+            "Spans not kept or forwarded, by reason (forward_queue_full, forward_failed, invalid_export)",
+            None,
+            counters.dropped.metric_type(),
+        )?)?;
+        let buffered = ConstGauge::new(i64::try_from(self.store.len()).unwrap_or(i64::MAX));
+        buffered.encode(encoder.encode_descriptor(
+            "traces_buffered",
+            "Traces held for the /traces API",
+            None,
+            buffered.metric_type(),
+        )?)
     }
 }
 

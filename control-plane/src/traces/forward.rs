@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{codec::CompressionEncoding, transport::Channel};
 use tracing::{info, warn};
 
-use crate::metrics::{DROP_FORWARD_FAILED, DROP_QUEUE_FULL, TraceCounters};
+use super::{DROP_FORWARD_FAILED, DROP_QUEUE_FULL, TraceCounters};
 
 /// Exports waiting for the collector.
 const QUEUE_CAPACITY: usize = 256;
