@@ -14,6 +14,7 @@
 // this gateway serves still use it.
 #![allow(deprecated)]
 
+pub mod answer;
 pub mod direct;
 pub mod guard;
 pub mod park;

@@ -54,7 +54,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
 use super::{
-    Error, page,
+    Error,
+    answer::Refusal,
+    page,
     park::{Book, OpenStream},
     replay::{KEEP_FINISHED, Replay, parse_event_id},
     single::WINDOW,
@@ -228,7 +230,10 @@ pub async fn direct_path(
     // The guard has read the body already: this takes its one chunk.
     let bytes = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(bytes) => bytes,
-        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+        Err(error) => {
+            return Refusal::invalid_request(format!("cannot read the request body: {error}"))
+                .into_response();
+        }
     };
     let answered = match serde_json::from_slice::<Incoming<'_>>(&bytes) {
         // What only concerns the direct path's own calls (an answer to a

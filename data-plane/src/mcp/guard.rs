@@ -27,7 +27,7 @@ use std::{
 use axum::{
     body::{Body, Bytes},
     extract::{Request, State},
-    http::{Method, StatusCode},
+    http::Method,
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -36,10 +36,10 @@ use serde::{
     Deserialize, Deserializer,
     de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
 };
-use serde_json::json;
 use serde_json::value::RawValue;
 use tracing::debug;
 
+use super::answer::Refusal;
 use crate::drain::{Blocker, Drain};
 
 /// What the guard needs: the largest request body accepted, in bytes, and
@@ -49,22 +49,6 @@ pub struct GuardState {
     pub body_limit: usize,
     pub drain: Drain,
 }
-
-/// Why a body was refused, answered as a JSON-RPC error object.
-#[derive(Debug)]
-struct Refusal {
-    status: StatusCode,
-    code: i64,
-    message: String,
-    /// The refused request's id, when it had one to answer.
-    id: Option<Box<RawValue>>,
-}
-
-const PARSE_ERROR: i64 = -32700;
-/// JSON-RPC's implementation-defined server error.
-const SERVER_ERROR: i64 = -32000;
-const INVALID_REQUEST: i64 = -32600;
-const INVALID_PARAMS: i64 = -32602;
 
 /// What a JSON-RPC message must look like, read without copying.
 #[derive(Deserialize)]
@@ -97,7 +81,7 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
     let limit = state.body_limit;
     if request.method() != Method::POST {
         if request.method() == Method::GET && state.drain.is_draining() {
-            return draining(None).into_response();
+            return Refusal::shutting_down().into_response();
         }
         return next.run(request).await;
     }
@@ -108,17 +92,9 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
             let too_large = std::error::Error::source(&err)
                 .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
             let refusal = if too_large {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    INVALID_REQUEST,
-                    format!("request body exceeds the limit of {limit} bytes"),
-                )
+                Refusal::too_large(limit)
             } else {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    INVALID_REQUEST,
-                    format!("cannot read the request body: {err}"),
-                )
+                Refusal::invalid_request(format!("cannot read the request body: {err}"))
             };
             return refusal.into_response();
         }
@@ -130,7 +106,7 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
         }
         Ok(Some(id)) if state.drain.is_draining() => {
             debug!("refused a request: draining");
-            return draining(Some(id)).into_response();
+            return Refusal::shutting_down().to(Some(id)).into_response();
         }
         Ok(_) => {}
     }
@@ -144,19 +120,6 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
             _blocker: blocker,
         })
     })
-}
-
-/// 503 for new work while the replica drains: the client should go to
-/// another replica (or this one's successor).
-fn draining(id: Option<&RawValue>) -> Refusal {
-    Refusal {
-        id: id.map(RawValue::to_owned),
-        ..error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            SERVER_ERROR,
-            "the gateway is shutting down: retry on another replica".to_owned(),
-        )
-    }
 }
 
 /// A response body that holds the drain until it has been written.
@@ -189,7 +152,7 @@ impl http_body::Body for Held {
 /// answers have none to refuse).
 fn check(bytes: &Bytes) -> Result<Option<&RawValue>, Refusal> {
     let envelope = read_envelope(bytes)?;
-    let invalid = |message: String| error(StatusCode::BAD_REQUEST, INVALID_REQUEST, message);
+    let invalid = Refusal::invalid_request;
     if envelope.jsonrpc.as_deref() != Some("2.0") {
         return Err(invalid(
             "Invalid Request: `jsonrpc` must be \"2.0\"".to_owned(),
@@ -209,10 +172,7 @@ fn check(bytes: &Bytes) -> Result<Option<&RawValue>, Refusal> {
             "Invalid Request: `id` must be a string or an integer ({err})"
         )));
     }
-    let invalid_params = |message: String| Refusal {
-        id: id.map(RawValue::to_owned),
-        ..error(StatusCode::BAD_REQUEST, INVALID_PARAMS, message)
-    };
+    let invalid_params = |message: String| Refusal::invalid_params(message).to(id);
     match envelope.method.as_deref() {
         Some("tools/call") if id.is_some() => {
             check_call_params(envelope.params)
@@ -242,18 +202,14 @@ fn check(bytes: &Bytes) -> Result<Option<&RawValue>, Refusal> {
 fn read_envelope(bytes: &Bytes) -> Result<Envelope<'_>, Refusal> {
     serde_json::from_slice(bytes).map_err(|err| {
         if err.is_syntax() || err.is_eof() {
-            return error(
-                StatusCode::BAD_REQUEST,
-                PARSE_ERROR,
-                format!("Parse error: {err}"),
-            );
+            return Refusal::parse_error(format!("Parse error: {err}"));
         }
         let message = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
             "Invalid Request: JSON-RPC batches are not supported by MCP; send one message per request".to_owned()
         } else {
             "Invalid Request: expected a JSON-RPC 2.0 object with `jsonrpc`, and `method` or `result`/`error`".to_owned()
         };
-        error(StatusCode::BAD_REQUEST, INVALID_REQUEST, message)
+        Refusal::invalid_request(message)
     })
 }
 
@@ -334,26 +290,6 @@ fn check_call_params(params: Option<&RawValue>) -> Result<(), &'static str> {
         return Err("needs `params._meta` as an object");
     }
     Ok(())
-}
-
-fn error(status: StatusCode, code: i64, message: String) -> Refusal {
-    Refusal {
-        status,
-        code,
-        message,
-        id: None,
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        // Written as it came: turning the raw id into a `Value` could fail.
-        let id = self.id.as_deref().map_or("null", RawValue::get);
-        let error = json!({ "code": self.code, "message": self.message });
-        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#);
-        let content_type = [(http::header::CONTENT_TYPE, "application/json")];
-        (self.status, content_type, body).into_response()
-    }
 }
 
 #[cfg(test)]

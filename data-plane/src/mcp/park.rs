@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 use uuid::Uuid;
 
-use super::direct::DirectSession;
+use super::{answer::Refusal, direct::DirectSession};
 use crate::telemetry::Metrics;
 
 /// The session manager of `/mcp`: rmcp's in-memory one, plus parking.
@@ -330,8 +330,8 @@ pub async fn end_session(State(book): State<Arc<Book>>, request: Request, next: 
     if held {
         StatusCode::OK.into_response()
     } else {
-        // The words rmcp answers any other request for an unknown session with.
-        (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response()
+        Refusal::unknown_session("session not found: start a new one with initialize")
+            .into_response()
     }
 }
 

@@ -8,7 +8,7 @@
 use std::{collections::HashMap, convert::Infallible, sync::Arc};
 
 use axum::{
-    Json, Router,
+    Router,
     body::Bytes,
     extract::{Query, State},
     http::{StatusCode, request::Parts, uri::Authority},
@@ -25,13 +25,12 @@ use rmcp::{
     model::{ClientJsonRpcMessage, GetExtensions, JsonRpcMessage, ServerJsonRpcMessage},
 };
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, PollSender};
 use tracing::{Instrument, debug, info_span};
 
-use super::{GatewaySession, McpConfig};
+use super::{GatewaySession, McpConfig, answer::Refusal};
 use crate::{catalog::CatalogReader, downstream::Servers, telemetry::Telemetry};
 
 /// Messages buffered per direction before the sender waits.
@@ -80,7 +79,7 @@ pub fn router(
 
 async fn open(State(state): State<SseState>, parts: Parts) -> Response {
     if let Err(refused) = check_host(&state.allowed_hosts, &parts) {
-        return rpc_error(StatusCode::FORBIDDEN, -32600, refused);
+        return Refusal::forbidden(refused).into_response();
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (to_client, outbound) = mpsc::channel::<ServerJsonRpcMessage>(CHANNEL_CAPACITY);
@@ -133,27 +132,20 @@ async fn message(
     body: Bytes,
 ) -> Response {
     if let Err(refused) = check_host(&state.allowed_hosts, &parts) {
-        return rpc_error(StatusCode::FORBIDDEN, -32600, refused);
+        return Refusal::forbidden(refused).into_response();
     }
     let sender = state.sessions.read().get(&query.session_id).cloned();
     let Some(sender) = sender else {
-        return rpc_error(
-            StatusCode::NOT_FOUND,
-            -32600,
-            format!(
-                "unknown or expired session `{}`; open a new one at /sse",
-                query.session_id
-            ),
-        );
+        return Refusal::unknown_session(format!(
+            "unknown or expired session `{}`; open a new one at /sse",
+            query.session_id
+        ))
+        .into_response();
     };
     let mut message: ClientJsonRpcMessage = match serde_json::from_slice(&body) {
         Ok(message) => message,
         Err(err) => {
-            return rpc_error(
-                StatusCode::BAD_REQUEST,
-                -32600,
-                format!("Invalid Request: {err}"),
-            );
+            return Refusal::invalid_request(format!("Invalid Request: {err}")).into_response();
         }
     };
     // Handlers read headers (caller, traceparent) from the request parts,
@@ -168,11 +160,8 @@ async fn message(
         _ => {}
     }
     if sender.send(message).await.is_err() {
-        return rpc_error(
-            StatusCode::NOT_FOUND,
-            -32600,
-            format!("session `{}` has ended", query.session_id),
-        );
+        return Refusal::unknown_session(format!("session `{}` has ended", query.session_id))
+            .into_response();
     }
     StatusCode::ACCEPTED.into_response()
 }
@@ -258,12 +247,6 @@ pub(super) fn check_host(allowed: &AllowedHosts, parts: &Parts) -> Result<(), St
         }
     }
     Ok(())
-}
-
-fn rpc_error(status: StatusCode, code: i64, message: String) -> Response {
-    let body =
-        json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
-    (status, Json(body)).into_response()
 }
 
 #[cfg(test)]

@@ -1,4 +1,7 @@
+use axum::http::StatusCode;
+
 use super::*;
+use crate::mcp::answer::{INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR};
 
 /// The HTTP status and JSON-RPC error code `check` answers with.
 fn refusal(body: &str) -> Option<(StatusCode, i64)> {

@@ -1,0 +1,126 @@
+//! The one place a refusal becomes an HTTP answer: a JSON-RPC error object
+//! (the code, a message saying what to do, the request's id when there was
+//! one to read) under the HTTP status that says the same. The guard, the
+//! drain, legacy SSE, the direct path and ending a session all answer
+//! through it, so a client meets one shape of error however it connects.
+
+use axum::{
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{json, value::RawValue};
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const INVALID_PARAMS: i64 = -32602;
+/// JSON-RPC's implementation-defined server error.
+pub const SERVER_ERROR: i64 = -32000;
+
+/// Why a message was not taken.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: i64,
+    pub message: String,
+    /// The refused request's id, when it had one to answer.
+    pub id: Option<Box<RawValue>>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: i64, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            id: None,
+        }
+    }
+
+    /// Answers the request `id` names.
+    pub fn to(mut self, id: Option<&RawValue>) -> Self {
+        self.id = id.map(RawValue::to_owned);
+        self
+    }
+
+    /// Not JSON.
+    pub fn parse_error(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, PARSE_ERROR, message)
+    }
+
+    /// JSON, but not a JSON-RPC message MCP takes.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, message)
+    }
+
+    /// A request whose params do not parse.
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, INVALID_PARAMS, message)
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            INVALID_REQUEST,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    }
+
+    /// A `Host` or `Origin` this gateway does not serve.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, INVALID_REQUEST, message)
+    }
+
+    /// A session id this gateway does not hold (any more): the client
+    /// starts a new session.
+    pub fn unknown_session(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, INVALID_REQUEST, message)
+    }
+
+    /// New work while the replica drains.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            SERVER_ERROR,
+            "the gateway is shutting down: retry on another replica",
+        )
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        // Written as it came: turning the raw id into a `Value` could fail.
+        let id = self.id.as_deref().map_or("null", RawValue::get);
+        let error = json!({ "code": self.code, "message": self.message });
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#);
+        let content_type = [(header::CONTENT_TYPE, "application/json")];
+        (self.status, content_type, body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(refusal: Refusal) -> (u16, serde_json::Value) {
+        let response = refusal.into_response();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&bytes).expect("JSON"))
+    }
+
+    #[tokio::test]
+    async fn refusals_are_json_rpc_errors_with_the_request_id_as_written() {
+        let id = RawValue::from_string(r#""a\"b""#.to_owned()).expect("raw id");
+        let (status, answer) = body(Refusal::invalid_params("no").to(Some(&id))).await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            answer,
+            json!({ "jsonrpc": "2.0", "id": "a\"b", "error": { "code": -32602, "message": "no" } })
+        );
+        let (status, answer) = body(Refusal::shutting_down()).await;
+        assert_eq!((status, &answer["id"]), (503, &serde_json::Value::Null));
+        assert_eq!(answer["error"]["code"], SERVER_ERROR);
+    }
+}
