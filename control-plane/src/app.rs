@@ -3,17 +3,19 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use proto::config as pb;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use kube::runtime::events::{Recorder, Reporter};
 
 use crate::{
     admin::{self, AdminState},
+    auth::{ReplicaAuth, ReplicaToken},
     leader::{self, LeaseConfig},
     metrics::Metrics,
     peers::{self, PeerConfig, Peers},
@@ -51,6 +53,10 @@ pub struct Config {
     pub otlp_forward: Option<String>,
     /// Traces kept for the `/traces` API.
     pub trace_buffer: usize,
+    /// What every gRPC call must present; `None` lets any caller in.
+    pub replica_token: Option<ReplicaToken>,
+    /// Serve gRPC beyond loopback without a replica token.
+    pub allow_unauthenticated_replicas: bool,
 }
 
 /// A running control plane.
@@ -64,6 +70,15 @@ pub struct Bound {
 /// Loads the registry, binds both listeners and starts serving.
 /// Fails if the registry directory cannot be read or a port cannot be bound.
 pub async fn run(config: Config) -> anyhow::Result<Bound> {
+    if config.replica_token.is_none() && !config.grpc_listen.ip().is_loopback() {
+        if !config.allow_unauthenticated_replicas {
+            bail!(
+                "refusing to serve config on {} without a replica token: anyone who reaches it would get every server's config and secrets (set --replica-token-file or SWITCHBOARD_REPLICA_TOKEN, or --allow-unauthenticated-replicas where the network alone keeps others out)",
+                config.grpc_listen
+            );
+        }
+        warn!(grpc = %config.grpc_listen, "serving config without a replica token (--allow-unauthenticated-replicas)");
+    }
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
@@ -176,6 +191,8 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         forwarder,
         counters: trace_counters,
     };
+    let auth = ReplicaAuth::new(config.replica_token.clone());
+    metrics.register_collector(auth.clone());
     metrics.register_collector(replicas.clone());
     metrics.register_collector(receiver.clone());
     metrics.register_collector(SnapshotGauges {
@@ -190,8 +207,8 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let cancel = shutdown.clone();
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()
-            .add_service(push.into_server())
-            .add_service(receiver.into_server())
+            .add_service(InterceptedService::new(push.into_server(), auth.clone()))
+            .add_service(InterceptedService::new(receiver.into_server(), auth))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), cancel.cancelled_owned())
             .await;
         if let Err(err) = served {

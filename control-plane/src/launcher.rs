@@ -17,7 +17,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::app;
+use crate::{app, auth::ReplicaToken};
 
 const GATEWAY_BINARY: &str = "switchboard-gateway";
 /// How long a fresh gateway may take to apply its first snapshot.
@@ -26,6 +26,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// its drain (10 s), closing (2 s) and servers' teardown together.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 const SIGTERM: i32 = 15;
+/// What the gateway reads its control-plane token from.
+const CONTROL_PLANE_TOKEN_ENV: &str = "SWITCHBOARD_CONTROL_PLANE_TOKEN";
 
 #[derive(Clone, Debug)]
 pub struct UpConfig {
@@ -39,12 +41,14 @@ pub struct UpConfig {
 /// Runs until `stop` resolves or the gateway exits on its own.
 pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let gateway_bin = sibling_binary(GATEWAY_BINARY)?;
+    let token = config.control_plane.replica_token.clone();
     let control = app::run(config.control_plane).await?;
     let mut gateway = spawn_gateway(
         &gateway_bin,
         control.grpc_addr,
         config.gateway_listen,
         &config.log_format,
+        token.as_ref(),
     )?;
 
     let ready = wait_ready(config.gateway_listen, &mut gateway).await;
@@ -89,8 +93,13 @@ fn spawn_gateway(
     control_plane: SocketAddr,
     listen: SocketAddr,
     log_format: &str,
+    token: Option<&ReplicaToken>,
 ) -> anyhow::Result<Box<dyn ChildWrapper>> {
     let mut command = tokio::process::Command::new(binary);
+    // In the environment, not the arguments: those show in `ps`.
+    if let Some(token) = token {
+        command.env(CONTROL_PLANE_TOKEN_ENV, token.expose());
+    }
     command
         .arg("--log-format")
         .arg(log_format)

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use control_plane::{app, launcher};
+use control_plane::{app, auth::ReplicaToken, launcher};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 #[derive(Parser)]
@@ -115,11 +115,34 @@ struct ControlArgs {
     /// Recent traces kept for the `/traces` API.
     #[arg(long, env = "SWITCHBOARD_TRACE_BUFFER", default_value_t = 1000)]
     trace_buffer: usize,
+    /// File holding the token every replica must present on the gRPC port
+    /// (the value itself can come in `SWITCHBOARD_REPLICA_TOKEN`). Needed
+    /// when gRPC listens beyond loopback.
+    #[arg(long, env = "SWITCHBOARD_REPLICA_TOKEN_FILE")]
+    replica_token_file: Option<PathBuf>,
+    /// Serve gRPC beyond loopback without a replica token: only where the
+    /// network alone keeps everyone but the gateways out.
+    #[arg(long, env = "SWITCHBOARD_ALLOW_UNAUTHENTICATED_REPLICAS")]
+    allow_unauthenticated_replicas: bool,
 }
 
-impl From<ControlArgs> for app::Config {
-    fn from(args: ControlArgs) -> Self {
-        Self {
+impl ControlArgs {
+    /// The replica token from `--replica-token-file`, else from
+    /// `SWITCHBOARD_REPLICA_TOKEN` (an env value, never a flag: flags show
+    /// in `ps`).
+    fn replica_token(&self) -> anyhow::Result<Option<ReplicaToken>> {
+        Ok(ReplicaToken::from_file_or_env(
+            self.replica_token_file.as_deref(),
+            "SWITCHBOARD_REPLICA_TOKEN",
+        )?)
+    }
+}
+
+impl ControlArgs {
+    fn into_config(self) -> anyhow::Result<app::Config> {
+        let replica_token = self.replica_token()?;
+        let args = self;
+        Ok(app::Config {
             registry: match args.source {
                 Source::Directory => app::RegistrySource::Directory(args.registry),
                 Source::Kubernetes => app::RegistrySource::Kubernetes {
@@ -137,7 +160,9 @@ impl From<ControlArgs> for app::Config {
             http_listen: args.http_listen,
             otlp_forward: args.otlp_forward.filter(|e| !e.is_empty()),
             trace_buffer: args.trace_buffer,
-        }
+            replica_token,
+            allow_unauthenticated_replicas: args.allow_unauthenticated_replicas,
+        })
     }
 }
 
@@ -170,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let stop = shutdown_signal();
-            let bound = app::run(args.into()).await?;
+            let bound = app::run(args.into_config()?).await?;
             stop.await;
             bound.shutdown_trigger().cancel();
             bound.wait().await;
@@ -180,8 +205,13 @@ async fn main() -> anyhow::Result<()> {
             control,
             gateway_listen,
         } => {
+            let mut control_plane = control.into_config()?;
+            // The gateway `up` starts gets a fresh token of its own.
+            if control_plane.replica_token.is_none() {
+                control_plane.replica_token = Some(ReplicaToken::generate()?);
+            }
             let config = launcher::UpConfig {
-                control_plane: control.into(),
+                control_plane,
                 gateway_listen,
                 log_format: cli
                     .log_format

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
+use proto::auth::ReplicaToken;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -37,6 +38,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Control-plane gRPC URL, e.g. `http://127.0.0.1:8788`.
     pub control_plane: String,
+    /// Presented to the control plane on the config stream, and on span
+    /// exports when they go to it.
+    pub control_plane_token: Option<ReplicaToken>,
     /// Identifies this replica to the control plane.
     pub replica_id: String,
     pub mcp: McpConfig,
@@ -81,6 +85,9 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
                 service_name: "switchboard-gateway",
                 replica_id: config.replica_id.clone(),
                 sample_ratio: config.trace_sample_ratio,
+                token: (endpoint == &config.control_plane)
+                    .then(|| config.control_plane_token.clone())
+                    .flatten(),
             };
             let (tracer, exporter) = export::spawn(export, metrics.spans.clone(), stop.clone())?;
             tasks.spawn(async move {
@@ -110,6 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
 
     let xds = XdsClient {
         address: config.control_plane.clone(),
+        token: config.control_plane_token.clone(),
         replica_id: config.replica_id.clone(),
         servers: servers.clone(),
         status: status.clone(),

@@ -1,7 +1,7 @@
 //! `switchboard-gateway`: the gateway replica binary, plus the bundled
 //! demo MCP server.
 
-use std::{net::SocketAddr, ops::RangeInclusive, time::Duration};
+use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -12,6 +12,7 @@ use data_plane::{
     downstream::Launcher,
     mcp::McpConfig,
 };
+use proto::auth::ReplicaToken;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// rmcp logs every handshake at INFO; that belongs at debug for a gateway.
@@ -99,6 +100,10 @@ struct RunArgs {
         default_value = "http://127.0.0.1:8788"
     )]
     control_plane: String,
+    /// File holding the control plane's replica token (the value itself
+    /// can come in `SWITCHBOARD_CONTROL_PLANE_TOKEN`; `up` sets that).
+    #[arg(long, env = "SWITCHBOARD_CONTROL_PLANE_TOKEN_FILE")]
+    control_plane_token_file: Option<PathBuf>,
     /// Replica name reported to the control plane (the pod name in a cluster).
     #[arg(long, env = "SWITCHBOARD_REPLICA_ID", default_value = "gateway-0")]
     replica_id: String,
@@ -238,9 +243,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(endpoint) => Some(endpoint.to_owned()),
             };
             let stop = shutdown_signal();
+            let control_plane_token = ReplicaToken::from_file_or_env(
+                args.control_plane_token_file.as_deref(),
+                "SWITCHBOARD_CONTROL_PLANE_TOKEN",
+            )?;
             let bound = app::run(app::Config {
                 listen: args.listen,
                 control_plane: args.control_plane,
+                control_plane_token,
                 replica_id: args.replica_id,
                 mcp: McpConfig {
                     allowed_hosts: args.allowed_hosts,

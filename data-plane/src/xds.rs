@@ -18,9 +18,12 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::gauge::ConstGauge,
 };
-use proto::config::{
-    self as pb, config_discovery_client::ConfigDiscoveryClient, control_message,
-    replica_message::Kind as ReplicaKind, resource,
+use proto::{
+    auth::{Presenting, ReplicaToken},
+    config::{
+        self as pb, config_discovery_client::ConfigDiscoveryClient, control_message,
+        replica_message::Kind as ReplicaKind, resource,
+    },
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -77,6 +80,8 @@ struct ConfigStatusInner {
 /// The subscriber task's inputs.
 pub struct XdsClient {
     pub address: String,
+    /// Presented on the config stream.
+    pub token: Option<ReplicaToken>,
     pub replica_id: String,
     pub servers: Servers,
     pub status: ConfigStatus,
@@ -150,7 +155,8 @@ impl XdsClient {
         responded: &mut bool,
     ) -> Result<(), Error> {
         let channel = endpoint.connect().await.map_err(Error::Connect)?;
-        let mut client = ConfigDiscoveryClient::new(channel);
+        let mut client =
+            ConfigDiscoveryClient::with_interceptor(channel, Presenting(self.token.clone()));
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let hello = ReplicaKind::Hello(pb::Hello {
             replica_id: self.replica_id.clone(),

@@ -52,3 +52,133 @@ pub mod defaults {
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
     pub const HEALTH_FAILURE_THRESHOLD: u32 = 3;
 }
+
+pub mod auth {
+    //! How a replica proves itself on the gRPC port: the control plane's
+    //! token as gRPC metadata, `authorization: Bearer <token>`.
+
+    use std::{fmt, io::Read, path::Path, sync::Arc};
+
+    pub const METADATA_KEY: &str = "authorization";
+    pub const BEARER_PREFIX: &str = "Bearer ";
+    /// Shorter tokens are refused: they could be guessed.
+    const MIN_TOKEN_LEN: usize = 16;
+
+    /// The shared secret; never printed.
+    #[derive(Clone, PartialEq, Eq)]
+    pub struct ReplicaToken(Arc<str>);
+
+    #[derive(Debug, thiserror::Error)]
+    pub enum TokenError {
+        #[error("cannot read the token file {path}: {source}")]
+        Read {
+            path: String,
+            source: std::io::Error,
+        },
+        #[error(
+            "the replica token must be at least {MIN_TOKEN_LEN} characters (without surrounding whitespace)"
+        )]
+        TooShort,
+        #[error("cannot make a random replica token: {0}")]
+        Random(std::io::Error),
+        #[error("the replica token may hold only visible ASCII characters")]
+        NotAscii,
+    }
+
+    /// Presents the token on every call of a client:
+    /// `SomeClient::with_interceptor(channel, Presenting(token))`.
+    #[derive(Clone, Debug)]
+    pub struct Presenting(pub Option<ReplicaToken>);
+
+    impl ReplicaToken {
+        pub fn new(value: &str) -> Result<Self, TokenError> {
+            let value = value.trim();
+            if value.len() < MIN_TOKEN_LEN {
+                return Err(TokenError::TooShort);
+            }
+            if !value.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(TokenError::NotAscii);
+            }
+            Ok(Self(value.into()))
+        }
+
+        /// The token in `path` (a mounted Secret, say), whitespace trimmed.
+        pub fn read(path: &Path) -> Result<Self, TokenError> {
+            let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Self::new(&text)
+        }
+
+        /// The token in `--<flag>` file if given, else in the environment
+        /// variable `env` (a value, never a flag: flags show in `ps`).
+        pub fn from_file_or_env(
+            file: Option<&Path>,
+            env: &str,
+        ) -> Result<Option<Self>, TokenError> {
+            if let Some(path) = file {
+                return Self::read(path).map(Some);
+            }
+            match std::env::var(env) {
+                Ok(value) if !value.is_empty() => Self::new(&value).map(Some),
+                _ => Ok(None),
+            }
+        }
+
+        /// 32 random bytes from the kernel, hex-encoded.
+        pub fn generate() -> Result<Self, TokenError> {
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut random| random.read_exact(&mut bytes))
+                .map_err(TokenError::Random)?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            Ok(Self(hex.into()))
+        }
+
+        /// The value, to send or to hand to a process this one starts.
+        pub fn expose(&self) -> &str {
+            &self.0
+        }
+
+        /// The metadata value a call carries.
+        pub fn bearer(&self) -> String {
+            format!("{BEARER_PREFIX}{}", self.0)
+        }
+
+        /// Compares without stopping at the first difference, so the time
+        /// a refusal takes says nothing about how much of a guess was right.
+        pub fn matches(&self, presented: &[u8]) -> bool {
+            let expected = self.0.as_bytes();
+            expected.len() == presented.len()
+                && expected
+                    .iter()
+                    .zip(presented)
+                    .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                    == 0
+        }
+    }
+
+    impl fmt::Debug for ReplicaToken {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("ReplicaToken(redacted)")
+        }
+    }
+
+    impl tonic::service::Interceptor for Presenting {
+        fn call(
+            &mut self,
+            mut request: tonic::Request<()>,
+        ) -> Result<tonic::Request<()>, tonic::Status> {
+            if let Some(token) = &self.0 {
+                // Visible ASCII only (checked in `new`), so it always parses.
+                let value = token
+                    .bearer()
+                    .parse()
+                    .map_err(|_| tonic::Status::internal("the replica token is not ASCII"))?;
+                request.metadata_mut().insert(METADATA_KEY, value);
+            }
+            Ok(request)
+        }
+    }
+}

@@ -621,3 +621,48 @@ fn the_compose_file_matches_the_dockerfile_and_the_repository() {
     }
     assert!(services.contains_key("gateway") && services.contains_key("control-plane"));
 }
+
+/// Without a token Secret the control plane says it serves unauthenticated
+/// (it would refuse to start beyond loopback otherwise); with one, both
+/// planes read the token from it and nothing says so.
+#[test]
+fn the_replica_token_comes_from_a_secret_or_its_absence_is_explicit() {
+    let env_of = |objects: &[Value], name: &str| -> Vec<Value> {
+        pod_spec(deployment(objects, name))["containers"][0]["env"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let named = |env: &[Value], name: &str| env.iter().find(|e| e["name"] == name).cloned();
+
+    let open = objects(&render(&[]));
+    let control = env_of(&open, "switchboard-control-plane");
+    assert_eq!(
+        named(&control, "SWITCHBOARD_ALLOW_UNAUTHENTICATED_REPLICAS").map(|e| e["value"].clone()),
+        Some(Value::from("true"))
+    );
+    assert!(
+        named(
+            &env_of(&open, "switchboard-gateway"),
+            "SWITCHBOARD_CONTROL_PLANE_TOKEN"
+        )
+        .is_none()
+    );
+
+    let closed = objects(&render(&["--set", "replicaToken.existingSecret=sb-token"]));
+    let reference = serde_json::json!({ "secretKeyRef": { "name": "sb-token", "key": "token" } });
+    let control = env_of(&closed, "switchboard-control-plane");
+    assert!(named(&control, "SWITCHBOARD_ALLOW_UNAUTHENTICATED_REPLICAS").is_none());
+    assert_eq!(
+        named(&control, "SWITCHBOARD_REPLICA_TOKEN").map(|e| e["valueFrom"].clone()),
+        Some(reference.clone())
+    );
+    assert_eq!(
+        named(
+            &env_of(&closed, "switchboard-gateway"),
+            "SWITCHBOARD_CONTROL_PLANE_TOKEN"
+        )
+        .map(|e| e["valueFrom"].clone()),
+        Some(reference)
+    );
+}

@@ -7,9 +7,12 @@
 
 use std::net::SocketAddr;
 
-use proto::config::{
-    self as pb, config_discovery_client::ConfigDiscoveryClient, control_message,
-    replica_message::Kind, resource,
+use proto::{
+    auth::{Presenting, ReplicaToken},
+    config::{
+        self as pb, config_discovery_client::ConfigDiscoveryClient, control_message,
+        replica_message::Kind, resource,
+    },
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
@@ -23,9 +26,26 @@ impl RefusingReplica {
     /// Connects to the control plane at `grpc` as `replica_id` and refuses
     /// every server of every snapshot for `reason`.
     pub async fn connect(grpc: SocketAddr, replica_id: &str, reason: &str) -> Self {
-        let mut client = ConfigDiscoveryClient::connect(format!("http://{grpc}"))
+        Self::try_connect(grpc, replica_id, reason, None)
+            .await
+            .expect("open the config stream")
+    }
+
+    /// [`RefusingReplica::connect`], presenting `token` if given; the
+    /// control plane's refusal, if it refuses.
+    pub async fn try_connect(
+        grpc: SocketAddr,
+        replica_id: &str,
+        reason: &str,
+        token: Option<&str>,
+    ) -> Result<Self, tonic::Status> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .expect("a URL")
+            .connect()
             .await
             .expect("connect to the control plane");
+        let token = token.map(|t| ReplicaToken::new(t).expect("a valid token"));
+        let mut client = ConfigDiscoveryClient::with_interceptor(channel, Presenting(token));
         let (tx, rx) = mpsc::channel(16);
         let hello = pb::Hello {
             replica_id: replica_id.to_owned(),
@@ -39,8 +59,7 @@ impl RefusingReplica {
         .expect("queue hello");
         let mut snapshots = client
             .stream_config(ReceiverStream::new(rx))
-            .await
-            .expect("open the config stream")
+            .await?
             .into_inner();
         let reason = reason.to_owned();
         let task = tokio::spawn(async move {
@@ -74,7 +93,7 @@ impl RefusingReplica {
                 }
             }
         });
-        Self { task }
+        Ok(Self { task })
     }
 }
 

@@ -8,12 +8,16 @@
 use std::time::Duration;
 
 use prometheus_client::metrics::{counter::Counter, family::Family};
-use proto::otlp::{
-    ExportTraceServiceRequest, ResourceSpans, ScopeSpans, trace_service_client::TraceServiceClient,
+use proto::{
+    auth::{Presenting, ReplicaToken},
+    otlp::{
+        ExportTraceServiceRequest, ResourceSpans, ScopeSpans,
+        trace_service_client::TraceServiceClient,
+    },
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -48,6 +52,8 @@ pub struct ExportConfig {
     pub replica_id: String,
     /// Share of new traces recorded (0.0–1.0).
     pub sample_ratio: f64,
+    /// Presented on every export (to the control plane's receiver).
+    pub token: Option<ReplicaToken>,
 }
 
 /// Counters the exporter keeps.
@@ -73,7 +79,7 @@ pub fn spawn(
         .connect_lazy();
     // Uncompressed: the receiver is usually the control plane next door, and
     // gzip would spend the CPU the gateways' requests need.
-    let client = TraceServiceClient::new(channel);
+    let client = TraceServiceClient::with_interceptor(channel, Presenting(config.token.clone()));
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let queue_full = counters
         .dropped
@@ -96,7 +102,7 @@ pub fn spawn(
 }
 
 struct Exporter {
-    client: TraceServiceClient<Channel>,
+    client: TraceServiceClient<InterceptedService<Channel, Presenting>>,
     /// The encoded OTLP `Resource` and `InstrumentationScope` of every export.
     resource: Vec<u8>,
     scope: Vec<u8>,

@@ -1,0 +1,141 @@
+//! Who may talk to whom: replicas prove themselves to the control plane
+//! with its token before they get a snapshot (which holds resolved
+//! secrets), report health or NACKs, or export spans.
+
+use std::process::Stdio;
+
+use e2e::{
+    EVENTUALLY, Switchboard, bin_dir, call, connect, demo_server_yaml, eventually, free_addr,
+    metric, scripted_replica::RefusingReplica,
+};
+use proto::otlp::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient};
+use serde_json::json;
+
+const TOKEN: &str = "e2e-replica-token-0123456789";
+
+/// A control plane with a replica token, a gateway that has it, one that
+/// has another, and processes that have none: only the first gets config.
+#[tokio::test]
+async fn only_replicas_with_the_token_get_config_or_report() {
+    let tokens = tempfile::tempdir().expect("token dir");
+    let (right, wrong) = (tokens.path().join("right"), tokens.path().join("wrong"));
+    std::fs::write(&right, format!("{TOKEN}\n")).expect("token file");
+    std::fs::write(&wrong, "another-token-0123456789").expect("token file");
+    let (right, wrong) = (right.display().to_string(), wrong.display().to_string());
+    let marker = format!("auth-{}", std::process::id());
+    let mut sb = Switchboard::unstarted();
+    sb.write_file("d.yaml", &demo_server_yaml("d", &marker, &[]));
+    sb.control_args = vec!["--replica-token-file".into(), right];
+    // As `up` hands it over: in the environment. A file flag wins over it.
+    sb.gateway_env = vec![("SWITCHBOARD_CONTROL_PLANE_TOKEN".into(), TOKEN.into())];
+    sb.start_control_plane().await;
+    sb.start_gateway().await;
+    sb.wait_gateway_ready().await;
+    sb.wait_server_state("d", "ready").await;
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    call(&client, "d.echo", json!({ "text": "with the token" }))
+        .await
+        .expect("the gateway with the token serves");
+
+    // A gateway with the wrong token never gets a snapshot.
+    let intruder_addr = free_addr();
+    let mut intruder = sb.spawn_replica_with(
+        intruder_addr,
+        "intruder",
+        &["--control-plane-token-file", &wrong],
+    );
+    let http = reqwest::Client::new();
+    let health = format!("http://{intruder_addr}/healthz");
+    eventually("the intruder runs", EVENTUALLY, || async {
+        let answer = http.get(&health).send().await.map_err(|e| e.to_string())?;
+        let body: serde_json::Value = answer.json().await.map_err(|e| e.to_string())?;
+        (body["configVersion"] == 0 && body["controlPlaneConnected"] == false)
+            .then_some(())
+            .ok_or(body.to_string())
+    })
+    .await;
+    eventually("the intruder is told why", EVENTUALLY, || async {
+        let log = intruder.log();
+        log.contains("replica token").then_some(()).ok_or(log)
+    })
+    .await;
+
+    // Nor does a process with no token at all; its NACKs never reach status.
+    let refused = RefusingReplica::try_connect(sb.grpc, "rogue", "refused", None)
+        .await
+        .err()
+        .expect("no stream without the token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    RefusingReplica::try_connect(sb.grpc, "rogue", "refused", Some("wrong-token-0123456789"))
+        .await
+        .err()
+        .expect("no stream with a wrong token");
+    let _allowed = RefusingReplica::try_connect(sb.grpc, "scripted", "refused", Some(TOKEN))
+        .await
+        .expect("a stream with the token");
+
+    // Spans without the token are refused too.
+    let mut exporter = TraceServiceClient::connect(format!("http://{}", sb.grpc))
+        .await
+        .expect("connect");
+    let refused = exporter
+        .export(ExportTraceServiceRequest::default())
+        .await
+        .expect_err("no export without the token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    let status = sb.control_status().await;
+    let replicas = status["replicas"].as_object().expect("replicas");
+    assert!(replicas.contains_key("e2e-0"), "{status}");
+    assert!(!replicas.contains_key("intruder"), "{status}");
+    assert!(!replicas.contains_key("rogue"), "{status}");
+    let metrics = sb
+        .get_text(&format!("http://{}/metrics", sb.control_http))
+        .await
+        .expect("control-plane metrics")
+        .1;
+    let failures = metric(
+        &metrics,
+        "switchboard_control_replica_auth_failures_total",
+        &[],
+    );
+    assert!(failures >= Some(4.0), "{failures:?}\n{metrics}");
+    intruder.kill_hard().await;
+}
+
+/// Beyond loopback the control plane will not serve config without a
+/// token unless told the network keeps others out.
+#[tokio::test]
+async fn no_token_beyond_loopback_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("registry");
+    let serve = |extra: &[&str]| {
+        let mut command = std::process::Command::new(bin_dir().join("switchboard-control"));
+        command
+            .args(["serve", "--registry"])
+            .arg(dir.path())
+            .args(["--grpc-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("SWITCHBOARD_REPLICA_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    let output = serve(&[]).output().expect("run switchboard-control");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("without a replica token") && stderr.contains("--replica-token-file"),
+        "{stderr}"
+    );
+    // Told so, it starts (and is stopped here).
+    let mut child = serve(&["--allow-unauthenticated-replicas"])
+        .spawn()
+        .expect("run switchboard-control");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().expect("status").is_none(),
+        "it keeps running"
+    );
+    child.kill().expect("stop it");
+    let _ = child.wait();
+}
