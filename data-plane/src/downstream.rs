@@ -40,6 +40,7 @@ pub use crate::clients::SessionKey;
 use crate::{
     clients::Clients,
     drain::Drain,
+    redact,
     spec::{ServerSpec, SessionMode, Transport},
     telemetry::{SpanKind, Telemetry, TraceContext, attr, metrics::MethodLabels},
 };
@@ -883,6 +884,7 @@ impl Stats {
     }
 
     fn record_error(&self, error: String) {
+        let error = redact::urls(&error).into_owned();
         *self.last_error.lock() = Some((error, SystemTime::now()));
     }
 

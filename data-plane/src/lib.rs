@@ -15,6 +15,7 @@ pub mod downstream;
 pub mod drain;
 pub mod mcp;
 pub mod observe;
+pub mod redact;
 pub mod shim;
 pub mod spec;
 pub mod telemetry;

@@ -11,6 +11,7 @@ use data_plane::{
     demo_server::{self, DemoOptions},
     downstream::Launcher,
     mcp::McpConfig,
+    redact,
 };
 use proto::auth::ReplicaToken;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
@@ -203,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with(
                 tracing_logfmt::builder()
                     .layer()
-                    .with_writer(std::io::stderr),
+                    .with_writer(|| redact::Lines(std::io::stderr())),
             )
             .init(),
         LogFormat::Json => logs
@@ -211,7 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(|| redact::Lines(std::io::stderr())),
             )
             .init(),
     }

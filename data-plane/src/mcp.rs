@@ -61,6 +61,7 @@ use crate::{
     downstream::{CallError, Origin, Request, Servers, SessionKey},
     mcp::direct::{DirectPath, DirectSession},
     observe::{Observation, RequestInfo, Target},
+    redact,
     spec::SessionMode,
     telemetry::Telemetry,
 };
@@ -149,7 +150,8 @@ impl Error {
             other => return Err(other.into_error()),
         };
         let detail = json!({ "kind": call.kind(), "server": call.server() });
-        let mut result = CallToolResult::error(vec![ContentBlock::text(call.to_string())]);
+        let message = redact::urls(&call.to_string()).into_owned();
+        let mut result = CallToolResult::error(vec![ContentBlock::text(message)]);
         let mut meta = MetaObject::default();
         meta.0.insert(ERROR_META_KEY.to_owned(), detail);
         result.meta = Some(meta);
@@ -159,7 +161,7 @@ impl Error {
     /// A JSON-RPC error for methods other than `tools/call`, which have
     /// no `isError` result to explain a failure in.
     pub fn into_error(self) -> ErrorData {
-        let message = self.to_string();
+        let message = redact::urls(&self.to_string()).into_owned();
         match self {
             Error::UnknownTool(name) => {
                 ErrorData::invalid_params(message, Some(json!({ "tool": name })))
@@ -192,7 +194,9 @@ impl Error {
             }
             Error::InvalidCursor(_) => observation.set_failure("invalid_cursor", self.to_string()),
             Error::Call(CallError::Downstream(_)) => {}
-            Error::Call(call) => observation.set_failure(call.kind(), call.to_string()),
+            Error::Call(call) => {
+                observation.set_failure(call.kind(), redact::urls(&call.to_string()).into_owned())
+            }
         }
     }
 }

@@ -139,3 +139,51 @@ async fn no_token_beyond_loopback_refuses_to_start() {
     child.kill().expect("stop it");
     let _ = child.wait();
 }
+
+/// A server URL with a password and a token in its query: the errors the
+/// gateway reports about it (health, status, logs) name the server and
+/// the host, never the credentials.
+#[tokio::test]
+async fn reported_errors_carry_no_url_credentials() {
+    let port = free_addr().port();
+    let url = format!("http://alice:pw-planted-1@127.0.0.1:{port}/mcp?token=query-planted-2");
+    let server = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": "remote" },
+        "spec": { "transport": { "http": { "url": url } } },
+    });
+    let sb = Switchboard::start(&[("remote.yaml", &server.to_string())]).await;
+    let health = sb.wait_server_state("remote", "failed").await;
+    for field in ["reason", "lastError"] {
+        let text = health[field].as_str().unwrap_or("");
+        let redacted = format!("http://***@127.0.0.1:{port}/mcp?redacted");
+        assert!(text.contains(&redacted), "{health}");
+    }
+    let status = eventually(
+        "the failure reaches the control plane",
+        EVENTUALLY,
+        || async {
+            let status = sb.control_status().await;
+            let reported = &status["replicas"]["e2e-0"]["servers"];
+            reported
+                .to_string()
+                .contains("failed")
+                .then(|| status.clone())
+                .ok_or(status.to_string())
+        },
+    )
+    .await;
+    let everywhere = [
+        health.to_string(),
+        status["replicas"].to_string(),
+        sb.logs(),
+    ]
+    .join("\n");
+    for planted in ["pw-planted-1", "query-planted-2"] {
+        assert!(
+            !everywhere.contains(planted),
+            "{planted} leaked:\n{everywhere}"
+        );
+    }
+}

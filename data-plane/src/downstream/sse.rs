@@ -30,7 +30,10 @@ use super::{
     stdio::{Launched, Launcher},
     with_causes,
 };
-use crate::spec::{HttpSpec, SseSpec};
+use crate::{
+    redact,
+    spec::{HttpSpec, SseSpec},
+};
 
 /// Messages buffered per direction before the sender waits.
 const CHANNEL_CAPACITY: usize = 64;
@@ -214,7 +217,7 @@ async fn read_events(mut events: Events, inbound: mpsc::Sender<ServerJsonRpcMess
         let event = match event {
             Ok(event) => event,
             Err(err) => {
-                warn!(error = %err, "SSE stream failed");
+                warn!(error = %redact::urls(&err.to_string()), "SSE stream failed");
                 return;
             }
         };
@@ -263,7 +266,7 @@ async fn post_messages(
                 return;
             }
             Ok(response) => warn!(status = %response.status(), "SSE POST refused"),
-            Err(err) => warn!(error = %err, "SSE POST failed"),
+            Err(err) => warn!(error = %redact::urls(&err.to_string()), "SSE POST failed"),
         }
     }
 }

@@ -19,7 +19,10 @@ use super::{
     http::HttpConnection, lines::Direct, pool::Connection, relay::Relay, sse::SseConnection,
     stdio::StdioConnection,
 };
-use crate::spec::{Probe, Transport};
+use crate::{
+    redact,
+    spec::{Probe, Transport},
+};
 
 /// Restart backoff: from the first delay, doubling up to the cap. A server
 /// that stayed up for `STABLE_AFTER` starts again from the first delay.
@@ -73,6 +76,7 @@ pub(super) async fn supervise(handle: Arc<ServerHandle>, mut events: mpsc::Recei
             }
             Err(reason) => reason,
         };
+        let reason = redact::urls(&reason).into_owned();
         warn!(reason = %reason, retry_in = ?delay, "server failed");
         handle.stats.record_error(reason.clone());
         handle.set_lifecycle(Lifecycle {
@@ -346,7 +350,7 @@ async fn run_connection(
                 Ok(()) => failures = 0,
                 Err(err) => {
                     failures += 1;
-                    warn!(connection = connection.id, failures, error = %err, "health probe failed");
+                    warn!(connection = connection.id, failures, error = %redact::urls(&err.to_string()), "health probe failed");
                     if failures >= health.failure_threshold {
                         break Some(format!("health probe failed {failures} times in a row: {err}"));
                     }

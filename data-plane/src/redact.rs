@@ -1,0 +1,125 @@
+//! Keeps credentials out of what the gateway reports. Errors from HTTP
+//! servers and their clients quote URLs, and a URL may carry a password
+//! (`https://user:secret@host`) or a token in its query string; before an
+//! error is stored for `/healthz`, sent to the control plane (status,
+//! Events) or given to a client, both are cut out of every URL in it, and
+//! every log line is written through [`Lines`], since libraries (rmcp,
+//! reqwest) log the URLs they fail on themselves.
+
+use std::{borrow::Cow, io};
+
+/// `text` with each URL's user info replaced by `***` and its query by
+/// `?redacted`.
+pub fn urls(text: &str) -> Cow<'_, str> {
+    if !text.contains("://") {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let scheme_start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let end = rest[at..]
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')' | ']')
+            })
+            .map_or(rest.len(), |i| at + i);
+        out.push_str(&rest[..scheme_start]);
+        out.push_str(&redact_one(&rest[scheme_start..end], at - scheme_start));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// A log writer that redacts each line it is given (the formatter hands
+/// it one whole event per write).
+pub struct Lines<W>(pub W);
+
+impl<W: io::Write> io::Write for Lines<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(text) if text.contains("://") => {
+                self.0.write_all(urls(text).as_bytes())?;
+                Ok(buf.len())
+            }
+            _ => self.0.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// One URL, its `://` at `separator`.
+fn redact_one(url: &str, separator: usize) -> String {
+    let authority_start = separator + 3;
+    let authority_end = url[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| authority_start + i);
+    let authority = &url[authority_start..authority_end];
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..authority_start]);
+    match authority.rfind('@') {
+        Some(at) => {
+            out.push_str("***");
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let tail = &url[authority_end..];
+    match tail.find('?') {
+        Some(query) => {
+            out.push_str(&tail[..query]);
+            out.push_str("?redacted");
+            if let Some(fragment) = tail[query..].find('#') {
+                out.push_str(&tail[query + fragment..]);
+            }
+        }
+        None => out.push_str(tail),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_queries_are_cut_from_every_url() {
+        for (text, redacted) in [
+            ("no url here", "no url here"),
+            (
+                "error sending request for url (https://alice:s3cret@mcp.example.com/mcp?token=abc&x=1)",
+                "error sending request for url (https://***@mcp.example.com/mcp?redacted)",
+            ),
+            (
+                "GET http://h:8080/sse?key=k#frag failed; retry http://u@other/ ok",
+                "GET http://h:8080/sse?redacted#frag failed; retry http://***@other/ ok",
+            ),
+            (
+                "\"http://plain.example/path\"",
+                "\"http://plain.example/path\"",
+            ),
+            ("ws://a:b@c?d", "ws://***@c?redacted"),
+        ] {
+            assert_eq!(urls(text), redacted, "{text}");
+        }
+    }
+
+    #[test]
+    fn log_lines_are_written_redacted() {
+        use std::io::Write;
+        let mut lines = Lines(Vec::new());
+        lines
+            .write_all(b"level=error url=\"http://h/p?token=t\"\n")
+            .expect("write");
+        lines.write_all(b"plain\n").expect("write");
+        assert_eq!(
+            String::from_utf8(lines.0).expect("UTF-8"),
+            "level=error url=\"http://h/p?redacted\"\nplain\n"
+        );
+    }
+}
