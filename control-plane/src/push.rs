@@ -16,7 +16,7 @@ use proto::config::{
     replica_message::Kind as ReplicaKind,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -30,6 +30,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Snapshots are sent one at a time and each is the whole config, so a
 /// slow replica only ever needs the newest: a tiny buffer is enough.
 const OUTBOUND_BUFFER: usize = 2;
+/// A replica whose stream ended is shown (disconnected) this long, then
+/// forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
 
 /// The gRPC service; cheap to clone.
 #[derive(Clone)]
@@ -76,6 +79,9 @@ pub struct ReplicaStatus {
     pub servers: Vec<ServerHealthStatus>,
     #[serde(skip)]
     connection: u64,
+    /// When its stream ended; it is forgotten [`FORGET_AFTER`] later.
+    #[serde(skip)]
+    disconnected_at: Option<Instant>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -302,6 +308,14 @@ impl ReplicaStatus {
     }
 }
 
+/// Drops the replicas gone for [`FORGET_AFTER`] or longer.
+fn forget_departed(by_id: &mut BTreeMap<String, ReplicaStatus>, now: Instant) {
+    by_id.retain(|_, r| {
+        r.disconnected_at
+            .is_none_or(|at| now.duration_since(at) < FORGET_AFTER)
+    });
+}
+
 #[cfg(test)]
 impl ReplicaStatus {
     /// A connected replica, for status computations in tests.
@@ -318,6 +332,7 @@ impl ReplicaStatus {
             last_nack,
             servers,
             connection: 0,
+            disconnected_at: None,
         }
     }
 }
@@ -387,17 +402,24 @@ impl Replicas {
                 last_nack: None,
                 servers: previous.map(|p| p.servers).unwrap_or_default(),
                 connection,
+                disconnected_at: None,
             },
         );
         connection
     }
 
+    /// Marks the stream ended, and forgets replicas gone long enough: pods
+    /// get new names on every rollout, so the table would only grow.
     fn disconnected(&self, replica_id: &str, connection: u64) {
-        self.update(replica_id, |r| {
-            if r.connection == connection {
-                r.connected = false;
-            }
-        });
+        let now = Instant::now();
+        let mut table = self.inner.lock();
+        if let Some(status) = table.by_id.get_mut(replica_id)
+            && status.connection == connection
+        {
+            status.connected = false;
+            status.disconnected_at = Some(now);
+        }
+        forget_departed(&mut table.by_id, now);
     }
 
     fn update(&self, replica_id: &str, f: impl FnOnce(&mut ReplicaStatus)) {
@@ -406,8 +428,47 @@ impl Replicas {
         }
     }
 
-    /// A copy of every replica's status, by replica id.
+    /// A copy of every replica's status, by replica id: the connected
+    /// ones, and those gone for less than [`FORGET_AFTER`].
     pub fn snapshot(&self) -> BTreeMap<String, ReplicaStatus> {
-        self.inner.lock().by_id.clone()
+        let now = Instant::now();
+        let mut table = self.inner.lock();
+        forget_departed(&mut table.by_id, now);
+        table.by_id.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(id: &str) -> pb::Hello {
+        pb::Hello {
+            replica_id: id.to_owned(),
+            build_version: "test".to_owned(),
+            applied_version: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn departed_replicas_are_shown_a_while_then_forgotten() {
+        let replicas = Replicas::default();
+        let gone = replicas.connected(&hello("gone"));
+        let back = replicas.connected(&hello("back"));
+        replicas.connected(&hello("stays"));
+        replicas.disconnected("gone", gone);
+        replicas.disconnected("back", back);
+        tokio::time::advance(FORGET_AFTER / 2).await;
+        let shown = replicas.snapshot();
+        assert_eq!(shown.len(), 3);
+        assert!(!shown["gone"].connected);
+        replicas.connected(&hello("back"));
+        tokio::time::advance(FORGET_AFTER / 2).await;
+        let shown: Vec<String> = replicas.snapshot().into_keys().collect();
+        assert_eq!(
+            shown,
+            ["back", "stays"],
+            "reconnected and connected ones stay"
+        );
     }
 }
