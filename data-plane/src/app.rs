@@ -127,6 +127,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
 
     let guard = mcp::guard::GuardState {
         body_limit: config.mcp.max_body_bytes,
+        read_timeout: config.mcp.body_read_timeout,
         drain: drain.clone(),
     };
     let router = mcp::router(

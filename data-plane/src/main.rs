@@ -127,6 +127,9 @@ struct RunArgs {
     /// Largest request body accepted on `/mcp`, in bytes (413 beyond).
     #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Seconds a request body may take to arrive (408 beyond).
+    #[arg(long, env = "SWITCHBOARD_BODY_READ_TIMEOUT", default_value_t = 30.0, value_parser = read_timeout)]
+    body_read_timeout: f64,
     /// Items per page of tools/list, prompts/list, resources/list and
     /// resources/templates/list (clients follow `nextCursor`).
     #[arg(long, env = "SWITCHBOARD_LIST_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -256,6 +259,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 mcp: McpConfig {
                     allowed_hosts: args.allowed_hosts,
                     max_body_bytes: args.max_body_bytes,
+                    body_read_timeout: Duration::from_secs_f64(args.body_read_timeout),
                     page_size: args.list_page_size as usize,
                     park_after: (args.park_idle_sessions_after > 0.0)
                         .then(|| Duration::from_secs_f64(args.park_idle_sessions_after)),
@@ -285,6 +289,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn park_after(text: &str) -> Result<f64, String> {
     number_in(text, 0.0..=86_400.0, "a number of seconds from 0 to 86400")
+}
+
+fn read_timeout(text: &str) -> Result<f64, String> {
+    number_in(text, 0.1..=3_600.0, "a number of seconds from 0.1 to 3600")
 }
 
 fn sample_ratio(text: &str) -> Result<f64, String> {

@@ -98,6 +98,9 @@ pub struct McpConfig {
     pub allowed_hosts: Vec<String>,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive (408 beyond), so a slow
+    /// upload cannot hold a connection and its buffer forever.
+    pub body_read_timeout: Duration,
     /// Items per page of `tools/list`, `prompts/list`, `resources/list`
     /// and `resources/templates/list`.
     pub page_size: usize,

@@ -640,3 +640,38 @@ async fn arguments_a_server_cannot_parse_are_refused_at_once_on_both_paths() {
         "the gateway says why"
     );
 }
+
+/// A client that announces a body and sends it slowly (or never) holds a
+/// connection and a buffer: past the read timeout it gets 408 with a
+/// JSON-RPC error, and everyone else is served all along.
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_408_and_others_go_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let demo = demo_server_yaml("demo", &format!("slow-{}", std::process::id()), &[]);
+    let sb =
+        Switchboard::start_with(&[("demo.yaml", &demo)], &[], &["--body-read-timeout", "1"]).await;
+    sb.wait_server_state("demo", "ready").await;
+    let other = connect(&sb.mcp_url()).await.expect("another client");
+
+    let mut slow = tokio::net::TcpStream::connect(sb.gateway_addr)
+        .await
+        .expect("connect");
+    let head = "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: 4096\r\n\r\n{\"jsonrpc\":\"2.0\",";
+    slow.write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    call(&other, "demo.echo", json!({ "text": "meanwhile" }))
+        .await
+        .expect("others are served while the body trickles");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(EVENTUALLY, slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the gateway answers and closes");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":-32600"#), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    call(&other, "demo.echo", json!({ "text": "after" }))
+        .await
+        .expect("and after");
+}

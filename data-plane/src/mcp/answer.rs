@@ -65,6 +65,18 @@ impl Refusal {
         )
     }
 
+    /// A body that did not arrive within `timeout`.
+    pub fn too_slow(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            INVALID_REQUEST,
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        )
+    }
+
     /// A `Host` or `Origin` this gateway does not serve.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, INVALID_REQUEST, message)

@@ -22,6 +22,7 @@ use std::{
     borrow::Cow,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use axum::{
@@ -47,6 +48,7 @@ use crate::drain::{Blocker, Drain};
 #[derive(Clone, Debug)]
 pub struct GuardState {
     pub body_limit: usize,
+    pub read_timeout: Duration,
     pub drain: Drain,
 }
 
@@ -86,9 +88,10 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(err) => {
+    let read = tokio::time::timeout(state.read_timeout, axum::body::to_bytes(body, limit));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(err)) => {
             let too_large = std::error::Error::source(&err)
                 .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
             let refusal = if too_large {
@@ -97,6 +100,10 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
                 Refusal::invalid_request(format!("cannot read the request body: {err}"))
             };
             return refusal.into_response();
+        }
+        Err(_) => {
+            debug!(timeout = ?state.read_timeout, "refused a request body that did not arrive in time");
+            return Refusal::too_slow(state.read_timeout).into_response();
         }
     };
     match check(&bytes) {
