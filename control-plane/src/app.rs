@@ -53,6 +53,8 @@ pub struct Config {
     pub otlp_forward: Option<String>,
     /// Traces kept for the `/traces` API.
     pub trace_buffer: usize,
+    /// Bytes the kept traces' spans may take.
+    pub trace_buffer_bytes: usize,
     /// What every gRPC call must present; `None` lets any caller in.
     pub replica_token: Option<ReplicaToken>,
     /// Serve gRPC beyond loopback without a replica token.
@@ -174,7 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     }
     let trace_counters = TraceCounters::default();
     let metrics = Arc::new(Metrics::new());
-    let traces = TraceStore::new(config.trace_buffer);
+    let traces = TraceStore::new(config.trace_buffer, config.trace_buffer_bytes);
     let forwarder = match &config.otlp_forward {
         Some(endpoint) => {
             let (forwarder, task) =

@@ -115,6 +115,9 @@ struct ControlArgs {
     /// Recent traces kept for the `/traces` API.
     #[arg(long, env = "SWITCHBOARD_TRACE_BUFFER", default_value_t = 1000)]
     trace_buffer: usize,
+    /// Mebibytes the kept traces may take; the oldest go first beyond it.
+    #[arg(long, env = "SWITCHBOARD_TRACE_BUFFER_MIB", default_value_t = 64)]
+    trace_buffer_mib: usize,
     /// File holding the token every replica must present on the gRPC port
     /// (the value itself can come in `SWITCHBOARD_REPLICA_TOKEN`). Needed
     /// when gRPC listens beyond loopback.
@@ -160,6 +163,7 @@ impl ControlArgs {
             http_listen: args.http_listen,
             otlp_forward: args.otlp_forward.filter(|e| !e.is_empty()),
             trace_buffer: args.trace_buffer,
+            trace_buffer_bytes: args.trace_buffer_mib.saturating_mul(1024 * 1024),
             replica_token,
             allow_unauthenticated_replicas: args.allow_unauthenticated_replicas,
         })

@@ -35,8 +35,8 @@ use tracing::debug;
 
 use forward::Forwarder;
 
-/// Largest OTLP export accepted; collectors batch far below this.
-const MAX_EXPORT_BYTES: usize = 16 * 1024 * 1024;
+/// Largest OTLP export accepted: a gateway's batches are a few hundred KiB.
+const MAX_EXPORT_BYTES: usize = 4 * 1024 * 1024;
 /// Most traces one `/traces` answer lists.
 const MAX_LIMIT: usize = 200;
 /// Spans kept per trace; a runaway trace cannot crowd out the rest.
@@ -90,11 +90,13 @@ impl TraceCounters {
     }
 }
 
-/// Recent traces, oldest evicted first; cheap to clone.
+/// Recent traces, oldest evicted first once there are more than
+/// `capacity` or their spans take more than `max_bytes`; cheap to clone.
 #[derive(Clone)]
 pub struct TraceStore {
     inner: Arc<Mutex<StoreInner>>,
     capacity: usize,
+    max_bytes: usize,
 }
 
 #[derive(Default)]
@@ -106,6 +108,8 @@ struct StoreInner {
     traces: HashMap<Vec<u8>, Arc<Vec<StoredSpan>>>,
     /// Trace ids in arrival order of their first span.
     order: VecDeque<Vec<u8>>,
+    /// What the stored spans take, by [`StoredSpan::weight`].
+    bytes: usize,
 }
 
 #[derive(Clone)]
@@ -114,6 +118,13 @@ struct StoredSpan {
     instance: Arc<str>,
     /// An encoded OTLP `Span`.
     span: Vec<u8>,
+}
+
+impl StoredSpan {
+    /// What keeping it costs: the encoded span and the bookkeeping beside it.
+    fn weight(&self) -> usize {
+        self.span.len() + std::mem::size_of::<Self>()
+    }
 }
 
 /// The one `Span` field read on arrival: what the store groups by.
@@ -201,11 +212,17 @@ pub struct TraceQuery {
 // === impl TraceStore ===
 
 impl TraceStore {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             inner: Arc::default(),
             capacity: capacity.max(1),
+            max_bytes,
         }
+    }
+
+    /// What the stored spans take, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
     }
 
     pub fn len(&self) -> usize {
@@ -261,16 +278,21 @@ impl TraceStore {
         for (trace_id, span) in arrivals {
             if !inner.traces.contains_key(&trace_id) {
                 inner.order.push_back(trace_id.clone());
-                while inner.order.len() > self.capacity {
-                    if let Some(evicted) = inner.order.pop_front() {
-                        inner.traces.remove(&evicted);
-                    }
-                }
             }
             let spans = Arc::make_mut(inner.traces.entry(trace_id).or_default());
             if spans.len() < MAX_SPANS_PER_TRACE {
+                let weight = span.weight();
                 spans.push(span);
+                inner.bytes += weight;
                 kept += 1;
+            }
+        }
+        while inner.order.len() > self.capacity || inner.bytes > self.max_bytes {
+            let Some(evicted) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(spans) = inner.traces.remove(&evicted) {
+                inner.bytes -= spans.iter().map(StoredSpan::weight).sum::<usize>();
             }
         }
         Ok(kept)
@@ -519,12 +541,20 @@ impl Collector for TraceReceiver {
             None,
             counters.dropped.metric_type(),
         )?)?;
-        let buffered = ConstGauge::new(i64::try_from(self.store.len()).unwrap_or(i64::MAX));
+        let count = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+        let buffered = count(self.store.len());
         buffered.encode(encoder.encode_descriptor(
             "traces_buffered",
             "Traces held for the /traces API",
             None,
             buffered.metric_type(),
+        )?)?;
+        let bytes = count(self.store.bytes());
+        bytes.encode(encoder.encode_descriptor(
+            "traces_buffered_bytes",
+            "Bytes the held traces' spans take (bounded by --trace-buffer-mib)",
+            None,
+            bytes.metric_type(),
         )?)
     }
 }
@@ -625,7 +655,7 @@ mod tests {
 
     #[test]
     fn filters_by_attributes_and_error() {
-        let store = TraceStore::new(10);
+        let store = TraceStore::new(10, usize::MAX);
         insert(
             &store,
             export(
@@ -666,7 +696,7 @@ mod tests {
 
     #[test]
     fn oldest_traces_are_evicted_and_spans_of_a_trace_are_grouped() {
-        let store = TraceStore::new(2);
+        let store = TraceStore::new(2, usize::MAX);
         insert(&store, export(1, vec![span(1, &[], false)]));
         insert(&store, export(2, vec![span(2, &[], false)]));
         insert(&store, export(2, vec![span(3, &[], false)]));
@@ -676,9 +706,30 @@ mod tests {
         assert_eq!(store.trace(&"02".repeat(16)).map(|s| s.len()), Some(2));
     }
 
+    /// However few traces, their spans may take only so many bytes: a
+    /// flood of big spans evicts the oldest traces, never grows past it.
+    #[test]
+    fn the_store_is_bounded_in_bytes() {
+        let one_span = {
+            let probe = TraceStore::new(10, usize::MAX);
+            insert(&probe, export(1, vec![span(1, &[], false)]));
+            probe.bytes()
+        };
+        // Room for three spans and a half: their sizes differ by a few bytes.
+        let limit = one_span * 7 / 2;
+        let store = TraceStore::new(1000, limit);
+        for trace in 1..=10 {
+            insert(&store, export(trace, vec![span(trace, &[], false)]));
+            assert!(store.bytes() <= limit, "{} > {limit}", store.bytes());
+        }
+        assert_eq!(store.len(), 3, "the three newest fit");
+        assert!(store.trace(&"0a".repeat(16)).is_some());
+        assert!(store.trace(&"07".repeat(16)).is_none());
+    }
+
     #[test]
     fn a_trace_being_read_is_not_changed_under_its_reader() {
-        let store = TraceStore::new(2);
+        let store = TraceStore::new(2, usize::MAX);
         insert(&store, export(1, vec![span(1, &[], false)]));
         let id = vec![1; 16];
         let reading = store.inner.lock().traces.get(&id).cloned().expect("stored");
@@ -693,7 +744,7 @@ mod tests {
 
     #[test]
     fn spans_read_back_with_their_exporter_and_attributes() {
-        let store = TraceStore::new(2);
+        let store = TraceStore::new(2, usize::MAX);
         insert(
             &store,
             export(1, vec![span(1, &[(TOOL_ATTR, "a.echo")], true)]),
@@ -715,7 +766,7 @@ mod tests {
 
     #[test]
     fn an_export_that_is_not_otlp_is_refused_whole() {
-        let store = TraceStore::new(10);
+        let store = TraceStore::new(10, usize::MAX);
         let mut bad = export(1, vec![span(1, &[], false), span(2, &[], false)]);
         bad.resource_spans[0].scope_spans[0].spans[1] = vec![0xff];
         let error = store.insert(bad).expect_err("a truncated span");
@@ -740,7 +791,7 @@ mod tests {
 
     #[test]
     fn a_span_whose_attributes_do_not_decode_is_left_out_of_answers() {
-        let store = TraceStore::new(10);
+        let store = TraceStore::new(10, usize::MAX);
         // Field 9 (attributes), one byte long, not a KeyValue.
         let garble = |export: &mut ExportTraceServiceRequest| {
             export.resource_spans[0].scope_spans[0].spans[0].extend([0x4a, 0x01, 0xff]);

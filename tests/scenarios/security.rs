@@ -187,3 +187,31 @@ async fn reported_errors_carry_no_url_credentials() {
         );
     }
 }
+
+/// An export over the receiver's limit is refused whole, and the control
+/// plane goes on serving.
+#[tokio::test]
+async fn an_oversized_span_export_is_refused() {
+    use proto::otlp::{ResourceSpans, ScopeSpans};
+
+    let sb = Switchboard::start(&[]).await;
+    let mut exporter = TraceServiceClient::connect(format!("http://{}", sb.grpc))
+        .await
+        .expect("connect");
+    let huge = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![vec![0u8; 5 * 1024 * 1024]],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let refused = exporter
+        .export(huge)
+        .await
+        .expect_err("5 MiB is over the limit");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused}");
+    let status = sb.control_status().await;
+    assert!(status["replicas"]["e2e-0"]["connected"] == true, "{status}");
+}
