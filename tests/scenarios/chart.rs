@@ -545,6 +545,12 @@ fn the_values_schema_refuses_bad_values() {
         ("gateway.replicas=3", "replicas"),
         ("controlPlane.podAntiAffinity=sometimes", "podAntiAffinity"),
         ("rbac.aggregateClusterRoles=yes", "aggregateClusterRoles"),
+        // The config port must not face the internet.
+        ("controlPlane.service.type=LoadBalancer", "type"),
+        (
+            "networkPolicy.gatewayEgressExcept[0]=metadata",
+            "gatewayEgressExcept",
+        ),
     ] {
         let error = helm(&["template", "x", CHART, "--set", set])
             .expect_err(&format!("--set {set} must be refused"));
@@ -665,4 +671,35 @@ fn the_replica_token_comes_from_a_secret_or_its_absence_is_explicit() {
         .map(|e| e["valueFrom"].clone()),
         Some(reference)
     );
+}
+
+/// The control plane's gRPC port takes only this release's gateways;
+/// gateways reach anything but the cloud metadata endpoints; the switch
+/// turns both off.
+#[test]
+fn network_policies_keep_the_config_port_to_the_gateways() {
+    let rendered = objects(&render(&[]));
+    let control = find(&rendered, "NetworkPolicy", "switchboard-control-plane")
+        .expect("a policy for the control plane");
+    let grpc = &control["spec"]["ingress"][0];
+    assert_eq!(grpc["ports"][0]["port"], "grpc");
+    assert_eq!(
+        grpc["from"],
+        serde_json::json!([{ "podSelector": { "matchLabels": {
+            "app.kubernetes.io/name": "switchboard",
+            "app.kubernetes.io/instance": "switchboard",
+            "app.kubernetes.io/component": "gateway",
+        } } }])
+    );
+    let gateway =
+        find(&rendered, "NetworkPolicy", "switchboard-gateway").expect("a gateway policy");
+    let blocked = gateway["spec"]["egress"].to_string();
+    for address in ["169.254.169.254/32", "fd00:ec2::254/128"] {
+        assert!(
+            blocked.contains(address),
+            "{address} not blocked: {blocked}"
+        );
+    }
+    let off = objects(&render(&["--set", "networkPolicy.enabled=false"]));
+    assert!(off.iter().all(|o| o["kind"] != "NetworkPolicy"));
 }
