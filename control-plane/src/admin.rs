@@ -1,6 +1,8 @@
 //! The control plane's HTTP API: liveness, readiness, a JSON status page with the
 //! registry (servers and problems), the current snapshot version and what
-//! every replica reported, recent traces, and Prometheus `/metrics`.
+//! every replica reported, recent traces, and Prometheus `/metrics`. The
+//! status page and traces are for operators (`auth.rs`); probes and
+//! metrics stay open.
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::{
+    auth::{self, Gate},
     metrics::{Metrics, OPENMETRICS_CONTENT_TYPE},
     peers::Peers,
     push::{ReplicaStatus, Replicas},
@@ -64,14 +67,20 @@ struct ServerEntry {
     enabled: bool,
 }
 
-pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+pub fn router(state: AdminState, operators: Gate) -> Router {
+    let for_operators = Router::new()
         .route("/status", get(status))
         .route("/traces", get(traces))
         .route("/traces/{trace_id}", get(trace))
+        .layer(axum::middleware::from_fn_with_state(
+            operators,
+            auth::operators_only,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(for_operators)
         .with_state(state)
 }
 

@@ -15,7 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use crate::{
     admin::{self, AdminState},
-    auth::{ReplicaAuth, ReplicaToken},
+    auth::{Gate, Token},
     leader::{self, LeaseConfig},
     metrics::Metrics,
     peers::{self, PeerConfig, Peers},
@@ -56,9 +56,14 @@ pub struct Config {
     /// Bytes the kept traces' spans may take.
     pub trace_buffer_bytes: usize,
     /// What every gRPC call must present; `None` lets any caller in.
-    pub replica_token: Option<ReplicaToken>,
+    pub replica_token: Option<Token>,
     /// Serve gRPC beyond loopback without a replica token.
     pub allow_unauthenticated_replicas: bool,
+    /// What `/status` and `/traces` callers must present; `None` lets
+    /// anyone read them.
+    pub admin_token: Option<Token>,
+    /// Serve the HTTP API beyond loopback without an admin token.
+    pub allow_unauthenticated_api: bool,
 }
 
 /// A running control plane.
@@ -80,6 +85,15 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
             );
         }
         warn!(grpc = %config.grpc_listen, "serving config without a replica token (--allow-unauthenticated-replicas)");
+    }
+    if config.admin_token.is_none() && !config.http_listen.ip().is_loopback() {
+        if !config.allow_unauthenticated_api {
+            bail!(
+                "refusing to serve /status and /traces on {} without an admin token: anyone who reaches it would see every server's errors and every call's trace (set --admin-token-file or SWITCHBOARD_ADMIN_TOKEN, or --allow-unauthenticated-api where the network alone keeps others out)",
+                config.http_listen
+            );
+        }
+        warn!(http = %config.http_listen, "serving /status and /traces without an admin token (--allow-unauthenticated-api)");
     }
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -193,8 +207,10 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         forwarder,
         counters: trace_counters,
     };
-    let auth = ReplicaAuth::new(config.replica_token.clone());
+    let auth = Gate::replicas(config.replica_token.clone());
+    let operators = Gate::operators(config.admin_token.clone());
     metrics.register_collector(auth.clone());
+    metrics.register_collector(operators.clone());
     metrics.register_collector(replicas.clone());
     metrics.register_collector(receiver.clone());
     metrics.register_collector(SnapshotGauges {
@@ -222,15 +238,18 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         .await
         .with_context(|| format!("binding the HTTP listener on {}", config.http_listen))?;
     let http_addr = http.local_addr()?;
-    let router = admin::router(AdminState {
-        registry: registry_rx,
-        ready,
-        snapshots: snapshot_rx,
-        replicas,
-        peers,
-        traces,
-        metrics,
-    });
+    let router = admin::router(
+        AdminState {
+            registry: registry_rx,
+            ready,
+            snapshots: snapshot_rx,
+            replicas,
+            peers,
+            traces,
+            metrics,
+        },
+        operators,
+    );
     let cancel = shutdown.clone();
     tasks.spawn(async move {
         let served = axum::serve(http, router)

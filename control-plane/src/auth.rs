@@ -1,80 +1,148 @@
-//! Replica credentials on the gRPC port. With a token configured, every
-//! call (the config stream, span exports) must carry it as
-//! `authorization: Bearer <token>`; any other caller is refused before it
-//! can receive a snapshot (which holds resolved secrets), report health or
-//! NACKs that become status, or inject spans. `up` makes a fresh token for
-//! its own gateway on every start.
+//! Who may talk to the control plane. Two gates, one rule: with a token
+//! configured, a caller must present it as `authorization: Bearer <token>`
+//! (compared in constant time), or is refused and counted.
+//!
+//! - Replicas, on the gRPC port: every call (the config stream, span
+//!   exports), before it can receive a snapshot (which holds resolved
+//!   secrets), report health or NACKs that become status, or inject spans.
+//! - Operators, on the HTTP API: `/status` and `/traces` (what servers run,
+//!   their errors, every call's trace). Probes and `/metrics` stay open.
+//!
+//! `up` makes fresh tokens for both on every start: the replica token goes
+//! to its gateway, the admin token to a file only its user can read.
 
 use std::fmt;
 
+use axum::{
+    Json,
+    extract::{Request as HttpRequest, State},
+    http::{StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::counter::Counter,
 };
-pub use proto::auth::ReplicaToken;
+pub use proto::auth::Token;
+use serde_json::json;
 use tonic::{Request, Status, service::Interceptor};
 use tracing::debug;
 
-/// Checks the token of every gRPC call; cheap to clone.
-#[derive(Clone, Debug, Default)]
-pub struct ReplicaAuth {
-    token: Option<ReplicaToken>,
+/// One surface's token check; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    token: Option<Token>,
     refused: Counter,
+    /// The counter's metric name and help.
+    metric: (&'static str, &'static str),
 }
 
-// === impl ReplicaAuth ===
+// === impl Gate ===
 
-impl ReplicaAuth {
-    /// `None` lets every caller in (loopback only, or when told to).
-    pub fn new(token: Option<ReplicaToken>) -> Self {
+impl Gate {
+    /// The gRPC port's: `None` lets every caller in (loopback only, or
+    /// when told to).
+    pub fn replicas(token: Option<Token>) -> Self {
         Self {
             token,
             refused: Counter::default(),
+            metric: (
+                "replica_auth_failures",
+                "gRPC calls refused for a missing or wrong replica token",
+            ),
         }
     }
 
-    pub fn required(&self) -> bool {
-        self.token.is_some()
+    /// The HTTP API's.
+    pub fn operators(token: Option<Token>) -> Self {
+        Self {
+            token,
+            refused: Counter::default(),
+            metric: (
+                "admin_auth_failures",
+                "HTTP API requests refused for a missing or wrong admin token",
+            ),
+        }
+    }
+
+    /// Whether `authorization` (the header's value, if any) lets a caller
+    /// in; counts the refusals.
+    fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let presented =
+            authorization.and_then(|v| v.strip_prefix(proto::auth::BEARER_PREFIX.as_bytes()));
+        let admitted = presented.is_some_and(|p| token.matches(p));
+        if !admitted {
+            self.refused.inc();
+        }
+        admitted
     }
 }
 
-impl Interceptor for ReplicaAuth {
+impl Interceptor for Gate {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(token) = &self.token else {
-            return Ok(request);
-        };
-        let presented = request
+        let authorization = request
             .metadata()
             .get(proto::auth::METADATA_KEY)
-            .and_then(|value| {
-                value
-                    .as_bytes()
-                    .strip_prefix(proto::auth::BEARER_PREFIX.as_bytes())
-            });
-        match presented {
-            Some(presented) if token.matches(presented) => Ok(request),
-            presented => {
-                self.refused.inc();
-                let peer = request.remote_addr().map(|a| a.to_string());
-                debug!(
-                    peer = peer.as_deref().unwrap_or("-"),
-                    token_sent = presented.is_some(),
-                    "refused a gRPC call without the replica token"
-                );
-                Err(Status::unauthenticated(
-                    "this control plane needs the replica token (gateway: --control-plane-token-file or SWITCHBOARD_CONTROL_PLANE_TOKEN)",
-                ))
-            }
+            .map(|value| value.as_bytes());
+        if self.admits(authorization) {
+            return Ok(request);
         }
+        let peer = request.remote_addr().map(|a| a.to_string());
+        debug!(
+            peer = peer.as_deref().unwrap_or("-"),
+            token_sent = authorization.is_some(),
+            "refused a gRPC call without the replica token"
+        );
+        Err(Status::unauthenticated(
+            "this control plane needs the replica token (gateway: --control-plane-token-file or SWITCHBOARD_CONTROL_PLANE_TOKEN)",
+        ))
     }
 }
 
-impl Collector for ReplicaAuth {
+/// Middleware for the operator API: 401 with `WWW-Authenticate` unless the
+/// admin token comes along.
+pub async fn operators_only(
+    State(gate): State<Gate>,
+    request: HttpRequest,
+    next: Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if gate.admits(authorization) {
+        return next.run(request).await;
+    }
+    debug!(
+        path = request.uri().path(),
+        token_sent = authorization.is_some(),
+        "refused an API request without the admin token"
+    );
+    let body = json!({
+        "error": "this API needs the control plane's admin token: `authorization: Bearer <token>` (switchboard-control up prints the file that holds it)"
+    });
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            r#"Bearer realm="switchboard-control""#,
+        )],
+        Json(body),
+    )
+        .into_response()
+}
+
+impl Collector for Gate {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let (name, help) = self.metric;
         self.refused.encode(encoder.encode_descriptor(
-            "replica_auth_failures",
-            "gRPC calls refused for a missing or wrong replica token",
+            name,
+            help,
             None,
             self.refused.metric_type(),
         )?)
@@ -87,7 +155,7 @@ mod tests {
 
     use super::*;
 
-    fn call(auth: &mut ReplicaAuth, header: Option<&str>) -> Result<(), tonic::Code> {
+    fn call(auth: &mut Gate, header: Option<&str>) -> Result<(), tonic::Code> {
         let mut request = Request::new(());
         if let Some(header) = header {
             let value = MetadataValue::try_from(header).expect("ASCII");
@@ -100,8 +168,8 @@ mod tests {
 
     #[test]
     fn only_the_token_lets_a_call_in() {
-        let token = ReplicaToken::new("0123456789abcdef-token").expect("long enough");
-        let mut auth = ReplicaAuth::new(Some(token));
+        let token = Token::new("0123456789abcdef-token").expect("long enough");
+        let mut auth = Gate::replicas(Some(token));
         assert_eq!(
             call(&mut auth, Some("Bearer 0123456789abcdef-token")),
             Ok(())
@@ -120,19 +188,19 @@ mod tests {
             );
         }
         assert_eq!(auth.refused.get(), 5);
-        let mut open = ReplicaAuth::new(None);
+        let mut open = Gate::replicas(None);
         assert_eq!(call(&mut open, None), Ok(()));
     }
 
     #[test]
     fn tokens_are_long_random_and_never_printed() {
-        assert!(ReplicaToken::new("  short \n").is_err());
+        assert!(Token::new("  short \n").is_err());
         let (a, b) = (
-            ReplicaToken::generate().expect("random"),
-            ReplicaToken::generate().expect("random"),
+            Token::generate().expect("random"),
+            Token::generate().expect("random"),
         );
         assert_ne!(a, b);
         assert_eq!(a.expose().len(), 64);
-        assert_eq!(format!("{a:?}"), "ReplicaToken(redacted)");
+        assert_eq!(format!("{a:?}"), "Token(redacted)");
     }
 }

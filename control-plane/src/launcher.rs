@@ -17,7 +17,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{app, auth::ReplicaToken};
+use crate::{app, auth::Token};
 
 const GATEWAY_BINARY: &str = "switchboard-gateway";
 /// How long a fresh gateway may take to apply its first snapshot.
@@ -32,6 +32,8 @@ const CONTROL_PLANE_TOKEN_ENV: &str = "SWITCHBOARD_CONTROL_PLANE_TOKEN";
 #[derive(Clone, Debug)]
 pub struct UpConfig {
     pub control_plane: app::Config,
+    /// Where `up` put the admin token it made, if it made one.
+    pub admin_token_file: Option<PathBuf>,
     /// Where the gateway serves MCP.
     pub gateway_listen: SocketAddr,
     /// The gateway's `--log-format`, so both processes log alike.
@@ -55,10 +57,14 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Res
     let result = match ready {
         Ok(()) => {
             println!(
-                "\nSwitchboard is up.\n  MCP endpoint:   http://{gw}/mcp\n  gateway health: http://{gw}/healthz\n  control plane:  http://{cp}/status\n  registry:       edit the YAML files in that directory; changes apply live\nPress Ctrl+C to stop.\n",
+                "\nSwitchboard is up.\n  MCP endpoint:   http://{gw}/mcp\n  gateway health: http://{gw}/healthz\n  control plane:  http://{cp}/status (with the admin token)\n  registry:       edit the YAML files in that directory; changes apply live\nPress Ctrl+C to stop.\n",
                 gw = config.gateway_listen,
                 cp = control.http_addr,
             );
+            if let Some(path) = &config.admin_token_file {
+                // A line of its own, so scripts and the CLI can find it.
+                println!("admin token file: {}", path.display());
+            }
             tokio::select! {
                 () = stop => Ok(()),
                 status = gateway.wait() => {
@@ -72,6 +78,39 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Res
     control.shutdown_trigger().cancel();
     control.wait().await;
     result
+}
+
+/// Writes a fresh admin token where its user alone can read it (mode
+/// 0600, directory 0700): `$XDG_STATE_HOME/switchboard/admin-token`, else
+/// `~/.local/state/switchboard/admin-token`. Returns the path.
+pub fn write_admin_token(token: &Token) -> anyhow::Result<PathBuf> {
+    use std::{
+        io::Write,
+        os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    };
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state")))
+        .context("neither XDG_STATE_HOME nor HOME is set: nowhere to keep the admin token (pass --admin-token-file)")?;
+    let dir = state.join("switchboard");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("admin-token");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // An existing file keeps its mode on open: make it private too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    writeln!(file, "{}", token.expose())?;
+    Ok(path)
 }
 
 /// The gateway binary next to this one (both come out of one `cargo build`).
@@ -93,7 +132,7 @@ fn spawn_gateway(
     control_plane: SocketAddr,
     listen: SocketAddr,
     log_format: &str,
-    token: Option<&ReplicaToken>,
+    token: Option<&Token>,
 ) -> anyhow::Result<Box<dyn ChildWrapper>> {
     let mut command = tokio::process::Command::new(binary);
     // In the environment, not the arguments: those show in `ps`.

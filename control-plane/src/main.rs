@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use control_plane::{app, auth::ReplicaToken, launcher};
+use control_plane::{app, auth::Token, launcher};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 #[derive(Parser)]
@@ -127,14 +127,24 @@ struct ControlArgs {
     /// network alone keeps everyone but the gateways out.
     #[arg(long, env = "SWITCHBOARD_ALLOW_UNAUTHENTICATED_REPLICAS")]
     allow_unauthenticated_replicas: bool,
+    /// File holding the token `/status` and `/traces` callers must present
+    /// (the value itself can come in `SWITCHBOARD_ADMIN_TOKEN`). Needed when
+    /// the HTTP API listens beyond loopback; `up` makes one and prints
+    /// where it put it.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Serve the HTTP API beyond loopback without an admin token: only
+    /// where the network alone keeps others out.
+    #[arg(long, env = "SWITCHBOARD_ALLOW_UNAUTHENTICATED_API")]
+    allow_unauthenticated_api: bool,
 }
 
 impl ControlArgs {
     /// The replica token from `--replica-token-file`, else from
     /// `SWITCHBOARD_REPLICA_TOKEN` (an env value, never a flag: flags show
     /// in `ps`).
-    fn replica_token(&self) -> anyhow::Result<Option<ReplicaToken>> {
-        Ok(ReplicaToken::from_file_or_env(
+    fn replica_token(&self) -> anyhow::Result<Option<Token>> {
+        Ok(Token::from_file_or_env(
             self.replica_token_file.as_deref(),
             "SWITCHBOARD_REPLICA_TOKEN",
         )?)
@@ -144,6 +154,8 @@ impl ControlArgs {
 impl ControlArgs {
     fn into_config(self) -> anyhow::Result<app::Config> {
         let replica_token = self.replica_token()?;
+        let admin_token =
+            Token::from_file_or_env(self.admin_token_file.as_deref(), "SWITCHBOARD_ADMIN_TOKEN")?;
         let args = self;
         Ok(app::Config {
             registry: match args.source {
@@ -166,6 +178,8 @@ impl ControlArgs {
             trace_buffer_bytes: args.trace_buffer_mib.saturating_mul(1024 * 1024),
             replica_token,
             allow_unauthenticated_replicas: args.allow_unauthenticated_replicas,
+            admin_token,
+            allow_unauthenticated_api: args.allow_unauthenticated_api,
         })
     }
 }
@@ -210,12 +224,23 @@ async fn main() -> anyhow::Result<()> {
             gateway_listen,
         } => {
             let mut control_plane = control.into_config()?;
-            // The gateway `up` starts gets a fresh token of its own.
+            // The gateway `up` starts gets a fresh token of its own, and
+            // the API one its user alone can read.
             if control_plane.replica_token.is_none() {
-                control_plane.replica_token = Some(ReplicaToken::generate()?);
+                control_plane.replica_token = Some(Token::generate()?);
             }
+            let admin_token_file = match control_plane.admin_token {
+                Some(_) => None,
+                None => {
+                    let token = Token::generate()?;
+                    let path = launcher::write_admin_token(&token)?;
+                    control_plane.admin_token = Some(token);
+                    Some(path)
+                }
+            };
             let config = launcher::UpConfig {
                 control_plane,
+                admin_token_file,
                 gateway_listen,
                 log_format: cli
                     .log_format

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use proto::auth::ReplicaToken;
+use proto::auth::Token;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -40,7 +40,7 @@ pub struct Config {
     pub control_plane: String,
     /// Presented to the control plane on the config stream, and on span
     /// exports when they go to it.
-    pub control_plane_token: Option<ReplicaToken>,
+    pub control_plane_token: Option<Token>,
     /// Identifies this replica to the control plane.
     pub replica_id: String,
     pub mcp: McpConfig,

@@ -13,7 +13,7 @@ use data_plane::{
     mcp::McpConfig,
     redact,
 };
-use proto::auth::ReplicaToken;
+use proto::auth::Token;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// rmcp logs every handshake at INFO; that belongs at debug for a gateway.
@@ -247,7 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(endpoint) => Some(endpoint.to_owned()),
             };
             let stop = shutdown_signal();
-            let control_plane_token = ReplicaToken::from_file_or_env(
+            let control_plane_token = Token::from_file_or_env(
                 args.control_plane_token_file.as_deref(),
                 "SWITCHBOARD_CONTROL_PLANE_TOKEN",
             )?;

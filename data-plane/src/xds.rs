@@ -19,7 +19,7 @@ use prometheus_client::{
     metrics::gauge::ConstGauge,
 };
 use proto::{
-    auth::{Presenting, ReplicaToken},
+    auth::{Presenting, Token},
     config::{
         self as pb, config_discovery_client::ConfigDiscoveryClient, control_message,
         replica_message::Kind as ReplicaKind, resource,
@@ -81,7 +81,7 @@ struct ConfigStatusInner {
 pub struct XdsClient {
     pub address: String,
     /// Presented on the config stream.
-    pub token: Option<ReplicaToken>,
+    pub token: Option<Token>,
     pub replica_id: String,
     pub servers: Servers,
     pub status: ConfigStatus,

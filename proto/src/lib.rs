@@ -54,8 +54,9 @@ pub mod defaults {
 }
 
 pub mod auth {
-    //! How a replica proves itself on the gRPC port: the control plane's
-    //! token as gRPC metadata, `authorization: Bearer <token>`.
+    //! How a caller proves itself to the control plane: a bearer token,
+    //! as gRPC metadata from replicas (`authorization: Bearer <token>`) and
+    //! as the same HTTP header from operators on its API.
 
     use std::{fmt, io::Read, path::Path, sync::Arc};
 
@@ -66,7 +67,7 @@ pub mod auth {
 
     /// The shared secret; never printed.
     #[derive(Clone, PartialEq, Eq)]
-    pub struct ReplicaToken(Arc<str>);
+    pub struct Token(Arc<str>);
 
     #[derive(Debug, thiserror::Error)]
     pub enum TokenError {
@@ -76,21 +77,21 @@ pub mod auth {
             source: std::io::Error,
         },
         #[error(
-            "the replica token must be at least {MIN_TOKEN_LEN} characters (without surrounding whitespace)"
+            "a token must be at least {MIN_TOKEN_LEN} characters (without surrounding whitespace)"
         )]
         TooShort,
-        #[error("cannot make a random replica token: {0}")]
+        #[error("cannot make a random token: {0}")]
         Random(std::io::Error),
-        #[error("the replica token may hold only visible ASCII characters")]
+        #[error("a token may hold only visible ASCII characters")]
         NotAscii,
     }
 
     /// Presents the token on every call of a client:
     /// `SomeClient::with_interceptor(channel, Presenting(token))`.
     #[derive(Clone, Debug)]
-    pub struct Presenting(pub Option<ReplicaToken>);
+    pub struct Presenting(pub Option<Token>);
 
-    impl ReplicaToken {
+    impl Token {
         pub fn new(value: &str) -> Result<Self, TokenError> {
             let value = value.trim();
             if value.len() < MIN_TOKEN_LEN {
@@ -159,9 +160,9 @@ pub mod auth {
         }
     }
 
-    impl fmt::Debug for ReplicaToken {
+    impl fmt::Debug for Token {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("ReplicaToken(redacted)")
+            f.write_str("Token(redacted)")
         }
     }
 
@@ -175,7 +176,7 @@ pub mod auth {
                 let value = token
                     .bearer()
                     .parse()
-                    .map_err(|_| tonic::Status::internal("the replica token is not ASCII"))?;
+                    .map_err(|_| tonic::Status::internal("the token is not ASCII"))?;
                 request.metadata_mut().insert(METADATA_KEY, value);
             }
             Ok(request)

@@ -628,11 +628,12 @@ fn the_compose_file_matches_the_dockerfile_and_the_repository() {
     assert!(services.contains_key("gateway") && services.contains_key("control-plane"));
 }
 
-/// Without a token Secret the control plane says it serves unauthenticated
-/// (it would refuse to start beyond loopback otherwise); with one, both
-/// planes read the token from it and nothing says so.
+/// Without token Secrets the control plane says it serves unauthenticated
+/// (it would refuse to start beyond loopback otherwise); with them, both
+/// planes read the replica token, the control plane the admin token, and
+/// nothing says so.
 #[test]
-fn the_replica_token_comes_from_a_secret_or_its_absence_is_explicit() {
+fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
     let env_of = |objects: &[Value], name: &str| -> Vec<Value> {
         pod_spec(deployment(objects, name))["containers"][0]["env"]
             .as_array()
@@ -643,10 +644,16 @@ fn the_replica_token_comes_from_a_secret_or_its_absence_is_explicit() {
 
     let open = objects(&render(&[]));
     let control = env_of(&open, "switchboard-control-plane");
-    assert_eq!(
-        named(&control, "SWITCHBOARD_ALLOW_UNAUTHENTICATED_REPLICAS").map(|e| e["value"].clone()),
-        Some(Value::from("true"))
-    );
+    for allowed in [
+        "SWITCHBOARD_ALLOW_UNAUTHENTICATED_REPLICAS",
+        "SWITCHBOARD_ALLOW_UNAUTHENTICATED_API",
+    ] {
+        assert_eq!(
+            named(&control, allowed).map(|e| e["value"].clone()),
+            Some(Value::from("true")),
+            "{allowed}"
+        );
+    }
     assert!(
         named(
             &env_of(&open, "switchboard-gateway"),
@@ -655,10 +662,20 @@ fn the_replica_token_comes_from_a_secret_or_its_absence_is_explicit() {
         .is_none()
     );
 
-    let closed = objects(&render(&["--set", "replicaToken.existingSecret=sb-token"]));
+    let closed = objects(&render(&[
+        "--set",
+        "replicaToken.existingSecret=sb-token",
+        "--set",
+        "adminToken.existingSecret=sb-admin",
+    ]));
     let reference = serde_json::json!({ "secretKeyRef": { "name": "sb-token", "key": "token" } });
     let control = env_of(&closed, "switchboard-control-plane");
     assert!(named(&control, "SWITCHBOARD_ALLOW_UNAUTHENTICATED_REPLICAS").is_none());
+    assert!(named(&control, "SWITCHBOARD_ALLOW_UNAUTHENTICATED_API").is_none());
+    assert_eq!(
+        named(&control, "SWITCHBOARD_ADMIN_TOKEN").map(|e| e["valueFrom"].clone()),
+        Some(serde_json::json!({ "secretKeyRef": { "name": "sb-admin", "key": "token" } }))
+    );
     assert_eq!(
         named(&control, "SWITCHBOARD_REPLICA_TOKEN").map(|e| e["valueFrom"].clone()),
         Some(reference.clone())

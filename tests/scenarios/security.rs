@@ -103,8 +103,8 @@ async fn only_replicas_with_the_token_get_config_or_report() {
     intruder.kill_hard().await;
 }
 
-/// Beyond loopback the control plane will not serve config without a
-/// token unless told the network keeps others out.
+/// Beyond loopback the control plane will not serve config or its API
+/// without tokens unless told the network keeps others out.
 #[tokio::test]
 async fn no_token_beyond_loopback_refuses_to_start() {
     let dir = tempfile::tempdir().expect("registry");
@@ -113,24 +113,42 @@ async fn no_token_beyond_loopback_refuses_to_start() {
         command
             .args(["serve", "--registry"])
             .arg(dir.path())
-            .args(["--grpc-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0"])
             .args(extra)
             .env_remove("SWITCHBOARD_REPLICA_TOKEN")
+            .env_remove("SWITCHBOARD_ADMIN_TOKEN")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         command
     };
-    let output = serve(&[]).output().expect("run switchboard-control");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("without a replica token") && stderr.contains("--replica-token-file"),
-        "{stderr}"
-    );
+    let grpc_beyond = ["--grpc-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0"];
+    let http_beyond = ["--grpc-listen", "127.0.0.1:0", "--http-listen", "0.0.0.0:0"];
+    for (listen, refusal, flag) in [
+        (
+            grpc_beyond,
+            "without a replica token",
+            "--replica-token-file",
+        ),
+        (http_beyond, "without an admin token", "--admin-token-file"),
+    ] {
+        let output = serve(&listen).output().expect("run switchboard-control");
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(refusal) && stderr.contains(flag),
+            "{stderr}"
+        );
+    }
     // Told so, it starts (and is stopped here).
-    let mut child = serve(&["--allow-unauthenticated-replicas"])
-        .spawn()
-        .expect("run switchboard-control");
+    let mut child = serve(&[
+        "--grpc-listen",
+        "0.0.0.0:0",
+        "--http-listen",
+        "0.0.0.0:0",
+        "--allow-unauthenticated-replicas",
+        "--allow-unauthenticated-api",
+    ])
+    .spawn()
+    .expect("run switchboard-control");
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(
         child.try_wait().expect("status").is_none(),
@@ -214,4 +232,59 @@ async fn an_oversized_span_export_is_refused() {
     assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused}");
     let status = sb.control_status().await;
     assert!(status["replicas"]["e2e-0"]["connected"] == true, "{status}");
+}
+
+/// With an admin token, `/status` and `/traces` answer only to it; probes
+/// and metrics stay open for kubelets and Prometheus.
+#[tokio::test]
+async fn the_status_and_traces_api_needs_the_admin_token() {
+    let tokens = tempfile::tempdir().expect("token dir");
+    let file = tokens.path().join("admin");
+    std::fs::write(&file, "admin-token-0123456789abcdef\n").expect("token file");
+    let file = file.display().to_string();
+    let sb = Switchboard::start_with(&[], &["--admin-token-file", &file], &[]).await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}/{path}", sb.control_http);
+    for path in ["status", "traces", &format!("traces/{}", "ab".repeat(16))] {
+        for token in [None, Some("admin-token-0123456789abcdeX")] {
+            let mut request = http.get(url(path));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let answer = request.send().await.expect(path);
+            assert_eq!(answer.status().as_u16(), 401, "{path} with {token:?}");
+            assert!(answer.headers().contains_key("www-authenticate"), "{path}");
+        }
+    }
+    let status: serde_json::Value = http
+        .get(url("status"))
+        .bearer_auth("admin-token-0123456789abcdef")
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(status["replicas"]["e2e-0"]["connected"], true, "{status}");
+    for open in ["healthz", "readyz", "metrics"] {
+        let answer = http.get(url(open)).send().await.expect(open);
+        assert_eq!(answer.status().as_u16(), 200, "{open}");
+    }
+    let metrics = http
+        .get(url("metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        metric(
+            &metrics,
+            "switchboard_control_admin_auth_failures_total",
+            &[]
+        ),
+        Some(6.0),
+        "{metrics}"
+    );
 }

@@ -17,16 +17,21 @@ use tokio::process::Command;
 struct Up {
     process: Process,
     gateway: SocketAddr,
+    /// The control plane's HTTP API.
+    api: SocketAddr,
 }
 
 impl Up {
     /// Starts `up`; `rust_log`, when given, is its `RUST_LOG`.
     async fn start(dir: &Path, log: &Path, rust_log: Option<&str>) -> Self {
-        let gateway = free_addr();
+        let (gateway, api) = (free_addr(), free_addr());
         let mut command = Command::new(bin_dir().join("switchboard-control"));
         if let Some(level) = rust_log {
             command.env("RUST_LOG", level);
         }
+        // The admin token goes under the state directory: this test's own.
+        let state = log.parent().expect("the log's directory");
+        command.env("XDG_STATE_HOME", state);
         command
             .arg("up")
             .arg("--registry")
@@ -34,11 +39,15 @@ impl Up {
             .arg("--grpc-listen")
             .arg(free_addr().to_string())
             .arg("--http-listen")
-            .arg(free_addr().to_string())
+            .arg(api.to_string())
             .arg("--gateway-listen")
             .arg(gateway.to_string());
         let process = Process::spawn("switchboard-control up", command, log.to_path_buf());
-        let up = Self { process, gateway };
+        let up = Self {
+            process,
+            gateway,
+            api,
+        };
         wait_listening("the gateway `up` starts", gateway).await;
         eventually("the gateway to be ready", EVENTUALLY, || async {
             let url = format!("http://{}/readyz", up.gateway);
@@ -204,4 +213,65 @@ async fn the_quick_start_log_shows_plain_values() {
         "log lines with Rust Debug values:\n{}",
         debug_lines.join("\n")
     );
+}
+
+/// `up` keeps the control plane's API behind an admin token it writes where
+/// only its user can read it, and says where on a line of its own.
+#[tokio::test]
+async fn up_keeps_its_api_behind_an_admin_token_only_its_user_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry = dir.path().join("registry");
+    std::fs::create_dir(&registry).expect("registry dir");
+    let log = dir.path().join("up.log");
+    let up = Up::start(&registry, &log, None).await;
+    let path = eventually("up says where the token is", EVENTUALLY, || async {
+        let text = up.process.log();
+        text.lines()
+            .find_map(|line| line.strip_prefix("admin token file: "))
+            .map(|path| std::path::PathBuf::from(path.trim()))
+            .ok_or(text)
+    })
+    .await;
+    assert_eq!(path, dir.path().join("switchboard/admin-token"));
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().expect("its directory")), 0o700);
+    let token = std::fs::read_to_string(&path).expect("the token");
+
+    let http = reqwest::Client::new();
+    let status = format!("http://{}/status", up.api);
+    let refused = http.get(&status).send().await.expect("GET /status");
+    assert_eq!(refused.status().as_u16(), 401);
+    assert!(
+        refused
+            .headers()
+            .get("www-authenticate")
+            .is_some_and(|v| v.as_bytes().starts_with(b"Bearer ")),
+        "{:?}",
+        refused.headers()
+    );
+    let answered: serde_json::Value = http
+        .get(&status)
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .expect("GET /status")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        answered["replicas"]["local-0"]["connected"], true,
+        "{answered}"
+    );
+    // Probes and metrics stay open.
+    for open in ["healthz", "readyz", "metrics"] {
+        let answer = http
+            .get(format!("http://{}/{open}", up.api))
+            .send()
+            .await
+            .expect(open);
+        assert_eq!(answer.status().as_u16(), 200, "{open}");
+    }
 }

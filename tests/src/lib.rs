@@ -117,8 +117,8 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `command` with the build directory on `PATH`, stderr into
-    /// `log`, and, unless the command sets its own, `RUST_LOG` from
+    /// Starts `command` with the build directory on `PATH`, stdout and
+    /// stderr into `log`, and, unless the command sets its own, `RUST_LOG` from
     /// `SWITCHBOARD_TEST_LOG` (default: debug for Switchboard's own crates).
     pub fn spawn(name: &str, mut command: Command, log: PathBuf) -> Self {
         let has_level = command
@@ -131,11 +131,12 @@ impl Process {
             command.env("RUST_LOG", level);
         }
         let file = std::fs::File::create(&log).expect("create process log");
+        let stdout = file.try_clone().expect("share the process log");
         command
             .env("PATH", path_with_bins())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(file)
             .kill_on_drop(true);
         let child = command

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use proto::{
-    auth::{Presenting, ReplicaToken},
+    auth::{Presenting, Token},
     config::{
         self as pb, config_discovery_client::ConfigDiscoveryClient, control_message,
         replica_message::Kind, resource,
@@ -44,7 +44,7 @@ impl RefusingReplica {
             .connect()
             .await
             .expect("connect to the control plane");
-        let token = token.map(|t| ReplicaToken::new(t).expect("a valid token"));
+        let token = token.map(|t| Token::new(t).expect("a valid token"));
         let mut client = ConfigDiscoveryClient::with_interceptor(channel, Presenting(token));
         let (tx, rx) = mpsc::channel(16);
         let hello = pb::Hello {

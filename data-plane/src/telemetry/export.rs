@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use proto::{
-    auth::{Presenting, ReplicaToken},
+    auth::{Presenting, Token},
     otlp::{
         ExportTraceServiceRequest, ResourceSpans, ScopeSpans,
         trace_service_client::TraceServiceClient,
@@ -53,7 +53,7 @@ pub struct ExportConfig {
     /// Share of new traces recorded (0.0–1.0).
     pub sample_ratio: f64,
     /// Presented on every export (to the control plane's receiver).
-    pub token: Option<ReplicaToken>,
+    pub token: Option<Token>,
 }
 
 /// Counters the exporter keeps.
