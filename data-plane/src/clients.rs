@@ -112,6 +112,10 @@ impl ClientSession {
         self.subscriptions.lock().contains(uri)
     }
 
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.lock().len()
+    }
+
     /// Records a subscription; `false` if it was already there.
     pub fn subscribe(&self, uri: &str) -> bool {
         self.subscriptions.lock().insert(uri.to_owned())

@@ -130,6 +130,10 @@ struct RunArgs {
     /// Seconds a request body may take to arrive (408 beyond).
     #[arg(long, env = "SWITCHBOARD_BODY_READ_TIMEOUT", default_value_t = 30.0, value_parser = read_timeout)]
     body_read_timeout: f64,
+    /// Client sessions held at most, in memory and parked together; new
+    /// ones get 503 beyond.
+    #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_sessions: u32,
     /// Items per page of tools/list, prompts/list, resources/list and
     /// resources/templates/list (clients follow `nextCursor`).
     #[arg(long, env = "SWITCHBOARD_LIST_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -260,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     allowed_hosts: args.allowed_hosts,
                     max_body_bytes: args.max_body_bytes,
                     body_read_timeout: Duration::from_secs_f64(args.body_read_timeout),
+                    max_sessions: args.max_sessions as usize,
                     page_size: args.list_page_size as usize,
                     park_after: (args.park_idle_sessions_after > 0.0)
                         .then(|| Duration::from_secs_f64(args.park_idle_sessions_after)),

@@ -70,6 +70,9 @@ use crate::{
 /// and re-initialise. rmcp's default (5 min) drops sessions of clients that
 /// sit idle between prompts.
 const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Resource subscriptions one session may hold: each costs the gateway
+/// (and perhaps a server) for as long as the session lives.
+const MAX_SUBSCRIPTIONS: usize = 1024;
 /// Messages buffered per session before a slow reader applies back-pressure.
 const SESSION_CHANNEL_CAPACITY: usize = 64;
 
@@ -84,6 +87,10 @@ pub enum Error {
     UnknownResource(String),
     #[error("invalid cursor `{0}`: use the nextCursor of the previous page")]
     InvalidCursor(String),
+    #[error(
+        "a session may hold at most {MAX_SUBSCRIPTIONS} resource subscriptions: unsubscribe from some first"
+    )]
+    TooManySubscriptions,
     #[error(transparent)]
     Call(#[from] CallError),
 }
@@ -101,6 +108,9 @@ pub struct McpConfig {
     /// How long a request body may take to arrive (408 beyond), so a slow
     /// upload cannot hold a connection and its buffer forever.
     pub body_read_timeout: Duration,
+    /// Client sessions held at most, in memory and parked together (new
+    /// ones get 503 beyond), so a flood of sessions cannot exhaust memory.
+    pub max_sessions: usize,
     /// Items per page of `tools/list`, `prompts/list`, `resources/list`
     /// and `resources/templates/list`.
     pub page_size: usize,
@@ -175,7 +185,9 @@ impl Error {
             Error::UnknownResource(uri) => {
                 ErrorData::resource_not_found(message, Some(json!({ "uri": uri })))
             }
-            Error::InvalidCursor(_) => ErrorData::invalid_params(message, None),
+            Error::InvalidCursor(_) | Error::TooManySubscriptions => {
+                ErrorData::invalid_params(message, None)
+            }
             Error::Call(CallError::Downstream(error)) => error,
             Error::Call(CallError::Cancelled) => ErrorData::internal_error(message, None),
             Error::Call(call) => {
@@ -196,6 +208,9 @@ impl Error {
                 observation.set_failure("unknown_resource", self.to_string())
             }
             Error::InvalidCursor(_) => observation.set_failure("invalid_cursor", self.to_string()),
+            Error::TooManySubscriptions => {
+                observation.set_failure("too_many_subscriptions", self.to_string())
+            }
             Error::Call(CallError::Downstream(_)) => {}
             Error::Call(call) => {
                 observation.set_failure(call.kind(), redact::urls(&call.to_string()).into_owned())
@@ -472,6 +487,9 @@ impl GatewaySession {
             };
             if session.is_subscribed(&uri) == subscribe {
                 return Ok(());
+            }
+            if subscribe && session.subscription_count() >= MAX_SUBSCRIPTIONS {
+                return Err(Error::TooManySubscriptions);
             }
             // A shared server hears of a URI once however many sessions
             // subscribe; a per-session server has its own connection each.

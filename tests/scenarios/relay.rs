@@ -361,6 +361,32 @@ async fn resources_prompts_completion_progress_logging_and_subscriptions() {
     let updated = seen.lock().updated.clone();
     assert!(updated.iter().all(|u| u == &uri), "{updated:?}");
 
+    // A session holds at most 1024 subscriptions; the next one is refused
+    // with a clear error, and unsubscribing makes room.
+    let numbered = |n: usize| format!("{uri}?n={n}");
+    for n in 0..1024 {
+        session
+            .subscribe(SubscribeRequestParams::new(numbered(n)))
+            .await
+            .expect("within the limit");
+    }
+    let refused = session
+        .subscribe(SubscribeRequestParams::new(numbered(1024)))
+        .await
+        .expect_err("one too many");
+    assert!(
+        refused.to_string().contains("at most 1024 resource subscriptions"),
+        "{refused}"
+    );
+    session
+        .unsubscribe(UnsubscribeRequestParams::new(numbered(0)))
+        .await
+        .expect("resources/unsubscribe");
+    session
+        .subscribe(SubscribeRequestParams::new(numbered(1024)))
+        .await
+        .expect("room again");
+
     session.cancel().await.expect("close");
 }
 

@@ -288,3 +288,69 @@ async fn the_status_and_traces_api_needs_the_admin_token() {
         "{metrics}"
     );
 }
+
+/// A flood of sessions meets a cap: past `--max-sessions` a new session
+/// (streamable HTTP or legacy SSE) gets 503 with a JSON-RPC error, the
+/// sessions held go on working, and ending one makes room.
+#[tokio::test]
+async fn sessions_beyond_the_cap_are_refused_and_the_rest_go_on() {
+    let marker = format!("cap-{}", std::process::id());
+    let sb = Switchboard::start_with(
+        &[("d.yaml", &demo_server_yaml("d", &marker, &[]))],
+        &[],
+        &["--max-sessions", "2"],
+    )
+    .await;
+    sb.wait_server_state("d", "ready").await;
+    let first = connect(&sb.mcp_url()).await.expect("first session");
+    let second = connect(&sb.mcp_url()).await.expect("second session");
+
+    let http = reqwest::Client::new();
+    let initialize = json!({ "jsonrpc": "2.0", "id": "init-3", "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": { "name": "third", "version": "1" } } });
+    let open_third = || async {
+        let answer = http
+            .post(sb.mcp_url())
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize)
+            .send()
+            .await
+            .expect("an answer");
+        let status = answer.status().as_u16();
+        (status, answer.text().await.unwrap_or_default())
+    };
+    let (status, body) = open_third().await;
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON-RPC error");
+    assert_eq!(
+        (&body["id"], &body["error"]["code"]),
+        (&json!("init-3"), &json!(-32000))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limit of 2 sessions")),
+        "{body}"
+    );
+    let sse = http
+        .get(format!("http://{}/sse", sb.gateway_addr))
+        .send()
+        .await
+        .expect("GET /sse");
+    assert_eq!(sse.status().as_u16(), 503);
+
+    for client in [&first, &second] {
+        call(client, "d.echo", json!({ "text": "held" }))
+            .await
+            .expect("the sessions held go on");
+    }
+    second.cancel().await.expect("end the second session");
+    eventually("room for a new session", EVENTUALLY, || async {
+        let (status, body) = open_third().await;
+        (status == 200)
+            .then_some(())
+            .ok_or(format!("{status} {body}"))
+    })
+    .await;
+}

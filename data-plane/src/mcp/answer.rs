@@ -88,6 +88,17 @@ impl Refusal {
         Self::new(StatusCode::NOT_FOUND, INVALID_REQUEST, message)
     }
 
+    /// A new session when the gateway holds as many as it may.
+    pub fn too_many_sessions(max: usize) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            SERVER_ERROR,
+            format!(
+                "the gateway holds its limit of {max} sessions: end sessions you no longer use (DELETE), or retry later"
+            ),
+        )
+    }
+
     /// New work while the replica drains.
     pub fn shutting_down() -> Self {
         Self::new(

@@ -32,6 +32,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use prometheus_client::metrics::gauge::Gauge;
 use rmcp::model::{ClientJsonRpcMessage, RequestId};
 use serde::{
     Deserialize, Deserializer,
@@ -49,6 +50,11 @@ use crate::drain::{Blocker, Drain};
 pub struct GuardState {
     pub body_limit: usize,
     pub read_timeout: Duration,
+    /// Sessions held, in memory and parked (the metrics' gauges), and how
+    /// many may be.
+    pub sessions: Gauge,
+    pub sessions_parked: Gauge,
+    pub max_sessions: usize,
     pub drain: Drain,
 }
 
@@ -85,6 +91,10 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
         if request.method() == Method::GET && state.drain.is_draining() {
             return Refusal::shutting_down().into_response();
         }
+        // A legacy SSE stream is a new session.
+        if request.method() == Method::GET && request.uri().path() == "/sse" && state.full() {
+            return Refusal::too_many_sessions(state.max_sessions).into_response();
+        }
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
@@ -111,9 +121,21 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
             debug!(status = %refusal.status, code = refusal.code, "refused a malformed MCP request");
             return refusal.into_response();
         }
-        Ok(Some(id)) if state.drain.is_draining() => {
+        Ok(Admitted { id: Some(id), .. }) if state.drain.is_draining() => {
             debug!("refused a request: draining");
             return Refusal::shutting_down().to(Some(id)).into_response();
+        }
+        Ok(Admitted {
+            id,
+            initialize: true,
+        }) if !parts.headers.contains_key("mcp-session-id") && state.full() => {
+            debug!(
+                max = state.max_sessions,
+                "refused a new session: at the limit"
+            );
+            return Refusal::too_many_sessions(state.max_sessions)
+                .to(id)
+                .into_response();
         }
         Ok(_) => {}
     }
@@ -155,9 +177,25 @@ impl http_body::Body for Held {
     }
 }
 
-/// Checks one message; a request's id comes back (notifications and
-/// answers have none to refuse).
-fn check(bytes: &Bytes) -> Result<Option<&RawValue>, Refusal> {
+/// What the guard learnt of a message it let through.
+#[derive(Debug)]
+struct Admitted<'a> {
+    /// A request's id (notifications and answers have none to refuse).
+    id: Option<&'a RawValue>,
+    /// It is an `initialize` request.
+    initialize: bool,
+}
+
+impl GuardState {
+    /// No session more may open.
+    fn full(&self) -> bool {
+        let held = self.sessions.get() + self.sessions_parked.get();
+        usize::try_from(held).unwrap_or(0) >= self.max_sessions
+    }
+}
+
+/// Checks one message.
+fn check(bytes: &Bytes) -> Result<Admitted<'_>, Refusal> {
     let envelope = read_envelope(bytes)?;
     let invalid = Refusal::invalid_request;
     if envelope.jsonrpc.as_deref() != Some("2.0") {
@@ -202,7 +240,10 @@ fn check(bytes: &Bytes) -> Result<Option<&RawValue>, Refusal> {
             }
         }
     }
-    Ok(id.filter(|_| envelope.method.is_some()))
+    Ok(Admitted {
+        id: id.filter(|_| envelope.method.is_some()),
+        initialize: envelope.method.as_deref() == Some("initialize"),
+    })
 }
 
 /// The message's envelope, or why it is not a JSON-RPC message at all.
