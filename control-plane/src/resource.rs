@@ -129,6 +129,10 @@ pub struct HttpSpec {
     /// Headers sent with every request (e.g. `Authorization`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<Header>,
+    /// Let `url` name a link-local address or a cloud metadata endpoint
+    /// (refused otherwise: from a gateway those reach the node's credentials).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_link_local: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -139,6 +143,10 @@ pub struct SseSpec {
     /// Headers sent with every request (e.g. `Authorization`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<Header>,
+    /// Let `url` name a link-local address or a cloud metadata endpoint
+    /// (refused otherwise: from a gateway those reach the node's credentials).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_link_local: bool,
     /// A command each gateway replica starts first and keeps running while
     /// connected (for SSE servers that run beside the gateway); the replica
     /// waits until `url` answers.
@@ -498,13 +506,13 @@ fn value_ref(source: &EnvVarSource) -> Result<ValueRef, String> {
 
 fn validate_http(http: &HttpSpec) -> Result<ValidTransport, ValidationError> {
     Ok(ValidTransport::Http {
-        url: validate_url("spec.transport.http.url", &http.url)?,
+        url: validate_url("spec.transport.http.url", &http.url, http.allow_link_local)?,
         headers: validate_headers("spec.transport.http.headers", &http.headers)?,
     })
 }
 
 fn validate_sse(sse: &SseSpec) -> Result<ValidTransport, ValidationError> {
-    let url = validate_url("spec.transport.sse.url", &sse.url)?;
+    let url = validate_url("spec.transport.sse.url", &sse.url, sse.allow_link_local)?;
     let headers = validate_headers("spec.transport.sse.headers", &sse.headers)?;
     let launch = match &sse.command {
         None if sse.args.is_empty() && sse.env.is_empty() => None,
@@ -557,7 +565,7 @@ fn validate_sse(sse: &SseSpec) -> Result<ValidTransport, ValidationError> {
     })
 }
 
-fn validate_url(field: &str, url: &str) -> Result<String, ValidationError> {
+fn validate_url(field: &str, url: &str, allow_link_local: bool) -> Result<String, ValidationError> {
     let Some(rest) = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -573,7 +581,36 @@ fn validate_url(field: &str, url: &str) -> Result<String, ValidationError> {
             format!("`{url}` has no valid host"),
         ));
     }
+    if !allow_link_local && let Some(host) = link_local_host(url) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "`{host}` is a link-local address or a cloud metadata endpoint, where a gateway's request reaches the node's credentials (set allowLinkLocal: true if the server really is there)"
+            ),
+        ));
+    }
     Ok(url.to_owned())
+}
+
+/// The URL's host, if it is a link-local address or a cloud metadata
+/// endpoint. Names are matched as written: one that resolves there is
+/// kept out by the chart's egress policy instead.
+fn link_local_host(url: &str) -> Option<String> {
+    const METADATA_NAMES: &[&str] = &["metadata.google.internal", "metadata.goog", "metadata"];
+    let uri = url.parse::<http::Uri>().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let hit = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_link_local() || ip == std::net::Ipv4Addr::new(100, 100, 100, 200)
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_unicast_link_local()
+                || ip == "fd00:ec2::254".parse::<std::net::Ipv6Addr>().ok()?
+                || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+        Err(_) => METADATA_NAMES.contains(&host.to_ascii_lowercase().trim_end_matches('.')),
+    };
+    hit.then(|| host.to_owned())
 }
 
 fn validate_headers(
@@ -635,6 +672,45 @@ mod tests {
 
     fn parse(yaml: &str) -> McpServer {
         serde_yaml::from_str(yaml).expect("test yaml parses")
+    }
+
+    #[test]
+    fn link_local_and_metadata_urls_need_an_opt_in() {
+        let server = |transport: &str, url: &str, allow: bool| {
+            parse(&format!(
+                "metadata: {{name: x}}\nspec: {{transport: {{{transport}: {{url: '{url}', allowLinkLocal: {allow}}}}}}}"
+            ))
+            .validate()
+        };
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://169.254.10.1:8080/mcp",
+            "http://100.100.100.200/",
+            "http://[fd00:ec2::254]/",
+            "http://[fe80::1]:3000/mcp",
+            "http://[::ffff:169.254.169.254]/",
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "http://Metadata/",
+        ] {
+            for transport in ["http", "sse"] {
+                let error = server(transport, url, false).expect_err(url);
+                assert_eq!(error.field, format!("spec.transport.{transport}.url"));
+                assert!(
+                    error.reason.contains("allowLinkLocal: true"),
+                    "{url}: {}",
+                    error.reason
+                );
+                server(transport, url, true).expect("allowed when asked for");
+            }
+        }
+        for url in [
+            "http://10.0.0.5/mcp",
+            "https://mcp.example.com/mcp",
+            "http://127.0.0.1:9/mcp",
+            "http://[::1]:8080/",
+        ] {
+            server("http", url, false).expect(url);
+        }
     }
 
     #[test]

@@ -375,7 +375,9 @@ async fn resources_prompts_completion_progress_logging_and_subscriptions() {
         .await
         .expect_err("one too many");
     assert!(
-        refused.to_string().contains("at most 1024 resource subscriptions"),
+        refused
+            .to_string()
+            .contains("at most 1024 resource subscriptions"),
         "{refused}"
     );
     session

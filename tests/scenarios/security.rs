@@ -354,3 +354,46 @@ async fn sessions_beyond_the_cap_are_refused_and_the_rest_go_on() {
     })
     .await;
 }
+
+/// A remote server's headers (an API key, say) go to its own origin only:
+/// a redirect to another host is refused, not followed with them.
+#[tokio::test]
+async fn headers_never_follow_a_redirect_to_another_origin() {
+    let mut sb = Switchboard::unstarted();
+    let target = free_addr();
+    let _demo = sb.spawn_demo_http(target, "redirect-target").await;
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let redirector_addr = redirector.local_addr().expect("address");
+    let elsewhere = format!("http://{target}/mcp");
+    let app = axum::Router::new().fallback(move || {
+        let elsewhere = elsewhere.clone();
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, elsewhere)],
+            )
+        }
+    });
+    tokio::spawn(async move { axum::serve(redirector, app).await });
+    let server = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": "moved" },
+        "spec": { "transport": { "http": {
+            "url": format!("http://{redirector_addr}/mcp"),
+            "headers": [{ "name": "X-Api-Key", "value": "key-planted-3" }],
+        } } },
+    });
+    sb.write_file("moved.yaml", &server.to_string());
+    sb.start_control_plane().await;
+    sb.start_gateway().await;
+    sb.wait_gateway_ready().await;
+    let health = sb.wait_server_state("moved", "failed").await;
+    let reason = health["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("refused a redirect to another origin"),
+        "{health}"
+    );
+}

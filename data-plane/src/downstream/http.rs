@@ -22,6 +22,8 @@ use crate::spec::HttpSpec;
 /// gateway multiplexing many sessions.
 const MAX_CONCURRENT_REQUESTS: usize = 256;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Redirects followed within a server's origin.
+const MAX_REDIRECTS: usize = 5;
 /// Bound on the extra request that explains a failed connection.
 const DIAGNOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,7 +56,10 @@ impl HttpConnection {
             .max_concurrent_requests(MAX_CONCURRENT_REQUESTS);
         let transport = client
             .relay
-            .sequenced(StreamableHttpClientTransport::from_config(config));
+            .sequenced(StreamableHttpClientTransport::with_client(
+                http_client()?,
+                config,
+            ));
         let cancel = CancellationToken::new();
         let handshake = client.serve_with_ct(transport, cancel.clone());
         let service = match tokio::time::timeout(timeout, handshake).await {
@@ -96,11 +101,40 @@ impl HttpConnection {
     }
 }
 
-/// Why the URL cannot be reached at all (DNS, TCP, TLS), if that is the
-/// problem: rmcp's transport error drops the cause, which for a TLS
-/// failure is the only useful part ("invalid peer certificate: …").
+/// The HTTP client for remote servers. It follows a redirect only within
+/// the server's origin: a server's configured headers (API keys, tokens)
+/// must not reach another host that a redirect names. (reqwest drops only
+/// `Authorization` and cookies on such a hop, not custom headers.)
+pub fn http_client() -> Result<reqwest::Client, Error> {
+    http_client_builder()
+        .build()
+        .map_err(|e| Error::Protocol(format!("building the HTTP client: {e}")))
+}
+
+fn http_client_builder() -> reqwest::ClientBuilder {
+    let same_origin = reqwest::redirect::Policy::custom(|attempt| {
+        let origin = attempt.previous().first().map(reqwest::Url::origin);
+        match origin {
+            Some(origin) if origin != attempt.url().origin() => {
+                let refused = format!(
+                    "refused a redirect to another origin ({}): the server's headers would go there",
+                    attempt.url().origin().ascii_serialization()
+                );
+                attempt.error(refused)
+            }
+            _ if attempt.previous().len() > MAX_REDIRECTS => attempt.stop(),
+            _ => attempt.follow(),
+        }
+    });
+    reqwest::Client::builder().redirect(same_origin)
+}
+
+/// Why the URL cannot be reached at all (DNS, TCP, TLS, a refused
+/// redirect), if that is the problem: rmcp's transport error drops the
+/// cause, which for a TLS failure is the only useful part ("invalid peer
+/// certificate: …").
 async fn connection_failure(url: &str) -> Option<String> {
-    let client = reqwest::Client::builder()
+    let client = http_client_builder()
         .timeout(DIAGNOSE_TIMEOUT)
         .build()
         .ok()?;

@@ -85,7 +85,7 @@ impl SseConnection {
         let deadline = Instant::now() + timeout;
         let remote = &spec.remote;
         let headers = header_map(remote)?;
-        let http = reqwest::Client::new();
+        let http = super::http::http_client()?;
         // Held while connecting, so concurrent connections start one process.
         let mut launched = shared.process.lock().await;
         if launched.as_mut().is_some_and(Launched::has_exited) {
