@@ -203,4 +203,34 @@ mod tests {
         assert_eq!(a.expose().len(), 64);
         assert_eq!(format!("{a:?}"), "Token(redacted)");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any header value: accepted exactly when it is the token.
+            #[test]
+            fn only_the_exact_token_is_accepted(
+                token in "[!-~]{16,40}",
+                presented in proptest::option::of("[ -~]{0,48}"),
+            ) {
+                let mut gate = Gate::replicas(Some(Token::new(&token).expect("a valid token")));
+                let header = presented.clone().map(|p| format!("Bearer {p}"));
+                let expected = presented.as_deref() == Some(token.as_str());
+                prop_assert_eq!(call(&mut gate, header.as_deref()).is_ok(), expected);
+            }
+
+            /// Any text: refused, or a token of at least 16 visible characters.
+            #[test]
+            fn token_text_is_refused_or_sound(text in "\\PC{0,40}") {
+                if let Ok(token) = Token::new(&text) {
+                    prop_assert!(token.expose().len() >= 16);
+                    prop_assert!(token.expose().bytes().all(|b| b.is_ascii_graphic()));
+                    prop_assert!(token.matches(token.expose().as_bytes()));
+                }
+            }
+        }
+    }
 }

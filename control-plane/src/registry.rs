@@ -369,4 +369,87 @@ status:
             .replace(", description: zone", "");
         parse_resource(yaml(&object), UnknownFields::Refuse).expect("nothing unknown");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        use super::*;
+
+        /// Field names the spec knows, and a few it does not.
+        const KEYS: &[&str] = &[
+            "transport",
+            "stdio",
+            "http",
+            "sse",
+            "command",
+            "args",
+            "env",
+            "name",
+            "value",
+            "valueFrom",
+            "url",
+            "headers",
+            "namespace",
+            "enabled",
+            "sessionMode",
+            "pool",
+            "min",
+            "max",
+            "timeouts",
+            "call",
+            "breaker",
+            "health",
+            "probe",
+            "tool",
+            "arguments",
+            "tools",
+            "include",
+            "exclude",
+            "rename",
+            "prompts",
+            "unknown",
+        ];
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                "[ -~]{0,12}".prop_map(Value::from),
+                Just(Value::from("1s")),
+                Just(Value::from("http://127.0.0.1:1/mcp")),
+            ];
+            leaf.prop_recursive(5, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    prop::collection::btree_map(prop::sample::select(KEYS), inner, 0..5).prop_map(
+                        |m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                    ),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Any spec: a resource or a reason naming a field, never a panic.
+            #[test]
+            fn any_spec_parses_or_says_why(spec in value()) {
+                let document = serde_json::json!({
+                    "apiVersion": API_VERSION, "kind": KIND,
+                    "metadata": { "name": "time" }, "spec": spec,
+                });
+                let document: serde_yaml::Value =
+                    serde_yaml::to_value(&document).expect("JSON is YAML");
+                for policy in [UnknownFields::Refuse, UnknownFields::Ignore] {
+                    match parse_resource(document.clone(), policy) {
+                        Ok(server) => {
+                            prop_assert_eq!(&server.name, "time");
+                            prop_assert!(!server.namespace.is_empty());
+                        }
+                        Err((_, _, message)) => prop_assert!(!message.is_empty()),
+                    }
+                }
+            }
+        }
+    }
 }

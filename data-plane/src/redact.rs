@@ -17,9 +17,13 @@ pub fn urls(text: &str) -> Cow<'_, str> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
+        // The scheme runs back to the first character no scheme holds,
+        // which may be several bytes long.
         let scheme_start = rest[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end = rest[at..]
             .find(|c: char| {
                 c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')' | ']')
@@ -104,6 +108,8 @@ mod tests {
                 "\"http://plain.example/path\"",
             ),
             ("ws://a:b@c?d", "ws://***@c?redacted"),
+            // Found by the property below: a multi-byte character before the scheme.
+            ("¹𝕆://u:p@h/?q 𝕆", "¹𝕆://***@h/?redacted 𝕆"),
         ] {
             assert_eq!(urls(text), redacted, "{text}");
         }
@@ -121,5 +127,36 @@ mod tests {
             String::from_utf8(lines.0).expect("UTF-8"),
             "level=error url=\"http://h/p?redacted\"\nplain\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::urls;
+
+    proptest! {
+        /// Whatever surrounds it, a URL's password and query never survive.
+        #[test]
+        fn no_password_or_query_survives(
+            before in "[ -~]{0,20}",
+            user in "[a-z]{1,8}",
+            password in "[A-Za-z0-9]{12,20}",
+            host in "[a-z]{1,10}(\\.[a-z]{2,5})?(:[0-9]{1,5})?",
+            path in "(/[a-z0-9]{0,8}){0,3}",
+            query in "[A-Za-z0-9]{12,20}",
+            after in "[ -~]{0,20}",
+        ) {
+            let text = format!("{before} http://{user}:{password}@{host}{path}?t={query} {after}");
+            let redacted = urls(&text);
+            prop_assert!(!redacted.contains(&password), "{redacted}");
+            prop_assert!(!redacted.contains(&query), "{redacted}");
+        }
+
+        #[test]
+        fn any_text_is_redacted_without_panicking(text in "\\PC{0,80}") {
+            let _ = urls(&text);
+        }
     }
 }

@@ -196,3 +196,101 @@ fn malformed_messages_get_the_json_rpc_code() {
         assert_eq!(refusal(invalid), invalid_request, "{invalid}");
     }
 }
+
+mod properties {
+    //! The edge against arbitrary input: it never panics, refuses with a
+    //! JSON-RPC code, and whatever it admits rmcp can read.
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// JSON values up to a few levels deep.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Messages shaped like JSON-RPC, with any of their parts wrong.
+    fn message() -> impl Strategy<Value = Value> {
+        let method = prop_oneof![
+            Just(json!("tools/call")),
+            Just(json!("tools/list")),
+            Just(json!("initialize")),
+            Just(json!("notifications/cancelled")),
+            Just(json!("ping")),
+            json_value(),
+        ];
+        let jsonrpc = prop_oneof![Just(json!("2.0")), json_value()];
+        (
+            jsonrpc,
+            proptest::option::of(json_value()),
+            proptest::option::of(method),
+            proptest::option::of(json_value()),
+            proptest::option::of(json_value()),
+        )
+            .prop_map(|(jsonrpc, id, method, params, result)| {
+                let mut message = json!({ "jsonrpc": jsonrpc });
+                for (key, value) in [
+                    ("id", id),
+                    ("method", method),
+                    ("params", params),
+                    ("result", result),
+                ] {
+                    if let Some(value) = value {
+                        message[key] = value;
+                    }
+                }
+                message
+            })
+    }
+
+    fn refusal_is_json_rpc(refusal: &Refusal) {
+        assert!(
+            [StatusCode::BAD_REQUEST, StatusCode::PAYLOAD_TOO_LARGE].contains(&refusal.status),
+            "{refusal:?}"
+        );
+        assert!(
+            [PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS].contains(&refusal.code),
+            "{refusal:?}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_are_refused_or_readable(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let bytes = Bytes::from(bytes);
+            match check(&bytes) {
+                Ok(_) => prop_assert!(serde_json::from_slice::<ClientJsonRpcMessage>(&bytes).is_ok()),
+                Err(refusal) => refusal_is_json_rpc(&refusal),
+            }
+        }
+
+        #[test]
+        fn admitted_messages_are_what_rmcp_reads(message in message()) {
+            let bytes = Bytes::from(message.to_string());
+            match check(&bytes) {
+                Ok(_) => prop_assert!(
+                    serde_json::from_slice::<ClientJsonRpcMessage>(&bytes).is_ok(),
+                    "admitted but unreadable: {message}"
+                ),
+                Err(refusal) => refusal_is_json_rpc(&refusal),
+            }
+        }
+    }
+}
