@@ -56,8 +56,16 @@ struct TraceBody {
 struct StatusBody {
     snapshot_version: u64,
     servers: Vec<ServerEntry>,
+    /// Declared callers, by name and groups (never their token digests).
+    clients: Vec<ClientEntry>,
     issues: Vec<RegistryIssue>,
     replicas: std::collections::BTreeMap<String, ReplicaStatus>,
+}
+
+#[derive(Serialize)]
+struct ClientEntry {
+    name: String,
+    groups: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -100,8 +108,16 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
 }
 
 async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
-    let (servers, issues) = {
+    let (servers, clients, issues) = {
         let registry = state.registry.borrow();
+        let clients = registry
+            .clients
+            .values()
+            .map(|c| ClientEntry {
+                name: c.name.clone(),
+                groups: c.groups.clone(),
+            })
+            .collect();
         let servers = registry
             .servers
             .values()
@@ -111,11 +127,12 @@ async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
                 enabled: s.enabled,
             })
             .collect();
-        (servers, registry.issues.clone())
+        (servers, clients, registry.issues.clone())
     };
     Json(StatusBody {
         snapshot_version: state.snapshots.borrow().version,
         servers,
+        clients,
         issues,
         replicas: state
             .peers

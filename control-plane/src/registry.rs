@@ -13,7 +13,10 @@ use serde::Serialize;
 use serde_ignored::Path;
 use tracing::debug;
 
-use crate::resource::{McpServer, ValidServer};
+use crate::resource::{
+    McpServer, ValidServer,
+    client::{self, McpClient, ValidClient},
+};
 
 const API_VERSION: &str = "switchboard.dev/v1alpha1";
 const KIND: &str = "McpServer";
@@ -23,6 +26,8 @@ const KIND: &str = "McpServer";
 pub struct Registry {
     /// Accepted servers by name, enabled or not. Names and namespaces are unique.
     pub servers: BTreeMap<String, ValidServer>,
+    /// Accepted clients by name; names and tokens are unique.
+    pub clients: BTreeMap<String, ValidClient>,
     /// Every problem found; none of them stops the rest of the registry.
     pub issues: Vec<RegistryIssue>,
 }
@@ -103,7 +108,48 @@ impl Registry {
             origin.insert(server.name.clone(), source);
             servers.insert(server.name.clone(), server);
         }
-        Self { servers, issues }
+        Self {
+            servers,
+            clients: BTreeMap::new(),
+            issues,
+        }
+    }
+
+    /// Adds clients in priority order: the first to claim a name or a
+    /// token keeps it, later ones are reported and left out.
+    pub fn add_clients(&mut self, candidates: impl IntoIterator<Item = (String, ValidClient)>) {
+        for (source, client) in candidates {
+            let taken = if self.clients.contains_key(&client.name) {
+                Some((
+                    "metadata.name",
+                    format!("McpClient `{}` is already defined", client.name),
+                ))
+            } else {
+                self.clients
+                    .values()
+                    .find(|c| c.token_sha256 == client.token_sha256)
+                    .map(|owner| {
+                        (
+                            "spec.token.sha256",
+                            format!(
+                                "McpClient `{}` has the same token: give each client its own",
+                                owner.name
+                            ),
+                        )
+                    })
+            };
+            match taken {
+                Some((field, message)) => self.issues.push(RegistryIssue {
+                    source,
+                    resource: Some(client.name.clone()),
+                    field: Some(field.into()),
+                    message,
+                }),
+                None => {
+                    self.clients.insert(client.name.clone(), client);
+                }
+            }
+        }
     }
 
     /// The servers gateways should run.
@@ -115,6 +161,48 @@ impl Registry {
 /// What is wrong with one resource: its name (if it has one), the field,
 /// and the message.
 pub type ResourceError = (Option<String>, Option<String>, String);
+
+/// One registry document, of either kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Document {
+    Server(Box<ValidServer>),
+    Client(ValidClient),
+}
+
+/// Parses a document by its `kind`: an `McpClient`, or else an `McpServer`
+/// (whose parse names a wrong kind).
+pub fn parse_document(
+    value: serde_yaml::Value,
+    unknown_fields: UnknownFields,
+) -> Result<Document, ResourceError> {
+    if value.get("kind").and_then(|k| k.as_str()) != Some(client::KIND) {
+        return parse_resource(value, unknown_fields).map(|s| Document::Server(Box::new(s)));
+    }
+    let resource = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    if api_version != API_VERSION {
+        return Err((
+            resource,
+            Some("apiVersion".into()),
+            format!("expected `{API_VERSION}`, found `{api_version}`"),
+        ));
+    }
+    let parsed: McpClient = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        (resource.clone(), Some(field), e.into_inner().to_string())
+    })?;
+    parsed
+        .validate()
+        .map(Document::Client)
+        .map_err(|e| (resource, Some(e.field), e.reason))
+}
 
 /// Parses and validates one `McpServer` document, from a file or the
 /// Kubernetes API, naming the field that is wrong. Fields the types do not

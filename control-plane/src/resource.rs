@@ -7,6 +7,7 @@
 //! ([`crate::registry::UnknownFields`]): a typo in a file is refused, a field
 //! from a newer CRD on a cluster object is ignored.
 
+pub mod client;
 pub mod naming;
 pub mod resilience;
 

@@ -104,12 +104,17 @@ fn next_version(previous: u64) -> u64 {
 }
 
 pub fn build_resources(registry: &Registry) -> Vec<pb::Resource> {
-    registry
-        .enabled()
-        .map(|server| pb::Resource {
-            kind: Some(Kind::McpServer(to_proto(server))),
-        })
-        .collect()
+    let servers = registry.enabled().map(|server| pb::Resource {
+        kind: Some(Kind::McpServer(to_proto(server))),
+    });
+    let clients = registry.clients.values().map(|client| pb::Resource {
+        kind: Some(Kind::McpClient(pb::McpClient {
+            name: client.name.clone(),
+            groups: client.groups.clone(),
+            token_sha256: client.token_sha256.clone(),
+        })),
+    });
+    servers.chain(clients).collect()
 }
 
 fn to_proto(server: &ValidServer) -> pb::McpServer {
@@ -286,6 +291,7 @@ mod tests {
                 .iter()
                 .map(|s| (s.name.clone(), s.clone()))
                 .collect(),
+            clients: BTreeMap::new(),
             issues: vec![],
         }
     }

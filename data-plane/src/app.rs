@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{self, AdminState},
+    auth::{self, Callers},
     catalog,
     downstream::{Launcher, Servers, gauges::ServerGauges},
     drain::Drain,
@@ -115,8 +116,11 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     metrics.register_collector(status.clone());
     metrics.register_collector(drain.clone());
 
+    let callers = Callers::default();
+    metrics.register_collector(callers.clone());
     let xds = XdsClient {
         address: config.control_plane.clone(),
+        callers: callers.clone(),
         token: config.control_plane_token.clone(),
         replica_id: config.replica_id.clone(),
         servers: servers.clone(),
@@ -151,6 +155,12 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         guard,
         mcp::guard::guard,
     ))
+    // Before anything reads the body.
+    .layer(axum::middleware::from_fn_with_state(
+        callers,
+        auth::authenticate,
+    ))
+    .merge(auth::router())
     .merge(admin::router(AdminState {
         replica_id: config.replica_id.clone(),
         servers: servers.clone(),

@@ -10,6 +10,7 @@
 //! client's `initialize` and retries, since a stdio client never sees the
 //! 404 that would tell it to. Nothing but protocol goes to stdout.
 
+use proto::auth::Token;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -40,6 +41,8 @@ pub struct BridgeConfig {
     pub url: String,
     /// Who is calling, for the gateway's logs, metrics and traces.
     pub caller: Option<String>,
+    /// An `McpClient`'s bearer token, sent with every request.
+    pub token: Option<Token>,
 }
 
 /// What the bridge learned from `initialize`.
@@ -128,6 +131,9 @@ impl Bridge {
         }
         if let Some(version) = &session.protocol_version {
             request = request.header(PROTOCOL_HEADER, version);
+        }
+        if let Some(token) = &self.config.token {
+            request = request.bearer_auth(token.expose());
         }
         if let Some(caller) = &self.config.caller {
             request = request.header(CALLER_HEADER, caller);

@@ -56,6 +56,10 @@ enum Command {
         /// Who is calling (the client's name), for the gateway's logs and traces.
         #[arg(long, env = "SWITCHBOARD_CALLER")]
         caller: Option<String>,
+        /// File holding an McpClient's bearer token (the value itself can
+        /// come in `SWITCHBOARD_TOKEN`).
+        #[arg(long, env = "SWITCHBOARD_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Internal: supervises one stdio server process for the gateway.
     #[command(hide = true)]
@@ -243,7 +247,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             demo_server::run(options).await
         }
         Command::StdioShim { .. } => anyhow::bail!("stdio-shim runs before the runtime starts"),
-        Command::Bridge { url, caller } => bridge::run(BridgeConfig { url, caller }).await,
+        Command::Bridge {
+            url,
+            caller,
+            token_file,
+        } => {
+            let token = Token::from_file_or_env(token_file.as_deref(), "SWITCHBOARD_TOKEN")?;
+            bridge::run(BridgeConfig { url, caller, token }).await
+        }
         Command::Run(args) => {
             let otlp_endpoint = match args.otlp_endpoint.as_deref() {
                 None | Some("") => Some(args.control_plane.clone()),

@@ -19,9 +19,12 @@ use rmcp::{
 use serde::Serialize;
 use tracing::{debug, info};
 
-use crate::telemetry::{
-    ActiveSpan, SpanKind, Telemetry, TraceContext, attr,
-    metrics::{MethodLabels, RequestLabels},
+use crate::{
+    auth::Identity,
+    telemetry::{
+        ActiveSpan, SpanKind, Telemetry, TraceContext, attr,
+        metrics::{MethodLabels, RequestLabels},
+    },
 };
 
 /// Header naming the calling agent or team, for logs and traces.
@@ -108,8 +111,12 @@ impl Observation {
                 .and_then(|v| v.to_str().ok())
         };
         let client = request.initialize.or(arrival.peer);
-        let named = header(CALLER_HEADER)
-            .map(str::to_owned)
+        // An authenticated caller is who it is, whatever it calls itself.
+        let identity = parts
+            .and_then(|p| p.extensions.get::<Identity>())
+            .map(|identity| identity.name.to_string());
+        let named = identity
+            .or_else(|| header(CALLER_HEADER).map(str::to_owned))
             .or_else(|| parts.and_then(|p| query_caller(p.uri.query()?)))
             .map(|c| truncate(c, MAX_CALLER_LEN));
         let caller = match named {

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
+    auth::{Callers, Declared},
     downstream::{ServerState, Servers, breaker::BreakerState},
     spec::ServerSpec,
     telemetry::{Metrics, metrics::ResultLabels},
@@ -80,6 +81,8 @@ struct ConfigStatusInner {
 /// The subscriber task's inputs.
 pub struct XdsClient {
     pub address: String,
+    /// Who may call this gateway, as the snapshots declare.
+    pub callers: Callers,
     /// Presented on the config stream.
     pub token: Option<Token>,
     pub replica_id: String,
@@ -198,7 +201,8 @@ impl XdsClient {
     /// Applies what it can of a snapshot. A rejected resource keeps its last
     /// good version (if any); the rest is applied.
     fn apply(&self, snapshot: &pb::Snapshot) -> ReplicaKind {
-        let (mut desired, rejected) = desired_servers(snapshot);
+        let (mut desired, clients, mut rejected) = desired_servers(snapshot);
+        rejected.extend(self.callers.replace(clients));
         for name in rejected.keys() {
             if desired.contains_key(name.as_str()) {
                 continue;
@@ -312,13 +316,26 @@ type Desired = BTreeMap<Arc<str>, ServerSpec>;
 
 /// Converts every resource, refusing invalid ones and duplicates of a name
 /// or namespace (the first one wins).
-fn desired_servers(snapshot: &pb::Snapshot) -> (Desired, BTreeMap<String, String>) {
+/// The servers and clients a snapshot declares, and what of it is refused.
+fn desired_servers(snapshot: &pb::Snapshot) -> (Desired, Vec<Declared>, BTreeMap<String, String>) {
     let mut desired = Desired::new();
+    let mut clients = Vec::new();
     let mut rejected = BTreeMap::new();
     for resource in &snapshot.resources {
-        let Some(resource::Kind::McpServer(server)) = &resource.kind else {
-            rejected.insert(String::new(), "resource of unknown kind".to_owned());
-            continue;
+        let server = match &resource.kind {
+            Some(resource::Kind::McpServer(server)) => server,
+            Some(resource::Kind::McpClient(client)) => {
+                clients.push(Declared {
+                    name: client.name.clone(),
+                    groups: client.groups.clone(),
+                    token_sha256: client.token_sha256.clone(),
+                });
+                continue;
+            }
+            None => {
+                rejected.insert(String::new(), "resource of unknown kind".to_owned());
+                continue;
+            }
         };
         let spec = match ServerSpec::try_from(server) {
             Ok(spec) => spec,
@@ -339,7 +356,7 @@ fn desired_servers(snapshot: &pb::Snapshot) -> (Desired, BTreeMap<String, String
             desired.insert(spec.name.clone(), spec);
         }
     }
-    (desired, rejected)
+    (desired, clients, rejected)
 }
 
 impl Collector for ConfigStatus {
@@ -391,7 +408,7 @@ mod tests {
                 resource("d", "d", "cmd"),
             ],
         };
-        let (desired, rejected) = desired_servers(&snapshot);
+        let (desired, _, rejected) = desired_servers(&snapshot);
         assert_eq!(desired.keys().map(|k| &**k).collect::<Vec<_>>(), ["a", "d"]);
         assert_eq!(rejected["b"], "missing stdio.command");
         assert_eq!(rejected["c"], "namespace `a` is already used by `a`");

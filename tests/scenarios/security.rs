@@ -397,3 +397,203 @@ async fn headers_never_follow_a_redirect_to_another_origin() {
         "{health}"
     );
 }
+
+/// The SHA-256 of `token`, as `McpClient.spec.token.sha256` holds it.
+fn digest(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Once the registry declares clients, the gateway lets in their tokens
+/// only (401 with where to read how, otherwise), and a client's name is
+/// the caller whatever it calls itself. Without clients it is open again.
+#[tokio::test]
+async fn declared_clients_need_their_token_and_are_the_caller() {
+    let marker = format!("clients-{}", std::process::id());
+    let clients = format!(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{groups: [dev], token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: bob}}\nspec: {{token: {{sha256: {}}}}}\n",
+        digest("alice-token-0123456789"),
+        digest("bob-token-0123456789")
+    );
+    let sb = Switchboard::start(&[
+        ("d.yaml", &demo_server_yaml("d", &marker, &[])),
+        ("clients.yaml", &clients),
+    ])
+    .await;
+    sb.wait_server_state("d", "ready").await;
+    let http = reqwest::Client::new();
+    let initialize = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": { "name": "raw", "version": "1" } } });
+    let post = |token: Option<&'static str>| {
+        let mut request = http
+            .post(sb.mcp_url())
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+
+    let metadata_url = format!(
+        "http://{}/.well-known/oauth-protected-resource",
+        sb.gateway_addr
+    );
+    for (token, invalid) in [(None, false), (Some("not-a-known-token-01"), true)] {
+        let answer = post(token).await.expect("an answer");
+        assert_eq!(answer.status().as_u16(), 401);
+        let challenge = answer
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert!(
+            challenge.starts_with(&format!(r#"Bearer resource_metadata="{metadata_url}""#)),
+            "{challenge}"
+        );
+        assert_eq!(
+            challenge.contains(r#"error="invalid_token""#),
+            invalid,
+            "{challenge}"
+        );
+        let body: serde_json::Value = answer.json().await.expect("a JSON-RPC error");
+        assert_eq!(body["error"]["code"], -32000, "{body}");
+    }
+    let document: serde_json::Value = http
+        .get(&metadata_url)
+        .send()
+        .await
+        .expect("the metadata document")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(document["resource"], sb.mcp_url());
+    assert_eq!(document["bearer_methods_supported"], json!(["header"]));
+    let sse = http
+        .get(format!("http://{}/sse", sb.gateway_addr))
+        .send()
+        .await
+        .expect("GET /sse");
+    assert_eq!(sse.status().as_u16(), 401, "legacy SSE too");
+
+    let alice = e2e::connect_with_headers(
+        &sb.mcp_url(),
+        &[
+            ("authorization", "Bearer alice-token-0123456789"),
+            ("x-switchboard-caller", "pretender"),
+        ],
+    )
+    .await
+    .expect("alice connects");
+    call(&alice, "d.echo", json!({ "text": "as alice" }))
+        .await
+        .expect("alice calls");
+    let api = format!("http://{}", sb.control_http);
+    let traces = eventually("alice's trace", EVENTUALLY, || async {
+        let traces = sb
+            .get_json(&format!("{api}/traces?caller=alice&tool=d.echo"))
+            .await
+            .map_err(|e| e.to_string())?;
+        (traces["traces"].as_array().is_some_and(|t| !t.is_empty()))
+            .then(|| traces.clone())
+            .ok_or(traces.to_string())
+    })
+    .await;
+    assert!(traces.to_string().contains("alice"), "{traces}");
+    let pretended = sb
+        .get_json(&format!("{api}/traces?caller=pretender"))
+        .await
+        .expect("traces");
+    assert_eq!(pretended["traces"], json!([]), "{pretended}");
+    let status = sb.control_status().await;
+    assert_eq!(
+        status["clients"],
+        json!([{ "name": "alice", "groups": ["dev"] }, { "name": "bob", "groups": [] }])
+    );
+    assert!(
+        !status
+            .to_string()
+            .contains(&digest("alice-token-0123456789"))
+    );
+    let metrics = sb.gateway_metrics().await;
+    assert_eq!(metric(&metrics, "switchboard_clients", &[]), Some(2.0));
+    assert!(metric(&metrics, "switchboard_auth_failures_total", &[]) >= Some(3.0));
+
+    // No client declared: open again.
+    sb.remove_file("clients.yaml");
+    eventually("the gateway opens again", EVENTUALLY, || async {
+        let status = post(None).await.map_err(|e| e.to_string())?.status();
+        (status == 200).then_some(()).ok_or(status.to_string())
+    })
+    .await;
+}
+
+/// The stdio bridge (what desktop clients start) presents a client's token
+/// from `SWITCHBOARD_TOKEN`; without one the gateway refuses it.
+#[tokio::test]
+async fn the_stdio_bridge_presents_a_clients_token() {
+    use rmcp::ServiceExt;
+
+    let marker = format!("bridge-token-{}", std::process::id());
+    let client = format!(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: carol}}\nspec: {{token: {{sha256: {}}}}}\n",
+        digest("carol-token-0123456789")
+    );
+    let sb = Switchboard::start(&[
+        ("d.yaml", &demo_server_yaml("d", &marker, &[])),
+        ("carol.yaml", &client),
+    ])
+    .await;
+    sb.wait_server_state("d", "ready").await;
+    let bridge = |token: Option<&str>| {
+        let mut command = tokio::process::Command::new(bin_dir().join("switchboard-gateway"));
+        command
+            .args(["bridge", "--url", &sb.mcp_url()])
+            .env_remove("SWITCHBOARD_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(token) = token {
+            command.env("SWITCHBOARD_TOKEN", token);
+        }
+        command.spawn().expect("start the bridge")
+    };
+    let mut without = bridge(None);
+    let io = (
+        without.stdout.take().expect("stdout"),
+        without.stdin.take().expect("stdin"),
+    );
+    let refused = e2e::TestClient::default().serve(io).await;
+    assert!(refused.is_err(), "no token, no session");
+
+    let mut with = bridge(Some("carol-token-0123456789"));
+    let io = (
+        with.stdout.take().expect("stdout"),
+        with.stdin.take().expect("stdin"),
+    );
+    let session = e2e::TestClient::default()
+        .serve(io)
+        .await
+        .expect("initialize through the bridge");
+    call(&session, "d.echo", json!({ "text": "via the bridge" }))
+        .await
+        .expect("carol calls");
+    eventually("carol is the caller", EVENTUALLY, || async {
+        let logs = sb.logs();
+        logs.lines()
+            .any(|l| {
+                l.contains("message=request")
+                    && l.contains("tool=d.echo")
+                    && l.contains("caller=carol")
+            })
+            .then_some(())
+            .ok_or(logs)
+    })
+    .await;
+}

@@ -1,6 +1,6 @@
-//! Registry source for one machine: a directory of `McpServer` YAML files
-//! (`*.yaml`, `*.yml`, several documents per file allowed), watched for
-//! changes. Editing a file is the local `kubectl apply`.
+//! Registry source for one machine: a directory of `McpServer` and
+//! `McpClient` YAML files (`*.yaml`, `*.yml`, several documents per file
+//! allowed), watched for changes. Editing a file is the local `kubectl apply`.
 //!
 //! A file that fails to parse or validate keeps contributing its last good
 //! resources, so a typo never takes a working server away.
@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Registry, RegistryIssue, ResourceError, UnknownFields, parse_resource};
+use super::{Document, Registry, RegistryIssue, ResourceError, UnknownFields, parse_document};
 use crate::resource::{ValidServer, ValidTransport};
 
 /// Editors save in bursts (write, rename, chmod); wait this long after the
@@ -46,11 +46,11 @@ pub enum Error {
 #[derive(Debug)]
 pub struct DirectorySource {
     dir: PathBuf,
-    last_good: BTreeMap<PathBuf, Vec<ValidServer>>,
+    last_good: BTreeMap<PathBuf, Vec<Document>>,
 }
 
 /// What one file parsed into.
-type FileOutcome = Result<Vec<ValidServer>, Vec<RegistryIssue>>;
+type FileOutcome = Result<Vec<Document>, Vec<RegistryIssue>>;
 
 // === impl DirectorySource ===
 
@@ -80,8 +80,8 @@ impl DirectorySource {
         let mut last_good = BTreeMap::new();
         for path in files {
             match load_file(&path) {
-                Ok(servers) => {
-                    last_good.insert(path, servers);
+                Ok(documents) => {
+                    last_good.insert(path, documents);
                 }
                 Err(file_issues) => {
                     for issue in &file_issues {
@@ -89,7 +89,7 @@ impl DirectorySource {
                             file = %issue.source,
                             resource = issue.resource.as_deref().unwrap_or("-"),
                             field = issue.field.as_deref().unwrap_or("-"),
-                            "invalid McpServer, keeping the file's last good resources: {}",
+                            "invalid resource, keeping the file's last good resources: {}",
                             issue.message
                         );
                     }
@@ -102,12 +102,22 @@ impl DirectorySource {
         }
         self.last_good = last_good;
 
-        let candidates = self.last_good.iter().flat_map(|(path, servers)| {
-            servers
-                .iter()
-                .map(move |s| (path.display().to_string(), s.clone()))
+        let documents = || {
+            self.last_good.iter().flat_map(|(path, documents)| {
+                documents
+                    .iter()
+                    .map(move |d| (path.display().to_string(), d))
+            })
+        };
+        let servers = documents().filter_map(|(source, document)| match document {
+            Document::Server(server) => Some((source, (**server).clone())),
+            Document::Client(_) => None,
         });
-        let registry = Registry::assemble(candidates, issues);
+        let mut registry = Registry::assemble(servers, issues);
+        registry.add_clients(documents().filter_map(|(source, document)| match document {
+            Document::Client(client) => Some((source, client.clone())),
+            Document::Server(_) => None,
+        }));
         for issue in registry.issues.iter().filter(|i| i.field.is_some()) {
             warn!(file = %issue.source, resource = issue.resource.as_deref(), "{}", issue.message);
         }
@@ -207,7 +217,7 @@ fn load_file(path: &Path) -> FileOutcome {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![issue(None, None, format!("cannot read file: {e}"))])?;
 
-    let mut servers = Vec::new();
+    let mut documents = Vec::new();
     let mut issues = Vec::new();
     for document in serde_yaml::Deserializer::from_str(&text) {
         let value = match serde_yaml::Value::deserialize(document) {
@@ -220,16 +230,23 @@ fn load_file(path: &Path) -> FileOutcome {
             }
         };
         // Files are written by hand: an unknown field is a typo.
-        match parse_resource(value, UnknownFields::Refuse).and_then(without_references) {
-            Ok(server) => {
-                debug!(file = %source, resource = %server.name, "loaded McpServer");
-                servers.push(server);
+        match parse_document(value, UnknownFields::Refuse) {
+            Ok(Document::Server(server)) => match without_references(*server) {
+                Ok(server) => {
+                    debug!(file = %source, resource = %server.name, "loaded McpServer");
+                    documents.push(Document::Server(Box::new(server)));
+                }
+                Err((resource, field, message)) => issues.push(issue(resource, field, message)),
+            },
+            Ok(Document::Client(client)) => {
+                debug!(file = %source, resource = %client.name, "loaded McpClient");
+                documents.push(Document::Client(client));
             }
             Err((resource, field, message)) => issues.push(issue(resource, field, message)),
         }
     }
     if issues.is_empty() {
-        Ok(servers)
+        Ok(documents)
     } else {
         Err(issues)
     }

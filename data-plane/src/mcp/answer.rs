@@ -77,6 +77,11 @@ impl Refusal {
         )
     }
 
+    /// No token, or one no client has.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, SERVER_ERROR, message)
+    }
+
     /// A `Host` or `Origin` this gateway does not serve.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, INVALID_REQUEST, message)

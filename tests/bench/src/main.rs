@@ -389,13 +389,20 @@ impl IdleSessions {
 /// A gateway with `args.sessions` idle sessions open; with parking on,
 /// measured once every session is parked.
 async fn open_idle_sessions(args: &Args, park_after: Option<&str>) -> anyhow::Result<IdleSessions> {
+    // Room for every session the scenario opens, over the default cap.
+    let max_sessions = (args.sessions + args.concurrent_calls + 100).to_string();
     let sb = Switchboard::start_with(
         &[(
             "demo.yaml",
             &demo_server_with("demo", "bench-sessions", &[], json!({})),
         )],
         &[],
-        &["--park-idle-sessions-after", park_after.unwrap_or("0")],
+        &[
+            "--park-idle-sessions-after",
+            park_after.unwrap_or("0"),
+            "--max-sessions",
+            &max_sessions,
+        ],
     )
     .await;
     sb.wait_server_state("demo", "ready").await;
