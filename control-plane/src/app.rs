@@ -74,27 +74,65 @@ pub struct Bound {
     tasks: JoinSet<()>,
 }
 
+/// What a port without a token would give away, for the refusal.
+struct OpenPort {
+    serves: &'static str,
+    token: &'static str,
+    exposes: &'static str,
+    flags: &'static str,
+}
+
+/// A port beyond loopback needs its token, unless the operator says the
+/// network alone keeps others out (then it says so at every start).
+fn guard_open_port(
+    listen: SocketAddr,
+    has_token: bool,
+    allowed: bool,
+    port: OpenPort,
+) -> anyhow::Result<()> {
+    if has_token || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let OpenPort {
+        serves,
+        token,
+        exposes,
+        flags,
+    } = port;
+    if !allowed {
+        bail!(
+            "refusing to serve {serves} on {listen} without {token}: anyone who reaches it would see {exposes} (set {flags} where the network alone keeps others out)"
+        );
+    }
+    warn!(%listen, "serving {serves} without {token}: the network alone keeps others out");
+    Ok(())
+}
+
 /// Loads the registry, binds both listeners and starts serving.
 /// Fails if the registry directory cannot be read or a port cannot be bound.
 pub async fn run(config: Config) -> anyhow::Result<Bound> {
-    if config.replica_token.is_none() && !config.grpc_listen.ip().is_loopback() {
-        if !config.allow_unauthenticated_replicas {
-            bail!(
-                "refusing to serve config on {} without a replica token: anyone who reaches it would get every server's config and secrets (set --replica-token-file or SWITCHBOARD_REPLICA_TOKEN, or --allow-unauthenticated-replicas where the network alone keeps others out)",
-                config.grpc_listen
-            );
-        }
-        warn!(grpc = %config.grpc_listen, "serving config without a replica token (--allow-unauthenticated-replicas)");
-    }
-    if config.admin_token.is_none() && !config.http_listen.ip().is_loopback() {
-        if !config.allow_unauthenticated_api {
-            bail!(
-                "refusing to serve /status and /traces on {} without an admin token: anyone who reaches it would see every server's errors and every call's trace (set --admin-token-file or SWITCHBOARD_ADMIN_TOKEN, or --allow-unauthenticated-api where the network alone keeps others out)",
-                config.http_listen
-            );
-        }
-        warn!(http = %config.http_listen, "serving /status and /traces without an admin token (--allow-unauthenticated-api)");
-    }
+    guard_open_port(
+        config.grpc_listen,
+        config.replica_token.is_some(),
+        config.allow_unauthenticated_replicas,
+        OpenPort {
+            serves: "config",
+            token: "a replica token",
+            exposes: "every server's config and secrets",
+            flags: "--replica-token-file or SWITCHBOARD_REPLICA_TOKEN, or --allow-unauthenticated-replicas",
+        },
+    )?;
+    guard_open_port(
+        config.http_listen,
+        config.admin_token.is_some(),
+        config.allow_unauthenticated_api,
+        OpenPort {
+            serves: "/status and /traces",
+            token: "an admin token",
+            exposes: "every server's errors and every call's trace",
+            flags: "--admin-token-file or SWITCHBOARD_ADMIN_TOKEN, or --allow-unauthenticated-api",
+        },
+    )?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 

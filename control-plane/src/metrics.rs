@@ -5,7 +5,12 @@
 //! from itself at scrape time.
 
 use parking_lot::Mutex;
-use prometheus_client::{collector::Collector, encoding::text::encode, registry::Registry};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, text::encode},
+    metrics::counter::Counter,
+    registry::Registry,
+};
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -33,6 +38,17 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry.lock());
         out
     }
+}
+
+/// Encodes counters a collector keeps, each with its name and help.
+pub fn encode_counters(
+    encoder: &mut DescriptorEncoder<'_>,
+    counters: &[(&str, &str, &Counter)],
+) -> std::fmt::Result {
+    for (name, help, counter) in counters {
+        counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+    }
+    Ok(())
 }
 
 impl Default for Metrics {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::snapshot::SnapshotWatch;
+use crate::{metrics::encode_counters, snapshot::SnapshotWatch};
 
 /// A replica that connects but says nothing is dropped after this long.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -347,26 +347,21 @@ impl std::fmt::Debug for Replicas {
 
 impl Collector for Replicas {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let counters = [
-            (
-                "config_acks",
-                "Snapshots replicas applied (ACK)",
-                &self.counters.acks,
-            ),
-            (
-                "config_nacks",
-                "Snapshots replicas refused in part (NACK)",
-                &self.counters.nacks,
-            ),
-        ];
-        for (name, help, counter) in counters {
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
+        encode_counters(
+            &mut encoder,
+            &[
+                (
+                    "config_acks",
+                    "Snapshots replicas applied (ACK)",
+                    &self.counters.acks,
+                ),
+                (
+                    "config_nacks",
+                    "Snapshots replicas refused in part (NACK)",
+                    &self.counters.nacks,
+                ),
+            ],
+        )?;
         let connected = self
             .inner
             .lock()

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, codec::CompressionEncoding};
 use tracing::debug;
 
+use crate::metrics::encode_counters;
 use forward::Forwarder;
 
 /// Largest OTLP export accepted: a gateway's batches are a few hundred KiB.
@@ -516,25 +517,21 @@ impl std::fmt::Debug for TraceReceiver {
 impl Collector for TraceReceiver {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let counters = &self.counters;
-        for (name, help, counter) in [
-            (
-                "spans_received",
-                "Spans received from replicas over OTLP",
-                &counters.received,
-            ),
-            (
-                "spans_forwarded",
-                "Spans forwarded to the configured collector",
-                &counters.forwarded,
-            ),
-        ] {
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
+        encode_counters(
+            &mut encoder,
+            &[
+                (
+                    "spans_received",
+                    "Spans received from replicas over OTLP",
+                    &counters.received,
+                ),
+                (
+                    "spans_forwarded",
+                    "Spans forwarded to the configured collector",
+                    &counters.forwarded,
+                ),
+            ],
+        )?;
         counters.dropped.encode(encoder.encode_descriptor(
             "spans_dropped",
             "Spans not kept or forwarded, by reason (forward_queue_full, forward_failed, invalid_export)",

@@ -749,13 +749,7 @@ async fn a_stopping_gateway_finishes_calls_in_flight_and_refuses_new_ones() {
     );
 
     // A new session and a new request on an open one are both refused.
-    let initialize = json!({ "jsonrpc": "2.0", "id": 7, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": { "name": "late", "version": "1" } } });
-    let refused = http
-        .post(sb.mcp_url())
-        .header("accept", "application/json, text/event-stream")
-        .json(&initialize)
+    let refused = e2e::initialize_post(&http, &sb.mcp_url(), json!(7))
         .send()
         .await
         .expect("an answer");

@@ -306,14 +306,8 @@ async fn sessions_beyond_the_cap_are_refused_and_the_rest_go_on() {
     let second = connect(&sb.mcp_url()).await.expect("second session");
 
     let http = reqwest::Client::new();
-    let initialize = json!({ "jsonrpc": "2.0", "id": "init-3", "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": { "name": "third", "version": "1" } } });
     let open_third = || async {
-        let answer = http
-            .post(sb.mcp_url())
-            .header("accept", "application/json, text/event-stream")
-            .json(&initialize)
+        let answer = e2e::initialize_post(&http, &sb.mcp_url(), json!("init-3"))
             .send()
             .await
             .expect("an answer");
@@ -425,14 +419,8 @@ async fn declared_clients_need_their_token_and_are_the_caller() {
     .await;
     sb.wait_server_state("d", "ready").await;
     let http = reqwest::Client::new();
-    let initialize = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {},
-        "clientInfo": { "name": "raw", "version": "1" } } });
     let post = |token: Option<&'static str>| {
-        let mut request = http
-            .post(sb.mcp_url())
-            .header("accept", "application/json, text/event-stream")
-            .json(&initialize);
+        let mut request = e2e::initialize_post(&http, &sb.mcp_url(), json!(1));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

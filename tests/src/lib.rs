@@ -523,6 +523,18 @@ pub async fn connect(url: &str) -> anyhow::Result<McpClient> {
     Ok(TestClient::default().serve(transport).await?)
 }
 
+/// A client's first request on streamable HTTP, raw: an `initialize` POST
+/// (no session yet) with the request id `id`, for tests that look at the
+/// HTTP answer itself.
+pub fn initialize_post(http: &reqwest::Client, url: &str, id: Value) -> reqwest::RequestBuilder {
+    let initialize = json!({ "jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": { "name": "raw-e2e", "version": "1" } } });
+    http.post(url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize)
+}
+
 /// Connects like [`connect`], sending `headers` with every HTTP request.
 pub async fn connect_with_headers(
     url: &str,
