@@ -27,6 +27,17 @@ use crate::{
     },
 };
 
+/// A session id is its session's bearer credential: logs and spans carry
+/// this short hash of it instead, enough to follow one session across
+/// lines and spans, useless to join it.
+pub fn session_tag(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(id.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Header naming the calling agent or team, for logs and traces.
 pub const CALLER_HEADER: &str = "x-switchboard-caller";
 /// The same as a query parameter, for clients that cannot set headers.
@@ -151,7 +162,7 @@ impl Observation {
         };
         let mut span = telemetry.tracer.start(name, SpanKind::Server, parent);
         let request_id = arrival.request_id;
-        let session = header("mcp-session-id").map(str::to_owned);
+        let session = header("mcp-session-id").map(session_tag);
         if span.is_recording() {
             span.set(attr::MCP_METHOD_NAME, method);
             span.set(attr::JSONRPC_REQUEST_ID, &request_id);
@@ -337,6 +348,17 @@ fn truncate(mut text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_tags_are_short_stable_and_not_the_id() {
+        let id = "4f8c2b1e-9d3a-4c6b-8e2f-1a2b3c4d5e6f";
+        let tag = session_tag(id);
+        assert_eq!(tag.len(), 16);
+        assert!(tag.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(tag, session_tag(id), "one session, one tag");
+        assert_ne!(tag, session_tag("4f8c2b1e-9d3a-4c6b-8e2f-1a2b3c4d5e60"));
+        assert!(!id.contains(&tag));
+    }
 
     #[test]
     fn caller_from_query_string() {

@@ -4,9 +4,13 @@
 //! error is stored for `/healthz`, sent to the control plane (status,
 //! Events) or given to a client, both are cut out of every URL in it, and
 //! every log line is written through [`Lines`], since libraries (rmcp,
-//! reqwest) log the URLs they fail on themselves.
+//! reqwest) log the URLs they fail on themselves. `Lines` also replaces
+//! every UUID in a line, the shape of a session id (a session's bearer
+//! credential), by the short hash spans carry (`observe::session_tag`).
 
 use std::{borrow::Cow, io};
+
+use crate::observe::session_tag;
 
 /// `text` with each URL's user info replaced by `***` and its query by
 /// `?redacted`.
@@ -43,18 +47,48 @@ pub struct Lines<W>(pub W);
 
 impl<W: io::Write> io::Write for Lines<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match std::str::from_utf8(buf) {
-            Ok(text) if text.contains("://") => {
-                self.0.write_all(urls(text).as_bytes())?;
-                Ok(buf.len())
-            }
-            _ => self.0.write(buf),
-        }
+        let Ok(text) = std::str::from_utf8(buf) else {
+            return self.0.write(buf);
+        };
+        let redacted = session_ids(&urls(text)).into_owned();
+        self.0.write_all(redacted.as_bytes())?;
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
     }
+}
+
+/// `text` with every UUID (`8-4-4-4-12` hex digits) replaced by its
+/// session tag.
+pub fn session_ids(text: &str) -> Cow<'_, str> {
+    const LEN: usize = 36;
+    let bytes = text.as_bytes();
+    let is_uuid = |window: &[u8]| {
+        window.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+    };
+    let mut out = String::new();
+    let (mut copied, mut at) = (0, 0);
+    while at + LEN <= bytes.len() {
+        if is_uuid(&bytes[at..at + LEN]) {
+            // ASCII throughout, so both ends are char boundaries.
+            out.push_str(&text[copied..at]);
+            out.push_str(&session_tag(&text[at..at + LEN]));
+            at += LEN;
+            copied = at;
+        } else {
+            at += 1;
+        }
+    }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
 }
 
 /// One URL, its `://` at `separator`.
@@ -123,9 +157,16 @@ mod tests {
             .write_all(b"level=error url=\"http://h/p?token=t\"\n")
             .expect("write");
         lines.write_all(b"plain\n").expect("write");
+        let id = "21abf3bf-0629-4970-90ed-b6257b8f340d";
+        lines
+            .write_all(format!("session_id=\"\\\"{id}\\\"\"\n").as_bytes())
+            .expect("write");
         assert_eq!(
             String::from_utf8(lines.0).expect("UTF-8"),
-            "level=error url=\"http://h/p?redacted\"\nplain\n"
+            format!(
+                "level=error url=\"http://h/p?redacted\"\nplain\nsession_id=\"\\\"{}\\\"\"\n",
+                session_tag(id)
+            )
         );
     }
 }
@@ -157,6 +198,25 @@ mod properties {
         #[test]
         fn any_text_is_redacted_without_panicking(text in "\\PC{0,80}") {
             let _ = urls(&text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod session_id_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// A UUID anywhere in a line comes out as its tag; any other text
+        /// comes out unchanged and nothing panics.
+        #[test]
+        fn uuids_become_tags(before in "\\PC{0,20}", uuid in "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", after in "\\PC{0,20}") {
+            let text = format!("{before} {uuid} {after}");
+            let redacted = session_ids(&text);
+            prop_assert!(!redacted.contains(&uuid), "{redacted}");
+            prop_assert!(redacted.contains(&session_tag(&uuid)), "{redacted}");
         }
     }
 }

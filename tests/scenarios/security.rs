@@ -585,3 +585,56 @@ async fn the_stdio_bridge_presents_a_clients_token() {
     })
     .await;
 }
+
+/// A session id lets whoever holds it act in the session: logs and spans
+/// carry a short hash of it, never the id.
+#[tokio::test]
+async fn session_ids_never_reach_logs_or_spans() {
+    let marker = format!("tag-{}", std::process::id());
+    let sb = Switchboard::start(&[("d.yaml", &demo_server_yaml("d", &marker, &[]))]).await;
+    sb.wait_server_state("d", "ready").await;
+    let session = e2e::RawSession::open(&sb.mcp_url()).await;
+    let (status, _) = session.call("d.echo", json!({ "text": "tagged" })).await;
+    assert_eq!(status, 200);
+    let id = session.id().to_owned();
+    let api = format!("http://{}", sb.control_http);
+    let traces = eventually("the call's trace", EVENTUALLY, || async {
+        let list = sb
+            .get_json(&format!("{api}/traces?tool=d.echo"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let trace_id = list["traces"][0]["traceId"]
+            .as_str()
+            .ok_or(list.to_string())?
+            .to_owned();
+        sb.get_json(&format!("{api}/traces/{trace_id}"))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let tagged = traces["spans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|span| span["attributes"]["mcp.session.id"].as_str())
+        .collect::<Vec<_>>();
+    assert!(!tagged.is_empty(), "{traces}");
+    for tag in &tagged {
+        assert_eq!(tag.len(), 16, "a short hash: {tag}");
+    }
+    eventually("the request's log line", EVENTUALLY, || async {
+        let logs = sb.logs();
+        logs.lines()
+            .any(|l| l.contains("message=request") && l.contains(&format!("session={}", tagged[0])))
+            .then_some(())
+            .ok_or(logs)
+    })
+    .await;
+    let everywhere = [traces.to_string(), sb.logs()].join("\n");
+    let leaks: Vec<&str> = everywhere.lines().filter(|l| l.contains(&id)).collect();
+    assert!(
+        leaks.is_empty(),
+        "the session id leaked:\n{}",
+        leaks.join("\n")
+    );
+}

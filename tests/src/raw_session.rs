@@ -19,6 +19,11 @@ pub struct RawSession {
 }
 
 impl RawSession {
+    /// The session id the gateway gave.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// Initializes a session at `url` (protocol 2025-06-18).
     pub async fn open(url: &str) -> Self {
         Self::open_with(url, json!({})).await

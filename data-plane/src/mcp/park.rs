@@ -56,7 +56,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use uuid::Uuid;
 
 use super::{answer::Refusal, direct::DirectSession};
-use crate::telemetry::Metrics;
+use crate::{observe::session_tag, telemetry::Metrics};
 
 /// The session manager of `/mcp`: rmcp's in-memory one, plus parking.
 pub struct ParkingSessions {
@@ -525,7 +525,7 @@ impl Book {
             .lock()
             .retain(|_, state| Arc::strong_count(state) > 1);
         for id in stale {
-            warn!(session = %id, "rmcp never reported a parked session's service ended");
+            warn!(session = %session_tag(&id.to_string()), "rmcp never reported a parked session's service ended");
             self.finish_parking(id);
         }
         due
@@ -542,7 +542,7 @@ impl Book {
         if parked {
             self.metrics.sessions_parked.inc();
             self.metrics.session_parks.inc();
-            debug!(session = %id, "parked an idle session");
+            debug!(session = %session_tag(&id.to_string()), "parked an idle session");
         }
         self.parked.notify_waiters();
     }
@@ -576,7 +576,7 @@ impl Book {
             if entry.phase == Phase::Restoring {
                 entry.phase = Phase::Live;
                 self.metrics.session_restores.inc();
-                debug!(session = %id, "restored a parked session");
+                debug!(session = %session_tag(id.as_ref()), "restored a parked session");
             }
         });
     }
