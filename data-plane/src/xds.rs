@@ -201,8 +201,7 @@ impl XdsClient {
     /// Applies what it can of a snapshot. A rejected resource keeps its last
     /// good version (if any); the rest is applied.
     fn apply(&self, snapshot: &pb::Snapshot) -> ReplicaKind {
-        let (mut desired, clients, mut rejected) = desired_servers(snapshot);
-        rejected.extend(self.callers.replace(clients));
+        let (mut desired, clients, rejected) = desired_servers(snapshot);
         for name in rejected.keys() {
             if desired.contains_key(name.as_str()) {
                 continue;
@@ -212,6 +211,7 @@ impl XdsClient {
             }
         }
         self.servers.apply(desired);
+        let rejected = with_refused_clients(rejected, self.callers.replace(clients));
         self.status
             .inner
             .applied_version
@@ -359,6 +359,21 @@ fn desired_servers(snapshot: &pb::Snapshot) -> (Desired, Vec<Declared>, BTreeMap
     (desired, clients, rejected)
 }
 
+/// Server rejections plus refused clients, the latter named `McpClient
+/// <name>` (no server identity has a space), so a client never shadows,
+/// or is taken for, a server of the same name.
+fn with_refused_clients(
+    mut rejected: BTreeMap<String, String>,
+    refused: Vec<(String, String)>,
+) -> BTreeMap<String, String> {
+    rejected.extend(
+        refused
+            .into_iter()
+            .map(|(name, why)| (format!("McpClient {name}"), why)),
+    );
+    rejected
+}
+
 impl Collector for ConfigStatus {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let version = ConstGauge::new(i64::try_from(self.applied_version()).unwrap_or(i64::MAX));
@@ -413,5 +428,17 @@ mod tests {
         assert_eq!(rejected["b"], "missing stdio.command");
         assert_eq!(rejected["c"], "namespace `a` is already used by `a`");
         assert!(rejected.contains_key("a"));
+    }
+
+    #[test]
+    fn a_refused_client_never_stands_for_a_server_of_its_name() {
+        let servers = BTreeMap::from([("d".to_owned(), "missing stdio.command".to_owned())]);
+        let refused = vec![(
+            "d".to_owned(),
+            "another client has the same token".to_owned(),
+        )];
+        let rejected = with_refused_clients(servers, refused);
+        assert_eq!(rejected["d"], "missing stdio.command");
+        assert_eq!(rejected["McpClient d"], "another client has the same token");
     }
 }
