@@ -763,6 +763,16 @@ async fn a_stopping_gateway_finishes_calls_in_flight_and_refuses_new_ones() {
             .is_some_and(|m| m.contains("shutting down")),
         "{body}"
     );
+    let stream = http
+        .get(format!("http://{}/sse", sb.gateway_addr))
+        .send()
+        .await
+        .expect("GET /sse");
+    assert_eq!(
+        stream.status().as_u16(),
+        503,
+        "no new legacy SSE session either"
+    );
     call(&other, "d.echo", json!({ "text": "late" }))
         .await
         .expect_err("a new call on an open session is refused");

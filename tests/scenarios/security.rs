@@ -149,7 +149,7 @@ async fn no_token_beyond_loopback_refuses_to_start() {
     ])
     .spawn()
     .expect("run switchboard-control");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(
         child.try_wait().expect("status").is_none(),
         "it keeps running"
