@@ -9,14 +9,14 @@ mod chart;
 mod conformance;
 #[path = "scenarios/control_plane_outage.rs"]
 mod control_plane_outage;
-#[path = "scenarios/direct.rs"]
-mod direct;
 #[path = "scenarios/kubernetes.rs"]
 mod kubernetes;
 #[path = "scenarios/naming.rs"]
 mod naming;
 #[path = "scenarios/observability.rs"]
 mod observability;
+#[path = "scenarios/one_path.rs"]
+mod one_path;
 #[path = "scenarios/quick_start.rs"]
 mod quick_start;
 #[path = "scenarios/registry_changes.rs"]

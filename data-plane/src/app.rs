@@ -132,25 +132,15 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let guard = mcp::guard::GuardState {
         body_limit: config.mcp.max_body_bytes,
         read_timeout: config.mcp.body_read_timeout,
-        sessions: metrics.sessions.clone(),
-        sessions_parked: metrics.sessions_parked.clone(),
-        max_sessions: config.mcp.max_sessions,
         drain: drain.clone(),
     };
     let router = mcp::router(
         catalog.clone(),
         servers.clone(),
         &config.mcp,
-        telemetry.clone(),
-        stop_http.child_token(),
-    )
-    .merge(mcp::sse::router(
-        catalog.clone(),
-        servers.clone(),
-        &config.mcp,
         telemetry,
         stop_http.child_token(),
-    ))
+    )
     .layer(axum::middleware::from_fn_with_state(
         guard,
         mcp::guard::guard,

@@ -1,8 +1,11 @@
 //! The client sessions connected to this replica, as the relay needs them:
-//! how to reach each one (its rmcp peer), the log level it asked for, and
-//! the resources it subscribed to. Notifications a server sends outside any
-//! request (log messages, `resources/updated`) are delivered through here,
-//! only to the sessions that asked for them.
+//! how to reach each one (its outbox: the stream a client reads what comes
+//! outside its requests from), the log level it asked for, and the
+//! resources it subscribed to. Notifications a server sends outside any
+//! request (log messages, `resources/updated`, list changes) are delivered
+//! through here, only to the sessions that asked for them. What travels to
+//! a client on a stream ([`ToStream`]) is defined here too: the relay puts
+//! it on streams, the session layer (`mcp/session.rs`) writes it out.
 
 // Logging is deprecated by SEP-2577 but clients on older protocol
 // versions still use it, so the relay keeps serving it.
@@ -13,11 +16,16 @@ use std::{
     sync::Arc,
 };
 
+use axum::body::Bytes;
 use parking_lot::{Mutex, RwLock};
 use rmcp::{
-    model::LoggingLevel,
-    service::{Peer, RoleServer},
+    ErrorData,
+    model::{
+        ClientResult, LoggingLevel, ProgressNotificationParam, RequestId, ServerNotification,
+        ServerRequest,
+    },
 };
+use tokio::sync::{mpsc, oneshot};
 
 /// Identifies a client session on this replica.
 pub type SessionKey = u64;
@@ -28,10 +36,30 @@ pub struct Clients {
     by_key: Arc<RwLock<HashMap<SessionKey, Arc<ClientSession>>>>,
 }
 
+/// What a server (or the gateway) sends a client on one of its streams.
+pub enum ToStream {
+    Progress(ProgressNotificationParam),
+    /// A server request under an id of the gateway's; the client's answer,
+    /// when it POSTs one, goes to `answer_to`.
+    Request {
+        id: RequestId,
+        request: ServerRequest,
+        answer_to: oneshot::Sender<Result<ClientResult, ErrorData>>,
+    },
+    /// The server stopped waiting for its request (it cancelled it, or the
+    /// client took too long): the client is told.
+    Withdrawn(RequestId),
+    Notification(ServerNotification),
+    /// A JSON-RPC response, encoded (legacy SSE answers on the session's
+    /// one stream).
+    Answer(Bytes),
+}
+
 /// One client session.
 pub struct ClientSession {
     pub key: SessionKey,
-    pub peer: Peer<RoleServer>,
+    /// The session's own stream: what belongs to none of its requests.
+    pub outbox: mpsc::Sender<ToStream>,
     /// Set by `logging/setLevel`; no log messages before that.
     log_level: Mutex<Option<LoggingLevel>>,
     /// Client-facing URIs this session subscribed to.
@@ -41,10 +69,10 @@ pub struct ClientSession {
 // === impl Clients ===
 
 impl Clients {
-    pub fn register(&self, key: SessionKey, peer: Peer<RoleServer>) -> Arc<ClientSession> {
+    pub fn register(&self, key: SessionKey, outbox: mpsc::Sender<ToStream>) -> Arc<ClientSession> {
         let session = Arc::new(ClientSession {
             key,
-            peer,
+            outbox,
             log_level: Mutex::new(None),
             subscriptions: Mutex::default(),
         });
@@ -58,6 +86,11 @@ impl Clients {
 
     pub fn get(&self, key: SessionKey) -> Option<Arc<ClientSession>> {
         self.by_key.read().get(&key).cloned()
+    }
+
+    /// Every session.
+    pub fn all(&self) -> Vec<Arc<ClientSession>> {
+        self.matching(|_| true)
     }
 
     /// Sessions whose log level lets a message of `level` through.
@@ -100,6 +133,13 @@ impl Clients {
 // === impl ClientSession ===
 
 impl ClientSession {
+    /// Sends a notification on the session's own stream. Best effort: a
+    /// client that reads none (or too slowly) misses it rather than hold up
+    /// the server that sent it.
+    pub fn notify(&self, notification: ServerNotification) {
+        let _ = self.outbox.try_send(ToStream::Notification(notification));
+    }
+
     pub fn set_log_level(&self, level: LoggingLevel) {
         *self.log_level.lock() = Some(level);
     }

@@ -47,7 +47,7 @@ use crate::{
 use breaker::{Breaker, BreakerState};
 use lines::Answer;
 use pool::{AcquireError, Connection, Pool};
-pub use relay::{DownstreamClient, Origin, ToStream};
+pub use relay::{DownstreamClient, Origin};
 use serde::Serialize;
 use serde_json::value::RawValue;
 pub use stdio::Launcher;

@@ -12,9 +12,8 @@ use std::{
 };
 
 use rmcp::{
-    ErrorData, RoleServer,
+    ErrorData,
     model::{InitializeRequestParams, RequestMetaObject},
-    service::RequestContext,
 };
 use serde::Serialize;
 use tracing::{debug, info};
@@ -102,22 +101,6 @@ struct Outcome {
 // === impl Observation ===
 
 impl Observation {
-    pub fn begin(
-        telemetry: &Telemetry,
-        request: RequestInfo<'_>,
-        context: &RequestContext<RoleServer>,
-    ) -> Self {
-        let peer = context.peer.peer_info();
-        let arrival = Arrival {
-            parts: context.extensions.get(),
-            peer: peer.as_deref(),
-            meta: &context.meta,
-            request_id: context.id.to_string(),
-        };
-        Self::begin_at(telemetry, request, arrival)
-    }
-
-    /// [`Observation::begin`] for a request that did not come through rmcp.
     pub fn begin_at(telemetry: &Telemetry, request: RequestInfo<'_>, arrival: Arrival<'_>) -> Self {
         let parts = arrival.parts;
         let header = |name: &str| {

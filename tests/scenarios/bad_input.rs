@@ -557,9 +557,10 @@ async fn legacy_sse_refuses_foreign_hosts_unknown_sessions_and_bad_bodies() {
 }
 
 /// `switchboard_direct_calls_total` now.
-async fn direct_calls(sb: &Switchboard) -> f64 {
+/// Calls relayed to a stdio server as the client wrote them, so far.
+async fn calls_as_written(sb: &Switchboard) -> f64 {
     let exposition = sb.gateway_metrics().await;
-    e2e::metric(&exposition, "switchboard_direct_calls_total", &[]).unwrap_or_default()
+    e2e::metric(&exposition, "switchboard_calls_as_written_total", &[]).unwrap_or_default()
 }
 
 #[tokio::test]
@@ -582,13 +583,13 @@ async fn arguments_a_server_cannot_parse_are_refused_at_once_on_both_paths() {
     sb.wait_server_state("d", "ready").await;
     sb.wait_server_state("strict", "ready").await;
     let direct = RawSession::open(&sb.mcp_url()).await;
-    // A browser-like client (it sends `Origin`) goes through rmcp's path.
-    let through_rmcp = RawSession::open(&sb.mcp_url())
+    // A browser-like client (it sends `Origin`) is served the same way.
+    let browser = RawSession::open(&sb.mcp_url())
         .await
         .with_origin("http://127.0.0.1:1");
 
     let deep = format!("{}1{}", r#"{"a":"#.repeat(10_000), "}".repeat(10_000));
-    for (session, path) in [(&direct, "direct"), (&through_rmcp, "rmcp")] {
+    for (session, path) in [(&direct, "direct"), (&browser, "browser")] {
         for (what, arguments) in [
             ("nested 10,000 deep", deep.as_str()),
             ("a lone surrogate", r#"{"text":"\ud800"}"#),
@@ -610,13 +611,21 @@ async fn arguments_a_server_cannot_parse_are_refused_at_once_on_both_paths() {
     }
 
     // A server with a stricter reader than the gateway's answers a line it
-    // refuses with a null-id parse error: that call fails at once, on
-    // either path, and the next one is answered.
-    let before = direct_calls(&sb).await;
-    for (session, path) in [(&direct, "direct"), (&through_rmcp, "rmcp")] {
-        let (_, answer) = session
-            .call("strict.echo", json!({ "n": 18_446_744_073_709_551_615u64 }))
-            .await;
+    // refuses with a null-id parse error: that call fails at once, relayed
+    // as written or through rmcp's client (a params key of a later
+    // revision sends it that way), and the next one is answered.
+    let before = calls_as_written(&sb).await;
+    for (later_key, path) in [(false, "as written"), (true, "rmcp's client")] {
+        let session = &direct;
+        let mut message = session.call_message(
+            "strict.echo",
+            json!({ "n": 18_446_744_073_709_551_615u64 }),
+            Value::Null,
+        );
+        if later_key {
+            message["params"]["x-later"] = json!(true);
+        }
+        let (_, answer) = session.post(message).await;
         assert_eq!(answer["error"]["code"], -32700, "{path}: {answer}");
         assert!(
             answer["error"]["message"]
@@ -631,9 +640,9 @@ async fn arguments_a_server_cannot_parse_are_refused_at_once_on_both_paths() {
         );
     }
     assert_eq!(
-        direct_calls(&sb).await,
-        before + 2.0,
-        "one call of each pair took the direct path"
+        calls_as_written(&sb).await,
+        before + 3.0,
+        "all but one were relayed as written"
     );
     assert!(
         sb.logs().contains("server could not read a request"),

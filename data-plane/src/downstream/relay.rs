@@ -27,25 +27,24 @@ use parking_lot::Mutex;
 use rmcp::{
     ClientHandler, ErrorData,
     model::{
-        CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientResult,
-        CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequest,
-        ElicitRequestParams, ElicitResult, ElicitationCapability, GetExtensions, Implementation,
-        ListRootsRequest, ListRootsResult, LoggingMessageNotificationParam,
+        ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
+        CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
+        ElicitResult, ElicitationCapability, Implementation, ListRootsRequest, ListRootsResult,
+        LoggingMessageNotification, LoggingMessageNotificationParam, ProgressNotification,
         ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestId,
-        ResourceUpdatedNotificationParam, RootsCapabilities, ServerJsonRpcMessage,
-        ServerNotification, ServerRequest,
+        ResourceUpdatedNotification, ResourceUpdatedNotificationParam, RootsCapabilities,
+        ServerJsonRpcMessage, ServerNotification, ServerRequest,
     },
     service::{
-        NotificationContext, OriginatingRequestId, Peer, PeerRequestOptions, RequestContext,
-        RoleClient, RoleServer, RxJsonRpcMessage, TxJsonRpcMessage,
+        NotificationContext, RequestContext, RoleClient, RxJsonRpcMessage, TxJsonRpcMessage,
     },
     transport::{IntoTransport, Transport},
 };
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug};
+use tracing::debug;
 
-use crate::clients::{ClientSession, Clients, SessionKey};
+use crate::clients::{ClientSession, Clients, SessionKey, ToStream};
 
 /// How long a server message waits for what must come before it: the
 /// registration of its request (rmcp hands out the token only once the
@@ -56,36 +55,17 @@ const ORDER_GRACE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Origin {
     pub session: SessionKey,
-    pub client: Peer<RoleServer>,
-    /// The client's request id: server requests ride its response stream.
+    /// The client's request id.
     pub request_id: RequestId,
     /// The client's progress token, if it asked for progress.
     pub progress_token: Option<ProgressToken>,
-    /// The request's own response stream, when it did not come through
-    /// rmcp (the direct path answers on a stream of its own): its progress
-    /// and the server's requests go there. Else the client's rmcp session
-    /// routes them.
+    /// The request's own response stream, when it has one (the client
+    /// asked for progress, or may be asked something): its progress and
+    /// the server's requests go there, else on the session's own stream.
     pub stream: Option<mpsc::Sender<ToStream>>,
 }
 
-/// What a server sends to a client on the stream of the client's request
-/// (the direct path's).
-pub enum ToStream {
-    Progress(ProgressNotificationParam),
-    /// A server request under an id of the gateway's (strings: rmcp
-    /// numbers its own); the client's answer, when it POSTs one, goes to
-    /// `answer_to`.
-    Request {
-        id: RequestId,
-        request: ServerRequest,
-        answer_to: oneshot::Sender<Result<ClientResult, ErrorData>>,
-    },
-    /// The server stopped waiting for its request (it cancelled it, or the
-    /// client took too long): the client is told.
-    Withdrawn(RequestId),
-}
-
-/// Ids of server requests asked on direct calls' streams.
+/// Ids of server requests asked of clients.
 static NEXT_QUESTION: AtomicU64 = AtomicU64::new(1);
 
 /// Routes one connection's server-to-client traffic.
@@ -255,7 +235,7 @@ impl Relay {
     /// the answer; the server cancelling its request cancels it there too.
     async fn ask_client(
         &self,
-        mut request: ServerRequest,
+        request: ServerRequest,
         cancel: CancellationToken,
     ) -> Result<ClientResult, ErrorData> {
         // The request may overtake the registration of the call it serves.
@@ -272,53 +252,33 @@ impl Relay {
             let _ = tokio::time::timeout(ORDER_GRACE, registered).await;
         }
         // A per-session connection's server may also ask between requests;
-        // that goes on the session's standalone stream.
-        let (client, request_id, stream) = match self.origin() {
-            Ok(origin) => (origin.client, Some(origin.request_id), origin.stream),
-            Err(error) => match self.session.and_then(|key| self.clients.get(key)) {
-                Some(session) => (session.peer.clone(), None, None),
+        // that, and a request of a client whose request has no stream of
+        // its own, goes on the session's own stream.
+        let (session, stream) = match self.origin() {
+            Ok(origin) => (Some(origin.session), origin.stream),
+            Err(error) => match self.session {
+                Some(key) => (Some(key), None),
                 None => return Err(error),
             },
         };
-        debug!(server = %self.server, "relaying server request to client");
-        if let Some(stream) = stream {
-            return self.ask_on_stream(&stream, request, cancel).await;
-        }
-        if let Some(id) = request_id {
-            request.extensions_mut().insert(OriginatingRequestId(id));
-        }
-        let timeout = self.client_timeout;
-        // A fresh task: rmcp would otherwise mark the request as coming
-        // from the server's request this handler serves, not the client's.
-        let task = tokio::spawn(
-            async move {
-            let options = PeerRequestOptions::with_timeout(timeout);
-            let handle = client.send_request_with_option(request, options).await?;
-            let (id, client) = (handle.id.clone(), handle.peer.clone());
-            tokio::select! {
-                answer = handle.await_response() => answer,
-                _ = cancel.cancelled() => {
-                    let reason = Some("cancelled by the server".to_owned());
-                    let _ = client.notify_cancelled(CancelledNotificationParam::new(Some(id), reason)).await;
-                    Err(rmcp::service::ServiceError::Cancelled { reason: None })
+        let stream = match stream {
+            Some(stream) => stream,
+            None => match session.and_then(|key| self.clients.get(key)) {
+                Some(session) => session.outbox.clone(),
+                None => {
+                    return Err(ErrorData::internal_error(
+                        "the client did not answer: its session ended",
+                        None,
+                    ));
                 }
-            }
-        }
-            .in_current_span(),
-        );
-        match task.await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(rmcp::service::ServiceError::McpError(error))) => Err(error),
-            Ok(Err(error)) => Err(ErrorData::internal_error(
-                format!("the client did not answer: {error}"),
-                None,
-            )),
-            Err(error) => Err(ErrorData::internal_error(error.to_string(), None)),
-        }
+            },
+        };
+        debug!(server = %self.server, "relaying server request to client");
+        self.ask_on_stream(&stream, request, cancel).await
     }
 
-    /// [`Self::ask_client`] for a request the direct path answers: the
-    /// question rides its stream, and the answer comes back through it.
+    /// Asks the client on `stream`; the answer comes back through the
+    /// session (`mcp/session.rs`) when the client POSTs it.
     async fn ask_on_stream(
         &self,
         stream: &mpsc::Sender<ToStream>,
@@ -533,7 +493,10 @@ impl ClientHandler for DownstreamClient {
                     let _ = stream.send(ToStream::Progress(params)).await;
                 }
                 None => {
-                    let _ = tracked.origin.client.notify_progress(params).await;
+                    if let Some(session) = relay.clients.get(tracked.origin.session) {
+                        let progress = ProgressNotification::new(params);
+                        session.notify(ServerNotification::ProgressNotification(progress));
+                    }
                 }
             }
         }
@@ -560,7 +523,8 @@ impl ClientHandler for DownstreamClient {
             || self.relay.clients.logging_at(level),
         );
         for session in audience {
-            let _ = session.peer.notify_logging_message(params.clone()).await;
+            let message = LoggingMessageNotification::new(params.clone());
+            session.notify(ServerNotification::LoggingMessageNotification(message));
         }
     }
 
@@ -583,10 +547,10 @@ impl ClientHandler for DownstreamClient {
             None => self.relay.clients.subscribed_to(&uri),
         };
         for session in audience {
-            let _ = session
-                .peer
-                .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri.clone()))
-                .await;
+            let updated = ResourceUpdatedNotification::new(ResourceUpdatedNotificationParam::new(
+                uri.clone(),
+            ));
+            session.notify(ServerNotification::ResourceUpdatedNotification(updated));
         }
     }
 

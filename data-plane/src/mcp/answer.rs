@@ -1,13 +1,14 @@
 //! The one place a refusal becomes an HTTP answer: a JSON-RPC error object
 //! (the code, a message saying what to do, the request's id when there was
 //! one to read) under the HTTP status that says the same. The guard, the
-//! drain, legacy SSE, the direct path and ending a session all answer
+//! drain, the dispatch, legacy SSE and ending a session all answer
 //! through it, so a client meets one shape of error however it connects.
 
 use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
+use rmcp::model::RequestId;
 use serde_json::{json, value::RawValue};
 
 pub const PARSE_ERROR: i64 = -32700;
@@ -24,6 +25,8 @@ pub struct Refusal {
     pub message: String,
     /// The refused request's id, when it had one to answer.
     pub id: Option<Box<RawValue>>,
+    /// The methods allowed, for a 405.
+    allow: Option<&'static str>,
 }
 
 impl Refusal {
@@ -33,12 +36,20 @@ impl Refusal {
             code,
             message: message.into(),
             id: None,
+            allow: None,
         }
     }
 
     /// Answers the request `id` names.
     pub fn to(mut self, id: Option<&RawValue>) -> Self {
         self.id = id.map(RawValue::to_owned);
+        self
+    }
+
+    /// Answers the request `id`.
+    pub fn answering(mut self, id: &RequestId) -> Self {
+        // A request id is a number or a string: encoding it cannot fail.
+        self.id = serde_json::value::to_raw_value(id).ok();
         self
     }
 
@@ -82,6 +93,32 @@ impl Refusal {
         Self::new(StatusCode::UNAUTHORIZED, SERVER_ERROR, message)
     }
 
+    /// An `Accept` header without a type the answer may come in.
+    pub fn not_acceptable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_ACCEPTABLE, INVALID_REQUEST, message)
+    }
+
+    /// A body that is not JSON by its `Content-Type`.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_REQUEST, message)
+    }
+
+    /// A second stream where one at a time is allowed.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, INVALID_REQUEST, message)
+    }
+
+    /// An HTTP method the endpoint does not take; `allow` lists those it does.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut refusal = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            INVALID_REQUEST,
+            format!("method not allowed: use {allow}"),
+        );
+        refusal.allow = Some(allow);
+        refusal
+    }
+
     /// A `Host` or `Origin` this gateway does not serve.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, INVALID_REQUEST, message)
@@ -121,7 +158,13 @@ impl IntoResponse for Refusal {
         let error = json!({ "code": self.code, "message": self.message });
         let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#);
         let content_type = [(header::CONTENT_TYPE, "application/json")];
-        (self.status, content_type, body).into_response()
+        let mut response = (self.status, content_type, body).into_response();
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+        }
+        response
     }
 }
 

@@ -1,5 +1,6 @@
-//! Checks every body POSTed to `/mcp` before the MCP service parses it, so
-//! every invalid message gets one kind of answer, a JSON-RPC error object:
+//! Reads every body POSTed to `/mcp` (and legacy `/message`) once, into the
+//! [`Incoming`] message the dispatch (`dispatch.rs`) routes, so every
+//! invalid message gets one kind of answer, a JSON-RPC error object:
 //! over the size limit is 413; not JSON is a parse error (-32700); JSON
 //! that is not a JSON-RPC 2.0 message (a batch, which MCP dropped, an `id`
 //! that is not a string or an integer) is an invalid request (-32600); and
@@ -9,9 +10,8 @@
 //! the whole message is read as a strict parser reads it (serde_json's
 //! 128-level nesting limit, escapes that decode, numbers in range), since
 //! its arguments go to the server as written and a server that cannot parse
-//! a line never answers it. Every other message is parsed as rmcp parses
-//! it, so rmcp never refuses one with its own plain-text 415. The session,
-//! if any, is untouched.
+//! a line never answers it; they are kept as written. Every other message
+//! is read into rmcp's model types. The session, if any, is untouched.
 //!
 //! It is also where draining (`drain.rs`) is enforced: once the replica
 //! drains, a new request or stream is refused with 503 while answers,
@@ -20,6 +20,7 @@
 
 use std::{
     borrow::Cow,
+    collections::HashMap,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -32,30 +33,46 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use prometheus_client::metrics::gauge::Gauge;
-use rmcp::model::{ClientJsonRpcMessage, RequestId};
+use rmcp::model::{ClientJsonRpcMessage, ClientNotification, ClientRequest, JsonObject, RequestId};
 use serde::{
     Deserialize, Deserializer,
-    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
+    de::{MapAccess, SeqAccess, Visitor},
 };
 use serde_json::value::RawValue;
 use tracing::debug;
 
-use super::answer::Refusal;
+use super::{answer::Refusal, methods::CallParams};
 use crate::drain::{Blocker, Drain};
 
-/// What the guard needs: the largest request body accepted, in bytes, and
-/// the replica's drain.
+/// What the guard needs: the largest request body accepted, in bytes, how
+/// long it may take to arrive, and the replica's drain.
 #[derive(Clone, Debug)]
 pub struct GuardState {
     pub body_limit: usize,
     pub read_timeout: Duration,
-    /// Sessions held, in memory and parked (the metrics' gauges), and how
-    /// many may be.
-    pub sessions: Gauge,
-    pub sessions_parked: Gauge,
-    pub max_sessions: usize,
     pub drain: Drain,
+}
+
+/// A client message as the edge read it.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// `tools/call`, its arguments as the client wrote them.
+    Call {
+        id: RequestId,
+        params: CallParams,
+    },
+    Request {
+        id: RequestId,
+        request: Box<ClientRequest>,
+    },
+    Notification(ClientNotification),
+    /// The client's answer to a server request: its result or its error.
+    Answer {
+        id: RequestId,
+        answer: Result<Box<RawValue>, Box<RawValue>>,
+    },
+    /// An error the client could not say which message it is about.
+    Unaddressed,
 }
 
 /// What a JSON-RPC message must look like, read without copying.
@@ -68,21 +85,12 @@ struct Envelope<'a> {
     /// `Some("null")` for an explicit null, which a request may not carry.
     #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    result: Option<IgnoredAny>,
-    error: Option<IgnoredAny>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
     #[serde(borrow)]
     params: Option<&'a RawValue>,
-}
-
-/// The parts of `tools/call` params whose type rmcp needs to dispatch it.
-#[derive(Deserialize)]
-struct CallParams<'a> {
-    #[serde(borrow)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow)]
-    arguments: Option<&'a RawValue>,
-    #[serde(borrow, rename = "_meta")]
-    meta: Option<&'a RawValue>,
 }
 
 pub async fn guard(State(state): State<GuardState>, request: Request, next: Next) -> Response {
@@ -90,10 +98,6 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
     if request.method() != Method::POST {
         if request.method() == Method::GET && state.drain.is_draining() {
             return Refusal::shutting_down().into_response();
-        }
-        // A legacy SSE stream is a new session.
-        if request.method() == Method::GET && request.uri().path() == "/sse" && state.full() {
-            return Refusal::too_many_sessions(state.max_sessions).into_response();
         }
         return next.run(request).await;
     }
@@ -116,33 +120,23 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
             return Refusal::too_slow(state.read_timeout).into_response();
         }
     };
-    match check(&bytes) {
+    let incoming = match check(&bytes) {
         Err(refusal) => {
             debug!(status = %refusal.status, code = refusal.code, "refused a malformed MCP request");
             return refusal.into_response();
         }
-        Ok(Admitted { id: Some(id), .. }) if state.drain.is_draining() => {
-            debug!("refused a request: draining");
-            return Refusal::shutting_down().to(Some(id)).into_response();
-        }
-        Ok(Admitted {
-            id,
-            initialize: true,
-        }) if !parts.headers.contains_key("mcp-session-id") && state.full() => {
-            debug!(
-                max = state.max_sessions,
-                "refused a new session: at the limit"
-            );
-            return Refusal::too_many_sessions(state.max_sessions)
-                .to(id)
-                .into_response();
-        }
-        Ok(_) => {}
+        Ok(incoming) => incoming,
+    };
+    if state.drain.is_draining()
+        && let Incoming::Call { id, .. } | Incoming::Request { id, .. } = &incoming
+    {
+        debug!("refused a request: draining");
+        return Refusal::shutting_down().answering(id).into_response();
     }
     let blocker = state.drain.blocker();
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let mut parts = parts;
+    parts.extensions.insert(incoming);
+    let response = next.run(Request::from_parts(parts, Body::empty())).await;
     response.map(|body| {
         Body::new(Held {
             body,
@@ -177,25 +171,8 @@ impl http_body::Body for Held {
     }
 }
 
-/// What the guard learnt of a message it let through.
-#[derive(Debug)]
-struct Admitted<'a> {
-    /// A request's id (notifications and answers have none to refuse).
-    id: Option<&'a RawValue>,
-    /// It is an `initialize` request.
-    initialize: bool,
-}
-
-impl GuardState {
-    /// No session more may open.
-    fn full(&self) -> bool {
-        let held = self.sessions.get() + self.sessions_parked.get();
-        usize::try_from(held).unwrap_or(0) >= self.max_sessions
-    }
-}
-
-/// Checks one message.
-fn check(bytes: &Bytes) -> Result<Admitted<'_>, Refusal> {
+/// Reads one message.
+fn check(bytes: &Bytes) -> Result<Incoming, Refusal> {
     let envelope = read_envelope(bytes)?;
     let invalid = Refusal::invalid_request;
     if envelope.jsonrpc.as_deref() != Some("2.0") {
@@ -209,40 +186,60 @@ fn check(bytes: &Bytes) -> Result<Admitted<'_>, Refusal> {
         return Err(invalid("Invalid Request: a message needs a `method` (request, notification) or an `id` with `result` or `error` (response)".to_owned()));
     }
     // An error response may say `"id": null` (it could not read the id).
-    let id = envelope.id.filter(|id| !(is_error && id.get() == "null"));
-    if let Some(id) = id
-        && let Err(err) = serde_json::from_str::<RequestId>(id.get())
-    {
-        return Err(invalid(format!(
-            "Invalid Request: `id` must be a string or an integer ({err})"
-        )));
+    let raw_id = envelope.id.filter(|id| !(is_error && id.get() == "null"));
+    let id = match raw_id {
+        None => None,
+        Some(raw) => Some(serde_json::from_str::<RequestId>(raw.get()).map_err(|err| {
+            invalid(format!(
+                "Invalid Request: `id` must be a string or an integer ({err})"
+            ))
+        })?),
+    };
+    let invalid_params = |message: String| Refusal::invalid_params(message).to(raw_id);
+    if let (Some("tools/call"), Some(id)) = (envelope.method.as_deref(), &id) {
+        let params = read_call_params(envelope.params)
+            .map_err(|problem| format!("Invalid params: tools/call {problem}"))
+            .map_err(invalid_params)?;
+        serde_json::from_slice::<Parsable>(bytes).map_err(|err| {
+            invalid_params(format!(
+                "Invalid params: tools/call cannot be parsed as a server would: {err}"
+            ))
+        })?;
+        return Ok(Incoming::Call {
+            id: id.clone(),
+            params,
+        });
     }
-    let invalid_params = |message: String| Refusal::invalid_params(message).to(id);
-    match envelope.method.as_deref() {
-        Some("tools/call") if id.is_some() => {
-            check_call_params(envelope.params)
-                .map_err(|problem| format!("Invalid params: tools/call {problem}"))
-                .map_err(invalid_params)?;
-            serde_json::from_slice::<Parsable>(bytes).map_err(|err| {
-                invalid_params(format!(
-                    "Invalid params: tools/call cannot be parsed as a server would: {err}"
-                ))
-            })?;
+    let message = serde_json::from_slice::<ClientJsonRpcMessage>(bytes).map_err(|err| {
+        match (envelope.method.as_deref(), raw_id) {
+            (Some(method), Some(_)) => invalid_params(format!("Invalid params: {method}: {err}")),
+            _ => invalid(format!("Invalid Request: {err}")),
         }
-        method => {
-            if let Err(err) = serde_json::from_slice::<ClientJsonRpcMessage>(bytes) {
-                return Err(match (method, id) {
-                    (Some(method), Some(_)) => {
-                        invalid_params(format!("Invalid params: {method}: {err}"))
-                    }
-                    _ => invalid(format!("Invalid Request: {err}")),
-                });
+    })?;
+    Ok(match message {
+        ClientJsonRpcMessage::Request(request) => Incoming::Request {
+            id: request.id,
+            request: Box::new(request.request),
+        },
+        ClientJsonRpcMessage::Notification(notification) => {
+            Incoming::Notification(notification.notification)
+        }
+        ClientJsonRpcMessage::Response(_) | ClientJsonRpcMessage::Error(_) => {
+            // Read by the type the server's request expects, later.
+            let answer = match (envelope.result, envelope.error) {
+                (Some(result), _) => Ok(result.to_owned()),
+                (None, Some(error)) => Err(error.to_owned()),
+                (None, None) => {
+                    return Err(invalid(
+                        "Invalid Request: an answer needs `result` or `error`".to_owned(),
+                    ));
+                }
+            };
+            match id {
+                Some(id) => Incoming::Answer { id, answer },
+                None => Incoming::Unaddressed,
             }
         }
-    }
-    Ok(Admitted {
-        id: id.filter(|_| envelope.method.is_some()),
-        initialize: envelope.method.as_deref() == Some("initialize"),
     })
 }
 
@@ -319,25 +316,39 @@ impl<'de> Visitor<'de> for Parsable {
     }
 }
 
-/// What is wrong with `tools/call` params, if anything.
-fn check_call_params(params: Option<&RawValue>) -> Result<(), &'static str> {
-    let is = |value: Option<&RawValue>, first: u8| {
-        value.is_some_and(|v| v.get().as_bytes().first() == Some(&first))
-    };
-    let is_null = |value: Option<&RawValue>| value.is_some_and(|v| v.get() == "null");
+/// `tools/call` params, or what is wrong with them.
+fn read_call_params(params: Option<&RawValue>) -> Result<CallParams, &'static str> {
+    let is = |value: &RawValue, first: u8| value.get().as_bytes().first() == Some(&first);
     let params = params.ok_or("needs `params` with a `name`")?;
-    let call: CallParams<'_> =
+    let mut fields: HashMap<String, Box<RawValue>> =
         serde_json::from_str(params.get()).map_err(|_| "needs `params` as an object")?;
-    if !is(call.name, b'"') {
-        return Err("needs `params.name` as a string");
-    }
-    if call.arguments.is_some() && !is(call.arguments, b'{') && !is_null(call.arguments) {
-        return Err("needs `params.arguments` as an object");
-    }
-    if call.meta.is_some() && !is(call.meta, b'{') && !is_null(call.meta) {
-        return Err("needs `params._meta` as an object");
-    }
-    Ok(())
+    let name = fields
+        .remove("name")
+        .filter(|name| is(name, b'"'))
+        .and_then(|name| serde_json::from_str::<String>(name.get()).ok())
+        .ok_or("needs `params.name` as a string")?;
+    let arguments = match fields.remove("arguments") {
+        Some(arguments) if arguments.get() == "null" => None,
+        Some(arguments) if is(&arguments, b'{') => Some(arguments),
+        Some(_) => return Err("needs `params.arguments` as an object"),
+        None => None,
+    };
+    let meta = match fields.remove("_meta") {
+        Some(meta) if meta.get() == "null" => JsonObject::default(),
+        Some(meta) if is(&meta, b'{') => {
+            serde_json::from_str(meta.get()).map_err(|_| "needs `params._meta` as an object")?
+        }
+        Some(_) => return Err("needs `params._meta` as an object"),
+        None => JsonObject::default(),
+    };
+    // Keys of a later revision: the call is read in full downstream.
+    let params = (!fields.is_empty()).then(|| params.to_owned());
+    Ok(CallParams {
+        name,
+        arguments,
+        meta,
+        params,
+    })
 }
 
 #[cfg(test)]

@@ -1,52 +1,30 @@
 //! Legacy HTTP+SSE (protocol 2024-11-05) for clients that predate
 //! streamable HTTP. `GET /sse` opens a session and its event stream, whose
 //! first event (`endpoint`) names where to POST (`/message?sessionId=…`);
-//! everything the gateway sends is a `message` event on that stream. The
-//! session is the same [`GatewaySession`] streamable HTTP uses, served by
-//! rmcp over channels; it ends when the client closes the stream.
+//! everything the gateway sends, answers included, is a `message` event on
+//! that stream. The session is a row of the same table (`session.rs`) and
+//! its messages go the same way (`dispatch.rs`) as streamable HTTP's; it
+//! ends when the client closes the stream.
 
-use std::{collections::HashMap, convert::Infallible, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     Router,
     body::Bytes,
-    extract::{Query, State},
-    http::{StatusCode, request::Parts, uri::Authority},
-    response::{
-        IntoResponse, Response,
-        sse::{Event, KeepAlive, Sse},
-    },
+    extract::{Query, Request, State},
+    http::{request::Parts, uri::Authority},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
-use futures::{StreamExt, stream};
-use parking_lot::RwLock;
-use rmcp::{
-    ServiceExt,
-    model::{ClientJsonRpcMessage, GetExtensions, JsonRpcMessage, ServerJsonRpcMessage},
-};
 use serde::Deserialize;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::{CancellationToken, PollSender};
-use tracing::{Instrument, debug, info_span};
+use tracing::debug;
 
-use super::{GatewaySession, McpConfig, answer::Refusal};
-use crate::{catalog::CatalogReader, downstream::Servers, telemetry::Telemetry};
-
-/// Messages buffered per direction before the sender waits.
-const CHANNEL_CAPACITY: usize = 64;
-
-/// The open SSE sessions and what a new one needs.
-#[derive(Clone)]
-pub struct SseState {
-    sessions: Arc<RwLock<HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>>>,
-    catalog: CatalogReader,
-    servers: Servers,
-    telemetry: Telemetry,
-    allowed_hosts: Arc<AllowedHosts>,
-    page_size: usize,
-    shutdown: CancellationToken,
-}
+use super::{
+    answer::Refusal,
+    dispatch::{Endpoint, Framing, own_events, stream_response},
+    guard::Incoming,
+    session::Kind,
+};
 
 #[derive(Deserialize)]
 struct SessionQuery {
@@ -55,115 +33,83 @@ struct SessionQuery {
 }
 
 /// `GET /sse` and `POST /message`.
-pub fn router(
-    catalog: CatalogReader,
-    servers: Servers,
-    config: &McpConfig,
-    telemetry: Telemetry,
-    shutdown: CancellationToken,
-) -> Router {
-    let state = SseState {
-        sessions: Arc::default(),
-        catalog,
-        servers,
-        telemetry,
-        allowed_hosts: Arc::new(AllowedHosts::new(&config.allowed_hosts)),
-        page_size: config.page_size,
-        shutdown,
-    };
+pub fn router(endpoint: Arc<Endpoint>) -> Router {
     Router::new()
         .route("/sse", get(open))
         .route("/message", post(message))
-        .with_state(state)
+        .with_state(endpoint)
 }
 
-async fn open(State(state): State<SseState>, parts: Parts) -> Response {
-    if let Err(refused) = check_host(&state.allowed_hosts, &parts) {
+async fn open(State(endpoint): State<Arc<Endpoint>>, parts: Parts) -> Response {
+    if let Err(refused) = check_host(&endpoint.allowed_hosts, &parts) {
         return Refusal::forbidden(refused).into_response();
     }
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let (to_client, outbound) = mpsc::channel::<ServerJsonRpcMessage>(CHANNEL_CAPACITY);
-    let (inbound_tx, inbound) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL_CAPACITY);
-    state.sessions.write().insert(id.clone(), inbound_tx);
-    let stop = state.shutdown.child_token();
-    let session = GatewaySession::new(
-        state.catalog,
-        state.servers,
-        state.telemetry,
-        state.page_size,
+    let session = match endpoint.sessions.create(Kind::Legacy, None) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let id = session.id.simple().to_string();
+    let (Some((_, open)), Some(own)) = (
+        endpoint.sessions.enter(&id, Kind::Legacy),
+        session.own_stream(),
+    ) else {
+        endpoint.sessions.end(&id, Kind::Legacy);
+        return Refusal::unknown_session("the session ended as it opened").into_response();
+    };
+    let endpoint_event = Bytes::from(format!(
+        "event: endpoint\ndata: /message?sessionId={id}\n\n"
+    ));
+    // The session lives as long as the client keeps the stream open.
+    let ends = SessionEnds { endpoint, id };
+    let events = own_events(
+        own,
+        open,
+        Some(endpoint_event),
+        ends.endpoint.shutdown.clone(),
     );
-    let sessions = state.sessions.clone();
-    let key = id.clone();
-    let running = stop.clone();
-    tokio::spawn(
-        async move {
-            let transport = (PollSender::new(to_client), ReceiverStream::new(inbound));
-            match session.serve_with_ct(transport, running).await {
-                Ok(service) => {
-                    let _ = service.waiting().await;
-                }
-                Err(err) => debug!(error = %err, "SSE session ended before initialize"),
-            }
-            sessions.write().remove(&key);
+    let events = futures::StreamExt::map(events, move |event| {
+        let _session = &ends;
+        event
+    });
+    stream_response(events)
+}
+
+/// Ends a legacy session when its stream is dropped.
+struct SessionEnds {
+    endpoint: Arc<Endpoint>,
+    id: String,
+}
+
+impl Drop for SessionEnds {
+    fn drop(&mut self) {
+        if self.endpoint.sessions.end(&self.id, Kind::Legacy) {
             debug!("SSE session closed");
         }
-        .instrument(info_span!("sse_session")),
-    );
-    // The session lives as long as the client keeps the stream open.
-    let closed = stop.drop_guard();
-    let endpoint = Event::default()
-        .event("endpoint")
-        .data(format!("/message?sessionId={id}"));
-    let messages = ReceiverStream::new(outbound).map(move |message| {
-        let _session = &closed;
-        let data = serde_json::to_string(&message).unwrap_or_default();
-        Ok::<_, Infallible>(Event::default().event("message").data(data))
-    });
-    let events = stream::once(async move { Ok(endpoint) }).chain(messages);
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    }
 }
 
 async fn message(
-    State(state): State<SseState>,
+    State(endpoint): State<Arc<Endpoint>>,
     Query(query): Query<SessionQuery>,
-    parts: Parts,
-    body: Bytes,
+    request: Request,
 ) -> Response {
-    if let Err(refused) = check_host(&state.allowed_hosts, &parts) {
+    let (mut parts, _) = request.into_parts();
+    if let Err(refused) = check_host(&endpoint.allowed_hosts, &parts) {
         return Refusal::forbidden(refused).into_response();
     }
-    let sender = state.sessions.read().get(&query.session_id).cloned();
-    let Some(sender) = sender else {
+    let Some((session, open)) = endpoint.sessions.enter(&query.session_id, Kind::Legacy) else {
         return Refusal::unknown_session(format!(
             "unknown or expired session `{}`; open a new one at /sse",
             query.session_id
         ))
         .into_response();
     };
-    let mut message: ClientJsonRpcMessage = match serde_json::from_slice(&body) {
-        Ok(message) => message,
-        Err(err) => {
-            return Refusal::invalid_request(format!("Invalid Request: {err}")).into_response();
-        }
+    let Some(incoming) = parts.extensions.remove::<Incoming>() else {
+        return Refusal::invalid_request("no JSON-RPC message in the body").into_response();
     };
-    // Handlers read headers (caller, traceparent) from the request parts,
-    // as they do on streamable HTTP.
-    match &mut message {
-        JsonRpcMessage::Request(request) => {
-            request.request.extensions_mut().insert(parts);
-        }
-        JsonRpcMessage::Notification(notification) => {
-            notification.notification.extensions_mut().insert(parts);
-        }
-        _ => {}
-    }
-    if sender.send(message).await.is_err() {
-        return Refusal::unknown_session(format!("session `{}` has ended", query.session_id))
-            .into_response();
-    }
-    StatusCode::ACCEPTED.into_response()
+    endpoint
+        .receive(session, open, Arc::new(parts), incoming, Framing::OwnStream)
+        .await
 }
 
 /// `--allowed-host` entries, read once: every request's `Host` is

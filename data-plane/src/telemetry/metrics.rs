@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use prometheus_client::{
     collector::Collector,
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
@@ -71,19 +71,14 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: HistogramFamily<MethodLabels>,
     pub downstream_duration: HistogramFamily<MethodLabels>,
-    pub sessions: Gauge,
-    pub sessions_parked: Gauge,
-    pub session_parks: Counter,
-    pub session_restores: Counter,
     responses: Family<FramingLabels, Counter>,
     /// Answers that went out as the response alone, in JSON.
     pub answered_json: Counter,
     /// Answers that went out as an SSE stream.
     pub answered_sse: Counter,
-    /// `tools/call` requests answered past rmcp (`mcp/direct.rs`).
-    pub direct_calls: Counter,
-    /// Catalog lists answered past rmcp (`mcp/direct.rs`).
-    pub direct_lists: Counter,
+    /// `tools/call` requests relayed to a stdio server as written
+    /// (`downstream/lines.rs`).
+    pub calls_as_written: Counter,
     pub config_updates: Family<ResultLabels, Counter>,
     pub spans: ExportCounters,
 }
@@ -104,15 +99,10 @@ impl Metrics {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             downstream_duration: Family::new_with_constructor(latency_histogram),
-            sessions: Gauge::default(),
-            sessions_parked: Gauge::default(),
-            session_parks: Counter::default(),
-            session_restores: Counter::default(),
             responses,
             answered_json,
             answered_sse,
-            direct_calls: Counter::default(),
-            direct_lists: Counter::default(),
+            calls_as_written: Counter::default(),
             config_updates: Family::default(),
             spans: ExportCounters {
                 exported: Counter::default(),
@@ -150,36 +140,15 @@ impl Metrics {
             Unit::Seconds,
             m.downstream_duration.clone(),
         );
-        registry.register("sessions", "Client sessions in memory", m.sessions.clone());
-        registry.register(
-            "sessions_parked",
-            "Idle client sessions parked out of memory",
-            m.sessions_parked.clone(),
-        );
-        registry.register(
-            "session_parks",
-            "Idle client sessions parked",
-            m.session_parks.clone(),
-        );
-        registry.register(
-            "session_restores",
-            "Parked client sessions restored by a request",
-            m.session_restores.clone(),
-        );
         registry.register(
             "responses",
             "Answers to client requests over streamable HTTP, by framing (json: the response alone; sse: a stream)",
             m.responses.clone(),
         );
         registry.register(
-            "direct_calls",
-            "tools/call requests relayed on the direct path, past the MCP session layer",
-            m.direct_calls.clone(),
-        );
-        registry.register(
-            "direct_lists",
-            "tools/list, prompts/list, resources/list and resources/templates/list requests answered on the direct path from the catalog's encoded lists",
-            m.direct_lists.clone(),
+            "calls_as_written",
+            "tools/call requests relayed to a shared stdio server with the arguments as the client wrote them, past rmcp's client",
+            m.calls_as_written.clone(),
         );
         registry.register(
             "config_updates",

@@ -1,25 +1,23 @@
-//! The direct path (`data-plane/src/mcp/direct.rs`): plain tool calls
-//! relayed past rmcp's session layer, and catalog lists copied from their
-//! encoded items, answer exactly as rmcp's path does; everything that needs
-//! more of the session takes rmcp's path, and a call that ends early (the
-//! client cancels, its session ends) is cancelled at the server too.
+//! The one path every client message takes (`data-plane/src/mcp/`: the
+//! gateway's own sessions and dispatch): tool calls relayed to a shared
+//! stdio server as the client wrote them answer exactly as rmcp's own
+//! server answers the same call, and as the same call read in full and sent
+//! through rmcp's client does; catalog lists page; a call that ends early
+//! (the client cancels, its session ends) is cancelled at the server; a
+//! streamed answer survives a dropped connection; servers' requests ride
+//! the call's stream and come back answered.
 
 use e2e::{
     EVENTUALLY, RawSession, Switchboard, demo_server_with, demo_server_yaml, eventually,
-    everything_server_yaml, metric,
+    everything_server_yaml, free_addr, metric,
 };
 use serde_json::{Value, json};
 
-/// `switchboard_direct_calls_total` now.
-async fn direct_calls(sb: &Switchboard) -> f64 {
+/// `switchboard_calls_as_written_total` now: calls relayed to a stdio
+/// server as the client wrote them.
+async fn calls_as_written(sb: &Switchboard) -> f64 {
     let exposition = sb.gateway_metrics().await;
-    metric(&exposition, "switchboard_direct_calls_total", &[]).unwrap_or_default()
-}
-
-/// `switchboard_direct_lists_total` now.
-async fn direct_lists(sb: &Switchboard) -> f64 {
-    let exposition = sb.gateway_metrics().await;
-    metric(&exposition, "switchboard_direct_lists_total", &[]).unwrap_or_default()
+    metric(&exposition, "switchboard_calls_as_written_total", &[]).unwrap_or_default()
 }
 
 /// A response without its id: what both paths must agree on.
@@ -39,14 +37,21 @@ async fn demo_gateway(tag: &str) -> Switchboard {
 }
 
 #[tokio::test]
-async fn direct_calls_answer_as_the_rmcp_path_does() {
+async fn calls_as_written_answer_as_rmcps_own_server_does() {
     let sb = demo_gateway("direct").await;
     let url = sb.mcp_url();
+    // The same server behind rmcp's own streamable HTTP server: the
+    // reference answers.
+    let addr = free_addr();
+    let _reference = sb
+        .spawn_demo_http(addr, &format!("direct-ref-{}", std::process::id()))
+        .await;
+    let reference = RawSession::open(&format!("http://{addr}/mcp")).await;
     let direct = RawSession::open(&url).await;
     // A client that may be asked for something: direct too.
     let asking = RawSession::open_with(&url, json!({ "sampling": {}, "roots": {} })).await;
-    // A params key the direct path does not know sends a call to rmcp's
-    // path, which ignores it: the reference answer.
+    // A params key of a later revision sends a call through rmcp's client,
+    // which ignores it: the same answer.
     let via_rmcp = |mut message: Value| {
         message["params"]["x-unknown"] = json!(true);
         message
@@ -59,27 +64,34 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
         ("d.add", json!({ "a": "not a number", "b": 1 })),
     ];
     for (tool, arguments) in &taken {
-        let before = direct_calls(&sb).await;
+        let before = calls_as_written(&sb).await;
         let (status, answer) = direct.call(tool, arguments.clone()).await;
         assert_eq!(status, 200, "{tool}: {answer}");
         assert_eq!(
-            direct_calls(&sb).await,
+            calls_as_written(&sb).await,
             before + 1.0,
-            "{tool} takes the direct path"
+            "{tool} is relayed as written"
         );
         let (_, from_asking) = asking.call(tool, arguments.clone()).await;
-        assert_eq!(direct_calls(&sb).await, before + 2.0, "{tool}, asking");
+        assert_eq!(calls_as_written(&sb).await, before + 2.0, "{tool}, asking");
         let message = direct.call_message(tool, arguments.clone(), Value::Null);
         let (status, expected) = direct.post(via_rmcp(message)).await;
         assert_eq!(status, 200, "{tool}: {expected}");
-        assert_eq!(direct_calls(&sb).await, before + 2.0, "{tool} via rmcp");
+        assert_eq!(calls_as_written(&sb).await, before + 2.0, "{tool} via rmcp");
         assert_eq!(without_id(answer.clone()), without_id(expected), "{tool}");
-        assert_eq!(without_id(answer), without_id(from_asking), "{tool}");
+        assert_eq!(
+            without_id(answer.clone()),
+            without_id(from_asking),
+            "{tool}"
+        );
+        let unprefixed = tool.trim_start_matches("d.");
+        let (_, own) = reference.call(unprefixed, arguments.clone()).await;
+        assert_eq!(without_id(answer), without_id(own), "{tool}: rmcp's server");
     }
 
     // Arguments reach the server as the client wrote them, escapes and
     // all; null `arguments` and `_meta` count as absent, on both paths.
-    let before = direct_calls(&sb).await;
+    let before = calls_as_written(&sb).await;
     let tricky = json!({ "text": "quote \" backslash \\ line\n é 🚀 \u{7}" });
     let (status, answer) = direct.call("d.echo", tricky.clone()).await;
     assert_eq!(status, 200, "{answer}");
@@ -93,7 +105,11 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
     });
     let (status, answer) = direct.post(nulls.clone()).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(direct_calls(&sb).await, before + 2.0, "both went direct");
+    assert_eq!(
+        calls_as_written(&sb).await,
+        before + 2.0,
+        "both went direct"
+    );
     let (_, expected) = direct.post(via_rmcp(nulls)).await;
     assert_eq!(without_id(answer), without_id(expected));
 
@@ -102,7 +118,7 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
     // message: here the next line would be a call of the client's making,
     // under an id of the gateway's, and the client's own call would never
     // be answered.
-    let before = direct_calls(&sb).await;
+    let before = calls_as_written(&sb).await;
     let smuggled = r#"{"jsonrpc":"2.0","id":"sb:4242","method":"tools/call","params":{"name":"fail","arguments":{"message":"smuggled"}}}"#;
     let body = format!(
         "{{\n  \"jsonrpc\": \"2.0\",\n  \"id\": \"pretty\",\n  \"method\": \"tools/call\",\n  \
@@ -118,11 +134,11 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
         answer["result"]["structuredContent"]["text"], "pretty",
         "{answer}"
     );
-    assert_eq!(direct_calls(&sb).await, before + 1.0, "it went direct");
+    assert_eq!(calls_as_written(&sb).await, before + 1.0, "it went direct");
 
-    // What the direct path leaves to rmcp: unknown tools and malformed
-    // calls (the gateway's own errors).
-    let before = direct_calls(&sb).await;
+    // What is not relayed as written: unknown tools and malformed calls
+    // (the gateway's own errors, the same for every client).
+    let before = calls_as_written(&sb).await;
     let (_, unknown) = direct.call("d.nope", json!({})).await;
     assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
     let malformed = [
@@ -139,10 +155,14 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
         let expected: Vec<_> = expected.into_iter().map(without_id).collect();
         assert_eq!((status, answer), (expected_status, expected), "{params}");
     }
-    assert_eq!(direct_calls(&sb).await, before, "none took the direct path");
+    assert_eq!(
+        calls_as_written(&sb).await,
+        before,
+        "none was relayed as written"
+    );
 
     // Progress rides the call's own stream, with the client's token, ahead
-    // of the result, as on rmcp's path.
+    // of the result, as through rmcp's client.
     let progress = |session: &RawSession| {
         session.call_message(
             "d.progress",
@@ -153,12 +173,16 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
     let (status, framing, messages) = direct.post_framed(progress(&direct)).await;
     assert_eq!((status, framing.as_str()), (200, "text/event-stream"));
     assert_eq!(
-        direct_calls(&sb).await,
+        calls_as_written(&sb).await,
         before + 1.0,
-        "progress goes direct"
+        "progress is relayed as written"
     );
     let (_, _, expected) = direct.post_framed(via_rmcp(progress(&direct))).await;
-    assert_eq!(direct_calls(&sb).await, before + 1.0, "the reference");
+    assert_eq!(
+        calls_as_written(&sb).await,
+        before + 1.0,
+        "through rmcp's client"
+    );
     let messages: Vec<_> = messages.into_iter().map(without_id).collect();
     let expected: Vec<_> = expected.into_iter().map(without_id).collect();
     assert_eq!(messages, expected);
@@ -190,7 +214,7 @@ async fn direct_calls_answer_as_the_rmcp_path_does() {
 }
 
 #[tokio::test]
-async fn a_direct_call_ends_with_its_cancellation_or_its_session() {
+async fn a_call_ends_with_its_cancellation_or_its_session_and_resumes_after_a_drop() {
     let sb = demo_gateway("direct-cancel").await;
     let url = sb.mcp_url();
     let observer = RawSession::open(&url).await;
@@ -212,10 +236,10 @@ async fn a_direct_call_ends_with_its_cancellation_or_its_session() {
     };
 
     // The client cancels: the server is told, and the call's stream ends
-    // without an answer (as on rmcp's path), well before the client's own
-    // timeout would have ended it.
+    // without an answer, well before the client's own timeout would have
+    // ended it.
     let session = RawSession::open(&url).await;
-    let before = direct_calls(&sb).await;
+    let before = calls_as_written(&sb).await;
     let message = session.call_message("d.sleep", json!({ "ms": 60_000 }), Value::Null);
     let request_id = message["id"].clone();
     let pending = session.send(message).await;
@@ -232,7 +256,11 @@ async fn a_direct_call_ends_with_its_cancellation_or_its_session() {
         .await
         .expect("the gateway ends the stream, not the client's timeout");
     assert!(!body.contains("\"id\""), "no answer: {body}");
-    assert_eq!(direct_calls(&sb).await, before + 1.0, "the call was direct");
+    assert_eq!(
+        calls_as_written(&sb).await,
+        before + 1.0,
+        "the call was relayed as written"
+    );
     eventually("the server to be told", EVENTUALLY, || async {
         let n = cancellations().await;
         (n >= 1).then_some(()).ok_or(format!("{n}"))
@@ -312,15 +340,15 @@ fn error_kind(answer: &Value) -> &Value {
 }
 
 /// Timeouts (restarted by the server's progress, capped by `maxCall`) and
-/// a server dying mid-call, on the direct path.
+/// a server dying mid-call, for calls relayed as written.
 #[tokio::test]
-async fn direct_calls_time_out_and_survive_a_crash_as_rmcp_calls_do() {
+async fn calls_as_written_time_out_and_survive_a_crash() {
     let marker = format!("direct-timeouts-{}", std::process::id());
     let spec = json!({ "timeouts": { "call": "1s", "maxCall": "4s" } });
     let sb = Switchboard::start(&[("t.yaml", &demo_server_with("t", &marker, &[], spec))]).await;
     sb.wait_server_state("t", "ready").await;
     let session = RawSession::open(&sb.mcp_url()).await;
-    let before = direct_calls(&sb).await;
+    let before = calls_as_written(&sb).await;
 
     // 2.5 s of work with progress every 250 ms: longer than `call`, but
     // each progress notification restarts it (the client asked for none:
@@ -339,9 +367,9 @@ async fn direct_calls_time_out_and_survive_a_crash_as_rmcp_calls_do() {
         json!({ "steps": 10 })
     );
     assert_eq!(
-        direct_calls(&sb).await,
+        calls_as_written(&sb).await,
         before + 1.0,
-        "it took the direct path"
+        "it was relayed as written"
     );
     // Without progress the same length of work times out after `call`.
     let (_, silent) = session.call("t.sleep", json!({ "ms": 2500 })).await;
@@ -367,8 +395,8 @@ async fn direct_calls_time_out_and_survive_a_crash_as_rmcp_calls_do() {
     .await;
     assert_eq!(answer["result"]["isError"], false, "{answer}");
     assert!(
-        direct_calls(&sb).await >= before + 5.0,
-        "all of them took the direct path"
+        calls_as_written(&sb).await >= before + 5.0,
+        "all of them were relayed as written"
     );
 }
 
@@ -399,7 +427,7 @@ async fn list_all(session: &RawSession, method: &str, key: &str) -> (Vec<Value>,
     }
 }
 
-/// Waits until `tool` is listed (on the direct path).
+/// Waits until `tool` is listed.
 async fn wait_listed(session: &RawSession, tool: &str) {
     eventually(&format!("{tool} to be listed"), EVENTUALLY, || async {
         let (tools, _) = list_all(session, "tools/list", "tools").await;
@@ -409,10 +437,11 @@ async fn wait_listed(session: &RawSession, tool: &str) {
     .await;
 }
 
-/// The four catalog lists, paged, answer on the direct path as on rmcp's,
-/// for any client (lists ask nothing of it), and follow catalog changes.
+/// The four catalog lists page through every item once, whatever else the
+/// params carry, for any client (lists ask nothing of it), and follow
+/// catalog changes.
 #[tokio::test]
-async fn catalog_lists_answer_as_the_rmcp_path_does() {
+async fn catalog_lists_page_and_follow_the_catalog() {
     let marker = format!("direct-lists-{}", std::process::id());
     let files = [
         ("e.yaml", everything_server_yaml("e", json!({}))),
@@ -442,16 +471,15 @@ async fn catalog_lists_answer_as_the_rmcp_path_does() {
             if !cursor.is_null() {
                 params["cursor"] = cursor.clone();
             }
-            let before = direct_lists(&sb).await;
             let (status, answer) = session.post(list_message(method, params.clone())).await;
             assert_eq!(status, 200, "{method}: {answer}");
-            assert_eq!(direct_lists(&sb).await, before + 1.0, "{method} is direct");
-            // A params key the direct path does not know: rmcp's path.
+            // A params key of a later revision changes nothing.
             params["x-unknown"] = json!(true);
             let (_, expected) = session.post(list_message(method, params)).await;
-            assert_eq!(direct_lists(&sb).await, before + 1.0, "{method} via rmcp");
             assert!(expected["result"][key].is_array(), "{method}: {expected}");
             assert_eq!(without_id(answer.clone()), without_id(expected), "{method}");
+            let page = answer["result"][key].as_array().map_or(0, Vec::len);
+            assert!(page <= 3, "{method}: pages of 3: {answer}");
             pages += 1;
             cursor = answer["result"]["nextCursor"].clone();
             if cursor.is_null() {
@@ -463,19 +491,17 @@ async fn catalog_lists_answer_as_the_rmcp_path_does() {
         }
     }
 
-    // A made-up cursor: rmcp's path answers the error.
-    let before = direct_lists(&sb).await;
+    // A made-up cursor is invalid params.
     let bad = json!({ "cursor": "not-a-cursor" });
     let (_, answer) = session.post(list_message("tools/list", bad)).await;
     assert_eq!(answer["error"]["code"], -32602, "{answer}");
-    assert_eq!(direct_lists(&sb).await, before);
 
     // A server joins: the next list has its tools (the encoded lists are
     // the catalog's, never stale).
     sb.write_file("late.yaml", &demo_server_yaml("late", &marker, &[]));
     wait_listed(&session, "late.echo").await;
 
-    // A direct list is observed as rmcp's path observes it.
+    // Every page is observed as a request.
     let labels = [
         ("server", ""),
         ("method", "prompts/list"),
@@ -485,11 +511,10 @@ async fn catalog_lists_answer_as_the_rmcp_path_does() {
         let exposition = sb.gateway_metrics().await;
         metric(&exposition, "switchboard_requests_total", &labels).unwrap_or_default()
     };
-    let (before, lists) = (listed().await, direct_lists(&sb).await);
-    list_all(&session, "prompts/list", "prompts").await;
-    let pages = direct_lists(&sb).await - lists;
-    assert!(pages >= 1.0);
-    assert_eq!(listed().await, before + pages);
+    let before = listed().await;
+    let (_, pages) = list_all(&session, "prompts/list", "prompts").await;
+    assert!(pages >= 1);
+    assert_eq!(listed().await, before + pages as f64);
 }
 
 /// The JSON-RPC messages of an SSE response, read as they come.
@@ -532,12 +557,12 @@ impl Events {
     }
 }
 
-/// A server's request during a direct call rides the call's stream under
-/// an id of the gateway's, and the client's answer (a result or an error),
-/// POSTed back, reaches the server: a client that may be asked things
-/// (sampling, roots: most coding agents) keeps the direct path.
+/// A server's request during a call rides the call's stream under an id of
+/// the gateway's, and the client's answer (a result or an error), POSTed
+/// back, reaches the server: a client that may be asked things (sampling,
+/// roots: most coding agents) still has its calls relayed as written.
 #[tokio::test]
-async fn server_requests_ride_a_direct_calls_stream() {
+async fn server_requests_ride_a_calls_stream() {
     let sb = Switchboard::start(&[("e.yaml", &everything_server_yaml("e", json!({})))]).await;
     sb.wait_server_state("e", "ready").await;
     let session =
@@ -553,7 +578,7 @@ async fn server_requests_ride_a_direct_calls_stream() {
         json!({ "error": { "code": -1, "message": "no LLM here" } }),
     ];
     for (n, answer) in answers.into_iter().enumerate() {
-        let before = direct_calls(&sb).await;
+        let before = calls_as_written(&sb).await;
         let call = session.call_message(
             "e.trigger-sampling-request",
             json!({ "prompt": format!("question {n}") }),
@@ -587,11 +612,15 @@ async fn server_requests_ride_a_direct_calls_stream() {
             "no LLM here"
         };
         assert!(result.to_string().contains(expected), "{result}");
-        assert_eq!(direct_calls(&sb).await, before + 1.0, "the call was direct");
+        assert_eq!(
+            calls_as_written(&sb).await,
+            before + 1.0,
+            "the call was relayed as written"
+        );
     }
 
-    // An answer nobody asked for goes to rmcp's path, which refuses it;
-    // the session keeps working.
+    // An answer nobody asked for is taken and dropped; the session keeps
+    // working.
     let stray = json!({ "jsonrpc": "2.0", "id": "sb:999", "result": {} });
     let (status, _) = session.post(stray).await;
     assert!(status < 500, "{status}");
@@ -607,7 +636,7 @@ async fn server_requests_ride_a_direct_calls_stream() {
 async fn a_server_request_the_server_gives_up_on_is_withdrawn() {
     let sb = demo_gateway("direct-withdraw").await;
     let session = RawSession::open_with(&sb.mcp_url(), json!({ "roots": {} })).await;
-    let before = direct_calls(&sb).await;
+    let before = calls_as_written(&sb).await;
 
     // The server waits 300 ms for an answer, then 1 s before it answers.
     let call = session.call_message(
@@ -657,5 +686,9 @@ async fn a_server_request_the_server_gives_up_on_is_withdrawn() {
     assert_eq!(answer["answered"], false, "{result}");
     let error = answer["error"].to_string();
     assert!(error.contains("malformed"), "{result}");
-    assert_eq!(direct_calls(&sb).await, before + 3.0, "all were direct");
+    assert_eq!(
+        calls_as_written(&sb).await,
+        before + 3.0,
+        "all were relayed as written"
+    );
 }

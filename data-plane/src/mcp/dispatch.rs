@@ -1,0 +1,671 @@
+//! `/mcp` over streamable HTTP, and the one way every client message goes
+//! once the edge has read it (`guard.rs`): into its session
+//! (`session.rs`), then by kind: a request to its method (`methods.rs`),
+//! a cancel to the request it names, an answer to the server request it
+//! answers.
+//!
+//! Every answer is framed one way: as `application/json` when it is all
+//! there is and comes within [`WINDOW`] (most calls: one write for both
+//! ends), otherwise as a stream that starts at once and carries, in order,
+//! what the request's servers send the client (progress, their requests),
+//! keep-alives, then the answer. A streamed answer runs on without its
+//! connection and is resumable by `Last-Event-ID` (`replay.rs`). A request
+//! whose client leaves before its answer starts is cancelled at the server.
+//!
+//! `GET` opens the session's own stream (what belongs to no request) or
+//! resumes an answer's; `DELETE` ends the session.
+
+use std::{convert::Infallible, pin::Pin, sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use futures::Stream;
+use rmcp::model::{
+    ClientNotification, ClientRequest, ErrorData, GetMeta, ProtocolVersion, RequestId,
+    RequestMetaObject,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug};
+
+use super::{
+    answer::Refusal,
+    guard::Incoming,
+    methods::{CallParams, Ctx, Methods, encode},
+    replay::{KEEP_ALIVE, KEEP_FINISHED, Replay, parse_event_id},
+    session::{Kind, Open, OwnStream, Session, Sessions},
+    sse::{AllowedHosts, check_host},
+};
+use crate::{clients::ToStream, telemetry::metrics::Metrics};
+
+/// How long an answer may take and still be answered as JSON.
+const WINDOW: Duration = Duration::from_millis(50);
+/// Messages for a slow client's request stream queued before the relay
+/// waits.
+const STREAM_BUFFER: usize = 64;
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+const LAST_EVENT_ID: &str = "last-event-id";
+
+/// Everything `/mcp`, `/sse` and `/message` share.
+pub struct Endpoint {
+    pub sessions: Arc<Sessions>,
+    pub methods: Methods,
+    pub allowed_hosts: AllowedHosts,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the replica stops serving: streams end.
+    pub shutdown: CancellationToken,
+}
+
+/// Where a session's answers go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// In the HTTP response of the request (streamable HTTP).
+    Response,
+    /// On the session's one stream; the POST gets 202 (legacy SSE).
+    OwnStream,
+}
+
+/// `/mcp`.
+pub async fn mcp(State(endpoint): State<Arc<Endpoint>>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    if let Err(refused) = check_host(&endpoint.allowed_hosts, &parts) {
+        return Refusal::forbidden(refused).into_response();
+    }
+    match parts.method {
+        Method::POST => endpoint.post(parts).await,
+        Method::GET => endpoint.get(&parts),
+        Method::DELETE => endpoint.delete(&parts),
+        _ => Refusal::method_not_allowed("GET, POST, DELETE").into_response(),
+    }
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    async fn post(self: &Arc<Self>, mut parts: Parts) -> Response {
+        if !accepts(&parts.headers, &["application/json", "text/event-stream"]) {
+            return Refusal::not_acceptable(
+                "the client must accept both application/json and text/event-stream",
+            )
+            .into_response();
+        }
+        let json_body = header(&parts.headers, header::CONTENT_TYPE.as_str())
+            .is_some_and(|v| essence(v).eq_ignore_ascii_case("application/json"));
+        if !json_body {
+            return Refusal::unsupported_media_type("Content-Type must be application/json")
+                .into_response();
+        }
+        let Some(incoming) = parts.extensions.remove::<Incoming>() else {
+            return Refusal::invalid_request("no JSON-RPC message in the body").into_response();
+        };
+        if let Incoming::Request { id, request } = &incoming
+            && matches!(**request, ClientRequest::DiscoverRequest(_))
+        {
+            return discover(id, request.get_meta());
+        }
+        if let Err(refusal) = check_version(&parts.headers) {
+            return refusal.into_response();
+        }
+        let Some(session_id) = header(&parts.headers, SESSION_HEADER).map(str::to_owned) else {
+            return match incoming {
+                Incoming::Request { id, request } => match *request {
+                    ClientRequest::InitializeRequest(initialize) => {
+                        self.initialize(id, initialize.params, parts)
+                    }
+                    _ => Refusal::invalid_request(
+                        "Bad Request: Mcp-Session-Id is required: start a session with initialize",
+                    )
+                    .into_response(),
+                },
+                _ => Refusal::invalid_request(
+                    "Bad Request: Mcp-Session-Id is required: start a session with initialize",
+                )
+                .into_response(),
+            };
+        };
+        let Some((session, open)) = self.sessions.enter(&session_id, Kind::Streamable) else {
+            return Refusal::unknown_session("session not found: start a new one with initialize")
+                .into_response();
+        };
+        self.receive(session, open, Arc::new(parts), incoming, Framing::Response)
+            .await
+    }
+
+    /// A new session's handshake, answered with its id.
+    fn initialize(
+        &self,
+        id: RequestId,
+        params: rmcp::model::InitializeRequestParams,
+        parts: Parts,
+    ) -> Response {
+        let session = match self.sessions.create(Kind::Streamable, Some(params.clone())) {
+            Ok(session) => session,
+            Err(refusal) => return refusal.answering(&id).into_response(),
+        };
+        let ctx = Ctx {
+            id,
+            meta: RequestMetaObject::default(),
+            parts: Arc::new(parts),
+            cancel: CancellationToken::new(),
+            stream: None,
+        };
+        let body = self.methods.initialize(&session, &params, &ctx);
+        self.metrics.answered_json.inc();
+        let mut response = json_response(body);
+        let id = HeaderValue::from_str(&session.id.to_string());
+        if let Ok(id) = id {
+            response.headers_mut().insert(SESSION_HEADER, id);
+        }
+        response
+    }
+
+    /// One message in its session.
+    pub async fn receive(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        open: Open,
+        parts: Arc<Parts>,
+        incoming: Incoming,
+        framing: Framing,
+    ) -> Response {
+        match incoming {
+            Incoming::Call { id, params } => {
+                let meta = RequestMetaObject::from(params.meta.clone());
+                let call = Work::Call(params);
+                self.request(session, open, parts, id, meta, call, framing)
+                    .await
+            }
+            Incoming::Request { id, mut request } => {
+                if let ClientRequest::InitializeRequest(initialize) = &*request
+                    && framing == Framing::OwnStream
+                    && session.handshake().is_none()
+                {
+                    // Legacy SSE's handshake, on the session its stream opened.
+                    self.sessions.set_handshake(&session, &initialize.params);
+                    let ctx = Ctx {
+                        id,
+                        meta: RequestMetaObject::default(),
+                        parts,
+                        cancel: CancellationToken::new(),
+                        stream: None,
+                    };
+                    let body = self.methods.initialize(&session, &initialize.params, &ctx);
+                    let _ = session.client.outbox.send(ToStream::Answer(body)).await;
+                    return StatusCode::ACCEPTED.into_response();
+                }
+                let meta = std::mem::take(request.get_meta_mut());
+                let work = Work::Request(request);
+                self.request(session, open, parts, id, meta, work, framing)
+                    .await
+            }
+            Incoming::Notification(ClientNotification::CancelledNotification(cancelled)) => {
+                if let Some(id) = &cancelled.params.request_id {
+                    debug!(request_id = %id, "the client cancelled a request");
+                    session.cancel(id);
+                }
+                StatusCode::ACCEPTED.into_response()
+            }
+            // `initialized`, roots changes, progress: nothing to do.
+            Incoming::Notification(_) | Incoming::Unaddressed => {
+                StatusCode::ACCEPTED.into_response()
+            }
+            Incoming::Answer { id, answer } => {
+                let answer = answer.as_ref().map(|v| &**v).map_err(|e| &**e);
+                if !session.answered(&id, answer) {
+                    debug!(request_id = %id, "an answer nobody waits for");
+                }
+                StatusCode::ACCEPTED.into_response()
+            }
+        }
+    }
+
+    /// Runs a request and frames its answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn request(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        open: Open,
+        parts: Arc<Parts>,
+        id: RequestId,
+        meta: RequestMetaObject,
+        work: Work,
+        framing: Framing,
+    ) -> Response {
+        let Some(in_flight) = session.begin(&id) else {
+            let duplicate = Err::<(), _>(ErrorData::invalid_request(
+                format!(
+                    "request id {id} is already in flight in this session; use a new id for each request"
+                ),
+                None,
+            ));
+            let body = encode(&id, duplicate);
+            return match framing {
+                Framing::Response => json_response(body),
+                Framing::OwnStream => {
+                    let _ = session.client.outbox.send(ToStream::Answer(body)).await;
+                    StatusCode::ACCEPTED.into_response()
+                }
+            };
+        };
+        // A stream of its own only for a request that may need one.
+        let (stream, early) = match framing {
+            Framing::OwnStream => (Some(session.client.outbox.clone()), None),
+            Framing::Response if meta.get_progress_token().is_some() || session.askable() => {
+                let (stream, early) = mpsc::channel(STREAM_BUFFER);
+                (Some(stream), Some(early))
+            }
+            Framing::Response => (None, None),
+        };
+        let cancel = in_flight.cancel.clone();
+        let ctx = Ctx {
+            id,
+            meta,
+            parts,
+            cancel: cancel.clone(),
+            stream,
+        };
+        let endpoint = self.clone();
+        let answering = session.clone();
+        let answer = tokio::spawn(
+            async move {
+                let _in_flight = in_flight;
+                let _open = open;
+                let methods = &endpoint.methods;
+                let answer = match work {
+                    Work::Call(call) => methods.call(&answering, &ctx, call).await,
+                    Work::Request(request) => methods.answer(&answering, &ctx, *request).await,
+                };
+                if framing == Framing::OwnStream
+                    && let Some(body) = answer
+                {
+                    let _ = answering.client.outbox.send(ToStream::Answer(body)).await;
+                    return None;
+                }
+                answer
+            }
+            .in_current_span(),
+        );
+        match framing {
+            Framing::OwnStream => StatusCode::ACCEPTED.into_response(),
+            Framing::Response => self.frame(session, cancel, answer, early).await,
+        }
+    }
+
+    /// Frames an answer: JSON if it is all there is and comes within the
+    /// window, else a resumable stream that starts at once, carries what
+    /// the servers send the client for the request and keep-alives until
+    /// the answer, and outlives the connection. A cancelled request gets no
+    /// answer: its stream ends without one.
+    async fn frame(
+        &self,
+        session: Arc<Session>,
+        cancel: CancellationToken,
+        answer: tokio::task::JoinHandle<Option<Bytes>>,
+        mut early: Option<mpsc::Receiver<ToStream>>,
+    ) -> Response {
+        // The client leaving before its answer starts cancels the request:
+        // nobody could pick the answer up.
+        let left = cancel.drop_guard();
+        let mut answer = Box::pin(async move { answer.await.ok().flatten() });
+        let head = tokio::select! {
+            biased;
+            done = &mut answer => Head::Done(done),
+            Some(first) = next_early(&mut early) => Head::Early(Box::new(first)),
+            () = tokio::time::sleep(WINDOW) => Head::Slow,
+        };
+        let _ = left.disarm();
+        let (first, done) = match head {
+            // What went to the request's stream goes out before the
+            // answer: none queued, none came.
+            Head::Done(done) => match early.as_mut().and_then(|e| e.try_recv().ok()) {
+                Some(first) => (Some(first), Some(done)),
+                None => match done {
+                    Some(body) => {
+                        self.metrics.answered_json.inc();
+                        return json_response(body);
+                    }
+                    None => return stream_response(futures::stream::empty()),
+                },
+            },
+            Head::Early(first) => (Some(*first), None),
+            Head::Slow => (None, None),
+        };
+        self.metrics.answered_sse.inc();
+        let Some(replay) = session.open_replay() else {
+            // The session ended in the window: the request is cancelled.
+            return stream_response(futures::stream::empty());
+        };
+        if let Some(event) = first.and_then(|first| session.event(first)) {
+            replay.push(&event);
+        }
+        let streaming = Streaming {
+            answer,
+            done,
+            early,
+            session,
+        };
+        tokio::spawn(streaming.run(replay.clone()).in_current_span());
+        match replay.follow(0) {
+            Some(events) => stream_response(events),
+            None => stream_response(futures::stream::empty()),
+        }
+    }
+
+    /// The session's own stream, or an answer's stream resumed.
+    fn get(self: &Arc<Self>, parts: &Parts) -> Response {
+        if !accepts(&parts.headers, &["text/event-stream"]) {
+            return Refusal::not_acceptable("the client must accept text/event-stream")
+                .into_response();
+        }
+        let Some(session_id) = header(&parts.headers, SESSION_HEADER) else {
+            return Refusal::invalid_request("Bad Request: Mcp-Session-Id is required")
+                .into_response();
+        };
+        let Some((session, open)) = self.sessions.enter(session_id, Kind::Streamable) else {
+            return Refusal::unknown_session("session not found: start a new one with initialize")
+                .into_response();
+        };
+        if let Err(refusal) = check_version(&parts.headers) {
+            return refusal.into_response();
+        }
+        if let Some(last) = header(&parts.headers, LAST_EVENT_ID) {
+            // An id not (or no longer) ours ends the stream at once: an
+            // error would make an EventSource retry it forever.
+            let resumed = parse_event_id(last).and_then(|(stream, number)| {
+                let events = session.replay(stream)?.follow(number.checked_add(1)?)?;
+                debug!(
+                    stream,
+                    after = number,
+                    "a client resumed an answer's stream"
+                );
+                Some(events)
+            });
+            return match resumed {
+                Some(events) => stream_response(events),
+                None => stream_response(futures::stream::empty()),
+            };
+        }
+        let Some(own) = session.own_stream() else {
+            return Refusal::conflict("this session's stream is open already: one at a time")
+                .into_response();
+        };
+        stream_response(own_events(own, open, None, self.shutdown.clone()))
+    }
+
+    fn delete(&self, parts: &Parts) -> Response {
+        let Some(session_id) = header(&parts.headers, SESSION_HEADER) else {
+            return Refusal::invalid_request("Bad Request: Mcp-Session-Id is required")
+                .into_response();
+        };
+        if self.sessions.end(session_id, Kind::Streamable) {
+            debug!("a client ended its session");
+            StatusCode::OK.into_response()
+        } else {
+            Refusal::unknown_session("session not found: start a new one with initialize")
+                .into_response()
+        }
+    }
+}
+
+/// What a request asks for.
+enum Work {
+    Call(CallParams),
+    Request(Box<ClientRequest>),
+}
+
+/// How an answer begins.
+enum Head {
+    Done(Option<Bytes>),
+    /// Something for the client before the answer.
+    Early(Box<ToStream>),
+    Slow,
+}
+
+/// What a streamed answer's stream carries next.
+struct Streaming<F> {
+    answer: Pin<Box<F>>,
+    /// The answer, when it came before the stream started.
+    done: Option<Option<Bytes>>,
+    /// Progress and server requests for the client, in the server's order.
+    early: Option<mpsc::Receiver<ToStream>>,
+    session: Arc<Session>,
+}
+
+impl<F: Future<Output = Option<Bytes>> + Send + 'static> Streaming<F> {
+    /// Puts progress and server requests on the stream as they come, then
+    /// the answer (after any still queued); keeps the finished stream
+    /// resumable for a while.
+    async fn run(mut self, replay: Arc<Replay>) {
+        let done = match self.done.take() {
+            Some(done) => done,
+            None => loop {
+                tokio::select! {
+                    biased;
+                    Some(item) = next_early(&mut self.early) => {
+                        if let Some(event) = self.session.event(item) {
+                            replay.push(&event);
+                        }
+                    }
+                    done = &mut self.answer => break done,
+                }
+            },
+        };
+        while let Some(item) = self.early.as_mut().and_then(|e| e.try_recv().ok()) {
+            if let Some(event) = self.session.event(item) {
+                replay.push(&event);
+            }
+        }
+        if let Some(body) = done {
+            replay.push(&super::session::event(&body));
+        }
+        replay.finish();
+        let Self { session, .. } = self;
+        tokio::select! {
+            () = tokio::time::sleep(KEEP_FINISHED) => {}
+            () = session.ended.cancelled() => {}
+        }
+        session.forget_replay(replay.stream());
+    }
+}
+
+/// The next message for a request's stream; `None` at once without one.
+async fn next_early(early: &mut Option<mpsc::Receiver<ToStream>>) -> Option<ToStream> {
+    early.as_mut()?.recv().await
+}
+
+/// A session's own stream as SSE events, `first` ahead of them, with
+/// keep-alives, until the session or the replica ends; the session counts
+/// as busy while it is open.
+pub fn own_events(
+    own: OwnStream,
+    open: Open,
+    first: Option<Bytes>,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    let state = (own, open, first, keep_alive, shutdown);
+    futures::stream::unfold(
+        state,
+        |(mut own, open, mut first, mut keep_alive, shutdown)| async move {
+            if let Some(first) = first.take() {
+                return Some((Ok(first), (own, open, None, keep_alive, shutdown)));
+            }
+            let ended = own.session().ended.clone();
+            loop {
+                let event = tokio::select! {
+                    item = own.recv() => match item {
+                        Some(item) => match own.session().event(item) {
+                            Some(event) => event,
+                            None => continue,
+                        },
+                        None => return None,
+                    },
+                    _ = keep_alive.tick() => Bytes::from_static(b":\n\n"),
+                    () = ended.cancelled() => return None,
+                    () = shutdown.cancelled() => return None,
+                };
+                return Some((Ok(event), (own, open, None, keep_alive, shutdown)));
+            }
+        },
+    )
+}
+
+/// `server/discover` (what 2026-07-28 clients probe with before falling
+/// back to `initialize`): that revision is not served yet, so the answer
+/// is the error that lists the versions that are.
+fn discover(id: &RequestId, meta: &RequestMetaObject) -> Response {
+    let supported = ProtocolVersion::known_up_to(&ProtocolVersion::LATEST_WITH_INITIALIZE);
+    let requested = meta
+        .0
+        .get("io.modelcontextprotocol/protocolVersion")
+        .and_then(|v| v.as_str());
+    let error = match requested {
+        None => ErrorData::invalid_params(
+            "server/discover needs `_meta.io.modelcontextprotocol/protocolVersion`",
+            None,
+        ),
+        Some(requested) => {
+            let requested = serde_json::from_value(serde_json::Value::from(requested))
+                .unwrap_or(ProtocolVersion::LATEST_WITH_INITIALIZE);
+            ErrorData::unsupported_protocol_version(requested, supported)
+        }
+    };
+    let body = encode::<()>(id, Err(error));
+    (StatusCode::BAD_REQUEST, json_response(body)).into_response()
+}
+
+/// A known `MCP-Protocol-Version`, if the client names one.
+fn check_version(headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(value) = headers.get(VERSION_HEADER) else {
+        return Ok(());
+    };
+    let known = value.to_str().ok().is_some_and(|version| {
+        ProtocolVersion::KNOWN_VERSIONS
+            .iter()
+            .any(|known| known.as_str() == version)
+    });
+    if known {
+        Ok(())
+    } else {
+        Err(Refusal::invalid_request(format!(
+            "Bad Request: Unsupported MCP-Protocol-Version: {}",
+            String::from_utf8_lossy(value.as_bytes())
+        )))
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// An SSE response carrying `events`.
+pub fn stream_response(
+    events: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+) -> Response {
+    let mut response = Response::new(Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Proxies such as nginx would otherwise hold the keep-alives back.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// A complete answer as plain JSON.
+fn json_response(body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Whether the client takes every one of `types` (a zero weight excludes a
+/// type).
+fn accepts(headers: &HeaderMap, types: &[&str]) -> bool {
+    let values: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let accepted = || {
+        values
+            .iter()
+            .flat_map(|v| v.split(','))
+            .filter_map(|range| {
+                let mut parts = range.split(';');
+                let essence = parts.next()?.trim();
+                let refused = parts.any(|parameter| {
+                    parameter.split_once('=').is_some_and(|(name, weight)| {
+                        name.trim().eq_ignore_ascii_case("q") && is_zero_weight(weight.trim())
+                    })
+                });
+                (!refused).then_some(essence)
+            })
+    };
+    types
+        .iter()
+        .all(|wanted| accepted().any(|media| media.eq_ignore_ascii_case(wanted)))
+}
+
+/// `q=0`, `q=0.0`, … (up to three decimals, as RFC 9110 allows).
+fn is_zero_weight(weight: &str) -> bool {
+    let (whole, fraction) = weight.split_once('.').unwrap_or((weight, ""));
+    whole == "0" && fraction.len() <= 3 && fraction.bytes().all(|digit| digit == b'0')
+}
+
+/// A media type without its parameters.
+fn essence(media: &str) -> &str {
+    media.split(';').next().unwrap_or(media).trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::ACCEPT, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn both_answer_types_must_be_accepted_with_a_weight() {
+        let both = |values: &[&'static str]| {
+            accepts(&accept(values), &["application/json", "text/event-stream"])
+        };
+        assert!(both(&["application/json, text/event-stream"]));
+        assert!(both(&["Application/JSON;q=0.5", "text/event-stream;q=1"]));
+        assert!(!both(&["application/json;q=0, text/event-stream"]));
+        assert!(!both(&["application/json, text/event-stream;q=0.000"]));
+        assert!(!both(&["application/json"]));
+        assert!(!both(&[]));
+        // A resume asks only for the stream.
+        assert!(accepts(
+            &accept(&["text/event-stream"]),
+            &["text/event-stream"]
+        ));
+    }
+
+    #[test]
+    fn protocol_versions_must_be_known() {
+        let mut headers = HeaderMap::new();
+        assert!(check_version(&headers).is_ok(), "none named");
+        headers.insert(VERSION_HEADER, HeaderValue::from_static("2025-06-18"));
+        assert!(check_version(&headers).is_ok());
+        headers.insert(VERSION_HEADER, HeaderValue::from_static("1999-01-01"));
+        let refused = check_version(&headers).expect_err("unknown");
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,730 @@
+//! The gateway's client sessions: one [`Sessions`] table, one row per
+//! session id a client holds, live or parked. A live [`Session`] owns what
+//! a session has while it is in memory: its requests in flight (by the
+//! client's id, so a reused id is refused and a cancel finds its call),
+//! the server requests waiting for the client's answer, the resumable
+//! streams of its streamed answers (`replay.rs`), and its own stream, on
+//! which what belongs to no request goes out (list changes, log messages,
+//! resource updates, a per-session server's requests between calls).
+//!
+//! Parking is "drop the live parts, keep the row": a session idle for a
+//! while, with nothing in flight, no stream open and nothing of its own a
+//! fresh start would lose (a log level, subscriptions, per-session server
+//! connections: it is pinned then), keeps only its handshake (interned, so
+//! identical ones cost one copy) and caller. Its next request makes it live
+//! again under the same id, and it is told to re-list, since it may have
+//! missed changes. Parked and live rows expire after the idle timeout.
+//!
+//! The row is all a session is to this replica, so it can later be sealed
+//! into the id itself for other replicas to open.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::body::Bytes;
+use parking_lot::Mutex;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::Counter, gauge::ConstGauge},
+};
+use rmcp::{
+    ErrorData,
+    model::{
+        CancelledNotification, CancelledNotificationParam, ClientResult, InitializeRequestParams,
+        ProgressNotification, PromptListChangedNotification, RequestId,
+        ResourceListChangedNotification, ServerJsonRpcMessage, ServerNotification, ServerRequest,
+        ToolListChangedNotification,
+    },
+};
+use serde_json::value::RawValue;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+use uuid::Uuid;
+
+use super::{answer::Refusal, replay::Replay};
+use crate::{
+    clients::{ClientSession, SessionKey, ToStream},
+    downstream::Servers,
+    observe::session_tag,
+};
+
+/// Messages queued on a session's own stream; beyond, notifications are
+/// dropped and server requests wait.
+const OWN_STREAM_CAPACITY: usize = 64;
+
+/// Every client session of this replica, live or parked.
+pub struct Sessions {
+    rows: Mutex<HashMap<Uuid, Row>>,
+    /// Distinct handshakes, by their JSON.
+    handshakes: Mutex<HashMap<String, Arc<InitializeRequestParams>>>,
+    /// Sessions idle this long are parked; `None`: never.
+    park_after: Option<Duration>,
+    /// Sessions idle this long are forgotten.
+    expire_after: Duration,
+    max_sessions: usize,
+    servers: Servers,
+    parks: Counter,
+    restores: Counter,
+}
+
+/// How a session is reached.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// Streamable HTTP: its id is a hyphenated UUID in `Mcp-Session-Id`.
+    Streamable,
+    /// Legacy HTTP+SSE: its id is a simple UUID in `?sessionId=`, and it
+    /// lives as long as its one stream.
+    Legacy,
+}
+
+struct Row {
+    kind: Kind,
+    /// `None` while parked.
+    live: Option<Arc<Session>>,
+    /// Kept while parked.
+    handshake: Option<Arc<InitializeRequestParams>>,
+    caller: Option<String>,
+    last_active: Instant,
+    /// Requests and streams of the session open now.
+    open: u32,
+}
+
+/// One session in memory.
+pub struct Session {
+    pub id: Uuid,
+    pub kind: Kind,
+    key: SessionKey,
+    handshake: OnceLock<Arc<InitializeRequestParams>>,
+    /// The caller this session named first (see `observe.rs`).
+    pub caller: OnceLock<String>,
+    /// The session as the relay reaches it.
+    pub client: Arc<ClientSession>,
+    /// The reading end of the session's own stream, while no stream reads it.
+    own_stream: Mutex<Option<mpsc::Receiver<ToStream>>>,
+    /// It holds state a fresh start would lose: never parked.
+    pinned: AtomicBool,
+    calls: Mutex<Calls>,
+    /// Cancelled when the session ends.
+    pub ended: CancellationToken,
+    servers: Servers,
+}
+
+/// A session's requests in flight and what they wait for.
+#[derive(Default)]
+struct Calls {
+    by_id: HashMap<RequestId, CancellationToken>,
+    /// Server requests sent to the client, by the id the client was given.
+    asked: HashMap<RequestId, Asked>,
+    /// Streamed answers, resumable by `Last-Event-ID`.
+    replays: HashMap<u64, Arc<Replay>>,
+    closed: bool,
+}
+
+/// A server request the client has been sent.
+struct Asked {
+    /// Reads the client's result as the type the request expects.
+    read: fn(&str) -> serde_json::Result<ClientResult>,
+    answer_to: oneshot::Sender<Result<ClientResult, ErrorData>>,
+}
+
+/// Counts a request or stream as open in its session's row until dropped:
+/// a session with one open is busy, never parked.
+pub struct Open {
+    sessions: Arc<Sessions>,
+    id: Uuid,
+}
+
+/// A request in its session's table until dropped.
+pub struct InFlight {
+    session: Arc<Session>,
+    id: RequestId,
+    pub cancel: CancellationToken,
+}
+
+/// The session's own stream, given back when dropped.
+pub struct OwnStream {
+    session: Arc<Session>,
+    receiver: Option<mpsc::Receiver<ToStream>>,
+}
+
+/// The canonical streamable id of a UUID, and back; anything else names
+/// no session.
+fn streamable_id(id: &str) -> Option<Uuid> {
+    let uuid = Uuid::try_parse(id).ok()?;
+    let mut canonical = Uuid::encode_buffer();
+    (uuid.as_hyphenated().encode_lower(&mut canonical) == id).then_some(uuid)
+}
+
+fn legacy_id(id: &str) -> Option<Uuid> {
+    let uuid = Uuid::try_parse(id).ok()?;
+    let mut canonical = Uuid::encode_buffer();
+    (uuid.as_simple().encode_lower(&mut canonical) == id).then_some(uuid)
+}
+
+// === impl Sessions ===
+
+impl Sessions {
+    pub fn new(
+        park_after: Option<Duration>,
+        expire_after: Duration,
+        max_sessions: usize,
+        servers: Servers,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            rows: Mutex::default(),
+            handshakes: Mutex::default(),
+            park_after,
+            expire_after,
+            max_sessions,
+            servers,
+            parks: Counter::default(),
+            restores: Counter::default(),
+        })
+    }
+
+    /// A new session; refused when the table is full.
+    pub fn create(
+        self: &Arc<Self>,
+        kind: Kind,
+        handshake: Option<InitializeRequestParams>,
+    ) -> Result<Arc<Session>, Refusal> {
+        let handshake = handshake.map(|h| self.intern(&h));
+        let mut rows = self.rows.lock();
+        if rows.len() >= self.max_sessions {
+            debug!(
+                max = self.max_sessions,
+                "refused a new session: at the limit"
+            );
+            return Err(Refusal::too_many_sessions(self.max_sessions));
+        }
+        let id = Uuid::new_v4();
+        let session = Session::new(id, kind, handshake.clone(), None, self.servers.clone());
+        rows.insert(
+            id,
+            Row {
+                kind,
+                live: Some(session.clone()),
+                handshake,
+                caller: None,
+                last_active: Instant::now(),
+                open: 0,
+            },
+        );
+        Ok(session)
+    }
+
+    /// The live session `id` names (restoring a parked one), with the
+    /// request about to use it counted open; `None` if no session of that
+    /// kind has that id.
+    pub fn enter(self: &Arc<Self>, id: &str, kind: Kind) -> Option<(Arc<Session>, Open)> {
+        let uuid = match kind {
+            Kind::Streamable => streamable_id(id)?,
+            Kind::Legacy => legacy_id(id)?,
+        };
+        let mut rows = self.rows.lock();
+        let row = rows.get_mut(&uuid).filter(|row| row.kind == kind)?;
+        row.open += 1;
+        row.last_active = Instant::now();
+        let session = match &row.live {
+            Some(session) => session.clone(),
+            None => {
+                let session = Session::new(
+                    uuid,
+                    kind,
+                    row.handshake.clone(),
+                    row.caller.take(),
+                    self.servers.clone(),
+                );
+                row.live = Some(session.clone());
+                self.restores.inc();
+                debug!(session = %session_tag(id), "restored a parked session");
+                session.relist();
+                session
+            }
+        };
+        drop(rows);
+        let open = Open {
+            sessions: self.clone(),
+            id: uuid,
+        };
+        Some((session, open))
+    }
+
+    /// Records the handshake of a session created without one (legacy SSE).
+    pub fn set_handshake(&self, session: &Session, handshake: &InitializeRequestParams) {
+        let handshake = self.intern(handshake);
+        let _ = session.handshake.set(handshake.clone());
+        if let Some(row) = self.rows.lock().get_mut(&session.id) {
+            row.handshake = Some(handshake);
+        }
+    }
+
+    /// Ends the session `id` names, live or parked; whether there was one.
+    pub fn end(&self, id: &str, kind: Kind) -> bool {
+        let uuid = match kind {
+            Kind::Streamable => streamable_id(id),
+            Kind::Legacy => legacy_id(id),
+        };
+        let Some(uuid) = uuid else {
+            return false;
+        };
+        let removed = {
+            let mut rows = self.rows.lock();
+            match rows.get(&uuid) {
+                Some(row) if row.kind == kind => rows.remove(&uuid),
+                _ => None,
+            }
+        };
+        let Some(row) = removed else {
+            return false;
+        };
+        if let Some(session) = row.live {
+            session.close();
+        }
+        true
+    }
+
+    /// Ends every session: the replica stops.
+    pub fn close_all(&self) {
+        let rows = std::mem::take(&mut *self.rows.lock());
+        for session in rows.into_values().filter_map(|row| row.live) {
+            session.close();
+        }
+    }
+
+    /// The shared copy of a handshake.
+    fn intern(&self, handshake: &InitializeRequestParams) -> Arc<InitializeRequestParams> {
+        let json = serde_json::to_string(handshake).unwrap_or_default();
+        self.handshakes
+            .lock()
+            .entry(json)
+            .or_insert_with(|| Arc::new(handshake.clone()))
+            .clone()
+    }
+
+    /// Parks live sessions idle long enough, forgets rows idle past the
+    /// idle timeout; how many were parked.
+    fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let mut parked = Vec::new();
+        let mut expired = Vec::new();
+        self.rows.lock().retain(|_, row| {
+            let idle = now.saturating_duration_since(row.last_active);
+            if row.open > 0 {
+                return true;
+            }
+            if idle >= self.expire_after && row.kind == Kind::Streamable {
+                expired.extend(row.live.take());
+                return false;
+            }
+            let due = self.park_after.is_some_and(|after| idle >= after);
+            if due
+                && row.kind == Kind::Streamable
+                && row.handshake.is_some()
+                && let Some(session) = row.live.take_if(|s| !s.pinned.load(Ordering::Relaxed))
+            {
+                row.caller = session.caller.get().cloned();
+                parked.push(session);
+            }
+            true
+        });
+        self.handshakes
+            .lock()
+            .retain(|_, handshake| Arc::strong_count(handshake) > 1);
+        if !expired.is_empty() {
+            debug!(
+                expired = expired.len(),
+                "forgot sessions past the idle timeout"
+            );
+        }
+        for session in expired {
+            session.close();
+        }
+        let count = parked.len();
+        for session in parked {
+            session.close();
+            self.parks.inc();
+            debug!(session = %session_tag(&session.id.to_string()), "parked an idle session");
+        }
+        count
+    }
+
+    /// Parks and expires sessions until `shutdown`.
+    pub fn spawn_sweeper(self: &Arc<Self>, shutdown: CancellationToken) {
+        let every = self
+            .park_after
+            .map_or(self.expire_after, |after| after / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let sessions = self.clone();
+        let sweep = async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => return,
+                }
+                if sessions.sweep() > 0 {
+                    // Parked sessions' tasks let go of their memory soon.
+                    let _ = tokio::task::spawn_blocking(release_free_memory).await;
+                }
+            }
+        };
+        tokio::spawn(sweep.instrument(info_span!("session_sweeper")));
+    }
+
+    fn counts(&self) -> (i64, i64) {
+        let rows = self.rows.lock();
+        let live = rows.values().filter(|row| row.live.is_some()).count();
+        (live as i64, (rows.len() - live) as i64)
+    }
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sessions")
+    }
+}
+
+/// The table's metrics (`switchboard_sessions*`), read from it at each
+/// scrape.
+#[derive(Debug)]
+pub struct SessionGauges(pub Arc<Sessions>);
+
+impl Collector for SessionGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let sessions = &self.0;
+        let (live, parked) = sessions.counts();
+        let gauges = [
+            ("sessions", "Client sessions in memory", live),
+            (
+                "sessions_parked",
+                "Idle client sessions parked out of memory",
+                parked,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(family)?;
+        }
+        let counters = [
+            (
+                "session_parks",
+                "Idle client sessions parked",
+                &sessions.parks,
+            ),
+            (
+                "session_restores",
+                "Parked client sessions restored by a request",
+                &sessions.restores,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            counter.encode(family)?;
+        }
+        Ok(())
+    }
+}
+
+// === impl Session ===
+
+impl Session {
+    fn new(
+        id: Uuid,
+        kind: Kind,
+        handshake: Option<Arc<InitializeRequestParams>>,
+        caller: Option<String>,
+        servers: Servers,
+    ) -> Arc<Self> {
+        static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        let (outbox, own_stream) = mpsc::channel(OWN_STREAM_CAPACITY);
+        let client = servers.clients().register(key, outbox);
+        Arc::new(Self {
+            id,
+            kind,
+            key,
+            handshake: handshake.map(OnceLock::from).unwrap_or_default(),
+            caller: caller.map(OnceLock::from).unwrap_or_default(),
+            client,
+            own_stream: Mutex::new(Some(own_stream)),
+            pinned: AtomicBool::new(false),
+            calls: Mutex::default(),
+            ended: CancellationToken::new(),
+            servers,
+        })
+    }
+
+    pub fn key(&self) -> SessionKey {
+        self.key
+    }
+
+    /// The client's `initialize`, once it has sent it.
+    pub fn handshake(&self) -> Option<&InitializeRequestParams> {
+        self.handshake.get().map(|h| &**h)
+    }
+
+    /// Whether the client may be asked something (sampling, elicitation,
+    /// roots): its requests then get a stream of their own for that.
+    pub fn askable(&self) -> bool {
+        self.handshake().is_some_and(|h| {
+            let capabilities = &h.capabilities;
+            capabilities.sampling.is_some()
+                || capabilities.elicitation.is_some()
+                || capabilities.roots.is_some()
+        })
+    }
+
+    /// Keeps the session in memory from now on: it holds state a fresh
+    /// start would lose.
+    pub fn pin(&self) {
+        self.pinned.store(true, Ordering::Relaxed);
+    }
+
+    /// Enters a request in the table; `None` if its id is in flight
+    /// already or the session has ended.
+    pub fn begin(self: &Arc<Self>, id: &RequestId) -> Option<InFlight> {
+        let mut calls = self.calls.lock();
+        if calls.closed || calls.by_id.contains_key(id) {
+            return None;
+        }
+        let cancel = CancellationToken::new();
+        calls.by_id.insert(id.clone(), cancel.clone());
+        Some(InFlight {
+            session: self.clone(),
+            id: id.clone(),
+            cancel,
+        })
+    }
+
+    /// The client cancelled a request of its own.
+    pub fn cancel(&self, id: &RequestId) {
+        if let Some(cancel) = self.calls.lock().by_id.get(id) {
+            cancel.cancel();
+        }
+    }
+
+    /// Hands the client's answer to the server request it answers; false
+    /// if none is waiting under that id.
+    pub fn answered(&self, id: &RequestId, answer: Result<&RawValue, &RawValue>) -> bool {
+        let Some(asked) = self.calls.lock().asked.remove(id) else {
+            return false;
+        };
+        let answer = match answer {
+            Ok(result) => (asked.read)(result.get()).map_err(|error| {
+                ErrorData::invalid_params(
+                    format!("the client's answer is malformed: {error}"),
+                    None,
+                )
+            }),
+            Err(error) => Err(serde_json::from_str(error.get()).unwrap_or_else(|error| {
+                ErrorData::internal_error(format!("the client's error is malformed: {error}"), None)
+            })),
+        };
+        let _ = asked.answer_to.send(answer);
+        true
+    }
+
+    /// A message for the client as an SSE event; `None` if there is
+    /// nothing to say (a question withdrawn before it was asked, or asked
+    /// of a session that has ended, which fails it at once). A question's
+    /// answer finds its way back by its id ([`Self::answered`]).
+    pub fn event(&self, item: ToStream) -> Option<Bytes> {
+        let message = match item {
+            ToStream::Answer(body) => return Some(event(&body)),
+            ToStream::Progress(update) => notification(ServerNotification::ProgressNotification(
+                ProgressNotification::new(update),
+            )),
+            ToStream::Notification(notification) => {
+                ServerJsonRpcMessage::notification(notification)
+            }
+            ToStream::Request {
+                id,
+                request,
+                answer_to,
+            } => {
+                let read = reader_for(&request);
+                let mut calls = self.calls.lock();
+                if calls.closed {
+                    return None;
+                }
+                // Questions nobody waits for any more.
+                calls.asked.retain(|_, asked| !asked.answer_to.is_closed());
+                calls.asked.insert(id.clone(), Asked { read, answer_to });
+                ServerJsonRpcMessage::request(request, id)
+            }
+            ToStream::Withdrawn(id) => {
+                self.calls.lock().asked.remove(&id)?;
+                let reason = "the server no longer needs an answer".to_owned();
+                let cancelled = CancelledNotificationParam::new(Some(id), Some(reason));
+                notification(ServerNotification::CancelledNotification(
+                    CancelledNotification::new(cancelled),
+                ))
+            }
+        };
+        // rmcp's own types: encoding them cannot fail.
+        Some(event(&serde_json::to_vec(&message).unwrap_or_default()))
+    }
+
+    /// A new resumable stream for a streamed answer; `None` once the
+    /// session has ended.
+    pub fn open_replay(&self) -> Option<Arc<Replay>> {
+        let mut calls = self.calls.lock();
+        if calls.closed {
+            return None;
+        }
+        let replay = Replay::new();
+        calls.replays.insert(replay.stream(), replay.clone());
+        Some(replay)
+    }
+
+    /// A streamed answer still kept.
+    pub fn replay(&self, stream: u64) -> Option<Arc<Replay>> {
+        self.calls.lock().replays.get(&stream).cloned()
+    }
+
+    /// Forgets a streamed answer that has been kept long enough.
+    pub fn forget_replay(&self, stream: u64) {
+        self.calls.lock().replays.remove(&stream);
+    }
+
+    /// The session's own stream, unless a stream already reads it.
+    pub fn own_stream(self: &Arc<Self>) -> Option<OwnStream> {
+        let receiver = self.own_stream.lock().take()?;
+        Some(OwnStream {
+            session: self.clone(),
+            receiver: Some(receiver),
+        })
+    }
+
+    /// Tells the client every list may have changed.
+    fn relist(&self) {
+        self.client
+            .notify(ServerNotification::ToolListChangedNotification(
+                ToolListChangedNotification::default(),
+            ));
+        self.client
+            .notify(ServerNotification::PromptListChangedNotification(
+                PromptListChangedNotification::default(),
+            ));
+        self.client
+            .notify(ServerNotification::ResourceListChangedNotification(
+                ResourceListChangedNotification::default(),
+            ));
+    }
+
+    /// Ends the session's live parts: its requests are cancelled, the
+    /// servers' questions to it fail, its streams end, and its
+    /// per-session server connections stop.
+    pub fn close(&self) {
+        {
+            let mut calls = self.calls.lock();
+            if calls.closed {
+                return;
+            }
+            calls.closed = true;
+            for call in calls.by_id.values() {
+                call.cancel();
+            }
+            calls.asked.clear();
+            calls.replays.clear();
+        }
+        self.ended.cancel();
+        self.servers.clients().remove(self.key);
+        self.servers.release_session(self.key);
+    }
+}
+
+fn notification(notification: ServerNotification) -> ServerJsonRpcMessage {
+    ServerJsonRpcMessage::notification(notification)
+}
+
+// === impl Open ===
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(row) = self.sessions.rows.lock().get_mut(&self.id) {
+            row.open = row.open.saturating_sub(1);
+            row.last_active = Instant::now();
+        }
+    }
+}
+
+// === impl InFlight ===
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.session.calls.lock().by_id.remove(&self.id);
+    }
+}
+
+// === impl OwnStream ===
+
+impl OwnStream {
+    pub async fn recv(&mut self) -> Option<ToStream> {
+        self.receiver.as_mut()?.recv().await
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+impl Drop for OwnStream {
+    fn drop(&mut self) {
+        *self.session.own_stream.lock() = self.receiver.take();
+    }
+}
+
+/// How the client's result to `request` is read.
+fn reader_for(request: &ServerRequest) -> fn(&str) -> serde_json::Result<ClientResult> {
+    match request {
+        ServerRequest::CreateMessageRequest(_) => {
+            |raw| serde_json::from_str(raw).map(|r| ClientResult::CreateMessageResult(Box::new(r)))
+        }
+        ServerRequest::ListRootsRequest(_) => {
+            |raw| serde_json::from_str(raw).map(ClientResult::ListRootsResult)
+        }
+        ServerRequest::ElicitRequest(_) => {
+            |raw| serde_json::from_str(raw).map(ClientResult::ElicitResult)
+        }
+        _ => |raw| serde_json::from_str(raw).map(ClientResult::CustomResult),
+    }
+}
+
+/// One SSE event carrying a JSON-RPC message.
+pub fn event(message: &[u8]) -> Bytes {
+    [b"event: message\ndata: ".as_slice(), message, b"\n\n"]
+        .concat()
+        .into()
+}
+
+/// glibc returns freed memory from the middle of its heaps to the OS only
+/// when asked; without this, parking frees memory for reuse but the
+/// replica's resident size stays at its peak.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+//! The table with paused time: no test sleeps.
+
+// Roots are deprecated by SEP-2577; a server's roots request is still relayed.
+#![allow(deprecated)]
+
+use rmcp::model::{ListRootsRequest, NumberOrString, ServerNotification};
+
+use super::*;
+use crate::{
+    downstream::Launcher,
+    drain::Drain,
+    telemetry::{Telemetry, metrics::Metrics},
+};
+
+const PARK_AFTER: Duration = Duration::from_secs(30);
+const EXPIRE_AFTER: Duration = Duration::from_secs(1800);
+
+fn table(max_sessions: usize) -> Arc<Sessions> {
+    let telemetry = Telemetry {
+        tracer: Default::default(),
+        metrics: Arc::new(Metrics::new()),
+        replica_id: "test".into(),
+        log_payloads: false,
+    };
+    let servers = Servers::new(
+        CancellationToken::new(),
+        Launcher::default(),
+        telemetry,
+        Drain::default(),
+    );
+    Sessions::new(Some(PARK_AFTER), EXPIRE_AFTER, max_sessions, servers)
+}
+
+fn handshake(client: &str) -> InitializeRequestParams {
+    let mut params = InitializeRequestParams::default();
+    params.client_info.name = client.to_owned();
+    params
+}
+
+/// A table holding one initialised session, and its id.
+fn table_with_session() -> (Arc<Sessions>, Arc<Session>, String) {
+    let sessions = table(16);
+    let session = sessions
+        .create(Kind::Streamable, Some(handshake("agent")))
+        .expect("room");
+    let id = session.id.to_string();
+    (sessions, session, id)
+}
+
+fn id(n: i64) -> RequestId {
+    NumberOrString::Number(n)
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_idle_sessions_with_nothing_open_and_nothing_of_their_own_are_parked() {
+    let (sessions, session, id) = table_with_session();
+    tokio::time::advance(PARK_AFTER / 2).await;
+    assert_eq!(sessions.sweep(), 0, "not idle long enough");
+
+    let (_, open) = sessions.enter(&id, Kind::Streamable).expect("live");
+    tokio::time::advance(PARK_AFTER * 2).await;
+    assert_eq!(sessions.sweep(), 0, "a request is open");
+    drop(open);
+    assert_eq!(sessions.sweep(), 0, "ending a request is activity");
+
+    tokio::time::advance(PARK_AFTER).await;
+    session.pin();
+    assert_eq!(sessions.sweep(), 0, "pinned");
+    assert_eq!(sessions.counts(), (1, 0));
+
+    let other = sessions
+        .create(Kind::Streamable, Some(handshake("agent")))
+        .expect("room");
+    tokio::time::advance(PARK_AFTER).await;
+    assert_eq!(sessions.sweep(), 1);
+    assert_eq!(sessions.counts(), (1, 1));
+    assert!(other.ended.is_cancelled(), "its live parts are gone");
+    assert_eq!(sessions.parks.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_session_comes_back_once_under_its_id_and_is_told_to_relist() {
+    let (sessions, session, id) = table_with_session();
+    let _ = session.caller.set("team-a".to_owned());
+    drop(session);
+    tokio::time::advance(PARK_AFTER).await;
+    assert_eq!(sessions.sweep(), 1);
+
+    // Two requests at once: one restores it, both get the same session.
+    let (first, _open) = sessions.enter(&id, Kind::Streamable).expect("restored");
+    let (second, _again) = sessions.enter(&id, Kind::Streamable).expect("live");
+    assert!(Arc::ptr_eq(&first, &second));
+    assert_eq!(sessions.restores.get(), 1);
+    assert_eq!(sessions.counts(), (1, 0));
+    assert_eq!(first.caller.get().map(String::as_str), Some("team-a"));
+    assert_eq!(
+        first.handshake().map(|h| h.client_info.name.as_str()),
+        Some("agent")
+    );
+
+    let mut own = first.own_stream().expect("no stream reads it yet");
+    let mut relisted = Vec::new();
+    for _ in 0..3 {
+        match own.recv().await {
+            Some(ToStream::Notification(notification)) => relisted.push(notification),
+            _ => panic!("a list change"),
+        }
+    }
+    assert!(matches!(
+        relisted[..],
+        [
+            ServerNotification::ToolListChangedNotification(_),
+            ServerNotification::PromptListChangedNotification(_),
+            ServerNotification::ResourceListChangedNotification(_),
+        ]
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_idle_past_the_timeout_are_forgotten_live_or_parked() {
+    let (sessions, session, id) = table_with_session();
+    let parked = sessions
+        .create(Kind::Streamable, Some(handshake("agent")))
+        .expect("room")
+        .id
+        .to_string();
+    session.pin();
+    tokio::time::advance(PARK_AFTER).await;
+    assert_eq!(sessions.sweep(), 1);
+    tokio::time::advance(EXPIRE_AFTER).await;
+    sessions.sweep();
+    assert_eq!(sessions.counts(), (0, 0));
+    assert!(session.ended.is_cancelled());
+    assert!(sessions.enter(&id, Kind::Streamable).is_none());
+    assert!(sessions.enter(&parked, Kind::Streamable).is_none());
+    drop(session);
+    sessions.sweep();
+    assert!(
+        sessions.handshakes.lock().is_empty(),
+        "their handshake went with them"
+    );
+}
+
+#[tokio::test]
+async fn identical_handshakes_are_kept_once() {
+    let sessions = table(16);
+    let a = sessions
+        .create(Kind::Streamable, Some(handshake("agent")))
+        .expect("room");
+    let b = sessions
+        .create(Kind::Streamable, Some(handshake("agent")))
+        .expect("room");
+    let (a, b) = (a.handshake.get().expect("a"), b.handshake.get().expect("b"));
+    assert!(Arc::ptr_eq(a, b));
+    assert_eq!(sessions.handshakes.lock().len(), 1);
+}
+
+#[tokio::test]
+async fn ids_name_sessions_only_in_their_own_spelling_and_kind() {
+    let (sessions, _, id) = table_with_session();
+    assert!(
+        sessions
+            .enter(&id.to_uppercase(), Kind::Streamable)
+            .is_none()
+    );
+    assert!(sessions.enter(&id, Kind::Legacy).is_none());
+    assert!(
+        sessions
+            .enter("no-such-session", Kind::Streamable)
+            .is_none()
+    );
+    let legacy = sessions.create(Kind::Legacy, None).expect("room");
+    let simple = legacy.id.simple().to_string();
+    assert!(sessions.enter(&simple, Kind::Legacy).is_some());
+    assert!(
+        sessions
+            .enter(&legacy.id.to_string(), Kind::Streamable)
+            .is_none()
+    );
+    assert!(!sessions.end(&simple, Kind::Streamable));
+    assert!(sessions.end(&simple, Kind::Legacy));
+}
+
+#[tokio::test]
+async fn the_table_refuses_sessions_beyond_its_limit() {
+    let sessions = table(2);
+    let first = sessions.create(Kind::Streamable, None).expect("room");
+    sessions.create(Kind::Legacy, None).expect("room");
+    let Err(refused) = sessions.create(Kind::Streamable, None) else {
+        panic!("the table is full");
+    };
+    assert_eq!(refused.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(sessions.end(&first.id.to_string(), Kind::Streamable));
+    assert!(sessions.create(Kind::Streamable, None).is_ok());
+}
+
+#[tokio::test]
+async fn a_request_id_in_flight_is_refused_until_its_request_ends() {
+    let (_, session, _) = table_with_session();
+    let first = session.begin(&id(7)).expect("a new id");
+    assert!(session.begin(&id(7)).is_none());
+    assert!(session.begin(&id(8)).is_some(), "another id is fine");
+    drop(first);
+    assert!(session.begin(&id(7)).is_some(), "free again");
+}
+
+#[tokio::test]
+async fn cancels_reach_their_request_and_the_end_of_a_session_reaches_them_all() {
+    let (sessions, session, id_header) = table_with_session();
+    let cancelled = session.begin(&id(1)).expect("new");
+    let running = session.begin(&id(2)).expect("new");
+    session.cancel(&id(1));
+    session.cancel(&id(99));
+    assert!(cancelled.cancel.is_cancelled());
+    assert!(!running.cancel.is_cancelled(), "only the one named");
+
+    assert!(sessions.end(&id_header, Kind::Streamable));
+    assert!(running.cancel.is_cancelled());
+    assert!(session.ended.is_cancelled());
+    assert!(session.begin(&id(3)).is_none(), "nothing starts any more");
+    assert!(session.open_replay().is_none());
+    assert!(!sessions.end(&id_header, Kind::Streamable), "gone");
+    assert!(sessions.enter(&id_header, Kind::Streamable).is_none());
+}
+
+#[tokio::test]
+async fn a_clients_answer_reaches_the_server_request_it_answers() {
+    let (_, session, _) = table_with_session();
+    let (answer_to, answer) = oneshot::channel();
+    let asked = RequestId::String("sb:1".into());
+    let event = session
+        .event(ToStream::Request {
+            id: asked.clone(),
+            request: ServerRequest::ListRootsRequest(ListRootsRequest::default()),
+            answer_to,
+        })
+        .expect("asked");
+    let event = String::from_utf8_lossy(&event);
+    assert!(event.starts_with("event: message\ndata: "), "{event}");
+    assert!(event.contains(r#""method":"roots/list""#), "{event}");
+
+    let unknown = RequestId::String("sb:2".into());
+    let roots = RawValue::from_string(r#"{"roots":[]}"#.to_owned()).expect("JSON");
+    assert!(!session.answered(&unknown, Ok(&roots)));
+    assert!(session.answered(&asked, Ok(&roots)));
+    assert!(!session.answered(&asked, Ok(&roots)), "answered once");
+    match answer.await.expect("answered") {
+        Ok(ClientResult::ListRootsResult(result)) => assert!(result.roots.is_empty()),
+        other => panic!("{other:?}"),
+    }
+
+    // A malformed answer fails the server's request with the reason.
+    let (answer_to, answer) = oneshot::channel();
+    let asked = RequestId::String("sb:3".into());
+    session.event(ToStream::Request {
+        id: asked.clone(),
+        request: ServerRequest::ListRootsRequest(ListRootsRequest::default()),
+        answer_to,
+    });
+    let wrong = RawValue::from_string(r#"{"roots":5}"#.to_owned()).expect("JSON");
+    assert!(session.answered(&asked, Ok(&wrong)));
+    let error = answer.await.expect("answered").expect_err("malformed");
+    assert!(error.message.contains("malformed"), "{error:?}");
+
+    // Withdrawn: the client is told, and a late answer finds nothing.
+    let (answer_to, _answer) = oneshot::channel();
+    let asked = RequestId::String("sb:4".into());
+    session.event(ToStream::Request {
+        id: asked.clone(),
+        request: ServerRequest::ListRootsRequest(ListRootsRequest::default()),
+        answer_to,
+    });
+    let told = session
+        .event(ToStream::Withdrawn(asked.clone()))
+        .expect("told");
+    assert!(String::from_utf8_lossy(&told).contains("notifications/cancelled"));
+    assert!(!session.answered(&asked, Ok(&roots)));
+}
+
+#[tokio::test]
+async fn one_stream_at_a_time_reads_the_sessions_own_messages() {
+    let (_, session, _) = table_with_session();
+    let mut own = session.own_stream().expect("free");
+    assert!(session.own_stream().is_none(), "taken");
+    session
+        .client
+        .notify(ServerNotification::ToolListChangedNotification(
+            ToolListChangedNotification::default(),
+        ));
+    assert!(matches!(own.recv().await, Some(ToStream::Notification(_))));
+    drop(own);
+    // What came while no stream read it waits for the next one.
+    session
+        .client
+        .notify(ServerNotification::ToolListChangedNotification(
+            ToolListChangedNotification::default(),
+        ));
+    let mut again = session.own_stream().expect("given back");
+    assert!(matches!(
+        again.recv().await,
+        Some(ToStream::Notification(_))
+    ));
+}
