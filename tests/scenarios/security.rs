@@ -403,7 +403,8 @@ fn digest(token: &str) -> String {
 
 /// Once the registry declares clients, the gateway lets in their tokens
 /// only (401 with where to read how, otherwise), and a client's name is
-/// the caller whatever it calls itself. Without clients it is open again.
+/// the caller whatever it calls itself, and its sessions are its own.
+/// Without clients it is open again.
 #[tokio::test]
 async fn declared_clients_need_their_token_and_are_the_caller() {
     let marker = format!("clients-{}", std::process::id());
@@ -508,6 +509,39 @@ async fn declared_clients_need_their_token_and_are_the_caller() {
             .to_string()
             .contains(&digest("alice-token-0123456789"))
     );
+
+    // A session belongs to the client that opened it: its id is of no use
+    // with another client's token (404, as for any unknown session).
+    let opened = post(Some("alice-token-0123456789"))
+        .await
+        .expect("alice initializes");
+    assert_eq!(opened.status().as_u16(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .expect("a session id")
+        .to_owned();
+    let in_session = |method: reqwest::Method, token: &'static str| {
+        http.request(method, sb.mcp_url())
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .body(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
+            .send()
+    };
+    for (method, token, want) in [
+        (reqwest::Method::POST, "bob-token-0123456789", 404),
+        (reqwest::Method::DELETE, "bob-token-0123456789", 404),
+        (reqwest::Method::POST, "alice-token-0123456789", 200),
+        (reqwest::Method::DELETE, "alice-token-0123456789", 200),
+    ] {
+        let status = in_session(method.clone(), token)
+            .await
+            .expect("an answer")
+            .status();
+        assert_eq!(status.as_u16(), want, "{method} with {token}");
+    }
+
     let metrics = sb.gateway_metrics().await;
     assert_eq!(metric(&metrics, "switchboard_clients", &[]), Some(2.0));
     assert!(metric(&metrics, "switchboard_auth_failures_total", &[]) >= Some(3.0));

@@ -40,7 +40,7 @@ use super::{
     session::{Kind, Open, OwnStream, Session, Sessions},
     sse::{AllowedHosts, check_host},
 };
-use crate::{clients::ToStream, telemetry::metrics::Metrics};
+use crate::{auth::Identity, clients::ToStream, telemetry::metrics::Metrics};
 
 /// How long an answer may take and still be answered as JSON.
 const WINDOW: Duration = Duration::from_millis(50);
@@ -128,7 +128,11 @@ impl Endpoint {
                 .into_response(),
             };
         };
-        let Some((session, open)) = self.sessions.enter(&session_id, Kind::Streamable) else {
+        let caller = caller(&parts);
+        let Some((session, open)) =
+            self.sessions
+                .enter(&session_id, Kind::Streamable, caller.as_deref())
+        else {
             return Refusal::unknown_session("session not found: start a new one with initialize")
                 .into_response();
         };
@@ -143,7 +147,11 @@ impl Endpoint {
         params: rmcp::model::InitializeRequestParams,
         parts: Parts,
     ) -> Response {
-        let session = match self.sessions.create(Kind::Streamable, Some(params.clone())) {
+        let owner = caller(&parts);
+        let session = match self
+            .sessions
+            .create(Kind::Streamable, Some(params.clone()), owner)
+        {
             Ok(session) => session,
             Err(refusal) => return refusal.answering(&id).into_response(),
         };
@@ -366,7 +374,11 @@ impl Endpoint {
             return Refusal::invalid_request("Bad Request: Mcp-Session-Id is required")
                 .into_response();
         };
-        let Some((session, open)) = self.sessions.enter(session_id, Kind::Streamable) else {
+        let caller = caller(parts);
+        let Some((session, open)) =
+            self.sessions
+                .enter(session_id, Kind::Streamable, caller.as_deref())
+        else {
             return Refusal::unknown_session("session not found: start a new one with initialize")
                 .into_response();
         };
@@ -402,7 +414,10 @@ impl Endpoint {
             return Refusal::invalid_request("Bad Request: Mcp-Session-Id is required")
                 .into_response();
         };
-        if self.sessions.end(session_id, Kind::Streamable) {
+        if self
+            .sessions
+            .end(session_id, Kind::Streamable, caller(parts).as_deref())
+        {
             debug!("a client ended its session");
             StatusCode::OK.into_response()
         } else {
@@ -559,6 +574,15 @@ fn check_version(headers: &HeaderMap) -> Result<(), Refusal> {
     }
 }
 
+/// The authenticated client a request came from, if the gateway knows
+/// its clients (`auth.rs`).
+pub fn caller(parts: &Parts) -> Option<Arc<str>> {
+    parts
+        .extensions
+        .get::<Identity>()
+        .map(|identity| identity.name.clone())
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -629,43 +653,4 @@ fn essence(media: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn accept(values: &[&'static str]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for value in values {
-            headers.append(header::ACCEPT, HeaderValue::from_static(value));
-        }
-        headers
-    }
-
-    #[test]
-    fn both_answer_types_must_be_accepted_with_a_weight() {
-        let both = |values: &[&'static str]| {
-            accepts(&accept(values), &["application/json", "text/event-stream"])
-        };
-        assert!(both(&["application/json, text/event-stream"]));
-        assert!(both(&["Application/JSON;q=0.5", "text/event-stream;q=1"]));
-        assert!(!both(&["application/json;q=0, text/event-stream"]));
-        assert!(!both(&["application/json, text/event-stream;q=0.000"]));
-        assert!(!both(&["application/json"]));
-        assert!(!both(&[]));
-        // A resume asks only for the stream.
-        assert!(accepts(
-            &accept(&["text/event-stream"]),
-            &["text/event-stream"]
-        ));
-    }
-
-    #[test]
-    fn protocol_versions_must_be_known() {
-        let mut headers = HeaderMap::new();
-        assert!(check_version(&headers).is_ok(), "none named");
-        headers.insert(VERSION_HEADER, HeaderValue::from_static("2025-06-18"));
-        assert!(check_version(&headers).is_ok());
-        headers.insert(VERSION_HEADER, HeaderValue::from_static("1999-01-01"));
-        let refused = check_version(&headers).expect_err("unknown");
-        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
-    }
-}
+mod tests;

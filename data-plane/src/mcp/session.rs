@@ -90,6 +90,8 @@ pub enum Kind {
 
 struct Row {
     kind: Kind,
+    /// The authenticated client that opened it: only it may use the id.
+    owner: Option<Arc<str>>,
     /// `None` while parked.
     live: Option<Arc<Session>>,
     /// Kept while parked.
@@ -193,11 +195,13 @@ impl Sessions {
         })
     }
 
-    /// A new session; refused when the table is full.
+    /// A new session of `owner` (the authenticated client, if any);
+    /// refused when the table is full.
     pub fn create(
         self: &Arc<Self>,
         kind: Kind,
         handshake: Option<InitializeRequestParams>,
+        owner: Option<Arc<str>>,
     ) -> Result<Arc<Session>, Refusal> {
         let handshake = handshake.map(|h| self.intern(&h));
         let mut rows = self.rows.lock();
@@ -214,6 +218,7 @@ impl Sessions {
             id,
             Row {
                 kind,
+                owner,
                 live: Some(session.clone()),
                 handshake,
                 caller: None,
@@ -226,14 +231,24 @@ impl Sessions {
 
     /// The live session `id` names (restoring a parked one), with the
     /// request about to use it counted open; `None` if no session of that
-    /// kind has that id.
-    pub fn enter(self: &Arc<Self>, id: &str, kind: Kind) -> Option<(Arc<Session>, Open)> {
+    /// kind has that id, or it is another client's: a session id that
+    /// leaked is of no use to anyone else.
+    pub fn enter(
+        self: &Arc<Self>,
+        id: &str,
+        kind: Kind,
+        caller: Option<&str>,
+    ) -> Option<(Arc<Session>, Open)> {
         let uuid = match kind {
             Kind::Streamable => streamable_id(id)?,
             Kind::Legacy => legacy_id(id)?,
         };
         let mut rows = self.rows.lock();
         let row = rows.get_mut(&uuid).filter(|row| row.kind == kind)?;
+        if row.owner.as_deref() != caller {
+            debug!(session = %session_tag(id), "refused a session id presented by another client");
+            return None;
+        }
         row.open += 1;
         row.last_active = Instant::now();
         let session = match &row.live {
@@ -270,8 +285,9 @@ impl Sessions {
         }
     }
 
-    /// Ends the session `id` names, live or parked; whether there was one.
-    pub fn end(&self, id: &str, kind: Kind) -> bool {
+    /// Ends the session `id` names, live or parked, if it is `caller`'s;
+    /// whether there was one.
+    pub fn end(&self, id: &str, kind: Kind, caller: Option<&str>) -> bool {
         let uuid = match kind {
             Kind::Streamable => streamable_id(id),
             Kind::Legacy => legacy_id(id),
@@ -282,7 +298,9 @@ impl Sessions {
         let removed = {
             let mut rows = self.rows.lock();
             match rows.get(&uuid) {
-                Some(row) if row.kind == kind => rows.remove(&uuid),
+                Some(row) if row.kind == kind && row.owner.as_deref() == caller => {
+                    rows.remove(&uuid)
+                }
                 _ => None,
             }
         };

@@ -21,7 +21,7 @@ use tracing::debug;
 
 use super::{
     answer::Refusal,
-    dispatch::{Endpoint, Framing, own_events, stream_response},
+    dispatch::{Endpoint, Framing, caller, own_events, stream_response},
     guard::Incoming,
     session::Kind,
 };
@@ -44,23 +44,28 @@ async fn open(State(endpoint): State<Arc<Endpoint>>, parts: Parts) -> Response {
     if let Err(refused) = check_host(&endpoint.allowed_hosts, &parts) {
         return Refusal::forbidden(refused).into_response();
     }
-    let session = match endpoint.sessions.create(Kind::Legacy, None) {
+    let owner = caller(&parts);
+    let session = match endpoint.sessions.create(Kind::Legacy, None, owner.clone()) {
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
     };
     let id = session.id.simple().to_string();
     let (Some((_, open)), Some(own)) = (
-        endpoint.sessions.enter(&id, Kind::Legacy),
+        endpoint.sessions.enter(&id, Kind::Legacy, owner.as_deref()),
         session.own_stream(),
     ) else {
-        endpoint.sessions.end(&id, Kind::Legacy);
+        endpoint.sessions.end(&id, Kind::Legacy, owner.as_deref());
         return Refusal::unknown_session("the session ended as it opened").into_response();
     };
     let endpoint_event = Bytes::from(format!(
         "event: endpoint\ndata: /message?sessionId={id}\n\n"
     ));
     // The session lives as long as the client keeps the stream open.
-    let ends = SessionEnds { endpoint, id };
+    let ends = SessionEnds {
+        endpoint,
+        id,
+        owner,
+    };
     let events = own_events(
         own,
         open,
@@ -78,11 +83,13 @@ async fn open(State(endpoint): State<Arc<Endpoint>>, parts: Parts) -> Response {
 struct SessionEnds {
     endpoint: Arc<Endpoint>,
     id: String,
+    owner: Option<Arc<str>>,
 }
 
 impl Drop for SessionEnds {
     fn drop(&mut self) {
-        if self.endpoint.sessions.end(&self.id, Kind::Legacy) {
+        let owner = self.owner.as_deref();
+        if self.endpoint.sessions.end(&self.id, Kind::Legacy, owner) {
             debug!("SSE session closed");
         }
     }
@@ -97,7 +104,12 @@ async fn message(
     if let Err(refused) = check_host(&endpoint.allowed_hosts, &parts) {
         return Refusal::forbidden(refused).into_response();
     }
-    let Some((session, open)) = endpoint.sessions.enter(&query.session_id, Kind::Legacy) else {
+    let caller = caller(&parts);
+    let Some((session, open)) =
+        endpoint
+            .sessions
+            .enter(&query.session_id, Kind::Legacy, caller.as_deref())
+    else {
         return Refusal::unknown_session(format!(
             "unknown or expired session `{}`; open a new one at /sse",
             query.session_id

@@ -41,7 +41,7 @@ fn handshake(client: &str) -> InitializeRequestParams {
 fn table_with_session() -> (Arc<Sessions>, Arc<Session>, String) {
     let sessions = table(16);
     let session = sessions
-        .create(Kind::Streamable, Some(handshake("agent")))
+        .create(Kind::Streamable, Some(handshake("agent")), None)
         .expect("room");
     let id = session.id.to_string();
     (sessions, session, id)
@@ -57,7 +57,7 @@ async fn only_idle_sessions_with_nothing_open_and_nothing_of_their_own_are_parke
     tokio::time::advance(PARK_AFTER / 2).await;
     assert_eq!(sessions.sweep(), 0, "not idle long enough");
 
-    let (_, open) = sessions.enter(&id, Kind::Streamable).expect("live");
+    let (_, open) = sessions.enter(&id, Kind::Streamable, None).expect("live");
     tokio::time::advance(PARK_AFTER * 2).await;
     assert_eq!(sessions.sweep(), 0, "a request is open");
     drop(open);
@@ -69,7 +69,7 @@ async fn only_idle_sessions_with_nothing_open_and_nothing_of_their_own_are_parke
     assert_eq!(sessions.counts(), (1, 0));
 
     let other = sessions
-        .create(Kind::Streamable, Some(handshake("agent")))
+        .create(Kind::Streamable, Some(handshake("agent")), None)
         .expect("room");
     tokio::time::advance(PARK_AFTER).await;
     assert_eq!(sessions.sweep(), 1);
@@ -87,8 +87,10 @@ async fn a_parked_session_comes_back_once_under_its_id_and_is_told_to_relist() {
     assert_eq!(sessions.sweep(), 1);
 
     // Two requests at once: one restores it, both get the same session.
-    let (first, _open) = sessions.enter(&id, Kind::Streamable).expect("restored");
-    let (second, _again) = sessions.enter(&id, Kind::Streamable).expect("live");
+    let (first, _open) = sessions
+        .enter(&id, Kind::Streamable, None)
+        .expect("restored");
+    let (second, _again) = sessions.enter(&id, Kind::Streamable, None).expect("live");
     assert!(Arc::ptr_eq(&first, &second));
     assert_eq!(sessions.restores.get(), 1);
     assert_eq!(sessions.counts(), (1, 0));
@@ -120,7 +122,7 @@ async fn a_parked_session_comes_back_once_under_its_id_and_is_told_to_relist() {
 async fn rows_idle_past_the_timeout_are_forgotten_live_or_parked() {
     let (sessions, session, id) = table_with_session();
     let parked = sessions
-        .create(Kind::Streamable, Some(handshake("agent")))
+        .create(Kind::Streamable, Some(handshake("agent")), None)
         .expect("room")
         .id
         .to_string();
@@ -131,8 +133,8 @@ async fn rows_idle_past_the_timeout_are_forgotten_live_or_parked() {
     sessions.sweep();
     assert_eq!(sessions.counts(), (0, 0));
     assert!(session.ended.is_cancelled());
-    assert!(sessions.enter(&id, Kind::Streamable).is_none());
-    assert!(sessions.enter(&parked, Kind::Streamable).is_none());
+    assert!(sessions.enter(&id, Kind::Streamable, None).is_none());
+    assert!(sessions.enter(&parked, Kind::Streamable, None).is_none());
     drop(session);
     sessions.sweep();
     assert!(
@@ -145,10 +147,10 @@ async fn rows_idle_past_the_timeout_are_forgotten_live_or_parked() {
 async fn identical_handshakes_are_kept_once() {
     let sessions = table(16);
     let a = sessions
-        .create(Kind::Streamable, Some(handshake("agent")))
+        .create(Kind::Streamable, Some(handshake("agent")), None)
         .expect("room");
     let b = sessions
-        .create(Kind::Streamable, Some(handshake("agent")))
+        .create(Kind::Streamable, Some(handshake("agent")), None)
         .expect("room");
     let (a, b) = (a.handshake.get().expect("a"), b.handshake.get().expect("b"));
     assert!(Arc::ptr_eq(a, b));
@@ -160,38 +162,38 @@ async fn ids_name_sessions_only_in_their_own_spelling_and_kind() {
     let (sessions, _, id) = table_with_session();
     assert!(
         sessions
-            .enter(&id.to_uppercase(), Kind::Streamable)
+            .enter(&id.to_uppercase(), Kind::Streamable, None)
             .is_none()
     );
-    assert!(sessions.enter(&id, Kind::Legacy).is_none());
+    assert!(sessions.enter(&id, Kind::Legacy, None).is_none());
     assert!(
         sessions
-            .enter("no-such-session", Kind::Streamable)
+            .enter("no-such-session", Kind::Streamable, None)
             .is_none()
     );
-    let legacy = sessions.create(Kind::Legacy, None).expect("room");
+    let legacy = sessions.create(Kind::Legacy, None, None).expect("room");
     let simple = legacy.id.simple().to_string();
-    assert!(sessions.enter(&simple, Kind::Legacy).is_some());
+    assert!(sessions.enter(&simple, Kind::Legacy, None).is_some());
     assert!(
         sessions
-            .enter(&legacy.id.to_string(), Kind::Streamable)
+            .enter(&legacy.id.to_string(), Kind::Streamable, None)
             .is_none()
     );
-    assert!(!sessions.end(&simple, Kind::Streamable));
-    assert!(sessions.end(&simple, Kind::Legacy));
+    assert!(!sessions.end(&simple, Kind::Streamable, None));
+    assert!(sessions.end(&simple, Kind::Legacy, None));
 }
 
 #[tokio::test]
 async fn the_table_refuses_sessions_beyond_its_limit() {
     let sessions = table(2);
-    let first = sessions.create(Kind::Streamable, None).expect("room");
-    sessions.create(Kind::Legacy, None).expect("room");
-    let Err(refused) = sessions.create(Kind::Streamable, None) else {
+    let first = sessions.create(Kind::Streamable, None, None).expect("room");
+    sessions.create(Kind::Legacy, None, None).expect("room");
+    let Err(refused) = sessions.create(Kind::Streamable, None, None) else {
         panic!("the table is full");
     };
     assert_eq!(refused.status, http::StatusCode::SERVICE_UNAVAILABLE);
-    assert!(sessions.end(&first.id.to_string(), Kind::Streamable));
-    assert!(sessions.create(Kind::Streamable, None).is_ok());
+    assert!(sessions.end(&first.id.to_string(), Kind::Streamable, None));
+    assert!(sessions.create(Kind::Streamable, None, None).is_ok());
 }
 
 #[tokio::test]
@@ -214,13 +216,13 @@ async fn cancels_reach_their_request_and_the_end_of_a_session_reaches_them_all()
     assert!(cancelled.cancel.is_cancelled());
     assert!(!running.cancel.is_cancelled(), "only the one named");
 
-    assert!(sessions.end(&id_header, Kind::Streamable));
+    assert!(sessions.end(&id_header, Kind::Streamable, None));
     assert!(running.cancel.is_cancelled());
     assert!(session.ended.is_cancelled());
     assert!(session.begin(&id(3)).is_none(), "nothing starts any more");
     assert!(session.open_replay().is_none());
-    assert!(!sessions.end(&id_header, Kind::Streamable), "gone");
-    assert!(sessions.enter(&id_header, Kind::Streamable).is_none());
+    assert!(!sessions.end(&id_header, Kind::Streamable, None), "gone");
+    assert!(sessions.enter(&id_header, Kind::Streamable, None).is_none());
 }
 
 #[tokio::test]
@@ -300,4 +302,30 @@ async fn one_stream_at_a_time_reads_the_sessions_own_messages() {
         again.recv().await,
         Some(ToStream::Notification(_))
     ));
+}
+
+#[tokio::test]
+async fn a_session_answers_only_the_client_that_opened_it() {
+    let sessions = table(16);
+    let owner: Arc<str> = "team-a".into();
+    let session = sessions
+        .create(Kind::Streamable, Some(handshake("agent")), Some(owner))
+        .expect("room");
+    let id = session.id.to_string();
+    assert!(
+        sessions
+            .enter(&id, Kind::Streamable, Some("team-a"))
+            .is_some()
+    );
+    assert!(
+        sessions
+            .enter(&id, Kind::Streamable, Some("team-b"))
+            .is_none()
+    );
+    assert!(sessions.enter(&id, Kind::Streamable, None).is_none());
+    assert!(
+        !sessions.end(&id, Kind::Streamable, Some("team-b")),
+        "not theirs to end"
+    );
+    assert!(sessions.end(&id, Kind::Streamable, Some("team-a")));
 }
