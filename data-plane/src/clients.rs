@@ -37,19 +37,21 @@ pub struct Clients {
 }
 
 /// What a server (or the gateway) sends a client on one of its streams.
+/// The large messages are boxed: a stream's buffer is allocated for its
+/// largest item, and every session and many requests have one.
 pub enum ToStream {
-    Progress(ProgressNotificationParam),
+    Progress(Box<ProgressNotificationParam>),
     /// A server request under an id of the gateway's; the client's answer,
     /// when it POSTs one, goes to `answer_to`.
     Request {
         id: RequestId,
-        request: ServerRequest,
+        request: Box<ServerRequest>,
         answer_to: oneshot::Sender<Result<ClientResult, ErrorData>>,
     },
     /// The server stopped waiting for its request (it cancelled it, or the
     /// client took too long): the client is told.
     Withdrawn(RequestId),
-    Notification(ServerNotification),
+    Notification(Box<ServerNotification>),
     /// A JSON-RPC response, encoded (legacy SSE answers on the session's
     /// one stream).
     Answer(Bytes),
@@ -137,7 +139,9 @@ impl ClientSession {
     /// client that reads none (or too slowly) misses it rather than hold up
     /// the server that sent it.
     pub fn notify(&self, notification: ServerNotification) {
-        let _ = self.outbox.try_send(ToStream::Notification(notification));
+        let _ = self
+            .outbox
+            .try_send(ToStream::Notification(Box::new(notification)));
     }
 
     pub fn set_log_level(&self, level: LoggingLevel) {

@@ -543,6 +543,12 @@ async fn declared_clients_need_their_token_and_are_the_caller() {
     }
 
     let metrics = sb.gateway_metrics().await;
+    let refused = [("reason", "other_client")];
+    assert_eq!(
+        metric(&metrics, "switchboard_session_refusals_total", &refused),
+        Some(2.0),
+        "bob's POST and DELETE"
+    );
     assert_eq!(metric(&metrics, "switchboard_clients", &[]), Some(2.0));
     assert!(metric(&metrics, "switchboard_auth_failures_total", &[]) >= Some(3.0));
 

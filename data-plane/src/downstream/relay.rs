@@ -291,7 +291,7 @@ impl Relay {
         let (answer_to, answer) = oneshot::channel();
         let asked = ToStream::Request {
             id: id.clone(),
-            request,
+            request: Box::new(request),
             answer_to,
         };
         stream.send(asked).await.map_err(|_| gone())?;
@@ -490,7 +490,7 @@ impl ClientHandler for DownstreamClient {
             params.progress_token = token;
             match &tracked.origin.stream {
                 Some(stream) => {
-                    let _ = stream.send(ToStream::Progress(params)).await;
+                    let _ = stream.send(ToStream::Progress(Box::new(params))).await;
                 }
                 None => {
                     if let Some(session) = relay.clients.get(tracked.origin.session) {

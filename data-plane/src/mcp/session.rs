@@ -31,7 +31,7 @@ use axum::body::Bytes;
 use parking_lot::Mutex;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{MetricType, counter::Counter, gauge::ConstGauge},
 };
 use rmcp::{
@@ -76,6 +76,10 @@ pub struct Sessions {
     servers: Servers,
     parks: Counter,
     restores: Counter,
+    /// New sessions refused: the table was full.
+    refused_full: Counter,
+    /// Ids presented by a client other than the one that opened them.
+    refused_other_client: Counter,
 }
 
 /// How a session is reached.
@@ -192,6 +196,8 @@ impl Sessions {
             servers,
             parks: Counter::default(),
             restores: Counter::default(),
+            refused_full: Counter::default(),
+            refused_other_client: Counter::default(),
         })
     }
 
@@ -206,6 +212,7 @@ impl Sessions {
         let handshake = handshake.map(|h| self.intern(&h));
         let mut rows = self.rows.lock();
         if rows.len() >= self.max_sessions {
+            self.refused_full.inc();
             debug!(
                 max = self.max_sessions,
                 "refused a new session: at the limit"
@@ -246,6 +253,7 @@ impl Sessions {
         let mut rows = self.rows.lock();
         let row = rows.get_mut(&uuid).filter(|row| row.kind == kind)?;
         if row.owner.as_deref() != caller {
+            self.refused_other_client.inc();
             debug!(session = %session_tag(id), "refused a session id presented by another client");
             return None;
         }
@@ -415,6 +423,11 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// The table's metrics (`switchboard_sessions*`), read from it at each
 /// scrape.
 #[derive(Debug)]
@@ -451,6 +464,18 @@ impl Collector for SessionGauges {
         for (name, help, counter) in counters {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             counter.encode(family)?;
+        }
+        let mut refusals = encoder.encode_descriptor(
+            "session_refusals",
+            "Session requests refused, by reason (limit: the table was full; other_client: an id presented by a client other than its owner)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, counter) in [
+            ("limit", &sessions.refused_full),
+            ("other_client", &sessions.refused_other_client),
+        ] {
+            counter.encode(refusals.encode_family(&ReasonLabel { reason })?)?;
         }
         Ok(())
     }
@@ -563,17 +588,16 @@ impl Session {
         let message = match item {
             ToStream::Answer(body) => return Some(event(&body)),
             ToStream::Progress(update) => notification(ServerNotification::ProgressNotification(
-                ProgressNotification::new(update),
+                ProgressNotification::new(*update),
             )),
-            ToStream::Notification(notification) => {
-                ServerJsonRpcMessage::notification(notification)
-            }
+            ToStream::Notification(message) => notification(*message),
             ToStream::Request {
                 id,
                 request,
                 answer_to,
             } => {
                 let read = reader_for(&request);
+                let request = *request;
                 let mut calls = self.calls.lock();
                 if calls.closed {
                     return None;

@@ -104,7 +104,7 @@ async fn a_parked_session_comes_back_once_under_its_id_and_is_told_to_relist() {
     let mut relisted = Vec::new();
     for _ in 0..3 {
         match own.recv().await {
-            Some(ToStream::Notification(notification)) => relisted.push(notification),
+            Some(ToStream::Notification(notification)) => relisted.push(*notification),
             _ => panic!("a list change"),
         }
     }
@@ -192,6 +192,7 @@ async fn the_table_refuses_sessions_beyond_its_limit() {
         panic!("the table is full");
     };
     assert_eq!(refused.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(sessions.refused_full.get(), 1);
     assert!(sessions.end(&first.id.to_string(), Kind::Streamable, None));
     assert!(sessions.create(Kind::Streamable, None, None).is_ok());
 }
@@ -233,7 +234,7 @@ async fn a_clients_answer_reaches_the_server_request_it_answers() {
     let event = session
         .event(ToStream::Request {
             id: asked.clone(),
-            request: ServerRequest::ListRootsRequest(ListRootsRequest::default()),
+            request: Box::new(ServerRequest::ListRootsRequest(ListRootsRequest::default())),
             answer_to,
         })
         .expect("asked");
@@ -256,7 +257,7 @@ async fn a_clients_answer_reaches_the_server_request_it_answers() {
     let asked = RequestId::String("sb:3".into());
     session.event(ToStream::Request {
         id: asked.clone(),
-        request: ServerRequest::ListRootsRequest(ListRootsRequest::default()),
+        request: Box::new(ServerRequest::ListRootsRequest(ListRootsRequest::default())),
         answer_to,
     });
     let wrong = RawValue::from_string(r#"{"roots":5}"#.to_owned()).expect("JSON");
@@ -269,7 +270,7 @@ async fn a_clients_answer_reaches_the_server_request_it_answers() {
     let asked = RequestId::String("sb:4".into());
     session.event(ToStream::Request {
         id: asked.clone(),
-        request: ServerRequest::ListRootsRequest(ListRootsRequest::default()),
+        request: Box::new(ServerRequest::ListRootsRequest(ListRootsRequest::default())),
         answer_to,
     });
     let told = session
@@ -277,6 +278,12 @@ async fn a_clients_answer_reaches_the_server_request_it_answers() {
         .expect("told");
     assert!(String::from_utf8_lossy(&told).contains("notifications/cancelled"));
     assert!(!session.answered(&asked, Ok(&roots)));
+}
+
+#[test]
+fn stream_items_stay_small() {
+    // A stream's buffer is allocated for 32 of its largest item.
+    assert!(size_of::<ToStream>() <= 64, "{}", size_of::<ToStream>());
 }
 
 #[tokio::test]
