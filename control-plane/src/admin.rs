@@ -58,6 +58,8 @@ struct StatusBody {
     servers: Vec<ServerEntry>,
     /// Declared callers, by name and groups (never their token digests).
     clients: Vec<ClientEntry>,
+    /// Access policies by name.
+    policies: Vec<String>,
     issues: Vec<RegistryIssue>,
     replicas: std::collections::BTreeMap<String, ReplicaStatus>,
 }
@@ -108,7 +110,7 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
 }
 
 async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
-    let (servers, clients, issues) = {
+    let (servers, clients, policies, issues) = {
         let registry = state.registry.borrow();
         let clients = registry
             .clients
@@ -127,12 +129,14 @@ async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
                 enabled: s.enabled,
             })
             .collect();
-        (servers, clients, registry.issues.clone())
+        let policies = registry.policies.keys().cloned().collect();
+        (servers, clients, policies, registry.issues.clone())
     };
     Json(StatusBody {
         snapshot_version: state.snapshots.borrow().version,
         servers,
         clients,
+        policies,
         issues,
         replicas: state
             .peers

@@ -13,9 +13,12 @@ use serde::Serialize;
 use serde_ignored::Path;
 use tracing::debug;
 
+use serde::de::DeserializeOwned;
+
 use crate::resource::{
-    McpServer, ValidServer,
+    McpServer, ValidServer, ValidationError,
     client::{self, McpClient, ValidClient},
+    policy::{self, McpAccessPolicy, ValidPolicy},
 };
 
 const API_VERSION: &str = "switchboard.dev/v1alpha1";
@@ -28,6 +31,8 @@ pub struct Registry {
     pub servers: BTreeMap<String, ValidServer>,
     /// Accepted clients by name; names and tokens are unique.
     pub clients: BTreeMap<String, ValidClient>,
+    /// Accepted access policies by name.
+    pub policies: BTreeMap<String, ValidPolicy>,
     /// Every problem found; none of them stops the rest of the registry.
     pub issues: Vec<RegistryIssue>,
 }
@@ -111,7 +116,25 @@ impl Registry {
         Self {
             servers,
             clients: BTreeMap::new(),
+            policies: BTreeMap::new(),
             issues,
+        }
+    }
+
+    /// Adds access policies in priority order: the first to claim a name
+    /// keeps it, later ones are reported and left out.
+    pub fn add_policies(&mut self, candidates: impl IntoIterator<Item = (String, ValidPolicy)>) {
+        for (source, policy) in candidates {
+            if self.policies.contains_key(&policy.name) {
+                self.issues.push(RegistryIssue {
+                    source,
+                    resource: Some(policy.name.clone()),
+                    field: Some("metadata.name".into()),
+                    message: format!("McpAccessPolicy `{}` is already defined", policy.name),
+                });
+            } else {
+                self.policies.insert(policy.name.clone(), policy);
+            }
         }
     }
 
@@ -162,22 +185,33 @@ impl Registry {
 /// and the message.
 pub type ResourceError = (Option<String>, Option<String>, String);
 
-/// One registry document, of either kind.
+/// One registry document, of any kind.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Document {
     Server(Box<ValidServer>),
     Client(ValidClient),
+    Policy(ValidPolicy),
 }
 
-/// Parses a document by its `kind`: an `McpClient`, or else an `McpServer`
-/// (whose parse names a wrong kind).
+/// Parses a document by its `kind`: an `McpClient`, an `McpAccessPolicy`,
+/// or else an `McpServer` (whose parse names a wrong kind).
 pub fn parse_document(
     value: serde_yaml::Value,
     unknown_fields: UnknownFields,
 ) -> Result<Document, ResourceError> {
-    if value.get("kind").and_then(|k| k.as_str()) != Some(client::KIND) {
-        return parse_resource(value, unknown_fields).map(|s| Document::Server(Box::new(s)));
+    match value.get("kind").and_then(|k| k.as_str()) {
+        Some(client::KIND) => parse_kind(value, McpClient::validate).map(Document::Client),
+        Some(policy::KIND) => parse_kind(value, McpAccessPolicy::validate).map(Document::Policy),
+        _ => parse_resource(value, unknown_fields).map(|s| Document::Server(Box::new(s))),
     }
+}
+
+/// Parses and validates a document of a kind other than `McpServer`:
+/// unknown fields are refused, as everywhere in files.
+fn parse_kind<T: DeserializeOwned, V>(
+    value: serde_yaml::Value,
+    validate: fn(T) -> Result<V, ValidationError>,
+) -> Result<V, ResourceError> {
     let resource = value
         .get("metadata")
         .and_then(|m| m.get("name"))
@@ -194,14 +228,11 @@ pub fn parse_document(
             format!("expected `{API_VERSION}`, found `{api_version}`"),
         ));
     }
-    let parsed: McpClient = serde_path_to_error::deserialize(value).map_err(|e| {
+    let parsed: T = serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         (resource.clone(), Some(field), e.into_inner().to_string())
     })?;
-    parsed
-        .validate()
-        .map(Document::Client)
-        .map_err(|e| (resource, Some(e.field), e.reason))
+    validate(parsed).map_err(|e| (resource, Some(e.field), e.reason))
 }
 
 /// Parses and validates one `McpServer` document, from a file or the

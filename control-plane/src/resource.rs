@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod naming;
+pub mod policy;
 pub mod resilience;
 
 use std::collections::BTreeMap;

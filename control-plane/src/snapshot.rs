@@ -23,6 +23,7 @@ use crate::{
     resource::{
         ValidServer, ValidTransport,
         naming::{Naming, PrefixMode},
+        policy::Rules,
         resilience::{Probe, Resilience, SessionMode},
     },
 };
@@ -114,7 +115,24 @@ pub fn build_resources(registry: &Registry) -> Vec<pb::Resource> {
             token_sha256: client.token_sha256.clone(),
         })),
     });
-    servers.chain(clients).collect()
+    let policies = registry.policies.values().map(|policy| pb::Resource {
+        kind: Some(Kind::McpAccessPolicy(pb::McpAccessPolicy {
+            name: policy.name.clone(),
+            groups: policy.groups.clone(),
+            clients: policy.clients.clone(),
+            allow: policy.allow.as_ref().map(rules_to_proto),
+            deny: Some(rules_to_proto(&policy.deny)),
+        })),
+    });
+    servers.chain(clients).chain(policies).collect()
+}
+
+fn rules_to_proto(rules: &Rules) -> pb::AccessRules {
+    pb::AccessRules {
+        tools: rules.tools.clone(),
+        prompts: rules.prompts.clone(),
+        resources: rules.resources.clone(),
+    }
 }
 
 fn to_proto(server: &ValidServer) -> pb::McpServer {
@@ -292,6 +310,7 @@ mod tests {
                 .map(|s| (s.name.clone(), s.clone()))
                 .collect(),
             clients: BTreeMap::new(),
+            policies: BTreeMap::new(),
             issues: vec![],
         }
     }

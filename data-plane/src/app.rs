@@ -19,6 +19,7 @@ use crate::{
     downstream::{Launcher, Servers, gauges::ServerGauges},
     drain::Drain,
     mcp::{self, McpConfig},
+    policy::Policies,
     telemetry::{
         Metrics, Telemetry, Tracer,
         export::{self, ExportConfig},
@@ -118,9 +119,12 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
 
     let callers = Callers::default();
     metrics.register_collector(callers.clone());
+    let policies = Policies::default();
+    metrics.register_collector(policies.clone());
     let xds = XdsClient {
         address: config.control_plane.clone(),
         callers: callers.clone(),
+        policies: policies.clone(),
         token: config.control_plane_token.clone(),
         replica_id: config.replica_id.clone(),
         servers: servers.clone(),
@@ -137,6 +141,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let router = mcp::router(
         catalog.clone(),
         servers.clone(),
+        policies,
         &config.mcp,
         telemetry,
         stop_http.child_token(),

@@ -309,6 +309,21 @@ impl Catalog {
         &self.prompts
     }
 
+    /// The name (tools, prompts), URI (resources) or URI template
+    /// (templates) of each of a list's items, in the list's order.
+    pub fn names(&self, list: List) -> Vec<&str> {
+        match list {
+            List::Tools => self.tools.iter().map(|t| t.name.as_ref()).collect(),
+            List::Prompts => self.prompts.iter().map(|p| p.name.as_str()).collect(),
+            List::Resources => self.resources.iter().map(|r| r.uri.as_str()).collect(),
+            List::ResourceTemplates => self
+                .templates
+                .iter()
+                .map(|t| t.uri_template.as_str())
+                .collect(),
+        }
+    }
+
     pub fn resources(&self) -> &[Resource] {
         &self.resources
     }

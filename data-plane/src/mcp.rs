@@ -34,6 +34,7 @@ use crate::{
     downstream::{CallError, Servers},
     mcp::{dispatch::Endpoint, methods::Methods, session::Sessions, sse::AllowedHosts},
     observe::Observation,
+    policy::Policies,
     redact,
     telemetry::Telemetry,
 };
@@ -169,6 +170,7 @@ impl Error {
 pub fn router(
     catalog: CatalogReader,
     servers: Servers,
+    policies: Policies,
     config: &McpConfig,
     telemetry: Telemetry,
     shutdown: CancellationToken,
@@ -199,6 +201,7 @@ pub fn router(
             page_size: config.page_size.max(1),
         },
         allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
+        policies,
         metrics: telemetry.metrics.clone(),
         shutdown,
     });

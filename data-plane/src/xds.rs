@@ -33,6 +33,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     auth::{Callers, Declared},
     downstream::{ServerState, Servers, breaker::BreakerState},
+    policy::{Policies, Policy, Rules},
     spec::ServerSpec,
     telemetry::{Metrics, metrics::ResultLabels},
 };
@@ -83,6 +84,7 @@ pub struct XdsClient {
     pub address: String,
     /// Who may call this gateway, as the snapshots declare.
     pub callers: Callers,
+    pub policies: Policies,
     /// Presented on the config stream.
     pub token: Option<Token>,
     pub replica_id: String,
@@ -201,7 +203,12 @@ impl XdsClient {
     /// Applies what it can of a snapshot. A rejected resource keeps its last
     /// good version (if any); the rest is applied.
     fn apply(&self, snapshot: &pb::Snapshot) -> ReplicaKind {
-        let (mut desired, clients, rejected) = desired_servers(snapshot);
+        let Wanted {
+            servers: mut desired,
+            clients,
+            policies,
+            rejected,
+        } = desired_servers(snapshot);
         for name in rejected.keys() {
             if desired.contains_key(name.as_str()) {
                 continue;
@@ -212,6 +219,7 @@ impl XdsClient {
         }
         self.servers.apply(desired);
         let rejected = with_refused_clients(rejected, self.callers.replace(clients));
+        self.policies.replace(policies);
         self.status
             .inner
             .applied_version
@@ -314,12 +322,21 @@ async fn send(tx: &mpsc::Sender<pb::ReplicaMessage>, kind: ReplicaKind) -> Resul
 
 type Desired = BTreeMap<Arc<str>, ServerSpec>;
 
+/// What a snapshot declares, and what of it is refused.
+struct Wanted {
+    servers: Desired,
+    clients: Vec<Declared>,
+    policies: Vec<Policy>,
+    /// By resource name.
+    rejected: BTreeMap<String, String>,
+}
+
 /// Converts every resource, refusing invalid ones and duplicates of a name
 /// or namespace (the first one wins).
-/// The servers and clients a snapshot declares, and what of it is refused.
-fn desired_servers(snapshot: &pb::Snapshot) -> (Desired, Vec<Declared>, BTreeMap<String, String>) {
+fn desired_servers(snapshot: &pb::Snapshot) -> Wanted {
     let mut desired = Desired::new();
     let mut clients = Vec::new();
+    let mut policies = Vec::new();
     let mut rejected = BTreeMap::new();
     for resource in &snapshot.resources {
         let server = match &resource.kind {
@@ -330,6 +347,10 @@ fn desired_servers(snapshot: &pb::Snapshot) -> (Desired, Vec<Declared>, BTreeMap
                     groups: client.groups.clone(),
                     token_sha256: client.token_sha256.clone(),
                 });
+                continue;
+            }
+            Some(resource::Kind::McpAccessPolicy(policy)) => {
+                policies.push(policy_from(policy));
                 continue;
             }
             None => {
@@ -356,7 +377,27 @@ fn desired_servers(snapshot: &pb::Snapshot) -> (Desired, Vec<Declared>, BTreeMap
             desired.insert(spec.name.clone(), spec);
         }
     }
-    (desired, clients, rejected)
+    Wanted {
+        servers: desired,
+        clients,
+        policies,
+        rejected,
+    }
+}
+
+fn policy_from(policy: &pb::McpAccessPolicy) -> Policy {
+    let rules = |rules: &pb::AccessRules| Rules {
+        tools: rules.tools.clone(),
+        prompts: rules.prompts.clone(),
+        resources: rules.resources.clone(),
+    };
+    Policy {
+        name: policy.name.clone(),
+        groups: policy.groups.clone(),
+        clients: policy.clients.clone(),
+        allow: policy.allow.as_ref().map(rules),
+        deny: policy.deny.as_ref().map(rules).unwrap_or_default(),
+    }
 }
 
 /// Server rejections plus refused clients, the latter named `McpClient
@@ -423,7 +464,11 @@ mod tests {
                 resource("d", "d", "cmd"),
             ],
         };
-        let (desired, _, rejected) = desired_servers(&snapshot);
+        let Wanted {
+            servers: desired,
+            rejected,
+            ..
+        } = desired_servers(&snapshot);
         assert_eq!(desired.keys().map(|k| &**k).collect::<Vec<_>>(), ["a", "d"]);
         assert_eq!(rejected["b"], "missing stdio.command");
         assert_eq!(rejected["c"], "namespace `a` is already used by `a`");

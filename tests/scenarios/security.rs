@@ -678,3 +678,195 @@ async fn session_ids_never_reach_logs_or_spans() {
         leaks.join("\n")
     );
 }
+
+/// One client's raw streamable-HTTP session: every answer as JSON, SSE
+/// streams read to their end.
+struct Authed<'a> {
+    http: &'a reqwest::Client,
+    url: String,
+    token: &'static str,
+    session: String,
+}
+
+impl<'a> Authed<'a> {
+    async fn open(http: &'a reqwest::Client, url: String, token: &'static str) -> Self {
+        let response = e2e::initialize_post(http, &url, json!(0))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("initialize");
+        assert_eq!(response.status(), 200, "{token}");
+        let session = response.headers()["mcp-session-id"]
+            .to_str()
+            .expect("session id")
+            .to_owned();
+        Self {
+            http,
+            url,
+            token,
+            session,
+        }
+    }
+
+    /// The HTTP status and the JSON-RPC response to `method`.
+    async fn rpc(&self, method: &str, params: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(&self.url)
+            .bearer_auth(self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.session)
+            .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }))
+            .send()
+            .await
+            .expect("POST /mcp");
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("body");
+        let answer = serde_json::from_str(&body).unwrap_or_else(|_| {
+            body.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+                .find(|m| m.get("id").is_some())
+                .unwrap_or_default()
+        });
+        (status, answer)
+    }
+
+    /// Names in a list's `key` items (`name`, or `uri` for resources).
+    async fn listed(&self, method: &str, key: &str) -> Vec<String> {
+        let (status, answer) = self.rpc(method, json!({})).await;
+        assert_eq!(status, 200, "{method}: {answer}");
+        answer["result"][key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method}: {answer}"))
+            .iter()
+            .map(|item| {
+                let name = item.get("name").or_else(|| item.get("uri"));
+                name.and_then(|n| n.as_str()).unwrap_or_default().to_owned()
+            })
+            .collect()
+    }
+}
+
+/// Access policies: what a client may not use is absent from its lists
+/// and refused with 403 when named (over streamable HTTP and legacy SSE);
+/// `deny` wins, an `allow` restricts only those it names.
+#[tokio::test]
+async fn access_policies_hide_and_refuse_what_they_deny() {
+    let marker = format!("policies-{}", std::process::id());
+    let registry = format!(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{groups: [dev], token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: bob}}\nspec: {{token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: dev-no-fail}}\nspec: {{subjects: {{groups: [dev]}}, deny: {{tools: ['d.fail*'], resources: ['*']}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: bob-echo-only}}\nspec: {{subjects: {{clients: [bob]}}, allow: {{tools: [d.echo]}}}}\n",
+        digest("alice-token-0123456789"),
+        digest("bob-token-0123456789")
+    );
+    let sb = Switchboard::start(&[
+        ("d.yaml", &demo_server_yaml("d", &marker, &[])),
+        ("e.yaml", &e2e::everything_server_yaml("e", json!({}))),
+        ("access.yaml", &registry),
+    ])
+    .await;
+    sb.wait_server_state("d", "ready").await;
+    sb.wait_server_state("e", "ready").await;
+    let status = sb.control_status().await;
+    assert_eq!(
+        status["policies"],
+        json!(["bob-echo-only", "dev-no-fail"]),
+        "{status}"
+    );
+    let http = reqwest::Client::new();
+    let alice = Authed::open(&http, sb.mcp_url(), "alice-token-0123456789").await;
+    let bob = Authed::open(&http, sb.mcp_url(), "bob-token-0123456789").await;
+
+    let tools = alice.listed("tools/list", "tools").await;
+    assert!(tools.iter().any(|t| t == "d.echo"), "{tools:?}");
+    assert!(tools.iter().any(|t| t.starts_with("e.")), "{tools:?}");
+    assert!(!tools.iter().any(|t| t.starts_with("d.fail")), "{tools:?}");
+    assert!(alice.listed("resources/list", "resources").await.is_empty());
+    assert!(!alice.listed("prompts/list", "prompts").await.is_empty());
+    let (status, refused) = alice
+        .rpc(
+            "tools/call",
+            json!({ "name": "d.fail", "arguments": { "message": "x" } }),
+        )
+        .await;
+    assert_eq!(status, 403, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`d.fail`") && message.contains("`alice`"),
+        "{refused}"
+    );
+    let (status, answer) = alice
+        .rpc(
+            "tools/call",
+            json!({ "name": "d.echo", "arguments": { "text": "ok" } }),
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["result"]["structuredContent"]["text"]),
+        (200, &json!("ok"))
+    );
+    let (status, _) = alice
+        .rpc(
+            "resources/read",
+            json!({ "uri": "e+demo://resource/static/document/architecture.md" }),
+        )
+        .await;
+    assert_eq!(status, 403, "resources are denied to dev whatever the URI");
+
+    assert_eq!(bob.listed("tools/list", "tools").await, ["d.echo"]);
+    assert!(
+        bob.listed("prompts/list", "prompts").await.is_empty(),
+        "only tools allowed"
+    );
+    let (status, _) = bob
+        .rpc(
+            "tools/call",
+            json!({ "name": "d.add", "arguments": { "a": 1, "b": 2 } }),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // Legacy SSE: the POST naming a denied tool is refused itself.
+    let mut sse = http
+        .get(format!("http://{}/sse", sb.gateway_addr))
+        .bearer_auth("bob-token-0123456789")
+        .send()
+        .await
+        .expect("GET /sse");
+    assert_eq!(sse.status(), 200);
+    let first =
+        String::from_utf8_lossy(&sse.chunk().await.expect("stream").expect("event")).into_owned();
+    let path = first
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("the endpoint event")
+        .to_owned();
+    let refused = http
+        .post(format!("http://{}{path}", sb.gateway_addr))
+        .bearer_auth("bob-token-0123456789")
+        .json(&json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": { "name": "d.add", "arguments": {} } }))
+        .send()
+        .await
+        .expect("POST /message");
+    assert_eq!(refused.status(), 403);
+
+    let metrics = sb.gateway_metrics().await;
+    assert_eq!(
+        metric(&metrics, "switchboard_access_policies", &[]),
+        Some(2.0)
+    );
+    let denied = metric(
+        &metrics,
+        "switchboard_access_denials_total",
+        &[("kind", "tool")],
+    );
+    assert_eq!(denied, Some(3.0), "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "switchboard_access_denials_total",
+            &[("kind", "resource")]
+        ),
+        Some(1.0)
+    );
+}

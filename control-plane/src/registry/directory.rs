@@ -111,12 +111,16 @@ impl DirectorySource {
         };
         let servers = documents().filter_map(|(source, document)| match document {
             Document::Server(server) => Some((source, (**server).clone())),
-            Document::Client(_) => None,
+            _ => None,
         });
         let mut registry = Registry::assemble(servers, issues);
         registry.add_clients(documents().filter_map(|(source, document)| match document {
             Document::Client(client) => Some((source, client.clone())),
-            Document::Server(_) => None,
+            _ => None,
+        }));
+        registry.add_policies(documents().filter_map(|(source, document)| match document {
+            Document::Policy(policy) => Some((source, policy.clone())),
+            _ => None,
         }));
         for issue in registry.issues.iter().filter(|i| i.field.is_some()) {
             warn!(file = %issue.source, resource = issue.resource.as_deref(), "{}", issue.message);
@@ -242,6 +246,10 @@ fn load_file(path: &Path) -> FileOutcome {
                 debug!(file = %source, resource = %client.name, "loaded McpClient");
                 documents.push(Document::Client(client));
             }
+            Ok(Document::Policy(policy)) => {
+                debug!(file = %source, resource = %policy.name, "loaded McpAccessPolicy");
+                documents.push(Document::Policy(policy));
+            }
             Err((resource, field, message)) => issues.push(issue(resource, field, message)),
         }
     }
@@ -272,6 +280,40 @@ mod tests {
 
     fn write(dir: &Path, file: &str, text: &str) {
         std::fs::write(dir.join(file), text).expect("write test file");
+    }
+
+    #[test]
+    fn clients_and_access_policies_load_beside_servers_and_the_first_name_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let policy = "apiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {name: no-admin}\nspec: {subjects: {groups: [dev]}, deny: {tools: ['utils.*']}}\n";
+        let access = format!(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{groups: [dev], token: {{sha256: {digest}}}}}\n---\n{policy}"
+        );
+        write(dir.path(), "a-access.yaml", &access);
+        write(dir.path(), "b-again.yaml", policy);
+        write(dir.path(), "time.yaml", TIME);
+        let registry = DirectorySource::new(dir.path()).scan().expect("scan");
+        assert_eq!(registry.servers.keys().collect::<Vec<_>>(), ["time"]);
+        assert_eq!(registry.clients.keys().collect::<Vec<_>>(), ["alice"]);
+        assert_eq!(registry.policies["no-admin"].deny.tools, ["utils.*"]);
+        let [issue] = &registry.issues[..] else {
+            panic!("{:?}", registry.issues);
+        };
+        assert!(issue.source.ends_with("b-again.yaml"), "{issue:?}");
+        assert!(issue.message.contains("already defined"), "{issue:?}");
+
+        // A policy that names no subject is reported with its field.
+        write(
+            dir.path(),
+            "b-again.yaml",
+            &policy
+                .replace("{groups: [dev]}", "{}")
+                .replace("no-admin", "other"),
+        );
+        let registry = DirectorySource::new(dir.path()).scan().expect("scan");
+        let issue = &registry.issues[0];
+        assert_eq!(issue.field.as_deref(), Some("spec.subjects"), "{issue:?}");
     }
 
     #[test]

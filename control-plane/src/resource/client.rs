@@ -20,6 +20,7 @@ pub struct McpClient {
     pub spec: ClientSpec,
 }
 
+/// The `metadata` of a registry document other than an `McpServer`.
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {

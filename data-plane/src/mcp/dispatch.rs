@@ -25,7 +25,7 @@ use axum::{
 };
 use futures::Stream;
 use rmcp::model::{
-    ClientNotification, ClientRequest, ErrorData, GetMeta, ProtocolVersion, RequestId,
+    ClientNotification, ClientRequest, ErrorData, GetMeta, ProtocolVersion, Reference, RequestId,
     RequestMetaObject,
 };
 use tokio::sync::mpsc;
@@ -40,7 +40,12 @@ use super::{
     session::{Kind, Open, OwnStream, Session, Sessions},
     sse::{AllowedHosts, check_host},
 };
-use crate::{auth::Identity, clients::ToStream, telemetry::metrics::Metrics};
+use crate::{
+    auth::Identity,
+    clients::ToStream,
+    policy::{Access, Kind as PolicyKind, Policies},
+    telemetry::metrics::Metrics,
+};
 
 /// How long an answer may take and still be answered as JSON.
 const WINDOW: Duration = Duration::from_millis(50);
@@ -56,6 +61,8 @@ pub struct Endpoint {
     pub sessions: Arc<Sessions>,
     pub methods: Methods,
     pub allowed_hosts: AllowedHosts,
+    /// What each authenticated client may use.
+    pub policies: Policies,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the replica stops serving: streams end.
     pub shutdown: CancellationToken,
@@ -159,6 +166,7 @@ impl Endpoint {
             id,
             meta: RequestMetaObject::default(),
             parts: Arc::new(parts),
+            access: None,
             cancel: CancellationToken::new(),
             stream: None,
         };
@@ -181,11 +189,23 @@ impl Endpoint {
         incoming: Incoming,
         framing: Framing,
     ) -> Response {
+        let access = parts
+            .extensions
+            .get::<Identity>()
+            .and_then(|identity| self.policies.access(identity))
+            .map(Arc::new);
+        if let Some(access) = &access
+            && let Some((id, kind, name)) = named(&incoming)
+            && let Some(why) = access.refuse(kind, name)
+        {
+            debug!(kind = kind.as_str(), name, "refused by an access policy");
+            return Refusal::forbidden(why).answering(id).into_response();
+        }
         match incoming {
             Incoming::Call { id, params } => {
                 let meta = RequestMetaObject::from(params.meta.clone());
                 let call = Work::Call(params);
-                self.request(session, open, parts, id, meta, call, framing)
+                self.request(session, open, parts, access, id, meta, call, framing)
                     .await
             }
             Incoming::Request { id, mut request } => {
@@ -199,6 +219,7 @@ impl Endpoint {
                         id,
                         meta: RequestMetaObject::default(),
                         parts,
+                        access: None,
                         cancel: CancellationToken::new(),
                         stream: None,
                     };
@@ -208,7 +229,7 @@ impl Endpoint {
                 }
                 let meta = std::mem::take(request.get_meta_mut());
                 let work = Work::Request(request);
-                self.request(session, open, parts, id, meta, work, framing)
+                self.request(session, open, parts, access, id, meta, work, framing)
                     .await
             }
             Incoming::Notification(ClientNotification::CancelledNotification(cancelled)) => {
@@ -239,6 +260,7 @@ impl Endpoint {
         session: Arc<Session>,
         open: Open,
         parts: Arc<Parts>,
+        access: Option<Arc<Access>>,
         id: RequestId,
         meta: RequestMetaObject,
         work: Work,
@@ -274,6 +296,7 @@ impl Endpoint {
             id,
             meta,
             parts,
+            access,
             cancel: cancel.clone(),
             stream,
         };
@@ -425,6 +448,28 @@ impl Endpoint {
                 .into_response()
         }
     }
+}
+
+/// The request's id and the tool, prompt or resource it names, if any.
+fn named(incoming: &Incoming) -> Option<(&RequestId, PolicyKind, &str)> {
+    let (id, request) = match incoming {
+        Incoming::Call { id, params } => return Some((id, PolicyKind::Tool, &params.name)),
+        Incoming::Request { id, request } => (id, request),
+        _ => return None,
+    };
+    let (kind, name) = match &**request {
+        ClientRequest::GetPromptRequest(r) => (PolicyKind::Prompt, r.params.name.as_str()),
+        ClientRequest::ReadResourceRequest(r) => (PolicyKind::Resource, r.params.uri.as_str()),
+        ClientRequest::SubscribeRequest(r) => (PolicyKind::Resource, r.params.uri.as_str()),
+        ClientRequest::UnsubscribeRequest(r) => (PolicyKind::Resource, r.params.uri.as_str()),
+        ClientRequest::CompleteRequest(r) => match &r.params.r#ref {
+            Reference::Prompt(prompt) => (PolicyKind::Prompt, prompt.name.as_str()),
+            Reference::Resource(resource) => (PolicyKind::Resource, resource.uri.as_str()),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some((id, kind, name))
 }
 
 /// What a request asks for.

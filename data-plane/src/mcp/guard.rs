@@ -5,13 +5,14 @@
 //! that is not a JSON-RPC 2.0 message (a batch, which MCP dropped, an `id`
 //! that is not a string or an integer) is an invalid request (-32600); and
 //! a request whose params do not parse is invalid params (-32602, with the
-//! request's id). `tools/call`, the hot path, is read without allocating:
-//! its params' shape is checked (rmcp would call the method unknown), and
-//! the whole message is read as a strict parser reads it (serde_json's
-//! 128-level nesting limit, escapes that decode, numbers in range), since
-//! its arguments go to the server as written and a server that cannot parse
-//! a line never answers it; they are kept as written. Every other message
-//! is read into rmcp's model types. The session, if any, is untouched.
+//! request's id). `tools/call`, the hot path, is read without parsing its
+//! arguments into a tree: its params' shape is checked, the arguments are
+//! kept as the client wrote them, and the whole message is read as a
+//! strict parser reads it (serde_json's 128-level nesting limit, escapes
+//! that decode, numbers in range), since the arguments go to the server as
+//! written and a server that cannot parse a line never answers it. Every
+//! other message is read into rmcp's model types. Sessions are the
+//! dispatch's business: nothing here touches one.
 //!
 //! It is also where draining (`drain.rs`) is enforced: once the replica
 //! drains, a new request or stream is refused with 503 while answers,

@@ -40,6 +40,7 @@ use crate::{
     clients::ToStream,
     downstream::{CallError, Origin, Request, Servers},
     observe::{Arrival, Observation, RequestInfo, Target},
+    policy::{Access, Kind},
     spec::{SessionMode, Transport},
     telemetry::Telemetry,
 };
@@ -60,6 +61,8 @@ pub struct Ctx {
     pub meta: RequestMetaObject,
     /// The HTTP request it came in (headers name the caller and trace).
     pub parts: Arc<Parts>,
+    /// What the client may use, if an access policy names it.
+    pub access: Option<Arc<Access>>,
     /// Cancelled when the client cancels the request or the session ends.
     pub cancel: CancellationToken,
     /// The request's own stream, if it has one (see `downstream/relay.rs`).
@@ -316,7 +319,26 @@ impl Methods {
     ) -> Bytes {
         let observation = self.observe(session, list.method(), None, None, ctx);
         let catalog = self.catalog.load();
-        let items = catalog.encoded(list).unwrap_or_default();
+        let all = catalog.encoded(list).unwrap_or_default();
+        // What an access policy hides is not listed: pages are of the rest.
+        let permitted: Vec<&RawValue>;
+        let items: Vec<&RawValue> = match &ctx.access {
+            None => all.iter().map(|item| &**item).collect(),
+            Some(access) => {
+                let kind = match list {
+                    List::Tools => Kind::Tool,
+                    List::Prompts => Kind::Prompt,
+                    List::Resources | List::ResourceTemplates => Kind::Resource,
+                };
+                permitted = all
+                    .iter()
+                    .zip(catalog.names(list))
+                    .filter(|(_, name)| access.permits(kind, name))
+                    .map(|(item, _)| &**item)
+                    .collect();
+                permitted
+            }
+        };
         let cursor = params.as_ref().and_then(|p| p.cursor.as_deref());
         let (range, next) = match page(items.len(), self.page_size, cursor) {
             Ok(page) => page,

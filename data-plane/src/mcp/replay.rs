@@ -1,6 +1,6 @@
-//! The events of a streamed direct answer, kept so a client that lost its
-//! connection can resume with `Last-Event-ID` (as rmcp's path allows): the
-//! call runs on without the connection, every event gets an id
+//! The events of a streamed answer, kept so a client that lost its
+//! connection can resume with `Last-Event-ID`: the request runs on
+//! without the connection, every event gets an id
 //! `sb-<stream>-<n>`, and a `GET` naming one replays what came after it,
 //! then follows the stream live until its answer. A finished stream is
 //! kept for [`KEEP_FINISHED`].

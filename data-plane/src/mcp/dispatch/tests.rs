@@ -44,7 +44,8 @@ fn endpoint(drain: &Drain) -> axum::Router {
         read_timeout: config.body_read_timeout,
         drain: drain.clone(),
     };
-    super::super::router(catalog, servers, &config, telemetry, stop)
+    let policies = crate::policy::Policies::default();
+    super::super::router(catalog, servers, policies, &config, telemetry, stop)
         .layer(axum::middleware::from_fn_with_state(state, guard::guard))
 }
 

@@ -1,0 +1,183 @@
+//! `McpAccessPolicy`: which tools, prompts and resources its subjects
+//! (`McpClient`s by name or group) may use. A subject that no `allow`
+//! matches may use everything not denied; once an `allow` matches it, only
+//! what is allowed; `deny` always wins. Names are the client-facing ones
+//! (`<namespace>.<tool>`), resources their client-facing URIs or URI
+//! templates; `*` in a pattern matches any run of characters.
+
+use serde::Deserialize;
+
+use super::{ValidationError, check_dns_label, client::Metadata};
+
+pub const KIND: &str = "McpAccessPolicy";
+
+/// Longest pattern accepted: a name or URI, not a document.
+const MAX_PATTERN_LEN: usize = 512;
+
+/// As written in a registry file.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct McpAccessPolicy {
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: PolicySpec,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    pub subjects: Subjects,
+    pub allow: Option<Rules>,
+    pub deny: Option<Rules>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Subjects {
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub clients: Vec<String>,
+}
+
+#[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    #[serde(default)]
+    pub resources: Vec<String>,
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidPolicy {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub clients: Vec<String>,
+    /// `None`: the policy allows nothing by itself.
+    pub allow: Option<Rules>,
+    pub deny: Rules,
+}
+
+impl McpAccessPolicy {
+    pub fn validate(self) -> Result<ValidPolicy, ValidationError> {
+        check_dns_label(&self.metadata.name)
+            .map_err(|reason| ValidationError::new("metadata.name", reason))?;
+        let Subjects { groups, clients } = self.spec.subjects;
+        if groups.is_empty() && clients.is_empty() {
+            return Err(ValidationError::new(
+                "spec.subjects",
+                "name at least one group or client the policy applies to",
+            ));
+        }
+        for (field, names) in [("groups", &groups), ("clients", &clients)] {
+            for (i, name) in names.iter().enumerate() {
+                check_dns_label(name).map_err(|reason| {
+                    ValidationError::new(format!("spec.subjects.{field}[{i}]"), reason)
+                })?;
+            }
+        }
+        if self.spec.allow.is_none() && self.spec.deny.is_none() {
+            return Err(ValidationError::new(
+                "spec",
+                "a policy needs `allow`, `deny` or both",
+            ));
+        }
+        for (key, rules) in [("allow", &self.spec.allow), ("deny", &self.spec.deny)] {
+            if let Some(rules) = rules {
+                check_rules(key, rules)?;
+            }
+        }
+        Ok(ValidPolicy {
+            name: self.metadata.name,
+            groups,
+            clients,
+            allow: self.spec.allow,
+            deny: self.spec.deny.unwrap_or_default(),
+        })
+    }
+}
+
+fn check_rules(key: &str, rules: &Rules) -> Result<(), ValidationError> {
+    let lists = [
+        ("tools", &rules.tools),
+        ("prompts", &rules.prompts),
+        ("resources", &rules.resources),
+    ];
+    for (list, patterns) in lists {
+        for (i, pattern) in patterns.iter().enumerate() {
+            let field = || format!("spec.{key}.{list}[{i}]");
+            if pattern.is_empty() {
+                return Err(ValidationError::new(field(), "a pattern may not be empty"));
+            }
+            if pattern.len() > MAX_PATTERN_LEN {
+                return Err(ValidationError::new(
+                    field(),
+                    format!("a pattern is at most {MAX_PATTERN_LEN} characters"),
+                ));
+            }
+            if pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ValidationError::new(
+                    field(),
+                    "names and URIs have no spaces or control characters",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(spec: &str) -> Result<ValidPolicy, ValidationError> {
+        let yaml = format!(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: dev-policy}}\nspec: {spec}"
+        );
+        serde_yaml::from_str::<McpAccessPolicy>(&yaml)
+            .expect("parses")
+            .validate()
+    }
+
+    #[test]
+    fn a_policy_names_its_subjects_and_what_it_allows_or_denies() {
+        let valid =
+            policy("{subjects: {groups: [dev]}, deny: {tools: ['utils.*']}}").expect("valid");
+        assert_eq!(valid.groups, ["dev"]);
+        assert_eq!(valid.allow, None);
+        assert_eq!(valid.deny.tools, ["utils.*"]);
+
+        let cases = [
+            ("{subjects: {}, deny: {tools: [x]}}", "spec.subjects"),
+            (
+                "{subjects: {clients: [Alice]}, deny: {tools: [x]}}",
+                "spec.subjects.clients[0]",
+            ),
+            ("{subjects: {groups: [dev]}}", "spec"),
+            (
+                "{subjects: {groups: [dev]}, allow: {prompts: ['']}}",
+                "spec.allow.prompts[0]",
+            ),
+            (
+                "{subjects: {groups: [dev]}, deny: {resources: ['a b']}}",
+                "spec.deny.resources[0]",
+            ),
+        ];
+        for (spec, field) in cases {
+            let refused = policy(spec).expect_err(spec);
+            assert_eq!(refused.field, field, "{spec}: {}", refused.reason);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let yaml = "apiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {name: p}\nspec: {subjects: {claims: {team: a}}, deny: {tools: [x]}}";
+        assert!(serde_yaml::from_str::<McpAccessPolicy>(yaml).is_err());
+    }
+}
