@@ -54,6 +54,9 @@ pub struct Config {
     pub trace_sample_ratio: f64,
     /// Log tool arguments and results at debug level.
     pub log_payloads: bool,
+    /// Serve MCP without authentication while no client is declared, even
+    /// beyond loopback.
+    pub allow_unauthenticated: bool,
 }
 
 /// A running replica.
@@ -117,7 +120,13 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     metrics.register_collector(status.clone());
     metrics.register_collector(drain.clone());
 
-    let callers = Callers::default();
+    let open_without_clients = config.listen.ip().is_loopback() || config.allow_unauthenticated;
+    if config.allow_unauthenticated && !config.listen.ip().is_loopback() {
+        warn!(listen = %config.listen, "serving MCP without authentication beyond loopback while no McpClient is declared (--allow-unauthenticated)");
+    } else if !open_without_clients {
+        info!(listen = %config.listen, "listening beyond loopback: MCP requests are refused until the registry declares an McpClient (or start with --allow-unauthenticated)");
+    }
+    let callers = Callers::new(open_without_clients);
     metrics.register_collector(callers.clone());
     let policies = Policies::default();
     metrics.register_collector(policies.clone());

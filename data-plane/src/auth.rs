@@ -4,7 +4,9 @@
 //! client's name is then the caller in logs, spans and metrics. Anyone else
 //! gets 401 with `WWW-Authenticate` pointing at the protected-resource
 //! metadata (RFC 9728), as MCP clients expect. With no client declared the
-//! gateway is open, as before.
+//! gateway is open only where that is safe: on loopback (the local quick
+//! start), or when told `--allow-unauthenticated`; listening anywhere else
+//! it refuses every MCP request until the registry declares a client.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -40,9 +42,11 @@ pub struct Identity {
 
 /// The clients of the current snapshot, by their token's digest; cheap to
 /// clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Callers {
     by_digest: Arc<RwLock<HashMap<[u8; 32], Identity>>>,
+    /// Anyone may call while no client is declared.
+    open_without_clients: bool,
     refused: Counter,
 }
 
@@ -56,6 +60,16 @@ pub struct Declared {
 // === impl Callers ===
 
 impl Callers {
+    /// No client yet; `open_without_clients` lets anyone in until there is
+    /// one.
+    pub fn new(open_without_clients: bool) -> Self {
+        Self {
+            by_digest: Arc::default(),
+            open_without_clients,
+            refused: Counter::default(),
+        }
+    }
+
     /// Replaces the clients; returns the names of those refused, with why.
     pub fn replace(&self, declared: Vec<Declared>) -> Vec<(String, String)> {
         let mut by_digest = HashMap::new();
@@ -79,7 +93,7 @@ impl Callers {
 
     /// Whether requests need a token.
     pub fn required(&self) -> bool {
-        !self.by_digest.read().is_empty()
+        !(self.open_without_clients && self.by_digest.read().is_empty())
     }
 
     fn identify(&self, token: &[u8]) -> Option<Identity> {
@@ -153,14 +167,18 @@ pub async fn authenticate(
                 path = request.uri().path(),
                 "refused an MCP request without a known token"
             );
-            unauthorized(request.headers(), presented)
+            let none_declared = callers.by_digest.read().is_empty();
+            unauthorized(request.headers(), presented, none_declared)
         }
     }
 }
 
 /// 401 with the header MCP clients read to find how to authenticate.
-fn unauthorized(headers: &HeaderMap, presented: bool) -> Response {
-    let message = if presented {
+fn unauthorized(headers: &HeaderMap, presented: bool, none_declared: bool) -> Response {
+    let message = if none_declared {
+        "this gateway listens beyond loopback and the registry declares no McpClient: \
+         declare clients, or start the gateway with --allow-unauthenticated"
+    } else if presented {
         "the bearer token is not one this gateway knows"
     } else {
         "this gateway needs `Authorization: Bearer <token>` (an McpClient's token)"
@@ -225,7 +243,11 @@ mod tests {
 
     #[test]
     fn a_token_identifies_its_client_only() {
-        let callers = Callers::default();
+        assert!(
+            Callers::new(false).required(),
+            "closed beyond loopback until a client is declared"
+        );
+        let callers = Callers::new(true);
         assert!(!callers.required(), "open until a client is declared");
         let refused = callers.replace(vec![
             declared("alice", "alice-token"),

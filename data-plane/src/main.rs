@@ -10,7 +10,7 @@ use data_plane::{
     bridge::{self, BridgeConfig},
     demo_server::{self, DemoOptions},
     downstream::Launcher,
-    mcp::McpConfig,
+    mcp::{McpConfig, limits::ClientLimits},
     redact,
 };
 use proto::auth::Token;
@@ -138,6 +138,23 @@ struct RunArgs {
     /// ones get 503 beyond.
     #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     max_sessions: u32,
+    /// Sessions one declared client may hold at once; beyond, its new ones
+    /// get 429.
+    #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_CLIENT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_sessions_per_client: u32,
+    /// Requests per second one declared client may make, on average
+    /// (token bucket); beyond, 429 with `Retry-After`. 0: no limit.
+    #[arg(long, env = "SWITCHBOARD_CLIENT_REQUESTS_PER_SECOND", default_value_t = 50.0, value_parser = request_rate)]
+    client_requests_per_second: f64,
+    /// Requests one declared client may make at once above its rate.
+    #[arg(long, env = "SWITCHBOARD_CLIENT_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    client_burst: u32,
+    /// Serve MCP without authentication while the registry declares no
+    /// McpClient even when listening beyond loopback (a warning is logged
+    /// at every start). Without it such a gateway refuses MCP requests
+    /// until a client is declared; on loopback it is open either way.
+    #[arg(long, env = "SWITCHBOARD_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
     /// Items per page of tools/list, prompts/list, resources/list and
     /// resources/templates/list (clients follow `nextCursor`).
     #[arg(long, env = "SWITCHBOARD_LIST_PAGE_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -276,6 +293,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     max_body_bytes: args.max_body_bytes,
                     body_read_timeout: Duration::from_secs_f64(args.body_read_timeout),
                     max_sessions: args.max_sessions as usize,
+                    limits: ClientLimits {
+                        sessions: args.max_sessions_per_client as usize,
+                        requests_per_second: args.client_requests_per_second,
+                        burst: args.client_burst,
+                    },
                     page_size: args.list_page_size as usize,
                     park_after: (args.park_idle_sessions_after > 0.0)
                         .then(|| Duration::from_secs_f64(args.park_idle_sessions_after)),
@@ -286,6 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 otlp_endpoint,
                 trace_sample_ratio: args.trace_sample_ratio,
                 log_payloads: args.log_payloads,
+                allow_unauthenticated: args.allow_unauthenticated,
             })
             .await?;
             stop.await;
@@ -309,6 +332,14 @@ fn park_after(text: &str) -> Result<f64, String> {
 
 fn read_timeout(text: &str) -> Result<f64, String> {
     number_in(text, 0.1..=3_600.0, "a number of seconds from 0.1 to 3600")
+}
+
+fn request_rate(text: &str) -> Result<f64, String> {
+    number_in(
+        text,
+        0.0..=1_000_000.0,
+        "a number of requests per second from 0 to 1000000",
+    )
 }
 
 fn sample_ratio(text: &str) -> Result<f64, String> {

@@ -11,6 +11,7 @@
 pub mod answer;
 pub mod dispatch;
 pub mod guard;
+pub mod limits;
 pub mod methods;
 mod replay;
 pub mod session;
@@ -32,7 +33,13 @@ use tracing::{Instrument, debug, info_span};
 use crate::{
     catalog::CatalogReader,
     downstream::{CallError, Servers},
-    mcp::{dispatch::Endpoint, methods::Methods, session::Sessions, sse::AllowedHosts},
+    mcp::{
+        dispatch::Endpoint,
+        limits::{ClientLimits, RateLimits},
+        methods::Methods,
+        session::Sessions,
+        sse::AllowedHosts,
+    },
     observe::Observation,
     policy::Policies,
     redact,
@@ -82,6 +89,8 @@ pub struct McpConfig {
     /// Client sessions held at most, in memory and parked together (new
     /// ones get 503 beyond), so a flood of sessions cannot exhaust memory.
     pub max_sessions: usize,
+    /// What one declared client may use of the gateway.
+    pub limits: ClientLimits,
     /// Items per page of `tools/list`, `prompts/list`, `resources/list`
     /// and `resources/templates/list`.
     pub page_size: usize,
@@ -179,8 +188,11 @@ pub fn router(
         config.park_after,
         SESSION_IDLE_TIMEOUT,
         config.max_sessions,
+        config.limits.sessions,
         servers.clone(),
     );
+    let rates = RateLimits::new(&config.limits);
+    telemetry.metrics.register_collector(rates.clone());
     sessions.spawn_sweeper(shutdown.clone());
     telemetry
         .metrics
@@ -202,6 +214,7 @@ pub fn router(
         },
         allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
         policies,
+        rates,
         metrics: telemetry.metrics.clone(),
         shutdown,
     });

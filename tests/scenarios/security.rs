@@ -870,3 +870,143 @@ async fn access_policies_hide_and_refuse_what_they_deny() {
         Some(1.0)
     );
 }
+
+/// A declared client is held to its requests per second (429 with
+/// `Retry-After`) and its number of sessions (429); other clients, and
+/// what concerns work already in flight, are not held back.
+#[tokio::test]
+async fn clients_are_held_to_their_rate_and_their_sessions() {
+    let marker = format!("limits-{}", std::process::id());
+    let clients = format!(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: bob}}\nspec: {{token: {{sha256: {}}}}}\n",
+        digest("alice-token-0123456789"),
+        digest("bob-token-0123456789")
+    );
+    // One token every 10 s: nothing refills while the test runs.
+    let limits = [
+        "--client-requests-per-second",
+        "0.1",
+        "--client-burst",
+        "3",
+        "--max-sessions-per-client",
+        "2",
+    ];
+    let sb = Switchboard::start_with(
+        &[
+            ("d.yaml", &demo_server_yaml("d", &marker, &[])),
+            ("clients.yaml", &clients),
+        ],
+        &[],
+        &limits,
+    )
+    .await;
+    sb.wait_server_state("d", "ready").await;
+    let http = reqwest::Client::new();
+    let alice = Authed::open(&http, sb.mcp_url(), "alice-token-0123456789").await;
+    Authed::open(&http, sb.mcp_url(), "alice-token-0123456789").await;
+
+    let third = e2e::initialize_post(&http, &sb.mcp_url(), json!(3))
+        .bearer_auth("alice-token-0123456789")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(third.status(), 429);
+    let refused: serde_json::Value = third.json().await.expect("a JSON-RPC error");
+    assert_eq!(refused["id"], 3, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("limit of 2 sessions"), "{refused}");
+
+    // Three requests made: the burst is spent.
+    let (status, refused) = alice.rpc("ping", json!({})).await;
+    assert_eq!(status, 429, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("requests per second"), "{refused}");
+    let response = http
+        .post(sb.mcp_url())
+        .bearer_auth("alice-token-0123456789")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &alice.session)
+        .json(&json!({ "jsonrpc": "2.0", "id": 4, "method": "ping" }))
+        .send()
+        .await
+        .expect("an answer");
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=10).contains(&retry_after), "{retry_after}");
+    // A cancel concerns work in flight: never held back.
+    let cancel = http
+        .post(sb.mcp_url())
+        .bearer_auth("alice-token-0123456789")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &alice.session)
+        .json(&json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": 1 } }))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(cancel.status(), 202);
+
+    let bob = Authed::open(&http, sb.mcp_url(), "bob-token-0123456789").await;
+    let (status, answer) = bob.rpc("ping", json!({})).await;
+    assert_eq!(
+        (status, &answer["result"]),
+        (200, &json!({})),
+        "bob has his own bucket"
+    );
+
+    let metrics = sb.gateway_metrics().await;
+    assert_eq!(
+        metric(&metrics, "switchboard_rate_limited_total", &[]),
+        Some(2.0),
+        "{metrics}"
+    );
+    let refusals = [("reason", "client_limit")];
+    assert_eq!(
+        metric(&metrics, "switchboard_session_refusals_total", &refusals),
+        Some(1.0)
+    );
+}
+
+/// A gateway listening beyond loopback with no client declared refuses MCP
+/// requests, saying how to open it, unless started with
+/// `--allow-unauthenticated` (which it warns about).
+#[tokio::test]
+async fn beyond_loopback_the_gateway_is_closed_until_it_has_clients() {
+    let marker = format!("wide-{}", std::process::id());
+    let sb = Switchboard::start(&[("d.yaml", &demo_server_yaml("d", &marker, &[]))]).await;
+    sb.wait_server_state("d", "ready").await;
+    let http = reqwest::Client::new();
+    let wide = |port: u16| std::net::SocketAddr::from(([0, 0, 0, 0], port));
+    let closed_port = free_addr().port();
+    let _closed = sb.spawn_replica_with(wide(closed_port), "wide-closed", &[]);
+    let open_port = free_addr().port();
+    let open = sb.spawn_replica_with(wide(open_port), "wide-open", &["--allow-unauthenticated"]);
+    for port in [closed_port, open_port] {
+        e2e::wait_listening("a gateway beyond loopback", ([127, 0, 0, 1], port).into()).await;
+    }
+    let initialize = |port: u16| {
+        e2e::initialize_post(&http, &format!("http://127.0.0.1:{port}/mcp"), json!(1)).send()
+    };
+    let refused = initialize(closed_port).await.expect("an answer");
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().contains_key("www-authenticate"));
+    let body: serde_json::Value = refused.json().await.expect("a JSON-RPC error");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--allow-unauthenticated"), "{body}");
+
+    let answered = eventually("the open gateway's first snapshot", EVENTUALLY, || async {
+        let response = initialize(open_port).await.map_err(|e| e.to_string())?;
+        (response.status() == 200)
+            .then_some(())
+            .ok_or(response.status().to_string())
+    });
+    answered.await;
+    assert!(
+        open.log()
+            .contains("without authentication beyond loopback"),
+        "{}",
+        open.log()
+    );
+}

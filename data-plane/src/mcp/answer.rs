@@ -25,8 +25,9 @@ pub struct Refusal {
     pub message: String,
     /// The refused request's id, when it had one to answer.
     pub id: Option<Box<RawValue>>,
-    /// The methods allowed, for a 405.
-    allow: Option<&'static str>,
+    /// A header the status calls for (`Allow` for 405, `Retry-After` for
+    /// 429).
+    header: Option<Box<(header::HeaderName, http::HeaderValue)>>,
 }
 
 impl Refusal {
@@ -36,7 +37,7 @@ impl Refusal {
             code,
             message: message.into(),
             id: None,
-            allow: None,
+            header: None,
         }
     }
 
@@ -115,8 +116,38 @@ impl Refusal {
             INVALID_REQUEST,
             format!("method not allowed: use {allow}"),
         );
-        refusal.allow = Some(allow);
+        refusal.header = Some(Box::new((
+            header::ALLOW,
+            http::HeaderValue::from_static(allow),
+        )));
         refusal
+    }
+
+    /// A client over its requests per second; `retry_after` is when a
+    /// request would be let in.
+    pub fn rate_limited(client: &str, rate: f64, retry_after: std::time::Duration) -> Self {
+        let seconds = retry_after.as_secs_f64().ceil().max(1.0);
+        let mut refusal = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            SERVER_ERROR,
+            format!(
+                "client `{client}` is over its limit of {rate} requests per second: retry in {seconds} s"
+            ),
+        );
+        let seconds = http::HeaderValue::from(seconds as u64);
+        refusal.header = Some(Box::new((header::RETRY_AFTER, seconds)));
+        refusal
+    }
+
+    /// A new session of a client that holds as many as one client may.
+    pub fn too_many_client_sessions(client: &str, max: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            SERVER_ERROR,
+            format!(
+                "client `{client}` holds its limit of {max} sessions: end sessions it no longer uses (DELETE)"
+            ),
+        )
     }
 
     /// A `Host` or `Origin` this gateway does not serve.
@@ -159,10 +190,9 @@ impl IntoResponse for Refusal {
         let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#);
         let content_type = [(header::CONTENT_TYPE, "application/json")];
         let mut response = (self.status, content_type, body).into_response();
-        if let Some(allow) = self.allow {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+        if let Some(header) = self.header {
+            let (name, value) = *header;
+            response.headers_mut().insert(name, value);
         }
         response
     }

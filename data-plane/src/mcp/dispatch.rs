@@ -43,6 +43,7 @@ use super::{
 use crate::{
     auth::Identity,
     clients::ToStream,
+    mcp::limits::RateLimits,
     policy::{Access, Kind as PolicyKind, Policies},
     telemetry::metrics::Metrics,
 };
@@ -63,6 +64,8 @@ pub struct Endpoint {
     pub allowed_hosts: AllowedHosts,
     /// What each authenticated client may use.
     pub policies: Policies,
+    /// Each authenticated client's requests per second.
+    pub rates: RateLimits,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the replica stops serving: streams end.
     pub shutdown: CancellationToken,
@@ -110,6 +113,9 @@ impl Endpoint {
         let Some(incoming) = parts.extensions.remove::<Incoming>() else {
             return Refusal::invalid_request("no JSON-RPC message in the body").into_response();
         };
+        if let Err(refused) = self.admit(&parts, &incoming) {
+            return refused.into_response();
+        }
         if let Incoming::Request { id, request } = &incoming
             && matches!(**request, ClientRequest::DiscoverRequest(_))
         {
@@ -145,6 +151,21 @@ impl Endpoint {
         };
         self.receive(session, open, Arc::new(parts), incoming, Framing::Response)
             .await
+    }
+
+    /// Holds an authenticated client to its requests per second; what
+    /// concerns work in flight (cancels, answers) always gets in.
+    pub fn admit(&self, parts: &Parts, incoming: &Incoming) -> Result<(), Refusal> {
+        let (Incoming::Call { id, .. } | Incoming::Request { id, .. }) = incoming else {
+            return Ok(());
+        };
+        let Some(identity) = parts.extensions.get::<Identity>() else {
+            return Ok(());
+        };
+        self.rates.take(&identity.name).map_err(|retry_after| {
+            debug!(client = %identity.name, ?retry_after, "refused a request: over the client's rate");
+            Refusal::rate_limited(&identity.name, self.rates.rate(), retry_after).answering(id)
+        })
     }
 
     /// A new session's handshake, answered with its id.

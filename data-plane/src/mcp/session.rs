@@ -73,6 +73,8 @@ pub struct Sessions {
     /// Sessions idle this long are forgotten.
     expire_after: Duration,
     max_sessions: usize,
+    /// Sessions one authenticated client may hold.
+    max_per_client: usize,
     servers: Servers,
     parks: Counter,
     restores: Counter,
@@ -80,6 +82,8 @@ pub struct Sessions {
     refused_full: Counter,
     /// Ids presented by a client other than the one that opened them.
     refused_other_client: Counter,
+    /// New sessions refused: their client held its limit.
+    refused_client_limit: Counter,
 }
 
 /// How a session is reached.
@@ -185,6 +189,7 @@ impl Sessions {
         park_after: Option<Duration>,
         expire_after: Duration,
         max_sessions: usize,
+        max_per_client: usize,
         servers: Servers,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -193,11 +198,13 @@ impl Sessions {
             park_after,
             expire_after,
             max_sessions,
+            max_per_client,
             servers,
             parks: Counter::default(),
             restores: Counter::default(),
             refused_full: Counter::default(),
             refused_other_client: Counter::default(),
+            refused_client_limit: Counter::default(),
         })
     }
 
@@ -218,6 +225,20 @@ impl Sessions {
                 "refused a new session: at the limit"
             );
             return Err(Refusal::too_many_sessions(self.max_sessions));
+        }
+        if let Some(owner) = &owner {
+            let held = rows
+                .values()
+                .filter(|row| row.owner.as_ref() == Some(owner))
+                .count();
+            if held >= self.max_per_client {
+                self.refused_client_limit.inc();
+                debug!(client = %owner, max = self.max_per_client, "refused a new session: the client holds its limit");
+                return Err(Refusal::too_many_client_sessions(
+                    owner,
+                    self.max_per_client,
+                ));
+            }
         }
         let id = Uuid::new_v4();
         let session = Session::new(id, kind, handshake.clone(), None, self.servers.clone());
@@ -308,6 +329,10 @@ impl Sessions {
             match rows.get(&uuid) {
                 Some(row) if row.kind == kind && row.owner.as_deref() == caller => {
                     rows.remove(&uuid)
+                }
+                Some(row) if row.kind == kind => {
+                    self.refused_other_client.inc();
+                    None
                 }
                 _ => None,
             }
@@ -467,12 +492,13 @@ impl Collector for SessionGauges {
         }
         let mut refusals = encoder.encode_descriptor(
             "session_refusals",
-            "Session requests refused, by reason (limit: the table was full; other_client: an id presented by a client other than its owner)",
+            "Session requests refused, by reason (limit: the table was full; client_limit: the client held its limit; other_client: an id presented by a client other than its owner)",
             None,
             MetricType::Counter,
         )?;
         for (reason, counter) in [
             ("limit", &sessions.refused_full),
+            ("client_limit", &sessions.refused_client_limit),
             ("other_client", &sessions.refused_other_client),
         ] {
             counter.encode(refusals.encode_family(&ReasonLabel { reason })?)?;

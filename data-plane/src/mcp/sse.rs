@@ -119,6 +119,9 @@ async fn message(
     let Some(incoming) = parts.extensions.remove::<Incoming>() else {
         return Refusal::invalid_request("no JSON-RPC message in the body").into_response();
     };
+    if let Err(refused) = endpoint.admit(&parts, &incoming) {
+        return refused.into_response();
+    }
     endpoint
         .receive(session, open, Arc::new(parts), incoming, Framing::OwnStream)
         .await

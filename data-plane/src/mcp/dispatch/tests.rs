@@ -36,6 +36,11 @@ fn endpoint(drain: &Drain) -> axum::Router {
         max_body_bytes: 4096,
         body_read_timeout: Duration::from_secs(5),
         max_sessions: 2,
+        limits: crate::mcp::limits::ClientLimits {
+            sessions: 2,
+            requests_per_second: 50.0,
+            burst: 100,
+        },
         page_size: 10,
         park_after: None,
     };

@@ -28,7 +28,7 @@ fn table(max_sessions: usize) -> Arc<Sessions> {
         telemetry,
         Drain::default(),
     );
-    Sessions::new(Some(PARK_AFTER), EXPIRE_AFTER, max_sessions, servers)
+    Sessions::new(Some(PARK_AFTER), EXPIRE_AFTER, max_sessions, 2, servers)
 }
 
 fn handshake(client: &str) -> InitializeRequestParams {
@@ -195,6 +195,32 @@ async fn the_table_refuses_sessions_beyond_its_limit() {
     assert_eq!(sessions.refused_full.get(), 1);
     assert!(sessions.end(&first.id.to_string(), Kind::Streamable, None));
     assert!(sessions.create(Kind::Streamable, None, None).is_ok());
+}
+
+#[tokio::test]
+async fn a_client_holds_at_most_its_share_of_sessions() {
+    let sessions = table(16);
+    let alice: Arc<str> = "alice".into();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let session = sessions
+            .create(Kind::Streamable, None, Some(alice.clone()))
+            .expect("within the client's limit");
+        held.push(session.id.to_string());
+    }
+    let Err(refused) = sessions.create(Kind::Legacy, None, Some(alice.clone())) else {
+        panic!("alice holds her limit");
+    };
+    assert_eq!(refused.status, http::StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.message.contains("`alice`"), "{}", refused.message);
+    assert_eq!(sessions.refused_client_limit.get(), 1);
+    let bob: Arc<str> = "bob".into();
+    assert!(
+        sessions.create(Kind::Streamable, None, Some(bob)).is_ok(),
+        "others are not held back"
+    );
+    assert!(sessions.end(&held[0], Kind::Streamable, Some("alice")));
+    assert!(sessions.create(Kind::Streamable, None, Some(alice)).is_ok());
 }
 
 #[tokio::test]
