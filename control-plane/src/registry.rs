@@ -528,6 +528,12 @@ status:
             "rename",
             "prompts",
             "unknown",
+            "subjects",
+            "groups",
+            "clients",
+            "allow",
+            "deny",
+            "resources",
         ];
 
         fn value() -> impl Strategy<Value = Value> {
@@ -567,6 +573,29 @@ status:
                         }
                         Err((_, _, message)) => prop_assert!(!message.is_empty()),
                     }
+                }
+            }
+
+            /// Any access policy spec: a policy with subjects and rules, or
+            /// a reason naming a field, never a panic.
+            #[test]
+            fn any_access_policy_parses_or_says_why(spec in value()) {
+                let document = serde_json::json!({
+                    "apiVersion": API_VERSION, "kind": policy::KIND,
+                    "metadata": { "name": "p" }, "spec": spec,
+                });
+                let document: serde_yaml::Value =
+                    serde_yaml::to_value(&document).expect("JSON is YAML");
+                match parse_document(document, UnknownFields::Refuse) {
+                    Ok(Document::Policy(policy)) => {
+                        prop_assert!(!(policy.groups.is_empty() && policy.clients.is_empty()));
+                        let rules = policy.allow.iter().chain([&policy.deny]);
+                        for pattern in rules.flat_map(|r| r.tools.iter().chain(&r.prompts).chain(&r.resources)) {
+                            prop_assert!(!pattern.is_empty());
+                        }
+                    }
+                    Ok(_) => prop_assert!(false, "an McpAccessPolicy parses as one"),
+                    Err((_, _, message)) => prop_assert!(!message.is_empty()),
                 }
             }
         }

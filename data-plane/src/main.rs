@@ -149,6 +149,12 @@ struct RunArgs {
     /// Requests one declared client may make at once above its rate.
     #[arg(long, env = "SWITCHBOARD_CLIENT_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     client_burst: u32,
+    /// Give each stdio server a HOME and a TMPDIR of its own under this
+    /// directory (`<dir>/<server>/home`, `…/tmp`, mode 0700), so servers
+    /// sharing the gateway do not share caches, credentials or temp files;
+    /// unset, they inherit the gateway's. A server's own `env` wins.
+    #[arg(long, env = "SWITCHBOARD_SERVER_HOME")]
+    server_home: Option<PathBuf>,
     /// Serve MCP without authentication while the registry declares no
     /// McpClient even when listening beyond loopback (a warning is logged
     /// at every start). Without it such a gateway refuses MCP requests
@@ -304,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 launcher: Launcher {
                     shim: Some(std::env::current_exe().context("locating switchboard-gateway")?),
+                    server_homes: args.server_home,
                 },
                 otlp_endpoint,
                 trace_sample_ratio: args.trace_sample_ratio,

@@ -1010,3 +1010,58 @@ async fn beyond_loopback_the_gateway_is_closed_until_it_has_clients() {
         open.log()
     );
 }
+
+/// With `--server-home`, each stdio server gets a HOME and a TMPDIR of its
+/// own (mode 0700): servers sharing a gateway share no caches or
+/// credentials by default; a server's own `env` still wins.
+#[tokio::test]
+async fn stdio_servers_get_a_home_and_a_tmpdir_of_their_own() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let homes = tempfile::tempdir().expect("tempdir");
+    let root = homes.path().to_string_lossy().into_owned();
+    let marker = format!("homes-{}", std::process::id());
+    let sb = Switchboard::start_with(
+        &[
+            ("a.yaml", &demo_server_yaml("a", &marker, &[])),
+            ("b.yaml", &demo_server_yaml("b", &marker, &[])),
+            (
+                "c.yaml",
+                &demo_server_yaml("c", &marker, &[("HOME", "/nonexistent/own")]),
+            ),
+        ],
+        &[],
+        &["--server-home", &root],
+    )
+    .await;
+    for server in ["a", "b", "c"] {
+        sb.wait_server_state(server, "ready").await;
+    }
+    let client = connect(&sb.mcp_url()).await.expect("connect");
+    let env = async |tool: &str, name: &str| {
+        let result = call(&client, tool, json!({ "name": name }))
+            .await
+            .expect("env");
+        result.structured_content.unwrap_or_default()["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for server in ["a", "b"] {
+        let tool = format!("{server}.env");
+        assert_eq!(env(&tool, "HOME").await, format!("{root}/{server}/home"));
+        assert_eq!(env(&tool, "TMPDIR").await, format!("{root}/{server}/tmp"));
+        let mode = std::fs::metadata(homes.path().join(server))
+            .expect("the server's directory")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{server}: {mode:o}");
+    }
+    assert_eq!(
+        env("c.env", "HOME").await,
+        "/nonexistent/own",
+        "its own env wins"
+    );
+    assert_eq!(env("c.env", "TMPDIR").await, format!("{root}/c/tmp"));
+    client.cancel().await.expect("close");
+}

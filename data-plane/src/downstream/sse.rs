@@ -92,7 +92,7 @@ impl SseConnection {
             *launched = None;
         }
         if let (None, Some(launch)) = (launched.as_ref(), &spec.launch) {
-            *launched = Some(Launched::start(server, launch, launcher)?);
+            *launched = Some(Launched::start(server, launch, launcher).await?);
         }
         let opened = tokio::time::timeout_at(
             deadline,

@@ -9,7 +9,7 @@
 //! servers reached over the network that the gateway starts itself.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
@@ -55,6 +55,11 @@ pub struct Launcher {
     /// The `switchboard-gateway` binary to run `stdio-shim` from; `None`
     /// starts servers directly (no protection if the gateway is killed).
     pub shim: Option<PathBuf>,
+    /// Where each server gets a HOME and a TMPDIR of its own
+    /// (`<dir>/<server>/home`, `…/tmp`), so servers sharing a gateway do not
+    /// share caches, credentials or temp files; `None` inherits the
+    /// gateway's.
+    pub server_homes: Option<PathBuf>,
 }
 
 /// A running, initialised stdio server.
@@ -78,7 +83,11 @@ impl StdioConnection {
         client: DownstreamClient,
         timeout: Duration,
     ) -> Result<Self, Error> {
-        let mut child = spawn(spec, launcher, Stdio::piped())?;
+        let own_dirs = match &launcher.server_homes {
+            Some(root) => Some(own_dirs(root, server).await?),
+            None => None,
+        };
+        let mut child = spawn(spec, launcher, own_dirs.as_ref(), Stdio::piped())?;
         info!(pid = child.id(), command = %spec.command, "server process started");
         let (Some(stdin), Some(stdout), Some(stderr)) = (
             child.stdin().take(),
@@ -150,8 +159,12 @@ pub struct Launched {
 
 impl Launched {
     /// Starts the process; its stdout and stderr go to the log.
-    pub fn start(server: &str, spec: &StdioSpec, launcher: &Launcher) -> Result<Self, Error> {
-        let mut child = spawn(spec, launcher, Stdio::null())?;
+    pub async fn start(server: &str, spec: &StdioSpec, launcher: &Launcher) -> Result<Self, Error> {
+        let own_dirs = match &launcher.server_homes {
+            Some(root) => Some(own_dirs(root, server).await?),
+            None => None,
+        };
+        let mut child = spawn(spec, launcher, own_dirs.as_ref(), Stdio::null())?;
         info!(pid = child.id(), command = %spec.command, "server process started");
         let (Some(stdout), Some(stderr)) = (child.stdout().take(), child.stderr().take()) else {
             return Err(Error::Protocol("child output was not piped".into()));
@@ -255,7 +268,38 @@ async fn terminate(child: &mut ProcessTree) {
     kill(child).await;
 }
 
-fn spawn(spec: &StdioSpec, launcher: &Launcher, stdin: Stdio) -> Result<ProcessTree, Error> {
+/// A server's own HOME and TMPDIR.
+struct OwnDirs {
+    home: PathBuf,
+    tmp: PathBuf,
+}
+
+/// Creates (if need be) `server`'s own HOME and TMPDIR under `root`,
+/// readable by the gateway's user alone.
+async fn own_dirs(root: &Path, server: &str) -> Result<OwnDirs, Error> {
+    // A cluster server's identity is `<namespace>/<name>`: one directory.
+    let dir = root.join(server.replace('/', "_"));
+    let dirs = OwnDirs {
+        home: dir.join("home"),
+        tmp: dir.join("tmp"),
+    };
+    for path in [&dir, &dirs.home, &dirs.tmp] {
+        let mut builder = tokio::fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        builder.create(path).await.map_err(|source| Error::Spawn {
+            command: format!("(creating {})", path.display()),
+            source,
+        })?;
+    }
+    Ok(dirs)
+}
+
+fn spawn(
+    spec: &StdioSpec,
+    launcher: &Launcher,
+    own_dirs: Option<&OwnDirs>,
+    stdin: Stdio,
+) -> Result<ProcessTree, Error> {
     let mut command = match &launcher.shim {
         Some(shim) => {
             let mut command = tokio::process::Command::new(shim);
@@ -269,14 +313,16 @@ fn spawn(spec: &StdioSpec, launcher: &Launcher, stdin: Stdio) -> Result<ProcessT
         }
         None => tokio::process::Command::new(&spec.command),
     };
+    command.args(&spec.args).env_clear().envs(
+        INHERITED_ENV
+            .iter()
+            .filter_map(|k| Some((k, std::env::var_os(k)?))),
+    );
+    if let Some(dirs) = own_dirs {
+        // The spec's own env still has the last word.
+        command.env("HOME", &dirs.home).env("TMPDIR", &dirs.tmp);
+    }
     command
-        .args(&spec.args)
-        .env_clear()
-        .envs(
-            INHERITED_ENV
-                .iter()
-                .filter_map(|k| Some((k, std::env::var_os(k)?))),
-        )
         .envs(&spec.env)
         .stdin(stdin)
         .stdout(Stdio::piped())
