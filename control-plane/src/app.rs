@@ -3,8 +3,8 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc};
 
-use anyhow::{Context, bail};
-use proto::config as pb;
+use anyhow::Context;
+use proto::{auth::OpenPort, config as pb};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -74,14 +74,6 @@ pub struct Bound {
     tasks: JoinSet<()>,
 }
 
-/// What a port without a token would give away, for the refusal.
-struct OpenPort {
-    serves: &'static str,
-    token: &'static str,
-    exposes: &'static str,
-    flags: &'static str,
-}
-
 /// A port beyond loopback needs its token, unless the operator says the
 /// network alone keeps others out (then it says so at every start).
 fn guard_open_port(
@@ -90,21 +82,12 @@ fn guard_open_port(
     allowed: bool,
     port: OpenPort,
 ) -> anyhow::Result<()> {
-    if has_token || listen.ip().is_loopback() {
-        return Ok(());
+    if port
+        .check(listen, has_token, allowed)
+        .map_err(anyhow::Error::msg)?
+    {
+        warn!(%listen, "serving {} without {}: the network alone keeps others out", port.serves, port.token);
     }
-    let OpenPort {
-        serves,
-        token,
-        exposes,
-        flags,
-    } = port;
-    if !allowed {
-        bail!(
-            "refusing to serve {serves} on {listen} without {token}: anyone who reaches it would see {exposes} (set {flags} where the network alone keeps others out)"
-        );
-    }
-    warn!(%listen, "serving {serves} without {token}: the network alone keeps others out");
     Ok(())
 }
 

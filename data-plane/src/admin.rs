@@ -1,18 +1,29 @@
-//! Health endpoints served next to `/mcp`: `/healthz` (liveness plus a
-//! JSON view of the config and every server) and `/readyz` (ready once the
-//! first snapshot is applied, servers joining later on their own, and not
-//! ready again once the replica drains), plus Prometheus `/metrics`.
+//! Health endpoints served next to `/mcp`: `/livez` (the process answers),
+//! `/readyz` (ready once the first snapshot is applied, servers joining
+//! later on their own, and not ready again once the replica drains), the
+//! detailed `/healthz` (a JSON view of the config and every server, behind
+//! the admin token when one is set: it names servers, hosts and errors),
+//! plus Prometheus `/metrics` (scrapeable; the network decides who).
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Request, State},
     http::{StatusCode, header},
-    response::IntoResponse,
+    middleware::Next,
+    response::{IntoResponse, Response},
     routing::get,
 };
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::counter::Counter,
+};
+use proto::auth::{BEARER_PREFIX, Token};
 use serde::Serialize;
+use serde_json::json;
+use tracing::debug;
 
 use crate::{
     catalog::{CatalogReader, Collision},
@@ -21,6 +32,14 @@ use crate::{
     telemetry::{Metrics, metrics::OPENMETRICS_CONTENT_TYPE},
     xds::{ConfigStatus, unix_millis},
 };
+
+/// Who may read the detailed health: holders of the admin token, or
+/// anyone when there is none. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct AdminGate {
+    token: Option<Token>,
+    refused: Counter,
+}
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -78,12 +97,80 @@ struct ServerHealth {
     in_flight: u32,
 }
 
-pub fn router(state: AdminState) -> Router {
-    Router::new()
+pub fn router(state: AdminState, gate: AdminGate) -> Router {
+    let detailed = Router::new()
         .route("/healthz", get(healthz))
+        .layer(axum::middleware::from_fn_with_state(gate, operators_only));
+    Router::new()
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(detailed)
         .with_state(state)
+}
+
+// === impl AdminGate ===
+
+impl AdminGate {
+    pub fn new(token: Option<Token>) -> Self {
+        Self {
+            token,
+            refused: Counter::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminGate")
+    }
+}
+
+impl Collector for AdminGate {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.refused.encode(encoder.encode_descriptor(
+            "admin_auth_failures",
+            "Requests for the detailed /healthz refused for a missing or wrong admin token",
+            None,
+            self.refused.metric_type(),
+        )?)
+    }
+}
+
+/// 401 unless the admin token comes along (when there is one).
+async fn operators_only(State(gate): State<AdminGate>, request: Request, next: Next) -> Response {
+    let Some(token) = &gate.token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(BEARER_PREFIX.as_bytes()));
+    if presented.is_some_and(|p| token.matches(p)) {
+        return next.run(request).await;
+    }
+    gate.refused.inc();
+    debug!(
+        path = request.uri().path(),
+        token_sent = presented.is_some(),
+        "refused a detailed health request without the admin token"
+    );
+    let body = json!({
+        "error": "the detailed health needs the gateway's admin token: `authorization: Bearer <token>`; /livez and /readyz need none"
+    });
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            r#"Bearer realm="switchboard-gateway""#,
+        )],
+        Json(body),
+    )
+        .into_response()
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
 }
 
 async fn healthz(State(state): State<AdminState>) -> Json<Health> {

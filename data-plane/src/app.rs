@@ -7,13 +7,13 @@ use tokio::time::Instant;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use proto::auth::Token;
+use proto::auth::{OpenPort, Token};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    admin::{self, AdminState},
+    admin::{self, AdminGate, AdminState},
     auth::{self, Callers},
     catalog,
     downstream::{Launcher, Servers, gauges::ServerGauges},
@@ -57,6 +57,11 @@ pub struct Config {
     /// Serve MCP without authentication while no client is declared, even
     /// beyond loopback.
     pub allow_unauthenticated: bool,
+    /// What detailed `/healthz` callers must present; `None` lets anyone
+    /// read it.
+    pub admin_token: Option<Token>,
+    /// Serve the detailed `/healthz` beyond loopback without an admin token.
+    pub allow_unauthenticated_api: bool,
 }
 
 /// A running replica.
@@ -76,6 +81,23 @@ pub struct Bound {
 /// the HTTP server closes; only then do servers, the config stream and the
 /// span exporter stop, so nothing a drained call needs goes first.
 pub async fn run(config: Config) -> anyhow::Result<Bound> {
+    let detailed_health = OpenPort {
+        serves: "the detailed /healthz",
+        token: "an admin token",
+        exposes: "every server's state, hosts and errors",
+        flags: "--admin-token-file or SWITCHBOARD_ADMIN_TOKEN, or --allow-unauthenticated-api",
+    };
+    let open = detailed_health
+        .check(
+            config.listen,
+            config.admin_token.is_some(),
+            config.allow_unauthenticated_api,
+        )
+        .map_err(anyhow::Error::msg)?;
+    if open {
+        warn!(listen = %config.listen, "serving the detailed /healthz without an admin token: the network alone keeps others out");
+    }
+    let admin_gate = AdminGate::new(config.admin_token.clone());
     let shutdown = CancellationToken::new();
     let force = CancellationToken::new();
     let stop_http = CancellationToken::new();
@@ -127,6 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         info!(listen = %config.listen, "listening beyond loopback: MCP requests are refused until the registry declares an McpClient (or start with --allow-unauthenticated)");
     }
     let callers = Callers::new(open_without_clients);
+    metrics.register_collector(admin_gate.clone());
     metrics.register_collector(callers.clone());
     let policies = Policies::default();
     metrics.register_collector(policies.clone());
@@ -165,14 +188,17 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         auth::authenticate,
     ))
     .merge(auth::router())
-    .merge(admin::router(AdminState {
-        replica_id: config.replica_id.clone(),
-        servers: servers.clone(),
-        config: status,
-        metrics,
-        catalog,
-        drain: drain.clone(),
-    }));
+    .merge(admin::router(
+        AdminState {
+            replica_id: config.replica_id.clone(),
+            servers: servers.clone(),
+            config: status,
+            metrics,
+            catalog,
+            drain: drain.clone(),
+        },
+        admin_gate,
+    ));
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the MCP listener on {}", config.listen))?;

@@ -149,6 +149,16 @@ struct RunArgs {
     /// Requests one declared client may make at once above its rate.
     #[arg(long, env = "SWITCHBOARD_CLIENT_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     client_burst: u32,
+    /// File holding the admin token the detailed `/healthz` needs (the
+    /// value itself can come in `SWITCHBOARD_ADMIN_TOKEN`); without one it
+    /// is open, which beyond loopback needs --allow-unauthenticated-api.
+    /// `/livez`, `/readyz` and `/metrics` never need it.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Serve the detailed `/healthz` beyond loopback without an admin
+    /// token (a warning is logged at every start).
+    #[arg(long, env = "SWITCHBOARD_ALLOW_UNAUTHENTICATED_API")]
+    allow_unauthenticated_api: bool,
     /// Give each stdio server a HOME and a TMPDIR of its own under this
     /// directory (`<dir>/<server>/home`, `…/tmp`, mode 0700), so servers
     /// sharing the gateway do not share caches, credentials or temp files;
@@ -289,6 +299,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 args.control_plane_token_file.as_deref(),
                 "SWITCHBOARD_CONTROL_PLANE_TOKEN",
             )?;
+            let admin_token = Token::from_file_or_env(
+                args.admin_token_file.as_deref(),
+                "SWITCHBOARD_ADMIN_TOKEN",
+            )?;
             let bound = app::run(app::Config {
                 listen: args.listen,
                 control_plane: args.control_plane,
@@ -316,6 +330,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 trace_sample_ratio: args.trace_sample_ratio,
                 log_payloads: args.log_payloads,
                 allow_unauthenticated: args.allow_unauthenticated,
+                admin_token,
+                allow_unauthenticated_api: args.allow_unauthenticated_api,
             })
             .await?;
             stop.await;

@@ -58,7 +58,7 @@ pub mod auth {
     //! as gRPC metadata from replicas (`authorization: Bearer <token>`) and
     //! as the same HTTP header from operators on its API.
 
-    use std::{fmt, io::Read, path::Path, sync::Arc};
+    use std::{fmt, io::Read, net::SocketAddr, path::Path, sync::Arc};
 
     pub const METADATA_KEY: &str = "authorization";
     pub const BEARER_PREFIX: &str = "Bearer ";
@@ -84,6 +84,43 @@ pub mod auth {
         Random(std::io::Error),
         #[error("a token may hold only visible ASCII characters")]
         NotAscii,
+    }
+
+    /// What a port without its token would give away, for the refusal.
+    pub struct OpenPort {
+        pub serves: &'static str,
+        pub token: &'static str,
+        pub exposes: &'static str,
+        pub flags: &'static str,
+    }
+
+    impl OpenPort {
+        /// A port beyond loopback needs its token, unless the operator says
+        /// the network alone keeps others out: `Ok(true)` then (the caller
+        /// says so at every start), `Ok(false)` when the port is guarded or
+        /// on loopback, and the refusal otherwise.
+        pub fn check(
+            &self,
+            listen: SocketAddr,
+            has_token: bool,
+            allowed: bool,
+        ) -> Result<bool, String> {
+            if has_token || listen.ip().is_loopback() {
+                return Ok(false);
+            }
+            if !allowed {
+                let Self {
+                    serves,
+                    token,
+                    exposes,
+                    flags,
+                } = self;
+                return Err(format!(
+                    "refusing to serve {serves} on {listen} without {token}: anyone who reaches it would see {exposes} (set {flags} where the network alone keeps others out)"
+                ));
+            }
+            Ok(true)
+        }
     }
 
     /// Presents the token on every call of a client:

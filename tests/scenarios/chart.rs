@@ -400,7 +400,8 @@ fn liveness_and_readiness_are_different_checks() {
     assert_eq!(ready["httpGet"]["port"], "http");
 
     let (live, ready) = probes("switchboard-gateway");
-    assert_eq!(live["httpGet"]["path"], "/healthz");
+    // The detailed /healthz may need the admin token: probes never do.
+    assert_eq!(live["httpGet"]["path"], "/livez");
     assert_eq!(ready["httpGet"]["path"], "/readyz");
     assert_eq!(ready["httpGet"]["port"], "mcp");
 }
@@ -628,10 +629,9 @@ fn the_compose_file_matches_the_dockerfile_and_the_repository() {
     assert!(services.contains_key("gateway") && services.contains_key("control-plane"));
 }
 
-/// Without token Secrets the control plane says it serves unauthenticated
-/// (it would refuse to start beyond loopback otherwise); with them, both
-/// planes read the replica token, the control plane the admin token, and
-/// nothing says so.
+/// Without token Secrets both planes say they serve unauthenticated (they
+/// would refuse to start beyond loopback otherwise); with them, both read
+/// the replica token and the admin token, and nothing says so.
 #[test]
 fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
     let env_of = |objects: &[Value], name: &str| -> Vec<Value> {
@@ -654,12 +654,12 @@ fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
             "{allowed}"
         );
     }
-    assert!(
-        named(
-            &env_of(&open, "switchboard-gateway"),
-            "SWITCHBOARD_CONTROL_PLANE_TOKEN"
-        )
-        .is_none()
+    let gateway = env_of(&open, "switchboard-gateway");
+    assert!(named(&gateway, "SWITCHBOARD_CONTROL_PLANE_TOKEN").is_none());
+    assert_eq!(
+        named(&gateway, "SWITCHBOARD_ALLOW_UNAUTHENTICATED_API").map(|e| e["value"].clone()),
+        Some(Value::from("true")),
+        "the gateway's detailed /healthz"
     );
 
     let closed = objects(&render(&[
@@ -680,13 +680,15 @@ fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
         named(&control, "SWITCHBOARD_REPLICA_TOKEN").map(|e| e["valueFrom"].clone()),
         Some(reference.clone())
     );
+    let gateway = env_of(&closed, "switchboard-gateway");
     assert_eq!(
-        named(
-            &env_of(&closed, "switchboard-gateway"),
-            "SWITCHBOARD_CONTROL_PLANE_TOKEN"
-        )
-        .map(|e| e["valueFrom"].clone()),
+        named(&gateway, "SWITCHBOARD_CONTROL_PLANE_TOKEN").map(|e| e["valueFrom"].clone()),
         Some(reference)
+    );
+    assert!(named(&gateway, "SWITCHBOARD_ALLOW_UNAUTHENTICATED_API").is_none());
+    assert_eq!(
+        named(&gateway, "SWITCHBOARD_ADMIN_TOKEN").map(|e| e["valueFrom"].clone()),
+        Some(serde_json::json!({ "secretKeyRef": { "name": "sb-admin", "key": "token" } }))
     );
 }
 

@@ -980,9 +980,15 @@ async fn beyond_loopback_the_gateway_is_closed_until_it_has_clients() {
     let http = reqwest::Client::new();
     let wide = |port: u16| std::net::SocketAddr::from(([0, 0, 0, 0], port));
     let closed_port = free_addr().port();
-    let _closed = sb.spawn_replica_with(wide(closed_port), "wide-closed", &[]);
+    // The detailed /healthz beyond loopback needs a token or this.
+    let api = "--allow-unauthenticated-api";
+    let _closed = sb.spawn_replica_with(wide(closed_port), "wide-closed", &[api]);
     let open_port = free_addr().port();
-    let open = sb.spawn_replica_with(wide(open_port), "wide-open", &["--allow-unauthenticated"]);
+    let open = sb.spawn_replica_with(
+        wide(open_port),
+        "wide-open",
+        &["--allow-unauthenticated", api],
+    );
     for port in [closed_port, open_port] {
         e2e::wait_listening("a gateway beyond loopback", ([127, 0, 0, 1], port).into()).await;
     }
@@ -1064,4 +1070,72 @@ async fn stdio_servers_get_a_home_and_a_tmpdir_of_their_own() {
     );
     assert_eq!(env("c.env", "TMPDIR").await, format!("{root}/c/tmp"));
     client.cancel().await.expect("close");
+}
+
+/// The gateway's detailed `/healthz` (servers, hosts, errors) needs its
+/// admin token when it has one; the probes and `/metrics` never do; beyond
+/// loopback without a token it refuses to start unless told.
+#[tokio::test]
+async fn the_gateways_detailed_health_needs_its_admin_token() {
+    let marker = format!("gw-admin-{}", std::process::id());
+    let sb = Switchboard::start(&[("d.yaml", &demo_server_yaml("d", &marker, &[]))]).await;
+    sb.wait_server_state("d", "ready").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "gateway-admin-token-0123456789\n").expect("token file");
+    let addr = free_addr();
+    let _guarded = sb.spawn_replica_with(
+        addr,
+        "guarded",
+        &["--admin-token-file", &token_file.to_string_lossy()],
+    );
+    e2e::wait_listening("the guarded gateway", addr).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = http.get(format!("http://{addr}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let refused = get("/healthz", None).await.expect("an answer");
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().contains_key("www-authenticate"));
+    let wrong = get("/healthz", Some("not-the-admin-token-0123"))
+        .await
+        .expect("an answer");
+    assert_eq!(wrong.status(), 401);
+    let health = eventually("the detailed health with the token", EVENTUALLY, || async {
+        let response = get("/healthz", Some("gateway-admin-token-0123456789"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+        (body["servers"]["d"]["state"] == "ready")
+            .then(|| body.clone())
+            .ok_or(body.to_string())
+    })
+    .await;
+    assert_eq!(health["replicaId"], "guarded", "{health}");
+    assert_eq!(get("/livez", None).await.expect("livez").status(), 200);
+    assert_eq!(get("/readyz", None).await.expect("readyz").status(), 200);
+    let metrics = get("/metrics", None)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        metric(&metrics, "switchboard_admin_auth_failures_total", &[]),
+        Some(2.0)
+    );
+
+    let wide = std::net::SocketAddr::from(([0, 0, 0, 0], free_addr().port()));
+    let mut refused = sb.spawn_replica_with(wide, "wide-no-token", &["--allow-unauthenticated"]);
+    let status = refused.wait().await;
+    assert!(!status.success());
+    assert!(
+        refused.log().contains("--allow-unauthenticated-api"),
+        "{}",
+        refused.log()
+    );
 }
