@@ -36,6 +36,9 @@ const MAX_NAME_LEN: usize = 63;
 /// CRD's `valueFrom` CEL rule can run per object, so the rule's estimated
 /// cost stays far inside a real cluster's budget whatever else is added.
 pub const MAX_ENV_VARS: usize = 256;
+/// Headers a remote server may be sent: each may carry a CEL-checked
+/// `valueFrom`, whose cost the API server bounds by the list's length.
+pub const MAX_HEADERS: usize = 64;
 
 /// Durations in the CRD: `<number><unit>`, as [`resilience::parse_duration`]
 /// reads them.
@@ -130,6 +133,7 @@ pub struct HttpSpec {
     pub url: String,
     /// Headers sent with every request (e.g. `Authorization`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_HEADERS))]
     pub headers: Vec<Header>,
     /// Let `url` name a link-local address or a cloud metadata endpoint
     /// (refused otherwise: from a gateway those reach the node's credentials).
@@ -144,6 +148,7 @@ pub struct SseSpec {
     pub url: String,
     /// Headers sent with every request (e.g. `Authorization`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_HEADERS))]
     pub headers: Vec<Header>,
     /// Let `url` name a link-local address or a cloud metadata endpoint
     /// (refused otherwise: from a gateway those reach the node's credentials).
@@ -166,7 +171,13 @@ pub struct SseSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Header {
     pub name: String,
+    #[serde(default)]
     pub value: String,
+    /// Take the value from a Secret or ConfigMap in the resource's
+    /// namespace (Kubernetes source only), as `env` does: a token need not
+    /// sit in the spec. Trailing line breaks are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -335,10 +346,15 @@ pub enum ValidTransport {
     Http {
         url: String,
         headers: BTreeMap<String, String>,
+        /// Headers whose values a registry source still has to read
+        /// (`valueFrom`); empty once resolved.
+        headers_from: BTreeMap<String, ValueRef>,
     },
     Sse {
         url: String,
         headers: BTreeMap<String, String>,
+        /// As for `Http`.
+        headers_from: BTreeMap<String, ValueRef>,
         /// Started before connecting, when set.
         launch: Option<Launch>,
     },
@@ -507,15 +523,17 @@ fn value_ref(source: &EnvVarSource) -> Result<ValueRef, String> {
 }
 
 fn validate_http(http: &HttpSpec) -> Result<ValidTransport, ValidationError> {
+    let (headers, headers_from) = validate_headers("spec.transport.http.headers", &http.headers)?;
     Ok(ValidTransport::Http {
         url: validate_url("spec.transport.http.url", &http.url, http.allow_link_local)?,
-        headers: validate_headers("spec.transport.http.headers", &http.headers)?,
+        headers,
+        headers_from,
     })
 }
 
 fn validate_sse(sse: &SseSpec) -> Result<ValidTransport, ValidationError> {
     let url = validate_url("spec.transport.sse.url", &sse.url, sse.allow_link_local)?;
-    let headers = validate_headers("spec.transport.sse.headers", &sse.headers)?;
+    let (headers, headers_from) = validate_headers("spec.transport.sse.headers", &sse.headers)?;
     let launch = match &sse.command {
         None if sse.args.is_empty() && sse.env.is_empty() => None,
         None => {
@@ -563,6 +581,7 @@ fn validate_sse(sse: &SseSpec) -> Result<ValidTransport, ValidationError> {
     Ok(ValidTransport::Sse {
         url,
         headers,
+        headers_from,
         launch,
     })
 }
@@ -615,11 +634,19 @@ fn link_local_host(url: &str) -> Option<String> {
     hit.then(|| host.to_owned())
 }
 
-fn validate_headers(
-    field: &str,
-    headers: &[Header],
-) -> Result<BTreeMap<String, String>, ValidationError> {
+/// Headers with their values, and those whose values come from the
+/// cluster.
+type ValidHeaders = (BTreeMap<String, String>, BTreeMap<String, ValueRef>);
+
+fn validate_headers(field: &str, headers: &[Header]) -> Result<ValidHeaders, ValidationError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(ValidationError::new(
+            field,
+            format!("at most {MAX_HEADERS} headers, got {}", headers.len()),
+        ));
+    }
     let mut valid = BTreeMap::new();
+    let mut from = BTreeMap::new();
     for (i, header) in headers.iter().enumerate() {
         let valid_name = !header.name.is_empty()
             && header
@@ -632,9 +659,25 @@ fn validate_headers(
                 format!("`{}` is not a valid header", header.name),
             ));
         }
-        valid.insert(header.name.clone(), header.value.clone());
+        match &header.value_from {
+            None => {
+                valid.insert(header.name.clone(), header.value.clone());
+            }
+            Some(source) => {
+                let field = format!("{field}[{i}].valueFrom");
+                let reference =
+                    value_ref(source).map_err(|reason| ValidationError::new(&field, reason))?;
+                if !header.value.is_empty() {
+                    return Err(ValidationError::new(
+                        field,
+                        "set either value or valueFrom, not both",
+                    ));
+                }
+                from.insert(header.name.clone(), reference);
+            }
+        }
     }
-    Ok(valid)
+    Ok((valid, from))
 }
 
 fn check_dns_label(name: &str) -> Result<(), String> {
@@ -758,6 +801,32 @@ mod tests {
             "metadata: {name: x}\nspec: {transport: {stdio: {command: c}, http: {url: 'http://h/mcp'}}}",
         );
         assert_eq!(both.validate().unwrap_err().field, "spec.transport");
+    }
+
+    #[test]
+    fn header_values_come_from_a_value_or_a_reference_not_both() {
+        let server = parse(
+            "metadata: {name: x}\nspec: {transport: {sse: {url: 'https://h/sse', headers: [{name: X-Api-Key, valueFrom: {secretKeyRef: {name: creds, key: key}}}, {name: X-Team, value: a}]}}}",
+        )
+        .validate()
+        .expect("valid");
+        let ValidTransport::Sse {
+            headers,
+            headers_from,
+            ..
+        } = server.transport
+        else {
+            panic!("expected sse");
+        };
+        assert_eq!(headers.keys().collect::<Vec<_>>(), ["X-Team"]);
+        assert_eq!(headers_from["X-Api-Key"].name, "creds");
+        let both = parse(
+            "metadata: {name: x}\nspec: {transport: {http: {url: 'http://h/mcp', headers: [{name: A, value: v, valueFrom: {configMapKeyRef: {name: c, key: k}}}]}}}",
+        );
+        assert_eq!(
+            both.validate().unwrap_err().field,
+            "spec.transport.http.headers[0].valueFrom"
+        );
     }
 
     #[test]
@@ -929,7 +998,9 @@ mod tests {
             found,
             [
                 "spec.transport",
+                "spec.transport.http.headers[].valueFrom",
                 "spec.transport.sse.env[].valueFrom",
+                "spec.transport.sse.headers[].valueFrom",
                 "spec.transport.stdio.env[].valueFrom",
             ]
         );

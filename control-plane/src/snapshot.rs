@@ -151,7 +151,8 @@ fn to_proto(server: &ValidServer) -> pb::McpServer {
             env: env.clone().into_iter().collect(),
             cwd: cwd.clone().unwrap_or_default(),
         }),
-        ValidTransport::Http { url, headers } => Transport::Http(pb::HttpTransport {
+        // Registry sources resolve (or refuse) every header `valueFrom` too.
+        ValidTransport::Http { url, headers, .. } => Transport::Http(pb::HttpTransport {
             url: url.clone(),
             headers: headers.clone().into_iter().collect(),
         }),
@@ -159,6 +160,7 @@ fn to_proto(server: &ValidServer) -> pb::McpServer {
             url,
             headers,
             launch,
+            ..
         } => Transport::Sse(pb::SseTransport {
             url: url.clone(),
             headers: headers.clone().into_iter().collect(),

@@ -700,3 +700,67 @@ async fn two_namespaces_may_each_have_a_server_of_the_same_name() {
         .await
         .expect("team-b's github keeps working");
 }
+
+/// A remote server's header values come from Secrets as env values do:
+/// the server receives the Secret's value (without the line break a file
+/// leaves at its end), and the value appears in no log, status or event.
+#[tokio::test]
+async fn header_values_come_from_secrets_and_stay_secret() {
+    const KEY: &str = "hk-live-0123456789abcdef";
+    let api = KubeApiServer::start().await;
+    let home = tempfile::tempdir().expect("kubectl home");
+    let sb = start_in_cluster(&api).await;
+    // A remote server that records the key it is sent and lets nobody in.
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let recorded = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let recorded = recorded.clone();
+        async move {
+            if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+                recorded.lock().push(key.to_owned());
+            }
+            axum::http::StatusCode::UNAUTHORIZED
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let remote = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: remote-key, namespace: default}}\nstringData: {{key: \"{KEY}\\n\"}}\n"
+    );
+    apply(&api, home.path(), "secret.yaml", &secret)
+        .await
+        .expect("apply the Secret");
+    let server = format!(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: remote, namespace: default}}\nspec:\n  transport:\n    http:\n      url: http://{remote}/mcp\n      headers:\n        - name: X-Api-Key\n          valueFrom: {{secretKeyRef: {{name: remote-key, key: key}}}}\n"
+    );
+    apply(&api, home.path(), "server.yaml", &server)
+        .await
+        .expect("apply the McpServer");
+    eventually("the key reaches the remote server", EVENTUALLY, || async {
+        let seen = seen.lock().clone();
+        seen.contains(&KEY.to_owned())
+            .then_some(())
+            .ok_or(format!("{seen:?}"))
+    })
+    .await;
+    assert!(
+        seen.lock().iter().all(|key| key == KEY),
+        "only the Secret's value, trimmed"
+    );
+
+    let everywhere = format!(
+        "{}{}{}{:?}{}",
+        sb.control.as_ref().expect("control plane").log(),
+        sb.gateway.as_ref().expect("gateway").log(),
+        kubectl(&api, home.path(), &["get", "mcps", "-o", "json"])
+            .await
+            .expect("get -o json"),
+        api.objects("events"),
+        sb.health().await,
+    );
+    assert!(!everywhere.contains(KEY), "the key leaked");
+}

@@ -262,14 +262,23 @@ fn load_file(path: &Path) -> FileOutcome {
 
 /// Files cannot read Secrets or ConfigMaps.
 fn without_references(server: ValidServer) -> Result<ValidServer, ResourceError> {
-    match &server.transport {
-        ValidTransport::Stdio { env_from, .. } if !env_from.is_empty() => Err((
-            Some(server.name.clone()),
-            Some("spec.transport.stdio.env.valueFrom".into()),
-            "valueFrom (secretKeyRef/configMapKeyRef) needs the Kubernetes source; use value in a registry file".into(),
-        )),
-        _ => Ok(server),
-    }
+    let field = match &server.transport {
+        ValidTransport::Stdio { env_from, .. } if !env_from.is_empty() => {
+            "spec.transport.stdio.env.valueFrom"
+        }
+        ValidTransport::Http { headers_from, .. } if !headers_from.is_empty() => {
+            "spec.transport.http.headers.valueFrom"
+        }
+        ValidTransport::Sse { headers_from, .. } if !headers_from.is_empty() => {
+            "spec.transport.sse.headers.valueFrom"
+        }
+        _ => return Ok(server),
+    };
+    Err((
+        Some(server.name.clone()),
+        Some(field.into()),
+        "valueFrom (secretKeyRef/configMapKeyRef) needs the Kubernetes source; use value in a registry file".into(),
+    ))
 }
 
 #[cfg(test)]

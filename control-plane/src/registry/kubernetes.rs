@@ -565,13 +565,39 @@ fn parse_object(key: &ObjectKey, object: &DynamicObject) -> Result<ValidServer, 
     Ok(server)
 }
 
-/// The values a server's env takes from the cluster.
+/// The values a server's env or headers take from the cluster.
 fn references(server: &ValidServer) -> impl Iterator<Item = &ValueRef> {
-    let env_from = match &server.transport {
-        ValidTransport::Stdio { env_from, .. } => Some(env_from),
-        _ => None,
+    let from = match &server.transport {
+        ValidTransport::Stdio { env_from, .. } => env_from,
+        ValidTransport::Http { headers_from, .. } | ValidTransport::Sse { headers_from, .. } => {
+            headers_from
+        }
     };
-    env_from.into_iter().flat_map(|refs| refs.values())
+    from.values()
+}
+
+/// Where a transport's values from the cluster go: the plain values, the
+/// references, and the field they are under.
+fn value_slots(
+    transport: &mut ValidTransport,
+) -> (
+    &mut BTreeMap<String, String>,
+    &mut BTreeMap<String, ValueRef>,
+    &'static str,
+) {
+    match transport {
+        ValidTransport::Stdio { env, env_from, .. } => (env, env_from, "spec.transport.stdio.env"),
+        ValidTransport::Http {
+            headers,
+            headers_from,
+            ..
+        } => (headers, headers_from, "spec.transport.http.headers"),
+        ValidTransport::Sse {
+            headers,
+            headers_from,
+            ..
+        } => (headers, headers_from, "spec.transport.sse.headers"),
+    }
 }
 
 fn value_key(namespace: &str, reference: &ValueRef) -> ValueKey {
@@ -594,16 +620,28 @@ fn kind_name(kind: RefKind) -> &'static str {
 /// (or one never read) is an issue even while another is still pending.
 fn resolve(namespace: &str, mut server: ValidServer, values: &Values) -> Resolved {
     let name = server.name.clone();
-    let ValidTransport::Stdio { env, env_from, .. } = &mut server.transport else {
-        return Resolved::Ready(Box::new(server));
-    };
+    let (resolved, from, path) = value_slots(&mut server.transport);
+    let headers = !path.ends_with(".env");
     let mut pending = false;
-    for (variable, reference) in std::mem::take(env_from) {
-        let field = Some(format!("spec.transport.stdio.env[{variable}].valueFrom"));
+    for (variable, reference) in std::mem::take(from) {
+        let field = Some(format!("{path}[{variable}].valueFrom"));
         let what = kind_name(reference.kind);
         let message = match values.lookup(&value_key(namespace, &reference)) {
+            // A header value ends at a line break: a Secret made from a
+            // file often has one at the end, and one inside is refused.
+            Lookup::Read(Some(value)) if headers => {
+                let value = value.trim_end_matches(['\r', '\n']);
+                if !value.contains(['\r', '\n']) {
+                    resolved.insert(variable, value.to_owned());
+                    continue;
+                }
+                format!(
+                    "{what} `{}` key `{}` holds a line break, which a header value cannot",
+                    reference.name, reference.key
+                )
+            }
             Lookup::Read(Some(value)) => {
-                env.insert(variable, value.to_owned());
+                resolved.insert(variable, value.to_owned());
                 continue;
             }
             Lookup::Read(None) if reference.optional => continue,

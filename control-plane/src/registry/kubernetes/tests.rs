@@ -216,3 +216,64 @@ async fn a_hung_read_holds_up_only_the_server_waiting_for_it() {
     assert_eq!(sources, ["mcpservers/team/alpha", "mcpservers/team/beta"]);
     assert!(values.retry_at.is_some());
 }
+
+/// Header values come from Secrets as env values do; a trailing line break
+/// (a Secret made from a file) is dropped, one inside is refused.
+#[tokio::test(start_paused = true)]
+async fn header_values_come_from_secrets_without_their_trailing_line_break() {
+    let with_key = |name: &str, base64: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": name, "namespace": "team" },
+            "data": { "key": base64 }
+        })
+    };
+    let client = api_server_by_name(BTreeMap::from([
+        // "key-1\n" and "a\nb"
+        ("file", (200, with_key("file", "a2V5LTEK"))),
+        ("split", (200, with_key("split", "YQpi"))),
+    ]));
+    let mut values = Values::new(client);
+    let server = |secret: &str| {
+        let yaml = format!(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: McpServer\nmetadata: {{name: s}}\nspec: {{transport: {{http: {{url: 'http://mcp:8080/mcp', headers: [{{name: X-Api-Key, valueFrom: {{secretKeyRef: {{name: {secret}, key: key}}}}}}]}}}}}}\n"
+        );
+        let yaml = serde_yaml::from_str(&yaml).expect("YAML");
+        parse_resource(yaml, crate::registry::UnknownFields::Ignore).expect("valid")
+    };
+    let (file, split) = (server("file"), server("split"));
+    let refs: BTreeMap<ValueKey, ValueRef> = references(&file)
+        .chain(references(&split))
+        .map(|r| (value_key("team", r), r.clone()))
+        .collect();
+    assert_eq!(refs.len(), 2, "header references are read");
+    values.want(refs);
+    settle_all(&mut values).await;
+
+    let Resolved::Ready(resolved) = resolve("team", file, &values) else {
+        panic!("resolved");
+    };
+    let ValidTransport::Http {
+        headers,
+        headers_from,
+        ..
+    } = &resolved.transport
+    else {
+        panic!("http");
+    };
+    assert_eq!(headers["X-Api-Key"], "key-1");
+    assert!(headers_from.is_empty());
+
+    let Resolved::Invalid((_, field, message)) = resolve("team", split, &values) else {
+        panic!("a line break inside is refused");
+    };
+    assert_eq!(
+        field.as_deref(),
+        Some("spec.transport.http.headers[X-Api-Key].valueFrom")
+    );
+    assert!(message.contains("line break"), "{message}");
+    assert!(
+        !message.contains("a\nb"),
+        "the value stays out of the message"
+    );
+}
