@@ -60,6 +60,8 @@ pub enum ToStream {
 /// One client session.
 pub struct ClientSession {
     pub key: SessionKey,
+    /// The authenticated client that opened it, if any.
+    pub owner: Option<Arc<str>>,
     /// The session's own stream: what belongs to none of its requests.
     pub outbox: mpsc::Sender<ToStream>,
     /// Set by `logging/setLevel`; no log messages before that.
@@ -71,9 +73,15 @@ pub struct ClientSession {
 // === impl Clients ===
 
 impl Clients {
-    pub fn register(&self, key: SessionKey, outbox: mpsc::Sender<ToStream>) -> Arc<ClientSession> {
+    pub fn register(
+        &self,
+        key: SessionKey,
+        owner: Option<Arc<str>>,
+        outbox: mpsc::Sender<ToStream>,
+    ) -> Arc<ClientSession> {
         let session = Arc::new(ClientSession {
             key,
+            owner,
             outbox,
             log_level: Mutex::new(None),
             subscriptions: Mutex::default(),
@@ -88,6 +96,11 @@ impl Clients {
 
     pub fn get(&self, key: SessionKey) -> Option<Arc<ClientSession>> {
         self.by_key.read().get(&key).cloned()
+    }
+
+    /// The authenticated client a session belongs to.
+    pub fn owner_of(&self, key: SessionKey) -> Option<Arc<str>> {
+        self.by_key.read().get(&key)?.owner.clone()
     }
 
     /// Every session.

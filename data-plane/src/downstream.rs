@@ -17,7 +17,10 @@ mod supervisor;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -202,6 +205,9 @@ struct ServersInner {
     clients: Clients,
     /// Every exchange with a server holds it until answered.
     drain: Drain,
+    /// Per-session connections (processes, for stdio servers) one
+    /// authenticated client may hold across all servers.
+    session_connections_per_client: AtomicUsize,
 }
 
 /// One configured server: its connections, breaker and status.
@@ -295,8 +301,32 @@ impl Servers {
                 telemetry,
                 clients: Clients::default(),
                 drain,
+                session_connections_per_client: AtomicUsize::new(usize::MAX),
             }),
         }
+    }
+
+    /// Caps the per-session connections one authenticated client may hold.
+    pub fn limit_session_connections_per_client(&self, max: usize) {
+        self.inner
+            .session_connections_per_client
+            .store(max, Ordering::Relaxed);
+    }
+
+    /// Per-session connections the sessions of `owner` hold now.
+    fn session_connections_of(&self, owner: &str) -> usize {
+        let clients = self.clients();
+        self.list()
+            .iter()
+            .map(|server| {
+                server
+                    .sessions
+                    .lock()
+                    .keys()
+                    .filter(|key| clients.owner_of(**key).as_deref() == Some(owner))
+                    .count()
+            })
+            .sum()
     }
 
     /// Makes the running set match `desired`: stops removed servers,
@@ -807,6 +837,24 @@ impl ServerHandle {
         let _starting = gate.lock().await;
         if let Some(connection) = existing(&self.sessions.lock()) {
             return Ok(connection);
+        }
+        // Counted before the start: sessions of one client starting side by
+        // side may pass together, so the cap holds to within those.
+        let servers = &self.servers;
+        if let Some(owner) = servers.clients().owner_of(session) {
+            let max = servers
+                .inner
+                .session_connections_per_client
+                .load(Ordering::Relaxed);
+            if servers.session_connections_of(&owner) >= max {
+                self.session_starts.lock().remove(&session);
+                return Err(CallError::Unavailable {
+                    server: self.spec.name.clone(),
+                    reason: format!(
+                        "client `{owner}` holds its limit of {max} per-session server connections: end sessions it no longer uses"
+                    ),
+                });
+            }
         }
         let started = supervisor::start_connection(self, Some(session)).await;
         // Registered before the gate goes, so a later call finds it.

@@ -142,6 +142,11 @@ struct RunArgs {
     /// get 429.
     #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_CLIENT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_sessions_per_client: u32,
+    /// Per-session server connections (processes, for stdio servers with
+    /// `sessionMode: PerSession`) the sessions of one declared client may
+    /// hold together; beyond, its calls to such servers fail saying so.
+    #[arg(long, env = "SWITCHBOARD_MAX_SESSION_PROCESSES_PER_CLIENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_session_processes_per_client: u32,
     /// Requests per second one declared client may make, on average
     /// (token bucket); beyond, 429 with `Retry-After`. 0: no limit.
     #[arg(long, env = "SWITCHBOARD_CLIENT_REQUESTS_PER_SECOND", default_value_t = 50.0, value_parser = request_rate)]
@@ -315,6 +320,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     max_sessions: args.max_sessions as usize,
                     limits: ClientLimits {
                         sessions: args.max_sessions_per_client as usize,
+                        session_connections: args.max_session_processes_per_client as usize,
                         requests_per_second: args.client_requests_per_second,
                         burst: args.client_burst,
                     },

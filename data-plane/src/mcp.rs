@@ -192,6 +192,7 @@ pub fn router(
         servers.clone(),
     );
     let rates = RateLimits::new(&config.limits);
+    servers.limit_session_connections_per_client(config.limits.session_connections);
     telemetry.metrics.register_collector(rates.clone());
     sessions.spawn_sweeper(shutdown.clone());
     telemetry

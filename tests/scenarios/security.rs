@@ -1139,3 +1139,55 @@ async fn the_gateways_detailed_health_needs_its_admin_token() {
         refused.log()
     );
 }
+
+/// The per-session server processes of one client's sessions are capped
+/// together: beyond the cap its calls to such servers fail saying why, and
+/// ending a session makes room.
+#[tokio::test]
+async fn a_clients_per_session_processes_are_capped() {
+    let marker = format!("per-client-{}", std::process::id());
+    let clients = format!(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{token: {{sha256: {}}}}}\n",
+        digest("alice-token-0123456789")
+    );
+    let per_session =
+        e2e::demo_server_with("p", &marker, &[], json!({ "sessionMode": "perSession" }));
+    let sb = Switchboard::start_with(
+        &[("p.yaml", &per_session), ("clients.yaml", &clients)],
+        &[],
+        &["--max-session-processes-per-client", "1"],
+    )
+    .await;
+    sb.wait_server_state("p", "ready").await;
+    let http = reqwest::Client::new();
+    let first = Authed::open(&http, sb.mcp_url(), "alice-token-0123456789").await;
+    let second = Authed::open(&http, sb.mcp_url(), "alice-token-0123456789").await;
+    let echo = json!({ "name": "p.echo", "arguments": { "text": "mine" } });
+    let (status, answer) = first.rpc("tools/call", echo.clone()).await;
+    assert_eq!(
+        (status, &answer["result"]["structuredContent"]["text"]),
+        (200, &json!("mine"))
+    );
+    let (_, refused) = second.rpc("tools/call", echo.clone()).await;
+    assert_eq!(refused["result"]["isError"], true, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("limit of 1 per-session server connections"),
+        "{refused}"
+    );
+
+    let ended = http
+        .delete(sb.mcp_url())
+        .bearer_auth("alice-token-0123456789")
+        .header("mcp-session-id", &first.session)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(ended.status(), 200);
+    let (_, answer) = second.rpc("tools/call", echo).await;
+    assert_eq!(
+        answer["result"]["structuredContent"]["text"], "mine",
+        "{answer}"
+    );
+}

@@ -1,7 +1,9 @@
 //! What one declared client (`McpClient`) may use of a gateway it shares
 //! with others: requests per second, as a token bucket (beyond it, 429
-//! with `Retry-After`), and sessions at once (counted by the session table,
-//! `session.rs`). Anonymous callers only meet the gateway-wide caps.
+//! with `Retry-After`), sessions at once (counted by the session table,
+//! `session.rs`), and per-session server connections at once (counted by
+//! the servers, `downstream.rs`). Anonymous callers only meet the
+//! gateway-wide caps.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -18,6 +20,9 @@ use tokio::time::Instant;
 pub struct ClientLimits {
     /// Sessions one client may hold at once.
     pub sessions: usize,
+    /// Per-session server connections (processes, for stdio servers) one
+    /// client's sessions may hold together.
+    pub session_connections: usize,
     /// Average requests per second; 0: no limit.
     pub requests_per_second: f64,
     /// Requests at once above the average.
@@ -100,6 +105,7 @@ mod tests {
     fn limits(rate: f64, burst: u32) -> RateLimits {
         RateLimits::new(&ClientLimits {
             sessions: 1,
+            session_connections: 1,
             requests_per_second: rate,
             burst,
         })

@@ -241,7 +241,14 @@ impl Sessions {
             }
         }
         let id = Uuid::new_v4();
-        let session = Session::new(id, kind, handshake.clone(), None, self.servers.clone());
+        let session = Session::new(
+            id,
+            kind,
+            handshake.clone(),
+            None,
+            owner.clone(),
+            self.servers.clone(),
+        );
         rows.insert(
             id,
             Row {
@@ -288,6 +295,7 @@ impl Sessions {
                     kind,
                     row.handshake.clone(),
                     row.caller.take(),
+                    row.owner.clone(),
                     self.servers.clone(),
                 );
                 row.live = Some(session.clone());
@@ -515,12 +523,13 @@ impl Session {
         kind: Kind,
         handshake: Option<Arc<InitializeRequestParams>>,
         caller: Option<String>,
+        owner: Option<Arc<str>>,
         servers: Servers,
     ) -> Arc<Self> {
         static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
         let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let (outbox, own_stream) = mpsc::channel(OWN_STREAM_CAPACITY);
-        let client = servers.clients().register(key, outbox);
+        let client = servers.clients().register(key, owner, outbox);
         Arc::new(Self {
             id,
             kind,

@@ -38,6 +38,7 @@ fn endpoint(drain: &Drain) -> axum::Router {
         max_sessions: 2,
         limits: crate::mcp::limits::ClientLimits {
             sessions: 2,
+            session_connections: 2,
             requests_per_second: 50.0,
             burst: 100,
         },
