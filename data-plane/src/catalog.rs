@@ -345,6 +345,24 @@ impl Catalog {
         self.prompt_routes.get(prompt)
     }
 
+    /// A client-facing resource URI as it routes: a known prefix in lower
+    /// case (schemes are case-insensitive), the rest as written. Policies
+    /// judge this form, so a prefix's case cannot get around them.
+    pub fn canonical_uri<'a>(&self, uri: &'a str) -> std::borrow::Cow<'a, str> {
+        match uri.split_once('+') {
+            Some((prefix, rest))
+                if prefix.bytes().any(|b| b.is_ascii_uppercase())
+                    && self
+                        .uris
+                        .prefixed
+                        .contains_key(prefix.to_ascii_lowercase().as_str()) =>
+            {
+                format!("{}+{rest}", prefix.to_ascii_lowercase()).into()
+            }
+            _ => uri.into(),
+        }
+    }
+
     /// The server a client-facing resource URI belongs to, and the URI the
     /// server knows. `template` says `uri` is a template (completion refs).
     pub fn resource_route(&self, uri: &str, template: bool) -> Option<Route> {

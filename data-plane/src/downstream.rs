@@ -647,6 +647,10 @@ impl ServerHandle {
             method,
             source,
         };
+        // Cancelled while it waited for a connection: the server never hears of it.
+        if cancel.is_cancelled() {
+            return Err(CallError::Cancelled);
+        }
         let handle = connection
             .peer
             .send_request_with_option(message, options)
@@ -710,6 +714,9 @@ impl ServerHandle {
             method: METHOD,
             after: timeout,
         };
+        if cancel.is_cancelled() {
+            return Err(CallError::Cancelled);
+        }
         // Dropped unanswered, the call tells the server it was cancelled.
         let mut call = direct.start();
         let token = call.progress_token();
@@ -857,9 +864,15 @@ impl ServerHandle {
             }
         }
         let started = supervisor::start_connection(self, Some(session)).await;
-        // Registered before the gate goes, so a later call finds it.
+        // Registered before the gate goes, so a later call finds it; a
+        // session that ended while it started released nothing yet, so its
+        // connection stops here.
         if let Ok(connection) = &started {
             self.sessions.lock().insert(session, connection.clone());
+            if servers.clients().get(session).is_none() {
+                self.sessions.lock().remove(&session);
+                connection.stop.cancel();
+            }
         }
         self.session_starts.lock().remove(&session);
         started.map_err(|reason| CallError::Unavailable {

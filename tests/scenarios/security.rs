@@ -755,7 +755,7 @@ impl<'a> Authed<'a> {
 async fn access_policies_hide_and_refuse_what_they_deny() {
     let marker = format!("policies-{}", std::process::id());
     let registry = format!(
-        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{groups: [dev], token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: bob}}\nspec: {{token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: dev-no-fail}}\nspec: {{subjects: {{groups: [dev]}}, deny: {{tools: ['d.fail*'], resources: ['*']}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: bob-echo-only}}\nspec: {{subjects: {{clients: [bob]}}, allow: {{tools: [d.echo]}}}}\n",
+        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{groups: [dev], token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: bob}}\nspec: {{token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: dev-no-fail}}\nspec: {{subjects: {{groups: [dev]}}, deny: {{tools: ['d.fail*'], resources: ['e+*']}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: bob-echo-only}}\nspec: {{subjects: {{clients: [bob]}}, allow: {{tools: [d.echo], resources: ['e+demo://public/*']}}}}\n",
         digest("alice-token-0123456789"),
         digest("bob-token-0123456789")
     );
@@ -812,6 +812,14 @@ async fn access_policies_hide_and_refuse_what_they_deny() {
         )
         .await;
     assert_eq!(status, 403, "resources are denied to dev whatever the URI");
+    // The prefix is judged as it routes: its case does not get around it.
+    let (status, _) = alice
+        .rpc(
+            "resources/read",
+            json!({ "uri": "E+demo://resource/anything" }),
+        )
+        .await;
+    assert_eq!(status, 403, "a prefix in upper case is the same prefix");
 
     assert_eq!(bob.listed("tools/list", "tools").await, ["d.echo"]);
     assert!(
@@ -825,8 +833,24 @@ async fn access_policies_hide_and_refuse_what_they_deny() {
         )
         .await;
     assert_eq!(status, 403);
+    // `*` spans path segments: a dot segment is never judged, only refused.
+    let (status, refused) = bob
+        .rpc(
+            "resources/read",
+            json!({ "uri": "e+demo://public/%2E%2E/secret" }),
+        )
+        .await;
+    assert_eq!(status, 403, "{refused}");
+    let (status, answer) = bob
+        .rpc("resources/read", json!({ "uri": "e+demo://public/readme" }))
+        .await;
+    assert_ne!(
+        status, 403,
+        "allowed, whatever the server says of it: {answer}"
+    );
 
-    // Legacy SSE: the POST naming a denied tool is refused itself.
+    // Legacy SSE: the refusal is answered where its clients read answers,
+    // on the stream.
     let mut sse = http
         .get(format!("http://{}/sse", sb.gateway_addr))
         .bearer_auth("bob-token-0123456789")
@@ -848,7 +872,19 @@ async fn access_policies_hide_and_refuse_what_they_deny() {
         .send()
         .await
         .expect("POST /message");
-    assert_eq!(refused.status(), 403);
+    assert_eq!(refused.status(), 202);
+    let answer = loop {
+        let chunk = sse.chunk().await.expect("stream").expect("an event");
+        let text = String::from_utf8_lossy(&chunk).into_owned();
+        if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: "))
+            && let Ok(message) = serde_json::from_str::<serde_json::Value>(data)
+        {
+            break message;
+        }
+    };
+    assert_eq!(answer["id"], 9, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not allowed for client `bob`"), "{answer}");
 
     let metrics = sb.gateway_metrics().await;
     assert_eq!(
@@ -867,7 +903,8 @@ async fn access_policies_hide_and_refuse_what_they_deny() {
             "switchboard_access_denials_total",
             &[("kind", "resource")]
         ),
-        Some(1.0)
+        Some(2.0),
+        "alice's two reads; the dot segment is refused before any policy"
     );
 }
 

@@ -294,7 +294,18 @@ impl Relay {
             request: Box::new(request),
             answer_to,
         };
-        stream.send(asked).await.map_err(|_| gone())?;
+        // A stream nobody reads stays full: the wait for room counts too.
+        let sent = tokio::time::timeout(self.client_timeout, stream.send(asked)).await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(gone()),
+            Err(_) => {
+                return Err(ErrorData::internal_error(
+                    "the client did not answer: its stream stayed full (it reads none)",
+                    None,
+                ));
+            }
+        }
         let given_up = tokio::select! {
             answer = tokio::time::timeout(self.client_timeout, answer) => match answer {
                 Ok(Ok(answer)) => return answer,

@@ -182,12 +182,19 @@ impl Refusal {
     }
 }
 
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
+impl Refusal {
+    /// The JSON-RPC error object alone, for a stream.
+    pub fn body(&self) -> axum::body::Bytes {
         // Written as it came: turning the raw id into a `Value` could fail.
         let id = self.id.as_deref().map_or("null", RawValue::get);
         let error = json!({ "code": self.code, "message": self.message });
-        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#);
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#).into()
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = self.body();
         let content_type = [(header::CONTENT_TYPE, "application/json")];
         let mut response = (self.status, content_type, body).into_response();
         if let Some(header) = self.header {

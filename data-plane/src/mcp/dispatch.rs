@@ -217,10 +217,11 @@ impl Endpoint {
             .map(Arc::new);
         if let Some(access) = &access
             && let Some((id, kind, name)) = named(&incoming)
-            && let Some(why) = access.refuse(kind, name)
+            && let Some(why) = self.refused_by(access, kind, name)
         {
-            debug!(kind = kind.as_str(), name, "refused by an access policy");
-            return Refusal::forbidden(why).answering(id).into_response();
+            debug!(kind = kind.as_str(), "refused by an access policy");
+            let refusal = Refusal::forbidden(why).answering(id);
+            return self.refuse(&session, refusal, framing).await;
         }
         match incoming {
             Incoming::Call { id, params } => {
@@ -269,6 +270,40 @@ impl Endpoint {
                 if !session.answered(&id, answer) {
                     debug!(request_id = %id, "an answer nobody waits for");
                 }
+                StatusCode::ACCEPTED.into_response()
+            }
+        }
+    }
+
+    /// Why an access policy refuses a request naming `name`, if it does.
+    /// Resource URIs are judged as they route, and, since `*` spans path
+    /// segments, one with a dot segment is refused outright.
+    fn refused_by(&self, access: &Access, kind: PolicyKind, name: &str) -> Option<String> {
+        if kind != PolicyKind::Resource {
+            return access.refuse(kind, name);
+        }
+        let catalog = self.methods.catalog.load();
+        let uri = catalog.canonical_uri(name);
+        if has_dot_segment(&uri) {
+            return Some(format!(
+                "resource `{uri}` has a `.` or `..` path segment, which access policies do not judge: name it without"
+            ));
+        }
+        access.refuse(kind, &uri)
+    }
+
+    /// A refusal, answered as the session's framing answers: in the
+    /// response, or on the session's stream (legacy SSE, whose clients read
+    /// answers only there) with 202 for the POST.
+    pub async fn refuse(&self, session: &Session, refusal: Refusal, framing: Framing) -> Response {
+        match framing {
+            Framing::Response => refusal.into_response(),
+            Framing::OwnStream => {
+                let _ = session
+                    .client
+                    .outbox
+                    .send(ToStream::Answer(refusal.body()))
+                    .await;
                 StatusCode::ACCEPTED.into_response()
             }
         }
@@ -491,6 +526,17 @@ fn named(incoming: &Incoming) -> Option<(&RequestId, PolicyKind, &str)> {
         _ => return None,
     };
     Some((id, kind, name))
+}
+
+/// Whether a URI's path has a `.` or `..` segment, spelt out or
+/// percent-encoded.
+fn has_dot_segment(uri: &str) -> bool {
+    let path = uri.split(['?', '#']).next().unwrap_or(uri);
+    path.split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 /// What a request asks for.

@@ -391,7 +391,7 @@ impl Sessions {
             if due
                 && row.kind == Kind::Streamable
                 && row.handshake.is_some()
-                && let Some(session) = row.live.take_if(|s| !s.pinned.load(Ordering::Relaxed))
+                && let Some(session) = row.live.take_if(|s| s.parkable())
             {
                 row.caller = session.caller.get().cloned();
                 parked.push(session);
@@ -565,6 +565,12 @@ impl Session {
         })
     }
 
+    /// Nothing of its own would be lost by parking it: not pinned, and no
+    /// streamed answer is still kept for a resume.
+    fn parkable(&self) -> bool {
+        !self.pinned.load(Ordering::Relaxed) && self.calls.lock().replays.is_empty()
+    }
+
     /// Keeps the session in memory from now on: it holds state a fresh
     /// start would lose.
     pub fn pin(&self) {
@@ -718,6 +724,8 @@ impl Session {
             calls.asked.clear();
             calls.replays.clear();
         }
+        // Senders blocked on a full stream nobody reads any more fail now.
+        drop(self.own_stream.lock().take());
         self.ended.cancel();
         self.servers.clients().remove(self.key);
         self.servers.release_session(self.key);
@@ -761,7 +769,10 @@ impl OwnStream {
 
 impl Drop for OwnStream {
     fn drop(&mut self) {
-        *self.session.own_stream.lock() = self.receiver.take();
+        // Given back for the next stream, unless the session has ended.
+        if !self.session.ended.is_cancelled() {
+            *self.session.own_stream.lock() = self.receiver.take();
+        }
     }
 }
 

@@ -120,7 +120,7 @@ async fn message(
         return Refusal::invalid_request("no JSON-RPC message in the body").into_response();
     };
     if let Err(refused) = endpoint.admit(&parts, &incoming) {
-        return refused.into_response();
+        return endpoint.refuse(&session, refused, Framing::OwnStream).await;
     }
     endpoint
         .receive(session, open, Arc::new(parts), incoming, Framing::OwnStream)

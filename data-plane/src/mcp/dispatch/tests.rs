@@ -361,3 +361,24 @@ async fn legacy_sse_answers_on_the_sessions_one_stream() {
         .expect("request");
     assert_eq!(send(&router, request).await.0, StatusCode::NOT_FOUND);
 }
+
+#[test]
+fn dot_segments_are_found_spelt_out_or_encoded() {
+    for uri in [
+        "file:///repo/../etc/passwd",
+        "file:///repo/./x",
+        "e+demo://public/%2E%2E/secret",
+        "e+demo://public/%2e/x",
+        "file:///repo/..",
+    ] {
+        assert!(has_dot_segment(uri), "{uri}");
+    }
+    for uri in [
+        "file:///repo/a..b",
+        "file:///repo/.hidden",
+        "e+demo://public/readme?path=../x",
+        "db://users",
+    ] {
+        assert!(!has_dot_segment(uri), "{uri}");
+    }
+}

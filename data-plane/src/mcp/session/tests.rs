@@ -362,3 +362,39 @@ async fn a_session_answers_only_the_client_that_opened_it() {
     );
     assert!(sessions.end(&id, Kind::Streamable, Some("team-a")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_session_keeping_a_streamed_answer_is_not_parked_until_it_lets_go() {
+    let (sessions, session, _) = table_with_session();
+    let replay = session.open_replay().expect("live");
+    tokio::time::advance(PARK_AFTER * 2).await;
+    assert_eq!(sessions.sweep(), 0, "a resume may still come");
+    session.forget_replay(replay.stream());
+    assert_eq!(sessions.sweep(), 1);
+}
+
+#[tokio::test]
+async fn ending_a_session_frees_senders_stuck_on_its_full_stream() {
+    let (sessions, session, id) = table_with_session();
+    let outbox = session.client.outbox.clone();
+    while outbox
+        .try_send(ToStream::Answer(Bytes::from_static(b"{}")))
+        .is_ok()
+    {}
+    let stuck = tokio::spawn(async move {
+        outbox
+            .send(ToStream::Answer(Bytes::from_static(b"{}")))
+            .await
+    });
+    tokio::task::yield_now().await;
+    assert!(!stuck.is_finished(), "nobody reads the stream");
+    assert!(sessions.end(&id, Kind::Streamable, None));
+    assert!(
+        stuck.await.expect("task").is_err(),
+        "the send fails, not hangs"
+    );
+    assert!(
+        session.own_stream().is_none(),
+        "no stream opens on an ended session"
+    );
+}
