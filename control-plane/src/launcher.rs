@@ -88,10 +88,7 @@ pub fn write_admin_token(token: &Token) -> anyhow::Result<PathBuf> {
         io::Write,
         os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     };
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state")))
+    let state = user_dir("XDG_STATE_HOME", ".local/state")
         .context("neither XDG_STATE_HOME nor HOME is set: nowhere to keep the admin token (pass --admin-token-file)")?;
     let dir = state.join("switchboard");
     std::fs::DirBuilder::new()
@@ -111,6 +108,53 @@ pub fn write_admin_token(token: &Token) -> anyhow::Result<PathBuf> {
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     writeln!(file, "{}", token.expose())?;
     Ok(path)
+}
+
+/// `$<xdg>`, else `$HOME/<fallback>` (the XDG base directories).
+fn user_dir(xdg: &str, fallback: &str) -> Option<PathBuf> {
+    std::env::var_os(xdg)
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(fallback)))
+}
+
+/// The registry of the repository's quick start, bundled so an installed
+/// binary has one too.
+const DEMO_REGISTRY: [(&str, &str); 2] = [
+    (
+        "demo.yaml",
+        include_str!("../../deploy/local/registry/demo.yaml"),
+    ),
+    (
+        "utils.yaml",
+        include_str!("../../deploy/local/registry/utils.yaml"),
+    ),
+];
+
+/// Where the quick start's registry is when `--registry` is not given:
+/// `./deploy/local/registry` in a checkout of the repository, else
+/// `switchboard/registry` in the user's config directory, created with the
+/// demo servers the first time (and left as the user keeps it after).
+pub fn default_registry() -> anyhow::Result<PathBuf> {
+    let checkout = PathBuf::from("deploy/local/registry");
+    if checkout.is_dir() {
+        return Ok(checkout);
+    }
+    let home = user_dir("XDG_CONFIG_HOME", ".config")
+        .context("neither XDG_CONFIG_HOME nor HOME is set: pass --registry DIR")?
+        .join("switchboard/registry");
+    if !home.exists() {
+        std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+        for (name, text) in DEMO_REGISTRY {
+            let path = home.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        println!(
+            "created a registry directory with the demo servers: {}",
+            home.display()
+        );
+    }
+    Ok(home)
 }
 
 /// The gateway binary next to this one (both come out of one `cargo build`).

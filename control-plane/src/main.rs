@@ -20,7 +20,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Source {
     Directory,
     Kubernetes,
@@ -51,13 +51,12 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ControlArgs {
-    /// Directory of McpServer YAML files.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_REGISTRY",
-        default_value = "deploy/local/registry"
-    )]
-    registry: PathBuf,
+    /// Directory of McpServer YAML files. Default: `./deploy/local/registry`
+    /// in a checkout of the repository; else, for `up`,
+    /// `$XDG_CONFIG_HOME/switchboard/registry` (created with the demo
+    /// servers the first time).
+    #[arg(long, env = "SWITCHBOARD_REGISTRY")]
+    registry: Option<PathBuf>,
     /// Where McpServer resources come from: a directory (`--registry`) or
     /// the Kubernetes API (kubeconfig or in-cluster), which also gets
     /// status written back.
@@ -159,7 +158,10 @@ impl ControlArgs {
         let args = self;
         Ok(app::Config {
             registry: match args.source {
-                Source::Directory => app::RegistrySource::Directory(args.registry),
+                Source::Directory => app::RegistrySource::Directory(
+                    args.registry
+                        .unwrap_or_else(|| PathBuf::from("deploy/local/registry")),
+                ),
                 Source::Kubernetes => app::RegistrySource::Kubernetes {
                     kubeconfig: args.kubeconfig,
                     namespaces: args.watch_namespaces,
@@ -220,9 +222,14 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up {
-            control,
+            mut control,
             gateway_listen,
         } => {
+            if control.registry.is_none() && control.source == Source::Directory {
+                let registry = launcher::default_registry()?;
+                println!("registry directory: {}", registry.display());
+                control.registry = Some(registry);
+            }
             let mut control_plane = control.into_config()?;
             // The gateway `up` starts gets a fresh token of its own, and
             // the API one its user alone can read.

@@ -275,3 +275,73 @@ async fn up_keeps_its_api_behind_an_admin_token_only_its_user_can_read() {
         assert_eq!(answer.status().as_u16(), 200, "{open}");
     }
 }
+
+/// An installed binary run outside the repository has a registry too: the
+/// first `up` creates one with the demo servers in the user's config
+/// directory and says where; later runs use it as the user left it.
+#[tokio::test]
+async fn up_outside_the_repository_makes_a_registry_home_the_first_time() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let registry = home.path().join("config/switchboard/registry");
+    let start = |run: &str| {
+        let gateway = free_addr();
+        let mut command = Command::new(bin_dir().join("switchboard-control"));
+        command
+            .current_dir(home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("XDG_STATE_HOME", home.path().join("state"))
+            .env_remove("SWITCHBOARD_REGISTRY")
+            .arg("up")
+            .arg("--grpc-listen")
+            .arg(free_addr().to_string())
+            .arg("--http-listen")
+            .arg(free_addr().to_string())
+            .arg("--gateway-listen")
+            .arg(gateway.to_string());
+        let log = home.path().join(format!("up-{run}.log"));
+        (
+            Process::spawn("switchboard-control up", command, log),
+            gateway,
+        )
+    };
+
+    let (mut first, gateway) = start("first");
+    wait_listening("the gateway `up` starts", gateway).await;
+    let client = connect(&format!("http://{gateway}/mcp"))
+        .await
+        .expect("connect");
+    let answer = eventually("the demo server", EVENTUALLY, || async {
+        call(&client, "demo.echo", json!({ "text": "from home" }))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(
+        answer.structured_content,
+        Some(json!({ "text": "from home" }))
+    );
+    let log = first.log();
+    let shown = registry.display().to_string();
+    assert!(
+        log.contains(&format!(
+            "created a registry directory with the demo servers: {shown}"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("registry directory: {shown}")),
+        "{log}"
+    );
+    assert!(registry.join("utils.yaml").is_file());
+    client.cancel().await.expect("close");
+    first.terminate().await.expect("stop");
+
+    // The user's own registry now: nothing is put back.
+    std::fs::remove_file(registry.join("utils.yaml")).expect("remove");
+    let (mut second, gateway) = start("second");
+    wait_listening("the gateway `up` starts again", gateway).await;
+    let log = second.log();
+    assert!(!log.contains("created a registry directory"), "{log}");
+    assert!(!registry.join("utils.yaml").exists());
+    second.terminate().await.expect("stop");
+}
