@@ -73,9 +73,7 @@ impl Gate {
         let Some(token) = &self.token else {
             return true;
         };
-        let presented =
-            authorization.and_then(|v| v.strip_prefix(proto::auth::BEARER_PREFIX.as_bytes()));
-        let admitted = presented.is_some_and(|p| token.matches(p));
+        let admitted = token.admits(authorization);
         if !admitted {
             self.refused.inc();
         }

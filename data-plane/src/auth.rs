@@ -24,6 +24,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{counter::Counter, gauge::ConstGauge},
 };
+use proto::auth::BEARER_PREFIX;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::debug;
@@ -153,7 +154,7 @@ pub async fn authenticate(
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .and_then(|v| v.as_bytes().strip_prefix(BEARER_PREFIX.as_bytes()));
     let presented = token.is_some();
     match token.and_then(|token| callers.identify(token)) {
         Some(identity) => {

@@ -184,6 +184,14 @@ pub mod auth {
             format!("{BEARER_PREFIX}{}", self.0)
         }
 
+        /// Whether an `authorization` value (`Bearer <token>`, if any was
+        /// sent) presents this token.
+        pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
+            authorization
+                .and_then(|v| v.strip_prefix(BEARER_PREFIX.as_bytes()))
+                .is_some_and(|presented| self.matches(presented))
+        }
+
         /// Compares without stopping at the first difference, so the time
         /// a refusal takes says nothing about how much of a guess was right.
         pub fn matches(&self, presented: &[u8]) -> bool {
@@ -217,6 +225,26 @@ pub mod auth {
                 request.metadata_mut().insert(METADATA_KEY, value);
             }
             Ok(request)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn only_the_bearer_form_of_the_token_is_admitted() {
+            let token = Token::new("a-token-of-sixteen-plus").expect("long enough");
+            assert!(token.admits(Some(b"Bearer a-token-of-sixteen-plus")));
+            for refused in [
+                None,
+                Some(&b"a-token-of-sixteen-plus"[..]),
+                Some(b"bearer a-token-of-sixteen-plus"),
+                Some(b"Bearer a-token-of-sixteen-plu"),
+                Some(b"Bearer a-token-of-sixteen-plus "),
+            ] {
+                assert!(!token.admits(refused), "{refused:?}");
+            }
         }
     }
 }
