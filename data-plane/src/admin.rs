@@ -16,9 +16,7 @@ use axum::{
     routing::get,
 };
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::counter::Counter,
+    collector::Collector, encoding::DescriptorEncoder, metrics::counter::Counter,
 };
 use proto::auth::Token;
 use serde::Serialize;
@@ -29,7 +27,10 @@ use crate::{
     catalog::{CatalogReader, Collision},
     downstream::{ServerState, Servers},
     drain::Drain,
-    telemetry::{Metrics, metrics::OPENMETRICS_CONTENT_TYPE},
+    telemetry::{
+        Metrics,
+        metrics::{OPENMETRICS_CONTENT_TYPE, encode_counters},
+    },
     xds::{ConfigStatus, unix_millis},
 };
 
@@ -128,12 +129,14 @@ impl std::fmt::Debug for AdminGate {
 
 impl Collector for AdminGate {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        self.refused.encode(encoder.encode_descriptor(
-            "admin_auth_failures",
-            "Requests for the detailed /healthz refused for a missing or wrong admin token",
-            None,
-            self.refused.metric_type(),
-        )?)
+        encode_counters(
+            &mut encoder,
+            &[(
+                "admin_auth_failures",
+                "Requests for the detailed /healthz refused for a missing or wrong admin token",
+                &self.refused,
+            )],
+        )
     }
 }
 

@@ -29,7 +29,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use crate::mcp::answer::Refusal;
+use crate::{mcp::answer::Refusal, telemetry::metrics::encode_counters};
 
 /// Where the protected-resource metadata is served (RFC 9728 §3).
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
@@ -111,12 +111,14 @@ impl std::fmt::Debug for Callers {
 
 impl Collector for Callers {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        self.refused.encode(encoder.encode_descriptor(
-            "auth_failures",
-            "MCP requests refused for a missing or unknown bearer token",
-            None,
-            self.refused.metric_type(),
-        )?)?;
+        encode_counters(
+            &mut encoder,
+            &[(
+                "auth_failures",
+                "MCP requests refused for a missing or unknown bearer token",
+                &self.refused,
+            )],
+        )?;
         let clients =
             ConstGauge::new(i64::try_from(self.by_digest.read().len()).unwrap_or(i64::MAX));
         clients.encode(encoder.encode_descriptor(

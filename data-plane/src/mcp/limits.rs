@@ -9,11 +9,11 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::counter::Counter,
+    collector::Collector, encoding::DescriptorEncoder, metrics::counter::Counter,
 };
 use tokio::time::Instant;
+
+use crate::telemetry::metrics::encode_counters;
 
 /// Per-client limits, as configured.
 #[derive(Clone, Debug)]
@@ -89,12 +89,14 @@ impl std::fmt::Debug for RateLimits {
 
 impl Collector for RateLimits {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        self.limited.encode(encoder.encode_descriptor(
-            "rate_limited",
-            "Requests refused because their client was over its requests per second",
-            None,
-            self.limited.metric_type(),
-        )?)
+        encode_counters(
+            &mut encoder,
+            &[(
+                "rate_limited",
+                "Requests refused because their client was over its requests per second",
+                &self.limited,
+            )],
+        )
     }
 }
 

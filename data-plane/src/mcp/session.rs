@@ -31,7 +31,7 @@ use axum::body::Bytes;
 use parking_lot::Mutex;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::Counter, gauge::ConstGauge},
 };
 use rmcp::{
@@ -57,6 +57,7 @@ use crate::{
     clients::{ClientSession, SessionKey, ToStream},
     downstream::Servers,
     observe::session_tag,
+    telemetry::metrics::{ReasonLabels, encode_counters},
 };
 
 /// Messages queued on a session's own stream; beyond, notifications are
@@ -456,11 +457,6 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: &'static str,
-}
-
 /// The table's metrics (`switchboard_sessions*`), read from it at each
 /// scrape.
 #[derive(Debug)]
@@ -482,22 +478,21 @@ impl Collector for SessionGauges {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(value).encode(family)?;
         }
-        let counters = [
-            (
-                "session_parks",
-                "Idle client sessions parked",
-                &sessions.parks,
-            ),
-            (
-                "session_restores",
-                "Parked client sessions restored by a request",
-                &sessions.restores,
-            ),
-        ];
-        for (name, help, counter) in counters {
-            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            counter.encode(family)?;
-        }
+        encode_counters(
+            &mut encoder,
+            &[
+                (
+                    "session_parks",
+                    "Idle client sessions parked",
+                    &sessions.parks,
+                ),
+                (
+                    "session_restores",
+                    "Parked client sessions restored by a request",
+                    &sessions.restores,
+                ),
+            ],
+        )?;
         let mut refusals = encoder.encode_descriptor(
             "session_refusals",
             "Session requests refused, by reason (limit: the table was full; client_limit: the client held its limit; other_client: an id presented by a client other than its owner)",
@@ -509,7 +504,7 @@ impl Collector for SessionGauges {
             ("client_limit", &sessions.refused_client_limit),
             ("other_client", &sessions.refused_other_client),
         ] {
-            counter.encode(refusals.encode_family(&ReasonLabel { reason })?)?;
+            counter.encode(refusals.encode_family(&ReasonLabels::new(reason))?)?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use prometheus_client::{
     collector::Collector,
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::{Registry, Unit},
 };
@@ -190,6 +190,17 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Encodes counters a collector keeps, each with its name and help.
+pub fn encode_counters(
+    encoder: &mut DescriptorEncoder<'_>,
+    counters: &[(&str, &str, &Counter)],
+) -> std::fmt::Result {
+    for (name, help, counter) in counters {
+        counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+    }
+    Ok(())
 }
 
 impl ReasonLabels {
