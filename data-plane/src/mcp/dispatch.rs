@@ -176,13 +176,14 @@ impl Endpoint {
         parts: Parts,
     ) -> Response {
         let owner = caller(&parts);
-        let session = match self
-            .sessions
-            .create(Kind::Streamable, Some(params.clone()), owner)
-        {
-            Ok(session) => session,
-            Err(refusal) => return refusal.answering(&id).into_response(),
-        };
+        let (session, _open) =
+            match self
+                .sessions
+                .create(Kind::Streamable, Some(params.clone()), owner)
+            {
+                Ok(created) => created,
+                Err(refusal) => return refusal.answering(&id).into_response(),
+            };
         let ctx = Ctx {
             id,
             meta: RequestMetaObject::default(),
@@ -246,7 +247,7 @@ impl Endpoint {
                         stream: None,
                     };
                     let body = self.methods.initialize(&session, &initialize.params, &ctx);
-                    let _ = session.client.outbox.send(ToStream::Answer(body)).await;
+                    session.answer_on_own_stream(body).await;
                     return StatusCode::ACCEPTED.into_response();
                 }
                 let meta = std::mem::take(request.get_meta_mut());
@@ -299,11 +300,7 @@ impl Endpoint {
         match framing {
             Framing::Response => refusal.into_response(),
             Framing::OwnStream => {
-                let _ = session
-                    .client
-                    .outbox
-                    .send(ToStream::Answer(refusal.body()))
-                    .await;
+                session.answer_on_own_stream(refusal.body()).await;
                 StatusCode::ACCEPTED.into_response()
             }
         }
@@ -333,7 +330,7 @@ impl Endpoint {
             return match framing {
                 Framing::Response => json_response(body),
                 Framing::OwnStream => {
-                    let _ = session.client.outbox.send(ToStream::Answer(body)).await;
+                    session.answer_on_own_stream(body).await;
                     StatusCode::ACCEPTED.into_response()
                 }
             };
@@ -370,7 +367,7 @@ impl Endpoint {
                 if framing == Framing::OwnStream
                     && let Some(body) = answer
                 {
-                    let _ = answering.client.outbox.send(ToStream::Answer(body)).await;
+                    answering.answer_on_own_stream(body).await;
                     return None;
                 }
                 answer

@@ -209,14 +209,15 @@ impl Sessions {
         })
     }
 
-    /// A new session of `owner` (the authenticated client, if any);
-    /// refused when the table is full.
+    /// A new session of `owner` (the authenticated client, if any), with
+    /// the request or stream that opens it counted open; refused when the
+    /// table is full.
     pub fn create(
         self: &Arc<Self>,
         kind: Kind,
         handshake: Option<InitializeRequestParams>,
         owner: Option<Arc<str>>,
-    ) -> Result<Arc<Session>, Refusal> {
+    ) -> Result<(Arc<Session>, Open), Refusal> {
         let handshake = handshake.map(|h| self.intern(&h));
         let mut rows = self.rows.lock();
         if rows.len() >= self.max_sessions {
@@ -259,10 +260,14 @@ impl Sessions {
                 handshake,
                 caller: None,
                 last_active: Instant::now(),
-                open: 0,
+                open: 1,
             },
         );
-        Ok(session)
+        let open = Open {
+            sessions: self.clone(),
+            id,
+        };
+        Ok((session, open))
     }
 
     /// The live session `id` names (restoring a parked one), with the
@@ -654,6 +659,12 @@ impl Session {
         };
         // rmcp's own types: encoding them cannot fail.
         Some(event(&serde_json::to_vec(&message).unwrap_or_default()))
+    }
+
+    /// Sends an answer on the session's own stream, where legacy SSE
+    /// clients read every answer; lost if the session has ended.
+    pub async fn answer_on_own_stream(&self, body: Bytes) {
+        let _ = self.client.outbox.send(ToStream::Answer(body)).await;
     }
 
     /// A new resumable stream for a streamed answer; `None` once the

@@ -45,16 +45,13 @@ async fn open(State(endpoint): State<Arc<Endpoint>>, parts: Parts) -> Response {
         return Refusal::forbidden(refused).into_response();
     }
     let owner = caller(&parts);
-    let session = match endpoint.sessions.create(Kind::Legacy, None, owner.clone()) {
-        Ok(session) => session,
+    let (session, open) = match endpoint.sessions.create(Kind::Legacy, None, owner.clone()) {
+        Ok(created) => created,
         Err(refusal) => return refusal.into_response(),
     };
     let id = session.id.simple().to_string();
-    let (Some((_, open)), Some(own)) = (
-        endpoint.sessions.enter(&id, Kind::Legacy, owner.as_deref()),
-        session.own_stream(),
-    ) else {
-        endpoint.sessions.end(&id, Kind::Legacy, owner.as_deref());
+    // Free unless the replica stopped and closed the session meanwhile.
+    let Some(own) = session.own_stream() else {
         return Refusal::unknown_session("the session ended as it opened").into_response();
     };
     let endpoint_event = Bytes::from(format!(

@@ -37,12 +37,23 @@ fn handshake(client: &str) -> InitializeRequestParams {
     params
 }
 
+/// A new session, its opening request done.
+fn create(
+    sessions: &Arc<Sessions>,
+    kind: Kind,
+    handshake: Option<InitializeRequestParams>,
+    owner: Option<Arc<str>>,
+) -> Result<Arc<Session>, Refusal> {
+    sessions
+        .create(kind, handshake, owner)
+        .map(|(session, _open)| session)
+}
+
 /// A table holding one initialised session, and its id.
 fn table_with_session() -> (Arc<Sessions>, Arc<Session>, String) {
     let sessions = table(16);
-    let session = sessions
-        .create(Kind::Streamable, Some(handshake("agent")), None)
-        .expect("room");
+    let session =
+        create(&sessions, Kind::Streamable, Some(handshake("agent")), None).expect("room");
     let id = session.id.to_string();
     (sessions, session, id)
 }
@@ -68,9 +79,7 @@ async fn only_idle_sessions_with_nothing_open_and_nothing_of_their_own_are_parke
     assert_eq!(sessions.sweep(), 0, "pinned");
     assert_eq!(sessions.counts(), (1, 0));
 
-    let other = sessions
-        .create(Kind::Streamable, Some(handshake("agent")), None)
-        .expect("room");
+    let other = create(&sessions, Kind::Streamable, Some(handshake("agent")), None).expect("room");
     tokio::time::advance(PARK_AFTER).await;
     assert_eq!(sessions.sweep(), 1);
     assert_eq!(sessions.counts(), (1, 1));
@@ -121,8 +130,7 @@ async fn a_parked_session_comes_back_once_under_its_id_and_is_told_to_relist() {
 #[tokio::test(start_paused = true)]
 async fn rows_idle_past_the_timeout_are_forgotten_live_or_parked() {
     let (sessions, session, id) = table_with_session();
-    let parked = sessions
-        .create(Kind::Streamable, Some(handshake("agent")), None)
+    let parked = create(&sessions, Kind::Streamable, Some(handshake("agent")), None)
         .expect("room")
         .id
         .to_string();
@@ -146,12 +154,8 @@ async fn rows_idle_past_the_timeout_are_forgotten_live_or_parked() {
 #[tokio::test]
 async fn identical_handshakes_are_kept_once() {
     let sessions = table(16);
-    let a = sessions
-        .create(Kind::Streamable, Some(handshake("agent")), None)
-        .expect("room");
-    let b = sessions
-        .create(Kind::Streamable, Some(handshake("agent")), None)
-        .expect("room");
+    let a = create(&sessions, Kind::Streamable, Some(handshake("agent")), None).expect("room");
+    let b = create(&sessions, Kind::Streamable, Some(handshake("agent")), None).expect("room");
     let (a, b) = (a.handshake.get().expect("a"), b.handshake.get().expect("b"));
     assert!(Arc::ptr_eq(a, b));
     assert_eq!(sessions.handshakes.lock().len(), 1);
@@ -171,7 +175,7 @@ async fn ids_name_sessions_only_in_their_own_spelling_and_kind() {
             .enter("no-such-session", Kind::Streamable, None)
             .is_none()
     );
-    let legacy = sessions.create(Kind::Legacy, None, None).expect("room");
+    let legacy = create(&sessions, Kind::Legacy, None, None).expect("room");
     let simple = legacy.id.simple().to_string();
     assert!(sessions.enter(&simple, Kind::Legacy, None).is_some());
     assert!(
@@ -186,15 +190,15 @@ async fn ids_name_sessions_only_in_their_own_spelling_and_kind() {
 #[tokio::test]
 async fn the_table_refuses_sessions_beyond_its_limit() {
     let sessions = table(2);
-    let first = sessions.create(Kind::Streamable, None, None).expect("room");
-    sessions.create(Kind::Legacy, None, None).expect("room");
-    let Err(refused) = sessions.create(Kind::Streamable, None, None) else {
+    let first = create(&sessions, Kind::Streamable, None, None).expect("room");
+    create(&sessions, Kind::Legacy, None, None).expect("room");
+    let Err(refused) = create(&sessions, Kind::Streamable, None, None) else {
         panic!("the table is full");
     };
     assert_eq!(refused.status, http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(sessions.refused_full.get(), 1);
     assert!(sessions.end(&first.id.to_string(), Kind::Streamable, None));
-    assert!(sessions.create(Kind::Streamable, None, None).is_ok());
+    assert!(create(&sessions, Kind::Streamable, None, None).is_ok());
 }
 
 #[tokio::test]
@@ -203,12 +207,11 @@ async fn a_client_holds_at_most_its_share_of_sessions() {
     let alice: Arc<str> = "alice".into();
     let mut held = Vec::new();
     for _ in 0..2 {
-        let session = sessions
-            .create(Kind::Streamable, None, Some(alice.clone()))
+        let session = create(&sessions, Kind::Streamable, None, Some(alice.clone()))
             .expect("within the client's limit");
         held.push(session.id.to_string());
     }
-    let Err(refused) = sessions.create(Kind::Legacy, None, Some(alice.clone())) else {
+    let Err(refused) = create(&sessions, Kind::Legacy, None, Some(alice.clone())) else {
         panic!("alice holds her limit");
     };
     assert_eq!(refused.status, http::StatusCode::TOO_MANY_REQUESTS);
@@ -216,11 +219,11 @@ async fn a_client_holds_at_most_its_share_of_sessions() {
     assert_eq!(sessions.refused_client_limit.get(), 1);
     let bob: Arc<str> = "bob".into();
     assert!(
-        sessions.create(Kind::Streamable, None, Some(bob)).is_ok(),
+        create(&sessions, Kind::Streamable, None, Some(bob)).is_ok(),
         "others are not held back"
     );
     assert!(sessions.end(&held[0], Kind::Streamable, Some("alice")));
-    assert!(sessions.create(Kind::Streamable, None, Some(alice)).is_ok());
+    assert!(create(&sessions, Kind::Streamable, None, Some(alice)).is_ok());
 }
 
 #[tokio::test]
@@ -341,9 +344,13 @@ async fn one_stream_at_a_time_reads_the_sessions_own_messages() {
 async fn a_session_answers_only_the_client_that_opened_it() {
     let sessions = table(16);
     let owner: Arc<str> = "team-a".into();
-    let session = sessions
-        .create(Kind::Streamable, Some(handshake("agent")), Some(owner))
-        .expect("room");
+    let session = create(
+        &sessions,
+        Kind::Streamable,
+        Some(handshake("agent")),
+        Some(owner),
+    )
+    .expect("room");
     let id = session.id.to_string();
     assert!(
         sessions
@@ -397,4 +404,17 @@ async fn ending_a_session_frees_senders_stuck_on_its_full_stream() {
         session.own_stream().is_none(),
         "no stream opens on an ended session"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_request_that_opens_a_session_keeps_it_in_memory_until_done() {
+    let sessions = table(16);
+    let (_, open) = sessions
+        .create(Kind::Streamable, Some(handshake("agent")), None)
+        .expect("room");
+    tokio::time::advance(PARK_AFTER * 2).await;
+    assert_eq!(sessions.sweep(), 0, "its handshake is being answered");
+    drop(open);
+    tokio::time::advance(PARK_AFTER).await;
+    assert_eq!(sessions.sweep(), 1);
 }
