@@ -392,6 +392,21 @@ async fn headers_never_follow_a_redirect_to_another_origin() {
     );
 }
 
+/// `McpClient` documents, one per (name, groups), each with the token
+/// `<name>-token-0123456789`.
+fn clients_yaml(clients: &[(&str, &[&str])]) -> String {
+    clients
+        .iter()
+        .map(|(name, groups)| {
+            let token = digest(&format!("{name}-token-0123456789"));
+            format!(
+                "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: {name}}}\nspec: {{groups: {groups:?}, token: {{sha256: {token}}}}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
 /// The SHA-256 of `token`, as `McpClient.spec.token.sha256` holds it.
 fn digest(token: &str) -> String {
     use sha2::Digest;
@@ -408,11 +423,7 @@ fn digest(token: &str) -> String {
 #[tokio::test]
 async fn declared_clients_need_their_token_and_are_the_caller() {
     let marker = format!("clients-{}", std::process::id());
-    let clients = format!(
-        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{groups: [dev], token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: bob}}\nspec: {{token: {{sha256: {}}}}}\n",
-        digest("alice-token-0123456789"),
-        digest("bob-token-0123456789")
-    );
+    let clients = clients_yaml(&[("alice", &["dev"]), ("bob", &[])]);
     let sb = Switchboard::start(&[
         ("d.yaml", &demo_server_yaml("d", &marker, &[])),
         ("clients.yaml", &clients),
@@ -568,10 +579,7 @@ async fn the_stdio_bridge_presents_a_clients_token() {
     use rmcp::ServiceExt;
 
     let marker = format!("bridge-token-{}", std::process::id());
-    let client = format!(
-        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: carol}}\nspec: {{token: {{sha256: {}}}}}\n",
-        digest("carol-token-0123456789")
-    );
+    let client = clients_yaml(&[("carol", &[])]);
     let sb = Switchboard::start(&[
         ("d.yaml", &demo_server_yaml("d", &marker, &[])),
         ("carol.yaml", &client),
@@ -708,18 +716,24 @@ impl<'a> Authed<'a> {
         }
     }
 
-    /// The HTTP status and the JSON-RPC response to `method`.
-    async fn rpc(&self, method: &str, params: serde_json::Value) -> (u16, serde_json::Value) {
-        let response = self
-            .http
+    /// POSTs `message` in the session, as this client.
+    async fn send(&self, message: serde_json::Value) -> reqwest::Response {
+        self.http
             .post(&self.url)
             .bearer_auth(self.token)
             .header("accept", "application/json, text/event-stream")
             .header("mcp-session-id", &self.session)
-            .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }))
+            .json(&message)
             .send()
             .await
-            .expect("POST /mcp");
+            .expect("POST /mcp")
+    }
+
+    /// The HTTP status and the JSON-RPC response to `method`.
+    async fn rpc(&self, method: &str, params: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = self
+            .send(json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }))
+            .await;
         let status = response.status().as_u16();
         let body = response.text().await.expect("body");
         let answer = serde_json::from_str(&body).unwrap_or_else(|_| {
@@ -755,9 +769,8 @@ impl<'a> Authed<'a> {
 async fn access_policies_hide_and_refuse_what_they_deny() {
     let marker = format!("policies-{}", std::process::id());
     let registry = format!(
-        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{groups: [dev], token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: bob}}\nspec: {{token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: dev-no-fail}}\nspec: {{subjects: {{groups: [dev]}}, deny: {{tools: ['d.fail*'], resources: ['e+*']}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: bob-echo-only}}\nspec: {{subjects: {{clients: [bob]}}, allow: {{tools: [d.echo], resources: ['e+demo://public/*']}}}}\n",
-        digest("alice-token-0123456789"),
-        digest("bob-token-0123456789")
+        "{}---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: dev-no-fail}}\nspec: {{subjects: {{groups: [dev]}}, deny: {{tools: ['d.fail*'], resources: ['e+*']}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: bob-echo-only}}\nspec: {{subjects: {{clients: [bob]}}, allow: {{tools: [d.echo], resources: ['e+demo://public/*']}}}}\n",
+        clients_yaml(&[("alice", &["dev"]), ("bob", &[])])
     );
     let sb = Switchboard::start(&[
         ("d.yaml", &demo_server_yaml("d", &marker, &[])),
@@ -914,11 +927,7 @@ async fn access_policies_hide_and_refuse_what_they_deny() {
 #[tokio::test]
 async fn clients_are_held_to_their_rate_and_their_sessions() {
     let marker = format!("limits-{}", std::process::id());
-    let clients = format!(
-        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: bob}}\nspec: {{token: {{sha256: {}}}}}\n",
-        digest("alice-token-0123456789"),
-        digest("bob-token-0123456789")
-    );
+    let clients = clients_yaml(&[("alice", &[]), ("bob", &[])]);
     // One token every 10 s: nothing refills while the test runs.
     let limits = [
         "--client-requests-per-second",
@@ -958,15 +967,9 @@ async fn clients_are_held_to_their_rate_and_their_sessions() {
     assert_eq!(status, 429, "{refused}");
     let message = refused["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("requests per second"), "{refused}");
-    let response = http
-        .post(sb.mcp_url())
-        .bearer_auth("alice-token-0123456789")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", &alice.session)
-        .json(&json!({ "jsonrpc": "2.0", "id": 4, "method": "ping" }))
-        .send()
-        .await
-        .expect("an answer");
+    let response = alice
+        .send(json!({ "jsonrpc": "2.0", "id": 4, "method": "ping" }))
+        .await;
     let retry_after: u64 = response.headers()["retry-after"]
         .to_str()
         .ok()
@@ -974,15 +977,9 @@ async fn clients_are_held_to_their_rate_and_their_sessions() {
         .expect("Retry-After in seconds");
     assert!((1..=10).contains(&retry_after), "{retry_after}");
     // A cancel concerns work in flight: never held back.
-    let cancel = http
-        .post(sb.mcp_url())
-        .bearer_auth("alice-token-0123456789")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", &alice.session)
-        .json(&json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": 1 } }))
-        .send()
-        .await
-        .expect("an answer");
+    let cancel = alice
+        .send(json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": 1 } }))
+        .await;
     assert_eq!(cancel.status(), 202);
 
     let bob = Authed::open(&http, sb.mcp_url(), "bob-token-0123456789").await;
@@ -1183,10 +1180,7 @@ async fn the_gateways_detailed_health_needs_its_admin_token() {
 #[tokio::test]
 async fn a_clients_per_session_processes_are_capped() {
     let marker = format!("per-client-{}", std::process::id());
-    let clients = format!(
-        "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{token: {{sha256: {}}}}}\n",
-        digest("alice-token-0123456789")
-    );
+    let clients = clients_yaml(&[("alice", &[])]);
     let per_session =
         e2e::demo_server_with("p", &marker, &[], json!({ "sessionMode": "perSession" }));
     let sb = Switchboard::start_with(
