@@ -354,6 +354,21 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
     .await;
 }
 
+/// Everything a secret value must never show up in: both planes' logs,
+/// the `McpServer`s as `kubectl` shows them, Events, the gateway's health.
+async fn output_surfaces(sb: &Switchboard, api: &KubeApiServer, home: &Path) -> String {
+    format!(
+        "{}{}{}{:?}{}",
+        sb.control.as_ref().expect("control plane").log(),
+        sb.gateway.as_ref().expect("gateway").log(),
+        kubectl(api, home, &["get", "mcps", "-o", "json"])
+            .await
+            .expect("get -o json"),
+        api.objects("events"),
+        sb.health().await,
+    )
+}
+
 #[tokio::test]
 async fn env_values_come_from_secrets_and_config_maps_and_stay_secret() {
     const SECRET: &str = "sk-live-0123456789abcdef";
@@ -408,15 +423,7 @@ async fn env_values_come_from_secrets_and_config_maps_and_stay_secret() {
     assert!(message.contains("`nowhere`"), "{message}");
 
     // The value appears in no log, status or event.
-    let everywhere = format!(
-        "{}{}{}{:?}",
-        sb.control.as_ref().expect("control plane").log(),
-        sb.gateway.as_ref().expect("gateway").log(),
-        kubectl(&api, home.path(), &["get", "mcps", "-o", "json"])
-            .await
-            .expect("get -o json"),
-        api.objects("events"),
-    );
+    let everywhere = output_surfaces(&sb, &api, home.path()).await;
     assert!(!everywhere.contains(SECRET), "the secret value leaked");
 }
 
@@ -752,15 +759,6 @@ async fn header_values_come_from_secrets_and_stay_secret() {
         "only the Secret's value, trimmed"
     );
 
-    let everywhere = format!(
-        "{}{}{}{:?}{}",
-        sb.control.as_ref().expect("control plane").log(),
-        sb.gateway.as_ref().expect("gateway").log(),
-        kubectl(&api, home.path(), &["get", "mcps", "-o", "json"])
-            .await
-            .expect("get -o json"),
-        api.objects("events"),
-        sb.health().await,
-    );
+    let everywhere = output_surfaces(&sb, &api, home.path()).await;
     assert!(!everywhere.contains(KEY), "the key leaked");
 }
