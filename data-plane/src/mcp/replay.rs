@@ -46,6 +46,8 @@ struct State {
     first: u64,
     events: VecDeque<Bytes>,
     finished: bool,
+    /// A follower has handed the last event of the finished stream on.
+    delivered: bool,
 }
 
 impl Replay {
@@ -118,7 +120,10 @@ impl Replay {
                             drop(changed);
                             return Some((Ok(event), (replay, next + 1, keep_alive)));
                         }
-                        None if finished => return None,
+                        None if finished => {
+                            replay.state.lock().delivered = true;
+                            return None;
+                        }
                         None => {}
                     }
                     tokio::select! {
@@ -130,6 +135,12 @@ impl Replay {
                 Some((Ok(comment), (replay, next, keep_alive)))
             },
         ))
+    }
+
+    /// The whole finished stream has been handed to a connection: a
+    /// client that got it all has nothing to resume.
+    pub fn delivered(&self) -> bool {
+        self.state.lock().delivered
     }
 
     pub fn stream(&self) -> u64 {

@@ -565,10 +565,12 @@ impl Session {
         })
     }
 
-    /// Nothing of its own would be lost by parking it: not pinned, and no
-    /// streamed answer is still kept for a resume.
+    /// Nothing of its own would be lost by parking it: not pinned, and
+    /// every streamed answer it keeps was delivered whole (a slow machine
+    /// streams even quick answers; those must not hold sessions in memory).
     fn parkable(&self) -> bool {
-        !self.pinned.load(Ordering::Relaxed) && self.calls.lock().replays.is_empty()
+        !self.pinned.load(Ordering::Relaxed)
+            && self.calls.lock().replays.values().all(|r| r.delivered())
     }
 
     /// Keeps the session in memory from now on: it holds state a fresh

@@ -380,6 +380,20 @@ async fn a_session_keeping_a_streamed_answer_is_not_parked_until_it_lets_go() {
     assert_eq!(sessions.sweep(), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_streamed_answer_delivered_whole_does_not_hold_its_session() {
+    use futures::StreamExt;
+    let (sessions, session, _) = table_with_session();
+    let replay = session.open_replay().expect("live");
+    replay.push(b"data: {}\n\n");
+    replay.finish();
+    let follower = replay.clone().follow(0).expect("kept");
+    tokio::time::advance(PARK_AFTER * 2).await;
+    assert_eq!(sessions.sweep(), 0, "not yet read to its end");
+    assert_eq!(follower.count().await, 2, "priming event and answer");
+    assert_eq!(sessions.sweep(), 1);
+}
+
 #[tokio::test]
 async fn ending_a_session_frees_senders_stuck_on_its_full_stream() {
     let (sessions, session, id) = table_with_session();
