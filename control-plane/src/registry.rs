@@ -139,27 +139,33 @@ impl Registry {
     }
 
     /// Adds clients in priority order: the first to claim a name or a
-    /// token keeps it, later ones are reported and left out.
+    /// token keeps it, later ones are reported and left out, as is a
+    /// client whose token is not known by its digest (only the Kubernetes
+    /// source reads Secrets).
     pub fn add_clients(&mut self, candidates: impl IntoIterator<Item = (String, ValidClient)>) {
         for (source, client) in candidates {
-            let taken = if self.clients.contains_key(&client.name) {
-                Some((
+            let taken = match client.token_sha256() {
+                None => Some((
+                    "spec.token.valueFrom",
+                    "valueFrom (secretKeyRef) needs the Kubernetes source; use sha256 in a registry file".to_owned(),
+                )),
+                Some(_) if self.clients.contains_key(&client.name) => Some((
                     "metadata.name",
                     format!("McpClient `{}` is already defined", client.name),
-                ))
-            } else {
-                self.clients
+                )),
+                Some(digest) => self
+                    .clients
                     .values()
-                    .find(|c| c.token_sha256 == client.token_sha256)
+                    .find(|c| c.token_sha256() == Some(digest))
                     .map(|owner| {
                         (
-                            "spec.token.sha256",
+                            "spec.token",
                             format!(
                                 "McpClient `{}` has the same token: give each client its own",
                                 owner.name
                             ),
                         )
-                    })
+                    }),
             };
             match taken {
                 Some((field, message)) => self.issues.push(RegistryIssue {
@@ -227,6 +233,16 @@ fn parse_kind<T: DeserializeOwned, V>(
             Some("apiVersion".into()),
             format!("expected `{API_VERSION}`, found `{api_version}`"),
         ));
+    }
+    if let Some(mapping) = value.as_mapping() {
+        let known = ["apiVersion", "kind", "metadata", "spec"];
+        if let Some(key) = mapping
+            .keys()
+            .filter_map(|k| k.as_str())
+            .find(|k| !known.contains(k))
+        {
+            return Err((resource, Some(key.to_owned()), "unknown field".into()));
+        }
     }
     let parsed: T = serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();

@@ -14,7 +14,10 @@ pub mod resilience;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::{
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
 use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, transform::Transform};
 use serde::{Deserialize, Serialize};
@@ -291,10 +294,23 @@ pub struct McpServerStatus {
     pub last_error: Option<String>,
 }
 
-/// The `McpServer` CRD as YAML, as checked into the helm chart.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+/// The CRDs of every registry kind, as checked into the helm chart.
+pub fn crds() -> [CustomResourceDefinition; 3] {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&McpServer::crd())
+    [
+        McpServer::crd(),
+        client::McpClient::crd(),
+        policy::McpAccessPolicy::crd(),
+    ]
+}
+
+/// Every CRD as one YAML stream.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let documents = crds()
+        .iter()
+        .map(serde_yaml::to_string)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(documents.join("---\n"))
 }
 
 /// schemars describes Rust's unsigned integers with formats OpenAPI does
@@ -925,7 +941,7 @@ mod tests {
     }
 
     fn crd_spec_schema() -> Value {
-        let crd: Value = serde_yaml::from_str(&crd_yaml().expect("CRD")).expect("YAML");
+        let crd = serde_json::to_value(&crds()[0]).expect("CRD");
         crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
     }
 

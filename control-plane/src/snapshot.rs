@@ -108,12 +108,15 @@ pub fn build_resources(registry: &Registry) -> Vec<pb::Resource> {
     let servers = registry.enabled().map(|server| pb::Resource {
         kind: Some(Kind::McpServer(to_proto(server))),
     });
-    let clients = registry.clients.values().map(|client| pb::Resource {
-        kind: Some(Kind::McpClient(pb::McpClient {
-            name: client.name.clone(),
-            groups: client.groups.clone(),
-            token_sha256: client.token_sha256.clone(),
-        })),
+    // Only clients whose token is known by its digest are in a registry.
+    let clients = registry.clients.values().filter_map(|client| {
+        Some(pb::Resource {
+            kind: Some(Kind::McpClient(pb::McpClient {
+                name: client.name.clone(),
+                groups: client.groups.clone(),
+                token_sha256: client.token_sha256()?.to_owned(),
+            })),
+        })
     });
     let policies = registry.policies.values().map(|policy| pb::Resource {
         kind: Some(Kind::McpAccessPolicy(pb::McpAccessPolicy {

@@ -42,7 +42,7 @@
 //! the chart's when the stand-in starts (one a cluster would refuse makes
 //! it panic with the real server's message, as `helm install` would fail),
 //! and each one created, replaced or applied server-side through the API.
-//! `McpServer`s follow the stored CRD: defaulted, pruned and validated as
+//! `McpServer`s (and `McpClient`s, `McpAccessPolicy`s) follow the stored CRD: defaulted, pruned and validated as
 //! the real server does ([`schema`]), `fieldValidation` (`Strict`, `Warn`,
 //! the default, `Ignore`) deciding what an unknown field costs.
 //!
@@ -51,7 +51,7 @@
 //! CEL rules are neither run nor cost-estimated; server-side apply is a
 //! merge patch (no field ownership, so no conflicts); a client-side
 //! `kubectl apply` of an existing object sends a strategic merge patch,
-//! refused with 415; only the `McpServer` CRD makes a kind served; no
+//! refused with 415; only Switchboard's CRDs make kinds served; no
 //! authentication, and no authorization beyond the denials a test switches
 //! on; bookmarks are not sent as a watch's timeout ends.
 
@@ -90,8 +90,12 @@ use tokio::sync::{broadcast, watch};
 pub use fault::{Fault, FaultHandle};
 use field::FieldError;
 
-/// The CRD the chart installs.
-const CRD: &str = include_str!("../../charts/switchboard/crds/mcpservers.switchboard.dev.yaml");
+/// The CRDs the chart installs.
+const CRDS: [&str; 3] = [
+    include_str!("../../charts/switchboard/crds/mcpservers.switchboard.dev.yaml"),
+    include_str!("../../charts/switchboard/crds/mcpclients.switchboard.dev.yaml"),
+    include_str!("../../charts/switchboard/crds/mcpaccesspolicies.switchboard.dev.yaml"),
+];
 
 /// A resource type this stand-in serves.
 #[derive(Debug)]
@@ -147,6 +151,30 @@ const KINDS: &[Kind] = &[
         categories: &["switchboard"],
         namespaced: true,
         status: true,
+        custom: true,
+    },
+    Kind {
+        group: "switchboard.dev",
+        version: "v1alpha1",
+        plural: "mcpclients",
+        singular: "mcpclient",
+        kind: "McpClient",
+        short_names: &["mcpc"],
+        categories: &["switchboard"],
+        namespaced: true,
+        status: false,
+        custom: true,
+    },
+    Kind {
+        group: "switchboard.dev",
+        version: "v1alpha1",
+        plural: "mcpaccesspolicies",
+        singular: "mcpaccesspolicy",
+        kind: "McpAccessPolicy",
+        short_names: &["mcpap"],
+        categories: &["switchboard"],
+        namespaced: true,
+        status: false,
         custom: true,
     },
     Kind {
@@ -284,24 +312,28 @@ struct Target {
 }
 
 impl KubeApiServer {
-    /// Starts the stand-in on a loopback port with the chart's CRD
+    /// Starts the stand-in on a loopback port with the chart's CRDs
     /// installed, as after `helm install`.
     ///
     /// # Panics
     ///
-    /// When a real API server would refuse the chart's CRD: the panic
-    /// carries the real server's message.
+    /// When a real API server would refuse one of the chart's CRDs: the
+    /// panic carries the real server's message.
     pub async fn start() -> Self {
-        let crd: Value = serde_yaml::from_str(CRD).expect("the chart CRD parses");
-        Self::start_with_crd(crd).await
+        let crds = CRDS.map(|crd| serde_yaml::from_str(crd).expect("the chart CRD parses"));
+        Self::start_with_crds(crds.into()).await
     }
 
-    /// Starts the stand-in with `crd` installed.
+    /// Starts the stand-in with `crd` as the only CRD installed.
     ///
     /// # Panics
     ///
     /// When a real API server would refuse `crd`.
     pub async fn start_with_crd(crd: Value) -> Self {
+        Self::start_with_crds(vec![crd]).await
+    }
+
+    async fn start_with_crds(installed: Vec<Value>) -> Self {
         // Whoever talks to the stand-in builds an HTTP client, and the
         // workspace's reqwest wants a process-wide TLS provider for that.
         crate::install_tls_provider();
@@ -317,11 +349,13 @@ impl KubeApiServer {
             watch_epoch: Arc::new(watch::Sender::new(0)),
         };
         let crds = Target::cluster(kind("customresourcedefinitions"));
-        if let Err(refused) = write::insert(&state, &crds, crd, FieldValidation::Strict) {
-            panic!(
-                "a real API server refuses this CRD (so `helm install` fails): {}",
-                refused.message
-            );
+        for crd in installed {
+            if let Err(refused) = write::insert(&state, &crds, crd, FieldValidation::Strict) {
+                panic!(
+                    "a real API server refuses this CRD (so `helm install` fails): {}",
+                    refused.message
+                );
+            }
         }
         let server_state = state.clone();
         let server = tokio::spawn(async move {

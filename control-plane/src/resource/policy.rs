@@ -5,51 +5,69 @@
 //! (`<namespace>.<tool>`), resources their client-facing URIs or URI
 //! templates; `*` in a pattern matches any run of characters.
 
-use serde::Deserialize;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
 
-use super::{ValidationError, check_dns_label, client::Metadata};
+use super::{ValidationError, check_dns_label};
 
 pub const KIND: &str = "McpAccessPolicy";
 
 /// Longest pattern accepted: a name or URI, not a document.
 const MAX_PATTERN_LEN: usize = 512;
+/// Patterns or subjects in one list.
+const MAX_ITEMS: usize = 256;
 
-/// As written in a registry file.
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct McpAccessPolicy {
-    #[serde(rename = "apiVersion")]
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: Metadata,
-    pub spec: PolicySpec,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
+/// What some clients may use of the gateways' tools, prompts and resources.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "switchboard.dev",
+    version = "v1alpha1",
+    kind = "McpAccessPolicy",
+    namespaced,
+    shortname = "mcpap",
+    category = "switchboard",
+    doc = "Which tools, prompts and resources some McpClients (by name or group) may use; deny wins over allow.",
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {
+    /// The clients the policy applies to.
     pub subjects: Subjects,
+    /// Once an allow applies to a client, it may use only what is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<Rules>,
+    /// Never usable by the subjects, whatever any allow says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deny: Option<Rules>,
 }
 
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Subjects {
+    /// McpClient groups.
     #[serde(default)]
+    #[schemars(length(max = MAX_ITEMS))]
     pub groups: Vec<String>,
+    /// McpClient names.
     #[serde(default)]
+    #[schemars(length(max = MAX_ITEMS))]
     pub clients: Vec<String>,
 }
 
-#[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+/// Name patterns as clients see the names (`<namespace>.<tool>`; resource
+/// URIs or URI templates); `*` matches any run of characters.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rules {
     #[serde(default)]
+    #[schemars(length(max = MAX_ITEMS))]
     pub tools: Vec<String>,
     #[serde(default)]
+    #[schemars(length(max = MAX_ITEMS))]
     pub prompts: Vec<String>,
     #[serde(default)]
+    #[schemars(length(max = MAX_ITEMS))]
     pub resources: Vec<String>,
 }
 
@@ -66,8 +84,8 @@ pub struct ValidPolicy {
 
 impl McpAccessPolicy {
     pub fn validate(self) -> Result<ValidPolicy, ValidationError> {
-        check_dns_label(&self.metadata.name)
-            .map_err(|reason| ValidationError::new("metadata.name", reason))?;
+        let name = self.metadata.name.unwrap_or_default();
+        check_dns_label(&name).map_err(|reason| ValidationError::new("metadata.name", reason))?;
         let Subjects { groups, clients } = self.spec.subjects;
         if groups.is_empty() && clients.is_empty() {
             return Err(ValidationError::new(
@@ -76,6 +94,12 @@ impl McpAccessPolicy {
             ));
         }
         for (field, names) in [("groups", &groups), ("clients", &clients)] {
+            if names.len() > MAX_ITEMS {
+                return Err(ValidationError::new(
+                    format!("spec.subjects.{field}"),
+                    format!("at most {MAX_ITEMS} names"),
+                ));
+            }
             for (i, name) in names.iter().enumerate() {
                 check_dns_label(name).map_err(|reason| {
                     ValidationError::new(format!("spec.subjects.{field}[{i}]"), reason)
@@ -94,7 +118,7 @@ impl McpAccessPolicy {
             }
         }
         Ok(ValidPolicy {
-            name: self.metadata.name,
+            name,
             groups,
             clients,
             allow: self.spec.allow,
@@ -110,6 +134,12 @@ fn check_rules(key: &str, rules: &Rules) -> Result<(), ValidationError> {
         ("resources", &rules.resources),
     ];
     for (list, patterns) in lists {
+        if patterns.len() > MAX_ITEMS {
+            return Err(ValidationError::new(
+                format!("spec.{key}.{list}"),
+                format!("at most {MAX_ITEMS} patterns"),
+            ));
+        }
         for (i, pattern) in patterns.iter().enumerate() {
             let field = || format!("spec.{key}.{list}[{i}]");
             if pattern.is_empty() {

@@ -67,7 +67,7 @@ fn secret(name: &str, value: &str) -> Value {
 }
 
 fn crd() -> Value {
-    serde_yaml::from_str(CRD).expect("the chart CRD parses")
+    serde_yaml::from_str(CRDS[0]).expect("the chart CRD parses")
 }
 
 fn server(spec: Value) -> Value {
@@ -95,17 +95,29 @@ async fn post(api: &KubeApiServer, path: &str, body: &Value) -> (u16, Vec<String
     (status, warnings, response.json().await.expect("JSON body"))
 }
 
-const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+const CRDS_PATH: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
 const MCPS: &str = "/apis/switchboard.dev/v1alpha1/namespaces/default/mcpservers";
 
 #[tokio::test]
-async fn starts_with_the_chart_crd_established() {
+async fn starts_with_the_chart_crds_established() {
     let api = KubeApiServer::start().await;
     let crds = api.objects("customresourcedefinitions");
-    assert_eq!(crds.len(), 1);
-    assert_eq!(crds[0]["metadata"]["name"], "mcpservers.switchboard.dev");
-    assert_eq!(crds[0]["status"]["conditions"][1]["type"], "Established");
-    assert_eq!(crds[0]["status"]["storedVersions"], json!(["v1alpha1"]));
+    let names: Vec<&str> = crds
+        .iter()
+        .filter_map(|crd| crd["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "mcpaccesspolicies.switchboard.dev",
+            "mcpclients.switchboard.dev",
+            "mcpservers.switchboard.dev"
+        ]
+    );
+    for crd in &crds {
+        assert_eq!(crd["status"]["conditions"][1]["type"], "Established");
+        assert_eq!(crd["status"]["storedVersions"], json!(["v1alpha1"]));
+    }
 }
 
 #[tokio::test]
@@ -122,14 +134,14 @@ async fn a_crd_created_through_the_api_is_reviewed() {
     let api = KubeApiServer::start().await;
     let mut other = crd();
     other["metadata"]["name"] = json!("widgets.switchboard.dev");
-    let (status, _, body) = post(&api, CRDS, &other).await;
+    let (status, _, body) = post(&api, CRDS_PATH, &other).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(
         body["message"],
         r#"CustomResourceDefinition.apiextensions.k8s.io "widgets.switchboard.dev" is invalid: metadata.name: Invalid value: "widgets.switchboard.dev": must be spec.names.plural+"."+spec.group"#
     );
     assert_eq!(body["details"]["causes"][0]["field"], "metadata.name");
-    let (status, _, body) = post(&api, CRDS, &crd()).await;
+    let (status, _, body) = post(&api, CRDS_PATH, &crd()).await;
     assert_eq!(status, 409, "{body}");
 }
 
