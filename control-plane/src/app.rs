@@ -23,6 +23,7 @@ use crate::{
     registry::{Registry, directory::DirectorySource, kubernetes::KubernetesSource},
     snapshot::{self, SnapshotGauges},
     status::StatusWriter,
+    tokens,
     traces::{TraceCounters, TraceReceiver, TraceStore, forward::Forwarder},
 };
 
@@ -38,6 +39,10 @@ pub enum RegistrySource {
         namespaces: Vec<String>,
         /// The lease that elects the pod writing status.
         lease: LeaseConfig,
+        /// A Secret in the lease's namespace holding the install's tokens,
+        /// made on first start ([`tokens`]); its replica and admin tokens
+        /// apply where none is given otherwise.
+        tokens_secret: Option<String>,
     },
 }
 
@@ -93,7 +98,24 @@ fn guard_open_port(
 
 /// Loads the registry, binds both listeners and starts serving.
 /// Fails if the registry directory cannot be read or a port cannot be bound.
-pub async fn run(config: Config) -> anyhow::Result<Bound> {
+pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
+    let cluster_client = match &config.registry {
+        RegistrySource::Kubernetes {
+            kubeconfig,
+            lease,
+            tokens_secret,
+            ..
+        } => {
+            let client = kube_client(kubeconfig.as_deref()).await?;
+            if let Some(name) = tokens_secret {
+                let tokens = tokens::ensure(client.clone(), &lease.namespace, name).await?;
+                config.replica_token.get_or_insert(tokens.replica);
+                config.admin_token.get_or_insert(tokens.admin);
+            }
+            Some(client)
+        }
+        RegistrySource::Directory(_) => None,
+    };
     guard_open_port(
         config.grpc_listen,
         config.replica_token.is_some(),
@@ -140,11 +162,11 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
             });
         }
         RegistrySource::Kubernetes {
-            kubeconfig,
-            namespaces,
-            lease,
+            namespaces, lease, ..
         } => {
-            let client = kube_client(kubeconfig.as_deref()).await?;
+            let client = cluster_client
+                .clone()
+                .context("a cluster source has its client")?;
             let (objects_tx, objects_rx) = watch::channel(BTreeMap::new());
             let source = KubernetesSource::new(client.clone(), namespaces.clone());
             tasks.spawn(source.watch(registry_tx, objects_tx, shutdown.clone()));

@@ -34,8 +34,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the McpServer CustomResourceDefinition (YAML), for
-    /// `kubectl apply -f -`.
+    /// Print the CustomResourceDefinitions (McpServer, McpClient,
+    /// McpAccessPolicy) as YAML, for `kubectl apply -f -`.
     Crd,
     /// Serve the registry to gateway replicas.
     Serve(ControlArgs),
@@ -85,6 +85,12 @@ struct ControlArgs {
     /// renewing before another pod takes over.
     #[arg(long, default_value = "15s", value_parser = control_plane::resource::resilience::parse_duration)]
     lease_duration: std::time::Duration,
+    /// With `--source kubernetes`: a Secret in the lease's namespace that
+    /// holds the install's tokens (keys `replica`, `admin`, `client`),
+    /// made with random tokens on first start and kept after. Its replica
+    /// and admin tokens apply unless given otherwise.
+    #[arg(long, env = "SWITCHBOARD_TOKENS_SECRET")]
+    tokens_secret: Option<String>,
     /// With `--source kubernetes`: namespaces to watch (default: all).
     #[arg(
         long = "watch-namespace",
@@ -171,6 +177,7 @@ impl ControlArgs {
                         identity: args.identity.unwrap_or_else(default_identity),
                         duration: args.lease_duration,
                     },
+                    tokens_secret: args.tokens_secret.filter(|s| !s.is_empty()),
                 },
             },
             grpc_listen: args.grpc_listen,

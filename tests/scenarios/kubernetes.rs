@@ -2,10 +2,12 @@
 //! the Kubernetes API and writes their status back. The API server is the
 //! stand-in in `e2e::kube_apiserver` (no real one can run here); the client
 //! is the real `kubectl` (`.ci/test`, through `.ci/fetch-tools`, puts a
-//! pinned one in `.ci/tools`). By topic: what the control plane does when
-//! the API server misbehaves ([`api_faults`]), and leader election
-//! ([`leases`]).
+//! pinned one in `.ci/tools`). By topic: clients, access policies and the
+//! install's tokens ([`access`]), what the control plane does when the API
+//! server misbehaves ([`api_faults`]), and leader election ([`leases`]).
 
+#[path = "kubernetes/access.rs"]
+mod access;
 #[path = "kubernetes/api_faults.rs"]
 mod api_faults;
 #[path = "kubernetes/leases.rs"]

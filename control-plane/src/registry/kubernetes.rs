@@ -1,10 +1,14 @@
-//! Registry source for a cluster: `McpServer` resources watched through
-//! the Kubernetes API (all namespaces, or a configured list). Objects are
+//! Registry source for a cluster: `McpServer`, `McpClient` and
+//! `McpAccessPolicy` resources watched through the Kubernetes API (all
+//! namespaces, or a configured list). A cluster without the client or
+//! policy CRD (a chart upgraded without its new CRDs) still serves its
+//! servers, with a warning, and picks the kinds up once installed. Objects are
 //! watched untyped and parsed one by one, so one malformed resource is an
 //! issue on that resource instead of a failed list. `valueFrom` env values
 //! are read from Secrets and ConfigMaps in the resource's namespace, again
 //! every [`REFRESH`] so rotated secrets reach the gateways; the values are
-//! never logged. Only a missing Secret, ConfigMap or key is a problem with
+//! never logged. An `McpClient`'s token is read the same way and only its
+//! digest leaves the control plane. Only a missing Secret, ConfigMap or key is a problem with
 //! the resource: a read that fails otherwise (429, 5xx, a timeout, RBAC)
 //! keeps the value read last and is retried with backoff, so an API server
 //! having a bad moment never takes a server off the gateways.
@@ -43,8 +47,15 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{API_VERSION, KIND, Registry, RegistryIssue, ResourceError, parse_resource};
-use crate::resource::{McpServer, RefKind, ValidServer, ValidTransport, ValueRef};
+use super::{
+    API_VERSION, Document, KIND, Registry, RegistryIssue, ResourceError, UnknownFields,
+    parse_document, parse_resource,
+};
+use crate::resource::{
+    McpServer, RefKind, ValidServer, ValidTransport, ValueRef,
+    client::{self, ClientToken, McpClient, ValidClient},
+    policy::{self, McpAccessPolicy},
+};
 
 /// How often Secret and ConfigMap values are read again.
 pub const REFRESH: Duration = Duration::from_secs(30);
@@ -61,6 +72,17 @@ pub type ObjectKey = (String, String);
 /// A watch scope: one namespace, or `None` for all of them.
 type Scope = Option<String>;
 
+/// Objects of one kind by (Kubernetes namespace, name).
+type Objects = BTreeMap<ObjectKey, DynamicObject>;
+
+/// The kinds a cluster registry is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watched {
+    Servers,
+    Clients,
+    Policies,
+}
+
 /// Watches `McpServer`s and publishes the registry they make.
 pub struct KubernetesSource {
     client: Client,
@@ -71,6 +93,7 @@ pub struct KubernetesSource {
 /// The objects of every scope, swapped in scope by scope as each
 /// (re)list completes.
 struct Listing {
+    watched: Watched,
     scopes: usize,
     /// Per scope, objects listed since its last `Init`, swapped in at `InitDone`.
     partial: BTreeMap<Scope, BTreeMap<ObjectKey, DynamicObject>>,
@@ -154,13 +177,14 @@ impl KubernetesSource {
             self.namespaces.iter().cloned().map(Some).collect()
         };
         let mut streams = self.streams(&scopes);
-        let mut listing = Listing::new(scopes.len());
+        let mut listings = [Watched::Servers, Watched::Clients, Watched::Policies]
+            .map(|watched| Listing::new(watched, scopes.len()));
         let mut servers = Servers::default();
         let mut values = Values::new(self.client.clone());
         let mut published = false;
         let mut refresh = tokio::time::interval(REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        info!(namespaces = %self.namespaces.join(","), "watching McpServer resources");
+        info!(namespaces = %self.namespaces.join(","), "watching McpServer, McpClient and McpAccessPolicy resources");
         loop {
             let changed = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -181,12 +205,19 @@ impl KubernetesSource {
                     changed
                 }
                 event = streams.next() => match event {
-                    Some((scope, event)) => listing.apply(scope, event),
+                    Some((watched, scope, event)) => listings[watched as usize].apply(scope, event),
                     None => return,
                 },
             };
-            if listing.complete() && (changed || !published) {
-                let next = servers.assemble(&listing.current, &mut values);
+            let [listed_servers, listed_clients, listed_policies] = &listings;
+            let complete = listings.iter().all(Listing::complete);
+            if complete && (changed || !published) {
+                let next = servers.assemble(
+                    &listed_servers.current,
+                    &listed_clients.current,
+                    &listed_policies.current,
+                    &mut values,
+                );
                 // The first registry waits for the first reads.
                 if published || !values.pending() {
                     registry.send_if_modified(|registry| {
@@ -207,12 +238,12 @@ impl KubernetesSource {
             // The status writer needs every object's latest status and
             // generation, status-only changes included.
             if published {
-                objects.send_replace(listing.current.clone());
+                objects.send_replace(listed_servers.current.clone());
             }
         }
     }
 
-    /// One watch per scope, its events tagged with the scope so each
+    /// One watch per kind and scope, its events tagged with both so each
     /// relist replaces only its own objects.
     fn streams(
         &self,
@@ -220,23 +251,33 @@ impl KubernetesSource {
     ) -> SelectAll<
         futures::stream::BoxStream<
             'static,
-            (Scope, watcher::Result<watcher::Event<DynamicObject>>),
+            (
+                Watched,
+                Scope,
+                watcher::Result<watcher::Event<DynamicObject>>,
+            ),
         >,
     > {
-        let resource = ApiResource::erase::<McpServer>(&());
+        let kinds = [
+            (Watched::Servers, ApiResource::erase::<McpServer>(&())),
+            (Watched::Clients, ApiResource::erase::<McpClient>(&())),
+            (Watched::Policies, ApiResource::erase::<McpAccessPolicy>(&())),
+        ];
         let mut streams = SelectAll::new();
-        for scope in scopes {
-            let api: Api<DynamicObject> = match scope {
-                None => Api::all_with(self.client.clone(), &resource),
-                Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
-            };
-            let scope = scope.clone();
-            streams.push(
-                watcher(api, watcher::Config::default())
-                    .default_backoff()
-                    .map(move |event| (scope.clone(), event))
-                    .boxed(),
-            );
+        for (watched, resource) in kinds {
+            for scope in scopes {
+                let api: Api<DynamicObject> = match scope {
+                    None => Api::all_with(self.client.clone(), &resource),
+                    Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+                };
+                let scope = scope.clone();
+                streams.push(
+                    watcher(api, watcher::Config::default())
+                        .default_backoff()
+                        .map(move |event| (watched, scope.clone(), event))
+                        .boxed(),
+                );
+            }
         }
         streams
     }
@@ -253,8 +294,9 @@ async fn sleep_until(at: Option<Instant>) {
 // === impl Listing ===
 
 impl Listing {
-    fn new(scopes: usize) -> Self {
+    fn new(watched: Watched, scopes: usize) -> Self {
         Self {
+            watched,
             scopes,
             partial: BTreeMap::new(),
             listed_once: BTreeSet::new(),
@@ -315,10 +357,46 @@ impl Listing {
                     .is_some()
                     && self.complete()
             }
+            // Without the kind's CRD the watch keeps retrying (and finds
+            // the kind once it is installed); meanwhile there are none of
+            // it, and the other kinds are served.
+            Err(err) if self.watched != Watched::Servers && not_found(&err) => {
+                warn!(namespace = scope.as_deref().unwrap_or("*"), kind = self.watched.kind(), "the kind's CRD is not installed (apply charts/switchboard/crds); serving none until it is");
+                self.listed_once.insert(scope) && self.complete()
+            }
             Err(err) => {
-                warn!(namespace = scope.as_deref().unwrap_or("*"), error = %err, "McpServer watch failed; retrying");
+                warn!(namespace = scope.as_deref().unwrap_or("*"), kind = self.watched.kind(), error = %err, "watch failed; retrying");
                 false
             }
+        }
+    }
+}
+
+/// The API server answered 404: the resource type is not served.
+fn not_found(err: &watcher::Error) -> bool {
+    match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 404,
+        watcher::Error::WatchError(status) => status.code == 404,
+        _ => false,
+    }
+}
+
+impl Watched {
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Servers => KIND,
+            Self::Clients => client::KIND,
+            Self::Policies => policy::KIND,
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            Self::Servers => "mcpservers",
+            Self::Clients => "mcpclients",
+            Self::Policies => "mcpaccesspolicies",
         }
     }
 }
@@ -338,9 +416,20 @@ pub fn identity((namespace, name): &ObjectKey) -> String {
     format!("{namespace}/{name}")
 }
 
-/// Where an object's issues are reported from.
+/// Where a server object's issues are reported from.
 pub fn source_of(key: &ObjectKey) -> String {
-    format!("mcpservers/{}", identity(key))
+    source(Watched::Servers, key)
+}
+
+fn source(watched: Watched, key: &ObjectKey) -> String {
+    format!("{}/{}", watched.plural(), identity(key))
+}
+
+/// Objects oldest first: the oldest resource keeps a contested name.
+fn oldest_first(objects: &Objects) -> Vec<(&ObjectKey, &DynamicObject)> {
+    let mut ordered: Vec<(&ObjectKey, &DynamicObject)> = objects.iter().collect();
+    ordered.sort_by_key(|(key, object)| (object.metadata.creation_timestamp.clone(), (*key).clone()));
+    ordered
 }
 
 // === impl Servers ===
@@ -351,18 +440,16 @@ impl Servers {
     /// prefix, as the first file does in directory mode.
     fn assemble(
         &mut self,
-        objects: &BTreeMap<ObjectKey, DynamicObject>,
+        objects: &Objects,
+        clients: &Objects,
+        policies: &Objects,
         values: &mut Values,
     ) -> Registry {
         self.parsed.retain(|key, _| objects.contains_key(key));
         self.resolved.retain(|key, _| objects.contains_key(key));
-        let mut ordered: Vec<(&ObjectKey, &DynamicObject)> = objects.iter().collect();
-        ordered.sort_by_key(|(key, object)| {
-            (object.metadata.creation_timestamp.clone(), (*key).clone())
-        });
         let mut valid = Vec::new();
         let mut issues = Vec::new();
-        for (key, object) in ordered {
+        for (key, object) in oldest_first(objects) {
             let version = &object.metadata.resource_version;
             let parsed = match self.parsed.get(key) {
                 Some((parsed_at, parsed)) if parsed_at == version => parsed.clone(),
@@ -378,15 +465,36 @@ impl Servers {
                 Err(error) => issues.push(issue(key, error)),
             }
         }
-        values.want(
-            valid
-                .iter()
-                .flat_map(|(key, server)| {
-                    references(server)
-                        .map(|reference| (value_key(&key.0, reference), reference.clone()))
-                })
-                .collect(),
-        );
+        let mut valid_clients = Vec::new();
+        for (key, object) in oldest_first(clients) {
+            match parse_other(Watched::Clients, key, object) {
+                Ok(Document::Client(client)) => valid_clients.push((key, client)),
+                Ok(_) => {}
+                Err(error) => issues.push(issue_of(Watched::Clients, key, error)),
+            }
+        }
+        let mut valid_policies = Vec::new();
+        for (key, object) in oldest_first(policies) {
+            match parse_other(Watched::Policies, key, object) {
+                Ok(Document::Policy(policy)) => {
+                    valid_policies.push((source(Watched::Policies, key), policy));
+                }
+                Ok(_) => {}
+                Err(error) => issues.push(issue_of(Watched::Policies, key, error)),
+            }
+        }
+        let server_refs = valid.iter().flat_map(|(key, server)| {
+            references(server).map(|reference| (value_key(&key.0, reference), reference.clone()))
+        });
+        let token_refs = valid_clients
+            .iter()
+            .filter_map(|(key, client)| match &client.token {
+                ClientToken::Secret(reference) => {
+                    Some((value_key(&key.0, reference), reference.clone()))
+                }
+                ClientToken::Sha256(_) => None,
+            });
+        values.want(server_refs.chain(token_refs).collect());
         let mut candidates = Vec::new();
         for (key, server) in valid {
             match resolve(&key.0, server, values) {
@@ -405,13 +513,79 @@ impl Servers {
                 }
             }
         }
-        Registry::assemble(candidates, issues)
+        let mut client_candidates = Vec::new();
+        for (key, client) in valid_clients {
+            match resolve_token(&key.0, client, values) {
+                Ok(Some(client)) => client_candidates.push((source(Watched::Clients, key), client)),
+                Ok(None) => {}
+                Err(error) => issues.push(issue_of(Watched::Clients, key, error)),
+            }
+        }
+        let mut registry = Registry::assemble(candidates, issues);
+        registry.add_clients(client_candidates);
+        registry.add_policies(valid_policies);
+        registry
     }
 }
 
-fn issue(key: &ObjectKey, (resource, field, message): ResourceError) -> RegistryIssue {
+/// An `McpClient` or `McpAccessPolicy` object, parsed as a file's would be
+/// (the API server pruned unknown fields already).
+fn parse_other(
+    watched: Watched,
+    key: &ObjectKey,
+    object: &DynamicObject,
+) -> Result<Document, ResourceError> {
+    let value = to_yaml(watched, key, object)?;
+    parse_document(value, UnknownFields::Ignore)
+}
+
+/// A client with its token's digest, `None` while its Secret's first
+/// read is under way.
+fn resolve_token(
+    namespace: &str,
+    client: ValidClient,
+    values: &Values,
+) -> Result<Option<ValidClient>, ResourceError> {
+    let ClientToken::Secret(reference) = &client.token else {
+        return Ok(Some(client));
+    };
+    let field = Some("spec.token.valueFrom".to_owned());
+    let message = match values.lookup(&value_key(namespace, reference)) {
+        // A Secret made from a file often ends with a line break.
+        Lookup::Read(Some(token)) => {
+            let token = token.trim_end_matches(['\r', '\n']);
+            if !token.is_empty() {
+                return Ok(Some(client.clone().with_token(token)));
+            }
+            format!(
+                "Secret `{}` key `{}` is empty",
+                reference.name, reference.key
+            )
+        }
+        Lookup::Pending => return Ok(None),
+        Lookup::Read(None) => format!(
+            "Secret `{}` or its key `{}` does not exist in namespace `{namespace}`",
+            reference.name, reference.key
+        ),
+        Lookup::Failed => format!(
+            "Secret `{}` could not be read yet (retrying; see the control plane's log)",
+            reference.name
+        ),
+    };
+    Err((Some(client.name), field, message))
+}
+
+fn issue(key: &ObjectKey, error: ResourceError) -> RegistryIssue {
+    issue_of(Watched::Servers, key, error)
+}
+
+fn issue_of(
+    watched: Watched,
+    key: &ObjectKey,
+    (resource, field, message): ResourceError,
+) -> RegistryIssue {
     RegistryIssue {
-        source: source_of(key),
+        source: source(watched, key),
         resource,
         field,
         message,
@@ -550,19 +724,31 @@ impl Values {
 
 /// One object as a validated server (its values not read yet).
 fn parse_object(key: &ObjectKey, object: &DynamicObject) -> Result<ValidServer, ResourceError> {
+    let value = to_yaml(Watched::Servers, key, object)?;
+    let mut server = parse_resource(value, UnknownFields::Ignore)?;
+    server.name = identity(key);
+    Ok(server)
+}
+
+/// An object as the document a file would hold.
+fn to_yaml(
+    watched: Watched,
+    key: &ObjectKey,
+    object: &DynamicObject,
+) -> Result<serde_yaml::Value, ResourceError> {
     let mut object = object.clone();
     // List items may leave out their type; it is known here.
     object.types.get_or_insert_with(|| kube::api::TypeMeta {
         api_version: API_VERSION.to_owned(),
-        kind: KIND.to_owned(),
+        kind: watched.kind().to_owned(),
     });
-    let value = serde_json::to_value(&object)
+    // Read-only bookkeeping the API server adds; the documents' types
+    // know only what users write.
+    object.metadata.managed_fields = None;
+    serde_json::to_value(&object)
         .map_err(|e| e.to_string())
         .and_then(|json| serde_yaml::to_value(json).map_err(|e| e.to_string()))
-        .map_err(|message| (Some(key.1.clone()), None, message))?;
-    let mut server = parse_resource(value, super::UnknownFields::Ignore)?;
-    server.name = identity(key);
-    Ok(server)
+        .map_err(|message| (Some(key.1.clone()), None, message))
 }
 
 /// The values a server's env or headers take from the cluster.

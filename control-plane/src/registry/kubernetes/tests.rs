@@ -1,5 +1,6 @@
 //! Values read in the background: kept through failed reads, and a hung
-//! read holding up only the server waiting for it.
+//! read holding up only the server waiting for it; client tokens from
+//! Secrets leave only as digests.
 
 use http::{Request, Response};
 use kube::client::Body;
@@ -190,28 +191,29 @@ async fn a_hung_read_holds_up_only_the_server_waiting_for_it() {
     let client = api_server_by_name(BTreeMap::from([("creds", (200, secret("creds")))]));
     let mut values = Values::new(client);
     let mut servers = Servers::default();
+    let none = Objects::new();
     let mut objects =
         BTreeMap::from([object("alpha", &["creds"], 1), object("beta", &["hung"], 2)]);
-    let registry = servers.assemble(&objects, &mut values);
+    let registry = servers.assemble(&objects, &none, &none, &mut values);
     assert!(registry.servers.is_empty() && registry.issues.is_empty());
     assert!(values.pending(), "the first registry waits");
 
     let read = values.reads.next().await.expect("a read");
     assert_eq!(read.0.2, "creds", "the answered read settles first");
     assert!(values.settle(read), "alpha's value is known now");
-    let registry = servers.assemble(&objects, &mut values);
+    let registry = servers.assemble(&objects, &none, &none, &mut values);
     assert_eq!(env_of(&registry, "alpha"), Some(vec!["CREDS".to_owned()]));
     assert!(!registry.servers.contains_key("team/beta"));
     assert!(registry.issues.is_empty(), "{:?}", registry.issues);
 
     // alpha now also wants a value whose read hangs: it stays as it was.
     objects.extend([object("alpha", &["creds", "later"], 3)]);
-    let registry = servers.assemble(&objects, &mut values);
+    let registry = servers.assemble(&objects, &none, &none, &mut values);
     assert_eq!(env_of(&registry, "alpha"), Some(vec!["CREDS".to_owned()]));
 
     // The hung reads time out: never read, they are issues (retried).
     settle_all(&mut values).await;
-    let registry = servers.assemble(&objects, &mut values);
+    let registry = servers.assemble(&objects, &none, &none, &mut values);
     let sources: Vec<&str> = registry.issues.iter().map(|i| i.source.as_str()).collect();
     assert_eq!(sources, ["mcpservers/team/alpha", "mcpservers/team/beta"]);
     assert!(values.retry_at.is_some());
@@ -276,4 +278,59 @@ async fn header_values_come_from_secrets_without_their_trailing_line_break() {
         !message.contains("a\nb"),
         "the value stays out of the message"
     );
+}
+
+/// An `McpClient` in `team` named `name` whose token is key `token` of
+/// Secret `secret`.
+fn client_object(name: &str, secret: &str) -> (ObjectKey, DynamicObject) {
+    let object = json!({
+        "apiVersion": API_VERSION, "kind": "McpClient",
+        "metadata": { "name": name, "namespace": "team", "resourceVersion": "1" },
+        "spec": { "groups": ["dev"], "token": { "valueFrom": { "secretKeyRef": { "name": secret, "key": "token" } } } },
+    });
+    let object = serde_json::from_value(object).expect("an McpClient");
+    (("team".to_owned(), name.to_owned()), object)
+}
+
+/// A client's token is read from its Secret and kept as its digest; one
+/// whose Secret is missing is an issue on that client alone; a policy
+/// object is parsed as a file's would be.
+#[tokio::test(start_paused = true)]
+async fn client_tokens_come_from_secrets_as_digests() {
+    let client = api_server_by_name(BTreeMap::from([
+        ("creds", (200, secret("creds"))),
+        ("gone", (404, status(404, "NotFound"))),
+    ]));
+    let mut values = Values::new(client);
+    let mut servers = Servers::default();
+    let clients = BTreeMap::from([client_object("alice", "creds"), client_object("bob", "gone")]);
+    let policy = json!({
+        "apiVersion": API_VERSION, "kind": "McpAccessPolicy",
+        "metadata": { "name": "dev", "namespace": "team", "managedFields": [{ "manager": "kubectl" }] },
+        "spec": { "subjects": { "groups": ["dev"] }, "deny": { "tools": ["utils.*"] } },
+    });
+    let policies = BTreeMap::from([(
+        ("team".to_owned(), "dev".to_owned()),
+        serde_json::from_value(policy).expect("an McpAccessPolicy"),
+    )]);
+    let registry = servers.assemble(&Objects::new(), &clients, &policies, &mut values);
+    assert!(registry.clients.is_empty(), "tokens not read yet");
+    assert!(values.pending(), "the first registry waits for them");
+
+    settle_all(&mut values).await;
+    let registry = servers.assemble(&Objects::new(), &clients, &policies, &mut values);
+    // "s3cr3t", the Secret's value.
+    let alice = registry.clients.get("alice").expect("alice");
+    assert_eq!(
+        alice.token_sha256(),
+        Some("4e738ca5563c06cfd0018299933d58db1dd8bf97f6973dc99bf6cdc64b5550bd")
+    );
+    assert!(!registry.clients.contains_key("bob"));
+    let issue = &registry.issues[0];
+    assert_eq!(
+        (issue.source.as_str(), issue.field.as_deref()),
+        ("mcpclients/team/bob", Some("spec.token.valueFrom"))
+    );
+    assert!(issue.message.contains("does not exist"), "{}", issue.message);
+    assert_eq!(registry.policies["dev"].deny.tools, ["utils.*"]);
 }

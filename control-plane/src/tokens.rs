@@ -1,0 +1,168 @@
+//! The tokens a cluster install runs on, kept in one Secret the control
+//! plane makes on its first start (so neither `helm template` nor a plain
+//! manifest ever holds one): `replica` (gateways on the gRPC port),
+//! `admin` (`/status`, `/traces`, the gateways' detailed `/healthz`) and
+//! `client` (the chart's default `McpClient`). A Secret that exists is
+//! kept as it is; keys it lacks are added. Control-plane pods starting
+//! together race on the create, and the loser reads the winner's. The
+//! values are never logged. To rotate: delete the Secret, then restart the
+//! control plane and then the gateways.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+};
+use tracing::{info, warn};
+
+use crate::auth::Token;
+
+/// The keys of the Secret.
+pub const REPLICA_KEY: &str = "replica";
+pub const ADMIN_KEY: &str = "admin";
+pub const CLIENT_KEY: &str = "client";
+const KEYS: [&str; 3] = [REPLICA_KEY, ADMIN_KEY, CLIENT_KEY];
+
+/// Tries before giving up (an API server that is not there yet, races).
+const ATTEMPTS: u32 = 10;
+const RETRY: Duration = Duration::from_secs(2);
+
+/// What the control plane itself needs of the Secret.
+pub struct ClusterTokens {
+    pub replica: Token,
+    pub admin: Token,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error("cannot read or write Secret `{namespace}/{name}`: {source}")]
+    Api {
+        namespace: String,
+        name: String,
+        source: Box<kube::Error>,
+    },
+    #[error(transparent)]
+    Random(#[from] proto::auth::TokenError),
+    #[error("Secret `{namespace}/{name}` key `{key}` is not a usable token: {reason}")]
+    Unusable {
+        namespace: String,
+        name: String,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// The tokens in Secret `namespace/name`, made first if need be.
+pub async fn ensure(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<ClusterTokens, TokensError> {
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    // Made once: whichever of them ends up stored, none is ever logged.
+    let mut fresh = BTreeMap::new();
+    for key in KEYS {
+        let token = Token::generate()?;
+        fresh.insert(key.to_owned(), ByteString(token.expose().as_bytes().to_vec()));
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match ensure_once(&secrets, name, &fresh).await {
+            Ok(data) => return tokens(&data, namespace, name),
+            Err(err) if attempt < ATTEMPTS && retryable(&err) => {
+                warn!(%namespace, secret = name, error = %err, "cannot ensure the tokens Secret yet; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+            Err(err) => {
+                return Err(TokensError::Api {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    source: Box::new(err),
+                });
+            }
+        }
+    }
+}
+
+/// One round: read, create or complete; the Secret's data.
+async fn ensure_once(
+    secrets: &Api<Secret>,
+    name: &str,
+    fresh: &BTreeMap<String, ByteString>,
+) -> Result<BTreeMap<String, ByteString>, kube::Error> {
+    match secrets.get_opt(name).await? {
+        None => {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.to_owned()),
+                    labels: Some(BTreeMap::from([(
+                        "app.kubernetes.io/managed-by".to_owned(),
+                        "switchboard-control-plane".to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                },
+                data: Some(fresh.clone()),
+                ..Secret::default()
+            };
+            let created = secrets.create(&PostParams::default(), &secret).await?;
+            info!(secret = name, "made the tokens Secret");
+            Ok(created.data.unwrap_or_default())
+        }
+        Some(mut secret) => {
+            let data = secret.data.get_or_insert_with(BTreeMap::new);
+            let missing: Vec<&str> = KEYS
+                .into_iter()
+                .filter(|key| !data.contains_key(*key))
+                .collect();
+            if missing.is_empty() {
+                return Ok(secret.data.unwrap_or_default());
+            }
+            for key in &missing {
+                data.insert((*key).to_owned(), fresh[*key].clone());
+            }
+            // The read's resourceVersion makes a racing writer's change a
+            // conflict (retried) instead of a lost token.
+            let replaced = secrets
+                .replace(name, &PostParams::default(), &secret)
+                .await?;
+            info!(secret = name, added = %missing.join(","), "added tokens to the tokens Secret");
+            Ok(replaced.data.unwrap_or_default())
+        }
+    }
+}
+
+/// Worth another try: the create or update raced another pod (409), or
+/// the API server is not answering well yet.
+fn retryable(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => matches!(status.code, 409 | 429 | 500..),
+        _ => true,
+    }
+}
+
+fn tokens(
+    data: &BTreeMap<String, ByteString>,
+    namespace: &str,
+    name: &str,
+) -> Result<ClusterTokens, TokensError> {
+    let token = |key: &'static str| {
+        let unusable = |reason: String| TokensError::Unusable {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            key,
+            reason,
+        };
+        let bytes = data
+            .get(key)
+            .ok_or_else(|| unusable("missing".into()))?;
+        let text = std::str::from_utf8(&bytes.0).map_err(|_| unusable("not UTF-8".into()))?;
+        Token::new(text).map_err(|e| unusable(e.to_string()))
+    };
+    Ok(ClusterTokens {
+        replica: token(REPLICA_KEY)?,
+        admin: token(ADMIN_KEY)?,
+    })
+}

@@ -1,0 +1,198 @@
+//! Clients and access policies in a cluster: the install's tokens live in
+//! a Secret the control plane makes on its first start and keeps; an
+//! `McpClient` whose token comes from that Secret closes the gateway to
+//! everyone else; an `McpAccessPolicy` hides and refuses what it denies. A
+//! cluster that lacks the newer CRDs still serves its servers.
+
+use base64::Engine;
+use e2e::{EVENTUALLY, Switchboard, eventually, kube_apiserver::KubeApiServer};
+use serde_json::{Value, json};
+
+use super::{apply, demo_resource, kubectl, pod_args};
+
+const TOKENS: &str = "switchboard-tokens";
+
+/// The tokens Secret's values by key, once the control plane made it.
+fn stored_tokens(api: &KubeApiServer) -> Option<Vec<(String, String)>> {
+    let secret = api
+        .objects("secrets")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == TOKENS)?;
+    let data = secret["data"].as_object()?;
+    let engine = base64::engine::general_purpose::STANDARD;
+    Some(
+        data.iter()
+            .map(|(key, value)| {
+                let bytes = engine
+                    .decode(value.as_str().unwrap_or_default())
+                    .expect("base64 data");
+                (key.clone(), String::from_utf8(bytes).expect("UTF-8"))
+            })
+            .collect(),
+    )
+}
+
+fn token<'a>(tokens: &'a [(String, String)], key: &str) -> &'a str {
+    &tokens
+        .iter()
+        .find(|(k, _)| k == key)
+        .unwrap_or_else(|| panic!("no `{key}` in the tokens Secret"))
+        .1
+}
+
+/// `initialize` as `bearer` (or nobody): the status and the session id.
+async fn initialize(
+    http: &reqwest::Client,
+    url: &str,
+    bearer: Option<&str>,
+) -> (u16, Option<String>) {
+    let mut request = e2e::initialize_post(http, url, json!(0));
+    if let Some(bearer) = bearer {
+        request = request.bearer_auth(bearer);
+    }
+    let response = request.send().await.expect("initialize");
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (response.status().as_u16(), session)
+}
+
+/// The tool names `tools/list` gives `bearer` in `session`.
+async fn tool_names(http: &reqwest::Client, url: &str, bearer: &str, session: &str) -> Vec<String> {
+    let response = http
+        .post(url)
+        .bearer_auth(bearer)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", session)
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" }))
+        .send()
+        .await
+        .expect("tools/list");
+    let body = response.text().await.expect("body");
+    let answer: Value = serde_json::from_str(&body).unwrap_or_else(|_| {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            .find(|m| m.get("id").is_some())
+            .unwrap_or_default()
+    });
+    answer["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_install_tokens_secret_clients_and_policies_close_the_cluster() {
+    let api = KubeApiServer::start().await;
+    let home = tempfile::tempdir().expect("kubectl home");
+    let args = pod_args(&api, &["--tokens-secret", TOKENS]);
+    let mut sb = Switchboard::unstarted();
+    sb.control_args = args;
+    sb.start_control_plane().await;
+    let tokens = stored_tokens(&api).expect("the control plane made the tokens Secret");
+    let keys: Vec<&str> = tokens.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["admin", "client", "replica"]);
+    assert!(tokens.iter().all(|(_, v)| v.len() == 64), "random tokens");
+
+    // A restarted control plane keeps the Secret as it is.
+    drop(sb.control.take());
+    sb.start_control_plane().await;
+    assert_eq!(stored_tokens(&api), Some(tokens.clone()), "kept");
+    // Its API now needs the admin token, on loopback too.
+    let http = reqwest::Client::new();
+    let status_url = format!("http://{}/status", sb.control_http);
+    let refused = http.get(&status_url).send().await.expect("GET /status");
+    assert_eq!(refused.status(), 401);
+    let admitted = http
+        .get(&status_url)
+        .bearer_auth(token(&tokens, "admin"))
+        .send()
+        .await
+        .expect("GET /status");
+    assert_eq!(admitted.status(), 200);
+
+    // The gateway proves itself with the replica token, as the chart's do.
+    sb.gateway_env = vec![(
+        "SWITCHBOARD_CONTROL_PLANE_TOKEN".into(),
+        token(&tokens, "replica").to_owned(),
+    )];
+    sb.start_gateway().await;
+    sb.wait_gateway_ready().await;
+
+    let tag = format!("k8s-access-{}", std::process::id());
+    let manifest = format!(
+        "{}---\napiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: team, namespace: default}}\nspec:\n  groups: [dev]\n  token:\n    valueFrom: {{secretKeyRef: {{name: {TOKENS}, key: client}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: no-sleep, namespace: default}}\nspec:\n  subjects: {{groups: [dev]}}\n  deny: {{tools: ['demo.sleep']}}\n",
+        demo_resource("demo", &tag)
+    );
+    let applied = apply(&api, home.path(), "access.yaml", &manifest)
+        .await
+        .expect("kubectl apply");
+    assert!(applied.contains("mcpclient.switchboard.dev/team created"), "{applied}");
+    let listed = kubectl(&api, home.path(), &["get", "mcpc,mcpap"]).await.expect("get");
+    assert!(listed.contains("team") && listed.contains("no-sleep"), "{listed}");
+
+    // Once the client is declared, nobody else gets in, loopback included.
+    let url = sb.mcp_url();
+    eventually("anonymous callers are refused", EVENTUALLY, || async {
+        let (status, _) = initialize(&http, &url, None).await;
+        (status == 401).then_some(()).ok_or(status.to_string())
+    })
+    .await;
+    let (status, _) = initialize(&http, &url, Some(token(&tokens, "admin"))).await;
+    assert_eq!(status, 401, "the admin token is not a client's");
+
+    let client_token = token(&tokens, "client");
+    let (status, session) = initialize(&http, &url, Some(client_token)).await;
+    assert_eq!(status, 200);
+    let session = session.expect("a session id");
+    let names = eventually("the policy hides demo.sleep", EVENTUALLY, || async {
+        let names = tool_names(&http, &url, client_token, &session).await;
+        (names.contains(&"demo.echo".to_owned()) && !names.contains(&"demo.sleep".to_owned()))
+            .then(|| names.clone())
+            .ok_or(format!("{names:?}"))
+    })
+    .await;
+    assert!(!names.is_empty());
+
+    // The token's value is nowhere in what the gateway was sent or says.
+    let health = sb.health().await.to_string();
+    assert!(!health.contains(client_token));
+    let status = http
+        .get(&status_url)
+        .bearer_auth(token(&tokens, "admin"))
+        .send()
+        .await
+        .expect("GET /status")
+        .text()
+        .await
+        .expect("body");
+    assert!(status.contains("\"team\""), "the client is listed: {status}");
+    assert!(!status.contains(client_token), "the token leaked");
+}
+
+/// A cluster upgraded without the chart's newer CRDs (helm installs CRDs
+/// only on install): servers are served, clients and policies are none.
+#[tokio::test]
+async fn a_cluster_without_the_client_crds_still_serves_its_servers() {
+    let crd = serde_yaml::from_str(include_str!(
+        "../../../charts/switchboard/crds/mcpservers.switchboard.dev.yaml"
+    ))
+    .expect("the McpServer CRD");
+    let api = KubeApiServer::start_with_crd(crd).await;
+    let home = tempfile::tempdir().expect("kubectl home");
+    let args = pod_args(&api, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sb = Switchboard::start_with(&[], &args, &[]).await;
+    let tag = format!("k8s-old-crds-{}", std::process::id());
+    apply(&api, home.path(), "demo.yaml", &demo_resource("demo", &tag))
+        .await
+        .expect("kubectl apply");
+    sb.wait_server_state("default/demo", "ready").await;
+    let log = sb.control.as_ref().expect("control plane").log();
+    assert!(log.contains("CRD is not installed"), "{log}");
+}
