@@ -486,7 +486,11 @@ async fn tool_probe_arguments_survive_the_api_server_and_reach_the_probe() {
     assert!(applied.contains("serverside-applied"), "{applied}");
 
     // The CRD as it was: refused, in the real server's words, and nothing stored.
-    let mut untyped: Value = serde_yaml::from_slice(&crd).expect("CRD YAML");
+    // The McpServer CRD is the first of the ones the command prints.
+    let first = serde_yaml::Deserializer::from_slice(&crd)
+        .next()
+        .expect("a document");
+    let mut untyped: Value = serde::Deserialize::deserialize(first).expect("CRD YAML");
     let arguments = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/health/properties/tool/properties/arguments";
     *untyped
         .pointer_mut(arguments)
