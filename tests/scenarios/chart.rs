@@ -206,7 +206,7 @@ fn the_production_values_render_hpa_namespaced_rbac_and_service_monitors() {
 /// (events.k8s.io/v1 create, then patch for a repeat).
 #[test]
 fn the_control_plane_may_only_make_the_calls_it_makes() {
-    let rendered = render(&[]);
+    let rendered = render(&["--set", "controlPlane.watchAllNamespaces=true"]);
     let objects = objects(&rendered);
     let role = find(&objects, "ClusterRole", "switchboard-control-plane")
         .expect("the control plane's ClusterRole");
@@ -231,7 +231,10 @@ fn the_control_plane_may_only_make_the_calls_it_makes() {
         })
         .collect();
     let expected = [
-        ("switchboard.dev/mcpservers", "list,watch"),
+        (
+            "switchboard.dev/mcpservers,mcpclients,mcpaccesspolicies",
+            "list,watch",
+        ),
         ("switchboard.dev/mcpservers/status", "patch"),
         ("/secrets,configmaps", "get"),
         ("events.k8s.io/events", "create,patch"),
@@ -240,6 +243,32 @@ fn the_control_plane_may_only_make_the_calls_it_makes() {
         rules,
         expected.map(|(r, v)| (r.to_owned(), v.to_owned())),
         "{role:#?}"
+    );
+
+    // By default: the release namespace alone, through a Role; and the
+    // tokens Secret is the only Secret it may write, besides creating it.
+    let objects = self::objects(&render(&[]));
+    assert!(find(&objects, "ClusterRole", "switchboard-control-plane").is_none());
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["name"] == "switchboard-control-plane")
+        .expect("a Role");
+    assert_eq!(role["metadata"]["namespace"], "switchboard");
+    let election = find(&objects, "Role", "switchboard-control-plane-leader-election")
+        .expect("the release namespace's Role");
+    let secrets: Vec<&Value> = election["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| r["resources"] == serde_json::json!(["secrets"]))
+        .collect();
+    assert_eq!(
+        secrets,
+        [
+            &serde_json::json!({ "apiGroups": [""], "resources": ["secrets"],
+                "resourceNames": ["switchboard-tokens"], "verbs": ["get", "update"] }),
+            &serde_json::json!({ "apiGroups": [""], "resources": ["secrets"], "verbs": ["create"] }),
+        ]
     );
 }
 
@@ -260,7 +289,12 @@ fn mcpservers_are_aggregated_into_the_built_in_user_roles() {
     assert!(!aggregated(edit, "view"), "view must not gain write verbs");
     assert_eq!(
         view["rules"][0]["resources"],
-        serde_json::json!(["mcpservers", "mcpservers/status"])
+        serde_json::json!([
+            "mcpservers",
+            "mcpservers/status",
+            "mcpclients",
+            "mcpaccesspolicies"
+        ])
     );
     assert_eq!(
         view["rules"][0]["verbs"],
@@ -474,20 +508,21 @@ fn every_crd_passes_the_api_servers_review() {
         .expect("running switchboard-control crd");
     assert!(output.status.success(), "switchboard-control crd failed");
     let printed = String::from_utf8(output.stdout).expect("UTF-8");
-    let shipped = std::fs::read_to_string(
-        root()
-            .join(CHART)
-            .join("crds/mcpservers.switchboard.dev.yaml"),
-    )
-    .expect("the chart CRD");
-    assert!(
-        printed == shipped,
-        "the chart CRD differs from `switchboard-control crd`: run `UPDATE_CRD=1 cargo test -p control-plane --test crd`"
-    );
-    let mut crds = vec![(
-        "switchboard-control crd",
-        serde_yaml::from_str::<Value>(&printed).expect("CRD YAML"),
-    )];
+    let mut crds = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&printed) {
+        let object: Value = serde::Deserialize::deserialize(document).expect("CRD YAML");
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let shipped: Value = serde_yaml::from_str(
+            &std::fs::read_to_string(root().join(CHART).join(format!("crds/{name}.yaml")))
+                .expect("the chart CRD"),
+        )
+        .expect("YAML");
+        assert!(
+            object == shipped,
+            "the chart's {name} differs from `switchboard-control crd`: run `UPDATE_CRD=1 cargo test -p control-plane --test crd`"
+        );
+        crds.push(("switchboard-control crd", object));
+    }
     let rendered = render(&["--include-crds"]);
     for doc in rendered.split("\n---") {
         let object: Value = serde_yaml::from_str(doc).unwrap_or_default();
@@ -495,7 +530,7 @@ fn every_crd_passes_the_api_servers_review() {
             crds.push(("helm template --include-crds", object));
         }
     }
-    assert_eq!(crds.len(), 2, "one CRD printed, one rendered");
+    assert_eq!(crds.len(), 6, "three CRDs printed, three rendered");
     for (source, object) in crds {
         let name = object["metadata"]["name"].as_str().unwrap_or("");
         let review = crd::review(&object);
@@ -629,9 +664,11 @@ fn the_compose_file_matches_the_dockerfile_and_the_repository() {
     assert!(services.contains_key("gateway") && services.contains_key("control-plane"));
 }
 
-/// Without token Secrets both planes say they serve unauthenticated (they
-/// would refuse to start beyond loopback otherwise); with them, both read
-/// the replica token and the admin token, and nothing says so.
+/// By default the control plane makes the tokens Secret, the gateways read
+/// the replica and admin tokens from it, the default McpClient's token is
+/// in it, and nothing is open. Secrets of the user's own replace the
+/// generated tokens; with neither, both planes say they serve
+/// unauthenticated (they would refuse to start beyond loopback otherwise).
 #[test]
 fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
     let env_of = |objects: &[Value], name: &str| -> Vec<Value> {
@@ -642,7 +679,34 @@ fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
     };
     let named = |env: &[Value], name: &str| env.iter().find(|e| e["name"] == name).cloned();
 
-    let open = objects(&render(&[]));
+    let generated = objects(&render(&[]));
+    let control = env_of(&generated, "switchboard-control-plane");
+    assert_eq!(
+        named(&control, "SWITCHBOARD_TOKENS_SECRET").map(|e| e["value"].clone()),
+        Some(Value::from("switchboard-tokens"))
+    );
+    let gateway = env_of(&generated, "switchboard-gateway");
+    for (variable, key) in [
+        ("SWITCHBOARD_CONTROL_PLANE_TOKEN", "replica"),
+        ("SWITCHBOARD_ADMIN_TOKEN", "admin"),
+    ] {
+        assert_eq!(
+            named(&gateway, variable).map(|e| e["valueFrom"].clone()),
+            Some(serde_json::json!({ "secretKeyRef": { "name": "switchboard-tokens", "key": key } })),
+            "{variable}"
+        );
+    }
+    let everything = serde_json::to_string(&generated).expect("JSON");
+    assert!(!everything.contains("ALLOW_UNAUTHENTICATED"), "nothing open");
+    assert!(!everything.contains("--allow-unauthenticated"), "nothing open");
+    let client = find(&generated, "McpClient", "default").expect("the default McpClient");
+    assert_eq!(
+        client["spec"]["token"],
+        serde_json::json!({ "valueFrom": { "secretKeyRef": { "name": "switchboard-tokens", "key": "client" } } })
+    );
+
+    let open = objects(&render(&["--set", "tokens.generate=false"]));
+    assert!(find(&open, "McpClient", "default").is_none());
     let control = env_of(&open, "switchboard-control-plane");
     for allowed in [
         "SWITCHBOARD_ALLOW_UNAUTHENTICATED_REPLICAS",
@@ -663,6 +727,8 @@ fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
     );
 
     let closed = objects(&render(&[
+        "--set",
+        "tokens.generate=false",
         "--set",
         "replicaToken.existingSecret=sb-token",
         "--set",

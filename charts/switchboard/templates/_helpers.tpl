@@ -43,6 +43,31 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* The Secret the control plane makes with the install's tokens. */}}
+{{- define "switchboard.tokensSecret" -}}
+{{- printf "%s-tokens" (include "switchboard.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Namespaces the control plane watches, comma-separated; empty: all of them.
+The release namespace is always among them, where the chart's default
+McpClient lives.
+*/}}
+{{- define "switchboard.watchNamespaces" -}}
+{{- if not .Values.controlPlane.watchAllNamespaces }}
+{{- append .Values.controlPlane.watchNamespaces .Release.Namespace | uniq | join "," }}
+{{- end }}
+{{- end }}
+
+{{/* A replica or admin token's Secret and key (dict: root, existing, key); empty: none. */}}
+{{- define "switchboard.tokenRef" -}}
+{{- if .existing }}
+secretKeyRef: {name: {{ .existing }}, key: token}
+{{- else if .root.Values.tokens.generate }}
+secretKeyRef: {name: {{ include "switchboard.tokensSecret" .root }}, key: {{ .key }}}
+{{- end }}
+{{- end }}
+
 {{- define "switchboard.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "switchboard.controlPlane.fullname" .) .Values.serviceAccount.name }}
