@@ -60,6 +60,9 @@ struct StatusBody {
     clients: Vec<ClientEntry>,
     /// Access policies by name.
     policies: Vec<String>,
+    /// The gateway-wide settings in effect, when declared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<GatewayEntry>,
     issues: Vec<RegistryIssue>,
     replicas: std::collections::BTreeMap<String, ReplicaStatus>,
 }
@@ -68,6 +71,15 @@ struct StatusBody {
 struct ClientEntry {
     name: String,
     groups: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewayEntry {
+    name: String,
+    allow_anonymous: bool,
+    /// Trusted JWT issuers (`iss`).
+    jwt_issuers: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -110,8 +122,13 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
 }
 
 async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
-    let (servers, clients, policies, issues) = {
+    let (servers, clients, policies, gateway, issues) = {
         let registry = state.registry.borrow();
+        let gateway = registry.gateway.as_ref().map(|config| GatewayEntry {
+            name: config.name.clone(),
+            allow_anonymous: config.allow_anonymous,
+            jwt_issuers: config.issuers.iter().map(|i| i.issuer.clone()).collect(),
+        });
         let clients = registry
             .clients
             .values()
@@ -130,13 +147,14 @@ async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
             })
             .collect();
         let policies = registry.policies.keys().cloned().collect();
-        (servers, clients, policies, registry.issues.clone())
+        (servers, clients, policies, gateway, registry.issues.clone())
     };
     Json(StatusBody {
         snapshot_version: state.snapshots.borrow().version,
         servers,
         clients,
         policies,
+        gateway,
         issues,
         replicas: state
             .peers

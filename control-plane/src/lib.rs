@@ -17,6 +17,6 @@ pub mod push;
 pub mod registry;
 pub mod resource;
 pub mod snapshot;
-pub mod tokens;
 pub mod status;
+pub mod tokens;
 pub mod traces;

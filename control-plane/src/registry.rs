@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::resource::{
     McpServer, ValidServer, ValidationError,
     client::{self, McpClient, ValidClient},
+    gateway::{self, McpGatewayConfig, ValidGatewayConfig},
     policy::{self, McpAccessPolicy, ValidPolicy},
 };
 
@@ -33,6 +34,8 @@ pub struct Registry {
     pub clients: BTreeMap<String, ValidClient>,
     /// Accepted access policies by name.
     pub policies: BTreeMap<String, ValidPolicy>,
+    /// The gateway-wide settings, when declared.
+    pub gateway: Option<ValidGatewayConfig>,
     /// Every problem found; none of them stops the rest of the registry.
     pub issues: Vec<RegistryIssue>,
 }
@@ -117,7 +120,30 @@ impl Registry {
             servers,
             clients: BTreeMap::new(),
             policies: BTreeMap::new(),
+            gateway: None,
             issues,
+        }
+    }
+
+    /// Takes the first gateway config in priority order; later ones are
+    /// reported and left out.
+    pub fn add_gateway_configs(
+        &mut self,
+        candidates: impl IntoIterator<Item = (String, ValidGatewayConfig)>,
+    ) {
+        for (source, config) in candidates {
+            match &self.gateway {
+                Some(first) => self.issues.push(RegistryIssue {
+                    source,
+                    resource: Some(config.name.clone()),
+                    field: None,
+                    message: format!(
+                        "McpGatewayConfig `{}` is already in effect: a registry has one",
+                        first.name
+                    ),
+                }),
+                None => self.gateway = Some(config),
+            }
         }
     }
 
@@ -197,6 +223,7 @@ pub enum Document {
     Server(Box<ValidServer>),
     Client(ValidClient),
     Policy(ValidPolicy),
+    Gateway(ValidGatewayConfig),
 }
 
 /// Parses a document by its `kind`: an `McpClient`, an `McpAccessPolicy`,
@@ -208,6 +235,7 @@ pub fn parse_document(
     match value.get("kind").and_then(|k| k.as_str()) {
         Some(client::KIND) => parse_kind(value, McpClient::validate).map(Document::Client),
         Some(policy::KIND) => parse_kind(value, McpAccessPolicy::validate).map(Document::Policy),
+        Some(gateway::KIND) => parse_kind(value, McpGatewayConfig::validate).map(Document::Gateway),
         _ => parse_resource(value, unknown_fields).map(|s| Document::Server(Box::new(s))),
     }
 }

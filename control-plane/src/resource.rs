@@ -8,6 +8,7 @@
 //! from a newer CRD on a cluster object is ignored.
 
 pub mod client;
+pub mod gateway;
 pub mod naming;
 pub mod policy;
 pub mod resilience;
@@ -295,12 +296,13 @@ pub struct McpServerStatus {
 }
 
 /// The CRDs of every registry kind, as checked into the helm chart.
-pub fn crds() -> [CustomResourceDefinition; 3] {
+pub fn crds() -> [CustomResourceDefinition; 4] {
     use kube::CustomResourceExt;
     [
         McpServer::crd(),
         client::McpClient::crd(),
         policy::McpAccessPolicy::crd(),
+        gateway::McpGatewayConfig::crd(),
     ]
 }
 
@@ -602,7 +604,11 @@ fn validate_sse(sse: &SseSpec) -> Result<ValidTransport, ValidationError> {
     })
 }
 
-fn validate_url(field: &str, url: &str, allow_link_local: bool) -> Result<String, ValidationError> {
+pub(crate) fn validate_url(
+    field: &str,
+    url: &str,
+    allow_link_local: bool,
+) -> Result<String, ValidationError> {
     let Some(rest) = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))

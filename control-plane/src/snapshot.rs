@@ -118,6 +118,24 @@ pub fn build_resources(registry: &Registry) -> Vec<pb::Resource> {
             })),
         })
     });
+    let gateway = registry.gateway.iter().map(|config| pb::Resource {
+        kind: Some(Kind::McpGatewayConfig(pb::McpGatewayConfig {
+            name: config.name.clone(),
+            allow_anonymous: config.allow_anonymous,
+            jwt_issuers: config
+                .issuers
+                .iter()
+                .map(|issuer| pb::JwtIssuer {
+                    issuer: issuer.issuer.clone(),
+                    audiences: issuer.audiences.clone(),
+                    jwks_uri: issuer.jwks_uri.clone(),
+                    leeway_ms: u64::try_from(issuer.leeway.as_millis()).unwrap_or(u64::MAX),
+                    name_claim: issuer.name_claim.clone(),
+                    groups_claim: issuer.groups_claim.clone(),
+                })
+                .collect(),
+        })),
+    });
     let policies = registry.policies.values().map(|policy| pb::Resource {
         kind: Some(Kind::McpAccessPolicy(pb::McpAccessPolicy {
             name: policy.name.clone(),
@@ -125,9 +143,14 @@ pub fn build_resources(registry: &Registry) -> Vec<pb::Resource> {
             clients: policy.clients.clone(),
             allow: policy.allow.as_ref().map(rules_to_proto),
             deny: Some(rules_to_proto(&policy.deny)),
+            claims: policy.claims.clone().into_iter().collect(),
         })),
     });
-    servers.chain(clients).chain(policies).collect()
+    servers
+        .chain(clients)
+        .chain(policies)
+        .chain(gateway)
+        .collect()
 }
 
 fn rules_to_proto(rules: &Rules) -> pb::AccessRules {
@@ -316,6 +339,7 @@ mod tests {
                 .collect(),
             clients: BTreeMap::new(),
             policies: BTreeMap::new(),
+            gateway: None,
             issues: vec![],
         }
     }

@@ -65,7 +65,10 @@ pub async fn ensure(
     let mut fresh = BTreeMap::new();
     for key in KEYS {
         let token = Token::generate()?;
-        fresh.insert(key.to_owned(), ByteString(token.expose().as_bytes().to_vec()));
+        fresh.insert(
+            key.to_owned(),
+            ByteString(token.expose().as_bytes().to_vec()),
+        );
     }
     let mut attempt = 0;
     loop {
@@ -155,9 +158,7 @@ fn tokens(
             key,
             reason,
         };
-        let bytes = data
-            .get(key)
-            .ok_or_else(|| unusable("missing".into()))?;
+        let bytes = data.get(key).ok_or_else(|| unusable("missing".into()))?;
         let text = std::str::from_utf8(&bytes.0).map_err(|_| unusable("not UTF-8".into()))?;
         Token::new(text).map_err(|e| unusable(e.to_string()))
     };

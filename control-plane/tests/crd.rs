@@ -25,7 +25,13 @@ fn the_chart_crds_match_the_rust_types() {
     }
     let mut in_chart: Vec<String> = std::fs::read_dir(CHART_CRDS)
         .expect("the chart's crds/")
-        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     in_chart.sort();
     files.sort();

@@ -184,10 +184,10 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     ))
     // Before anything reads the body.
     .layer(axum::middleware::from_fn_with_state(
-        callers,
+        callers.clone(),
         auth::authenticate,
     ))
-    .merge(auth::router())
+    .merge(auth::router(callers))
     .merge(admin::router(
         AdminState {
             replica_id: config.replica_id.clone(),

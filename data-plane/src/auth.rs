@@ -1,12 +1,19 @@
-//! Who may call the gateway: the `McpClient`s of the current snapshot.
-//! Once there is one, every MCP request (streamable HTTP, legacy SSE) needs
-//! `Authorization: Bearer <token>` whose SHA-256 a client declares; the
-//! client's name is then the caller in logs, spans and metrics. Anyone else
-//! gets 401 with `WWW-Authenticate` pointing at the protected-resource
-//! metadata (RFC 9728), as MCP clients expect. With no client declared the
+//! Who may call the gateway: the `McpClient`s of the current snapshot, and
+//! callers with a JWT from an issuer its `McpGatewayConfig` trusts
+//! ([`jwt`]). Once there is a client or an issuer, every MCP request
+//! (streamable HTTP, legacy SSE) needs `Authorization: Bearer <token>`:
+//! a token whose SHA-256 a client declares, or a valid JWT; the caller's
+//! name is then the caller in logs, spans and metrics. Anyone else gets 401
+//! with `WWW-Authenticate` pointing at the protected-resource metadata
+//! (RFC 9728), as MCP clients expect, unless the gateway config lets
+//! callers without a token in as anonymous. With neither declared the
 //! gateway is open only where that is safe: on loopback (the local quick
 //! start), or when told `--allow-unauthenticated`; listening anywhere else
 //! it refuses every MCP request until the registry declares a client.
+
+mod jwt;
+
+pub use jwt::IssuerConfig;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -18,6 +25,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use parking_lot::RwLock;
 use prometheus_client::{
     collector::Collector,
@@ -39,6 +48,9 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 pub struct Identity {
     pub name: Arc<str>,
     pub groups: Arc<[String]>,
+    /// A JWT caller's string claims (each value of a list on its own),
+    /// for policy subjects; none for an `McpClient`.
+    pub claims: Arc<[(String, String)]>,
 }
 
 /// The clients of the current snapshot, by their token's digest; cheap to
@@ -46,9 +58,19 @@ pub struct Identity {
 #[derive(Clone)]
 pub struct Callers {
     by_digest: Arc<RwLock<HashMap<[u8; 32], Identity>>>,
-    /// Anyone may call while no client is declared.
+    issuers: jwt::Issuers,
+    /// Anyone may call while no client or issuer is declared.
     open_without_clients: bool,
+    /// The gateway config lets callers without a token in.
+    anonymous: Arc<AtomicBool>,
     refused: Counter,
+}
+
+/// The snapshot's `McpGatewayConfig`, as far as callers go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GatewaySettings {
+    pub allow_anonymous: bool,
+    pub issuers: Vec<IssuerConfig>,
 }
 
 /// A client as the snapshot declares it.
@@ -66,9 +88,18 @@ impl Callers {
     pub fn new(open_without_clients: bool) -> Self {
         Self {
             by_digest: Arc::default(),
+            issuers: jwt::Issuers::default(),
             open_without_clients,
+            anonymous: Arc::default(),
             refused: Counter::default(),
         }
+    }
+
+    /// Applies the gateway-wide settings (JWT issuers, anonymous callers).
+    pub fn configure(&self, settings: GatewaySettings) {
+        self.anonymous
+            .store(settings.allow_anonymous, Ordering::Relaxed);
+        self.issuers.replace(settings.issuers);
     }
 
     /// Replaces the clients; returns the names of those refused, with why.
@@ -83,6 +114,7 @@ impl Callers {
             let identity = Identity {
                 name: client.name.as_str().into(),
                 groups: client.groups.into(),
+                claims: Arc::new([]),
             };
             if by_digest.insert(digest, identity).is_some() {
                 refused.push((client.name, "another client has the same token".to_owned()));
@@ -94,7 +126,28 @@ impl Callers {
 
     /// Whether requests need a token.
     pub fn required(&self) -> bool {
-        !(self.open_without_clients && self.by_digest.read().is_empty())
+        !(self.open_without_clients && self.none_declared())
+    }
+
+    /// No client and no issuer: nobody could present a token.
+    fn none_declared(&self) -> bool {
+        self.by_digest.read().is_empty() && self.issuers.is_empty()
+    }
+
+    /// Who a bearer token proves, or why it proves nobody.
+    async fn authenticate(&self, token: &[u8]) -> Result<Identity, Option<jwt::Rejection>> {
+        if let Some(identity) = self.identify(token) {
+            return Ok(identity);
+        }
+        // A JWT has three dot-separated parts; anything else is a client
+        // token nobody declared.
+        let jwt = std::str::from_utf8(token)
+            .ok()
+            .filter(|t| t.split('.').count() == 3 && !self.issuers.is_empty());
+        match jwt {
+            Some(jwt) => self.issuers.verify(jwt).await.map_err(Some),
+            None => Err(None),
+        }
     }
 
     fn identify(&self, token: &[u8]) -> Option<Identity> {
@@ -119,6 +172,14 @@ impl Collector for Callers {
                 &self.refused,
             )],
         )?;
+        self.issuers.encode(&mut encoder)?;
+        let issuers = ConstGauge::new(i64::try_from(self.issuers.count()).unwrap_or(i64::MAX));
+        issuers.encode(encoder.encode_descriptor(
+            "jwt_issuers",
+            "JWT issuers the gateway config trusts",
+            None,
+            issuers.metric_type(),
+        )?)?;
         let clients =
             ConstGauge::new(i64::try_from(self.by_digest.read().len()).unwrap_or(i64::MAX));
         clients.encode(encoder.encode_descriptor(
@@ -157,34 +218,64 @@ pub async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(BEARER_PREFIX.as_bytes()));
-    let presented = token.is_some();
-    match token.and_then(|token| callers.identify(token)) {
-        Some(identity) => {
+    let Some(token) = token else {
+        if callers.anonymous.load(Ordering::Relaxed) {
+            return next.run(request).await;
+        }
+        return refuse(&callers, &request, Refused::NoToken);
+    };
+    match callers.authenticate(token).await {
+        Ok(identity) => {
             request.extensions_mut().insert(identity);
             next.run(request).await
         }
-        None => {
-            callers.refused.inc();
-            debug!(
-                token_sent = presented,
-                path = request.uri().path(),
-                "refused an MCP request without a known token"
-            );
-            let none_declared = callers.by_digest.read().is_empty();
-            unauthorized(request.headers(), presented, none_declared)
-        }
+        Err(rejection) => refuse(&callers, &request, Refused::BadToken(rejection)),
     }
 }
 
+/// Why a request gets 401.
+enum Refused {
+    NoToken,
+    /// Sent, and unknown; with why, for a JWT.
+    BadToken(Option<jwt::Rejection>),
+}
+
+fn refuse(callers: &Callers, request: &Request, refused: Refused) -> Response {
+    callers.refused.inc();
+    let (presented, rejection) = match refused {
+        Refused::NoToken => (false, None),
+        Refused::BadToken(rejection) => (true, rejection),
+    };
+    debug!(
+        token_sent = presented,
+        jwt_rejected = rejection.map(jwt::Rejection::describe),
+        path = request.uri().path(),
+        "refused an MCP request without a known token"
+    );
+    unauthorized(
+        request.headers(),
+        presented,
+        callers.none_declared(),
+        rejection,
+    )
+}
+
 /// 401 with the header MCP clients read to find how to authenticate.
-fn unauthorized(headers: &HeaderMap, presented: bool, none_declared: bool) -> Response {
+fn unauthorized(
+    headers: &HeaderMap,
+    presented: bool,
+    none_declared: bool,
+    rejection: Option<jwt::Rejection>,
+) -> Response {
     let message = if none_declared {
         "this gateway listens beyond loopback and the registry declares no McpClient: \
          declare clients, or start the gateway with --allow-unauthenticated"
+    } else if let Some(rejection) = rejection {
+        rejection.describe()
     } else if presented {
         "the bearer token is not one this gateway knows"
     } else {
-        "this gateway needs `Authorization: Bearer <token>` (an McpClient's token)"
+        "this gateway needs `Authorization: Bearer <token>` (an McpClient's token or a JWT)"
     };
     let mut challenge = format!(
         r#"Bearer resource_metadata="{}{METADATA_PATH}""#,
@@ -192,6 +283,12 @@ fn unauthorized(headers: &HeaderMap, presented: bool, none_declared: bool) -> Re
     );
     if presented {
         challenge.push_str(r#", error="invalid_token""#);
+        if let Some(rejection) = rejection {
+            challenge.push_str(&format!(
+                r#", error_description="{}""#,
+                rejection.describe()
+            ));
+        }
     }
     let mut response = Refusal::unauthorized(message).into_response();
     if let Ok(value) = HeaderValue::try_from(challenge) {
@@ -217,16 +314,22 @@ fn origin(headers: &HeaderMap) -> String {
 }
 
 /// The protected-resource metadata document (RFC 9728): what the MCP
-/// endpoint is and how to present a token to it.
-pub fn router() -> Router {
+/// endpoint is, how to present a token to it, and which authorization
+/// servers issue the JWTs it accepts.
+pub fn router(callers: Callers) -> Router {
     Router::new().route(
         METADATA_PATH,
         get(|headers: HeaderMap| async move {
-            Json(json!({
+            let mut document = json!({
                 "resource": format!("{}/mcp", origin(&headers)),
                 "bearer_methods_supported": ["header"],
                 "resource_name": "Switchboard MCP gateway",
-            }))
+            });
+            let issuers = callers.issuers.names();
+            if !issuers.is_empty() {
+                document["authorization_servers"] = json!(issuers);
+            }
+            Json(document)
         }),
     )
 }

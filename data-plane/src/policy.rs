@@ -1,6 +1,7 @@
 //! What each authenticated client may use: the `McpAccessPolicy`s of the
-//! current snapshot. A client that no policy names (by its name or one of
-//! its groups) may use everything; for one that some do, `deny` always
+//! current snapshot. A client that no policy names (by its name, one of
+//! its groups, or, for a JWT caller, claims its token has) may use
+//! everything; for one that some do, `deny` always
 //! wins, and once an `allow` names it, only what is allowed. What a client
 //! may not use is absent from its lists and refused (403) when it asks for
 //! it by name. Anonymous callers (no `McpClient` declared) are not
@@ -46,6 +47,8 @@ pub struct Policy {
     pub name: String,
     pub groups: Vec<String>,
     pub clients: Vec<String>,
+    /// Claims a JWT caller's token must all have.
+    pub claims: Vec<(String, String)>,
     pub allow: Option<Rules>,
     pub deny: Rules,
 }
@@ -116,6 +119,11 @@ impl Policies {
         let applies = |policy: &&Arc<Policy>| {
             policy.clients.iter().any(|c| **c == *identity.name)
                 || policy.groups.iter().any(|g| identity.groups.contains(g))
+                || (!policy.claims.is_empty()
+                    && policy
+                        .claims
+                        .iter()
+                        .all(|claim| identity.claims.contains(claim)))
         };
         let mut matched = current.iter().filter(applies).peekable();
         matched.peek()?;
@@ -234,6 +242,7 @@ mod tests {
         Identity {
             name: name.into(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            claims: Arc::new([]),
         }
     }
 
@@ -271,6 +280,7 @@ mod tests {
                 name: "no-admin".into(),
                 groups: vec!["dev".into()],
                 clients: vec![],
+                claims: vec![],
                 allow: None,
                 deny: rules(&["utils.*"]),
             },
@@ -278,6 +288,7 @@ mod tests {
                 name: "bob-reads".into(),
                 groups: vec![],
                 clients: vec!["bob".into()],
+                claims: vec![],
                 allow: Some(rules(&["fs.read*", "utils.echo"])),
                 deny: Rules::default(),
             },
@@ -310,6 +321,37 @@ mod tests {
         );
         assert_eq!(policies.denied[Kind::Tool.index()].get(), 1);
         assert_eq!(both.refuse(Kind::Tool, "fs.read_file"), None);
+    }
+
+    #[test]
+    fn claims_name_jwt_callers_whose_tokens_have_them_all() {
+        let policies = Policies::default();
+        policies.replace(vec![Policy {
+            name: "payments-only".into(),
+            groups: vec![],
+            clients: vec![],
+            claims: vec![
+                ("team".into(), "payments".into()),
+                ("tier".into(), "prod".into()),
+            ],
+            allow: Some(rules(&["pay.*"])),
+            deny: Rules::default(),
+        }]);
+        let caller = |claims: &[(&str, &str)]| Identity {
+            claims: claims
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..identity("svc", &[])
+        };
+        let both = caller(&[("team", "payments"), ("tier", "prod"), ("sub", "svc")]);
+        let access = policies.access(&both).expect("named by its claims");
+        assert!(access.permits(Kind::Tool, "pay.refund"));
+        assert!(!access.permits(Kind::Tool, "fs.read"));
+        assert!(
+            policies.access(&caller(&[("team", "payments")])).is_none(),
+            "one claim of two names nobody"
+        );
     }
 
     proptest! {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    auth::{Callers, Declared},
+    auth::{Callers, Declared, GatewaySettings, IssuerConfig},
     downstream::{ServerState, Servers, breaker::BreakerState},
     policy::{Policies, Policy, Rules},
     spec::ServerSpec,
@@ -207,6 +207,7 @@ impl XdsClient {
             servers: mut desired,
             clients,
             policies,
+            gateway,
             rejected,
         } = desired_servers(snapshot);
         for name in rejected.keys() {
@@ -219,6 +220,7 @@ impl XdsClient {
         }
         self.servers.apply(desired);
         let rejected = with_refused_clients(rejected, self.callers.replace(clients));
+        self.callers.configure(gateway);
         self.policies.replace(policies);
         self.status
             .inner
@@ -327,6 +329,7 @@ struct Wanted {
     servers: Desired,
     clients: Vec<Declared>,
     policies: Vec<Policy>,
+    gateway: GatewaySettings,
     /// By resource name.
     rejected: BTreeMap<String, String>,
 }
@@ -337,6 +340,7 @@ fn desired_servers(snapshot: &pb::Snapshot) -> Wanted {
     let mut desired = Desired::new();
     let mut clients = Vec::new();
     let mut policies = Vec::new();
+    let mut gateway = GatewaySettings::default();
     let mut rejected = BTreeMap::new();
     for resource in &snapshot.resources {
         let server = match &resource.kind {
@@ -351,6 +355,10 @@ fn desired_servers(snapshot: &pb::Snapshot) -> Wanted {
             }
             Some(resource::Kind::McpAccessPolicy(policy)) => {
                 policies.push(policy_from(policy));
+                continue;
+            }
+            Some(resource::Kind::McpGatewayConfig(config)) => {
+                gateway = settings_from(config);
                 continue;
             }
             None => {
@@ -381,7 +389,26 @@ fn desired_servers(snapshot: &pb::Snapshot) -> Wanted {
         servers: desired,
         clients,
         policies,
+        gateway,
         rejected,
+    }
+}
+
+fn settings_from(config: &pb::McpGatewayConfig) -> GatewaySettings {
+    GatewaySettings {
+        allow_anonymous: config.allow_anonymous,
+        issuers: config
+            .jwt_issuers
+            .iter()
+            .map(|issuer| IssuerConfig {
+                issuer: issuer.issuer.clone(),
+                audiences: issuer.audiences.clone(),
+                jwks_uri: issuer.jwks_uri.clone(),
+                leeway: Duration::from_millis(issuer.leeway_ms),
+                name_claim: issuer.name_claim.clone(),
+                groups_claim: issuer.groups_claim.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -395,6 +422,11 @@ fn policy_from(policy: &pb::McpAccessPolicy) -> Policy {
         name: policy.name.clone(),
         groups: policy.groups.clone(),
         clients: policy.clients.clone(),
+        claims: policy
+            .claims
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         allow: policy.allow.as_ref().map(rules),
         deny: policy.deny.as_ref().map(rules).unwrap_or_default(),
     }

@@ -232,7 +232,7 @@ fn the_control_plane_may_only_make_the_calls_it_makes() {
         .collect();
     let expected = [
         (
-            "switchboard.dev/mcpservers,mcpclients,mcpaccesspolicies",
+            "switchboard.dev/mcpservers,mcpclients,mcpaccesspolicies,mcpgatewayconfigs",
             "list,watch",
         ),
         ("switchboard.dev/mcpservers/status", "patch"),
@@ -254,8 +254,12 @@ fn the_control_plane_may_only_make_the_calls_it_makes() {
         .find(|o| o["kind"] == "Role" && o["metadata"]["name"] == "switchboard-control-plane")
         .expect("a Role");
     assert_eq!(role["metadata"]["namespace"], "switchboard");
-    let election = find(&objects, "Role", "switchboard-control-plane-leader-election")
-        .expect("the release namespace's Role");
+    let election = find(
+        &objects,
+        "Role",
+        "switchboard-control-plane-leader-election",
+    )
+    .expect("the release namespace's Role");
     let secrets: Vec<&Value> = election["rules"]
         .as_array()
         .expect("rules")
@@ -293,7 +297,8 @@ fn mcpservers_are_aggregated_into_the_built_in_user_roles() {
             "mcpservers",
             "mcpservers/status",
             "mcpclients",
-            "mcpaccesspolicies"
+            "mcpaccesspolicies",
+            "mcpgatewayconfigs"
         ])
     );
     assert_eq!(
@@ -530,7 +535,7 @@ fn every_crd_passes_the_api_servers_review() {
             crds.push(("helm template --include-crds", object));
         }
     }
-    assert_eq!(crds.len(), 6, "three CRDs printed, three rendered");
+    assert_eq!(crds.len(), 8, "four CRDs printed, four rendered");
     for (source, object) in crds {
         let name = object["metadata"]["name"].as_str().unwrap_or("");
         let review = crd::review(&object);
@@ -692,13 +697,21 @@ fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
     ] {
         assert_eq!(
             named(&gateway, variable).map(|e| e["valueFrom"].clone()),
-            Some(serde_json::json!({ "secretKeyRef": { "name": "switchboard-tokens", "key": key } })),
+            Some(
+                serde_json::json!({ "secretKeyRef": { "name": "switchboard-tokens", "key": key } })
+            ),
             "{variable}"
         );
     }
     let everything = serde_json::to_string(&generated).expect("JSON");
-    assert!(!everything.contains("ALLOW_UNAUTHENTICATED"), "nothing open");
-    assert!(!everything.contains("--allow-unauthenticated"), "nothing open");
+    assert!(
+        !everything.contains("ALLOW_UNAUTHENTICATED"),
+        "nothing open"
+    );
+    assert!(
+        !everything.contains("--allow-unauthenticated"),
+        "nothing open"
+    );
     let client = find(&generated, "McpClient", "default").expect("the default McpClient");
     assert_eq!(
         client["spec"]["token"],

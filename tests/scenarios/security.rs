@@ -1,6 +1,10 @@
 //! Who may talk to whom: replicas prove themselves to the control plane
 //! with its token before they get a snapshot (which holds resolved
-//! secrets), report health or NACKs, or export spans.
+//! secrets), report health or NACKs, or export spans. Callers with JWTs:
+//! [`jwt`].
+
+#[path = "security/jwt.rs"]
+mod jwt;
 
 use std::process::Stdio;
 

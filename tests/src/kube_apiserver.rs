@@ -42,7 +42,7 @@
 //! the chart's when the stand-in starts (one a cluster would refuse makes
 //! it panic with the real server's message, as `helm install` would fail),
 //! and each one created, replaced or applied server-side through the API.
-//! `McpServer`s (and `McpClient`s, `McpAccessPolicy`s) follow the stored CRD: defaulted, pruned and validated as
+//! `McpServer`s (and the other Switchboard kinds) follow the stored CRD: defaulted, pruned and validated as
 //! the real server does ([`schema`]), `fieldValidation` (`Strict`, `Warn`,
 //! the default, `Ignore`) deciding what an unknown field costs.
 //!
@@ -91,10 +91,11 @@ pub use fault::{Fault, FaultHandle};
 use field::FieldError;
 
 /// The CRDs the chart installs.
-const CRDS: [&str; 3] = [
+const CRDS: [&str; 4] = [
     include_str!("../../charts/switchboard/crds/mcpservers.switchboard.dev.yaml"),
     include_str!("../../charts/switchboard/crds/mcpclients.switchboard.dev.yaml"),
     include_str!("../../charts/switchboard/crds/mcpaccesspolicies.switchboard.dev.yaml"),
+    include_str!("../../charts/switchboard/crds/mcpgatewayconfigs.switchboard.dev.yaml"),
 ];
 
 /// A resource type this stand-in serves.
@@ -172,6 +173,18 @@ const KINDS: &[Kind] = &[
         singular: "mcpaccesspolicy",
         kind: "McpAccessPolicy",
         short_names: &["mcpap"],
+        categories: &["switchboard"],
+        namespaced: true,
+        status: false,
+        custom: true,
+    },
+    Kind {
+        group: "switchboard.dev",
+        version: "v1alpha1",
+        plural: "mcpgatewayconfigs",
+        singular: "mcpgatewayconfig",
+        kind: "McpGatewayConfig",
+        short_names: &["mcpgc"],
         categories: &["switchboard"],
         namespaced: true,
         status: false,

@@ -122,6 +122,10 @@ impl DirectorySource {
             Document::Policy(policy) => Some((source, policy.clone())),
             _ => None,
         }));
+        registry.add_gateway_configs(documents().filter_map(|(source, document)| match document {
+            Document::Gateway(config) => Some((source, config.clone())),
+            _ => None,
+        }));
         for issue in registry.issues.iter().filter(|i| i.field.is_some()) {
             warn!(file = %issue.source, resource = issue.resource.as_deref(), "{}", issue.message);
         }
@@ -249,6 +253,10 @@ fn load_file(path: &Path) -> FileOutcome {
             Ok(Document::Policy(policy)) => {
                 debug!(file = %source, resource = %policy.name, "loaded McpAccessPolicy");
                 documents.push(Document::Policy(policy));
+            }
+            Ok(Document::Gateway(config)) => {
+                debug!(file = %source, resource = %config.name, "loaded McpGatewayConfig");
+                documents.push(Document::Gateway(config));
             }
             Err((resource, field, message)) => issues.push(issue(resource, field, message)),
         }

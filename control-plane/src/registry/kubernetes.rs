@@ -1,8 +1,9 @@
-//! Registry source for a cluster: `McpServer`, `McpClient` and
-//! `McpAccessPolicy` resources watched through the Kubernetes API (all
-//! namespaces, or a configured list). A cluster without the client or
-//! policy CRD (a chart upgraded without its new CRDs) still serves its
-//! servers, with a warning, and picks the kinds up once installed. Objects are
+//! Registry source for a cluster: `McpServer`, `McpClient`,
+//! `McpAccessPolicy` and `McpGatewayConfig` resources watched through the
+//! Kubernetes API (all namespaces, or a configured list). A cluster
+//! without one of the newer CRDs (a chart upgraded without its new CRDs)
+//! still serves its servers, with a warning, and picks the kind up once
+//! installed. Objects are
 //! watched untyped and parsed one by one, so one malformed resource is an
 //! issue on that resource instead of a failed list. `valueFrom` env values
 //! are read from Secrets and ConfigMaps in the resource's namespace, again
@@ -54,6 +55,7 @@ use super::{
 use crate::resource::{
     McpServer, RefKind, ValidServer, ValidTransport, ValueRef,
     client::{self, ClientToken, McpClient, ValidClient},
+    gateway::{self, McpGatewayConfig},
     policy::{self, McpAccessPolicy},
 };
 
@@ -75,12 +77,23 @@ type Scope = Option<String>;
 /// Objects of one kind by (Kubernetes namespace, name).
 type Objects = BTreeMap<ObjectKey, DynamicObject>;
 
+/// One kind's watch in one scope, its events tagged with both.
+type WatchStream = futures::stream::BoxStream<
+    'static,
+    (
+        Watched,
+        Scope,
+        watcher::Result<watcher::Event<DynamicObject>>,
+    ),
+>;
+
 /// The kinds a cluster registry is made of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Watched {
     Servers,
     Clients,
     Policies,
+    Gateways,
 }
 
 /// Watches `McpServer`s and publishes the registry they make.
@@ -177,14 +190,19 @@ impl KubernetesSource {
             self.namespaces.iter().cloned().map(Some).collect()
         };
         let mut streams = self.streams(&scopes);
-        let mut listings = [Watched::Servers, Watched::Clients, Watched::Policies]
-            .map(|watched| Listing::new(watched, scopes.len()));
+        let mut listings = [
+            Watched::Servers,
+            Watched::Clients,
+            Watched::Policies,
+            Watched::Gateways,
+        ]
+        .map(|watched| Listing::new(watched, scopes.len()));
         let mut servers = Servers::default();
         let mut values = Values::new(self.client.clone());
         let mut published = false;
         let mut refresh = tokio::time::interval(REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        info!(namespaces = %self.namespaces.join(","), "watching McpServer, McpClient and McpAccessPolicy resources");
+        info!(namespaces = %self.namespaces.join(","), "watching McpServer, McpClient, McpAccessPolicy and McpGatewayConfig resources");
         loop {
             let changed = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -209,13 +227,19 @@ impl KubernetesSource {
                     None => return,
                 },
             };
-            let [listed_servers, listed_clients, listed_policies] = &listings;
+            let [
+                listed_servers,
+                listed_clients,
+                listed_policies,
+                listed_gateways,
+            ] = &listings;
             let complete = listings.iter().all(Listing::complete);
             if complete && (changed || !published) {
                 let next = servers.assemble(
                     &listed_servers.current,
                     &listed_clients.current,
                     &listed_policies.current,
+                    &listed_gateways.current,
                     &mut values,
                 );
                 // The first registry waits for the first reads.
@@ -245,23 +269,18 @@ impl KubernetesSource {
 
     /// One watch per kind and scope, its events tagged with both so each
     /// relist replaces only its own objects.
-    fn streams(
-        &self,
-        scopes: &[Scope],
-    ) -> SelectAll<
-        futures::stream::BoxStream<
-            'static,
-            (
-                Watched,
-                Scope,
-                watcher::Result<watcher::Event<DynamicObject>>,
-            ),
-        >,
-    > {
+    fn streams(&self, scopes: &[Scope]) -> SelectAll<WatchStream> {
         let kinds = [
             (Watched::Servers, ApiResource::erase::<McpServer>(&())),
             (Watched::Clients, ApiResource::erase::<McpClient>(&())),
-            (Watched::Policies, ApiResource::erase::<McpAccessPolicy>(&())),
+            (
+                Watched::Policies,
+                ApiResource::erase::<McpAccessPolicy>(&()),
+            ),
+            (
+                Watched::Gateways,
+                ApiResource::erase::<McpGatewayConfig>(&()),
+            ),
         ];
         let mut streams = SelectAll::new();
         for (watched, resource) in kinds {
@@ -361,7 +380,11 @@ impl Listing {
             // the kind once it is installed); meanwhile there are none of
             // it, and the other kinds are served.
             Err(err) if self.watched != Watched::Servers && not_found(&err) => {
-                warn!(namespace = scope.as_deref().unwrap_or("*"), kind = self.watched.kind(), "the kind's CRD is not installed (apply charts/switchboard/crds); serving none until it is");
+                warn!(
+                    namespace = scope.as_deref().unwrap_or("*"),
+                    kind = self.watched.kind(),
+                    "the kind's CRD is not installed (apply charts/switchboard/crds); serving none until it is"
+                );
                 self.listed_once.insert(scope) && self.complete()
             }
             Err(err) => {
@@ -389,6 +412,7 @@ impl Watched {
             Self::Servers => KIND,
             Self::Clients => client::KIND,
             Self::Policies => policy::KIND,
+            Self::Gateways => gateway::KIND,
         }
     }
 
@@ -397,6 +421,7 @@ impl Watched {
             Self::Servers => "mcpservers",
             Self::Clients => "mcpclients",
             Self::Policies => "mcpaccesspolicies",
+            Self::Gateways => "mcpgatewayconfigs",
         }
     }
 }
@@ -428,7 +453,8 @@ fn source(watched: Watched, key: &ObjectKey) -> String {
 /// Objects oldest first: the oldest resource keeps a contested name.
 fn oldest_first(objects: &Objects) -> Vec<(&ObjectKey, &DynamicObject)> {
     let mut ordered: Vec<(&ObjectKey, &DynamicObject)> = objects.iter().collect();
-    ordered.sort_by_key(|(key, object)| (object.metadata.creation_timestamp.clone(), (*key).clone()));
+    ordered
+        .sort_by_key(|(key, object)| (object.metadata.creation_timestamp.clone(), (*key).clone()));
     ordered
 }
 
@@ -443,6 +469,7 @@ impl Servers {
         objects: &Objects,
         clients: &Objects,
         policies: &Objects,
+        gateways: &Objects,
         values: &mut Values,
     ) -> Registry {
         self.parsed.retain(|key, _| objects.contains_key(key));
@@ -481,6 +508,16 @@ impl Servers {
                 }
                 Ok(_) => {}
                 Err(error) => issues.push(issue_of(Watched::Policies, key, error)),
+            }
+        }
+        let mut valid_gateways = Vec::new();
+        for (key, object) in oldest_first(gateways) {
+            match parse_other(Watched::Gateways, key, object) {
+                Ok(Document::Gateway(config)) => {
+                    valid_gateways.push((source(Watched::Gateways, key), config));
+                }
+                Ok(_) => {}
+                Err(error) => issues.push(issue_of(Watched::Gateways, key, error)),
             }
         }
         let server_refs = valid.iter().flat_map(|(key, server)| {
@@ -524,6 +561,7 @@ impl Servers {
         let mut registry = Registry::assemble(candidates, issues);
         registry.add_clients(client_candidates);
         registry.add_policies(valid_policies);
+        registry.add_gateway_configs(valid_gateways);
         registry
     }
 }

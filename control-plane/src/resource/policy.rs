@@ -1,9 +1,12 @@
 //! `McpAccessPolicy`: which tools, prompts and resources its subjects
-//! (`McpClient`s by name or group) may use. A subject that no `allow`
+//! (`McpClient`s by name or group, JWT callers by name, group or claims)
+//! may use. A subject that no `allow`
 //! matches may use everything not denied; once an `allow` matches it, only
 //! what is allowed; `deny` always wins. Names are the client-facing ones
 //! (`<namespace>.<tool>`), resources their client-facing URIs or URI
 //! templates; `*` in a pattern matches any run of characters.
+
+use std::collections::BTreeMap;
 
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -49,10 +52,14 @@ pub struct Subjects {
     #[serde(default)]
     #[schemars(length(max = MAX_ITEMS))]
     pub groups: Vec<String>,
-    /// McpClient names.
+    /// McpClient names (and JWT callers' names).
     #[serde(default)]
     #[schemars(length(max = MAX_ITEMS))]
     pub clients: Vec<String>,
+    /// JWT claims a caller's token must all have (a claim holding a list
+    /// has the value when the list does).
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
 }
 
 /// Name patterns as clients see the names (`<namespace>.<tool>`; resource
@@ -77,6 +84,7 @@ pub struct ValidPolicy {
     pub name: String,
     pub groups: Vec<String>,
     pub clients: Vec<String>,
+    pub claims: BTreeMap<String, String>,
     /// `None`: the policy allows nothing by itself.
     pub allow: Option<Rules>,
     pub deny: Rules,
@@ -86,11 +94,27 @@ impl McpAccessPolicy {
     pub fn validate(self) -> Result<ValidPolicy, ValidationError> {
         let name = self.metadata.name.unwrap_or_default();
         check_dns_label(&name).map_err(|reason| ValidationError::new("metadata.name", reason))?;
-        let Subjects { groups, clients } = self.spec.subjects;
-        if groups.is_empty() && clients.is_empty() {
+        let Subjects {
+            groups,
+            clients,
+            claims,
+        } = self.spec.subjects;
+        if groups.is_empty() && clients.is_empty() && claims.is_empty() {
             return Err(ValidationError::new(
                 "spec.subjects",
-                "name at least one group or client the policy applies to",
+                "name at least one group, client or claim the policy applies to",
+            ));
+        }
+        if claims.len() > MAX_ITEMS {
+            return Err(ValidationError::new(
+                "spec.subjects.claims",
+                format!("at most {MAX_ITEMS} claims"),
+            ));
+        }
+        if let Some(key) = claims.keys().find(|k| k.is_empty()) {
+            return Err(ValidationError::new(
+                format!("spec.subjects.claims[{key}]"),
+                "a claim name may not be empty",
             ));
         }
         for (field, names) in [("groups", &groups), ("clients", &clients)] {
@@ -121,6 +145,7 @@ impl McpAccessPolicy {
             name,
             groups,
             clients,
+            claims,
             allow: self.spec.allow,
             deny: self.spec.deny.unwrap_or_default(),
         })
@@ -206,8 +231,11 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
-        let yaml = "apiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {name: p}\nspec: {subjects: {claims: {team: a}}, deny: {tools: [x]}}";
+    fn unknown_keys_are_refused_and_claims_are_subjects() {
+        let yaml = "apiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {name: p}\nspec: {subjects: {roles: [a]}, deny: {tools: [x]}}";
         assert!(serde_yaml::from_str::<McpAccessPolicy>(yaml).is_err());
+        let valid = policy("{subjects: {claims: {team: payments}}, deny: {tools: [x]}}")
+            .expect("a claim is a subject");
+        assert_eq!(valid.claims["team"], "payments");
     }
 }

@@ -132,9 +132,17 @@ async fn the_install_tokens_secret_clients_and_policies_close_the_cluster() {
     let applied = apply(&api, home.path(), "access.yaml", &manifest)
         .await
         .expect("kubectl apply");
-    assert!(applied.contains("mcpclient.switchboard.dev/team created"), "{applied}");
-    let listed = kubectl(&api, home.path(), &["get", "mcpc,mcpap"]).await.expect("get");
-    assert!(listed.contains("team") && listed.contains("no-sleep"), "{listed}");
+    assert!(
+        applied.contains("mcpclient.switchboard.dev/team created"),
+        "{applied}"
+    );
+    let listed = kubectl(&api, home.path(), &["get", "mcpc,mcpap"])
+        .await
+        .expect("get");
+    assert!(
+        listed.contains("team") && listed.contains("no-sleep"),
+        "{listed}"
+    );
 
     // Once the client is declared, nobody else gets in, loopback included.
     let url = sb.mcp_url();
@@ -171,7 +179,10 @@ async fn the_install_tokens_secret_clients_and_policies_close_the_cluster() {
         .text()
         .await
         .expect("body");
-    assert!(status.contains("\"team\""), "the client is listed: {status}");
+    assert!(
+        status.contains("\"team\""),
+        "the client is listed: {status}"
+    );
     assert!(!status.contains(client_token), "the token leaked");
 }
 

@@ -111,6 +111,7 @@ async fn starts_with_the_chart_crds_established() {
         [
             "mcpaccesspolicies.switchboard.dev",
             "mcpclients.switchboard.dev",
+            "mcpgatewayconfigs.switchboard.dev",
             "mcpservers.switchboard.dev"
         ]
     );

@@ -194,26 +194,26 @@ async fn a_hung_read_holds_up_only_the_server_waiting_for_it() {
     let none = Objects::new();
     let mut objects =
         BTreeMap::from([object("alpha", &["creds"], 1), object("beta", &["hung"], 2)]);
-    let registry = servers.assemble(&objects, &none, &none, &mut values);
+    let registry = servers.assemble(&objects, &none, &none, &none, &mut values);
     assert!(registry.servers.is_empty() && registry.issues.is_empty());
     assert!(values.pending(), "the first registry waits");
 
     let read = values.reads.next().await.expect("a read");
     assert_eq!(read.0.2, "creds", "the answered read settles first");
     assert!(values.settle(read), "alpha's value is known now");
-    let registry = servers.assemble(&objects, &none, &none, &mut values);
+    let registry = servers.assemble(&objects, &none, &none, &none, &mut values);
     assert_eq!(env_of(&registry, "alpha"), Some(vec!["CREDS".to_owned()]));
     assert!(!registry.servers.contains_key("team/beta"));
     assert!(registry.issues.is_empty(), "{:?}", registry.issues);
 
     // alpha now also wants a value whose read hangs: it stays as it was.
     objects.extend([object("alpha", &["creds", "later"], 3)]);
-    let registry = servers.assemble(&objects, &none, &none, &mut values);
+    let registry = servers.assemble(&objects, &none, &none, &none, &mut values);
     assert_eq!(env_of(&registry, "alpha"), Some(vec!["CREDS".to_owned()]));
 
     // The hung reads time out: never read, they are issues (retried).
     settle_all(&mut values).await;
-    let registry = servers.assemble(&objects, &none, &none, &mut values);
+    let registry = servers.assemble(&objects, &none, &none, &none, &mut values);
     let sources: Vec<&str> = registry.issues.iter().map(|i| i.source.as_str()).collect();
     assert_eq!(sources, ["mcpservers/team/alpha", "mcpservers/team/beta"]);
     assert!(values.retry_at.is_some());
@@ -303,7 +303,10 @@ async fn client_tokens_come_from_secrets_as_digests() {
     ]));
     let mut values = Values::new(client);
     let mut servers = Servers::default();
-    let clients = BTreeMap::from([client_object("alice", "creds"), client_object("bob", "gone")]);
+    let clients = BTreeMap::from([
+        client_object("alice", "creds"),
+        client_object("bob", "gone"),
+    ]);
     let policy = json!({
         "apiVersion": API_VERSION, "kind": "McpAccessPolicy",
         "metadata": { "name": "dev", "namespace": "team", "managedFields": [{ "manager": "kubectl" }] },
@@ -313,12 +316,24 @@ async fn client_tokens_come_from_secrets_as_digests() {
         ("team".to_owned(), "dev".to_owned()),
         serde_json::from_value(policy).expect("an McpAccessPolicy"),
     )]);
-    let registry = servers.assemble(&Objects::new(), &clients, &policies, &mut values);
+    let registry = servers.assemble(
+        &Objects::new(),
+        &clients,
+        &policies,
+        &Objects::new(),
+        &mut values,
+    );
     assert!(registry.clients.is_empty(), "tokens not read yet");
     assert!(values.pending(), "the first registry waits for them");
 
     settle_all(&mut values).await;
-    let registry = servers.assemble(&Objects::new(), &clients, &policies, &mut values);
+    let registry = servers.assemble(
+        &Objects::new(),
+        &clients,
+        &policies,
+        &Objects::new(),
+        &mut values,
+    );
     // "s3cr3t", the Secret's value.
     let alice = registry.clients.get("alice").expect("alice");
     assert_eq!(
@@ -331,6 +346,10 @@ async fn client_tokens_come_from_secrets_as_digests() {
         (issue.source.as_str(), issue.field.as_deref()),
         ("mcpclients/team/bob", Some("spec.token.valueFrom"))
     );
-    assert!(issue.message.contains("does not exist"), "{}", issue.message);
+    assert!(
+        issue.message.contains("does not exist"),
+        "{}",
+        issue.message
+    );
     assert_eq!(registry.policies["dev"].deny.tools, ["utils.*"]);
 }
