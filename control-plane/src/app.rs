@@ -23,6 +23,7 @@ use crate::{
     registry::{Registry, directory::DirectorySource, kubernetes::KubernetesSource},
     snapshot::{self, SnapshotGauges},
     status::StatusWriter,
+    tls::ServerTls,
     tokens,
     traces::{TraceCounters, TraceReceiver, TraceStore, forward::Forwarder},
 };
@@ -43,6 +44,10 @@ pub enum RegistrySource {
         /// made on first start ([`tokens`]); its replica and admin tokens
         /// apply where none is given otherwise.
         tokens_secret: Option<String>,
+        /// With `tokens_secret`: the names gateways dial the gRPC port by,
+        /// for a certificate kept in that Secret (unless `grpc_tls` is
+        /// given).
+        tls_names: Vec<String>,
     },
 }
 
@@ -69,6 +74,8 @@ pub struct Config {
     pub admin_token: Option<Token>,
     /// Serve the HTTP API beyond loopback without an admin token.
     pub allow_unauthenticated_api: bool,
+    /// What the gRPC port serves TLS with; `None`: plain HTTP/2.
+    pub grpc_tls: Option<ServerTls>,
 }
 
 /// A running control plane.
@@ -104,13 +111,23 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
             kubeconfig,
             lease,
             tokens_secret,
-            ..
+            tls_names,
+        ..
         } => {
             let client = kube_client(kubeconfig.as_deref()).await?;
             if let Some(name) = tokens_secret {
-                let tokens = tokens::ensure(client.clone(), &lease.namespace, name).await?;
+                // Certificate files of the operator's own win over a made one.
+                let names = if config.grpc_tls.is_some() {
+                    &[][..]
+                } else {
+                    &tls_names[..]
+                };
+                let tokens = tokens::ensure(client.clone(), &lease.namespace, name, names).await?;
                 config.replica_token.get_or_insert(tokens.replica);
                 config.admin_token.get_or_insert(tokens.admin);
+                if let Some(tls) = tokens.tls {
+                    config.grpc_tls.get_or_insert(tls);
+                }
             }
             Some(client)
         }
@@ -138,6 +155,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
             flags: "--admin-token-file or SWITCHBOARD_ADMIN_TOKEN, or --allow-unauthenticated-api",
         },
     )?;
+    if config.grpc_tls.is_none() && !config.grpc_listen.ip().is_loopback() {
+        warn!(listen = %config.grpc_listen, "serving gRPC without TLS beyond loopback: config (secrets included) and the replica token cross the network in clear");
+    }
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
@@ -266,8 +286,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
     let grpc_addr = grpc.local_addr()?;
     let push = ConfigPushService::new(snapshot_rx.clone(), replicas.clone(), shutdown.clone());
     let cancel = shutdown.clone();
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.grpc_tls {
+        server = server
+            .tls_config(tls.server_config())
+            .context("the gRPC port's TLS certificate")?;
+        info!("serving gRPC over TLS");
+    }
     tasks.spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = server
             .add_service(InterceptedService::new(push.into_server(), auth.clone()))
             .add_service(InterceptedService::new(receiver.into_server(), auth))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), cancel.cancelled_owned())

@@ -28,6 +28,8 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 const SIGTERM: i32 = 15;
 /// What the gateway reads its control-plane token from.
 const CONTROL_PLANE_TOKEN_ENV: &str = "SWITCHBOARD_CONTROL_PLANE_TOKEN";
+/// What the gateway reads the CA of the control plane's gRPC port from.
+const CONTROL_PLANE_CA_ENV: &str = "SWITCHBOARD_CONTROL_PLANE_CA";
 
 #[derive(Clone, Debug)]
 pub struct UpConfig {
@@ -44,6 +46,7 @@ pub struct UpConfig {
 pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let gateway_bin = sibling_binary(GATEWAY_BINARY)?;
     let token = config.control_plane.replica_token.clone();
+    let ca = config.control_plane.grpc_tls.as_ref().map(|tls| tls.ca_pem.clone());
     let control = app::run(config.control_plane).await?;
     let mut gateway = spawn_gateway(
         &gateway_bin,
@@ -51,6 +54,7 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         config.gateway_listen,
         &config.log_format,
         token.as_ref(),
+        ca.as_deref(),
     )?;
 
     let ready = wait_ready(config.gateway_listen, &mut gateway).await;
@@ -177,18 +181,26 @@ fn spawn_gateway(
     listen: SocketAddr,
     log_format: &str,
     token: Option<&Token>,
+    ca_pem: Option<&str>,
 ) -> anyhow::Result<Box<dyn ChildWrapper>> {
     let mut command = tokio::process::Command::new(binary);
     // In the environment, not the arguments: those show in `ps`.
     if let Some(token) = token {
         command.env(CONTROL_PLANE_TOKEN_ENV, token.expose());
     }
+    let scheme = match ca_pem {
+        Some(ca) => {
+            command.env(CONTROL_PLANE_CA_ENV, ca);
+            "https"
+        }
+        None => "http",
+    };
     command
         .arg("--log-format")
         .arg(log_format)
         .arg("run")
         .arg("--control-plane")
-        .arg(format!("http://{control_plane}"))
+        .arg(format!("{scheme}://{control_plane}"))
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--replica-id")

@@ -18,5 +18,6 @@ pub mod registry;
 pub mod resource;
 pub mod snapshot;
 pub mod status;
+pub mod tls;
 pub mod tokens;
 pub mod traces;

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use control_plane::{app, auth::Token, launcher};
+use control_plane::{app, auth::Token, launcher, tls::ServerTls};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 #[derive(Parser)]
@@ -91,6 +91,19 @@ struct ControlArgs {
     /// and admin tokens apply unless given otherwise.
     #[arg(long, env = "SWITCHBOARD_TOKENS_SECRET")]
     tokens_secret: Option<String>,
+    /// With `--tokens-secret`: the names (DNS names or IPs) gateways dial
+    /// the gRPC port by. A CA and a server certificate for them are made
+    /// on first start, kept in the tokens Secret (`ca.crt` is what
+    /// gateways trust), and served.
+    #[arg(long, env = "SWITCHBOARD_GRPC_TLS_NAMES", value_delimiter = ',')]
+    grpc_tls_names: Vec<String>,
+    /// PEM certificate (chain) the gRPC port serves TLS with, e.g. one
+    /// cert-manager issues; with `--grpc-tls-key`.
+    #[arg(long, env = "SWITCHBOARD_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of `--grpc-tls-cert`.
+    #[arg(long, env = "SWITCHBOARD_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    grpc_tls_key: Option<PathBuf>,
     /// With `--source kubernetes`: namespaces to watch (default: all).
     #[arg(
         long = "watch-namespace",
@@ -161,6 +174,17 @@ impl ControlArgs {
         let replica_token = self.replica_token()?;
         let admin_token =
             Token::from_file_or_env(self.admin_token_file.as_deref(), "SWITCHBOARD_ADMIN_TOKEN")?;
+        let grpc_tls = match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls::read(cert, key)?),
+            _ => None,
+        };
+        if !self.grpc_tls_names.is_empty()
+            && (self.tokens_secret.is_none() || self.source != Source::Kubernetes)
+        {
+            anyhow::bail!(
+                "--grpc-tls-names keeps the certificate it makes in the tokens Secret: it needs --source kubernetes and --tokens-secret (elsewhere give --grpc-tls-cert and --grpc-tls-key)"
+            );
+        }
         let args = self;
         Ok(app::Config {
             registry: match args.source {
@@ -178,6 +202,7 @@ impl ControlArgs {
                         duration: args.lease_duration,
                     },
                     tokens_secret: args.tokens_secret.filter(|s| !s.is_empty()),
+                    tls_names: args.grpc_tls_names,
                 },
             },
             grpc_listen: args.grpc_listen,
@@ -189,6 +214,7 @@ impl ControlArgs {
             allow_unauthenticated_replicas: args.allow_unauthenticated_replicas,
             admin_token,
             allow_unauthenticated_api: args.allow_unauthenticated_api,
+            grpc_tls,
         })
     }
 }
@@ -242,6 +268,12 @@ async fn main() -> anyhow::Result<()> {
             // the API one its user alone can read.
             if control_plane.replica_token.is_none() {
                 control_plane.replica_token = Some(Token::generate()?);
+            }
+            // And TLS on gRPC, with a CA made for this run that only that
+            // gateway is told about.
+            if control_plane.grpc_tls.is_none() {
+                let listen = control_plane.grpc_listen.ip().to_string();
+                control_plane.grpc_tls = Some(ServerTls::generate(&[listen, "localhost".into()])?);
             }
             let admin_token_file = match control_plane.admin_token {
                 Some(_) => None,

@@ -2,8 +2,10 @@
 //! plane makes on its first start (so neither `helm template` nor a plain
 //! manifest ever holds one): `replica` (gateways on the gRPC port),
 //! `admin` (`/status`, `/traces`, the gateways' detailed `/healthz`) and
-//! `client` (the chart's default `McpClient`). A Secret that exists is
-//! kept as it is; keys it lacks are added. Control-plane pods starting
+//! `client` (the chart's default `McpClient`); and, when the gRPC port's
+//! names are given, its TLS certificate: `ca.crt` (what gateways trust),
+//! `tls.crt` and `tls.key` ([`crate::tls`]). A Secret that exists is kept
+//! as it is; keys it lacks are added. Control-plane pods starting
 //! together race on the create, and the loser reads the winner's. The
 //! values are never logged. To rotate: delete the Secret, then restart the
 //! control plane and then the gateways.
@@ -17,13 +19,20 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use crate::auth::Token;
+use crate::{
+    auth::Token,
+    tls::{ServerTls, TlsError},
+};
 
 /// The keys of the Secret.
 pub const REPLICA_KEY: &str = "replica";
 pub const ADMIN_KEY: &str = "admin";
 pub const CLIENT_KEY: &str = "client";
 const KEYS: [&str; 3] = [REPLICA_KEY, ADMIN_KEY, CLIENT_KEY];
+pub const CA_KEY: &str = "ca.crt";
+const CERT_KEY: &str = "tls.crt";
+const PRIVATE_KEY: &str = "tls.key";
+const TLS_KEYS: [&str; 3] = [CA_KEY, CERT_KEY, PRIVATE_KEY];
 
 /// Tries before giving up (an API server that is not there yet, races).
 const ATTEMPTS: u32 = 10;
@@ -33,6 +42,8 @@ const RETRY: Duration = Duration::from_secs(2);
 pub struct ClusterTokens {
     pub replica: Token,
     pub admin: Token,
+    /// When the gRPC port's names were given.
+    pub tls: Option<ServerTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +56,8 @@ pub enum TokensError {
     },
     #[error(transparent)]
     Random(#[from] proto::auth::TokenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("Secret `{namespace}/{name}` key `{key}` is not a usable token: {reason}")]
     Unusable {
         namespace: String,
@@ -54,27 +67,38 @@ pub enum TokensError {
     },
 }
 
-/// The tokens in Secret `namespace/name`, made first if need be.
+/// The tokens in Secret `namespace/name`, made first if need be; with
+/// `tls_names`, the gRPC port's certificate for them too.
 pub async fn ensure(
     client: Client,
     namespace: &str,
     name: &str,
+    tls_names: &[String],
 ) -> Result<ClusterTokens, TokensError> {
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     // Made once: whichever of them ends up stored, none is ever logged.
     let mut fresh = BTreeMap::new();
     for key in KEYS {
         let token = Token::generate()?;
-        fresh.insert(
-            key.to_owned(),
-            ByteString(token.expose().as_bytes().to_vec()),
-        );
+        fresh.insert(key.to_owned(), ByteString(token.expose().as_bytes().to_vec()));
+    }
+    let mut wanted = KEYS.to_vec();
+    if !tls_names.is_empty() {
+        let made = ServerTls::generate(tls_names)?;
+        for (key, pem) in [
+            (CA_KEY, made.ca_pem),
+            (CERT_KEY, made.cert_pem),
+            (PRIVATE_KEY, made.key_pem),
+        ] {
+            fresh.insert(key.to_owned(), ByteString(pem.into_bytes()));
+        }
+        wanted.extend(TLS_KEYS);
     }
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match ensure_once(&secrets, name, &fresh).await {
-            Ok(data) => return tokens(&data, namespace, name),
+        match ensure_once(&secrets, name, &fresh, &wanted).await {
+            Ok(data) => return tokens(&data, namespace, name, !tls_names.is_empty()),
             Err(err) if attempt < ATTEMPTS && retryable(&err) => {
                 warn!(%namespace, secret = name, error = %err, "cannot ensure the tokens Secret yet; retrying");
                 tokio::time::sleep(RETRY).await;
@@ -95,6 +119,7 @@ async fn ensure_once(
     secrets: &Api<Secret>,
     name: &str,
     fresh: &BTreeMap<String, ByteString>,
+    wanted: &[&str],
 ) -> Result<BTreeMap<String, ByteString>, kube::Error> {
     match secrets.get_opt(name).await? {
         None => {
@@ -107,7 +132,12 @@ async fn ensure_once(
                     )])),
                     ..ObjectMeta::default()
                 },
-                data: Some(fresh.clone()),
+                data: Some(
+                    wanted
+                        .iter()
+                        .map(|key| ((*key).to_owned(), fresh[*key].clone()))
+                        .collect(),
+                ),
                 ..Secret::default()
             };
             let created = secrets.create(&PostParams::default(), &secret).await?;
@@ -116,12 +146,18 @@ async fn ensure_once(
         }
         Some(mut secret) => {
             let data = secret.data.get_or_insert_with(BTreeMap::new);
-            let missing: Vec<&str> = KEYS
-                .into_iter()
+            let mut missing: Vec<&str> = wanted
+                .iter()
+                .copied()
                 .filter(|key| !data.contains_key(*key))
                 .collect();
             if missing.is_empty() {
                 return Ok(secret.data.unwrap_or_default());
+            }
+            // A certificate, its key and its CA only make sense together.
+            if missing.iter().any(|key| TLS_KEYS.contains(key)) {
+                missing.retain(|key| !TLS_KEYS.contains(key));
+                missing.extend(TLS_KEYS);
             }
             for key in &missing {
                 data.insert((*key).to_owned(), fresh[*key].clone());
@@ -150,20 +186,32 @@ fn tokens(
     data: &BTreeMap<String, ByteString>,
     namespace: &str,
     name: &str,
+    tls: bool,
 ) -> Result<ClusterTokens, TokensError> {
-    let token = |key: &'static str| {
-        let unusable = |reason: String| TokensError::Unusable {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            key,
-            reason,
-        };
-        let bytes = data.get(key).ok_or_else(|| unusable("missing".into()))?;
-        let text = std::str::from_utf8(&bytes.0).map_err(|_| unusable("not UTF-8".into()))?;
-        Token::new(text).map_err(|e| unusable(e.to_string()))
+    let unusable = |key: &'static str, reason: String| TokensError::Unusable {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        key,
+        reason,
+    };
+    let text = |key: &'static str| {
+        let bytes = data.get(key).ok_or_else(|| unusable(key, "missing".into()))?;
+        std::str::from_utf8(&bytes.0)
+            .map(str::to_owned)
+            .map_err(|_| unusable(key, "not UTF-8".into()))
+    };
+    let token = |key: &'static str| Token::new(&text(key)?).map_err(|e| unusable(key, e.to_string()));
+    let tls = match tls {
+        true => Some(ServerTls {
+            ca_pem: text(CA_KEY)?,
+            cert_pem: text(CERT_KEY)?,
+            key_pem: text(PRIVATE_KEY)?,
+        }),
+        false => None,
     };
     Ok(ClusterTokens {
         replica: token(REPLICA_KEY)?,
         admin: token(ADMIN_KEY)?,
+        tls,
     })
 }

@@ -24,7 +24,7 @@ use crate::{
         Metrics, Telemetry, Tracer,
         export::{self, ExportConfig},
     },
-    xds::{ConfigStatus, XdsClient},
+    xds::{self, ConfigStatus, XdsClient},
 };
 
 /// Once shutdown starts, calls in flight get this long to finish.
@@ -43,6 +43,9 @@ pub struct Config {
     /// Presented to the control plane on the config stream, and on span
     /// exports when they go to it.
     pub control_plane_token: Option<Token>,
+    /// The CA of the control plane's certificate (PEM), for an `https`
+    /// control plane.
+    pub control_plane_ca: Option<String>,
     /// Identifies this replica to the control plane.
     pub replica_id: String,
     pub mcp: McpConfig,
@@ -98,6 +101,10 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         warn!(listen = %config.listen, "serving the detailed /healthz without an admin token: the network alone keeps others out");
     }
     let admin_gate = AdminGate::new(config.admin_token.clone());
+    // Checked before anything starts: a gateway that cannot reach its
+    // control plane safely should not run without config.
+    let control_plane =
+        xds::grpc_endpoint(&config.control_plane, config.control_plane_ca.as_deref())?;
     let shutdown = CancellationToken::new();
     let force = CancellationToken::new();
     let stop_http = CancellationToken::new();
@@ -114,6 +121,9 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
                 sample_ratio: config.trace_sample_ratio,
                 token: (endpoint == &config.control_plane)
                     .then(|| config.control_plane_token.clone())
+                    .flatten(),
+                ca_pem: (endpoint == &config.control_plane)
+                    .then(|| config.control_plane_ca.clone())
                     .flatten(),
             };
             let (tracer, exporter) = export::spawn(export, metrics.spans.clone(), stop.clone())?;
@@ -158,6 +168,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         callers: callers.clone(),
         policies: policies.clone(),
         token: config.control_plane_token.clone(),
+        endpoint: control_plane,
         replica_id: config.replica_id.clone(),
         servers: servers.clone(),
         status: status.clone(),

@@ -42,7 +42,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve MCP with the servers the control plane configures.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Speak MCP on stdin/stdout for a client that can only start a command,
     /// relaying every message to a gateway's `/mcp` endpoint.
     Bridge {
@@ -109,6 +109,11 @@ struct RunArgs {
     /// can come in `SWITCHBOARD_CONTROL_PLANE_TOKEN`; `up` sets that).
     #[arg(long, env = "SWITCHBOARD_CONTROL_PLANE_TOKEN_FILE")]
     control_plane_token_file: Option<PathBuf>,
+    /// For an `https` control plane: PEM file of the CA its certificate is
+    /// checked against (the PEM itself can come in
+    /// `SWITCHBOARD_CONTROL_PLANE_CA`; the chart and `up` set that).
+    #[arg(long, env = "SWITCHBOARD_CONTROL_PLANE_CA_FILE")]
+    control_plane_ca: Option<PathBuf>,
     /// Replica name reported to the control plane (the pod name in a cluster).
     #[arg(long, env = "SWITCHBOARD_REPLICA_ID", default_value = "gateway-0")]
     replica_id: String,
@@ -212,11 +217,9 @@ fn main() -> anyhow::Result<()> {
     {
         std::process::exit(data_plane::shim::run(parent, command, args));
     }
-    if let Command::Run(RunArgs {
-        parent: Some(parent),
-        ..
-    }) = &cli.command
-        && !data_plane::shim::exit_with_parent(*parent)
+    if let Command::Run(args) = &cli.command
+        && let Some(parent) = args.parent
+        && !data_plane::shim::exit_with_parent(parent)
     {
         anyhow::bail!("the process that started this gateway (pid {parent}) has exited");
     }
@@ -308,10 +311,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 args.admin_token_file.as_deref(),
                 "SWITCHBOARD_ADMIN_TOKEN",
             )?;
+            let control_plane_ca = match &args.control_plane_ca {
+                Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                    format!("reading the control plane's CA {}", path.display())
+                })?),
+                None => std::env::var("SWITCHBOARD_CONTROL_PLANE_CA")
+                    .ok()
+                    .filter(|pem| !pem.trim().is_empty()),
+            };
             let bound = app::run(app::Config {
                 listen: args.listen,
                 control_plane: args.control_plane,
                 control_plane_token,
+                control_plane_ca,
                 replica_id: args.replica_id,
                 mcp: McpConfig {
                     allowed_hosts: args.allowed_hosts,

@@ -56,12 +56,48 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error(
+        "`{0}` is https: give the CA its certificate is checked against (--control-plane-ca or SWITCHBOARD_CONTROL_PLANE_CA)"
+    )]
+    NoCa(String),
     #[error("cannot connect to the control plane (hint: is it running and reachable?): {0}")]
     Connect(#[source] tonic::transport::Error),
     #[error("config stream failed: {0}")]
     Stream(#[from] tonic::Status),
     #[error("config stream closed by this replica")]
     OutboundClosed,
+}
+
+/// A control-plane gRPC endpoint: over TLS for an `https` URL, the server
+/// checked against `ca_pem` (required there: the config stream carries
+/// secrets, so nothing is trusted by default); plain HTTP/2 otherwise,
+/// with a warning beyond loopback.
+pub fn grpc_endpoint(
+    address: &str,
+    ca_pem: Option<&str>,
+) -> Result<tonic::transport::Endpoint, Error> {
+    let invalid = |source| Error::Address {
+        address: address.to_owned(),
+        source,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned()).map_err(invalid)?;
+    let uri = endpoint.uri().clone();
+    if uri.scheme_str() != Some("https") {
+        let loopback = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| {
+                h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            });
+        if !loopback {
+            warn!(%address, "talking to the control plane without TLS: config (secrets included) and the replica token cross the network in clear");
+        }
+        return Ok(endpoint);
+    }
+    let ca = ca_pem.ok_or_else(|| Error::NoCa(address.to_owned()))?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    endpoint.tls_config(tls).map_err(invalid)
 }
 
 /// What the replica has applied; read by `/healthz`, `/readyz` and, as
@@ -82,6 +118,8 @@ struct ConfigStatusInner {
 /// The subscriber task's inputs.
 pub struct XdsClient {
     pub address: String,
+    /// `address`, with TLS set up ([`grpc_endpoint`]).
+    pub endpoint: tonic::transport::Endpoint,
     /// Who may call this gateway, as the snapshots declare.
     pub callers: Callers,
     pub policies: Policies,
@@ -115,17 +153,7 @@ impl ConfigStatus {
 impl XdsClient {
     /// Runs until `cancel`, reconnecting forever.
     pub async fn run(self, cancel: CancellationToken) {
-        let endpoint = match tonic::transport::Endpoint::from_shared(self.address.clone()) {
-            Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT),
-            Err(source) => {
-                let err = Error::Address {
-                    address: self.address.clone(),
-                    source,
-                };
-                warn!(error = %err, "config subscriber disabled");
-                return;
-            }
-        };
+        let endpoint = self.endpoint.clone().connect_timeout(CONNECT_TIMEOUT);
         let mut backoff = INITIAL_BACKOFF;
         let mut attempt = 0u64;
         loop {

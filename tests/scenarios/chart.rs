@@ -669,6 +669,96 @@ fn the_compose_file_matches_the_dockerfile_and_the_repository() {
     assert!(services.contains_key("gateway") && services.contains_key("control-plane"));
 }
 
+/// The compose file's services, run as it runs them (command and
+/// environment, tokens from the variables it asks for) but with the real
+/// binaries, since no container engine runs here: container paths, host
+/// names and ports are mapped to this machine's. The control plane starts
+/// beyond loopback, and the gateway gets its config and answers MCP.
+#[tokio::test]
+async fn the_compose_services_start_and_serve_as_written() {
+    let compose: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("deploy/compose.yaml")).expect("compose file"),
+    )
+    .expect("compose YAML");
+    let (grpc, http, mcp) = (e2e::free_addr(), e2e::free_addr(), e2e::free_addr());
+    let registry = root().join("deploy/local/registry");
+    let mapping = [
+        ("/registry".to_owned(), registry.display().to_string()),
+        ("0.0.0.0:8788".to_owned(), format!("0.0.0.0:{}", grpc.port())),
+        ("0.0.0.0:8789".to_owned(), format!("0.0.0.0:{}", http.port())),
+        ("0.0.0.0:8787".to_owned(), format!("0.0.0.0:{}", mcp.port())),
+        ("control-plane:8788".to_owned(), format!("127.0.0.1:{}", grpc.port())),
+        ("jaeger:4317".to_owned(), "127.0.0.1:9".to_owned()),
+    ];
+    let variables = [
+        ("SWITCHBOARD_REPLICA_TOKEN", "compose-replica-token-0123456789"),
+        ("SWITCHBOARD_ADMIN_TOKEN", "compose-admin-token-0123456789"),
+    ];
+    // `${NAME:?message}`, as compose interpolates it.
+    let interpolate = |text: &str| -> String {
+        let pattern = regex::Regex::new(r"\$\{(\w+):\?[^}]*\}").expect("regex");
+        pattern
+            .replace_all(text, |caps: &regex::Captures| {
+                variables
+                    .iter()
+                    .find(|(name, _)| *name == &caps[1])
+                    .map(|(_, value)| (*value).to_owned())
+                    .unwrap_or_else(|| panic!("compose asks for {} too", &caps[1]))
+            })
+            .into_owned()
+    };
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let start = |service: &str, binary: &str| {
+        let spec = &compose["services"][service];
+        let mut command = tokio::process::Command::new(e2e::bin_dir().join(binary));
+        for arg in spec["command"].as_array().expect("a command") {
+            let mut arg = arg.as_str().expect("a string").to_owned();
+            for (from, to) in &mapping {
+                arg = arg.replace(from, to);
+            }
+            command.arg(arg);
+        }
+        for (name, value) in spec["environment"].as_object().into_iter().flatten() {
+            command.env(name, interpolate(value.as_str().expect("a string")));
+        }
+        // The gateway runs the registry's `switchboard-gateway demo-server`.
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(
+            std::iter::once(e2e::bin_dir()).chain(std::env::split_paths(&path)),
+        )
+        .expect("PATH");
+        command.env("PATH", path);
+        e2e::Process::spawn(service, command, dir.path().join(format!("{service}.log")))
+    };
+    let control = start("control-plane", "switchboard-control");
+    let gateway = start("gateway", "switchboard-gateway");
+    let client = reqwest::Client::new();
+    e2e::eventually("the compose gateway gets its config", e2e::EVENTUALLY, || async {
+        let ready = client
+            .get(format!("http://127.0.0.1:{}/readyz", mcp.port()))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        (ready.as_ref().ok() == Some(&200))
+            .then_some(())
+            .ok_or(format!("{ready:?}\n{}\n{}", control.log(), gateway.log()))
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{}/mcp", mcp.port());
+    let answer = e2e::initialize_post(&client, &url, serde_json::json!(1))
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(answer.status(), 200, "{}", gateway.log());
+    let status = client
+        .get(format!("http://127.0.0.1:{}/status", http.port()))
+        .bearer_auth(variables[1].1)
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(status.status(), 200);
+}
+
 /// By default the control plane makes the tokens Secret, the gateways read
 /// the replica and admin tokens from it, the default McpClient's token is
 /// in it, and nothing is open. Secrets of the user's own replace the
@@ -703,6 +793,31 @@ fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
             "{variable}"
         );
     }
+    // The gRPC port serves TLS with a certificate for the Service's names,
+    // which gateways check by the CA in the same Secret.
+    assert!(
+        named(&control, "SWITCHBOARD_GRPC_TLS_NAMES")
+            .and_then(|e| e["value"].as_str().map(str::to_owned))
+            .is_some_and(|names| names
+                .split(',')
+                .any(|n| n == "switchboard-control-plane.switchboard.svc")),
+        "{control:?}"
+    );
+    assert_eq!(
+        named(&gateway, "SWITCHBOARD_CONTROL_PLANE_CA").map(|e| e["valueFrom"].clone()),
+        Some(serde_json::json!({ "secretKeyRef": { "name": "switchboard-tokens", "key": "ca.crt" } }))
+    );
+    let dials = |objects: &[Value]| -> String {
+        pod_spec(deployment(objects, "switchboard-gateway"))["containers"][0]["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find_map(|arg| arg.strip_prefix("--control-plane="))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(dials(&generated), "https://switchboard-control-plane:8788");
     let everything = serde_json::to_string(&generated).expect("JSON");
     assert!(
         !everything.contains("ALLOW_UNAUTHENTICATED"),
@@ -720,6 +835,7 @@ fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
 
     let open = objects(&render(&["--set", "tokens.generate=false"]));
     assert!(find(&open, "McpClient", "default").is_none());
+    assert_eq!(dials(&open), "http://switchboard-control-plane:8788");
     let control = env_of(&open, "switchboard-control-plane");
     for allowed in [
         "SWITCHBOARD_ALLOW_UNAUTHENTICATED_REPLICAS",

@@ -218,7 +218,7 @@ async fn the_quick_start_log_shows_plain_values() {
 /// `up` keeps the control plane's API behind an admin token it writes where
 /// only its user can read it, and says where on a line of its own.
 #[tokio::test]
-async fn up_keeps_its_api_behind_an_admin_token_only_its_user_can_read() {
+async fn up_keeps_its_api_behind_an_admin_token_and_its_config_stream_behind_tls() {
     use std::os::unix::fs::PermissionsExt;
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -265,6 +265,11 @@ async fn up_keeps_its_api_behind_an_admin_token_only_its_user_can_read() {
         answered["replicas"]["local-0"]["connected"], true,
         "{answered}"
     );
+    // Its gateway reached the control plane over TLS, with a CA made for
+    // this run: the gRPC port speaks nothing else.
+    let log = up.process.log();
+    assert!(log.contains("serving gRPC over TLS"), "{log}");
+    assert!(log.contains("control_plane=https://"), "{log}");
     // Probes and metrics stay open.
     for open in ["healthz", "readyz", "metrics"] {
         let answer = http

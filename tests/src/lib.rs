@@ -213,6 +213,9 @@ pub struct Switchboard {
     http: reqwest::Client,
     /// Extra environment for every gateway replica.
     pub gateway_env: Vec<(String, String)>,
+    /// How replicas dial the control plane: `http`, or `https` when it
+    /// serves TLS.
+    pub grpc_scheme: &'static str,
 }
 
 /// The gateway's https support makes reqwest (shared by the whole
@@ -240,6 +243,7 @@ impl Switchboard {
             control_args: Vec::new(),
             gateway_args: Vec::new(),
             gateway_env: Vec::new(),
+            grpc_scheme: "http",
             http: reqwest::Client::new(),
         }
     }
@@ -348,7 +352,7 @@ impl Switchboard {
             .arg("--listen")
             .arg(listen.to_string())
             .arg("--control-plane")
-            .arg(format!("http://{}", self.grpc))
+            .arg(format!("{}://{}", self.grpc_scheme, self.grpc))
             .arg("--replica-id")
             .arg(replica_id)
             .args(&self.gateway_args)

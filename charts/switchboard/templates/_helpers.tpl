@@ -68,6 +68,21 @@ secretKeyRef: {name: {{ include "switchboard.tokensSecret" .root }}, key: {{ .ke
 {{- end }}
 {{- end }}
 
+{{/* The Secret whose `ca.crt` gateways check the gRPC port by; empty: plain text. */}}
+{{- define "switchboard.grpcTlsSecret" -}}
+{{- if .Values.controlPlane.tls.existingSecret }}
+{{- .Values.controlPlane.tls.existingSecret }}
+{{- else if .Values.tokens.generate }}
+{{- include "switchboard.tokensSecret" . }}
+{{- end }}
+{{- end }}
+
+{{/* The names gateways dial the control plane's gRPC port by. */}}
+{{- define "switchboard.controlPlane.names" -}}
+{{- $svc := include "switchboard.controlPlane.fullname" . }}
+{{- list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) | join "," }}
+{{- end }}
+
 {{- define "switchboard.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "switchboard.controlPlane.fullname" .) .Values.serviceAccount.name }}

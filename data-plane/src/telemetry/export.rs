@@ -36,12 +36,8 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid OTLP endpoint `{endpoint}`: {source}")]
-pub struct EndpointError {
-    endpoint: String,
-    #[source]
-    source: http::uri::InvalidUri,
-}
+#[error("invalid OTLP endpoint: {0}")]
+pub struct EndpointError(#[source] crate::xds::Error);
 
 /// Who is exporting: becomes the OTLP resource.
 #[derive(Clone, Debug)]
@@ -54,6 +50,8 @@ pub struct ExportConfig {
     pub sample_ratio: f64,
     /// Presented on every export (to the control plane's receiver).
     pub token: Option<Token>,
+    /// For an `https` endpoint: the CA its certificate is checked against.
+    pub ca_pem: Option<String>,
 }
 
 /// Counters the exporter keeps.
@@ -70,11 +68,8 @@ pub fn spawn(
     counters: ExportCounters,
     shutdown: CancellationToken,
 ) -> Result<(Tracer, JoinHandle<()>), EndpointError> {
-    let channel = Channel::from_shared(config.endpoint.clone())
-        .map_err(|source| EndpointError {
-            endpoint: config.endpoint.clone(),
-            source,
-        })?
+    let channel = crate::xds::grpc_endpoint(&config.endpoint, config.ca_pem.as_deref())
+        .map_err(EndpointError)?
         .timeout(EXPORT_TIMEOUT)
         .connect_lazy();
     // Uncompressed: the receiver is usually the control plane next door, and

@@ -90,14 +90,28 @@ async fn tool_names(http: &reqwest::Client, url: &str, bearer: &str, session: &s
 async fn the_install_tokens_secret_clients_and_policies_close_the_cluster() {
     let api = KubeApiServer::start().await;
     let home = tempfile::tempdir().expect("kubectl home");
-    let args = pod_args(&api, &["--tokens-secret", TOKENS]);
+    let args = pod_args(
+        &api,
+        &[
+            "--tokens-secret",
+            TOKENS,
+            "--grpc-tls-names",
+            "127.0.0.1,localhost",
+        ],
+    );
     let mut sb = Switchboard::unstarted();
     sb.control_args = args;
     sb.start_control_plane().await;
     let tokens = stored_tokens(&api).expect("the control plane made the tokens Secret");
     let keys: Vec<&str> = tokens.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys, ["admin", "client", "replica"]);
-    assert!(tokens.iter().all(|(_, v)| v.len() == 64), "random tokens");
+    assert_eq!(
+        keys,
+        ["admin", "ca.crt", "client", "replica", "tls.crt", "tls.key"]
+    );
+    for key in ["admin", "client", "replica"] {
+        assert_eq!(token(&tokens, key).len(), 64, "a random token");
+    }
+    assert!(token(&tokens, "ca.crt").starts_with("-----BEGIN CERTIFICATE-----"));
 
     // A restarted control plane keeps the Secret as it is.
     drop(sb.control.take());
@@ -116,13 +130,54 @@ async fn the_install_tokens_secret_clients_and_policies_close_the_cluster() {
         .expect("GET /status");
     assert_eq!(admitted.status(), 200);
 
-    // The gateway proves itself with the replica token, as the chart's do.
-    sb.gateway_env = vec![(
-        "SWITCHBOARD_CONTROL_PLANE_TOKEN".into(),
+    // The gRPC port speaks TLS only, with a certificate from the tokens
+    // Secret: a gateway dialling plain text, or trusting another CA, never
+    // gets config; one told https without a CA refuses to start.
+    let replica_token = (
+        "SWITCHBOARD_CONTROL_PLANE_TOKEN".to_owned(),
         token(&tokens, "replica").to_owned(),
-    )];
+    );
+    sb.gateway_env = vec![replica_token.clone()];
+    let plain = sb.spawn_replica(e2e::free_addr(), "plain");
+    sb.grpc_scheme = "https";
+    let no_ca = sb.spawn_replica(e2e::free_addr(), "no-ca");
+    sb.gateway_env = vec![
+        replica_token.clone(),
+        (
+            "SWITCHBOARD_CONTROL_PLANE_CA".into(),
+            // A certificate, but not the CA that signed the server's.
+            token(&tokens, "tls.crt").to_owned(),
+        ),
+    ];
+    let doubting = sb.spawn_replica(e2e::free_addr(), "doubting");
+    eventually("https without a CA stops the gateway", EVENTUALLY, || async {
+        let log = no_ca.log();
+        log.contains("give the CA").then_some(()).ok_or(log)
+    })
+    .await;
+    for (gateway, what) in [(&plain, "plain text"), (&doubting, "another CA")] {
+        eventually(&format!("{what} is refused"), EVENTUALLY, || async {
+            let log = gateway.log();
+            (log.contains("config stream down") && !log.contains("snapshot applied"))
+                .then_some(())
+                .ok_or(log)
+        })
+        .await;
+    }
+    // Checking the control plane by its CA and proving itself with the
+    // replica token, as the chart's gateways do, a gateway gets config.
+    sb.gateway_env = vec![
+        replica_token,
+        (
+            "SWITCHBOARD_CONTROL_PLANE_CA".into(),
+            token(&tokens, "ca.crt").to_owned(),
+        ),
+    ];
     sb.start_gateway().await;
     sb.wait_gateway_ready().await;
+    for gateway in [plain, doubting] {
+        assert!(!gateway.log().contains("snapshot applied"), "{}", gateway.log());
+    }
 
     let tag = format!("k8s-access-{}", std::process::id());
     let manifest = format!(
