@@ -112,7 +112,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
             lease,
             tokens_secret,
             tls_names,
-        ..
+            ..
         } => {
             let client = kube_client(kubeconfig.as_deref()).await?;
             if let Some(name) = tokens_secret {

@@ -46,7 +46,11 @@ pub struct UpConfig {
 pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let gateway_bin = sibling_binary(GATEWAY_BINARY)?;
     let token = config.control_plane.replica_token.clone();
-    let ca = config.control_plane.grpc_tls.as_ref().map(|tls| tls.ca_pem.clone());
+    let ca = config
+        .control_plane
+        .grpc_tls
+        .as_ref()
+        .map(|tls| tls.ca_pem.clone());
     let control = app::run(config.control_plane).await?;
     let mut gateway = spawn_gateway(
         &gateway_bin,

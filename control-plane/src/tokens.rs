@@ -80,7 +80,10 @@ pub async fn ensure(
     let mut fresh = BTreeMap::new();
     for key in KEYS {
         let token = Token::generate()?;
-        fresh.insert(key.to_owned(), ByteString(token.expose().as_bytes().to_vec()));
+        fresh.insert(
+            key.to_owned(),
+            ByteString(token.expose().as_bytes().to_vec()),
+        );
     }
     let mut wanted = KEYS.to_vec();
     if !tls_names.is_empty() {
@@ -195,12 +198,15 @@ fn tokens(
         reason,
     };
     let text = |key: &'static str| {
-        let bytes = data.get(key).ok_or_else(|| unusable(key, "missing".into()))?;
+        let bytes = data
+            .get(key)
+            .ok_or_else(|| unusable(key, "missing".into()))?;
         std::str::from_utf8(&bytes.0)
             .map(str::to_owned)
             .map_err(|_| unusable(key, "not UTF-8".into()))
     };
-    let token = |key: &'static str| Token::new(&text(key)?).map_err(|e| unusable(key, e.to_string()));
+    let token =
+        |key: &'static str| Token::new(&text(key)?).map_err(|e| unusable(key, e.to_string()));
     let tls = match tls {
         true => Some(ServerTls {
             ca_pem: text(CA_KEY)?,

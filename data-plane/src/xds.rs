@@ -87,7 +87,9 @@ pub fn grpc_endpoint(
             .host()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
             .is_some_and(|h| {
-                h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
             });
         if !loopback {
             warn!(%address, "talking to the control plane without TLS: config (secrets included) and the replica token cross the network in clear");

@@ -684,14 +684,26 @@ async fn the_compose_services_start_and_serve_as_written() {
     let registry = root().join("deploy/local/registry");
     let mapping = [
         ("/registry".to_owned(), registry.display().to_string()),
-        ("0.0.0.0:8788".to_owned(), format!("0.0.0.0:{}", grpc.port())),
-        ("0.0.0.0:8789".to_owned(), format!("0.0.0.0:{}", http.port())),
+        (
+            "0.0.0.0:8788".to_owned(),
+            format!("0.0.0.0:{}", grpc.port()),
+        ),
+        (
+            "0.0.0.0:8789".to_owned(),
+            format!("0.0.0.0:{}", http.port()),
+        ),
         ("0.0.0.0:8787".to_owned(), format!("0.0.0.0:{}", mcp.port())),
-        ("control-plane:8788".to_owned(), format!("127.0.0.1:{}", grpc.port())),
+        (
+            "control-plane:8788".to_owned(),
+            format!("127.0.0.1:{}", grpc.port()),
+        ),
         ("jaeger:4317".to_owned(), "127.0.0.1:9".to_owned()),
     ];
     let variables = [
-        ("SWITCHBOARD_REPLICA_TOKEN", "compose-replica-token-0123456789"),
+        (
+            "SWITCHBOARD_REPLICA_TOKEN",
+            "compose-replica-token-0123456789",
+        ),
         ("SWITCHBOARD_ADMIN_TOKEN", "compose-admin-token-0123456789"),
     ];
     // `${NAME:?message}`, as compose interpolates it.
@@ -733,16 +745,20 @@ async fn the_compose_services_start_and_serve_as_written() {
     let control = start("control-plane", "switchboard-control");
     let gateway = start("gateway", "switchboard-gateway");
     let client = reqwest::Client::new();
-    e2e::eventually("the compose gateway gets its config", e2e::EVENTUALLY, || async {
-        let ready = client
-            .get(format!("http://127.0.0.1:{}/readyz", mcp.port()))
-            .send()
-            .await
-            .map(|r| r.status().as_u16());
-        (ready.as_ref().ok() == Some(&200))
-            .then_some(())
-            .ok_or(format!("{ready:?}\n{}\n{}", control.log(), gateway.log()))
-    })
+    e2e::eventually(
+        "the compose gateway gets its config",
+        e2e::EVENTUALLY,
+        || async {
+            let ready = client
+                .get(format!("http://127.0.0.1:{}/readyz", mcp.port()))
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            (ready.as_ref().ok() == Some(&200))
+                .then_some(())
+                .ok_or(format!("{ready:?}\n{}\n{}", control.log(), gateway.log()))
+        },
+    )
     .await;
     let url = format!("http://127.0.0.1:{}/mcp", mcp.port());
     let answer = e2e::initialize_post(&client, &url, serde_json::json!(1))
@@ -805,7 +821,9 @@ fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
     );
     assert_eq!(
         named(&gateway, "SWITCHBOARD_CONTROL_PLANE_CA").map(|e| e["valueFrom"].clone()),
-        Some(serde_json::json!({ "secretKeyRef": { "name": "switchboard-tokens", "key": "ca.crt" } }))
+        Some(
+            serde_json::json!({ "secretKeyRef": { "name": "switchboard-tokens", "key": "ca.crt" } })
+        )
     );
     let dials = |objects: &[Value]| -> String {
         pod_spec(deployment(objects, "switchboard-gateway"))["containers"][0]["args"]

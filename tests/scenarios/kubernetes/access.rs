@@ -150,10 +150,14 @@ async fn the_install_tokens_secret_clients_and_policies_close_the_cluster() {
         ),
     ];
     let doubting = sb.spawn_replica(e2e::free_addr(), "doubting");
-    eventually("https without a CA stops the gateway", EVENTUALLY, || async {
-        let log = no_ca.log();
-        log.contains("give the CA").then_some(()).ok_or(log)
-    })
+    eventually(
+        "https without a CA stops the gateway",
+        EVENTUALLY,
+        || async {
+            let log = no_ca.log();
+            log.contains("give the CA").then_some(()).ok_or(log)
+        },
+    )
     .await;
     for (gateway, what) in [(&plain, "plain text"), (&doubting, "another CA")] {
         eventually(&format!("{what} is refused"), EVENTUALLY, || async {
@@ -176,7 +180,11 @@ async fn the_install_tokens_secret_clients_and_policies_close_the_cluster() {
     sb.start_gateway().await;
     sb.wait_gateway_ready().await;
     for gateway in [plain, doubting] {
-        assert!(!gateway.log().contains("snapshot applied"), "{}", gateway.log());
+        assert!(
+            !gateway.log().contains("snapshot applied"),
+            "{}",
+            gateway.log()
+        );
     }
 
     let tag = format!("k8s-access-{}", std::process::id());
