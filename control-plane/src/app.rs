@@ -188,7 +188,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
                 .clone()
                 .context("a cluster source has its client")?;
             let (objects_tx, objects_rx) = watch::channel(BTreeMap::new());
-            let source = KubernetesSource::new(client.clone(), namespaces.clone());
+            let source =
+                KubernetesSource::new(client.clone(), namespaces.clone(), lease.namespace.clone());
             tasks.spawn(source.watch(registry_tx, objects_tx, shutdown.clone()));
             let (leading, campaign) =
                 leader::campaign(client.clone(), lease.clone(), shutdown.clone());

@@ -35,7 +35,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Print the CustomResourceDefinitions (McpServer, McpClient,
-    /// McpAccessPolicy) as YAML, for `kubectl apply -f -`.
+    /// McpAccessPolicy, McpGatewayConfig) as YAML, for `kubectl apply -f -`.
     Crd,
     /// Serve the registry to gateway replicas.
     Serve(ControlArgs),

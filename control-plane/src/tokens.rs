@@ -33,6 +33,9 @@ pub const CA_KEY: &str = "ca.crt";
 const CERT_KEY: &str = "tls.crt";
 const PRIVATE_KEY: &str = "tls.key";
 const TLS_KEYS: [&str; 3] = [CA_KEY, CERT_KEY, PRIVATE_KEY];
+/// The names the kept certificate was made for: other names make a new
+/// one (and gateways then need a restart to read the new CA).
+const TLS_NAMES_ANNOTATION: &str = "switchboard.dev/grpc-tls-names";
 
 /// Tries before giving up (an API server that is not there yet, races).
 const ATTEMPTS: u32 = 10;
@@ -100,7 +103,7 @@ pub async fn ensure(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match ensure_once(&secrets, name, &fresh, &wanted).await {
+        match ensure_once(&secrets, name, &fresh, &wanted, &tls_names.join(",")).await {
             Ok(data) => return tokens(&data, namespace, name, !tls_names.is_empty()),
             Err(err) if attempt < ATTEMPTS && retryable(&err) => {
                 warn!(%namespace, secret = name, error = %err, "cannot ensure the tokens Secret yet; retrying");
@@ -123,7 +126,12 @@ async fn ensure_once(
     name: &str,
     fresh: &BTreeMap<String, ByteString>,
     wanted: &[&str],
+    tls_names: &str,
 ) -> Result<BTreeMap<String, ByteString>, kube::Error> {
+    let annotations = || {
+        (!tls_names.is_empty())
+            .then(|| BTreeMap::from([(TLS_NAMES_ANNOTATION.to_owned(), tls_names.to_owned())]))
+    };
     match secrets.get_opt(name).await? {
         None => {
             let secret = Secret {
@@ -133,6 +141,7 @@ async fn ensure_once(
                         "app.kubernetes.io/managed-by".to_owned(),
                         "switchboard-control-plane".to_owned(),
                     )])),
+                    annotations: annotations(),
                     ..ObjectMeta::default()
                 },
                 data: Some(
@@ -148,13 +157,35 @@ async fn ensure_once(
             Ok(created.data.unwrap_or_default())
         }
         Some(mut secret) => {
+            let made_for = secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TLS_NAMES_ANNOTATION))
+                .cloned()
+                .unwrap_or_default();
+            let renamed = !tls_names.is_empty() && made_for != tls_names;
+            let data = secret.data.get_or_insert_with(BTreeMap::new);
+            if renamed && TLS_KEYS.iter().any(|key| data.contains_key(*key)) {
+                warn!(secret = name, was = %made_for, now = %tls_names, "the gRPC port's names changed: making a new certificate and CA (restart the gateways to read it)");
+                TLS_KEYS.iter().for_each(|key| {
+                    data.remove(*key);
+                });
+            }
+            if renamed {
+                secret
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(TLS_NAMES_ANNOTATION.to_owned(), tls_names.to_owned());
+            }
             let data = secret.data.get_or_insert_with(BTreeMap::new);
             let mut missing: Vec<&str> = wanted
                 .iter()
                 .copied()
                 .filter(|key| !data.contains_key(*key))
                 .collect();
-            if missing.is_empty() {
+            if missing.is_empty() && !renamed {
                 return Ok(secret.data.unwrap_or_default());
             }
             // A certificate, its key and its CA only make sense together.

@@ -104,7 +104,8 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     // Checked before anything starts: a gateway that cannot reach its
     // control plane safely should not run without config.
     let control_plane =
-        xds::grpc_endpoint(&config.control_plane, config.control_plane_ca.as_deref())?;
+        xds::grpc_endpoint(&config.control_plane, config.control_plane_ca.as_deref())
+            .context("the control plane's address (--control-plane)")?;
     let shutdown = CancellationToken::new();
     let force = CancellationToken::new();
     let stop_http = CancellationToken::new();
@@ -113,6 +114,11 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let mut tasks = JoinSet::new();
     let metrics = Arc::new(Metrics::new());
     let tracer = match &config.otlp_endpoint {
+        Some(endpoint) if endpoint != &config.control_plane && endpoint.starts_with("https:") => {
+            anyhow::bail!(
+                "--otlp-endpoint {endpoint}: spans go over TLS only to the control plane; send them there (the default), which forwards them (--otlp-forward), or to a collector over http"
+            );
+        }
         Some(endpoint) => {
             let export = ExportConfig {
                 endpoint: endpoint.clone(),

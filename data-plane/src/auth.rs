@@ -46,7 +46,12 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 /// An authenticated caller; put into the request's extensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
+    /// The caller in logs, spans, metrics and policies.
     pub name: Arc<str>,
+    /// What the caller's sessions and limits are keyed by: the client's
+    /// name, or for a JWT its issuer and subject, so a token's `sub` can
+    /// never pass for an `McpClient` (or another issuer's user).
+    pub owner: Arc<str>,
     pub groups: Arc<[String]>,
     /// A JWT caller's string claims (each value of a list on its own),
     /// for policy subjects; none for an `McpClient`.
@@ -111,13 +116,21 @@ impl Callers {
                 refused.push((client.name, "token_sha256 is not 64 hex digits".to_owned()));
                 continue;
             };
+            let name: Arc<str> = client.name.as_str().into();
             let identity = Identity {
-                name: client.name.as_str().into(),
+                owner: name.clone(),
+                name,
                 groups: client.groups.into(),
                 claims: Arc::new([]),
             };
-            if by_digest.insert(digest, identity).is_some() {
-                refused.push((client.name, "another client has the same token".to_owned()));
+            // The first client keeps a token; a copy never takes it over.
+            match by_digest.entry(digest) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    refused.push((client.name, "another client has the same token".to_owned()));
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(identity);
+                }
             }
         }
         *self.by_digest.write() = by_digest;
@@ -217,7 +230,7 @@ pub async fn authenticate(
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(BEARER_PREFIX.as_bytes()));
+        .and_then(|v| bearer(v.as_bytes()));
     let Some(token) = token else {
         if callers.anonymous.load(Ordering::Relaxed) {
             return next.run(request).await;
@@ -231,6 +244,14 @@ pub async fn authenticate(
         }
         Err(rejection) => refuse(&callers, &request, Refused::BadToken(rejection)),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme's
+/// name is case-insensitive (RFC 7235), so `bearer x` is a token too.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let scheme = BEARER_PREFIX.len();
+    (value.len() > scheme && value[..scheme].eq_ignore_ascii_case(BEARER_PREFIX.as_bytes()))
+        .then(|| &value[scheme..])
 }
 
 /// Why a request gets 401.
@@ -373,6 +394,14 @@ mod tests {
             Some("bob".into())
         );
         assert_eq!(callers.identify(b"bob-token ").map(|i| i.name), None);
+        assert_eq!(
+            callers.identify(b"alice-token").map(|i| i.name),
+            Some("alice".into()),
+            "a copy of a token never takes it over"
+        );
+        assert_eq!(bearer(b"bearer tok"), Some(&b"tok"[..]));
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(b"Basic dG9r"), None);
         assert_eq!(callers.identify(b"nobody").map(|i| i.name), None);
         callers.replace(vec![]);
         assert!(!callers.required(), "open again once none is declared");

@@ -4,8 +4,8 @@
 //! everything; for one that some do, `deny` always
 //! wins, and once an `allow` names it, only what is allowed. What a client
 //! may not use is absent from its lists and refused (403) when it asks for
-//! it by name. Anonymous callers (no `McpClient` declared) are not
-//! subjects of any policy.
+//! it by name. Callers without a token are the client `anonymous` to
+//! policies ([`ANONYMOUS`]).
 
 use std::sync::Arc;
 
@@ -52,6 +52,10 @@ pub struct Policy {
     pub allow: Option<Rules>,
     pub deny: Rules,
 }
+
+/// The name policies know callers without a token by; no `McpClient` may
+/// take it.
+pub const ANONYMOUS: &str = "anonymous";
 
 /// The current policies; cheap to clone.
 #[derive(Clone, Default)]
@@ -110,6 +114,17 @@ impl Policies {
     pub fn replace(&self, policies: Vec<Policy>) {
         self.current
             .store(Arc::new(policies.into_iter().map(Arc::new).collect()));
+    }
+
+    /// What a caller without a token may use.
+    pub fn anonymous_access(&self) -> Option<Access> {
+        let name: Arc<str> = ANONYMOUS.into();
+        self.access(&Identity {
+            owner: name.clone(),
+            name,
+            groups: Arc::new([]),
+            claims: Arc::new([]),
+        })
     }
 
     /// What `identity` may use; `None` when no policy names it (it may use
@@ -241,6 +256,7 @@ mod tests {
     fn identity(name: &str, groups: &[&str]) -> Identity {
         Identity {
             name: name.into(),
+            owner: name.into(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             claims: Arc::new([]),
         }
@@ -321,6 +337,23 @@ mod tests {
         );
         assert_eq!(policies.denied[Kind::Tool.index()].get(), 1);
         assert_eq!(both.refuse(Kind::Tool, "fs.read_file"), None);
+    }
+
+    #[test]
+    fn callers_without_a_token_are_the_client_anonymous() {
+        let policies = Policies::default();
+        assert!(policies.anonymous_access().is_none(), "no policy: everything");
+        policies.replace(vec![Policy {
+            name: "anonymous-reads".into(),
+            groups: vec![],
+            clients: vec![ANONYMOUS.into()],
+            claims: vec![],
+            allow: Some(rules(&["fs.read*"])),
+            deny: Rules::default(),
+        }]);
+        let access = policies.anonymous_access().expect("named");
+        assert!(access.permits(Kind::Tool, "fs.read_file"));
+        assert!(!access.permits(Kind::Tool, "fs.write"));
     }
 
     #[test]

@@ -50,7 +50,7 @@ const OUTBOUND_BUFFER: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid control-plane address `{address}`: {source}")]
+    #[error("`{address}` is not a usable gRPC URL: {source}")]
     Address {
         address: String,
         #[source]
@@ -60,6 +60,8 @@ pub enum Error {
         "`{0}` is https: give the CA its certificate is checked against (--control-plane-ca or SWITCHBOARD_CONTROL_PLANE_CA)"
     )]
     NoCa(String),
+    #[error("the control plane's CA is not a PEM certificate")]
+    BadCa,
     #[error("cannot connect to the control plane (hint: is it running and reachable?): {0}")]
     Connect(#[source] tonic::transport::Error),
     #[error("config stream failed: {0}")]
@@ -97,6 +99,13 @@ pub fn grpc_endpoint(
         return Ok(endpoint);
     }
     let ca = ca_pem.ok_or_else(|| Error::NoCa(address.to_owned()))?;
+    // tonic skips what it cannot parse, which would leave nothing trusted
+    // and a gateway that never connects without saying why.
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let parsed = CertificateDer::pem_slice_iter(ca.as_bytes()).collect::<Result<Vec<_>, _>>();
+    if !parsed.is_ok_and(|certificates| !certificates.is_empty()) {
+        return Err(Error::BadCa);
+    }
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca));
     endpoint.tls_config(tls).map_err(invalid)
@@ -249,9 +258,11 @@ impl XdsClient {
             }
         }
         self.servers.apply(desired);
+        // Policies first: a client that comes with the policy restricting
+        // it is never let in unrestricted, not even for a moment.
+        self.policies.replace(policies);
         let rejected = with_refused_clients(rejected, self.callers.replace(clients));
         self.callers.configure(gateway);
-        self.policies.replace(policies);
         self.status
             .inner
             .applied_version

@@ -65,6 +65,8 @@ pub const REFRESH: Duration = Duration::from_secs(30);
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Secret and ConfigMap reads in flight at once.
 const PARALLEL_READS: usize = 8;
+/// The shortest client token taken from a Secret.
+const MIN_CLIENT_TOKEN_LEN: usize = 16;
 /// After a failed read, the first retry; it doubles up to [`REFRESH`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 
@@ -101,6 +103,8 @@ pub struct KubernetesSource {
     client: Client,
     /// Kubernetes namespaces to watch; empty watches all.
     namespaces: Vec<String>,
+    /// The control plane's own namespace.
+    home: String,
 }
 
 /// The objects of every scope, swapped in scope by scope as each
@@ -117,6 +121,10 @@ struct Listing {
 /// Parsed objects and the servers last published for them.
 #[derive(Default)]
 struct Servers {
+    /// The control plane's own namespace: the only one whose
+    /// `McpGatewayConfig` counts (it decides who may call every gateway);
+    /// `None` takes any.
+    home: Option<String>,
     /// Each object's parse, with the resourceVersion it was parsed at.
     parsed: BTreeMap<ObjectKey, (Option<String>, Result<ValidServer, ResourceError>)>,
     /// Each object's server as last published, its values resolved: what
@@ -171,8 +179,12 @@ enum Resolved {
 }
 
 impl KubernetesSource {
-    pub fn new(client: Client, namespaces: Vec<String>) -> Self {
-        Self { client, namespaces }
+    pub fn new(client: Client, namespaces: Vec<String>, home: String) -> Self {
+        Self {
+            client,
+            namespaces,
+            home,
+        }
     }
 
     /// Runs until `cancel`; the watcher retries with backoff on its own,
@@ -197,7 +209,10 @@ impl KubernetesSource {
             Watched::Gateways,
         ]
         .map(|watched| Listing::new(watched, scopes.len()));
-        let mut servers = Servers::default();
+        let mut servers = Servers {
+            home: Some(self.home.clone()),
+            ..Servers::default()
+        };
         let mut values = Values::new(self.client.clone());
         let mut published = false;
         let mut refresh = tokio::time::interval(REFRESH);
@@ -503,7 +518,10 @@ impl Servers {
         let mut valid_policies = Vec::new();
         for (key, object) in oldest_first(policies) {
             match parse_other(Watched::Policies, key, object) {
-                Ok(Document::Policy(policy)) => {
+                // Named by namespace too, so a policy of the same name in
+                // another namespace never takes its place.
+                Ok(Document::Policy(mut policy)) => {
+                    policy.name = identity(key);
                     valid_policies.push((source(Watched::Policies, key), policy));
                 }
                 Ok(_) => {}
@@ -512,6 +530,17 @@ impl Servers {
         }
         let mut valid_gateways = Vec::new();
         for (key, object) in oldest_first(gateways) {
+            if let Some(home) = self.home.as_ref().filter(|home| **home != key.0) {
+                let message = format!(
+                    "an McpGatewayConfig counts only in the control plane's namespace `{home}`: it decides who may call every gateway"
+                );
+                issues.push(issue_of(
+                    Watched::Gateways,
+                    key,
+                    (Some(key.1.clone()), None, message),
+                ));
+                continue;
+            }
             match parse_other(Watched::Gateways, key, object) {
                 Ok(Document::Gateway(config)) => {
                     valid_gateways.push((source(Watched::Gateways, key), config));
@@ -566,7 +595,8 @@ impl Servers {
     }
 }
 
-/// An `McpClient` or `McpAccessPolicy` object, parsed as a file's would be
+/// An `McpClient`, `McpAccessPolicy` or `McpGatewayConfig` object, parsed
+/// as a file's would be
 /// (the API server pruned unknown fields already).
 fn parse_other(
     watched: Watched,
@@ -592,11 +622,13 @@ fn resolve_token(
         // A Secret made from a file often ends with a line break.
         Lookup::Read(Some(token)) => {
             let token = token.trim_end_matches(['\r', '\n']);
-            if !token.is_empty() {
+            // Gateways hold the digest: a short token could be guessed
+            // from it offline.
+            if token.len() >= MIN_CLIENT_TOKEN_LEN {
                 return Ok(Some(client.clone().with_token(token)));
             }
             format!(
-                "Secret `{}` key `{}` is empty",
+                "Secret `{}` key `{}` holds a token shorter than {MIN_CLIENT_TOKEN_LEN} characters",
                 reference.name, reference.key
             )
         }

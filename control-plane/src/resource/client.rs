@@ -13,6 +13,9 @@ use super::{RefKind, ValidationError, ValueRef, check_dns_label};
 
 pub const KIND: &str = "McpClient";
 
+/// The name access policies know callers without a token by.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// Groups one client may name: a list to match against, not a directory.
 const MAX_GROUPS: usize = 64;
 
@@ -91,6 +94,12 @@ impl McpClient {
     pub fn validate(self) -> Result<ValidClient, ValidationError> {
         let name = self.metadata.name.unwrap_or_default();
         check_dns_label(&name).map_err(|reason| ValidationError::new("metadata.name", reason))?;
+        if name == ANONYMOUS {
+            return Err(ValidationError::new(
+                "metadata.name",
+                "`anonymous` is what policies call callers without a token",
+            ));
+        }
         if self.spec.groups.len() > MAX_GROUPS {
             return Err(ValidationError::new(
                 "spec.groups",

@@ -130,6 +130,13 @@ impl McpGatewayConfig {
                 ));
             }
             let jwks_uri = validate_url(&field("jwksUri"), &spec.jwks_uri, false)?;
+            // Keys fetched in clear could be swapped for anyone's on the way.
+            if !jwks_uri.starts_with("https://") && !loopback_url(&jwks_uri) {
+                return Err(ValidationError::new(
+                    field("jwksUri"),
+                    "must be https:// (keys fetched over plain HTTP could be anyone's); http:// only to loopback",
+                ));
+            }
             let leeway = match &spec.leeway {
                 None => DEFAULT_LEEWAY,
                 Some(text) => parse_duration(text)
@@ -164,6 +171,26 @@ impl McpGatewayConfig {
             issuers,
         })
     }
+}
+
+/// An `http://` URL whose host is this machine.
+fn loopback_url(url: &str) -> bool {
+    url.parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| {
+            let host = uri
+                .host()?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            Some(
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback()),
+            )
+        })
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -203,6 +230,10 @@ mod tests {
             (
                 "{jwt: [{issuer: i, audiences: [a], jwksUri: 'https://x/jwks', leeway: 1h}]}",
                 "spec.jwt[0].leeway",
+            ),
+            (
+                "{jwt: [{issuer: i, audiences: [a], jwksUri: 'http://login.example.com/jwks'}]}",
+                "spec.jwt[0].jwksUri",
             ),
             (
                 "{jwt: [{issuer: i, audiences: [a], jwksUri: 'https://x/j'}, {issuer: i, audiences: [a], jwksUri: 'https://y/j'}]}",

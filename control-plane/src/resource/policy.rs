@@ -124,10 +124,18 @@ impl McpAccessPolicy {
                     format!("at most {MAX_ITEMS} names"),
                 ));
             }
+            // Not DNS labels only: JWT callers' names and groups are
+            // e-mail addresses, `auth0|…` ids, `/admins`.
             for (i, name) in names.iter().enumerate() {
-                check_dns_label(name).map_err(|reason| {
-                    ValidationError::new(format!("spec.subjects.{field}[{i}]"), reason)
-                })?;
+                if name.is_empty()
+                    || name.len() > MAX_PATTERN_LEN
+                    || name.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(ValidationError::new(
+                        format!("spec.subjects.{field}[{i}]"),
+                        format!("`{name}` must be 1-{MAX_PATTERN_LEN} characters without spaces"),
+                    ));
+                }
             }
         }
         if self.spec.allow.is_none() && self.spec.deny.is_none() {
@@ -211,7 +219,7 @@ mod tests {
         let cases = [
             ("{subjects: {}, deny: {tools: [x]}}", "spec.subjects"),
             (
-                "{subjects: {clients: [Alice]}, deny: {tools: [x]}}",
+                "{subjects: {clients: ['alice smith']}, deny: {tools: [x]}}",
                 "spec.subjects.clients[0]",
             ),
             ("{subjects: {groups: [dev]}}", "spec"),

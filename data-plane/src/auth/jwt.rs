@@ -20,7 +20,7 @@ use base64::Engine;
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     errors::ErrorKind,
-    jwk::{AlgorithmParameters, Jwk},
+    jwk::{AlgorithmParameters, Jwk, PublicKeyUse},
 };
 use parking_lot::RwLock;
 use prometheus_client::{
@@ -40,9 +40,11 @@ const MIN_REFETCH: Duration = Duration::from_secs(5);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Biggest JWKS document read.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
-/// Claims kept for policy subjects, and the longest value kept.
-const MAX_CLAIMS: usize = 64;
-const MAX_CLAIM_LEN: usize = 256;
+/// Claim values a token may carry (each value of a list counts); a
+/// token with more is refused rather than judged on part of them.
+const MAX_CLAIMS: usize = 1024;
+/// The longest caller name.
+const MAX_NAME_LEN: usize = 256;
 
 /// The signatures accepted: public-key ones only.
 const ASYMMETRIC: [Algorithm; 9] = [
@@ -80,6 +82,8 @@ pub enum Rejection {
     NotYetValid,
     Audience,
     NoName,
+    MissingClaim,
+    TooManyClaims,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +134,8 @@ impl Rejection {
             Self::NotYetValid => "not_yet_valid",
             Self::Audience => "audience",
             Self::NoName => "no_name",
+            Self::MissingClaim => "missing_claim",
+            Self::TooManyClaims => "too_many_claims",
         }
     }
 
@@ -145,6 +151,8 @@ impl Rejection {
             Self::NotYetValid => "the token is not valid yet",
             Self::Audience => "the token is not meant for this gateway (audience)",
             Self::NoName => "the token lacks the claim naming the caller",
+            Self::MissingClaim => "the token lacks exp, iss or aud",
+            Self::TooManyClaims => "the token carries more claims than this gateway reads",
         }
     }
 
@@ -152,7 +160,8 @@ impl Rejection {
         match kind {
             ErrorKind::ExpiredSignature => Self::Expired,
             ErrorKind::ImmatureSignature => Self::NotYetValid,
-            ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_) => Self::Audience,
+            ErrorKind::InvalidAudience => Self::Audience,
+            ErrorKind::MissingRequiredClaim(_) => Self::MissingClaim,
             ErrorKind::InvalidIssuer => Self::UnknownIssuer,
             ErrorKind::InvalidSignature | ErrorKind::Crypto(_) => Self::Signature,
             ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => Self::Algorithm,
@@ -284,9 +293,13 @@ impl Issuers {
         issuer.keys.write().tried = Some(Instant::now());
         let outcome = match self.download(&config.jwks_uri).await {
             Ok(set) => {
+                // Signing keys only: not shared secrets, not encryption keys.
                 let usable: Vec<Jwk> = set
                     .into_iter()
                     .filter(|jwk| !matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)))
+                    .filter(|jwk| {
+                        !matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption))
+                    })
                     .collect();
                 debug!(issuer = %config.issuer, keys = usable.len(), "fetched the issuer's signing keys");
                 let mut keys = issuer.keys.write();
@@ -305,19 +318,32 @@ impl Issuers {
     /// The keys of the JWKS at `uri`; a key this gateway cannot read (an
     /// algorithm it does not know) is left out, not the whole set.
     async fn download(&self, uri: &str) -> Result<Vec<Jwk>, String> {
-        let http = self.http.get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(FETCH_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default()
-        });
-        let mut response = http.get(uri).send().await.map_err(|e| e.to_string())?;
+        let http = match self.http.get() {
+            Some(http) => http,
+            None => {
+                let built = reqwest::Client::builder()
+                    .timeout(FETCH_TIMEOUT)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+                self.http.get_or_init(|| built)
+            }
+        };
+        // The URL is logged redacted by the caller; errors leave it out.
+        let mut response = http
+            .get(uri)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| e.without_url().to_string())?
+        {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
                 return Err(format!("a JWKS over {MAX_JWKS_BYTES} bytes"));
             }
@@ -395,12 +421,13 @@ fn unverified_issuer(token: &str) -> Option<String> {
 }
 
 /// The caller a verified token names, its groups, and its claims for
-/// policy subjects (strings, and the strings of lists).
+/// policy subjects (strings, numbers and booleans as text, each value of
+/// a list on its own).
 fn identity(config: &IssuerConfig, claims: &Map<String, Value>) -> Result<Identity, Rejection> {
     let name = claims
         .get(&config.name_claim)
         .and_then(Value::as_str)
-        .filter(|name| !name.is_empty() && name.len() <= MAX_CLAIM_LEN)
+        .filter(|name| !name.is_empty() && name.len() <= MAX_NAME_LEN)
         .ok_or(Rejection::NoName)?;
     let groups: Vec<String> = match claims.get(&config.groups_claim) {
         Some(Value::String(text)) => text.split_whitespace().map(str::to_owned).collect(),
@@ -411,22 +438,26 @@ fn identity(config: &IssuerConfig, claims: &Map<String, Value>) -> Result<Identi
             .collect(),
         _ => Vec::new(),
     };
+    let text = |value: &Value| match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        _ => None,
+    };
     let mut kept = Vec::new();
     for (key, value) in claims {
-        let values: Vec<&str> = match value {
-            Value::String(text) => vec![text],
-            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
-            _ => continue,
+        let values: Vec<String> = match value {
+            Value::Array(items) => items.iter().filter_map(text).collect(),
+            scalar => text(scalar).into_iter().collect(),
         };
-        for value in values.into_iter().filter(|v| v.len() <= MAX_CLAIM_LEN) {
-            if kept.len() == MAX_CLAIMS {
-                break;
-            }
-            kept.push((key.clone(), value.to_owned()));
+        kept.extend(values.into_iter().map(|value| (key.clone(), value)));
+        if kept.len() > MAX_CLAIMS {
+            return Err(Rejection::TooManyClaims);
         }
     }
     Ok(Identity {
         name: name.into(),
+        owner: format!("{}#{name}", config.issuer).into(),
         groups: groups.into(),
         claims: kept.into(),
     })

@@ -162,7 +162,7 @@ impl Endpoint {
         let Some(identity) = parts.extensions.get::<Identity>() else {
             return Ok(());
         };
-        self.rates.take(&identity.name).map_err(|retry_after| {
+        self.rates.take(&identity.owner).map_err(|retry_after| {
             debug!(client = %identity.name, ?retry_after, "refused a request: over the client's rate");
             Refusal::rate_limited(&identity.name, self.rates.rate(), retry_after).answering(id)
         })
@@ -211,11 +211,11 @@ impl Endpoint {
         incoming: Incoming,
         framing: Framing,
     ) -> Response {
-        let access = parts
-            .extensions
-            .get::<Identity>()
-            .and_then(|identity| self.policies.access(identity))
-            .map(Arc::new);
+        let access = match parts.extensions.get::<Identity>() {
+            Some(identity) => self.policies.access(identity),
+            None => self.policies.anonymous_access(),
+        }
+        .map(Arc::new);
         if let Some(access) = &access
             && let Some((id, kind, name)) = named(&incoming)
             && let Some(why) = self.refused_by(access, kind, name)
@@ -683,13 +683,13 @@ fn check_version(headers: &HeaderMap) -> Result<(), Refusal> {
     }
 }
 
-/// The authenticated client a request came from, if the gateway knows
-/// its clients (`auth.rs`).
+/// Whose sessions a request's are: the authenticated caller's owner key
+/// (`auth.rs`), if the request has one.
 pub fn caller(parts: &Parts) -> Option<Arc<str>> {
     parts
         .extensions
         .get::<Identity>()
-        .map(|identity| identity.name.clone())
+        .map(|identity| identity.owner.clone())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -36,8 +36,12 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid OTLP endpoint: {0}")]
-pub struct EndpointError(#[source] crate::xds::Error);
+#[error("invalid OTLP endpoint `{endpoint}`: {source}")]
+pub struct EndpointError {
+    endpoint: String,
+    #[source]
+    source: crate::xds::Error,
+}
 
 /// Who is exporting: becomes the OTLP resource.
 #[derive(Clone, Debug)]
@@ -69,7 +73,10 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> Result<(Tracer, JoinHandle<()>), EndpointError> {
     let channel = crate::xds::grpc_endpoint(&config.endpoint, config.ca_pem.as_deref())
-        .map_err(EndpointError)?
+        .map_err(|source| EndpointError {
+            endpoint: config.endpoint.clone(),
+            source,
+        })?
         .timeout(EXPORT_TIMEOUT)
         .connect_lazy();
     // Uncompressed: the receiver is usually the control plane next door, and

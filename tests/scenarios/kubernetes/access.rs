@@ -230,7 +230,7 @@ async fn the_install_tokens_secret_clients_and_policies_close_the_cluster() {
     .await;
     assert!(!names.is_empty());
 
-    // The token's value is nowhere in what the gateway was sent or says.
+    // The token's value is in neither plane's status.
     let health = sb.health().await.to_string();
     assert!(!health.contains(client_token));
     let status = http
