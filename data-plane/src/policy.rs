@@ -342,7 +342,10 @@ mod tests {
     #[test]
     fn callers_without_a_token_are_the_client_anonymous() {
         let policies = Policies::default();
-        assert!(policies.anonymous_access().is_none(), "no policy: everything");
+        assert!(
+            policies.anonymous_access().is_none(),
+            "no policy: everything"
+        );
         policies.replace(vec![Policy {
             name: "anonymous-reads".into(),
             groups: vec![],

@@ -29,6 +29,9 @@ pub struct ClientLimits {
     pub burst: u32,
 }
 
+/// Buckets kept before the full ones are forgotten.
+const PRUNE_AT: usize = 1024;
+
 /// One token bucket per client; cheap to clone.
 #[derive(Clone)]
 pub struct RateLimits {
@@ -61,6 +64,15 @@ impl RateLimits {
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
+        // A full bucket is as good as none: forget those, so callers that
+        // came once (every JWT subject, say) do not stay for ever.
+        if buckets.len() >= PRUNE_AT {
+            let (rate, burst) = (self.rate, self.burst);
+            buckets.retain(|_, bucket| {
+                let idle = now.saturating_duration_since(bucket.at).as_secs_f64();
+                bucket.tokens + idle * rate < burst
+            });
+        }
         let bucket = buckets.entry(client.clone()).or_insert(Bucket {
             tokens: self.burst,
             at: now,
@@ -142,5 +154,26 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(rates.take(&alice), Ok(()));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn buckets_of_callers_gone_quiet_are_forgotten() {
+        let rates = limits(10.0, 5);
+        for n in 0..PRUNE_AT {
+            rates
+                .take(&format!("caller-{n}").into())
+                .expect("a first request");
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let busy: Arc<str> = "busy".into();
+        for _ in 0..5 {
+            rates.take(&busy).expect("within the burst");
+        }
+        assert_eq!(
+            rates.buckets.lock().len(),
+            1,
+            "only the busy caller's is kept"
+        );
+        assert!(rates.take(&busy).is_err(), "and it is still empty");
     }
 }
