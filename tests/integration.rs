@@ -25,6 +25,8 @@ mod registry_changes;
 mod relay;
 #[path = "scenarios/resilience.rs"]
 mod resilience;
+#[path = "scenarios/rest.rs"]
+mod rest;
 #[path = "scenarios/security.rs"]
 mod security;
 #[path = "scenarios/sessions.rs"]

@@ -187,35 +187,44 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         read_timeout: config.mcp.body_read_timeout,
         drain: drain.clone(),
     };
-    let router = mcp::router(
+    let rest_limits = mcp::rest::BodyLimits {
+        max_bytes: config.mcp.max_body_bytes,
+        read_timeout: config.mcp.body_read_timeout,
+        drain: drain.clone(),
+    };
+    let routers = mcp::router(
         catalog.clone(),
         servers.clone(),
         policies,
         &config.mcp,
         telemetry,
+        rest_limits,
         stop_http.child_token(),
-    )
-    .layer(axum::middleware::from_fn_with_state(
-        guard,
-        mcp::guard::guard,
-    ))
-    // Before anything reads the body.
-    .layer(axum::middleware::from_fn_with_state(
-        callers.clone(),
-        auth::authenticate,
-    ))
-    .merge(auth::router(callers))
-    .merge(admin::router(
-        AdminState {
-            replica_id: config.replica_id.clone(),
-            servers: servers.clone(),
-            config: status,
-            metrics,
-            catalog,
-            drain: drain.clone(),
-        },
-        admin_gate,
-    ));
+    );
+    let router = routers
+        .mcp
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            mcp::guard::guard,
+        ))
+        .merge(routers.rest)
+        // Before anything reads the body.
+        .layer(axum::middleware::from_fn_with_state(
+            callers.clone(),
+            auth::authenticate,
+        ))
+        .merge(auth::router(callers))
+        .merge(admin::router(
+            AdminState {
+                replica_id: config.replica_id.clone(),
+                servers: servers.clone(),
+                config: status,
+                metrics,
+                catalog,
+                drain: drain.clone(),
+            },
+            admin_gate,
+        ));
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the MCP listener on {}", config.listen))?;

@@ -14,6 +14,7 @@ pub mod guard;
 pub mod limits;
 pub mod methods;
 mod replay;
+pub mod rest;
 pub mod session;
 pub mod sse;
 
@@ -176,14 +177,23 @@ impl Error {
 
 /// `/mcp`, `/sse` and `/message`, on one table of sessions that ends with
 /// `shutdown`.
+/// The MCP routes (`/mcp`, `/sse`, `/message`), which the body guard
+/// fronts, and the REST ones, which read their own bodies; one endpoint
+/// behind both.
+pub struct Routers {
+    pub mcp: axum::Router,
+    pub rest: axum::Router,
+}
+
 pub fn router(
     catalog: CatalogReader,
     servers: Servers,
     policies: Policies,
     config: &McpConfig,
     telemetry: Telemetry,
+    rest_limits: rest::BodyLimits,
     shutdown: CancellationToken,
-) -> axum::Router {
+) -> Routers {
     let sessions = Sessions::new(
         config.park_after,
         SESSION_IDLE_TIMEOUT,
@@ -219,12 +229,16 @@ pub fn router(
         metrics: telemetry.metrics.clone(),
         shutdown,
     });
-    axum::Router::new()
+    let mcp = axum::Router::new()
         .route(
             "/mcp",
             axum::routing::any(dispatch::mcp).with_state(endpoint.clone()),
         )
-        .merge(sse::router(endpoint))
+        .merge(sse::router(endpoint.clone()));
+    Routers {
+        mcp,
+        rest: rest::router(endpoint, rest_limits),
+    }
 }
 
 /// Tells every session when the catalog's tools, prompts or resources

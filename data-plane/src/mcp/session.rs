@@ -270,6 +270,23 @@ impl Sessions {
         Ok((session, open))
     }
 
+    /// A session of one request that no client holds (a REST call): in no
+    /// table, never parked, asked nothing; close it when the request ends.
+    pub fn detached(
+        &self,
+        handshake: InitializeRequestParams,
+        owner: Option<Arc<str>>,
+    ) -> Arc<Session> {
+        Session::new(
+            Uuid::new_v4(),
+            Kind::Streamable,
+            Some(self.intern(&handshake)),
+            None,
+            owner,
+            self.servers.clone(),
+        )
+    }
+
     /// The live session `id` names (restoring a parked one), with the
     /// request about to use it counted open; `None` if no session of that
     /// kind has that id, or it is another client's: a session id that

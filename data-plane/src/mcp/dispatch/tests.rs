@@ -51,7 +51,13 @@ fn endpoint(drain: &Drain) -> axum::Router {
         drain: drain.clone(),
     };
     let policies = crate::policy::Policies::default();
-    super::super::router(catalog, servers, policies, &config, telemetry, stop)
+    let rest = crate::mcp::rest::BodyLimits {
+        max_bytes: config.max_body_bytes,
+        read_timeout: config.body_read_timeout,
+        drain: drain.clone(),
+    };
+    super::super::router(catalog, servers, policies, &config, telemetry, rest, stop)
+        .mcp
         .layer(axum::middleware::from_fn_with_state(state, guard::guard))
 }
 

@@ -1,0 +1,246 @@
+//! Plain HTTP for scripts and callers that do not speak MCP: `GET /tools`
+//! (the merged catalog as this caller sees it) and `POST /tools/call`
+//! (`{"name": …, "arguments": {…}}` → the tool's result as MCP returns
+//! it). Each request is a one-request session of the gateway's own
+//! ([`Sessions::detached`]) going through the same methods as MCP traffic:
+//! the same authentication (the layer in front), Host and Origin checks,
+//! rate limits, access policies, breakers, timeouts, spans and metrics.
+//! What MCP says in a JSON-RPC error or a gateway `isError` result, REST
+//! says with a status: unknown tool 404, invalid arguments 400, denied
+//! 403, breaker open or server down 503, timeout 504.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Request, State},
+    http::{StatusCode, request::Parts},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use rmcp::model::{
+    ClientRequest, Implementation, InitializeRequestParams, ListToolsRequest,
+    PaginatedRequestParams, RequestId,
+};
+use serde::Deserialize;
+use serde_json::{Value, json, value::RawValue};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ERROR_META_KEY,
+    answer::Refusal,
+    dispatch::{Endpoint, caller},
+    methods::{CallParams, Ctx},
+    session::Session,
+    sse::check_host,
+};
+use crate::{auth::Identity, drain::Drain, policy::Kind};
+
+/// What a REST request may send, and how long it may take to.
+#[derive(Clone)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub read_timeout: Duration,
+    pub drain: Drain,
+}
+
+struct Rest {
+    endpoint: Arc<Endpoint>,
+    limits: BodyLimits,
+}
+
+/// A `POST /tools/call` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallBody {
+    name: String,
+    #[serde(default)]
+    arguments: Option<Box<RawValue>>,
+}
+
+pub fn router(endpoint: Arc<Endpoint>, limits: BodyLimits) -> Router {
+    let rest = Arc::new(Rest { endpoint, limits });
+    Router::new()
+        .route("/tools", get(tools))
+        .route("/tools/call", post(call))
+        .with_state(rest)
+}
+
+/// `GET /tools`: every tool this caller may use, as `tools/list` gives
+/// them, every page of it.
+async fn tools(State(rest): State<Arc<Rest>>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    let (session, ctx) = match rest.begin(parts) {
+        Ok(begun) => begun,
+        Err(refused) => return refused.into_response(),
+    };
+    let mut tools = Vec::new();
+    let mut cursor = None;
+    let outcome = loop {
+        let params = PaginatedRequestParams::default().with_cursor(cursor.take());
+        let request = ClientRequest::ListToolsRequest(ListToolsRequest::with_param(params));
+        let Some(answer) = rest.endpoint.methods.answer(&session, &ctx, request).await else {
+            break Err(StatusCode::SERVICE_UNAVAILABLE);
+        };
+        let page: Value = serde_json::from_slice(&answer).unwrap_or_default();
+        if let Some(items) = page["result"]["tools"].as_array() {
+            tools.extend(items.iter().cloned());
+        }
+        match page["result"]["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break Ok(()),
+        }
+    };
+    session.close();
+    match outcome {
+        Ok(()) => Json(json!({ "tools": tools })).into_response(),
+        Err(status) => {
+            (status, Json(json!({ "error": "the gateway is stopping" }))).into_response()
+        }
+    }
+}
+
+/// `POST /tools/call`.
+async fn call(State(rest): State<Arc<Rest>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match rest.read(body).await {
+        Ok(body) => body,
+        Err(refused) => return refused.into_response(),
+    };
+    let call: CallBody = match serde_json::from_slice(&body) {
+        Ok(call) => call,
+        Err(err) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"name\": \"<tool>\", \"arguments\": {{…}}}}: {err}"),
+                None,
+            );
+        }
+    };
+    if call
+        .arguments
+        .as_ref()
+        .is_some_and(|a| !a.get().trim_start().starts_with('{'))
+    {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "`arguments` must be a JSON object".to_owned(),
+            None,
+        );
+    }
+    let (session, ctx) = match rest.begin(parts) {
+        Ok(begun) => begun,
+        Err(refused) => return refused.into_response(),
+    };
+    if let Some(why) = ctx
+        .access
+        .as_ref()
+        .and_then(|access| access.refuse(Kind::Tool, &call.name))
+    {
+        session.close();
+        return problem(StatusCode::FORBIDDEN, why, None);
+    }
+    let params = CallParams {
+        name: call.name,
+        arguments: call.arguments,
+        meta: Default::default(),
+        params: None,
+    };
+    let answer = rest.endpoint.methods.call(&session, &ctx, params).await;
+    session.close();
+    match answer {
+        Some(answer) => to_response(&answer),
+        None => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the call was cancelled: the gateway is stopping".to_owned(),
+            None,
+        ),
+    }
+}
+
+impl Rest {
+    /// The checks every REST request passes, then its one-request session
+    /// and context.
+    fn begin(&self, parts: Parts) -> Result<(Arc<Session>, Ctx), Refusal> {
+        let endpoint = &self.endpoint;
+        check_host(&endpoint.allowed_hosts, &parts).map_err(Refusal::forbidden)?;
+        if self.limits.drain.is_draining() {
+            return Err(Refusal::shutting_down());
+        }
+        let identity = parts.extensions.get::<Identity>();
+        if let Some(identity) = identity {
+            endpoint
+                .rates
+                .take(&identity.owner)
+                .map_err(|retry_after| {
+                    Refusal::rate_limited(&identity.name, endpoint.rates.rate(), retry_after)
+                })?;
+        }
+        let access = match identity {
+            Some(identity) => endpoint.policies.access(identity),
+            None => endpoint.policies.anonymous_access(),
+        };
+        let handshake = InitializeRequestParams::new(
+            Default::default(),
+            Implementation::new("rest", env!("CARGO_PKG_VERSION")),
+        );
+        let session = endpoint.sessions.detached(handshake, caller(&parts));
+        let ctx = Ctx {
+            id: RequestId::Number(1),
+            meta: Default::default(),
+            parts: Arc::new(parts),
+            access: access.map(Arc::new),
+            cancel: CancellationToken::new(),
+            stream: None,
+        };
+        Ok((session, ctx))
+    }
+
+    /// The whole body, within the size and time MCP requests get.
+    async fn read(&self, body: Body) -> Result<axum::body::Bytes, Refusal> {
+        let limits = &self.limits;
+        let read = axum::body::to_bytes(body, limits.max_bytes);
+        match tokio::time::timeout(limits.read_timeout, read).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(_)) => Err(Refusal::too_large(limits.max_bytes)),
+            Err(_) => Err(Refusal::too_slow(limits.read_timeout)),
+        }
+    }
+}
+
+/// A `tools/call` answer as HTTP: the result (200, a tool's own error
+/// included), or the failure with the status that names it.
+fn to_response(answer: &[u8]) -> Response {
+    let answer: Value = serde_json::from_slice(answer).unwrap_or_default();
+    if let Some(error) = answer.get("error") {
+        let message = error["message"]
+            .as_str()
+            .unwrap_or("the call failed")
+            .to_owned();
+        let status = match (error["code"].as_i64(), error["data"].get("tool")) {
+            (Some(-32602), Some(_)) => StatusCode::NOT_FOUND,
+            (Some(-32602), None) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        return problem(status, message, error.get("data").cloned());
+    }
+    let result = answer.get("result").cloned().unwrap_or_default();
+    let kind = result["_meta"][ERROR_META_KEY]["kind"].as_str();
+    let status = match kind {
+        None => return Json(result).into_response(),
+        Some("breaker_open" | "unavailable") => StatusCode::SERVICE_UNAVAILABLE,
+        Some("timeout") => StatusCode::GATEWAY_TIMEOUT,
+        Some(_) => StatusCode::BAD_GATEWAY,
+    };
+    (status, Json(result)).into_response()
+}
+
+/// An error body: `{"error": {"message": …, "data": …}}`.
+fn problem(status: StatusCode, message: String, data: Option<Value>) -> Response {
+    let mut error = json!({ "message": message });
+    if let Some(data) = data {
+        error["data"] = data;
+    }
+    (status, Json(json!({ "error": error }))).into_response()
+}
