@@ -5,6 +5,8 @@
 mod bad_input;
 #[path = "scenarios/chart.rs"]
 mod chart;
+#[path = "scenarios/check.rs"]
+mod check;
 #[path = "scenarios/conformance.rs"]
 mod conformance;
 #[path = "scenarios/control_plane_outage.rs"]

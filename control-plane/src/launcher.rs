@@ -96,15 +96,13 @@ pub fn write_admin_token(token: &Token) -> anyhow::Result<PathBuf> {
         io::Write,
         os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     };
-    let state = user_dir("XDG_STATE_HOME", ".local/state")
-        .context("neither XDG_STATE_HOME nor HOME is set: nowhere to keep the admin token (pass --admin-token-file)")?;
-    let dir = state.join("switchboard");
+    let path = admin_token_path()?;
+    let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)
+        .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("admin-token");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -116,6 +114,13 @@ pub fn write_admin_token(token: &Token) -> anyhow::Result<PathBuf> {
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     writeln!(file, "{}", token.expose())?;
     Ok(path)
+}
+
+/// Where `up` keeps its admin token, and `check` looks for it.
+pub fn admin_token_path() -> anyhow::Result<PathBuf> {
+    let state = user_dir("XDG_STATE_HOME", ".local/state")
+        .context("neither XDG_STATE_HOME nor HOME is set: nowhere to keep the admin token (pass --admin-token-file)")?;
+    Ok(state.join("switchboard").join("admin-token"))
 }
 
 /// `$<xdg>`, else `$HOME/<fallback>` (the XDG base directories).

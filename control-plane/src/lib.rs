@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod check;
 pub mod launcher;
 pub mod leader;
 pub mod metrics;

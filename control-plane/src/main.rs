@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use control_plane::{app, auth::Token, launcher, tls::ServerTls};
+use control_plane::{app, auth::Token, check, launcher, tls::ServerTls};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 #[derive(Parser)]
@@ -39,6 +39,28 @@ enum Command {
     Crd,
     /// Serve the registry to gateway replicas.
     Serve(ControlArgs),
+    /// Is everything working? Checks the control plane, its replicas, every
+    /// server and an MCP round trip through the gateway, in that order;
+    /// exits non-zero naming the first thing that fails.
+    Check {
+        /// The control plane's HTTP API.
+        #[arg(long, default_value = "http://127.0.0.1:8789")]
+        control_plane: String,
+        /// The gateway's MCP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:8787/mcp")]
+        gateway: String,
+        /// File with the admin token (the value can come in
+        /// `SWITCHBOARD_ADMIN_TOKEN`); default: the one `up` keeps.
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        /// File with an McpClient's token for the MCP round trip (the
+        /// value can come in `SWITCHBOARD_TOKEN`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// One JSON document instead of one line per check.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the control plane and one local gateway replica (the quick start).
     Up {
         #[command(flatten)]
@@ -244,6 +266,43 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => {
             print!("{}", control_plane::resource::crd_yaml()?);
+            Ok(())
+        }
+        Command::Check {
+            control_plane,
+            gateway,
+            admin_token_file,
+            token_file,
+            json,
+        } => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let admin_token = match admin_token_file {
+                Some(file) => Some(Token::read(&file)?),
+                None => match Token::from_file_or_env(None, "SWITCHBOARD_ADMIN_TOKEN")? {
+                    Some(token) => Some(token),
+                    // Where `up` keeps it, if it is there.
+                    None => launcher::admin_token_path()
+                        .ok()
+                        .and_then(|path| Token::read(&path).ok()),
+                },
+            };
+            let target = check::Target {
+                control_plane,
+                gateway,
+                admin_token,
+                client_token: Token::from_file_or_env(token_file.as_deref(), "SWITCHBOARD_TOKEN")?,
+            };
+            let outcomes = check::run(&target).await;
+            let failed = outcomes.iter().any(|o| o.verdict == check::Verdict::Fail);
+            if json {
+                let report = serde_json::json!({ "ok": !failed, "checks": outcomes });
+                println!("{report}");
+            } else {
+                print!("{}", check::render(&outcomes));
+            }
+            if failed {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Serve(args) => {
