@@ -31,6 +31,8 @@ mod resilience;
 mod rest;
 #[path = "scenarios/security.rs"]
 mod security;
+#[path = "scenarios/servers_api.rs"]
+mod servers_api;
 #[path = "scenarios/sessions.rs"]
 mod sessions;
 #[path = "scenarios/third_party.rs"]

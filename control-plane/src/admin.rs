@@ -1,10 +1,14 @@
-//! The control plane's HTTP API: liveness, readiness, a JSON status page with the
+//! The control plane's HTTP API: liveness, readiness, the servers
+//! ([`servers`]: listed, and in directory mode added, replaced and
+//! removed), a JSON status page with the
 //! registry (servers and problems), the current snapshot version and what
 //! every replica reported, recent traces, and Prometheus `/metrics`. The
 //! status page and traces are for operators (`auth.rs`); probes and
 //! metrics stay open.
 
-use std::sync::Arc;
+mod servers;
+
+use std::{path::PathBuf, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -37,6 +41,8 @@ pub struct AdminState {
     pub peers: Peers,
     pub traces: TraceStore,
     pub metrics: Arc<Metrics>,
+    /// The registry directory `/servers` writes to; `None` in a cluster.
+    pub registry_dir: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -90,10 +96,16 @@ struct ServerEntry {
 }
 
 pub fn router(state: AdminState, operators: Gate) -> Router {
+    let (read_servers, write_servers) = servers::routers();
+    let for_writers = write_servers.layer(axum::middleware::from_fn_with_state(
+        operators.clone(),
+        auth::writers_only,
+    ));
     let for_operators = Router::new()
         .route("/status", get(status))
         .route("/traces", get(traces))
         .route("/traces/{trace_id}", get(trace))
+        .merge(read_servers)
         .layer(axum::middleware::from_fn_with_state(
             operators,
             auth::operators_only,
@@ -103,6 +115,7 @@ pub fn router(state: AdminState, operators: Gate) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(for_operators)
+        .merge(for_writers)
         .with_state(state)
 }
 

@@ -318,6 +318,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
             peers,
             traces,
             metrics,
+            registry_dir: match &config.registry {
+                RegistrySource::Directory(dir) => Some(dir.clone()),
+                RegistrySource::Kubernetes { .. } => None,
+            },
         },
         operators,
     );

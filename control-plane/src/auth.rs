@@ -102,6 +102,19 @@ impl Interceptor for Gate {
     }
 }
 
+/// Middleware for the write API: as [`operators_only`], and refused
+/// outright while no admin token is configured: a write decides what
+/// commands every gateway runs, so being on loopback is not enough.
+pub async fn writers_only(State(gate): State<Gate>, request: HttpRequest, next: Next) -> Response {
+    if gate.token.is_none() {
+        let body = json!({
+            "error": "writes need the control plane's admin token: start it with --admin-token-file or SWITCHBOARD_ADMIN_TOKEN (`up` makes one)"
+        });
+        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+    }
+    operators_only(State(gate), request, next).await
+}
+
 /// Middleware for the operator API: 401 with `WWW-Authenticate` unless the
 /// admin token comes along.
 pub async fn operators_only(

@@ -30,6 +30,8 @@ const KIND: &str = "McpServer";
 pub struct Registry {
     /// Accepted servers by name, enabled or not. Names and namespaces are unique.
     pub servers: BTreeMap<String, ValidServer>,
+    /// Where each accepted server came from (its file, or its object).
+    pub origins: BTreeMap<String, String>,
     /// Accepted clients by name; names and tokens are unique.
     pub clients: BTreeMap<String, ValidClient>,
     /// Accepted access policies by name.
@@ -118,6 +120,7 @@ impl Registry {
         }
         Self {
             servers,
+            origins: origin,
             clients: BTreeMap::new(),
             policies: BTreeMap::new(),
             gateway: None,

@@ -702,7 +702,7 @@ fn validate_headers(field: &str, headers: &[Header]) -> Result<ValidHeaders, Val
     Ok((valid, from))
 }
 
-fn check_dns_label(name: &str) -> Result<(), String> {
+pub(crate) fn check_dns_label(name: &str) -> Result<(), String> {
     let valid_chars = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');

@@ -269,7 +269,7 @@ fn load_file(path: &Path) -> FileOutcome {
 }
 
 /// Files cannot read Secrets or ConfigMaps.
-fn without_references(server: ValidServer) -> Result<ValidServer, ResourceError> {
+pub(crate) fn without_references(server: ValidServer) -> Result<ValidServer, ResourceError> {
     let field = match &server.transport {
         ValidTransport::Stdio { env_from, .. } if !env_from.is_empty() => {
             "spec.transport.stdio.env.valueFrom"

@@ -129,6 +129,17 @@ async fn the_install_tokens_secret_clients_and_policies_close_the_cluster() {
         .await
         .expect("GET /status");
     assert_eq!(admitted.status(), 200);
+    // The cluster is the source of truth: the write API points at kubectl.
+    let write = http
+        .post(format!("http://{}/servers", sb.control_http))
+        .bearer_auth(token(&tokens, "admin"))
+        .body(demo_resource("written", "x"))
+        .send()
+        .await
+        .expect("POST /servers");
+    assert_eq!(write.status(), 409);
+    let said = write.text().await.unwrap_or_default();
+    assert!(said.contains("kubectl apply"), "{said}");
 
     // The gRPC port speaks TLS only, with a certificate from the tokens
     // Secret: a gateway dialling plain text, or trusting another CA, never

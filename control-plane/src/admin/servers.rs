@@ -1,0 +1,288 @@
+//! `/servers`: the registry's McpServers for scripts and the console.
+//! `GET` lists every accepted server with where it came from and how each
+//! replica reports it, and the registry's problems (what was refused, the
+//! field and why). In directory mode `POST`, `PUT /{name}`
+//! and `DELETE /{name}` add, replace and remove servers as files in the
+//! registry directory (`<name>.yaml`, written to a temporary file and
+//! renamed into place, so the watcher never reads half a file); the
+//! watcher then pushes them like any edit. A document is validated as the
+//! watcher would before anything is written (422 naming the field), and a
+//! server defined in a file of another name is left to that file (409).
+//! In a cluster the API server is the source of truth: writes get 409
+//! pointing at `kubectl`.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path as FsPath, PathBuf},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::AdminState;
+use crate::{
+    registry::{
+        Document, ResourceError, UnknownFields, directory::without_references, parse_document,
+    },
+    resource::ValidTransport,
+};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServerEntry {
+    name: String,
+    namespace: String,
+    enabled: bool,
+    transport: &'static str,
+    source: String,
+    /// What each replica reports of it, by replica id.
+    replicas: BTreeMap<String, Value>,
+}
+
+/// The read route and the write routes, for their own gates.
+pub fn routers() -> (Router<AdminState>, Router<AdminState>) {
+    let read = Router::new().route("/servers", get(list));
+    let write = Router::new()
+        .route("/servers", axum::routing::post(create))
+        .route(
+            "/servers/{name}",
+            axum::routing::put(replace).delete(remove),
+        );
+    (read, write)
+}
+
+async fn list(State(state): State<AdminState>) -> Json<Value> {
+    let replicas = state
+        .peers
+        .merged(state.replicas.snapshot(), state.snapshots.borrow().version);
+    let registry = state.registry.borrow().clone();
+    let health = |name: &str| -> BTreeMap<String, Value> {
+        replicas
+            .iter()
+            .filter_map(|(id, replica)| {
+                let server = replica.servers.iter().find(|s| s.name == name)?;
+                Some((id.clone(), serde_json::to_value(server).unwrap_or_default()))
+            })
+            .collect()
+    };
+    let servers: Vec<ServerEntry> = registry
+        .servers
+        .values()
+        .map(|server| ServerEntry {
+            name: server.name.clone(),
+            namespace: server.namespace.clone(),
+            enabled: server.enabled,
+            transport: match &server.transport {
+                ValidTransport::Stdio { .. } => "stdio",
+                ValidTransport::Http { .. } => "http",
+                ValidTransport::Sse { .. } => "sse",
+            },
+            source: registry
+                .origins
+                .get(&server.name)
+                .cloned()
+                .unwrap_or_default(),
+            replicas: health(&server.name),
+        })
+        .collect();
+    // Problems are per document, of any kind: all of them, as /status has.
+    Json(json!({ "servers": servers, "issues": registry.issues }))
+}
+
+/// `POST /servers`: a new server, as `<name>.yaml`.
+async fn create(State(state): State<AdminState>, body: Bytes) -> Response {
+    let dir = match writable(&state) {
+        Ok(dir) => dir,
+        Err(refused) => return refused,
+    };
+    let name = match validate(&body) {
+        Ok(name) => name,
+        Err(refused) => return refused,
+    };
+    let path = file_of(&dir, &name);
+    let known = state.registry.borrow().origins.get(&name).cloned();
+    if known.is_some() || path.exists() {
+        let source = known.unwrap_or_else(|| path.display().to_string());
+        return conflict(format!(
+            "McpServer `{name}` exists ({source}): PUT /servers/{name} replaces it"
+        ));
+    }
+    match write(&path, &body) {
+        Ok(()) => {
+            info!(server = %name, file = %path.display(), "added a server through the API");
+            created(StatusCode::CREATED, &name, &path)
+        }
+        Err(err) => unwritable(&path, &err),
+    }
+}
+
+/// `PUT /servers/{name}`: the server's file, replaced (or made).
+async fn replace(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let dir = match writable(&state) {
+        Ok(dir) => dir,
+        Err(refused) => return refused,
+    };
+    if let Err(refused) = named(&name) {
+        return refused;
+    }
+    match validate(&body) {
+        Ok(written) if written == name => {}
+        Ok(written) => {
+            return unprocessable(
+                Some("metadata.name".into()),
+                format!("the document names `{written}`, the path `{name}`"),
+            );
+        }
+        Err(refused) => return refused,
+    }
+    let path = file_of(&dir, &name);
+    if let Err(refused) = own_file(&state, &name, &path) {
+        return refused;
+    }
+    match write(&path, &body) {
+        Ok(()) => {
+            info!(server = %name, file = %path.display(), "replaced a server through the API");
+            created(StatusCode::OK, &name, &path)
+        }
+        Err(err) => unwritable(&path, &err),
+    }
+}
+
+/// `DELETE /servers/{name}`: its file, removed.
+async fn remove(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    let dir = match writable(&state) {
+        Ok(dir) => dir,
+        Err(refused) => return refused,
+    };
+    if let Err(refused) = named(&name) {
+        return refused;
+    }
+    let path = file_of(&dir, &name);
+    if let Err(refused) = own_file(&state, &name, &path) {
+        return refused;
+    }
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                json!({ "error": format!("no McpServer `{name}` in the registry directory") }),
+            );
+        }
+        Err(err) => return unwritable(&path, &err),
+    };
+    let documents = serde_yaml::Deserializer::from_str(&text).count();
+    if documents > 1 {
+        return conflict(format!(
+            "{} holds {documents} documents: edit it by hand",
+            path.display()
+        ));
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            info!(server = %name, file = %path.display(), "removed a server through the API");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(err) => unwritable(&path, &err),
+    }
+}
+
+/// The registry directory, unless the registry is a cluster's.
+fn writable(state: &AdminState) -> Result<PathBuf, Response> {
+    state.registry_dir.clone().ok_or_else(|| {
+        conflict(
+            "the registry is the cluster's McpServer resources: change them with `kubectl apply -f` and `kubectl delete mcps`"
+                .into(),
+        )
+    })
+}
+
+/// A path's name must be a server's: a DNS label, so never a path.
+fn named(name: &str) -> Result<(), Response> {
+    crate::resource::check_dns_label(name)
+        .map_err(|reason| problem(StatusCode::BAD_REQUEST, json!({ "error": reason })))
+}
+
+/// `name`, when it is defined at all, must be defined by `path`.
+fn own_file(state: &AdminState, name: &str, path: &FsPath) -> Result<(), Response> {
+    match state.registry.borrow().origins.get(name) {
+        Some(source) if FsPath::new(source) != path => Err(conflict(format!(
+            "McpServer `{name}` is defined in {source}: edit that file"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Parses and validates a document as the directory watcher will; its
+/// server's name.
+fn validate(body: &[u8]) -> Result<String, Response> {
+    let value: serde_yaml::Value = serde_yaml::from_slice(body)
+        .map_err(|err| unprocessable(None, format!("not a YAML or JSON document: {err}")))?;
+    let refused = |(_, field, message): ResourceError| unprocessable(field, message);
+    match parse_document(value, UnknownFields::Refuse).map_err(refused)? {
+        Document::Server(server) => {
+            let server = without_references(*server).map_err(refused)?;
+            Ok(server.name)
+        }
+        _ => Err(unprocessable(
+            Some("kind".into()),
+            "this API takes McpServer documents".into(),
+        )),
+    }
+}
+
+fn file_of(dir: &FsPath, name: &str) -> PathBuf {
+    dir.join(format!("{name}.yaml"))
+}
+
+/// Writes `body` to `path` whole: a temporary file (which the watcher
+/// ignores) renamed into place.
+fn write(path: &FsPath, body: &[u8]) -> std::io::Result<()> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
+    std::fs::write(&temporary, body)?;
+    std::fs::rename(&temporary, path)
+}
+
+fn created(status: StatusCode, name: &str, path: &FsPath) -> Response {
+    let body = json!({ "name": name, "file": path.display().to_string() });
+    (status, Json(body)).into_response()
+}
+
+fn unprocessable(field: Option<String>, message: String) -> Response {
+    problem(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!({ "error": message, "field": field }),
+    )
+}
+
+fn conflict(message: String) -> Response {
+    problem(StatusCode::CONFLICT, json!({ "error": message }))
+}
+
+fn unwritable(path: &FsPath, err: &std::io::Error) -> Response {
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({ "error": format!("cannot write {}: {err}", path.display()) }),
+    )
+}
+
+fn problem(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
