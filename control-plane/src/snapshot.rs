@@ -337,10 +337,7 @@ mod tests {
                 .iter()
                 .map(|s| (s.name.clone(), s.clone()))
                 .collect(),
-            clients: BTreeMap::new(),
-            policies: BTreeMap::new(),
-            gateway: None,
-            issues: vec![],
+            ..Registry::default()
         }
     }
 

@@ -48,6 +48,20 @@ struct ServerEntry {
     replicas: BTreeMap<String, Value>,
 }
 
+/// A refusal: its status and JSON body.
+struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type Answer = Result<Response, ApiError>;
+
 /// The read route and the write routes, for their own gates.
 pub fn routers() -> (Router<AdminState>, Router<AdminState>) {
     let read = Router::new().route("/servers", get(list));
@@ -99,109 +113,70 @@ async fn list(State(state): State<AdminState>) -> Json<Value> {
 }
 
 /// `POST /servers`: a new server, as `<name>.yaml`.
-async fn create(State(state): State<AdminState>, body: Bytes) -> Response {
-    let dir = match writable(&state) {
-        Ok(dir) => dir,
-        Err(refused) => return refused,
-    };
-    let name = match validate(&body) {
-        Ok(name) => name,
-        Err(refused) => return refused,
-    };
+async fn create(State(state): State<AdminState>, body: Bytes) -> Answer {
+    let dir = writable(&state)?;
+    let name = validate(&body)?;
     let path = file_of(&dir, &name);
     let known = state.registry.borrow().origins.get(&name).cloned();
     if known.is_some() || path.exists() {
         let source = known.unwrap_or_else(|| path.display().to_string());
-        return conflict(format!(
+        return Err(conflict(format!(
             "McpServer `{name}` exists ({source}): PUT /servers/{name} replaces it"
-        ));
+        )));
     }
-    match write(&path, &body) {
-        Ok(()) => {
-            info!(server = %name, file = %path.display(), "added a server through the API");
-            created(StatusCode::CREATED, &name, &path)
-        }
-        Err(err) => unwritable(&path, &err),
-    }
+    write(&path, &body).map_err(|err| unwritable(&path, &err))?;
+    info!(server = %name, file = %path.display(), "added a server through the API");
+    Ok(created(StatusCode::CREATED, &name, &path))
 }
 
 /// `PUT /servers/{name}`: the server's file, replaced (or made).
-async fn replace(
-    State(state): State<AdminState>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Response {
-    let dir = match writable(&state) {
-        Ok(dir) => dir,
-        Err(refused) => return refused,
-    };
-    if let Err(refused) = named(&name) {
-        return refused;
-    }
-    match validate(&body) {
-        Ok(written) if written == name => {}
-        Ok(written) => {
-            return unprocessable(
-                Some("metadata.name".into()),
-                format!("the document names `{written}`, the path `{name}`"),
-            );
-        }
-        Err(refused) => return refused,
+async fn replace(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Answer {
+    let dir = writable(&state)?;
+    named(&name)?;
+    let written = validate(&body)?;
+    if written != name {
+        return Err(unprocessable(
+            Some("metadata.name".into()),
+            format!("the document names `{written}`, the path `{name}`"),
+        ));
     }
     let path = file_of(&dir, &name);
-    if let Err(refused) = own_file(&state, &name, &path) {
-        return refused;
-    }
-    match write(&path, &body) {
-        Ok(()) => {
-            info!(server = %name, file = %path.display(), "replaced a server through the API");
-            created(StatusCode::OK, &name, &path)
-        }
-        Err(err) => unwritable(&path, &err),
-    }
+    own_file(&state, &name, &path)?;
+    write(&path, &body).map_err(|err| unwritable(&path, &err))?;
+    info!(server = %name, file = %path.display(), "replaced a server through the API");
+    Ok(created(StatusCode::OK, &name, &path))
 }
 
 /// `DELETE /servers/{name}`: its file, removed.
-async fn remove(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
-    let dir = match writable(&state) {
-        Ok(dir) => dir,
-        Err(refused) => return refused,
-    };
-    if let Err(refused) = named(&name) {
-        return refused;
-    }
+async fn remove(State(state): State<AdminState>, Path(name): Path<String>) -> Answer {
+    let dir = writable(&state)?;
+    named(&name)?;
     let path = file_of(&dir, &name);
-    if let Err(refused) = own_file(&state, &name, &path) {
-        return refused;
-    }
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return problem(
+    own_file(&state, &name, &path)?;
+    let text = std::fs::read_to_string(&path).map_err(|err| {
+        if err.kind() == std::io::ErrorKind::NotFound {
+            problem(
                 StatusCode::NOT_FOUND,
                 json!({ "error": format!("no McpServer `{name}` in the registry directory") }),
-            );
+            )
+        } else {
+            unwritable(&path, &err)
         }
-        Err(err) => return unwritable(&path, &err),
-    };
+    })?;
     let documents = serde_yaml::Deserializer::from_str(&text).count();
     if documents > 1 {
-        return conflict(format!(
+        return Err(conflict(format!(
             "{} holds {documents} documents: edit it by hand",
             path.display()
-        ));
+        )));
     }
-    match std::fs::remove_file(&path) {
-        Ok(()) => {
-            info!(server = %name, file = %path.display(), "removed a server through the API");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(err) => unwritable(&path, &err),
-    }
+    std::fs::remove_file(&path).map_err(|err| unwritable(&path, &err))?;
+    info!(server = %name, file = %path.display(), "removed a server through the API");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The registry directory, unless the registry is a cluster's.
-fn writable(state: &AdminState) -> Result<PathBuf, Response> {
+fn writable(state: &AdminState) -> Result<PathBuf, ApiError> {
     state.registry_dir.clone().ok_or_else(|| {
         conflict(
             "the registry is the cluster's McpServer resources: change them with `kubectl apply -f` and `kubectl delete mcps`"
@@ -211,13 +186,13 @@ fn writable(state: &AdminState) -> Result<PathBuf, Response> {
 }
 
 /// A path's name must be a server's: a DNS label, so never a path.
-fn named(name: &str) -> Result<(), Response> {
+fn named(name: &str) -> Result<(), ApiError> {
     crate::resource::check_dns_label(name)
         .map_err(|reason| problem(StatusCode::BAD_REQUEST, json!({ "error": reason })))
 }
 
 /// `name`, when it is defined at all, must be defined by `path`.
-fn own_file(state: &AdminState, name: &str, path: &FsPath) -> Result<(), Response> {
+fn own_file(state: &AdminState, name: &str, path: &FsPath) -> Result<(), ApiError> {
     match state.registry.borrow().origins.get(name) {
         Some(source) if FsPath::new(source) != path => Err(conflict(format!(
             "McpServer `{name}` is defined in {source}: edit that file"
@@ -228,7 +203,7 @@ fn own_file(state: &AdminState, name: &str, path: &FsPath) -> Result<(), Respons
 
 /// Parses and validates a document as the directory watcher will; its
 /// server's name.
-fn validate(body: &[u8]) -> Result<String, Response> {
+fn validate(body: &[u8]) -> Result<String, ApiError> {
     let value: serde_yaml::Value = serde_yaml::from_slice(body)
         .map_err(|err| unprocessable(None, format!("not a YAML or JSON document: {err}")))?;
     let refused = |(_, field, message): ResourceError| unprocessable(field, message);
@@ -265,24 +240,24 @@ fn created(status: StatusCode, name: &str, path: &FsPath) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn unprocessable(field: Option<String>, message: String) -> Response {
+fn unprocessable(field: Option<String>, message: String) -> ApiError {
     problem(
         StatusCode::UNPROCESSABLE_ENTITY,
         json!({ "error": message, "field": field }),
     )
 }
 
-fn conflict(message: String) -> Response {
+fn conflict(message: String) -> ApiError {
     problem(StatusCode::CONFLICT, json!({ "error": message }))
 }
 
-fn unwritable(path: &FsPath, err: &std::io::Error) -> Response {
+fn unwritable(path: &FsPath, err: &std::io::Error) -> ApiError {
     problem(
         StatusCode::INTERNAL_SERVER_ERROR,
         json!({ "error": format!("cannot write {}: {err}", path.display()) }),
     )
 }
 
-fn problem(status: StatusCode, body: Value) -> Response {
-    (status, Json(body)).into_response()
+fn problem(status: StatusCode, body: Value) -> ApiError {
+    ApiError { status, body }
 }
