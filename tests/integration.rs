@@ -9,6 +9,8 @@ mod chart;
 mod check;
 #[path = "scenarios/conformance.rs"]
 mod conformance;
+#[path = "scenarios/connect.rs"]
+mod connect;
 #[path = "scenarios/control_plane_outage.rs"]
 mod control_plane_outage;
 #[path = "scenarios/kubernetes.rs"]

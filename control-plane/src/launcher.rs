@@ -44,7 +44,7 @@ pub struct UpConfig {
 
 /// Runs until `stop` resolves or the gateway exits on its own.
 pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let gateway_bin = sibling_binary(GATEWAY_BINARY)?;
+    let gateway_bin = gateway_binary()?;
     let token = config.control_plane.replica_token.clone();
     let ca = config
         .control_plane
@@ -171,6 +171,10 @@ pub fn default_registry() -> anyhow::Result<PathBuf> {
 }
 
 /// The gateway binary next to this one (both come out of one `cargo build`).
+pub fn gateway_binary() -> anyhow::Result<PathBuf> {
+    sibling_binary(GATEWAY_BINARY)
+}
+
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("locating switchboard-control")?;
     let dir = me.parent().unwrap_or(Path::new("."));

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod check;
+pub mod connect;
 pub mod launcher;
 pub mod leader;
 pub mod metrics;

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use control_plane::{app, auth::Token, check, launcher, tls::ServerTls};
+use control_plane::{app, auth::Token, check, connect, launcher, tls::ServerTls};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 #[derive(Parser)]
@@ -39,6 +39,34 @@ enum Command {
     Crd,
     /// Serve the registry to gateway replicas.
     Serve(ControlArgs),
+    /// Prints the config snippet an MCP client needs to reach the gateway
+    /// (`--list` names the clients and the files they read).
+    Connect {
+        /// claude-code, claude-desktop, codex, cursor, vscode, opencode,
+        /// openclaw, gemini-cli or windsurf.
+        #[arg(required_unless_present = "list")]
+        client: Option<String>,
+        /// The clients known, and the config file each reads.
+        #[arg(long)]
+        list: bool,
+        /// Who the client is, in the gateway's logs, traces and metrics
+        /// (default: `<client>-<user>`).
+        #[arg(long)]
+        caller: Option<String>,
+        /// The gateway's MCP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:8787/mcp")]
+        url: String,
+        /// The entry's name in the client's config.
+        #[arg(long, default_value = "switchboard")]
+        name: String,
+        /// Present a token: URL clients read it from `SWITCHBOARD_TOKEN` in
+        /// their environment, bridge clients from `--token-file`.
+        #[arg(long)]
+        auth: bool,
+        /// The token file bridge clients read (implies `--auth`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Is everything working? Checks the control plane, its replicas, every
     /// server and an MCP round trip through the gateway, in that order;
     /// exits non-zero naming the first thing that fails.
@@ -266,6 +294,46 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => {
             print!("{}", control_plane::resource::crd_yaml()?);
+            Ok(())
+        }
+        Command::Connect {
+            client,
+            list,
+            caller,
+            url,
+            name,
+            auth,
+            token_file,
+        } => {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            if list {
+                for client in &connect::CLIENTS {
+                    println!(
+                        "{:<15} {}",
+                        client.name,
+                        client.config_path(&home).display()
+                    );
+                }
+                return Ok(());
+            }
+            let client = connect::client(client.as_deref().unwrap_or_default())?;
+            let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+            let caller = caller.unwrap_or_else(|| format!("{}-{user}", client.name));
+            let bridge = launcher::gateway_binary()
+                .map(|path| path.display().to_string())
+                .unwrap_or_else(|_| "switchboard-gateway".into());
+            let token_file = token_file.map(|path| path.display().to_string());
+            let auth = (auth || token_file.is_some()).then(|| token_file.as_deref().unwrap_or(""));
+            let snippet = connect::Snippet {
+                endpoint: &url,
+                caller: &caller,
+                name: &name,
+                bridge: &bridge,
+                auth,
+            };
+            print!("{}", client.render(&snippet)?);
             Ok(())
         }
         Command::Check {

@@ -1,8 +1,8 @@
 """A client other than rmcp: the official Python MCP SDK (PyPI `mcp`).
 
 Connects to a Switchboard gateway over streamable HTTP (`http URL`), over
-legacy HTTP+SSE (`sse URL`, the gateway's `/sse`), or by starting the stdio
-bridge (`bridge GATEWAY_BIN URL`), exercises tools,
+legacy HTTP+SSE (`sse URL`, the gateway's `/sse`), or by starting a command
+that speaks stdio, such as the bridge (`stdio COMMAND ARGS...`), exercises tools,
 prompts, resources and sampling, and prints one JSON object describing what
 it saw. The Rust test that runs it asserts on that object.
 """
@@ -70,10 +70,7 @@ async def main():
     elif mode == "sse":
         target = sse_client(sys.argv[2])
     else:
-        gateway, url = sys.argv[2], sys.argv[3]
-        target = StdioServerParameters(
-            command=gateway, args=["bridge", "--url", url, "--caller", "python-bridge"]
-        )
+        target = StdioServerParameters(command=sys.argv[2], args=sys.argv[3:])
     print(json.dumps(await exercise(target)))
 
 

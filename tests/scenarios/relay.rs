@@ -690,7 +690,7 @@ async fn stdio_bridge_relays_both_ways_and_names_the_caller() {
 }
 
 /// Runs the Python SDK client script and returns what it saw.
-async fn python_sdk(args: &[&str]) -> Value {
+pub async fn python_sdk(args: &[&str]) -> Value {
     e2e::require_python_module("mcp", "mcp");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/sdk_client.py");
     let output = tokio::time::timeout(
@@ -720,7 +720,7 @@ async fn python_sdk(args: &[&str]) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
-fn assert_python_saw_the_gateway(seen: &Value) {
+pub fn assert_python_saw_the_gateway(seen: &Value) {
     assert_eq!(seen["server"], "switchboard", "{seen}");
     let tools = seen["tools"].as_array().expect("tools");
     assert!(tools.contains(&json!("everything.echo")), "{seen}");
@@ -779,7 +779,17 @@ async fn python_sdk_client_over_http_sse_and_through_the_bridge() {
 
     let gateway = e2e::bin_dir().join("switchboard-gateway");
     let gateway = gateway.display().to_string();
-    let bridged = python_sdk(&["bridge", &gateway, &sb.mcp_url()]).await;
+    let url = sb.mcp_url();
+    let bridge = [
+        "stdio",
+        &gateway,
+        "bridge",
+        "--url",
+        &url,
+        "--caller",
+        "python-bridge",
+    ];
+    let bridged = python_sdk(&bridge).await;
     assert_python_saw_the_gateway(&bridged);
     eventually("the bridge's caller in the request log", WAIT, || async {
         let logs = sb.logs();

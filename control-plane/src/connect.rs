@@ -1,0 +1,257 @@
+//! `switchboard-control connect`: the snippet each MCP client needs to
+//! reach the gateway, rendered from `templates/clients/` (one file per
+//! client, in that client's own format), not built in code. Each snippet
+//! reaches the gateway the way its client does best: streamable HTTP
+//! where the client takes a URL, the stdio bridge where it only starts
+//! commands; and each names the caller (`?caller=` on the URL, or the
+//! bridge's `--caller`), so logs and traces tell clients apart. With
+//! `--auth` a snippet presents a token: URL clients read it from
+//! `SWITCHBOARD_TOKEN` in their environment (written as each client
+//! spells an environment reference), bridge clients from a token file.
+
+use std::path::PathBuf;
+
+/// One client this command knows.
+pub struct Client {
+    pub name: &'static str,
+    /// The file it reads its MCP servers from, from the home directory
+    /// (Linux; macOS where it differs).
+    pub config: &'static str,
+    pub config_macos: Option<&'static str>,
+    /// `json` or `toml`.
+    pub format: &'static str,
+    /// Starts commands only: reached through the stdio bridge.
+    bridge: bool,
+    template: &'static str,
+}
+
+pub const CLIENTS: [Client; 9] = [
+    Client {
+        name: "claude-code",
+        config: ".claude.json",
+        config_macos: None,
+        format: "json",
+        bridge: false,
+        template: include_str!("../../templates/clients/claude-code.json"),
+    },
+    Client {
+        name: "claude-desktop",
+        config: ".config/Claude/claude_desktop_config.json",
+        config_macos: Some("Library/Application Support/Claude/claude_desktop_config.json"),
+        format: "json",
+        bridge: true,
+        template: include_str!("../../templates/clients/claude-desktop.json"),
+    },
+    Client {
+        name: "codex",
+        config: ".codex/config.toml",
+        config_macos: None,
+        format: "toml",
+        bridge: false,
+        template: include_str!("../../templates/clients/codex.toml"),
+    },
+    Client {
+        name: "cursor",
+        config: ".cursor/mcp.json",
+        config_macos: None,
+        format: "json",
+        bridge: false,
+        template: include_str!("../../templates/clients/cursor.json"),
+    },
+    Client {
+        name: "vscode",
+        config: ".config/Code/User/mcp.json",
+        config_macos: Some("Library/Application Support/Code/User/mcp.json"),
+        format: "json",
+        bridge: false,
+        template: include_str!("../../templates/clients/vscode.json"),
+    },
+    Client {
+        name: "opencode",
+        config: ".config/opencode/opencode.json",
+        config_macos: None,
+        format: "json",
+        bridge: false,
+        template: include_str!("../../templates/clients/opencode.json"),
+    },
+    Client {
+        name: "openclaw",
+        config: ".openclaw/openclaw.json",
+        config_macos: None,
+        format: "json",
+        bridge: false,
+        template: include_str!("../../templates/clients/openclaw.json"),
+    },
+    Client {
+        name: "gemini-cli",
+        config: ".gemini/settings.json",
+        config_macos: None,
+        format: "json",
+        bridge: false,
+        template: include_str!("../../templates/clients/gemini-cli.json"),
+    },
+    Client {
+        name: "windsurf",
+        config: ".codeium/windsurf/mcp_config.json",
+        config_macos: None,
+        format: "json",
+        bridge: false,
+        template: include_str!("../../templates/clients/windsurf.json"),
+    },
+];
+
+/// What a snippet is rendered with.
+pub struct Snippet<'a> {
+    /// The gateway's MCP endpoint.
+    pub endpoint: &'a str,
+    pub caller: &'a str,
+    /// The entry's name in the client's config.
+    pub name: &'a str,
+    /// The gateway binary the bridge runs.
+    pub bridge: &'a str,
+    /// Present a token: URL clients from `SWITCHBOARD_TOKEN`, bridge
+    /// clients from this file.
+    pub auth: Option<&'a str>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("unknown client `{0}`; `switchboard-control connect --list` names the ones known")]
+    Unknown(String),
+    #[error("{0} starts the bridge, which reads its token from a file: give --token-file")]
+    NeedsTokenFile(&'static str),
+}
+
+pub fn client(name: &str) -> Result<&'static Client, ConnectError> {
+    CLIENTS
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| ConnectError::Unknown(name.to_owned()))
+}
+
+impl Client {
+    /// The snippet for this client.
+    pub fn render(&self, snippet: &Snippet<'_>) -> Result<String, ConnectError> {
+        let token_file = match (snippet.auth, self.bridge) {
+            (Some(""), true) => return Err(ConnectError::NeedsTokenFile(self.name)),
+            (Some(file), _) => file,
+            (None, _) => "",
+        };
+        let separator = if snippet.endpoint.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let url = format!(
+            "{}{separator}caller={}",
+            snippet.endpoint,
+            encode(snippet.caller)
+        );
+        let mut out = String::new();
+        for line in self.template.lines() {
+            let line = match line.strip_suffix("{{#auth}}") {
+                Some(kept) if snippet.auth.is_some() => kept.trim_end(),
+                Some(_) => continue,
+                None => line,
+            };
+            let line = line
+                .replace("{{name}}", &escape(snippet.name))
+                .replace("{{url}}", &escape(&url))
+                .replace("{{endpoint}}", &escape(snippet.endpoint))
+                .replace("{{caller}}", &escape(snippet.caller))
+                .replace("{{bridge}}", &escape(snippet.bridge))
+                .replace("{{token_file}}", &escape(token_file));
+            out.push_str(&line);
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// Where this client keeps its config on this machine.
+    pub fn config_path(&self, home: &std::path::Path) -> PathBuf {
+        match self.config_macos.filter(|_| cfg!(target_os = "macos")) {
+            Some(path) => home.join(path),
+            None => home.join(self.config),
+        }
+    }
+}
+
+/// A value inside a JSON or TOML basic string: both escape `\` and `"`
+/// alike, and no value here holds control characters.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// A caller name as a URL query value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snippet(auth: Option<&'static str>) -> Snippet<'static> {
+        Snippet {
+            endpoint: "http://127.0.0.1:8787/mcp",
+            caller: "codex-alice",
+            name: "switchboard",
+            bridge: "/usr/local/bin/switchboard-gateway",
+            auth,
+        }
+    }
+
+    #[test]
+    fn every_client_names_the_caller_and_auth_lines_come_only_with_auth() {
+        for client in &CLIENTS {
+            let open = client.render(&snippet(None)).expect("renders");
+            assert!(open.contains("codex-alice"), "{}: {open}", client.name);
+            assert!(!open.contains("{{"), "{}: {open}", client.name);
+            assert!(
+                !open.contains("SWITCHBOARD_TOKEN"),
+                "{}: {open}",
+                client.name
+            );
+            let closed = client
+                .render(&snippet(Some("/home/alice/.switchboard-token")))
+                .expect("renders");
+            assert!(
+                closed.contains("SWITCHBOARD_TOKEN"),
+                "{}: {closed}",
+                client.name
+            );
+        }
+        let desktop = client("claude-desktop").expect("known");
+        assert!(matches!(
+            desktop.render(&snippet(Some(""))),
+            Err(ConnectError::NeedsTokenFile(_))
+        ));
+        assert!(client("notepad").is_err());
+    }
+
+    #[test]
+    fn values_are_escaped_for_the_format() {
+        let odd = Snippet {
+            caller: "a \"b\" & c",
+            ..snippet(None)
+        };
+        let rendered = client("cursor")
+            .expect("known")
+            .render(&odd)
+            .expect("renders");
+        assert!(
+            rendered.contains("caller=a%20%22b%22%20%26%20c"),
+            "{rendered}"
+        );
+        assert_eq!(encode("x y"), "x%20y");
+        assert_eq!(escape(r#"C:\ "q""#), r#"C:\\ \"q\""#);
+    }
+}

@@ -1,0 +1,156 @@
+//! `switchboard-control connect`: every client's snippet parses with a
+//! real parser of its format, names the caller, and carries the token
+//! reference only when asked; and real clients reach the gateway with
+//! what the snippets say: the Python MCP SDK over the URL a URL client
+//! gets, and through the bridge command a command-only client gets, each
+//! seen under its caller in the gateway's log.
+
+use e2e::{Switchboard, bin_dir, eventually, everything_server_yaml};
+use serde_json::{Value, json};
+
+use crate::relay::{assert_python_saw_the_gateway, python_sdk};
+
+async fn connect(args: &[&str]) -> String {
+    let output = tokio::process::Command::new(bin_dir().join("switchboard-control"))
+        .arg("connect")
+        .args(args)
+        .env("USER", "tester")
+        .output()
+        .await
+        .expect("running switchboard-control connect");
+    assert!(
+        output.status.success(),
+        "connect {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `text` as JSON, read by Python's own parser for `format` (`json`, or
+/// `tomllib` for TOML).
+fn parsed(format: &str, text: &str) -> Value {
+    let reader = match format {
+        "toml" => "import sys, json, tomllib; print(json.dumps(tomllib.loads(sys.stdin.read())))",
+        _ => "import sys, json; print(json.dumps(json.loads(sys.stdin.read())))",
+    };
+    let mut child = std::process::Command::new(e2e::python())
+        .args(["-c", reader])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let output = child.wait_with_output().expect("python ends");
+    assert!(
+        output.status.success(),
+        "not {format}: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON from python")
+}
+
+#[tokio::test]
+async fn every_clients_snippet_parses_and_names_its_caller() {
+    let listed = connect(&["--list"]).await;
+    let clients: Vec<(String, String)> = listed
+        .lines()
+        .filter_map(|line| {
+            let (name, path) = line.split_once(' ')?;
+            Some((name.to_owned(), path.trim().to_owned()))
+        })
+        .collect();
+    assert_eq!(clients.len(), 9, "{listed}");
+    for (client, path) in &clients {
+        let format = if path.ends_with(".toml") {
+            "toml"
+        } else {
+            "json"
+        };
+        let open = parsed(format, &connect(&[client]).await);
+        let text = open.to_string();
+        assert!(
+            text.contains(&format!("{client}-tester")),
+            "{client}: {text}"
+        );
+        assert!(!text.contains("SWITCHBOARD_TOKEN"), "{client}: {text}");
+        let closed = parsed(
+            format,
+            &connect(&[client, "--token-file", "/home/tester/.switchboard-token"]).await,
+        );
+        assert!(
+            closed.to_string().contains("SWITCHBOARD_TOKEN"),
+            "{client}: {closed}"
+        );
+    }
+    // Each where its client reads it.
+    let codex = parsed("toml", &connect(&["codex", "--caller", "ci"]).await);
+    assert_eq!(
+        codex["mcp_servers"]["switchboard"]["url"],
+        "http://127.0.0.1:8787/mcp?caller=ci"
+    );
+    let opencode = parsed("json", &connect(&["opencode"]).await);
+    assert_eq!(opencode["$schema"], "https://opencode.ai/config.json");
+    assert_eq!(opencode["mcp"]["switchboard"]["type"], "remote");
+    let vscode = parsed("json", &connect(&["vscode", "--name", "team-tools"]).await);
+    assert_eq!(vscode["servers"]["team-tools"]["type"], "http");
+}
+
+#[tokio::test]
+async fn real_clients_reach_the_gateway_the_way_their_snippets_say() {
+    let sb = Switchboard::start(&[(
+        "everything.yaml",
+        &everything_server_yaml("everything", json!({})),
+    )])
+    .await;
+    sb.wait_server_state("everything", "ready").await;
+    let url = sb.mcp_url();
+
+    // A URL client: the SDK over the snippet's URL.
+    let cursor = parsed("json", &connect(&["cursor", "--url", &url]).await);
+    let snippet_url = cursor["mcpServers"]["switchboard"]["url"]
+        .as_str()
+        .expect("a URL")
+        .to_owned();
+    assert_python_saw_the_gateway(&python_sdk(&["http", &snippet_url]).await);
+
+    // A command-only client: the SDK starts the snippet's command.
+    let desktop = parsed("json", &connect(&["claude-desktop", "--url", &url]).await);
+    let entry = &desktop["mcpServers"]["switchboard"];
+    let mut command = vec![
+        "stdio".to_owned(),
+        entry["command"].as_str().expect("command").to_owned(),
+    ];
+    command.extend(
+        entry["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned)),
+    );
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    assert_python_saw_the_gateway(&python_sdk(&command).await);
+
+    for caller in ["cursor-tester", "claude-desktop-tester"] {
+        eventually(
+            &format!("{caller} in the request log"),
+            e2e::EVENTUALLY,
+            || async {
+                let logs = sb.logs();
+                logs.lines()
+                    .any(|l| {
+                        l.contains("message=request") && l.contains(&format!("caller={caller}"))
+                    })
+                    .then_some(())
+                    .ok_or("not yet".to_owned())
+            },
+        )
+        .await;
+    }
+}
