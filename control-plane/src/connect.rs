@@ -8,8 +8,13 @@
 //! `--auth` a snippet presents a token: URL clients read it from
 //! `SWITCHBOARD_TOKEN` in their environment (written as each client
 //! spells an environment reference), bridge clients from a token file.
+//! `--write` merges the entry into the client's own file ([`merge`]).
 
-use std::path::PathBuf;
+mod merge;
+
+use std::path::{Path, PathBuf};
+
+pub use merge::{MergeError, merge};
 
 /// One client this command knows.
 pub struct Client {
@@ -22,6 +27,8 @@ pub struct Client {
     pub format: &'static str,
     /// Starts commands only: reached through the stdio bridge.
     bridge: bool,
+    /// The object (or TOML table) holding the client's server entries.
+    pub entries: &'static [&'static str],
     template: &'static str,
 }
 
@@ -32,6 +39,7 @@ pub const CLIENTS: [Client; 9] = [
         config_macos: None,
         format: "json",
         bridge: false,
+        entries: &["mcpServers"],
         template: include_str!("../../templates/clients/claude-code.json"),
     },
     Client {
@@ -40,6 +48,7 @@ pub const CLIENTS: [Client; 9] = [
         config_macos: Some("Library/Application Support/Claude/claude_desktop_config.json"),
         format: "json",
         bridge: true,
+        entries: &["mcpServers"],
         template: include_str!("../../templates/clients/claude-desktop.json"),
     },
     Client {
@@ -48,6 +57,7 @@ pub const CLIENTS: [Client; 9] = [
         config_macos: None,
         format: "toml",
         bridge: false,
+        entries: &["mcp_servers"],
         template: include_str!("../../templates/clients/codex.toml"),
     },
     Client {
@@ -56,6 +66,7 @@ pub const CLIENTS: [Client; 9] = [
         config_macos: None,
         format: "json",
         bridge: false,
+        entries: &["mcpServers"],
         template: include_str!("../../templates/clients/cursor.json"),
     },
     Client {
@@ -64,6 +75,7 @@ pub const CLIENTS: [Client; 9] = [
         config_macos: Some("Library/Application Support/Code/User/mcp.json"),
         format: "json",
         bridge: false,
+        entries: &["servers"],
         template: include_str!("../../templates/clients/vscode.json"),
     },
     Client {
@@ -72,6 +84,7 @@ pub const CLIENTS: [Client; 9] = [
         config_macos: None,
         format: "json",
         bridge: false,
+        entries: &["mcp"],
         template: include_str!("../../templates/clients/opencode.json"),
     },
     Client {
@@ -80,6 +93,7 @@ pub const CLIENTS: [Client; 9] = [
         config_macos: None,
         format: "json",
         bridge: false,
+        entries: &["mcp", "servers"],
         template: include_str!("../../templates/clients/openclaw.json"),
     },
     Client {
@@ -88,6 +102,7 @@ pub const CLIENTS: [Client; 9] = [
         config_macos: None,
         format: "json",
         bridge: false,
+        entries: &["mcpServers"],
         template: include_str!("../../templates/clients/gemini-cli.json"),
     },
     Client {
@@ -96,6 +111,7 @@ pub const CLIENTS: [Client; 9] = [
         config_macos: None,
         format: "json",
         bridge: false,
+        entries: &["mcpServers"],
         template: include_str!("../../templates/clients/windsurf.json"),
     },
 ];
@@ -112,6 +128,98 @@ pub struct Snippet<'a> {
     /// Present a token: URL clients from `SWITCHBOARD_TOKEN`, bridge
     /// clients from this file.
     pub auth: Option<&'a str>,
+}
+
+/// What `--write` did, or would do.
+pub enum Written {
+    /// The entry was there as wanted: nothing written.
+    Unchanged,
+    Wrote {
+        backup: Option<PathBuf>,
+    },
+    /// `--dry-run`: the unified diff of the change.
+    Diff(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Merge { path: String, source: MergeError },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Merges `snippet`'s entry `name` into the client's config at `path`: a
+/// timestamped backup of the file first, then the new text written whole
+/// (a temporary file renamed into place); or, `dry_run`, the diff.
+pub fn write_into(
+    path: &Path,
+    client: &Client,
+    snippet: &str,
+    name: &str,
+    dry_run: bool,
+) -> Result<Written, WriteError> {
+    let shown = path.display().to_string();
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(WriteError::Read {
+                path: shown,
+                source,
+            });
+        }
+    };
+    let before = existing.as_deref().unwrap_or("");
+    let merged = merge(client, before, snippet, name).map_err(|source| WriteError::Merge {
+        path: shown.clone(),
+        source,
+    })?;
+    if merged == before {
+        return Ok(Written::Unchanged);
+    }
+    if dry_run {
+        let diff = similar::TextDiff::from_lines(before, &merged)
+            .unified_diff()
+            .header(&shown, &shown)
+            .to_string();
+        return Ok(Written::Diff(diff));
+    }
+    let failed = |source| WriteError::Write {
+        path: shown.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    let backup = match &existing {
+        Some(text) => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            let backup = PathBuf::from(format!("{shown}.switchboard-backup-{stamp}"));
+            std::fs::write(&backup, text).map_err(failed)?;
+            Some(backup)
+        }
+        None => None,
+    };
+    let temporary = PathBuf::from(format!("{shown}.switchboard-tmp"));
+    std::fs::write(&temporary, &merged).map_err(failed)?;
+    // The client's file keeps who may read it (it may hold secrets).
+    if let Ok(metadata) = std::fs::metadata(path) {
+        std::fs::set_permissions(&temporary, metadata.permissions()).map_err(failed)?;
+    }
+    std::fs::rename(&temporary, path).map_err(failed)?;
+    Ok(Written::Wrote { backup })
 }
 
 #[derive(Debug, thiserror::Error)]

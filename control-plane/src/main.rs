@@ -66,6 +66,16 @@ enum Command {
         /// The token file bridge clients read (implies `--auth`).
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Merge the entry into the client's config file (a backup first);
+        /// every other setting stays as it was.
+        #[arg(long)]
+        write: bool,
+        /// With `--write`: print the diff instead of writing.
+        #[arg(long, requires = "write")]
+        dry_run: bool,
+        /// With `--write`: this file instead of the client's own.
+        #[arg(long, requires = "write")]
+        config: Option<PathBuf>,
     },
     /// Is everything working? Checks the control plane, its replicas, every
     /// server and an MCP round trip through the gateway, in that order;
@@ -304,6 +314,9 @@ async fn main() -> anyhow::Result<()> {
             name,
             auth,
             token_file,
+            write,
+            dry_run,
+            config,
         } => {
             let home = std::env::var_os("HOME")
                 .map(PathBuf::from)
@@ -333,7 +346,27 @@ async fn main() -> anyhow::Result<()> {
                 bridge: &bridge,
                 auth,
             };
-            print!("{}", client.render(&snippet)?);
+            let rendered = client.render(&snippet)?;
+            if !write {
+                print!("{rendered}");
+                return Ok(());
+            }
+            let path = config.unwrap_or_else(|| client.config_path(&home));
+            match connect::write_into(&path, client, &rendered, &name, dry_run)? {
+                connect::Written::Unchanged => {
+                    println!(
+                        "{}: `{name}` is there as wanted, nothing changed",
+                        path.display()
+                    );
+                }
+                connect::Written::Diff(diff) => print!("{diff}"),
+                connect::Written::Wrote { backup } => {
+                    println!("{}: wrote `{name}`", path.display());
+                    if let Some(backup) = backup {
+                        println!("backup: {}", backup.display());
+                    }
+                }
+            }
             Ok(())
         }
         Command::Check {

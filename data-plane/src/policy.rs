@@ -118,13 +118,17 @@ impl Policies {
 
     /// What a caller without a token may use.
     pub fn anonymous_access(&self) -> Option<Access> {
-        let name: Arc<str> = ANONYMOUS.into();
-        self.access(&Identity {
-            owner: name.clone(),
-            name,
-            groups: Arc::new([]),
-            claims: Arc::new([]),
-        })
+        // Made once: open gateways ask on every request.
+        static IDENTITY: std::sync::LazyLock<Identity> = std::sync::LazyLock::new(|| {
+            let name: Arc<str> = ANONYMOUS.into();
+            Identity {
+                owner: name.clone(),
+                name,
+                groups: Arc::new([]),
+                claims: Arc::new([]),
+            }
+        });
+        self.access(&IDENTITY)
     }
 
     /// What `identity` may use; `None` when no policy names it (it may use

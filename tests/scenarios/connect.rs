@@ -154,3 +154,118 @@ async fn real_clients_reach_the_gateway_the_way_their_snippets_say() {
         .await;
     }
 }
+
+/// `--write` into realistic existing files: the rest stays byte for byte,
+/// a backup comes first, `--dry-run` shows the diff and writes nothing, a
+/// second run changes nothing, and a file that does not parse is left
+/// alone with the line that is wrong.
+#[tokio::test]
+async fn write_merges_into_existing_configs_and_changes_nothing_else() {
+    let dir = tempfile::tempdir().expect("dir");
+    let run = |args: Vec<String>| async move {
+        let output = tokio::process::Command::new(bin_dir().join("switchboard-control"))
+            .arg("connect")
+            .args(&args)
+            .env("USER", "tester")
+            .output()
+            .await
+            .expect("connect");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let backups = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .filter(|e| {
+                e.as_ref().is_ok_and(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .contains("switchboard-backup")
+                })
+            })
+            .count()
+    };
+
+    // VS Code's mcp.json is JSONC: comments and other servers stay.
+    let vscode = dir.path().join("mcp.json");
+    let original = "{\n  // team servers\n  \"servers\": {\n    \"github\": { \"type\": \"http\", \"url\": \"https://api.githubcopilot.com/mcp/\" }, // keep\n  },\n  \"inputs\": []\n}\n";
+    std::fs::write(&vscode, original).expect("write");
+    let config = vscode.display().to_string();
+    let args = |extra: &[&str]| {
+        let mut args: Vec<String> = ["vscode", "--write", "--config", &config]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    };
+    let (code, diff, _) = run(args(&["--dry-run"])).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        diff.contains("+") && diff.contains("caller=vscode-tester"),
+        "{diff}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&vscode).expect("read"),
+        original,
+        "dry run"
+    );
+    let (code, said, _) = run(args(&[])).await;
+    assert_eq!(code, Some(0), "{said}");
+    let merged = std::fs::read_to_string(&vscode).expect("read");
+    for line in original.lines().filter(|l| !l.trim().starts_with('}')) {
+        assert!(merged.contains(line), "`{line}` kept:\n{merged}");
+    }
+    assert!(merged.contains("\"switchboard\""), "{merged}");
+    assert_eq!(backups(dir.path()), 1);
+    let (code, said, _) = run(args(&[])).await;
+    assert_eq!(code, Some(0));
+    assert!(said.contains("nothing changed"), "{said}");
+    assert_eq!(std::fs::read_to_string(&vscode).expect("read"), merged);
+    assert_eq!(backups(dir.path()), 1, "no backup when nothing changes");
+
+    // Codex's TOML: the rest byte for byte, and TOML a parser reads.
+    let codex = dir.path().join("config.toml");
+    let original = "# my codex\nmodel = \"o4-mini\"\n\n[mcp_servers.git]\ncommand = \"uvx\" # local\nargs = [\"mcp-server-git\"]\n";
+    std::fs::write(&codex, original).expect("write");
+    let config = codex.display().to_string();
+    let (code, _, stderr) = run(vec![
+        "codex".into(),
+        "--write".into(),
+        "--config".into(),
+        config.clone(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let merged = std::fs::read_to_string(&codex).expect("read");
+    assert!(merged.starts_with(original), "{merged}");
+    let read = parsed("toml", &merged);
+    assert_eq!(read["mcp_servers"]["git"]["command"], "uvx");
+    assert_eq!(
+        read["mcp_servers"]["switchboard"]["url"],
+        "http://127.0.0.1:8787/mcp?caller=codex-tester"
+    );
+
+    // A broken file: untouched, no backup, the line named.
+    let broken = dir.path().join("broken.json");
+    let text = "{\n  \"mcpServers\": {\n    \"a\": ,\n  }\n}\n";
+    std::fs::write(&broken, text).expect("write");
+    let before = backups(dir.path());
+    let (code, _, stderr) = run(vec![
+        "cursor".into(),
+        "--write".into(),
+        "--config".into(),
+        broken.display().to_string(),
+    ])
+    .await;
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("broken.json") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&broken).expect("read"), text);
+    assert_eq!(backups(dir.path()), before);
+}
