@@ -157,6 +157,35 @@ async fn scripts_list_and_call_tools_with_the_statuses_http_callers_expect() {
         "{open}"
     );
 
+    // The OpenAPI document describes what the handlers take: a body its
+    // schema refuses, the handler refused above too.
+    let document: Value = rest
+        .http
+        .get(format!("{}/openapi.json", rest.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("GET /openapi.json")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(
+        document["paths"]["/tools/call"]["post"].is_object(),
+        "{document}"
+    );
+    e2e::check_openapi(
+        &document,
+        "#/components/schemas/CallBody",
+        &[
+            json!({ "name": "d.echo", "arguments": { "text": "x" } }),
+            json!({ "name": "d.echo" }),
+        ],
+        &[
+            json!({ "tool": "d.echo" }),
+            json!({ "name": "d.echo", "arguments": [1] }),
+        ],
+    );
+
     // Calls are traced and counted as MCP calls are, under their caller.
     let api = format!("http://{}", sb.control_http);
     e2e::eventually("the REST call's trace", e2e::EVENTUALLY, || async {

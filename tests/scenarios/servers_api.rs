@@ -60,6 +60,25 @@ async fn servers_added_replaced_and_removed_over_http_reach_the_gateway() {
         "{listed}"
     );
 
+    // The OpenAPI document's McpServer schema takes what POST takes.
+    let (status, document) = send(
+        http.get(format!("http://{}/openapi.json", sb.control_http))
+            .bearer_auth(ADMIN),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let extra_doc: Value =
+        serde_yaml::from_str(&demo_server_yaml("extra", "x", &[])).expect("YAML");
+    e2e::check_openapi(
+        &document,
+        "#/components/schemas/McpServer",
+        &[extra_doc],
+        &[
+            json!({ "apiVersion": "switchboard.dev/v1alpha1", "kind": "McpServer",
+                  "metadata": { "name": "x" }, "spec": { "transport": "stdio" } }),
+        ],
+    );
+
     // Added: a file in the directory, then tools on the gateway.
     let extra = demo_server_yaml("extra", &format!("{tag}-extra"), &[]);
     let (status, _) = send(http.post(&api).body(extra.clone())).await;

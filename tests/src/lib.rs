@@ -768,3 +768,47 @@ pub fn require_python_module(module: &str, package: &str) {
         python.display()
     );
 }
+
+/// Checks an OpenAPI document with `openapi-spec-validator` (PyPI), and
+/// that the schema at `schema` (a `#/components/...` pointer) accepts each
+/// of `valid` and refuses each of `invalid`.
+pub fn check_openapi(document: &Value, schema: &str, valid: &[Value], invalid: &[Value]) {
+    require_python_module("openapi_spec_validator", "openapi-spec-validator");
+    let script = r#"
+import json, sys
+from openapi_spec_validator import validate
+from jsonschema import Draft202012Validator
+case = json.load(sys.stdin)
+document = case["document"]
+validate(document)
+checker = Draft202012Validator({"$ref": case["schema"], "components": document["components"]})
+for body in case["valid"]:
+    errors = [e.message for e in checker.iter_errors(body)]
+    assert not errors, (body, errors)
+for body in case["invalid"]:
+    assert list(checker.iter_errors(body)), ("accepted", body)
+print("ok")
+"#;
+    let case =
+        json!({ "document": document, "schema": schema, "valid": valid, "invalid": invalid });
+    let mut child = std::process::Command::new(python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(case.to_string().as_bytes())
+            .expect("write the case");
+    }
+    let output = child.wait_with_output().expect("python ends");
+    assert!(
+        output.status.success(),
+        "the OpenAPI document or its schema failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -62,9 +62,11 @@ impl IntoResponse for ApiError {
 
 type Answer = Result<Response, ApiError>;
 
-/// The read route and the write routes, for their own gates.
+/// The read routes and the write routes, for their own gates.
 pub fn routers() -> (Router<AdminState>, Router<AdminState>) {
-    let read = Router::new().route("/servers", get(list));
+    let read = Router::new()
+        .route("/servers", get(list))
+        .route("/openapi.json", get(|| async { Json(openapi()) }));
     let write = Router::new()
         .route("/servers", axum::routing::post(create))
         .route(
@@ -72,6 +74,77 @@ pub fn routers() -> (Router<AdminState>, Router<AdminState>) {
             axum::routing::put(replace).delete(remove),
         );
     (read, write)
+}
+
+/// The OpenAPI 3.1 document of `/servers`, the request schema generated
+/// from the `McpServer` type the handlers validate against.
+pub fn openapi() -> Value {
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|settings| settings.definitions_path = "/components/schemas".into())
+        .into_generator();
+    // A CRD's root schema comes inline: it gets a name of its own here.
+    let inline = generator.subschema_for::<crate::resource::McpServer>();
+    let mut schemas = generator.take_definitions(true);
+    schemas.insert("McpServer".into(), inline.to_value());
+    let server = json!({ "$ref": "#/components/schemas/McpServer" });
+    schemas.insert(
+        "Problem".into(),
+        json!({ "type": "object", "required": ["error"], "properties": {
+            "error": { "type": "string" },
+            "field": { "type": ["string", "null"], "description": "The field that is wrong" } } }),
+    );
+    let problem = |description: &str| {
+        json!({ "description": description, "content": { "application/json": {
+            "schema": { "$ref": "#/components/schemas/Problem" } } } })
+    };
+    let written = json!({ "type": "object", "required": ["name", "file"], "properties": {
+        "name": { "type": "string" }, "file": { "type": "string" } } });
+    let body = json!({ "required": true, "content": {
+        "application/json": { "schema": server.clone() },
+        "application/yaml": { "schema": server } } });
+    let name = json!([{ "name": "name", "in": "path", "required": true,
+        "schema": { "type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63 } }]);
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Switchboard control plane /servers API", "version": env!("CARGO_PKG_VERSION") },
+        "security": [{ "bearer": [] }],
+        "paths": {
+            "/servers": {
+                "get": { "summary": "Every accepted McpServer and the registry's problems",
+                    "responses": { "200": { "description": "The servers" }, "401": problem("The admin token is needed") } },
+                "post": { "summary": "Adds a server (directory mode)", "requestBody": body.clone(),
+                    "responses": {
+                        "201": { "description": "Written", "content": { "application/json": { "schema": written.clone() } } },
+                        "401": problem("The admin token is needed"),
+                        "403": problem("The control plane takes no writes without an admin token"),
+                        "409": problem("The server exists, or the registry is a cluster's"),
+                        "422": problem("The document is not a valid McpServer"),
+                    } },
+            },
+            "/servers/{name}": {
+                "put": { "summary": "Replaces a server (directory mode)", "parameters": name.clone(), "requestBody": body,
+                    "responses": {
+                        "200": { "description": "Written", "content": { "application/json": { "schema": written } } },
+                        "400": problem("Not a server's name"),
+                        "401": problem("The admin token is needed"),
+                        "409": problem("Defined in another file, or the registry is a cluster's"),
+                        "422": problem("The document is not a valid McpServer, or names another"),
+                    } },
+                "delete": { "summary": "Removes a server (directory mode)", "parameters": name,
+                    "responses": {
+                        "204": { "description": "Removed" },
+                        "400": problem("Not a server's name"),
+                        "401": problem("The admin token is needed"),
+                        "404": problem("No such server"),
+                        "409": problem("Defined in another file, or the registry is a cluster's"),
+                    } },
+            },
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+        },
+    })
 }
 
 async fn list(State(state): State<AdminState>) -> Json<Value> {

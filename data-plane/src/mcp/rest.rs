@@ -7,7 +7,9 @@
 //! rate limits, access policies, breakers, timeouts, spans and metrics.
 //! What MCP says in a JSON-RPC error or a gateway `isError` result, REST
 //! says with a status: unknown tool 404, invalid arguments 400, denied
-//! 403, breaker open or server down 503, timeout 504.
+//! 403, breaker open or server down 503, timeout 504. `GET /openapi.json`
+//! describes both, its schemas generated from the types the handlers read
+//! and answer with.
 
 use std::{sync::Arc, time::Duration};
 
@@ -51,11 +53,14 @@ struct Rest {
 }
 
 /// A `POST /tools/call` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CallBody {
+    /// The tool, as `GET /tools` names it.
     name: String,
+    /// The tool's arguments, as its input schema describes them.
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     arguments: Option<Box<RawValue>>,
 }
 
@@ -64,7 +69,71 @@ pub fn router(endpoint: Arc<Endpoint>, limits: BodyLimits) -> Router {
     Router::new()
         .route("/tools", get(tools))
         .route("/tools/call", post(call))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
         .with_state(rest)
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub fn openapi() -> Value {
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|settings| settings.definitions_path = "/components/schemas".into())
+        .into_generator();
+    let call = generator.subschema_for::<CallBody>();
+    let tool = generator.subschema_for::<rmcp::model::Tool>();
+    let result = generator.subschema_for::<rmcp::model::CallToolResult>();
+    let mut schemas = generator.take_definitions(true);
+    schemas.insert(
+        "Problem".into(),
+        json!({ "type": "object", "required": ["error"], "properties": { "error": {
+            "type": "object", "required": ["message"],
+            "properties": { "message": { "type": "string" }, "data": {} } } } }),
+    );
+    let problem = |description: &str| {
+        json!({ "description": description, "content": { "application/json": {
+            "schema": { "$ref": "#/components/schemas/Problem" } } } })
+    };
+    let failed_call = |description: &str| {
+        json!({ "description": description, "content": { "application/json": {
+            "schema": result.clone() } } })
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Switchboard gateway REST API", "version": env!("CARGO_PKG_VERSION") },
+        "security": [{ "bearer": [] }, {}],
+        "paths": {
+            "/tools": { "get": {
+                "summary": "Every tool the caller may use, with its input schema",
+                "parameters": [{ "name": "caller", "in": "query", "required": false,
+                                 "schema": { "type": "string" } }],
+                "responses": {
+                    "200": { "description": "The tools", "content": { "application/json": {
+                        "schema": { "type": "object", "required": ["tools"],
+                                    "properties": { "tools": { "type": "array", "items": tool } } } } } },
+                    "401": problem("A token is needed"),
+                    "429": problem("Over the client's rate"),
+                } } },
+            "/tools/call": { "post": {
+                "summary": "Calls a tool; its result as MCP returns it",
+                "parameters": [{ "name": "caller", "in": "query", "required": false,
+                                 "schema": { "type": "string" } }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": call } } },
+                "responses": {
+                    "200": failed_call("The tool's result (its own errors too, with isError)"),
+                    "400": problem("Not a call, or arguments the server refuses"),
+                    "401": problem("A token is needed"),
+                    "403": problem("An McpAccessPolicy denies the tool"),
+                    "404": problem("No such tool"),
+                    "429": problem("Over the client's rate"),
+                    "502": failed_call("The server failed"),
+                    "503": failed_call("The server's breaker is open, or it is down"),
+                    "504": failed_call("The server did not answer in time"),
+                } } },
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+        },
+    })
 }
 
 /// `GET /tools`: every tool this caller may use, as `tools/list` gives
