@@ -253,3 +253,56 @@ async fn a_rotated_key_is_fetched_when_a_token_names_it() {
         .get();
     assert_eq!(fetched, 2);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a caller sends as a bearer token (any text, or three
+        /// parts of any JSON-ish bytes), it is refused with a reason,
+        /// never accepted and never a panic.
+        #[test]
+        fn any_bearer_is_refused_without_a_panic(
+            text in ".{0,200}",
+            header in proptest::collection::vec(any::<u8>(), 0..64),
+            payload in proptest::collection::vec(any::<u8>(), 0..128),
+            signature in proptest::collection::vec(any::<u8>(), 0..64),
+            alg in prop_oneof![Just("ES256"), Just("RS256"), Just("HS256"), Just("none"), Just("EdDSA")],
+        ) {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let issuers = Issuers::default();
+                issuers.replace(vec![IssuerConfig {
+                    issuer: ISSUER.into(),
+                    audiences: vec!["switchboard".into()],
+                    // Nothing listens there: every fetch fails.
+                    jwks_uri: "http://127.0.0.1:9/jwks".into(),
+                    leeway: Duration::from_secs(30),
+                    name_claim: "sub".into(),
+                    groups_claim: "groups".into(),
+                }]);
+                prop_assert!(issuers.verify(&text).await.is_err());
+                let shaped = format!(
+                    "{}.{}.{}",
+                    b64(&[br#"{"alg":""#.as_slice(), alg.as_bytes(), br#"","kid":"k"}"#.as_slice(), &header].concat()),
+                    b64(&[br#"{"iss":""#.as_slice(), ISSUER.as_bytes(), br#"","#.as_slice(), &payload].concat()),
+                    b64(&signature),
+                );
+                prop_assert!(issuers.verify(&shaped).await.is_err());
+                Ok(())
+            })?;
+        }
+    }
+}
