@@ -14,7 +14,7 @@ mod merge;
 
 use std::path::{Path, PathBuf};
 
-pub use merge::{MergeError, merge};
+pub use merge::{MergeError, merge, with_local};
 
 /// One client this command knows.
 pub struct Client {
@@ -157,14 +157,14 @@ pub enum WriteError {
     },
 }
 
-/// Merges `snippet`'s entry `name` into the client's config at `path`: a
-/// timestamped backup of the file first, then the new text written whole
-/// (a temporary file renamed into place); or, `dry_run`, the diff.
+/// Merges `snippet`'s entries `names` into the client's config at `path`:
+/// a timestamped backup of the file first, then the new text written
+/// whole (a temporary file renamed into place); or, `dry_run`, the diff.
 pub fn write_into(
     path: &Path,
     client: &Client,
     snippet: &str,
-    name: &str,
+    names: &[&str],
     dry_run: bool,
 ) -> Result<Written, WriteError> {
     let shown = path.display().to_string();
@@ -179,10 +179,13 @@ pub fn write_into(
         }
     };
     let before = existing.as_deref().unwrap_or("");
-    let merged = merge(client, before, snippet, name).map_err(|source| WriteError::Merge {
-        path: shown.clone(),
-        source,
-    })?;
+    let mut merged = before.to_owned();
+    for name in names {
+        merged = merge(client, &merged, snippet, name).map_err(|source| WriteError::Merge {
+            path: shown.clone(),
+            source,
+        })?;
+    }
     if merged == before {
         return Ok(Written::Unchanged);
     }

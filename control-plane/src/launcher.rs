@@ -116,6 +116,18 @@ pub fn write_admin_token(token: &Token) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The registry `up` uses without `--registry`: the checkout's, else the
+/// user's (which may not exist yet).
+pub fn registry_path() -> anyhow::Result<PathBuf> {
+    let checkout = PathBuf::from("deploy/local/registry");
+    if checkout.is_dir() {
+        return Ok(checkout);
+    }
+    Ok(user_dir("XDG_CONFIG_HOME", ".config")
+        .context("neither XDG_CONFIG_HOME nor HOME is set: pass --registry DIR")?
+        .join("switchboard/registry"))
+}
+
 /// Where `up` keeps its admin token, and `check` looks for it.
 pub fn admin_token_path() -> anyhow::Result<PathBuf> {
     let state = user_dir("XDG_STATE_HOME", ".local/state")
@@ -149,13 +161,7 @@ const DEMO_REGISTRY: [(&str, &str); 2] = [
 /// `switchboard/registry` in the user's config directory, created with the
 /// demo servers the first time (and left as the user keeps it after).
 pub fn default_registry() -> anyhow::Result<PathBuf> {
-    let checkout = PathBuf::from("deploy/local/registry");
-    if checkout.is_dir() {
-        return Ok(checkout);
-    }
-    let home = user_dir("XDG_CONFIG_HOME", ".config")
-        .context("neither XDG_CONFIG_HOME nor HOME is set: pass --registry DIR")?
-        .join("switchboard/registry");
+    let home = registry_path()?;
     if !home.exists() {
         std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
         for (name, text) in DEMO_REGISTRY {

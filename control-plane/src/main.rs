@@ -76,6 +76,14 @@ enum Command {
         /// With `--write`: this file instead of the client's own.
         #[arg(long, requires = "write")]
         config: Option<PathBuf>,
+        /// A server this client keeps to itself, beside the gateway:
+        /// `NAME={...}`, its entry as the client writes one (JSON).
+        #[arg(long = "local", value_name = "NAME=JSON")]
+        locals: Vec<String>,
+        /// A JSON object of such servers by name (default: the registry
+        /// directory's `local-servers/<client>.json`, when there is one).
+        #[arg(long)]
+        local_file: Option<PathBuf>,
     },
     /// Is everything working? Checks the control plane, its replicas, every
     /// server and an MCP round trip through the gateway, in that order;
@@ -317,6 +325,8 @@ async fn main() -> anyhow::Result<()> {
             write,
             dry_run,
             config,
+            locals,
+            local_file,
         } => {
             let home = std::env::var_os("HOME")
                 .map(PathBuf::from)
@@ -346,13 +356,17 @@ async fn main() -> anyhow::Result<()> {
                 bridge: &bridge,
                 auth,
             };
-            let rendered = client.render(&snippet)?;
+            let locals = local_servers(client.name, &locals, local_file)?;
+            let rendered = connect::with_local(client, &client.render(&snippet)?, &name, &locals)?;
             if !write {
                 print!("{rendered}");
                 return Ok(());
             }
             let path = config.unwrap_or_else(|| client.config_path(&home));
-            match connect::write_into(&path, client, &rendered, &name, dry_run)? {
+            let names: Vec<&str> = std::iter::once(name.as_str())
+                .chain(locals.iter().map(|(local, _)| local.as_str()))
+                .collect();
+            match connect::write_into(&path, client, &rendered, &names, dry_run)? {
                 connect::Written::Unchanged => {
                     println!(
                         "{}: `{name}` is there as wanted, nothing changed",
@@ -457,6 +471,41 @@ async fn main() -> anyhow::Result<()> {
             launcher::up(config, shutdown_signal()).await
         }
     }
+}
+
+/// The servers `client` keeps to itself: from `--local NAME=JSON` flags,
+/// then the file (given, or the registry directory's
+/// `local-servers/<client>.json` when it exists).
+fn local_servers(
+    client: &str,
+    flags: &[String],
+    file: Option<PathBuf>,
+) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    use anyhow::Context;
+    let mut locals = Vec::new();
+    for flag in flags {
+        let (name, entry) = flag
+            .split_once('=')
+            .with_context(|| format!("--local {flag}: write NAME={{...}}"))?;
+        let entry: serde_json::Value = serde_json::from_str(entry)
+            .with_context(|| format!("--local {name}: the entry is not JSON"))?;
+        locals.push((name.to_owned(), entry));
+    }
+    let file = file.or_else(|| {
+        let path = launcher::registry_path()
+            .ok()?
+            .join("local-servers")
+            .join(format!("{client}.json"));
+        path.is_file().then_some(path)
+    });
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let entries: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .with_context(|| format!("{}: a JSON object of entries by name", file.display()))?;
+        locals.extend(entries);
+    }
+    Ok(locals)
 }
 
 /// Outside a pod: the host name and process id.

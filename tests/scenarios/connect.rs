@@ -100,6 +100,27 @@ async fn every_clients_snippet_parses_and_names_its_caller() {
     assert_eq!(opencode["mcp"]["switchboard"]["type"], "remote");
     let vscode = parsed("json", &connect(&["vscode", "--name", "team-tools"]).await);
     assert_eq!(vscode["servers"]["team-tools"]["type"], "http");
+
+    // Servers a client keeps to itself sit beside the gateway's entry,
+    // from flags or from a file of them.
+    let local =
+        r#"fs={"command":"npx","args":["-y","@modelcontextprotocol/server-filesystem","/work"]}"#;
+    let codex = parsed("toml", &connect(&["codex", "--local", local]).await);
+    assert_eq!(codex["mcp_servers"]["fs"]["command"], "npx");
+    assert!(codex["mcp_servers"]["switchboard"]["url"].is_string());
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("cursor.json");
+    std::fs::write(
+        &file,
+        r#"{"notes": {"command": "notes-mcp", "env": {"NOTES": "~/notes"}}}"#,
+    )
+    .expect("write");
+    let cursor = parsed(
+        "json",
+        &connect(&["cursor", "--local-file", &file.display().to_string()]).await,
+    );
+    assert_eq!(cursor["mcpServers"]["notes"]["env"]["NOTES"], "~/notes");
+    assert!(cursor["mcpServers"]["switchboard"]["url"].is_string());
 }
 
 #[tokio::test]

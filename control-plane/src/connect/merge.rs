@@ -24,6 +24,92 @@ pub enum MergeError {
     NotAnObject { key: String },
     #[error("the rendered snippet has no entry `{0}`")]
     NoEntry(String),
+    #[error("local server `{0}` is named as the gateway's entry")]
+    LocalNamedAsGateway(String),
+    #[error("local server `{name}` cannot be written as TOML: {reason}")]
+    NotToml { name: String, reason: String },
+}
+
+/// `rendered` with servers the client keeps to itself beside the
+/// gateway's entry `gateway`: each a name and its entry as that client
+/// writes one.
+pub fn with_local(
+    client: &Client,
+    rendered: &str,
+    gateway: &str,
+    locals: &[(String, Value)],
+) -> Result<String, MergeError> {
+    let mut text = rendered.to_owned();
+    for (name, entry) in locals {
+        if name == gateway {
+            return Err(MergeError::LocalNamedAsGateway(name.clone()));
+        }
+        let nested = client.entries.iter().rev().fold(
+            serde_json::json!({ name.as_str(): entry }),
+            |inner, key| serde_json::json!({ *key: inner }),
+        );
+        let snippet = match client.format {
+            "toml" => to_toml(&nested).map_err(|reason| MergeError::NotToml {
+                name: name.clone(),
+                reason,
+            })?,
+            _ => nested.to_string(),
+        };
+        text = merge(client, &text, &snippet, name)?;
+    }
+    Ok(text)
+}
+
+/// A JSON object as a TOML document.
+fn to_toml(value: &Value) -> Result<String, String> {
+    fn item(value: &Value) -> Result<toml_edit::Value, String> {
+        Ok(match value {
+            Value::String(text) => text.as_str().into(),
+            Value::Bool(flag) => (*flag).into(),
+            Value::Number(number) => match number.as_i64() {
+                Some(int) => int.into(),
+                None => number.as_f64().unwrap_or_default().into(),
+            },
+            Value::Array(items) => {
+                let mut array = toml_edit::Array::new();
+                for value in items {
+                    array.push(item(value)?);
+                }
+                array.into()
+            }
+            Value::Object(map) => {
+                let mut table = toml_edit::InlineTable::new();
+                for (key, value) in map {
+                    table.insert(key, item(value)?);
+                }
+                table.into()
+            }
+            Value::Null => return Err("TOML has no null".into()),
+        })
+    }
+    // Objects as `[a.b]` tables, as people write them; inline only in arrays.
+    fn table(map: &serde_json::Map<String, Value>) -> Result<toml_edit::Table, String> {
+        let mut table = toml_edit::Table::new();
+        table.set_implicit(true);
+        for (key, value) in map {
+            let entry = match value {
+                Value::Object(inner) => toml_edit::Item::Table(table_of(inner)?),
+                other => toml_edit::Item::Value(item(other)?),
+            };
+            table.insert(key, entry);
+        }
+        Ok(table)
+    }
+    fn table_of(map: &serde_json::Map<String, Value>) -> Result<toml_edit::Table, String> {
+        let mut made = table(map)?;
+        made.set_implicit(map.values().all(Value::is_object) && !map.is_empty());
+        Ok(made)
+    }
+    let Value::Object(map) = value else {
+        return Err("not an object".into());
+    };
+    let doc = toml_edit::DocumentMut::from(table(map)?);
+    Ok(doc.to_string())
 }
 
 /// `existing` (a config file's text, empty for none) with the entry
