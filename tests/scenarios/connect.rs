@@ -158,18 +158,8 @@ async fn real_clients_reach_the_gateway_the_way_their_snippets_say() {
     let command: Vec<&str> = command.iter().map(String::as_str).collect();
     assert_python_saw_the_gateway(&python_sdk(&command).await);
 
-    let api = format!("http://{}", sb.control_http);
     for caller in ["cursor-tester", "claude-desktop-tester"] {
-        eventually(&format!("{caller}'s spans"), e2e::EVENTUALLY, || async {
-            let traces = sb
-                .get_json(&format!("{api}/traces?caller={caller}"))
-                .await
-                .map_err(|e| e.to_string())?;
-            (traces["traces"].as_array().is_some_and(|t| !t.is_empty()))
-                .then_some(())
-                .ok_or(traces.to_string())
-        })
-        .await;
+        sb.wait_traces(&format!("caller={caller}")).await;
         eventually(
             &format!("{caller} in the request log"),
             e2e::EVENTUALLY,

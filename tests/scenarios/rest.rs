@@ -187,15 +187,5 @@ async fn scripts_list_and_call_tools_with_the_statuses_http_callers_expect() {
     );
 
     // Calls are traced and counted as MCP calls are, under their caller.
-    let api = format!("http://{}", sb.control_http);
-    e2e::eventually("the REST call's trace", e2e::EVENTUALLY, || async {
-        let traces = sb
-            .get_json(&format!("{api}/traces?caller=alice&tool=d.echo"))
-            .await
-            .map_err(|e| e.to_string())?;
-        (traces["traces"].as_array().is_some_and(|t| !t.is_empty()))
-            .then_some(())
-            .ok_or(traces.to_string())
-    })
-    .await;
+    sb.wait_traces("caller=alice&tool=d.echo").await;
 }

@@ -498,16 +498,7 @@ async fn declared_clients_need_their_token_and_are_the_caller() {
         .await
         .expect("alice calls");
     let api = format!("http://{}", sb.control_http);
-    let traces = eventually("alice's trace", EVENTUALLY, || async {
-        let traces = sb
-            .get_json(&format!("{api}/traces?caller=alice&tool=d.echo"))
-            .await
-            .map_err(|e| e.to_string())?;
-        (traces["traces"].as_array().is_some_and(|t| !t.is_empty()))
-            .then(|| traces.clone())
-            .ok_or(traces.to_string())
-    })
-    .await;
+    let traces = sb.wait_traces("caller=alice&tool=d.echo").await;
     assert!(traces.to_string().contains("alice"), "{traces}");
     let pretended = sb
         .get_json(&format!("{api}/traces?caller=pretender"))

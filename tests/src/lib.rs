@@ -412,6 +412,19 @@ impl Switchboard {
             .expect("control plane /status")
     }
 
+    /// The control plane's `/traces?{query}` once it holds at least one
+    /// trace (traces arrive in batches, a moment after the call).
+    pub async fn wait_traces(&self, query: &str) -> Value {
+        let url = format!("http://{}/traces?{query}", self.control_http);
+        eventually(&format!("traces for {query}"), EVENTUALLY, || async {
+            let traces = self.get_json(&url).await.map_err(|e| e.to_string())?;
+            (traces["traces"].as_array().is_some_and(|t| !t.is_empty()))
+                .then(|| traces.clone())
+                .ok_or(traces.to_string())
+        })
+        .await
+    }
+
     /// GET a URL: status code and body.
     pub async fn get_text(&self, url: &str) -> anyhow::Result<(u16, String)> {
         let response = self.http.get(url).send().await?;

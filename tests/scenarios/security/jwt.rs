@@ -141,17 +141,7 @@ async fn jwts_from_a_trusted_issuer_are_callers_and_policies_name_them_by_claims
     call(&alice, "d.echo", json!({ "text": "as alice" }))
         .await
         .expect("alice calls");
-    let api = format!("http://{}", sb.control_http);
-    eventually("alice's trace", EVENTUALLY, || async {
-        let traces = sb
-            .get_json(&format!("{api}/traces?caller=alice&tool=d.echo"))
-            .await
-            .map_err(|e| e.to_string())?;
-        (traces["traces"].as_array().is_some_and(|t| !t.is_empty()))
-            .then_some(())
-            .ok_or(traces.to_string())
-    })
-    .await;
+    sb.wait_traces("caller=alice&tool=d.echo").await;
     // Another team's caller is not under the policy.
     let bob = connect_with_headers(
         &url,
