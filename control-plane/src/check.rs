@@ -100,6 +100,26 @@ pub async fn run(target: &Target) -> Vec<Outcome> {
     outcomes
 }
 
+/// Whether `url` names this machine.
+pub fn is_loopback(url: &str) -> bool {
+    url.parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| {
+            let host = uri
+                .host()?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            Some(
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback()),
+            )
+        })
+        .unwrap_or(false)
+}
+
 /// One line per check, as a person reads them.
 pub fn render(outcomes: &[Outcome]) -> String {
     outcomes
@@ -262,17 +282,28 @@ async fn round_trip(http: &reqwest::Client, target: &Target) -> Result<String, S
     let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
     let _ = post(initialized, Some(&session)).await;
     let list = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" });
-    let answer = post(list, Some(&session))
-        .await
-        .map_err(|e| format!("tools/list: {}", e.without_url()))?
-        .text()
-        .await
-        .map_err(|e| format!("tools/list: {}", e.without_url()))?;
+    let answer = async {
+        let response = post(list, Some(&session))
+            .await
+            .map_err(|e| format!("tools/list: {}", e.without_url()))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| format!("tools/list: {}", e.without_url()))?;
+        match status.is_success() {
+            true => Ok(text),
+            false => Err(format!("tools/list answered HTTP {status}: {text}")),
+        }
+    }
+    .await;
+    // The session ends whatever tools/list did.
     let mut delete = http.delete(url).header("mcp-session-id", &session);
     if let Some(token) = &target.client_token {
         delete = delete.bearer_auth(token.expose());
     }
     let _ = delete.send().await;
+    let answer = answer?;
     let reply = json_or_event(&answer).ok_or_else(|| format!("tools/list answered {answer}"))?;
     let tools = reply["result"]["tools"]
         .as_array()

@@ -200,29 +200,49 @@ pub fn write_into(
         path: shown.clone(),
         source,
     };
-    if let Some(dir) = path.parent() {
+    // A symlinked config (dotfile managers) is changed where it points.
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir).map_err(failed)?;
     }
+    // Copies get the file's own mode from their first byte: it may hold
+    // secrets others must not read.
+    let mode = std::fs::metadata(&target)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap_or(0o600);
     let backup = match &existing {
         Some(text) => {
             let stamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
+                .map(|d| d.as_nanos())
                 .unwrap_or_default();
-            let backup = PathBuf::from(format!("{shown}.switchboard-backup-{stamp}"));
-            std::fs::write(&backup, text).map_err(failed)?;
+            let backup = PathBuf::from(format!("{}.switchboard-backup-{stamp}", target.display()));
+            create_new(&backup, text.as_bytes(), mode).map_err(failed)?;
             Some(backup)
         }
         None => None,
     };
-    let temporary = PathBuf::from(format!("{shown}.switchboard-tmp"));
-    std::fs::write(&temporary, &merged).map_err(failed)?;
-    // The client's file keeps who may read it (it may hold secrets).
-    if let Ok(metadata) = std::fs::metadata(path) {
-        std::fs::set_permissions(&temporary, metadata.permissions()).map_err(failed)?;
-    }
-    std::fs::rename(&temporary, path).map_err(failed)?;
+    let temporary = PathBuf::from(format!(
+        "{}.switchboard-tmp-{}",
+        target.display(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&temporary);
+    create_new(&temporary, merged.as_bytes(), mode).map_err(failed)?;
+    std::fs::rename(&temporary, &target).map_err(failed)?;
     Ok(Written::Wrote { backup })
+}
+
+/// Writes a file that must not exist yet, with `mode` from the start.
+fn create_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +251,8 @@ pub enum ConnectError {
     Unknown(String),
     #[error("{0} starts the bridge, which reads its token from a file: give --token-file")]
     NeedsTokenFile(&'static str),
+    #[error("{0} holds a control character, which no config file takes")]
+    ControlCharacter(&'static str),
 }
 
 pub fn client(name: &str) -> Result<&'static Client, ConnectError> {
@@ -258,6 +280,25 @@ impl Client {
             snippet.endpoint,
             encode(snippet.caller)
         );
+        let values = [
+            ("name", escape(snippet.name)),
+            ("name_key", toml_key(snippet.name)),
+            ("url", escape(&url)),
+            ("endpoint", escape(snippet.endpoint)),
+            ("caller", escape(snippet.caller)),
+            ("bridge", escape(snippet.bridge)),
+            ("token_file", escape(token_file)),
+        ];
+        for (field, value) in [
+            ("--name", snippet.name),
+            ("--caller", snippet.caller),
+            ("--url", snippet.endpoint),
+            ("--token-file", token_file),
+        ] {
+            if value.chars().any(char::is_control) {
+                return Err(ConnectError::ControlCharacter(field));
+            }
+        }
         let mut out = String::new();
         for line in self.template.lines() {
             let line = match line.strip_suffix("{{#auth}}") {
@@ -265,14 +306,26 @@ impl Client {
                 Some(_) => continue,
                 None => line,
             };
-            let line = line
-                .replace("{{name}}", &escape(snippet.name))
-                .replace("{{url}}", &escape(&url))
-                .replace("{{endpoint}}", &escape(snippet.endpoint))
-                .replace("{{caller}}", &escape(snippet.caller))
-                .replace("{{bridge}}", &escape(snippet.bridge))
-                .replace("{{token_file}}", &escape(token_file));
-            out.push_str(&line);
+            // One pass: a value holding `{{…}}` stays as it is.
+            let mut rest = line;
+            while let Some(start) = rest.find("{{") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                match after.find("}}").and_then(|end| {
+                    let value = values.iter().find(|(key, _)| *key == &after[..end])?;
+                    Some((end, &value.1))
+                }) {
+                    Some((end, value)) => {
+                        out.push_str(value);
+                        rest = &after[end + 2..];
+                    }
+                    None => {
+                        out.push_str("{{");
+                        rest = after;
+                    }
+                }
+            }
+            out.push_str(rest);
             out.push('\n');
         }
         Ok(out)
@@ -291,6 +344,18 @@ impl Client {
 /// alike, and no value here holds control characters.
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// A TOML table key: bare when it can be, quoted otherwise.
+fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    match bare {
+        true => name.to_owned(),
+        false => format!("\"{}\"", escape(name)),
+    }
 }
 
 /// A caller name as a URL query value.
@@ -346,6 +411,49 @@ mod tests {
             Err(ConnectError::NeedsTokenFile(_))
         ));
         assert!(client("notepad").is_err());
+    }
+
+    #[test]
+    fn names_with_dots_or_quotes_stay_one_key_and_values_stay_values() {
+        let odd = Snippet {
+            name: "team.tools \"x\"",
+            caller: "{{url}}",
+            ..snippet(None)
+        };
+        let codex = client("codex")
+            .expect("known")
+            .render(&odd)
+            .expect("renders");
+        assert!(
+            codex.starts_with("[mcp_servers.\"team.tools \\\"x\\\"\"]"),
+            "{codex}"
+        );
+        let parsed: toml_edit::DocumentMut = codex.parse().expect("TOML");
+        assert!(
+            parsed["mcp_servers"]["team.tools \"x\""]["url"].is_str(),
+            "{codex}"
+        );
+        assert!(
+            codex.contains("caller=%7B%7Burl%7D%7D"),
+            "not substituted twice: {codex}"
+        );
+        let cursor = client("cursor")
+            .expect("known")
+            .render(&odd)
+            .expect("renders");
+        let parsed: serde_json::Value = serde_json::from_str(&cursor).expect("JSON");
+        assert!(
+            parsed["mcpServers"]["team.tools \"x\""].is_object(),
+            "{cursor}"
+        );
+        let newline = Snippet {
+            caller: "a\nb",
+            ..snippet(None)
+        };
+        assert!(matches!(
+            client("codex").expect("known").render(&newline),
+            Err(ConnectError::ControlCharacter("--caller"))
+        ));
     }
 
     #[test]

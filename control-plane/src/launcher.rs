@@ -123,6 +123,11 @@ pub fn registry_path() -> anyhow::Result<PathBuf> {
     if checkout.is_dir() {
         return Ok(checkout);
     }
+    registry_home()
+}
+
+/// The user's registry directory (which may not exist yet).
+pub fn registry_home() -> anyhow::Result<PathBuf> {
     Ok(user_dir("XDG_CONFIG_HOME", ".config")
         .context("neither XDG_CONFIG_HOME nor HOME is set: pass --registry DIR")?
         .join("switchboard/registry"))

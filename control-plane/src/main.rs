@@ -329,8 +329,11 @@ async fn main() -> anyhow::Result<()> {
             local_file,
         } => {
             let home = std::env::var_os("HOME")
+                .filter(|home| !home.is_empty())
                 .map(PathBuf::from)
-                .unwrap_or_default();
+                .ok_or_else(|| {
+                    anyhow::anyhow!("HOME is not set: nowhere to find the clients' configs")
+                })?;
             if list {
                 for client in &connect::CLIENTS {
                     println!(
@@ -347,7 +350,11 @@ async fn main() -> anyhow::Result<()> {
             let bridge = launcher::gateway_binary()
                 .map(|path| path.display().to_string())
                 .unwrap_or_else(|_| "switchboard-gateway".into());
-            let token_file = token_file.map(|path| path.display().to_string());
+            // The bridge starts wherever its client runs it: an absolute path.
+            let token_file = match token_file {
+                Some(path) => Some(std::path::absolute(&path)?.display().to_string()),
+                None => None,
+            };
             let auth = (auth || token_file.is_some()).then(|| token_file.as_deref().unwrap_or(""));
             let snippet = connect::Snippet {
                 endpoint: &url,
@@ -395,10 +402,12 @@ async fn main() -> anyhow::Result<()> {
                 Some(file) => Some(Token::read(&file)?),
                 None => match Token::from_file_or_env(None, "SWITCHBOARD_ADMIN_TOKEN")? {
                     Some(token) => Some(token),
-                    // Where `up` keeps it, if it is there.
-                    None => launcher::admin_token_path()
+                    // Where `up` keeps it, if it is there: only for a
+                    // control plane on this machine.
+                    None if check::is_loopback(&control_plane) => launcher::admin_token_path()
                         .ok()
                         .and_then(|path| Token::read(&path).ok()),
+                    None => None,
                 },
             };
             let target = check::Target {
@@ -474,8 +483,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The servers `client` keeps to itself: from `--local NAME=JSON` flags,
-/// then the file (given, or the registry directory's
-/// `local-servers/<client>.json` when it exists).
+/// then the file (given, or `local-servers/<client>.json` in the user's
+/// registry directory when it exists, never one in whatever directory
+/// this runs in; the file used is named).
 fn local_servers(
     client: &str,
     flags: &[String],
@@ -492,13 +502,14 @@ fn local_servers(
         locals.push((name.to_owned(), entry));
     }
     let file = file.or_else(|| {
-        let path = launcher::registry_path()
+        let path = launcher::registry_home()
             .ok()?
             .join("local-servers")
             .join(format!("{client}.json"));
         path.is_file().then_some(path)
     });
     if let Some(file) = file {
+        eprintln!("local servers from {}", file.display());
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
         let entries: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)

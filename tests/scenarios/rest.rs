@@ -128,6 +128,17 @@ async fn scripts_list_and_call_tools_with_the_statuses_http_callers_expect() {
     assert_eq!(status, 400, "{invalid}");
     let (status, _) = rest.call(json!({ "tool": "d.echo" })).await;
     assert_eq!(status, 400);
+    // A body a page of another origin could send without asking first.
+    let plain = rest
+        .http
+        .post(format!("{}/tools/call", rest.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/plain")
+        .body(r#"{"name": "d.echo", "arguments": {"text": "x"}}"#)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(plain.status(), 415);
     let (status, _) = rest
         .call(json!({ "name": "d.echo", "arguments": [1] }))
         .await;

@@ -139,6 +139,40 @@ async fn servers_added_replaced_and_removed_over_http_reach_the_gateway() {
     })
     .await;
 
+    // Files holding anything else are never written over or removed, and
+    // a prefix another server holds is not taken from it.
+    let client = "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {name: team}\nspec: {token: {sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08}}\n";
+    sb.write_file("team.yaml", client);
+    let team = demo_server_yaml("team", &format!("{tag}-team"), &[]);
+    let (status, refused) = send(
+        http.put(format!("{api}/team"))
+            .bearer_auth(ADMIN)
+            .body(team),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    let (status, _) = send(http.delete(format!("{api}/team")).bearer_auth(ADMIN)).await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        std::fs::read_to_string(sb.registry().join("team.yaml")).expect("kept"),
+        client
+    );
+    // (A declared client closes the gateway: this test's calls carry no token.)
+    sb.remove_file("team.yaml");
+    let squatter = json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "McpServer",
+        "metadata": { "name": "aaa" },
+        "spec": { "namespace": "demo", "transport": { "stdio": { "command": "x" } } },
+    });
+    let (status, refused) = send(
+        http.post(&api)
+            .bearer_auth(ADMIN)
+            .body(squatter.to_string()),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(!sb.registry().join("aaa.yaml").exists());
+
     // Names that are not servers' never become paths.
     let (status, _) = send(http.delete(format!("{api}/..%2Fdemo")).bearer_auth(ADMIN)).await;
     assert_eq!(status, 400);

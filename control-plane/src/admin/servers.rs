@@ -189,6 +189,8 @@ async fn list(State(state): State<AdminState>) -> Json<Value> {
 async fn create(State(state): State<AdminState>, body: Bytes) -> Answer {
     let dir = writable(&state)?;
     let name = validate(&body)?;
+    free_prefix(&state, &name, &body)?;
+    let _writing = WRITES.lock();
     let path = file_of(&dir, &name);
     let known = state.registry.borrow().origins.get(&name).cloned();
     if known.is_some() || path.exists() {
@@ -213,6 +215,8 @@ async fn replace(State(state): State<AdminState>, Path(name): Path<String>, body
             format!("the document names `{written}`, the path `{name}`"),
         ));
     }
+    free_prefix(&state, &name, &body)?;
+    let _writing = WRITES.lock();
     let path = file_of(&dir, &name);
     own_file(&state, &name, &path)?;
     write(&path, &body).map_err(|err| unwritable(&path, &err))?;
@@ -224,29 +228,22 @@ async fn replace(State(state): State<AdminState>, Path(name): Path<String>, body
 async fn remove(State(state): State<AdminState>, Path(name): Path<String>) -> Answer {
     let dir = writable(&state)?;
     named(&name)?;
+    let _writing = WRITES.lock();
     let path = file_of(&dir, &name);
     own_file(&state, &name, &path)?;
-    let text = std::fs::read_to_string(&path).map_err(|err| {
-        if err.kind() == std::io::ErrorKind::NotFound {
-            problem(
-                StatusCode::NOT_FOUND,
-                json!({ "error": format!("no McpServer `{name}` in the registry directory") }),
-            )
-        } else {
-            unwritable(&path, &err)
-        }
-    })?;
-    let documents = serde_yaml::Deserializer::from_str(&text).count();
-    if documents > 1 {
-        return Err(conflict(format!(
-            "{} holds {documents} documents: edit it by hand",
-            path.display()
-        )));
+    if !path.exists() {
+        return Err(problem(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("no McpServer `{name}` in the registry directory") }),
+        ));
     }
     std::fs::remove_file(&path).map_err(|err| unwritable(&path, &err))?;
     info!(server = %name, file = %path.display(), "removed a server through the API");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// One write at a time: a check and the write it allows are one step.
+static WRITES: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 /// The registry directory, unless the registry is a cluster's.
 fn writable(state: &AdminState) -> Result<PathBuf, ApiError> {
@@ -264,11 +261,57 @@ fn named(name: &str) -> Result<(), ApiError> {
         .map_err(|reason| problem(StatusCode::BAD_REQUEST, json!({ "error": reason })))
 }
 
-/// `name`, when it is defined at all, must be defined by `path`.
+/// `name`, when it is defined at all, must be defined by `path`, and
+/// `path`, when it exists, must hold that server alone: the API never
+/// touches a file with anything else in it (clients, policies, other
+/// servers).
 fn own_file(state: &AdminState, name: &str, path: &FsPath) -> Result<(), ApiError> {
-    match state.registry.borrow().origins.get(name) {
-        Some(source) if FsPath::new(source) != path => Err(conflict(format!(
+    if let Some(source) = state.registry.borrow().origins.get(name)
+        && FsPath::new(source) != path
+    {
+        return Err(conflict(format!(
             "McpServer `{name}` is defined in {source}: edit that file"
+        )));
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(unwritable(path, &err)),
+    };
+    let documents: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|document| serde::Deserialize::deserialize(document).ok())
+        .filter(|value: &serde_yaml::Value| !value.is_null())
+        .collect();
+    let alone = matches!(&documents[..], [document]
+        if document.get("kind").and_then(|k| k.as_str()).is_none_or(|k| k == "McpServer")
+            && document["metadata"]["name"].as_str() == Some(name));
+    if alone {
+        Ok(())
+    } else {
+        Err(conflict(format!(
+            "{} holds more than McpServer `{name}`: edit it by hand",
+            path.display()
+        )))
+    }
+}
+
+/// No other enabled server may hold the prefix `name`'s document asks for:
+/// the registry would keep the first and drop the other.
+fn free_prefix(state: &AdminState, name: &str, body: &[u8]) -> Result<(), ApiError> {
+    let Ok(value) = serde_yaml::from_slice::<serde_yaml::Value>(body) else {
+        return Ok(());
+    };
+    let Ok(Document::Server(server)) = parse_document(value, UnknownFields::Refuse) else {
+        return Ok(());
+    };
+    let registry = state.registry.borrow();
+    match registry
+        .enabled()
+        .find(|other| other.name != name && other.namespace == server.namespace)
+    {
+        Some(other) if server.enabled => Err(conflict(format!(
+            "the prefix `{}` is McpServer `{}`'s: give spec.namespace another",
+            server.namespace, other.name
         ))),
         _ => Ok(()),
     }
@@ -303,7 +346,8 @@ fn write(path: &FsPath, body: &[u8]) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
+    // Unique, so a crashed write never leaves a name the next one trips on.
+    let temporary = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
     std::fs::write(&temporary, body)?;
     std::fs::rename(&temporary, path)
 }

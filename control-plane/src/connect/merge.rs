@@ -1,8 +1,10 @@
 //! Puts a rendered entry into a client's existing config file and
 //! changes nothing else: JSON and JSONC through a concrete syntax tree
 //! (comments, order and layout of the rest kept), TOML through a
-//! format-preserving document. An entry already as wanted leaves the file
-//! byte for byte as it was, so a second run changes nothing. A file that
+//! format-preserving document. Of an entry already there only the keys
+//! the snippet sets are changed (keys the user added stay), and an entry
+//! already as wanted leaves the file byte for byte as it was, so a second
+//! run changes nothing. A file that
 //! does not parse is refused with where it goes wrong.
 
 use jsonc_parser::{
@@ -157,7 +159,13 @@ fn merge_json(
         .as_ref()
         .map(|current| path.iter().fold(current, |value, key| &value[*key]))
         .and_then(|parent| parent.get(name));
-    if present == Some(entry) {
+    let covers = |present: &Value| match (present, entry) {
+        (Value::Object(present), Value::Object(wanted)) => wanted
+            .iter()
+            .all(|(key, value)| present.get(key) == Some(value)),
+        (present, wanted) => present == wanted,
+    };
+    if present.is_some_and(covers) {
         return Ok(existing.to_owned());
     }
     let Some(mut object) = root.object_value() else {
@@ -168,9 +176,27 @@ fn merge_json(
     for key in path {
         object = child_object(&object, key)?;
     }
-    match object.get(name) {
-        Some(prop) => prop.set_value(to_input(entry)),
-        None => {
+    match (object.get(name), entry) {
+        // Only the snippet's keys: what the user added to the entry stays.
+        (Some(prop), Value::Object(wanted)) if prop.object_value().is_some() => {
+            let Some(inner) = prop.object_value() else {
+                return Ok(existing.to_owned());
+            };
+            let had = present.and_then(Value::as_object);
+            for (key, value) in wanted {
+                if had.and_then(|had| had.get(key)) == Some(value) {
+                    continue;
+                }
+                match inner.get(key) {
+                    Some(field) => field.set_value(to_input(value)),
+                    None => {
+                        inner.append(key, to_input(value));
+                    }
+                }
+            }
+        }
+        (Some(prop), _) => prop.set_value(to_input(entry)),
+        (None, _) => {
             object.append(name, to_input(entry));
         }
     }
@@ -236,10 +262,31 @@ fn merge_toml(
             key: (*key).to_owned(),
         })?;
     }
-    if table.get(name).map(ToString::to_string) == Some(entry.to_string()) {
-        return Ok(existing.to_owned());
+    match (
+        table
+            .get_mut(name)
+            .and_then(|item| item.as_table_like_mut()),
+        entry.as_table_like(),
+    ) {
+        // Only the snippet's keys: what the user added to the entry stays.
+        (Some(present), Some(wanted)) => {
+            let mut changed = false;
+            for (key, value) in wanted.iter() {
+                let same = present.get(key).map(|v| v.to_string().trim().to_owned())
+                    == Some(value.to_string().trim().to_owned());
+                if !same {
+                    present.insert(key, value.clone());
+                    changed = true;
+                }
+            }
+            if !changed {
+                return Ok(existing.to_owned());
+            }
+        }
+        _ => {
+            table.insert(name, entry);
+        }
     }
-    table.insert(name, entry);
     Ok(doc.to_string())
 }
 
@@ -301,6 +348,35 @@ mod tests {
         );
         assert!(merged.contains("[mcp_servers.switchboard]"), "{merged}");
         assert!(!merged.contains("[mcp_servers]\n"), "{merged}");
+        let again = merge(codex, &merged, &snippet(codex, "me"), "switchboard").expect("merges");
+        assert_eq!(again, merged);
+    }
+
+    #[test]
+    fn keys_the_user_added_to_the_entry_stay() {
+        let cursor = client("cursor").expect("known");
+        let existing = "{\"mcpServers\": {\"switchboard\": {\"url\": \"http://old/mcp\", \"disabled\": false}}}";
+        let merged =
+            merge(cursor, existing, &snippet(cursor, "me"), "switchboard").expect("merges");
+        let read: Value = serde_json::from_str(&merged).expect("JSON");
+        assert_eq!(
+            read["mcpServers"]["switchboard"]["disabled"], false,
+            "{merged}"
+        );
+        assert!(
+            read["mcpServers"]["switchboard"]["url"]
+                .as_str()
+                .is_some_and(|u| u.contains("caller=me"))
+        );
+        let codex = client("codex").expect("known");
+        let existing =
+            "[mcp_servers.switchboard]\nurl = \"http://old/mcp\"\nenabled_tools = [\"a\"] # mine\n";
+        let merged = merge(codex, existing, &snippet(codex, "me"), "switchboard").expect("merges");
+        assert!(
+            merged.contains("enabled_tools = [\"a\"] # mine"),
+            "{merged}"
+        );
+        assert!(merged.contains("caller=me"), "{merged}");
         let again = merge(codex, &merged, &snippet(codex, "me"), "switchboard").expect("merges");
         assert_eq!(again, merged);
     }

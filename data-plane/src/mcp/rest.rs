@@ -52,6 +52,20 @@ struct Rest {
     limits: BodyLimits,
 }
 
+/// A REST request's session, closed however the request ends (a client
+/// that goes away drops the handler mid-call), and the drain held open
+/// while it runs.
+struct OneRequest {
+    session: Arc<Session>,
+    _blocker: crate::drain::Blocker,
+}
+
+impl Drop for OneRequest {
+    fn drop(&mut self) {
+        self.session.close();
+    }
+}
+
 /// A `POST /tools/call` body.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -140,7 +154,7 @@ pub fn openapi() -> Value {
 /// them, every page of it.
 async fn tools(State(rest): State<Arc<Rest>>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
-    let (session, ctx) = match rest.begin(parts) {
+    let (one, ctx) = match rest.begin(parts) {
         Ok(begun) => begun,
         Err(refused) => return refused.into_response(),
     };
@@ -148,31 +162,45 @@ async fn tools(State(rest): State<Arc<Rest>>, request: Request) -> Response {
     let mut cursor = None;
     let outcome = loop {
         let params = PaginatedRequestParams::default().with_cursor(cursor.take());
-        let request = ClientRequest::ListToolsRequest(ListToolsRequest::with_param(params));
-        let Some(answer) = rest.endpoint.methods.answer(&session, &ctx, request).await else {
-            break Err(StatusCode::SERVICE_UNAVAILABLE);
+        let list = ClientRequest::ListToolsRequest(ListToolsRequest::with_param(params));
+        let Some(answer) = rest.endpoint.methods.answer(&one.session, &ctx, list).await else {
+            break Err("the gateway is stopping".to_owned());
         };
         let page: Value = serde_json::from_slice(&answer).unwrap_or_default();
-        if let Some(items) = page["result"]["tools"].as_array() {
-            tools.extend(items.iter().cloned());
-        }
+        // A page may fail (the catalog changed between pages): no partial list.
+        let Some(items) = page["result"]["tools"].as_array() else {
+            let message = page["error"]["message"]
+                .as_str()
+                .unwrap_or("tools/list failed");
+            break Err(message.to_owned());
+        };
+        tools.extend(items.iter().cloned());
         match page["result"]["nextCursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
             None => break Ok(()),
         }
     };
-    session.close();
     match outcome {
         Ok(()) => Json(json!({ "tools": tools })).into_response(),
-        Err(status) => {
-            (status, Json(json!({ "error": "the gateway is stopping" }))).into_response()
-        }
+        Err(message) => problem(StatusCode::SERVICE_UNAVAILABLE, message, None),
     }
 }
 
 /// `POST /tools/call`.
 async fn call(State(rest): State<Arc<Rest>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    // As `/mcp`: a JSON body only, which a page of another origin cannot
+    // send without asking first (CORS).
+    let json_body = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json_body {
+        return Refusal::unsupported_media_type("Content-Type must be application/json")
+            .into_response();
+    }
     let body = match rest.read(body).await {
         Ok(body) => body,
         Err(refused) => return refused.into_response(),
@@ -198,7 +226,7 @@ async fn call(State(rest): State<Arc<Rest>>, request: Request) -> Response {
             None,
         );
     }
-    let (session, ctx) = match rest.begin(parts) {
+    let (one, ctx) = match rest.begin(parts) {
         Ok(begun) => begun,
         Err(refused) => return refused.into_response(),
     };
@@ -207,7 +235,6 @@ async fn call(State(rest): State<Arc<Rest>>, request: Request) -> Response {
         .as_ref()
         .and_then(|access| access.refuse(Kind::Tool, &call.name))
     {
-        session.close();
         return problem(StatusCode::FORBIDDEN, why, None);
     }
     let params = CallParams {
@@ -216,8 +243,7 @@ async fn call(State(rest): State<Arc<Rest>>, request: Request) -> Response {
         meta: Default::default(),
         params: None,
     };
-    let answer = rest.endpoint.methods.call(&session, &ctx, params).await;
-    session.close();
+    let answer = rest.endpoint.methods.call(&one.session, &ctx, params).await;
     match answer {
         Some(answer) => to_response(&answer),
         None => problem(
@@ -231,7 +257,7 @@ async fn call(State(rest): State<Arc<Rest>>, request: Request) -> Response {
 impl Rest {
     /// The checks every REST request passes, then its one-request session
     /// and context.
-    fn begin(&self, parts: Parts) -> Result<(Arc<Session>, Ctx), Refusal> {
+    fn begin(&self, parts: Parts) -> Result<(OneRequest, Ctx), Refusal> {
         let endpoint = &self.endpoint;
         check_host(&endpoint.allowed_hosts, &parts).map_err(Refusal::forbidden)?;
         if self.limits.drain.is_draining() {
@@ -254,7 +280,10 @@ impl Rest {
             Default::default(),
             Implementation::new("rest", env!("CARGO_PKG_VERSION")),
         );
-        let session = endpoint.sessions.detached(handshake, caller(&parts));
+        let one = OneRequest {
+            session: endpoint.sessions.detached(handshake, caller(&parts)),
+            _blocker: self.limits.drain.blocker(),
+        };
         let ctx = Ctx {
             id: RequestId::Number(1),
             meta: Default::default(),
@@ -263,7 +292,7 @@ impl Rest {
             cancel: CancellationToken::new(),
             stream: None,
         };
-        Ok((session, ctx))
+        Ok((one, ctx))
     }
 
     /// The whole body, within the size and time MCP requests get.
@@ -272,7 +301,16 @@ impl Rest {
         let read = axum::body::to_bytes(body, limits.max_bytes);
         match tokio::time::timeout(limits.read_timeout, read).await {
             Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(_)) => Err(Refusal::too_large(limits.max_bytes)),
+            Ok(Err(err)) => {
+                let too_large = std::error::Error::source(&err)
+                    .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+                Err(match too_large {
+                    true => Refusal::too_large(limits.max_bytes),
+                    false => {
+                        Refusal::invalid_request(format!("cannot read the request body: {err}"))
+                    }
+                })
+            }
             Err(_) => Err(Refusal::too_slow(limits.read_timeout)),
         }
     }
