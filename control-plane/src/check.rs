@@ -100,26 +100,6 @@ pub async fn run(target: &Target) -> Vec<Outcome> {
     outcomes
 }
 
-/// Whether `url` names this machine.
-pub fn is_loopback(url: &str) -> bool {
-    url.parse::<http::Uri>()
-        .ok()
-        .and_then(|uri| {
-            let host = uri
-                .host()?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            Some(
-                host == "localhost"
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback()),
-            )
-        })
-        .unwrap_or(false)
-}
-
 /// One line per check, as a person reads them.
 pub fn render(outcomes: &[Outcome]) -> String {
     outcomes

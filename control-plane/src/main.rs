@@ -404,9 +404,11 @@ async fn main() -> anyhow::Result<()> {
                     Some(token) => Some(token),
                     // Where `up` keeps it, if it is there: only for a
                     // control plane on this machine.
-                    None if check::is_loopback(&control_plane) => launcher::admin_token_path()
-                        .ok()
-                        .and_then(|path| Token::read(&path).ok()),
+                    None if proto::auth::loopback_url(&control_plane) => {
+                        launcher::admin_token_path()
+                            .ok()
+                            .and_then(|path| Token::read(&path).ok())
+                    }
                     None => None,
                 },
             };

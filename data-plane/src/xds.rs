@@ -85,15 +85,7 @@ pub fn grpc_endpoint(
     let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned()).map_err(invalid)?;
     let uri = endpoint.uri().clone();
     if uri.scheme_str() != Some("https") {
-        let loopback = uri
-            .host()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-            .is_some_and(|h| {
-                h == "localhost"
-                    || h.parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            });
-        if !loopback {
+        if !proto::auth::loopback_url(address) {
             warn!(%address, "talking to the control plane without TLS: config (secrets included) and the replica token cross the network in clear");
         }
         return Ok(endpoint);

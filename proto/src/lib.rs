@@ -123,6 +123,23 @@ pub mod auth {
         }
     }
 
+    /// Whether a URL names this machine (`localhost` or a loopback
+    /// address): where a plain-text link crosses no network.
+    pub fn loopback_url(url: &str) -> bool {
+        url.parse::<tonic::codegen::http::Uri>()
+            .ok()
+            .and_then(|uri| {
+                let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+                Some(
+                    host == "localhost"
+                        || host
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback()),
+                )
+            })
+            .unwrap_or(false)
+    }
+
     /// Presents the token on every call of a client:
     /// `SomeClient::with_interceptor(channel, Presenting(token))`.
     #[derive(Clone, Debug)]
@@ -231,6 +248,27 @@ pub mod auth {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn only_urls_naming_this_machine_are_loopback() {
+            for url in [
+                "http://127.0.0.1:8788",
+                "https://localhost/x",
+                "http://[::1]:80/",
+                "http://127.9.9.9",
+            ] {
+                assert!(loopback_url(url), "{url}");
+            }
+            for url in [
+                "http://10.0.0.1",
+                "http://localhost.evil.test",
+                "http://[::2]/",
+                "not a url",
+                "",
+            ] {
+                assert!(!loopback_url(url), "{url}");
+            }
+        }
 
         #[test]
         fn only_the_bearer_form_of_the_token_is_admitted() {

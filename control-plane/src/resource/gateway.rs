@@ -131,7 +131,7 @@ impl McpGatewayConfig {
             }
             let jwks_uri = validate_url(&field("jwksUri"), &spec.jwks_uri, false)?;
             // Keys fetched in clear could be swapped for anyone's on the way.
-            if !jwks_uri.starts_with("https://") && !loopback_url(&jwks_uri) {
+            if !jwks_uri.starts_with("https://") && !proto::auth::loopback_url(&jwks_uri) {
                 return Err(ValidationError::new(
                     field("jwksUri"),
                     "must be https:// (keys fetched over plain HTTP could be anyone's); http:// only to loopback",
@@ -171,26 +171,6 @@ impl McpGatewayConfig {
             issuers,
         })
     }
-}
-
-/// An `http://` URL whose host is this machine.
-fn loopback_url(url: &str) -> bool {
-    url.parse::<http::Uri>()
-        .ok()
-        .and_then(|uri| {
-            let host = uri
-                .host()?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            Some(
-                host == "localhost"
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback()),
-            )
-        })
-        .unwrap_or(false)
 }
 
 #[cfg(test)]
