@@ -33,21 +33,7 @@ fn parsed(format: &str, text: &str) -> Value {
         "toml" => "import sys, json, tomllib; print(json.dumps(tomllib.loads(sys.stdin.read())))",
         _ => "import sys, json; print(json.dumps(json.loads(sys.stdin.read())))",
     };
-    let mut child = std::process::Command::new(e2e::python())
-        .args(["-c", reader])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let output = child.wait_with_output().expect("python ends");
+    let output = e2e::python_with_input(reader, text.as_bytes());
     assert!(
         output.status.success(),
         "not {format}: {}\n{text}",

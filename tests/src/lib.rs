@@ -782,6 +782,25 @@ pub fn require_python_module(module: &str, package: &str) {
     );
 }
 
+/// Runs a Python `script` (`python -c`) with `input` on its stdin.
+pub fn python_with_input(script: &str, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write python's stdin");
+    child.wait_with_output().expect("python ends")
+}
+
 /// Checks an OpenAPI document with `openapi-spec-validator` (PyPI), and
 /// that the schema at `schema` (a `#/components/...` pointer) accepts each
 /// of `valid` and refuses each of `invalid`.
@@ -804,21 +823,7 @@ print("ok")
 "#;
     let case =
         json!({ "document": document, "schema": schema, "valid": valid, "invalid": invalid });
-    let mut child = std::process::Command::new(python())
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(case.to_string().as_bytes())
-            .expect("write the case");
-    }
-    let output = child.wait_with_output().expect("python ends");
+    let output = python_with_input(script, case.to_string().as_bytes());
     assert!(
         output.status.success(),
         "the OpenAPI document or its schema failed:\n{}",
