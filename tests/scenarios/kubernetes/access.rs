@@ -258,6 +258,29 @@ async fn the_install_tokens_secret_clients_and_policies_close_the_cluster() {
         "the client is listed: {status}"
     );
     assert!(!status.contains(client_token), "the token leaked");
+
+    // Other names for the gRPC port: a new CA and certificate for them,
+    // the tokens as they were.
+    drop(sb.control.take());
+    sb.control_args = pod_args(
+        &api,
+        &[
+            "--tokens-secret",
+            TOKENS,
+            "--grpc-tls-names",
+            "127.0.0.1,switchboard.example",
+        ],
+    );
+    sb.start_control_plane().await;
+    let renamed = stored_tokens(&api).expect("the Secret");
+    for key in ["admin", "client", "replica"] {
+        assert_eq!(token(&renamed, key), token(&tokens, key), "{key} kept");
+    }
+    assert_ne!(
+        token(&renamed, "ca.crt"),
+        token(&tokens, "ca.crt"),
+        "a new CA"
+    );
 }
 
 /// A cluster upgraded without the chart's newer CRDs (helm installs CRDs
