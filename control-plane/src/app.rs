@@ -15,7 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use crate::{
     admin::{self, AdminState},
-    auth::{Gate, Token},
+    auth::{Gate, ReplicaGate, ServiceAccountRef, Token, TokenReviewer},
     leader::{self, LeaseConfig},
     metrics::Metrics,
     peers::{self, PeerConfig, Peers},
@@ -48,6 +48,11 @@ pub enum RegistrySource {
         /// for a certificate kept in that Secret (unless `grpc_tls` is
         /// given).
         tls_names: Vec<String>,
+        /// ServiceAccounts whose pods' projected tokens (for
+        /// `replica_audience`) admit them as replicas, each bound to its
+        /// pod's name ([`crate::auth::TokenReviewer`]).
+        replica_accounts: Vec<ServiceAccountRef>,
+        replica_audience: String,
     },
 }
 
@@ -106,12 +111,15 @@ fn guard_open_port(
 /// Loads the registry, binds both listeners and starts serving.
 /// Fails if the registry directory cannot be read or a port cannot be bound.
 pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
+    let mut reviewer = None;
     let cluster_client = match &config.registry {
         RegistrySource::Kubernetes {
             kubeconfig,
             lease,
             tokens_secret,
             tls_names,
+            replica_accounts,
+            replica_audience,
             ..
         } => {
             let client = kube_client(kubeconfig.as_deref()).await?;
@@ -123,11 +131,25 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
                     &tls_names[..]
                 };
                 let tokens = tokens::ensure(client.clone(), &lease.namespace, name, names).await?;
-                config.replica_token.get_or_insert(tokens.replica);
+                // Pods prove themselves one by one: a token all of them
+                // share would let one speak for another.
+                if replica_accounts.is_empty() {
+                    config.replica_token.get_or_insert(tokens.replica);
+                }
                 config.admin_token.get_or_insert(tokens.admin);
                 if let Some(tls) = tokens.tls {
                     config.grpc_tls.get_or_insert(tls);
                 }
+            }
+            if !replica_accounts.is_empty() {
+                let accounts: Vec<String> =
+                    replica_accounts.iter().map(ToString::to_string).collect();
+                info!(accounts = %accounts.join(","), audience = %replica_audience, "replicas prove themselves with their pods' ServiceAccount tokens");
+                reviewer = Some(TokenReviewer::new(
+                    client.clone(),
+                    replica_audience,
+                    replica_accounts,
+                ));
             }
             Some(client)
         }
@@ -135,7 +157,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
     };
     guard_open_port(
         config.grpc_listen,
-        config.replica_token.is_some(),
+        config.replica_token.is_some() || reviewer.is_some(),
         config.allow_unauthenticated_replicas,
         OpenPort {
             serves: "config",
@@ -266,14 +288,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
         }
         None => None,
     };
+    let replica_gate = ReplicaGate::new(config.replica_token.clone(), reviewer);
     let receiver = TraceReceiver {
+        gate: replica_gate.clone(),
         store: traces.clone(),
         forwarder,
         counters: trace_counters,
     };
-    let auth = Gate::replicas(config.replica_token.clone());
     let operators = Gate::operators(config.admin_token.clone());
-    metrics.register_collector(auth.clone());
+    metrics.register_collector(replica_gate.clone());
     metrics.register_collector(operators.clone());
     metrics.register_collector(replicas.clone());
     metrics.register_collector(receiver.clone());
@@ -285,7 +308,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
         .await
         .with_context(|| format!("binding the gRPC listener on {}", config.grpc_listen))?;
     let grpc_addr = grpc.local_addr()?;
-    let push = ConfigPushService::new(snapshot_rx.clone(), replicas.clone(), shutdown.clone());
+    let push = ConfigPushService::new(
+        snapshot_rx.clone(),
+        replicas.clone(),
+        replica_gate.clone(),
+        shutdown.clone(),
+    );
     let cancel = shutdown.clone();
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &config.grpc_tls {
@@ -296,8 +324,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
     }
     tasks.spawn(async move {
         let served = server
-            .add_service(InterceptedService::new(push.into_server(), auth.clone()))
-            .add_service(InterceptedService::new(receiver.into_server(), auth))
+            .add_service(InterceptedService::new(
+                push.into_server(),
+                replica_gate.clone(),
+            ))
+            .add_service(InterceptedService::new(receiver.into_server(), replica_gate))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), cancel.cancelled_owned())
             .await;
         if let Err(err) = served {

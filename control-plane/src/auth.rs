@@ -30,6 +30,11 @@ use serde_json::json;
 use tonic::{Request, Status, service::Interceptor};
 use tracing::debug;
 
+pub use review::{ServiceAccountRef, TokenReviewer};
+use review::Verdict;
+
+mod review;
+
 /// One surface's token check; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Gate {
@@ -67,6 +72,16 @@ impl Gate {
         }
     }
 
+    fn encode_refused(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let (name, help) = self.metric;
+        self.refused.encode(encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            self.refused.metric_type(),
+        )?)
+    }
+
     /// Whether `authorization` (the header's value, if any) lets a caller
     /// in; counts the refusals.
     fn admits(&self, authorization: Option<&[u8]>) -> bool {
@@ -81,24 +96,136 @@ impl Gate {
     }
 }
 
-impl Interceptor for Gate {
+/// Who a replica proved to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replica {
+    /// The shared replica token, or a port that asks for none: any
+    /// replica id.
+    Any,
+    /// A ServiceAccount token bound to this pod: that replica id only.
+    Pod(String),
+}
+
+/// The gRPC port's gate: the shared replica token, projected
+/// ServiceAccount tokens checked with the Kubernetes API, either, or
+/// (loopback only, or when told to) nothing.
+#[derive(Clone, Debug)]
+pub struct ReplicaGate {
+    gate: Gate,
+    review: Option<TokenReviewer>,
+}
+
+// === impl Replica ===
+
+impl Replica {
+    /// Whether this caller may speak as `replica_id`.
+    pub fn may_be(&self, replica_id: &str) -> Result<(), Status> {
+        match self {
+            Self::Pod(pod) if pod != replica_id => Err(Status::permission_denied(format!(
+                "replica id `{replica_id}` is not the pod this token was issued to (`{pod}`): run the gateway with --replica-id set to its pod's name"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+// === impl ReplicaGate ===
+
+impl ReplicaGate {
+    pub fn new(token: Option<Token>, review: Option<TokenReviewer>) -> Self {
+        Self {
+            gate: Gate::replicas(token),
+            review,
+        }
+    }
+
+    /// Who the caller of `request` is, or its refusal (counted).
+    pub async fn admit<T>(&self, request: &Request<T>) -> Result<Replica, Status> {
+        let authorization = request
+            .metadata()
+            .get(proto::auth::METADATA_KEY)
+            .map(|value| value.as_bytes());
+        let Some(review) = &self.review else {
+            return match self.gate.admits(authorization) {
+                true => Ok(Replica::Any),
+                false => Err(self.refuse(request, authorization.is_some())),
+            };
+        };
+        if self
+            .gate
+            .token
+            .as_ref()
+            .is_some_and(|token| token.admits(authorization))
+        {
+            return Ok(Replica::Any);
+        }
+        let Some(bearer) = bearer(authorization) else {
+            self.gate.refused.inc();
+            return Err(self.refuse(request, authorization.is_some()));
+        };
+        match review.review(bearer).await {
+            Ok(Verdict::Pod(pod)) => Ok(Replica::Pod(pod)),
+            Ok(Verdict::Refused(why)) => {
+                self.gate.refused.inc();
+                Err(Status::unauthenticated(why))
+            }
+            Err(_) => Err(Status::unavailable(
+                "this control plane cannot check tokens with the Kubernetes API right now; try again",
+            )),
+        }
+    }
+
+    fn refuse<T>(&self, request: &Request<T>, token_sent: bool) -> Status {
+        let peer = request.remote_addr().map(|a| a.to_string());
+        debug!(
+            peer = peer.as_deref().unwrap_or("-"),
+            token_sent, "refused a gRPC call without a replica's credential"
+        );
+        Status::unauthenticated(match self.review {
+            Some(_) => "this control plane needs a replica's credential: a projected ServiceAccount token of a gateway's pod, or the replica token",
+            None => "this control plane needs the replica token (gateway: --control-plane-token-file or SWITCHBOARD_CONTROL_PLANE_TOKEN)",
+        })
+    }
+}
+
+/// The check every gRPC call passes before its message is read: what
+/// cannot pass [`ReplicaGate::admit`] (no token, or the wrong shared token
+/// where no other is accepted) costs no decoding.
+impl Interceptor for ReplicaGate {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let authorization = request
             .metadata()
             .get(proto::auth::METADATA_KEY)
             .map(|value| value.as_bytes());
-        if self.admits(authorization) {
+        let may_pass = match &self.review {
+            None => self.gate.admits(authorization),
+            Some(_) => bearer(authorization).is_some(),
+        };
+        if may_pass {
             return Ok(request);
         }
-        let peer = request.remote_addr().map(|a| a.to_string());
-        debug!(
-            peer = peer.as_deref().unwrap_or("-"),
-            token_sent = authorization.is_some(),
-            "refused a gRPC call without the replica token"
-        );
-        Err(Status::unauthenticated(
-            "this control plane needs the replica token (gateway: --control-plane-token-file or SWITCHBOARD_CONTROL_PLANE_TOKEN)",
-        ))
+        if self.review.is_some() {
+            self.gate.refused.inc();
+        }
+        Err(self.refuse(&request, authorization.is_some()))
+    }
+}
+
+/// The token of a `Bearer` authorization value.
+fn bearer(authorization: Option<&[u8]>) -> Option<&str> {
+    authorization
+        .and_then(|v| v.strip_prefix(proto::auth::BEARER_PREFIX.as_bytes()))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| !v.is_empty())
+}
+
+impl Collector for ReplicaGate {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        self.gate.encode_refused(&mut encoder)?;
+        match &self.review {
+            Some(review) => review.encode(&mut encoder),
+            None => Ok(()),
+        }
     }
 }
 
@@ -150,13 +277,7 @@ pub async fn operators_only(
 
 impl Collector for Gate {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
-        let (name, help) = self.metric;
-        self.refused.encode(encoder.encode_descriptor(
-            name,
-            help,
-            None,
-            self.refused.metric_type(),
-        )?)
+        self.encode_refused(&mut encoder)
     }
 }
 
@@ -166,7 +287,7 @@ mod tests {
 
     use super::*;
 
-    fn call(auth: &mut Gate, header: Option<&str>) -> Result<(), tonic::Code> {
+    fn call(gate: &ReplicaGate, header: Option<&str>) -> Result<Replica, tonic::Code> {
         let mut request = Request::new(());
         if let Some(header) = header {
             let value = MetadataValue::try_from(header).expect("ASCII");
@@ -174,16 +295,16 @@ mod tests {
                 .metadata_mut()
                 .insert(proto::auth::METADATA_KEY, value);
         }
-        auth.call(request).map(drop).map_err(|status| status.code())
+        futures::executor::block_on(gate.admit(&request)).map_err(|status| status.code())
     }
 
     #[test]
     fn only_the_token_lets_a_call_in() {
         let token = Token::new("0123456789abcdef-token").expect("long enough");
-        let mut auth = Gate::replicas(Some(token));
+        let auth = ReplicaGate::new(Some(token), None);
         assert_eq!(
-            call(&mut auth, Some("Bearer 0123456789abcdef-token")),
-            Ok(())
+            call(&auth, Some("Bearer 0123456789abcdef-token")),
+            Ok(Replica::Any)
         );
         for refused in [
             None,
@@ -193,14 +314,24 @@ mod tests {
             Some("Basic 0123456789abcdef-token"),
         ] {
             assert_eq!(
-                call(&mut auth, refused),
+                call(&auth, refused),
                 Err(tonic::Code::Unauthenticated),
                 "{refused:?}"
             );
         }
-        assert_eq!(auth.refused.get(), 5);
-        let mut open = Gate::replicas(None);
-        assert_eq!(call(&mut open, None), Ok(()));
+        assert_eq!(auth.gate.refused.get(), 5);
+        let open = ReplicaGate::new(None, None);
+        assert_eq!(call(&open, None), Ok(Replica::Any));
+    }
+
+    #[test]
+    fn a_pod_bound_replica_speaks_only_as_its_pod() {
+        let pod = Replica::Pod("gw-1".into());
+        assert!(pod.may_be("gw-1").is_ok());
+        let refused = pod.may_be("gw-2").expect_err("another pod's id");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains("`gw-1`"), "{}", refused.message());
+        assert!(Replica::Any.may_be("anything").is_ok());
     }
 
     #[test]
@@ -227,10 +358,10 @@ mod tests {
                 token in "[!-~]{16,40}",
                 presented in proptest::option::of("[ -~]{0,48}"),
             ) {
-                let mut gate = Gate::replicas(Some(Token::new(&token).expect("a valid token")));
+                let gate = ReplicaGate::new(Some(Token::new(&token).expect("a valid token")), None);
                 let header = presented.clone().map(|p| format!("Bearer {p}"));
                 let expected = presented.as_deref() == Some(token.as_str());
-                prop_assert_eq!(call(&mut gate, header.as_deref()).is_ok(), expected);
+                prop_assert_eq!(call(&gate, header.as_deref()).is_ok(), expected);
             }
 
             /// Any text: refused, or a token of at least 16 visible characters.

@@ -172,6 +172,25 @@ struct ControlArgs {
     /// PEM private key of `--grpc-tls-cert`.
     #[arg(long, env = "SWITCHBOARD_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
     grpc_tls_key: Option<PathBuf>,
+    /// With `--source kubernetes`: a ServiceAccount (`namespace/name`)
+    /// whose pods are gateways. A gateway then proves itself with a
+    /// projected ServiceAccount token for `--replica-token-audience`,
+    /// checked with a TokenReview, and may use only its pod's name as its
+    /// replica id. The tokens Secret's shared replica token is then not
+    /// accepted (`--replica-token-file` still is).
+    #[arg(
+        long = "replica-service-account",
+        env = "SWITCHBOARD_REPLICA_SERVICE_ACCOUNTS",
+        value_delimiter = ','
+    )]
+    replica_service_accounts: Vec<control_plane::auth::ServiceAccountRef>,
+    /// The audience gateways' ServiceAccount tokens are minted for.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REPLICA_TOKEN_AUDIENCE",
+        default_value = "switchboard"
+    )]
+    replica_token_audience: String,
     /// With `--source kubernetes`: namespaces to watch (default: all).
     #[arg(
         long = "watch-namespace",
@@ -253,6 +272,11 @@ impl ControlArgs {
                 "--grpc-tls-names keeps the certificate it makes in the tokens Secret: it needs --source kubernetes and --tokens-secret (elsewhere give --grpc-tls-cert and --grpc-tls-key)"
             );
         }
+        if !self.replica_service_accounts.is_empty() && self.source != Source::Kubernetes {
+            anyhow::bail!(
+                "--replica-service-account checks tokens with the Kubernetes API: it needs --source kubernetes"
+            );
+        }
         let args = self;
         Ok(app::Config {
             registry: match args.source {
@@ -271,6 +295,8 @@ impl ControlArgs {
                     },
                     tokens_secret: args.tokens_secret.filter(|s| !s.is_empty()),
                     tls_names: args.grpc_tls_names,
+                    replica_accounts: args.replica_service_accounts,
+                    replica_audience: args.replica_token_audience,
                 },
             },
             grpc_listen: args.grpc_listen,

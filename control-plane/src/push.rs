@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::{metrics::encode_counters, snapshot::SnapshotWatch};
+use crate::{auth::ReplicaGate, metrics::encode_counters, snapshot::SnapshotWatch};
 
 /// A replica that connects but says nothing is dropped after this long.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +39,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
 pub struct ConfigPushService {
     snapshots: SnapshotWatch,
     replicas: Replicas,
+    gate: ReplicaGate,
     cancel: CancellationToken,
 }
 
@@ -117,10 +118,16 @@ pub struct ServerHealthStatus {
 // === impl ConfigPushService ===
 
 impl ConfigPushService {
-    pub fn new(snapshots: SnapshotWatch, replicas: Replicas, cancel: CancellationToken) -> Self {
+    pub fn new(
+        snapshots: SnapshotWatch,
+        replicas: Replicas,
+        gate: ReplicaGate,
+        cancel: CancellationToken,
+    ) -> Self {
         Self {
             snapshots,
             replicas,
+            gate,
             cancel,
         }
     }
@@ -139,6 +146,7 @@ impl ConfigDiscovery for ConfigPushService {
         &self,
         request: Request<Streaming<pb::ReplicaMessage>>,
     ) -> Result<Response<Self::StreamConfigStream>, Status> {
+        let caller = self.gate.admit(&request).await?;
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
@@ -155,6 +163,8 @@ impl ConfigDiscovery for ConfigPushService {
                 ));
             }
         };
+        // Only now is the table touched: a replica id is its credential's.
+        caller.may_be(&hello.replica_id)?;
         let connection = self.replicas.connected(&hello);
         let span = info_span!("replica", replica.id = %hello.replica_id, client.addr = %peer);
         span.in_scope(|| {

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, codec::CompressionEncoding};
 use tracing::debug;
 
-use crate::metrics::encode_counters;
+use crate::{auth::ReplicaGate, metrics::encode_counters};
 use forward::Forwarder;
 
 /// Largest OTLP export accepted: a gateway's batches are a few hundred KiB.
@@ -493,6 +493,8 @@ fn hex(bytes: &[u8]) -> String {
 /// forwarder, so a slow collector cannot slow the replicas' exporters.
 #[derive(Clone)]
 pub struct TraceReceiver {
+    /// Only replicas export spans here.
+    pub gate: ReplicaGate,
     pub store: TraceStore,
     pub forwarder: Option<Forwarder>,
     pub counters: TraceCounters,
@@ -562,6 +564,7 @@ impl TraceService for TraceReceiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.gate.admit(&request).await?;
         let request = request.into_inner();
         let spans: usize = request
             .resource_spans

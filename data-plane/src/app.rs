@@ -1,13 +1,13 @@
 //! Wires a gateway replica together: config subscriber → servers →
 //! catalog → MCP endpoint, plus the health endpoints.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use proto::auth::{OpenPort, Token};
+use proto::auth::{OpenPort, Presenting, Token};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -43,6 +43,8 @@ pub struct Config {
     /// Presented to the control plane on the config stream, and on span
     /// exports when they go to it.
     pub control_plane_token: Option<Token>,
+    /// The file `control_plane_token` came from, read again as it rotates.
+    pub control_plane_token_file: Option<PathBuf>,
     /// The CA of the control plane's certificate (PEM), for an `https`
     /// control plane.
     pub control_plane_ca: Option<String>,
@@ -113,6 +115,14 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let drain = Drain::default();
     let mut tasks = JoinSet::new();
     let metrics = Arc::new(Metrics::new());
+    let replica_token = Presenting::new(config.control_plane_token.clone());
+    if let Some(path) = &config.control_plane_token_file {
+        tasks.spawn(xds::reread_token(
+            path.clone(),
+            replica_token.clone(),
+            stop.clone(),
+        ));
+    }
     let tracer = match &config.otlp_endpoint {
         Some(endpoint) if endpoint != &config.control_plane && endpoint.starts_with("https:") => {
             anyhow::bail!(
@@ -125,9 +135,10 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
                 service_name: "switchboard-gateway",
                 replica_id: config.replica_id.clone(),
                 sample_ratio: config.trace_sample_ratio,
-                token: (endpoint == &config.control_plane)
-                    .then(|| config.control_plane_token.clone())
-                    .flatten(),
+                token: match endpoint == &config.control_plane {
+                    true => replica_token.clone(),
+                    false => Presenting::default(),
+                },
                 ca_pem: (endpoint == &config.control_plane)
                     .then(|| config.control_plane_ca.clone())
                     .flatten(),
@@ -173,7 +184,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         address: config.control_plane.clone(),
         callers: callers.clone(),
         policies: policies.clone(),
-        token: config.control_plane_token.clone(),
+        token: replica_token,
         endpoint: control_plane,
         replica_id: config.replica_id.clone(),
         servers: servers.clone(),

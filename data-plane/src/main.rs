@@ -323,6 +323,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen: args.listen,
                 control_plane: args.control_plane,
                 control_plane_token,
+                control_plane_token_file: args.control_plane_token_file,
                 control_plane_ca,
                 replica_id: args.replica_id,
                 mcp: McpConfig {

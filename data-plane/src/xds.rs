@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeMap,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -47,6 +48,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HEALTH_DEBOUNCE: Duration = Duration::from_millis(100);
 /// ACKs, NACKs and health reports waiting to be sent.
 const OUTBOUND_BUFFER: usize = 8;
+/// How often a token file is read again: a projected ServiceAccount token
+/// is rotated well before it expires (at 80% of its life), and a new
+/// token must be presented before the old one is refused.
+const TOKEN_REREAD: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -103,6 +108,37 @@ pub fn grpc_endpoint(
     endpoint.tls_config(tls).map_err(invalid)
 }
 
+/// Reads the token in `path` again every [`TOKEN_REREAD`] until `cancel`,
+/// so a rotated token (a projected ServiceAccount token, a Secret updated
+/// in place) is presented from the next call on. A file that cannot be
+/// read, or holds no valid token, leaves the last good token in place.
+pub async fn reread_token(path: PathBuf, presenting: Presenting, cancel: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(TOKEN_REREAD) => {}
+        }
+        let read = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|err| err.to_string())
+            .and_then(|text| Token::new(&text).map_err(|err| err.to_string()));
+        match read {
+            Ok(token) => {
+                if presenting.replace(token) {
+                    info!(file = %path.display(), "the control plane token changed; presenting the new one");
+                }
+                failing = false;
+            }
+            Err(error) if !failing => {
+                warn!(file = %path.display(), %error, "cannot read the control plane token again; presenting the last one");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// What the replica has applied; read by `/healthz`, `/readyz` and, as
 /// gauges, by each metrics scrape.
 #[derive(Clone, Debug, Default)]
@@ -127,7 +163,7 @@ pub struct XdsClient {
     pub callers: Callers,
     pub policies: Policies,
     /// Presented on the config stream.
-    pub token: Option<Token>,
+    pub token: Presenting,
     pub replica_id: String,
     pub servers: Servers,
     pub status: ConfigStatus,
@@ -192,7 +228,7 @@ impl XdsClient {
     ) -> Result<(), Error> {
         let channel = endpoint.connect().await.map_err(Error::Connect)?;
         let mut client =
-            ConfigDiscoveryClient::with_interceptor(channel, Presenting(self.token.clone()));
+            ConfigDiscoveryClient::with_interceptor(channel, self.token.clone());
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let hello = ReplicaKind::Hello(pb::Hello {
             replica_id: self.replica_id.clone(),

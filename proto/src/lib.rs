@@ -141,9 +141,26 @@ pub mod auth {
     }
 
     /// Presents the token on every call of a client:
-    /// `SomeClient::with_interceptor(channel, Presenting(token))`.
-    #[derive(Clone, Debug)]
-    pub struct Presenting(pub Option<Token>);
+    /// `SomeClient::with_interceptor(channel, presenting.clone())`. Clones
+    /// share the token, so [`Presenting::replace`] reaches every client: a
+    /// projected ServiceAccount token is rotated by the kubelet while its
+    /// streams and exports go on.
+    #[derive(Clone, Debug, Default)]
+    pub struct Presenting(Arc<parking_lot::RwLock<Option<Token>>>);
+
+    impl Presenting {
+        pub fn new(token: Option<Token>) -> Self {
+            Self(Arc::new(parking_lot::RwLock::new(token)))
+        }
+
+        /// Presents `token` from the next call on; whether it changed.
+        pub fn replace(&self, token: Token) -> bool {
+            let mut current = self.0.write();
+            let changed = current.as_ref() != Some(&token);
+            *current = Some(token);
+            changed
+        }
+    }
 
     impl Token {
         pub fn new(value: &str) -> Result<Self, TokenError> {
@@ -233,7 +250,7 @@ pub mod auth {
             &mut self,
             mut request: tonic::Request<()>,
         ) -> Result<tonic::Request<()>, tonic::Status> {
-            if let Some(token) = &self.0 {
+            if let Some(token) = &*self.0.read() {
                 // Visible ASCII only (checked in `new`), so it always parses.
                 let value = token
                     .bearer()

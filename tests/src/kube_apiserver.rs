@@ -8,7 +8,9 @@
 //! Switchboard touches: `CustomResourceDefinition`, `McpServer` (with its
 //! `/status` subresource and printer columns), `Secret` and `ConfigMap`
 //! (env values), `events.k8s.io/v1` `Event` and `coordination.k8s.io/v1`
-//! `Lease`. Discovery (`/version`, `/api`, `/apis/...`), list with
+//! `Lease`, and `ServiceAccount` and `Pod` with the tokens the kubelet
+//! mounts (`TokenRequest`) and the `TokenReview`s that check them
+//! ([`token`]). Discovery (`/version`, `/api`, `/apis/...`), list with
 //! `resourceVersion` and label and field selectors, watch as
 //! newline-delimited `WatchEvent`s replayed from a global resourceVersion
 //! history, create (also by `generateName`), get, replace and merge/apply
@@ -53,7 +55,10 @@
 //! `kubectl apply` of an existing object sends a strategic merge patch,
 //! refused with 415; only Switchboard's CRDs make kinds served; no
 //! authentication, and no authorization beyond the denials a test switches
-//! on; bookmarks are not sent as a watch's timeout ends.
+//! on; bookmarks are not sent as a watch's timeout ends; Pods and
+//! ServiceAccounts are stored as given (no schema, no scheduling), there
+//! only for tokens to be bound to; issued tokens are remembered, not
+//! signed.
 
 mod cel;
 pub mod crd;
@@ -64,6 +69,7 @@ mod read;
 mod schema;
 mod selector;
 mod table;
+mod token;
 mod write;
 
 use std::{
@@ -80,7 +86,7 @@ use axum::{
     http::{HeaderValue, StatusCode},
     middleware,
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -138,6 +144,30 @@ const KINDS: &[Kind] = &[
         kind: "ConfigMap",
         short_names: &["cm"],
         categories: &[],
+        namespaced: true,
+        status: false,
+        custom: false,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        kind: "ServiceAccount",
+        short_names: &["sa"],
+        categories: &[],
+        namespaced: true,
+        status: false,
+        custom: false,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        plural: "pods",
+        singular: "pod",
+        kind: "Pod",
+        short_names: &["po"],
+        categories: &["all"],
         namespaced: true,
         status: false,
         custom: false,
@@ -244,6 +274,8 @@ struct ApiState {
     faults: fault::Faults,
     /// Bumped to close every open watch.
     watch_epoch: Arc<watch::Sender<u64>>,
+    /// ServiceAccount tokens issued.
+    tokens: token::Issued,
 }
 
 /// Objects by (plural, namespace, name); cluster-scoped ones have namespace "".
@@ -360,6 +392,7 @@ impl KubeApiServer {
             events,
             faults: fault::Faults::default(),
             watch_epoch: Arc::new(watch::Sender::new(0)),
+            tokens: token::Issued::default(),
         };
         let crds = Target::cluster(kind("customresourcedefinitions"));
         for crd in installed {
@@ -485,6 +518,14 @@ fn router(state: ApiState) -> Router {
             one(),
         )
         .route(
+            "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
+            post(token::request),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            post(token::review),
+        )
+        .route(
             "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}/status",
             get(read::read)
                 .patch(write::patch_status)
@@ -531,6 +572,13 @@ impl Kind {
         })];
         if !self.categories.is_empty() {
             resources[0]["categories"] = json!(self.categories);
+        }
+        if self.plural == "serviceaccounts" {
+            resources.push(json!({
+                "name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest",
+                "verbs": ["create"]
+            }));
         }
         if self.status {
             resources.push(json!({

@@ -45,7 +45,7 @@ impl RefusingReplica {
             .await
             .expect("connect to the control plane");
         let token = token.map(|t| Token::new(t).expect("a valid token"));
-        let mut client = ConfigDiscoveryClient::with_interceptor(channel, Presenting(token));
+        let mut client = ConfigDiscoveryClient::with_interceptor(channel, Presenting::new(token));
         let (tx, rx) = mpsc::channel(16);
         let hello = pb::Hello {
             replica_id: replica_id.to_owned(),

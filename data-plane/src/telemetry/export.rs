@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use proto::{
-    auth::{Presenting, Token},
+    auth::Presenting,
     otlp::{
         ExportTraceServiceRequest, ResourceSpans, ScopeSpans,
         trace_service_client::TraceServiceClient,
@@ -53,7 +53,7 @@ pub struct ExportConfig {
     /// Share of new traces recorded (0.0–1.0).
     pub sample_ratio: f64,
     /// Presented on every export (to the control plane's receiver).
-    pub token: Option<Token>,
+    pub token: Presenting,
     /// For an `https` endpoint: the CA its certificate is checked against.
     pub ca_pem: Option<String>,
 }
@@ -81,7 +81,7 @@ pub fn spawn(
         .connect_lazy();
     // Uncompressed: the receiver is usually the control plane next door, and
     // gzip would spend the CPU the gateways' requests need.
-    let client = TraceServiceClient::with_interceptor(channel, Presenting(config.token.clone()));
+    let client = TraceServiceClient::with_interceptor(channel, config.token.clone());
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let queue_full = counters
         .dropped

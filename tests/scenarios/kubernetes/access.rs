@@ -304,3 +304,176 @@ async fn a_cluster_without_the_client_crds_still_serves_its_servers() {
     let log = sb.control.as_ref().expect("control plane").log();
     assert!(log.contains("CRD is not installed"), "{log}");
 }
+
+/// The chart's way for replicas: each gateway pod proves itself with a
+/// projected ServiceAccount token (what `kubectl create token` mints), checked
+/// with a TokenReview. A token admits only its own pod's replica id; one for
+/// another audience, of another ServiceAccount, of a deleted pod, or none,
+/// gets nothing; a gateway picks up a rotated token from its file.
+#[tokio::test]
+async fn replicas_prove_themselves_with_their_pods_tokens() {
+    use e2e::scripted_replica::RefusingReplica;
+
+    let api = KubeApiServer::start().await;
+    let home = tempfile::tempdir().expect("kubectl home");
+    let tag = format!("k8s-sa-{}", std::process::id());
+    let pod = |name: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  serviceAccountName: switchboard-gateway\n  containers: [{{name: gateway, image: switchboard-gateway}}]\n"
+        )
+    };
+    let manifest = format!(
+        "{}---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: switchboard-gateway, namespace: default}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: other, namespace: default}}\n{}{}{}",
+        demo_resource("demo", &tag),
+        pod("gw-1"),
+        pod("gw-2"),
+        pod("gw-3"),
+    );
+    apply(&api, home.path(), "gateways.yaml", &manifest)
+        .await
+        .expect("kubectl apply");
+    let mint = |account: &'static str, pod: &'static str, audience: &'static str| {
+        let (api, home) = (&api, home.path());
+        async move {
+            let args = [
+                "create",
+                "token",
+                account,
+                "--audience",
+                audience,
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                pod,
+                "--duration",
+                "1h",
+            ];
+            kubectl(api, home, &args)
+                .await
+                .map(|token| token.trim().to_owned())
+        }
+    };
+    let gw1 = mint("switchboard-gateway", "gw-1", "switchboard")
+        .await
+        .expect("a token for gw-1");
+    let gw2 = mint("switchboard-gateway", "gw-2", "switchboard")
+        .await
+        .expect("a token for gw-2");
+    let gw3 = mint("switchboard-gateway", "gw-3", "switchboard")
+        .await
+        .expect("a token for gw-3");
+    let other_audience = mint("switchboard-gateway", "gw-1", "vault")
+        .await
+        .expect("a token for another audience");
+    let other_account = mint("other", "gw-1", "switchboard")
+        .await
+        .expect("another account's token");
+    // The API server refuses to bind a token to a pod that is not there.
+    let refused = mint("switchboard-gateway", "gw-9", "switchboard").await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("pods \"gw-9\" not found")),
+        "{refused:?}"
+    );
+
+    let mut sb = Switchboard::unstarted();
+    sb.control_args = pod_args(
+        &api,
+        &[
+            "--replica-service-account",
+            "default/switchboard-gateway",
+            "--replica-token-audience",
+            "switchboard",
+        ],
+    );
+    sb.start_control_plane().await;
+
+    // gw-1's gateway, its token in a file as the kubelet mounts it.
+    let token_file = sb.dir.path().join("token");
+    std::fs::write(&token_file, &gw1).expect("write the token");
+    sb.gateway_env = vec![(
+        "SWITCHBOARD_CONTROL_PLANE_TOKEN_FILE".into(),
+        token_file.display().to_string(),
+    )];
+    let gateway = sb.spawn_replica(sb.gateway_addr, "gw-1");
+    sb.wait_gateway_ready().await;
+
+    // Its token speaks for gw-1 only.
+    let stolen = RefusingReplica::try_connect(sb.grpc, "gw-2", "x", Some(&gw1)).await;
+    let status = stolen.err().expect("another replica id is refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("not the pod this token was issued to (`gw-1`)"),
+        "{}",
+        status.message()
+    );
+    for (token, says) in [
+        (Some(other_audience.as_str()), "audience"),
+        (Some(other_account.as_str()), "is not a gateway's ServiceAccount"),
+        (Some("not-a-token-at-all-0123456789"), "invalid bearer token"),
+        (None, "needs a replica's credential"),
+    ] {
+        let refused = RefusingReplica::try_connect(sb.grpc, "gw-1", "x", token).await;
+        let status = refused.err().expect("refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{says}");
+        assert!(status.message().contains(says), "{says}: {}", status.message());
+    }
+    // A deleted pod's token is worth nothing.
+    kubectl(&api, home.path(), &["delete", "pod", "gw-2"])
+        .await
+        .expect("delete gw-2");
+    let gone = RefusingReplica::try_connect(sb.grpc, "gw-2", "x", Some(&gw2)).await;
+    let status = gone.err().expect("refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(
+        status.message().contains("pod \"gw-2\" not found"),
+        "{}",
+        status.message()
+    );
+
+    // A gateway whose mounted token is wrong keeps trying, and connects
+    // once the file holds a good one: it reads its token again as the
+    // kubelet rotates it.
+    let rotating = sb.dir.path().join("rotating");
+    std::fs::write(&rotating, &other_audience).expect("write the token");
+    let mut rotated = Switchboard::unstarted();
+    rotated.grpc = sb.grpc;
+    rotated.gateway_env = vec![(
+        "SWITCHBOARD_CONTROL_PLANE_TOKEN_FILE".into(),
+        rotating.display().to_string(),
+    )];
+    let gw3_gateway = rotated.spawn_replica(rotated.gateway_addr, "gw-3");
+    eventually("the wrong token is refused", EVENTUALLY, || async {
+        let log = gw3_gateway.log();
+        log.contains("config stream down").then_some(()).ok_or(log)
+    })
+    .await;
+    std::fs::write(&rotating, &gw3).expect("rotate the token");
+    rotated.wait_gateway_ready().await;
+    assert!(gw3_gateway.log().contains("the control plane token changed"));
+
+    // Status knows the two real replicas, nobody else; refusals counted.
+    let status = sb.control_status().await;
+    let replicas = status["replicas"].as_object().expect("replicas");
+    let mut ids: Vec<&String> = replicas.keys().collect();
+    ids.sort();
+    assert_eq!(ids, ["gw-1", "gw-3"], "{status}");
+    let metrics = reqwest::get(format!("http://{}/metrics", sb.control_http))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("replica_token_reviews_total{outcome=\"admitted\"}"),
+        "{metrics}"
+    );
+    let refusals = metrics
+        .lines()
+        .find(|l| l.starts_with("switchboard_control_replica_auth_failures_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_default();
+    assert!(refusals >= 5, "{metrics}");
+    drop(gateway);
+}

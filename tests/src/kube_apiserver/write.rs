@@ -454,7 +454,7 @@ fn patch_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
 }
 
 /// JSON, or YAML (apply patches may be either).
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+pub(super) fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .or_else(|_| serde_yaml::from_slice(body))
         .map_err(|e| {
