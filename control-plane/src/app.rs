@@ -48,11 +48,6 @@ pub enum RegistrySource {
         /// for a certificate kept in that Secret (unless `grpc_tls` is
         /// given).
         tls_names: Vec<String>,
-        /// ServiceAccounts whose pods' projected tokens (for
-        /// `replica_audience`) admit them as replicas, each bound to its
-        /// pod's name ([`crate::auth::TokenReviewer`]).
-        replica_accounts: Vec<ServiceAccountRef>,
-        replica_audience: String,
     },
 }
 
@@ -72,6 +67,11 @@ pub struct Config {
     pub trace_buffer_bytes: usize,
     /// What every gRPC call must present; `None` lets any caller in.
     pub replica_token: Option<Token>,
+    /// With the Kubernetes source: ServiceAccounts whose pods' projected
+    /// tokens (for `replica_audience`) admit them as replicas, each bound
+    /// to its pod's name ([`TokenReviewer`]).
+    pub replica_accounts: Vec<ServiceAccountRef>,
+    pub replica_audience: String,
     /// Serve gRPC beyond loopback without a replica token.
     pub allow_unauthenticated_replicas: bool,
     /// What `/status` and `/traces` callers must present; `None` lets
@@ -118,8 +118,6 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
             lease,
             tokens_secret,
             tls_names,
-            replica_accounts,
-            replica_audience,
             ..
         } => {
             let client = kube_client(kubeconfig.as_deref()).await?;
@@ -133,7 +131,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
                 let tokens = tokens::ensure(client.clone(), &lease.namespace, name, names).await?;
                 // Pods prove themselves one by one: a token all of them
                 // share would let one speak for another.
-                if replica_accounts.is_empty() {
+                if config.replica_accounts.is_empty() {
                     config.replica_token.get_or_insert(tokens.replica);
                 }
                 config.admin_token.get_or_insert(tokens.admin);
@@ -141,14 +139,17 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
                     config.grpc_tls.get_or_insert(tls);
                 }
             }
-            if !replica_accounts.is_empty() {
-                let accounts: Vec<String> =
-                    replica_accounts.iter().map(ToString::to_string).collect();
-                info!(accounts = %accounts.join(","), audience = %replica_audience, "replicas prove themselves with their pods' ServiceAccount tokens");
+            if !config.replica_accounts.is_empty() {
+                let accounts: Vec<String> = config
+                    .replica_accounts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                info!(accounts = %accounts.join(","), audience = %config.replica_audience, "replicas prove themselves with their pods' ServiceAccount tokens");
                 reviewer = Some(TokenReviewer::new(
                     client.clone(),
-                    replica_audience,
-                    replica_accounts,
+                    &config.replica_audience,
+                    &config.replica_accounts,
                 ));
             }
             Some(client)
@@ -328,7 +329,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
                 push.into_server(),
                 replica_gate.clone(),
             ))
-            .add_service(InterceptedService::new(receiver.into_server(), replica_gate))
+            .add_service(InterceptedService::new(
+                receiver.into_server(),
+                replica_gate,
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), cancel.cancelled_owned())
             .await;
         if let Err(err) = served {

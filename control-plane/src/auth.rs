@@ -30,8 +30,8 @@ use serde_json::json;
 use tonic::{Request, Status, service::Interceptor};
 use tracing::debug;
 
-pub use review::{ServiceAccountRef, TokenReviewer};
 use review::Verdict;
+pub use review::{ServiceAccountRef, TokenReviewer};
 
 mod review;
 
@@ -182,8 +182,12 @@ impl ReplicaGate {
             token_sent, "refused a gRPC call without a replica's credential"
         );
         Status::unauthenticated(match self.review {
-            Some(_) => "this control plane needs a replica's credential: a projected ServiceAccount token of a gateway's pod, or the replica token",
-            None => "this control plane needs the replica token (gateway: --control-plane-token-file or SWITCHBOARD_CONTROL_PLANE_TOKEN)",
+            Some(_) => {
+                "this control plane needs a replica's credential: a projected ServiceAccount token of a gateway's pod, or the replica token"
+            }
+            None => {
+                "this control plane needs the replica token (gateway: --control-plane-token-file or SWITCHBOARD_CONTROL_PLANE_TOKEN)"
+            }
         })
     }
 }
@@ -330,7 +334,11 @@ mod tests {
         assert!(pod.may_be("gw-1").is_ok());
         let refused = pod.may_be("gw-2").expect_err("another pod's id");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-        assert!(refused.message().contains("`gw-1`"), "{}", refused.message());
+        assert!(
+            refused.message().contains("`gw-1`"),
+            "{}",
+            refused.message()
+        );
         assert!(Replica::Any.may_be("anything").is_ok());
     }
 

@@ -227,8 +227,7 @@ impl XdsClient {
         responded: &mut bool,
     ) -> Result<(), Error> {
         let channel = endpoint.connect().await.map_err(Error::Connect)?;
-        let mut client =
-            ConfigDiscoveryClient::with_interceptor(channel, self.token.clone());
+        let mut client = ConfigDiscoveryClient::with_interceptor(channel, self.token.clone());
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let hello = ReplicaKind::Hello(pb::Hello {
             replica_id: self.replica_id.clone(),

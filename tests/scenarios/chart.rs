@@ -172,18 +172,28 @@ fn the_production_values_render_hpa_namespaced_rbac_and_service_monitors() {
     ] {
         assert!(rendered.contains(needle), "no `{needle}` in the render");
     }
-    // Namespaced RBAC: no cluster-wide grant; the only ClusterRoles are the
-    // aggregated ones, which grant nothing alone.
-    assert!(!rendered.contains("kind: ClusterRoleBinding"));
+    // Namespaced RBAC: the only cluster-wide grant is reviewing gateways'
+    // tokens; the other ClusterRoles are the aggregated ones, which grant
+    // nothing alone.
     let objects = objects(&rendered);
-    let cluster_roles: Vec<&Value> = objects
-        .iter()
-        .filter(|o| o["kind"] == "ClusterRole")
-        .map(|o| &o["metadata"]["name"])
-        .collect();
+    let named = |kind: &str| -> Vec<&Value> {
+        objects
+            .iter()
+            .filter(|o| o["kind"] == kind)
+            .map(|o| &o["metadata"]["name"])
+            .collect()
+    };
     assert_eq!(
-        cluster_roles,
-        ["switchboard-mcpservers-view", "switchboard-mcpservers-edit"]
+        named("ClusterRoleBinding"),
+        ["switchboard-control-plane-token-review"]
+    );
+    assert_eq!(
+        named("ClusterRole"),
+        [
+            "switchboard-control-plane-token-review",
+            "switchboard-mcpservers-view",
+            "switchboard-mcpservers-edit"
+        ]
     );
     assert!(
         find(&objects, "PodDisruptionBudget", "switchboard-control-plane").is_some(),
@@ -243,6 +253,40 @@ fn the_control_plane_may_only_make_the_calls_it_makes() {
         rules,
         expected.map(|(r, v)| (r.to_owned(), v.to_owned())),
         "{role:#?}"
+    );
+
+    // Reviewing gateways' tokens is its only cluster-wide grant, bound to
+    // its ServiceAccount alone; with a shared replica token, not even that.
+    let review = find(
+        &objects,
+        "ClusterRole",
+        "switchboard-control-plane-token-review",
+    )
+    .expect("the token-review ClusterRole");
+    assert_eq!(
+        review["rules"],
+        serde_json::json!([{ "apiGroups": ["authentication.k8s.io"],
+            "resources": ["tokenreviews"], "verbs": ["create"] }])
+    );
+    let binding = find(
+        &objects,
+        "ClusterRoleBinding",
+        "switchboard-control-plane-token-review",
+    )
+    .expect("its binding");
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{ "kind": "ServiceAccount",
+            "name": "switchboard-control-plane", "namespace": "switchboard" }])
+    );
+    let shared = self::objects(&render(&["--set", "replicaAuth.mode=sharedToken"]));
+    assert!(
+        find(
+            &shared,
+            "ClusterRole",
+            "switchboard-control-plane-token-review"
+        )
+        .is_none()
     );
 
     // By default: the release namespace alone, through a Role; and the
@@ -586,6 +630,7 @@ fn the_values_schema_refuses_bad_values() {
         ("gateway.replicas=3", "replicas"),
         ("controlPlane.podAntiAffinity=sometimes", "podAntiAffinity"),
         ("rbac.aggregateClusterRoles=yes", "aggregateClusterRoles"),
+        ("replicaAuth.mode=none", "mode"),
         // The config port must not face the internet.
         ("controlPlane.service.type=LoadBalancer", "type"),
         (
@@ -797,15 +842,54 @@ fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
         Some(Value::from("switchboard-tokens"))
     );
     let gateway = env_of(&generated, "switchboard-gateway");
-    for (variable, key) in [
-        ("SWITCHBOARD_CONTROL_PLANE_TOKEN", "replica"),
-        ("SWITCHBOARD_ADMIN_TOKEN", "admin"),
+    assert_eq!(
+        named(&gateway, "SWITCHBOARD_ADMIN_TOKEN").map(|e| e["valueFrom"].clone()),
+        Some(
+            serde_json::json!({ "secretKeyRef": { "name": "switchboard-tokens", "key": "admin" } })
+        ),
+    );
+    // Each gateway pod proves itself with its own projected token, which
+    // the control plane checks for its audience and the gateways' account.
+    assert!(named(&gateway, "SWITCHBOARD_CONTROL_PLANE_TOKEN").is_none());
+    let token_file = named(&gateway, "SWITCHBOARD_CONTROL_PLANE_TOKEN_FILE")
+        .and_then(|e| e["value"].as_str().map(str::to_owned))
+        .expect("a token file");
+    let gateway_pod = pod_spec(deployment(&generated, "switchboard-gateway"));
+    assert_eq!(gateway_pod["serviceAccountName"], "switchboard-gateway");
+    assert_eq!(gateway_pod["automountServiceAccountToken"], false);
+    let mount = gateway_pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == "control-plane-token")
+        .expect("the token's mount");
+    assert_eq!(
+        format!("{}/token", mount["mountPath"].as_str().unwrap_or_default()),
+        token_file
+    );
+    let volume = gateway_pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "control-plane-token")
+        .expect("the projected token");
+    assert_eq!(
+        volume["projected"]["sources"][0]["serviceAccountToken"],
+        serde_json::json!({ "audience": "switchboard", "expirationSeconds": 3600, "path": "token" })
+    );
+    let account = find(&generated, "ServiceAccount", "switchboard-gateway")
+        .expect("the gateways' ServiceAccount");
+    assert_eq!(account["automountServiceAccountToken"], false);
+    for (variable, value) in [
+        (
+            "SWITCHBOARD_REPLICA_SERVICE_ACCOUNTS",
+            "switchboard/switchboard-gateway",
+        ),
+        ("SWITCHBOARD_REPLICA_TOKEN_AUDIENCE", "switchboard"),
     ] {
         assert_eq!(
-            named(&gateway, variable).map(|e| e["valueFrom"].clone()),
-            Some(
-                serde_json::json!({ "secretKeyRef": { "name": "switchboard-tokens", "key": key } })
-            ),
+            named(&control, variable).map(|e| e["value"].clone()),
+            Some(Value::from(value)),
             "{variable}"
         );
     }
@@ -851,7 +935,17 @@ fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
         serde_json::json!({ "valueFrom": { "secretKeyRef": { "name": "switchboard-tokens", "key": "client" } } })
     );
 
-    let open = objects(&render(&["--set", "tokens.generate=false"]));
+    // Without generated tokens, gateways' own tokens still guard config.
+    let own_tokens = objects(&render(&["--set", "tokens.generate=false"]));
+    let control = env_of(&own_tokens, "switchboard-control-plane");
+    assert!(named(&control, "SWITCHBOARD_ALLOW_UNAUTHENTICATED_REPLICAS").is_none());
+
+    let open = objects(&render(&[
+        "--set",
+        "tokens.generate=false",
+        "--set",
+        "replicaAuth.mode=sharedToken",
+    ]));
     assert!(find(&open, "McpClient", "default").is_none());
     assert_eq!(dials(&open), "http://switchboard-control-plane:8788");
     let control = env_of(&open, "switchboard-control-plane");
@@ -874,6 +968,8 @@ fn the_tokens_come_from_secrets_or_their_absence_is_explicit() {
     );
 
     let closed = objects(&render(&[
+        "--set",
+        "replicaAuth.mode=sharedToken",
         "--set",
         "tokens.generate=false",
         "--set",

@@ -91,6 +91,19 @@ secretKeyRef: {name: {{ include "switchboard.tokensSecret" .root }}, key: {{ .ke
 {{- end }}
 {{- end }}
 
+{{- define "switchboard.gateway.serviceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create }}
+{{- default (include "switchboard.gateway.fullname" .) .Values.gateway.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.gateway.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Where a gateway pod's projected ServiceAccount token is mounted. */}}
+{{- define "switchboard.gateway.tokenDir" -}}
+/var/run/secrets/switchboard.dev/control-plane
+{{- end }}
+
 {{- define "switchboard.image" -}}
 {{- printf "%s/%s:%s" .root.Values.image.registry .image.repository (default .root.Chart.AppVersion .root.Values.image.tag) }}
 {{- end }}

@@ -139,11 +139,8 @@ impl TokenReviewer {
             ..Default::default()
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
-        let reviewed = tokio::time::timeout(
-            REVIEW_TIMEOUT,
-            api.create(&PostParams::default(), &review),
-        )
-        .await;
+        let reviewed =
+            tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review)).await;
         let reviewed = match reviewed {
             Ok(Ok(reviewed)) => reviewed,
             Ok(Err(error)) => {
@@ -275,7 +272,8 @@ mod tests {
         username: &str,
         pod: Option<&str>,
     ) -> TokenReview {
-        let extra = pod.map(|pod| BTreeMap::from([(POD_NAME_KEY.to_owned(), vec![pod.to_owned()])]));
+        let extra =
+            pod.map(|pod| BTreeMap::from([(POD_NAME_KEY.to_owned(), vec![pod.to_owned()])]));
         TokenReview {
             status: Some(TokenReviewStatus {
                 authenticated: Some(authenticated),
@@ -305,7 +303,12 @@ mod tests {
                 "refused the token: invalid bearer token",
             ),
             (
-                answered(true, &["https://kubernetes.default.svc"], gateway, Some("gw-1")),
+                answered(
+                    true,
+                    &["https://kubernetes.default.svc"],
+                    gateway,
+                    Some("gw-1"),
+                ),
                 "not for this control plane's audience",
             ),
             (answered(true, &[], gateway, Some("gw-1")), "audience"),
@@ -334,7 +337,14 @@ mod tests {
     fn service_accounts_are_namespace_slash_name() {
         let account: ServiceAccountRef = "team-a/switchboard-gateway".parse().expect("valid");
         assert_eq!(account.to_string(), "team-a/switchboard-gateway");
-        for bad in ["gateway", "/gateway", "ns/", "ns/Gateway", "a/b/c", "ns/gate way"] {
+        for bad in [
+            "gateway",
+            "/gateway",
+            "ns/",
+            "ns/Gateway",
+            "a/b/c",
+            "ns/gate way",
+        ] {
             assert!(bad.parse::<ServiceAccountRef>().is_err(), "{bad}");
         }
     }

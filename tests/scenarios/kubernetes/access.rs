@@ -404,20 +404,32 @@ async fn replicas_prove_themselves_with_their_pods_tokens() {
     let status = stolen.err().expect("another replica id is refused");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert!(
-        status.message().contains("not the pod this token was issued to (`gw-1`)"),
+        status
+            .message()
+            .contains("not the pod this token was issued to (`gw-1`)"),
         "{}",
         status.message()
     );
     for (token, says) in [
         (Some(other_audience.as_str()), "audience"),
-        (Some(other_account.as_str()), "is not a gateway's ServiceAccount"),
-        (Some("not-a-token-at-all-0123456789"), "invalid bearer token"),
+        (
+            Some(other_account.as_str()),
+            "is not a gateway's ServiceAccount",
+        ),
+        (
+            Some("not-a-token-at-all-0123456789"),
+            "invalid bearer token",
+        ),
         (None, "needs a replica's credential"),
     ] {
         let refused = RefusingReplica::try_connect(sb.grpc, "gw-1", "x", token).await;
         let status = refused.err().expect("refused");
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{says}");
-        assert!(status.message().contains(says), "{says}: {}", status.message());
+        assert!(
+            status.message().contains(says),
+            "{says}: {}",
+            status.message()
+        );
     }
     // A deleted pod's token is worth nothing.
     kubectl(&api, home.path(), &["delete", "pod", "gw-2"])
@@ -451,7 +463,11 @@ async fn replicas_prove_themselves_with_their_pods_tokens() {
     .await;
     std::fs::write(&rotating, &gw3).expect("rotate the token");
     rotated.wait_gateway_ready().await;
-    assert!(gw3_gateway.log().contains("the control plane token changed"));
+    assert!(
+        gw3_gateway
+            .log()
+            .contains("the control plane token changed")
+    );
 
     // Status knows the two real replicas, nobody else; refusals counted.
     let status = sb.control_status().await;

@@ -123,11 +123,7 @@ pub(super) async fn request(
             }
             Some(n) => n,
             None => {
-                return Err(invalid(
-                    "spec.expirationSeconds",
-                    value,
-                    "must be a number",
-                ));
+                return Err(invalid("spec.expirationSeconds", value, "must be a number"));
             }
         },
     };
@@ -212,7 +208,11 @@ pub(super) async fn request(
             .collect(),
     };
     let token = jwt(&grant, issued_at);
-    state.tokens.tokens.lock().insert(token.clone(), grant.clone());
+    state
+        .tokens
+        .tokens
+        .lock()
+        .insert(token.clone(), grant.clone());
 
     spec["audiences"] = json!(audiences);
     spec["expirationSeconds"] = json!(expiration);
@@ -420,14 +420,13 @@ fn authenticate(state: &ApiState, token: &str, wanted: &[String]) -> Result<Valu
             ));
         }
     }
-    let mut extra = json!({ "authentication.kubernetes.io/credential-id": [format!("JTI={}", grant.id)] });
+    let mut extra =
+        json!({ "authentication.kubernetes.io/credential-id": [format!("JTI={}", grant.id)] });
     if let Some((pod, uid)) = &grant.pod {
         match current("pods", pod) {
             Some(now) if &now == uid => {}
             Some(now) => {
-                return Err(format!(
-                    "pod UID ({now}) does not match claim ({uid})"
-                ));
+                return Err(format!("pod UID ({now}) does not match claim ({uid})"));
             }
             None => return Err(format!("pod \"{pod}\" not found")),
         }
