@@ -102,8 +102,9 @@ pub enum Replica {
     /// The shared replica token, or a port that asks for none: any
     /// replica id.
     Any,
-    /// A ServiceAccount token bound to this pod: that replica id only.
-    Pod(String),
+    /// A ServiceAccount token bound to pod `name`: that replica id only;
+    /// the token is kept to review it again while the caller stays.
+    Pod { name: String, token: Token },
 }
 
 /// The gRPC port's gate: the shared replica token, projected
@@ -121,9 +122,11 @@ impl Replica {
     /// Whether this caller may speak as `replica_id`.
     pub fn may_be(&self, replica_id: &str) -> Result<(), Status> {
         match self {
-            Self::Pod(pod) if pod != replica_id => Err(Status::permission_denied(format!(
-                "replica id `{replica_id}` is not the pod this token was issued to (`{pod}`): run the gateway with --replica-id set to its pod's name"
-            ))),
+            Self::Pod { name, .. } if name != replica_id => {
+                Err(Status::permission_denied(format!(
+                    "replica id `{replica_id}` is not the pod this token was issued to (`{name}`): run the gateway with --replica-id set to its pod's name"
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -163,15 +166,35 @@ impl ReplicaGate {
             self.gate.refused.inc();
             return Err(self.refuse(request, authorization.is_some()));
         };
-        match review.review(bearer).await {
-            Ok(Verdict::Pod(pod)) => Ok(Replica::Pod(pod)),
+        let verdict = review.review(bearer).await;
+        match verdict {
+            Ok(Verdict::Pod(name)) => match Token::new(bearer) {
+                Ok(token) => Ok(Replica::Pod { name, token }),
+                Err(_) => Err(self.refuse(request, true)),
+            },
             Ok(Verdict::Refused(why)) => {
                 self.gate.refused.inc();
                 Err(Status::unauthenticated(why))
             }
-            Err(_) => Err(Status::unavailable(
-                "this control plane cannot check tokens with the Kubernetes API right now; try again",
-            )),
+            Err(_) => Err(unavailable()),
+        }
+    }
+
+    /// Whether a caller admitted earlier still is: a pod's token is
+    /// reviewed again (the pod may be gone, the token expired); the shared
+    /// token stays good while the process runs. The API server being
+    /// away is not a refusal: the stream goes on until it can say.
+    pub async fn readmit(&self, replica: &Replica) -> Result<(), Status> {
+        let (Replica::Pod { name, token }, Some(review)) = (replica, &self.review) else {
+            return Ok(());
+        };
+        match review.review(token.expose()).await {
+            Ok(Verdict::Pod(pod)) if pod == *name => Ok(()),
+            Ok(Verdict::Pod(_)) => Err(Status::unauthenticated("the token now names another pod")),
+            Ok(Verdict::Refused(why)) => Err(Status::unauthenticated(format!(
+                "this replica's token is no longer valid: {why}"
+            ))),
+            Err(_) => Ok(()),
         }
     }
 
@@ -213,6 +236,12 @@ impl Interceptor for ReplicaGate {
         }
         Err(self.refuse(&request, authorization.is_some()))
     }
+}
+
+fn unavailable() -> Status {
+    Status::unavailable(
+        "this control plane cannot check tokens with the Kubernetes API right now; try again",
+    )
 }
 
 /// The token of a `Bearer` authorization value.
@@ -330,7 +359,10 @@ mod tests {
 
     #[test]
     fn a_pod_bound_replica_speaks_only_as_its_pod() {
-        let pod = Replica::Pod("gw-1".into());
+        let pod = Replica::Pod {
+            name: "gw-1".into(),
+            token: Token::new("0123456789abcdef-token").expect("long enough"),
+        };
         assert!(pod.may_be("gw-1").is_ok());
         let refused = pod.may_be("gw-2").expect_err("another pod's id");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);

@@ -2,10 +2,11 @@
 //! It checks, in order, what a user would: the control plane answers and
 //! has its registry; every replica is connected and has applied the
 //! current config; every server is ready on every replica; and a real MCP
-//! round trip through the gateway (`initialize`, `tools/list`) works. It
-//! stops at the first failure and names it; the rest are skipped.
+//! round trip through the gateway (`initialize`, `tools/list`, and each
+//! server's declared probe tool, `health.tool`, as clients call it) works.
+//! It stops at the first failure and names it; the rest are skipped.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -82,7 +83,7 @@ pub async fn run(target: &Target) -> Vec<Outcome> {
             }),
             1 => replicas(&status),
             2 => servers(&status),
-            _ => round_trip(&http, target).await,
+            _ => round_trip(&http, target, &probes(&status)).await,
         };
         outcomes.push(match result {
             Ok(detail) => Outcome {
@@ -220,8 +221,29 @@ fn servers(status: &Value) -> Result<String, String> {
     }
 }
 
-/// `initialize`, `tools/list` and the session's end, as a client would.
-async fn round_trip(http: &reqwest::Client, target: &Target) -> Result<String, String> {
+/// Each server's probe tool (client-facing name and arguments) as its
+/// replicas report it, by server.
+fn probes(status: &Value) -> BTreeMap<String, (String, Value)> {
+    let replicas = status["replicas"].as_object().cloned().unwrap_or_default();
+    replicas
+        .values()
+        .filter(|r| r["connected"] == true)
+        .flat_map(|r| r["servers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|server| {
+            let name = server["name"].as_str()?.to_owned();
+            let tool = server["probe"]["name"].as_str()?.to_owned();
+            Some((name, (tool, server["probe"]["arguments"].clone())))
+        })
+        .collect()
+}
+
+/// `initialize`, `tools/list`, each probe tool and the session's end, as
+/// a client would.
+async fn round_trip(
+    http: &reqwest::Client,
+    target: &Target,
+    probes: &BTreeMap<String, (String, Value)>,
+) -> Result<String, String> {
     let url = &target.gateway;
     let post = |body: Value, session: Option<&str>| {
         let mut request = http
@@ -261,20 +283,52 @@ async fn round_trip(http: &reqwest::Client, target: &Target) -> Result<String, S
         .ok_or("initialize gave no Mcp-Session-Id")?;
     let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
     let _ = post(initialized, Some(&session)).await;
-    let list = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" });
-    let answer = async {
-        let response = post(list, Some(&session))
-            .await
-            .map_err(|e| format!("tools/list: {}", e.without_url()))?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| format!("tools/list: {}", e.without_url()))?;
-        match status.is_success() {
-            true => Ok(text),
-            false => Err(format!("tools/list answered HTTP {status}: {text}")),
+    let ask = |what: String, request: Value| {
+        let post = &post;
+        let session = &session;
+        async move {
+            let response = post(request, Some(session))
+                .await
+                .map_err(|e| format!("{what}: {}", e.without_url()))?;
+            let status = response.status();
+            let text = response
+                .text()
+                .await
+                .map_err(|e| format!("{what}: {}", e.without_url()))?;
+            if !status.is_success() {
+                return Err(format!("{what} answered HTTP {status}: {text}"));
+            }
+            json_or_event(&text).ok_or_else(|| format!("{what} answered {text}"))
         }
+    };
+    let answer = async {
+        let list = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" });
+        let reply = ask("tools/list".to_owned(), list).await?;
+        let tools = reply["result"]["tools"]
+            .as_array()
+            .ok_or_else(|| format!("tools/list answered {reply}"))?
+            .len();
+        let mut probed = Vec::new();
+        for (n, (server, (tool, arguments))) in probes.iter().enumerate() {
+            let what = format!("server {server}'s probe tool {tool}");
+            let call = json!({ "jsonrpc": "2.0", "id": 3 + n, "method": "tools/call",
+                "params": { "name": tool, "arguments": arguments } });
+            let reply = ask(what.clone(), call).await?;
+            if let Some(message) = reply["error"]["message"].as_str() {
+                return Err(format!("{what}: {message}"));
+            }
+            if reply["result"]["isError"] == true {
+                let said: Vec<&str> = reply["result"]["content"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["text"].as_str())
+                    .collect();
+                return Err(format!("{what} failed: {}", said.join(" ")));
+            }
+            probed.push(tool.as_str());
+        }
+        Ok((tools, probed.join(", ")))
     }
     .await;
     // The session ends whatever tools/list did.
@@ -283,12 +337,11 @@ async fn round_trip(http: &reqwest::Client, target: &Target) -> Result<String, S
         delete = delete.bearer_auth(token.expose());
     }
     let _ = delete.send().await;
-    let answer = answer?;
-    let reply = json_or_event(&answer).ok_or_else(|| format!("tools/list answered {answer}"))?;
-    let tools = reply["result"]["tools"]
-        .as_array()
-        .ok_or_else(|| format!("tools/list answered {reply}"))?;
-    Ok(format!("{url}: {} tool(s) listed", tools.len()))
+    let (tools, probed) = answer?;
+    Ok(match probed.is_empty() {
+        true => format!("{url}: {tools} tool(s) listed"),
+        false => format!("{url}: {tools} tool(s) listed; probe tools answered: {probed}"),
+    })
 }
 
 /// A JSON-RPC reply, sent as JSON or as the data of an SSE event.

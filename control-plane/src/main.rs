@@ -277,6 +277,23 @@ impl ControlArgs {
                 "--replica-service-account checks tokens with the Kubernetes API: it needs --source kubernetes"
             );
         }
+        if let Some(account) = self
+            .replica_service_accounts
+            .iter()
+            .find(|a| a.name == "default")
+        {
+            anyhow::bail!(
+                "--replica-service-account {account}: every pod without a ServiceAccount of its own runs as `default`; give the gateways one of their own"
+            );
+        }
+        // A replica id is its pod's name: unique within one namespace only.
+        if let [first, rest @ ..] = &self.replica_service_accounts[..]
+            && let Some(other) = rest.iter().find(|a| a.namespace != first.namespace)
+        {
+            anyhow::bail!(
+                "--replica-service-account {first} and {other}: gateways' ServiceAccounts must share one namespace (a replica id is its pod's name)"
+            );
+        }
         let args = self;
         Ok(app::Config {
             registry: match args.source {

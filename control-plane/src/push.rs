@@ -22,8 +22,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::{auth::ReplicaGate, metrics::encode_counters, snapshot::SnapshotWatch};
+use crate::{
+    auth::{Replica, ReplicaGate},
+    metrics::encode_counters,
+    snapshot::SnapshotWatch,
+};
 
+/// How often an open stream's credential is checked again: with the
+/// review cache's minute, a deleted pod's stream ends within ~90 s.
+const READMIT_EVERY: Duration = Duration::from_secs(30);
 /// A replica that connects but says nothing is dropped after this long.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -93,6 +100,13 @@ pub struct NackStatus {
     pub rejected: BTreeMap<String, String>,
 }
 
+/// A server's health probe tool, as clients call it through the gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeTool {
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerHealthStatus {
@@ -113,6 +127,8 @@ pub struct ServerHealthStatus {
     pub latency_p99_us: u64,
     pub connections: u32,
     pub in_flight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeTool>,
 }
 
 // === impl ConfigPushService ===
@@ -178,6 +194,8 @@ impl ConfigDiscovery for ConfigPushService {
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let stream = ReplicaStream {
             replica_id: hello.replica_id,
+            caller,
+            gate: self.gate.clone(),
             connection,
             inbound,
             outbound: tx,
@@ -193,6 +211,9 @@ impl ConfigDiscovery for ConfigPushService {
 /// One replica's stream, from Hello to disconnect.
 struct ReplicaStream {
     replica_id: String,
+    /// Who it proved to be, proved again every [`READMIT_EVERY`].
+    caller: Replica,
+    gate: ReplicaGate,
     connection: u64,
     inbound: Streaming<pb::ReplicaMessage>,
     outbound: mpsc::Sender<Result<pb::ControlMessage, Status>>,
@@ -205,6 +226,8 @@ struct ReplicaStream {
 impl ReplicaStream {
     async fn run(mut self, cancel: CancellationToken) {
         let mut last_sent = 0;
+        let mut readmit = tokio::time::interval(READMIT_EVERY);
+        readmit.tick().await;
         loop {
             let snapshot = self.snapshots.borrow_and_update().clone();
             if snapshot.version != 0 && snapshot.version != last_sent {
@@ -224,6 +247,11 @@ impl ReplicaStream {
                 _ = cancel.cancelled() => break,
                 _ = self.outbound.closed() => break,
                 changed = self.snapshots.changed() => if changed.is_err() { break },
+                _ = readmit.tick() => if let Err(status) = self.gate.readmit(&self.caller).await {
+                    warn!(error = %status.message(), "closing a replica's stream: its credential no longer holds");
+                    let _ = self.outbound.send(Err(status)).await;
+                    break;
+                },
                 message = self.inbound.message() => match message {
                     Ok(Some(message)) => self.handle(message),
                     Ok(None) => break,
@@ -301,6 +329,17 @@ fn health_status(health: pb::ServerHealth) -> ServerHealthStatus {
         latency_p99_us: health.latency_p99_us,
         connections: health.connections,
         in_flight: health.in_flight,
+        // A replica's report: arguments that are not a JSON object are
+        // left out rather than passed on.
+        probe: health.probe.and_then(|probe| {
+            let arguments = serde_json::from_str::<serde_json::Value>(&probe.arguments_json)
+                .ok()
+                .filter(serde_json::Value::is_object)?;
+            Some(ProbeTool {
+                name: probe.name,
+                arguments,
+            })
+        }),
     }
 }
 

@@ -479,6 +479,7 @@ mod tests {
             latency_p99_us: 0,
             connections: 1,
             in_flight: 0,
+            probe: None,
         }
     }
 

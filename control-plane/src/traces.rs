@@ -33,7 +33,10 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status, codec::CompressionEncoding};
 use tracing::debug;
 
-use crate::{auth::ReplicaGate, metrics::encode_counters};
+use crate::{
+    auth::{Replica, ReplicaGate},
+    metrics::encode_counters,
+};
 use forward::Forwarder;
 
 /// Largest OTLP export accepted: a gateway's batches are a few hundred KiB.
@@ -159,6 +162,14 @@ pub enum InvalidExport {
         #[source]
         source: prost::DecodeError,
     },
+    #[error(
+        "resource_spans[{index}] is from replica `{claimed}`, but this exporter may send only its own pod's (`{exporter}`)"
+    )]
+    Impersonation {
+        index: usize,
+        claimed: String,
+        exporter: String,
+    },
 }
 
 /// A span as the HTTP API shows it.
@@ -239,7 +250,13 @@ impl TraceStore {
     /// trace id does not, is refused whole. The rest of a span is decoded
     /// only when the API reads it: one that does not decode then is left
     /// out of the answers.
-    pub fn insert(&self, request: ExportTraceServiceRequest) -> Result<usize, InvalidExport> {
+    /// Keeps an export's spans. `exporter`, when the exporter is bound to
+    /// a pod: every resource must be that replica's.
+    pub fn insert(
+        &self,
+        request: ExportTraceServiceRequest,
+        exporter: Option<&str>,
+    ) -> Result<usize, InvalidExport> {
         let mut arrivals = Vec::with_capacity(request.resource_spans.len());
         let mut index = 0;
         for (resource_index, resource_spans) in request.resource_spans.into_iter().enumerate() {
@@ -253,6 +270,15 @@ impl TraceStore {
             let service: Arc<str> = string_attr(&resource.attributes, "service.name").into();
             let instance: Arc<str> =
                 string_attr(&resource.attributes, "service.instance.id").into();
+            if let Some(exporter) = exporter
+                && *instance != *exporter
+            {
+                return Err(InvalidExport::Impersonation {
+                    index: resource_index,
+                    claimed: instance.to_string(),
+                    exporter: exporter.to_owned(),
+                });
+            }
             for (scope_index, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
                 InstrumentationScope::decode(scope_spans.scope.as_slice()).map_err(|source| {
                     InvalidExport::Scope {
@@ -564,7 +590,10 @@ impl TraceService for TraceReceiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.gate.admit(&request).await?;
+        let exporter = match self.gate.admit(&request).await? {
+            Replica::Pod { name, .. } => Some(name),
+            Replica::Any => None,
+        };
         let request = request.into_inner();
         let spans: usize = request
             .resource_spans
@@ -574,11 +603,19 @@ impl TraceService for TraceReceiver {
             .sum();
         // Only a forwarded export is copied; the store takes the original.
         let forwarded = self.forwarder.as_ref().map(|_| request.clone());
-        let kept = self.store.insert(request).map_err(|error| {
-            self.counters.dropped(DROP_INVALID).inc_by(spans as u64);
-            debug!(%error, spans, "export refused");
-            Status::invalid_argument(error.to_string())
-        })?;
+        let kept = self
+            .store
+            .insert(request, exporter.as_deref())
+            .map_err(|error| {
+                self.counters.dropped(DROP_INVALID).inc_by(spans as u64);
+                debug!(%error, spans, "export refused");
+                match error {
+                    InvalidExport::Impersonation { .. } => {
+                        Status::permission_denied(error.to_string())
+                    }
+                    _ => Status::invalid_argument(error.to_string()),
+                }
+            })?;
         self.counters.received.inc_by(spans as u64);
         if let (Some(forwarder), Some(request)) = (&self.forwarder, forwarded) {
             forwarder.forward(request, spans);
@@ -637,7 +674,23 @@ mod tests {
     }
 
     fn insert(store: &TraceStore, export: ExportTraceServiceRequest) {
-        store.insert(export).expect("a valid export");
+        store.insert(export, None).expect("a valid export");
+    }
+
+    #[test]
+    fn a_pod_bound_exporter_sends_only_its_own_spans() {
+        let store = TraceStore::new(10, 1 << 20);
+        let mine = export(1, vec![span(1, &[], false)]);
+        assert_eq!(store.insert(mine, Some("replica-1")).expect("its own"), 1);
+        let theirs = export(2, vec![span(2, &[], false)]);
+        let error = store
+            .insert(theirs, Some("replica-2"))
+            .expect_err("another replica's");
+        assert!(
+            matches!(error, InvalidExport::Impersonation { .. }),
+            "{error}"
+        );
+        assert_eq!(store.len(), 1, "nothing of it kept");
     }
 
     fn span(id: u8, attributes: &[(&str, &str)], error: bool) -> Span {
@@ -769,7 +822,7 @@ mod tests {
         let store = TraceStore::new(10, usize::MAX);
         let mut bad = export(1, vec![span(1, &[], false), span(2, &[], false)]);
         bad.resource_spans[0].scope_spans[0].spans[1] = vec![0xff];
-        let error = store.insert(bad).expect_err("a truncated span");
+        let error = store.insert(bad, None).expect_err("a truncated span");
         assert!(
             error.to_string().contains("span 1 of the export"),
             "{error}"
@@ -778,13 +831,13 @@ mod tests {
 
         let mut bad = export(1, vec![span(1, &[], false)]);
         bad.resource_spans[0].resource = vec![0x0a, 0x05];
-        let error = store.insert(bad).expect_err("a truncated resource");
+        let error = store.insert(bad, None).expect_err("a truncated resource");
         assert!(error.to_string().contains("resource"), "{error}");
         assert!(store.is_empty());
 
         let mut bad = export(1, vec![span(1, &[], false)]);
         bad.resource_spans[0].scope_spans[0].scope = vec![0x0a, 0x05];
-        let error = store.insert(bad).expect_err("a truncated scope");
+        let error = store.insert(bad, None).expect_err("a truncated scope");
         assert!(error.to_string().contains("scope_spans[0]"), "{error}");
         assert!(store.is_empty());
     }
@@ -798,7 +851,7 @@ mod tests {
         };
         let mut partly = export(1, vec![span(1, &[], false), span(2, &[], false)]);
         garble(&mut partly);
-        assert_eq!(store.insert(partly).expect("outer layer is valid"), 2);
+        assert_eq!(store.insert(partly, None).expect("outer layer is valid"), 2);
         let spans = store.trace(&"01".repeat(16)).expect("stored");
         assert_eq!(
             spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
@@ -807,7 +860,7 @@ mod tests {
         // A trace none of whose spans decodes is not listed at all.
         let mut wholly = export(2, vec![span(3, &[], false)]);
         garble(&mut wholly);
-        assert_eq!(store.insert(wholly).expect("outer layer is valid"), 1);
+        assert_eq!(store.insert(wholly, None).expect("outer layer is valid"), 1);
         assert!(store.trace(&"02".repeat(16)).is_none());
         let listed = store.search(&TraceQuery::default());
         assert_eq!(

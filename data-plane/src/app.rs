@@ -188,6 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         endpoint: control_plane,
         replica_id: config.replica_id.clone(),
         servers: servers.clone(),
+        catalog: catalog.clone(),
         status: status.clone(),
         metrics: metrics.clone(),
     };

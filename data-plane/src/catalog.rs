@@ -341,6 +341,14 @@ impl Catalog {
         self.tool_routes.get(tool)
     }
 
+    /// The name clients call `server`'s tool `tool` by, if it is served.
+    pub fn exposed_tool(&self, server: &str, tool: &str) -> Option<&str> {
+        self.tool_routes
+            .iter()
+            .find(|(_, route)| &*route.server.spec.name == server && &*route.name == tool)
+            .map(|(exposed, _)| &**exposed)
+    }
+
     pub fn prompt_route(&self, prompt: &str) -> Option<&Route> {
         self.prompt_routes.get(prompt)
     }

@@ -33,9 +33,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     auth::{Callers, Declared, GatewaySettings, IssuerConfig},
+    catalog::CatalogReader,
     downstream::{ServerState, Servers, breaker::BreakerState},
     policy::{Policies, Policy, Rules},
-    spec::ServerSpec,
+    spec::{Probe, ServerSpec},
     telemetry::{Metrics, metrics::ResultLabels},
 };
 
@@ -166,6 +167,8 @@ pub struct XdsClient {
     pub token: Presenting,
     pub replica_id: String,
     pub servers: Servers,
+    /// What clients call each server's probe tool, for health reports.
+    pub catalog: CatalogReader,
     pub status: ConfigStatus,
     pub metrics: Arc<Metrics>,
 }
@@ -243,6 +246,9 @@ impl XdsClient {
         info!("connected to the control plane");
 
         let mut health = self.servers.subscribe();
+        // A probe tool's client-facing name comes with the catalog, a
+        // moment after its server's state.
+        let mut catalog = self.catalog.subscribe();
         send(&tx, ReplicaKind::Health(self.health_report())).await?;
         loop {
             tokio::select! {
@@ -259,6 +265,16 @@ impl XdsClient {
                         return Ok(());
                     }
                     tokio::time::sleep(HEALTH_DEBOUNCE).await;
+                    health.mark_unchanged();
+                    catalog.mark_unchanged();
+                    send(&tx, ReplicaKind::Health(self.health_report())).await?;
+                }
+                changed = catalog.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(HEALTH_DEBOUNCE).await;
+                    catalog.mark_unchanged();
                     health.mark_unchanged();
                     send(&tx, ReplicaKind::Health(self.health_report())).await?;
                 }
@@ -327,6 +343,7 @@ impl XdsClient {
     }
 
     fn health_report(&self) -> pb::HealthReport {
+        let catalog = self.catalog.load();
         let servers = self
             .servers
             .list()
@@ -367,6 +384,16 @@ impl XdsClient {
                     latency_p99_us: micros(status.latency_p99),
                     connections: u32::try_from(status.connections).unwrap_or(u32::MAX),
                     in_flight: status.in_flight,
+                    probe: match &handle.spec.health.probe {
+                        Probe::Tool { name, arguments } => catalog
+                            .exposed_tool(&handle.spec.name, name)
+                            .map(|exposed| pb::ToolProbe {
+                                name: exposed.to_owned(),
+                                arguments_json: serde_json::Value::Object(arguments.clone())
+                                    .to_string(),
+                            }),
+                        Probe::Ping | Probe::Initialize => None,
+                    },
                 }
             })
             .collect();

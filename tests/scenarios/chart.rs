@@ -631,6 +631,11 @@ fn the_values_schema_refuses_bad_values() {
         ("controlPlane.podAntiAffinity=sometimes", "podAntiAffinity"),
         ("rbac.aggregateClusterRoles=yes", "aggregateClusterRoles"),
         ("replicaAuth.mode=none", "mode"),
+        // Gateways proving themselves as `default` would be any pod.
+        (
+            "gateway.serviceAccount.create=false",
+            "need a ServiceAccount of their own",
+        ),
         // The config port must not face the internet.
         ("controlPlane.service.type=LoadBalancer", "type"),
         (

@@ -109,6 +109,84 @@ async fn every_clients_snippet_parses_and_names_its_caller() {
     assert!(cursor["mcpServers"]["switchboard"]["url"].is_string());
 }
 
+/// Whether `config` type-checks as OpenCode's `Config`, the type OpenCode
+/// publishes (`@opencode-ai/sdk`, generated from the schema its `$schema`
+/// names), with the TypeScript compiler in strict mode: an unknown key, a
+/// missing one or a wrong type is an error. The compiler's complaint if not.
+fn opencode_accepts(config: &Value) -> Result<(), String> {
+    const NPM_CI: &str = "`npm ci --prefix tests/npm`";
+    let npm = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("npm");
+    let node = e2e::require_tool(
+        "Node (npm package node)",
+        npm.join("node_modules/.bin/node"),
+        NPM_CI,
+    );
+    let tsc = e2e::require_tool(
+        "the TypeScript compiler (npm package typescript)",
+        npm.join("node_modules/typescript/bin/tsc"),
+        NPM_CI,
+    );
+    // Beside node_modules, where the compiler resolves the package.
+    let dir = tempfile::Builder::new()
+        .prefix("opencode-check")
+        .tempdir_in(&npm)
+        .expect("a scratch directory");
+    let file = dir.path().join("config.mts");
+    let source = format!(
+        "import type {{ Config }} from \"@opencode-ai/sdk/v2/types\";\nexport const config: Config = {config};\n"
+    );
+    std::fs::write(&file, source).expect("write the check");
+    let output = std::process::Command::new(node)
+        .arg(tsc)
+        .args([
+            "--noEmit",
+            "--strict",
+            "--skipLibCheck",
+            "--module",
+            "nodenext",
+            "--moduleResolution",
+            "nodenext",
+            "--target",
+            "es2022",
+        ])
+        .arg(&file)
+        .output()
+        .expect("running tsc");
+    match output.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&output.stdout).into_owned()),
+    }
+}
+
+#[tokio::test]
+async fn the_opencode_snippet_is_a_config_opencode_accepts() {
+    for args in [
+        &["opencode"][..],
+        &[
+            "opencode",
+            "--token-file",
+            "/home/tester/.switchboard-token",
+        ],
+        // A local server as OpenCode writes one.
+        &[
+            "opencode",
+            "--local",
+            r#"fs={"type":"local","command":["npx","-y","fs-mcp"]}"#,
+        ],
+    ] {
+        let snippet = parsed("json", &connect(args).await);
+        opencode_accepts(&snippet).unwrap_or_else(|e| panic!("{args:?}: {e}\n{snippet}"));
+    }
+    // The check is strict: what OpenCode would refuse, it refuses.
+    for refused in [
+        json!({ "mcp": { "x": { "type": "remote" } } }),
+        json!({ "mcp": { "x": { "type": "remote", "url": "http://h/mcp", "header": {} } } }),
+        json!({ "mcp": { "x": { "type": "local", "command": "npx" } } }),
+    ] {
+        assert!(opencode_accepts(&refused).is_err(), "accepted {refused}");
+    }
+}
+
 #[tokio::test]
 async fn real_clients_reach_the_gateway_the_way_their_snippets_say() {
     let sb = Switchboard::start(&[(

@@ -94,8 +94,12 @@ secretKeyRef: {name: {{ include "switchboard.tokensSecret" .root }}, key: {{ .ke
 {{- define "switchboard.gateway.serviceAccountName" -}}
 {{- if .Values.gateway.serviceAccount.create }}
 {{- default (include "switchboard.gateway.fullname" .) .Values.gateway.serviceAccount.name }}
+{{- else if .Values.gateway.serviceAccount.name }}
+{{- .Values.gateway.serviceAccount.name }}
+{{- else if eq .Values.replicaAuth.mode "serviceAccountToken" }}
+{{- fail "gateway.serviceAccount: with replicaAuth.mode serviceAccountToken the gateways need a ServiceAccount of their own (create it, or name one): every pod in the namespace runs as `default`" }}
 {{- else }}
-{{- default "default" .Values.gateway.serviceAccount.name }}
+{{- "default" }}
 {{- end }}
 {{- end }}
 

@@ -7,12 +7,28 @@
 //! id its holder may use, so one replica cannot speak for another, and a
 //! deleted pod's token stops working.
 //!
-//! Verdicts are cached by the token's SHA-256 (a minute when admitted, a
-//! few seconds when refused), so a reconnecting replica or a stream of
-//! span exports costs one review, and a process guessing tokens cannot
-//! turn each guess into an API request.
+//! Before asking, a token is read for what it says of itself (unverified:
+//! a JWT's audience, subject, expiry and pod): what cannot be a gateway's
+//! token for this audience is refused without an API request, so random
+//! guesses cost the API server nothing, and at most
+//! [`MAX_CONCURRENT_REVIEWS`] reviews run at once whatever arrives.
+//! Verdicts are cached by the token's SHA-256 (admitted ones for a minute
+//! or until the token expires, refused ones for a few seconds, in caches
+//! of their own so a flood of refusals never evicts an admitted replica),
+//! so a reconnecting replica or a stream of span exports costs one review.
+//! Open config streams are reviewed again as they go
+//! ([`crate::auth::ReplicaGate::readmit`]): a deleted pod's token stops
+//! working within [`ADMITTED_FOR`] and a recheck.
 
-use std::{collections::HashMap, fmt, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, Client, api::PostParams};
@@ -21,16 +37,20 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{counter::Counter, family::Family},
 };
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::time::Instant;
+use tokio::{sync::Semaphore, time::Instant};
 use tracing::{debug, warn};
 
-/// How long an admitted token's verdict is reused.
-const ADMITTED_FOR: Duration = Duration::from_secs(60);
+/// How long an admitted token's verdict is reused (at most: never past
+/// the token's expiry).
+pub const ADMITTED_FOR: Duration = Duration::from_secs(60);
 /// How long a refused token's verdict is reused.
 const REFUSED_FOR: Duration = Duration::from_secs(10);
-/// Verdicts kept at most; past this, expired ones go, then all.
+/// Verdicts kept at most per cache; past this, expired ones go, then all.
 const MAX_CACHED: usize = 1024;
+/// Reviews asked of the API server at once; more wait their turn.
+const MAX_CONCURRENT_REVIEWS: usize = 4;
 /// How long one review may take.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the API server says of a token bound to a pod.
@@ -59,13 +79,38 @@ pub struct TokenReviewer {
     audience: Arc<str>,
     /// `system:serviceaccount:<namespace>:<name>` of each accepted account.
     usernames: Arc<[String]>,
-    cache: Arc<Mutex<HashMap<[u8; 32], Cached>>>,
+    admitted: Arc<Mutex<HashMap<[u8; 32], Cached>>>,
+    refused: Arc<Mutex<HashMap<[u8; 32], Cached>>>,
+    in_flight: Arc<Semaphore>,
     reviews: Family<OutcomeLabels, Counter>,
 }
 
 struct Cached {
     until: Instant,
     verdict: Verdict,
+}
+
+/// What a ServiceAccount token says of itself, before anyone checked it.
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    aud: Vec<String>,
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    exp: u64,
+    #[serde(rename = "kubernetes.io", default)]
+    kubernetes: Option<KubernetesClaims>,
+}
+
+#[derive(Deserialize)]
+struct KubernetesClaims {
+    pod: Option<PodClaim>,
+}
+
+#[derive(Deserialize)]
+struct PodClaim {
+    name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,7 +162,9 @@ impl TokenReviewer {
                 .iter()
                 .map(|a| format!("system:serviceaccount:{}:{}", a.namespace, a.name))
                 .collect(),
-            cache: Arc::default(),
+            admitted: Arc::default(),
+            refused: Arc::default(),
+            in_flight: Arc::new(Semaphore::new(MAX_CONCURRENT_REVIEWS)),
             reviews: Family::default(),
         }
     }
@@ -125,12 +172,30 @@ impl TokenReviewer {
     /// Whose `token` is; an error when the API could not say.
     pub async fn review(&self, token: &str) -> Result<Verdict, kube::Error> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(cached) = self.cache.lock().get(&key)
-            && cached.until > Instant::now()
-        {
-            self.count("cached");
-            return Ok(cached.verdict.clone());
+        for cache in [&self.admitted, &self.refused] {
+            if let Some(cached) = cache.lock().get(&key)
+                && cached.until > Instant::now()
+            {
+                self.count("cached");
+                return Ok(cached.verdict.clone());
+            }
         }
+        let expires_in = match self.precheck(token) {
+            Ok(expires_in) => expires_in,
+            Err(why) => {
+                self.count("malformed");
+                return Ok(Verdict::Refused(why));
+            }
+        };
+        let Ok(Ok(_turn)) =
+            tokio::time::timeout(REVIEW_TIMEOUT, self.in_flight.clone().acquire_owned()).await
+        else {
+            self.count("error");
+            warn!("too many token reviews waiting");
+            return Err(kube::Error::Service(
+                "too many token reviews waiting".into(),
+            ));
+        };
         let review = TokenReview {
             spec: TokenReviewSpec {
                 audiences: Some(vec![self.audience.to_string()]),
@@ -157,20 +222,65 @@ impl TokenReviewer {
             }
         };
         let verdict = self.judge(reviewed);
-        let lasts = match &verdict {
+        let (cache, lasts) = match &verdict {
             Verdict::Pod(pod) => {
                 self.count("admitted");
                 debug!(%pod, "a replica's token admitted");
-                ADMITTED_FOR
+                (&self.admitted, ADMITTED_FOR.min(expires_in))
             }
             Verdict::Refused(why) => {
                 self.count("refused");
                 debug!(%why, "a token refused");
-                REFUSED_FOR
+                (&self.refused, REFUSED_FOR)
             }
         };
-        self.remember(key, verdict.clone(), lasts);
+        remember(cache, key, verdict.clone(), lasts);
         Ok(verdict)
+    }
+
+    /// What the token says of itself, read without trusting it: refused
+    /// when it cannot be a gateway pod's token for this audience; else how
+    /// long until it expires.
+    fn precheck(&self, token: &str) -> Result<Duration, String> {
+        let not_one = || "not a ServiceAccount token (a JWT)".to_owned();
+        let mut parts = token.split('.');
+        let (Some(_), Some(payload), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(not_one());
+        };
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .map_err(|_| not_one())?;
+        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| not_one())?;
+        if !claims.aud.iter().any(|a| **a == *self.audience) {
+            return Err(format!(
+                "the token is not for this control plane's audience `{}`",
+                self.audience
+            ));
+        }
+        if !self.usernames.contains(&claims.sub) {
+            return Err(format!(
+                "`{}` is not a gateway's ServiceAccount",
+                claims.sub
+            ));
+        }
+        if claims
+            .kubernetes
+            .and_then(|k| k.pod)
+            .is_none_or(|p| p.name.is_empty())
+        {
+            return Err(
+                "the token is bound to no pod: mount a projected ServiceAccount token".into(),
+            );
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match claims.exp.checked_sub(now) {
+            Some(left) if left > 0 => Ok(Duration::from_secs(left)),
+            _ => Err("the token has expired".into()),
+        }
     }
 
     /// The verdict on what the API server said.
@@ -209,24 +319,6 @@ impl TokenReviewer {
         }
     }
 
-    fn remember(&self, key: [u8; 32], verdict: Verdict, lasts: Duration) {
-        let mut cache = self.cache.lock();
-        if cache.len() >= MAX_CACHED {
-            let now = Instant::now();
-            cache.retain(|_, cached| cached.until > now);
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
-            }
-        }
-        cache.insert(
-            key,
-            Cached {
-                until: Instant::now() + lasts,
-                verdict,
-            },
-        );
-    }
-
     fn count(&self, outcome: &'static str) {
         self.reviews.get_or_create(&OutcomeLabels { outcome }).inc();
     }
@@ -234,11 +326,35 @@ impl TokenReviewer {
     pub(super) fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
         self.reviews.encode(encoder.encode_descriptor(
             "replica_token_reviews",
-            "Replicas' ServiceAccount tokens checked, by outcome (admitted, refused, cached, error)",
+            "Replicas' ServiceAccount tokens checked, by outcome (admitted, refused, cached, malformed: refused unasked, error)",
             None,
             self.reviews.metric_type(),
         )?)
     }
+}
+
+/// Keeps `verdict` in `cache` for `lasts`, within [`MAX_CACHED`].
+fn remember(
+    cache: &Mutex<HashMap<[u8; 32], Cached>>,
+    key: [u8; 32],
+    verdict: Verdict,
+    lasts: Duration,
+) {
+    let mut cache = cache.lock();
+    if cache.len() >= MAX_CACHED {
+        let now = Instant::now();
+        cache.retain(|_, cached| cached.until > now);
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+    }
+    cache.insert(
+        key,
+        Cached {
+            until: Instant::now() + lasts,
+            verdict,
+        },
+    );
 }
 
 impl fmt::Debug for TokenReviewer {
@@ -255,6 +371,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
+    use serde_json::json;
 
     use super::*;
 
@@ -350,13 +467,76 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_cache_stays_bounded() {
+    async fn the_caches_stay_bounded_and_refusals_never_evict_an_admitted_replica() {
         let reviewer = reviewer();
+        remember(
+            &reviewer.admitted,
+            [7; 32],
+            Verdict::Pod("p".into()),
+            ADMITTED_FOR,
+        );
         for n in 0..(MAX_CACHED as u32 + 10) {
             let mut key = [0u8; 32];
             key[..4].copy_from_slice(&n.to_le_bytes());
-            reviewer.remember(key, Verdict::Pod("p".into()), ADMITTED_FOR);
+            remember(
+                &reviewer.refused,
+                key,
+                Verdict::Refused("no".into()),
+                REFUSED_FOR,
+            );
         }
-        assert!(reviewer.cache.lock().len() <= MAX_CACHED);
+        assert!(reviewer.refused.lock().len() <= MAX_CACHED);
+        assert!(reviewer.admitted.lock().contains_key(&[7; 32]));
+    }
+
+    fn jwt(claims: serde_json::Value) -> String {
+        format!(
+            "eyJhbGciOiJSUzI1NiJ9.{}.c2lnbmF0dXJl",
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    /// What cannot be a gateway pod's token for this audience is refused
+    /// before the API server is asked (`review` would fail to reach it).
+    #[tokio::test]
+    async fn tokens_that_cannot_be_a_gateways_are_refused_unasked() {
+        let reviewer = reviewer();
+        let later = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+            + 600;
+        let good = json!({ "aud": ["switchboard"], "sub": "system:serviceaccount:switchboard:gateway",
+            "exp": later, "kubernetes.io": { "pod": { "name": "gw-1" } } });
+        let left = reviewer
+            .precheck(&jwt(good.clone()))
+            .expect("could be a gateway's");
+        assert!(left <= Duration::from_secs(600) && left > Duration::from_secs(500));
+        let with = |key: &str, value: serde_json::Value| {
+            let mut claims = good.clone();
+            claims[key] = value;
+            jwt(claims)
+        };
+        for (token, says) in [
+            (
+                "0123456789abcdef0123".to_owned(),
+                "not a ServiceAccount token",
+            ),
+            ("a.!!!.c".to_owned(), "not a ServiceAccount token"),
+            (with("aud", json!(["vault"])), "audience"),
+            (
+                with("sub", json!("system:serviceaccount:x:y")),
+                "not a gateway's",
+            ),
+            (with("exp", json!(1)), "expired"),
+            (with("kubernetes.io", json!({})), "bound to no pod"),
+        ] {
+            let why = reviewer.precheck(&token).expect_err(says);
+            assert!(why.contains(says), "{why}");
+            assert_eq!(
+                reviewer.review(&token).await.expect("no API call"),
+                Verdict::Refused(why)
+            );
+        }
     }
 }

@@ -26,6 +26,7 @@ fn health(state: &'static str) -> ServerHealthStatus {
         latency_p99_us: 900,
         connections: 1,
         in_flight: 2,
+        probe: None,
     }
 }
 

@@ -317,17 +317,18 @@ async fn replicas_prove_themselves_with_their_pods_tokens() {
     let api = KubeApiServer::start().await;
     let home = tempfile::tempdir().expect("kubectl home");
     let tag = format!("k8s-sa-{}", std::process::id());
-    let pod = |name: &str| {
+    let pod = |name: &str, account: &str| {
         format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  serviceAccountName: switchboard-gateway\n  containers: [{{name: gateway, image: switchboard-gateway}}]\n"
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  serviceAccountName: {account}\n  containers: [{{name: gateway, image: switchboard-gateway}}]\n"
         )
     };
     let manifest = format!(
-        "{}---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: switchboard-gateway, namespace: default}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: other, namespace: default}}\n{}{}{}",
+        "{}---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: switchboard-gateway, namespace: default}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: other, namespace: default}}\n{}{}{}{}",
         demo_resource("demo", &tag),
-        pod("gw-1"),
-        pod("gw-2"),
-        pod("gw-3"),
+        pod("gw-1", "switchboard-gateway"),
+        pod("gw-2", "switchboard-gateway"),
+        pod("gw-3", "switchboard-gateway"),
+        pod("other-1", "other"),
     );
     apply(&api, home.path(), "gateways.yaml", &manifest)
         .await
@@ -365,17 +366,25 @@ async fn replicas_prove_themselves_with_their_pods_tokens() {
     let other_audience = mint("switchboard-gateway", "gw-1", "vault")
         .await
         .expect("a token for another audience");
-    let other_account = mint("other", "gw-1", "switchboard")
+    let other_account = mint("other", "other-1", "switchboard")
         .await
         .expect("another account's token");
-    // The API server refuses to bind a token to a pod that is not there.
-    let refused = mint("switchboard-gateway", "gw-9", "switchboard").await;
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.contains("pods \"gw-9\" not found")),
-        "{refused:?}"
-    );
+    // The API server binds a token only to a pod that is there and runs
+    // as the token's account.
+    for (account, pod, says) in [
+        ("switchboard-gateway", "gw-9", "pods \"gw-9\" not found"),
+        (
+            "other",
+            "gw-1",
+            "to pod running with different serviceaccount name",
+        ),
+    ] {
+        let refused = mint(account, pod, "switchboard").await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains(says)),
+            "{refused:?}"
+        );
+    }
 
     let mut sb = Switchboard::unstarted();
     sb.control_args = pod_args(
@@ -410,15 +419,21 @@ async fn replicas_prove_themselves_with_their_pods_tokens() {
         "{}",
         status.message()
     );
+    // gw-1's claims with another signature: only the API server can tell.
+    let forged = format!(
+        "{}.c2lnbmVkIGJ5IG5vYm9keQ",
+        gw1.rsplit_once('.').expect("a JWT").0
+    );
     for (token, says) in [
         (Some(other_audience.as_str()), "audience"),
         (
             Some(other_account.as_str()),
             "is not a gateway's ServiceAccount",
         ),
+        (Some(forged.as_str()), "invalid bearer token"),
         (
             Some("not-a-token-at-all-0123456789"),
-            "invalid bearer token",
+            "not a ServiceAccount token",
         ),
         (None, "needs a replica's credential"),
     ] {

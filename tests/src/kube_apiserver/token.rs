@@ -5,8 +5,8 @@
 //! - `TokenRequest` (`POST .../serviceaccounts/<name>/token`, what the
 //!   kubelet does for a projected token volume and `kubectl create token`
 //!   does): the ServiceAccount must exist, `expirationSeconds` is at least
-//!   ten minutes (default an hour), the bound object must exist with the
-//!   UID given, if any. The token is JWT-shaped; the stand-in remembers
+//!   ten minutes (default an hour) and below 2^32 seconds, the bound pod
+//!   must exist with the UID given, if any, and run as that account. The token is JWT-shaped; the stand-in remembers
 //!   what it issued instead of signing, so a token it did not issue, or
 //!   one altered in any byte, is unknown.
 //! - `TokenReview` (`POST /apis/authentication.k8s.io/v1/tokenreviews`):
@@ -44,7 +44,7 @@ use super::{ApiError, ApiState, Reply, status_error, table::rfc3339, write::pars
 /// server's `--api-audiences`, defaulting to its issuer).
 const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 const MIN_EXPIRATION: u64 = 600;
-const MAX_EXPIRATION: u64 = 1 << 32;
+const MAX_EXPIRATION: u64 = u32::MAX as u64;
 const DEFAULT_EXPIRATION: u64 = 3600;
 
 /// Tokens issued, by value.
@@ -152,19 +152,14 @@ pub(super) async fn request(
         Value::Null => None,
         bound => {
             let kind = bound["kind"].as_str().unwrap_or("");
-            if kind != "Pod" {
-                // Secrets and Nodes can be bound too; nothing here needs them.
-                return Err(invalid(
-                    "spec.boundObjectRef.kind",
-                    &json!(kind),
-                    "supported values: \"Pod\"",
-                ));
-            }
-            if bound["apiVersion"].as_str().is_some_and(|v| v != "v1") {
-                return Err(invalid(
-                    "spec.boundObjectRef.apiVersion",
-                    &bound["apiVersion"],
-                    "must be v1 for a Pod",
+            let api_version = bound["apiVersion"].as_str().unwrap_or("");
+            // Core-group Pods (and Secrets and Nodes, which nothing here
+            // binds to) only.
+            if kind != "Pod" || api_version.contains('/') {
+                return Err(status_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!("cannot bind token to object of type {api_version}, Kind={kind}"),
                 ));
             }
             let name = bound["name"].as_str().unwrap_or("");
@@ -175,6 +170,19 @@ pub(super) async fn request(
                     &format!("pods \"{name}\" not found"),
                 )
             })?;
+            let runs_as = pod["spec"]["serviceAccountName"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default");
+            if runs_as != account {
+                return Err(status_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!(
+                        "cannot bind token for serviceaccount \"{account}\" to pod running with different serviceaccount name."
+                    ),
+                ));
+            }
             let uid = uid_of(&pod);
             if let Some(asked) = bound["uid"].as_str().filter(|u| !u.is_empty())
                 && asked != uid
