@@ -91,7 +91,6 @@ async fn check_is_green_when_all_is_well_and_names_what_is_not() {
     })
     .await;
 
-
     // A server that cannot start: named, with why; the rest is skipped.
     sb.write_file("broken.yaml", broken);
     sb.wait_server_state("broken", "failed").await;
