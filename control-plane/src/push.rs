@@ -129,6 +129,10 @@ pub struct ServerHealthStatus {
     pub in_flight: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeTool>,
+    /// What the server first asked a client on a shared connection: its
+    /// connections then carry one client session's calls at a time.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub asked_clients: String,
 }
 
 // === impl ConfigPushService ===
@@ -329,6 +333,7 @@ fn health_status(health: pb::ServerHealth) -> ServerHealthStatus {
         latency_p99_us: health.latency_p99_us,
         connections: health.connections,
         in_flight: health.in_flight,
+        asked_clients: health.asked_clients,
         // A replica's report: arguments that are not a JSON object are
         // left out rather than passed on.
         probe: health.probe.and_then(|probe| {

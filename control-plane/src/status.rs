@@ -480,6 +480,7 @@ mod tests {
             connections: 1,
             in_flight: 0,
             probe: None,
+            asked_clients: String::new(),
         }
     }
 

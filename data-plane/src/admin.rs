@@ -96,6 +96,10 @@ struct ServerHealth {
     latency_p99_ms: Option<f64>,
     connections: usize,
     in_flight: u32,
+    /// What the server first asked a client, once it has: its shared
+    /// connections then carry one client session's calls at a time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    asked_clients: Option<&'static str>,
 }
 
 pub fn router(state: AdminState, gate: AdminGate) -> Router {
@@ -202,6 +206,7 @@ async fn healthz(State(state): State<AdminState>) -> Json<Health> {
                 latency_p99_ms: status.latency_p99.map(|d| d.as_secs_f64() * 1e3),
                 connections: status.connections,
                 in_flight: status.in_flight,
+                asked_clients: status.asked_clients,
             };
             (handle.spec.name.to_string(), health)
         })

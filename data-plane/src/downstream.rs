@@ -49,7 +49,7 @@ use crate::{
 };
 use breaker::{Breaker, BreakerState};
 use lines::Answer;
-use pool::{AcquireError, Connection, Pool};
+use pool::{AcquireError, Connection, InFlight, Pool};
 pub use relay::{DownstreamClient, Origin};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -228,7 +228,19 @@ pub struct ServerHandle {
     sse_launch: sse::SharedLaunch,
     /// Woken when the server says a list changed.
     lists_changed: Arc<Notify>,
+    /// Set once the server asks a client something on a shared connection.
+    asked: Arc<AskedClients>,
     stop: CancellationToken,
+    servers: Servers,
+}
+
+/// Whether a server has asked a client something (sampling, elicitation,
+/// roots) on a shared connection, and first what. From then on its
+/// connections carry calls of one client session at a time: nothing on a
+/// stdio pipe (or a legacy SSE stream) says which client a question is
+/// for, so the only session with calls on the connection is the answer.
+pub struct AskedClients {
+    first: std::sync::OnceLock<&'static str>,
     servers: Servers,
 }
 
@@ -267,6 +279,9 @@ pub struct ServerStatus {
     pub latency_p99: Option<Duration>,
     pub connections: usize,
     pub in_flight: u32,
+    /// What the server asked a client first, once it has: its shared
+    /// connections then carry one client session's calls at a time.
+    pub asked_clients: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,6 +295,19 @@ pub enum ServerState {
 struct Stats {
     latencies: Mutex<VecDeque<Duration>>,
     last_error: Mutex<Option<(String, SystemTime)>>,
+}
+
+// === impl AskedClients ===
+
+impl AskedClients {
+    /// Notes that the server asked `method` of a client; the first time,
+    /// says so and has the change reported.
+    pub fn record(&self, server: &str, method: &'static str) {
+        if self.first.set(method).is_ok() {
+            info!(%server, %method, "server asked a client something: its connections now carry one client session's calls at a time");
+            self.servers.notify_changed();
+        }
+    }
 }
 
 // === impl Servers ===
@@ -360,6 +388,10 @@ impl Servers {
                 events,
                 sse_launch: sse::SharedLaunch::default(),
                 lists_changed: Arc::new(Notify::new()),
+                asked: Arc::new(AskedClients {
+                    first: std::sync::OnceLock::new(),
+                    servers: self.clone(),
+                }),
                 stop: self.inner.shutdown.child_token(),
                 servers: self.clone(),
             });
@@ -440,6 +472,7 @@ impl ServerHandle {
             latency_p99,
             connections: self.pool.len() + session_connections,
             in_flight: self.pool.in_flight() + session_in_flight,
+            asked_clients: self.asked.first.get().copied(),
         }
     }
 
@@ -608,8 +641,7 @@ impl ServerHandle {
                 .copied()
                 .unwrap_or(timeouts.call);
             let connection = self.connection_for(about.session).await?;
-            let _in_flight = connection.begin(&self.pool);
-            send(&connection, meta, timeout).await
+            send(&*connection, meta, timeout).await
         }
         .await;
         let failed = self.counts_as_failure(&outcome);
@@ -656,9 +688,11 @@ impl ServerHandle {
             .send_request_with_option(message, options)
             .await
             .map_err(transport)?;
-        let registered = connection
-            .relay
-            .register(handle.progress_token.clone(), origin.clone());
+        let registered = connection.relay.register(
+            handle.progress_token.clone(),
+            Some(handle.id.clone()),
+            origin.clone(),
+        );
         let (id, peer) = (handle.id.clone(), handle.peer.clone());
         let response = tokio::select! {
             response = handle.await_response() => response,
@@ -721,7 +755,7 @@ impl ServerHandle {
         let mut call = direct.start();
         let token = call.progress_token();
         params.meta.set_progress_token(token.clone());
-        let registered = connection.relay.register(token, origin.clone());
+        let registered = connection.relay.register(token, None, origin.clone());
         let mut progressed = registered.progress();
         let give_up = tokio::time::Instant::now() + self.spec.timeouts.max_call;
         let deadline = || (tokio::time::Instant::now() + timeout).min(give_up);
@@ -767,18 +801,25 @@ impl ServerHandle {
         }
     }
 
-    /// A pooled connection (shared mode) or the session's own (per-session).
+    /// A pooled connection (shared mode; one no other session's calls are
+    /// on, once the server has asked clients things) or the session's own
+    /// (per-session), with the call counted on it.
     async fn connection_for(
         self: &Arc<Self>,
         session: SessionKey,
-    ) -> Result<Arc<Connection>, CallError> {
+    ) -> Result<InFlight<'_>, CallError> {
         match self.spec.session_mode {
-            SessionMode::PerSession => self.session_connection(session).await,
+            SessionMode::PerSession => {
+                let connection = self.session_connection(session).await?;
+                Ok(self.pool.begin(connection, session))
+            }
             SessionMode::Shared => {
                 let pool = &self.spec.pool;
                 let acquired = self
                     .pool
                     .acquire(
+                        session,
+                        self.asked.first.get().is_some(),
                         pool.max_concurrency,
                         pool.acquire_timeout,
                         // Only a running server can grow: while it is down or

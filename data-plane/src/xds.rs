@@ -394,6 +394,7 @@ impl XdsClient {
                             }),
                         Probe::Ping | Probe::Initialize => None,
                     },
+                    asked_clients: status.asked_clients.unwrap_or_default().to_owned(),
                 }
             })
             .collect();

@@ -561,14 +561,24 @@ async fn server_requests_reach_only_the_session_that_caused_them() {
     .await;
     assert!(text(&alone).contains("sampled by alice"), "{alone:?}");
 
-    // The same connection busy with both sessions: nobody can tell whose
-    // request it is, so the server gets an error and nobody is asked.
+    // The shared server has asked a client something: from now on its
+    // connection carries one session's calls at a time, so alice's call
+    // waits for bob's to end and her question reaches her alone.
+    let health = sb.health().await;
+    assert!(
+        health["servers"]["shared"]["askedClients"].is_string(),
+        "{health}"
+    );
+    assert!(
+        health["servers"]["mine"]["askedClients"].is_null(),
+        "{health}"
+    );
     let slow = call(
         &bob,
         "shared.trigger-long-running-operation",
-        json!({ "duration": 3, "steps": 3 }),
+        json!({ "duration": 2, "steps": 2 }),
     );
-    let ambiguous = async {
+    let later = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         call(
             &alice,
@@ -577,21 +587,144 @@ async fn server_requests_reach_only_the_session_that_caused_them() {
         )
         .await
     };
-    let (_, ambiguous) = tokio::join!(slow, ambiguous);
-    let message = text(&ambiguous);
-    assert!(
-        message.contains("cannot tell which client session"),
-        "{ambiguous:?}"
-    );
-    assert_eq!(
-        alice_seen.lock().sampling.len(),
-        2,
-        "no new sampling for alice"
-    );
-    assert_eq!(bob_seen.lock().sampling.len(), 1, "none for bob either");
+    let (_, later) = tokio::join!(slow, later);
+    assert!(text(&later).contains("sampled by alice"), "{later:?}");
+    assert_eq!(alice_seen.lock().sampling.len(), 3);
+    assert_eq!(bob_seen.lock().sampling.len(), 1, "none for bob");
 
     alice.cancel().await.expect("close");
     bob.cancel().await.expect("close");
+}
+
+/// Names of concurrent clients, each answering with its own.
+const NAMES: [&str; 8] = ["ann", "ben", "cat", "dan", "eve", "fay", "gus", "hal"];
+
+/// `sessions` clients at once, each sampling and eliciting through
+/// `server` with its own marker, `rounds` times: every answer is its own.
+async fn each_session_gets_its_own_answers(
+    sb: &Switchboard,
+    server: &str,
+    sessions: usize,
+    rounds: usize,
+) {
+    let mut clients = Vec::new();
+    for name in NAMES.into_iter().take(sessions) {
+        let (session, seen) = connect(sb, name).await;
+        clients.push((name, session, seen));
+    }
+    wait_for_tool(
+        &clients[0].1,
+        &format!("{server}.trigger-elicitation-request"),
+    )
+    .await;
+    for round in 0..rounds {
+        let asks = clients.iter().map(|(name, session, _)| async move {
+            let prompt = json!({ "prompt": format!("{name}, round {round}") });
+            let sampled = call(
+                session,
+                &format!("{server}.trigger-sampling-request"),
+                prompt,
+            )
+            .await;
+            assert!(
+                text(&sampled).contains(&format!("sampled by {name}")),
+                "{server}, {name}, round {round}: {sampled:?}"
+            );
+            let elicited = call(
+                session,
+                &format!("{server}.trigger-elicitation-request"),
+                json!({}),
+            )
+            .await;
+            assert!(
+                text(&elicited).contains(&format!("\"{name}\"")),
+                "{server}, {name}, round {round}: {elicited:?}"
+            );
+        });
+        futures::future::join_all(asks).await;
+    }
+    for (name, session, seen) in clients {
+        {
+            let seen = seen.lock();
+            assert_eq!(seen.sampling.len(), rounds, "{name}");
+            assert!(
+                seen.sampling.iter().all(|asked| asked.contains(name)),
+                "{name} was asked another's question: {:?}",
+                seen.sampling
+            );
+            assert_eq!(seen.elicitations, rounds, "{name}");
+        }
+        session.cancel().await.expect("close");
+    }
+}
+
+/// Sessions sharing one connection to a server that asks clients things,
+/// with nothing configured. Over streamable HTTP a question arrives on the
+/// response stream of the call that caused it, and goes to that call's
+/// client from the first. Over stdio nothing says whose it is: once the
+/// server has asked anything (server-everything asks for roots as soon as
+/// it is initialised; a question asked alone here makes sure), its
+/// connection carries one session's calls at a time.
+#[tokio::test]
+async fn concurrent_sessions_on_a_shared_server_each_get_their_own_answers() {
+    let http_port = e2e::free_addr().port().to_string();
+    let _http_server = tokio::process::Command::new(everything_bin())
+        .arg("streamableHttp")
+        .env("PORT", &http_port)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start server-everything over streamable HTTP");
+    let web = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": "web" },
+        "spec": { "transport": { "http": { "url": format!("http://127.0.0.1:{http_port}/mcp") } } },
+    });
+    let stdio = everything_server_yaml("pipe", json!({}));
+    let sb = Switchboard::start(&[("web.yaml", &web.to_string()), ("pipe.yaml", &stdio)]).await;
+    sb.wait_server_state("web", "ready").await;
+    sb.wait_server_state("pipe", "ready").await;
+
+    each_session_gets_its_own_answers(&sb, "web", 2, 3).await;
+    each_session_gets_its_own_answers(&sb, "web", 8, 2).await;
+    let health = sb.health().await;
+    assert!(
+        health["servers"]["web"]["askedClients"].is_null(),
+        "the stream said whose each question was: {health}"
+    );
+
+    let (teacher, _) = connect(&sb, "teacher").await;
+    wait_for_tool(&teacher, "pipe.trigger-sampling-request").await;
+    let first = call(
+        &teacher,
+        "pipe.trigger-sampling-request",
+        json!({ "prompt": "hi" }),
+    )
+    .await;
+    assert!(text(&first).contains("sampled by teacher"), "{first:?}");
+    teacher.cancel().await.expect("close");
+    each_session_gets_its_own_answers(&sb, "pipe", 2, 3).await;
+    each_session_gets_its_own_answers(&sb, "pipe", 8, 2).await;
+    let status = sb.control_status().await;
+    let reported = status["replicas"]["e2e-0"]["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "pipe")
+        .map(|s| s["askedClients"].clone());
+    assert!(reported.as_ref().is_some_and(Value::is_string), "{status}");
+    let exposition = sb.gateway_metrics().await;
+    let one_session = |server| {
+        metric(
+            &exposition,
+            "switchboard_server_one_session_per_connection",
+            &[("server", server)],
+        )
+    };
+    assert_eq!(one_session("pipe"), Some(1.0), "{exposition}");
+    assert_eq!(one_session("web"), Some(0.0), "{exposition}");
 }
 
 /// A stdio-only client through `switchboard-gateway bridge`: lists, calls,
@@ -829,6 +962,7 @@ async fn server_everything_over_sse_and_streamable_http() {
     let _http_server = tokio::process::Command::new(everything_bin())
         .arg("streamableHttp")
         .env("PORT", &http_port)
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()

@@ -27,6 +27,7 @@ fn health(state: &'static str) -> ServerHealthStatus {
         connections: 1,
         in_flight: 2,
         probe: None,
+        asked_clients: String::new(),
     }
 }
 

@@ -21,7 +21,7 @@ struct ServerLabels {
 /// One gauge: its name, help, and value for a server.
 type Gauge = (&'static str, &'static str, fn(&ServerStatus) -> i64);
 
-const GAUGES: [Gauge; 6] = [
+const GAUGES: [Gauge; 7] = [
     ("server_ready", "1 when the server is ready", |s| {
         i64::from(s.state == ServerState::Ready)
     }),
@@ -50,6 +50,11 @@ const GAUGES: [Gauge; 6] = [
     ("server_in_flight", "Calls waiting for the server", |s| {
         i64::from(s.in_flight)
     }),
+    (
+        "server_one_session_per_connection",
+        "1 once the (shared) server has asked a client something: its connections carry one client session's calls at a time",
+        |s| i64::from(s.asked_clients.is_some()),
+    ),
 ];
 
 impl std::fmt::Debug for ServerGauges {

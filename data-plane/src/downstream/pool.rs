@@ -2,8 +2,15 @@
 //! takes the least-busy connection with room (`pool.maxConcurrency`),
 //! asks the supervisor for another connection when all are full and the
 //! pool may grow, and waits up to `pool.acquireTimeout` for room.
+//!
+//! Exclusive acquisition (for a server that asks clients things, where
+//! nothing on a stdio pipe says which client a question is for): a call
+//! takes only a connection carrying no other client session's calls, so
+//! whatever the server asks while it runs has one session to go to.
 
 use std::{
+    collections::HashMap,
+    ops::Deref,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
@@ -17,6 +24,7 @@ use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{lines::Direct, relay::Relay};
+use crate::clients::SessionKey;
 
 /// One live connection (one process, for stdio).
 pub struct Connection {
@@ -27,14 +35,17 @@ pub struct Connection {
     /// Requests past rmcp (stdio connections).
     pub direct: Option<Arc<Direct>>,
     in_flight: AtomicU32,
+    /// Client sessions with calls in flight here, and how many each.
+    sessions: Mutex<HashMap<SessionKey, u32>>,
     last_used: Mutex<Instant>,
     /// Cancelled to ask the connection's task to shut it down.
     pub stop: CancellationToken,
 }
 
-/// Marks one call in flight on a connection until dropped.
+/// One call of a client session in flight on a connection, until dropped.
 pub struct InFlight<'a> {
-    connection: &'a Connection,
+    connection: Arc<Connection>,
+    session: SessionKey,
     pool: &'a Pool,
 }
 
@@ -44,6 +55,9 @@ pub struct Pool {
     connections: RwLock<Vec<Arc<Connection>>>,
     /// Woken when a slot frees up or a connection is added.
     available: Notify,
+    /// Held while a call picks its connection and counts itself on it,
+    /// so two sessions never both take the last exclusive one.
+    picking: Mutex<()>,
     /// A connection is being started on behalf of waiting calls.
     growing: AtomicBool,
     next_id: AtomicU64,
@@ -72,20 +86,38 @@ impl Connection {
         self.last_used.lock().elapsed()
     }
 
-    /// Counts a call in flight on this connection until the guard drops.
-    pub fn begin<'a>(&'a self, pool: &'a Pool) -> InFlight<'a> {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight {
-            connection: self,
-            pool,
-        }
+    /// Whether no client session but (maybe) `session` has calls here.
+    fn serves_only(&self, session: SessionKey) -> bool {
+        self.sessions.lock().keys().all(|s| *s == session)
+    }
+
+    fn serves(&self, session: SessionKey) -> bool {
+        self.sessions.lock().contains_key(&session)
+    }
+}
+
+impl Deref for InFlight<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.connection
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        *self.connection.last_used.lock() = Instant::now();
-        self.connection.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let connection = &self.connection;
+        *connection.last_used.lock() = Instant::now();
+        {
+            let mut sessions = connection.sessions.lock();
+            if let Some(calls) = sessions.get_mut(&self.session) {
+                *calls -= 1;
+                if *calls == 0 {
+                    sessions.remove(&self.session);
+                }
+            }
+        }
+        connection.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.pool.available.notify_waiters();
     }
 }
@@ -106,6 +138,7 @@ impl Pool {
             relay,
             direct,
             in_flight: AtomicU32::new(0),
+            sessions: Mutex::default(),
             last_used: Mutex::new(Instant::now()),
             stop: CancellationToken::new(),
         })
@@ -145,33 +178,54 @@ impl Pool {
         self.available.notify_waiters();
     }
 
-    /// Takes the least-busy connection with room. When all are full and
+    /// Counts a call of `session` in flight on `connection` until the
+    /// guard drops.
+    pub fn begin(&self, connection: Arc<Connection>, session: SessionKey) -> InFlight<'_> {
+        connection.in_flight.fetch_add(1, Ordering::AcqRel);
+        *connection.sessions.lock().entry(session).or_default() += 1;
+        InFlight {
+            connection,
+            session,
+            pool: self,
+        }
+    }
+
+    /// Takes the least-busy connection with room for a call of `session`
+    /// (with `exclusive`, one no other session's calls are on, preferring
+    /// one already carrying this session's). When none has room and
     /// `may_grow` says the pool may grow, `grow` is called once (until the
     /// new connection arrives or [`Pool::grow_done`]).
     pub async fn acquire(
         &self,
+        session: SessionKey,
+        exclusive: bool,
         max_concurrency: u32,
         timeout: Duration,
         may_grow: impl Fn(usize) -> bool,
         grow: impl Fn(),
-    ) -> Result<Arc<Connection>, AcquireError> {
+    ) -> Result<InFlight<'_>, AcquireError> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let picking = self.picking.lock();
             let (best, count) = {
                 let connections = self.connections.read();
                 let best = connections
                     .iter()
                     .filter(|c| c.in_flight() < max_concurrency && !c.stop.is_cancelled())
-                    .min_by_key(|c| c.in_flight())
+                    .filter(|c| !exclusive || c.serves_only(session))
+                    .min_by_key(|c| (exclusive && !c.serves(session), c.in_flight()))
                     .cloned();
                 (best, connections.len())
             };
             if let Some(connection) = best {
-                return Ok(connection);
+                let in_flight = self.begin(connection, session);
+                drop(picking);
+                return Ok(in_flight);
             }
+            drop(picking);
             if may_grow(count) && !self.growing.swap(true, Ordering::AcqRel) {
                 grow();
             }
@@ -199,7 +253,7 @@ mod tests {
     async fn empty_pool_that_cannot_grow_is_down_at_once() {
         let pool = Pool::default();
         let result = pool
-            .acquire(1, Duration::from_secs(10), |_| false, || {})
+            .acquire(1, false, 1, Duration::from_secs(10), |_| false, || {})
             .await;
         assert_eq!(result.err(), Some(AcquireError::Down));
     }
@@ -210,6 +264,8 @@ mod tests {
         let asked = std::sync::atomic::AtomicU32::new(0);
         let result = pool
             .acquire(
+                1,
+                false,
                 1,
                 Duration::from_secs(1),
                 |count| count < 2,

@@ -6,7 +6,10 @@
 //! client session whose request is in flight on the connection, riding
 //! that request's response stream; when no single session can be named
 //! (a shared connection busy with several sessions, or idle), the server
-//! gets an error saying so rather than another client's answer.
+//! gets an error saying so rather than another client's answer. The first
+//! question a server asks on a shared connection is recorded
+//! ([`AskedClients`]): from then on its connections carry one session's
+//! calls at a time, so there is always exactly one session to ask.
 
 // Sampling, roots and logging are deprecated by SEP-2577 but clients on
 // the protocol versions this gateway serves still use them.
@@ -36,7 +39,8 @@ use rmcp::{
         ServerJsonRpcMessage, ServerNotification, ServerRequest,
     },
     service::{
-        NotificationContext, RequestContext, RoleClient, RxJsonRpcMessage, TxJsonRpcMessage,
+        InboundStreamOrigin, NotificationContext, RequestContext, RoleClient, RxJsonRpcMessage,
+        TxJsonRpcMessage,
     },
     transport::{IntoTransport, Transport},
 };
@@ -44,6 +48,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::AskedClients;
 use crate::clients::{ClientSession, Clients, SessionKey, ToStream};
 
 /// How long a server message waits for what must come before it: the
@@ -85,10 +90,15 @@ pub struct Relay {
     progress_arrived: Mutex<HashMap<ProgressToken, u64>>,
     /// Upper bound for a server request waiting on a client.
     client_timeout: Duration,
+    /// Where a shared connection's first question is noted.
+    asked: Option<Arc<AskedClients>>,
 }
 
 struct Tracked {
     origin: Origin,
+    /// The request's id on this connection, where the transport can say a
+    /// server request came on its response stream (streamable HTTP).
+    request: Option<RequestId>,
     /// How many of the request's progress notifications have been dealt
     /// with (relayed, or dropped for a client that wants none), in order.
     settled: watch::Sender<u64>,
@@ -130,6 +140,7 @@ impl Relay {
         clients: Clients,
         lists_changed: Arc<Notify>,
         client_timeout: Duration,
+        asked: Option<Arc<AskedClients>>,
     ) -> Self {
         Self {
             server,
@@ -141,13 +152,21 @@ impl Relay {
             registered: Notify::new(),
             progress_arrived: Mutex::default(),
             client_timeout,
+            asked,
         }
     }
 
-    /// Registers a request sent under `token` on behalf of `origin`.
-    pub fn register(&self, token: ProgressToken, origin: Origin) -> Registration<'_> {
+    /// Registers a request sent under `token` (and `request`, its id, when
+    /// rmcp sent it) on behalf of `origin`.
+    pub fn register(
+        &self,
+        token: ProgressToken,
+        request: Option<RequestId>,
+        origin: Origin,
+    ) -> Registration<'_> {
         let tracked = Arc::new(Tracked {
             origin,
+            request,
             settled: watch::Sender::new(0),
         });
         self.in_flight.lock().insert(token.clone(), tracked.clone());
@@ -210,8 +229,8 @@ impl Relay {
         for tracked in candidates {
             if tracked.origin.session != latest.session {
                 return Err(self.unroutable(
-                    "requests of several client sessions are in flight on this shared connection \
-                     (use sessionMode: PerSession for servers that call back)",
+                    "requests of several client sessions are in flight on this shared connection; \
+                     from now on it carries one session's calls at a time, so retry",
                 ));
             }
             if request_id_after(&tracked.origin.request_id, &latest.request_id) {
@@ -231,13 +250,46 @@ impl Relay {
         )
     }
 
+    /// The origin of the request with this id on this connection.
+    fn origin_of(&self, request: &RequestId) -> Option<Origin> {
+        self.in_flight
+            .lock()
+            .values()
+            .find(|t| t.request.as_ref() == Some(request))
+            .map(|t| t.origin.clone())
+    }
+
     /// Sends a server's request to the client it belongs to and waits for
     /// the answer; the server cancelling its request cancels it there too.
+    /// `came_on`: the stream it arrived on, when the transport can tell
+    /// (streamable HTTP). On a call's response stream, that call's client
+    /// is asked, however many sessions share the connection.
     async fn ask_client(
         &self,
         request: ServerRequest,
+        came_on: Option<InboundStreamOrigin>,
         cancel: CancellationToken,
     ) -> Result<ClientResult, ErrorData> {
+        let came_with = match &came_on {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => self.origin_of(id),
+            _ => None,
+        };
+        if let Some(origin) = came_with {
+            let stream = self.stream_to(Some(origin.session), origin.stream)?;
+            debug!(server = %self.server, "relaying server request to the client of the call it came with");
+            return self.ask_on_stream(&stream, request, cancel).await;
+        }
+        // Only where nothing says which stream a question came on does
+        // keeping sessions apart per connection help.
+        if let (Some(asked), None, None) = (&self.asked, self.session, &came_on) {
+            let method = match &request {
+                ServerRequest::CreateMessageRequest(_) => "sampling/createMessage",
+                ServerRequest::ElicitRequest(_) => "elicitation/create",
+                ServerRequest::ListRootsRequest(_) => "roots/list",
+                _ => "a request",
+            };
+            asked.record(&self.server, method);
+        }
         // The request may overtake the registration of the call it serves.
         if self.origin().is_err() {
             let registered = async {
@@ -261,20 +313,28 @@ impl Relay {
                 None => return Err(error),
             },
         };
-        let stream = match stream {
-            Some(stream) => stream,
-            None => match session.and_then(|key| self.clients.get(key)) {
-                Some(session) => session.outbox.clone(),
-                None => {
-                    return Err(ErrorData::internal_error(
-                        "the client did not answer: its session ended",
-                        None,
-                    ));
-                }
-            },
-        };
+        let stream = self.stream_to(session, stream)?;
         debug!(server = %self.server, "relaying server request to client");
         self.ask_on_stream(&stream, request, cancel).await
+    }
+
+    /// Where to ask a session's client: on the call's own response stream
+    /// if it has one, else on the session's stream.
+    fn stream_to(
+        &self,
+        session: Option<SessionKey>,
+        stream: Option<mpsc::Sender<ToStream>>,
+    ) -> Result<mpsc::Sender<ToStream>, ErrorData> {
+        if let Some(stream) = stream {
+            return Ok(stream);
+        }
+        match session.and_then(|key| self.clients.get(key)) {
+            Some(session) => Ok(session.outbox.clone()),
+            None => Err(ErrorData::internal_error(
+                "the client did not answer: its session ended",
+                None,
+            )),
+        }
     }
 
     /// Asks the client on `stream`; the answer comes back through the
@@ -426,6 +486,11 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for Sequenced<T> {
 
 // === impl DownstreamClient ===
 
+/// The stream a server request came on, if the transport recorded it.
+fn came_on(context: &RequestContext<RoleClient>) -> Option<InboundStreamOrigin> {
+    context.extensions.get::<InboundStreamOrigin>().cloned()
+}
+
 impl ClientHandler for DownstreamClient {
     fn get_info(&self) -> ClientConfig {
         let mut capabilities = ClientCapabilities::default();
@@ -445,7 +510,11 @@ impl ClientHandler for DownstreamClient {
         context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
         let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
-        match self.relay.ask_client(request, context.ct).await? {
+        match self
+            .relay
+            .ask_client(request, came_on(&context), context.ct)
+            .await?
+        {
             ClientResult::CreateMessageResult(result) => Ok(*result),
             _ => Err(unexpected_answer("sampling/createMessage")),
         }
@@ -457,7 +526,11 @@ impl ClientHandler for DownstreamClient {
         context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
         let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
-        match self.relay.ask_client(request, context.ct).await? {
+        match self
+            .relay
+            .ask_client(request, came_on(&context), context.ct)
+            .await?
+        {
             ClientResult::ElicitResult(result) => Ok(result),
             _ => Err(unexpected_answer("elicitation/create")),
         }
@@ -468,7 +541,11 @@ impl ClientHandler for DownstreamClient {
         context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, ErrorData> {
         let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
-        match self.relay.ask_client(request, context.ct).await? {
+        match self
+            .relay
+            .ask_client(request, came_on(&context), context.ct)
+            .await?
+        {
             ClientResult::ListRootsResult(result) => Ok(result),
             _ => Err(unexpected_answer("roots/list")),
         }

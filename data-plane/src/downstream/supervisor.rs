@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     redact,
-    spec::{Probe, Transport},
+    spec::{Probe, SessionMode, Transport},
 };
 
 /// Restart backoff: from the first delay, doubling up to the cap. A server
@@ -311,6 +311,9 @@ pub(super) async fn start_connection(
         handle.servers.clients().clone(),
         handle.lists_changed.clone(),
         handle.spec.timeouts.max_call,
+        // Sessions are kept apart per connection only where they share one.
+        (session.is_none() && handle.spec.session_mode == SessionMode::Shared)
+            .then(|| handle.asked.clone()),
     ));
     let client = DownstreamClient {
         relay: relay.clone(),
@@ -405,6 +408,7 @@ async fn run_probe(handle: &ServerHandle, connection: &Connection) -> Result<(),
                     Default::default(),
                     Default::default(),
                     timeout,
+                    None,
                 );
                 let client = DownstreamClient {
                     relay: Arc::new(relay),
