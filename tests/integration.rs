@@ -21,6 +21,8 @@ mod naming;
 mod observability;
 #[path = "scenarios/one_path.rs"]
 mod one_path;
+#[path = "scenarios/protocol_eras.rs"]
+mod protocol_eras;
 #[path = "scenarios/quick_start.rs"]
 mod quick_start;
 #[path = "scenarios/registry_changes.rs"]

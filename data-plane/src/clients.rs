@@ -13,7 +13,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use axum::body::Bytes;
@@ -68,6 +71,9 @@ pub struct ClientSession {
     log_level: Mutex<Option<LoggingLevel>>,
     /// Client-facing URIs this session subscribed to.
     subscriptions: Mutex<HashSet<String>>,
+    /// Cleared for a one-off request's session (REST, MCP 2026-07-28):
+    /// nobody is there to be asked anything mid-call.
+    askable: AtomicBool,
 }
 
 // === impl Clients ===
@@ -85,6 +91,7 @@ impl Clients {
             outbox,
             log_level: Mutex::new(None),
             subscriptions: Mutex::default(),
+            askable: AtomicBool::new(true),
         });
         self.by_key.write().insert(key, session.clone());
         session
@@ -148,6 +155,15 @@ impl Clients {
 // === impl ClientSession ===
 
 impl ClientSession {
+    /// Whether a server may ask this session's client something.
+    pub fn askable(&self) -> bool {
+        self.askable.load(Ordering::Relaxed)
+    }
+
+    pub fn make_unaskable(&self) {
+        self.askable.store(false, Ordering::Relaxed);
+    }
+
     /// Sends a notification on the session's own stream. Best effort: a
     /// client that reads none (or too slowly) misses it rather than hold up
     /// the server that sent it.

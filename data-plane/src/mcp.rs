@@ -17,6 +17,7 @@ mod replay;
 pub mod rest;
 pub mod session;
 pub mod sse;
+mod stateless;
 
 use std::{ops::Range, sync::Arc, time::Duration};
 

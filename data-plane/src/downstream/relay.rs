@@ -325,10 +325,18 @@ impl Relay {
         session: Option<SessionKey>,
         stream: Option<mpsc::Sender<ToStream>>,
     ) -> Result<mpsc::Sender<ToStream>, ErrorData> {
+        let client = session.and_then(|key| self.clients.get(key));
+        if client.as_ref().is_some_and(|c| !c.askable()) {
+            return Err(ErrorData::internal_error(
+                "the client made a one-off request (REST, or MCP 2026-07-28 without a session): \
+                 a server cannot ask it anything mid-call",
+                None,
+            ));
+        }
         if let Some(stream) = stream {
             return Ok(stream);
         }
-        match session.and_then(|key| self.clients.get(key)) {
+        match client {
             Some(session) => Ok(session.outbox.clone()),
             None => Err(ErrorData::internal_error(
                 "the client did not answer: its session ended",

@@ -37,8 +37,9 @@ use super::{
     guard::Incoming,
     methods::{CallParams, Ctx, Methods, encode},
     replay::{KEEP_ALIVE, KEEP_FINISHED, Replay, parse_event_id},
-    session::{Kind, Open, OwnStream, Session, Sessions},
+    session::{Holding, Kind, Open, OwnStream, Session, Sessions},
     sse::{AllowedHosts, check_host},
+    stateless,
 };
 use crate::{
     auth::Identity,
@@ -116,10 +117,10 @@ impl Endpoint {
         if let Err(refused) = self.admit(&parts, &incoming) {
             return refused.into_response();
         }
-        if let Incoming::Request { id, request } = &incoming
-            && matches!(**request, ClientRequest::DiscoverRequest(_))
+        if header(&parts.headers, SESSION_HEADER).is_none()
+            && stateless::applies(&parts.headers, &incoming)
         {
-            return discover(id, request.get_meta());
+            return self.stateless(parts, incoming).await;
         }
         if let Err(refusal) = check_version(&parts.headers) {
             return refusal.into_response();
@@ -149,8 +150,46 @@ impl Endpoint {
             return Refusal::unknown_session("session not found: start a new one with initialize")
                 .into_response();
         };
-        self.receive(session, open, Arc::new(parts), incoming, Framing::Response)
-            .await
+        self.receive(
+            session,
+            Holding::Open(open),
+            Arc::new(parts),
+            incoming,
+            Framing::Response,
+        )
+        .await
+    }
+
+    /// A request of MCP 2026-07-28: checked as that revision checks it,
+    /// then run in a session of its own that ends with it.
+    async fn stateless(self: &Arc<Self>, parts: Parts, incoming: Incoming) -> Response {
+        let handshake = match stateless::admit(&parts.headers, &incoming) {
+            Ok(handshake) => handshake,
+            Err(refused) => return *refused,
+        };
+        if let Incoming::Request { id, request } = &incoming {
+            match &**request {
+                ClientRequest::DiscoverRequest(_) => {
+                    let capabilities = self.methods.catalog.load().capabilities().clone();
+                    return stateless::discover(id, capabilities);
+                }
+                ClientRequest::SubscriptionsListenRequest(listen) => {
+                    let params = serde_json::to_value(&listen.params).unwrap_or_default();
+                    let changes = self.methods.catalog.subscribe();
+                    return stateless::listen(id, &params, changes, self.shutdown.clone());
+                }
+                _ => {}
+            }
+        }
+        let one_off = self.sessions.detached(handshake, caller(&parts));
+        self.receive(
+            Arc::clone(&one_off),
+            Holding::OneOff(one_off),
+            Arc::new(parts),
+            incoming,
+            Framing::Response,
+        )
+        .await
     }
 
     /// Holds an authenticated client to its requests per second; what
@@ -206,7 +245,7 @@ impl Endpoint {
     pub async fn receive(
         self: &Arc<Self>,
         session: Arc<Session>,
-        open: Open,
+        open: Holding,
         parts: Arc<Parts>,
         incoming: Incoming,
         framing: Framing,
@@ -311,7 +350,7 @@ impl Endpoint {
     async fn request(
         self: &Arc<Self>,
         session: Arc<Session>,
-        open: Open,
+        open: Holding,
         parts: Arc<Parts>,
         access: Option<Arc<Access>>,
         id: RequestId,
@@ -355,6 +394,17 @@ impl Endpoint {
         };
         let endpoint = self.clone();
         let answering = session.clone();
+        // A 2026-07-28 request's answer is written as that revision writes it.
+        let shaped = session
+            .handshake()
+            .is_some_and(|h| !h.protocol_version.has_initialize())
+            .then(|| match &work {
+                Work::Request(request) => match &**request {
+                    ClientRequest::ReadResourceRequest(read) => Some(read.params.uri.clone()),
+                    _ => None,
+                },
+                Work::Call(_) => None,
+            });
         let answer = tokio::spawn(
             async move {
                 let _in_flight = in_flight;
@@ -363,6 +413,10 @@ impl Endpoint {
                 let answer = match work {
                     Work::Call(call) => methods.call(&answering, &ctx, call).await,
                     Work::Request(request) => methods.answer(&answering, &ctx, *request).await,
+                };
+                let answer = match &shaped {
+                    Some(uri) => answer.map(|body| stateless::shape(body, uri.as_deref())),
+                    None => answer,
                 };
                 if framing == Framing::OwnStream
                     && let Some(body) = answer
@@ -639,30 +693,6 @@ pub fn own_events(
     )
 }
 
-/// `server/discover` (what 2026-07-28 clients probe with before falling
-/// back to `initialize`): that revision is not served yet, so the answer
-/// is the error that lists the versions that are.
-fn discover(id: &RequestId, meta: &RequestMetaObject) -> Response {
-    let supported = ProtocolVersion::known_up_to(&ProtocolVersion::LATEST_WITH_INITIALIZE);
-    let requested = meta
-        .0
-        .get("io.modelcontextprotocol/protocolVersion")
-        .and_then(|v| v.as_str());
-    let error = match requested {
-        None => ErrorData::invalid_params(
-            "server/discover needs `_meta.io.modelcontextprotocol/protocolVersion`",
-            None,
-        ),
-        Some(requested) => {
-            let requested = serde_json::from_value(serde_json::Value::from(requested))
-                .unwrap_or(ProtocolVersion::LATEST_WITH_INITIALIZE);
-            ErrorData::unsupported_protocol_version(requested, supported)
-        }
-    };
-    let body = encode::<()>(id, Err(error));
-    (StatusCode::BAD_REQUEST, json_response(body)).into_response()
-}
-
 /// A known `MCP-Protocol-Version`, if the client names one.
 fn check_version(headers: &HeaderMap) -> Result<(), Refusal> {
     let Some(value) = headers.get(VERSION_HEADER) else {
@@ -713,7 +743,7 @@ pub fn stream_response(
 }
 
 /// A complete answer as plain JSON.
-fn json_response(body: Bytes) -> Response {
+pub fn json_response(body: Bytes) -> Response {
     let mut response = Response::new(Body::from(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -34,7 +34,7 @@ use super::{
     answer::Refusal,
     dispatch::{Endpoint, caller},
     methods::{CallParams, Ctx},
-    session::Session,
+    session::OneOff,
     sse::check_host,
 };
 use crate::{auth::Identity, drain::Drain, policy::Kind};
@@ -52,18 +52,10 @@ struct Rest {
     limits: BodyLimits,
 }
 
-/// A REST request's session, closed however the request ends (a client
-/// that goes away drops the handler mid-call), and the drain held open
-/// while it runs.
+/// A REST request's session, and the drain held open while it runs.
 struct OneRequest {
-    session: Arc<Session>,
+    session: OneOff,
     _blocker: crate::drain::Blocker,
-}
-
-impl Drop for OneRequest {
-    fn drop(&mut self) {
-        self.session.close();
-    }
 }
 
 /// A `POST /tools/call` body.

@@ -163,6 +163,32 @@ pub struct InFlight {
     pub cancel: CancellationToken,
 }
 
+/// What keeps a request's session as the request needs it while it
+/// runs: counted open (a session of many requests, never parked then), or
+/// alive and closed after (a one-off's).
+pub enum Holding {
+    Open(Open),
+    OneOff(OneOff),
+}
+
+/// A one-request session (REST, MCP 2026-07-28), closed however the
+/// request ends: a client that goes away drops its handler mid-call.
+pub struct OneOff(Arc<Session>);
+
+impl std::ops::Deref for OneOff {
+    type Target = Arc<Session>;
+
+    fn deref(&self) -> &Arc<Session> {
+        &self.0
+    }
+}
+
+impl Drop for OneOff {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// The session's own stream, given back when dropped.
 pub struct OwnStream {
     session: Arc<Session>,
@@ -272,19 +298,20 @@ impl Sessions {
 
     /// A session of one request that no client holds (a REST call): in no
     /// table, never parked, asked nothing; close it when the request ends.
-    pub fn detached(
-        &self,
-        handshake: InitializeRequestParams,
-        owner: Option<Arc<str>>,
-    ) -> Arc<Session> {
-        Session::new(
+    pub fn detached(&self, handshake: InitializeRequestParams, owner: Option<Arc<str>>) -> OneOff {
+        let session = Session::new(
             Uuid::new_v4(),
             Kind::Streamable,
             Some(self.intern(&handshake)),
             None,
             owner,
             self.servers.clone(),
-        )
+        );
+        // One request, one answer: nobody reads a stream of its own, and
+        // a server asking its client something is told so at once.
+        session.client.make_unaskable();
+        session.own_stream.lock().take();
+        OneOff(session)
     }
 
     /// The live session `id` names (restoring a parked one), with the

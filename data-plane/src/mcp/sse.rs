@@ -23,7 +23,7 @@ use super::{
     answer::Refusal,
     dispatch::{Endpoint, Framing, caller, own_events, stream_response},
     guard::Incoming,
-    session::Kind,
+    session::{Holding, Kind},
 };
 
 #[derive(Deserialize)]
@@ -120,7 +120,13 @@ async fn message(
         return endpoint.refuse(&session, refused, Framing::OwnStream).await;
     }
     endpoint
-        .receive(session, open, Arc::new(parts), incoming, Framing::OwnStream)
+        .receive(
+            session,
+            Holding::Open(open),
+            Arc::new(parts),
+            incoming,
+            Framing::OwnStream,
+        )
         .await
 }
 

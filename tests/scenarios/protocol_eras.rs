@@ -1,0 +1,368 @@
+//! Every protocol era on one endpoint: MCP 2026-07-28 clients (no
+//! `initialize`, no session: each request carries its version and
+//! capabilities in `_meta`, its method and name in headers too) beside
+//! clients of 2024-11-05 … 2025-11-25, against servers of the older eras.
+//! rmcp's own client in its 2026-07-28 mode, and raw requests for what
+//! the revision refuses and how.
+
+use e2e::{Switchboard, demo_server_yaml, everything_server_yaml};
+use rmcp::{
+    ClientHandler,
+    model::{
+        CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
+        ReadResourceRequestParams,
+    },
+    service::{ClientLifecycleMode, ClientServiceExt},
+    transport::StreamableHttpClientTransport,
+};
+use serde_json::{Value, json};
+
+/// A client of the current revision that takes nothing from older ones.
+#[derive(Clone)]
+struct Modern;
+
+impl ClientHandler for Modern {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("modern-e2e", "1.0.0"),
+        )
+    }
+}
+
+/// A POST of the 2026-07-28 wire: `_meta` as the revision wants it (less
+/// what `drop` names), the headers it wants (`headers` replacing them).
+async fn post(
+    url: &str,
+    method: &str,
+    params: Value,
+    headers: &[(&str, &str)],
+    drop: &[&str],
+) -> (u16, Value) {
+    let mut meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": { "name": "raw-2026", "version": "1" },
+    });
+    for key in drop {
+        meta.as_object_mut()
+            .map(|m| m.remove(&format!("io.modelcontextprotocol/{key}")));
+    }
+    let mut params = params;
+    params["_meta"] = meta;
+    let name = params["name"].as_str().or(params["uri"].as_str());
+    let mut wanted = vec![
+        ("mcp-protocol-version", "2026-07-28".to_owned()),
+        ("mcp-method", method.to_owned()),
+    ];
+    if let Some(name) = name {
+        wanted.push(("mcp-name", name.to_owned()));
+    }
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({ "jsonrpc": "2.0", "id": 7, "method": method, "params": params }));
+    for (header, value) in &wanted {
+        if let Some((_, replaced)) = headers.iter().find(|(h, _)| h == header) {
+            if !replaced.is_empty() {
+                request = request.header(*header, *replaced);
+            }
+        } else {
+            request = request.header(*header, value);
+        }
+    }
+    let response = request.send().await.expect("POST");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text)
+        .ok()
+        .or_else(|| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+                .find(|m| m.get("id").is_some())
+        })
+        .unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_2026_07_28_client_uses_servers_of_older_eras() {
+    let tag = format!("eras-{}", std::process::id());
+    let sb = Switchboard::start(&[
+        ("demo.yaml", &demo_server_yaml("demo", &tag, &[])),
+        ("e.yaml", &everything_server_yaml("e", json!({}))),
+    ])
+    .await;
+    sb.wait_server_state("demo", "ready").await;
+    sb.wait_server_state("e", "ready").await;
+    let url = sb.mcp_url();
+
+    // rmcp's client of the current revision: discover, then requests
+    // that stand alone.
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    };
+    let client = Modern
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_uri(url.clone()),
+            lifecycle,
+        )
+        .await
+        .expect("a 2026-07-28 client connects");
+    let info = client.peer_info().expect("what discover said");
+    let server = info.server_info.as_ref().map(|s| s.name.as_str());
+    assert_eq!(server, Some("switchboard"), "{info:?}");
+    let tools = client.list_all_tools().await.expect("tools/list");
+    assert!(tools.iter().any(|t| t.name == "demo.echo"), "{tools:?}");
+    let echoed = client
+        .call_tool(
+            CallToolRequestParams::new("demo.echo").with_arguments(
+                json!({ "text": "from 2026" })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        )
+        .await
+        .expect("tools/call");
+    let said = serde_json::to_string(&echoed.content).unwrap_or_default();
+    assert!(said.contains("from 2026"), "{said}");
+    let resources = client.list_all_resources().await.expect("resources/list");
+    let uri = resources
+        .iter()
+        .find(|r| r.uri.starts_with("e+"))
+        .map(|r| r.uri.clone())
+        .expect("a resource of e");
+    let read = client
+        .read_resource(ReadResourceRequestParams::new(uri))
+        .await
+        .expect("resources/read");
+    assert!(!read.contents.is_empty());
+    client.cancel().await.expect("close");
+
+    // The older eras still work beside it, on the same endpoint.
+    let legacy = e2e::connect(&url).await.expect("a 2025-11-25 client");
+    let legacy_tools = legacy.list_all_tools().await.expect("tools/list");
+    assert_eq!(legacy_tools.len(), tools.len());
+    legacy.cancel().await.expect("close");
+
+    // Answers as the revision writes them.
+    let (status, discovered) = post(&url, "server/discover", json!({}), &[], &[]).await;
+    assert_eq!(status, 200, "{discovered}");
+    let result = &discovered["result"];
+    assert_eq!(result["resultType"], "complete");
+    let versions = result["supportedVersions"].as_array().expect("versions");
+    for version in ["2024-11-05", "2025-11-25", "2026-07-28"] {
+        assert!(versions.contains(&json!(version)), "{result}");
+    }
+    assert_eq!(
+        result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "switchboard"
+    );
+    let (status, listed) = post(&url, "tools/list", json!({}), &[], &[]).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["result"]["resultType"], "complete");
+    assert_eq!(listed["result"]["ttlMs"], 0);
+    assert_eq!(listed["result"]["cacheScope"], "private");
+    let (_, called) = post(
+        &url,
+        "tools/call",
+        json!({ "name": "demo.echo", "arguments": { "text": "raw" } }),
+        &[],
+        &[],
+    )
+    .await;
+    assert_eq!(called["result"]["resultType"], "complete", "{called}");
+    let missing = "e+demo://resource/static/document/nope.md";
+    let (status, unknown) = post(&url, "resources/read", json!({ "uri": missing }), &[], &[]).await;
+    assert_eq!(status, 200, "{unknown}");
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+}
+
+/// A request the revision refuses: method, params, headers replaced,
+/// `_meta` keys left out, then the HTTP status, JSON-RPC code and a word
+/// of the message.
+type Refused<'a> = (
+    &'a str,
+    Value,
+    Vec<(&'a str, &'a str)>,
+    Vec<&'a str>,
+    u16,
+    i64,
+    &'a str,
+);
+
+#[tokio::test]
+async fn the_2026_07_28_wire_refuses_what_the_revision_refuses() {
+    let tag = format!("eras-refused-{}", std::process::id());
+    let sb = Switchboard::start(&[("demo.yaml", &demo_server_yaml("demo", &tag, &[]))]).await;
+    sb.wait_server_state("demo", "ready").await;
+    let url = sb.mcp_url();
+    let call = json!({ "name": "demo.echo", "arguments": { "text": "x" } });
+
+    let cases: Vec<Refused> = vec![
+        (
+            "tools/list",
+            json!({}),
+            vec![],
+            vec!["clientCapabilities"],
+            400,
+            -32602,
+            "clientCapabilities",
+        ),
+        (
+            "tools/list",
+            json!({}),
+            vec![("mcp-protocol-version", "2025-11-25")],
+            vec![],
+            400,
+            -32020,
+            "MCP-Protocol-Version",
+        ),
+        (
+            "tools/call",
+            call.clone(),
+            vec![("mcp-name", "demo.other")],
+            vec![],
+            400,
+            -32020,
+            "mcp-name",
+        ),
+        (
+            "tools/call",
+            call.clone(),
+            vec![("mcp-method", "")],
+            vec![],
+            400,
+            -32020,
+            "mcp-method",
+        ),
+        ("ping", json!({}), vec![], vec![], 404, -32601, "ping"),
+        (
+            "logging/setLevel",
+            json!({ "level": "debug" }),
+            vec![],
+            vec![],
+            404,
+            -32601,
+            "logging/setLevel",
+        ),
+    ];
+    for (method, params, headers, drop, status, code, says) in cases {
+        let (got, answer) = post(&url, method, params, &headers, &drop).await;
+        assert_eq!(
+            (got, &answer["error"]["code"]),
+            (status, &json!(code)),
+            "{method} {headers:?}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{method}: {answer}");
+    }
+    // A header written in the revision's base64 form counts as its text.
+    let (status, answer) = post(
+        &url,
+        "tools/call",
+        call.clone(),
+        &[("mcp-name", "=?base64?ZGVtby5lY2hv?=")],
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"]["resultType"], "complete");
+
+    // A version nobody serves: the error lists those served.
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2099-01-01")
+        .header("mcp-method", "tools/list")
+        .json(
+            &json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": { "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2099-01-01",
+            "io.modelcontextprotocol/clientCapabilities": {} } } }),
+        )
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 400);
+    let answer: Value = response.json().await.expect("JSON");
+    assert_eq!(answer["error"]["code"], -32022, "{answer}");
+    assert_eq!(answer["error"]["data"]["requested"], "2099-01-01");
+    assert!(
+        answer["error"]["data"]["supported"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!("2026-07-28"))),
+        "{answer}"
+    );
+}
+
+/// `subscriptions/listen`: acknowledged with what the gateway accepted,
+/// then the merged catalog's list changes the client asked for, each
+/// tagged with the subscription.
+#[tokio::test]
+async fn a_2026_07_28_client_listens_for_list_changes() {
+    use futures::StreamExt;
+
+    let tag = format!("eras-listen-{}", std::process::id());
+    let sb = Switchboard::start(&[("demo.yaml", &demo_server_yaml("demo", &tag, &[]))]).await;
+    sb.wait_server_state("demo", "ready").await;
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let response = reqwest::Client::new()
+        .post(sb.mcp_url())
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .json(
+            &json!({ "jsonrpc": "2.0", "id": "watch-1", "method": "subscriptions/listen",
+            "params": { "_meta": meta, "notifications": {
+                "toolsListChanged": true, "resourceSubscriptions": ["demo+demo://x"] } } }),
+        )
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    let mut events = response.bytes_stream();
+    let mut next = async || -> Value {
+        let mut text = String::new();
+        loop {
+            let chunk = tokio::time::timeout(e2e::EVENTUALLY, events.next())
+                .await
+                .expect("an event in time")
+                .expect("the stream goes on")
+                .expect("bytes");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if let Some(data) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                && text.contains("\n\n")
+            {
+                return serde_json::from_str(data.trim()).expect("a JSON-RPC message");
+            }
+        }
+    };
+    let ack = next().await;
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged");
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({ "toolsListChanged": true }),
+        "resource subscriptions are not offered this way: {ack}"
+    );
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        "watch-1"
+    );
+    sb.write_file("more.yaml", &demo_server_yaml("more", &tag, &[]));
+    let changed = next().await;
+    assert_eq!(
+        changed["method"], "notifications/tools/list_changed",
+        "{changed}"
+    );
+    assert_eq!(
+        changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        "watch-1"
+    );
+}
