@@ -15,7 +15,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
 };
 
@@ -71,9 +71,22 @@ pub struct ClientSession {
     log_level: Mutex<Option<LoggingLevel>>,
     /// Client-facing URIs this session subscribed to.
     subscriptions: Mutex<HashSet<String>>,
-    /// Cleared for a one-off request's session (REST, MCP 2026-07-28):
-    /// nobody is there to be asked anything mid-call.
-    askable: AtomicBool,
+    /// How a server's question reaches the client ([`Asking`]).
+    asking: AtomicU8,
+}
+
+/// How a server's question (sampling, elicitation, roots) reaches a
+/// session's client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Asking {
+    /// As a request on a stream the client reads.
+    Directly,
+    /// Not at all: a one-off request's session (REST).
+    Never,
+    /// On the session's outbox, which turns it into an input-required
+    /// round (MCP 2026-07-28, `mcp/rounds.rs`).
+    InRounds,
 }
 
 // === impl Clients ===
@@ -91,7 +104,7 @@ impl Clients {
             outbox,
             log_level: Mutex::new(None),
             subscriptions: Mutex::default(),
-            askable: AtomicBool::new(true),
+            asking: AtomicU8::new(Asking::Directly as u8),
         });
         self.by_key.write().insert(key, session.clone());
         session
@@ -155,13 +168,16 @@ impl Clients {
 // === impl ClientSession ===
 
 impl ClientSession {
-    /// Whether a server may ask this session's client something.
-    pub fn askable(&self) -> bool {
-        self.askable.load(Ordering::Relaxed)
+    pub fn asking(&self) -> Asking {
+        match self.asking.load(Ordering::Relaxed) {
+            1 => Asking::Never,
+            2 => Asking::InRounds,
+            _ => Asking::Directly,
+        }
     }
 
-    pub fn make_unaskable(&self) {
-        self.askable.store(false, Ordering::Relaxed);
+    pub fn set_asking(&self, asking: Asking) {
+        self.asking.store(asking as u8, Ordering::Relaxed);
     }
 
     /// Sends a notification on the session's own stream. Best effort: a

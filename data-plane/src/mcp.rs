@@ -15,6 +15,7 @@ pub mod limits;
 pub mod methods;
 mod replay;
 pub mod rest;
+mod rounds;
 pub mod session;
 pub mod sse;
 mod stateless;
@@ -228,6 +229,7 @@ pub fn router(
         policies,
         rates,
         metrics: telemetry.metrics.clone(),
+        rounds: Default::default(),
         shutdown,
     });
     let mcp = axum::Router::new()

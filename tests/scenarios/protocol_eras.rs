@@ -366,3 +366,134 @@ async fn a_2026_07_28_client_listens_for_list_changes() {
         "watch-1"
     );
 }
+
+/// A client of the current revision that can be asked things, in rounds.
+#[derive(Clone)]
+struct Answering;
+
+impl ClientHandler for Answering {
+    fn get_info(&self) -> ClientConfig {
+        let mut capabilities = ClientCapabilities::default();
+        capabilities.elicitation = Some(Default::default());
+        capabilities.sampling = Some(Default::default());
+        ClientConfig::new(capabilities, Implementation::new("answering-e2e", "1.0.0"))
+    }
+
+    async fn create_elicitation(
+        &self,
+        _params: rmcp::model::ElicitRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        let content = json!({ "name": "answered in a round", "check": true });
+        Ok(
+            rmcp::model::ElicitResult::new(rmcp::model::ElicitationAction::Accept)
+                .with_content(content),
+        )
+    }
+
+    #[allow(deprecated)]
+    async fn create_message(
+        &self,
+        _params: rmcp::model::CreateMessageRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, rmcp::ErrorData> {
+        Ok(rmcp::model::CreateMessageResult::new(
+            rmcp::model::SamplingMessage::assistant_text("sampled in a round"),
+            "e2e-model".to_owned(),
+        ))
+    }
+}
+
+/// A 2025-11-25 stdio server that asks its client things, and a client of
+/// the current revision, which cannot be asked anything mid-call: each
+/// question ends the client's request with an input-required round, the
+/// retry's answer reaches the waiting server, and the result is right.
+#[tokio::test]
+async fn a_legacy_servers_questions_reach_a_2026_07_28_client_as_input_required_rounds() {
+    let sb = Switchboard::start(&[("e.yaml", &everything_server_yaml("e", json!({})))]).await;
+    sb.wait_server_state("e", "ready").await;
+    let url = sb.mcp_url();
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    };
+    let client = Answering
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_uri(url.clone()),
+            lifecycle,
+        )
+        .await
+        .expect("a 2026-07-28 client connects");
+    let elicited = client
+        .call_tool(CallToolRequestParams::new("e.trigger-elicitation-request"))
+        .await
+        .expect("tools/call through a round");
+    let said = serde_json::to_string(&elicited.content).unwrap_or_default();
+    assert!(said.contains("answered in a round"), "{said}");
+    let sampled = client
+        .call_tool(
+            CallToolRequestParams::new("e.trigger-sampling-request").with_arguments(
+                json!({ "prompt": "round?" })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        )
+        .await
+        .expect("tools/call through a round");
+    let said = serde_json::to_string(&sampled.content).unwrap_or_default();
+    assert!(said.contains("sampled in a round"), "{said}");
+    client.cancel().await.expect("close");
+
+    // On the wire: the round, a retry with a state nobody issued, then the
+    // answer that completes the call.
+    let capabilities = json!({ "elicitation": {} });
+    let round = |params: Value| {
+        let url = url.clone();
+        let capabilities = capabilities.clone();
+        async move {
+            let mut params = params;
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": capabilities,
+            });
+            let response = reqwest::Client::new()
+                .post(&url)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "e.trigger-elicitation-request")
+                .json(
+                    &json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params }),
+                )
+                .send()
+                .await
+                .expect("POST");
+            response.json::<Value>().await.expect("JSON")
+        }
+    };
+    let call = json!({ "name": "e.trigger-elicitation-request", "arguments": {} });
+    let first = round(call.clone()).await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let state = result["requestState"]
+        .as_str()
+        .expect("a requestState")
+        .to_owned();
+    let (key, asked) = result["inputRequests"]
+        .as_object()
+        .and_then(|r| r.iter().next())
+        .expect("one input request");
+    assert_eq!(asked["method"], "elicitation/create", "{asked}");
+    let mut forged = call.clone();
+    forged["requestState"] = json!("sb-round-forged");
+    forged["inputResponses"] = json!({});
+    let refused = round(forged).await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    let mut retry = call.clone();
+    retry["requestState"] = json!(state);
+    retry["inputResponses"] = json!({ key.clone(): { "action": "accept",
+        "content": { "name": "raw round", "check": true } } });
+    let done = round(retry).await;
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    assert!(done.to_string().contains("raw round"), "{done}");
+}

@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::AskedClients;
-use crate::clients::{ClientSession, Clients, SessionKey, ToStream};
+use crate::clients::{Asking, ClientSession, Clients, SessionKey, ToStream};
 
 /// How long a server message waits for what must come before it: the
 /// registration of its request (rmcp hands out the token only once the
@@ -326,12 +326,18 @@ impl Relay {
         stream: Option<mpsc::Sender<ToStream>>,
     ) -> Result<mpsc::Sender<ToStream>, ErrorData> {
         let client = session.and_then(|key| self.clients.get(key));
-        if client.as_ref().is_some_and(|c| !c.askable()) {
-            return Err(ErrorData::internal_error(
-                "the client made a one-off request (REST, or MCP 2026-07-28 without a session): \
-                 a server cannot ask it anything mid-call",
-                None,
-            ));
+        if let Some(client) = &client {
+            match client.asking() {
+                Asking::Never => {
+                    return Err(ErrorData::internal_error(
+                        "the client made a one-off request (REST): a server cannot ask it anything mid-call",
+                        None,
+                    ));
+                }
+                // Questions to a 2026-07-28 client become input-required rounds.
+                Asking::InRounds => return Ok(client.outbox.clone()),
+                Asking::Directly => {}
+            }
         }
         if let Some(stream) = stream {
             return Ok(stream);

@@ -37,13 +37,14 @@ use super::{
     guard::Incoming,
     methods::{CallParams, Ctx, Methods, encode},
     replay::{KEEP_ALIVE, KEEP_FINISHED, Replay, parse_event_id},
+    rounds::{self, Rounds},
     session::{Holding, Kind, Open, OwnStream, Session, Sessions},
     sse::{AllowedHosts, check_host},
     stateless,
 };
 use crate::{
     auth::Identity,
-    clients::ToStream,
+    clients::{Asking, ToStream},
     mcp::limits::RateLimits,
     policy::{Access, Kind as PolicyKind, Policies},
     telemetry::metrics::Metrics,
@@ -68,6 +69,8 @@ pub struct Endpoint {
     /// Each authenticated client's requests per second.
     pub rates: RateLimits,
     pub metrics: Arc<Metrics>,
+    /// 2026-07-28 calls waiting for their clients' answers.
+    pub rounds: Rounds,
     /// Cancelled when the replica stops serving: streams end.
     pub shutdown: CancellationToken,
 }
@@ -181,7 +184,22 @@ impl Endpoint {
                 _ => {}
             }
         }
-        let one_off = self.sessions.detached(handshake, caller(&parts));
+        if let Some((id, params)) = resumable(&incoming)
+            && let Some((state, responses)) = rounds::resumption(&params)
+        {
+            let owner = caller(&parts);
+            let answer = self
+                .rounds
+                .resume(id, &state, &responses, owner.as_ref())
+                .await;
+            return match answer {
+                Some(body) => json_response(body),
+                None => stream_response(futures::stream::empty()),
+            };
+        }
+        let one_off = self
+            .sessions
+            .detached(handshake, caller(&parts), Asking::InRounds);
         self.receive(
             Arc::clone(&one_off),
             Holding::OneOff(one_off),
@@ -394,7 +412,9 @@ impl Endpoint {
         };
         let endpoint = self.clone();
         let answering = session.clone();
-        // A 2026-07-28 request's answer is written as that revision writes it.
+        // A 2026-07-28 request's answer is written as that revision writes
+        // it, and its servers' questions become input-required rounds.
+        let request_id = ctx.id.clone();
         let shaped = session
             .handshake()
             .is_some_and(|h| !h.protocol_version.has_initialize())
@@ -414,10 +434,7 @@ impl Endpoint {
                     Work::Call(call) => methods.call(&answering, &ctx, call).await,
                     Work::Request(request) => methods.answer(&answering, &ctx, *request).await,
                 };
-                let answer = match &shaped {
-                    Some(uri) => answer.map(|body| stateless::shape(body, uri.as_deref())),
-                    None => answer,
-                };
+
                 if framing == Framing::OwnStream
                     && let Some(body) = answer
                 {
@@ -428,6 +445,25 @@ impl Endpoint {
             }
             .in_current_span(),
         );
+        let answer = match shaped.map(|uri| (uri, session.take_questions())) {
+            Some((uri, Some(questions))) => {
+                let call = rounds::Call {
+                    answer,
+                    questions,
+                    owner: session.client.owner.clone(),
+                    capabilities: session
+                        .handshake()
+                        .map(|h| h.capabilities.clone())
+                        .unwrap_or_default(),
+                    uri,
+                };
+                let endpoint = self.clone();
+                tokio::spawn(
+                    async move { endpoint.rounds.next(&request_id, call).await }.in_current_span(),
+                )
+            }
+            _ => answer,
+        };
         match framing {
             Framing::OwnStream => StatusCode::ACCEPTED.into_response(),
             Framing::Response => self.frame(session, cancel, answer, early).await,
@@ -691,6 +727,27 @@ pub fn own_events(
             }
         },
     )
+}
+
+/// A request that may resume a call parked between input-required rounds
+/// (`tools/call`, `prompts/get`, `resources/read`), with its params.
+fn resumable(incoming: &Incoming) -> Option<(&RequestId, serde_json::Value)> {
+    match incoming {
+        Incoming::Call { id, params } => {
+            let raw = params.params.as_ref()?;
+            Some((id, serde_json::from_str(raw.get()).ok()?))
+        }
+        Incoming::Request { id, request } => match &**request {
+            ClientRequest::CallToolRequest(_)
+            | ClientRequest::GetPromptRequest(_)
+            | ClientRequest::ReadResourceRequest(_) => {
+                let request = serde_json::to_value(request).ok()?;
+                Some((id, request.get("params")?.clone()))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// A known `MCP-Protocol-Version`, if the client names one.

@@ -37,7 +37,7 @@ use super::{
     session::OneOff,
     sse::check_host,
 };
-use crate::{auth::Identity, drain::Drain, policy::Kind};
+use crate::{auth::Identity, clients::Asking, drain::Drain, policy::Kind};
 
 /// What a REST request may send, and how long it may take to.
 #[derive(Clone)]
@@ -273,7 +273,9 @@ impl Rest {
             Implementation::new("rest", env!("CARGO_PKG_VERSION")),
         );
         let one = OneRequest {
-            session: endpoint.sessions.detached(handshake, caller(&parts)),
+            session: endpoint
+                .sessions
+                .detached(handshake, caller(&parts), Asking::Never),
             _blocker: self.limits.drain.blocker(),
         };
         let ctx = Ctx {

@@ -54,7 +54,7 @@ use uuid::Uuid;
 
 use super::{answer::Refusal, replay::Replay};
 use crate::{
-    clients::{ClientSession, SessionKey, ToStream},
+    clients::{Asking, ClientSession, SessionKey, ToStream},
     downstream::Servers,
     observe::session_tag,
     telemetry::metrics::{ReasonLabels, encode_counters},
@@ -298,7 +298,16 @@ impl Sessions {
 
     /// A session of one request that no client holds (a REST call): in no
     /// table, never parked, asked nothing; close it when the request ends.
-    pub fn detached(&self, handshake: InitializeRequestParams, owner: Option<Arc<str>>) -> OneOff {
+    /// A session for one request: REST's (`Asking::Never`: its client
+    /// cannot be asked anything), or a 2026-07-28 request's
+    /// (`Asking::InRounds`: questions wait on its own stream for
+    /// `mcp/rounds.rs`).
+    pub fn detached(
+        &self,
+        handshake: InitializeRequestParams,
+        owner: Option<Arc<str>>,
+        asking: Asking,
+    ) -> OneOff {
         let session = Session::new(
             Uuid::new_v4(),
             Kind::Streamable,
@@ -307,10 +316,11 @@ impl Sessions {
             owner,
             self.servers.clone(),
         );
-        // One request, one answer: nobody reads a stream of its own, and
-        // a server asking its client something is told so at once.
-        session.client.make_unaskable();
-        session.own_stream.lock().take();
+        session.client.set_asking(asking);
+        if asking == Asking::Never {
+            // Nobody reads a stream of its own.
+            session.own_stream.lock().take();
+        }
         OneOff(session)
     }
 
@@ -736,6 +746,12 @@ impl Session {
     }
 
     /// The session's own stream, unless a stream already reads it.
+    /// What the session's servers ask its client, for input-required
+    /// rounds: the session's own stream, taken.
+    pub fn take_questions(&self) -> Option<mpsc::Receiver<ToStream>> {
+        self.own_stream.lock().take()
+    }
+
     pub fn own_stream(self: &Arc<Self>) -> Option<OwnStream> {
         let receiver = self.own_stream.lock().take()?;
         Some(OwnStream {

@@ -9,8 +9,9 @@
 //! every result, cache hints on lists and reads (those of the merged
 //! catalog: none, `private`; SEP-2549), an unknown resource as `-32602`
 //! (SEP-2164). What only sessions had (`initialize`, `ping`,
-//! `logging/setLevel`, `resources/subscribe`) is `-32601`. Servers cannot
-//! ask such a client anything mid-call.
+//! `logging/setLevel`, `resources/subscribe`) is `-32601`. A server's
+//! question to such a client becomes an input-required round
+//! (`rounds.rs`).
 
 use axum::{
     body::Bytes,
@@ -165,10 +166,7 @@ pub fn admit(
         .get(META_CLIENT_INFO)
         .and_then(|i| serde_json::from_value(i.clone()).ok())
         .unwrap_or_else(|| Implementation::new("unnamed 2026-07-28 client", "0"));
-    Ok(
-        InitializeRequestParams::new(without_questions(capabilities), info)
-            .with_protocol_version(version),
-    )
+    Ok(InitializeRequestParams::new(capabilities, info).with_protocol_version(version))
 }
 
 /// `server/discover`: the versions served, and what the servers behind
@@ -262,10 +260,14 @@ pub fn listen(
 /// An answer as this revision writes it: `resultType` on a result, cache
 /// hints on a list or a read (the merged catalog's answers are true for
 /// this request only), `-32602` with the URI for an unknown resource.
-pub fn shape(body: Bytes, uri: Option<&str>) -> Bytes {
+/// Written for request `id`: a resumed call answers the retry.
+pub fn shape(body: Bytes, id: &RequestId, uri: Option<&str>) -> Bytes {
     let Ok(mut answer) = serde_json::from_slice::<Value>(&body) else {
         return body;
     };
+    if let Some(object) = answer.as_object_mut() {
+        object.insert("id".into(), serde_json::to_value(id).unwrap_or(Value::Null));
+    }
     if let Some(result) = answer.get_mut("result").and_then(Value::as_object_mut) {
         result
             .entry("resultType")
@@ -297,15 +299,6 @@ pub fn shape(body: Bytes, uri: Option<&str>) -> Bytes {
         }
     }
     serde_json::to_vec(&answer).map_or(body, Bytes::from)
-}
-
-/// The client's capabilities without those that let a server ask it
-/// things: a request of this revision cannot be asked anything mid-call.
-fn without_questions(mut capabilities: ClientCapabilities) -> ClientCapabilities {
-    capabilities.sampling = None;
-    capabilities.elicitation = None;
-    capabilities.roots = None;
-    capabilities
 }
 
 /// The methods a request of this revision may call here.

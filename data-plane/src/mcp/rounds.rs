@@ -1,0 +1,283 @@
+//! Input-required rounds (SEP-2322): how a server of an older revision
+//! that asks its client something mid-call (sampling, elicitation, roots)
+//! reaches a 2026-07-28 client, which cannot be asked anything. The
+//! server's question ends the client's request with an `input_required`
+//! result naming it, while the call waits where it is, parked here under
+//! a random `requestState`; the client's retry carries its answers in
+//! `inputResponses`, which go to the waiting question, and the call goes
+//! on to its result or to the next round. A parked call lives on the
+//! replica that parked it, for as long as its server waits for an answer
+//! (`timeouts.maxCall`), and only its own client may resume it.
+
+// Sampling and roots: deprecated by SEP-2577, still what older servers ask.
+#![allow(deprecated)]
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::body::Bytes;
+use parking_lot::Mutex;
+use rmcp::model::{
+    ClientCapabilities, ClientResult, CreateMessageResult, ElicitResult, ErrorData,
+    ListRootsResult, RequestId, ServerRequest,
+};
+use serde_json::{Map, Value, json};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::debug;
+
+use super::{methods::encode, stateless};
+use crate::clients::ToStream;
+
+/// More questions asked at once are gathered this long into one round.
+const GATHER: Duration = Duration::from_millis(20);
+/// Calls parked at most; beyond, the oldest are given up.
+const MAX_PARKED: usize = 1024;
+/// A parked call nobody resumed is given up after this long.
+const PARKED_FOR: Duration = Duration::from_secs(10 * 60);
+
+/// Calls waiting for their clients' answers, by `requestState`.
+#[derive(Default)]
+pub struct Rounds {
+    parked: Mutex<HashMap<String, Parked>>,
+}
+
+/// A call between rounds.
+pub struct Call {
+    /// The call's answer, once it comes.
+    pub answer: JoinHandle<Option<Bytes>>,
+    /// What its servers ask the client.
+    pub questions: mpsc::Receiver<ToStream>,
+    /// Whose call it is: only they may resume it.
+    pub owner: Option<Arc<str>>,
+    /// What the client said it can be asked.
+    pub capabilities: ClientCapabilities,
+    /// `resources/read`'s URI, for a not-found answer.
+    pub uri: Option<String>,
+}
+
+struct Parked {
+    call: Call,
+    /// The questions of the last round, by key, and where each answer goes.
+    waiting: HashMap<
+        String,
+        (
+            &'static str,
+            oneshot::Sender<Result<ClientResult, ErrorData>>,
+        ),
+    >,
+    since: Instant,
+}
+
+// === impl Rounds ===
+
+impl Rounds {
+    /// Runs `call` until its answer, or until its servers ask something:
+    /// what the client of request `id` gets this round.
+    pub async fn next(&self, id: &RequestId, mut call: Call) -> Option<Bytes> {
+        let question = tokio::select! {
+            done = &mut call.answer => {
+                let body = done.ok().flatten()?;
+                return Some(stateless::shape(body, id, call.uri.as_deref()));
+            }
+            question = call.questions.recv() => question,
+        };
+        let mut asked = Vec::from_iter(question);
+        // Questions asked together go out together.
+        let gathering = tokio::time::sleep(GATHER);
+        tokio::pin!(gathering);
+        loop {
+            tokio::select! {
+                () = &mut gathering => break,
+                question = call.questions.recv() => match question {
+                    Some(question) => asked.push(question),
+                    None => break,
+                },
+            }
+        }
+        let mut waiting = HashMap::new();
+        let mut requests = Map::new();
+        for question in asked {
+            let ToStream::Request {
+                id: key,
+                request,
+                answer_to,
+            } = question
+            else {
+                continue;
+            };
+            let method = method_of(&request);
+            if !may_ask(&call.capabilities, method) {
+                let _ = answer_to.send(Err(ErrorData::invalid_request(
+                    format!("the client did not declare the capability {method} needs"),
+                    None,
+                )));
+                return Some(missing_capability(id, method));
+            }
+            let key = key.to_string();
+            requests.insert(
+                key.clone(),
+                serde_json::to_value(&*request).unwrap_or_default(),
+            );
+            waiting.insert(key, (method, answer_to));
+        }
+        if waiting.is_empty() {
+            // Only withdrawn questions: wait on.
+            return Box::pin(self.next(id, call)).await;
+        }
+        let state = match proto::auth::Token::generate() {
+            Ok(token) => format!("sb-round-{}", token.expose()),
+            Err(_) => {
+                return Some(encode::<()>(
+                    id,
+                    Err(ErrorData::internal_error(
+                        "no randomness for a requestState",
+                        None,
+                    )),
+                ));
+            }
+        };
+        debug!(
+            questions = waiting.len(),
+            "a server asked a 2026-07-28 client: input required"
+        );
+        self.park(
+            state.clone(),
+            Parked {
+                call,
+                waiting,
+                since: Instant::now(),
+            },
+        );
+        let result = json!({ "resultType": "input_required", "inputRequests": requests, "requestState": state });
+        Some(encode(id, Ok(result)))
+    }
+
+    /// A retry carrying `requestState` and `inputResponses`: the answers
+    /// go to the waiting questions and the call goes on.
+    pub async fn resume(
+        &self,
+        id: &RequestId,
+        state: &str,
+        responses: &Map<String, Value>,
+        owner: Option<&Arc<str>>,
+    ) -> Option<Bytes> {
+        let parked = {
+            let mut parked = self.parked.lock();
+            match parked.get(state) {
+                Some(found) if found.call.owner.as_ref() == owner => parked.remove(state),
+                _ => None,
+            }
+        };
+        let Some(parked) = parked else {
+            return Some(encode::<()>(
+                id,
+                Err(ErrorData::invalid_params(
+                    "unknown or expired requestState: send the request again without it",
+                    None,
+                )),
+            ));
+        };
+        if let Some(missing) = parked
+            .waiting
+            .keys()
+            .find(|key| !responses.contains_key(*key))
+        {
+            let missing = missing.clone();
+            // The round stays open for a retry that answers everything.
+            self.park(state.to_owned(), parked);
+            return Some(encode::<()>(
+                id,
+                Err(ErrorData::invalid_params(
+                    format!("inputResponses lacks `{missing}`"),
+                    None,
+                )),
+            ));
+        }
+        for (key, (method, answer_to)) in parked.waiting {
+            let response = responses.get(&key).cloned().unwrap_or_default();
+            let _ = answer_to.send(client_result(method, response));
+        }
+        Box::pin(self.next(id, parked.call)).await
+    }
+
+    fn park(&self, state: String, call: Parked) {
+        let mut parked = self.parked.lock();
+        parked.retain(|_, p| p.since.elapsed() < PARKED_FOR && !p.call.answer.is_finished());
+        if parked.len() >= MAX_PARKED
+            && let Some(oldest) = parked
+                .iter()
+                .min_by_key(|(_, p)| p.since)
+                .map(|(k, _)| k.clone())
+        {
+            parked.remove(&oldest);
+        }
+        parked.insert(state, call);
+    }
+}
+
+/// The `requestState` and `inputResponses` of a retry, if it is one.
+pub fn resumption(params: &Value) -> Option<(String, Map<String, Value>)> {
+    let state = params.get("requestState")?.as_str()?.to_owned();
+    let responses = params
+        .get("inputResponses")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    Some((state, responses))
+}
+
+fn method_of(request: &ServerRequest) -> &'static str {
+    match request {
+        ServerRequest::CreateMessageRequest(_) => "sampling/createMessage",
+        ServerRequest::ElicitRequest(_) => "elicitation/create",
+        ServerRequest::ListRootsRequest(_) => "roots/list",
+        _ => "a request",
+    }
+}
+
+fn may_ask(capabilities: &ClientCapabilities, method: &str) -> bool {
+    match method {
+        "sampling/createMessage" => capabilities.sampling.is_some(),
+        "elicitation/create" => capabilities.elicitation.is_some(),
+        "roots/list" => capabilities.roots.is_some(),
+        _ => false,
+    }
+}
+
+/// `-32021`: the request needs a capability the client did not declare.
+fn missing_capability(id: &RequestId, method: &str) -> Bytes {
+    let mut required = ClientCapabilities::default();
+    match method {
+        "sampling/createMessage" => required.sampling = Some(Default::default()),
+        "elicitation/create" => required.elicitation = Some(Default::default()),
+        _ => required.roots = Some(Default::default()),
+    }
+    encode::<()>(
+        id,
+        Err(ErrorData::missing_required_client_capability(required)),
+    )
+}
+
+/// The client's answer to a question, as the server's request expects it.
+fn client_result(method: &str, response: Value) -> Result<ClientResult, ErrorData> {
+    let unreadable = |e: serde_json::Error| {
+        ErrorData::invalid_params(format!("the client's answer to {method}: {e}"), None)
+    };
+    match method {
+        "sampling/createMessage" => serde_json::from_value::<CreateMessageResult>(response)
+            .map(|r| ClientResult::CreateMessageResult(Box::new(r)))
+            .map_err(unreadable),
+        "elicitation/create" => serde_json::from_value::<ElicitResult>(response)
+            .map(ClientResult::ElicitResult)
+            .map_err(unreadable),
+        _ => serde_json::from_value::<ListRootsResult>(response)
+            .map(ClientResult::ListRootsResult)
+            .map_err(unreadable),
+    }
+}
