@@ -61,16 +61,17 @@ pub struct Call {
     pub uri: Option<String>,
 }
 
+/// A question waiting for its answer: what it asked, and where the
+/// answer goes.
+type Question = (
+    &'static str,
+    oneshot::Sender<Result<ClientResult, ErrorData>>,
+);
+
 struct Parked {
     call: Call,
     /// The questions of the last round, by key, and where each answer goes.
-    waiting: HashMap<
-        String,
-        (
-            &'static str,
-            oneshot::Sender<Result<ClientResult, ErrorData>>,
-        ),
-    >,
+    waiting: HashMap<String, Question>,
     since: Instant,
 }
 
