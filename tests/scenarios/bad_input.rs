@@ -412,31 +412,46 @@ async fn malformed_oversized_and_unknown_requests_get_clear_errors_and_sessions_
     )
     .await;
     assert_eq!(status, 404);
-    // `server/discover` (2026-07-28 clients probe with it before falling
-    // back to `initialize`) gets an error at once that lists the versions
-    // served (the stateless revision is not served yet); one without the
-    // revision's required `_meta` gets -32602 saying what it lacks.
-    let discover = r#"{"jsonrpc":"2.0","id":11,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
-    let response = http
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "server/discover")
-        .body(discover)
-        .send()
-        .await
-        .expect("POST server/discover");
+    // `server/discover` of a 2026-07-28 client lists every version served
+    // (that revision's own included); one without the revision's required
+    // `_meta` gets -32602 saying what it lacks, one naming a version nobody
+    // serves -32022 listing those that are.
+    let discover = |version: &str| {
+        let body = json!({ "jsonrpc": "2.0", "id": 11, "method": "server/discover", "params": { "_meta": {
+            "io.modelcontextprotocol/protocolVersion": version,
+            "io.modelcontextprotocol/clientCapabilities": {} } } });
+        http.post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", version)
+            .header("mcp-method", "server/discover")
+            .body(body.to_string())
+            .send()
+    };
+    let response = discover("2026-07-28").await.expect("POST server/discover");
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
     let discovered = jsonrpc_message(&text);
+    assert_eq!(status, 200, "{text}");
+    let supported = &discovered["result"]["supportedVersions"];
+    for version in ["2025-11-25", "2026-07-28"] {
+        assert!(
+            supported
+                .as_array()
+                .is_some_and(|v| v.contains(&json!(version))),
+            "{text}"
+        );
+    }
+    let response = discover("2099-01-01").await.expect("POST server/discover");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    let refused = jsonrpc_message(&text);
     assert_eq!(status, 400, "{text}");
-    assert_eq!(discovered["error"]["code"], -32022, "{text}");
-    let supported = &discovered["error"]["data"]["supported"];
+    assert_eq!(refused["error"]["code"], -32022, "{text}");
     assert!(
-        supported
+        refused["error"]["data"]["supported"]
             .as_array()
-            .is_some_and(|v| v.contains(&json!("2025-11-25"))),
+            .is_some_and(|v| v.contains(&json!("2026-07-28"))),
         "{text}"
     );
     let (_, _, text) = post(
