@@ -240,6 +240,15 @@ async fn the_2026_07_28_wire_refuses_what_the_revision_refuses() {
         ),
         ("ping", json!({}), vec![], vec![], 404, -32601, "ping"),
         (
+            "tasks/get",
+            json!({ "taskId": "t-1" }),
+            vec![],
+            vec![],
+            404,
+            -32601,
+            "does not offer the tasks extension",
+        ),
+        (
             "logging/setLevel",
             json!({ "level": "debug" }),
             vec![],

@@ -171,7 +171,7 @@ impl Methods {
                 encode(id, self.set_level(session, ctx, r.params).await)
             }
             other => {
-                let message = format!("Method not found: {}", other.method());
+                let message = not_found(other.method());
                 let error = ErrorData::new(ErrorCode::METHOD_NOT_FOUND, message, None);
                 encode::<()>(id, Err(error))
             }
@@ -717,6 +717,21 @@ fn one_line(value: Box<RawValue>) -> Box<RawValue> {
     let joined = value.get().replace(['\n', '\r'], " ");
     // Spaces for line breaks between tokens: still the same JSON.
     RawValue::from_string(joined).unwrap_or(value)
+}
+
+/// Why a method gets `-32601`; the extensions (tasks, skills) are named
+/// as such, so a client knows not to look for them here.
+pub fn not_found(method: &str) -> String {
+    let extension = ["tasks/", "skills/"]
+        .iter()
+        .find(|prefix| method.starts_with(**prefix));
+    match extension {
+        Some(prefix) => format!(
+            "Method not found: {method} (this gateway does not offer the {} extension)",
+            prefix.trim_end_matches('/')
+        ),
+        None => format!("Method not found: {method}"),
+    }
 }
 
 /// A JSON-RPC response to `id`: its result, or its error.

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     dispatch::{json_response, stream_response},
     guard::Incoming,
-    methods::encode,
+    methods::{encode, not_found},
     replay::KEEP_ALIVE,
     session::event,
 };
@@ -151,8 +151,8 @@ pub fn admit(
             ErrorData::new(
                 ErrorCode::METHOD_NOT_FOUND,
                 format!(
-                    "Method not found: {} (not a method of {requested} this gateway serves; `initialize`, `ping`, `logging/setLevel` and subscribe belonged to sessions)",
-                    read.method
+                    "{} (`initialize`, `ping`, `logging/setLevel` and subscribe belonged to sessions, which {requested} has not)",
+                    not_found(read.method)
                 ),
                 None,
             ),
