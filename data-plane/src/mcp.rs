@@ -217,6 +217,8 @@ pub fn router(
         closed.cancelled().await;
         closing.close_all();
     });
+    let rounds = rounds::Rounds::default();
+    telemetry.metrics.register_collector(rounds.clone());
     let endpoint = Arc::new(Endpoint {
         sessions,
         methods: Methods {
@@ -229,7 +231,7 @@ pub fn router(
         policies,
         rates,
         metrics: telemetry.metrics.clone(),
-        rounds: Default::default(),
+        rounds: rounds.clone(),
         shutdown,
     });
     let mcp = axum::Router::new()

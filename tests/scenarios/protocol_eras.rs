@@ -505,4 +505,20 @@ async fn a_legacy_servers_questions_reach_a_2026_07_28_client_as_input_required_
     let done = round(retry).await;
     assert_eq!(done["result"]["resultType"], "complete", "{done}");
     assert!(done.to_string().contains("raw round"), "{done}");
+
+    let exposition = sb.gateway_metrics().await;
+    let counted = |name| e2e::metric(&exposition, name, &[]).unwrap_or_default();
+    assert!(
+        counted("switchboard_input_required_rounds_total") >= 3.0,
+        "{exposition}"
+    );
+    assert!(
+        counted("switchboard_input_required_resumed_total") >= 3.0,
+        "{exposition}"
+    );
+    assert_eq!(
+        counted("switchboard_input_required_unknown_state_total"),
+        1.0
+    );
+    assert_eq!(counted("switchboard_input_required_parked"), 0.0);
 }

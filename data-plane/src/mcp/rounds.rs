@@ -20,6 +20,11 @@ use std::{
 
 use axum::body::Bytes;
 use parking_lot::Mutex;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::Counter, gauge::ConstGauge},
+};
 use rmcp::model::{
     ClientCapabilities, ClientResult, CreateMessageResult, ElicitResult, ErrorData,
     ListRootsResult, RequestId, ServerRequest,
@@ -32,7 +37,7 @@ use tokio::{
 use tracing::debug;
 
 use super::{methods::encode, stateless};
-use crate::clients::ToStream;
+use crate::{clients::ToStream, telemetry::metrics::encode_counters};
 
 /// More questions asked at once are gathered this long into one round.
 const GATHER: Duration = Duration::from_millis(20);
@@ -41,10 +46,18 @@ const MAX_PARKED: usize = 1024;
 /// A parked call nobody resumed is given up after this long.
 const PARKED_FOR: Duration = Duration::from_secs(10 * 60);
 
-/// Calls waiting for their clients' answers, by `requestState`.
-#[derive(Default)]
+/// Calls waiting for their clients' answers, by `requestState`; cheap
+/// to clone.
+#[derive(Clone, Default)]
 pub struct Rounds {
-    parked: Mutex<HashMap<String, Parked>>,
+    parked: Arc<Mutex<HashMap<String, Parked>>>,
+    /// Rounds begun: a call parked on its servers' questions.
+    asked: Counter,
+    /// Retries that answered a parked call.
+    resumed: Counter,
+    /// Retries naming a state nobody issued, another client's, or one
+    /// given up.
+    unknown: Counter,
 }
 
 /// A call between rounds.
@@ -147,6 +160,7 @@ impl Rounds {
             questions = waiting.len(),
             "a server asked a 2026-07-28 client: input required"
         );
+        self.asked.inc();
         self.park(
             state.clone(),
             Parked {
@@ -176,6 +190,7 @@ impl Rounds {
             }
         };
         let Some(parked) = parked else {
+            self.unknown.inc();
             return Some(encode::<()>(
                 id,
                 Err(ErrorData::invalid_params(
@@ -200,6 +215,7 @@ impl Rounds {
                 )),
             ));
         }
+        self.resumed.inc();
         for (key, (method, answer_to)) in parked.waiting {
             let response = responses.get(&key).cloned().unwrap_or_default();
             let _ = answer_to.send(client_result(method, response));
@@ -280,5 +296,43 @@ fn client_result(method: &str, response: Value) -> Result<ClientResult, ErrorDat
         _ => serde_json::from_value::<ListRootsResult>(response)
             .map(ClientResult::ListRootsResult)
             .map_err(unreadable),
+    }
+}
+
+impl Collector for Rounds {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        encode_counters(
+            &mut encoder,
+            &[
+                (
+                    "input_required_rounds",
+                    "Calls of 2026-07-28 clients parked on a server's questions (input-required rounds begun)",
+                    &self.asked,
+                ),
+                (
+                    "input_required_resumed",
+                    "Retries with the answers that resumed a parked call",
+                    &self.resumed,
+                ),
+                (
+                    "input_required_unknown_state",
+                    "Retries naming a requestState that is unknown, another client's, or given up",
+                    &self.unknown,
+                ),
+            ],
+        )?;
+        let parked = ConstGauge::new(i64::try_from(self.parked.lock().len()).unwrap_or(i64::MAX));
+        parked.encode(encoder.encode_descriptor(
+            "input_required_parked",
+            "Calls waiting for their clients' answers",
+            None,
+            parked.metric_type(),
+        )?)
+    }
+}
+
+impl std::fmt::Debug for Rounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rounds")
     }
 }
