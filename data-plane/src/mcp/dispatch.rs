@@ -170,6 +170,14 @@ impl Endpoint {
             Ok(handshake) => handshake,
             Err(refused) => return *refused,
         };
+        let catalog = self.methods.catalog.load();
+        let schema = |tool: &str| {
+            let tool = catalog.tools().iter().find(|t| t.name == tool)?;
+            Some(tool.input_schema.clone())
+        };
+        if let Err(refused) = stateless::check_params(&parts.headers, &incoming, schema) {
+            return *refused;
+        }
         if let Incoming::Request { id, request } = &incoming {
             match &**request {
                 ClientRequest::DiscoverRequest(_) => {

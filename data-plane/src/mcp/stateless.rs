@@ -26,7 +26,7 @@ use rmcp::model::{
 };
 use serde_json::{Value, json};
 
-use std::convert::Infallible;
+use std::{convert::Infallible, sync::Arc};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -167,6 +167,66 @@ pub fn admit(
         .and_then(|i| serde_json::from_value(i.clone()).ok())
         .unwrap_or_else(|| Implementation::new("unnamed 2026-07-28 client", "0"));
     Ok(InitializeRequestParams::new(capabilities, info).with_protocol_version(version))
+}
+
+/// SEP-2243's custom headers: each argument of a `tools/call` whose
+/// property the tool's `inputSchema` marks with `x-mcp-header: <Name>`
+/// comes with the header `Mcp-Param-<Name>` too, equal to it (as text,
+/// base64 where written so); one missing, extra or different is refused
+/// with `-32020`.
+pub fn check_params(
+    headers: &HeaderMap,
+    incoming: &Incoming,
+    schema: impl FnOnce(&str) -> Option<Arc<JsonObject>>,
+) -> Result<(), Box<Response>> {
+    let (id, name, arguments) = match incoming {
+        Incoming::Call { id, params } => {
+            let arguments = params
+                .arguments
+                .as_ref()
+                .and_then(|raw| serde_json::from_str::<JsonObject>(raw.get()).ok());
+            (id, params.name.as_str(), arguments)
+        }
+        Incoming::Request { id, request } => match &**request {
+            ClientRequest::CallToolRequest(call) => {
+                (id, &*call.params.name, call.params.arguments.clone())
+            }
+            _ => return Ok(()),
+        },
+        _ => return Ok(()),
+    };
+    let Some(schema) = schema(name) else {
+        return Ok(());
+    };
+    let arguments = arguments.unwrap_or_default();
+    let properties = schema.get("properties").and_then(Value::as_object);
+    for (property, spec) in properties.into_iter().flatten() {
+        let Some(header_name) = spec.get("x-mcp-header").and_then(Value::as_str) else {
+            continue;
+        };
+        let header_name = format!("mcp-param-{}", header_name.to_ascii_lowercase());
+        let wanted = arguments.get(property).map(|value| match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        });
+        let sent = headers.get(&header_name);
+        let agrees = match (&wanted, sent) {
+            (None, None) => true,
+            (Some(wanted), Some(_)) => check_header(headers, &header_name, Some(wanted)).is_ok(),
+            _ => false,
+        };
+        if !agrees {
+            let error = ErrorData::header_mismatch(
+                format!(
+                    "the {header_name} header must carry argument `{property}` as the body has it ({})",
+                    wanted.as_deref().unwrap_or("absent")
+                ),
+                None,
+            );
+            return Err(refuse(Some(id), StatusCode::BAD_REQUEST, error));
+        }
+    }
+    Ok(())
 }
 
 /// `server/discover`: the versions served, and what the servers behind
@@ -374,12 +434,18 @@ fn check_header(headers: &HeaderMap, name: &str, wanted: Option<&str>) -> Result
         ));
     };
     let value = value.to_str().ok().map(str::trim);
-    let decoded = value.and_then(|v| match v.strip_prefix(BASE64_PREFIX) {
-        Some(encoded) => encoded
-            .strip_suffix(BASE64_SUFFIX)
-            .and_then(|e| STANDARD.decode(e).ok())
-            .and_then(|bytes| String::from_utf8(bytes).ok()),
-        None => Some(v.to_owned()),
+    // Base64 only between both markers; anything else is the text itself.
+    let decoded = value.and_then(|v| {
+        match v
+            .strip_prefix(BASE64_PREFIX)
+            .and_then(|rest| rest.strip_suffix(BASE64_SUFFIX))
+        {
+            Some(encoded) => STANDARD
+                .decode(encoded)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok()),
+            None => Some(v.to_owned()),
+        }
     });
     if decoded.as_deref() == Some(wanted) {
         Ok(())
@@ -402,4 +468,68 @@ fn refuse(id: Option<&RequestId>, status: StatusCode, error: ErrorData) -> Box<R
             .unwrap_or_default(),
     };
     Box::new((status, json_response(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "mcp-param-region",
+            HeaderValue::from_str(value).expect("ASCII"),
+        );
+        headers
+    }
+
+    #[test]
+    fn header_values_are_text_or_base64_between_both_markers() {
+        let agrees = |sent: &str, body: &str| {
+            check_header(&headers(sent), "mcp-param-region", Some(body)).is_ok()
+        };
+        assert!(agrees("eu-west", "eu-west"));
+        assert!(agrees("  eu-west ", "eu-west"), "surrounding whitespace");
+        assert!(agrees("=?base64?SGVsbG8=?=", "Hello"));
+        assert!(!agrees("=?base64?SGVsbG8?=", "Hello"), "padding missing");
+        assert!(!agrees("=?base64?SGVs!!!bG8=?=", "Hello"), "not base64");
+        assert!(
+            agrees("SGVsbG8=", "SGVsbG8="),
+            "no markers: the text itself"
+        );
+        assert!(
+            agrees("=?base64?SGVsbG8=", "=?base64?SGVsbG8="),
+            "one marker: text"
+        );
+        assert!(!agrees("us-east", "eu-west"));
+        assert!(check_header(&HeaderMap::new(), "mcp-param-region", Some("x")).is_err());
+        assert!(check_header(&HeaderMap::new(), "mcp-param-region", None).is_ok());
+    }
+
+    #[test]
+    fn answers_are_written_as_the_revision_writes_them() {
+        let id = RequestId::Number(9);
+        let listed = shape(
+            br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#.as_slice().into(),
+            &id,
+            None,
+        );
+        let listed: Value = serde_json::from_slice(&listed).expect("JSON");
+        assert_eq!(listed["id"], 9, "the retry's id");
+        assert_eq!(listed["result"]["resultType"], "complete");
+        assert_eq!(listed["result"]["ttlMs"], 0);
+        assert_eq!(listed["result"]["cacheScope"], "private");
+        let missing = shape(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32002,"message":"no"}}"#
+                .as_slice()
+                .into(),
+            &id,
+            Some("x://gone"),
+        );
+        let missing: Value = serde_json::from_slice(&missing).expect("JSON");
+        assert_eq!(missing["error"]["code"], -32602);
+        assert_eq!(missing["error"]["data"]["uri"], "x://gone");
+    }
 }

@@ -103,10 +103,18 @@ fn tools() -> Value {
         tool("test_reconnection", "Answers after a short pause"),
         { "name": "json_schema_2020_12_tool", "description": "Tool with JSON Schema 2020-12 features",
           "inputSchema": { "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
-            "$defs": { "address": { "type": "object", "properties": {
+            "$defs": { "address": { "$anchor": "address", "type": "object", "properties": {
               "street": { "type": "string" }, "city": { "type": "string" } } } },
             "properties": { "name": { "type": "string" }, "address": { "$ref": "#/$defs/address" } },
+            "allOf": [{ "anyOf": [{ "required": ["name"] }, { "required": ["address"] }] }],
+            "if": { "properties": { "name": { "const": "home" } } },
+            "then": { "required": ["address"] },
+            "else": { "properties": { "address": true } },
             "additionalProperties": false } },
+        // SEP-2243: the argument a client must also send as `Mcp-Param-Region`.
+        { "name": "test_custom_header", "description": "Echoes a region sent in a header too",
+          "inputSchema": { "type": "object", "properties": {
+            "region": { "type": "string", "x-mcp-header": "Region" } }, "required": ["region"] } },
     ])
 }
 
@@ -215,6 +223,7 @@ impl ServerHandler for Fixture {
         };
         match params.name.as_ref() {
             "test_simple_text" => text_result("This is a simple text response for testing."),
+            "test_custom_header" => text_result(format!("region {}", argument("region"))),
             "test_image_content" => {
                 content(json!([{ "type": "image", "data": PNG, "mimeType": "image/png" }]))
             }
