@@ -229,8 +229,9 @@ impl Relay {
         for tracked in candidates {
             if tracked.origin.session != latest.session {
                 return Err(self.unroutable(
-                    "requests of several client sessions are in flight on this shared connection; \
-                     from now on it carries one session's calls at a time, so retry",
+                    "requests of several client sessions are in flight on this shared connection \
+                     (a server reached over stdio or SSE then carries one session's calls at a time, \
+                     so a retry is answered)",
                 ));
             }
             if request_id_after(&tracked.origin.request_id, &latest.request_id) {
@@ -270,11 +271,23 @@ impl Relay {
         came_on: Option<InboundStreamOrigin>,
         cancel: CancellationToken,
     ) -> Result<ClientResult, ErrorData> {
-        let came_with = match &came_on {
-            Some(InboundStreamOrigin::OutboundRequest(id)) => self.origin_of(id),
-            _ => None,
-        };
-        if let Some(origin) = came_with {
+        if let Some(InboundStreamOrigin::OutboundRequest(id)) = &came_on {
+            // The call it came with is the answer, or there is none: never
+            // a guess. It may not be registered yet (rmcp sends first).
+            let registered = async {
+                loop {
+                    let notified = self.registered.notified();
+                    if let Some(origin) = self.origin_of(id) {
+                        return origin;
+                    }
+                    notified.await;
+                }
+            };
+            let Ok(origin) = tokio::time::timeout(ORDER_GRACE, registered).await else {
+                return Err(self.unroutable(
+                    "it came with a request of the gateway's own (a health probe or a list), not a client's call",
+                ));
+            };
             let stream = self.stream_to(Some(origin.session), origin.stream)?;
             debug!(server = %self.server, "relaying server request to the client of the call it came with");
             return self.ask_on_stream(&stream, request, cancel).await;

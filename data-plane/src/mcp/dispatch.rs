@@ -200,10 +200,11 @@ impl Endpoint {
                 .rounds
                 .resume(id, &state, &responses, owner.as_ref())
                 .await;
-            return match answer {
-                Some(body) => json_response(body),
-                None => stream_response(futures::stream::empty()),
-            };
+            let answer = answer.unwrap_or_else(|| {
+                let cancelled = ErrorData::internal_error("the call was cancelled", None);
+                encode::<()>(id, Err(cancelled))
+            });
+            return json_response(answer);
         }
         let one_off = self
             .sessions
@@ -423,16 +424,19 @@ impl Endpoint {
         // A 2026-07-28 request's answer is written as that revision writes
         // it, and its servers' questions become input-required rounds.
         let request_id = ctx.id.clone();
-        let shaped = session
-            .handshake()
-            .is_some_and(|h| !h.protocol_version.has_initialize())
-            .then(|| match &work {
-                Work::Request(request) => match &**request {
-                    ClientRequest::ReadResourceRequest(read) => Some(read.params.uri.clone()),
-                    _ => None,
-                },
-                Work::Call(_) => None,
-            });
+        let shaped = (session.client.asking() == Asking::InRounds).then(|| match &work {
+            Work::Request(request) => match &**request {
+                ClientRequest::ReadResourceRequest(read) => Some(read.params.uri.clone()),
+                _ => None,
+            },
+            Work::Call(_) => None,
+        });
+        // A round's session lives as long as its call, which may wait
+        // across several requests; any other as long as this request.
+        let (open, rounds_hold) = match shaped {
+            Some(_) => (None, Some(open)),
+            None => (Some(open), None),
+        };
         let answer = tokio::spawn(
             async move {
                 let _in_flight = in_flight;
@@ -453,11 +457,12 @@ impl Endpoint {
             }
             .in_current_span(),
         );
-        let answer = match shaped.map(|uri| (uri, session.take_questions())) {
-            Some((uri, Some(questions))) => {
+        let answer = match shaped.zip(rounds_hold) {
+            Some((uri, holding)) => {
                 let call = rounds::Call {
                     answer,
-                    questions,
+                    questions: session.take_questions(),
+                    _session: holding,
                     owner: session.client.owner.clone(),
                     capabilities: session
                         .handshake()

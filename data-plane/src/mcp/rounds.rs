@@ -36,7 +36,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::{methods::encode, stateless};
+use super::{methods::encode, session::Holding, stateless};
 use crate::{clients::ToStream, telemetry::metrics::encode_counters};
 
 /// More questions asked at once are gathered this long into one round.
@@ -64,8 +64,10 @@ pub struct Rounds {
 pub struct Call {
     /// The call's answer, once it comes.
     pub answer: JoinHandle<Option<Bytes>>,
-    /// What its servers ask the client.
-    pub questions: mpsc::Receiver<ToStream>,
+    /// What its servers ask the client (`None`: nothing can be asked).
+    pub questions: Option<mpsc::Receiver<ToStream>>,
+    /// Keeps the call's session open while it waits across requests.
+    pub _session: Holding,
     /// Whose call it is: only they may resume it.
     pub owner: Option<Arc<str>>,
     /// What the client said it can be asked.
@@ -94,25 +96,36 @@ impl Rounds {
     /// Runs `call` until its answer, or until its servers ask something:
     /// what the client of request `id` gets this round.
     pub async fn next(&self, id: &RequestId, mut call: Call) -> Option<Bytes> {
-        let question = tokio::select! {
-            done = &mut call.answer => {
-                let body = done.ok().flatten()?;
-                return Some(stateless::shape(body, id, call.uri.as_deref()));
-            }
-            question = call.questions.recv() => question,
-        };
-        let mut asked = Vec::from_iter(question);
-        // Questions asked together go out together.
-        let gathering = tokio::time::sleep(GATHER);
-        tokio::pin!(gathering);
-        loop {
-            tokio::select! {
-                () = &mut gathering => break,
-                question = call.questions.recv() => match question {
-                    Some(question) => asked.push(question),
-                    None => break,
+        let mut asked = Vec::new();
+        while asked.is_empty() {
+            let question = match call.questions.as_mut() {
+                Some(questions) => tokio::select! {
+                    biased;
+                    done = &mut call.answer => return finish(done, id, call.uri.as_deref()),
+                    question = questions.recv() => question,
                 },
+                None => None,
+            };
+            let Some(question) = question else {
+                // Nothing more can be asked: the answer is all there is.
+                let done = (&mut call.answer).await;
+                return finish(done, id, call.uri.as_deref());
+            };
+            // Questions asked together go out together; a withdrawn one
+            // is no question.
+            asked.push(question);
+            let gathering = tokio::time::sleep(GATHER);
+            tokio::pin!(gathering);
+            while let Some(questions) = call.questions.as_mut() {
+                tokio::select! {
+                    () = &mut gathering => break,
+                    question = questions.recv() => match question {
+                        Some(question) => asked.push(question),
+                        None => break,
+                    },
+                }
             }
+            asked.retain(|q| matches!(q, ToStream::Request { .. }));
         }
         let mut waiting = HashMap::new();
         let mut requests = Map::new();
@@ -139,10 +152,6 @@ impl Rounds {
                 serde_json::to_value(&*request).unwrap_or_default(),
             );
             waiting.insert(key, (method, answer_to));
-        }
-        if waiting.is_empty() {
-            // Only withdrawn questions: wait on.
-            return Box::pin(self.next(id, call)).await;
         }
         let state = match proto::auth::Token::generate() {
             Ok(token) => format!("sb-round-{}", token.expose()),
@@ -235,6 +244,25 @@ impl Rounds {
             parked.remove(&oldest);
         }
         parked.insert(state, call);
+    }
+}
+
+/// The call's answer, written for request `id`; `None` for a call that was
+/// cancelled (nobody is there for an answer).
+fn finish(
+    done: Result<Option<Bytes>, tokio::task::JoinError>,
+    id: &RequestId,
+    uri: Option<&str>,
+) -> Option<Bytes> {
+    match done {
+        Ok(body) => body.map(|body| stateless::shape(body, id, uri)),
+        Err(_) => Some(encode::<()>(
+            id,
+            Err(ErrorData::internal_error(
+                "the call failed in the gateway",
+                None,
+            )),
+        )),
     }
 }
 

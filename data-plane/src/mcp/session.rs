@@ -296,9 +296,8 @@ impl Sessions {
         Ok((session, open))
     }
 
-    /// A session of one request that no client holds (a REST call): in no
-    /// table, never parked, asked nothing; close it when the request ends.
-    /// A session for one request: REST's (`Asking::Never`: its client
+    /// A session for one request, in no table, never parked, closed when
+    /// the request ends: REST's (`Asking::Never`: its client
     /// cannot be asked anything), or a 2026-07-28 request's
     /// (`Asking::InRounds`: questions wait on its own stream for
     /// `mcp/rounds.rs`).
@@ -745,13 +744,13 @@ impl Session {
         self.calls.lock().replays.remove(&stream);
     }
 
-    /// The session's own stream, unless a stream already reads it.
     /// What the session's servers ask its client, for input-required
     /// rounds: the session's own stream, taken.
     pub fn take_questions(&self) -> Option<mpsc::Receiver<ToStream>> {
         self.own_stream.lock().take()
     }
 
+    /// The session's own stream, unless a stream already reads it.
     pub fn own_stream(self: &Arc<Self>) -> Option<OwnStream> {
         let receiver = self.own_stream.lock().take()?;
         Some(OwnStream {
