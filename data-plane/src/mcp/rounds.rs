@@ -96,8 +96,10 @@ impl Rounds {
     /// Runs `call` until its answer, or until its servers ask something:
     /// what the client of request `id` gets this round.
     pub async fn next(&self, id: &RequestId, mut call: Call) -> Option<Bytes> {
-        let mut asked = Vec::new();
-        while asked.is_empty() {
+        let mut waiting = HashMap::new();
+        let mut requests = Map::new();
+        while waiting.is_empty() {
+            let mut asked = Vec::new();
             let question = match call.questions.as_mut() {
                 Some(questions) => tokio::select! {
                     biased;
@@ -125,33 +127,34 @@ impl Rounds {
                     },
                 }
             }
-            asked.retain(|q| matches!(q, ToStream::Request { .. }));
-        }
-        let mut waiting = HashMap::new();
-        let mut requests = Map::new();
-        for question in asked {
-            let ToStream::Request {
-                id: key,
-                request,
-                answer_to,
-            } = question
-            else {
-                continue;
-            };
-            let method = method_of(&request);
-            if !may_ask(&call.capabilities, method) {
-                let _ = answer_to.send(Err(ErrorData::invalid_request(
-                    format!("the client did not declare the capability {method} needs"),
-                    None,
-                )));
-                return Some(missing_capability(id, method));
+            for question in asked {
+                // A withdrawn question is no question.
+                let ToStream::Request {
+                    id: key,
+                    request,
+                    answer_to,
+                } = question
+                else {
+                    continue;
+                };
+                let method = method_of(&request);
+                // Nothing on a pipe says a question is this call's: one the
+                // client cannot answer is the server's to get over, and
+                // the call goes on.
+                if !may_ask(&call.capabilities, method) {
+                    let _ = answer_to.send(Err(ErrorData::invalid_request(
+                        format!("the client did not declare the capability {method} needs"),
+                        None,
+                    )));
+                    continue;
+                }
+                let key = key.to_string();
+                requests.insert(
+                    key.clone(),
+                    serde_json::to_value(&*request).unwrap_or_default(),
+                );
+                waiting.insert(key, (method, answer_to));
             }
-            let key = key.to_string();
-            requests.insert(
-                key.clone(),
-                serde_json::to_value(&*request).unwrap_or_default(),
-            );
-            waiting.insert(key, (method, answer_to));
         }
         let state = match proto::auth::Token::generate() {
             Ok(token) => format!("sb-round-{}", token.expose()),
@@ -293,20 +296,6 @@ fn may_ask(capabilities: &ClientCapabilities, method: &str) -> bool {
         "roots/list" => capabilities.roots.is_some(),
         _ => false,
     }
-}
-
-/// `-32021`: the request needs a capability the client did not declare.
-fn missing_capability(id: &RequestId, method: &str) -> Bytes {
-    let mut required = ClientCapabilities::default();
-    match method {
-        "sampling/createMessage" => required.sampling = Some(Default::default()),
-        "elicitation/create" => required.elicitation = Some(Default::default()),
-        _ => required.roots = Some(Default::default()),
-    }
-    encode::<()>(
-        id,
-        Err(ErrorData::missing_required_client_capability(required)),
-    )
 }
 
 /// The client's answer to a question, as the server's request expects it.
