@@ -4,7 +4,8 @@
 //! `.ci/test` into `tests/npm`; the pre-release also on the 2026-07-28
 //! wire), against our fixture server
 //! (`tests/src/bin/conformance-fixture.rs`) directly over streamable HTTP
-//! and through the gateway (the fixture behind it over stdio, no prefix).
+//! and through the gateway (the fixture behind it over stdio, and behind
+//! another over streamable HTTP; no prefix).
 //! Every scenario that passes directly must pass through the gateway.
 
 use std::{
@@ -192,26 +193,53 @@ async fn the_suite_passes_through_the_gateway_wherever_it_passes_directly() {
     );
     let sb = Switchboard::start(&[("conformance.yaml", &yaml)]).await;
     sb.wait_server_state("conformance", "ready").await;
+
+    // The same fixture behind another gateway over streamable HTTP, where
+    // its questions are told apart by the stream they come on.
+    let behind_addr = free_addr();
+    let _behind = tokio::process::Command::new(&fixture)
+        .args(["--http", &behind_addr.to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the fixture");
+    wait_listening("the conformance fixture", behind_addr).await;
+    let remote = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": "conformance" },
+        "spec": { "prefixMode": "Never", "transport": { "http": {
+            "url": format!("http://127.0.0.1:{}/mcp", behind_addr.port()) } } },
+    });
+    let over_http = Switchboard::start(&[("conformance.yaml", &remote.to_string())]).await;
+    over_http.wait_server_state("conformance", "ready").await;
+
     for (i, suite) in SUITES.iter().enumerate() {
         let direct = run_suite(suite, &direct_url, &out.path().join(format!("direct-{i}"))).await;
-        let gateway = run_suite(
-            suite,
-            &sb.mcp_url(),
-            &out.path().join(format!("gateway-{i}")),
-        )
-        .await;
-        compare(suite, &direct, &gateway, &sb);
+        for (gateway, behind) in [(&sb, "stdio"), (&over_http, "http")] {
+            let through = run_suite(
+                suite,
+                &gateway.mcp_url(),
+                &out.path().join(format!("gateway-{behind}-{i}")),
+            )
+            .await;
+            compare(suite, behind, &direct, &through, gateway);
+        }
     }
 }
 
 /// Asserts the gateway passes every scenario the fixture passes directly.
 fn compare(
     suite: &Suite,
+    behind: &str,
     direct: &BTreeMap<String, Outcome>,
     gateway: &BTreeMap<String, Outcome>,
     sb: &Switchboard,
 ) {
-    let package = format!("{} {}", suite.package, suite.args.join(" "));
+    let package = format!(
+        "{} {} (fixture behind the gateway over {behind})",
+        suite.package,
+        suite.args.join(" ")
+    );
     let report = |outcomes: &BTreeMap<String, Outcome>| {
         outcomes
             .iter()

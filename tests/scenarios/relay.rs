@@ -903,8 +903,11 @@ async fn python_sdk_client_over_http_sse_and_through_the_bridge() {
     wait_for_tool(&session, "everything.trigger-sampling-request").await;
     session.cancel().await.expect("close");
 
+    // The SDK 2.x in its default mode: the current revision, with the
+    // stdio server's sampling request turned into an input-required round.
     let over_http = python_sdk(&["http", &sb.mcp_url()]).await;
     assert_python_saw_the_gateway(&over_http);
+    assert_eq!(over_http["protocol"], "2026-07-28", "{over_http}");
 
     let sse_url = sb.mcp_url().replace("/mcp", "/sse");
     let over_sse = python_sdk(&["sse", &sse_url]).await;
