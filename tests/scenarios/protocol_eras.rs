@@ -31,7 +31,8 @@ impl ClientHandler for Modern {
 }
 
 /// A POST of the 2026-07-28 wire: `_meta` as the revision wants it (less
-/// what `drop` names), the headers it wants (`headers` replacing them).
+/// what `drop` names, plus what `params` brings in its own `_meta`), the
+/// headers it wants (`headers` replacing them).
 async fn post(
     url: &str,
     method: &str,
@@ -47,6 +48,9 @@ async fn post(
     for key in drop {
         meta.as_object_mut()
             .map(|m| m.remove(&format!("io.modelcontextprotocol/{key}")));
+    }
+    if let (Some(meta), Some(own)) = (meta.as_object_mut(), params["_meta"].as_object()) {
+        meta.extend(own.clone());
     }
     let mut params = params;
     params["_meta"] = meta;
@@ -455,30 +459,11 @@ async fn a_legacy_servers_questions_reach_a_2026_07_28_client_as_input_required_
 
     // On the wire: the round, a retry with a state nobody issued, then the
     // answer that completes the call.
-    let capabilities = json!({ "elicitation": {} });
-    let round = |params: Value| {
+    let round = |mut params: Value| {
+        params["_meta"] =
+            json!({ "io.modelcontextprotocol/clientCapabilities": { "elicitation": {} } });
         let url = url.clone();
-        let capabilities = capabilities.clone();
-        async move {
-            let mut params = params;
-            params["_meta"] = json!({
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": capabilities,
-            });
-            let response = reqwest::Client::new()
-                .post(&url)
-                .header("accept", "application/json, text/event-stream")
-                .header("mcp-protocol-version", "2026-07-28")
-                .header("mcp-method", "tools/call")
-                .header("mcp-name", "e.trigger-elicitation-request")
-                .json(
-                    &json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params }),
-                )
-                .send()
-                .await
-                .expect("POST");
-            response.json::<Value>().await.expect("JSON")
-        }
+        async move { post(&url, "tools/call", params, &[], &[]).await.1 }
     };
     let call = json!({ "name": "e.trigger-elicitation-request", "arguments": {} });
     let first = round(call.clone()).await;

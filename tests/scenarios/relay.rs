@@ -596,6 +596,27 @@ async fn server_requests_reach_only_the_session_that_caused_them() {
     bob.cancel().await.expect("close");
 }
 
+/// server-everything serving streamable HTTP on a port of its own (until
+/// the child is dropped), and an `McpServer` named `name` for it.
+fn everything_over_http(name: &str) -> (tokio::process::Child, Value) {
+    let port = e2e::free_addr().port().to_string();
+    let server = tokio::process::Command::new(everything_bin())
+        .arg("streamableHttp")
+        .env("PORT", &port)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start server-everything over streamable HTTP");
+    let resource = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": name },
+        "spec": { "transport": { "http": { "url": format!("http://127.0.0.1:{port}/mcp") } } },
+    });
+    (server, resource)
+}
+
 /// Names of concurrent clients, each answering with its own.
 const NAMES: [&str; 8] = ["ann", "ben", "cat", "dan", "eve", "fay", "gus", "hal"];
 
@@ -667,21 +688,7 @@ async fn each_session_gets_its_own_answers(
 /// connection carries one session's calls at a time.
 #[tokio::test]
 async fn concurrent_sessions_on_a_shared_server_each_get_their_own_answers() {
-    let http_port = e2e::free_addr().port().to_string();
-    let _http_server = tokio::process::Command::new(everything_bin())
-        .arg("streamableHttp")
-        .env("PORT", &http_port)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start server-everything over streamable HTTP");
-    let web = json!({
-        "apiVersion": "switchboard.dev/v1alpha1",
-        "kind": "McpServer",
-        "metadata": { "name": "web" },
-        "spec": { "transport": { "http": { "url": format!("http://127.0.0.1:{http_port}/mcp") } } },
-    });
+    let (_http_server, web) = everything_over_http("web");
     let stdio = everything_server_yaml("pipe", json!({}));
     let sb = Switchboard::start(&[("web.yaml", &web.to_string()), ("pipe.yaml", &stdio)]).await;
     sb.wait_server_state("web", "ready").await;
@@ -961,21 +968,7 @@ async fn server_everything_over_sse_and_streamable_http() {
             } },
         },
     });
-    let http_port = e2e::free_addr().port().to_string();
-    let _http_server = tokio::process::Command::new(everything_bin())
-        .arg("streamableHttp")
-        .env("PORT", &http_port)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start server-everything over streamable HTTP");
-    let http = json!({
-        "apiVersion": "switchboard.dev/v1alpha1",
-        "kind": "McpServer",
-        "metadata": { "name": "web" },
-        "spec": { "transport": { "http": { "url": format!("http://127.0.0.1:{http_port}/mcp") } } },
-    });
+    let (_http_server, http) = everything_over_http("web");
     let sb = Switchboard::start(&[
         ("legacy.yaml", &sse.to_string()),
         ("web.yaml", &http.to_string()),
