@@ -338,7 +338,13 @@ impl Collector for Rounds {
                 ),
             ],
         )?;
-        let parked = ConstGauge::new(i64::try_from(self.parked.lock().len()).unwrap_or(i64::MAX));
+        let waiting = self
+            .parked
+            .lock()
+            .values()
+            .filter(|p| !p.call.answer.is_finished())
+            .count();
+        let parked = ConstGauge::new(i64::try_from(waiting).unwrap_or(i64::MAX));
         parked.encode(encoder.encode_descriptor(
             "input_required_parked",
             "Calls waiting for their clients' answers",
