@@ -483,6 +483,16 @@ async fn a_legacy_servers_questions_reach_a_2026_07_28_client_as_input_required_
     forged["inputResponses"] = json!({});
     let refused = round(forged).await;
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    // A retry that answers nothing leaves the round open.
+    let mut unanswered = call.clone();
+    unanswered["requestState"] = json!(state);
+    unanswered["inputResponses"] = json!({});
+    let lacking = round(unanswered).await;
+    assert_eq!(lacking["error"]["code"], -32602, "{lacking}");
+    assert!(
+        lacking.to_string().contains(&format!("lacks `{key}`")),
+        "{lacking}"
+    );
     let mut retry = call.clone();
     retry["requestState"] = json!(state);
     retry["inputResponses"] = json!({ key.clone(): { "action": "accept",

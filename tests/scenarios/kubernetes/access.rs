@@ -484,6 +484,31 @@ async fn replicas_prove_themselves_with_their_pods_tokens() {
             .contains("the control plane token changed")
     );
 
+    // The control plane may not review tokens (its ClusterRole missing):
+    // a token it has not seen yet gets UNAVAILABLE, never admission, and
+    // goes through once the grant is back.
+    let unseen = mint("switchboard-gateway", "gw-1", "switchboard")
+        .await
+        .expect("another token for gw-1");
+    let denied = api.fault(
+        e2e::kube_apiserver::Fault::forbidden()
+            .on("tokenreviews")
+            .verb("create"),
+    );
+    let refused = RefusingReplica::try_connect(sb.grpc, "gw-1", "x", Some(&unseen)).await;
+    let status = refused.err().expect("no review, no admission");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("cannot check tokens"),
+        "{}",
+        status.message()
+    );
+    assert!(denied.hits() >= 1, "the review was asked for");
+    denied.lift();
+    let admitted = RefusingReplica::try_connect(sb.grpc, "gw-1", "x", Some(&unseen)).await;
+    assert!(admitted.is_ok(), "{:?}", admitted.err());
+    drop(admitted);
+
     // Status knows the two real replicas, nobody else; refusals counted.
     let status = sb.control_status().await;
     let replicas = status["replicas"].as_object().expect("replicas");
