@@ -37,7 +37,7 @@ use super::{
     guard::Incoming,
     methods::{CallParams, Ctx, Methods, encode},
     replay::{KEEP_ALIVE, KEEP_FINISHED, Replay, parse_event_id},
-    rounds::{self, Rounds},
+    rounds::{self, Retry, Rounds},
     session::{Holding, Kind, Open, OwnStream, Session, Sessions},
     sse::{AllowedHosts, check_host},
     stateless,
@@ -192,14 +192,9 @@ impl Endpoint {
                 _ => {}
             }
         }
-        if let Some((id, params)) = resumable(&incoming)
-            && let Some((state, responses)) = rounds::resumption(&params)
-        {
+        if let Some((id, retry)) = resumable(&incoming) {
             let owner = caller(&parts);
-            let answer = self
-                .rounds
-                .resume(id, &state, &responses, owner.as_ref())
-                .await;
+            let answer = self.rounds.resume(id, &retry, owner.as_ref()).await;
             let answer = answer.unwrap_or_else(|| {
                 let cancelled = ErrorData::internal_error("the call was cancelled", None);
                 encode::<()>(id, Err(cancelled))
@@ -446,7 +441,6 @@ impl Endpoint {
                     Work::Call(call) => methods.call(&answering, &ctx, call).await,
                     Work::Request(request) => methods.answer(&answering, &ctx, *request).await,
                 };
-
                 if framing == Framing::OwnStream
                     && let Some(body) = answer
                 {
@@ -742,23 +736,30 @@ pub fn own_events(
     )
 }
 
-/// A request that may resume a call parked between input-required rounds
-/// (`tools/call`, `prompts/get`, `resources/read`), with its params.
-fn resumable(incoming: &Incoming) -> Option<(&RequestId, serde_json::Value)> {
+/// A retry resuming a call parked between input-required rounds
+/// (`tools/call`, `prompts/get`, `resources/read` with `requestState`).
+fn resumable(incoming: &Incoming) -> Option<(&RequestId, Retry)> {
     match incoming {
+        // Keys beyond name and arguments are kept whole, as written.
         Incoming::Call { id, params } => {
             let raw = params.params.as_ref()?;
             Some((id, serde_json::from_str(raw.get()).ok()?))
         }
-        Incoming::Request { id, request } => match &**request {
-            ClientRequest::CallToolRequest(_)
-            | ClientRequest::GetPromptRequest(_)
-            | ClientRequest::ReadResourceRequest(_) => {
-                let request = serde_json::to_value(request).ok()?;
-                Some((id, request.get("params")?.clone()))
-            }
-            _ => None,
-        },
+        Incoming::Request { id, request } => {
+            let retry = match &**request {
+                ClientRequest::CallToolRequest(r) => {
+                    Retry::of(&r.params.request_state, &r.params.input_responses)
+                }
+                ClientRequest::GetPromptRequest(r) => {
+                    Retry::of(&r.params.request_state, &r.params.input_responses)
+                }
+                ClientRequest::ReadResourceRequest(r) => {
+                    Retry::of(&r.params.request_state, &r.params.input_responses)
+                }
+                _ => None,
+            };
+            Some((id, retry?))
+        }
         _ => None,
     }
 }

@@ -26,9 +26,10 @@ use prometheus_client::{
     metrics::{counter::Counter, gauge::ConstGauge},
 };
 use rmcp::model::{
-    ClientCapabilities, ClientResult, CreateMessageResult, ElicitResult, ErrorData,
+    ClientCapabilities, ClientResult, CreateMessageResult, ElicitResult, ErrorData, InputResponses,
     ListRootsResult, RequestId, ServerRequest,
 };
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::{
     sync::{mpsc, oneshot},
@@ -190,14 +191,15 @@ impl Rounds {
     pub async fn resume(
         &self,
         id: &RequestId,
-        state: &str,
-        responses: &Map<String, Value>,
+        retry: &Retry,
         owner: Option<&Arc<str>>,
     ) -> Option<Bytes> {
         let parked = {
             let mut parked = self.parked.lock();
-            match parked.get(state) {
-                Some(found) if found.call.owner.as_ref() == owner => parked.remove(state),
+            match parked.get(&retry.request_state) {
+                Some(found) if found.call.owner.as_ref() == owner => {
+                    parked.remove(&retry.request_state)
+                }
                 _ => None,
             }
         };
@@ -214,11 +216,11 @@ impl Rounds {
         if let Some(missing) = parked
             .waiting
             .keys()
-            .find(|key| !responses.contains_key(*key))
+            .find(|key| !retry.input_responses.contains_key(*key))
         {
             let missing = missing.clone();
             // The round stays open for a retry that answers everything.
-            self.park(state.to_owned(), parked);
+            self.park(retry.request_state.clone(), parked);
             return Some(encode::<()>(
                 id,
                 Err(ErrorData::invalid_params(
@@ -229,7 +231,7 @@ impl Rounds {
         }
         self.resumed.inc();
         for (key, (method, answer_to)) in parked.waiting {
-            let response = responses.get(&key).cloned().unwrap_or_default();
+            let response = retry.input_responses.get(&key).cloned().unwrap_or_default();
             let _ = answer_to.send(client_result(method, response));
         }
         Box::pin(self.next(id, parked.call)).await
@@ -269,15 +271,24 @@ fn finish(
     }
 }
 
-/// The `requestState` and `inputResponses` of a retry, if it is one.
-pub fn resumption(params: &Value) -> Option<(String, Map<String, Value>)> {
-    let state = params.get("requestState")?.as_str()?.to_owned();
-    let responses = params
-        .get("inputResponses")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    Some((state, responses))
+/// The `requestState` and `inputResponses` of a retry.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    pub request_state: String,
+    #[serde(default)]
+    pub input_responses: InputResponses,
+}
+
+impl Retry {
+    /// A retry's, from the typed params rmcp read (`tools/call` through
+    /// rmcp, `prompts/get`, `resources/read`).
+    pub fn of(state: &Option<String>, responses: &Option<InputResponses>) -> Option<Self> {
+        Some(Self {
+            request_state: state.clone()?,
+            input_responses: responses.clone().unwrap_or_default(),
+        })
+    }
 }
 
 fn method_of(request: &ServerRequest) -> &'static str {
