@@ -55,8 +55,8 @@ pub struct Pool {
     connections: RwLock<Vec<Arc<Connection>>>,
     /// Woken when a slot frees up or a connection is added.
     available: Notify,
-    /// Held while a call picks its connection and counts itself on it,
-    /// so two sessions never both take the last exclusive one.
+    /// Held while an exclusive call picks its connection and counts
+    /// itself on it, so two sessions never both take the last one.
     picking: Mutex<()>,
     /// A connection is being started on behalf of waiting calls.
     growing: AtomicBool,
@@ -209,7 +209,9 @@ impl Pool {
             let notified = self.available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let picking = self.picking.lock();
+            // Only exclusive picks race each other for the same idle
+            // connection; shared ones may land together as before.
+            let picking = exclusive.then(|| self.picking.lock());
             let (best, count) = {
                 let connections = self.connections.read();
                 let best = connections
