@@ -68,6 +68,7 @@ pub(crate) const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h)$";
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label (lowercase letters, digits and '-', at most 63): it names the server in tool prefixes and status")
 )]
+#[x_kube(validation = Rule::new("!has(self.handshake) || self.handshake != 'discover' || !has(self.transport.sse)").message("handshake `discover` needs MCP 2026-07-28, which the legacy SSE transport predates"))]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = openapi_integer_formats)]
 pub struct McpServerSpec {
@@ -85,6 +86,12 @@ pub struct McpServerSpec {
     /// `perSession`: one connection per client session.
     #[serde(default)]
     pub session_mode: SessionMode,
+    /// How gateways open a connection. `auto` (default): the `initialize`
+    /// handshake (MCP 2025-11-25), and `server/discover` (2026-07-28) with
+    /// a server that refuses it. `initialize` or `discover`: only that.
+    /// Legacy SSE servers are only ever initialised.
+    #[serde(default)]
+    pub handshake: Handshake,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +119,19 @@ pub struct McpServerSpec {
 
 fn default_enabled() -> bool {
     true
+}
+
+/// Which MCP lifecycle gateways open a server's connections with.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Handshake {
+    /// `initialize` first; `server/discover` if the server refuses it.
+    #[default]
+    Auto,
+    /// Only `initialize`: the server is spoken to as of 2025-11-25.
+    Initialize,
+    /// Only `server/discover`: the server is spoken to as of 2026-07-28.
+    Discover,
 }
 
 /// Exactly one of the fields is set.
@@ -346,6 +366,7 @@ pub struct ValidServer {
     pub namespace: String,
     pub enabled: bool,
     pub transport: ValidTransport,
+    pub handshake: Handshake,
     pub resilience: Resilience,
     pub naming: Naming,
 }
@@ -431,6 +452,14 @@ impl McpServer {
                 ));
             }
         };
+        if self.spec.handshake == Handshake::Discover
+            && matches!(transport, ValidTransport::Sse { .. })
+        {
+            return Err(ValidationError::new(
+                "spec.handshake",
+                "`discover` needs MCP 2026-07-28, which the legacy SSE transport predates: use `auto` or `initialize`",
+            ));
+        }
         let resilience = RawResilience {
             session_mode: self.spec.session_mode,
             pool: self.spec.pool.as_ref(),
@@ -450,6 +479,7 @@ impl McpServer {
             namespace,
             enabled: self.spec.enabled,
             transport,
+            handshake: self.spec.handshake,
             resilience,
             naming,
         })
@@ -798,6 +828,27 @@ mod tests {
     }
 
     #[test]
+    fn the_handshake_defaults_to_auto_and_discover_needs_a_2026_transport() {
+        let server = |spec: &str| parse(&format!("metadata: {{name: x}}\nspec: {spec}")).validate();
+        let valid = server("{transport: {stdio: {command: c}}}").expect("valid");
+        assert_eq!(valid.handshake, Handshake::Auto);
+        let valid =
+            server("{handshake: discover, transport: {http: {url: 'http://mcp:8080/mcp'}}}")
+                .expect("valid");
+        assert_eq!(valid.handshake, Handshake::Discover);
+        let error = server("{handshake: discover, transport: {sse: {url: 'http://mcp:8080/sse'}}}")
+            .expect_err("SSE predates server/discover");
+        assert_eq!(error.field, "spec.handshake");
+        server("{handshake: initialize, transport: {sse: {url: 'http://mcp:8080/sse'}}}")
+            .expect("valid");
+        let unknown: Result<McpServer, _> = serde_yaml::from_str(
+            "metadata: {name: x}\nspec: {handshake: stateless, transport: {stdio: {command: c}}}",
+        );
+        let error = unknown.expect_err("not a handshake").to_string();
+        assert!(error.contains("auto"), "{error}");
+    }
+
+    #[test]
     fn missing_transport_names_the_field() {
         let err = parse("metadata: {name: x}\nspec: {transport: {}}")
             .validate()
@@ -1019,6 +1070,7 @@ mod tests {
         assert_eq!(
             found,
             [
+                "spec",
                 "spec.transport",
                 "spec.transport.http.headers[].valueFrom",
                 "spec.transport.sse.env[].valueFrom",

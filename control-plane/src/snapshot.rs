@@ -21,7 +21,7 @@ use tracing::info;
 use crate::{
     registry::Registry,
     resource::{
-        ValidServer, ValidTransport,
+        Handshake, ValidServer, ValidTransport,
         naming::{Naming, PrefixMode},
         policy::Rules,
         resilience::{Probe, Resilience, SessionMode},
@@ -223,6 +223,12 @@ fn to_proto(server: &ValidServer) -> pb::McpServer {
         breaker: Some(breaker_to_proto(r)),
         health: Some(health_to_proto(r)),
         naming: Some(naming_to_proto(&server.naming)),
+        handshake: match server.handshake {
+            Handshake::Auto => pb::Handshake::Auto,
+            Handshake::Initialize => pb::Handshake::Initialize,
+            Handshake::Discover => pb::Handshake::Discover,
+        }
+        .into(),
     }
 }
 
@@ -317,6 +323,7 @@ mod tests {
         .expect("defaults are valid");
         ValidServer {
             resilience,
+            handshake: Handshake::Auto,
             naming: Naming::default(),
             name: name.into(),
             namespace: name.into(),

@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod gauges;
 pub mod http;
 mod lines;
+mod listen;
 pub mod pool;
 pub mod relay;
 pub mod sse;
@@ -16,10 +17,10 @@ pub mod stdio;
 mod supervisor;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -29,19 +30,20 @@ use parking_lot::{Mutex, RwLock};
 use rmcp::{
     ErrorData,
     model::{
-        CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientRequest, Prompt,
+        CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientCapabilities,
+        ClientRequest, ErrorCode, InputRequest, InputRequiredResult, InputResponses, Prompt,
         ProtocolVersion, RequestMetaObject, Resource, ResourceTemplate, ServerCapabilities,
-        ServerResult, Tool,
+        ServerRequest, ServerResult, Tool,
     },
-    service::{PeerRequestOptions, ServiceError},
+    service::{ClientInitializeError, ClientLifecycleMode, PeerRequestOptions, ServiceError},
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
 pub use crate::clients::SessionKey;
 use crate::{
-    clients::Clients,
+    clients::{Asking, Clients},
     drain::Drain,
     redact,
     spec::{ServerSpec, SessionMode, Transport},
@@ -55,6 +57,54 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 pub use stdio::Launcher;
 
+/// How a connection to a stdio or streamable-HTTP server is opened:
+/// MCP 2026-07-28's `server/discover`, or the `initialize` handshake of
+/// 2025-11-25 (see `spec::Handshake`; legacy SSE servers predate
+/// 2026-07-28 and are only ever initialised).
+fn lifecycle(discover: bool) -> ClientLifecycleMode {
+    if discover {
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::LATEST],
+        }
+    } else {
+        ClientLifecycleMode::Initialize
+    }
+}
+
+/// A failed handshake of `whom` (a command, a URL) as [`Error::Refused`],
+/// if the server refused that lifecycle (worth trying the other one)
+/// rather than failing.
+fn refused(error: &ClientInitializeError, discover: bool, whom: &str) -> Option<Error> {
+    let reason = match error {
+        ClientInitializeError::JsonRpcError(error)
+            if [
+                ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
+                ErrorCode::METHOD_NOT_FOUND,
+                ErrorCode::INVALID_REQUEST,
+            ]
+            .contains(&error.code) =>
+        {
+            error.message.to_string()
+        }
+        ClientInitializeError::NoCompatibleProtocolVersion { .. } => error.to_string(),
+        _ => return None,
+    };
+    Some(Error::Refused {
+        handshake: if discover {
+            "server/discover"
+        } else {
+            "initialize"
+        },
+        reason: format!("{whom}: {reason}"),
+    })
+}
+
+/// Resource URIs (the server's) watched for sessions.
+type Watched = BTreeMap<String, BTreeSet<SessionKey>>;
+
+/// Rounds of questions a 2026-07-28 server may ask an older client within
+/// one request before the gateway gives up on it.
+const MAX_INPUT_ROUNDS: u32 = 16;
 /// Calls whose latency the percentiles are computed over.
 const LATENCY_SAMPLES: usize = 1024;
 /// Supervisor events waiting; senders wait when it is full, nothing is lost.
@@ -70,6 +120,13 @@ pub enum Error {
     },
     #[error("initialize failed: {0}")]
     Initialize(String),
+    /// The server refused the lifecycle (`initialize` or
+    /// `server/discover`): it may serve the other one only.
+    #[error("{handshake} refused: {reason}")]
+    Refused {
+        handshake: &'static str,
+        reason: String,
+    },
     #[error("protocol error: {0}")]
     Protocol(String),
 }
@@ -107,6 +164,14 @@ pub enum CallError {
     },
     #[error("request cancelled by the client")]
     Cancelled,
+    /// A 2026-07-28 server's question its client (of an older revision)
+    /// could not be asked or did not answer.
+    #[error("server `{server}` needed the client to answer {question} first: {why}")]
+    Unanswered {
+        server: Arc<str>,
+        question: Question,
+        why: String,
+    },
 }
 
 /// Sends `item` without waiting and without dropping it: a full channel
@@ -171,6 +236,7 @@ impl CallError {
             CallError::Downstream(_) => "downstream",
             CallError::UnexpectedResult { .. } => "unexpected_result",
             CallError::Cancelled => "cancelled",
+            CallError::Unanswered { .. } => "unanswered",
         }
     }
 
@@ -181,7 +247,8 @@ impl CallError {
             | CallError::Unavailable { server, .. }
             | CallError::Timeout { server, .. }
             | CallError::Transport { server, .. }
-            | CallError::UnexpectedResult { server, .. } => Some(server),
+            | CallError::UnexpectedResult { server, .. }
+            | CallError::Unanswered { server, .. } => Some(server),
             CallError::Downstream(_) | CallError::Cancelled => None,
         }
     }
@@ -230,6 +297,14 @@ pub struct ServerHandle {
     lists_changed: Arc<Notify>,
     /// Set once the server asks a client something on a shared connection.
     asked: Arc<AskedClients>,
+    /// Whether the server's last connection speaks MCP 2026-07-28 or later
+    /// (no `initialize`): how its requests are bridged, and how `auto`
+    /// opens its next connection.
+    stateless: AtomicBool,
+    /// Server URIs clients subscribed to, and which sessions did, where
+    /// the server (of 2026-07-28) has no `resources/subscribe`: its
+    /// connections listen for them.
+    watched: watch::Sender<Watched>,
     stop: CancellationToken,
     servers: Servers,
 }
@@ -392,6 +467,8 @@ impl Servers {
                     first: std::sync::OnceLock::new(),
                     servers: self.clone(),
                 }),
+                stateless: AtomicBool::new(false),
+                watched: watch::Sender::default(),
                 stop: self.inner.shutdown.child_token(),
                 servers: self.clone(),
             });
@@ -431,6 +508,14 @@ impl Servers {
             if let Some(connection) = handle.sessions.lock().remove(&session) {
                 connection.stop.cancel();
             }
+            handle.watched.send_if_modified(|watched| {
+                let before = watched.len();
+                watched.retain(|_, sessions| {
+                    sessions.remove(&session);
+                    !sessions.is_empty()
+                });
+                watched.len() != before
+            });
         }
     }
 
@@ -476,6 +561,32 @@ impl ServerHandle {
         }
     }
 
+    /// Whether the server speaks MCP 2026-07-28 or later: its calls may
+    /// end in `input_required` results, and it is never asked to `ping`.
+    pub fn is_stateless(&self) -> bool {
+        self.stateless.load(Ordering::Relaxed)
+    }
+
+    /// Starts or stops listening for updates of the server's resource
+    /// `uri` (its own URI) for `session`, for a server of 2026-07-28, which
+    /// has no `resources/subscribe`: its connections' `subscriptions/listen`
+    /// streams are opened again when the set of URIs changes.
+    pub fn watch_resource(&self, uri: &str, session: SessionKey, watch: bool) {
+        self.watched.send_if_modified(|watched| {
+            if watch {
+                return watched.entry(uri.to_owned()).or_default().insert(session);
+            }
+            let Some(sessions) = watched.get_mut(uri) else {
+                return false;
+            };
+            let removed = sessions.remove(&session);
+            if sessions.is_empty() {
+                watched.remove(uri);
+            }
+            removed
+        });
+    }
+
     /// What requests may be routed to (nothing unless ready), and whether
     /// its tools are listed: not while the breaker is open, if the server
     /// hides them then.
@@ -486,35 +597,161 @@ impl ServerHandle {
         (lifecycle.state == ServerState::Ready).then(|| (lifecycle.offer.clone(), !hidden))
     }
 
-    /// Sends a client's request on to this server through rmcp.
+    /// Sends a client's request on to this server through rmcp. A
+    /// 2026-07-28 server may answer `input_required`: a 2026-07-28 client
+    /// gets that as it is (its retry comes back here with the answers), a
+    /// client of an older revision is asked each question as the request
+    /// of its own revision, and the request is sent again with the answers,
+    /// round after round, up to [`MAX_INPUT_ROUNDS`], all within
+    /// `timeouts.maxCall`.
     pub async fn request(
         self: &Arc<Self>,
         origin: &Origin,
         request: Request,
-        meta: RequestMetaObject,
+        mut meta: RequestMetaObject,
         cancel: &CancellationToken,
     ) -> Result<ServerResult, CallError> {
         let Request {
-            message,
+            mut message,
             method,
             target,
             is_tool,
         } = request;
-        let about = About {
-            method,
-            target: target.as_deref(),
-            tool: target.as_deref().filter(|_| is_tool),
-            session: origin.session,
-        };
-        self.exchange(about, meta, async |connection, meta, timeout| {
-            let options = PeerRequestOptions::with_timeout(timeout)
-                .reset_timeout_on_progress()
-                .with_max_total_timeout(self.spec.timeouts.max_call)
-                .with_meta(meta);
-            self.send(connection, origin, (method, message), options, cancel)
-                .await
-        })
-        .await
+        let stateless = self.is_stateless();
+        if !stateless && retry_state(&message).flatten().is_some() {
+            // Only a server of 2026-07-28 issues states to retry with.
+            return Err(CallError::Downstream(ErrorData::invalid_params(
+                "unknown or expired requestState: send the request again without it",
+                None,
+            )));
+        }
+        let asking = self
+            .servers
+            .clients()
+            .get(origin.session)
+            .map_or(Asking::Never, |client| client.asking());
+        if stateless && let Some(handshake) = &origin.handshake {
+            // Told the client's own capabilities, the server asks only
+            // for what the client can give.
+            meta.set_client_capabilities(handshake.capabilities.clone());
+        }
+        // Kept to send again with answers: only what can be retried, for a
+        // client that can be asked.
+        let retryable = stateless && asking == Asking::Directly && retry_state(&message).is_some();
+        let template = retryable.then(|| (message.clone(), meta.clone()));
+        let give_up = tokio::time::Instant::now() + self.spec.timeouts.max_call;
+        let mut round = 0;
+        loop {
+            round += 1;
+            let about = About {
+                method,
+                target: target.as_deref(),
+                tool: target.as_deref().filter(|_| is_tool),
+                session: origin.session,
+            };
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            let result = self
+                .exchange(about, meta, async |connection, meta, timeout| {
+                    let options = PeerRequestOptions::with_timeout(timeout.min(left))
+                        .reset_timeout_on_progress()
+                        .with_max_total_timeout(left)
+                        .with_meta(meta);
+                    self.send(connection, origin, (method, message), options, cancel)
+                        .await
+                })
+                .await?;
+            let ServerResult::InputRequiredResult(asked) = &result else {
+                return Ok(result);
+            };
+            let metrics = &self.servers.inner.telemetry.metrics;
+            let Some((again, again_meta)) = &template else {
+                return match asking {
+                    // A 2026-07-28 client answers and retries itself.
+                    Asking::InRounds => {
+                        metrics.input_relayed.inc();
+                        Ok(result)
+                    }
+                    Asking::Never => Err(self.unanswered(
+                        Question::Any,
+                        "the client made a one-off request (REST): it cannot be asked anything",
+                    )),
+                    Asking::Directly => Err(self.unexpected(method)),
+                };
+            };
+            if round > MAX_INPUT_ROUNDS {
+                return Err(self.unanswered(
+                    Question::Any,
+                    format!("it still asked after {MAX_INPUT_ROUNDS} rounds"),
+                ));
+            }
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            let answers = self.answer_for(origin, asked, left, cancel).await?;
+            metrics.input_bridged.inc();
+            message = again.clone();
+            meta = again_meta.clone();
+            with_answers(&mut message, asked.request_state.clone(), answers);
+        }
+    }
+
+    /// The client's answers to what a 2026-07-28 server's `input_required`
+    /// result asks, each asked as the request of the client's revision,
+    /// together; the others are withdrawn once one fails.
+    async fn answer_for(
+        &self,
+        origin: &Origin,
+        asked: &InputRequiredResult,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<InputResponses, CallError> {
+        let capabilities = origin.handshake.as_ref().map(|h| &h.capabilities);
+        let mut questions = Vec::new();
+        // Every question is checked before any is asked.
+        for (key, input) in asked.input_requests.iter().flatten() {
+            let (question, request) = match input.clone() {
+                InputRequest::CreateMessage(r) => {
+                    (Question::Sampling, ServerRequest::CreateMessageRequest(r))
+                }
+                InputRequest::Elicitation(r) => {
+                    (Question::Elicitation, ServerRequest::ElicitRequest(r))
+                }
+                InputRequest::ListRoots(r) => (Question::Roots, ServerRequest::ListRootsRequest(r)),
+                _ => {
+                    return Err(self.unanswered(
+                        Question::Any,
+                        "it asked for input of a kind this gateway does not know",
+                    ));
+                }
+            };
+            if !capabilities.is_some_and(|c| question.declared_in(c)) {
+                return Err(self.unanswered(question, "the client did not declare the capability"));
+            }
+            questions.push((key, question, request));
+        }
+        let clients = self.servers.clients();
+        let asking = questions
+            .into_iter()
+            .map(|(key, question, request)| async move {
+                let answer =
+                    relay::ask_for_input(clients, origin, request, timeout, cancel.clone()).await;
+                match answer {
+                    Ok(answer) => serde_json::to_value(answer)
+                        .map(|answer| (key.clone(), answer))
+                        .map_err(|error| self.unanswered(question, error.to_string())),
+                    Err(_) if cancel.is_cancelled() => Err(CallError::Cancelled),
+                    Err(error) => Err(self.unanswered(question, error.message.into_owned())),
+                }
+            });
+        let answers = futures::future::try_join_all(asking).await?;
+        debug!(server = %self.spec.name, questions = answers.len(), "a 2026-07-28 server's input-required result answered by the client");
+        Ok(answers.into_iter().collect())
+    }
+
+    fn unanswered(&self, question: Question, why: impl Into<String>) -> CallError {
+        CallError::Unanswered {
+            server: self.spec.name.clone(),
+            question,
+            why: why.into(),
+        }
     }
 
     /// Calls a tool past rmcp (see `lines.rs`): `tool` is its name on this
@@ -944,7 +1181,9 @@ impl ServerHandle {
         match outcome {
             Ok(answer) => policy.count_tool_errors && answer.is_tool_error(),
             Err(CallError::Downstream(_)) => policy.count_jsonrpc_errors,
-            Err(CallError::Cancelled | CallError::BreakerOpen { .. }) => false,
+            Err(
+                CallError::Cancelled | CallError::BreakerOpen { .. } | CallError::Unanswered { .. },
+            ) => false,
             Err(
                 CallError::Unavailable { .. }
                 | CallError::Timeout { .. }
@@ -1069,6 +1308,69 @@ impl Answered for DirectResult {
     fn is_tool_error(&self) -> bool {
         self.is_error
     }
+}
+
+/// What a server asked a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Question {
+    Sampling,
+    Elicitation,
+    Roots,
+    /// Several, or one of a kind the gateway does not know.
+    Any,
+}
+
+impl Question {
+    fn declared_in(self, capabilities: &ClientCapabilities) -> bool {
+        match self {
+            Question::Sampling => capabilities.sampling.is_some(),
+            Question::Elicitation => capabilities.elicitation.is_some(),
+            Question::Roots => capabilities.roots.is_some(),
+            Question::Any => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Question {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Question::Sampling => "sampling/createMessage",
+            Question::Elicitation => "elicitation/create",
+            Question::Roots => "roots/list",
+            Question::Any => "its questions",
+        })
+    }
+}
+
+/// The `requestState` of a request that may carry one (`tools/call`,
+/// `prompts/get`, `resources/read`): `Some(None)` where it has none.
+fn retry_state(request: &ClientRequest) -> Option<Option<&str>> {
+    match request {
+        ClientRequest::CallToolRequest(r) => Some(r.params.request_state.as_deref()),
+        ClientRequest::GetPromptRequest(r) => Some(r.params.request_state.as_deref()),
+        ClientRequest::ReadResourceRequest(r) => Some(r.params.request_state.as_deref()),
+        _ => None,
+    }
+}
+
+/// Makes `request` (one [`retry_state`] knows) the retry that carries the
+/// client's answers to a 2026-07-28 server's `input_required` result and
+/// the state it gave.
+fn with_answers(request: &mut ClientRequest, state: Option<String>, answers: InputResponses) {
+    let (request_state, input_responses) = match request {
+        ClientRequest::CallToolRequest(r) => {
+            (&mut r.params.request_state, &mut r.params.input_responses)
+        }
+        ClientRequest::GetPromptRequest(r) => {
+            (&mut r.params.request_state, &mut r.params.input_responses)
+        }
+        ClientRequest::ReadResourceRequest(r) => {
+            (&mut r.params.request_state, &mut r.params.input_responses)
+        }
+        _ => return,
+    };
+    *request_state = state;
+    *input_responses = Some(answers);
 }
 
 /// What telemetry, breakers and timeouts need to know of a request.

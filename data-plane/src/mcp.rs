@@ -116,7 +116,8 @@ impl Error {
                 | CallError::Unavailable { .. }
                 | CallError::Timeout { .. }
                 | CallError::Transport { .. }
-                | CallError::UnexpectedResult { .. }),
+                | CallError::UnexpectedResult { .. }
+                | CallError::Unanswered { .. }),
             ) => call,
             other => return Err(other.into_error()),
         };

@@ -18,6 +18,7 @@ pub struct ServerSpec {
     /// Tool prefix.
     pub namespace: Arc<str>,
     pub transport: Transport,
+    pub handshake: Handshake,
     pub session_mode: SessionMode,
     pub pool: PoolSpec,
     pub timeouts: TimeoutSpec,
@@ -49,6 +50,15 @@ pub enum PrefixMode {
     Always,
     Never,
     Conditional,
+}
+
+/// Which MCP lifecycle the server's connections are opened with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// `initialize`, and `server/discover` with a server that refuses it.
+    Auto,
+    Initialize,
+    Discover,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,10 +220,16 @@ impl TryFrom<&pb::McpServer> for ServerSpec {
             pb::SessionMode::Unspecified | pb::SessionMode::Shared => SessionMode::Shared,
             pb::SessionMode::PerSession => SessionMode::PerSession,
         };
+        let handshake = match server.handshake() {
+            pb::Handshake::Unspecified | pb::Handshake::Auto => Handshake::Auto,
+            pb::Handshake::Initialize => Handshake::Initialize,
+            pb::Handshake::Discover => Handshake::Discover,
+        };
         Ok(Self {
             name: server.name.as_str().into(),
             namespace: server.namespace.as_str().into(),
             transport,
+            handshake,
             session_mode,
             pool: server
                 .pool

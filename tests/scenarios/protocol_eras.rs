@@ -7,10 +7,11 @@
 
 use e2e::{Switchboard, demo_server_yaml, everything_server_yaml};
 use rmcp::{
-    ClientHandler,
+    ClientHandler, ServiceExt,
     model::{
         CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
-        ReadResourceRequestParams,
+        ReadResourceRequestParams, ServerNotification, SubscribeRequestParams, SubscriptionFilter,
+        UnsubscribeRequestParams,
     },
     service::{ClientLifecycleMode, ClientServiceExt},
     transport::StreamableHttpClientTransport,
@@ -516,4 +517,236 @@ async fn a_legacy_servers_questions_reach_a_2026_07_28_client_as_input_required_
         1.0
     );
     assert_eq!(counted("switchboard_input_required_parked"), 0.0);
+}
+
+/// A 2025-11-25 client that passes on the URIs of resource updates.
+#[derive(Clone)]
+struct Subscriber {
+    updated: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl ClientHandler for Subscriber {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("subscriber-e2e", "1.0.0"),
+        )
+        .with_protocol_version(ProtocolVersion::V_2025_11_25)
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        let _ = self.updated.send(params.uri);
+    }
+}
+
+/// Servers of MCP 2026-07-28 behind the gateway: one over stdio that
+/// refuses `initialize` (found by `handshake: auto`), one over streamable
+/// HTTP opened with `server/discover` (`handshake: discover`). Their
+/// questions come as input-required results: a 2025-11-25 client is asked
+/// each as the request of its own revision and the call retried with the
+/// answers; a 2026-07-28 client gets the round as the server wrote it.
+#[tokio::test]
+async fn servers_of_2026_07_28_serve_clients_of_either_era() {
+    let fixture = e2e::bin_dir().join("conformance-fixture");
+    let behind = e2e::free_addr();
+    let _remote = tokio::process::Command::new(&fixture)
+        .args(["--only-2026", "--http", &behind.to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the fixture");
+    e2e::wait_listening("the conformance fixture", behind).await;
+    let stdio = e2e::server_with(
+        "s",
+        &fixture.display().to_string(),
+        &["--only-2026"],
+        json!({}),
+    );
+    let http = json!({
+        "apiVersion": "switchboard.dev/v1alpha1",
+        "kind": "McpServer",
+        "metadata": { "name": "h" },
+        "spec": { "handshake": "discover", "transport": { "http": {
+            "url": format!("http://127.0.0.1:{}/mcp", behind.port()) } } },
+    });
+    let sb = Switchboard::start(&[("s.yaml", &stdio), ("h.yaml", &http.to_string())]).await;
+    for server in ["s", "h"] {
+        let health = sb.wait_server_state(server, "ready").await;
+        assert_eq!(health["protocolVersion"], "2026-07-28", "{health}");
+    }
+    let url = sb.mcp_url();
+    let arguments = |value: Value| value.as_object().cloned().unwrap_or_default();
+
+    // A 2025-11-25 client is asked the servers' questions mid-call.
+    let legacy = Answering
+        .serve(StreamableHttpClientTransport::from_uri(url.clone()))
+        .await
+        .expect("a 2025-11-25 client connects");
+    assert_eq!(
+        legacy.peer_info().map(|i| i.protocol_version.clone()),
+        Some(ProtocolVersion::V_2025_11_25)
+    );
+    for server in ["s", "h"] {
+        let elicited = legacy
+            .call_tool(
+                CallToolRequestParams::new(format!("{server}.test_elicitation"))
+                    .with_arguments(arguments(json!({ "message": "who?" }))),
+            )
+            .await
+            .expect("tools/call");
+        let said = serde_json::to_string(&elicited.content).unwrap_or_default();
+        assert!(
+            said.contains("User response") && said.contains("answered in a round"),
+            "{said}"
+        );
+        let sampled = legacy
+            .call_tool(
+                CallToolRequestParams::new(format!("{server}.test_sampling"))
+                    .with_arguments(arguments(json!({ "prompt": "why?" }))),
+            )
+            .await
+            .expect("tools/call");
+        let said = serde_json::to_string(&sampled.content).unwrap_or_default();
+        assert!(said.contains("LLM response: sampled in a round"), "{said}");
+    }
+    legacy.cancel().await.expect("close");
+
+    // 2026-07-28 has no resources/subscribe: the gateway listens for the
+    // URIs its clients subscribed to.
+    let (updates, mut updated) = tokio::sync::mpsc::unbounded_channel();
+    let legacy = Subscriber { updated: updates }
+        .serve(StreamableHttpClientTransport::from_uri(url.clone()))
+        .await
+        .expect("a 2025-11-25 client connects");
+    for server in ["s", "h"] {
+        let uri = format!("{server}+test://watched-resource");
+        #[allow(deprecated)]
+        legacy
+            .subscribe(SubscribeRequestParams::new(uri.clone()))
+            .await
+            .expect("resources/subscribe");
+        let touch = format!("{server}.test_touch_resource");
+        // The gateway opens its listen again with the URI, a moment later.
+        let deadline = tokio::time::Instant::now() + e2e::EVENTUALLY;
+        loop {
+            legacy
+                .call_tool(CallToolRequestParams::new(touch.clone()))
+                .await
+                .expect("tools/call");
+            let heard = tokio::time::timeout(std::time::Duration::from_millis(500), updated.recv());
+            match heard.await {
+                Ok(Some(heard)) if heard == uri => break,
+                other => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no update of {uri}: {other:?}"
+                ),
+            }
+        }
+        #[allow(deprecated)]
+        legacy
+            .unsubscribe(UnsubscribeRequestParams::new(uri))
+            .await
+            .expect("resources/unsubscribe");
+    }
+    let plain = legacy
+        .call_tool(CallToolRequestParams::new("s.test_simple_text"))
+        .await
+        .expect("tools/call");
+    let said = serde_json::to_string(&plain.content).unwrap_or_default();
+    assert!(said.contains("simple text response"), "{said}");
+    legacy.cancel().await.expect("close");
+
+    // A 2026-07-28 client answers the servers' own rounds and retries.
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    };
+    let modern = Answering
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_uri(url.clone()),
+            lifecycle,
+        )
+        .await
+        .expect("a 2026-07-28 client connects");
+    for server in ["s", "h"] {
+        let elicited = modern
+            .call_tool(
+                CallToolRequestParams::new(format!("{server}.test_elicitation"))
+                    .with_arguments(arguments(json!({ "message": "who?" }))),
+            )
+            .await
+            .expect("tools/call through the server's round");
+        let said = serde_json::to_string(&elicited.content).unwrap_or_default();
+        assert!(said.contains("answered in a round"), "{said}");
+    }
+    // The gateway listens to each server for list changes, and its own
+    // listeners hear of them.
+    let filter = SubscriptionFilter::builder().tools_list_changed().build();
+    let mut listening = modern.listen(filter).await.expect("subscriptions/listen");
+    for server in ["s", "h"] {
+        modern
+            .call_tool(CallToolRequestParams::new(format!(
+                "{server}.test_add_tool"
+            )))
+            .await
+            .expect("tools/call");
+    }
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(30), listening.next())
+        .await
+        .expect("a list change within 30 s")
+        .expect("the stream goes on");
+    assert!(
+        matches!(
+            heard,
+            Some(ServerNotification::ToolListChangedNotification(_))
+        ),
+        "{heard:?}"
+    );
+    e2e::eventually(
+        "both servers' added tools listed",
+        e2e::EVENTUALLY,
+        || async {
+            let tools = modern.list_all_tools().await.map_err(|e| e.to_string())?;
+            let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+            let both = names.contains(&"s.test_added_tool") && names.contains(&"h.test_added_tool");
+            both.then_some(()).ok_or_else(|| format!("{names:?}"))
+        },
+    )
+    .await;
+    modern.cancel().await.expect("close");
+
+    // On the wire: the round is the server's, state and key as it wrote
+    // them, and the retry goes back to it.
+    let call = json!({ "name": "h.test_elicitation", "arguments": { "message": "raw" },
+        "_meta": { "io.modelcontextprotocol/clientCapabilities": { "elicitation": {} } } });
+    let (_, first) = post(&url, "tools/call", call.clone(), &[], &[]).await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    assert_eq!(result["requestState"], "fixture-elicitation", "{first}");
+    assert_eq!(
+        result["inputRequests"]["elicitation"]["method"],
+        "elicitation/create"
+    );
+    let mut retry = call;
+    retry["requestState"] = json!("fixture-elicitation");
+    retry["inputResponses"] =
+        json!({ "elicitation": { "action": "accept", "content": { "name": "on the wire" } } });
+    let (_, done) = post(&url, "tools/call", retry, &[], &[]).await;
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    assert!(done.to_string().contains("on the wire"), "{done}");
+
+    let exposition = sb.gateway_metrics().await;
+    let counted = |name| e2e::metric(&exposition, name, &[]).unwrap_or_default();
+    assert!(
+        counted("switchboard_input_required_bridged_total") >= 4.0,
+        "{exposition}"
+    );
+    assert!(
+        counted("switchboard_input_required_relayed_total") >= 3.0,
+        "{exposition}"
+    );
+    // Nothing was parked here: the rounds were the servers' own.
+    assert_eq!(counted("switchboard_input_required_rounds_total"), 0.0);
 }

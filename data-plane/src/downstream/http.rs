@@ -7,8 +7,7 @@ use std::{collections::HashMap, time::Duration};
 
 use http::{HeaderName, HeaderValue};
 use rmcp::{
-    ServiceExt,
-    service::{Peer, RoleClient},
+    service::{Peer, RoleClient, serve_client_with_lifecycle_and_ct},
     transport::{
         StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
     },
@@ -41,6 +40,7 @@ impl HttpConnection {
         spec: &HttpSpec,
         client: DownstreamClient,
         timeout: Duration,
+        discover: bool,
     ) -> Result<Self, Error> {
         let mut headers = HashMap::new();
         for (name, value) in &spec.headers {
@@ -61,9 +61,17 @@ impl HttpConnection {
                 config,
             ));
         let cancel = CancellationToken::new();
-        let handshake = client.serve_with_ct(transport, cancel.clone());
+        let handshake = serve_client_with_lifecycle_and_ct(
+            client,
+            transport,
+            super::lifecycle(discover),
+            cancel.clone(),
+        );
         let service = match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(service)) => service,
+            Ok(Err(err)) if let Some(refusal) = super::refused(&err, discover, &spec.url) => {
+                return Err(refusal);
+            }
             Ok(Err(err)) => {
                 let mut reason = format!("{}: {}", spec.url, with_causes(&err));
                 if let Some(cause) = connection_failure(&spec.url).await {

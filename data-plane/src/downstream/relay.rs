@@ -32,11 +32,12 @@ use rmcp::{
     model::{
         ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
         CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
-        ElicitResult, ElicitationCapability, Implementation, ListRootsRequest, ListRootsResult,
-        LoggingMessageNotification, LoggingMessageNotificationParam, ProgressNotification,
-        ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestId,
-        ResourceUpdatedNotification, ResourceUpdatedNotificationParam, RootsCapabilities,
-        ServerJsonRpcMessage, ServerNotification, ServerRequest,
+        ElicitResult, ElicitationCapability, Implementation, InitializeRequestParams,
+        ListRootsRequest, ListRootsResult, LoggingMessageNotification,
+        LoggingMessageNotificationParam, ProgressNotification, ProgressNotificationParam,
+        ProgressToken, ProtocolVersion, RequestId, ResourceUpdatedNotification,
+        ResourceUpdatedNotificationParam, RootsCapabilities, ServerJsonRpcMessage,
+        ServerNotification, ServerRequest,
     },
     service::{
         InboundStreamOrigin, NotificationContext, RequestContext, RoleClient, RxJsonRpcMessage,
@@ -68,6 +69,10 @@ pub struct Origin {
     /// asked for progress, or may be asked something): its progress and
     /// the server's requests go there, else on the session's own stream.
     pub stream: Option<mpsc::Sender<ToStream>>,
+    /// What the client said of itself: a 2026-07-28 server is told the
+    /// client's capabilities, not the gateway's, so it asks only for what
+    /// the client can give.
+    pub handshake: Option<Arc<InitializeRequestParams>>,
 }
 
 /// Ids of server requests asked of clients.
@@ -288,9 +293,9 @@ impl Relay {
                     "it came with a request of the gateway's own (a health probe or a list), not a client's call",
                 ));
             };
-            let stream = self.stream_to(Some(origin.session), origin.stream)?;
+            let stream = stream_to(&self.clients, Some(origin.session), origin.stream)?;
             debug!(server = %self.server, "relaying server request to the client of the call it came with");
-            return self.ask_on_stream(&stream, request, cancel).await;
+            return ask_on_stream(&stream, request, self.client_timeout, cancel).await;
         }
         // Only where nothing says which stream a question came on does
         // keeping sessions apart per connection help.
@@ -326,87 +331,31 @@ impl Relay {
                 None => return Err(error),
             },
         };
-        let stream = self.stream_to(session, stream)?;
+        let stream = stream_to(&self.clients, session, stream)?;
         debug!(server = %self.server, "relaying server request to client");
-        self.ask_on_stream(&stream, request, cancel).await
+        ask_on_stream(&stream, request, self.client_timeout, cancel).await
     }
 
-    /// Where to ask a session's client: on the call's own response stream
-    /// if it has one, else on the session's stream.
-    fn stream_to(
-        &self,
-        session: Option<SessionKey>,
-        stream: Option<mpsc::Sender<ToStream>>,
-    ) -> Result<mpsc::Sender<ToStream>, ErrorData> {
-        let client = session.and_then(|key| self.clients.get(key));
-        if let Some(client) = &client {
-            match client.asking() {
-                Asking::Never => {
-                    return Err(ErrorData::internal_error(
-                        "the client made a one-off request (REST): a server cannot ask it anything mid-call",
-                        None,
-                    ));
-                }
-                // Questions to a 2026-07-28 client become input-required rounds.
-                Asking::InRounds => return Ok(client.outbox.clone()),
-                Asking::Directly => {}
-            }
-        }
-        if let Some(stream) = stream {
-            return Ok(stream);
-        }
-        match client {
-            Some(session) => Ok(session.outbox.clone()),
-            None => Err(ErrorData::internal_error(
-                "the client did not answer: its session ended",
-                None,
-            )),
-        }
-    }
-
-    /// Asks the client on `stream`; the answer comes back through the
-    /// session (`mcp/session.rs`) when the client POSTs it.
-    async fn ask_on_stream(
-        &self,
-        stream: &mpsc::Sender<ToStream>,
-        request: ServerRequest,
-        cancel: CancellationToken,
-    ) -> Result<ClientResult, ErrorData> {
-        let gone = || ErrorData::internal_error("the client did not answer: it went away", None);
-        let number = NEXT_QUESTION.fetch_add(1, Ordering::Relaxed);
-        let id = RequestId::String(format!("sb:{number}").into());
-        let (answer_to, answer) = oneshot::channel();
-        let asked = ToStream::Request {
-            id: id.clone(),
-            request: Box::new(request),
-            answer_to,
+    /// Tells the sessions subscribed to the server's resource `uri` that
+    /// it changed: every subscriber, whoever has calls in flight; a
+    /// per-session connection's updates are its own session's.
+    pub fn resource_updated(&self, uri: &str) {
+        let uri = self.client_uri(uri);
+        let audience = match self.session {
+            Some(key) => self
+                .clients
+                .get(key)
+                .filter(|session| session.is_subscribed(&uri))
+                .into_iter()
+                .collect(),
+            None => self.clients.subscribed_to(&uri),
         };
-        // A stream nobody reads stays full: the wait for room counts too.
-        let sent = tokio::time::timeout(self.client_timeout, stream.send(asked)).await;
-        match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(gone()),
-            Err(_) => {
-                return Err(ErrorData::internal_error(
-                    "the client did not answer: its stream stayed full (it reads none)",
-                    None,
-                ));
-            }
+        for session in audience {
+            let updated = ResourceUpdatedNotification::new(ResourceUpdatedNotificationParam::new(
+                uri.clone(),
+            ));
+            session.notify(ServerNotification::ResourceUpdatedNotification(updated));
         }
-        let given_up = tokio::select! {
-            answer = tokio::time::timeout(self.client_timeout, answer) => match answer {
-                Ok(Ok(answer)) => return answer,
-                Ok(Err(_)) => return Err(gone()),
-                Err(_) => ErrorData::internal_error(
-                    format!("the client did not answer within {:?}", self.client_timeout),
-                    None,
-                ),
-            },
-            _ = cancel.cancelled() => ErrorData::internal_error("cancelled by the server", None),
-        };
-        // A full stream takes it once there is room.
-        super::send_soon(stream, ToStream::Withdrawn(id));
-        Err(given_up)
     }
 
     /// The URI clients know a server's resource by.
@@ -438,6 +387,120 @@ impl Relay {
             None => everyone(),
         }
     }
+}
+
+/// Where to ask a session's client: on the call's own response stream if
+/// it has one, else on the session's stream.
+fn stream_to(
+    clients: &Clients,
+    session: Option<SessionKey>,
+    stream: Option<mpsc::Sender<ToStream>>,
+) -> Result<mpsc::Sender<ToStream>, ErrorData> {
+    let client = session.and_then(|key| clients.get(key));
+    if let Some(client) = &client {
+        match client.asking() {
+            Asking::Never => {
+                return Err(ErrorData::internal_error(
+                    "the client made a one-off request (REST): a server cannot ask it anything mid-call",
+                    None,
+                ));
+            }
+            // Questions to a 2026-07-28 client become input-required rounds.
+            Asking::InRounds => return Ok(client.outbox.clone()),
+            Asking::Directly => {}
+        }
+    }
+    if let Some(stream) = stream {
+        return Ok(stream);
+    }
+    match client {
+        Some(session) => Ok(session.outbox.clone()),
+        None => Err(ErrorData::internal_error(
+            "the client did not answer: its session ended",
+            None,
+        )),
+    }
+}
+
+/// Asks the client on `stream` and waits up to `timeout` for the answer,
+/// which comes back through the session (`mcp/session.rs`) when the
+/// client POSTs it; `cancel` withdraws the question.
+async fn ask_on_stream(
+    stream: &mpsc::Sender<ToStream>,
+    request: ServerRequest,
+    timeout: Duration,
+    cancel: CancellationToken,
+) -> Result<ClientResult, ErrorData> {
+    let gone = || ErrorData::internal_error("the client did not answer: it went away", None);
+    let number = NEXT_QUESTION.fetch_add(1, Ordering::Relaxed);
+    let id = RequestId::String(format!("sb:{number}").into());
+    let (answer_to, answer) = oneshot::channel();
+    let asked = ToStream::Request {
+        id: id.clone(),
+        request: Box::new(request),
+        answer_to,
+    };
+    // A stream nobody reads stays full: the wait for room counts too.
+    let sent = tokio::time::timeout(timeout, stream.send(asked)).await;
+    match sent {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(gone()),
+        Err(_) => {
+            return Err(ErrorData::internal_error(
+                "the client did not answer: its stream stayed full (it reads none)",
+                None,
+            ));
+        }
+    }
+    // Withdrawn unless answered, also when this future is dropped (a
+    // sibling question failed, the call went away).
+    let mut withdraw = Withdraw {
+        stream,
+        id: Some(id),
+    };
+    tokio::select! {
+        answer = tokio::time::timeout(timeout, answer) => match answer {
+            Ok(Ok(answer)) => {
+                withdraw.id = None;
+                answer
+            }
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(ErrorData::internal_error(
+                format!("the client did not answer within {timeout:?}"),
+                None,
+            )),
+        },
+        _ = cancel.cancelled() => Err(ErrorData::internal_error("cancelled by the server", None)),
+    }
+}
+
+/// Withdraws a question from the client's stream when dropped armed.
+struct Withdraw<'a> {
+    stream: &'a mpsc::Sender<ToStream>,
+    id: Option<RequestId>,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            // A full stream takes it once there is room.
+            super::send_soon(self.stream, ToStream::Withdrawn(id));
+        }
+    }
+}
+
+/// Asks the client of the call `origin` a question a 2026-07-28 server's
+/// `input_required` result names, as the request of the client's own
+/// revision (see `ServerHandle::request`).
+pub(super) async fn ask_for_input(
+    clients: &Clients,
+    origin: &Origin,
+    request: ServerRequest,
+    timeout: Duration,
+    cancel: CancellationToken,
+) -> Result<ClientResult, ErrorData> {
+    let stream = stream_to(clients, Some(origin.session), origin.stream.clone())?;
+    ask_on_stream(&stream, request, timeout, cancel).await
 }
 
 /// Whether `a` was issued after `b` (ids a client numbers upwards).
@@ -648,25 +711,7 @@ impl ClientHandler for DownstreamClient {
         params: ResourceUpdatedNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        // Every subscriber hears of it, whoever has calls in flight; a
-        // per-session connection's updates are its own session's.
-        let uri = self.relay.client_uri(&params.uri);
-        let audience = match self.relay.session {
-            Some(key) => self
-                .relay
-                .clients
-                .get(key)
-                .filter(|session| session.is_subscribed(&uri))
-                .into_iter()
-                .collect(),
-            None => self.relay.clients.subscribed_to(&uri),
-        };
-        for session in audience {
-            let updated = ResourceUpdatedNotification::new(ResourceUpdatedNotificationParam::new(
-                uri.clone(),
-            ));
-            session.notify(ServerNotification::ResourceUpdatedNotification(updated));
-        }
+        self.relay.resource_updated(&params.uri);
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {

@@ -17,10 +17,7 @@ use std::{
 
 use parking_lot::Mutex;
 use process_wrap::tokio::{ChildWrapper, CommandWrap, ProcessGroup};
-use rmcp::{
-    ServiceExt,
-    service::{RoleClient, RunningService},
-};
+use rmcp::service::{RoleClient, RunningService, serve_client_with_lifecycle};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, info, warn};
@@ -82,6 +79,7 @@ impl StdioConnection {
         launcher: &Launcher,
         client: DownstreamClient,
         timeout: Duration,
+        discover: bool,
     ) -> Result<Self, Error> {
         let own_dirs = match &launcher.server_homes {
             Some(root) => Some(own_dirs(root, server).await?),
@@ -104,8 +102,15 @@ impl StdioConnection {
         let lines = LineTransport::new(stdout, stdin);
         let direct = lines.direct();
         let transport = client.relay.sequenced(lines);
-        let service = match tokio::time::timeout(timeout, client.serve(transport)).await {
+        let handshake = serve_client_with_lifecycle(client, transport, super::lifecycle(discover));
+        let service = match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(service)) => service,
+            Ok(Err(error))
+                if let Some(refusal) = super::refused(&error, discover, &spec.command) =>
+            {
+                terminate(&mut child).await;
+                return Err(refusal);
+            }
             failed => {
                 let mut reason = match tokio::time::timeout(STDERR_DRAIN, child.wait()).await {
                     Ok(status) => {

@@ -5,10 +5,16 @@
 //! crashes. One task per connection owns its
 //! process, runs the health probe and reports the exit.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use rmcp::{
-    model::{CallToolRequestParams, ProtocolVersion},
+    model::{
+        CallToolRequestParams, ClientRequest, DiscoverRequest, DiscoverRequestParams,
+        ProtocolVersion,
+    },
     service::{Peer, RoleClient, ServiceError},
 };
 use tokio::{sync::mpsc, time::Instant};
@@ -16,12 +22,17 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::{
     DownstreamClient, Error, Lifecycle, Offer, ServerHandle, ServerState, SessionKey,
-    http::HttpConnection, lines::Direct, pool::Connection, relay::Relay, sse::SseConnection,
+    http::HttpConnection,
+    lines::Direct,
+    listen::{Change, Listener},
+    pool::Connection,
+    relay::Relay,
+    sse::SseConnection,
     stdio::StdioConnection,
 };
 use crate::{
     redact,
-    spec::{Probe, SessionMode, Transport},
+    spec::{Handshake, Probe, SessionMode, Transport},
 };
 
 /// Restart backoff: from the first delay, doubling up to the cap. A server
@@ -154,6 +165,13 @@ async fn run_pool(
             _ = sleep_until(reopen), if reopen.is_some() => handle.servers.notify_changed(),
         }
     }
+}
+
+/// Whether the connection speaks MCP 2026-07-28 or later (no
+/// `initialize`, no `ping`, no server requests).
+pub(super) fn is_stateless(peer: &Peer<RoleClient>) -> bool {
+    peer.peer_info()
+        .is_some_and(|info| !info.protocol_version.has_initialize())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -344,11 +362,17 @@ async fn run_connection(
     let mut probe = tokio::time::interval_at(Instant::now() + health.interval, health.interval);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0;
+    let mut listener = is_stateless(&connection.peer)
+        .then(|| Listener::new(connection.peer.clone(), session, handle.watched.subscribe()));
     let reason = loop {
         tokio::select! {
             _ = handle.stop.cancelled() => break None,
             _ = connection.stop.cancelled() => break None,
             reason = link.closed() => break Some(reason),
+            change = next_change(&mut listener) => match change {
+                Change::Lists => handle.lists_changed.notify_one(),
+                Change::Resource(uri) => connection.relay.resource_updated(&uri),
+            },
             _ = probe.tick() => match run_probe(&handle, &connection).await {
                 Ok(()) => failures = 0,
                 Err(err) => {
@@ -378,13 +402,32 @@ async fn run_connection(
         .await;
 }
 
+/// The next change a 2026-07-28 connection's listener hears; pending for
+/// ever on other connections.
+async fn next_change(listener: &mut Option<Listener>) -> Change {
+    match listener {
+        Some(listener) => listener.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn run_probe(handle: &ServerHandle, connection: &Connection) -> Result<(), String> {
     let timeout = handle.spec.health.timeout;
     let probe = async {
         match &handle.spec.health.probe {
+            // MCP 2026-07-28 has no `ping`: its servers are asked what
+            // they serve, which is as cheap (and never cached here).
+            Probe::Ping if is_stateless(&connection.peer) => connection
+                .peer
+                .send_request(ClientRequest::DiscoverRequest(DiscoverRequest::new(
+                    DiscoverRequestParams {},
+                )))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
             Probe::Ping => connection
                 .peer
-                .send_request(rmcp::model::ClientRequest::PingRequest(Default::default()))
+                .send_request(ClientRequest::PingRequest(Default::default()))
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
@@ -429,20 +472,67 @@ async fn run_probe(handle: &ServerHandle, connection: &Connection) -> Result<(),
 // === impl Link ===
 
 impl Link {
+    /// Opens a connection with the handshake the spec names. Under `auto`
+    /// it starts with what the server's last connection spoke, and a server
+    /// that refuses it is asked the other way (within the same `timeout`):
+    /// a 2026-07-28-only server, or one rolled back to an older revision.
     async fn start(
         handle: &ServerHandle,
         client: DownstreamClient,
         timeout: Duration,
     ) -> Result<Self, Error> {
+        let discover = match handle.spec.handshake {
+            Handshake::Discover => true,
+            Handshake::Initialize => false,
+            Handshake::Auto => handle.stateless.load(Ordering::Relaxed),
+        };
+        let started = Instant::now();
+        let link = match Self::start_with(handle, client.clone(), timeout, discover).await {
+            Err(Error::Refused { handshake, reason })
+                if handle.spec.handshake == Handshake::Auto =>
+            {
+                let other = if discover {
+                    "initialize"
+                } else {
+                    "server/discover"
+                };
+                info!(%reason, "the server refused {handshake}: trying {other}");
+                let left = timeout.saturating_sub(started.elapsed());
+                Self::start_with(handle, client, left, !discover)
+                    .await
+                    .map_err(|error| {
+                        Error::Initialize(format!("{handshake} refused ({reason}), then {error}"))
+                    })?
+            }
+            started => started?,
+        };
+        handle
+            .stateless
+            .store(is_stateless(link.peer()), Ordering::Relaxed);
+        Ok(link)
+    }
+
+    async fn start_with(
+        handle: &ServerHandle,
+        client: DownstreamClient,
+        timeout: Duration,
+        discover: bool,
+    ) -> Result<Self, Error> {
         Ok(match &handle.spec.transport {
             Transport::Stdio(spec) => {
                 let launcher = &handle.servers.inner.launcher;
-                let connection =
-                    StdioConnection::start(&handle.spec.name, spec, launcher, client, timeout);
+                let connection = StdioConnection::start(
+                    &handle.spec.name,
+                    spec,
+                    launcher,
+                    client,
+                    timeout,
+                    discover,
+                );
                 Link::Stdio(connection.await?)
             }
             Transport::Http(spec) => {
-                Link::Http(HttpConnection::start(spec, client, timeout).await?)
+                Link::Http(HttpConnection::start(spec, client, timeout, discover).await?)
             }
             Transport::Sse(spec) => {
                 let launch = (&handle.servers.inner.launcher, &handle.sse_launch);

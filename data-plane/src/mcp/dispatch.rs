@@ -508,7 +508,14 @@ impl Endpoint {
                 None => match done {
                     Some(body) => {
                         self.metrics.answered_json.inc();
-                        return json_response(body);
+                        // MCP 2026-07-28 also says some errors in the status.
+                        let status = (session.client.asking() == Asking::InRounds)
+                            .then(|| stateless::status_of(&body));
+                        let mut response = json_response(body);
+                        if let Some(status) = status {
+                            *response.status_mut() = status;
+                        }
+                        return response;
                     }
                     None => return stream_response(futures::stream::empty()),
                 },
@@ -737,8 +744,17 @@ pub fn own_events(
 }
 
 /// A retry resuming a call parked between input-required rounds
-/// (`tools/call`, `prompts/get`, `resources/read` with `requestState`).
+/// (`tools/call`, `prompts/get`, `resources/read` with a `requestState`
+/// of the gateway's making); a 2026-07-28 server's own rounds go on to it.
 fn resumable(incoming: &Incoming) -> Option<(&RequestId, Retry)> {
+    let (id, retry) = retry_in(incoming)?;
+    retry
+        .request_state
+        .starts_with(rounds::STATE_PREFIX)
+        .then_some((id, retry))
+}
+
+fn retry_in(incoming: &Incoming) -> Option<(&RequestId, Retry)> {
     match incoming {
         // Keys beyond name and arguments are kept whole, as written.
         Incoming::Call { id, params } => {

@@ -179,14 +179,17 @@ impl Methods {
         (!ctx.cancel.is_cancelled()).then_some(answer)
     }
 
-    /// A `tools/call`. One to a shared stdio server with nothing but a
-    /// name, arguments and `_meta` goes past rmcp, as written.
+    /// A `tools/call`. One to a shared stdio server of an `initialize`
+    /// revision with nothing but a name, arguments and `_meta` goes past
+    /// rmcp, as written (a 2026-07-28 server's needs rmcp's per-request
+    /// client context, and may end in a round).
     pub async fn call(&self, session: &Session, ctx: &Ctx, call: CallParams) -> Option<Bytes> {
         let route = self.catalog.load().route(&call.name).cloned();
         let route = match route {
             Some(route)
                 if matches!(route.server.spec.transport, Transport::Stdio(_))
                     && route.server.spec.session_mode == SessionMode::Shared
+                    && !route.server.is_stateless()
                     && call.params.is_none()
                     && !self.telemetry.log_payloads =>
             {
@@ -288,7 +291,9 @@ impl Methods {
                 )
                 .await?
             {
-                ServerResult::CallToolResult(result) => Ok(result),
+                // A 2026-07-28 server's round, for a client of that revision.
+                result @ (ServerResult::CallToolResult(_)
+                | ServerResult::InputRequiredResult(_)) => Ok(result),
                 _ => Err(route.server.unexpected("tools/call").into()),
             }
         }
@@ -298,13 +303,14 @@ impl Methods {
             Ok(result) => Ok(result),
             Err(err) => {
                 err.describe(&mut observation);
-                err.into_tool_result()
+                err.into_tool_result().map(ServerResult::CallToolResult)
             }
         };
         if let Some(arguments) = arguments {
             observation.payload(&arguments, &response);
         }
-        let tool_error = matches!(&response, Ok(r) if r.is_error == Some(true));
+        let tool_error =
+            matches!(&response, Ok(ServerResult::CallToolResult(r)) if r.is_error == Some(true));
         observation.complete(&response, tool_error);
         (!cancelled).then(|| encode(&ctx.id, response))
     }
@@ -588,7 +594,25 @@ impl Methods {
                     .servers
                     .clients()
                     .others_subscribed(&uri, session.key());
-            if !others {
+            if route.server.is_stateless() {
+                // 2026-07-28 has no resources/subscribe: the gateway listens,
+                // where the server offers updates at all.
+                let offered = route.server.routable().is_some_and(|(offer, _)| {
+                    let resources = offer.capabilities.resources.as_ref();
+                    resources.and_then(|r| r.subscribe) == Some(true)
+                });
+                if subscribe && !offered {
+                    let message = format!(
+                        "server `{}` offers no resource subscriptions",
+                        route.server.spec.name
+                    );
+                    let refused = ErrorData::new(ErrorCode::METHOD_NOT_FOUND, message, None);
+                    return Err(Error::Call(CallError::Downstream(refused)));
+                }
+                route
+                    .server
+                    .watch_resource(&route.name, session.key(), subscribe);
+            } else if !others {
                 let server_uri = route.name.to_string();
                 let request = if subscribe {
                     Request::new(
@@ -667,6 +691,7 @@ impl Methods {
             request_id: ctx.id.clone(),
             progress_token: ctx.meta.get_progress_token(),
             stream: ctx.stream.clone(),
+            handshake: session.shared_handshake(),
         }
     }
 

@@ -42,6 +42,9 @@ use crate::{clients::ToStream, telemetry::metrics::encode_counters};
 
 /// More questions asked at once are gathered this long into one round.
 const GATHER: Duration = Duration::from_millis(20);
+/// What starts the `requestState` of a round parked here; any other is a
+/// 2026-07-28 server's own, for the server to read.
+pub const STATE_PREFIX: &str = "sb-round-";
 /// Calls parked at most; beyond, the oldest are given up.
 const MAX_PARKED: usize = 1024;
 /// A parked call nobody resumed is given up after this long.
@@ -158,7 +161,7 @@ impl Rounds {
             }
         }
         let state = match proto::auth::Token::generate() {
-            Ok(token) => format!("sb-round-{}", token.expose()),
+            Ok(token) => format!("{STATE_PREFIX}{}", token.expose()),
             Err(_) => {
                 return Some(encode::<()>(
                     id,

@@ -607,6 +607,12 @@ impl Session {
         self.handshake.get().map(|h| &**h)
     }
 
+    /// The handshake, shared: what a server's request on the client's
+    /// behalf needs of it (`downstream::Origin`).
+    pub fn shared_handshake(&self) -> Option<Arc<InitializeRequestParams>> {
+        self.handshake.get().cloned()
+    }
+
     /// Whether the client may be asked something (sampling, elicitation,
     /// roots): its requests then get a stream of their own for that.
     pub fn askable(&self) -> bool {

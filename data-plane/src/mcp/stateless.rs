@@ -24,6 +24,7 @@ use rmcp::model::{
     Implementation, InitializeRequestParams, JsonObject, ProtocolVersion, RequestId,
     ServerCapabilities,
 };
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use std::{convert::Infallible, sync::Arc};
@@ -361,6 +362,35 @@ pub fn shape(body: Bytes, id: &RequestId, uri: Option<&str>) -> Bytes {
     serde_json::to_vec(&answer).map_or(body, Bytes::from)
 }
 
+/// The HTTP status of an answer sent alone as JSON: an error of the
+/// revision's own that says the request itself was wrong (unsupported
+/// version, a capability the client lacks, headers that disagree) is 400,
+/// an unknown method 404, anything else 200 (a server's too: it is relayed
+/// as the server's own transport would send it).
+pub fn status_of(body: &[u8]) -> StatusCode {
+    #[derive(Deserialize)]
+    struct Answer {
+        error: Option<Code>,
+    }
+    #[derive(Deserialize)]
+    struct Code {
+        code: i32,
+    }
+    let code = serde_json::from_slice::<Answer>(body)
+        .ok()
+        .and_then(|answer| answer.error)
+        .map(|error| ErrorCode(error.code));
+    match code {
+        Some(
+            ErrorCode::UNSUPPORTED_PROTOCOL_VERSION
+            | ErrorCode::MISSING_REQUIRED_CLIENT_CAPABILITY
+            | ErrorCode::HEADER_MISMATCH,
+        ) => StatusCode::BAD_REQUEST,
+        Some(ErrorCode::METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    }
+}
+
 /// The methods a request of this revision may call here.
 fn served_method(incoming: &Incoming) -> bool {
     match incoming {
@@ -506,6 +536,21 @@ mod tests {
         assert!(!agrees("us-east", "eu-west"));
         assert!(check_header(&HeaderMap::new(), "mcp-param-region", Some("x")).is_err());
         assert!(check_header(&HeaderMap::new(), "mcp-param-region", None).is_ok());
+    }
+
+    #[test]
+    fn errors_that_say_the_request_was_wrong_say_it_in_the_status_too() {
+        let error = |code: i32| {
+            format!(r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":{code},"message":"m"}}}}"#)
+        };
+        assert_eq!(status_of(error(-32021).as_bytes()), StatusCode::BAD_REQUEST);
+        assert_eq!(status_of(error(-32022).as_bytes()), StatusCode::BAD_REQUEST);
+        assert_eq!(status_of(error(-32020).as_bytes()), StatusCode::BAD_REQUEST);
+        assert_eq!(status_of(error(-32601).as_bytes()), StatusCode::NOT_FOUND);
+        assert_eq!(status_of(error(-32602).as_bytes()), StatusCode::OK);
+        assert_eq!(status_of(error(-32603).as_bytes()), StatusCode::OK);
+        let result = br#"{"jsonrpc":"2.0","id":1,"result":{"error":{"code":-32021}}}"#;
+        assert_eq!(status_of(result), StatusCode::OK);
     }
 
     #[test]

@@ -79,6 +79,11 @@ pub struct Metrics {
     /// `tools/call` requests relayed to a stdio server as written
     /// (`downstream/lines.rs`).
     pub calls_as_written: Counter,
+    /// Input-required results of 2026-07-28 servers passed on to clients
+    /// of that revision, and those the gateway answered by asking an
+    /// older client (`downstream.rs`).
+    pub input_relayed: Counter,
+    pub input_bridged: Counter,
     pub config_updates: Family<ResultLabels, Counter>,
     pub spans: ExportCounters,
 }
@@ -103,6 +108,8 @@ impl Metrics {
             answered_json,
             answered_sse,
             calls_as_written: Counter::default(),
+            input_relayed: Counter::default(),
+            input_bridged: Counter::default(),
             config_updates: Family::default(),
             spans: ExportCounters {
                 exported: Counter::default(),
@@ -149,6 +156,16 @@ impl Metrics {
             "calls_as_written",
             "tools/call requests relayed to a shared stdio server with the arguments as the client wrote them, past rmcp's client",
             m.calls_as_written.clone(),
+        );
+        registry.register(
+            "input_required_relayed",
+            "Input-required results of 2026-07-28 servers passed on to 2026-07-28 clients",
+            m.input_relayed.clone(),
+        );
+        registry.register(
+            "input_required_bridged",
+            "Input-required results of 2026-07-28 servers answered by asking a client of an older revision its questions as requests",
+            m.input_bridged.clone(),
         );
         registry.register(
             "config_updates",

@@ -136,3 +136,38 @@ fn map_lists_refuse_two_items_with_one_key() {
         [r#"status.conditions[1]: Duplicate value: map[string]interface {}{"type":"Ready"}"#]
     );
 }
+
+#[test]
+fn the_handshake_is_one_of_three_and_discover_is_not_for_sse() {
+    let sse = json!({ "sse": { "url": "http://mcp:8080/sse" } });
+    let mut object = server(json!({ "handshake": "discover", "transport": sse }));
+    let errors = messages(&admit(&chart_schema(), &mut object, None));
+    assert_eq!(
+        errors,
+        [
+            r#"spec: Invalid value: "object": handshake `discover` needs MCP 2026-07-28, which the legacy SSE transport predates"#
+        ]
+    );
+    let mut object = server(json!({ "handshake": "stateless", "transport": sse }));
+    let errors = messages(&admit(&chart_schema(), &mut object, None));
+    assert!(
+        errors.contains(
+            &r#"spec.handshake: Unsupported value: "stateless": supported values: "auto", "initialize", "discover""#.to_owned()
+        ),
+        "{errors:#?}"
+    );
+    for (handshake, transport) in [
+        ("initialize", sse.clone()),
+        (
+            "discover",
+            json!({ "http": { "url": "http://mcp:8080/mcp" } }),
+        ),
+    ] {
+        let mut object = server(json!({ "handshake": handshake, "transport": transport }));
+        let admission = admit(&chart_schema(), &mut object, None);
+        assert!(admission.errors.is_empty(), "{:?}", messages(&admission));
+    }
+    let mut defaulted = server(json!({ "transport": sse }));
+    admit(&chart_schema(), &mut defaulted, None);
+    assert_eq!(defaulted["spec"]["handshake"], "auto");
+}
