@@ -29,6 +29,8 @@ mod quick_start;
 mod registry_changes;
 #[path = "scenarios/relay.rs"]
 mod relay;
+#[path = "scenarios/replicas.rs"]
+mod replicas;
 #[path = "scenarios/resilience.rs"]
 mod resilience;
 #[path = "scenarios/rest.rs"]

@@ -21,6 +21,7 @@ use crate::{
     peers::{self, PeerConfig, Peers},
     push::{ConfigPushService, Replicas},
     registry::{Registry, directory::DirectorySource, kubernetes::KubernetesSource},
+    session_keys::{self, KeySource},
     snapshot::{self, SnapshotGauges},
     status::StatusWriter,
     tls::ServerTls,
@@ -81,6 +82,9 @@ pub struct Config {
     pub allow_unauthenticated_api: bool,
     /// What the gRPC port serves TLS with; `None`: plain HTTP/2.
     pub grpc_tls: Option<ServerTls>,
+    /// The session key set's file ([`session_keys`]); in a cluster the
+    /// tokens Secret holds it; otherwise one is made at start.
+    pub session_keys_file: Option<PathBuf>,
 }
 
 /// A running control plane.
@@ -237,6 +241,24 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
     // Ready (`/readyz`) once the registry is the truth: at once from a
     // directory; from the cluster, once every watched namespace is listed.
     let (ready_tx, ready) = watch::channel(!wait_for_list);
+    let key_source = match (&config.session_keys_file, &config.registry, &cluster_client) {
+        (Some(file), _, _) => KeySource::File(file.clone()),
+        (
+            None,
+            RegistrySource::Kubernetes {
+                lease,
+                tokens_secret: Some(name),
+                ..
+            },
+            Some(client),
+        ) => KeySource::Secret {
+            client: client.clone(),
+            namespace: lease.namespace.clone(),
+            name: name.clone(),
+        },
+        _ => KeySource::Generated,
+    };
+    let session_keys = session_keys::watch(key_source, shutdown.clone()).await?;
     let mut first_registry = registry_rx.clone();
     let builder_cancel = shutdown.clone();
     tasks.spawn(async move {
@@ -244,7 +266,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
             return;
         }
         ready_tx.send_replace(true);
-        snapshot::run_builder(first_registry, snapshot_tx, builder_cancel).await;
+        snapshot::run_builder(first_registry, session_keys, snapshot_tx, builder_cancel).await;
     });
 
     let replicas = Replicas::default();

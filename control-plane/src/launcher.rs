@@ -1,7 +1,8 @@
 //! `switchboard-control up`: the one-command local setup. Runs the control
-//! plane in this process and one gateway replica as a child process, which
-//! connects back over the same gRPC stream a cluster uses. The planes stay
-//! separate programs; only the binary's location is shared.
+//! plane in this process and gateway replicas (one, or `--replicas N`) as
+//! child processes, which connect back over the same gRPC stream a cluster
+//! uses. The planes stay separate programs; only the binary's location is
+//! shared.
 
 use std::{
     net::SocketAddr,
@@ -22,9 +23,10 @@ use crate::{app, auth::Token};
 const GATEWAY_BINARY: &str = "switchboard-gateway";
 /// How long a fresh gateway may take to apply its first snapshot.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Grace period between SIGTERM and SIGKILL for the gateway: longer than
-/// its drain (10 s), closing (2 s) and servers' teardown together.
-const STOP_GRACE: Duration = Duration::from_secs(20);
+/// Grace period between SIGTERM and SIGKILL for a gateway: longer than
+/// its drain (`--drain-timeout`, 25 s), closing (2 s) and servers'
+/// teardown together.
+const STOP_GRACE: Duration = Duration::from_secs(35);
 const SIGTERM: i32 = 15;
 /// What the gateway reads its control-plane token from.
 const CONTROL_PLANE_TOKEN_ENV: &str = "SWITCHBOARD_CONTROL_PLANE_TOKEN";
@@ -36,13 +38,15 @@ pub struct UpConfig {
     pub control_plane: app::Config,
     /// Where `up` put the admin token it made, if it made one.
     pub admin_token_file: Option<PathBuf>,
-    /// Where the gateway serves MCP.
+    /// Where the first gateway serves MCP; replica k listens on its port
+    /// + 10·k.
     pub gateway_listen: SocketAddr,
+    pub replicas: u16,
     /// The gateway's `--log-format`, so both processes log alike.
     pub log_format: String,
 }
 
-/// Runs until `stop` resolves or the gateway exits on its own.
+/// Runs until `stop` resolves or a gateway exits on its own.
 pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let gateway_bin = gateway_binary()?;
     let token = config.control_plane.replica_token.clone();
@@ -51,41 +55,82 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         .grpc_tls
         .as_ref()
         .map(|tls| tls.ca_pem.clone());
+    let listens = replica_addresses(config.gateway_listen, config.replicas)?;
     let control = app::run(config.control_plane).await?;
-    let mut gateway = spawn_gateway(
-        &gateway_bin,
-        control.grpc_addr,
-        config.gateway_listen,
-        &config.log_format,
-        token.as_ref(),
-        ca.as_deref(),
-    )?;
-
-    let ready = wait_ready(config.gateway_listen, &mut gateway).await;
-    let result = match ready {
+    let mut gateways = Vec::new();
+    let mut started = Ok(());
+    for (k, listen) in listens.iter().enumerate() {
+        let spawned = spawn_gateway(
+            &gateway_bin,
+            control.grpc_addr,
+            *listen,
+            k,
+            &config.log_format,
+            token.as_ref(),
+            ca.as_deref(),
+        );
+        match spawned {
+            Ok(gateway) => gateways.push(gateway),
+            Err(err) => {
+                started = Err(err);
+                break;
+            }
+        }
+    }
+    for (gateway, listen) in gateways.iter_mut().zip(&listens) {
+        if started.is_ok() {
+            started = wait_ready(*listen, gateway).await;
+        }
+    }
+    let result = match started {
         Ok(()) => {
+            let first = listens[0];
             println!(
-                "\nSwitchboard is up.\n  MCP endpoint:   http://{gw}/mcp\n  gateway health: http://{gw}/healthz\n  control plane:  http://{cp}/status (with the admin token)\n  registry:       edit the YAML files in that directory; changes apply live\nPress Ctrl+C to stop.\n",
-                gw = config.gateway_listen,
+                "\nSwitchboard is up.\n  MCP endpoint:   http://{first}/mcp\n  gateway health: http://{first}/healthz\n  control plane:  http://{cp}/status (with the admin token)\n  registry:       edit the YAML files in that directory; changes apply live",
                 cp = control.http_addr,
             );
+            if listens.len() > 1 {
+                // Any replica serves any session: put them behind one address.
+                for (k, listen) in listens.iter().enumerate() {
+                    println!("  replica {k}:      http://{listen}/mcp");
+                }
+            }
+            println!("Press Ctrl+C to stop.\n");
             if let Some(path) = &config.admin_token_file {
                 // A line of its own, so scripts and the CLI can find it.
                 println!("admin token file: {}", path.display());
             }
+            let exited =
+                futures::future::select_all(gateways.iter_mut().map(|g| Box::pin(g.wait())));
             tokio::select! {
                 () = stop => Ok(()),
-                status = gateway.wait() => {
-                    Err(anyhow::anyhow!("the gateway exited unexpectedly ({status:?})"))
+                (status, k, _) = exited => {
+                    Err(anyhow::anyhow!("gateway replica {k} exited unexpectedly ({status:?})"))
                 }
             }
         }
         Err(err) => Err(err),
     };
-    stop_gateway(gateway).await;
+    futures::future::join_all(gateways.into_iter().map(stop_gateway)).await;
     control.shutdown_trigger().cancel();
     control.wait().await;
     result
+}
+
+/// Replica k's address: the first's port + 10·k.
+fn replica_addresses(first: SocketAddr, replicas: u16) -> anyhow::Result<Vec<SocketAddr>> {
+    (0..replicas)
+        .map(|k| {
+            let port = first.port().checked_add(k * 10).with_context(|| {
+                format!(
+                    "replica {k}: port {} + {} is beyond 65535",
+                    first.port(),
+                    k * 10
+                )
+            })?;
+            Ok(SocketAddr::new(first.ip(), port))
+        })
+        .collect()
 }
 
 /// Writes a fresh admin token where its user alone can read it (mode
@@ -203,6 +248,7 @@ fn spawn_gateway(
     binary: &Path,
     control_plane: SocketAddr,
     listen: SocketAddr,
+    replica: usize,
     log_format: &str,
     token: Option<&Token>,
     ca_pem: Option<&str>,
@@ -228,7 +274,7 @@ fn spawn_gateway(
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--replica-id")
-        .arg("local-0")
+        .arg(format!("local-{replica}"))
         // The gateway stops with `up`, even if `up` is killed.
         .arg("--parent")
         .arg(std::process::id().to_string());
@@ -247,7 +293,7 @@ fn spawn_gateway(
     let child = wrapped
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    info!(pid = child.id(), "gateway started");
+    info!(pid = child.id(), replica, %listen, "gateway started");
     Ok(child)
 }
 

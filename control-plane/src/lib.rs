@@ -18,6 +18,7 @@ pub mod peers;
 pub mod push;
 pub mod registry;
 pub mod resource;
+pub mod session_keys;
 pub mod snapshot;
 pub mod status;
 pub mod tls;

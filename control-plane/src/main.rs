@@ -107,13 +107,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the control plane and one local gateway replica (the quick start).
+    /// Run the control plane and local gateway replicas (the quick start).
     Up {
         #[command(flatten)]
         control: ControlArgs,
-        /// Where the gateway serves MCP.
+        /// Where the (first) gateway serves MCP.
         #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8787")]
         gateway_listen: SocketAddr,
+        /// Gateway replicas to run: replica k (from 0) listens on the
+        /// gateway port + 10·k (8787, 8797, 8807, …); any of them serves
+        /// any session.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32))]
+        replicas: u16,
     },
 }
 
@@ -159,6 +164,14 @@ struct ControlArgs {
     /// and admin tokens apply unless given otherwise.
     #[arg(long, env = "SWITCHBOARD_TOKENS_SECRET")]
     tokens_secret: Option<String>,
+    /// The key set gateways seal session ids with, so any replica serves
+    /// any session: one key per line, 64 hex digits (`openssl rand -hex
+    /// 32`), newest first; read again every few seconds, so a new first
+    /// line rotates without a restart (keep the old line while its
+    /// sessions should last). Default: the tokens Secret's
+    /// `session-keys` in a cluster, else a key made at start.
+    #[arg(long, env = "SWITCHBOARD_SESSION_KEYS_FILE")]
+    session_keys_file: Option<PathBuf>,
     /// With `--tokens-secret`: the names (DNS names or IPs) gateways dial
     /// the gRPC port by. A CA and a server certificate for them are made
     /// on first start, kept in the tokens Secret (`ca.crt` is what
@@ -326,6 +339,7 @@ impl ControlArgs {
             admin_token,
             allow_unauthenticated_api: args.allow_unauthenticated_api,
             grpc_tls,
+            session_keys_file: args.session_keys_file,
         })
     }
 }
@@ -485,6 +499,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Up {
             mut control,
             gateway_listen,
+            replicas,
         } => {
             if control.registry.is_none() && control.source == Source::Directory {
                 let registry = launcher::default_registry()?;
@@ -516,6 +531,7 @@ async fn main() -> anyhow::Result<()> {
                 control_plane,
                 admin_token_file,
                 gateway_listen,
+                replicas,
                 log_format: cli
                     .log_format
                     .to_possible_value()

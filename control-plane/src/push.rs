@@ -85,6 +85,12 @@ pub struct ReplicaStatus {
     pub last_nack: Option<NackStatus>,
     /// Per-server health from the replica's last report.
     pub servers: Vec<ServerHealthStatus>,
+    /// Client sessions it holds, live and parked, as last reported.
+    #[serde(default)]
+    pub sessions: u32,
+    /// It is stopping: not ready, taking no new requests.
+    #[serde(default)]
+    pub draining: bool,
     #[serde(skip)]
     connection: u64,
     /// When its stream ended; it is forgotten [`FORGET_AFTER`] later.
@@ -296,8 +302,11 @@ impl ReplicaStream {
             }
             Some(ReplicaKind::Health(report)) => {
                 let servers = report.servers.into_iter().map(health_status).collect();
-                self.replicas
-                    .update(&self.replica_id, |r| r.servers = servers);
+                self.replicas.update(&self.replica_id, |r| {
+                    r.servers = servers;
+                    r.sessions = report.sessions;
+                    r.draining = report.draining;
+                });
             }
             Some(ReplicaKind::Hello(_)) | None => {
                 warn!("unexpected message after Hello, ignored");
@@ -385,6 +394,8 @@ impl ReplicaStatus {
             acked_version,
             last_nack,
             servers,
+            sessions: 0,
+            draining: false,
             connection: 0,
             disconnected_at: None,
         }
@@ -450,6 +461,8 @@ impl Replicas {
                 acked_version: hello.applied_version,
                 last_nack: None,
                 servers: previous.map(|p| p.servers).unwrap_or_default(),
+                sessions: 0,
+                draining: false,
                 connection,
                 disconnected_at: None,
             },

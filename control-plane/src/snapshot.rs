@@ -26,6 +26,7 @@ use crate::{
         policy::Rules,
         resilience::{Probe, Resilience, SessionMode},
     },
+    session_keys::KeySet,
 };
 
 /// The current snapshot; version 0 means "nothing loaded yet".
@@ -70,26 +71,37 @@ impl Collector for SnapshotGauges {
     }
 }
 
-/// Builds a snapshot for every registry change until `cancel`.
+/// Builds a snapshot for every change of the registry or the session key
+/// set until `cancel`.
 pub async fn run_builder(
     mut registry: watch::Receiver<Registry>,
+    mut session_keys: watch::Receiver<KeySet>,
     snapshots: watch::Sender<Arc<pb::Snapshot>>,
     cancel: CancellationToken,
 ) {
     loop {
         let resources = build_resources(&registry.borrow_and_update());
+        let keys: Vec<Vec<u8>> = session_keys.borrow_and_update().to_vec();
         snapshots.send_if_modified(|current| {
-            if current.version != 0 && current.resources == resources {
+            if current.version != 0
+                && current.resources == resources
+                && current.session_keys == keys
+            {
                 return false;
             }
             let version = next_version(current.version);
             info!(version, resources = resources.len(), "new config snapshot");
-            *current = Arc::new(pb::Snapshot { version, resources });
+            *current = Arc::new(pb::Snapshot {
+                version,
+                resources,
+                session_keys: keys,
+            });
             true
         });
         tokio::select! {
             _ = cancel.cancelled() => return,
             changed = registry.changed() => if changed.is_err() { return },
+            changed = session_keys.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -374,8 +386,9 @@ mod tests {
     async fn only_effective_changes_make_a_new_version() {
         let (registry_tx, registry_rx) = watch::channel(registry(&[server("a", true)]));
         let (snap_tx, mut snap_rx) = watch::channel(Arc::new(pb::Snapshot::default()));
+        let (keys_tx, keys_rx) = watch::channel(Arc::new(vec![vec![1; 32]]));
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run_builder(registry_rx, snap_tx, cancel.clone()));
+        let task = tokio::spawn(run_builder(registry_rx, keys_rx, snap_tx, cancel.clone()));
 
         snap_rx.changed().await.expect("first snapshot");
         let v1 = snap_rx.borrow_and_update().version;
@@ -392,6 +405,15 @@ mod tests {
         let snapshot = snap_rx.borrow_and_update().clone();
         assert!(snapshot.version > v1);
         assert_eq!(snapshot.resources.len(), 2);
+        assert_eq!(snapshot.session_keys, vec![vec![1; 32]]);
+
+        // A rotated key set is a new snapshot too.
+        keys_tx.send_replace(Arc::new(vec![vec![2; 32], vec![1; 32]]));
+        snap_rx.changed().await.expect("third snapshot");
+        let rotated = snap_rx.borrow_and_update().clone();
+        assert!(rotated.version > snapshot.version);
+        assert_eq!(rotated.session_keys, vec![vec![2; 32], vec![1; 32]]);
+        assert_eq!(rotated.resources, snapshot.resources);
 
         cancel.cancel();
         task.await.expect("builder ends on cancel");

@@ -2,7 +2,8 @@
 //! plane makes on its first start (so neither `helm template` nor a plain
 //! manifest ever holds one): `replica` (gateways on the gRPC port),
 //! `admin` (`/status`, `/traces`, the gateways' detailed `/healthz`) and
-//! `client` (the chart's default `McpClient`); and, when the gRPC port's
+//! `client` (the chart's default `McpClient`), `session-keys` (the key set
+//! session ids are sealed with, [`crate::session_keys`]); and, when the gRPC port's
 //! names are given, its TLS certificate: `ca.crt` (what gateways trust),
 //! `tls.crt` and `tls.key` ([`crate::tls`]). A Secret that exists is kept
 //! as it is; keys it lacks are added. Control-plane pods starting
@@ -28,7 +29,14 @@ use crate::{
 pub const REPLICA_KEY: &str = "replica";
 pub const ADMIN_KEY: &str = "admin";
 pub const CLIENT_KEY: &str = "client";
-const KEYS: [&str; 3] = [REPLICA_KEY, ADMIN_KEY, CLIENT_KEY];
+/// A random token is also one session key in the key set's form
+/// ([`crate::session_keys`]).
+const KEYS: [&str; 4] = [
+    REPLICA_KEY,
+    ADMIN_KEY,
+    CLIENT_KEY,
+    crate::session_keys::SECRET_KEY,
+];
 pub const CA_KEY: &str = "ca.crt";
 const CERT_KEY: &str = "tls.crt";
 const PRIVATE_KEY: &str = "tls.key";

@@ -27,8 +27,6 @@ use crate::{
     xds::{self, ConfigStatus, XdsClient},
 };
 
-/// Once shutdown starts, calls in flight get this long to finish.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Once the drain is over, connections left open (idle streams, whose
 /// sessions have ended) get this long to close.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
@@ -38,6 +36,8 @@ const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 pub struct Config {
     /// Address of the MCP and health endpoints.
     pub listen: SocketAddr,
+    /// Once stopping starts, calls in flight get this long to finish.
+    pub drain_timeout: Duration,
     /// Control-plane gRPC URL, e.g. `http://127.0.0.1:8788`.
     pub control_plane: String,
     /// Presented to the control plane on the config stream, and on span
@@ -180,19 +180,6 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     metrics.register_collector(callers.clone());
     let policies = Policies::default();
     metrics.register_collector(policies.clone());
-    let xds = XdsClient {
-        address: config.control_plane.clone(),
-        callers: callers.clone(),
-        policies: policies.clone(),
-        token: replica_token,
-        endpoint: control_plane,
-        replica_id: config.replica_id.clone(),
-        servers: servers.clone(),
-        catalog: catalog.clone(),
-        status: status.clone(),
-        metrics: metrics.clone(),
-    };
-    tasks.spawn(xds.run(stop.clone()));
 
     let guard = mcp::guard::GuardState {
         body_limit: config.mcp.max_body_bytes,
@@ -207,12 +194,28 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
     let routers = mcp::router(
         catalog.clone(),
         servers.clone(),
-        policies,
+        policies.clone(),
         &config.mcp,
         telemetry,
         rest_limits,
         stop_http.child_token(),
     );
+    let xds = XdsClient {
+        address: config.control_plane.clone(),
+        callers: callers.clone(),
+        policies: policies.clone(),
+        token: replica_token,
+        endpoint: control_plane,
+        replica_id: config.replica_id.clone(),
+        servers: servers.clone(),
+        catalog: catalog.clone(),
+        status: status.clone(),
+        metrics: metrics.clone(),
+        session_keys: config.mcp.session_keys.clone(),
+        sessions: routers.sessions.clone(),
+        drain: drain.clone(),
+    };
+    tasks.spawn(xds.run(stop.clone()));
     let router = routers
         .mcp
         .layer(axum::middleware::from_fn_with_state(
@@ -265,6 +268,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         shutdown.clone(),
         force.clone(),
         drain,
+        config.drain_timeout,
         stop_http,
     ));
     info!(listen = %addr, replica = %config.replica_id, control_plane = %config.control_plane, "gateway listening");
@@ -283,6 +287,7 @@ async fn drain_then_stop(
     trigger: CancellationToken,
     force: CancellationToken,
     drain: Drain,
+    deadline: Duration,
     stop_http: CancellationToken,
 ) {
     trigger.cancelled().await;
@@ -293,7 +298,7 @@ async fn drain_then_stop(
     );
     let started = Instant::now();
     tokio::select! {
-        drained = tokio::time::timeout(DRAIN_DEADLINE, drain.wait()) => match drained {
+        drained = tokio::time::timeout(deadline, drain.wait()) => match drained {
             Ok(()) => info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained"),
             Err(_) => warn!(in_flight = drain.in_flight(), "drain deadline passed; stopping the calls left"),
         },

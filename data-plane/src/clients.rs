@@ -15,7 +15,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
     },
 };
 
@@ -73,6 +73,8 @@ pub struct ClientSession {
     subscriptions: Mutex<HashSet<String>>,
     /// How a server's question reaches the client ([`Asking`]).
     asking: AtomicU8,
+    /// Another replica opened the session (`mcp/session.rs` adopted it).
+    moved: AtomicBool,
 }
 
 /// How a server's question (sampling, elicitation, roots) reaches a
@@ -105,6 +107,7 @@ impl Clients {
             log_level: Mutex::new(None),
             subscriptions: Mutex::default(),
             asking: AtomicU8::new(Asking::Directly as u8),
+            moved: AtomicBool::new(false),
         });
         self.by_key.write().insert(key, session.clone());
         session
@@ -178,6 +181,15 @@ impl ClientSession {
 
     pub fn set_asking(&self, asking: Asking) {
         self.asking.store(asking as u8, Ordering::Relaxed);
+    }
+
+    /// Whether another replica opened the session.
+    pub fn moved(&self) -> bool {
+        self.moved.load(Ordering::Relaxed)
+    }
+
+    pub fn set_moved(&self) {
+        self.moved.store(true, Ordering::Relaxed);
     }
 
     /// Sends a notification on the session's own stream. Best effort: a

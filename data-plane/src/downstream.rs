@@ -39,7 +39,7 @@ use rmcp::{
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use crate::clients::SessionKey;
 use crate::{
@@ -1147,9 +1147,23 @@ impl ServerHandle {
         // connection stops here.
         if let Ok(connection) = &started {
             self.sessions.lock().insert(session, connection.clone());
-            if servers.clients().get(session).is_none() {
-                self.sessions.lock().remove(&session);
-                connection.stop.cancel();
+            match servers.clients().get(session) {
+                None => {
+                    self.sessions.lock().remove(&session);
+                    connection.stop.cancel();
+                }
+                Some(client) if client.moved() => {
+                    // Whatever the server held for the session lives on the
+                    // replica that opened it: said, never hidden.
+                    warn!(server = %self.spec.name, "a session another replica opened got a new per-session connection: what the server held for it there is not here");
+                    servers
+                        .inner
+                        .telemetry
+                        .metrics
+                        .moved_session_connections
+                        .inc();
+                }
+                Some(_) => {}
             }
         }
         self.session_starts.lock().remove(&session);

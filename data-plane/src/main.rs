@@ -10,7 +10,7 @@ use data_plane::{
     bridge::{self, BridgeConfig},
     demo_server::{self, DemoOptions},
     downstream::Launcher,
-    mcp::{McpConfig, limits::ClientLimits},
+    mcp::{McpConfig, limits::ClientLimits, seal::SessionKeys},
     redact,
 };
 use proto::auth::Token;
@@ -98,6 +98,12 @@ struct RunArgs {
     /// Address of the MCP endpoint (`/mcp`) and health endpoints.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
+    /// On SIGTERM the replica turns not ready and refuses new requests at
+    /// once, and waits up to this many seconds for calls in flight before
+    /// it stops its servers (a cluster's termination grace period should
+    /// be longer, with the pod's preStop wait).
+    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", default_value_t = 25.0)]
+    drain_timeout: f64,
     /// Control-plane gRPC URL.
     #[arg(
         long,
@@ -321,6 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let bound = app::run(app::Config {
                 listen: args.listen,
+                drain_timeout: Duration::from_secs_f64(args.drain_timeout.max(0.0)),
                 control_plane: args.control_plane,
                 control_plane_token,
                 control_plane_token_file: args.control_plane_token_file,
@@ -338,6 +345,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         burst: args.client_burst,
                     },
                     page_size: args.list_page_size as usize,
+                    // Until the control plane sends the set every replica
+                    // shares, ids are sealed with a key of this one's own.
+                    session_keys: SessionKeys::local(data_plane::mcp::SESSION_LIFETIME),
                     park_after: (args.park_idle_sessions_after > 0.0)
                         .then(|| Duration::from_secs_f64(args.park_idle_sessions_after)),
                 },

@@ -16,6 +16,7 @@ pub mod methods;
 mod replay;
 pub mod rest;
 mod rounds;
+pub mod seal;
 pub mod session;
 pub mod sse;
 mod stateless;
@@ -40,6 +41,7 @@ use crate::{
         dispatch::Endpoint,
         limits::{ClientLimits, RateLimits},
         methods::Methods,
+        seal::SessionKeys,
         session::Sessions,
         sse::AllowedHosts,
     },
@@ -49,10 +51,12 @@ use crate::{
     telemetry::Telemetry,
 };
 
-/// Idle client sessions are closed after this long; clients then get 404
-/// and re-initialise. Long enough for clients that sit idle between
-/// prompts.
+/// Idle client sessions are forgotten after this long (their ids restore
+/// them, within [`SESSION_LIFETIME`]).
 const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long a session id opens after it was issued: then the client gets
+/// 404 and re-initialises. Long enough for a day's work in one session.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 /// Resource subscriptions one session may hold: each costs the gateway
 /// (and perhaps a server) for as long as the session lives.
 const MAX_SUBSCRIPTIONS: usize = 1024;
@@ -97,6 +101,9 @@ pub struct McpConfig {
     /// Items per page of `tools/list`, `prompts/list`, `resources/list`
     /// and `resources/templates/list`.
     pub page_size: usize,
+    /// What session ids are sealed with; the config stream replaces the
+    /// set with the one every replica shares.
+    pub session_keys: SessionKeys,
     /// Idle streamable-HTTP sessions are parked after this long (`session.rs`);
     /// `None` keeps every session in memory.
     pub park_after: Option<Duration>,
@@ -186,6 +193,7 @@ impl Error {
 pub struct Routers {
     pub mcp: axum::Router,
     pub rest: axum::Router,
+    pub sessions: Arc<Sessions>,
 }
 
 pub fn router(
@@ -203,6 +211,7 @@ pub fn router(
         config.max_sessions,
         config.limits.sessions,
         servers.clone(),
+        config.session_keys.clone(),
     );
     let rates = RateLimits::new(&config.limits);
     servers.limit_session_connections_per_client(config.limits.session_connections);
@@ -213,6 +222,7 @@ pub fn router(
         .register_collector(session::SessionGauges(sessions.clone()));
     spawn_list_changes(catalog.clone(), servers.clone(), shutdown.clone());
     let closing = sessions.clone();
+    let routed_sessions = sessions.clone();
     let closed = shutdown.clone();
     tokio::spawn(async move {
         closed.cancelled().await;
@@ -244,6 +254,7 @@ pub fn router(
     Routers {
         mcp,
         rest: rest::router(endpoint, rest_limits),
+        sessions: routed_sessions,
     }
 }
 

@@ -35,11 +35,17 @@ use crate::{
     auth::{Callers, Declared, GatewaySettings, IssuerConfig},
     catalog::CatalogReader,
     downstream::{ServerState, Servers, breaker::BreakerState},
+    drain::Drain,
+    mcp::{seal::SessionKeys, session::Sessions},
     policy::{Policies, Policy, Rules},
     spec::{Probe, ServerSpec},
     telemetry::{Metrics, metrics::ResultLabels},
 };
 
+/// The name a NACK gives the snapshot's session key set.
+const SESSION_KEYS: &str = "sessionKeys";
+/// How often the session count and draining are looked at for reports.
+const LOAD_REPORT_EVERY: Duration = Duration::from_secs(2);
 /// Reconnect backoff, doubling from the first delay up to the cap, and
 /// reset by any response from the control plane.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
@@ -171,6 +177,11 @@ pub struct XdsClient {
     pub catalog: CatalogReader,
     pub status: ConfigStatus,
     pub metrics: Arc<Metrics>,
+    /// Set from each snapshot's key set.
+    pub session_keys: SessionKeys,
+    /// Counted in health reports, with whether the replica drains.
+    pub sessions: Arc<Sessions>,
+    pub drain: Drain,
 }
 
 // === impl ConfigStatus ===
@@ -249,9 +260,22 @@ impl XdsClient {
         // A probe tool's client-facing name comes with the catalog, a
         // moment after its server's state.
         let mut catalog = self.catalog.subscribe();
-        send(&tx, ReplicaKind::Health(self.health_report())).await?;
+        let mut report = self.health_report();
+        let mut load = (report.sessions, report.draining);
+        send(&tx, ReplicaKind::Health(report)).await?;
+        // Sessions and draining change without a server changing: looked
+        // at now and then, and reported when they did.
+        let mut look = tokio::time::interval(LOAD_REPORT_EVERY);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = look.tick() => {
+                    report = self.health_report();
+                    if (report.sessions, report.draining) != load {
+                        load = (report.sessions, report.draining);
+                        send(&tx, ReplicaKind::Health(report)).await?;
+                    }
+                }
                 message = inbound.message() => {
                     let Some(message) = message? else { return Ok(()) };
                     *responded = true;
@@ -304,8 +328,23 @@ impl XdsClient {
         // Policies first: a client that comes with the policy restricting
         // it is never let in unrestricted, not even for a moment.
         self.policies.replace(policies);
-        let rejected = with_refused_clients(rejected, self.callers.replace(clients));
+        let mut rejected = with_refused_clients(rejected, self.callers.replace(clients));
         self.callers.configure(gateway);
+        if !snapshot.session_keys.is_empty() {
+            let usable = self.session_keys.set(&snapshot.session_keys);
+            if usable < snapshot.session_keys.len() {
+                // The usable ones apply (none: the last good set stays).
+                rejected.insert(
+                    SESSION_KEYS.to_owned(),
+                    format!(
+                        "{} of {} keys are not {} bytes",
+                        snapshot.session_keys.len() - usable,
+                        snapshot.session_keys.len(),
+                        crate::mcp::seal::KEY_LEN
+                    ),
+                );
+            }
+        }
         self.status
             .inner
             .applied_version
@@ -402,6 +441,8 @@ impl XdsClient {
         pb::HealthReport {
             applied_version: self.status.applied_version(),
             servers,
+            sessions: u32::try_from(self.sessions.count()).unwrap_or(u32::MAX),
+            draining: self.drain.is_draining(),
         }
     }
 }
@@ -591,6 +632,7 @@ mod tests {
                 resource("c", "a", "cmd"),
                 resource("d", "d", "cmd"),
             ],
+            session_keys: Vec::new(),
         };
         let Wanted {
             servers: desired,

@@ -214,6 +214,7 @@ async fn replica_nacks_bad_resources_and_keeps_its_last_good_config() {
         .send(pb::Snapshot {
             version: 1,
             resources: vec![demo_resource("demo", "demo")],
+            session_keys: Vec::new(),
         })
         .await;
     assert_eq!(stream.reply().await, Kind::Ack(pb::Ack { version: 1 }));
@@ -230,6 +231,7 @@ async fn replica_nacks_bad_resources_and_keeps_its_last_good_config() {
         .send(pb::Snapshot {
             version: 2,
             resources: vec![broken_demo, stdio_resource("bad", "bad", "", &[])],
+            session_keys: Vec::new(),
         })
         .await;
     let Kind::Nack(nack) = stream.reply().await else {
@@ -273,9 +275,36 @@ async fn replica_nacks_bad_resources_and_keeps_its_last_good_config() {
         .send(pb::Snapshot {
             version: 3,
             resources: vec![demo_resource("demo", "demo")],
+            session_keys: Vec::new(),
         })
         .await;
     assert_eq!(stream.reply().await, Kind::Ack(pb::Ack { version: 3 }));
+
+    // A session key set with a key of the wrong length: refused by name,
+    // the good key applies, sessions go on.
+    stream
+        .send(pb::Snapshot {
+            version: 4,
+            resources: vec![demo_resource("demo", "demo")],
+            session_keys: vec![vec![7; 32], vec![1; 5]],
+        })
+        .await;
+    let Kind::Nack(nack) = stream.reply().await else {
+        panic!("a short key is refused");
+    };
+    let refused: Vec<_> = nack
+        .rejected
+        .iter()
+        .map(|r| (&*r.name, &*r.reason))
+        .collect();
+    assert_eq!(refused, [("sessionKeys", "1 of 2 keys are not 32 bytes")]);
+    let sealed = connect(&sb.mcp_url())
+        .await
+        .expect("a session sealed with the good key");
+    call(&sealed, "demo.echo", json!({ "text": "sealed" }))
+        .await
+        .expect("it serves");
+    sealed.cancel().await.expect("close");
     client.cancel().await.expect("close");
 }
 

@@ -489,18 +489,54 @@ fn liveness_and_readiness_are_different_checks() {
     assert_eq!(ready["httpGet"]["port"], "mcp");
 }
 
-/// CEL validation rules in the CRD are GA from 1.29.
+/// A stopping gateway keeps serving while the Service forgets it, then
+/// drains; the pod's grace period covers both and the teardown.
+#[test]
+fn a_stopping_gateway_waits_then_drains_within_its_grace_period() {
+    let stopping = |extra: &[&str]| {
+        let objects = objects(&render(extra));
+        let pod = pod_spec(deployment(&objects, "switchboard-gateway")).clone();
+        let container = pod["containers"][0].clone();
+        let args: Vec<String> = container["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        (
+            pod["terminationGracePeriodSeconds"].clone(),
+            container["lifecycle"].clone(),
+            args,
+        )
+    };
+    let (grace, lifecycle, args) = stopping(&[]);
+    assert_eq!(lifecycle["preStop"]["sleep"]["seconds"], 5);
+    assert!(args.contains(&"--drain-timeout=25".to_owned()), "{args:?}");
+    assert_eq!(grace, 40);
+    let (grace, lifecycle, args) = stopping(&[
+        "--set",
+        "gateway.preStopSeconds=0",
+        "--set",
+        "gateway.drainTimeoutSeconds=60",
+    ]);
+    assert_eq!(lifecycle, Value::Null, "no preStop without a wait");
+    assert!(args.contains(&"--drain-timeout=60".to_owned()), "{args:?}");
+    assert_eq!(grace, 70);
+}
+
+/// CEL validation rules in the CRD are GA from 1.29, the gateways'
+/// `preStop` sleep on by default from 1.30.
 #[test]
 fn the_chart_declares_the_kubernetes_versions_it_runs_on() {
     let chart: Value = serde_yaml::from_str(
         &std::fs::read_to_string(root().join(CHART).join("Chart.yaml")).expect("Chart.yaml"),
     )
     .expect("Chart.yaml YAML");
-    assert_eq!(chart["kubeVersion"], ">=1.29.0-0");
+    assert_eq!(chart["kubeVersion"], ">=1.30.0-0");
     let refused =
-        helm(&["template", "x", CHART, "--kube-version", "1.28.9"]).expect_err("1.28 is refused");
+        helm(&["template", "x", CHART, "--kube-version", "1.29.9"]).expect_err("1.29 is refused");
     assert!(refused.contains("kubeVersion"), "{refused}");
-    for version in ["1.29.0", "v1.33.2-eks-1"] {
+    for version in ["1.30.0", "v1.33.2-eks-1"] {
         helm(&["template", "x", CHART, "--kube-version", version])
             .unwrap_or_else(|e| panic!("{version}: {e}"));
     }

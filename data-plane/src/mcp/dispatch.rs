@@ -256,7 +256,7 @@ impl Endpoint {
         let body = self.methods.initialize(&session, &params, &ctx);
         self.metrics.answered_json.inc();
         let mut response = json_response(body);
-        let id = HeaderValue::from_str(&session.id.to_string());
+        let id = HeaderValue::from_str(&session.wire_id);
         if let Ok(id) = id {
             response.headers_mut().insert(SESSION_HEADER, id);
         }
@@ -706,6 +706,10 @@ async fn next_early(early: &mut Option<mpsc::Receiver<ToStream>>) -> Option<ToSt
     early.as_mut()?.recv().await
 }
 
+/// The last event of a stream the replica ends as it stops: reconnect in
+/// a second (SSE `retry`), which lands on a replica still running.
+const RECONNECT_SOON: &[u8] = b"retry: 1000\n\n";
+
 /// A session's own stream as SSE events, `first` ahead of them, with
 /// keep-alives, until the session or the replica ends; the session counts
 /// as busy while it is open.
@@ -716,12 +720,14 @@ pub fn own_events(
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
-    let state = (own, open, first, keep_alive, shutdown);
+    let state = (own, open, first, keep_alive, Some(shutdown));
     futures::stream::unfold(
         state,
         |(mut own, open, mut first, mut keep_alive, shutdown)| async move {
+            // Told to come back soon, the stream has ended.
+            let shutdown = shutdown?;
             if let Some(first) = first.take() {
-                return Some((Ok(first), (own, open, None, keep_alive, shutdown)));
+                return Some((Ok(first), (own, open, None, keep_alive, Some(shutdown))));
             }
             let ended = own.session().ended.clone();
             loop {
@@ -735,9 +741,12 @@ pub fn own_events(
                     },
                     _ = keep_alive.tick() => Bytes::from_static(b":\n\n"),
                     () = ended.cancelled() => return None,
-                    () = shutdown.cancelled() => return None,
+                    // The replica stops: the client reconnects, to another.
+                    () = shutdown.cancelled() => {
+                        return Some((Ok(Bytes::from_static(RECONNECT_SOON)), (own, open, None, keep_alive, None)));
+                    }
                 };
-                return Some((Ok(event), (own, open, None, keep_alive, shutdown)));
+                return Some((Ok(event), (own, open, None, keep_alive, Some(shutdown))));
             }
         },
     )

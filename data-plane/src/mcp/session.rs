@@ -15,8 +15,14 @@
 //! again under the same id, and it is told to re-list, since it may have
 //! missed changes. Parked and live rows expire after the idle timeout.
 //!
-//! The row is all a session is to this replica, so it can later be sealed
-//! into the id itself for other replicas to open.
+//! The row is all a session is to a replica, and a streamable session's
+//! id is its row sealed (`seal.rs`): a replica that never saw the session
+//! adopts it from the id as a parked row, so a client's requests may land
+//! on any replica. What a row holds beyond the id (a log level,
+//! subscriptions, per-session server connections, calls in flight, the
+//! session's stream) stays on the replica that had it. A session ends when
+//! its client deletes it (remembered here, so the id opens nothing more on
+//! this replica) or when its id outlives the session lifetime.
 
 use std::{
     collections::HashMap,
@@ -52,13 +58,30 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 use uuid::Uuid;
 
-use super::{answer::Refusal, replay::Replay};
+use super::{
+    answer::Refusal,
+    replay::Replay,
+    seal::{Rest, SessionKeys},
+};
 use crate::{
     clients::{Asking, ClientSession, SessionKey, ToStream},
     downstream::Servers,
     observe::session_tag,
     telemetry::metrics::{ReasonLabels, encode_counters},
 };
+
+/// Ended sessions remembered at most; beyond, the oldest are forgotten
+/// (their ids open again here until their lifetime ends).
+const MAX_ENDED: usize = 65_536;
+/// Why a presented id opened no session (`switchboard_session_id_refusals`).
+const REFUSED_ID_REASONS: [&str; 6] = [
+    "malformed",
+    "unknown_key",
+    "tampered",
+    "expired",
+    "ended",
+    "not_portable",
+];
 
 /// Messages queued on a session's own stream; beyond, notifications are
 /// dropped and server requests wait.
@@ -67,6 +90,10 @@ const OWN_STREAM_CAPACITY: usize = 64;
 /// Every client session of this replica, live or parked.
 pub struct Sessions {
     rows: Mutex<HashMap<Uuid, Row>>,
+    /// Seals new ids and opens presented ones.
+    keys: SessionKeys,
+    /// Sessions their clients ended, and when: their ids open nothing.
+    ended: Mutex<HashMap<Uuid, Instant>>,
     /// Distinct handshakes, by their JSON.
     handshakes: Mutex<HashMap<String, Arc<InitializeRequestParams>>>,
     /// Sessions idle this long are parked; `None`: never.
@@ -79,6 +106,10 @@ pub struct Sessions {
     servers: Servers,
     parks: Counter,
     restores: Counter,
+    /// Sessions restored from an id this replica never held.
+    adopted: Counter,
+    /// Ids that opened no session, by why.
+    refused_ids: [Counter; REFUSED_ID_REASONS.len()],
     /// New sessions refused: the table was full.
     refused_full: Counter,
     /// Ids presented by a client other than the one that opened them.
@@ -99,6 +130,10 @@ pub enum Kind {
 
 struct Row {
     kind: Kind,
+    /// Restored from an id another replica issued.
+    adopted: bool,
+    /// The id the client holds.
+    wire_id: Arc<str>,
     /// The authenticated client that opened it: only it may use the id.
     owner: Option<Arc<str>>,
     /// `None` while parked.
@@ -114,6 +149,8 @@ struct Row {
 /// One session in memory.
 pub struct Session {
     pub id: Uuid,
+    /// The id the client holds: sealed (streamable), or the UUID (legacy).
+    pub wire_id: Arc<str>,
     pub kind: Kind,
     key: SessionKey,
     handshake: OnceLock<Arc<InitializeRequestParams>>,
@@ -218,9 +255,12 @@ impl Sessions {
         max_sessions: usize,
         max_per_client: usize,
         servers: Servers,
+        keys: SessionKeys,
     ) -> Arc<Self> {
         Arc::new(Self {
             rows: Mutex::default(),
+            keys,
+            ended: Mutex::default(),
             handshakes: Mutex::default(),
             park_after,
             expire_after,
@@ -229,6 +269,8 @@ impl Sessions {
             servers,
             parks: Counter::default(),
             restores: Counter::default(),
+            adopted: Counter::default(),
+            refused_ids: Default::default(),
             refused_full: Counter::default(),
             refused_other_client: Counter::default(),
             refused_client_limit: Counter::default(),
@@ -269,8 +311,10 @@ impl Sessions {
             }
         }
         let id = Uuid::new_v4();
+        let wire_id = self.wire_id(id, kind, handshake.as_deref(), owner.as_deref());
         let session = Session::new(
             id,
+            wire_id.clone(),
             kind,
             handshake.clone(),
             None,
@@ -281,6 +325,8 @@ impl Sessions {
             id,
             Row {
                 kind,
+                adopted: false,
+                wire_id,
                 owner,
                 live: Some(session.clone()),
                 handshake,
@@ -309,6 +355,7 @@ impl Sessions {
     ) -> OneOff {
         let session = Session::new(
             Uuid::new_v4(),
+            Arc::from(""),
             Kind::Streamable,
             Some(self.intern(&handshake)),
             None,
@@ -323,22 +370,30 @@ impl Sessions {
         OneOff(session)
     }
 
-    /// The live session `id` names (restoring a parked one), with the
-    /// request about to use it counted open; `None` if no session of that
-    /// kind has that id, or it is another client's: a session id that
-    /// leaked is of no use to anyone else.
+    /// The live session `id` names (restoring a parked one, adopting one
+    /// another replica opened), with the request about to use it counted
+    /// open; `None` if no session of that kind has that id, it ended, or
+    /// it is another client's: a session id that leaked is of no use to
+    /// anyone else.
     pub fn enter(
         self: &Arc<Self>,
         id: &str,
         kind: Kind,
         caller: Option<&str>,
     ) -> Option<(Arc<Session>, Open)> {
-        let uuid = match kind {
-            Kind::Streamable => streamable_id(id)?,
-            Kind::Legacy => legacy_id(id)?,
-        };
+        let uuid = self.row_of(id, kind)?;
         let mut rows = self.rows.lock();
-        let row = rows.get_mut(&uuid).filter(|row| row.kind == kind)?;
+        if !rows.contains_key(&uuid) {
+            drop(rows);
+            let row = self.adopt(uuid, id, kind, caller)?;
+            rows = self.rows.lock();
+            rows.entry(uuid).or_insert(row);
+        }
+        // A row is reached by the id its client was given, never by its
+        // UUID alone (which a sealed id hides).
+        let row = rows
+            .get_mut(&uuid)
+            .filter(|row| row.kind == kind && &*row.wire_id == id)?;
         if row.owner.as_deref() != caller {
             self.refused_other_client.inc();
             debug!(session = %session_tag(id), "refused a session id presented by another client");
@@ -351,12 +406,16 @@ impl Sessions {
             None => {
                 let session = Session::new(
                     uuid,
+                    row.wire_id.clone(),
                     kind,
                     row.handshake.clone(),
                     row.caller.take(),
                     row.owner.clone(),
                     self.servers.clone(),
                 );
+                if row.adopted {
+                    session.client.set_moved();
+                }
                 row.live = Some(session.clone());
                 self.restores.inc();
                 debug!(session = %session_tag(id), "restored a parked session");
@@ -372,6 +431,106 @@ impl Sessions {
         Some((session, open))
     }
 
+    /// The row an id names: a sealed id's UUID (checked, not yet read
+    /// further), a legacy session's, or a streamable one sealed without
+    /// keys (this replica's alone).
+    fn row_of(&self, id: &str, kind: Kind) -> Option<Uuid> {
+        match kind {
+            Kind::Legacy => legacy_id(id),
+            Kind::Streamable => streamable_id(id).or_else(|| match self.keys.open(id, false) {
+                Ok(claims) => Some(claims.id),
+                Err(refused) => {
+                    self.refused_id(refused.as_str());
+                    debug!(session = %session_tag(id), %refused, "a session id opened nothing");
+                    None
+                }
+            }),
+        }
+    }
+
+    /// A parked row for a session another replica opened, from its id;
+    /// `None` if it ended here, is another client's, carries no handshake
+    /// (too big to seal), or the table is full.
+    fn adopt(&self, uuid: Uuid, id: &str, kind: Kind, caller: Option<&str>) -> Option<Row> {
+        if kind != Kind::Streamable {
+            return None;
+        }
+        if self.ended.lock().contains_key(&uuid) {
+            self.refused_id("ended");
+            return None;
+        }
+        let rest = self.keys.open(id, true).ok()?.rest?;
+        if rest.owner.as_deref() != caller {
+            self.refused_other_client.inc();
+            debug!(session = %session_tag(id), "refused a session id presented by another client");
+            return None;
+        }
+        let Some(handshake) = rest.handshake else {
+            self.refused_id("not_portable");
+            return None;
+        };
+        let owner: Option<Arc<str>> = rest.owner.map(Arc::from);
+        let rows = self.rows.lock();
+        let held = owner.as_ref().map_or(0, |owner| {
+            rows.values()
+                .filter(|row| row.owner.as_ref() == Some(owner))
+                .count()
+        });
+        if rows.len() >= self.max_sessions || held >= self.max_per_client {
+            self.refused_full.inc();
+            debug!(session = %session_tag(id), "refused to adopt a session: at the limit");
+            return None;
+        }
+        drop(rows);
+        self.adopted.inc();
+        debug!(session = %session_tag(id), "adopted a session another replica opened");
+        Some(Row {
+            kind,
+            adopted: true,
+            wire_id: Arc::from(id),
+            owner,
+            live: None,
+            handshake: Some(self.intern(&handshake)),
+            caller: None,
+            last_active: Instant::now(),
+            open: 0,
+        })
+    }
+
+    /// The id a new session's client is given: sealed (streamable; the
+    /// UUID if nothing can be sealed), the UUID (legacy).
+    fn wire_id(
+        &self,
+        id: Uuid,
+        kind: Kind,
+        handshake: Option<&InitializeRequestParams>,
+        owner: Option<&str>,
+    ) -> Arc<str> {
+        let mut plain = Uuid::encode_buffer();
+        let plain = match kind {
+            Kind::Legacy => id.as_simple().encode_lower(&mut plain),
+            Kind::Streamable => {
+                let rest = Rest {
+                    owner: owner.map(str::to_owned),
+                    handshake: handshake.cloned(),
+                };
+                if let Some(sealed) = self.keys.seal(id, &rest) {
+                    return Arc::from(sealed);
+                }
+                id.as_hyphenated().encode_lower(&mut plain)
+            }
+        };
+        Arc::from(&*plain)
+    }
+
+    fn refused_id(&self, reason: &str) {
+        let index = REFUSED_ID_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.refused_ids[index].inc();
+    }
+
     /// Records the handshake of a session created without one (legacy SSE).
     pub fn set_handshake(&self, session: &Session, handshake: &InitializeRequestParams) {
         let handshake = self.intern(handshake);
@@ -381,34 +540,51 @@ impl Sessions {
         }
     }
 
-    /// Ends the session `id` names, live or parked, if it is `caller`'s;
-    /// whether there was one.
+    /// Ends the session `id` names, live, parked or another replica's, if
+    /// it is `caller`'s; whether there was one. Its id opens nothing on
+    /// this replica from then on.
     pub fn end(&self, id: &str, kind: Kind, caller: Option<&str>) -> bool {
-        let uuid = match kind {
-            Kind::Streamable => streamable_id(id),
-            Kind::Legacy => legacy_id(id),
-        };
-        let Some(uuid) = uuid else {
+        let Some(uuid) = self.row_of(id, kind) else {
             return false;
         };
         let removed = {
             let mut rows = self.rows.lock();
             match rows.get(&uuid) {
-                Some(row) if row.kind == kind && row.owner.as_deref() == caller => {
-                    rows.remove(&uuid)
-                }
-                Some(row) if row.kind == kind => {
+                Some(row) if row.kind != kind || &*row.wire_id != id => return false,
+                Some(row) if row.owner.as_deref() == caller => rows.remove(&uuid),
+                Some(_) => {
                     self.refused_other_client.inc();
-                    None
+                    return false;
                 }
-                _ => None,
+                None => None,
             }
         };
-        let Some(row) = removed else {
-            return false;
-        };
-        if let Some(session) = row.live {
-            session.close();
+        match removed {
+            Some(row) => {
+                if let Some(session) = row.live {
+                    session.close();
+                }
+            }
+            // Another replica's: ended here too, if it is the caller's
+            // (and not ended already).
+            None => {
+                if self.ended.lock().contains_key(&uuid) {
+                    return false;
+                }
+                let rest = self.keys.open(id, true).ok().and_then(|claims| claims.rest);
+                if rest.is_none_or(|rest| rest.owner.as_deref() != caller) {
+                    return false;
+                }
+            }
+        }
+        if kind == Kind::Streamable {
+            let mut ended = self.ended.lock();
+            if ended.len() >= MAX_ENDED
+                && let Some(oldest) = ended.iter().min_by_key(|(_, at)| **at).map(|(id, _)| *id)
+            {
+                ended.remove(&oldest);
+            }
+            ended.insert(uuid, Instant::now());
         }
         true
     }
@@ -460,6 +636,11 @@ impl Sessions {
         self.handshakes
             .lock()
             .retain(|_, handshake| Arc::strong_count(handshake) > 1);
+        // An ended session's id opens nothing anyway once past its lifetime.
+        let lifetime = self.keys.max_age();
+        self.ended
+            .lock()
+            .retain(|_, at| now.saturating_duration_since(*at) < lifetime);
         if !expired.is_empty() {
             debug!(
                 expired = expired.len(),
@@ -473,7 +654,7 @@ impl Sessions {
         for session in parked {
             session.close();
             self.parks.inc();
-            debug!(session = %session_tag(&session.id.to_string()), "parked an idle session");
+            debug!(session = %session_tag(&session.wire_id), "parked an idle session");
         }
         count
     }
@@ -500,6 +681,11 @@ impl Sessions {
             }
         };
         tokio::spawn(sweep.instrument(info_span!("session_sweeper")));
+    }
+
+    /// Sessions held, live and parked.
+    pub fn count(&self) -> usize {
+        self.rows.lock().len()
     }
 
     fn counts(&self) -> (i64, i64) {
@@ -549,8 +735,22 @@ impl Collector for SessionGauges {
                     "Parked client sessions restored by a request",
                     &sessions.restores,
                 ),
+                (
+                    "sessions_adopted",
+                    "Client sessions another replica opened, restored here from their ids",
+                    &sessions.adopted,
+                ),
             ],
         )?;
+        let mut refused = encoder.encode_descriptor(
+            "session_id_refusals",
+            "Session ids that opened no session, by reason (malformed, unknown_key: sealed with a key not in the set, tampered, expired: past the session lifetime, ended: deleted by its client here, not_portable: its handshake was too big to carry)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, counter) in REFUSED_ID_REASONS.iter().zip(&sessions.refused_ids) {
+            counter.encode(refused.encode_family(&ReasonLabels::new(reason))?)?;
+        }
         let mut refusals = encoder.encode_descriptor(
             "session_refusals",
             "Session requests refused, by reason (limit: the table was full; client_limit: the client held its limit; other_client: an id presented by a client other than its owner)",
@@ -573,6 +773,7 @@ impl Collector for SessionGauges {
 impl Session {
     fn new(
         id: Uuid,
+        wire_id: Arc<str>,
         kind: Kind,
         handshake: Option<Arc<InitializeRequestParams>>,
         caller: Option<String>,
@@ -585,6 +786,7 @@ impl Session {
         let client = servers.clients().register(key, owner, outbox);
         Arc::new(Self {
             id,
+            wire_id,
             kind,
             key,
             handshake: handshake.map(OnceLock::from).unwrap_or_default(),

@@ -84,6 +84,9 @@ pub struct Metrics {
     /// older client (`downstream.rs`).
     pub input_relayed: Counter,
     pub input_bridged: Counter,
+    /// Per-session server connections started for a session another
+    /// replica opened (`downstream.rs`).
+    pub moved_session_connections: Counter,
     pub config_updates: Family<ResultLabels, Counter>,
     pub spans: ExportCounters,
 }
@@ -110,6 +113,7 @@ impl Metrics {
             calls_as_written: Counter::default(),
             input_relayed: Counter::default(),
             input_bridged: Counter::default(),
+            moved_session_connections: Counter::default(),
             config_updates: Family::default(),
             spans: ExportCounters {
                 exported: Counter::default(),
@@ -166,6 +170,11 @@ impl Metrics {
             "input_required_bridged",
             "Input-required results of 2026-07-28 servers answered by asking a client of an older revision its questions as requests",
             m.input_bridged.clone(),
+        );
+        registry.register(
+            "moved_session_connections",
+            "Per-session server connections started for a client session another replica opened: what the server held for it on that replica is not here",
+            m.moved_session_connections.clone(),
         );
         registry.register(
             "config_updates",

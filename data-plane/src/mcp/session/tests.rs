@@ -28,7 +28,14 @@ fn table(max_sessions: usize) -> Arc<Sessions> {
         telemetry,
         Drain::default(),
     );
-    Sessions::new(Some(PARK_AFTER), EXPIRE_AFTER, max_sessions, 2, servers)
+    Sessions::new(
+        Some(PARK_AFTER),
+        EXPIRE_AFTER,
+        max_sessions,
+        2,
+        servers,
+        SessionKeys::local(Duration::from_secs(3600)),
+    )
 }
 
 fn handshake(client: &str) -> InitializeRequestParams {
@@ -54,7 +61,7 @@ fn table_with_session() -> (Arc<Sessions>, Arc<Session>, String) {
     let sessions = table(16);
     let session =
         create(&sessions, Kind::Streamable, Some(handshake("agent")), None).expect("room");
-    let id = session.id.to_string();
+    let id = session.wire_id.to_string();
     (sessions, session, id)
 }
 
@@ -128,11 +135,11 @@ async fn a_parked_session_comes_back_once_under_its_id_and_is_told_to_relist() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn rows_idle_past_the_timeout_are_forgotten_live_or_parked() {
+async fn rows_idle_past_the_timeout_are_forgotten_live_or_parked_and_their_ids_restore_them() {
     let (sessions, session, id) = table_with_session();
     let parked = create(&sessions, Kind::Streamable, Some(handshake("agent")), None)
         .expect("room")
-        .id
+        .wire_id
         .to_string();
     session.pin();
     tokio::time::advance(PARK_AFTER).await;
@@ -140,15 +147,27 @@ async fn rows_idle_past_the_timeout_are_forgotten_live_or_parked() {
     tokio::time::advance(EXPIRE_AFTER).await;
     sessions.sweep();
     assert_eq!(sessions.counts(), (0, 0));
-    assert!(session.ended.is_cancelled());
-    assert!(sessions.enter(&id, Kind::Streamable, None).is_none());
-    assert!(sessions.enter(&parked, Kind::Streamable, None).is_none());
+    assert!(
+        session.ended.is_cancelled(),
+        "what it held in memory is gone"
+    );
     drop(session);
     sessions.sweep();
     assert!(
         sessions.handshakes.lock().is_empty(),
         "their handshake went with them"
     );
+    // The id is the session: within its lifetime it comes back, parked.
+    for id in [&id, &parked] {
+        let (restored, _open) = sessions
+            .enter(id, Kind::Streamable, None)
+            .expect("restored");
+        assert_eq!(
+            restored.handshake().map(|h| h.client_info.name.as_str()),
+            Some("agent")
+        );
+    }
+    assert_eq!(sessions.adopted.get(), 2);
 }
 
 #[tokio::test]
@@ -197,7 +216,7 @@ async fn the_table_refuses_sessions_beyond_its_limit() {
     };
     assert_eq!(refused.status, http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(sessions.refused_full.get(), 1);
-    assert!(sessions.end(&first.id.to_string(), Kind::Streamable, None));
+    assert!(sessions.end(&first.wire_id, Kind::Streamable, None));
     assert!(create(&sessions, Kind::Streamable, None, None).is_ok());
 }
 
@@ -209,7 +228,7 @@ async fn a_client_holds_at_most_its_share_of_sessions() {
     for _ in 0..2 {
         let session = create(&sessions, Kind::Streamable, None, Some(alice.clone()))
             .expect("within the client's limit");
-        held.push(session.id.to_string());
+        held.push(session.wire_id.to_string());
     }
     let Err(refused) = create(&sessions, Kind::Legacy, None, Some(alice.clone())) else {
         panic!("alice holds her limit");
@@ -351,7 +370,7 @@ async fn a_session_answers_only_the_client_that_opened_it() {
         Some(owner),
     )
     .expect("room");
-    let id = session.id.to_string();
+    let id = session.wire_id.to_string();
     assert!(
         sessions
             .enter(&id, Kind::Streamable, Some("team-a"))
@@ -431,4 +450,76 @@ async fn the_request_that_opens_a_session_keeps_it_in_memory_until_done() {
     drop(open);
     tokio::time::advance(PARK_AFTER).await;
     assert_eq!(sessions.sweep(), 1);
+}
+
+/// Two replicas of one control plane: the same key set, tables of their own.
+fn replicas() -> (Arc<Sessions>, Arc<Sessions>) {
+    let (a, b) = (table(16), table(16));
+    for replica in [&a, &b] {
+        replica.keys.set(&[vec![7; crate::mcp::seal::KEY_LEN]]);
+    }
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_session_opened_on_one_replica_is_served_by_another() {
+    let (here, there) = replicas();
+    let alice: Arc<str> = "alice".into();
+    let session = create(
+        &here,
+        Kind::Streamable,
+        Some(handshake("agent")),
+        Some(alice.clone()),
+    )
+    .expect("room");
+    let id = session.wire_id.to_string();
+    assert!(
+        uuid::Uuid::try_parse(&id).is_err(),
+        "sealed, not a UUID: {id}"
+    );
+
+    // Another client presenting it gets nothing; its owner gets the session.
+    assert!(
+        there
+            .enter(&id, Kind::Streamable, Some("mallory"))
+            .is_none()
+    );
+    let (adopted, open) = there
+        .enter(&id, Kind::Streamable, Some("alice"))
+        .expect("adopted");
+    drop(open);
+    assert_eq!(adopted.id, session.id);
+    assert_eq!(
+        adopted.handshake().map(|h| h.client_info.name.as_str()),
+        Some("agent")
+    );
+    assert_eq!(there.adopted.get(), 1);
+    // The UUID alone reaches nothing, here or there.
+    let uuid = session.id.to_string();
+    assert!(here.enter(&uuid, Kind::Streamable, Some("alice")).is_none());
+    assert!(
+        there
+            .enter(&uuid, Kind::Streamable, Some("alice"))
+            .is_none()
+    );
+
+    // Ended on one replica, it opens nothing there any more, nor again.
+    assert!(there.end(&id, Kind::Streamable, Some("alice")));
+    assert!(there.enter(&id, Kind::Streamable, Some("alice")).is_none());
+    assert!(!there.end(&id, Kind::Streamable, Some("alice")));
+    // A replica that never saw it ends it too, for its owner only.
+    let (_, third) = replicas();
+    assert!(!third.end(&id, Kind::Streamable, Some("mallory")));
+    assert!(third.end(&id, Kind::Streamable, Some("alice")));
+    assert!(third.enter(&id, Kind::Streamable, Some("alice")).is_none());
+
+    // A replica with another key set opens nothing of it.
+    let foreign = table(16);
+    assert!(
+        foreign
+            .enter(&id, Kind::Streamable, Some("alice"))
+            .is_none()
+    );
+    let refused = &foreign.refused_ids;
+    assert_eq!(refused[1].get(), 1, "unknown_key");
 }
