@@ -256,6 +256,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
             namespace: lease.namespace.clone(),
             name: name.clone(),
         },
+        (None, RegistrySource::Kubernetes { .. }, _) => {
+            warn!(
+                "no --tokens-secret and no --session-keys-file: this pod makes a session key of its own, so gateways of other control-plane pods cannot open its sessions' ids, and its restart ends every session"
+            );
+            KeySource::Generated
+        }
         _ => KeySource::Generated,
     };
     let session_keys = session_keys::watch(key_source, shutdown.clone()).await?;

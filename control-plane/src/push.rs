@@ -359,9 +359,10 @@ fn health_status(health: pb::ServerHealth) -> ServerHealthStatus {
 
 impl ReplicaStatus {
     /// The same, with the figures that change on every call (latencies,
-    /// calls in flight) zeroed: what other pods are told.
+    /// calls in flight, sessions) zeroed: what other pods are told.
     pub(crate) fn without_latencies(&self) -> Self {
         let mut status = self.clone();
+        status.sessions = 0;
         for server in &mut status.servers {
             server.latency_p50_us = 0;
             server.latency_p99_us = 0;

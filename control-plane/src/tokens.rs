@@ -9,7 +9,8 @@
 //! as it is; keys it lacks are added. Control-plane pods starting
 //! together race on the create, and the loser reads the winner's. The
 //! values are never logged. To rotate: delete the Secret, then restart the
-//! control plane and then the gateways.
+//! control plane and then the gateways (a new session key ends every
+//! session; the key set alone rotates without that, see the README).
 
 use std::{collections::BTreeMap, time::Duration};
 

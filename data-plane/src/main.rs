@@ -102,7 +102,7 @@ struct RunArgs {
     /// once, and waits up to this many seconds for calls in flight before
     /// it stops its servers (a cluster's termination grace period should
     /// be longer, with the pod's preStop wait).
-    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", default_value_t = 25.0)]
+    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", default_value_t = 25.0, value_parser = drain_timeout)]
     drain_timeout: f64,
     /// Control-plane gRPC URL.
     #[arg(
@@ -327,7 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let bound = app::run(app::Config {
                 listen: args.listen,
-                drain_timeout: Duration::from_secs_f64(args.drain_timeout.max(0.0)),
+                drain_timeout: Duration::from_secs_f64(args.drain_timeout),
                 control_plane: args.control_plane,
                 control_plane_token,
                 control_plane_token_file: args.control_plane_token_file,
@@ -380,6 +380,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn park_after(text: &str) -> Result<f64, String> {
     number_in(text, 0.0..=86_400.0, "a number of seconds from 0 to 86400")
+}
+
+fn drain_timeout(text: &str) -> Result<f64, String> {
+    number_in(text, 0.0..=3_600.0, "a number of seconds from 0 to 3600")
 }
 
 fn read_timeout(text: &str) -> Result<f64, String> {

@@ -260,9 +260,8 @@ impl XdsClient {
         // A probe tool's client-facing name comes with the catalog, a
         // moment after its server's state.
         let mut catalog = self.catalog.subscribe();
-        let mut report = self.health_report();
-        let mut load = (report.sessions, report.draining);
-        send(&tx, ReplicaKind::Health(report)).await?;
+        let mut load = (self.session_count(), self.drain.is_draining());
+        send(&tx, ReplicaKind::Health(self.health_report())).await?;
         // Sessions and draining change without a server changing: looked
         // at now and then, and reported when they did.
         let mut look = tokio::time::interval(LOAD_REPORT_EVERY);
@@ -270,10 +269,10 @@ impl XdsClient {
         loop {
             tokio::select! {
                 _ = look.tick() => {
-                    report = self.health_report();
-                    if (report.sessions, report.draining) != load {
-                        load = (report.sessions, report.draining);
-                        send(&tx, ReplicaKind::Health(report)).await?;
+                    let now = (self.session_count(), self.drain.is_draining());
+                    if now != load {
+                        load = now;
+                        send(&tx, ReplicaKind::Health(self.health_report())).await?;
                     }
                 }
                 message = inbound.message() => {
@@ -381,6 +380,10 @@ impl XdsClient {
         })
     }
 
+    fn session_count(&self) -> u32 {
+        u32::try_from(self.sessions.count()).unwrap_or(u32::MAX)
+    }
+
     fn health_report(&self) -> pb::HealthReport {
         let catalog = self.catalog.load();
         let servers = self
@@ -441,7 +444,7 @@ impl XdsClient {
         pb::HealthReport {
             applied_version: self.status.applied_version(),
             servers,
-            sessions: u32::try_from(self.sessions.count()).unwrap_or(u32::MAX),
+            sessions: self.session_count(),
             draining: self.drain.is_draining(),
         }
     }

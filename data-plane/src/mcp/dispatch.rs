@@ -732,6 +732,13 @@ pub fn own_events(
             let ended = own.session().ended.clone();
             loop {
                 let event = tokio::select! {
+                    // Stopping also ends the sessions: the hint goes first.
+                    biased;
+                    // The replica stops: the client reconnects, to another.
+                    () = shutdown.cancelled() => {
+                        return Some((Ok(Bytes::from_static(RECONNECT_SOON)), (own, open, None, keep_alive, None)));
+                    }
+                    () = ended.cancelled() => return None,
                     item = own.recv() => match item {
                         Some(item) => match own.session().event(item) {
                             Some(event) => event,
@@ -740,11 +747,6 @@ pub fn own_events(
                         None => return None,
                     },
                     _ = keep_alive.tick() => Bytes::from_static(b":\n\n"),
-                    () = ended.cancelled() => return None,
-                    // The replica stops: the client reconnects, to another.
-                    () = shutdown.cancelled() => {
-                        return Some((Ok(Bytes::from_static(RECONNECT_SOON)), (own, open, None, keep_alive, None)));
-                    }
                 };
                 return Some((Ok(event), (own, open, None, keep_alive, Some(shutdown))));
             }

@@ -38,6 +38,8 @@ pub const KEY_LEN: usize = 32;
 /// every request's headers that much bigger): such a session lives only
 /// on the replica that opened it.
 const MAX_HANDSHAKE: usize = 4096;
+/// Longer than any id sealed here (the handshake, its JSON and base64).
+const MAX_ID: usize = 4 * (MAX_HANDSHAKE + 1024) / 3;
 
 /// Why an id opens no session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -68,8 +70,6 @@ impl Refused {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Claims {
     pub id: Uuid,
-    /// Unix seconds.
-    pub issued: u64,
     /// Filled by [`SessionKeys::open`] only on request (`with_rest`).
     pub rest: Option<Rest>,
 }
@@ -101,7 +101,9 @@ pub struct SessionKeys {
 
 impl SessionKeys {
     /// A set of one random key: sessions stay on this replica until the
-    /// control plane sends the set its replicas share.
+    /// control plane sends the set its replicas share. Random 96-bit
+    /// nonces keep a key safe for far more sessions (2³²) than one key
+    /// seals between rotations.
     pub fn local(max_age: Duration) -> Self {
         let random = SystemRandom::new();
         let mut key = [0u8; KEY_LEN];
@@ -172,6 +174,10 @@ impl SessionKeys {
     /// past its lifetime; the variable part only `with_rest` (a replica
     /// that holds the session needs just the UUID).
     pub fn open(&self, token: &str, with_rest: bool) -> Result<Claims, Refused> {
+        // Not worth decoding: no id of ours is that long.
+        if token.len() > MAX_ID {
+            return Err(Refused::Malformed);
+        }
         let mut sealed = URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|_| Refused::Malformed)?;
@@ -207,7 +213,7 @@ impl SessionKeys {
             true => Some(serde_json::from_slice(rest).map_err(|_| Refused::Tampered)?),
             false => None,
         };
-        Ok(Claims { id, issued, rest })
+        Ok(Claims { id, rest })
     }
 }
 

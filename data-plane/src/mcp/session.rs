@@ -55,13 +55,13 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 use uuid::Uuid;
 
 use super::{
     answer::Refusal,
     replay::Replay,
-    seal::{Rest, SessionKeys},
+    seal::{Refused, Rest, SessionKeys},
 };
 use crate::{
     clients::{Asking, ClientSession, SessionKey, ToStream},
@@ -74,14 +74,40 @@ use crate::{
 /// (their ids open again here until their lifetime ends).
 const MAX_ENDED: usize = 65_536;
 /// Why a presented id opened no session (`switchboard_session_id_refusals`).
-const REFUSED_ID_REASONS: [&str; 6] = [
-    "malformed",
-    "unknown_key",
-    "tampered",
-    "expired",
-    "ended",
-    "not_portable",
-];
+#[derive(Clone, Copy)]
+enum IdRefusal {
+    Sealed(Refused),
+    /// Its session ended here, or was pinned and expired.
+    Ended,
+    /// Sealed without its handshake (too big): it cannot be restored.
+    NotPortable,
+    /// It opens, but what it carries does not read (another version's).
+    Unreadable,
+}
+
+impl IdRefusal {
+    const LABELS: [&'static str; 7] = [
+        "malformed",
+        "unknown_key",
+        "tampered",
+        "expired",
+        "ended",
+        "not_portable",
+        "unreadable",
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            IdRefusal::Sealed(Refused::Malformed) => 0,
+            IdRefusal::Sealed(Refused::UnknownKey) => 1,
+            IdRefusal::Sealed(Refused::Tampered) => 2,
+            IdRefusal::Sealed(Refused::Expired) => 3,
+            IdRefusal::Ended => 4,
+            IdRefusal::NotPortable => 5,
+            IdRefusal::Unreadable => 6,
+        }
+    }
+}
 
 /// Messages queued on a session's own stream; beyond, notifications are
 /// dropped and server requests wait.
@@ -109,7 +135,7 @@ pub struct Sessions {
     /// Sessions restored from an id this replica never held.
     adopted: Counter,
     /// Ids that opened no session, by why.
-    refused_ids: [Counter; REFUSED_ID_REASONS.len()],
+    refused_ids: [Counter; IdRefusal::LABELS.len()],
     /// New sessions refused: the table was full.
     refused_full: Counter,
     /// Ids presented by a client other than the one that opened them.
@@ -385,9 +411,12 @@ impl Sessions {
         let mut rows = self.rows.lock();
         if !rows.contains_key(&uuid) {
             drop(rows);
-            let row = self.adopt(uuid, id, kind, caller)?;
+            // The id's own work (opening it in full, the handshake) is
+            // done outside the table's lock; what depends on the table is
+            // checked again under it.
+            let row = self.adoptable(uuid, id, kind, caller)?;
             rows = self.rows.lock();
-            rows.entry(uuid).or_insert(row);
+            self.adopt(&mut rows, uuid, row, id)?;
         }
         // A row is reached by the id its client was given, never by its
         // UUID alone (which a sealed id hides).
@@ -440,7 +469,7 @@ impl Sessions {
             Kind::Streamable => streamable_id(id).or_else(|| match self.keys.open(id, false) {
                 Ok(claims) => Some(claims.id),
                 Err(refused) => {
-                    self.refused_id(refused.as_str());
+                    self.refused_id(IdRefusal::Sealed(refused));
                     debug!(session = %session_tag(id), %refused, "a session id opened nothing");
                     None
                 }
@@ -448,53 +477,73 @@ impl Sessions {
         }
     }
 
-    /// A parked row for a session another replica opened, from its id;
-    /// `None` if it ended here, is another client's, carries no handshake
-    /// (too big to seal), or the table is full.
-    fn adopt(&self, uuid: Uuid, id: &str, kind: Kind, caller: Option<&str>) -> Option<Row> {
-        if kind != Kind::Streamable {
+    /// A parked row for a session another replica opened (or this one
+    /// forgot), from its id; `None` if it ended here, is another client's,
+    /// or carries no handshake (too big to seal).
+    fn adoptable(&self, uuid: Uuid, id: &str, kind: Kind, caller: Option<&str>) -> Option<Row> {
+        if kind != Kind::Streamable || streamable_id(id).is_some() {
             return None;
         }
         if self.ended.lock().contains_key(&uuid) {
-            self.refused_id("ended");
+            self.refused_id(IdRefusal::Ended);
             return None;
         }
-        let rest = self.keys.open(id, true).ok()?.rest?;
+        let Some(rest) = self.keys.open(id, true).ok().and_then(|claims| claims.rest) else {
+            self.refused_id(IdRefusal::Unreadable);
+            return None;
+        };
         if rest.owner.as_deref() != caller {
             self.refused_other_client.inc();
             debug!(session = %session_tag(id), "refused a session id presented by another client");
             return None;
         }
         let Some(handshake) = rest.handshake else {
-            self.refused_id("not_portable");
+            self.refused_id(IdRefusal::NotPortable);
             return None;
         };
-        let owner: Option<Arc<str>> = rest.owner.map(Arc::from);
-        let rows = self.rows.lock();
-        let held = owner.as_ref().map_or(0, |owner| {
-            rows.values()
-                .filter(|row| row.owner.as_ref() == Some(owner))
-                .count()
-        });
-        if rows.len() >= self.max_sessions || held >= self.max_per_client {
-            self.refused_full.inc();
-            debug!(session = %session_tag(id), "refused to adopt a session: at the limit");
-            return None;
-        }
-        drop(rows);
-        self.adopted.inc();
-        debug!(session = %session_tag(id), "adopted a session another replica opened");
         Some(Row {
             kind,
             adopted: true,
             wire_id: Arc::from(id),
-            owner,
+            owner: rest.owner.map(Arc::from),
             live: None,
             handshake: Some(self.intern(&handshake)),
             caller: None,
             last_active: Instant::now(),
             open: 0,
         })
+    }
+
+    /// Puts an adoptable row in the table, unless the session ended (or
+    /// another request adopted it) meanwhile. A full table makes room by
+    /// forgetting its longest-quiet parked row (its id restores it): rows
+    /// of other replicas' sessions are a cache, not a commitment. The
+    /// client's session limit is not applied: these sessions exist.
+    fn adopt(&self, rows: &mut HashMap<Uuid, Row>, uuid: Uuid, row: Row, id: &str) -> Option<()> {
+        if self.ended.lock().contains_key(&uuid) {
+            self.refused_id(IdRefusal::Ended);
+            return None;
+        }
+        if rows.contains_key(&uuid) {
+            return Some(());
+        }
+        if rows.len() >= self.max_sessions {
+            let quietest = rows
+                .iter()
+                .filter(|(_, row)| row.live.is_none() && row.open == 0)
+                .min_by_key(|(_, row)| row.last_active)
+                .map(|(uuid, _)| *uuid);
+            let Some(quietest) = quietest else {
+                self.refused_full.inc();
+                debug!(session = %session_tag(id), "refused to adopt a session: the table is full of live ones");
+                return None;
+            };
+            rows.remove(&quietest);
+        }
+        rows.insert(uuid, row);
+        self.adopted.inc();
+        debug!(session = %session_tag(id), "adopted a session from its id");
+        Some(())
     }
 
     /// The id a new session's client is given: sealed (streamable; the
@@ -517,18 +566,27 @@ impl Sessions {
                 if let Some(sealed) = self.keys.seal(id, &rest) {
                     return Arc::from(sealed);
                 }
+                warn!("could not seal a session id: this session lives on this replica only");
                 id.as_hyphenated().encode_lower(&mut plain)
             }
         };
         Arc::from(&*plain)
     }
 
-    fn refused_id(&self, reason: &str) {
-        let index = REFUSED_ID_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.refused_ids[index].inc();
+    fn refused_id(&self, refusal: IdRefusal) {
+        self.refused_ids[refusal.index()].inc();
+    }
+
+    /// Remembers that a session ended: its id opens nothing more here.
+    /// Called with the rows locked, so no request adopts it in between.
+    fn tombstone(&self, uuid: Uuid) {
+        let mut ended = self.ended.lock();
+        if ended.len() >= MAX_ENDED
+            && let Some(oldest) = ended.iter().min_by_key(|(_, at)| **at).map(|(id, _)| *id)
+        {
+            ended.remove(&oldest);
+        }
+        ended.insert(uuid, Instant::now());
     }
 
     /// Records the handshake of a session created without one (legacy SSE).
@@ -547,44 +605,32 @@ impl Sessions {
         let Some(uuid) = self.row_of(id, kind) else {
             return false;
         };
-        let removed = {
-            let mut rows = self.rows.lock();
-            match rows.get(&uuid) {
-                Some(row) if row.kind != kind || &*row.wire_id != id => return false,
-                Some(row) if row.owner.as_deref() == caller => rows.remove(&uuid),
-                Some(_) => {
-                    self.refused_other_client.inc();
-                    return false;
-                }
-                None => None,
+        // For a session this replica does not hold, the id says whose it is.
+        let theirs = kind == Kind::Streamable
+            && streamable_id(id).is_none()
+            && self
+                .keys
+                .open(id, true)
+                .ok()
+                .and_then(|claims| claims.rest)
+                .is_some_and(|rest| rest.owner.as_deref() == caller);
+        let mut rows = self.rows.lock();
+        let removed = match rows.get(&uuid) {
+            Some(row) if row.kind != kind || &*row.wire_id != id => return false,
+            Some(row) if row.owner.as_deref() == caller => rows.remove(&uuid),
+            Some(_) => {
+                self.refused_other_client.inc();
+                return false;
             }
+            None if !theirs || self.ended.lock().contains_key(&uuid) => return false,
+            None => None,
         };
-        match removed {
-            Some(row) => {
-                if let Some(session) = row.live {
-                    session.close();
-                }
-            }
-            // Another replica's: ended here too, if it is the caller's
-            // (and not ended already).
-            None => {
-                if self.ended.lock().contains_key(&uuid) {
-                    return false;
-                }
-                let rest = self.keys.open(id, true).ok().and_then(|claims| claims.rest);
-                if rest.is_none_or(|rest| rest.owner.as_deref() != caller) {
-                    return false;
-                }
-            }
-        }
         if kind == Kind::Streamable {
-            let mut ended = self.ended.lock();
-            if ended.len() >= MAX_ENDED
-                && let Some(oldest) = ended.iter().min_by_key(|(_, at)| **at).map(|(id, _)| *id)
-            {
-                ended.remove(&oldest);
-            }
-            ended.insert(uuid, Instant::now());
+            self.tombstone(uuid);
+        }
+        drop(rows);
+        if let Some(session) = removed.and_then(|row| row.live) {
+            session.close();
         }
         true
     }
@@ -613,13 +659,23 @@ impl Sessions {
         let now = Instant::now();
         let mut parked = Vec::new();
         let mut expired = Vec::new();
-        self.rows.lock().retain(|_, row| {
+        let mut rows = self.rows.lock();
+        rows.retain(|uuid, row| {
             let idle = now.saturating_duration_since(row.last_active);
             if row.open > 0 {
                 return true;
             }
             if idle >= self.expire_after && row.kind == Kind::Streamable {
-                expired.extend(row.live.take());
+                // Forgotten, its id restores it; unless it held what a
+                // restored one would lack (subscriptions, a log level,
+                // per-session connections): then it ends, so its client
+                // hears 404 and starts again rather than miss things.
+                if let Some(session) = row.live.take() {
+                    if session.pinned.load(Ordering::Relaxed) {
+                        self.tombstone(*uuid);
+                    }
+                    expired.push(session);
+                }
                 return false;
             }
             let due = self.park_after.is_some_and(|after| idle >= after);
@@ -633,6 +689,7 @@ impl Sessions {
             }
             true
         });
+        drop(rows);
         self.handshakes
             .lock()
             .retain(|_, handshake| Arc::strong_count(handshake) > 1);
@@ -744,11 +801,11 @@ impl Collector for SessionGauges {
         )?;
         let mut refused = encoder.encode_descriptor(
             "session_id_refusals",
-            "Session ids that opened no session, by reason (malformed, unknown_key: sealed with a key not in the set, tampered, expired: past the session lifetime, ended: deleted by its client here, not_portable: its handshake was too big to carry)",
+            "Session ids that opened no session, by reason (malformed, unknown_key: sealed with a key not in the set, tampered, expired: past the session lifetime, ended: deleted by its client here, or expired here holding state of its own, not_portable: its handshake was too big to carry, unreadable: it opens but does not read)",
             None,
             MetricType::Counter,
         )?;
-        for (reason, counter) in REFUSED_ID_REASONS.iter().zip(&sessions.refused_ids) {
+        for (reason, counter) in IdRefusal::LABELS.iter().zip(&sessions.refused_ids) {
             counter.encode(refused.encode_family(&ReasonLabels::new(reason))?)?;
         }
         let mut refusals = encoder.encode_descriptor(

@@ -106,10 +106,19 @@ async fn the_install_tokens_secret_clients_and_policies_close_the_cluster() {
     let keys: Vec<&str> = tokens.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         keys,
-        ["admin", "ca.crt", "client", "replica", "tls.crt", "tls.key"]
+        [
+            "admin",
+            "ca.crt",
+            "client",
+            "replica",
+            "session-keys",
+            "tls.crt",
+            "tls.key"
+        ]
     );
-    for key in ["admin", "client", "replica"] {
-        assert_eq!(token(&tokens, key).len(), 64, "a random token");
+    // Random tokens, and one session key in the key set's form.
+    for key in ["admin", "client", "replica", "session-keys"] {
+        assert_eq!(token(&tokens, key).len(), 64, "random, 64 hex digits");
     }
     assert!(token(&tokens, "ca.crt").starts_with("-----BEGIN CERTIFICATE-----"));
 

@@ -35,6 +35,10 @@ fn a_sealed_id_opens_to_what_was_sealed_on_any_replica_with_the_key() {
     assert_eq!(claims.rest, Some(rest()));
     let quick = other_replica.open(&token, false).expect("opens");
     assert_eq!((quick.id, quick.rest), (id, None));
+    assert_eq!(
+        other_replica.open(&"A".repeat(MAX_ID + 1), false),
+        Err(Refused::Malformed)
+    );
     // Two sessions, two ids, even of the same client.
     assert_ne!(token, keys(&[1]).seal(id, &rest()).expect("sealed"));
 }

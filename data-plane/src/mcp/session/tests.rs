@@ -135,7 +135,7 @@ async fn a_parked_session_comes_back_once_under_its_id_and_is_told_to_relist() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn rows_idle_past_the_timeout_are_forgotten_live_or_parked_and_their_ids_restore_them() {
+async fn rows_idle_past_the_timeout_are_forgotten_and_their_ids_restore_all_but_pinned_ones() {
     let (sessions, session, id) = table_with_session();
     let parked = create(&sessions, Kind::Streamable, Some(handshake("agent")), None)
         .expect("room")
@@ -157,17 +157,20 @@ async fn rows_idle_past_the_timeout_are_forgotten_live_or_parked_and_their_ids_r
         sessions.handshakes.lock().is_empty(),
         "their handshake went with them"
     );
-    // The id is the session: within its lifetime it comes back, parked.
-    for id in [&id, &parked] {
-        let (restored, _open) = sessions
-            .enter(id, Kind::Streamable, None)
-            .expect("restored");
-        assert_eq!(
-            restored.handshake().map(|h| h.client_info.name.as_str()),
-            Some("agent")
-        );
-    }
-    assert_eq!(sessions.adopted.get(), 2);
+    // The id is the session: within its lifetime it comes back, parked;
+    // unless it held state a restored one would lack: then it ended.
+    let (restored, _open) = sessions
+        .enter(&parked, Kind::Streamable, None)
+        .expect("restored");
+    assert_eq!(
+        restored.handshake().map(|h| h.client_info.name.as_str()),
+        Some("agent")
+    );
+    assert!(
+        sessions.enter(&id, Kind::Streamable, None).is_none(),
+        "the pinned one ended"
+    );
+    assert_eq!(sessions.adopted.get(), 1);
 }
 
 #[tokio::test]
@@ -522,4 +525,38 @@ async fn a_session_opened_on_one_replica_is_served_by_another() {
     );
     let refused = &foreign.refused_ids;
     assert_eq!(refused[1].get(), 1, "unknown_key");
+}
+
+#[tokio::test]
+async fn a_full_table_forgets_a_quiet_parked_row_to_adopt_a_session() {
+    let (here, _) = replicas();
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            create(&here, Kind::Streamable, Some(handshake("agent")), None)
+                .expect("room")
+                .wire_id
+                .to_string()
+        })
+        .collect();
+    let small = table(2);
+    small.keys.set(&[vec![7; crate::mcp::seal::KEY_LEN]]);
+    let held: Vec<_> = ids[..2]
+        .iter()
+        .map(|id| small.enter(id, Kind::Streamable, None).expect("adopted"))
+        .collect();
+    // Both busy: nothing to forget, so the third is refused for now.
+    assert!(small.enter(&ids[2], Kind::Streamable, None).is_none());
+    assert_eq!(small.refused_full.get(), 1);
+    // Once they are quiet and parked, the quietest makes room.
+    drop(held);
+    for row in small.rows.lock().values_mut() {
+        row.live = None;
+    }
+    drop(
+        small
+            .enter(&ids[2], Kind::Streamable, None)
+            .expect("adopted"),
+    );
+    assert_eq!(small.count(), 2);
+    assert_eq!(small.adopted.get(), 3);
 }
