@@ -147,7 +147,8 @@ pub struct Sessions {
 /// How a session is reached.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
-    /// Streamable HTTP: its id is a hyphenated UUID in `Mcp-Session-Id`.
+    /// Streamable HTTP: its id in `Mcp-Session-Id` is its row sealed
+    /// (`seal.rs`), or a hyphenated UUID where nothing could be sealed.
     Streamable,
     /// Legacy HTTP+SSE: its id is a simple UUID in `?sessionId=`, and it
     /// lives as long as its one stream.
@@ -258,8 +259,8 @@ pub struct OwnStream {
     receiver: Option<mpsc::Receiver<ToStream>>,
 }
 
-/// The canonical streamable id of a UUID, and back; anything else names
-/// no session.
+/// The UUID of a streamable id written as one (a session sealed without
+/// keys); anything else is a sealed id or nothing.
 fn streamable_id(id: &str) -> Option<Uuid> {
     let uuid = Uuid::try_parse(id).ok()?;
     let mut canonical = Uuid::encode_buffer();

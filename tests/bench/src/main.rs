@@ -50,7 +50,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "echo,real-client,large,catalog,churn,sessions,propagation"
+        default_value = "echo,real-client,large,catalog,churn,sessions,moves,propagation"
     )]
     scenarios: Vec<String>,
     /// Idle sessions opened by the `sessions` scenario.
@@ -133,6 +133,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("sessions") {
         report.push_str(&sessions_scenario(&args).await?);
+    }
+    if wants("moves") {
+        report.push_str(&moves_scenario().await?);
     }
     if wants("propagation") {
         report.push_str(&propagation_scenario().await?);
@@ -441,6 +444,70 @@ async fn open_idle_sessions(args: &Args, park_after: Option<&str>) -> anyhow::Re
         idle_kib,
         with_sessions_kib,
     })
+}
+
+/// Sessions measured by the `moves` scenario.
+const MOVES: usize = 200;
+
+/// A session's first call on a replica that never saw it (the id opened
+/// in full, the session adopted and restored) against its next call there
+/// (the id opened for its UUID only), and a warm call on the replica that
+/// opened it: what a move costs, and what opening an id costs every call.
+async fn moves_scenario() -> anyhow::Result<String> {
+    let sb = Switchboard::start(&[(
+        "demo.yaml",
+        &demo_server_with("demo", "bench-moves", &[], json!({})),
+    )])
+    .await;
+    sb.wait_server_state("demo", "ready").await;
+    let other = e2e::free_addr();
+    let _replica = sb.spawn_replica(other, "bench-1");
+    let other_url = format!("http://{other}/mcp");
+    let ready = format!("http://{other}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(&ready).await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the second replica never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (url, http) = (sb.mcp_url(), HttpClient::new());
+    let args = json!({ "text": "moved" });
+    let (mut home, mut first, mut next) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..MOVES {
+        let session = http.initialize(&url).await?;
+        http.call_tool(&url, &session, "demo.echo", &args).await?;
+        for (target, times) in [
+            (&url, &mut home),
+            (&other_url, &mut first),
+            (&other_url, &mut next),
+        ] {
+            let started = Instant::now();
+            http.call_tool(target, &session, "demo.echo", &args).await?;
+            times.push(started.elapsed());
+        }
+    }
+    let p50 = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2].as_secs_f64() * 1e3
+    };
+    let (home, first, next) = (p50(&mut home), p50(&mut first), p50(&mut next));
+    Ok(format!(
+        "## Sessions moving between replicas
+
+{MOVES} sessions opened on one replica, each then called there,          then twice on a second replica of the same control plane (p50 of each).
+
+         | call | p50 | vs a warm call where it was opened |
+|---|---|---|
+         | warm, on the replica that opened it | {home:.3} ms | 1.00 |
+         | first on a replica that never saw it (adopted) | {first:.3} ms | {:.2} |
+         | next on that replica | {next:.3} ms | {:.2} |
+
+",
+        first / home,
+        next / home,
+    ))
 }
 
 /// A counter or gauge of the gateway's `/metrics`.
