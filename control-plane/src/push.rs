@@ -16,7 +16,10 @@ use proto::config::{
     replica_message::Kind as ReplicaKind,
 };
 use serde::{Deserialize, Serialize};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -62,6 +65,8 @@ struct ConfigCounters {
 pub struct Replicas {
     inner: Arc<Mutex<ReplicaTable>>,
     counters: ConfigCounters,
+    /// Bumped when a replica connects or goes: streams send [`pb::Peers`].
+    peers_changed: Arc<watch::Sender<u64>>,
 }
 
 #[derive(Default)]
@@ -91,6 +96,9 @@ pub struct ReplicaStatus {
     /// It is stopping: not ready, taking no new requests.
     #[serde(default)]
     pub draining: bool,
+    /// Where other replicas hand it a client's answer (its Hello).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer_url: String,
     #[serde(skip)]
     connection: u64,
     /// When its stream ended; it is forgotten [`FORGET_AFTER`] later.
@@ -236,6 +244,8 @@ struct ReplicaStream {
 impl ReplicaStream {
     async fn run(mut self, cancel: CancellationToken) {
         let mut last_sent = 0;
+        let mut peers = self.replicas.peers_changed.subscribe();
+        peers.mark_changed();
         let mut readmit = tokio::time::interval(READMIT_EVERY);
         readmit.tick().await;
         loop {
@@ -257,6 +267,17 @@ impl ReplicaStream {
                 _ = cancel.cancelled() => break,
                 _ = self.outbound.closed() => break,
                 changed = self.snapshots.changed() => if changed.is_err() { break },
+                changed = peers.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let message = pb::ControlMessage {
+                        kind: Some(control_message::Kind::Peers(self.replicas.peers())),
+                    };
+                    if self.outbound.send(Ok(message)).await.is_err() {
+                        break;
+                    }
+                }
                 _ = readmit.tick() => if let Err(status) = self.gate.readmit(&self.caller).await {
                     warn!(error = %status.message(), "closing a replica's stream: its credential no longer holds");
                     let _ = self.outbound.send(Err(status)).await;
@@ -397,6 +418,7 @@ impl ReplicaStatus {
             servers,
             sessions: 0,
             draining: false,
+            peer_url: String::new(),
             connection: 0,
             disconnected_at: None,
         }
@@ -464,10 +486,13 @@ impl Replicas {
                 servers: previous.map(|p| p.servers).unwrap_or_default(),
                 sessions: 0,
                 draining: false,
+                peer_url: hello.peer_url.clone(),
                 connection,
                 disconnected_at: None,
             },
         );
+        drop(table);
+        self.peers_changed.send_modify(|n| *n += 1);
         connection
     }
 
@@ -483,6 +508,24 @@ impl Replicas {
             status.disconnected_at = Some(now);
         }
         forget_departed(&mut table.by_id, now);
+        drop(table);
+        self.peers_changed.send_modify(|n| *n += 1);
+    }
+
+    /// The connected replicas and where they take answers.
+    fn peers(&self) -> pb::Peers {
+        let table = self.inner.lock();
+        pb::Peers {
+            peers: table
+                .by_id
+                .iter()
+                .filter(|(_, r)| r.connected && !r.peer_url.is_empty())
+                .map(|(id, r)| pb::Peer {
+                    replica_id: id.clone(),
+                    url: r.peer_url.clone(),
+                })
+                .collect(),
+        }
     }
 
     fn update(&self, replica_id: &str, f: impl FnOnce(&mut ReplicaStatus)) {
@@ -510,6 +553,7 @@ mod tests {
             replica_id: id.to_owned(),
             build_version: "test".to_owned(),
             applied_version: 0,
+            peer_url: String::new(),
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Once stopping starts, calls in flight get this long to finish.
     pub drain_timeout: Duration,
+    /// Where other replicas reach this one's `/mcp` (see [`peer_url`]).
+    pub peer_url: Option<String>,
     /// Control-plane gRPC URL, e.g. `http://127.0.0.1:8788`.
     pub control_plane: String,
     /// Presented to the control plane on the config stream, and on span
@@ -191,6 +193,8 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         read_timeout: config.mcp.body_read_timeout,
         drain: drain.clone(),
     };
+    // The ids of this replica's questions name it (`peers.rs`).
+    crate::downstream::relay::name_questions(&config.replica_id);
     let routers = mcp::router(
         catalog.clone(),
         servers.clone(),
@@ -214,6 +218,8 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         session_keys: config.mcp.session_keys.clone(),
         sessions: routers.sessions.clone(),
         drain: drain.clone(),
+        peer_url: peer_url(config.peer_url.as_deref(), config.listen),
+        peers: config.mcp.peers.clone(),
     };
     tasks.spawn(xds.run(stop.clone()));
     let router = routers
@@ -279,6 +285,28 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         servers,
         tasks,
     })
+}
+
+/// Where other replicas reach this one's `/mcp`: as configured, else the
+/// address it listens on, or (listening on every address) the pod's IP
+/// (`POD_IP`); empty when there is none to give.
+fn peer_url(configured: Option<&str>, listening: SocketAddr) -> String {
+    if let Some(url) = configured {
+        return url.to_owned();
+    }
+    let host = if listening.ip().is_unspecified() {
+        match std::env::var("POD_IP") {
+            Ok(ip) if !ip.is_empty() => ip,
+            _ => return String::new(),
+        }
+    } else {
+        listening.ip().to_string()
+    };
+    let host = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => host,
+    };
+    format!("http://{host}:{}/mcp", listening.port())
 }
 
 /// On the trigger: drains, then ends the client sessions and the HTTP

@@ -16,6 +16,7 @@ pub mod downstream;
 pub mod drain;
 pub mod mcp;
 pub mod observe;
+pub mod peers;
 pub mod policy;
 pub mod redact;
 pub mod shim;

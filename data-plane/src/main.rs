@@ -11,6 +11,7 @@ use data_plane::{
     demo_server::{self, DemoOptions},
     downstream::Launcher,
     mcp::{McpConfig, limits::ClientLimits, seal::SessionKeys},
+    peers::Peers,
     redact,
 };
 use proto::auth::Token;
@@ -104,6 +105,12 @@ struct RunArgs {
     /// be longer, with the pod's preStop wait).
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT", default_value_t = 25.0, value_parser = drain_timeout)]
     drain_timeout: f64,
+    /// Where the other replicas reach this one's MCP endpoint, to hand it
+    /// a client's answer to a question it asked (a balancer may send the
+    /// answer to any replica). Default: `http://<listen address>/mcp`, or
+    /// with `--listen 0.0.0.0:…` the pod's `POD_IP`.
+    #[arg(long, env = "SWITCHBOARD_PEER_URL")]
+    peer_url: Option<String>,
     /// Control-plane gRPC URL.
     #[arg(
         long,
@@ -328,11 +335,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bound = app::run(app::Config {
                 listen: args.listen,
                 drain_timeout: Duration::from_secs_f64(args.drain_timeout),
+                peer_url: args.peer_url.filter(|url| !url.is_empty()),
                 control_plane: args.control_plane,
                 control_plane_token,
                 control_plane_token_file: args.control_plane_token_file,
                 control_plane_ca,
-                replica_id: args.replica_id,
+                replica_id: args.replica_id.clone(),
                 mcp: McpConfig {
                     allowed_hosts: args.allowed_hosts,
                     max_body_bytes: args.max_body_bytes,
@@ -348,6 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     // Until the control plane sends the set every replica
                     // shares, ids are sealed with a key of this one's own.
                     session_keys: SessionKeys::local(data_plane::mcp::SESSION_LIFETIME),
+                    peers: Peers::new(&args.replica_id),
                     park_after: (args.park_idle_sessions_after > 0.0)
                         .then(|| Duration::from_secs_f64(args.park_idle_sessions_after)),
                 },

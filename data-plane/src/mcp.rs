@@ -46,6 +46,7 @@ use crate::{
         sse::AllowedHosts,
     },
     observe::Observation,
+    peers::Peers,
     policy::Policies,
     redact,
     telemetry::Telemetry,
@@ -104,6 +105,8 @@ pub struct McpConfig {
     /// What session ids are sealed with; the config stream replaces the
     /// set with the one every replica shares.
     pub session_keys: SessionKeys,
+    /// Where a client's answer to another replica's question goes.
+    pub peers: Peers,
     /// Idle streamable-HTTP sessions are parked after this long (`session.rs`);
     /// `None` keeps every session in memory.
     pub park_after: Option<Duration>,
@@ -243,6 +246,7 @@ pub fn router(
         rates,
         metrics: telemetry.metrics.clone(),
         rounds: rounds.clone(),
+        peers: config.peers.clone(),
         shutdown,
     });
     let mcp = axum::Router::new()

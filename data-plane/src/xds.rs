@@ -37,6 +37,7 @@ use crate::{
     downstream::{ServerState, Servers, breaker::BreakerState},
     drain::Drain,
     mcp::{seal::SessionKeys, session::Sessions},
+    peers::Peers,
     policy::{Policies, Policy, Rules},
     spec::{Probe, ServerSpec},
     telemetry::{Metrics, metrics::ResultLabels},
@@ -182,6 +183,10 @@ pub struct XdsClient {
     /// Counted in health reports, with whether the replica drains.
     pub sessions: Arc<Sessions>,
     pub drain: Drain,
+    /// Where other replicas reach this one (sent in Hello), and where they
+    /// are (from the control plane).
+    pub peer_url: String,
+    pub peers: Peers,
 }
 
 // === impl ConfigStatus ===
@@ -247,6 +252,7 @@ impl XdsClient {
             replica_id: self.replica_id.clone(),
             build_version: env!("CARGO_PKG_VERSION").to_owned(),
             applied_version: self.status.applied_version(),
+            peer_url: self.peer_url.clone(),
         });
         send(&tx, hello).await?;
         let mut inbound = client
@@ -278,9 +284,18 @@ impl XdsClient {
                 message = inbound.message() => {
                     let Some(message) = message? else { return Ok(()) };
                     *responded = true;
-                    if let Some(control_message::Kind::Snapshot(snapshot)) = message.kind {
-                        let reply = self.apply(&snapshot);
-                        send(&tx, reply).await?;
+                    match message.kind {
+                        Some(control_message::Kind::Snapshot(snapshot)) => {
+                            let reply = self.apply(&snapshot);
+                            send(&tx, reply).await?;
+                        }
+                        Some(control_message::Kind::Peers(peers)) => {
+                            debug!(peers = peers.peers.len(), "replicas of this control plane");
+                            self.peers.replace(
+                                peers.peers.into_iter().map(|p| (p.replica_id, p.url)).collect(),
+                            );
+                        }
+                        None => {}
                     }
                 }
                 changed = health.changed() => {

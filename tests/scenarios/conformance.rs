@@ -4,9 +4,9 @@
 //! `.ci/test` into `tests/npm`; the pre-release also on the 2026-07-28
 //! wire), against our fixture server
 //! (`tests/src/bin/conformance-fixture.rs`) directly over streamable HTTP
-//! and through the gateway (the fixture behind it over stdio, behind
-//! another over streamable HTTP, and behind a third that speaks MCP
-//! 2026-07-28 to it; no prefix).
+//! and through the gateway (the fixture behind it over stdio and over
+//! streamable HTTP, each spoken to as of 2025-11-25 and as of 2026-07-28:
+//! four gateways; no prefix).
 //! Every scenario that passes directly must pass through the gateway.
 
 use std::{
@@ -259,6 +259,18 @@ async fn the_suite_passes_through_the_gateway_wherever_it_passes_directly() {
     let as_2026 = Switchboard::start(&[("conformance.yaml", &modern.to_string())]).await;
     let health = as_2026.wait_server_state("conformance", "ready").await;
     assert_eq!(health["protocolVersion"], "2026-07-28", "{health}");
+    // And over stdio too, spoken to as of 2026-07-28.
+    let stdio_2026 = server_with(
+        "conformance",
+        &fixture.display().to_string(),
+        &[],
+        json!({ "prefixMode": "Never", "handshake": "discover" }),
+    );
+    let stdio_as_2026 = Switchboard::start(&[("conformance.yaml", &stdio_2026)]).await;
+    let health = stdio_as_2026
+        .wait_server_state("conformance", "ready")
+        .await;
+    assert_eq!(health["protocolVersion"], "2026-07-28", "{health}");
 
     for (i, suite) in SUITES.iter().enumerate() {
         let direct = run_suite(suite, &direct_url, &out.path().join(format!("direct-{i}"))).await;
@@ -266,6 +278,7 @@ async fn the_suite_passes_through_the_gateway_wherever_it_passes_directly() {
             (&sb, "stdio"),
             (&over_http, "http"),
             (&as_2026, "http, as 2026-07-28"),
+            (&stdio_as_2026, "stdio, as 2026-07-28"),
         ] {
             let through = run_suite(
                 suite,

@@ -7,9 +7,24 @@
 //! call in flight; a rolling restart fails none; forged, tampered and
 //! foreign ids get 404; a key rotation keeps old sessions working.
 
+// Sampling is deprecated by SEP-2577; servers still ask for it.
+#![allow(deprecated)]
+
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use e2e::{EVENTUALLY, Process, Switchboard, demo_server_yaml, eventually, free_addr};
+use e2e::{
+    EVENTUALLY, Process, Switchboard, demo_server_yaml, eventually, everything_server_yaml,
+    free_addr,
+};
+use rmcp::{
+    ClientHandler, ServiceExt,
+    model::{
+        CallToolRequestParams, ClientCapabilities, ClientConfig, CreateMessageRequestParams,
+        CreateMessageResult, Implementation, SamplingMessage,
+    },
+    service::{RequestContext, RoleClient},
+    transport::StreamableHttpClientTransport,
+};
 use serde_json::{Value, json};
 
 const CALLS: usize = 1000;
@@ -91,6 +106,30 @@ fn write_config(dir: &Path, listen: SocketAddr, up: &[SocketAddr]) {
     std::fs::write(dir.join("nginx.conf"), config).expect("nginx.conf");
 }
 
+/// A client that answers sampling requests, naming itself.
+#[derive(Clone)]
+struct Sampler;
+
+impl ClientHandler for Sampler {
+    fn get_info(&self) -> ClientConfig {
+        let mut capabilities = ClientCapabilities::default();
+        capabilities.sampling = Some(Default::default());
+        ClientConfig::new(capabilities, Implementation::new("sampler-e2e", "1.0.0"))
+    }
+
+    #[allow(deprecated)]
+    async fn create_message(
+        &self,
+        _params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, rmcp::ErrorData> {
+        Ok(CreateMessageResult::new(
+            SamplingMessage::assistant_text("sampled behind the balancer"),
+            "e2e-model".to_owned(),
+        ))
+    }
+}
+
 /// A replica of `sb`'s control plane on `listen`, once ready.
 async fn replica(sb: &Switchboard, listen: SocketAddr, id: &str) -> Process {
     let process = sb.spawn_replica(listen, id);
@@ -146,7 +185,10 @@ async fn any_replica_serves_any_session_behind_a_round_robin_balancer() {
     std::fs::write(keys.path(), format!("{old_key}\n")).expect("write keys");
     let key_file = keys.path().display().to_string();
     let sb = Switchboard::start_with(
-        &[("demo.yaml", &demo_server_yaml("demo", &tag, &[]))],
+        &[
+            ("demo.yaml", &demo_server_yaml("demo", &tag, &[])),
+            ("e.yaml", &everything_server_yaml("e", json!({}))),
+        ],
         &["--session-keys-file", &key_file],
         &[],
     )
@@ -172,6 +214,51 @@ async fn any_replica_serves_any_session_behind_a_round_robin_balancer() {
     for listen in listens {
         assert!(answered(listen).await >= 100.0, "{listen} served its share");
     }
+
+    // A server's question goes out on the call's stream from the replica
+    // running it; the client's answer lands anywhere and is handed on.
+    let sampler = Sampler
+        .serve(StreamableHttpClientTransport::from_uri(url.clone()))
+        .await
+        .expect("a sampling client through nginx");
+    for (k, listen) in listens.iter().enumerate() {
+        eventually(&format!("e ready on replica {k}"), EVENTUALLY, || async {
+            let health: Value = reqwest::get(format!("http://{listen}/healthz"))
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            (health["servers"]["e"]["state"] == "ready")
+                .then_some(())
+                .ok_or_else(|| health.to_string())
+        })
+        .await;
+    }
+    for i in 0..12 {
+        let arguments = json!({ "prompt": format!("round {i}") });
+        let sampled = sampler
+            .call_tool(
+                CallToolRequestParams::new("e.trigger-sampling-request")
+                    .with_arguments(arguments.as_object().cloned().unwrap_or_default()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("sampling round {i}: {e}\n{}", sb.logs()));
+        let said = serde_json::to_string(&sampled.content).unwrap_or_default();
+        assert!(
+            said.contains("sampled behind the balancer"),
+            "round {i}: {said}"
+        );
+    }
+    sampler.cancel().await.expect("close");
+    let handed_on = replicas
+        .iter()
+        .map(|replica| replica.log().matches("handed a client").count())
+        .sum::<usize>();
+    assert!(
+        handed_on > 0,
+        "some answers landed on a replica that did not ask"
+    );
 
     // One Python SDK session, with progress.
     let script = e2e::repo_root().join("tests/python/many_calls.py");

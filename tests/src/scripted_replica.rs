@@ -51,6 +51,7 @@ impl RefusingReplica {
             replica_id: replica_id.to_owned(),
             build_version: "0.0.1-older".to_owned(),
             applied_version: 0,
+            peer_url: String::new(),
         };
         tx.send(pb::ReplicaMessage {
             kind: Some(Kind::Hello(hello)),

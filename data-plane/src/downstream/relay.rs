@@ -77,6 +77,14 @@ pub struct Origin {
 
 /// Ids of server requests asked of clients.
 static NEXT_QUESTION: AtomicU64 = AtomicU64::new(1);
+/// This replica's id, which the ids of its questions carry, so a replica
+/// the client's answer lands on can hand it here (`peers.rs`).
+static ASKER: std::sync::OnceLock<Box<str>> = std::sync::OnceLock::new();
+
+/// Names this replica in the ids of the questions it asks; once.
+pub fn name_questions(replica: &str) {
+    let _ = ASKER.set(replica.into());
+}
 
 /// Routes one connection's server-to-client traffic.
 pub struct Relay {
@@ -433,7 +441,8 @@ async fn ask_on_stream(
 ) -> Result<ClientResult, ErrorData> {
     let gone = || ErrorData::internal_error("the client did not answer: it went away", None);
     let number = NEXT_QUESTION.fetch_add(1, Ordering::Relaxed);
-    let id = RequestId::String(format!("sb:{number}").into());
+    let asker = ASKER.get().map_or("", |asker| asker);
+    let id = RequestId::String(format!("sb:{number}@{asker}").into());
     let (answer_to, answer) = oneshot::channel();
     let asked = ToStream::Request {
         id: id.clone(),

@@ -46,6 +46,7 @@ use crate::{
     auth::Identity,
     clients::{Asking, ToStream},
     mcp::limits::RateLimits,
+    peers::Peers,
     policy::{Access, Kind as PolicyKind, Policies},
     telemetry::metrics::Metrics,
 };
@@ -71,6 +72,8 @@ pub struct Endpoint {
     pub metrics: Arc<Metrics>,
     /// 2026-07-28 calls waiting for their clients' answers.
     pub rounds: Rounds,
+    /// The other replicas, for answers to their questions.
+    pub peers: Peers,
     /// Cancelled when the replica stops serving: streams end.
     pub shutdown: CancellationToken,
 }
@@ -329,7 +332,10 @@ impl Endpoint {
             }
             Incoming::Answer { id, answer } => {
                 let answer = answer.as_ref().map(|v| &**v).map_err(|e| &**e);
-                if !session.answered(&id, answer) {
+                // Not this replica's question: the one that asked gets it.
+                if !session.answered(&id, answer)
+                    && !self.peers.hand_on(&id, answer, &parts.headers)
+                {
                     debug!(request_id = %id, "an answer nobody waits for");
                 }
                 StatusCode::ACCEPTED.into_response()

@@ -45,6 +45,7 @@ fn endpoint(drain: &Drain) -> axum::Router {
         page_size: 10,
         park_after: None,
         session_keys: crate::mcp::seal::SessionKeys::local(crate::mcp::SESSION_LIFETIME),
+        peers: crate::peers::Peers::new("test"),
     };
     let state = guard::GuardState {
         body_limit: config.max_body_bytes,
