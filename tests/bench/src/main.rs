@@ -493,18 +493,16 @@ async fn moves_scenario() -> anyhow::Result<String> {
         times[times.len() / 2].as_secs_f64() * 1e3
     };
     let (home, first, next) = (p50(&mut home), p50(&mut first), p50(&mut next));
+    let intro = format!(
+        "{MOVES} sessions opened on one replica, each called there, then twice on a second \
+         replica of the same control plane (p50 of each)."
+    );
     Ok(format!(
-        "## Sessions moving between replicas
-
-{MOVES} sessions opened on one replica, each then called there,          then twice on a second replica of the same control plane (p50 of each).
-
-         | call | p50 | vs a warm call where it was opened |
-|---|---|---|
-         | warm, on the replica that opened it | {home:.3} ms | 1.00 |
-         | first on a replica that never saw it (adopted) | {first:.3} ms | {:.2} |
-         | next on that replica | {next:.3} ms | {:.2} |
-
-",
+        "## Sessions moving between replicas\n\n{intro}\n\n\
+         | call | p50 | vs a warm call where it was opened |\n|---|---|---|\n\
+         | warm, on the replica that opened it | {home:.3} ms | 1.00 |\n\
+         | first on a replica that never saw it (adopted) | {first:.3} ms | {:.2} |\n\
+         | next on that replica | {next:.3} ms | {:.2} |\n\n",
         first / home,
         next / home,
     ))
