@@ -57,7 +57,7 @@ pub fn parse(text: &str) -> Result<Vec<Vec<u8>>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let key = decode_hex(line)
+        let key = crate::traces::unhex(line)
             .filter(|key| key.len() == KEY_LEN)
             .ok_or_else(|| format!("line {}: not {} hex digits", number + 1, KEY_LEN * 2))?;
         keys.push(key);
@@ -66,16 +66,6 @@ pub fn parse(text: &str) -> Result<Vec<Vec<u8>>, String> {
         return Err("no key".to_owned());
     }
     Ok(keys)
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The set, kept current from `source` until `cancel`. Fails only when

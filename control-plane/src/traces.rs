@@ -368,7 +368,8 @@ fn views(spans: &[StoredSpan]) -> Vec<SpanView> {
         .collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+/// Bytes written as hex digits, two per byte (trace ids, session keys).
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }

@@ -707,14 +707,10 @@ impl ServerHandle {
         let mut questions = Vec::new();
         // Every question is checked before any is asked.
         for (key, input) in asked.input_requests.iter().flatten() {
-            let (question, request) = match input.clone() {
-                InputRequest::CreateMessage(r) => {
-                    (Question::Sampling, ServerRequest::CreateMessageRequest(r))
-                }
-                InputRequest::Elicitation(r) => {
-                    (Question::Elicitation, ServerRequest::ElicitRequest(r))
-                }
-                InputRequest::ListRoots(r) => (Question::Roots, ServerRequest::ListRootsRequest(r)),
+            let request = match input.clone() {
+                InputRequest::CreateMessage(r) => ServerRequest::CreateMessageRequest(r),
+                InputRequest::Elicitation(r) => ServerRequest::ElicitRequest(r),
+                InputRequest::ListRoots(r) => ServerRequest::ListRootsRequest(r),
                 _ => {
                     return Err(self.unanswered(
                         Question::Any,
@@ -722,6 +718,7 @@ impl ServerHandle {
                     ));
                 }
             };
+            let question = Question::of(&request);
             if !capabilities.is_some_and(|c| question.declared_in(c)) {
                 return Err(self.unanswered(question, "the client did not declare the capability"));
             }
@@ -1335,7 +1332,28 @@ pub enum Question {
 }
 
 impl Question {
-    fn declared_in(self, capabilities: &ClientCapabilities) -> bool {
+    /// What a server's request asks.
+    pub fn of(request: &ServerRequest) -> Self {
+        match request {
+            ServerRequest::CreateMessageRequest(_) => Question::Sampling,
+            ServerRequest::ElicitRequest(_) => Question::Elicitation,
+            ServerRequest::ListRootsRequest(_) => Question::Roots,
+            _ => Question::Any,
+        }
+    }
+
+    /// The method that asks it.
+    pub fn method(self) -> &'static str {
+        match self {
+            Question::Sampling => "sampling/createMessage",
+            Question::Elicitation => "elicitation/create",
+            Question::Roots => "roots/list",
+            Question::Any => "a request",
+        }
+    }
+
+    /// Whether a client with these capabilities may be asked it.
+    pub fn declared_in(self, capabilities: &ClientCapabilities) -> bool {
         match self {
             Question::Sampling => capabilities.sampling.is_some(),
             Question::Elicitation => capabilities.elicitation.is_some(),
@@ -1347,12 +1365,10 @@ impl Question {
 
 impl std::fmt::Display for Question {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Question::Sampling => "sampling/createMessage",
-            Question::Elicitation => "elicitation/create",
-            Question::Roots => "roots/list",
-            Question::Any => "its questions",
-        })
+        match self {
+            Question::Any => f.write_str("its questions"),
+            question => f.write_str(question.method()),
+        }
     }
 }
 

@@ -614,6 +614,35 @@ async fn servers_of_2026_07_28_serve_clients_of_either_era() {
     }
     legacy.cancel().await.expect("close");
 
+    // A client that cannot be asked: the call ends saying why, the session
+    // goes on.
+    let mute = e2e::connect(&url)
+        .await
+        .expect("a client without capabilities");
+    for server in ["s", "h"] {
+        let refused = mute
+            .call_tool(
+                CallToolRequestParams::new(format!("{server}.test_sampling"))
+                    .with_arguments(arguments(json!({ "prompt": "why?" }))),
+            )
+            .await
+            .expect("an isError result, not a JSON-RPC error");
+        assert_eq!(refused.is_error, Some(true), "{refused:?}");
+        let meta = serde_json::to_value(&refused.meta).unwrap_or_default();
+        assert_eq!(
+            meta["switchboard.dev/error"]["kind"], "unanswered",
+            "{meta}"
+        );
+        let said = serde_json::to_string(&refused.content).unwrap_or_default();
+        assert!(said.contains("did not declare the capability"), "{said}");
+    }
+    let plain = mute
+        .call_tool(CallToolRequestParams::new("h.test_simple_text"))
+        .await
+        .expect("tools/call");
+    assert_ne!(plain.is_error, Some(true));
+    mute.cancel().await.expect("close");
+
     // 2026-07-28 has no resources/subscribe: the gateway listens for the
     // URIs its clients subscribed to.
     let (updates, mut updated) = tokio::sync::mpsc::unbounded_channel();

@@ -308,13 +308,7 @@ impl Relay {
         // Only where nothing says which stream a question came on does
         // keeping sessions apart per connection help.
         if let (Some(asked), None, None) = (&self.asked, self.session, &came_on) {
-            let method = match &request {
-                ServerRequest::CreateMessageRequest(_) => "sampling/createMessage",
-                ServerRequest::ElicitRequest(_) => "elicitation/create",
-                ServerRequest::ListRootsRequest(_) => "roots/list",
-                _ => "a request",
-            };
-            asked.record(&self.server, method);
+            asked.record(&self.server, super::Question::of(&request).method());
         }
         // The request may overtake the registration of the call it serves.
         if self.origin().is_err() {

@@ -169,7 +169,7 @@ async fn run_pool(
 
 /// Whether the connection speaks MCP 2026-07-28 or later (no
 /// `initialize`, no `ping`, no server requests).
-pub(super) fn is_stateless(peer: &Peer<RoleClient>) -> bool {
+fn is_stateless(peer: &Peer<RoleClient>) -> bool {
     peer.peer_info()
         .is_some_and(|info| !info.protocol_version.has_initialize())
 }

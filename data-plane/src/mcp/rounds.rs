@@ -27,7 +27,7 @@ use prometheus_client::{
 };
 use rmcp::model::{
     ClientCapabilities, ClientResult, CreateMessageResult, ElicitResult, ErrorData, InputResponses,
-    ListRootsResult, RequestId, ServerRequest,
+    ListRootsResult, RequestId,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -38,7 +38,7 @@ use tokio::{
 use tracing::debug;
 
 use super::{methods::encode, session::Holding, stateless};
-use crate::{clients::ToStream, telemetry::metrics::encode_counters};
+use crate::{clients::ToStream, downstream::Question, telemetry::metrics::encode_counters};
 
 /// More questions asked at once are gathered this long into one round.
 const GATHER: Duration = Duration::from_millis(20);
@@ -82,15 +82,12 @@ pub struct Call {
 
 /// A question waiting for its answer: what it asked, and where the
 /// answer goes.
-type Question = (
-    &'static str,
-    oneshot::Sender<Result<ClientResult, ErrorData>>,
-);
+type Waiting = (Question, oneshot::Sender<Result<ClientResult, ErrorData>>);
 
 struct Parked {
     call: Call,
     /// The questions of the last round, by key, and where each answer goes.
-    waiting: HashMap<String, Question>,
+    waiting: HashMap<String, Waiting>,
     since: Instant,
 }
 
@@ -141,13 +138,13 @@ impl Rounds {
                 else {
                     continue;
                 };
-                let method = method_of(&request);
+                let question = Question::of(&request);
                 // Nothing on a pipe says a question is this call's: one the
                 // client cannot answer is the server's to get over, and
                 // the call goes on.
-                if !may_ask(&call.capabilities, method) {
+                if !question.declared_in(&call.capabilities) {
                     let _ = answer_to.send(Err(ErrorData::invalid_request(
-                        format!("the client did not declare the capability {method} needs"),
+                        format!("the client did not declare the capability {question} needs"),
                         None,
                     )));
                     continue;
@@ -157,7 +154,7 @@ impl Rounds {
                     key.clone(),
                     serde_json::to_value(&*request).unwrap_or_default(),
                 );
-                waiting.insert(key, (method, answer_to));
+                waiting.insert(key, (question, answer_to));
             }
         }
         let state = match proto::auth::Token::generate() {
@@ -233,9 +230,9 @@ impl Rounds {
             ));
         }
         self.resumed.inc();
-        for (key, (method, answer_to)) in parked.waiting {
+        for (key, (question, answer_to)) in parked.waiting {
             let response = retry.input_responses.get(&key).cloned().unwrap_or_default();
-            let _ = answer_to.send(client_result(method, response));
+            let _ = answer_to.send(client_result(question, response));
         }
         Box::pin(self.next(id, parked.call)).await
     }
@@ -294,37 +291,19 @@ impl Retry {
     }
 }
 
-fn method_of(request: &ServerRequest) -> &'static str {
-    match request {
-        ServerRequest::CreateMessageRequest(_) => "sampling/createMessage",
-        ServerRequest::ElicitRequest(_) => "elicitation/create",
-        ServerRequest::ListRootsRequest(_) => "roots/list",
-        _ => "a request",
-    }
-}
-
-fn may_ask(capabilities: &ClientCapabilities, method: &str) -> bool {
-    match method {
-        "sampling/createMessage" => capabilities.sampling.is_some(),
-        "elicitation/create" => capabilities.elicitation.is_some(),
-        "roots/list" => capabilities.roots.is_some(),
-        _ => false,
-    }
-}
-
 /// The client's answer to a question, as the server's request expects it.
-fn client_result(method: &str, response: Value) -> Result<ClientResult, ErrorData> {
+fn client_result(question: Question, response: Value) -> Result<ClientResult, ErrorData> {
     let unreadable = |e: serde_json::Error| {
-        ErrorData::invalid_params(format!("the client's answer to {method}: {e}"), None)
+        ErrorData::invalid_params(format!("the client's answer to {question}: {e}"), None)
     };
-    match method {
-        "sampling/createMessage" => serde_json::from_value::<CreateMessageResult>(response)
+    match question {
+        Question::Sampling => serde_json::from_value::<CreateMessageResult>(response)
             .map(|r| ClientResult::CreateMessageResult(Box::new(r)))
             .map_err(unreadable),
-        "elicitation/create" => serde_json::from_value::<ElicitResult>(response)
+        Question::Elicitation => serde_json::from_value::<ElicitResult>(response)
             .map(ClientResult::ElicitResult)
             .map_err(unreadable),
-        _ => serde_json::from_value::<ListRootsResult>(response)
+        Question::Roots | Question::Any => serde_json::from_value::<ListRootsResult>(response)
             .map(ClientResult::ListRootsResult)
             .map_err(unreadable),
     }
