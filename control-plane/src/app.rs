@@ -289,6 +289,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
             client.clone(),
             peer_config,
             peers.clone(),
+            replicas.clone(),
             shutdown.clone(),
         ));
         let writer = StatusWriter {

@@ -159,6 +159,19 @@ impl Peers {
         local
     }
 
+    /// Replicas live reports of other pods say are connected, and where
+    /// their peers reach them.
+    fn elsewhere(&self) -> BTreeMap<String, String> {
+        let peers = self.inner.lock();
+        peers
+            .values()
+            .filter(|r| r.seen.elapsed() < STALE_AFTER)
+            .flat_map(|r| &r.report.replicas)
+            .filter(|(_, status)| status.connected && !status.peer_url.is_empty())
+            .map(|(id, status)| (id.clone(), status.peer_url.clone()))
+            .collect()
+    }
+
     fn apply(&self, pod: String, map: &ConfigMap) {
         let version = map.metadata.resource_version.clone();
         let report = map
@@ -243,8 +256,15 @@ pub async fn publish(
     }
 }
 
-/// Keeps `peers` up to date with the other pods' reports until `cancel`.
-pub async fn watch(client: Client, config: PeerConfig, peers: Peers, cancel: CancellationToken) {
+/// Keeps `peers` up to date with the other pods' reports until `cancel`,
+/// and tells this pod's replicas where the other pods' replicas are.
+pub async fn watch(
+    client: Client,
+    config: PeerConfig,
+    peers: Peers,
+    replicas: Replicas,
+    cancel: CancellationToken,
+) {
     let api: Api<ConfigMap> = Api::namespaced(client, &config.namespace);
     let own = config.own_name();
     let label = config.label();
@@ -302,6 +322,8 @@ pub async fn watch(client: Client, config: PeerConfig, peers: Peers, cancel: Can
             }
             Err(error) => warn!(%error, "replica report watch failed; retrying"),
         }
+        // Reports are rewritten every heartbeat: stale ones drop out here.
+        replicas.set_elsewhere(peers.elsewhere());
     }
 }
 

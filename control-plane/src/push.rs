@@ -73,6 +73,9 @@ pub struct Replicas {
 struct ReplicaTable {
     next_connection: u64,
     by_id: BTreeMap<String, ReplicaStatus>,
+    /// Replicas connected to other control-plane pods, and where each
+    /// takes what its peers hand it (`peers.rs`).
+    elsewhere: BTreeMap<String, String>,
 }
 
 /// Serialized for `/status` and for the reports control-plane pods share
@@ -512,20 +515,38 @@ impl Replicas {
         self.peers_changed.send_modify(|n| *n += 1);
     }
 
-    /// The connected replicas and where they take answers.
-    fn peers(&self) -> pb::Peers {
+    /// The connected replicas, here and on other pods, and where each
+    /// takes what its peers hand it.
+    pub(crate) fn peers(&self) -> pb::Peers {
         let table = self.inner.lock();
+        let here = table
+            .by_id
+            .iter()
+            .filter(|(_, r)| r.connected && !r.peer_url.is_empty())
+            .map(|(id, r)| (id, &r.peer_url));
+        let mut peers: BTreeMap<&String, &String> = table.elsewhere.iter().collect();
+        peers.extend(here);
         pb::Peers {
-            peers: table
-                .by_id
-                .iter()
-                .filter(|(_, r)| r.connected && !r.peer_url.is_empty())
-                .map(|(id, r)| pb::Peer {
+            peers: peers
+                .into_iter()
+                .map(|(id, url)| pb::Peer {
                     replica_id: id.clone(),
-                    url: r.peer_url.clone(),
+                    url: url.clone(),
                 })
                 .collect(),
         }
+    }
+
+    /// The replicas other control-plane pods report connected; streams
+    /// tell theirs when that changes.
+    pub fn set_elsewhere(&self, elsewhere: BTreeMap<String, String>) {
+        let mut table = self.inner.lock();
+        if table.elsewhere == elsewhere {
+            return;
+        }
+        table.elsewhere = elsewhere;
+        drop(table);
+        self.peers_changed.send_modify(|n| *n += 1);
     }
 
     fn update(&self, replica_id: &str, f: impl FnOnce(&mut ReplicaStatus)) {

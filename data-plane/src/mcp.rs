@@ -231,8 +231,9 @@ pub fn router(
         closed.cancelled().await;
         closing.close_all();
     });
-    let rounds = rounds::Rounds::default();
+    let rounds = rounds::Rounds::new(config.peers.me());
     telemetry.metrics.register_collector(rounds.clone());
+    telemetry.metrics.register_collector(config.peers.clone());
     let endpoint = Arc::new(Endpoint {
         sessions,
         methods: Methods {
@@ -240,13 +241,13 @@ pub fn router(
             servers,
             telemetry: telemetry.clone(),
             page_size: config.page_size.max(1),
+            peers: config.peers.clone(),
         },
         allowed_hosts: AllowedHosts::new(&config.allowed_hosts),
         policies,
         rates,
         metrics: telemetry.metrics.clone(),
         rounds: rounds.clone(),
-        peers: config.peers.clone(),
         shutdown,
     });
     let mcp = axum::Router::new()

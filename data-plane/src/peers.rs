@@ -1,60 +1,137 @@
-//! The other replicas of this control plane, and where each takes a
-//! client's answer. A server's question to a client goes out on the call's
-//! response stream of the replica running the call, under an id that names
-//! that replica (`sb:<n>@<replica>`); a balancer may send the client's
-//! answer to any replica. One that does not hold the question hands the
-//! answer, as the client sent it (its session id and credentials
-//! included), to the replica the id names, at the address the control
-//! plane gave for it: never one a client chose.
+//! The other replicas of this control plane, and what one hands another.
+//! A balancer may send any request of a session to any replica, but some
+//! of what a session has lives on one replica only. Three things cross,
+//! each as the client's own request (its session id and credentials
+//! included, so the receiving replica checks it as it checks any client),
+//! to the address the control plane gave for a replica, never one a
+//! client chose:
+//!
+//! - a client's answer to a server's question, handed to the replica that
+//!   asked it, which its id names (`sb:<n>@<replica>`);
+//! - a 2026-07-28 client's retry of a call parked on an input-required
+//!   round, handed to the replica holding the call (its `requestState`
+//!   names it, `rounds.rs`), whose answer is passed back;
+//! - what a session keeps on a replica (resource subscriptions, a log
+//!   level) and its end (`DELETE`), repeated to every other replica in
+//!   the order they happened, so whichever replica holds the session's
+//!   GET stream sends it what it subscribed to, and an ended session opens
+//!   nowhere. A repeated request is marked ([`SHARED_BY`]) and not
+//!   repeated again.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use arc_swap::ArcSwap;
-use http::HeaderMap;
+use axum::{body::Body, response::Response};
+use http::{HeaderMap, Method};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::Counter, family::Family},
+};
 use rmcp::model::RequestId;
 use serde_json::value::RawValue;
-use tracing::{debug, info, warn};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, warn};
 
-/// How long a handed-on answer may take to be taken.
+/// How long a handed-on answer or a repeated request may take.
 const HAND_ON_TIMEOUT: Duration = Duration::from_secs(10);
-/// The request headers an answer is handed on with.
-const KEPT_HEADERS: [&str; 4] = [
-    "authorization",
-    "mcp-session-id",
-    "mcp-protocol-version",
-    "host",
+/// How long a handed-on retry may take: the parked call's own `maxCall`
+/// ends it sooner.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Session changes waiting to be repeated; beyond, they are dropped.
+const SHARE_QUEUE: usize = 1024;
+/// Marks a request a replica repeats to the others, naming it.
+pub const SHARED_BY: &str = "switchboard-shared-by";
+/// The connection's own headers, never passed on.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "accept-encoding",
 ];
 
-/// This replica, and the others' addresses; cheap to clone.
+/// This replica, the others' addresses, and what it repeats to them;
+/// cheap to clone.
 #[derive(Clone)]
 pub struct Peers {
+    link: Arc<Link>,
+    /// Made on first use, with the task that sends them in order.
+    shares: Arc<OnceLock<mpsc::Sender<Share>>>,
+}
+
+/// What sending to another replica takes.
+struct Link {
     me: Arc<str>,
-    by_id: Arc<ArcSwap<HashMap<String, String>>>,
+    by_id: ArcSwap<HashMap<String, String>>,
     /// Made on first use: after the TLS provider is installed.
-    http: Arc<OnceLock<reqwest::Client>>,
+    http: OnceLock<reqwest::Client>,
+    sent: Family<PeerLabels, Counter>,
+    next_id: AtomicU64,
+}
+
+/// One session change to repeat to every other replica.
+struct Share {
+    method: Method,
+    body: Option<String>,
+    headers: HeaderMap,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    /// `answer`, `retry` or `session`.
+    kind: &'static str,
+    /// `ok`, `refused` (the other replica answered with an error status),
+    /// `failed` (it could not be reached) or `dropped` (too many waiting).
+    outcome: &'static str,
 }
 
 impl Peers {
     pub fn new(me: &str) -> Self {
         Self {
-            me: me.into(),
-            by_id: Arc::default(),
-            http: Arc::default(),
+            link: Arc::new(Link {
+                me: me.into(),
+                by_id: ArcSwap::default(),
+                http: OnceLock::new(),
+                sent: Family::default(),
+                next_id: AtomicU64::new(1),
+            }),
+            shares: Arc::default(),
         }
     }
 
-    /// This replica's id, which the ids of its questions carry.
+    /// This replica's id, which the ids of its questions and the states of
+    /// its rounds carry.
     pub fn me(&self) -> &str {
-        &self.me
+        &self.link.me
     }
 
     /// The replicas the control plane says are connected, by id.
     pub fn replace(&self, peers: HashMap<String, String>) {
-        self.by_id.store(Arc::new(peers));
+        self.link.by_id.store(Arc::new(peers));
+    }
+
+    /// Another replica's address, if the control plane gave one.
+    fn url_of(&self, replica: &str) -> Option<String> {
+        if replica == &*self.link.me {
+            return None;
+        }
+        let url = self.link.by_id.load().get(replica).cloned();
+        if url.is_none() {
+            debug!(replica, "a replica this one does not know");
+        }
+        url
     }
 
     /// Hands a client's answer to the question `id` to the replica that
@@ -75,14 +152,7 @@ impl Peers {
         else {
             return false;
         };
-        if asker == &*self.me {
-            return false;
-        }
-        let Some(url) = self.by_id.load().get(asker).cloned() else {
-            debug!(
-                replica = asker,
-                "an answer for a replica this one does not know"
-            );
+        let Some(url) = self.url_of(asker) else {
             return false;
         };
         let id = serde_json::to_string(id).unwrap_or_default();
@@ -90,45 +160,189 @@ impl Peers {
             Ok(result) => format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#, result.get()),
             Err(error) => format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{}}}"#, error.get()),
         };
-        let http = self.http.get_or_init(|| {
+        let request = self
+            .link
+            .request(Method::POST, &url, headers)
+            .timeout(HAND_ON_TIMEOUT)
+            .body(body);
+        let link = self.link.clone();
+        let asker = asker.to_owned();
+        tokio::spawn(
+            async move {
+                if link.send("answer", &asker, request).await.is_some() {
+                    info!(replica = %asker, "handed a client's answer to the replica that asked");
+                }
+            }
+            .in_current_span(),
+        );
+        true
+    }
+
+    /// Hands a retry (`body`, sent with `headers`) to `replica`, which
+    /// holds the call it resumes, and passes its answer back; why not, if
+    /// it cannot be reached.
+    pub async fn hand_retry(
+        &self,
+        replica: &str,
+        body: String,
+        headers: &HeaderMap,
+    ) -> Result<Response, String> {
+        let Some(url) = self.url_of(replica) else {
+            return Err(format!("replica `{replica}` is not connected"));
+        };
+        let request = self
+            .link
+            .request(Method::POST, &url, headers)
+            .timeout(RETRY_TIMEOUT)
+            .body(body);
+        let Some(answer) = self.link.send("retry", replica, request).await else {
+            return Err(format!("replica `{replica}` could not be reached"));
+        };
+        let mut response = Response::builder().status(answer.status().as_u16());
+        if let Some(content_type) = answer.headers().get(http::header::CONTENT_TYPE) {
+            response = response.header(http::header::CONTENT_TYPE, content_type.as_bytes());
+        }
+        let body = answer
+            .bytes()
+            .await
+            .map_err(|e| format!("replica `{replica}` broke off its answer: {e}"))?;
+        debug!(replica, "handed a retry to the replica holding its call");
+        response
+            .body(Body::from(body))
+            .map_err(|e| format!("an answer of replica `{replica}`: {e}"))
+    }
+
+    /// Repeats a session's `method` request (its `params`, sent with the
+    /// client's `headers`) to every other replica, unless another replica
+    /// repeated it here.
+    pub fn share_request(&self, headers: &HeaderMap, method: &str, params: serde_json::Value) {
+        let id = format!(
+            "sb-shared:{}",
+            self.link.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let body = serde_json::json!({
+            "jsonrpc": "2.0", "id": id, "method": method, "params": params,
+        });
+        self.share(Method::POST, Some(body.to_string()), headers);
+    }
+
+    /// Repeats a session's `DELETE` to every other replica, unless
+    /// another replica repeated it here.
+    pub fn share_delete(&self, headers: &HeaderMap) {
+        self.share(Method::DELETE, None, headers);
+    }
+
+    fn share(&self, method: Method, body: Option<String>, headers: &HeaderMap) {
+        if headers.contains_key(SHARED_BY) || self.link.by_id.load().is_empty() {
+            return;
+        }
+        let queue = self.shares.get_or_init(|| {
+            let (queue, shares) = mpsc::channel(SHARE_QUEUE);
+            tokio::spawn(self.link.clone().repeat(shares));
+            queue
+        });
+        let share = Share {
+            method,
+            body,
+            headers: headers.clone(),
+        };
+        if queue.try_send(share).is_err() {
+            warn!("too many session changes waiting to reach the other replicas: one is dropped");
+            self.link.count("session", "dropped");
+        }
+    }
+}
+
+// === impl Link ===
+
+impl Link {
+    fn client(&self) -> &reqwest::Client {
+        self.http.get_or_init(|| {
             reqwest::Client::builder()
-                .timeout(HAND_ON_TIMEOUT)
                 // An address from the control plane, never a redirect.
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default()
-        });
-        let mut request = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(body);
-        for name in KEPT_HEADERS {
-            if let Some(value) = headers.get(name) {
+        })
+    }
+
+    /// A request to another replica carrying the client's headers.
+    fn request(&self, method: Method, url: &str, headers: &HeaderMap) -> reqwest::RequestBuilder {
+        let mut request = self.client().request(method, url);
+        for (name, value) in headers {
+            if !HOP_BY_HOP.contains(&name.as_str()) {
                 request = request.header(name, value);
             }
         }
-        let asker = asker.to_owned();
-        tokio::spawn(async move {
-            match request.send().await {
-                Ok(response) if response.status().is_success() => {
-                    info!(replica = %asker, "handed a client's answer to the replica that asked");
-                }
-                Ok(response) => {
-                    warn!(replica = %asker, status = %response.status(), "the replica that asked refused the client's answer");
-                }
-                Err(error) => {
-                    warn!(replica = %asker, error = %crate::downstream::with_causes(&error), "could not hand a client's answer to the replica that asked");
-                }
+        request
+    }
+
+    /// Sends `request` to `replica`; its response if it took it.
+    async fn send(
+        &self,
+        kind: &'static str,
+        replica: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Option<reqwest::Response> {
+        match request.send().await {
+            Ok(response) if response.status().is_success() => {
+                self.count(kind, "ok");
+                Some(response)
             }
-        });
-        true
+            Ok(response) => {
+                warn!(replica, kind, status = %response.status(), "another replica refused what this one handed it");
+                self.count(kind, "refused");
+                None
+            }
+            Err(error) => {
+                warn!(replica, kind, error = %crate::downstream::with_causes(&error), "could not reach another replica");
+                self.count(kind, "failed");
+                None
+            }
+        }
+    }
+
+    /// Repeats each session change, in order, to every other replica.
+    async fn repeat(self: Arc<Self>, mut shares: mpsc::Receiver<Share>) {
+        while let Some(share) = shares.recv().await {
+            let peers = self.by_id.load_full();
+            let sends = peers
+                .iter()
+                .filter(|(id, _)| **id != *self.me)
+                .map(|(id, url)| {
+                    let mut request = self
+                        .request(share.method.clone(), url, &share.headers)
+                        .header(SHARED_BY, &*self.me)
+                        .timeout(HAND_ON_TIMEOUT);
+                    if let Some(body) = &share.body {
+                        request = request.body(body.clone());
+                    }
+                    self.send("session", id, request)
+                });
+            futures::future::join_all(sends).await;
+        }
+    }
+
+    fn count(&self, kind: &'static str, outcome: &'static str) {
+        self.sent.get_or_create(&PeerLabels { kind, outcome }).inc();
+    }
+}
+
+impl Collector for Peers {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let sent = &self.link.sent;
+        sent.encode(encoder.encode_descriptor(
+            "peer_requests",
+            "Requests handed to other replicas, by kind (answer: a client's answer to another replica's question; retry: a 2026-07-28 retry of a call parked on another replica; session: a subscription, log level or end repeated to every replica) and outcome (ok, refused, failed: not reached, dropped: too many waiting)",
+            None,
+            sent.metric_type(),
+        )?)
     }
 }
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Peers({} known)", self.by_id.load().len())
+        write!(f, "Peers({} known)", self.link.by_id.load().len())
     }
 }
 
@@ -155,5 +369,39 @@ mod tests {
         );
         assert!(!hand_on(RequestId::String("7@r1".into())), "not a question");
         assert!(!hand_on(RequestId::Number(7)));
+    }
+
+    #[test]
+    fn the_connections_own_headers_stay_behind() {
+        let peers = Peers::new("r0");
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer t".parse().expect("value"));
+        headers.insert("mcp-session-id", "abc".parse().expect("value"));
+        headers.insert("content-length", "12".parse().expect("value"));
+        headers.insert("connection", "keep-alive".parse().expect("value"));
+        let request = peers
+            .link
+            .request(Method::POST, "http://127.0.0.1:9/mcp", &headers)
+            .build()
+            .expect("request");
+        assert_eq!(request.headers()["authorization"], "Bearer t");
+        assert_eq!(request.headers()["mcp-session-id"], "abc");
+        assert!(request.headers().get("content-length").is_none());
+        assert!(request.headers().get("connection").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_change_another_replica_repeated_is_not_repeated_again() {
+        let peers = Peers::new("r0");
+        peers.replace(HashMap::from([(
+            "r1".to_owned(),
+            "http://127.0.0.1:9/mcp".to_owned(),
+        )]));
+        let mut headers = HeaderMap::new();
+        headers.insert(SHARED_BY, "r1".parse().expect("value"));
+        peers.share_delete(&headers);
+        assert!(peers.shares.get().is_none(), "nothing queued");
+        peers.share_delete(&HeaderMap::new());
+        assert!(peers.shares.get().is_some(), "queued for r1");
     }
 }

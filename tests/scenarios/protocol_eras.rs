@@ -5,7 +5,7 @@
 //! rmcp's own client in its 2026-07-28 mode, and raw requests for what
 //! the revision refuses and how.
 
-use e2e::{Switchboard, demo_server_yaml, everything_server_yaml};
+use e2e::{Switchboard, demo_server_yaml, everything_server_yaml, post_2026 as post};
 use rmcp::{
     ClientHandler, ServiceExt,
     model::{
@@ -29,66 +29,6 @@ impl ClientHandler for Modern {
             Implementation::new("modern-e2e", "1.0.0"),
         )
     }
-}
-
-/// A POST of the 2026-07-28 wire: `_meta` as the revision wants it (less
-/// what `drop` names, plus what `params` brings in its own `_meta`), the
-/// headers it wants (`headers` replacing them).
-async fn post(
-    url: &str,
-    method: &str,
-    params: Value,
-    headers: &[(&str, &str)],
-    drop: &[&str],
-) -> (u16, Value) {
-    let mut meta = json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {},
-        "io.modelcontextprotocol/clientInfo": { "name": "raw-2026", "version": "1" },
-    });
-    for key in drop {
-        meta.as_object_mut()
-            .map(|m| m.remove(&format!("io.modelcontextprotocol/{key}")));
-    }
-    if let (Some(meta), Some(own)) = (meta.as_object_mut(), params["_meta"].as_object()) {
-        meta.extend(own.clone());
-    }
-    let mut params = params;
-    params["_meta"] = meta;
-    let name = params["name"].as_str().or(params["uri"].as_str());
-    let mut wanted = vec![
-        ("mcp-protocol-version", "2026-07-28".to_owned()),
-        ("mcp-method", method.to_owned()),
-    ];
-    if let Some(name) = name {
-        wanted.push(("mcp-name", name.to_owned()));
-    }
-    let mut request = reqwest::Client::new()
-        .post(url)
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({ "jsonrpc": "2.0", "id": 7, "method": method, "params": params }));
-    for (header, value) in &wanted {
-        if let Some((_, replaced)) = headers.iter().find(|(h, _)| h == header) {
-            if !replaced.is_empty() {
-                request = request.header(*header, *replaced);
-            }
-        } else {
-            request = request.header(*header, value);
-        }
-    }
-    let response = request.send().await.expect("POST");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    let body = serde_json::from_str(&text)
-        .ok()
-        .or_else(|| {
-            text.lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-                .find(|m| m.get("id").is_some())
-        })
-        .unwrap_or(Value::Null);
-    (status, body)
 }
 
 #[tokio::test]
@@ -316,8 +256,6 @@ async fn the_2026_07_28_wire_refuses_what_the_revision_refuses() {
 /// tagged with the subscription.
 #[tokio::test]
 async fn a_2026_07_28_client_listens_for_list_changes() {
-    use futures::StreamExt;
-
     let tag = format!("eras-listen-{}", std::process::id());
     let sb = Switchboard::start(&[("demo.yaml", &demo_server_yaml("demo", &tag, &[]))]).await;
     sb.wait_server_state("demo", "ready").await;
@@ -339,25 +277,8 @@ async fn a_2026_07_28_client_listens_for_list_changes() {
         .await
         .expect("POST");
     assert_eq!(response.status(), 200);
-    let mut events = response.bytes_stream();
-    let mut next = async || -> Value {
-        let mut text = String::new();
-        loop {
-            let chunk = tokio::time::timeout(e2e::EVENTUALLY, events.next())
-                .await
-                .expect("an event in time")
-                .expect("the stream goes on")
-                .expect("bytes");
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if let Some(data) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
-                && text.contains("\n\n")
-            {
-                return serde_json::from_str(data.trim()).expect("a JSON-RPC message");
-            }
-        }
-    };
+    let mut events = e2e::Events::new(response);
+    let mut next = async || events.next().await;
     let ack = next().await;
     assert_eq!(ack["method"], "notifications/subscriptions/acknowledged");
     assert_eq!(

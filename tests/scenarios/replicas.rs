@@ -5,7 +5,10 @@
 //! a request lands on serves it. One rmcp session and one Python SDK
 //! session make 1,000 calls each; a replica killed mid-load fails only its
 //! call in flight; a rolling restart fails none; forged, tampered and
-//! foreign ids get 404; a key rotation keeps old sessions working.
+//! foreign ids get 404; a key rotation keeps old sessions working. What a
+//! session keeps on one replica (subscriptions, a log level, its end) and
+//! a 2026-07-28 call parked on another reach whichever replica a request
+//! lands on.
 
 // Sampling is deprecated by SEP-2577; servers still ask for it.
 #![allow(deprecated)]
@@ -144,6 +147,38 @@ async fn replica(sb: &Switchboard, listen: SocketAddr, id: &str) -> Process {
     process
 }
 
+/// Waits until server `name` is ready on the replica listening on `listen`.
+async fn ready_on(listen: SocketAddr, name: &str) {
+    eventually(&format!("{name} ready on {listen}"), EVENTUALLY, || async {
+        let health: Value = reqwest::get(format!("http://{listen}/healthz"))
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        (health["servers"][name]["state"] == "ready")
+            .then_some(())
+            .ok_or_else(|| health.to_string())
+    })
+    .await;
+}
+
+/// `switchboard_peer_requests_total` of a replica, for `kind` and `outcome`.
+async fn handed(listen: SocketAddr, kind: &str, outcome: &str) -> f64 {
+    let text = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics");
+    e2e::metric(
+        &text,
+        "switchboard_peer_requests_total",
+        &[("kind", kind), ("outcome", outcome)],
+    )
+    .unwrap_or_default()
+}
+
 /// How many MCP requests a replica answered.
 async fn answered(listen: SocketAddr) -> f64 {
     let text = reqwest::get(format!("http://{listen}/metrics"))
@@ -221,19 +256,8 @@ async fn any_replica_serves_any_session_behind_a_round_robin_balancer() {
         .serve(StreamableHttpClientTransport::from_uri(url.clone()))
         .await
         .expect("a sampling client through nginx");
-    for (k, listen) in listens.iter().enumerate() {
-        eventually(&format!("e ready on replica {k}"), EVENTUALLY, || async {
-            let health: Value = reqwest::get(format!("http://{listen}/healthz"))
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            (health["servers"]["e"]["state"] == "ready")
-                .then_some(())
-                .ok_or_else(|| health.to_string())
-        })
-        .await;
+    for listen in listens {
+        ready_on(listen, "e").await;
     }
     for i in 0..12 {
         let arguments = json!({ "prompt": format!("round {i}") });
@@ -420,4 +444,133 @@ async fn any_replica_serves_any_session_behind_a_round_robin_balancer() {
         adopted += e2e::metric(&text, "switchboard_sessions_adopted_total", &[]).unwrap_or(0.0);
     }
     assert!(adopted >= 2.0, "restarted replicas adopted the sessions");
+}
+
+/// Two replicas addressed directly: a session's subscription and log level
+/// set on one reach its GET stream on the other, its end on one ends it on
+/// both, and a 2026-07-28 call parked on one is resumed through the other.
+#[tokio::test]
+async fn what_a_session_keeps_on_one_replica_reaches_the_others() {
+    let sb = Switchboard::start(&[("e.yaml", &everything_server_yaml("e", json!({})))]).await;
+    let listens = [free_addr(), free_addr()];
+    let mut replicas = Vec::new();
+    for (k, listen) in listens.iter().enumerate() {
+        replicas.push(replica(&sb, *listen, &format!("r{k}")).await);
+        ready_on(*listen, "e").await;
+    }
+    let urls = listens.map(|listen| format!("http://{listen}/mcp"));
+    eventually("each replica knows the other", EVENTUALLY, || async {
+        let status = sb.control_status().await;
+        let both = ["r0", "r1"]
+            .iter()
+            .all(|r| status["replicas"][r]["connected"] == true);
+        both.then_some(()).ok_or_else(|| status.to_string())
+    })
+    .await;
+
+    // Set on r0, while the session's own stream is on r1.
+    let on0 = e2e::RawSession::open(&urls[0]).await;
+    let on1 = on0.at(&urls[1]);
+    let mut stream = on1.own_stream().await;
+    let (_, listed) = on0
+        .post(json!({ "jsonrpc": "2.0", "id": "list", "method": "resources/list" }))
+        .await;
+    let uri = listed["result"]["resources"][0]["uri"]
+        .as_str()
+        .expect("a resource")
+        .to_owned();
+    let (status, level) = on0
+        .post(
+            json!({ "jsonrpc": "2.0", "id": "level", "method": "logging/setLevel",
+            "params": { "level": "debug" } }),
+        )
+        .await;
+    assert_eq!((status, &level["result"]), (200, &json!({})), "{level}");
+    let (status, subscribed) = on0
+        .post(
+            json!({ "jsonrpc": "2.0", "id": "sub", "method": "resources/subscribe",
+            "params": { "uri": uri } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{subscribed}");
+    eventually("r1 took both changes", EVENTUALLY, || async {
+        let ok = handed(listens[0], "session", "ok").await;
+        (ok >= 2.0).then_some(()).ok_or_else(|| format!("{ok}"))
+    })
+    .await;
+    // r1's own server sends the updates and log messages; r1 holds the stream.
+    on1.call("e.toggle-subscriber-updates", json!({})).await;
+    let updated = stream.next_of("notifications/resources/updated").await;
+    assert_eq!(updated["params"]["uri"], uri, "{updated}");
+    on1.call("e.toggle-simulated-logging", json!({})).await;
+    let logged = stream.next_of("notifications/message").await;
+    assert!(
+        logged["params"]["logger"]
+            .as_str()
+            .is_some_and(|l| l.starts_with('e')),
+        "{logged}"
+    );
+    on1.call("e.toggle-simulated-logging", json!({})).await;
+    on1.call("e.toggle-subscriber-updates", json!({})).await;
+
+    // Ended on r0: ended on r1 too.
+    assert_eq!(on0.delete().await, 200);
+    eventually("the session ended on r1", EVENTUALLY, || async {
+        let (status, _) = on1
+            .post(json!({ "jsonrpc": "2.0", "id": "ping", "method": "ping" }))
+            .await;
+        (status == 404)
+            .then_some(())
+            .ok_or_else(|| format!("{status}"))
+    })
+    .await;
+
+    // A 2026-07-28 call parked on r0 (its server asks a question), resumed
+    // by a retry that lands on r1.
+    let asking = || {
+        json!({ "name": "e.trigger-sampling-request", "arguments": { "prompt": "where?" },
+            "_meta": { "io.modelcontextprotocol/clientCapabilities": { "sampling": {} } } })
+    };
+    let (_, first) = e2e::post_2026(&urls[0], "tools/call", asking(), &[], &[]).await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let state = result["requestState"].as_str().expect("a state").to_owned();
+    assert!(
+        state.ends_with("@r0"),
+        "the state names its replica: {state}"
+    );
+    let key = result["inputRequests"]
+        .as_object()
+        .and_then(|r| r.keys().next().cloned())
+        .expect("one question");
+    let answered = |state: &str| {
+        let mut retry = asking();
+        retry["requestState"] = json!(state);
+        retry["inputResponses"] = json!({ key.clone(): { "role": "assistant",
+            "content": { "type": "text", "text": "answered on another replica" }, "model": "e2e" } });
+        retry
+    };
+    let (status, done) = e2e::post_2026(&urls[1], "tools/call", answered(&state), &[], &[]).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    assert!(
+        done.to_string().contains("answered on another replica"),
+        "{done}"
+    );
+    assert_eq!(handed(listens[1], "retry", "ok").await, 1.0);
+
+    // A state naming a replica that is gone: a clear error, at once.
+    let (_, second) = e2e::post_2026(&urls[0], "tools/call", asking(), &[], &[]).await;
+    let state = second["result"]["requestState"]
+        .as_str()
+        .expect("a state")
+        .to_owned();
+    replicas[0].kill_hard().await;
+    let (_, lost) = e2e::post_2026(&urls[1], "tools/call", answered(&state), &[], &[]).await;
+    assert_eq!(lost["error"]["code"], -32602, "{lost}");
+    assert!(
+        lost.to_string()
+            .contains("send the request again without requestState"),
+        "{lost}"
+    );
 }

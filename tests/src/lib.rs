@@ -11,7 +11,7 @@ pub mod otlp;
 mod raw_session;
 pub mod scripted_replica;
 
-pub use raw_session::RawSession;
+pub use raw_session::{Events, RawSession};
 
 use std::{
     future::Future,
@@ -829,4 +829,64 @@ print("ok")
         "the OpenAPI document or its schema failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A POST of the 2026-07-28 wire: `_meta` as the revision wants it (less
+/// what `drop` names, plus what `params` brings in its own `_meta`), the
+/// headers it wants (`headers` replacing them).
+pub async fn post_2026(
+    url: &str,
+    method: &str,
+    params: Value,
+    headers: &[(&str, &str)],
+    drop: &[&str],
+) -> (u16, Value) {
+    let mut meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": { "name": "raw-2026", "version": "1" },
+    });
+    for key in drop {
+        meta.as_object_mut()
+            .map(|m| m.remove(&format!("io.modelcontextprotocol/{key}")));
+    }
+    if let (Some(meta), Some(own)) = (meta.as_object_mut(), params["_meta"].as_object()) {
+        meta.extend(own.clone());
+    }
+    let mut params = params;
+    params["_meta"] = meta;
+    let name = params["name"].as_str().or(params["uri"].as_str());
+    let mut wanted = vec![
+        ("mcp-protocol-version", "2026-07-28".to_owned()),
+        ("mcp-method", method.to_owned()),
+    ];
+    if let Some(name) = name {
+        wanted.push(("mcp-name", name.to_owned()));
+    }
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({ "jsonrpc": "2.0", "id": 7, "method": method, "params": params }));
+    for (header, value) in &wanted {
+        if let Some((_, replaced)) = headers.iter().find(|(h, _)| h == header) {
+            if !replaced.is_empty() {
+                request = request.header(*header, *replaced);
+            }
+        } else {
+            request = request.header(*header, value);
+        }
+    }
+    let response = request.send().await.expect("POST");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text)
+        .ok()
+        .or_else(|| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+                .find(|m| m.get("id").is_some())
+        })
+        .unwrap_or(Value::Null);
+    (status, body)
 }

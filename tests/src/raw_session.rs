@@ -2,8 +2,12 @@
 //! simple client (or a script) leaves it, and every message of a response
 //! stream visible in the order it came.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
+use futures::{StreamExt, stream::BoxStream};
 use serde_json::{Value, json};
 
 use crate::EVENTUALLY;
@@ -13,7 +17,7 @@ pub struct RawSession {
     url: String,
     id: String,
     /// JSON-RPC ids: unique among a session's requests in flight.
-    next_request: AtomicU64,
+    next_request: Arc<AtomicU64>,
     /// Sent with every POST, as a browser-based client does.
     origin: Option<String>,
 }
@@ -62,7 +66,7 @@ impl RawSession {
             http,
             url: url.to_owned(),
             id,
-            next_request: AtomicU64::new(1),
+            next_request: Arc::new(AtomicU64::new(1)),
             origin: None,
         };
         let (status, _) = session
@@ -99,6 +103,32 @@ impl RawSession {
                 .collect(),
         };
         (status, content_type, messages)
+    }
+
+    /// The same session, its requests sent to `url` (another replica).
+    pub fn at(&self, url: &str) -> Self {
+        Self {
+            http: self.http.clone(),
+            url: url.to_owned(),
+            id: self.id.clone(),
+            next_request: self.next_request.clone(),
+            origin: self.origin.clone(),
+        }
+    }
+
+    /// Opens the session's own stream (a `GET` without `Last-Event-ID`).
+    pub async fn own_stream(&self) -> Events {
+        // No overall timeout: the stream is read event by event.
+        let response = reqwest::Client::new()
+            .get(&self.url)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+            .await
+            .expect("GET /mcp");
+        assert_eq!(response.status(), 200, "the session's own stream opens");
+        Events::new(response)
     }
 
     /// Sends `Origin: origin` with every POST from now on.
@@ -178,5 +208,72 @@ impl RawSession {
             .expect("DELETE /mcp")
             .status()
             .as_u16()
+    }
+}
+
+/// The JSON-RPC messages of an SSE response, read as they come.
+pub struct Events {
+    stream: BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buffer: String,
+}
+
+impl Events {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            stream: response
+                .bytes_stream()
+                .map(|chunk| chunk.map(|bytes| bytes.to_vec()))
+                .boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next message, within [`EVENTUALLY`]; events without data
+    /// (priming, keep-alives) are skipped.
+    pub async fn next(&mut self) -> Value {
+        tokio::time::timeout(EVENTUALLY, self.read())
+            .await
+            .expect("a message in time")
+    }
+
+    /// The next message with `method`, within [`EVENTUALLY`], skipping the
+    /// others.
+    pub async fn next_of(&mut self, method: &str) -> Value {
+        let wanted = async {
+            loop {
+                let message = self.read().await;
+                if message["method"] == method {
+                    return message;
+                }
+            }
+        };
+        tokio::time::timeout(EVENTUALLY, wanted)
+            .await
+            .unwrap_or_else(|_| panic!("no {method} in time"))
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return serde_json::from_str(&data.join("\n")).expect("a JSON-RPC message");
+            }
+            let chunk = self
+                .stream
+                .next()
+                .await
+                .expect("the stream goes on")
+                .expect("bytes");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
     }
 }

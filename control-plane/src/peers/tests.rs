@@ -125,3 +125,34 @@ fn state_names_from_a_newer_pod_are_read_as_they_are() {
     assert_eq!(report.replicas["gw"].servers[0].state, "hibernating");
     assert_eq!(report.replicas["gw"].servers[0].breaker, "closed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn replicas_hear_where_the_other_pods_replicas_are_until_their_report_goes_stale() {
+    let mut theirs = ReplicaStatus::connected_with(70, vec![health("ready")], None);
+    theirs.peer_url = "http://10.0.0.9:8787/mcp".into();
+    let mut gone = ReplicaStatus::connected_with(70, Vec::new(), None);
+    gone.peer_url = "http://10.0.0.8:8787/mcp".into();
+    gone.connected = false;
+    let report = BTreeMap::from([("gw-b".to_owned(), theirs), ("gw-c".to_owned(), gone)]);
+    let peers = Peers::default();
+    peers.apply("pod-b".into(), &published("pod-b", "1", &report));
+    let replicas = Replicas::default();
+    replicas.set_elsewhere(peers.elsewhere());
+    let told: Vec<(String, String)> = replicas
+        .peers()
+        .peers
+        .into_iter()
+        .map(|p| (p.replica_id, p.url))
+        .collect();
+    assert_eq!(
+        told,
+        [("gw-b".to_owned(), "http://10.0.0.9:8787/mcp".to_owned())],
+        "only connected replicas, from live reports"
+    );
+    tokio::time::advance(STALE_AFTER).await;
+    replicas.set_elsewhere(peers.elsewhere());
+    assert!(
+        replicas.peers().peers.is_empty(),
+        "a stale report names none"
+    );
+}

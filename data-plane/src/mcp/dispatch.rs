@@ -25,8 +25,8 @@ use axum::{
 };
 use futures::Stream;
 use rmcp::model::{
-    ClientNotification, ClientRequest, ErrorData, GetMeta, ProtocolVersion, Reference, RequestId,
-    RequestMetaObject,
+    ClientNotification, ClientRequest, ErrorData, GetMeta, JsonRpcRequest, ProtocolVersion,
+    Reference, RequestId, RequestMetaObject,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,6 @@ use crate::{
     auth::Identity,
     clients::{Asking, ToStream},
     mcp::limits::RateLimits,
-    peers::Peers,
     policy::{Access, Kind as PolicyKind, Policies},
     telemetry::metrics::Metrics,
 };
@@ -56,7 +55,7 @@ const WINDOW: Duration = Duration::from_millis(50);
 /// Messages for a slow client's request stream queued before the relay
 /// waits.
 const STREAM_BUFFER: usize = 64;
-const SESSION_HEADER: &str = "mcp-session-id";
+pub(super) const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 const LAST_EVENT_ID: &str = "last-event-id";
 
@@ -72,8 +71,6 @@ pub struct Endpoint {
     pub metrics: Arc<Metrics>,
     /// 2026-07-28 calls waiting for their clients' answers.
     pub rounds: Rounds,
-    /// The other replicas, for answers to their questions.
-    pub peers: Peers,
     /// Cancelled when the replica stops serving: streams end.
     pub shutdown: CancellationToken,
 }
@@ -196,6 +193,21 @@ impl Endpoint {
             }
         }
         if let Some((id, retry)) = resumable(&incoming) {
+            let peers = &self.methods.peers;
+            if let Some(holder) = rounds::holder(&retry.request_state).filter(|r| *r != peers.me())
+            {
+                let handed = match written(&incoming) {
+                    Some(body) => peers.hand_retry(holder, body, &parts.headers).await,
+                    None => Err("it cannot be written again".to_owned()),
+                };
+                return handed.unwrap_or_else(|why| {
+                    let lost = ErrorData::invalid_params(
+                        format!("the call this requestState resumes is on another replica, which cannot take the retry ({why}): send the request again without requestState"),
+                        None,
+                    );
+                    json_response(encode::<()>(id, Err(lost)))
+                });
+            }
             let owner = caller(&parts);
             let answer = self.rounds.resume(id, &retry, owner.as_ref()).await;
             let answer = answer.unwrap_or_else(|| {
@@ -334,7 +346,7 @@ impl Endpoint {
                 let answer = answer.as_ref().map(|v| &**v).map_err(|e| &**e);
                 // Not this replica's question: the one that asked gets it.
                 if !session.answered(&id, answer)
-                    && !self.peers.hand_on(&id, answer, &parts.headers)
+                    && !self.methods.peers.hand_on(&id, answer, &parts.headers)
                 {
                     debug!(request_id = %id, "an answer nobody waits for");
                 }
@@ -605,6 +617,7 @@ impl Endpoint {
             .end(session_id, Kind::Streamable, caller(parts).as_deref())
         {
             debug!("a client ended its session");
+            self.methods.peers.share_delete(&parts.headers);
             StatusCode::OK.into_response()
         } else {
             Refusal::unknown_session("session not found: start a new one with initialize")
@@ -769,6 +782,24 @@ fn resumable(incoming: &Incoming) -> Option<(&RequestId, Retry)> {
         .request_state
         .starts_with(rounds::STATE_PREFIX)
         .then_some((id, retry))
+}
+
+/// A request as JSON-RPC again, to hand it to another replica.
+fn written(incoming: &Incoming) -> Option<String> {
+    match incoming {
+        Incoming::Call { id, params } => {
+            let params = params.params.as_ref()?;
+            let id = serde_json::to_string(id).ok()?;
+            Some(format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{}}}"#,
+                params.get()
+            ))
+        }
+        Incoming::Request { id, request } => {
+            serde_json::to_string(&JsonRpcRequest::new(id.clone(), (**request).clone())).ok()
+        }
+        _ => None,
+    }
 }
 
 fn retry_in(incoming: &Incoming) -> Option<(&RequestId, Retry)> {

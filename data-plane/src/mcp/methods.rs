@@ -40,6 +40,7 @@ use crate::{
     clients::ToStream,
     downstream::{CallError, Origin, Request, Servers},
     observe::{Arrival, Observation, RequestInfo, Target},
+    peers::Peers,
     policy::{Access, Kind},
     spec::{SessionMode, Transport},
     telemetry::Telemetry,
@@ -52,6 +53,8 @@ pub struct Methods {
     pub telemetry: Telemetry,
     /// Items per page of a catalog list.
     pub page_size: usize,
+    /// The other replicas, told of what a session keeps on this one.
+    pub peers: Peers,
 }
 
 /// One request as a method sees it.
@@ -557,6 +560,7 @@ impl Methods {
                     debug!(server = %route.server.spec.name, error = %err, "logging/setLevel not applied");
                 }
             }
+            self.share(session, ctx, "logging/setLevel", json!({ "level": request.level }));
             Ok(serde_json::Map::new())
         })
         .await
@@ -637,9 +641,22 @@ impl Methods {
             } else {
                 client.unsubscribe(&uri);
             }
+            self.share(session, ctx, method, json!({ "uri": uri }));
             Ok(serde_json::Map::new())
         })
         .await
+    }
+
+    /// Tells the other replicas what a session now keeps on this one, so
+    /// the replica holding its stream sends it what it asked for.
+    fn share(&self, session: &Session, ctx: &Ctx, method: &str, params: serde_json::Value) {
+        let has_id = ctx
+            .parts
+            .headers
+            .contains_key(super::dispatch::SESSION_HEADER);
+        if session.kind == super::session::Kind::Streamable && has_id {
+            self.peers.share_request(&ctx.parts.headers, method, params);
+        }
     }
 
     fn observe(

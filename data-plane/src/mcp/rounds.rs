@@ -7,7 +7,9 @@
 //! `inputResponses`, which go to the waiting question, and the call goes
 //! on to its result or to the next round. A parked call lives on the
 //! replica that parked it, for as long as its server waits for an answer
-//! (`timeouts.maxCall`), and only its own client may resume it.
+//! (`timeouts.maxCall`), and only its own client may resume it; its
+//! `requestState` names that replica, so a retry landing on another one
+//! is handed to it (`peers.rs`).
 
 // Sampling and roots: deprecated by SEP-2577, still what older servers ask.
 #![allow(deprecated)]
@@ -52,8 +54,10 @@ const PARKED_FOR: Duration = Duration::from_secs(10 * 60);
 
 /// Calls waiting for their clients' answers, by `requestState`; cheap
 /// to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Rounds {
+    /// This replica, named in the states of its rounds.
+    replica: Arc<str>,
     parked: Arc<Mutex<HashMap<String, Parked>>>,
     /// Rounds begun: a call parked on its servers' questions.
     asked: Counter,
@@ -94,6 +98,16 @@ struct Parked {
 // === impl Rounds ===
 
 impl Rounds {
+    pub fn new(replica: &str) -> Self {
+        Self {
+            replica: replica.into(),
+            parked: Arc::default(),
+            asked: Counter::default(),
+            resumed: Counter::default(),
+            unknown: Counter::default(),
+        }
+    }
+
     /// Runs `call` until its answer, or until its servers ask something:
     /// what the client of request `id` gets this round.
     pub async fn next(&self, id: &RequestId, mut call: Call) -> Option<Bytes> {
@@ -158,7 +172,7 @@ impl Rounds {
             }
         }
         let state = match proto::auth::Token::generate() {
-            Ok(token) => format!("{STATE_PREFIX}{}", token.expose()),
+            Ok(token) => format!("{STATE_PREFIX}{}@{}", token.expose(), self.replica),
             Err(_) => {
                 return Some(encode::<()>(
                     id,
@@ -250,6 +264,14 @@ impl Rounds {
         }
         parked.insert(state, call);
     }
+}
+
+/// The replica holding the call a state of this gateway's resumes.
+pub fn holder(state: &str) -> Option<&str> {
+    state
+        .strip_prefix(STATE_PREFIX)?
+        .rsplit_once('@')
+        .map(|(_, replica)| replica)
 }
 
 /// The call's answer, written for request `id`; `None` for a call that was
