@@ -493,19 +493,63 @@ async fn moves_scenario() -> anyhow::Result<String> {
         times[times.len() / 2].as_secs_f64() * 1e3
     };
     let (home, first, next) = (p50(&mut home), p50(&mut first), p50(&mut next));
+    let (uuid_only, whole) = opening_ids()?;
     let intro = format!(
         "{MOVES} sessions opened on one replica, each called there, then twice on a second \
-         replica of the same control plane (p50 of each)."
+         replica of the same control plane (p50 of each). Opening an id, in this process: \
+         {OPENS} opens of a Claude-Code-like session's id (every call opens it for its UUID; \
+         adopting opens it whole)."
     );
     Ok(format!(
         "## Sessions moving between replicas\n\n{intro}\n\n\
          | call | p50 | vs a warm call where it was opened |\n|---|---|---|\n\
          | warm, on the replica that opened it | {home:.3} ms | 1.00 |\n\
          | first on a replica that never saw it (adopted) | {first:.3} ms | {:.2} |\n\
-         | next on that replica | {next:.3} ms | {:.2} |\n\n",
+         | next on that replica | {next:.3} ms | {:.2} |\n\
+         | opening an id for its UUID (every call) | {:.2} µs | {:.3} |\n\
+         | opening an id whole (adoption) | {:.2} µs | {:.3} |\n\n",
         first / home,
         next / home,
+        uuid_only * 1e3,
+        uuid_only / home,
+        whole * 1e3,
+        whole / home,
     ))
+}
+
+/// Ids opened per measurement in [`opening_ids`].
+const OPENS: u32 = 20_000;
+
+/// The mean time, in ms, to open a session id for its UUID only and
+/// whole, with the gateway's own code and a handshake as Claude Code sends.
+fn opening_ids() -> anyhow::Result<(f64, f64)> {
+    use data_plane::mcp::seal::{Rest, SessionKeys};
+
+    let handshake = serde_json::from_value(json!({
+        "protocolVersion": "2025-06-18",
+        "capabilities": { "roots": { "listChanged": true }, "sampling": {}, "elicitation": {} },
+        "clientInfo": { "name": "claude-code", "title": "Claude Code", "version": "2.0.31" }
+    }))?;
+    let keys = SessionKeys::local(Duration::from_secs(24 * 3600));
+    let rest = Rest {
+        owner: Some("team-a".to_owned()),
+        handshake: Some(handshake),
+    };
+    let id = keys
+        .seal(uuid::Uuid::new_v4(), &rest)
+        .context("sealing a session id")?;
+    let mut times = [0.0; 2];
+    for (with_rest, time) in [false, true].into_iter().zip(&mut times) {
+        let started = Instant::now();
+        for _ in 0..OPENS {
+            let claims = keys
+                .open(std::hint::black_box(&id), with_rest)
+                .map_err(|refused| anyhow::anyhow!("opening: {}", refused.as_str()))?;
+            std::hint::black_box(claims);
+        }
+        *time = started.elapsed().as_secs_f64() * 1e3 / f64::from(OPENS);
+    }
+    Ok((times[0], times[1]))
 }
 
 /// A counter or gauge of the gateway's `/metrics`.
