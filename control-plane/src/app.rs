@@ -60,8 +60,8 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     /// Status API.
     pub http_listen: SocketAddr,
-    /// Collector that received spans are forwarded to (OTLP/gRPC).
-    pub otlp_forward: Option<String>,
+    /// Collector that received spans are forwarded to.
+    pub otlp_forward: Option<proto::otel::Destination>,
     /// Traces kept for the `/traces` API.
     pub trace_buffer: usize,
     /// Bytes the kept traces' spans may take.
@@ -308,9 +308,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
     let metrics = Arc::new(Metrics::new());
     let traces = TraceStore::new(config.trace_buffer, config.trace_buffer_bytes);
     let forwarder = match &config.otlp_forward {
-        Some(endpoint) => {
+        Some(destination) => {
             let (forwarder, task) =
-                Forwarder::spawn(endpoint, trace_counters.clone(), shutdown.clone())?;
+                Forwarder::spawn(destination, trace_counters.clone(), shutdown.clone())?;
             tasks.spawn(async move {
                 let _ = task.await;
             });

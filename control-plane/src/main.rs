@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use control_plane::{app, auth::Token, check, connect, launcher, tls::ServerTls};
+use proto::otel::{Destination, Protocol, Settings as OtelSettings};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 #[derive(Parser)]
@@ -308,6 +309,24 @@ impl ControlArgs {
             );
         }
         let args = self;
+        let otel = OtelSettings::from_env()
+            .map_err(|e| anyhow::anyhow!("reading the OTEL_* settings: {e}"))?;
+        // The flag names an OTLP/gRPC collector (gzip), as it always has;
+        // else the OTEL_* settings.
+        let otlp_forward = match args.otlp_forward.filter(|e| !e.is_empty()) {
+            _ if otel.disabled => None,
+            Some(url) => Some(Destination {
+                url,
+                protocol: Protocol::Grpc,
+                gzip: true,
+                headers: otel
+                    .destination
+                    .as_ref()
+                    .map(|d| d.headers.clone())
+                    .unwrap_or_default(),
+            }),
+            None => otel.destination.clone(),
+        };
         Ok(app::Config {
             registry: match args.source {
                 Source::Directory => app::RegistrySource::Directory(
@@ -329,7 +348,7 @@ impl ControlArgs {
             },
             grpc_listen: args.grpc_listen,
             http_listen: args.http_listen,
-            otlp_forward: args.otlp_forward.filter(|e| !e.is_empty()),
+            otlp_forward,
             trace_buffer: args.trace_buffer,
             trace_buffer_bytes: args.trace_buffer_mib.saturating_mul(1024 * 1024),
             replica_token,

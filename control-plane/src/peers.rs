@@ -274,9 +274,16 @@ pub async fn watch(
         .boxed();
     // Reports listed since the last `Init`, swapped in at `InitDone`.
     let mut listing: Option<Vec<ConfigMap>> = None;
+    // A pod that died without removing its report sends no more events:
+    // its replicas drop out when the report goes stale, checked this often.
+    let mut stale_check = tokio::time::interval(STALE_AFTER / 3);
     loop {
         let event = tokio::select! {
             () = cancel.cancelled() => return,
+            _ = stale_check.tick() => {
+                replicas.set_elsewhere(peers.elsewhere());
+                continue;
+            }
             event = events.next() => match event {
                 Some(event) => event,
                 None => return,

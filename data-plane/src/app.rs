@@ -7,7 +7,10 @@ use tokio::time::Instant;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use proto::auth::{OpenPort, Presenting, Token};
+use proto::{
+    auth::{OpenPort, Presenting, Token},
+    otel::{Destination, Sampling},
+};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -55,10 +58,12 @@ pub struct Config {
     pub mcp: McpConfig,
     /// How stdio servers are started.
     pub launcher: Launcher,
-    /// Where spans go over OTLP/gRPC; `None` records none.
-    pub otlp_endpoint: Option<String>,
-    /// Share of traces this replica starts that are recorded.
-    pub trace_sample_ratio: f64,
+    /// Where spans go over OTLP; `None` records none.
+    pub otlp: Option<Destination>,
+    /// Which traces are recorded.
+    pub sampling: Sampling,
+    /// The OTLP resource spans are exported with.
+    pub resource: Vec<(String, String)>,
     /// Log tool arguments and results at debug level.
     pub log_payloads: bool,
     /// Serve MCP without authentication while no client is declared, even
@@ -125,23 +130,26 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
             stop.clone(),
         ));
     }
-    let tracer = match &config.otlp_endpoint {
-        Some(endpoint) if endpoint != &config.control_plane && endpoint.starts_with("https:") => {
+    let tracer = match &config.otlp {
+        Some(destination)
+            if destination.url != config.control_plane && destination.url.starts_with("https:") =>
+        {
             anyhow::bail!(
-                "--otlp-endpoint {endpoint}: spans go over TLS only to the control plane; send them there (the default), which forwards them (--otlp-forward), or to a collector over http"
+                "OTLP endpoint {}: spans go over TLS only to the control plane; send them there (the default), which forwards them (--otlp-forward), or to a collector over http",
+                destination.url
             );
         }
-        Some(endpoint) => {
+        Some(destination) => {
+            let to_control_plane = destination.url == config.control_plane;
             let export = ExportConfig {
-                endpoint: endpoint.clone(),
-                service_name: "switchboard-gateway",
-                replica_id: config.replica_id.clone(),
-                sample_ratio: config.trace_sample_ratio,
-                token: match endpoint == &config.control_plane {
+                destination: destination.clone(),
+                resource: config.resource.clone(),
+                sampling: config.sampling,
+                token: match to_control_plane {
                     true => replica_token.clone(),
                     false => Presenting::default(),
                 },
-                ca_pem: (endpoint == &config.control_plane)
+                ca_pem: to_control_plane
                     .then(|| config.control_plane_ca.clone())
                     .flatten(),
             };

@@ -14,7 +14,10 @@ use data_plane::{
     peers::Peers,
     redact,
 };
-use proto::auth::Token;
+use proto::{
+    auth::Token,
+    otel::{Destination, Protocol, Sampling, Settings as OtelSettings},
+};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// rmcp logs every handshake at INFO; that belongs at debug for a gateway.
@@ -310,11 +313,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bridge::run(BridgeConfig { url, caller, token }).await
         }
         Command::Run(args) => {
-            let otlp_endpoint = match args.otlp_endpoint.as_deref() {
-                None | Some("") => Some(args.control_plane.clone()),
+            let otel = OtelSettings::from_env().context("reading the OTEL_* settings")?;
+            // The flag names an OTLP/gRPC endpoint, as it always has; else
+            // the OTEL_* settings; else the control plane.
+            let otlp = match args.otlp_endpoint.as_deref() {
+                _ if otel.disabled => None,
                 Some("none") => None,
-                Some(endpoint) => Some(endpoint.to_owned()),
+                // Headers and compression still come from the settings.
+                Some(url) if !url.is_empty() => Some(Destination {
+                    url: url.to_owned(),
+                    protocol: Protocol::Grpc,
+                    ..otel
+                        .destination
+                        .clone()
+                        .unwrap_or_else(|| Destination::grpc(""))
+                }),
+                _ => Some(
+                    otel.destination
+                        .clone()
+                        .unwrap_or_else(|| Destination::grpc(&args.control_plane)),
+                ),
             };
+            let sampling = otel.sampling.unwrap_or(Sampling {
+                ratio: args.trace_sample_ratio,
+                parent_based: true,
+            });
+            let resource = otel.resource_with(
+                "switchboard-gateway",
+                &[
+                    ("service.version", env!("CARGO_PKG_VERSION")),
+                    ("service.instance.id", &args.replica_id),
+                ],
+            );
             let stop = shutdown_signal();
             let control_plane_token = Token::from_file_or_env(
                 args.control_plane_token_file.as_deref(),
@@ -364,8 +394,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     shim: Some(std::env::current_exe().context("locating switchboard-gateway")?),
                     server_homes: args.server_home,
                 },
-                otlp_endpoint,
-                trace_sample_ratio: args.trace_sample_ratio,
+                otlp,
+                sampling,
+                resource,
                 log_payloads: args.log_payloads,
                 allow_unauthenticated: args.allow_unauthenticated,
                 admin_token,

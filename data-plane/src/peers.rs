@@ -15,8 +15,11 @@
 //!   level) and its end (`DELETE`), repeated to every other replica in
 //!   the order they happened, so whichever replica holds the session's
 //!   GET stream sends it what it subscribed to, and an ended session opens
-//!   nowhere. A repeated request is marked ([`SHARED_BY`]) and not
-//!   repeated again.
+//!   nowhere.
+//!
+//! Whatever a replica hands on is marked ([`SHARED_BY`]) and never handed
+//! on again, so no address mix-up can make requests go round in circles;
+//! only the headers a replica needs to check and serve it go along.
 
 use std::{
     collections::HashMap,
@@ -41,25 +44,38 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
 /// How long a handed-on answer or a repeated request may take.
-const HAND_ON_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a handed-on retry may take: the parked call's own `maxCall`
-/// ends it sooner.
-const RETRY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const HAND_ON_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long reaching another replica may take: a replica that is gone
+/// must not hold up what waits for it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a handed-on retry may take: the longest `maxCall` there is.
+const RETRY_TIMEOUT: Duration = proto::defaults::MAX_CALL_TIMEOUT;
 /// Session changes waiting to be repeated; beyond, they are dropped.
 const SHARE_QUEUE: usize = 1024;
 /// Marks a request a replica repeats to the others, naming it.
 pub const SHARED_BY: &str = "switchboard-shared-by";
-/// The connection's own headers, never passed on.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "content-length",
-    "transfer-encoding",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
-    "accept-encoding",
+/// The request headers handed on: what the other replica checks (the
+/// caller, the session, the revision's headers) and the trace.
+const HANDED_HEADERS: [&str; 10] = [
+    "authorization",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+    "host",
+    "accept",
+    "content-type",
+    "traceparent",
+    "tracestate",
+];
+/// A 2026-07-28 request's `x-mcp-header` arguments, checked against its
+/// body.
+const PARAM_HEADER_PREFIX: &str = "mcp-param-";
+/// Answer headers a handed-on retry's answer keeps.
+const ANSWER_HEADERS: [http::HeaderName; 3] = [
+    http::header::CONTENT_TYPE,
+    http::header::RETRY_AFTER,
+    http::header::WWW_AUTHENTICATE,
 ];
 
 /// This replica, the others' addresses, and what it repeats to them;
@@ -146,6 +162,9 @@ impl Peers {
         let RequestId::String(text) = id else {
             return false;
         };
+        if headers.contains_key(SHARED_BY) {
+            return false;
+        }
         let Some((_, asker)) = text
             .strip_prefix("sb:")
             .and_then(|rest| rest.split_once('@'))
@@ -179,14 +198,17 @@ impl Peers {
     }
 
     /// Hands a retry (`body`, sent with `headers`) to `replica`, which
-    /// holds the call it resumes, and passes its answer back; why not, if
-    /// it cannot be reached.
+    /// holds the call it resumes, and passes its answer back, whatever it
+    /// is; why not, if that replica is unknown or cannot be reached.
     pub async fn hand_retry(
         &self,
         replica: &str,
         body: String,
         headers: &HeaderMap,
     ) -> Result<Response, String> {
+        if headers.contains_key(SHARED_BY) {
+            return Err("it was handed here by another replica already".to_owned());
+        }
         let Some(url) = self.url_of(replica) else {
             return Err(format!("replica `{replica}` is not connected"));
         };
@@ -195,12 +217,25 @@ impl Peers {
             .request(Method::POST, &url, headers)
             .timeout(RETRY_TIMEOUT)
             .body(body);
-        let Some(answer) = self.link.send("retry", replica, request).await else {
-            return Err(format!("replica `{replica}` could not be reached"));
+        let answer = match request.send().await {
+            Ok(answer) => answer,
+            Err(error) => {
+                self.link.count("retry", "failed");
+                warn!(replica, error = %crate::downstream::with_causes(&error), "could not hand a retry to the replica holding its call");
+                return Err(format!("replica `{replica}` could not be reached"));
+            }
         };
+        let outcome = if answer.status().is_success() {
+            "ok"
+        } else {
+            "refused"
+        };
+        self.link.count("retry", outcome);
         let mut response = Response::builder().status(answer.status().as_u16());
-        if let Some(content_type) = answer.headers().get(http::header::CONTENT_TYPE) {
-            response = response.header(http::header::CONTENT_TYPE, content_type.as_bytes());
+        for name in ANSWER_HEADERS {
+            if let Some(value) = answer.headers().get(&name) {
+                response = response.header(name, value.as_bytes());
+            }
         }
         let body = answer
             .bytes()
@@ -216,10 +251,8 @@ impl Peers {
     /// client's `headers`) to every other replica, unless another replica
     /// repeated it here.
     pub fn share_request(&self, headers: &HeaderMap, method: &str, params: serde_json::Value) {
-        let id = format!(
-            "sb-shared:{}",
-            self.link.next_id.fetch_add(1, Ordering::Relaxed)
-        );
+        let n = self.link.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("sb-shared:{n}@{}", self.link.me);
         let body = serde_json::json!({
             "jsonrpc": "2.0", "id": id, "method": method, "params": params,
         });
@@ -259,6 +292,7 @@ impl Link {
     fn client(&self) -> &reqwest::Client {
         self.http.get_or_init(|| {
             reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
                 // An address from the control plane, never a redirect.
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -266,11 +300,16 @@ impl Link {
         })
     }
 
-    /// A request to another replica carrying the client's headers.
+    /// A request to another replica carrying the client's headers it
+    /// needs, marked as handed on.
     fn request(&self, method: Method, url: &str, headers: &HeaderMap) -> reqwest::RequestBuilder {
-        let mut request = self.client().request(method, url);
+        let mut request = self
+            .client()
+            .request(method, url)
+            .header(SHARED_BY, &*self.me);
         for (name, value) in headers {
-            if !HOP_BY_HOP.contains(&name.as_str()) {
+            let name = name.as_str();
+            if HANDED_HEADERS.contains(&name) || name.starts_with(PARAM_HEADER_PREFIX) {
                 request = request.header(name, value);
             }
         }
@@ -312,7 +351,6 @@ impl Link {
                 .map(|(id, url)| {
                     let mut request = self
                         .request(share.method.clone(), url, &share.headers)
-                        .header(SHARED_BY, &*self.me)
                         .timeout(HAND_ON_TIMEOUT);
                     if let Some(body) = &share.body {
                         request = request.body(body.clone());
@@ -361,6 +399,10 @@ mod tests {
         let answer = RawValue::from_string("{}".to_owned()).expect("JSON");
         let hand_on = |id: RequestId| peers.hand_on(&id, Ok(&answer), &HeaderMap::new());
         assert!(hand_on(RequestId::String("sb:7@r1".into())));
+        let mut handed = HeaderMap::new();
+        handed.insert(SHARED_BY, "r2".parse().expect("value"));
+        let id = RequestId::String("sb:7@r1".into());
+        assert!(!peers.hand_on(&id, Ok(&answer), &handed), "handed on once");
         assert!(!hand_on(RequestId::String("sb:7@r0".into())), "its own");
         assert!(!hand_on(RequestId::String("sb:7@r9".into())), "unknown");
         assert!(
@@ -372,13 +414,14 @@ mod tests {
     }
 
     #[test]
-    fn the_connections_own_headers_stay_behind() {
+    fn only_the_headers_a_replica_needs_go_along_marked() {
         let peers = Peers::new("r0");
         let mut headers = HeaderMap::new();
         headers.insert("authorization", "Bearer t".parse().expect("value"));
         headers.insert("mcp-session-id", "abc".parse().expect("value"));
         headers.insert("content-length", "12".parse().expect("value"));
         headers.insert("connection", "keep-alive".parse().expect("value"));
+        headers.insert("cookie", "c=1".parse().expect("value"));
         let request = peers
             .link
             .request(Method::POST, "http://127.0.0.1:9/mcp", &headers)
@@ -386,8 +429,10 @@ mod tests {
             .expect("request");
         assert_eq!(request.headers()["authorization"], "Bearer t");
         assert_eq!(request.headers()["mcp-session-id"], "abc");
+        assert_eq!(request.headers()[SHARED_BY], "r0");
         assert!(request.headers().get("content-length").is_none());
         assert!(request.headers().get("connection").is_none());
+        assert!(request.headers().get("cookie").is_none());
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Generated types for what the two planes exchange: the config stream
 //! (`proto/config.proto`) and span export (`proto/otlp_trace.proto`), and
-//! the defaults both planes assume for what a message leaves out. Nothing
+//! the defaults both planes assume for what a message leaves out, and the
+//! OpenTelemetry settings and OTLP sender both planes use (`otel`). Nothing
 //! else lives here.
 
 #[allow(warnings, clippy::all, clippy::pedantic)]
@@ -23,6 +24,8 @@ pub mod otlp {
     //! the control plane's receiver and its forwarder.
     pub use super::generated_otlp::*;
 }
+
+pub mod otel;
 
 pub mod defaults {
     //! The resilience defaults, defined once: what the control plane fills

@@ -214,7 +214,8 @@ impl RawSession {
 /// The JSON-RPC messages of an SSE response, read as they come.
 pub struct Events {
     stream: BoxStream<'static, reqwest::Result<Vec<u8>>>,
-    buffer: String,
+    /// Bytes, not text: a character may be split between chunks.
+    buffer: Vec<u8>,
 }
 
 impl Events {
@@ -224,7 +225,7 @@ impl Events {
                 .bytes_stream()
                 .map(|chunk| chunk.map(|bytes| bytes.to_vec()))
                 .boxed(),
-            buffer: String::new(),
+            buffer: Vec::new(),
         }
     }
 
@@ -254,8 +255,9 @@ impl Events {
 
     async fn read(&mut self) -> Value {
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let event: String = self.buffer.drain(..end + 2).collect();
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let event = String::from_utf8_lossy(&event);
                 let data: Vec<&str> = event
                     .lines()
                     .filter_map(|l| l.strip_prefix("data:"))
@@ -273,7 +275,9 @@ impl Events {
                 .await
                 .expect("the stream goes on")
                 .expect("bytes");
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+            // CRLF line ends read as LF.
+            self.buffer
+                .extend(chunk.into_iter().filter(|b| *b != b'\r'));
         }
     }
 }

@@ -1,15 +1,19 @@
 //! Forwards received OTLP exports to the configured collector (Jaeger,
-//! Tempo, an OpenTelemetry collector) over OTLP/gRPC with gzip, spans as
-//! they arrived. Exports wait in a bounded queue; when it is full or the
+//! Tempo, an OpenTelemetry collector) over OTLP/gRPC or OTLP/HTTP
+//! (`proto::otel`), spans as they arrived. Exports wait in a bounded queue; when it is full or the
 //! collector fails, spans are dropped and counted, never queued without
 //! bound.
 
 use std::time::Duration;
 
-use proto::otlp::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient};
+use proto::{
+    auth::Presenting,
+    otel::{Destination, Protocol, Sender},
+    otlp::ExportTraceServiceRequest,
+};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::{codec::CompressionEncoding, transport::Channel};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::{DROP_FORWARD_FAILED, DROP_QUEUE_FULL, TraceCounters};
@@ -34,23 +38,34 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts the forwarding task for `endpoint`; it stops on `shutdown`.
+    /// Starts the forwarding task for `destination`; it stops on `shutdown`.
     pub fn spawn(
-        endpoint: &str,
+        destination: &Destination,
         counters: TraceCounters,
         shutdown: CancellationToken,
     ) -> Result<(Self, JoinHandle<()>), EndpointError> {
-        let channel = Channel::from_shared(endpoint.to_owned())
-            .map_err(|source| EndpointError {
-                endpoint: endpoint.to_owned(),
-                source,
-            })?
-            .timeout(EXPORT_TIMEOUT)
-            .connect_lazy();
-        let client = TraceServiceClient::new(channel).send_compressed(CompressionEncoding::Gzip);
+        let endpoint = &destination.url;
+        let sender = match destination.protocol {
+            Protocol::Grpc => {
+                let channel = Channel::from_shared(endpoint.clone())
+                    .map_err(|source| EndpointError {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?
+                    .timeout(EXPORT_TIMEOUT)
+                    .connect_lazy();
+                Sender::grpc(
+                    channel,
+                    &destination.headers,
+                    Presenting::default(),
+                    destination.gzip,
+                )
+            }
+            Protocol::HttpProtobuf => Sender::http(endpoint, &destination.headers),
+        };
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        info!(%endpoint, "forwarding spans over OTLP");
-        let task = tokio::spawn(run(client, rx, counters.clone(), shutdown));
+        info!(%endpoint, protocol = ?destination.protocol, "forwarding spans over OTLP");
+        let task = tokio::spawn(run(sender, rx, counters.clone(), shutdown));
         Ok((Self { queue, counters }, task))
     }
 
@@ -63,7 +78,7 @@ impl Forwarder {
 }
 
 async fn run(
-    mut client: TraceServiceClient<Channel>,
+    mut sender: Sender,
     mut queue: mpsc::Receiver<(ExportTraceServiceRequest, usize)>,
     counters: TraceCounters,
     shutdown: CancellationToken,
@@ -77,17 +92,17 @@ async fn run(
             },
             () = shutdown.cancelled() => break,
         };
-        match client.export(request).await {
-            Ok(_) => {
+        match sender.send(request).await {
+            Ok(()) => {
                 counters.forwarded.inc_by(spans as u64);
                 if std::mem::take(&mut failing) {
                     info!("span forwarding recovered");
                 }
             }
-            Err(status) => {
+            Err(error) => {
                 counters.dropped(DROP_FORWARD_FAILED).inc_by(spans as u64);
                 if !std::mem::replace(&mut failing, true) {
-                    warn!(error = %status.message(), spans, "span forwarding failed; dropping spans until the collector is back");
+                    warn!(%error, spans, "span forwarding failed; dropping spans until the collector is back");
                 }
             }
         }

@@ -57,6 +57,16 @@ pub struct Methods {
     pub peers: Peers,
 }
 
+/// Keeps `session` in memory: it holds state a fresh start would lose,
+/// its client's own or a copy another replica repeated (`peers.rs`).
+fn keep(session: &Session, ctx: &Ctx) {
+    if ctx.parts.headers.contains_key(crate::peers::SHARED_BY) {
+        session.pin_copy();
+    } else {
+        session.pin();
+    }
+}
+
 /// One request as a method sees it.
 pub struct Ctx {
     pub id: RequestId,
@@ -526,7 +536,7 @@ impl Methods {
     ) -> Result<serde_json::Map<String, serde_json::Value>, ErrorData> {
         request.meta = None;
         self.observed(session, "logging/setLevel", None, ctx, async |observation| {
-            session.pin();
+            keep(session, ctx);
             session.client.set_log_level(request.level);
             let routes: Vec<Route> = self
                 .servers
@@ -585,6 +595,8 @@ impl Methods {
             let route = self.resource_route(&uri, false)?;
             let client = &session.client;
             if client.is_subscribed(&uri) == subscribe {
+                // Again to the other replicas: one may have missed it.
+                self.share(session, ctx, method, json!({ "uri": uri }));
                 return Ok(serde_json::Map::new());
             }
             if subscribe && client.subscription_count() >= MAX_SUBSCRIPTIONS {
@@ -636,7 +648,7 @@ impl Methods {
             }
             // Recorded once the server accepted, so a failed attempt can be retried.
             if subscribe {
-                session.pin();
+                keep(session, ctx);
                 client.subscribe(&uri);
             } else {
                 client.unsubscribe(&uri);
@@ -726,7 +738,7 @@ impl Methods {
         observation.set_server(route.server.spec.name.clone());
         if route.server.spec.session_mode != SessionMode::Shared {
             // Its connection to the server lives as long as the session.
-            session.pin();
+            keep(session, ctx);
         }
         if let Some(trace) = observation.trace() {
             meta.set_traceparent(trace.to_traceparent());

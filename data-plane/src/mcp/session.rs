@@ -189,6 +189,9 @@ pub struct Session {
     own_stream: Mutex<Option<mpsc::Receiver<ToStream>>>,
     /// It holds state a fresh start would lose: never parked.
     pinned: AtomicBool,
+    /// Its client set that state here, not another replica repeating it
+    /// (`peers.rs`): it ends, rather than being forgotten, on expiry.
+    pinned_here: AtomicBool,
     calls: Mutex<Calls>,
     /// Cancelled when the session ends.
     pub ended: CancellationToken,
@@ -672,7 +675,7 @@ impl Sessions {
                 // per-session connections): then it ends, so its client
                 // hears 404 and starts again rather than miss things.
                 if let Some(session) = row.live.take() {
-                    if session.pinned.load(Ordering::Relaxed) {
+                    if session.pinned_here.load(Ordering::Relaxed) {
                         self.tombstone(*uuid);
                     }
                     expired.push(session);
@@ -852,6 +855,7 @@ impl Session {
             client,
             own_stream: Mutex::new(Some(own_stream)),
             pinned: AtomicBool::new(false),
+            pinned_here: AtomicBool::new(false),
             calls: Mutex::default(),
             ended: CancellationToken::new(),
             servers,
@@ -893,8 +897,15 @@ impl Session {
     }
 
     /// Keeps the session in memory from now on: it holds state a fresh
-    /// start would lose.
+    /// start would lose, set by its client here.
     pub fn pin(&self) {
+        self.pinned.store(true, Ordering::Relaxed);
+        self.pinned_here.store(true, Ordering::Relaxed);
+    }
+
+    /// [`Self::pin`] for state another replica repeated here: a copy, which
+    /// expiry forgets without ending the session everywhere else.
+    pub fn pin_copy(&self) {
         self.pinned.store(true, Ordering::Relaxed);
     }
 

@@ -1,6 +1,7 @@
-//! The OTLP/gRPC span exporter: one task that drains the tracer's bounded
-//! queue in batches and sends them to the control plane or a collector, the
-//! spans as the tracer encoded them (`proto/otlp_trace.proto`). A failed
+//! The OTLP span exporter: one task that drains the tracer's bounded
+//! queue in batches and sends them to the control plane or a collector
+//! (OTLP/gRPC or OTLP/HTTP, `proto::otel`), the spans as they were encoded:
+//! the request path's own (`trace.rs`) and the SDK's (`sdk.rs`). A failed
 //! export drops its batch and counts it: spans are diagnostics, and holding
 //! them for an absent receiver would grow without bound. Nothing here is
 //! ever awaited by a request.
@@ -10,14 +11,11 @@ use std::time::Duration;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use proto::{
     auth::Presenting,
-    otlp::{
-        ExportTraceServiceRequest, ResourceSpans, ScopeSpans,
-        trace_service_client::TraceServiceClient,
-    },
+    otel::{Destination, Protocol, Sampling, Sender},
+    otlp::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans},
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -43,15 +41,13 @@ pub struct EndpointError {
     source: crate::xds::Error,
 }
 
-/// Who is exporting: becomes the OTLP resource.
+/// Where spans go and as whom.
 #[derive(Clone, Debug)]
 pub struct ExportConfig {
-    /// OTLP/gRPC URL, e.g. `http://127.0.0.1:8788`.
-    pub endpoint: String,
-    pub service_name: &'static str,
-    pub replica_id: String,
-    /// Share of new traces recorded (0.0–1.0).
-    pub sample_ratio: f64,
+    pub destination: Destination,
+    /// The OTLP resource every export carries.
+    pub resource: Vec<(String, String)>,
+    pub sampling: Sampling,
     /// Presented on every export (to the control plane's receiver).
     pub token: Presenting,
     /// For an `https` endpoint: the CA its certificate is checked against.
@@ -72,30 +68,40 @@ pub fn spawn(
     counters: ExportCounters,
     shutdown: CancellationToken,
 ) -> Result<(Tracer, JoinHandle<()>), EndpointError> {
-    let channel = crate::xds::grpc_endpoint(&config.endpoint, config.ca_pem.as_deref())
-        .map_err(|source| EndpointError {
-            endpoint: config.endpoint.clone(),
-            source,
-        })?
-        .timeout(EXPORT_TIMEOUT)
-        .connect_lazy();
-    // Uncompressed: the receiver is usually the control plane next door, and
-    // gzip would spend the CPU the gateways' requests need.
-    let client = TraceServiceClient::with_interceptor(channel, config.token.clone());
+    let destination = &config.destination;
+    let sender = match destination.protocol {
+        Protocol::Grpc => {
+            let channel = crate::xds::grpc_endpoint(&destination.url, config.ca_pem.as_deref())
+                .map_err(|source| EndpointError {
+                    endpoint: destination.url.clone(),
+                    source,
+                })?
+                .timeout(EXPORT_TIMEOUT)
+                .connect_lazy();
+            Sender::grpc(
+                channel,
+                &destination.headers,
+                config.token.clone(),
+                destination.gzip,
+            )
+        }
+        Protocol::HttpProtobuf => Sender::http(&destination.url, &destination.headers),
+    };
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let queue_full = counters
         .dropped
         .get_or_create(&ReasonLabels::new(DROP_QUEUE_FULL))
         .clone();
-    let tracer = Tracer::new(tx, queue_full, config.sample_ratio);
-    info!(endpoint = %config.endpoint, "exporting spans over OTLP");
+    let tracer = Tracer::new(tx, queue_full, config.sampling);
+    info!(endpoint = %destination.url, protocol = ?destination.protocol, "exporting spans over OTLP");
+    let resource: Vec<(&str, &str)> = config
+        .resource
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let exporter = Exporter {
-        client,
-        resource: otlp::resource(&[
-            ("service.name", config.service_name),
-            ("service.version", env!("CARGO_PKG_VERSION")),
-            ("service.instance.id", &config.replica_id),
-        ]),
+        sender,
+        resource: otlp::resource(&resource),
         scope: otlp::scope("switchboard-gateway", env!("CARGO_PKG_VERSION")),
         counters,
         failing: false,
@@ -104,7 +110,7 @@ pub fn spawn(
 }
 
 struct Exporter {
-    client: TraceServiceClient<InterceptedService<Channel, Presenting>>,
+    sender: Sender,
     /// The encoded OTLP `Resource` and `InstrumentationScope` of every export.
     resource: Vec<u8>,
     scope: Vec<u8>,
@@ -159,20 +165,20 @@ impl Exporter {
                 schema_url: String::new(),
             }],
         };
-        match self.client.export(request).await {
-            Ok(_) => {
+        match self.sender.send(request).await {
+            Ok(()) => {
                 self.counters.exported.inc_by(count);
                 if std::mem::take(&mut self.failing) {
                     info!("span export recovered");
                 }
             }
-            Err(status) => {
+            Err(error) => {
                 self.counters
                     .dropped
                     .get_or_create(&ReasonLabels::new(DROP_EXPORT_FAILED))
                     .inc_by(count);
                 if !std::mem::replace(&mut self.failing, true) {
-                    warn!(error = %status.message(), spans = count, "span export failed; dropping spans until the receiver is back");
+                    warn!(%error, spans = count, "span export failed; dropping spans until the receiver is back");
                 }
             }
         }

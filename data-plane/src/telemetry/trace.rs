@@ -11,6 +11,7 @@ use std::{
 };
 
 use prometheus_client::metrics::counter::Counter;
+use proto::otel::Sampling;
 use tokio::sync::mpsc;
 
 use super::otlp::{self, SpanKind, span as field};
@@ -40,8 +41,8 @@ pub struct Tracer {
 struct SpanSink {
     spans: mpsc::Sender<EncodedSpan>,
     dropped: Counter,
-    /// Share of new traces recorded; a parent's decision always wins.
-    sample_ratio: f64,
+    /// Which traces are recorded (`OTEL_TRACES_SAMPLER`).
+    sampling: Sampling,
 }
 
 /// A span being recorded; exported when dropped.
@@ -103,10 +104,11 @@ impl TraceContext {
 
     /// A new root context, sampled with probability `ratio`.
     fn root(ratio: f64) -> Self {
+        let trace_id = nonzero_id();
         Self {
-            trace_id: nonzero_id(),
+            trace_id,
             span_id: nonzero_id(),
-            sampled: ratio >= 1.0 || fastrand::f64() < ratio,
+            sampled: by_ratio(&trace_id, ratio),
         }
     }
 
@@ -116,6 +118,14 @@ impl TraceContext {
             ..*self
         }
     }
+}
+
+/// Whether `ratio` of traces includes this one, decided by its id as the
+/// specification's `traceidratio` sampler does, so every process agrees.
+fn by_ratio(trace_id: &[u8; 16], ratio: f64) -> bool {
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    ratio >= 1.0 || (u64::from_be_bytes(low) as f64) < ratio * (u64::MAX as f64)
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -158,14 +168,14 @@ fn nonzero_id<const N: usize>() -> [u8; N] {
 
 impl Tracer {
     /// A tracer that hands finished spans to `spans`, counting the ones the
-    /// full queue refuses in `dropped`, and records `sample_ratio` of the
-    /// traces it starts (traces the client started follow its decision).
-    pub fn new(spans: mpsc::Sender<EncodedSpan>, dropped: Counter, sample_ratio: f64) -> Self {
+    /// full queue refuses in `dropped`, and records the traces `sampling`
+    /// picks (parent-based: traces the client started follow its decision).
+    pub fn new(spans: mpsc::Sender<EncodedSpan>, dropped: Counter, sampling: Sampling) -> Self {
         Self {
             sink: Some(Arc::new(SpanSink {
                 spans,
                 dropped,
-                sample_ratio,
+                sampling,
             })),
         }
     }
@@ -185,7 +195,18 @@ impl Tracer {
                 record: None,
             };
         };
-        let context = parent.map_or_else(|| TraceContext::root(sink.sample_ratio), |p| p.child());
+        let Sampling {
+            ratio,
+            parent_based,
+        } = sink.sampling;
+        let context = match parent {
+            None => TraceContext::root(ratio),
+            Some(parent) if parent_based => parent.child(),
+            Some(parent) => TraceContext {
+                sampled: by_ratio(&parent.trace_id, ratio),
+                ..parent.child()
+            },
+        };
         let record = context.sampled.then(|| {
             let start_unix_nano = unix_nanos(SystemTime::now());
             let mut buf = Vec::with_capacity(SPAN_CAPACITY);
@@ -307,7 +328,7 @@ mod tests {
     async fn spans_chain_and_a_full_queue_drops_instead_of_waiting() {
         let (tx, mut rx) = mpsc::channel(1);
         let dropped = Counter::default();
-        let tracer = Tracer::new(tx, dropped.clone(), 1.0);
+        let tracer = Tracer::new(tx, dropped.clone(), Sampling::default());
         let parent = TraceContext::parse(EXAMPLE);
         let server = tracer.start(|| "tools/call a.echo".into(), SpanKind::Server, parent);
         let server_context = server.context().expect("recording");
@@ -336,7 +357,7 @@ mod tests {
     #[test]
     fn unsampled_parents_and_disabled_tracers_record_nothing() {
         let (tx, _rx) = mpsc::channel(8);
-        let tracer = Tracer::new(tx, Counter::default(), 1.0);
+        let tracer = Tracer::new(tx, Counter::default(), Sampling::default());
         let unsampled =
             TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
         let span = tracer.start(|| "x".into(), SpanKind::Server, unsampled);
@@ -352,7 +373,11 @@ mod tests {
     #[test]
     fn the_sample_ratio_applies_to_new_traces_only() {
         let (tx, _rx) = mpsc::channel(8);
-        let never = Tracer::new(tx, Counter::default(), 0.0);
+        let ratio = |ratio, parent_based| Sampling {
+            ratio,
+            parent_based,
+        };
+        let never = Tracer::new(tx.clone(), Counter::default(), ratio(0.0, true));
         let root = never.start(|| "x".into(), SpanKind::Server, None);
         assert!(!root.is_recording());
         let context = root.context().expect("a context is still propagated");
@@ -363,5 +388,18 @@ mod tests {
                 .start(|| "x".into(), SpanKind::Server, sampled_parent)
                 .is_recording()
         );
+        // Not parent-based: the ratio decides for every trace.
+        let off = Tracer::new(tx.clone(), Counter::default(), ratio(0.0, false));
+        let child = off.start(|| "x".into(), SpanKind::Server, sampled_parent);
+        assert!(!child.is_recording());
+        assert_eq!(child.context().map(|c| c.sampled), Some(false));
+        let half = Tracer::new(tx, Counter::default(), ratio(0.5, false));
+        let recorded = (0..2000)
+            .filter(|_| {
+                half.start(|| "x".into(), SpanKind::Server, None)
+                    .is_recording()
+            })
+            .count();
+        assert!((700..1300).contains(&recorded), "{recorded} of 2000");
     }
 }
