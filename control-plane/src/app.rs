@@ -62,6 +62,11 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Collector that received spans are forwarded to.
     pub otlp_forward: Option<proto::otel::Destination>,
+    /// Where the OpenTelemetry SDK's spans of this process's work go:
+    /// bound here to the trace store and forwarder.
+    pub work_spans: proto::otel::sdk::SpanSink,
+    /// The OTLP resource this process's spans carry.
+    pub resource: Vec<(String, String)>,
     /// Traces kept for the `/traces` API.
     pub trace_buffer: usize,
     /// Bytes the kept traces' spans may take.
@@ -325,6 +330,14 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
         forwarder,
         counters: trace_counters,
     };
+    let own = receiver.clone();
+    let resource = config.resource.clone();
+    config.work_spans.bind(move |spans| {
+        let request = proto::otel::export_request(&resource, "switchboard-control-plane", spans);
+        if let Err(error) = own.accept(request, None) {
+            warn!(%error, "the control plane's own spans were refused");
+        }
+    });
     let operators = Gate::operators(config.admin_token.clone());
     metrics.register_collector(replica_gate.clone());
     metrics.register_collector(operators.clone());

@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use control_plane::{app, auth::Token, check, connect, launcher, tls::ServerTls};
-use proto::otel::{Destination, Protocol, Settings as OtelSettings};
+use proto::otel::{
+    Destination, Protocol, Settings as OtelSettings,
+    sdk::{self, SpanSink},
+};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
 #[derive(Parser)]
@@ -271,7 +274,7 @@ impl ControlArgs {
 }
 
 impl ControlArgs {
-    fn into_config(self) -> anyhow::Result<app::Config> {
+    fn into_config(self, otel: &OtelSettings, work_spans: SpanSink) -> anyhow::Result<app::Config> {
         let replica_token = self.replica_token()?;
         let admin_token =
             Token::from_file_or_env(self.admin_token_file.as_deref(), "SWITCHBOARD_ADMIN_TOKEN")?;
@@ -309,8 +312,6 @@ impl ControlArgs {
             );
         }
         let args = self;
-        let otel = OtelSettings::from_env()
-            .map_err(|e| anyhow::anyhow!("reading the OTEL_* settings: {e}"))?;
         // The flag names an OTLP/gRPC collector (gzip), as it always has;
         // else the OTEL_* settings.
         let otlp_forward = match args.otlp_forward.filter(|e| !e.is_empty()) {
@@ -349,6 +350,11 @@ impl ControlArgs {
             grpc_listen: args.grpc_listen,
             http_listen: args.http_listen,
             otlp_forward,
+            work_spans,
+            resource: otel.resource_with(
+                "switchboard-control-plane",
+                &[("service.version", env!("CARGO_PKG_VERSION"))],
+            ),
             trace_buffer: args.trace_buffer,
             trace_buffer_bytes: args.trace_buffer_mib.saturating_mul(1024 * 1024),
             replica_token,
@@ -367,7 +373,24 @@ impl ControlArgs {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::registry().with(filter);
+    // The control plane's own work is traced through the OpenTelemetry SDK
+    // (`proto::otel::sdk`), its spans kept and forwarded with the replicas'.
+    let serving = matches!(cli.command, Command::Serve(_) | Command::Up { .. });
+    let otel = match serving {
+        true => OtelSettings::from_env()
+            .map_err(|e| anyhow::anyhow!("reading the OTEL_* settings: {e}"))?,
+        false => OtelSettings::default(),
+    };
+    let work_spans = SpanSink::default();
+    let (work, provider) = match serving && !otel.disabled {
+        true => {
+            let (layer, provider) =
+                sdk::layer(work_spans.clone(), otel.sampling.unwrap_or_default());
+            (Some(layer), Some(provider))
+        }
+        false => (None, None),
+    };
+    let logs = tracing_subscriber::registry().with(filter).with(work);
     match cli.log_format {
         LogFormat::Logfmt => logs
             .with(
@@ -385,7 +408,22 @@ async fn main() -> anyhow::Result<()> {
             )
             .init(),
     }
-    match cli.command {
+    let log_format = cli.log_format;
+    let outcome = run(cli.command, log_format, otel, work_spans).await;
+    if let Some(provider) = provider {
+        // Flushes what the SDK holds into the trace store and forwarder.
+        let _ = provider.shutdown();
+    }
+    outcome
+}
+
+async fn run(
+    command: Command,
+    log_format: LogFormat,
+    otel: OtelSettings,
+    work_spans: SpanSink,
+) -> anyhow::Result<()> {
+    match command {
         Command::Crd => {
             print!("{}", control_plane::resource::crd_yaml()?);
             Ok(())
@@ -509,7 +547,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let stop = shutdown_signal();
-            let bound = app::run(args.into_config()?).await?;
+            let bound = app::run(args.into_config(&otel, work_spans)?).await?;
             stop.await;
             bound.shutdown_trigger().cancel();
             bound.wait().await;
@@ -525,7 +563,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("registry directory: {}", registry.display());
                 control.registry = Some(registry);
             }
-            let mut control_plane = control.into_config()?;
+            let mut control_plane = control.into_config(&otel, work_spans)?;
             // The gateway `up` starts gets a fresh token of its own, and
             // the API one its user alone can read.
             if control_plane.replica_token.is_none() {
@@ -551,8 +589,7 @@ async fn main() -> anyhow::Result<()> {
                 admin_token_file,
                 gateway_listen,
                 replicas,
-                log_format: cli
-                    .log_format
+                log_format: log_format
                     .to_possible_value()
                     .map(|v| v.get_name().to_owned())
                     .unwrap_or_default(),

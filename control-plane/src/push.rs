@@ -15,6 +15,7 @@ use proto::config::{
     self as pb, config_discovery_server::ConfigDiscovery, control_message,
     replica_message::Kind as ReplicaKind,
 };
+use proto::otel::sdk::{self, WORK};
 use serde::{Deserialize, Serialize};
 use tokio::{
     sync::{mpsc, watch},
@@ -23,7 +24,7 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::{
     auth::{Replica, ReplicaGate},
@@ -255,10 +256,22 @@ impl ReplicaStream {
             let snapshot = self.snapshots.borrow_and_update().clone();
             if snapshot.version != 0 && snapshot.version != last_sent {
                 let version = snapshot.version;
+                // Each replica's apply is a child of its own push.
+                let push = info_span!(
+                    target: WORK,
+                    "config.push",
+                    version,
+                    trace_id = field::Empty,
+                    span_id = field::Empty,
+                );
+                sdk::continue_from(&push, &snapshot.traceparent);
+                let mut sent = (*snapshot).clone();
+                sent.traceparent = sdk::traceparent(&push);
                 let message = pb::ControlMessage {
-                    kind: Some(control_message::Kind::Snapshot((*snapshot).clone())),
+                    kind: Some(control_message::Kind::Snapshot(sent)),
                 };
-                if self.outbound.send(Ok(message)).await.is_err() {
+                let delivered = self.outbound.send(Ok(message)).instrument(push).await;
+                if delivered.is_err() {
                     break;
                 }
                 debug!(version, "snapshot sent");
@@ -304,12 +317,14 @@ impl ReplicaStream {
     fn handle(&self, message: pb::ReplicaMessage) {
         match message.kind {
             Some(ReplicaKind::Ack(ack)) => {
+                let _received = received(&ack.traceparent, ack.version, "ack").entered();
                 debug!(version = ack.version, "ACK");
                 self.replicas.counters.acks.inc();
                 self.replicas
                     .update(&self.replica_id, |r| r.acked_version = ack.version);
             }
             Some(ReplicaKind::Nack(nack)) => {
+                let _received = received(&nack.traceparent, nack.version, "nack").entered();
                 warn!(version = nack.version, reason = %nack.reason, "NACK");
                 self.replicas.counters.nacks.inc();
                 self.replicas.update(&self.replica_id, |r| {
@@ -337,6 +352,20 @@ impl ReplicaStream {
             }
         }
     }
+}
+
+/// The span of a replica's ACK or NACK, in the trace of its apply.
+fn received(traceparent: &str, version: u64, result: &'static str) -> tracing::Span {
+    let span = info_span!(
+        target: WORK,
+        "config.acknowledged",
+        version,
+        result,
+        trace_id = field::Empty,
+        span_id = field::Empty,
+    );
+    sdk::continue_from(&span, traceparent);
+    span
 }
 
 fn health_status(health: pb::ServerHealth) -> ServerHealthStatus {

@@ -40,6 +40,20 @@ pub struct Registry {
     pub gateway: Option<ValidGatewayConfig>,
     /// Every problem found; none of them stops the rest of the registry.
     pub issues: Vec<RegistryIssue>,
+    /// The change that produced it, as a trace to continue.
+    pub cause: Cause,
+}
+
+/// The W3C `traceparent` of the change that produced a registry, so the
+/// snapshot built from it joins the change's trace. Not part of what the
+/// registry says: two registries differing only here are equal.
+#[derive(Clone, Debug, Default)]
+pub struct Cause(pub String);
+
+impl PartialEq for Cause {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A problem with one file or resource, precise enough to fix without logs.
@@ -125,6 +139,7 @@ impl Registry {
             policies: BTreeMap::new(),
             gateway: None,
             issues,
+            cause: Cause::default(),
         }
     }
 

@@ -14,9 +14,10 @@ use prometheus_client::{
     metrics::gauge::ConstGauge,
 };
 use proto::config::{self as pb, mcp_server::Transport, resource::Kind};
+use proto::otel::sdk::{self, WORK};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{field, info, info_span};
 
 use crate::{
     registry::Registry,
@@ -79,8 +80,18 @@ pub async fn run_builder(
     snapshots: watch::Sender<Arc<pb::Snapshot>>,
     cancel: CancellationToken,
 ) {
+    // A change's trace is continued by the first snapshot built from it.
+    let mut continued = String::new();
     loop {
-        let resources = build_resources(&registry.borrow_and_update());
+        let (resources, mut cause) = {
+            let registry = registry.borrow_and_update();
+            (build_resources(&registry), registry.cause.0.clone())
+        };
+        if cause == continued {
+            cause.clear();
+        } else {
+            continued.clone_from(&cause);
+        }
         let keys: Vec<Vec<u8>> = session_keys.borrow_and_update().to_vec();
         snapshots.send_if_modified(|current| {
             if current.version != 0
@@ -90,11 +101,22 @@ pub async fn run_builder(
                 return false;
             }
             let version = next_version(current.version);
+            let span = info_span!(
+                target: WORK,
+                "config.snapshot",
+                version,
+                resources = resources.len(),
+                trace_id = field::Empty,
+                span_id = field::Empty,
+            );
+            sdk::continue_from(&span, &cause);
+            let _built = span.enter();
             info!(version, resources = resources.len(), "new config snapshot");
             *current = Arc::new(pb::Snapshot {
                 version,
                 resources,
                 session_keys: keys,
+                traceparent: sdk::traceparent(&span),
             });
             true
         });

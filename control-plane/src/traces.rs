@@ -214,6 +214,8 @@ pub struct TraceSummary {
 /// Filters of `GET /traces`; all given ones must match some span.
 #[derive(Debug, Default, Deserialize)]
 pub struct TraceQuery {
+    /// A span of this name (e.g. `registry.change`, `config.apply`).
+    pub span: Option<String>,
     pub server: Option<String>,
     pub tool: Option<String>,
     pub caller: Option<String>,
@@ -390,7 +392,12 @@ impl TraceQuery {
                     .any(|s| s.attributes.get(key).and_then(|v| v.as_str()) == Some(wanted))
             })
         };
-        has(SERVER_ATTR, &self.server)
+        let named = self
+            .span
+            .as_deref()
+            .is_none_or(|name| spans.iter().any(|s| s.name == name));
+        named
+            && has(SERVER_ATTR, &self.server)
             && has(TOOL_ATTR, &self.tool)
             && has(CALLER_ATTR, &self.caller)
             && self
@@ -595,7 +602,25 @@ impl TraceService for TraceReceiver {
             Replica::Pod { name, .. } => Some(name),
             Replica::Any => None,
         };
-        let request = request.into_inner();
+        self.accept(request.into_inner(), exporter.as_deref())
+            .map_err(|error| match error {
+                InvalidExport::Impersonation { .. } => Status::permission_denied(error.to_string()),
+                _ => Status::invalid_argument(error.to_string()),
+            })?;
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: Vec::new(),
+        }))
+    }
+}
+
+impl TraceReceiver {
+    /// Keeps an export and forwards it: a replica's (`exporter` names its
+    /// pod, if known), or this process's own (`None`).
+    pub fn accept(
+        &self,
+        request: ExportTraceServiceRequest,
+        exporter: Option<&str>,
+    ) -> Result<usize, InvalidExport> {
         let spans: usize = request
             .resource_spans
             .iter()
@@ -604,27 +629,16 @@ impl TraceService for TraceReceiver {
             .sum();
         // Only a forwarded export is copied; the store takes the original.
         let forwarded = self.forwarder.as_ref().map(|_| request.clone());
-        let kept = self
-            .store
-            .insert(request, exporter.as_deref())
-            .map_err(|error| {
-                self.counters.dropped(DROP_INVALID).inc_by(spans as u64);
-                debug!(%error, spans, "export refused");
-                match error {
-                    InvalidExport::Impersonation { .. } => {
-                        Status::permission_denied(error.to_string())
-                    }
-                    _ => Status::invalid_argument(error.to_string()),
-                }
-            })?;
+        let kept = self.store.insert(request, exporter).inspect_err(|error| {
+            self.counters.dropped(DROP_INVALID).inc_by(spans as u64);
+            debug!(%error, spans, "export refused");
+        })?;
         self.counters.received.inc_by(spans as u64);
         if let (Some(forwarder), Some(request)) = (&self.forwarder, forwarded) {
             forwarder.forward(request, spans);
         }
         debug!(spans, kept, "spans received");
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: Vec::new(),
-        }))
+        Ok(kept)
     }
 }
 

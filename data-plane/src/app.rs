@@ -9,7 +9,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use proto::{
     auth::{OpenPort, Presenting, Token},
-    otel::{Destination, Sampling},
+    otel::{Destination, Sampling, sdk::SpanSink},
 };
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -64,6 +64,9 @@ pub struct Config {
     pub sampling: Sampling,
     /// The OTLP resource spans are exported with.
     pub resource: Vec<(String, String)>,
+    /// Where the OpenTelemetry SDK's spans of this replica's work go:
+    /// bound here to the request spans' exporter.
+    pub work_spans: SpanSink,
     /// Log tool arguments and results at debug level.
     pub log_payloads: bool,
     /// Serve MCP without authentication while no client is declared, even
@@ -156,6 +159,12 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
             let (tracer, exporter) = export::spawn(export, metrics.spans.clone(), stop.clone())?;
             tasks.spawn(async move {
                 let _ = exporter.await;
+            });
+            let work = tracer.clone();
+            config.work_spans.bind(move |spans| {
+                for span in spans {
+                    work.export_encoded(span);
+                }
             });
             tracer
         }

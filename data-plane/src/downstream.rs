@@ -27,6 +27,7 @@ use std::{
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use proto::otel::sdk::WORK;
 use rmcp::{
     ErrorData,
     model::{
@@ -440,7 +441,7 @@ impl Servers {
         by_name.retain(|name, handle| {
             let keep = desired.get(name) == Some(&handle.spec);
             if !keep {
-                info!(server = %name, "stopping server");
+                info!(target: WORK, server = %name, "stopping server");
                 handle.stop.cancel();
             }
             keep
@@ -449,7 +450,7 @@ impl Servers {
             if by_name.contains_key(&name) {
                 continue;
             }
-            info!(server = %name, "starting server");
+            info!(target: WORK, server = %name, "starting server");
             let (events, events_rx) = mpsc::channel(EVENT_BUFFER);
             let handle = Arc::new(ServerHandle {
                 breaker: Breaker::new(spec.breaker.clone()),

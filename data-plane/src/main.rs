@@ -16,7 +16,10 @@ use data_plane::{
 };
 use proto::{
     auth::Token,
-    otel::{Destination, Protocol, Sampling, Settings as OtelSettings},
+    otel::{
+        Destination, Protocol, Sampling, Settings as OtelSettings,
+        sdk::{self, SpanSink},
+    },
 };
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -266,7 +269,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(_) | Command::StdioShim { .. } => DEFAULT_LOG_FILTER,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
-    let logs = tracing_subscriber::registry().with(filter);
+    // A replica's own work is traced through the OpenTelemetry SDK
+    // (`proto::otel::sdk`); its spans join the request spans' exporter.
+    let otel = match &cli.command {
+        Command::Run(_) => OtelSettings::from_env().context("reading the OTEL_* settings")?,
+        _ => OtelSettings::default(),
+    };
+    let sampling = match &cli.command {
+        Command::Run(args) => otel.sampling.unwrap_or(Sampling {
+            ratio: args.trace_sample_ratio,
+            parent_based: true,
+        }),
+        _ => Sampling::default(),
+    };
+    let work_spans = SpanSink::default();
+    let (work, provider) = match &cli.command {
+        Command::Run(args) if !otel.disabled && args.otlp_endpoint.as_deref() != Some("none") => {
+            let (layer, provider) = sdk::layer(work_spans.clone(), sampling);
+            (Some(layer), Some(provider))
+        }
+        _ => (None, None),
+    };
+    let logs = tracing_subscriber::registry().with(filter).with(work);
     match cli.log_format {
         LogFormat::Logfmt => logs
             .with(
@@ -313,7 +337,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bridge::run(BridgeConfig { url, caller, token }).await
         }
         Command::Run(args) => {
-            let otel = OtelSettings::from_env().context("reading the OTEL_* settings")?;
             // The flag names an OTLP/gRPC endpoint, as it always has; else
             // the OTEL_* settings; else the control plane.
             let otlp = match args.otlp_endpoint.as_deref() {
@@ -334,10 +357,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or_else(|| Destination::grpc(&args.control_plane)),
                 ),
             };
-            let sampling = otel.sampling.unwrap_or(Sampling {
-                ratio: args.trace_sample_ratio,
-                parent_based: true,
-            });
             let resource = otel.resource_with(
                 "switchboard-gateway",
                 &[
@@ -397,6 +416,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 otlp,
                 sampling,
                 resource,
+                work_spans,
                 log_payloads: args.log_payloads,
                 allow_unauthenticated: args.allow_unauthenticated,
                 admin_token,
@@ -413,6 +433,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 force.cancel();
             });
             bound.wait().await;
+            if let Some(provider) = provider {
+                // Flushes what the SDK holds into the exporter's last batch.
+                let _ = provider.shutdown();
+            }
             Ok(())
         }
     }

@@ -19,6 +19,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::gauge::ConstGauge,
 };
+use proto::otel::sdk::{self, WORK};
 use proto::{
     auth::{Presenting, Token},
     config::{
@@ -29,7 +30,7 @@ use proto::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::{
     auth::{Callers, Declared, GatewaySettings, IssuerConfig},
@@ -286,8 +287,19 @@ impl XdsClient {
                     *responded = true;
                     match message.kind {
                         Some(control_message::Kind::Snapshot(snapshot)) => {
-                            let reply = self.apply(&snapshot);
-                            send(&tx, reply).await?;
+                            // In the trace of the push that sent it.
+                            let span = info_span!(
+                                target: WORK,
+                                "config.apply",
+                                version = snapshot.version,
+                                resources = snapshot.resources.len(),
+                                result = field::Empty,
+                                trace_id = field::Empty,
+                                span_id = field::Empty,
+                            );
+                            sdk::continue_from(&span, &snapshot.traceparent);
+                            let reply = span.in_scope(|| self.apply(&snapshot, sdk::traceparent(&span)));
+                            send(&tx, reply).instrument(span).await?;
                         }
                         Some(control_message::Kind::Peers(peers)) => {
                             debug!(peers = peers.peers.len(), "replicas of this control plane");
@@ -322,7 +334,7 @@ impl XdsClient {
 
     /// Applies what it can of a snapshot. A rejected resource keeps its last
     /// good version (if any); the rest is applied.
-    fn apply(&self, snapshot: &pb::Snapshot) -> ReplicaKind {
+    fn apply(&self, snapshot: &pb::Snapshot, traceparent: String) -> ReplicaKind {
         let Wanted {
             servers: mut desired,
             clients,
@@ -365,6 +377,7 @@ impl XdsClient {
             .store(snapshot.version, Ordering::Release);
         *self.status.inner.rejected.lock() = rejected.clone();
         let result = if rejected.is_empty() { "ack" } else { "nack" };
+        tracing::Span::current().record("result", result);
         self.metrics
             .config_updates
             .get_or_create(&ResultLabels { result })
@@ -377,6 +390,7 @@ impl XdsClient {
             );
             return ReplicaKind::Ack(pb::Ack {
                 version: snapshot.version,
+                traceparent,
             });
         }
         let reason = rejected
@@ -392,6 +406,7 @@ impl XdsClient {
                 .into_iter()
                 .map(|(name, reason)| pb::RejectedResource { name, reason })
                 .collect(),
+            traceparent,
         })
     }
 
@@ -650,7 +665,7 @@ mod tests {
                 resource("c", "a", "cmd"),
                 resource("d", "d", "cmd"),
             ],
-            session_keys: Vec::new(),
+            ..Default::default()
         };
         let Wanted {
             servers: desired,

@@ -5,6 +5,8 @@
 //! wraps them in the request's envelope and speaks OTLP/gRPC or
 //! OTLP/HTTP (protobuf) with the configured headers.
 
+pub mod sdk;
+
 use std::{collections::BTreeMap, time::Duration};
 
 use prost::Message;
@@ -239,6 +241,49 @@ impl Settings {
         let mut ordered = vec![("service.name".to_owned(), name.to_owned())];
         ordered.extend(attributes.into_iter().filter(|(k, _)| k != "service.name"));
         ordered
+    }
+}
+
+/// An export of `spans` (encoded OTLP `Span`s) from the process
+/// `resource` describes, recorded by `scope`.
+pub fn export_request(
+    resource: &[(String, String)],
+    scope: &str,
+    spans: Vec<Vec<u8>>,
+) -> ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::{
+        common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
+        resource::v1::Resource,
+    };
+    let attributes = resource
+        .iter()
+        .map(|(key, value)| KeyValue {
+            key: key.clone(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(value.clone())),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let resource = Resource {
+        attributes,
+        ..Default::default()
+    };
+    let scope = InstrumentationScope {
+        name: scope.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![crate::otlp::ResourceSpans {
+            resource: resource.encode_to_vec(),
+            scope_spans: vec![crate::otlp::ScopeSpans {
+                scope: scope.encode_to_vec(),
+                spans,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
     }
 }
 

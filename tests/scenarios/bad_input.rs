@@ -215,9 +215,21 @@ async fn replica_nacks_bad_resources_and_keeps_its_last_good_config() {
             version: 1,
             resources: vec![demo_resource("demo", "demo")],
             session_keys: Vec::new(),
+            // The replica's apply continues the push's trace.
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         })
         .await;
-    assert_eq!(stream.reply().await, Kind::Ack(pb::Ack { version: 1 }));
+    let Kind::Ack(ack) = stream.reply().await else {
+        panic!("an ACK of version 1");
+    };
+    assert_eq!(ack.version, 1);
+    assert!(
+        ack.traceparent
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+            && !ack.traceparent.contains("00f067aa0ba902b7"),
+        "the apply's own span in the push's trace: {}",
+        ack.traceparent
+    );
     sb.wait_gateway_ready().await;
     sb.wait_server_state("demo", "ready").await;
 
@@ -232,6 +244,7 @@ async fn replica_nacks_bad_resources_and_keeps_its_last_good_config() {
             version: 2,
             resources: vec![broken_demo, stdio_resource("bad", "bad", "", &[])],
             session_keys: Vec::new(),
+            traceparent: String::new(),
         })
         .await;
     let Kind::Nack(nack) = stream.reply().await else {
@@ -276,9 +289,13 @@ async fn replica_nacks_bad_resources_and_keeps_its_last_good_config() {
             version: 3,
             resources: vec![demo_resource("demo", "demo")],
             session_keys: Vec::new(),
+            traceparent: String::new(),
         })
         .await;
-    assert_eq!(stream.reply().await, Kind::Ack(pb::Ack { version: 3 }));
+    let Kind::Ack(ack) = stream.reply().await else {
+        panic!("an ACK of version 3");
+    };
+    assert_eq!(ack.version, 3);
 
     // A session key set with a key of the wrong length: refused by name,
     // the good key applies, sessions go on.
@@ -287,6 +304,7 @@ async fn replica_nacks_bad_resources_and_keeps_its_last_good_config() {
             version: 4,
             resources: vec![demo_resource("demo", "demo")],
             session_keys: vec![vec![7; 32], vec![1; 5]],
+            traceparent: String::new(),
         })
         .await;
     let Kind::Nack(nack) = stream.reply().await else {

@@ -137,16 +137,92 @@ async fn a_traced_call_is_one_trace_through_the_control_plane_and_a_collector() 
         downstream,
         format!("00-{TRACE_ID}-{}-01", hex(&client_span.span.span_id))
     );
-    // Only request spans are exported: none of the exporter's own gRPC
-    // traffic (the known feedback loop).
+    // Only request spans and the planes' own work are exported: none of
+    // the exporters' own gRPC traffic (the known feedback loop).
     for span in receiver.spans() {
         let method = attribute(&span, "mcp.method.name");
+        let work = ["registry.", "config."]
+            .iter()
+            .any(|p| span.span.name.starts_with(p));
         assert!(
-            ["initialize", "tools/list", "tools/call", "ping"].contains(&method.as_str()),
+            work || ["initialize", "tools/list", "tools/call", "ping"].contains(&method.as_str()),
             "unexpected span {:?}",
             span.span.name
         );
     }
+
+    // A registry change is one trace across both planes: the scan, the
+    // snapshot, its push, the replica's apply (which starts the server),
+    // and the ACK, each the child of the one before.
+    sb.write_file(
+        "more.yaml",
+        &demo_server_yaml("more", &format!("otel-more-{}", std::process::id()), &[]),
+    );
+    let rollout = eventually("the change's trace at the receiver", EVENTUALLY, || async {
+        let changes: Vec<ReceivedSpan> = receiver
+            .spans()
+            .into_iter()
+            .filter(|s| s.span.name == "registry.change")
+            .collect();
+        changes
+            .iter()
+            .map(|change| receiver.trace(&hex(&change.span.trace_id)))
+            .find(|trace| {
+                ["config.apply", "config.acknowledged"]
+                    .iter()
+                    .all(|name| trace.iter().any(|s| s.span.name == *name))
+            })
+            .ok_or(format!("{} changes so far, none whole", changes.len()))
+    })
+    .await;
+    let named = |name: &str| {
+        rollout
+            .iter()
+            .find(|s| s.span.name == name)
+            .unwrap_or_else(|| panic!("a {name} span in {rollout:#?}"))
+    };
+    let change = named("registry.change");
+    assert!(
+        change.span.parent_span_id.is_empty(),
+        "the change is the root"
+    );
+    assert_eq!(change.service, "switchboard-control-plane");
+    let mut parent = change;
+    for (name, service) in [
+        ("config.snapshot", "switchboard-control-plane"),
+        ("config.push", "switchboard-control-plane"),
+        ("config.apply", "switchboard-gateway"),
+        ("config.acknowledged", "switchboard-control-plane"),
+    ] {
+        let span = named(name);
+        assert_eq!(span.service, service, "{name}");
+        assert_eq!(
+            span.span.parent_span_id, parent.span.span_id,
+            "{name} is the child of {}",
+            parent.span.name
+        );
+        parent = span;
+    }
+    let apply = named("config.apply");
+    assert_eq!(attribute(apply, "result"), "ack");
+    assert!(
+        apply
+            .span
+            .events
+            .iter()
+            .any(|e| e.name == "starting server"
+                && string_attribute(&e.attributes, "server") == "more"),
+        "the apply starts the new server: {:#?}",
+        apply.span.events
+    );
+    // Log lines inside the apply name its trace.
+    let apply_trace = hex(&apply.span.trace_id);
+    let logs = sb.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("snapshot applied") && l.contains(&apply_trace)),
+        "{logs}"
+    );
 
     // The same trace from the control plane's API.
     let api = format!("http://{}", sb.control_http);
@@ -564,4 +640,152 @@ async fn spans_nobody_receives_are_dropped_and_counted_and_calls_go_on() {
             .ok_or(format!("dropped {dropped:?}, received {received:?}"))
     })
     .await;
+}
+
+/// The OpenTelemetry SDK's settings change what a replica exports: where
+/// (OTLP/gRPC or OTLP/HTTP), with which headers, as which service and
+/// resource, which traces (the sampler), and nothing at all when the SDK
+/// is disabled.
+#[tokio::test]
+async fn otel_settings_change_what_is_exported() {
+    let mut sb = Switchboard::start(&[(
+        "demo.yaml",
+        &demo_server_yaml("demo", &format!("otel-env-{}", std::process::id()), &[]),
+    )])
+    .await;
+    sb.wait_server_state("demo", "ready").await;
+    let grpc = OtlpReceiver::start().await;
+    let http = OtlpReceiver::start_http().await;
+    let env = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    };
+    let replicas = [
+        (
+            "otel-grpc",
+            env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("http://{}", grpc.addr),
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "x-team=ops,x-key=a%20b".into(),
+                ),
+                ("OTEL_SERVICE_NAME", "gateway-blue".into()),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "k8s.pod.name=gw-0,k8s.namespace.name=mcp".into(),
+                ),
+            ]),
+        ),
+        (
+            "otel-http",
+            env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    format!("http://{}/v1/traces", http.addr),
+                ),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf".into()),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                    "authorization=Bearer collector-token".into(),
+                ),
+            ]),
+        ),
+        (
+            "otel-sampled-out",
+            env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("http://{}/", http.addr),
+                ),
+                ("OTEL_TRACES_SAMPLER", "traceidratio".into()),
+                ("OTEL_TRACES_SAMPLER_ARG", "0".into()),
+                ("OTEL_SERVICE_NAME", "sampled-out".into()),
+            ]),
+        ),
+        (
+            "otel-disabled",
+            env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("http://{}", http.addr),
+                ),
+                ("OTEL_SDK_DISABLED", "true".into()),
+                ("OTEL_SERVICE_NAME", "disabled".into()),
+            ]),
+        ),
+    ];
+    let mut running = Vec::new();
+    for (id, vars) in replicas {
+        sb.gateway_env = vars;
+        let listen = free_addr();
+        running.push(sb.spawn_replica(listen, id));
+        wait_listening(id, listen).await;
+        let url = format!("http://{listen}/mcp");
+        eventually(&format!("{id} serves demo"), EVENTUALLY, || async {
+            let client = connect(&url).await.map_err(|e| e.to_string())?;
+            call(&client, "demo.echo", json!({ "text": id }))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    }
+
+    let served = |receiver: &OtlpReceiver, service: &str| {
+        receiver
+            .spans()
+            .into_iter()
+            .filter(|s| s.service == service && s.span.name == "tools/call demo.echo")
+            .collect::<Vec<_>>()
+    };
+    let over_grpc = eventually("spans over OTLP/gRPC", EVENTUALLY, || async {
+        let spans = served(&grpc, "gateway-blue");
+        spans.first().cloned().ok_or("none yet".to_owned())
+    })
+    .await;
+    assert_eq!(
+        over_grpc.headers.get("x-team").map(String::as_str),
+        Some("ops")
+    );
+    assert_eq!(
+        over_grpc.headers.get("x-key").map(String::as_str),
+        Some("a b")
+    );
+    assert_eq!(over_grpc.resource["k8s.pod.name"], "gw-0");
+    assert_eq!(over_grpc.resource["k8s.namespace.name"], "mcp");
+    assert_eq!(over_grpc.resource["service.instance.id"], "otel-grpc");
+    // The replica's own work goes the same way (the SDK's batches leave
+    // every few seconds).
+    eventually("the replica's apply over OTLP/gRPC", EVENTUALLY, || async {
+        grpc.spans()
+            .iter()
+            .any(|s| s.service == "gateway-blue" && s.span.name == "config.apply")
+            .then_some(())
+            .ok_or("none yet".to_owned())
+    })
+    .await;
+    let over_http = eventually("spans over OTLP/HTTP", EVENTUALLY, || async {
+        let spans = served(&http, "switchboard-gateway");
+        spans.first().cloned().ok_or("none yet".to_owned())
+    })
+    .await;
+    assert_eq!(
+        over_http.headers.get("authorization").map(String::as_str),
+        Some("Bearer collector-token")
+    );
+    assert_eq!(over_http.resource["service.instance.id"], "otel-http");
+    // The others had as long: the sampler keeps every trace out, the
+    // disabled SDK exports nothing at all.
+    for quiet in ["sampled-out", "disabled"] {
+        assert!(
+            http.spans().iter().all(|s| s.service != quiet),
+            "{quiet} exported spans"
+        );
+    }
 }

@@ -1,9 +1,12 @@
-//! Trace plumbing for the observability tests: a real OTLP/gRPC trace
-//! receiver (tonic `TraceService`, gzip accepted) that records every span
-//! it is sent, and the `rotel` collector (from PyPI) started between the
-//! control plane and that receiver.
+//! Trace plumbing for the observability tests: a real OTLP trace receiver
+//! (tonic `TraceService`, gzip accepted; and OTLP/HTTP with protobuf
+//! bodies on `POST /v1/traces`) that records every span it is sent with
+//! the export's headers and resource, and the `rotel` collector (from PyPI)
+//! started between the control plane and that receiver.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc};
+
+use prost::Message;
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -25,6 +28,10 @@ use crate::{Process, free_addr};
 pub struct ReceivedSpan {
     pub service: String,
     pub span: Span,
+    /// The export's resource attributes (string ones).
+    pub resource: BTreeMap<String, String>,
+    /// The export's request headers (gRPC metadata or HTTP).
+    pub headers: BTreeMap<String, String>,
 }
 
 pub struct OtlpReceiver {
@@ -62,6 +69,29 @@ impl OtlpReceiver {
         }
     }
 
+    /// An OTLP/HTTP receiver: `POST http://{addr}/v1/traces`.
+    pub async fn start_http() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind OTLP/HTTP receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
+        let receiver = Receiver {
+            spans: Arc::clone(&spans),
+        };
+        let app = axum::Router::new()
+            .route("/v1/traces", axum::routing::post(http_export))
+            .with_state(receiver);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            spans,
+            _server: server,
+        }
+    }
+
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().clone()
     }
@@ -81,24 +111,68 @@ impl TraceService for Receiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut spans = self.spans.lock();
-        for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .as_ref()
-                .map(|r| string_attribute(&r.attributes, "service.name"))
-                .unwrap_or_default();
-            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
-                spans.push(ReceivedSpan {
-                    service: service.clone(),
-                    span,
-                });
-            }
-        }
+        let headers = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        self.keep(request.into_inner(), headers);
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
     }
+}
+
+impl Receiver {
+    fn keep(&self, request: ExportTraceServiceRequest, headers: BTreeMap<String, String>) {
+        let mut spans = self.spans.lock();
+        for resource_spans in request.resource_spans {
+            let resource: BTreeMap<String, String> = resource_spans
+                .resource
+                .as_ref()
+                .map(|r| {
+                    r.attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), string_attribute(&r.attributes, &kv.key)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let service = resource.get("service.name").cloned().unwrap_or_default();
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                spans.push(ReceivedSpan {
+                    service: service.clone(),
+                    span,
+                    resource: resource.clone(),
+                    headers: headers.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// `POST /v1/traces` of OTLP/HTTP: a protobuf `ExportTraceServiceRequest`.
+async fn http_export(
+    axum::extract::State(receiver): axum::extract::State<Receiver>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    let is_protobuf = headers
+        .get("content-type")
+        .is_some_and(|v| v == "application/x-protobuf");
+    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+        return axum::http::StatusCode::BAD_REQUEST;
+    };
+    if !is_protobuf {
+        return axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    }
+    let headers = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    receiver.keep(request, headers);
+    axum::http::StatusCode::OK
 }
 
 /// A string attribute's value, or "" when absent.

@@ -85,6 +85,7 @@ impl RefusingReplica {
                     version: snapshot.version,
                     reason: reason.clone(),
                     rejected,
+                    traceparent: snapshot.traceparent.clone(),
                 };
                 let message = pb::ReplicaMessage {
                     kind: Some(Kind::Nack(nack)),

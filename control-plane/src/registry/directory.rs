@@ -14,12 +14,15 @@ use std::{
 
 use notify::{RecursiveMode, Watcher};
 use parking_lot::Mutex;
+use proto::otel::sdk::{self, WORK};
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, field, info, info_span, warn};
 
-use super::{Document, Registry, RegistryIssue, ResourceError, UnknownFields, parse_document};
+use super::{
+    Cause, Document, Registry, RegistryIssue, ResourceError, UnknownFields, parse_document,
+};
 use crate::resource::{ValidServer, ValidTransport};
 
 /// Editors save in bursts (write, rename, chmod); wait this long after the
@@ -170,13 +173,30 @@ impl DirectorySource {
                 _ = changed.notified() => {}
             }
             tokio::time::sleep(DEBOUNCE).await;
-            match rescan(&source).await {
-                Ok(registry) => {
-                    tx.send_if_modified(|current| {
+            // A change is one trace: this scan, the snapshot built from it,
+            // its push to each replica and each replica's apply.
+            let span = info_span!(
+                target: WORK,
+                "registry.change",
+                source = "directory",
+                servers = field::Empty,
+                issues = field::Empty,
+                changed = field::Empty,
+                trace_id = field::Empty,
+                span_id = field::Empty,
+            );
+            sdk::correlate(&span);
+            match rescan(&source).instrument(span.clone()).await {
+                Ok(mut registry) => {
+                    span.record("servers", registry.servers.len());
+                    span.record("issues", registry.issues.len());
+                    registry.cause = Cause(sdk::traceparent(&span));
+                    let changed = tx.send_if_modified(|current| {
                         let modified = *current != registry;
                         *current = registry;
                         modified
                     });
+                    span.record("changed", changed);
                 }
                 Err(err) => {
                     error!(error = %err, "registry rescan failed, keeping the last registry");

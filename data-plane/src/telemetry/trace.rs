@@ -180,6 +180,16 @@ impl Tracer {
         }
     }
 
+    /// Queues a span encoded elsewhere (the SDK's, `proto::otel::sdk`) for
+    /// export, or counts it dropped if the queue is full.
+    pub fn export_encoded(&self, span: EncodedSpan) {
+        if let Some(sink) = &self.sink
+            && sink.spans.try_send(span).is_err()
+        {
+            sink.dropped.inc();
+        }
+    }
+
     /// Starts a span under `parent` (a new trace when there is none). Not
     /// recorded when the tracer is disabled or the parent is not sampled;
     /// `name` is only built for spans that are recorded.
