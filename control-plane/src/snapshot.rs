@@ -111,7 +111,7 @@ pub async fn run_builder(
             );
             sdk::continue_from(&span, &cause);
             let _built = span.enter();
-            info!(version, resources = resources.len(), "new config snapshot");
+            info!("new config snapshot");
             *current = Arc::new(pb::Snapshot {
                 version,
                 resources,

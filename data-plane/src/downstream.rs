@@ -475,9 +475,10 @@ impl Servers {
             });
             // A root span: a server outlives the config stream that started it.
             let span = info_span!(parent: None, "server", server = %name);
+            let rollout = tracing::Span::current();
             self.inner
                 .tasks
-                .spawn(supervisor::supervise(handle.clone(), events_rx).instrument(span));
+                .spawn(supervisor::supervise(handle.clone(), events_rx, rollout).instrument(span));
             by_name.insert(name, handle);
         }
         drop(by_name);

@@ -168,11 +168,20 @@ async fn a_traced_call_is_one_trace_through_the_control_plane_and_a_collector() 
             .iter()
             .map(|change| receiver.trace(&hex(&change.span.trace_id)))
             .find(|trace| {
-                ["config.apply", "config.acknowledged"]
+                ["config.apply", "config.acknowledged", "server.start"]
                     .iter()
                     .all(|name| trace.iter().any(|s| s.span.name == *name))
             })
-            .ok_or(format!("{} changes so far, none whole", changes.len()))
+            .ok_or_else(|| {
+                let seen: Vec<Vec<String>> = changes
+                    .iter()
+                    .map(|change| {
+                        let trace = receiver.trace(&hex(&change.span.trace_id));
+                        trace.iter().map(|s| s.span.name.clone()).collect()
+                    })
+                    .collect();
+                format!("{} changes so far, none whole: {seen:?}", changes.len())
+            })
     })
     .await;
     let named = |name: &str| {
@@ -215,6 +224,11 @@ async fn a_traced_call_is_one_trace_through_the_control_plane_and_a_collector() 
         "the apply starts the new server: {:#?}",
         apply.span.events
     );
+    // The new server's first start, with its outcome, inside the apply.
+    let start = named("server.start");
+    assert_eq!(start.span.parent_span_id, apply.span.span_id);
+    assert_eq!(attribute(start, "server"), "more");
+    assert_eq!(attribute(start, "outcome"), "ready");
     // Log lines inside the apply name its trace.
     let apply_trace = hex(&apply.span.trace_id);
     let logs = sb.logs();

@@ -151,3 +151,23 @@ affinity:
     {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+OpenTelemetry settings for either plane (after POD_NAME): the pod, its
+namespace and node as resource attributes on every span, then what
+otel.env adds (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, ...).
+*/}}
+{{- define "switchboard.otelEnv" -}}
+- name: OTEL_K8S_NAMESPACE
+  valueFrom:
+    fieldRef: {fieldPath: metadata.namespace}
+- name: OTEL_K8S_NODE_NAME
+  valueFrom:
+    fieldRef: {fieldPath: spec.nodeName}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(OTEL_K8S_NAMESPACE),k8s.node.name=$(OTEL_K8S_NODE_NAME)%s" (ternary (printf ",%s" .Values.otel.resourceAttributes) "" (ne .Values.otel.resourceAttributes "")) | quote }}
+{{- range $name, $value := .Values.otel.env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}

@@ -149,7 +149,9 @@ impl DirectorySource {
         let notifier = changed.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                // Reading the files is an event too: a rescan must not
+                // wake the next one.
+                if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
                     notifier.notify_one();
                 }
             })

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use proto::otel::sdk::{self, WORK};
 use rmcp::{
     model::{
         CallToolRequestParams, ClientRequest, DiscoverRequest, DiscoverRequestParams,
@@ -18,7 +19,7 @@ use rmcp::{
     service::{Peer, RoleClient, ServiceError},
 };
 use tokio::{sync::mpsc, time::Instant};
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use super::{
     DownstreamClient, Error, Lifecycle, Offer, ServerHandle, ServerState, SessionKey,
@@ -63,16 +64,46 @@ pub(super) enum Event {
     },
 }
 
-/// Runs one server until its stop token fires.
-pub(super) async fn supervise(handle: Arc<ServerHandle>, mut events: mpsc::Receiver<Event>) {
+/// Runs one server until its stop token fires. Its first start is traced
+/// in `rollout`, the config apply that started it; restarts are traces of
+/// their own.
+pub(super) async fn supervise(
+    handle: Arc<ServerHandle>,
+    mut events: mpsc::Receiver<Event>,
+    rollout: tracing::Span,
+) {
     let mut restarts = 0;
     let mut delay = FIRST_RESTART_DELAY;
+    let mut rollout = Some(rollout);
     loop {
         handle.set_lifecycle(Lifecycle::starting(restarts));
+        // Borrowed until the child exists, which then keeps it open.
+        let parent = rollout.take();
+        let start = info_span!(
+            target: WORK,
+            parent: parent.as_ref().and_then(tracing::Span::id),
+            "server.start",
+            server = %handle.spec.name,
+            restarts,
+            outcome = field::Empty,
+            error = field::Empty,
+            trace_id = field::Empty,
+            span_id = field::Empty,
+        );
+        drop(parent);
+        sdk::correlate(&start);
         let started = tokio::select! {
             _ = handle.stop.cancelled() => break,
+            // Timed, not entered: the connection's tasks outlive the start.
             started = start_connection(&handle, None) => started,
         };
+        match &started {
+            Ok(_) => start.record("outcome", "ready"),
+            Err(reason) => start
+                .record("outcome", "failed")
+                .record("error", redact::urls(reason).as_ref()),
+        };
+        drop(start);
         let reason = match started {
             Ok(first) => {
                 let began = Instant::now();
@@ -377,7 +408,21 @@ async fn run_connection(
                 Ok(()) => failures = 0,
                 Err(err) => {
                     failures += 1;
-                    warn!(connection = connection.id, failures, error = %redact::urls(&err.to_string()), "health probe failed");
+                    let error = redact::urls(&err.to_string()).into_owned();
+                    // A trace of its own: probes fail long after any rollout.
+                    let failed = info_span!(
+                        target: WORK,
+                        parent: None,
+                        "server.probe_failed",
+                        server = %handle.spec.name,
+                        failures,
+                        error = %error,
+                        trace_id = field::Empty,
+                        span_id = field::Empty,
+                    );
+                    sdk::correlate(&failed);
+                    let _failed = failed.enter();
+                    warn!(connection = connection.id, failures, %error, "health probe failed");
                     if failures >= health.failure_threshold {
                         break Some(format!("health probe failed {failures} times in a row: {err}"));
                     }

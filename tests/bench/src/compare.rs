@@ -158,7 +158,7 @@ impl TestBed {
 
     /// `concurrency` workers calling the echo tool with `text` on target
     /// `name` for `duration`.
-    async fn load(
+    pub async fn load(
         &self,
         drive: Drive,
         name: &str,

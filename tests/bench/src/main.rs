@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use compare::{Drive, TestBed, compare};
 use mcp_http::HttpClient;
-use measure::{Sample, gateway_pid, rss_kib};
+use measure::{OwnCpu, Sample, gateway_pid, rss_kib};
 
 #[derive(Parser)]
 #[command(about = "Switchboard benchmark harness")]
@@ -139,6 +139,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("propagation") {
         report.push_str(&propagation_scenario().await?);
+    }
+    if wants("tracing") {
+        report.push_str(&tracing_scenario(&args).await?);
+    }
+    if wants("spans") {
+        report.push_str(&spans_scenario()?);
     }
 
     let md = args.out.join("latest.md");
@@ -550,6 +556,159 @@ fn opening_ids() -> anyhow::Result<(f64, f64)> {
         *time = started.elapsed().as_secs_f64() * 1e3 / f64::from(OPENS);
     }
     Ok((times[0], times[1]))
+}
+
+/// The gateway with tracing on (spans to its control plane, as by
+/// default) against one with tracing off (`--otlp-endpoint=none`),
+/// rounds interleaved: c=1 p50 and c=32 throughput.
+async fn tracing_scenario(args: &Args) -> anyhow::Result<String> {
+    let on = TestBed::start(&args.gateway_args).await?;
+    let mut off_args = args.gateway_args.clone();
+    off_args.push("--otlp-endpoint=none".to_owned());
+    let off = TestBed::start(&off_args).await?;
+    let duration = Duration::from_secs(args.seconds);
+    let mut samples: BTreeMap<(usize, bool), Sample> = BTreeMap::new();
+    for concurrency in [1, 32] {
+        for _ in 0..args.rounds {
+            for (traced, bed) in [(true, &on), (false, &off)] {
+                let sample = bed
+                    .load(Drive::Light, "gateway", concurrency, duration, "hello")
+                    .await;
+                samples
+                    .entry((concurrency, traced))
+                    .or_default()
+                    .merge(sample);
+            }
+        }
+    }
+    let p50 = |traced| {
+        samples
+            .get(&(1, traced))
+            .map_or(0.0, |s| s.quantile_ms(0.5))
+    };
+    let rps = |traced| samples.get(&(32, traced)).map_or(0.0, Sample::rps);
+    let errors: u64 = samples.values().map(|s| s.errors).sum();
+    Ok(format!(
+        "## Tracing on vs off\n\nThe gateway with every request traced (spans to its control plane) \
+         and with tracing off (`--otlp-endpoint=none`), rounds interleaved, light driver; \
+         {errors} errors.\n\n\
+         | | tracing on | tracing off | on ÷ off |\n|---|---|---|---|\n\
+         | c=1 p50 | {:.3} ms | {:.3} ms | {:.3} |\n\
+         | c=32 req/s | {:.0} | {:.0} | {:.3} |\n\n",
+        p50(true),
+        p50(false),
+        p50(true) / p50(false),
+        rps(true),
+        rps(false),
+        rps(true) / rps(false),
+    ))
+}
+
+/// Spans made per measurement in [`spans_scenario`].
+const SPANS: u32 = 50_000;
+
+/// The same request span (a `tools/call` SERVER span with its MCP
+/// attributes, under a client's context) made the request path's way,
+/// written straight into OTLP protobuf, and the OpenTelemetry SDK's way
+/// (API, batch processor, encoded to OTLP by the same exporter the planes'
+/// own work uses): this process's CPU per span, all threads counted.
+fn spans_scenario() -> anyhow::Result<String> {
+    use data_plane::telemetry::{SpanKind, TraceContext, Tracer};
+    use opentelemetry::{
+        KeyValue,
+        trace::{
+            Span as _, SpanKind as OtelKind, TraceContextExt, Tracer as _, TracerProvider as _,
+        },
+    };
+    use proto::otel::{Sampling, sdk};
+
+    const ATTRIBUTES: [(&str, &str); 10] = [
+        ("mcp.method.name", "tools/call"),
+        ("gen_ai.tool.name", "demo.echo"),
+        ("gen_ai.operation.name", "execute_tool"),
+        ("mcp.session.id", "3f2a9c1d5e7b8a60"),
+        ("mcp.protocol.version", "2025-11-25"),
+        ("jsonrpc.request.id", "42"),
+        ("network.transport", "tcp"),
+        ("switchboard.server", "demo"),
+        ("switchboard.caller", "team-a"),
+        ("switchboard.replica", "gw-0"),
+    ];
+    let parent = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+
+    // The request path's own: encoded as recorded, handed to a queue.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(usize::try_from(SPANS)?);
+    let tracer = Tracer::new(tx, Default::default(), Sampling::default());
+    let started = OwnCpu::now();
+    for _ in 0..SPANS {
+        let mut span = tracer.start(
+            || "tools/call demo.echo".to_owned(),
+            SpanKind::Server,
+            parent,
+        );
+        for (key, value) in ATTRIBUTES {
+            span.set(key, value);
+        }
+    }
+    let mut received = 0;
+    while rx.try_recv().is_ok() {
+        received += 1;
+    }
+    let own = OwnCpu::since(started).total();
+    anyhow::ensure!(received == SPANS, "{received} of {SPANS} spans made");
+
+    // The SDK's: the same span through the API and the batch processor.
+    let sink = sdk::SpanSink::default();
+    let exported = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = exported.clone();
+    sink.bind(move |spans| {
+        counted.fetch_add(
+            u32::try_from(spans.len()).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    });
+    let (_, provider) = sdk::layer::<tracing_subscriber::Registry>(sink, Sampling::default());
+    let sdk_tracer = provider.tracer("bench");
+    let carrier = std::collections::HashMap::from([(
+        "traceparent".to_owned(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+    )]);
+    let context = opentelemetry::propagation::TextMapPropagator::extract(
+        &opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        &carrier,
+    );
+    anyhow::ensure!(context.span().span_context().is_valid(), "a parent");
+    let started = OwnCpu::now();
+    for n in 0..SPANS {
+        let mut span = sdk_tracer
+            .span_builder("tools/call demo.echo")
+            .with_kind(OtelKind::Server)
+            .with_attributes(ATTRIBUTES.map(|(k, v)| KeyValue::new(k, v)))
+            .start_with_context(&sdk_tracer, &context);
+        span.end();
+        // The batch processor's queue holds 2,048: let it drain.
+        if n % 1024 == 0 {
+            let _ = provider.force_flush();
+        }
+    }
+    let _ = provider.force_flush();
+    let sdk_cpu = OwnCpu::since(started).total();
+    let _ = provider.shutdown();
+    let exported = exported.load(std::sync::atomic::Ordering::Relaxed);
+    let per = |cpu: Duration| cpu.as_secs_f64() * 1e6 / f64::from(SPANS);
+    Ok(format!(
+        "## Request spans: written as OTLP vs the OpenTelemetry SDK\n\n\
+         {SPANS} `tools/call` SERVER spans with 10 MCP attributes under a client's context, \
+         each way; CPU of this process per span, every thread counted. The SDK's spans go through \
+         its batch processor and are encoded to OTLP by the exporter the planes' own work uses \
+         ({exported} of {SPANS} exported).\n\n\
+         | way | CPU per span | vs written as OTLP |\n|---|---|---|\n\
+         | written as OTLP (the request path's) | {:.2} µs | 1.00 |\n\
+         | OpenTelemetry SDK | {:.2} µs | {:.2} |\n\n",
+        per(own),
+        per(sdk_cpu),
+        per(sdk_cpu) / per(own),
+    ))
 }
 
 /// A counter or gauge of the gateway's `/metrics`.
