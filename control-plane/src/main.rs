@@ -4,11 +4,12 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use control_plane::{app, auth::Token, check, connect, launcher, tls::ServerTls};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use proto::otel::{
     Destination, Protocol, Settings as OtelSettings,
     sdk::{self, SpanSink},
 };
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 #[derive(Parser)]
 #[command(
@@ -320,11 +321,7 @@ impl ControlArgs {
                 url,
                 protocol: Protocol::Grpc,
                 gzip: true,
-                headers: otel
-                    .destination
-                    .as_ref()
-                    .map(|d| d.headers.clone())
-                    .unwrap_or_default(),
+                headers: otel.headers.clone(),
             }),
             None => otel.destination.clone(),
         };
@@ -372,6 +369,9 @@ impl ControlArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // One TLS crypto provider for every https client (the API server, an
+    // OTLP/HTTP collector).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // The control plane's own work is traced through the OpenTelemetry SDK
     // (`proto::otel::sdk`), its spans kept and forwarded with the replicas'.
@@ -390,13 +390,16 @@ async fn main() -> anyhow::Result<()> {
         }
         false => (None, None),
     };
-    let logs = tracing_subscriber::registry().with(filter).with(work);
+    // The log filter (`RUST_LOG`) is the log lines' alone: it never hides
+    // the work spans from the SDK.
+    let logs = tracing_subscriber::registry().with(work);
     match cli.log_format {
         LogFormat::Logfmt => logs
             .with(
                 tracing_logfmt::builder()
                     .layer()
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
             )
             .init(),
         LogFormat::Json => logs
@@ -404,14 +407,14 @@ async fn main() -> anyhow::Result<()> {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
             )
             .init(),
     }
     let log_format = cli.log_format;
-    let outcome = run(cli.command, log_format, otel, work_spans).await;
+    let outcome = run(cli.command, log_format, otel, work_spans, provider.clone()).await;
     if let Some(provider) = provider {
-        // Flushes what the SDK holds into the trace store and forwarder.
         let _ = provider.shutdown();
     }
     outcome
@@ -422,6 +425,7 @@ async fn run(
     log_format: LogFormat,
     otel: OtelSettings,
     work_spans: SpanSink,
+    provider: Option<SdkTracerProvider>,
 ) -> anyhow::Result<()> {
     match command {
         Command::Crd => {
@@ -511,7 +515,6 @@ async fn run(
             token_file,
             json,
         } => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
             let admin_token = match admin_token_file {
                 Some(file) => Some(Token::read(&file)?),
                 None => match Token::from_file_or_env(None, "SWITCHBOARD_ADMIN_TOKEN")? {
@@ -549,6 +552,7 @@ async fn run(
             let stop = shutdown_signal();
             let bound = app::run(args.into_config(&otel, work_spans)?).await?;
             stop.await;
+            flush(provider).await;
             bound.shutdown_trigger().cancel();
             bound.wait().await;
             Ok(())
@@ -596,6 +600,14 @@ async fn run(
             };
             launcher::up(config, shutdown_signal()).await
         }
+    }
+}
+
+/// Hands what the SDK holds to the trace store and forwarder while they
+/// still take spans: on shutdown, before they stop.
+async fn flush(provider: Option<SdkTracerProvider>) {
+    if let Some(provider) = provider {
+        let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
     }
 }
 

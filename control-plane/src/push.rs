@@ -264,7 +264,14 @@ impl ReplicaStream {
                     trace_id = field::Empty,
                     span_id = field::Empty,
                 );
-                sdk::continue_from(&push, &snapshot.traceparent);
+                // A replica connecting later starts a trace of its own
+                // rather than joining a change long past.
+                let change = if last_sent == 0 {
+                    ""
+                } else {
+                    &snapshot.traceparent
+                };
+                sdk::continue_from(&push, change);
                 let mut sent = (*snapshot).clone();
                 sent.traceparent = sdk::traceparent(&push);
                 let message = pb::ControlMessage {

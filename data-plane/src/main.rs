@@ -21,7 +21,7 @@ use proto::{
         sdk::{self, SpanSink},
     },
 };
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// rmcp logs every handshake at INFO; that belongs at debug for a gateway.
 const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
@@ -290,13 +290,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => (None, None),
     };
-    let logs = tracing_subscriber::registry().with(filter).with(work);
+    // The log filter (`RUST_LOG`) is the log lines' alone: it never hides
+    // the work spans from the SDK.
+    let logs = tracing_subscriber::registry().with(work);
     match cli.log_format {
         LogFormat::Logfmt => logs
             .with(
                 tracing_logfmt::builder()
                     .layer()
-                    .with_writer(|| redact::Lines(std::io::stderr())),
+                    .with_writer(|| redact::Lines(std::io::stderr()))
+                    .with_filter(filter),
             )
             .init(),
         LogFormat::Json => logs
@@ -304,7 +307,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_writer(|| redact::Lines(std::io::stderr())),
+                    .with_writer(|| redact::Lines(std::io::stderr()))
+                    .with_filter(filter),
             )
             .init(),
     }
@@ -346,10 +350,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(url) if !url.is_empty() => Some(Destination {
                     url: url.to_owned(),
                     protocol: Protocol::Grpc,
-                    ..otel
-                        .destination
-                        .clone()
-                        .unwrap_or_else(|| Destination::grpc(""))
+                    headers: otel.headers.clone(),
+                    gzip: otel.gzip,
                 }),
                 _ => Some(
                     otel.destination
@@ -425,6 +427,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             stop.await;
             tracing::info!("shutting down");
+            if let Some(provider) = provider.clone() {
+                // What the SDK holds goes to the exporter while it still
+                // takes spans.
+                let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+            }
             bound.shutdown_trigger().cancel();
             let force = bound.force_trigger();
             let again = shutdown_signal();
@@ -434,7 +441,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             bound.wait().await;
             if let Some(provider) = provider {
-                // Flushes what the SDK holds into the exporter's last batch.
                 let _ = provider.shutdown();
             }
             Ok(())

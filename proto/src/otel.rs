@@ -85,6 +85,10 @@ pub struct Settings {
     pub service_name: Option<String>,
     /// `OTEL_RESOURCE_ATTRIBUTES`, in the order written.
     pub resource: Vec<(String, String)>,
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`, whatever the endpoint.
+    pub headers: Vec<(String, String)>,
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION=gzip`, whatever the endpoint.
+    pub gzip: bool,
     /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
     pub sampling: Option<Sampling>,
 }
@@ -117,14 +121,9 @@ impl Settings {
     /// specification says.
     pub fn read(var: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
         let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-        let disabled = match var("OTEL_SDK_DISABLED") {
-            None => false,
-            Some(value) => match value.trim().to_ascii_lowercase().as_str() {
-                "true" => true,
-                "false" => false,
-                _ => return Err(invalid("OTEL_SDK_DISABLED", &value, "use true or false")),
-            },
-        };
+        // Anything but `true` leaves it on, as the specification says.
+        let disabled =
+            var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         let resource = match var("OTEL_RESOURCE_ATTRIBUTES") {
             Some(value) => pairs("OTEL_RESOURCE_ATTRIBUTES", &value)?,
             None => Vec::new(),
@@ -160,7 +159,18 @@ impl Settings {
                 var("OTEL_EXPORTER_OTLP_HEADERS").map(|v| ("OTEL_EXPORTER_OTLP_HEADERS", v))
             }) {
             Some((variable, value)) => {
-                let headers = pairs(variable, &value)?;
+                // Values are secrets (API keys): errors name the keys only.
+                let headers = pairs(variable, &value).map_err(|_| {
+                    let keys: Vec<&str> = value
+                        .split(',')
+                        .map(|item| item.split('=').next().unwrap_or_default().trim())
+                        .collect();
+                    invalid(
+                        variable,
+                        &keys.join(","),
+                        "expected key=value pairs with valid %-escapes",
+                    )
+                })?;
                 for (name, value) in &headers {
                     let name_ok = MetadataKey::<tonic::metadata::Ascii>::from_bytes(
                         name.to_ascii_lowercase().as_bytes(),
@@ -207,7 +217,7 @@ impl Settings {
         .map(|url| Destination {
             url,
             protocol: protocol_or_default,
-            headers,
+            headers: headers.clone(),
             gzip,
         });
         let sampling = match var("OTEL_TRACES_SAMPLER") {
@@ -219,23 +229,27 @@ impl Settings {
             destination,
             service_name,
             resource,
+            headers,
+            gzip,
             sampling,
         })
     }
 
-    /// The resource attributes spans are exported with: `defaults` (the
-    /// process's own, e.g. `service.instance.id`) under what the settings
-    /// say, `service.name` first.
+    /// The resource attributes spans are exported with: what the settings
+    /// say under the process's own `identity` (e.g. `service.instance.id`,
+    /// which the control plane checks a replica's exports against),
+    /// `service.name` first.
     pub fn resource_with(
         &self,
         service_name: &str,
-        defaults: &[(&str, &str)],
+        identity: &[(&str, &str)],
     ) -> Vec<(String, String)> {
-        let mut attributes: BTreeMap<String, String> = defaults
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        attributes.extend(self.resource.iter().cloned());
+        let mut attributes: BTreeMap<String, String> = self.resource.iter().cloned().collect();
+        attributes.extend(
+            identity
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let name = self.service_name.as_deref().unwrap_or(service_name);
         attributes.insert("service.name".to_owned(), name.to_owned());
         let mut ordered = vec![("service.name".to_owned(), name.to_owned())];
@@ -441,6 +455,8 @@ impl Sender {
         }
         let http = reqwest::Client::builder()
             .timeout(EXPORT_TIMEOUT)
+            // Headers may be credentials: they go where configured only.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         Self::Http {
@@ -573,6 +589,18 @@ mod tests {
             read(&[("OTEL_SDK_DISABLED", "true")]).map(|s| s.disabled),
             Ok(true)
         );
-        assert!(read(&[("OTEL_SDK_DISABLED", "yes")]).is_err());
+        assert_eq!(
+            read(&[("OTEL_SDK_DISABLED", "yes")]).map(|s| s.disabled),
+            Ok(false)
+        );
+        let secret = read(&[(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer s3cret%zz",
+        )]);
+        let message = secret.expect_err("a broken escape").to_string();
+        assert!(
+            !message.contains("s3cret") && message.contains("authorization"),
+            "{message}"
+        );
     }
 }

@@ -735,7 +735,9 @@ async fn otel_settings_change_what_is_exported() {
         ),
     ];
     let mut running = Vec::new();
-    for (id, vars) in replicas {
+    for (id, mut vars) in replicas {
+        // The SDK's batches leave quickly, so silence below means nothing came.
+        vars.push(("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()));
         sb.gateway_env = vars;
         let listen = free_addr();
         running.push(sb.spawn_replica(listen, id));
@@ -774,6 +776,10 @@ async fn otel_settings_change_what_is_exported() {
     assert_eq!(over_grpc.resource["k8s.pod.name"], "gw-0");
     assert_eq!(over_grpc.resource["k8s.namespace.name"], "mcp");
     assert_eq!(over_grpc.resource["service.instance.id"], "otel-grpc");
+    assert!(
+        !over_grpc.headers.contains_key("authorization"),
+        "the control plane's token goes to the control plane only"
+    );
     // The replica's own work goes the same way (the SDK's batches leave
     // every few seconds).
     eventually("the replica's apply over OTLP/gRPC", EVENTUALLY, || async {
@@ -794,8 +800,9 @@ async fn otel_settings_change_what_is_exported() {
         Some("Bearer collector-token")
     );
     assert_eq!(over_http.resource["service.instance.id"], "otel-http");
-    // The others had as long: the sampler keeps every trace out, the
-    // disabled SDK exports nothing at all.
+    // The others had as long, and more than a batch interval: the sampler
+    // keeps every trace out, the disabled SDK exports nothing at all.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     for quiet in ["sampled-out", "disabled"] {
         assert!(
             http.spans().iter().all(|s| s.service != quiet),

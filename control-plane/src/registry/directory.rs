@@ -195,7 +195,10 @@ impl DirectorySource {
                     registry.cause = Cause(sdk::traceparent(&span));
                     let changed = tx.send_if_modified(|current| {
                         let modified = *current != registry;
-                        *current = registry;
+                        // Equal registries differ in their cause alone.
+                        if modified {
+                            *current = registry;
+                        }
                         modified
                     });
                     span.record("changed", changed);

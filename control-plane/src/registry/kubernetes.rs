@@ -41,15 +41,16 @@ use kube::{
     api::{ApiResource, DynamicObject},
     runtime::{WatchStreamExt, watcher},
 };
+use proto::otel::sdk::{self, WORK};
 use tokio::{
     sync::{Semaphore, watch},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, field, info, info_span, warn};
 
 use super::{
-    API_VERSION, Document, KIND, Registry, RegistryIssue, ResourceError, UnknownFields,
+    API_VERSION, Cause, Document, KIND, Registry, RegistryIssue, ResourceError, UnknownFields,
     parse_document, parse_resource,
 };
 use crate::resource::{
@@ -262,11 +263,22 @@ impl KubernetesSource {
                     registry.send_if_modified(|registry| {
                         let modified = *registry != next || !published;
                         if modified {
-                            debug!(
+                            // The change's trace: its snapshot, pushes and
+                            // applies continue it.
+                            let span = info_span!(
+                                target: WORK,
+                                "registry.change",
+                                source = "kubernetes",
                                 servers = next.servers.len(),
                                 issues = next.issues.len(),
-                                "registry changed"
+                                trace_id = field::Empty,
+                                span_id = field::Empty,
                             );
+                            sdk::correlate(&span);
+                            let _change = span.enter();
+                            debug!("registry changed");
+                            let mut next = next;
+                            next.cause = Cause(sdk::traceparent(&span));
                             *registry = next;
                         }
                         modified

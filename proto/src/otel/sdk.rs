@@ -27,7 +27,7 @@ use opentelemetry_sdk::{
 };
 use prost::Message;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{Layer, filter::filter_fn, registry::LookupSpan};
+use tracing_subscriber::{Layer, filter::Targets, registry::LookupSpan};
 
 use super::Sampling;
 
@@ -102,7 +102,9 @@ where
         .with_threads(false)
         .with_tracked_inactivity(false)
         .with_target(false)
-        .with_filter(filter_fn(|meta| meta.target() == WORK));
+        // A target filter decides per callsite, once: the request path's
+        // events never reach this layer at all.
+        .with_filter(Targets::new().with_target(WORK, tracing::Level::TRACE));
     (layer, provider)
 }
 
