@@ -418,13 +418,29 @@ impl tonic::service::Interceptor for Headers {
 }
 
 impl Sender {
-    /// A gRPC sender over `channel` (gzip if `gzip`), presenting `token`.
-    pub fn grpc(
-        channel: Channel,
-        headers: &[(String, String)],
+    /// A sender for `destination`; `endpoint` makes the gRPC endpoint of a
+    /// URL (with whatever TLS the caller's receiver needs), and `token` is
+    /// presented over gRPC.
+    pub fn to<E>(
+        destination: &Destination,
         token: Presenting,
-        gzip: bool,
-    ) -> Self {
+        endpoint: impl FnOnce(&str) -> Result<tonic::transport::Endpoint, E>,
+    ) -> Result<Self, E> {
+        Ok(match destination.protocol {
+            Protocol::Grpc => Self::grpc(
+                endpoint(&destination.url)?
+                    .timeout(EXPORT_TIMEOUT)
+                    .connect_lazy(),
+                &destination.headers,
+                token,
+                destination.gzip,
+            ),
+            Protocol::HttpProtobuf => Self::http(&destination.url, &destination.headers),
+        })
+    }
+
+    /// A gRPC sender over `channel` (gzip if `gzip`), presenting `token`.
+    fn grpc(channel: Channel, headers: &[(String, String)], token: Presenting, gzip: bool) -> Self {
         let mut fixed = MetadataMap::new();
         for (name, value) in headers {
             // Checked when the settings were read.
@@ -443,7 +459,7 @@ impl Sender {
     }
 
     /// An OTLP/HTTP (protobuf) sender posting to `url`.
-    pub fn http(url: &str, headers: &[(String, String)]) -> Self {
+    fn http(url: &str, headers: &[(String, String)]) -> Self {
         let mut map = http::HeaderMap::new();
         for (name, value) in headers {
             if let (Ok(name), Ok(value)) = (

@@ -163,16 +163,20 @@ async fn ready_on(listen: SocketAddr, name: &str) {
     .await;
 }
 
-/// `switchboard_peer_requests_total` of a replica, for `kind` and `outcome`.
-async fn handed(listen: SocketAddr, kind: &str, outcome: &str) -> f64 {
-    let text = reqwest::get(format!("http://{listen}/metrics"))
+/// A replica's `/metrics`.
+async fn metrics_of(listen: SocketAddr) -> String {
+    reqwest::get(format!("http://{listen}/metrics"))
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics");
+        .expect("metrics")
+}
+
+/// `switchboard_peer_requests_total` of a replica, for `kind` and `outcome`.
+async fn handed(listen: SocketAddr, kind: &str, outcome: &str) -> f64 {
     e2e::metric(
-        &text,
+        &metrics_of(listen).await,
         "switchboard_peer_requests_total",
         &[("kind", kind), ("outcome", outcome)],
     )
@@ -181,13 +185,9 @@ async fn handed(listen: SocketAddr, kind: &str, outcome: &str) -> f64 {
 
 /// How many MCP requests a replica answered.
 async fn answered(listen: SocketAddr) -> f64 {
-    let text = reqwest::get(format!("http://{listen}/metrics"))
+    metrics_of(listen)
         .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics");
-    text.lines()
+        .lines()
         .filter(|line| line.starts_with("switchboard_requests_total{"))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -435,12 +435,7 @@ async fn any_replica_serves_any_session_behind_a_round_robin_balancer() {
     }
     let mut adopted = 0.0;
     for listen in listens {
-        let text = reqwest::get(format!("http://{listen}/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = metrics_of(listen).await;
         adopted += e2e::metric(&text, "switchboard_sessions_adopted_total", &[]).unwrap_or(0.0);
     }
     assert!(adopted >= 2.0, "restarted replicas adopted the sessions");

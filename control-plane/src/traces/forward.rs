@@ -4,11 +4,9 @@
 //! collector fails, spans are dropped and counted, never queued without
 //! bound.
 
-use std::time::Duration;
-
 use proto::{
     auth::Presenting,
-    otel::{Destination, Protocol, Sender},
+    otel::{Destination, Sender},
     otlp::ExportTraceServiceRequest,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -20,7 +18,6 @@ use super::{DROP_FORWARD_FAILED, DROP_QUEUE_FULL, TraceCounters};
 
 /// Exports waiting for the collector.
 const QUEUE_CAPACITY: usize = 256;
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid OTLP forward endpoint `{endpoint}`: {source}")]
@@ -45,24 +42,12 @@ impl Forwarder {
         shutdown: CancellationToken,
     ) -> Result<(Self, JoinHandle<()>), EndpointError> {
         let endpoint = &destination.url;
-        let sender = match destination.protocol {
-            Protocol::Grpc => {
-                let channel = Channel::from_shared(endpoint.clone())
-                    .map_err(|source| EndpointError {
-                        endpoint: endpoint.clone(),
-                        source,
-                    })?
-                    .timeout(EXPORT_TIMEOUT)
-                    .connect_lazy();
-                Sender::grpc(
-                    channel,
-                    &destination.headers,
-                    Presenting::default(),
-                    destination.gzip,
-                )
-            }
-            Protocol::HttpProtobuf => Sender::http(endpoint, &destination.headers),
-        };
+        let sender = Sender::to(destination, Presenting::default(), |url| {
+            Channel::from_shared(url.to_owned()).map_err(|source| EndpointError {
+                endpoint: url.to_owned(),
+                source,
+            })
+        })?;
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         info!(%endpoint, protocol = ?destination.protocol, "forwarding spans over OTLP");
         let task = tokio::spawn(run(sender, rx, counters.clone(), shutdown));

@@ -11,7 +11,7 @@ use std::time::Duration;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use proto::{
     auth::Presenting,
-    otel::{Destination, Protocol, Sampling, Sender},
+    otel::{Destination, Sampling, Sender},
     otlp::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans},
 };
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -29,7 +29,6 @@ const QUEUE_CAPACITY: usize = 4096;
 const MAX_BATCH: usize = 512;
 /// How long a small batch waits for company before it is sent.
 const LINGER: Duration = Duration::from_millis(200);
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// On shutdown, what is queued gets this long to leave.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -69,24 +68,12 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> Result<(Tracer, JoinHandle<()>), EndpointError> {
     let destination = &config.destination;
-    let sender = match destination.protocol {
-        Protocol::Grpc => {
-            let channel = crate::xds::grpc_endpoint(&destination.url, config.ca_pem.as_deref())
-                .map_err(|source| EndpointError {
-                    endpoint: destination.url.clone(),
-                    source,
-                })?
-                .timeout(EXPORT_TIMEOUT)
-                .connect_lazy();
-            Sender::grpc(
-                channel,
-                &destination.headers,
-                config.token.clone(),
-                destination.gzip,
-            )
-        }
-        Protocol::HttpProtobuf => Sender::http(&destination.url, &destination.headers),
-    };
+    let sender = Sender::to(destination, config.token.clone(), |url| {
+        crate::xds::grpc_endpoint(url, config.ca_pem.as_deref()).map_err(|source| EndpointError {
+            endpoint: url.to_owned(),
+            source,
+        })
+    })?;
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let queue_full = counters
         .dropped
