@@ -23,10 +23,11 @@ use kube::{
     api::{ApiResource, DynamicObject, Patch, PatchParams},
     runtime::events::{Event, EventType, Recorder},
 };
+use proto::otel::sdk::{self, WORK};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, field, info_span, warn};
 
 use crate::{
     peers::Peers,
@@ -43,6 +44,9 @@ use crate::{
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one status patch may take (kube sets no timeout).
 const PATCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Status writes this long after a new snapshot are part of its rollout's
+/// trace (replicas ACK, the counts change); later ones are not.
+const ROLLOUT_WINDOW: Duration = Duration::from_secs(30);
 /// After a failed patch of a resource, the wait before the next; it
 /// doubles with each failure up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -93,6 +97,7 @@ impl StatusWriter {
         let mut failing: HashMap<ObjectKey, Backoff> = HashMap::new();
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rollout = (0, tokio::time::Instant::now());
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -106,7 +111,17 @@ impl StatusWriter {
             }
             let objects = self.objects.borrow().clone();
             let registry = self.registry.borrow().clone();
-            let snapshot_version = self.snapshots.borrow().version;
+            let (snapshot_version, traceparent) = {
+                let snapshot = self.snapshots.borrow();
+                (snapshot.version, snapshot.traceparent.clone())
+            };
+            if snapshot_version != rollout.0 {
+                rollout = (snapshot_version, tokio::time::Instant::now());
+            }
+            let change = match rollout.1.elapsed() < ROLLOUT_WINDOW {
+                true => traceparent.as_str(),
+                false => "",
+            };
             let replicas = self
                 .peers
                 .merged(self.replicas.snapshot(), snapshot_version);
@@ -141,10 +156,21 @@ impl StatusWriter {
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(self.client.clone(), &key.0, &resource);
                 let patch = Patch::Merge(json!({ "status": merge_patch(&desired) }));
+                let write = info_span!(
+                    target: WORK,
+                    "status.write",
+                    namespace = %key.0,
+                    name = %key.1,
+                    version = snapshot_version,
+                    trace_id = field::Empty,
+                    span_id = field::Empty,
+                );
+                sdk::continue_from(&write, change);
                 let patched = tokio::time::timeout(
                     PATCH_TIMEOUT,
                     api.patch_status(&key.1, &PatchParams::default(), &patch),
                 )
+                .instrument(write)
                 .await;
                 match patched {
                     Ok(Ok(_)) => {

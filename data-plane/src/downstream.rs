@@ -886,6 +886,19 @@ impl ServerHandle {
             changed |= breaker.record(permit, failed);
         }
         if changed {
+            // A trace of its own: a breaker turns on calls, not rollouts.
+            let turned = info_span!(
+                target: WORK,
+                parent: None,
+                "server.breaker",
+                server = %self.spec.name,
+                breaker = self.breaker.state().as_str(),
+                tool = about.tool.unwrap_or_default(),
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            );
+            proto::otel::sdk::correlate(&turned);
+            let _turned = turned.enter();
             info!(
                 breaker = self.breaker.state().as_str(),
                 "circuit breaker changed state"

@@ -272,6 +272,41 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
             .ok_or(object.to_string())
     })
     .await;
+    // An applied change is one trace, from the watch event that saw it to
+    // the status written back.
+    let traces = format!("http://{}/traces", sb.control_http);
+    eventually(
+        "a change's trace, watch event to status",
+        EVENTUALLY,
+        || async {
+            let listing = sb
+                .get_json(&format!("{traces}?span=status.write&limit=50"))
+                .await
+                .map_err(|e| e.to_string())?;
+            for listed in listing["traces"].as_array().cloned().unwrap_or_default() {
+                let id = listed["traceId"].as_str().unwrap_or_default();
+                let trace = sb
+                    .get_json(&format!("{traces}/{id}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let spans = trace["spans"].as_array().cloned().unwrap_or_default();
+                let has = |name: &str, key: &str, value: &str| {
+                    spans.iter().any(|s| {
+                        s["name"] == name && (key.is_empty() || s["attributes"][key] == value)
+                    })
+                };
+                if has("registry.change", "source", "kubernetes")
+                    && has("config.snapshot", "", "")
+                    && has("config.apply", "result", "ack")
+                    && has("status.write", "name", "demo")
+                {
+                    return Ok(());
+                }
+            }
+            Err(listing.to_string())
+        },
+    )
+    .await;
 
     // What the CRD's schema and CEL rules can catch, the API server
     // refuses outright.
