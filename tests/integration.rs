@@ -11,6 +11,8 @@ mod check;
 mod conformance;
 #[path = "scenarios/connect.rs"]
 mod connect;
+#[path = "scenarios/console.rs"]
+mod console;
 #[path = "scenarios/control_plane_outage.rs"]
 mod control_plane_outage;
 #[path = "scenarios/kubernetes.rs"]

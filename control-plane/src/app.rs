@@ -15,7 +15,8 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use crate::{
     admin::{self, AdminState},
-    auth::{Gate, ReplicaGate, ServiceAccountRef, Token, TokenReviewer},
+    auth::{Gate, Logins, ReplicaGate, ServiceAccountRef, Token, TokenReviewer},
+    console::{self, ConsoleConfig},
     leader::{self, LeaseConfig},
     metrics::Metrics,
     peers::{self, PeerConfig, Peers},
@@ -85,6 +86,10 @@ pub struct Config {
     pub admin_token: Option<Token>,
     /// Serve the HTTP API beyond loopback without an admin token.
     pub allow_unauthenticated_api: bool,
+    /// What the console shows beyond the registry and replicas.
+    pub console: ConsoleConfig,
+    /// Make a one-time console login code ([`Bound::console_login`]).
+    pub console_login: bool,
     /// What the gRPC port serves TLS with; `None`: plain HTTP/2.
     pub grpc_tls: Option<ServerTls>,
     /// The session key set's file ([`session_keys`]); in a cluster the
@@ -96,6 +101,8 @@ pub struct Config {
 pub struct Bound {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// A code that logs a browser into the console once (`#login=`).
+    pub console_login: Option<Token>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -338,7 +345,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
             warn!(%error, "the control plane's own spans were refused");
         }
     });
-    let operators = Gate::operators(config.admin_token.clone());
+    let logins = Logins::default();
+    let console_login = match config.console_login && config.admin_token.is_some() {
+        true => Some(logins.one_time_code()?),
+        false => None,
+    };
+    let operators = Gate::operators(config.admin_token.clone()).with_logins(logins.clone());
     metrics.register_collector(replica_gate.clone());
     metrics.register_collector(operators.clone());
     metrics.register_collector(replicas.clone());
@@ -386,22 +398,26 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
         .await
         .with_context(|| format!("binding the HTTP listener on {}", config.http_listen))?;
     let http_addr = http.local_addr()?;
-    let router = admin::router(
-        AdminState {
-            registry: registry_rx,
-            ready,
-            snapshots: snapshot_rx,
-            replicas,
-            peers,
-            traces,
-            metrics,
-            registry_dir: match &config.registry {
-                RegistrySource::Directory(dir) => Some(dir.clone()),
-                RegistrySource::Kubernetes { .. } => None,
-            },
+    let admin_state = AdminState {
+        registry: registry_rx,
+        ready,
+        snapshots: snapshot_rx,
+        replicas,
+        peers,
+        traces,
+        metrics,
+        registry_dir: match &config.registry {
+            RegistrySource::Directory(dir) => Some(dir.clone()),
+            RegistrySource::Kubernetes { .. } => None,
         },
+    };
+    let router = admin::router(admin_state.clone(), operators.clone()).merge(console::router(
+        admin_state,
+        config.console.clone(),
+        logins,
+        config.admin_token.is_some(),
         operators,
-    );
+    ));
     let cancel = shutdown.clone();
     tasks.spawn(async move {
         let served = axum::serve(http, router)
@@ -416,6 +432,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
     Ok(Bound {
         grpc_addr,
         http_addr,
+        console_login,
         shutdown,
         tasks,
     })

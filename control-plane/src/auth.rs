@@ -6,7 +6,9 @@
 //!   exports), before it can receive a snapshot (which holds resolved
 //!   secrets), report health or NACKs that become status, or inject spans.
 //! - Operators, on the HTTP API: `/status` and `/traces` (what servers run,
-//!   their errors, every call's trace). Probes and `/metrics` stay open.
+//!   their errors, every call's trace), and the console's data. The admin
+//!   token or a console session started with a one-time code ([`Logins`]).
+//!   Probes, `/metrics` and the console's static files stay open.
 //!
 //! `up` makes fresh tokens for both on every start: the replica token goes
 //! to its gateway, the admin token to a file only its user can read.
@@ -30,15 +32,19 @@ use serde_json::json;
 use tonic::{Request, Status, service::Interceptor};
 use tracing::debug;
 
+pub use logins::{Logins, SESSION_TTL};
 use review::Verdict;
 pub use review::{ServiceAccountRef, TokenReviewer};
 
+mod logins;
 mod review;
 
 /// One surface's token check; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Gate {
     token: Option<Token>,
+    /// Console sessions, admitted as the token is (operators' gate only).
+    logins: Option<Logins>,
     refused: Counter,
     /// The counter's metric name and help.
     metric: (&'static str, &'static str),
@@ -52,6 +58,7 @@ impl Gate {
     pub fn replicas(token: Option<Token>) -> Self {
         Self {
             token,
+            logins: None,
             refused: Counter::default(),
             metric: (
                 "replica_auth_failures",
@@ -64,12 +71,19 @@ impl Gate {
     pub fn operators(token: Option<Token>) -> Self {
         Self {
             token,
+            logins: None,
             refused: Counter::default(),
             metric: (
                 "admin_auth_failures",
                 "HTTP API requests refused for a missing or wrong admin token",
             ),
         }
+    }
+
+    /// Admits console sessions started with a code from `logins` too.
+    pub fn with_logins(mut self, logins: Logins) -> Self {
+        self.logins = Some(logins);
+        self
     }
 
     fn encode_refused(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
@@ -88,7 +102,11 @@ impl Gate {
         let Some(token) = &self.token else {
             return true;
         };
-        let admitted = token.admits(authorization);
+        let admitted = token.admits(authorization)
+            || self
+                .logins
+                .as_ref()
+                .is_some_and(|logins| logins.admits(authorization));
         if !admitted {
             self.refused.inc();
         }

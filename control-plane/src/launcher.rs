@@ -89,6 +89,16 @@ pub async fn up(config: UpConfig, stop: impl Future<Output = ()>) -> anyhow::Res
                 "\nSwitchboard is up.\n  MCP endpoint:   http://{first}/mcp\n  gateway health: http://{first}/healthz\n  control plane:  http://{cp}/status (with the admin token)\n  registry:       edit the YAML files in that directory; changes apply live",
                 cp = control.http_addr,
             );
+            // A line of its own, starting `console:`, for scripts; the
+            // code in the fragment logs one browser in, once.
+            match &control.console_login {
+                Some(code) => println!(
+                    "console: http://{}/#login={}",
+                    control.http_addr,
+                    code.expose()
+                ),
+                None => println!("console: http://{}/", control.http_addr),
+            }
             if listens.len() > 1 {
                 // Any replica serves any session: put them behind one address.
                 for (k, listen) in listens.iter().enumerate() {

@@ -11,6 +11,7 @@ pub mod app;
 pub mod auth;
 pub mod check;
 pub mod connect;
+pub mod console;
 pub mod launcher;
 pub mod leader;
 pub mod metrics;

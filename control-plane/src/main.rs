@@ -260,6 +260,14 @@ struct ControlArgs {
     /// where the network alone keeps others out.
     #[arg(long, env = "SWITCHBOARD_ALLOW_UNAUTHENTICATED_API")]
     allow_unauthenticated_api: bool,
+    /// A trace in your trace UI, for the console's links: `{trace_id}` is
+    /// replaced (e.g. `http://jaeger:16686/trace/{trace_id}`).
+    #[arg(long, env = "SWITCHBOARD_TRACE_UI_URL")]
+    trace_ui_url: Option<String>,
+    /// The gateway's MCP endpoint as clients reach it (the Service URL),
+    /// for the client configs the console shows.
+    #[arg(long, env = "SWITCHBOARD_GATEWAY_URL")]
+    gateway_url: Option<String>,
 }
 
 impl ControlArgs {
@@ -362,6 +370,11 @@ impl ControlArgs {
             allow_unauthenticated_api: args.allow_unauthenticated_api,
             grpc_tls,
             session_keys_file: args.session_keys_file,
+            console: control_plane::console::ConsoleConfig {
+                trace_ui_url: args.trace_ui_url.filter(|u| !u.is_empty()),
+                gateway_url: args.gateway_url.filter(|u| !u.is_empty()),
+            },
+            console_login: false,
         })
     }
 }
@@ -579,6 +592,12 @@ async fn run(
                 let listen = control_plane.grpc_listen.ip().to_string();
                 control_plane.grpc_tls = Some(ServerTls::generate(&[listen, "localhost".into()])?);
             }
+            // The console's link logs its first opener in.
+            control_plane.console_login = true;
+            control_plane
+                .console
+                .gateway_url
+                .get_or_insert_with(|| format!("http://{gateway_listen}/mcp"));
             let admin_token_file = match control_plane.admin_token {
                 Some(_) => None,
                 None => {

@@ -103,6 +103,12 @@ pub struct ReplicaStatus {
     /// Where other replicas hand it a client's answer (its Hello).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub peer_url: String,
+    /// When the replica process started (Unix milliseconds; 0: unknown).
+    #[serde(default)]
+    pub started_at: u64,
+    /// When its last health report came (Unix milliseconds; 0: none yet).
+    #[serde(default)]
+    pub reported_at: u64,
     #[serde(skip)]
     connection: u64,
     /// When its stream ended; it is forgotten [`FORGET_AFTER`] later.
@@ -151,6 +157,14 @@ pub struct ServerHealthStatus {
     /// connections then carry one client session's calls at a time.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub asked_clients: String,
+    #[serde(default)]
+    pub prompt_count: u32,
+    #[serde(default)]
+    pub resource_count: u32,
+    /// While the breaker is open: when it lets a trial call through (Unix
+    /// milliseconds; 0 otherwise).
+    #[serde(default)]
+    pub breaker_retry_at: u64,
 }
 
 // === impl ConfigPushService ===
@@ -352,6 +366,7 @@ impl ReplicaStream {
                     r.servers = servers;
                     r.sessions = report.sessions;
                     r.draining = report.draining;
+                    r.reported_at = unix_millis_now();
                 });
             }
             Some(ReplicaKind::Hello(_)) | None => {
@@ -403,6 +418,9 @@ fn health_status(health: pb::ServerHealth) -> ServerHealthStatus {
         connections: health.connections,
         in_flight: health.in_flight,
         asked_clients: health.asked_clients,
+        prompt_count: health.prompt_count,
+        resource_count: health.resource_count,
+        breaker_retry_at: health.breaker_retry_at_ms,
         // A replica's report: arguments that are not a JSON object are
         // left out rather than passed on.
         probe: health.probe.and_then(|probe| {
@@ -423,6 +441,7 @@ impl ReplicaStatus {
     pub(crate) fn without_latencies(&self) -> Self {
         let mut status = self.clone();
         status.sessions = 0;
+        status.reported_at = 0;
         for server in &mut status.servers {
             server.latency_p50_us = 0;
             server.latency_p99_us = 0;
@@ -430,6 +449,12 @@ impl ReplicaStatus {
         }
         status
     }
+}
+
+fn unix_millis_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Drops the replicas gone for [`FORGET_AFTER`] or longer.
@@ -458,6 +483,8 @@ impl ReplicaStatus {
             sessions: 0,
             draining: false,
             peer_url: String::new(),
+            started_at: 0,
+            reported_at: 0,
             connection: 0,
             disconnected_at: None,
         }
@@ -526,6 +553,8 @@ impl Replicas {
                 sessions: 0,
                 draining: false,
                 peer_url: hello.peer_url.clone(),
+                started_at: hello.started_at_ms,
+                reported_at: 0,
                 connection,
                 disconnected_at: None,
             },
@@ -611,6 +640,7 @@ mod tests {
             build_version: "test".to_owned(),
             applied_version: 0,
             peer_url: String::new(),
+            started_at_ms: 0,
         }
     }
 

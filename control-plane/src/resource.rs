@@ -399,6 +399,17 @@ pub enum ValidTransport {
     },
 }
 
+impl ValidTransport {
+    /// `stdio`, `http` or `sse`, as `spec.transport.type` says.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Stdio { .. } => "stdio",
+            Self::Http { .. } => "http",
+            Self::Sse { .. } => "sse",
+        }
+    }
+}
+
 /// A process started beside an SSE server's connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Launch {

@@ -507,6 +507,9 @@ mod tests {
             in_flight: 0,
             probe: None,
             asked_clients: String::new(),
+            prompt_count: 0,
+            resource_count: 0,
+            breaker_retry_at: 0,
         }
     }
 

@@ -6,6 +6,7 @@
 //! they arrived (`proto/otlp_trace.proto`) and are decoded only when the API
 //! reads them: receiving is a cost on every tool call, reading is not.
 
+pub mod calls;
 pub mod forward;
 
 use std::{
@@ -37,12 +38,15 @@ use crate::{
     auth::{Replica, ReplicaGate},
     metrics::encode_counters,
 };
+use calls::Call;
 use forward::Forwarder;
 
 /// Largest OTLP export accepted: a gateway's batches are a few hundred KiB.
 const MAX_EXPORT_BYTES: usize = 4 * 1024 * 1024;
 /// Most traces one `/traces` answer lists.
 const MAX_LIMIT: usize = 200;
+/// Tool calls a slow watcher may fall behind by before it misses some.
+const CALLS_QUEUE: usize = 1024;
 /// Spans kept per trace; a runaway trace cannot crowd out the rest.
 const MAX_SPANS_PER_TRACE: usize = 1024;
 
@@ -101,6 +105,8 @@ pub struct TraceStore {
     inner: Arc<Mutex<StoreInner>>,
     capacity: usize,
     max_bytes: usize,
+    /// Tool calls as they arrive, for whoever watches.
+    calls: tokio::sync::broadcast::Sender<Arc<Call>>,
 }
 
 #[derive(Default)]
@@ -231,7 +237,37 @@ impl TraceStore {
             inner: Arc::default(),
             capacity: capacity.max(1),
             max_bytes,
+            calls: tokio::sync::broadcast::channel(CALLS_QUEUE).0,
         }
+    }
+
+    /// Tool calls from now on, as their spans arrive. A watcher that falls
+    /// [`CALLS_QUEUE`] behind is told how many it missed.
+    pub fn watch_calls(&self) -> tokio::sync::broadcast::Receiver<Arc<Call>> {
+        self.calls.subscribe()
+    }
+
+    /// The newest `limit` tool calls in the buffer, newest first.
+    pub fn recent_calls(&self, limit: usize) -> Vec<Call> {
+        let newest_first: Vec<Arc<Vec<StoredSpan>>> = {
+            let inner = self.inner.lock();
+            inner
+                .order
+                .iter()
+                .rev()
+                .filter_map(|id| inner.traces.get(id).cloned())
+                .collect()
+        };
+        let mut calls: Vec<Call> = Vec::new();
+        for spans in newest_first {
+            calls.extend(views(&spans).iter().filter_map(Call::of));
+            if calls.len() >= limit {
+                break;
+            }
+        }
+        calls.sort_by(|a, b| b.start_ms.cmp(&a.start_ms));
+        calls.truncate(limit);
+        calls
     }
 
     /// What the stored spans take, in bytes.
@@ -302,6 +338,16 @@ impl TraceStore {
                 arrivals.push((trace_id, span));
             }
         }
+        // Decoded here only while the console watches: a cost per call.
+        let calls: Vec<Call> = if self.calls.receiver_count() > 0 {
+            arrivals
+                .iter()
+                .filter_map(|(_, stored)| views(std::slice::from_ref(stored)).pop())
+                .filter_map(|view| Call::of(&view))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut kept = 0;
         let mut inner = self.inner.lock();
         for (trace_id, span) in arrivals {
@@ -323,6 +369,11 @@ impl TraceStore {
             if let Some(spans) = inner.traces.remove(&evicted) {
                 inner.bytes -= spans.iter().map(StoredSpan::weight).sum::<usize>();
             }
+        }
+        drop(inner);
+        for call in calls {
+            // Nobody watching any more is fine.
+            let _ = self.calls.send(Arc::new(call));
         }
         Ok(kept)
     }

@@ -237,6 +237,7 @@ pub async fn run(config: Config) -> anyhow::Result<Bound> {
         drain: drain.clone(),
         peer_url: peer_url(config.peer_url.as_deref(), config.listen),
         peers: config.mcp.peers.clone(),
+        started_at: std::time::SystemTime::now(),
     };
     tasks.spawn(xds.run(stop.clone()));
     let router = routers

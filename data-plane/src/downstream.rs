@@ -358,6 +358,11 @@ pub struct ServerStatus {
     /// What the server asked a client first, once it has: its shared
     /// connections then carry one client session's calls at a time.
     pub asked_clients: Option<&'static str>,
+    /// Prompts and resources it offers (before filtering).
+    pub prompts: usize,
+    pub resources: usize,
+    /// While the breaker is open: when it lets a trial call through.
+    pub breaker_retry_at: Option<SystemTime>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -550,7 +555,12 @@ impl ServerHandle {
         ServerStatus {
             state: lifecycle.state,
             reason: lifecycle.reason,
+            prompts: lifecycle.offer.prompts.len(),
+            resources: lifecycle.offer.resources.len(),
             tools: lifecycle.offer.tools,
+            breaker_retry_at: self.breaker.open_until().map(|until| {
+                SystemTime::now() + until.saturating_duration_since(tokio::time::Instant::now())
+            }),
             restarts: lifecycle.restarts,
             protocol_version: lifecycle.protocol_version,
             breaker: self.breaker.state(),

@@ -188,6 +188,8 @@ pub struct XdsClient {
     /// are (from the control plane).
     pub peer_url: String,
     pub peers: Peers,
+    /// When the process started: uptime, in Hello.
+    pub started_at: std::time::SystemTime,
 }
 
 // === impl ConfigStatus ===
@@ -254,6 +256,7 @@ impl XdsClient {
             build_version: env!("CARGO_PKG_VERSION").to_owned(),
             applied_version: self.status.applied_version(),
             peer_url: self.peer_url.clone(),
+            started_at_ms: unix_millis(self.started_at),
         });
         send(&tx, hello).await?;
         let mut inbound = client
@@ -467,6 +470,9 @@ impl XdsClient {
                         Probe::Ping | Probe::Initialize => None,
                     },
                     asked_clients: status.asked_clients.unwrap_or_default().to_owned(),
+                    prompt_count: u32::try_from(status.prompts).unwrap_or(u32::MAX),
+                    resource_count: u32::try_from(status.resources).unwrap_or(u32::MAX),
+                    breaker_retry_at_ms: status.breaker_retry_at.map_or(0, unix_millis),
                 }
             })
             .collect();

@@ -52,6 +52,7 @@ impl RefusingReplica {
             build_version: "0.0.1-older".to_owned(),
             applied_version: 0,
             peer_url: String::new(),
+            started_at_ms: 0,
         };
         tx.send(pb::ReplicaMessage {
             kind: Some(Kind::Hello(hello)),

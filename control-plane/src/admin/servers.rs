@@ -29,11 +29,8 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::AdminState;
-use crate::{
-    registry::{
-        Document, ResourceError, UnknownFields, directory::without_references, parse_document,
-    },
-    resource::ValidTransport,
+use crate::registry::{
+    Document, ResourceError, UnknownFields, directory::without_references, parse_document,
 };
 
 #[derive(Serialize)]
@@ -69,10 +66,7 @@ pub fn routers() -> (Router<AdminState>, Router<AdminState>) {
         .route("/openapi.json", get(|| async { Json(openapi()) }));
     let write = Router::new()
         .route("/servers", axum::routing::post(create))
-        .route(
-            "/servers/{name}",
-            axum::routing::put(replace).delete(remove),
-        );
+        .route("/servers/{name}", get(document).put(replace).delete(remove));
     (read, write)
 }
 
@@ -168,11 +162,7 @@ async fn list(State(state): State<AdminState>) -> Json<Value> {
             name: server.name.clone(),
             namespace: server.namespace.clone(),
             enabled: server.enabled,
-            transport: match &server.transport {
-                ValidTransport::Stdio { .. } => "stdio",
-                ValidTransport::Http { .. } => "http",
-                ValidTransport::Sse { .. } => "sse",
-            },
+            transport: server.transport.kind(),
             source: registry
                 .origins
                 .get(&server.name)
@@ -202,6 +192,27 @@ async fn create(State(state): State<AdminState>, body: Bytes) -> Answer {
     write(&path, &body).map_err(|err| unwritable(&path, &err))?;
     info!(server = %name, file = %path.display(), "added a server through the API");
     Ok(created(StatusCode::CREATED, &name, &path))
+}
+
+/// `GET /servers/{name}`: the server's file as written, for editing. With
+/// the writes' gate: a file may hold values (`env`, headers) that only
+/// those who may change it should read.
+async fn document(State(state): State<AdminState>, Path(name): Path<String>) -> Answer {
+    let dir = writable(&state)?;
+    named(&name)?;
+    let path = file_of(&dir, &name);
+    own_file(&state, &name, &path)?;
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(([(http::header::CONTENT_TYPE, "application/yaml")], text).into_response()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(problem(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("no McpServer `{name}` in the registry directory") }),
+        )),
+        Err(error) => Err(problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": format!("cannot read {}: {error}", path.display()) }),
+        )),
+    }
 }
 
 /// `PUT /servers/{name}`: the server's file, replaced (or made).

@@ -28,6 +28,9 @@ fn health(state: &'static str) -> ServerHealthStatus {
         in_flight: 2,
         probe: None,
         asked_clients: String::new(),
+        prompt_count: 0,
+        resource_count: 0,
+        breaker_retry_at: 0,
     }
 }
 

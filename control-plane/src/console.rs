@@ -1,0 +1,310 @@
+//! The console: a live web dashboard served by the control plane on its
+//! HTTP port, at `/`. Its files (`control-plane/console/`: HTML, CSS and
+//! JavaScript modules, no build step) are compiled into the binary and
+//! served open, under a strict Content-Security-Policy; everything they
+//! show comes from the operator API behind the same gate as `/status`:
+//! the live stream ([`live`]), `/traces`, `/servers`, the client configs
+//! of `connect` and the gateway's tools ([`gateway`]).
+//!
+//! Logging in: the admin token, pasted once, or the one-time code `up`
+//! prints in the console's URL (`#login=…`, a fragment, so it never
+//! reaches a server log), redeemed at `POST /console/login` for a session
+//! token ([`Logins`]).
+
+mod gateway;
+mod live;
+
+use std::sync::{Arc, LazyLock};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use crate::{
+    admin::AdminState,
+    auth::{self, Gate, Logins, SESSION_TTL},
+    connect,
+};
+
+/// What the console is told beyond the registry and replicas.
+#[derive(Clone, Debug, Default)]
+pub struct ConsoleConfig {
+    /// A trace in the operator's own trace UI, `{trace_id}` replaced
+    /// (`https://jaeger.example/trace/{trace_id}`).
+    pub trace_ui_url: Option<String>,
+    /// The gateway's MCP endpoint as clients reach it, for the client
+    /// configs; else the first connected replica's.
+    pub gateway_url: Option<String>,
+}
+
+/// The console's routes' state.
+#[derive(Clone)]
+struct Console {
+    admin: AdminState,
+    config: Arc<ConsoleConfig>,
+    logins: Logins,
+    /// Whether writes are possible at all (an admin token is configured).
+    writable: bool,
+    gateway: gateway::GatewayClient,
+    streams: Arc<tokio::sync::Semaphore>,
+}
+
+/// A file of the console, compiled in.
+struct Asset {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+const ASSETS: [Asset; 4] = [
+    Asset {
+        path: "index.html",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../console/index.html"),
+    },
+    Asset {
+        path: "console.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../console/console.css"),
+    },
+    Asset {
+        path: "console.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../console/console.js"),
+    },
+    Asset {
+        path: "model.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../console/model.js"),
+    },
+];
+
+/// Each asset's ETag, by its index in [`ASSETS`].
+static ETAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    ASSETS
+        .iter()
+        .map(|asset| {
+            let digest = Sha256::digest(asset.body);
+            let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            format!("\"{short}\"")
+        })
+        .collect()
+});
+
+/// Scripts, styles and data from this origin only; nothing framed.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+/// The console's routes: files and login open, data behind `operators`.
+pub fn router(
+    admin: AdminState,
+    config: ConsoleConfig,
+    logins: Logins,
+    writable: bool,
+    operators: Gate,
+) -> Router {
+    let console = Console {
+        admin,
+        config: Arc::new(config),
+        logins,
+        writable,
+        gateway: gateway::GatewayClient::new(),
+        streams: Arc::new(tokio::sync::Semaphore::new(live::MAX_STREAMS)),
+    };
+    let data = Router::new()
+        .route("/console/live", get(live::stream))
+        .route("/console/connect", get(client_configs))
+        .route("/console/tools", get(gateway::tools))
+        .route("/console/tools/call", post(gateway::call))
+        .route("/console/logout", post(logout))
+        .layer(axum::middleware::from_fn_with_state(
+            operators,
+            auth::operators_only,
+        ));
+    Router::new()
+        .route(
+            "/",
+            get(|headers: HeaderMap| async move { asset(0, &headers) }),
+        )
+        .route("/console/login", post(login))
+        .route("/console/{file}", get(file))
+        .merge(data)
+        .with_state(console)
+}
+
+async fn file(Path(name): Path<String>, headers: HeaderMap) -> Response {
+    match ASSETS.iter().position(|a| a.path == name) {
+        Some(index) => asset(index, &headers),
+        None => (StatusCode::NOT_FOUND, "no such console file\n").into_response(),
+    }
+}
+
+fn asset(index: usize, headers: &HeaderMap) -> Response {
+    let etag = &ETAGS[index];
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let mut response = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let asset = &ASSETS[index];
+        ([(header::CONTENT_TYPE, asset.content_type)], asset.body).into_response()
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    // Revalidated on every load: a new binary serves new files at once.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(etag) = HeaderValue::from_str(etag) {
+        headers.insert(header::ETAG, etag);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    code: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Session {
+    token: String,
+    expires_in_seconds: u64,
+}
+
+/// `POST /console/login`: a one-time code for a session token.
+async fn login(State(console): State<Console>, Json(body): Json<LoginBody>) -> Response {
+    match console.logins.redeem(body.code.trim()) {
+        Some(token) => {
+            info!("a console session started with a one-time code");
+            Json(Session {
+                token: token.expose().to_owned(),
+                expires_in_seconds: SESSION_TTL.as_secs(),
+            })
+            .into_response()
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({
+                "error": "this login code is wrong, expired or already used: paste the admin token, or restart `switchboard-control up` for a new link"
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /console/logout`: ends the console session presented.
+async fn logout(State(console): State<Console>, headers: HeaderMap) -> StatusCode {
+    console
+        .logins
+        .end(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()));
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct ConnectQuery {
+    caller: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientConfig {
+    client: &'static str,
+    /// Where the client reads it, from the home directory.
+    file: &'static str,
+    format: &'static str,
+    config: String,
+    /// The command that writes it into the client's file.
+    command: String,
+}
+
+/// `GET /console/connect`: every client's config for the gateway, as
+/// `switchboard-control connect` renders it.
+async fn client_configs(
+    State(console): State<Console>,
+    Query(query): Query<ConnectQuery>,
+) -> Response {
+    let endpoint = console.gateway_url();
+    let auth = console
+        .admin
+        .registry
+        .borrow()
+        .gateway
+        .as_ref()
+        .is_some_and(|gateway| !gateway.allow_anonymous);
+    let mut configs = Vec::new();
+    for client in &connect::CLIENTS {
+        let caller = query
+            .caller
+            .clone()
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| client.name.to_owned());
+        let snippet = connect::Snippet {
+            endpoint: &endpoint,
+            caller: &caller,
+            name: "switchboard",
+            bridge: "switchboard-gateway",
+            auth: auth.then_some("switchboard-token"),
+        };
+        match client.render(&snippet) {
+            Ok(config) => configs.push(ClientConfig {
+                client: client.name,
+                file: client.config,
+                format: client.format,
+                config,
+                command: format!(
+                    "switchboard-control connect {} --url {endpoint} --caller {caller}{} --write",
+                    client.name,
+                    if auth { " --auth" } else { "" }
+                ),
+            }),
+            Err(error) => {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Json(json!({ "error": error.to_string() })),
+                )
+                    .into_response();
+            }
+        }
+    }
+    Json(json!({ "endpoint": endpoint, "auth": auth, "clients": configs })).into_response()
+}
+
+// === impl Console ===
+
+impl Console {
+    /// The endpoint clients are given: as configured, else the first
+    /// connected replica's.
+    fn gateway_url(&self) -> String {
+        if let Some(url) = &self.config.gateway_url {
+            return url.clone();
+        }
+        self.admin
+            .replicas
+            .snapshot()
+            .into_values()
+            .find(|r| r.connected && !r.peer_url.is_empty())
+            .map(|r| r.peer_url)
+            .unwrap_or_else(|| "http://127.0.0.1:8080/mcp".into())
+    }
+}
