@@ -221,6 +221,9 @@ async fn logout(State(console): State<Console>, headers: HeaderMap) -> StatusCod
     StatusCode::NO_CONTENT
 }
 
+/// Where bridge clients read their caller token, for the user to fill in.
+const TOKEN_FILE_PLACEHOLDER: &str = "/path/to/your-caller-token";
+
 #[derive(Deserialize)]
 struct ConnectQuery {
     caller: Option<String>,
@@ -245,13 +248,20 @@ async fn client_configs(
     Query(query): Query<ConnectQuery>,
 ) -> Response {
     let endpoint = console.gateway_url();
-    let auth = console
-        .admin
-        .registry
-        .borrow()
-        .gateway
-        .as_ref()
-        .is_some_and(|gateway| !gateway.allow_anonymous);
+    // As gateways decide: callers need a token once clients or issuers
+    // are declared, unless the gateway config lets anonymous ones in.
+    let auth = {
+        let registry = console.admin.registry.borrow();
+        let issuers = registry
+            .gateway
+            .as_ref()
+            .is_some_and(|gateway| !gateway.issuers.is_empty());
+        let anonymous = registry
+            .gateway
+            .as_ref()
+            .is_some_and(|gateway| gateway.allow_anonymous);
+        (!registry.clients.is_empty() || issuers) && !anonymous
+    };
     let mut configs = Vec::new();
     for client in &connect::CLIENTS {
         let caller = query
@@ -264,7 +274,7 @@ async fn client_configs(
             caller: &caller,
             name: "switchboard",
             bridge: "switchboard-gateway",
-            auth: auth.then_some("switchboard-token"),
+            auth: auth.then_some(TOKEN_FILE_PLACEHOLDER),
         };
         match client.render(&snippet) {
             Ok(config) => configs.push(ClientConfig {
@@ -275,7 +285,11 @@ async fn client_configs(
                 command: format!(
                     "switchboard-control connect {} --url {endpoint} --caller {caller}{} --write",
                     client.name,
-                    if auth { " --auth" } else { "" }
+                    if auth {
+                        format!(" --token-file {TOKEN_FILE_PLACEHOLDER}")
+                    } else {
+                        String::new()
+                    }
                 ),
             }),
             Err(error) => {

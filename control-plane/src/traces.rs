@@ -265,7 +265,7 @@ impl TraceStore {
                 break;
             }
         }
-        calls.sort_by(|a, b| b.start_ms.cmp(&a.start_ms));
+        calls.sort_by_key(|call| std::cmp::Reverse(call.start_ms));
         calls.truncate(limit);
         calls
     }

@@ -11,10 +11,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use e2e::{
-    EVENTUALLY, Process, bin_dir, eventually, free_addr, processes_matching, repo_root,
-    require_tool, server_with,
+    EVENTUALLY, Events, Process, Switchboard, bin_dir, demo_server_yaml, eventually, free_addr,
+    processes_matching, repo_root, require_tool, server_with,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::process::Command;
 
 const NPM_CI: &str = "`npm ci --prefix tests/npm`";
@@ -170,6 +170,214 @@ async fn in_a_real_browser() {
         .await
         .expect("POST /console/login");
     assert_eq!(again.status(), 401, "a login code is good once");
+}
+
+const ADMIN: &str = "console-admin-token-0123456789abcdef";
+const ALICE: &str = "console-alice-token-0123456789abcdef";
+
+fn sha256(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn its_data_is_for_operators_and_its_calls_are_the_callers_own() {
+    let tag = format!("console-api-{}", std::process::id());
+    let mut sb = Switchboard::unstarted();
+    let token_file = sb.dir.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN).expect("token file");
+    sb.write_file("d.yaml", &demo_server_yaml("d", &tag, &[]));
+    sb.write_file(
+        "access.yaml",
+        &format!(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{groups: [dev], token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: no-env}}\nspec: {{subjects: {{clients: [alice]}}, deny: {{tools: [d.env]}}}}\n",
+            sha256(ALICE)
+        ),
+    );
+    sb.control_args = vec![
+        "--admin-token-file".into(),
+        token_file.display().to_string(),
+    ];
+    sb.start_control_plane().await;
+    sb.start_gateway().await;
+    sb.wait_gateway_ready().await;
+    sb.wait_server_state("d", "ready").await;
+    let http = reqwest::Client::new();
+    let at = |path: &str| format!("http://{}{path}", sb.control_http);
+
+    // The page and its files are open, under a policy that runs only them.
+    let page = http.get(at("/")).send().await.expect("GET /");
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    assert!(policy.contains("script-src 'self'"), "{policy}");
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    let etag = page.headers()["etag"].clone();
+    let again = http
+        .get(at("/"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("GET / again");
+    assert_eq!(again.status(), 304, "unchanged files are not sent again");
+    let script = http.get(at("/console/model.js")).send().await.expect("GET");
+    assert_eq!(script.status(), 200);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/javascript"))
+    );
+    assert_eq!(
+        http.get(at("/console/secrets"))
+            .send()
+            .await
+            .expect("GET")
+            .status(),
+        404
+    );
+
+    // Its data is not: the admin token or a console session.
+    for path in ["/console/live", "/console/tools", "/console/connect"] {
+        let refused = http.get(at(path)).send().await.expect("GET");
+        assert_eq!(refused.status(), 401, "{path}");
+    }
+    let wrong = http
+        .post(at("/console/login"))
+        .json(&json!({ "code": "0".repeat(64) }))
+        .send()
+        .await
+        .expect("POST /console/login");
+    assert_eq!(wrong.status(), 401);
+    let body: Value = wrong.json().await.expect("JSON");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("admin token")),
+        "{body}"
+    );
+
+    // The stream starts with everything, then sends what changes.
+    let live = http
+        .get(at("/console/live"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("GET /console/live");
+    assert_eq!(live.status(), 200);
+    assert_eq!(live.headers()["content-type"], "text/event-stream");
+    let mut events = Events::new(live);
+    let reset = events.next().await;
+    assert_eq!(reset["items"]["server/d"]["transport"], "stdio", "{reset}");
+    assert_eq!(reset["items"]["meta"]["mode"], "directory", "{reset}");
+    assert_eq!(reset["items"]["meta"]["writable"], true, "{reset}");
+    sb.write_file("e.yaml", &demo_server_yaml("e", &format!("{tag}-e"), &[]));
+    let added = tokio::time::timeout(EVENTUALLY, async {
+        loop {
+            let patch = events.next().await;
+            if let Some(server) = patch["set"].get("server/e") {
+                break server.clone();
+            }
+        }
+    })
+    .await
+    .expect("a patch adding server e");
+    assert_eq!(added["name"], "e");
+
+    // Tools go through the gateway as the caller whose token comes along.
+    let tools = |caller: Option<&str>| {
+        let mut request = http.get(at("/console/tools")).bearer_auth(ADMIN);
+        if let Some(token) = caller {
+            request = request.header("x-switchboard-caller-token", token);
+        }
+        async move {
+            let response = request.send().await.expect("GET /console/tools");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, anonymous) = tools(None).await;
+    assert_eq!(status, 401, "the gateway wants a caller here: {anonymous}");
+    let (status, listed) = tools(Some(ALICE)).await;
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> = listed["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"d.echo") && !names.contains(&"d.env"),
+        "{names:?}"
+    );
+    let call = |body: Value| {
+        let request = http
+            .post(at("/console/tools/call"))
+            .bearer_auth(ADMIN)
+            .header("x-switchboard-caller-token", ALICE)
+            .json(&body);
+        async move {
+            let response = request.send().await.expect("POST /console/tools/call");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, denied) = call(json!({ "name": "d.env", "arguments": { "name": "PATH" } })).await;
+    assert_eq!(status, 403, "the caller's policy holds: {denied}");
+    let (status, echoed) = call(json!({ "name": "d.echo", "arguments": { "text": "hi" } })).await;
+    assert_eq!(status, 200, "{echoed}");
+    assert_eq!(echoed["content"][0]["text"], "hi", "{echoed}");
+    let huge = http
+        .post(at("/console/tools/call"))
+        .bearer_auth(ADMIN)
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(huge.status(), 413);
+
+    // Client configs name the gateway and, as it wants callers, a token.
+    let connect: Value = http
+        .get(at("/console/connect"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("GET /console/connect")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(connect["auth"], true, "{connect}");
+    let clients = connect["clients"].as_array().expect("clients");
+    assert!(clients.len() >= 5, "{connect}");
+    let gateway = sb.gateway_addr.to_string();
+    assert!(
+        clients.iter().all(|c| c["config"]
+            .as_str()
+            .is_some_and(|t| t.contains(&gateway) || t.contains("--url"))),
+        "{connect}"
+    );
+
+    // The editor reads a server's file with the writers' gate.
+    let document = http
+        .get(at("/servers/d"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("GET /servers/d");
+    assert_eq!(document.status(), 200);
+    assert!(document.text().await.expect("text").contains("McpServer"));
+    assert_eq!(
+        http.get(at("/servers/d"))
+            .send()
+            .await
+            .expect("GET")
+            .status(),
+        401
+    );
 }
 
 fn tail(text: &str, lines: usize) -> String {
