@@ -21,7 +21,8 @@ async function api(path, options = {}) {
   const headers = new Headers(options.headers || {});
   if (token) headers.set("authorization", `Bearer ${token}`);
   const response = await fetch(path, { ...options, headers });
-  if (response.status === 401) {
+  // A gateway's 401 (relayed from the Tools page) is about the caller's token.
+  if (response.status === 401 && !response.headers.has("x-switchboard-relayed-from")) {
     showLogin("The control plane wants the admin token.");
     throw new Unauthorized();
   }
@@ -31,7 +32,9 @@ async function api(path, options = {}) {
 async function problemOf(response) {
   try {
     const body = await response.json();
-    return { error: body.error || `${response.status} ${response.statusText}`, field: body.field };
+    // The control plane says {error: "…"}; a gateway {error: {message: "…"}}.
+    const error = typeof body.error === "string" ? body.error : body.error?.message;
+    return { error: error || `${response.status} ${response.statusText}`, field: body.field };
   } catch {
     return { error: `${response.status} ${response.statusText}` };
   }
@@ -55,6 +58,7 @@ function el(tag, attributes = {}, ...children) {
 // === login ===
 
 function showLogin(message) {
+  generation += 1;
   if (stream) stream.abort();
   stream = null;
   token = null;
@@ -67,11 +71,30 @@ function showLogin(message) {
   $("token").focus();
 }
 
-$("login-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  token = $("token").value.trim();
-  $("token").value = "";
+/** Trades a code or the admin token for a session: the browser keeps only that. */
+async function startSession(proof) {
+  const response = await fetch("/console/login", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(proof),
+  });
+  if (!response.ok) {
+    showLogin((await problemOf(response)).error);
+    throw new Unauthorized();
+  }
+  token = (await response.json()).token;
   sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const pasted = $("token").value.trim();
+  $("token").value = "";
+  try {
+    await startSession({ token: pasted });
+  } catch {
+    return;
+  }
   $("login").hidden = true;
   begin();
 });
@@ -90,18 +113,7 @@ async function redeemLink() {
   const found = /(?:^#|&)login=([0-9a-f]+)/.exec(location.hash);
   if (!found) return;
   history.replaceState(null, "", `${location.pathname}#/registry`);
-  const response = await fetch("/console/login", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ code: found[1] }),
-  });
-  if (response.ok) {
-    token = (await response.json()).token;
-    sessionStorage.setItem(TOKEN_KEY, token);
-  } else {
-    showLogin((await problemOf(response)).error);
-    throw new Unauthorized();
-  }
+  await startSession({ code: found[1] });
 }
 
 // === the live stream ===
@@ -112,32 +124,42 @@ function setLive(kind, text) {
   live.textContent = text;
 }
 
+/** A stream silent this long (keep-alives come every 15 s) is dead. */
+const SILENT_FOR = 45000;
+let generation = 0;
+
 async function follow() {
+  const mine = ++generation;
   let backoff = 1000;
-  for (;;) {
+  while (mine === generation) {
     const controller = new AbortController();
     stream = controller;
+    let watchdog = setTimeout(() => controller.abort(), SILENT_FOR);
     try {
       const response = await api("/console/live", { signal: controller.signal });
       if (!response.ok) throw new Error((await problemOf(response)).error);
-      backoff = 1000;
       const parser = new m.SseParser();
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
+        clearTimeout(watchdog);
+        watchdog = setTimeout(() => controller.abort(), SILENT_FOR);
         for (const { event, data } of parser.push(value)) {
           for (const kind of m.apply(state, event, JSON.parse(data))) dirty.add(kind);
+          backoff = 1000;
           const meta = state.items.get("meta");
           setLive("on", meta ? `live · config v${meta.snapshotVersion}` : "live");
         }
         schedule();
       }
     } catch (error) {
-      if (error instanceof Unauthorized || controller.signal.aborted) return;
-      setLive("off", `reconnecting: ${error.message}`);
+      if (error instanceof Unauthorized) return;
+      if (mine === generation) setLive("off", `reconnecting: ${error.message}`);
+    } finally {
+      clearTimeout(watchdog);
     }
-    if (controller.signal.aborted) return;
+    if (mine !== generation) return;
     setLive("off", "reconnecting…");
     await new Promise((resolve) => setTimeout(resolve, backoff));
     backoff = Math.min(backoff * 2, 10000);
@@ -182,22 +204,35 @@ class VirtualList {
   paint() {
     const height = this.rowHeight();
     const { start, end } = m.visibleWindow(this.node.scrollTop, this.node.clientHeight || 600, height, this.rows.length);
-    const focused = document.activeElement && this.node.contains(document.activeElement)
-      ? document.activeElement.closest("[data-key]")?.dataset.key
-      : null;
-    const drawn = [];
+    // A row whose data did not change keeps its node: focus, hover and a
+    // click in progress survive the live updates.
+    const kept = new Map();
+    const wanted = [];
     for (let i = start; i < end; i++) {
-      const row = this.drawRow(this.rows[i]);
-      row.classList.add("vrow");
-      row.setAttribute("role", "listitem");
-      row.dataset.key = this.rows[i].key;
-      row.style.top = `${i * height}px`;
-      drawn.push(row);
+      const row = this.rows[i];
+      const signature = `${i}|${JSON.stringify(row)}`;
+      let node = this.drawn?.get(row.key);
+      if (!node || node.signature !== signature) {
+        node = this.drawRow(row);
+        node.classList.add("vrow");
+        node.setAttribute("role", "listitem");
+        node.dataset.key = row.key;
+        node.style.top = `${i * height}px`;
+        node.signature = signature;
+      }
+      kept.set(row.key, node);
+      wanted.push(node);
     }
-    this.node.replaceChildren(this.spacer, ...drawn);
-    if (focused) {
-      const again = [...this.node.querySelectorAll("[data-key]")].find((n) => n.dataset.key === focused);
-      (again?.querySelector("button") || again)?.focus({ preventScroll: true });
+    this.drawn = kept;
+    let cursor = this.spacer.nextSibling;
+    for (const node of wanted) {
+      if (node === cursor) cursor = cursor.nextSibling;
+      else this.node.insertBefore(node, cursor);
+    }
+    while (cursor) {
+      const next = cursor.nextSibling;
+      cursor.remove();
+      cursor = next;
     }
   }
 }
@@ -315,10 +350,14 @@ function chart(node, series) {
   node.replaceChildren(svg, legend);
 }
 
-function drawTraffic() {
+function drawCharts() {
   const now = Date.now();
   chart($("chart-server"), m.rates(state.calls, "server", now));
   chart($("chart-caller"), m.rates(state.calls, "caller", now));
+}
+
+function drawTraffic() {
+  drawCharts();
   const form = $("call-filters");
   for (const field of ["caller", "server", "tool"]) {
     const select = form.elements[field];
@@ -331,7 +370,7 @@ function drawTraffic() {
   const shown = m.filterCalls(state.calls, filter);
   const missed = state.missed ? ` (${state.missed} more arrived too fast to list)` : "";
   $("calls-summary").textContent = `${shown.length} of the ${state.calls.length} most recent calls${missed}`;
-  callList.set(shown.map((c, i) => ({ ...c, key: `${c.traceId}-${c.startMs}-${i}` })));
+  callList.set(shown.map((c) => ({ ...c, key: `${c.traceId}/${c.startMs}/${c.tool}` })));
 }
 
 async function openTrace(traceId) {
@@ -343,12 +382,22 @@ async function openTrace(traceId) {
   const meta = state.items.get("meta") || {};
   const link = m.traceLink(meta.traceUiUrl, traceId);
   $("trace-links").replaceChildren(link ? el("a", { href: link, target: "_blank", rel: "noopener noreferrer", text: "Open in your trace UI" }) : "");
-  const response = await api(`/traces/${traceId}`);
-  if (!response.ok) {
-    $("trace-tree").replaceChildren(el("p", { class: "error", text: (await problemOf(response)).error }));
+  // A call's spans may reach the control plane in more than one export.
+  let spans = [];
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const response = await api(`/traces/${traceId}`);
+    if (response.ok) spans = (await response.json()).spans;
+    else if (response.status !== 404) {
+      $("trace-tree").replaceChildren(el("p", { class: "error", text: (await problemOf(response)).error }));
+      return;
+    }
+    if (spans.length > 1) break;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  if (spans.length === 0) {
+    $("trace-tree").replaceChildren(el("p", { class: "error", text: "This trace is no longer in the control plane's buffer." }));
     return;
   }
-  const { spans } = await response.json();
   const tree = m.spanTree(spans);
   $("trace-tree").replaceChildren(
     ...tree.map((s) => {
@@ -421,13 +470,15 @@ function chooseTool(tool) {
   chosenTool = tool.name;
   drawTools();
   const fields = m.formFields(tool.inputSchema);
+  const controls = new Map();
   const inputs = fields.map((f) => {
     const id = `arg-${f.name}`;
     let input;
     if (f.input === "select") input = el("select", { id, name: f.name }, el("option", { value: "", text: "" }), ...f.options.map((o) => el("option", { value: o, text: o })));
     else if (f.input === "checkbox") input = el("input", { id, name: f.name, type: "checkbox", checked: f.initial === true });
     else if (f.input === "json") input = el("textarea", { id, name: f.name, rows: "3", placeholder: "JSON" });
-    else input = el("input", { id, name: f.name, type: f.input === "number" ? "text" : "text", inputmode: f.input === "number" ? "decimal" : undefined, value: f.initial !== undefined ? String(f.initial) : undefined });
+    else input = el("input", { id, name: f.name, type: "text", inputmode: f.input === "number" ? "decimal" : undefined, value: f.initial !== undefined ? String(f.initial) : undefined });
+    controls.set(f.name, input);
     return el("div", { class: "stack" }, el("label", { for: id, text: `${f.name}${f.required ? " (required)" : ""} · ${f.type}` }), f.description ? el("small", { text: f.description }) : null, input);
   });
   const result = el("pre", { class: "detail", id: "tool-result", tabindex: "0" });
@@ -440,13 +491,13 @@ function chooseTool(tool) {
         event.preventDefault();
         const values = {};
         for (const f of fields) {
-          const input = form.elements[f.name];
-          values[f.name] = f.input === "checkbox" ? (input.checked ? true : "") : input.value;
+          const input = controls.get(f.name);
+          values[f.name] = f.input === "checkbox" ? input.checked : input.value;
         }
         const built = m.argumentsFrom(fields, values);
         if (built.error) {
           error.textContent = built.error;
-          form.elements[built.field]?.focus();
+          controls.get(built.field)?.focus();
           return;
         }
         error.textContent = "";
@@ -505,6 +556,10 @@ function drawServers() {
   }
   const canWrite = meta.mode === "directory" && meta.writable;
   $("new-server").hidden = !canWrite;
+  if (editing) {
+    const enabled = state.items.get(`server/${editing}`)?.enabled ?? true;
+    $("server-toggle").textContent = enabled ? "Disable" : "Enable";
+  }
   $("server-files").replaceChildren(
     ...servers.map((s) =>
       el("li", {}, canWrite
@@ -534,7 +589,8 @@ function openEditor(name, text) {
   $("server-error").textContent = "";
   $("server-toggle").hidden = !name;
   $("server-delete").hidden = !name;
-  $("server-toggle").textContent = /^\s+enabled:\s*false\s*$/m.test(text) ? "Enable" : "Disable";
+  const enabled = name ? state.items.get(`server/${name}`)?.enabled ?? true : true;
+  $("server-toggle").textContent = enabled ? "Disable" : "Enable";
   paintGutter(null);
   drawServers();
   $("server-yaml").focus();
@@ -576,11 +632,13 @@ $("server-form").addEventListener("submit", (event) => {
 });
 
 $("server-toggle").addEventListener("click", () => {
-  const text = $("server-yaml").value;
-  const disabled = /^\s+enabled:\s*false\s*$/m.test(text);
-  const next = /^(\s+)enabled:.*$/m.test(text)
-    ? text.replace(/^(\s+)enabled:.*$/m, `$1enabled: ${disabled}`)
-    : text.replace(/^spec:\s*$/m, `spec:\n  enabled: ${disabled}`);
+  const enabled = state.items.get(`server/${editing}`)?.enabled ?? true;
+  const next = m.withEnabled($("server-yaml").value, !enabled);
+  if (next === null) {
+    $("server-error").textContent = "Set spec.enabled in the YAML by hand: spec is written in flow style.";
+    return;
+  }
+  $("server-yaml").value = next;
   saveServer(next);
 });
 
@@ -654,6 +712,7 @@ function draw() {
   if (page === "replicas" && changed("replica")) drawReplicas();
   if (page === "health" && changed("health", "replica")) drawHealth();
   if (page === "traffic" && changed("calls")) drawTraffic();
+  else if (page === "traffic" && changed("clock")) drawCharts();
   if (page === "servers" && changed("server", "meta")) drawServers();
   dirty.clear();
 }
@@ -665,7 +724,7 @@ $("call-filters").addEventListener("input", drawTraffic);
 $("call-filters").addEventListener("submit", (event) => event.preventDefault());
 // Ages, breaker countdowns and the charts move with the clock.
 setInterval(() => {
-  if (page === "traffic") dirty.add("calls");
+  if (page === "traffic") dirty.add("clock");
   if (page === "health") dirty.add("health");
   if (page === "replicas") dirty.add("replica");
   schedule();

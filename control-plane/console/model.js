@@ -42,6 +42,8 @@ export function emptyState() {
   return { items: new Map(), calls: [], missed: 0 };
 }
 
+const callKey = (call) => `${call.traceId}/${call.startMs}/${call.tool}`;
+
 /** Applies one stream event; returns the keys' prefixes that changed. */
 export function apply(state, event, data) {
   const touched = new Set();
@@ -60,7 +62,9 @@ export function apply(state, event, data) {
       touched.add(key.split("/")[0]);
     }
   } else if (event === "calls") {
-    const fresh = [...data.calls].sort((a, b) => b.startMs - a.startMs);
+    // A call may come both in a reset and in the batch after it.
+    const known = new Set(state.calls.slice(0, 500).map(callKey));
+    const fresh = data.calls.filter((c) => !known.has(callKey(c))).sort((a, b) => b.startMs - a.startMs);
     state.calls = fresh.concat(state.calls).slice(0, MAX_CALLS);
     state.missed += data.missed || 0;
     touched.add("calls");
@@ -165,8 +169,9 @@ export function breakerText(health, now) {
   switch (health.breaker) {
     case "open": {
       if (!health.breakerRetryAt) return "open";
-      const left = Math.max(0, Math.ceil((health.breakerRetryAt - now) / 1000));
-      return `open, ${left} s left`;
+      // The replica's clock against this one's: a countdown, not a promise.
+      const left = Math.ceil((health.breakerRetryAt - now) / 1000);
+      return left > 0 ? `open, ${left} s left` : "open, next call is a trial";
     }
     case "halfOpen":
       return "half-open";
@@ -339,7 +344,8 @@ export function lineOfField(text, field) {
       const line = lines[i];
       if (/^\s*(#|$)/.test(line)) continue;
       const depth = line.length - line.trimStart().length;
-      if (i > from && depth <= indent && found !== null) break;
+      // Left the parent's block: the field is not under it.
+      if (found !== null && depth <= indent) break;
       const key = line.trimStart().replace(/^- /, "");
       if (depth > indent && (key.startsWith(`${part}:`) || key.startsWith(`"${part}":`))) {
         hit = i;
@@ -352,6 +358,31 @@ export function lineOfField(text, field) {
     from = hit + 1;
   }
   return found;
+}
+
+/**
+ * A server's YAML with `spec.enabled` set to `enabled`, the rest as
+ * written (comments, order, indentation); null when `spec` is not a
+ * block this can edit (flow style), to be edited by hand.
+ */
+export function withEnabled(text, enabled) {
+  const lines = text.split("\n");
+  const spec = lines.findIndex((l) => /^spec:\s*(#.*)?$/.test(l));
+  if (spec === -1) return null;
+  let end = spec + 1;
+  while (end < lines.length && (/^\s*(#.*)?$/.test(lines[end]) || /^\s/.test(lines[end]))) end++;
+  const children = lines.slice(spec + 1, end).filter((l) => !/^\s*(#.*)?$/.test(l));
+  const indent = children.length ? children[0].length - children[0].trimStart().length : 2;
+  const pad = " ".repeat(indent);
+  for (let i = spec + 1; i < end; i++) {
+    const found = new RegExp(`^${pad}enabled:\\s*[^#]*?(\\s*#.*)?$`).exec(lines[i]);
+    if (found && !/^\s/.test(lines[i].slice(indent))) {
+      lines[i] = `${pad}enabled: ${enabled}${found[1] || ""}`;
+      return lines.join("\n");
+    }
+  }
+  lines.splice(spec + 1, 0, `${pad}enabled: ${enabled}`);
+  return lines.join("\n");
 }
 
 /** The rows of a list of `total` to draw: those in view, and `overscan` more each side. */

@@ -26,8 +26,8 @@ test("a reset replaces the state, patches change only their keys", () => {
 test("calls arrive newest first and are capped", () => {
   const state = m.emptyState();
   m.apply(state, "reset", { items: {}, calls: [{ startMs: 5 }] });
-  m.apply(state, "calls", { calls: [{ startMs: 6 }, { startMs: 9 }], missed: 2 });
-  assert.deepEqual(state.calls.map((c) => c.startMs), [9, 6, 5]);
+  m.apply(state, "calls", { calls: [{ startMs: 6 }, { startMs: 9 }, { startMs: 5 }], missed: 2 });
+  assert.deepEqual(state.calls.map((c) => c.startMs), [9, 6, 5], "the reset's call is not listed twice");
   assert.equal(state.missed, 2);
   m.apply(state, "calls", { calls: Array.from({ length: m.MAX_CALLS + 10 }, (_, i) => ({ startMs: 100 + i })), missed: 0 });
   assert.equal(state.calls.length, m.MAX_CALLS);
@@ -71,6 +71,7 @@ test("health puts open breakers and failures first and counts the breaker down",
   assert.equal(rows[0].replica, "pod-x");
   assert.equal(rows[0].breakerText, "open, 10 s left");
   assert.equal(m.breakerText({ breaker: "halfOpen" }, 0), "half-open");
+  assert.equal(m.breakerText({ breaker: "open", breakerRetryAt: 500 }, 1_000), "open, next call is a trial");
 });
 
 test("rates bucket calls per second by server, busiest first", () => {
@@ -141,6 +142,22 @@ test("a wrong field is found on its line, or its nearest ancestor's", () => {
   assert.equal(m.lineOfField(yaml, "spec.transport.http.url"), 5);
   assert.equal(m.lineOfField(yaml, "metadata.name"), 2);
   assert.equal(m.lineOfField(yaml, "nothing.here"), null);
+  const flow = "metadata: {}\nspec:\n  name: x\n";
+  assert.equal(m.lineOfField(flow, "metadata.name"), 0, "not the name under spec");
+});
+
+test("disabling a server edits spec.enabled only, keeping the rest as written", () => {
+  const yaml = "kind: McpServer\nspec:  # the spec\n    transport:\n      stdio:\n        enabled: x\n    enabled: true # on\n";
+  assert.equal(
+    m.withEnabled(yaml, false),
+    "kind: McpServer\nspec:  # the spec\n    transport:\n      stdio:\n        enabled: x\n    enabled: false # on\n",
+  );
+  assert.equal(
+    m.withEnabled("spec:\n    transport: {}\n", false),
+    "spec:\n    enabled: false\n    transport: {}\n",
+    "added at the block's own indentation",
+  );
+  assert.equal(m.withEnabled("spec: {transport: {}}\n", false), null, "flow style is left to the user");
 });
 
 test("a virtual window covers the view and its overscan, within bounds", () => {

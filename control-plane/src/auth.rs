@@ -80,6 +80,27 @@ impl Gate {
         }
     }
 
+    /// Whether `presented` is the configured token itself (`false` when
+    /// there is none).
+    pub fn is_token(&self, presented: &str) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(|token| token.matches(presented.as_bytes()))
+    }
+
+    /// Whether `authorization` still lets a caller in, without counting a
+    /// refusal: for streams opened earlier (a session may have ended).
+    pub fn still_admits(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        token.admits(authorization)
+            || self
+                .logins
+                .as_ref()
+                .is_some_and(|logins| logins.admits(authorization))
+    }
+
     /// Admits console sessions started with a code from `logins` too.
     pub fn with_logins(mut self, logins: Logins) -> Self {
         self.logins = Some(logins);
@@ -99,14 +120,7 @@ impl Gate {
     /// Whether `authorization` (the header's value, if any) lets a caller
     /// in; counts the refusals.
     fn admits(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let admitted = token.admits(authorization)
-            || self
-                .logins
-                .as_ref()
-                .is_some_and(|logins| logins.admits(authorization));
+        let admitted = self.still_admits(authorization);
         if !admitted {
             self.refused.inc();
         }

@@ -51,9 +51,11 @@ struct Console {
     admin: AdminState,
     config: Arc<ConsoleConfig>,
     logins: Logins,
-    /// Whether writes are possible at all (an admin token is configured).
-    writable: bool,
+    /// The API's gate: the admin token a login may present, and what open
+    /// streams are checked against again.
+    operators: Gate,
     gateway: gateway::GatewayClient,
+    hub: Arc<live::Hub>,
     streams: Arc<tokio::sync::Semaphore>,
 }
 
@@ -112,14 +114,22 @@ pub fn router(
     writable: bool,
     operators: Gate,
 ) -> Router {
+    let config = Arc::new(config);
+    let hub = live::Hub::start(live::Source {
+        admin: admin.clone(),
+        config: config.clone(),
+        writable,
+    });
     let console = Console {
         admin,
-        config: Arc::new(config),
+        config,
         logins,
-        writable,
+        operators: operators.clone(),
         gateway: gateway::GatewayClient::new(),
+        hub,
         streams: Arc::new(tokio::sync::Semaphore::new(live::MAX_STREAMS)),
     };
+    let guard = SameOrigin { open: !writable };
     let data = Router::new()
         .route("/console/live", get(live::stream))
         .route("/console/connect", get(client_configs))
@@ -131,14 +141,73 @@ pub fn router(
             auth::operators_only,
         ));
     Router::new()
+        .route("/console/login", post(login))
+        .merge(data)
+        .layer(axum::middleware::from_fn_with_state(guard, same_origin))
         .route(
             "/",
             get(|headers: HeaderMap| async move { asset(0, &headers) }),
         )
-        .route("/console/login", post(login))
         .route("/console/{file}", get(file))
-        .merge(data)
         .with_state(console)
+}
+
+/// What the console's data routes take from a browser.
+#[derive(Clone, Copy)]
+struct SameOrigin {
+    /// No admin token guards the API (loopback, or told so).
+    open: bool,
+}
+
+/// Refuses what another site's page could make a browser send: a request
+/// from another origin (`Origin`, `Sec-Fetch-Site`). Without an admin
+/// token nothing else stands between a page and the API, so then the
+/// `Host` must also be an address, not a name a rebinding DNS could
+/// point here.
+async fn same_origin(
+    State(guard): State<SameOrigin>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = text(header::HOST).unwrap_or_default();
+    let other_origin = text(header::ORIGIN).is_some_and(|origin| {
+        origin
+            .split_once("://")
+            .is_none_or(|(_, authority)| !authority.eq_ignore_ascii_case(host))
+    });
+    let other_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site != "same-origin" && site != "none");
+    if other_origin || other_site {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the console's API answers its own pages only (this request came from another origin)",
+        );
+    }
+    if guard.open && !is_address(host) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "without an admin token the console answers only at an address (127.0.0.1, [::1]), not at a host name: start the control plane with --admin-token-file",
+        );
+    }
+    next.run(request).await
+}
+
+/// `127.0.0.1:8789`, `[::1]:8789`, `localhost:8789`: a host no DNS
+/// answers for.
+fn is_address(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+fn refuse(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({ "error": error }))).into_response()
 }
 
 async fn file(Path(name): Path<String>, headers: HeaderMap) -> Response {
@@ -180,9 +249,11 @@ fn asset(index: usize, headers: &HeaderMap) -> Response {
     response
 }
 
+/// A one-time code from `up`'s link, or the admin token, pasted.
 #[derive(Deserialize)]
 struct LoginBody {
-    code: String,
+    code: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -192,24 +263,34 @@ struct Session {
     expires_in_seconds: u64,
 }
 
-/// `POST /console/login`: a one-time code for a session token.
+/// `POST /console/login`: a one-time code, or the admin token, for a
+/// session token: the browser keeps the session, never the admin token.
 async fn login(State(console): State<Console>, Json(body): Json<LoginBody>) -> Response {
-    match console.logins.redeem(body.code.trim()) {
+    let session = match (&body.code, &body.token) {
+        (Some(code), _) => console.logins.redeem(code.trim()),
+        (None, Some(token)) if console.operators.is_token(token.trim()) => console.logins.start(),
+        _ => None,
+    };
+    match session {
         Some(token) => {
-            info!("a console session started with a one-time code");
+            info!(
+                with = if body.code.is_some() {
+                    "one-time code"
+                } else {
+                    "admin token"
+                },
+                "a console session started"
+            );
             Json(Session {
                 token: token.expose().to_owned(),
                 expires_in_seconds: SESSION_TTL.as_secs(),
             })
             .into_response()
         }
-        None => (
+        None => refuse(
             StatusCode::UNAUTHORIZED,
-            Json(json!({
-                "error": "this login code is wrong, expired or already used: paste the admin token, or restart `switchboard-control up` for a new link"
-            })),
-        )
-            .into_response(),
+            "this login is wrong, or the code expired or was used: paste the admin token, or restart `switchboard-control up` for a new link",
+        ),
     }
 }
 

@@ -45,6 +45,9 @@ use forward::Forwarder;
 const MAX_EXPORT_BYTES: usize = 4 * 1024 * 1024;
 /// Most traces one `/traces` answer lists.
 const MAX_LIMIT: usize = 200;
+/// Traces decoded to find the recent calls: a bound on what opening a
+/// console costs, whatever the buffer holds.
+const RECENT_TRACES_READ: usize = 500;
 /// Tool calls a slow watcher may fall behind by before it misses some.
 const CALLS_QUEUE: usize = 1024;
 /// Spans kept per trace; a runaway trace cannot crowd out the rest.
@@ -247,7 +250,8 @@ impl TraceStore {
         self.calls.subscribe()
     }
 
-    /// The newest `limit` tool calls in the buffer, newest first.
+    /// The newest `limit` tool calls in the buffer, newest first, from its
+    /// newest [`RECENT_TRACES_READ`] traces at most.
     pub fn recent_calls(&self, limit: usize) -> Vec<Call> {
         let newest_first: Vec<Arc<Vec<StoredSpan>>> = {
             let inner = self.inner.lock();
@@ -255,6 +259,7 @@ impl TraceStore {
                 .order
                 .iter()
                 .rev()
+                .take(RECENT_TRACES_READ)
                 .filter_map(|id| inner.traces.get(id).cloned())
                 .collect()
         };

@@ -3,7 +3,8 @@
 // which starts `switchboard-control up` and passes:
 //   CONSOLE_URL   the `console:` line's URL (one-time login in its fragment)
 //   SERVER        the server to break; BROKEN_FLAG a file that keeps it
-//                 from starting again; SERVER_PID its process now
+//                 from starting again; SERVER_MARK what its command line
+//                 alone carries
 //   TRACE_UI      the --trace-ui-url template given to `up`
 //   ARTIFACTS     where screenshots and the accessibility report go
 // Prints one line per step; exits non-zero, naming the step, on failure.
@@ -74,6 +75,22 @@ async function until(page, what, check, arg) {
   }
 }
 
+/** The pid of the one process whose command line starts with `mark`, looked up now. */
+function serverPid(mark) {
+  const found = [];
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmdline = fs.readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0").join(" ");
+      if (cmdline.startsWith(mark)) found.push(Number(entry));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  if (found.length !== 1) throw new Error(`${found.length} processes start with ${mark}`);
+  return found[0];
+}
+
 const rowText = (listId) => `[...document.querySelectorAll('#${listId} [data-key]')].map((r) => r.innerText.replace(/\\s+/g, ' '))`;
 
 try {
@@ -129,8 +146,9 @@ try {
     [...document.querySelectorAll("#health-list [data-key]")].some((r) => r.innerText.includes(name) && /open, \d+ s left/.test(r.innerText)), server);
   await shot(page, "laptop-health-breaker-open");
   fs.writeFileSync(env("BROKEN_FLAG"), "broken\n");
-  process.kill(Number(env("SERVER_PID")), "SIGKILL");
-  log(`killed ${server} (pid ${env("SERVER_PID")})`);
+  const pid = serverPid(env("SERVER_MARK"));
+  process.kill(pid, "SIGKILL");
+  log(`killed ${server} (pid ${pid})`);
   await until(page, "the killed server not ready, restarted", (name) =>
     [...document.querySelectorAll("#health-list [data-key]")].some((r) => {
       const cells = [...r.children].map((c) => c.innerText);

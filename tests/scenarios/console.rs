@@ -108,16 +108,12 @@ async fn in_a_real_browser() {
         console_url.starts_with(&format!("http://{api}/#login=")),
         "{console_url}"
     );
-    let needle = format!("--instance {marker}");
-    let server_pid = eventually("the flaky server's process", EVENTUALLY, || async {
-        // The stdio shim in between carries the script, not the command.
-        let found = processes_matching(&needle);
-        match found
-            .iter()
-            .filter(|(_, cmdline)| cmdline.starts_with("switchboard-gateway demo-server"))
-            .collect::<Vec<_>>()[..]
-        {
-            [(pid, _)] => Ok(*pid),
+    // The stdio shim in between carries the script, not the command.
+    let mark = format!("switchboard-gateway demo-server --instance {marker}");
+    eventually("the flaky server's process", EVENTUALLY, || async {
+        let found = processes_matching(&mark);
+        match found.iter().filter(|(_, c)| c.starts_with(&mark)).count() {
+            1 => Ok(()),
             _ => Err(format!("{found:?}")),
         }
     })
@@ -131,7 +127,7 @@ async fn in_a_real_browser() {
             .env("CONSOLE_URL", &console_url)
             .env("SERVER", "flaky")
             .env("BROKEN_FLAG", &flag)
-            .env("SERVER_PID", server_pid.to_string())
+            .env("SERVER_MARK", &mark)
             .env("TRACE_UI", TRACE_UI)
             .env("ARTIFACTS", &artifacts)
             .env("CHROMIUM", &chromium)
@@ -300,8 +296,19 @@ async fn its_data_is_for_operators_and_its_calls_are_the_callers_own() {
             (status, response.json::<Value>().await.unwrap_or_default())
         }
     };
-    let (status, anonymous) = tools(None).await;
-    assert_eq!(status, 401, "the gateway wants a caller here: {anonymous}");
+    let anonymous = http
+        .get(at("/console/tools"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("GET /console/tools");
+    assert_eq!(anonymous.status(), 401, "the gateway wants a caller here");
+    assert!(
+        anonymous
+            .headers()
+            .contains_key("x-switchboard-relayed-from"),
+        "the page tells the gateway's 401 from its own session's"
+    );
     let (status, listed) = tools(Some(ALICE)).await;
     assert_eq!(status, 200, "{listed}");
     let names: Vec<&str> = listed["tools"]
@@ -334,11 +341,75 @@ async fn its_data_is_for_operators_and_its_calls_are_the_callers_own() {
     let huge = http
         .post(at("/console/tools/call"))
         .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
         .body(vec![b' '; 2 * 1024 * 1024])
         .send()
         .await
         .expect("POST");
     assert_eq!(huge.status(), 413);
+    // What a page of another site could make a browser send is refused.
+    let plain = http
+        .post(at("/console/tools/call"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/plain")
+        .body(r#"{"name":"d.echo","arguments":{"text":"csrf"}}"#)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(plain.status(), 415);
+    let elsewhere = http
+        .get(at("/console/connect"))
+        .bearer_auth(ADMIN)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(elsewhere.status(), 403);
+
+    // The admin token, pasted, starts a session; a session's stream ends
+    // when the session does.
+    let session: Value = http
+        .post(at("/console/login"))
+        .json(&json!({ "token": ADMIN }))
+        .send()
+        .await
+        .expect("POST /console/login")
+        .json()
+        .await
+        .expect("JSON");
+    let session = session["token"]
+        .as_str()
+        .expect("a session token")
+        .to_owned();
+    assert_ne!(session, ADMIN);
+    let live = http
+        .get(at("/console/live"))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .expect("GET /console/live");
+    assert_eq!(live.status(), 200);
+    let logout = http
+        .post(at("/console/logout"))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .expect("POST /console/logout");
+    assert_eq!(logout.status(), 204);
+    let mut body = live.bytes_stream();
+    let ended = tokio::time::timeout(EVENTUALLY, async {
+        use futures::StreamExt;
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its session");
+    let after = http
+        .get(at("/console/connect"))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(after.status(), 401);
 
     // Client configs name the gateway and, as it wants callers, a token.
     let connect: Value = http
@@ -355,9 +426,9 @@ async fn its_data_is_for_operators_and_its_calls_are_the_callers_own() {
     assert!(clients.len() >= 5, "{connect}");
     let gateway = sb.gateway_addr.to_string();
     assert!(
-        clients.iter().all(|c| c["config"]
-            .as_str()
-            .is_some_and(|t| t.contains(&gateway) || t.contains("--url"))),
+        clients
+            .iter()
+            .all(|c| c["config"].as_str().is_some_and(|t| t.contains(&gateway))),
         "{connect}"
     );
 

@@ -15,8 +15,9 @@ use parking_lot::Mutex;
 use proto::auth::{BEARER_PREFIX, Token, TokenError};
 use sha2::{Digest, Sha256};
 
-/// How long a code printed at start can be redeemed.
-const CODE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a code printed at start can be redeemed: it sits in a
+/// terminal's scrollback, so not long.
+const CODE_TTL: Duration = Duration::from_secs(15 * 60);
 /// How long a console session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 /// Sessions kept at once; the oldest goes first beyond it.
@@ -38,7 +39,7 @@ struct Table {
 // === impl Logins ===
 
 impl Logins {
-    /// A fresh code, redeemable once within a day.
+    /// A fresh code, redeemable once within [`CODE_TTL`].
     pub fn one_time_code(&self) -> Result<Token, TokenError> {
         let code = Token::generate()?;
         let mut table = self.inner.lock();
@@ -51,15 +52,25 @@ impl Logins {
     /// Exchanges a code for a session token; `None` for a code that is
     /// wrong, expired or already used.
     pub fn redeem(&self, code: &str) -> Option<Token> {
+        {
+            let mut table = self.inner.lock();
+            let now = Instant::now();
+            table.codes.retain(|(_, expires)| *expires > now);
+            let at = table
+                .codes
+                .iter()
+                .position(|(known, _)| known.matches(code.as_bytes()))?;
+            table.codes.swap_remove(at);
+        }
+        self.start()
+    }
+
+    /// A new session, for a caller that proved itself otherwise (the
+    /// admin token); the oldest goes beyond [`MAX_SESSIONS`].
+    pub fn start(&self) -> Option<Token> {
+        let session = Token::generate().ok()?;
         let mut table = self.inner.lock();
         let now = Instant::now();
-        table.codes.retain(|(_, expires)| *expires > now);
-        let at = table
-            .codes
-            .iter()
-            .position(|(known, _)| known.matches(code.as_bytes()))?;
-        table.codes.swap_remove(at);
-        let session = Token::generate().ok()?;
         table.sessions.retain(|_, expires| *expires > now);
         if table.sessions.len() >= MAX_SESSIONS
             && let Some(oldest) = table

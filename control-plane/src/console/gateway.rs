@@ -1,13 +1,16 @@
 //! The console's Tools page through a gateway: `GET /console/tools` and
-//! `POST /console/tools/call` are relayed to a connected replica's REST
-//! API (`/tools`, `/tools/call`), so the catalog is the one clients see
+//! `POST /console/tools/call` are relayed to a gateway's REST API
+//! (`/tools`, `/tools/call`) at `--gateway-url` (else at a connected
+//! replica's own address), so the catalog is the one clients see
 //! and a "try it" call is an ordinary call: the gateway authenticates the
 //! caller, applies its policies, breakers and limits, and traces it. The
 //! caller's credential comes in `x-switchboard-caller-token` (the
 //! operator's own session stays in `authorization`, for this API) and goes
 //! on as the gateway's `authorization`; without one the call is
-//! anonymous, named `console`. Bodies are bounded both ways and the relay
-//! has a deadline.
+//! anonymous, named `console`. Bodies are bounded both ways, a call must
+//! be JSON (which another site's page cannot send unasked), and the relay
+//! has a deadline. Answers carry `x-switchboard-relayed-from`: a 401 with
+//! it is the gateway's verdict on the caller, not the console's session.
 
 use std::time::Duration;
 
@@ -26,6 +29,8 @@ use super::Console;
 
 /// The header carrying the caller's own token to the gateway.
 const CALLER_TOKEN: &str = "x-switchboard-caller-token";
+/// On every answer that is the gateway's: which gateway gave it.
+const RELAYED_FROM: &str = "x-switchboard-relayed-from";
 /// A "try it" call's arguments.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// A catalog or a tool's result.
@@ -74,6 +79,17 @@ pub(super) async fn call(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Only JSON: what a page of another origin cannot send unasked.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !json {
+        return problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a call is JSON: content-type: application/json".into(),
+        );
+    }
     if body.len() > MAX_REQUEST_BYTES {
         return problem(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,25 +105,12 @@ async fn relay(
     headers: &HeaderMap,
     body: Option<Bytes>,
 ) -> Response {
-    let replicas = console.admin.replicas.snapshot();
-    let chosen = replicas.iter().find(|(id, r)| {
-        r.connected
-            && !r.peer_url.is_empty()
-            && through.replica.as_ref().is_none_or(|wanted| wanted == *id)
-    });
-    let Some((replica, status)) = chosen else {
-        let which = through
-            .replica
-            .map_or("no replica".into(), |id| format!("replica `{id}`"));
+    let Some((target, base)) = target(console, through) else {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{which} is connected with an address to reach it"),
+            "no gateway to call: give the control plane --gateway-url, or wait for a replica to connect".into(),
         );
     };
-    let base = status
-        .peer_url
-        .strip_suffix("/mcp")
-        .unwrap_or(&status.peer_url);
     let path = if body.is_some() {
         "/tools/call"
     } else {
@@ -126,14 +129,14 @@ async fn relay(
     if let Some(token) = headers.get(CALLER_TOKEN).and_then(|v| v.to_str().ok()) {
         request = request.bearer_auth(token.trim());
     }
-    debug!(%replica, path, "relaying a console request to a gateway");
+    debug!(%target, path, "relaying a console request to a gateway");
     let answer = match request.send().await {
         Ok(answer) => answer,
         Err(error) => {
-            warn!(%replica, %error, "the console could not reach a gateway");
+            warn!(%target, %error, "the console could not reach a gateway");
             return problem(
                 StatusCode::BAD_GATEWAY,
-                format!("replica `{replica}` did not answer: {error}"),
+                format!("{target} did not answer: {error}"),
             );
         }
     };
@@ -165,7 +168,7 @@ async fn relay(
             Err(error) => {
                 return problem(
                     StatusCode::BAD_GATEWAY,
-                    format!("replica `{replica}` broke off its answer: {error}"),
+                    format!("{target} broke off its answer: {error}"),
                 );
             }
         }
@@ -176,12 +179,36 @@ async fn relay(
             .headers_mut()
             .insert(header::CONTENT_TYPE, content_type);
     }
-    if let Ok(value) = replica.parse() {
-        response
-            .headers_mut()
-            .insert("x-switchboard-replica", value);
+    // The gateway's answer, not the control plane's: a 401 here is about
+    // the caller's token, not the console's session.
+    if let Ok(value) = target.parse() {
+        response.headers_mut().insert(RELAYED_FROM, value);
     }
     response
+}
+
+/// The gateway asked, and its base URL: the one given with `--gateway-url`
+/// (the Service clients reach, whose name gateways accept as `Host`),
+/// else a connected replica's own address, or the one `through` names.
+fn target(console: &Console, through: Through) -> Option<(String, String)> {
+    if through.replica.is_none()
+        && let Some(url) = &console.config.gateway_url
+    {
+        let base = url.strip_suffix("/mcp").unwrap_or(url);
+        return Some((base.to_owned(), base.to_owned()));
+    }
+    let replicas = console.admin.replicas.snapshot();
+    let (id, status) = replicas.into_iter().find(|(id, r)| {
+        r.connected
+            && (r.peer_url.starts_with("http://") || r.peer_url.starts_with("https://"))
+            && through.replica.as_ref().is_none_or(|wanted| wanted == id)
+    })?;
+    let base = status
+        .peer_url
+        .strip_suffix("/mcp")
+        .unwrap_or(&status.peer_url)
+        .to_owned();
+    Some((format!("replica {id}"), base))
 }
 
 fn problem(status: StatusCode, error: String) -> Response {

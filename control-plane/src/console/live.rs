@@ -1,45 +1,55 @@
 //! `GET /console/live`: what the console shows, as one Server-Sent Events
 //! stream per open console. The state is a flat map of items by key
 //! (`meta`, `server/<name>`, `issue/<n>`, `replica/<id>`,
-//! `health/<replica>/<server>`): the stream starts with all of it
-//! (`reset`), then sends only the items that changed or went (`patch`),
+//! `health/<replica>/<server>`): a stream starts with all of it
+//! (`reset`), then gets only the items that changed or went (`patch`),
 //! so 500 servers on 10 replicas cost a page nothing while one breaker
 //! opens. Tool calls come as they arrive (`calls`), batched.
 //!
-//! Each stream is one task that looks at the registry, the replicas and
-//! the call feed; a slow browser simply sees fewer intermediate states,
-//! as the diff is always against what that browser was last sent. The
-//! number of streams is bounded.
+//! One [`Hub`] task does the work for every open console: twice a second
+//! (and at once on a registry change) it builds the items, diffs them
+//! against the last ones and broadcasts the patch, serialized once. Each
+//! patch carries a sequence number, so a stream that starts (or falls
+//! behind and starts again) from the hub's current items skips the
+//! patches those already hold. With no console open the hub sleeps and
+//! the control plane decodes no tool call for it. The number of streams
+//! is bounded.
 
 use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Json,
     extract::State,
-    http::StatusCode,
+    http::{HeaderMap, StatusCode, header},
     response::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
 };
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, broadcast::error::RecvError, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, broadcast, broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::Instrument;
-use tracing::{debug, info_span};
+use tracing::{Instrument, debug, info_span};
 
-use super::Console;
-use crate::traces::calls::Call;
+use super::{Console, ConsoleConfig};
+use crate::{admin::AdminState, auth::Gate, traces::calls::Call};
 
 /// Open console streams at once.
 pub(super) const MAX_STREAMS: usize = 32;
 /// How often replicas' reports and new calls are looked at.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
-/// Calls the stream starts with.
+/// Calls a stream starts with.
 const RECENT_CALLS: usize = 200;
 /// Calls sent in one `calls` event, at most.
 const MAX_CALLS_PER_EVENT: usize = 256;
+/// Updates a stream may fall behind by before it starts again.
+const UPDATES_QUEUE: usize = 64;
+/// How often an open stream's credentials are looked at again.
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
+/// A browser that reads nothing for this long loses its stream.
+const STALLED_AFTER: Duration = Duration::from_secs(30);
 
 type Items = BTreeMap<String, Value>;
 
@@ -51,8 +61,161 @@ pub(super) struct Patch {
     del: Vec<String>,
 }
 
+/// What the items are built from.
+#[derive(Clone)]
+pub(super) struct Source {
+    pub(super) admin: AdminState,
+    pub(super) config: Arc<ConsoleConfig>,
+    /// Whether writes are possible at all (an admin token is configured).
+    pub(super) writable: bool,
+}
+
+/// Builds the items once for every open console; see the module's doc.
+pub(super) struct Hub {
+    source: Source,
+    state: Mutex<Current>,
+    updates: broadcast::Sender<Arc<Update>>,
+    /// Wakes a sleeping hub when a console opens.
+    wake: Notify,
+}
+
+/// The items every stream's next patch applies to.
+#[derive(Default)]
+struct Current {
+    seq: u64,
+    /// `None` while the hub sleeps: the next stream builds them.
+    items: Option<Arc<Items>>,
+}
+
+/// One event for every stream, serialized once.
+struct Update {
+    /// A patch's: the items it leads to. Calls carry the current one.
+    seq: u64,
+    event: &'static str,
+    data: String,
+}
+
+// === impl Hub ===
+
+impl Hub {
+    /// The hub, with its task running until the registry's sender goes.
+    pub(super) fn start(source: Source) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            source,
+            state: Mutex::default(),
+            updates: broadcast::channel(UPDATES_QUEUE).0,
+            wake: Notify::new(),
+        });
+        tokio::spawn(hub.clone().run().instrument(info_span!("console.hub")));
+        hub
+    }
+
+    /// The current items and their sequence number, built if the hub slept.
+    fn current(&self) -> (u64, Arc<Items>) {
+        let mut state = self.state.lock();
+        if let Some(items) = &state.items {
+            return (state.seq, items.clone());
+        }
+        let items = Arc::new(items(&self.source));
+        state.seq += 1;
+        state.items = Some(items.clone());
+        (state.seq, items)
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut registry = self.source.admin.registry.clone();
+        // The registry's source may stop (the last registry stays): the
+        // replicas still change.
+        let mut registry_open = true;
+        let mut look = tokio::time::interval(LOOK_EVERY);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut calls: Option<broadcast::Receiver<Arc<Call>>> = None;
+        let mut arrived: Vec<Arc<Call>> = Vec::new();
+        let mut missed = 0u64;
+        loop {
+            if self.updates.receiver_count() == 0 {
+                // Nobody watches: forget the items and stop decoding calls.
+                self.state.lock().items = None;
+                calls = None;
+                arrived.clear();
+                missed = 0;
+                debug!("no console open: the hub sleeps");
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    changed = registry.changed(), if registry_open => registry_open = changed.is_ok(),
+                }
+                continue;
+            }
+            let feed = calls.get_or_insert_with(|| self.source.admin.traces.watch_calls());
+            let mut look_now = true;
+            tokio::select! {
+                changed = registry.changed(), if registry_open => registry_open = changed.is_ok(),
+                _ = look.tick() => {}
+                call = feed.recv() => {
+                    match call {
+                        Ok(call) => arrived.push(call),
+                        Err(RecvError::Lagged(n)) => missed += n,
+                        Err(RecvError::Closed) => return,
+                    }
+                    // A full batch goes at once; the rest with the next look.
+                    if arrived.len() < MAX_CALLS_PER_EVENT {
+                        continue;
+                    }
+                    look_now = false;
+                }
+            }
+            if look_now {
+                self.publish_changes();
+            }
+            if !arrived.is_empty() || missed > 0 {
+                let calls: Vec<&Call> = arrived.iter().map(|call| &**call).collect();
+                let batch = json!({ "calls": calls, "missed": missed });
+                let seq = self.state.lock().seq;
+                self.broadcast(seq, "calls", &batch);
+                arrived.clear();
+                missed = 0;
+            }
+        }
+    }
+
+    /// Builds the items, and broadcasts what changed since the last ones.
+    fn publish_changes(&self) {
+        let Some(before) = self.state.lock().items.clone() else {
+            return;
+        };
+        let now = Arc::new(items(&self.source));
+        let patch = diff(&before, &now);
+        if patch.set.is_empty() && patch.del.is_empty() {
+            return;
+        }
+        let seq = {
+            let mut state = self.state.lock();
+            // A stream that found the hub asleep may have built newer ones.
+            if !state
+                .items
+                .as_ref()
+                .is_some_and(|items| Arc::ptr_eq(items, &before))
+            {
+                return;
+            }
+            state.seq += 1;
+            state.items = Some(now);
+            state.seq
+        };
+        self.broadcast(seq, "patch", &patch);
+    }
+
+    fn broadcast(&self, seq: u64, event: &'static str, data: &impl Serialize) {
+        match serde_json::to_string(data) {
+            // Nobody left to receive it is fine.
+            Ok(data) => drop(self.updates.send(Arc::new(Update { seq, event, data }))),
+            Err(error) => debug!(%error, "a console update did not serialize"),
+        }
+    }
+}
+
 /// `GET /console/live`.
-pub(super) async fn stream(State(console): State<Console>) -> Response {
+pub(super) async fn stream(State(console): State<Console>, headers: HeaderMap) -> Response {
     let Ok(permit) = console.streams.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -62,83 +225,113 @@ pub(super) async fn stream(State(console): State<Console>) -> Response {
     };
     let (tx, rx) = mpsc::channel(4);
     let span = info_span!("console.stream");
-    tokio::spawn(feed(console, tx, permit).instrument(span));
-    Sse::new(ReceiverStream::new(rx))
+    let viewer = Viewer {
+        gate: console.operators.clone(),
+        authorization: headers.get(header::AUTHORIZATION).cloned(),
+    };
+    tokio::spawn(feed(console.hub.clone(), viewer, tx, permit).instrument(span));
+    let mut response = Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+        .into_response();
+    // Proxies (an nginx ingress) pass each event on at once.
+    response.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    response
+}
+
+/// Who opened a stream: looked at again while it lasts, as a console
+/// session ends (logout, expiry) without the connection ending.
+struct Viewer {
+    gate: Gate,
+    authorization: Option<axum::http::HeaderValue>,
+}
+
+impl Viewer {
+    fn still_admitted(&self) -> bool {
+        self.gate
+            .still_admits(self.authorization.as_ref().map(|v| v.as_bytes()))
+    }
 }
 
 /// Sends the state, then its changes, until the browser goes.
 async fn feed(
-    console: Console,
+    hub: Arc<Hub>,
+    viewer: Viewer,
     tx: mpsc::Sender<Result<Event, Infallible>>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let mut registry = console.admin.registry.clone();
-    // Watched before the first look, so no call falls between the two.
-    let mut calls = console.admin.traces.watch_calls();
-    let mut sent = items(&console);
-    let recent = console.admin.traces.recent_calls(RECENT_CALLS);
-    let reset = json!({ "items": &sent, "calls": recent });
-    if !send(&tx, "reset", &reset).await {
-        return;
-    }
-    debug!(items = sent.len(), "console stream started");
-    let mut look = tokio::time::interval(LOOK_EVERY);
-    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut arrived: Vec<Arc<Call>> = Vec::new();
-    let mut missed = 0u64;
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    // Subscribed before the items are read, so no patch falls between.
+    let mut updates = hub.updates.subscribe();
+    hub.wake.notify_one();
+    let mut seq = match reset(&hub, &tx).await {
+        Some(seq) => seq,
+        None => return,
+    };
     loop {
-        tokio::select! {
+        let update = tokio::select! {
             () = tx.closed() => return,
-            changed = registry.changed() => if changed.is_err() { return },
-            _ = look.tick() => {}
-            call = calls.recv() => {
-                match call {
-                    Ok(call) if arrived.len() < MAX_CALLS_PER_EVENT => arrived.push(call),
-                    Ok(_) => missed += 1,
-                    Err(RecvError::Lagged(n)) => missed += n,
-                    Err(RecvError::Closed) => return,
+            _ = recheck.tick() => {
+                if viewer.still_admitted() {
+                    continue;
                 }
-                continue;
-            }
-        }
-        let now = items(&console);
-        let patch = diff(&sent, &now);
-        sent = now;
-        if (patch.set.len() + patch.del.len()) > 0 && !send(&tx, "patch", &patch).await {
-            return;
-        }
-        if !arrived.is_empty() || missed > 0 {
-            let calls: Vec<&Call> = arrived.iter().map(|call| &**call).collect();
-            let batch = json!({ "calls": calls, "missed": missed });
-            arrived.clear();
-            missed = 0;
-            if !send(&tx, "calls", &batch).await {
+                debug!("a console's session ended: its stream ends");
                 return;
             }
+            update = updates.recv() => update,
+        };
+        match update {
+            Ok(update) if update.event == "patch" && update.seq <= seq => {}
+            Ok(update) => {
+                seq = seq.max(update.seq);
+                let event = Event::default().event(update.event).data(&update.data);
+                if !deliver(&tx, event).await {
+                    return;
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                debug!(missed = n, "a console fell behind: it starts again");
+                match reset(&hub, &tx).await {
+                    Some(now) => seq = now,
+                    None => return,
+                }
+            }
+            Err(RecvError::Closed) => return,
         }
     }
 }
 
-async fn send(
-    tx: &mpsc::Sender<Result<Event, Infallible>>,
-    name: &str,
-    data: &impl Serialize,
-) -> bool {
-    let event = match Event::default().event(name).json_data(data) {
-        Ok(event) => event,
-        Err(error) => {
-            debug!(%error, "a console event did not serialize");
-            return true;
+/// Hands an event to the connection; `false` once the browser is gone or
+/// has not read for [`STALLED_AFTER`] (its stream's place is freed).
+async fn deliver(tx: &mpsc::Sender<Result<Event, Infallible>>, event: Event) -> bool {
+    match tx.send_timeout(Ok(event), STALLED_AFTER).await {
+        Ok(()) => true,
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+            debug!("a console stopped reading: its stream ends");
+            false
         }
-    };
-    tx.send(Ok(event)).await.is_ok()
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+    }
+}
+
+/// Sends the whole state; its sequence number, or `None` if the browser went.
+async fn reset(hub: &Hub, tx: &mpsc::Sender<Result<Event, Infallible>>) -> Option<u64> {
+    let (seq, items) = hub.current();
+    let recent = hub.source.admin.traces.recent_calls(RECENT_CALLS);
+    let data = json!({ "items": &*items, "calls": recent });
+    let event = Event::default().event("reset").json_data(&data).ok()?;
+    if !deliver(tx, event).await {
+        return None;
+    }
+    debug!(items = items.len(), "console stream (re)started");
+    Some(seq)
 }
 
 /// Every item the console shows, by key.
-fn items(console: &Console) -> Items {
-    let admin = &console.admin;
+fn items(source: &Source) -> Items {
+    let admin = &source.admin;
     let version = admin.snapshots.borrow().version;
     let replicas = admin.peers.merged(admin.replicas.snapshot(), version);
     let mut items = Items::new();
@@ -149,8 +342,8 @@ fn items(console: &Console) -> Items {
             json!({
                 "snapshotVersion": version,
                 "mode": if admin.registry_dir.is_some() { "directory" } else { "kubernetes" },
-                "writable": console.writable && admin.registry_dir.is_some(),
-                "traceUiUrl": console.config.trace_ui_url,
+                "writable": source.writable && admin.registry_dir.is_some(),
+                "traceUiUrl": source.config.trace_ui_url,
                 "build": env!("CARGO_PKG_VERSION"),
                 "policies": registry.policies.len(),
                 "clients": registry.clients.len(),

@@ -11,6 +11,7 @@
 mod ceiling;
 mod chart;
 mod compare;
+mod console;
 mod light;
 mod mcp_http;
 mod measure;
@@ -50,7 +51,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "echo,real-client,large,catalog,churn,sessions,moves,propagation"
+        default_value = "echo,real-client,large,catalog,churn,sessions,moves,propagation,console"
     )]
     scenarios: Vec<String>,
     /// Idle sessions opened by the `sessions` scenario.
@@ -145,6 +146,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("spans") {
         report.push_str(&spans_scenario()?);
+    }
+    if wants("console") {
+        report.push_str(&console::scenario().await?);
     }
 
     let md = args.out.join("latest.md");
