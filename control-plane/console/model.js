@@ -393,11 +393,12 @@ export function visibleWindow(scrollTop, viewport, rowHeight, total, overscan = 
   return { start, end: Math.max(start, end) };
 }
 
-/** 950 µs, 12.3 ms, 4.5 s. */
+/** Two digits, as the control plane rounds them: 950 µs, 2.4 ms, 12 ms, 4.5 s. */
 export function formatMicros(us) {
   if (!us) return "–";
   if (us < 1000) return `${us} µs`;
-  if (us < 1e6) return `${(us / 1000).toFixed(1)} ms`;
+  if (us < 10_000) return `${(us / 1000).toFixed(1)} ms`;
+  if (us < 1e6) return `${Math.round(us / 1000)} ms`;
   return `${(us / 1e6).toFixed(1)} s`;
 }
 

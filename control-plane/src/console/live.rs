@@ -367,7 +367,15 @@ fn items(source: &Source) -> Items {
     }
     for (id, replica) in replicas {
         for server in &replica.servers {
-            items.insert(format!("health/{id}/{}", server.name), json!(server));
+            let mut health = json!(server);
+            // To the two digits the page shows: a report's new latencies
+            // are a patch only when they show a change.
+            for field in ["latencyP50Us", "latencyP99Us"] {
+                if let Some(micros) = health.get(field).and_then(Value::as_u64) {
+                    health[field] = json!(two_digits(micros));
+                }
+            }
+            items.insert(format!("health/{id}/{}", server.name), health);
         }
         let mut summary = json!(replica);
         if let Some(fields) = summary.as_object_mut() {
@@ -377,6 +385,15 @@ fn items(source: &Source) -> Items {
         items.insert(format!("replica/{id}"), summary);
     }
     items
+}
+
+/// `micros` to two significant digits (1234 → 1200, 87 → 87).
+fn two_digits(micros: u64) -> u64 {
+    let mut scale = 1;
+    while micros / scale >= 100 {
+        scale *= 10;
+    }
+    (micros + scale / 2) / scale * scale
 }
 
 /// What turns `before` into `after`.
@@ -403,6 +420,14 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect()
+    }
+
+    #[test]
+    fn latencies_keep_the_digits_the_page_shows() {
+        assert_eq!(two_digits(87), 87);
+        assert_eq!(two_digits(1234), 1200);
+        assert_eq!(two_digits(1250), 1300);
+        assert_eq!(two_digits(999_999), 1_000_000);
     }
 
     #[test]
