@@ -131,7 +131,7 @@ pub struct ProbeTool {
     pub arguments: serde_json::Value,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerHealthStatus {
     pub name: String,

@@ -272,6 +272,15 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
             .ok_or(object.to_string())
     })
     .await;
+    // The console shows the cluster's servers, read-only: kubectl is the way.
+    let live = reqwest::get(format!("http://{}/console/live", sb.control_http))
+        .await
+        .expect("GET /console/live");
+    assert_eq!(live.status(), 200);
+    let reset = e2e::Events::new(live).next().await;
+    assert_eq!(reset["items"]["meta"]["mode"], "kubernetes", "{reset}");
+    assert_eq!(reset["items"]["meta"]["writable"], false, "{reset}");
+    assert_eq!(reset["items"]["server/default/demo"]["enabled"], true, "{reset}");
     // An applied change is one trace, from the watch event that saw it to
     // the status written back.
     let traces = format!("http://{}/traces", sb.control_http);

@@ -15,7 +15,12 @@
 //! the control plane decodes no tool call for it. The number of streams
 //! is bounded.
 
-use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    convert::Infallible,
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     Json,
@@ -34,7 +39,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{Instrument, debug, info_span};
 
 use super::{Console, ConsoleConfig};
-use crate::{admin::AdminState, auth::Gate, traces::calls::Call};
+use crate::{admin::AdminState, auth::Gate, push::ServerHealthStatus, traces::calls::Call};
 
 /// Open console streams at once.
 pub(super) const MAX_STREAMS: usize = 32;
@@ -51,7 +56,12 @@ const RECHECK_EVERY: Duration = Duration::from_secs(5);
 /// A browser that reads nothing for this long loses its stream.
 const STALLED_AFTER: Duration = Duration::from_secs(30);
 
-type Items = BTreeMap<String, Value>;
+/// Shared, so an item that did not change is the same allocation from one
+/// build to the next, and diffs and resets copy no JSON.
+type Items = BTreeMap<String, Arc<Value>>;
+/// Each server's health as last built, by item key: a report that does not
+/// change it (to the digits shown) reuses the JSON.
+type HealthCache = HashMap<String, (ServerHealthStatus, Arc<Value>)>;
 
 /// What changed since the last event: items set (new or different) and
 /// keys gone.
@@ -74,6 +84,7 @@ pub(super) struct Source {
 pub(super) struct Hub {
     source: Source,
     state: Mutex<Current>,
+    health: Mutex<HealthCache>,
     updates: broadcast::Sender<Arc<Update>>,
     /// Wakes a sleeping hub when a console opens.
     wake: Notify,
@@ -103,6 +114,7 @@ impl Hub {
         let hub = Arc::new(Self {
             source,
             state: Mutex::default(),
+            health: Mutex::default(),
             updates: broadcast::channel(UPDATES_QUEUE).0,
             wake: Notify::new(),
         });
@@ -116,7 +128,7 @@ impl Hub {
         if let Some(items) = &state.items {
             return (state.seq, items.clone());
         }
-        let items = Arc::new(items(&self.source));
+        let items = Arc::new(self.build());
         state.seq += 1;
         state.items = Some(items.clone());
         (state.seq, items)
@@ -136,6 +148,7 @@ impl Hub {
             if self.updates.receiver_count() == 0 {
                 // Nobody watches: forget the items and stop decoding calls.
                 self.state.lock().items = None;
+                self.health.lock().clear();
                 calls = None;
                 arrived.clear();
                 missed = 0;
@@ -183,7 +196,7 @@ impl Hub {
         let Some(before) = self.state.lock().items.clone() else {
             return;
         };
-        let now = Arc::new(items(&self.source));
+        let now = Arc::new(self.build());
         let patch = diff(&before, &now);
         if patch.set.is_empty() && patch.del.is_empty() {
             return;
@@ -329,17 +342,19 @@ async fn reset(hub: &Hub, tx: &mpsc::Sender<Result<Event, Infallible>>) -> Optio
     Some(seq)
 }
 
-/// Every item the console shows, by key.
-fn items(source: &Source) -> Items {
-    let admin = &source.admin;
-    let version = admin.snapshots.borrow().version;
-    let replicas = admin.peers.merged(admin.replicas.snapshot(), version);
-    let mut items = Items::new();
-    {
-        let registry = admin.registry.borrow();
-        items.insert(
-            "meta".into(),
-            json!({
+// === impl Hub: the items ===
+
+impl Hub {
+    /// Every item the console shows, by key.
+    fn build(&self) -> Items {
+        let source = &self.source;
+        let admin = &source.admin;
+        let version = admin.snapshots.borrow().version;
+        let replicas = admin.peers.merged(admin.replicas.snapshot(), version);
+        let mut items = Items::new();
+        {
+            let registry = admin.registry.borrow();
+            let meta = json!({
                 "snapshotVersion": version,
                 "mode": if admin.registry_dir.is_some() { "directory" } else { "kubernetes" },
                 "writable": source.writable && admin.registry_dir.is_some(),
@@ -347,44 +362,55 @@ fn items(source: &Source) -> Items {
                 "build": env!("CARGO_PKG_VERSION"),
                 "policies": registry.policies.len(),
                 "clients": registry.clients.len(),
-            }),
-        );
-        for server in registry.servers.values() {
-            items.insert(
-                format!("server/{}", server.name),
-                json!({
+            });
+            items.insert("meta".into(), Arc::new(meta));
+            for server in registry.servers.values() {
+                let item = json!({
                     "name": server.name,
                     "namespace": server.namespace,
                     "enabled": server.enabled,
                     "transport": server.transport.kind(),
                     "source": registry.origins.get(&server.name),
-                }),
-            );
-        }
-        for (n, issue) in registry.issues.iter().enumerate() {
-            items.insert(format!("issue/{n}"), json!(issue));
-        }
-    }
-    for (id, replica) in replicas {
-        for server in &replica.servers {
-            let mut health = json!(server);
-            // To the two digits the page shows: a report's new latencies
-            // are a patch only when they show a change.
-            for field in ["latencyP50Us", "latencyP99Us"] {
-                if let Some(micros) = health.get(field).and_then(Value::as_u64) {
-                    health[field] = json!(two_digits(micros));
-                }
+                });
+                items.insert(format!("server/{}", server.name), Arc::new(item));
             }
-            items.insert(format!("health/{id}/{}", server.name), health);
+            for (n, issue) in registry.issues.iter().enumerate() {
+                items.insert(format!("issue/{n}"), Arc::new(json!(issue)));
+            }
         }
-        let mut summary = json!(replica);
-        if let Some(fields) = summary.as_object_mut() {
-            fields.remove("servers");
-            fields.insert("id".into(), json!(id));
+        let mut cache = self.health.lock();
+        let mut built = HealthCache::with_capacity(cache.len());
+        for (id, replica) in replicas {
+            for server in &replica.servers {
+                let key = format!("health/{id}/{}", server.name);
+                let shown = shown(server);
+                let value = match cache.remove(&key) {
+                    Some((was, value)) if was == shown => value,
+                    _ => Arc::new(json!(shown)),
+                };
+                items.insert(key.clone(), value.clone());
+                built.insert(key, (shown, value));
+            }
+            let mut summary = json!(replica);
+            if let Some(fields) = summary.as_object_mut() {
+                fields.remove("servers");
+                fields.insert("id".into(), json!(id));
+            }
+            items.insert(format!("replica/{id}"), Arc::new(summary));
         }
-        items.insert(format!("replica/{id}"), summary);
+        *cache = built;
+        items
     }
-    items
+}
+
+/// A server's health as the page shows it: latencies to the two digits
+/// it prints, so a report's new figures are a patch only when they show a
+/// change.
+fn shown(server: &ServerHealthStatus) -> ServerHealthStatus {
+    let mut shown = server.clone();
+    shown.latency_p50_us = two_digits(shown.latency_p50_us);
+    shown.latency_p99_us = two_digits(shown.latency_p99_us);
+    shown
 }
 
 /// `micros` to two significant digits (1234 → 1200, 87 → 87).
@@ -400,7 +426,11 @@ fn two_digits(micros: u64) -> u64 {
 pub(super) fn diff(before: &Items, after: &Items) -> Patch {
     let set = after
         .iter()
-        .filter(|(key, value)| before.get(*key) != Some(value))
+        .filter(|(key, value)| {
+            before
+                .get(*key)
+                .is_none_or(|was| !Arc::ptr_eq(was, value) && was != *value)
+        })
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
     let del = before
@@ -418,7 +448,7 @@ mod tests {
     fn items(pairs: &[(&str, Value)]) -> Items {
         pairs
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .map(|(k, v)| ((*k).to_owned(), Arc::new(v.clone())))
             .collect()
     }
 
