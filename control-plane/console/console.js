@@ -88,15 +88,20 @@ async function startSession(proof) {
 
 $("login-form").addEventListener("submit", async (event) => {
   event.preventDefault();
+  const submit = event.target.querySelector("button[type=submit]");
+  if (submit.disabled) return;
+  submit.disabled = true;
   const pasted = $("token").value.trim();
   $("token").value = "";
   try {
     await startSession({ token: pasted });
+    $("login").hidden = true;
+    begin();
   } catch {
-    return;
+    // showLogin said why.
+  } finally {
+    submit.disabled = false;
   }
-  $("login").hidden = true;
-  begin();
 });
 
 $("logout").addEventListener("click", async () => {
@@ -129,6 +134,8 @@ const SILENT_FOR = 45000;
 let generation = 0;
 
 async function follow() {
+  // One stream per page: a second start ends the first.
+  stream?.abort();
   const mine = ++generation;
   let backoff = 1000;
   while (mine === generation) {
@@ -143,6 +150,10 @@ async function follow() {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
+        if (mine !== generation) {
+          controller.abort();
+          return;
+        }
         clearTimeout(watchdog);
         watchdog = setTimeout(() => controller.abort(), SILENT_FOR);
         for (const { event, data } of parser.push(value)) {
@@ -210,16 +221,18 @@ class VirtualList {
     const wanted = [];
     for (let i = start; i < end; i++) {
       const row = this.rows[i];
-      const signature = `${i}|${JSON.stringify(row)}`;
+      const signature = JSON.stringify(row);
       let node = this.drawn?.get(row.key);
       if (!node || node.signature !== signature) {
         node = this.drawRow(row);
         node.classList.add("vrow");
         node.setAttribute("role", "listitem");
         node.dataset.key = row.key;
-        node.style.top = `${i * height}px`;
         node.signature = signature;
       }
+      // A row that moved (new calls on top) keeps its node: only its place changes.
+      const top = `${i * height}px`;
+      if (node.style.top !== top) node.style.top = top;
       kept.set(row.key, node);
       wanted.push(node);
     }
@@ -263,15 +276,15 @@ const replicaList = new VirtualList($("replica-list"), (r) =>
     cell(r.id),
     cell(r.draining ? "draining" : r.connected ? "connected" : "gone", r.connected && !r.draining ? "ok" : "warn"),
     cell(r.buildVersion),
-    cell(m.formatAge(r.uptimeMs)),
+    cell(r.uptime),
     cell(r.sessions),
     cell(r.lastNack ? `v${r.ackedVersion}, refused v${r.lastNack.version}` : `v${r.ackedVersion} applied`, r.lastNack ? "bad" : ""),
-    cell(r.reportAgoMs === null ? "none yet" : `${m.formatAge(r.reportAgoMs)} ago`),
+    cell(r.reportAgo),
   ),
 );
 
 const healthList = new VirtualList($("health-list"), (h) => {
-  const error = h.lastError ? `${h.lastError} (${m.formatAge(Date.now() - h.lastErrorAt)} ago)` : "";
+  const error = h.errorText;
   return el(
     "div",
     { class: "health-cols" },
@@ -314,7 +327,14 @@ function drawRegistry() {
 }
 
 function drawReplicas() {
-  replicaList.set(m.replicaRows(state.items, Date.now()).map((r) => ({ ...r, key: r.id })));
+  // Ages as shown, so a row is drawn again only when what it shows changes.
+  const rows = m.replicaRows(state.items, Date.now()).map(({ uptimeMs, reportAgoMs, ...r }) => ({
+    ...r,
+    key: r.id,
+    uptime: m.formatAge(uptimeMs),
+    reportAgo: reportAgoMs === null ? "none yet" : `${m.formatAge(reportAgoMs)} ago`,
+  }));
+  replicaList.set(rows);
 }
 
 function drawHealth() {
@@ -370,7 +390,7 @@ function drawTraffic() {
   const shown = m.filterCalls(state.calls, filter);
   const missed = state.missed ? ` (${state.missed} more arrived too fast to list)` : "";
   $("calls-summary").textContent = `${shown.length} of the ${state.calls.length} most recent calls${missed}`;
-  callList.set(shown.map((c) => ({ ...c, key: `${c.traceId}/${c.startMs}/${c.tool}` })));
+  callList.set(shown.map((c) => ({ ...c, key: m.callKey(c) })));
 }
 
 async function openTrace(traceId) {

@@ -42,7 +42,8 @@ export function emptyState() {
   return { items: new Map(), calls: [], missed: 0 };
 }
 
-const callKey = (call) => `${call.traceId}/${call.startMs}/${call.tool}`;
+/** What tells calls apart: their own span. */
+export const callKey = (call) => `${call.traceId}/${call.spanId}`;
 
 /** Applies one stream event; returns the keys' prefixes that changed. */
 export function apply(state, event, data) {
@@ -50,6 +51,7 @@ export function apply(state, event, data) {
   if (event === "reset") {
     state.items = new Map(Object.entries(data.items));
     state.calls = (data.calls || []).slice(0, MAX_CALLS);
+    state.missed = 0;
     return new Set(["meta", "server", "issue", "replica", "health", "calls"]);
   }
   if (event === "patch") {
@@ -153,7 +155,8 @@ export function healthRows(items, now) {
   return ofKind(items, "health/")
     .map(([key, h]) => {
       const replica = key.slice("health/".length, key.length - h.name.length - 1);
-      return { key, replica, ...h, breakerText: breakerText(h, now) };
+      const errorText = h.lastError ? `${h.lastError} (${formatAge(Math.max(0, now - h.lastErrorAt))} ago)` : "";
+      return { key, replica, ...h, breakerText: breakerText(h, now), errorText };
     })
     .sort(
       (a, b) =>
@@ -340,6 +343,7 @@ export function lineOfField(text, field) {
   let indent = -1;
   for (const part of parts) {
     let hit = null;
+    let childDepth = null;
     for (let i = from; i < lines.length; i++) {
       const line = lines[i];
       if (/^\s*(#|$)/.test(line)) continue;
@@ -347,7 +351,9 @@ export function lineOfField(text, field) {
       // Left the parent's block: the field is not under it.
       if (found !== null && depth <= indent) break;
       const key = line.trimStart().replace(/^- /, "");
-      if (depth > indent && (key.startsWith(`${part}:`) || key.startsWith(`"${part}":`))) {
+      // A direct child: the first depth seen below the parent.
+      if (childDepth === null && depth > indent) childDepth = depth;
+      if (depth === childDepth && (key.startsWith(`${part}:`) || key.startsWith(`"${part}":`))) {
         hit = i;
         indent = depth;
         break;

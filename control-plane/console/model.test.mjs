@@ -25,12 +25,15 @@ test("a reset replaces the state, patches change only their keys", () => {
 
 test("calls arrive newest first and are capped", () => {
   const state = m.emptyState();
-  m.apply(state, "reset", { items: {}, calls: [{ startMs: 5 }] });
-  m.apply(state, "calls", { calls: [{ startMs: 6 }, { startMs: 9 }, { startMs: 5 }], missed: 2 });
-  assert.deepEqual(state.calls.map((c) => c.startMs), [9, 6, 5], "the reset's call is not listed twice");
+  m.apply(state, "reset", { items: {}, calls: [{ spanId: "a", startMs: 5 }] });
+  const batch = [{ spanId: "b", startMs: 6 }, { spanId: "c", startMs: 9 }, { spanId: "a", startMs: 5 }, { spanId: "d", startMs: 5 }];
+  m.apply(state, "calls", { calls: batch, missed: 2 });
+  assert.deepEqual(state.calls.map((c) => c.spanId), ["c", "b", "d", "a"], "the reset's call is not listed twice; a parallel one is");
   assert.equal(state.missed, 2);
-  m.apply(state, "calls", { calls: Array.from({ length: m.MAX_CALLS + 10 }, (_, i) => ({ startMs: 100 + i })), missed: 0 });
+  m.apply(state, "calls", { calls: Array.from({ length: m.MAX_CALLS + 10 }, (_, i) => ({ spanId: `s${i}`, startMs: 100 + i })), missed: 0 });
   assert.equal(state.calls.length, m.MAX_CALLS);
+  m.apply(state, "reset", { items: {}, calls: [] });
+  assert.equal(state.missed, 0, "a reset starts the count again");
 });
 
 function items(entries) {
@@ -144,6 +147,8 @@ test("a wrong field is found on its line, or its nearest ancestor's", () => {
   assert.equal(m.lineOfField(yaml, "nothing.here"), null);
   const flow = "metadata: {}\nspec:\n  name: x\n";
   assert.equal(m.lineOfField(flow, "metadata.name"), 0, "not the name under spec");
+  const nested = "spec:\n  transport:\n    enabled: x\n  enabled: true\n";
+  assert.equal(m.lineOfField(nested, "spec.enabled"), 3, "a direct child, not a deeper key");
 });
 
 test("disabling a server edits spec.enabled only, keeping the rest as written", () => {

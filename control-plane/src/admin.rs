@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::{
-    auth::{self, Gate},
+    auth::{self, Gate, SameOrigin},
     metrics::{Metrics, OPENMETRICS_CONTENT_TYPE},
     peers::Peers,
     push::{ReplicaStatus, Replicas},
@@ -95,12 +95,17 @@ struct ServerEntry {
     enabled: bool,
 }
 
-pub fn router(state: AdminState, operators: Gate) -> Router {
+pub fn router(state: AdminState, operators: Gate, browsers: SameOrigin) -> Router {
     let (read_servers, write_servers) = servers::routers();
-    let for_writers = write_servers.layer(axum::middleware::from_fn_with_state(
-        operators.clone(),
-        auth::writers_only,
-    ));
+    let for_writers = write_servers
+        .layer(axum::middleware::from_fn_with_state(
+            operators.clone(),
+            auth::writers_only,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            browsers,
+            auth::same_origin,
+        ));
     let for_operators = Router::new()
         .route("/status", get(status))
         .route("/traces", get(traces))
@@ -109,6 +114,10 @@ pub fn router(state: AdminState, operators: Gate) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             operators,
             auth::operators_only,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            browsers,
+            auth::same_origin,
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

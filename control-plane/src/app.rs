@@ -15,7 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use crate::{
     admin::{self, AdminState},
-    auth::{Gate, Logins, ReplicaGate, ServiceAccountRef, Token, TokenReviewer},
+    auth::{Gate, Logins, ReplicaGate, SameOrigin, ServiceAccountRef, Token, TokenReviewer},
     console::{self, ConsoleConfig},
     leader::{self, LeaseConfig},
     metrics::Metrics,
@@ -411,13 +411,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<Bound> {
             RegistrySource::Kubernetes { .. } => None,
         },
     };
-    let router = admin::router(admin_state.clone(), operators.clone()).merge(console::router(
-        admin_state,
-        config.console.clone(),
-        logins,
-        config.admin_token.is_some(),
-        operators,
-    ));
+    let browsers = SameOrigin::new(config.admin_token.is_none());
+    let router =
+        admin::router(admin_state.clone(), operators.clone(), browsers).merge(console::router(
+            admin_state,
+            config.console.clone(),
+            logins,
+            config.admin_token.is_some(),
+            operators,
+        ));
     let cancel = shutdown.clone();
     tasks.spawn(async move {
         let served = axum::serve(http, router)

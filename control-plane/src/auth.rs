@@ -340,6 +340,96 @@ pub async fn operators_only(
         .into_response()
 }
 
+/// What the operator API takes from a browser; see [`same_origin`].
+#[derive(Clone, Copy, Debug)]
+pub struct SameOrigin {
+    /// No admin token guards the API (loopback, or told so).
+    open: bool,
+}
+
+impl SameOrigin {
+    pub fn new(open: bool) -> Self {
+        Self { open }
+    }
+}
+
+/// Middleware for the operator API and the console's data: refuses what
+/// another site's page could make a browser send, a request from another
+/// origin (`Origin`, `Sec-Fetch-Site`). Without an admin token nothing
+/// else stands between a page and the API, so then the host asked for
+/// must also be an address, not a name a rebinding DNS could point here.
+/// Scripts send neither header, and reach the API as before.
+pub async fn same_origin(
+    State(guard): State<SameOrigin>,
+    request: HttpRequest,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    // HTTP/2 names the host in `:authority`, HTTP/1.1 in `Host`.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let other_origin = headers.get(header::ORIGIN).is_some_and(|origin| {
+        origin
+            .to_str()
+            .map_or(true, |origin| !same_host(origin, host))
+    });
+    let other_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site != "same-origin" && site != "none");
+    if other_origin || other_site {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "this API answers its own pages and scripts only (the request came from another origin)",
+        );
+    }
+    if guard.open && !is_address(host) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "without an admin token this API answers only at an address (127.0.0.1, [::1]), not at a host name: start the control plane with --admin-token-file",
+        );
+    }
+    next.run(request).await
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names `host` (`host[:port]`),
+/// default ports and letter case aside.
+fn same_host(origin: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let bare = |authority: &str| {
+        let authority = authority.to_ascii_lowercase();
+        authority
+            .strip_suffix(default)
+            .map(str::to_owned)
+            .unwrap_or(authority)
+    };
+    bare(authority) == bare(host)
+}
+
+/// `127.0.0.1:8789`, `[::1]:8789`, `localhost:8789`: a host no DNS
+/// answers for.
+fn is_address(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+fn refuse(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
 impl Collector for Gate {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         self.encode_refused(&mut encoder)
@@ -351,6 +441,19 @@ mod tests {
     use tonic::metadata::MetadataValue;
 
     use super::*;
+
+    #[test]
+    fn an_origin_is_the_host_asked_for_or_another() {
+        assert!(same_host("http://127.0.0.1:8789", "127.0.0.1:8789"));
+        assert!(same_host("HTTP://LocalHost", "localhost:80"));
+        assert!(same_host("https://cp.example", "cp.example:443"));
+        assert!(same_host("http://[::1]:8789", "[::1]:8789"));
+        assert!(!same_host("http://evil.example", "127.0.0.1:8789"));
+        assert!(!same_host("https://127.0.0.1:8789", "127.0.0.1:8788"));
+        assert!(!same_host("null", "127.0.0.1:8789"));
+        assert!(is_address("127.0.0.1:8789") && is_address("[::1]:1") && is_address("localhost"));
+        assert!(!is_address("rebound.example:8789"));
+    }
 
     fn call(gate: &ReplicaGate, header: Option<&str>) -> Result<Replica, tonic::Code> {
         let mut request = Request::new(());

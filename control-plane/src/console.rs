@@ -30,7 +30,7 @@ use tracing::info;
 
 use crate::{
     admin::AdminState,
-    auth::{self, Gate, Logins, SESSION_TTL},
+    auth::{self, Gate, Logins, SESSION_TTL, SameOrigin},
     connect,
 };
 
@@ -129,7 +129,7 @@ pub fn router(
         hub,
         streams: Arc::new(tokio::sync::Semaphore::new(live::MAX_STREAMS)),
     };
-    let guard = SameOrigin { open: !writable };
+    let guard = SameOrigin::new(!writable);
     let data = Router::new()
         .route("/console/live", get(live::stream))
         .route("/console/connect", get(client_configs))
@@ -143,67 +143,16 @@ pub fn router(
     Router::new()
         .route("/console/login", post(login))
         .merge(data)
-        .layer(axum::middleware::from_fn_with_state(guard, same_origin))
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            auth::same_origin,
+        ))
         .route(
             "/",
             get(|headers: HeaderMap| async move { asset(0, &headers) }),
         )
         .route("/console/{file}", get(file))
         .with_state(console)
-}
-
-/// What the console's data routes take from a browser.
-#[derive(Clone, Copy)]
-struct SameOrigin {
-    /// No admin token guards the API (loopback, or told so).
-    open: bool,
-}
-
-/// Refuses what another site's page could make a browser send: a request
-/// from another origin (`Origin`, `Sec-Fetch-Site`). Without an admin
-/// token nothing else stands between a page and the API, so then the
-/// `Host` must also be an address, not a name a rebinding DNS could
-/// point here.
-async fn same_origin(
-    State(guard): State<SameOrigin>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let headers = request.headers();
-    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let host = text(header::HOST).unwrap_or_default();
-    let other_origin = text(header::ORIGIN).is_some_and(|origin| {
-        origin
-            .split_once("://")
-            .is_none_or(|(_, authority)| !authority.eq_ignore_ascii_case(host))
-    });
-    let other_site = headers
-        .get("sec-fetch-site")
-        .is_some_and(|site| site != "same-origin" && site != "none");
-    if other_origin || other_site {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "the console's API answers its own pages only (this request came from another origin)",
-        );
-    }
-    if guard.open && !is_address(host) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "without an admin token the console answers only at an address (127.0.0.1, [::1]), not at a host name: start the control plane with --admin-token-file",
-        );
-    }
-    next.run(request).await
-}
-
-/// `127.0.0.1:8789`, `[::1]:8789`, `localhost:8789`: a host no DNS
-/// answers for.
-fn is_address(host: &str) -> bool {
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-        _ => host,
-    };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn refuse(status: StatusCode, error: &str) -> Response {

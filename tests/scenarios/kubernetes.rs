@@ -280,7 +280,10 @@ async fn kubectl_apply_get_and_delete_drive_the_gateway() {
     let reset = e2e::Events::new(live).next().await;
     assert_eq!(reset["items"]["meta"]["mode"], "kubernetes", "{reset}");
     assert_eq!(reset["items"]["meta"]["writable"], false, "{reset}");
-    assert_eq!(reset["items"]["server/default/demo"]["enabled"], true, "{reset}");
+    assert_eq!(
+        reset["items"]["server/default/demo"]["enabled"], true,
+        "{reset}"
+    );
     // An applied change is one trace, from the watch event that saw it to
     // the status written back.
     let traces = format!("http://{}/traces", sb.control_http);

@@ -181,9 +181,10 @@ async fn relay(
     }
     // The gateway's answer, not the control plane's: a 401 here is about
     // the caller's token, not the console's session.
-    if let Ok(value) = target.parse() {
-        response.headers_mut().insert(RELAYED_FROM, value);
-    }
+    let from = target
+        .parse()
+        .unwrap_or_else(|_| axum::http::HeaderValue::from_static("gateway"));
+    response.headers_mut().insert(RELAYED_FROM, from);
     response
 }
 
@@ -194,6 +195,7 @@ fn target(console: &Console, through: Through) -> Option<(String, String)> {
     if through.replica.is_none()
         && let Some(url) = &console.config.gateway_url
     {
+        let url = url.trim_end_matches('/');
         let base = url.strip_suffix("/mcp").unwrap_or(url);
         return Some((base.to_owned(), base.to_owned()));
     }

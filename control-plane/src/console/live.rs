@@ -96,6 +96,9 @@ struct Current {
     seq: u64,
     /// `None` while the hub sleeps: the next stream builds them.
     items: Option<Arc<Items>>,
+    /// The call feed the stream that woke the hub subscribed to, before it
+    /// read the recent calls: the hub takes it, so no call falls between.
+    calls: Option<broadcast::Receiver<Arc<Call>>>,
 }
 
 /// One event for every stream, serialized once.
@@ -109,7 +112,7 @@ struct Update {
 // === impl Hub ===
 
 impl Hub {
-    /// The hub, with its task running until the registry's sender goes.
+    /// The hub, with its task running for the life of the process.
     pub(super) fn start(source: Source) -> Arc<Self> {
         let hub = Arc::new(Self {
             source,
@@ -128,6 +131,7 @@ impl Hub {
         if let Some(items) = &state.items {
             return (state.seq, items.clone());
         }
+        state.calls = Some(self.source.admin.traces.watch_calls());
         let items = Arc::new(self.build());
         state.seq += 1;
         state.items = Some(items.clone());
@@ -145,9 +149,19 @@ impl Hub {
         let mut arrived: Vec<Arc<Call>> = Vec::new();
         let mut missed = 0u64;
         loop {
-            if self.updates.receiver_count() == 0 {
+            let asleep = {
+                // Under the lock a stream takes to read the items: one that
+                // subscribed meanwhile is counted, or finds them gone.
+                let mut state = self.state.lock();
+                let nobody = self.updates.receiver_count() == 0;
+                if nobody {
+                    state.items = None;
+                    state.calls = None;
+                }
+                nobody
+            };
+            if asleep {
                 // Nobody watches: forget the items and stop decoding calls.
-                self.state.lock().items = None;
                 self.health.lock().clear();
                 calls = None;
                 arrived.clear();
@@ -159,6 +173,9 @@ impl Hub {
                 }
                 continue;
             }
+            if let Some(fresh) = self.state.lock().calls.take() {
+                calls = Some(fresh);
+            }
             let feed = calls.get_or_insert_with(|| self.source.admin.traces.watch_calls());
             let mut look_now = true;
             tokio::select! {
@@ -168,7 +185,8 @@ impl Hub {
                     match call {
                         Ok(call) => arrived.push(call),
                         Err(RecvError::Lagged(n)) => missed += n,
-                        Err(RecvError::Closed) => return,
+                        // The trace store is the process's: this is its end.
+                        Err(RecvError::Closed) => calls = None,
                     }
                     // A full batch goes at once; the rest with the next look.
                     if arrived.len() < MAX_CALLS_PER_EVENT {
@@ -419,7 +437,7 @@ fn two_digits(micros: u64) -> u64 {
     while micros / scale >= 100 {
         scale *= 10;
     }
-    (micros + scale / 2) / scale * scale
+    micros.saturating_add(scale / 2) / scale * scale
 }
 
 /// What turns `before` into `after`.

@@ -15,6 +15,8 @@ const METHOD_ATTR: &str = "mcp.method.name";
 #[serde(rename_all = "camelCase")]
 pub struct Call {
     pub trace_id: String,
+    /// The call's own span: what tells two calls of one trace apart.
+    pub span_id: String,
     /// Unix milliseconds.
     pub start_ms: u64,
     pub duration_ms: f64,
@@ -40,6 +42,7 @@ impl Call {
         };
         (span.kind == "server" && attribute(METHOD_ATTR) == "tools/call").then(|| Self {
             trace_id: span.trace_id.clone(),
+            span_id: span.span_id.clone(),
             start_ms: span.start_time_unix_nano / 1_000_000,
             duration_ms: span.duration_ms,
             caller: attribute(CALLER_ATTR),

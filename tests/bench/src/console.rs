@@ -88,6 +88,7 @@ async fn measure(sb: &Switchboard, pid: Option<u32>, busy: bool) -> anyhow::Resu
     let mut rows = Vec::new();
     for consoles in [0usize, 1, 4] {
         let mut readers = JoinSet::new();
+        let from = Instant::now() + Duration::from_secs(1);
         for _ in 0..consoles {
             let live = live.clone();
             readers.spawn(async move {
@@ -96,11 +97,14 @@ async fn measure(sb: &Switchboard, pid: Option<u32>, busy: bool) -> anyhow::Resu
                     return 0;
                 };
                 let mut stream = response.bytes_stream();
-                let until = Instant::now() + WINDOW + Duration::from_secs(1);
+                let until = from + WINDOW;
                 while let Ok(Some(Ok(chunk))) =
                     tokio::time::timeout_at(until.into(), stream.next()).await
                 {
-                    bytes += chunk.len();
+                    // The first second's reset is not what is measured.
+                    if Instant::now() >= from {
+                        bytes += chunk.len();
+                    }
                 }
                 bytes
             });
