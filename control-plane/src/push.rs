@@ -72,6 +72,8 @@ pub struct Replicas {
 
 #[derive(Default)]
 struct ReplicaTable {
+    /// Bumped on every change to what [`Replicas::snapshot`] shows.
+    revision: u64,
     next_connection: u64,
     by_id: BTreeMap<String, ReplicaStatus>,
     /// Replicas connected to other control-plane pods, and where each
@@ -539,6 +541,7 @@ impl Replicas {
     fn connected(&self, hello: &pb::Hello) -> u64 {
         let mut table = self.inner.lock();
         table.next_connection += 1;
+        table.revision += 1;
         let connection = table.next_connection;
         let previous = table.by_id.remove(&hello.replica_id);
         table.by_id.insert(
@@ -576,6 +579,7 @@ impl Replicas {
             status.disconnected_at = Some(now);
         }
         forget_departed(&mut table.by_id, now);
+        table.revision += 1;
         drop(table);
         self.peers_changed.send_modify(|n| *n += 1);
     }
@@ -610,14 +614,24 @@ impl Replicas {
             return;
         }
         table.elsewhere = elsewhere;
+        table.revision += 1;
         drop(table);
         self.peers_changed.send_modify(|n| *n += 1);
     }
 
     fn update(&self, replica_id: &str, f: impl FnOnce(&mut ReplicaStatus)) {
-        if let Some(status) = self.inner.lock().by_id.get_mut(replica_id) {
+        let mut table = self.inner.lock();
+        if let Some(status) = table.by_id.get_mut(replica_id) {
             f(status);
+            table.revision += 1;
         }
+    }
+
+    /// A number that changes whenever what [`Replicas::snapshot`] shows
+    /// does (other pods' replicas aside): a reader that saw it before has
+    /// nothing new to read while it stays.
+    pub fn revision(&self) -> u64 {
+        self.inner.lock().revision
     }
 
     /// A copy of every replica's status, by replica id: the connected

@@ -7,8 +7,9 @@
 //! opens. Tool calls come as they arrive (`calls`), batched.
 //!
 //! One [`Hub`] task does the work for every open console: twice a second
-//! (and at once on a registry change) it builds the items, diffs them
-//! against the last ones and broadcasts the patch, serialized once. Each
+//! it looks whether a replica reported (and at once on a registry change)
+//! and if so builds the items, diffs them against the last ones and
+//! broadcasts the patch, serialized once. Each
 //! patch carries a sequence number, so a stream that starts (or falls
 //! behind and starts again) from the hub's current items skips the
 //! patches those already hold. With no console open the hub sleeps and
@@ -19,7 +20,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     convert::Infallible,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -51,6 +52,9 @@ const RECENT_CALLS: usize = 200;
 const MAX_CALLS_PER_EVENT: usize = 256;
 /// Updates a stream may fall behind by before it starts again.
 const UPDATES_QUEUE: usize = 64;
+/// Without a report or registry change, the items are built again this
+/// often all the same: other control-plane pods' replicas change unseen.
+const REBUILD_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
 /// How often an open stream's credentials are looked at again.
 const RECHECK_EVERY: Duration = Duration::from_secs(5);
 /// A browser that reads nothing for this long loses its stream.
@@ -148,6 +152,9 @@ impl Hub {
         let mut calls: Option<broadcast::Receiver<Arc<Call>>> = None;
         let mut arrived: Vec<Arc<Call>> = Vec::new();
         let mut missed = 0u64;
+        // What the last build saw: replicas' revision, snapshot version.
+        let mut seen: Option<(u64, u64)> = None;
+        let mut built_at = Instant::now();
         loop {
             let asleep = {
                 // Under the lock a stream takes to read the items: one that
@@ -161,6 +168,7 @@ impl Hub {
                 nobody
             };
             if asleep {
+                seen = None;
                 // Nobody watches: forget the items and stop decoding calls.
                 self.health.lock().clear();
                 calls = None;
@@ -179,8 +187,20 @@ impl Hub {
             let feed = calls.get_or_insert_with(|| self.source.admin.traces.watch_calls());
             let mut look_now = true;
             tokio::select! {
-                changed = registry.changed(), if registry_open => registry_open = changed.is_ok(),
-                _ = look.tick() => {}
+                changed = registry.changed(), if registry_open => {
+                    registry_open = changed.is_ok();
+                    seen = None;
+                }
+                _ = look.tick() => {
+                    // Nothing reported since the last look: nothing to build,
+                    // but other pods' replicas are looked at now and then.
+                    let now = (self.source.admin.replicas.revision(), self.source.admin.snapshots.borrow().version);
+                    if seen == Some(now) && built_at.elapsed() < REBUILD_AT_LEAST_EVERY {
+                        look_now = false;
+                    } else {
+                        seen = Some(now);
+                    }
+                }
                 call = feed.recv() => {
                     match call {
                         Ok(call) => arrived.push(call),
@@ -197,6 +217,7 @@ impl Hub {
             }
             if look_now {
                 self.publish_changes();
+                built_at = Instant::now();
             }
             if !arrived.is_empty() || missed > 0 {
                 let calls: Vec<&Call> = arrived.iter().map(|call| &**call).collect();

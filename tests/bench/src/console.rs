@@ -1,10 +1,10 @@
 //! The `console` scenario: the control plane's cost of open consoles with
 //! 500 servers on 10 replicas. The replicas are scripted config streams
 //! (no gateway runs 500 servers here): each ACKs every snapshot and
-//! reports every server's health once a second with one breaker turned
-//! open; "busy", every report also has new latency figures for every
-//! server (the worst case: real gateways report on a change), "steady",
-//! latencies hold. Measured: the control plane's CPU with no console, one
+//! reports every server's health: "busy", once a second with new latency
+//! figures for every server and one breaker turned open (the worst case:
+//! real gateways report on a change); "steady", once a second with only
+//! the breaker changing; "quiet", once, then nothing. Measured: the control plane's CPU with no console, one
 //! and four consoles streaming; the bytes each console receives per
 //! second; and the size and wait of the stream's first event, the whole
 //! state.
@@ -43,16 +43,24 @@ pub async fn scenario() -> anyhow::Result<String> {
     sb.start_control_plane().await;
     let pid = sb.control.as_ref().and_then(e2e::Process::pid);
     let mut out = format!("## Console: {SERVERS} servers on {REPLICAS} replicas\n\n");
-    for busy in [true, false] {
-        out.push_str(&measure(&sb, pid, busy).await?);
+    for mode in [Mode::Busy, Mode::Steady, Mode::Quiet] {
+        out.push_str(&measure(&sb, pid, mode).await?);
     }
     Ok(out)
 }
 
-async fn measure(sb: &Switchboard, pid: Option<u32>, busy: bool) -> anyhow::Result<String> {
+/// What the scripted replicas report.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Busy,
+    Steady,
+    Quiet,
+}
+
+async fn measure(sb: &Switchboard, pid: Option<u32>, mode: Mode) -> anyhow::Result<String> {
     let mut replicas = JoinSet::new();
     for r in 0..REPLICAS {
-        replicas.spawn(reporting_replica(sb.grpc, format!("bench-{r}"), busy));
+        replicas.spawn(reporting_replica(sb.grpc, format!("bench-{r}"), mode));
     }
     let status = format!("http://{}/status", sb.control_http);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -135,10 +143,12 @@ async fn measure(sb: &Switchboard, pid: Option<u32>, busy: bool) -> anyhow::Resu
     let base = rows[0].1.max(0.1);
     let mut out = format!(
         "### {}\n\nThe first event (the whole state, {} items): {:.0} KiB in {:.0} ms.\n\n| consoles streaming | control-plane CPU (ms/s) | ÷ no console | received per console (KiB/s) |\n|---|---|---|---|\n",
-        if busy {
-            "Busy: every report has new latencies for all servers, one breaker open"
-        } else {
-            "Steady: latencies hold, one breaker open per report"
+        match mode {
+            Mode::Busy =>
+                "Busy: a report a second per replica, new latencies for all servers, one breaker open",
+            Mode::Steady =>
+                "Steady: a report a second per replica, latencies hold, one breaker open",
+            Mode::Quiet => "Quiet: one report per replica, then none",
         },
         1 + SERVERS + REPLICAS * (SERVERS + 1),
         reset.len() as f64 / 1024.0,
@@ -157,7 +167,7 @@ async fn measure(sb: &Switchboard, pid: Option<u32>, busy: bool) -> anyhow::Resu
 
 /// A replica that ACKs every snapshot and reports every server's health
 /// once a second until aborted.
-async fn reporting_replica(grpc: SocketAddr, replica_id: String, busy: bool) -> anyhow::Result<()> {
+async fn reporting_replica(grpc: SocketAddr, replica_id: String, mode: Mode) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
         .connect()
         .await?;
@@ -190,8 +200,11 @@ async fn reporting_replica(grpc: SocketAddr, replica_id: String, busy: bool) -> 
                 }
             }
             _ = tick.tick() => {
+                if mode == Mode::Quiet && round > 0 {
+                    continue;
+                }
                 round += 1;
-                let report = report(round, busy);
+                let report = report(round, mode == Mode::Busy);
                 tx.send(pb::ReplicaMessage { kind: Some(Kind::Health(report)) }).await?;
             }
         }
