@@ -193,9 +193,14 @@ async fn its_data_is_for_operators_and_its_calls_are_the_callers_own() {
             sha256(ALICE)
         ),
     );
+    // Clients are told an address the control plane cannot reach (as on a
+    // host beside containers): the Tools page falls back to the replica.
+    let for_clients = format!("http://{}/mcp", free_addr());
     sb.control_args = vec![
         "--admin-token-file".into(),
         token_file.display().to_string(),
+        "--gateway-url".into(),
+        for_clients.clone(),
     ];
     sb.start_control_plane().await;
     sb.start_gateway().await;
@@ -424,11 +429,11 @@ async fn its_data_is_for_operators_and_its_calls_are_the_callers_own() {
     assert_eq!(connect["auth"], true, "{connect}");
     let clients = connect["clients"].as_array().expect("clients");
     assert!(clients.len() >= 5, "{connect}");
-    let gateway = sb.gateway_addr.to_string();
+    assert_eq!(connect["endpoint"], for_clients.as_str());
     assert!(
-        clients
-            .iter()
-            .all(|c| c["config"].as_str().is_some_and(|t| t.contains(&gateway))),
+        clients.iter().all(|c| c["config"]
+            .as_str()
+            .is_some_and(|t| t.contains(&for_clients))),
         "{connect}"
     );
 

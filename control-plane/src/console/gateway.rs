@@ -1,7 +1,8 @@
 //! The console's Tools page through a gateway: `GET /console/tools` and
 //! `POST /console/tools/call` are relayed to a gateway's REST API
-//! (`/tools`, `/tools/call`) at `--gateway-url` (else at a connected
-//! replica's own address), so the catalog is the one clients see
+//! (`/tools`, `/tools/call`) at `--gateway-url`, or at a connected
+//! replica's own address when that cannot be reached (or is not given),
+//! so the catalog is the one clients see
 //! and a "try it" call is an ordinary call: the gateway authenticates the
 //! caller, applies its policies, breakers and limits, and traces it. The
 //! caller's credential comes in `x-switchboard-caller-token` (the
@@ -105,40 +106,57 @@ async fn relay(
     headers: &HeaderMap,
     body: Option<Bytes>,
 ) -> Response {
-    let Some((target, base)) = target(console, through) else {
+    let targets = targets(console, through);
+    if targets.is_empty() {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "no gateway to call: give the control plane --gateway-url, or wait for a replica to connect".into(),
         );
-    };
+    }
     let path = if body.is_some() {
         "/tools/call"
     } else {
         "/tools"
     };
-    let url = format!("{base}{path}?caller=console");
-    let mut request = match &body {
-        Some(body) => console
-            .gateway
-            .http
-            .post(&url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body.clone()),
-        None => console.gateway.http.get(&url),
-    };
-    if let Some(token) = headers.get(CALLER_TOKEN).and_then(|v| v.to_str().ok()) {
-        request = request.bearer_auth(token.trim());
-    }
-    debug!(%target, path, "relaying a console request to a gateway");
-    let answer = match request.send().await {
-        Ok(answer) => answer,
-        Err(error) => {
-            warn!(%target, %error, "the console could not reach a gateway");
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                format!("{target} did not answer: {error}"),
-            );
+    let mut refused = Vec::new();
+    let mut answered = None;
+    for (target, base) in targets {
+        let url = format!("{base}{path}?caller=console");
+        let mut request = match &body {
+            Some(body) => console
+                .gateway
+                .http
+                .post(&url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.clone()),
+            None => console.gateway.http.get(&url),
+        };
+        if let Some(token) = headers.get(CALLER_TOKEN).and_then(|v| v.to_str().ok()) {
+            request = request.bearer_auth(token.trim());
         }
+        debug!(%target, path, "relaying a console request to a gateway");
+        match request.send().await {
+            Ok(answer) => {
+                answered = Some((target, answer));
+                break;
+            }
+            // Not connected, so not sent: the next way in is safe to try.
+            Err(error) if error.is_connect() => refused.push(format!("{target}: {error}")),
+            Err(error) => {
+                warn!(%target, %error, "a gateway did not answer the console");
+                return problem(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{target} did not answer: {error}"),
+                );
+            }
+        }
+    }
+    let Some((target, answer)) = answered else {
+        warn!(tried = ?refused, "the console could not reach a gateway");
+        return problem(
+            StatusCode::BAD_GATEWAY,
+            format!("no gateway could be reached: {}", refused.join("; ")),
+        );
     };
     let status = answer.status();
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
@@ -188,29 +206,34 @@ async fn relay(
     response
 }
 
-/// The gateway asked, and its base URL: the one given with `--gateway-url`
-/// (the Service clients reach, whose name gateways accept as `Host`),
-/// else a connected replica's own address, or the one `through` names.
-fn target(console: &Console, through: Through) -> Option<(String, String)> {
+/// The gateways to ask, in order, each with its base URL: the one given
+/// with `--gateway-url` (the Service clients reach, whose name gateways
+/// accept as `Host`), then a connected replica's own address (where that
+/// URL is for clients elsewhere, as on a host beside containers); or only
+/// the replica `through` names.
+fn targets(console: &Console, through: Through) -> Vec<(String, String)> {
+    let mut targets = Vec::new();
     if through.replica.is_none()
         && let Some(url) = &console.config.gateway_url
     {
         let url = url.trim_end_matches('/');
         let base = url.strip_suffix("/mcp").unwrap_or(url);
-        return Some((base.to_owned(), base.to_owned()));
+        targets.push((base.to_owned(), base.to_owned()));
     }
     let replicas = console.admin.replicas.snapshot();
-    let (id, status) = replicas.into_iter().find(|(id, r)| {
+    let replica = replicas.into_iter().find(|(id, r)| {
         r.connected
             && (r.peer_url.starts_with("http://") || r.peer_url.starts_with("https://"))
             && through.replica.as_ref().is_none_or(|wanted| wanted == id)
-    })?;
-    let base = status
-        .peer_url
-        .strip_suffix("/mcp")
-        .unwrap_or(&status.peer_url)
-        .to_owned();
-    Some((format!("replica {id}"), base))
+    });
+    if let Some((id, status)) = replica {
+        let base = status
+            .peer_url
+            .strip_suffix("/mcp")
+            .unwrap_or(&status.peer_url);
+        targets.push((format!("replica {id}"), base.to_owned()));
+    }
+    targets
 }
 
 fn problem(status: StatusCode, error: String) -> Response {
