@@ -171,14 +171,6 @@ async fn in_a_real_browser() {
 const ADMIN: &str = "console-admin-token-0123456789abcdef";
 const ALICE: &str = "console-alice-token-0123456789abcdef";
 
-fn sha256(token: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[tokio::test]
 async fn its_data_is_for_operators_and_its_calls_are_the_callers_own() {
     let tag = format!("console-api-{}", std::process::id());
@@ -190,7 +182,7 @@ async fn its_data_is_for_operators_and_its_calls_are_the_callers_own() {
         "access.yaml",
         &format!(
             "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{groups: [dev], token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: no-env}}\nspec: {{subjects: {{clients: [alice]}}, deny: {{tools: [d.env]}}}}\n",
-            sha256(ALICE)
+            e2e::token_sha256(ALICE)
         ),
     );
     // Clients are told an address the control plane cannot reach (as on a

@@ -7,14 +7,6 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "rest-alice-token-0123456789";
 
-fn digest(token: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 struct Rest {
     http: reqwest::Client,
     base: String,
@@ -55,7 +47,7 @@ async fn scripts_list_and_call_tools_with_the_statuses_http_callers_expect() {
     let slow = json!({ "timeouts": { "call": "300ms" } });
     let access = format!(
         "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: alice}}\nspec: {{groups: [dev], token: {{sha256: {}}}}}\n---\napiVersion: switchboard.dev/v1alpha1\nkind: McpAccessPolicy\nmetadata: {{name: no-env}}\nspec: {{subjects: {{clients: [alice]}}, deny: {{tools: [d.env]}}}}\n",
-        digest(TOKEN)
+        e2e::token_sha256(TOKEN)
     );
     let sb = Switchboard::start(&[
         (

@@ -402,22 +402,13 @@ fn clients_yaml(clients: &[(&str, &[&str])]) -> String {
     clients
         .iter()
         .map(|(name, groups)| {
-            let token = digest(&format!("{name}-token-0123456789"));
+            let token = e2e::token_sha256(&format!("{name}-token-0123456789"));
             format!(
                 "apiVersion: switchboard.dev/v1alpha1\nkind: McpClient\nmetadata: {{name: {name}}}\nspec: {{groups: {groups:?}, token: {{sha256: {token}}}}}\n"
             )
         })
         .collect::<Vec<_>>()
         .join("---\n")
-}
-
-/// The SHA-256 of `token`, as `McpClient.spec.token.sha256` holds it.
-fn digest(token: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Once the registry declares clients, the gateway lets in their tokens
@@ -513,7 +504,7 @@ async fn declared_clients_need_their_token_and_are_the_caller() {
     assert!(
         !status
             .to_string()
-            .contains(&digest("alice-token-0123456789"))
+            .contains(&e2e::token_sha256("alice-token-0123456789"))
     );
 
     // A session belongs to the client that opened it: its id is of no use

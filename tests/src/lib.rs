@@ -697,6 +697,15 @@ pub fn command_server_yaml(name: &str, command: &str, args: &[&str]) -> String {
     .to_string()
 }
 
+/// The SHA-256 of `token` in hex, as `McpClient.spec.token.sha256` holds it.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The text of a result's first content block.
 pub fn text(result: &CallToolResult) -> String {
     result
