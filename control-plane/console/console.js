@@ -194,6 +194,8 @@ class VirtualList {
     this.node = node;
     this.drawRow = drawRow;
     this.rows = [];
+    /** The nodes drawn, by row key. */
+    this.drawn = new Map();
     this.spacer = el("div", { "aria-hidden": "true" });
     this.spacer.style.height = "0px";
     node.append(this.spacer);
@@ -222,7 +224,7 @@ class VirtualList {
     for (let i = start; i < end; i++) {
       const row = this.rows[i];
       const signature = JSON.stringify(row);
-      let node = this.drawn?.get(row.key);
+      let node = this.drawn.get(row.key);
       if (!node || node.signature !== signature) {
         node = this.drawRow(row);
         node.classList.add("vrow");
@@ -310,11 +312,6 @@ const callList = new VirtualList($("call-list"), (c) =>
   ),
 );
 
-function matches(filter, ...values) {
-  const text = filter.trim().toLowerCase();
-  return !text || values.some((v) => String(v ?? "").toLowerCase().includes(text));
-}
-
 function drawRegistry() {
   const rows = m.serverRows(state.items);
   const meta = state.items.get("meta") || {};
@@ -323,7 +320,7 @@ function drawRegistry() {
   const rollout = first ? `; config v${meta.snapshotVersion} applied by ${first.rollout.applied} of ${first.rollout.replicas} replicas` : "";
   $("registry-summary").textContent = `${rows.length - refused} servers, ${refused} refused${rollout}`;
   const filter = $("registry-filter").value;
-  registryList.set(rows.filter((r) => matches(filter, r.name, r.namespace, r.transport, r.validation, r.problem)));
+  registryList.set(rows.filter((r) => m.matchesText(filter, r.name, r.namespace, r.transport, r.validation, r.problem)));
 }
 
 function drawReplicas() {
@@ -343,7 +340,7 @@ function drawHealth() {
   const down = rows.filter((r) => r.state !== "ready").length;
   $("health-summary").textContent = `${rows.length} server copies: ${down} not ready, ${open} breakers open`;
   const filter = $("health-filter").value;
-  healthList.set(rows.filter((r) => matches(filter, r.name, r.replica, r.state, r.breakerText)));
+  healthList.set(rows.filter((r) => m.matchesText(filter, r.name, r.replica, r.state, r.breakerText)));
 }
 
 function chart(node, series) {
@@ -477,7 +474,7 @@ async function loadTools() {
 
 function drawTools() {
   const filter = $("tools-filter").value;
-  const shown = tools.filter((t) => matches(filter, t.name, t.description));
+  const shown = tools.filter((t) => m.matchesText(filter, t.name, t.description));
   $("tool-list").replaceChildren(
     ...shown.map((t) =>
       el("li", {}, el("button", { type: "button", "aria-current": chosenTool === t.name ? "true" : false, onclick: () => chooseTool(t) }, t.name)),

@@ -183,17 +183,21 @@ export function breakerText(health, now) {
   }
 }
 
+/** Whether any of `values` holds the typed `filter` text (any case); none typed: yes. */
+export function matchesText(filter, ...values) {
+  const text = (filter || "").trim().toLowerCase();
+  return !text || values.some((v) => String(v ?? "").toLowerCase().includes(text));
+}
+
 /** Calls matching every filter given (caller, server, tool, outcome, text). */
 export function filterCalls(calls, filter) {
-  const text = (filter.text || "").toLowerCase();
   return calls.filter(
     (c) =>
       (!filter.caller || c.caller === filter.caller) &&
       (!filter.server || c.server === filter.server) &&
       (!filter.tool || c.tool === filter.tool) &&
       (!filter.outcome || (filter.outcome === "error") === c.error) &&
-      (!text ||
-        [c.caller, c.server, c.tool, c.message || ""].some((v) => v.toLowerCase().includes(text))),
+      matchesText(filter.text, c.caller, c.server, c.tool, c.message),
   );
 }
 

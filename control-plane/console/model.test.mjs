@@ -100,6 +100,8 @@ test("call filters combine", () => {
   assert.equal(m.filterCalls(calls, { outcome: "error" }).length, 1);
   assert.equal(m.filterCalls(calls, { caller: "x", outcome: "error" }).length, 0);
   assert.equal(m.filterCalls(calls, { text: "BOOM" })[0].caller, "y");
+  assert.equal(m.filterCalls(calls, { text: "  " }).length, 2, "blank text filters nothing");
+  assert.ok(m.matchesText("ech", "a.echo") && !m.matchesText("x", null, undefined));
 });
 
 test("a span tree nests children under parents in start order", () => {

@@ -30,6 +30,18 @@ use crate::{
     traces::{SpanView, TraceQuery, TraceStore, TraceSummary},
 };
 
+/// A refusal or failure of the HTTP API: `status` with `{"error": …}`.
+pub(crate) fn error_answer(
+    status: StatusCode,
+    error: impl std::fmt::Display,
+) -> axum::response::Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": error.to_string() })),
+    )
+        .into_response()
+}
+
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: watch::Receiver<Registry>,

@@ -32,6 +32,7 @@ use serde_json::json;
 use tonic::{Request, Status, service::Interceptor};
 use tracing::debug;
 
+use crate::admin::error_answer;
 pub use logins::{Logins, SESSION_TTL};
 use review::Verdict;
 pub use review::{ServiceAccountRef, TokenReviewer};
@@ -380,13 +381,13 @@ pub async fn same_origin(
         .get("sec-fetch-site")
         .is_some_and(|site| site != "same-origin" && site != "none");
     if other_origin || other_site {
-        return refuse(
+        return error_answer(
             StatusCode::FORBIDDEN,
             "this API answers its own pages and scripts only (the request came from another origin)",
         );
     }
     if guard.open && !is_address(host) {
-        return refuse(
+        return error_answer(
             StatusCode::FORBIDDEN,
             "without an admin token this API answers only at an address (127.0.0.1, [::1]), not at a host name: start the control plane with --admin-token-file",
         );
@@ -424,10 +425,6 @@ fn is_address(host: &str) -> bool {
     };
     let name = name.trim_start_matches('[').trim_end_matches(']');
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
-}
-
-fn refuse(status: StatusCode, error: &str) -> Response {
-    (status, Json(json!({ "error": error }))).into_response()
 }
 
 impl Collector for Gate {

@@ -18,7 +18,7 @@ use std::sync::{Arc, LazyLock};
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::{
-    admin::AdminState,
+    admin::{AdminState, error_answer},
     auth::{self, Gate, Logins, SESSION_TTL, SameOrigin},
     connect,
 };
@@ -155,10 +155,6 @@ pub fn router(
         .with_state(console)
 }
 
-fn refuse(status: StatusCode, error: &str) -> Response {
-    (status, Json(json!({ "error": error }))).into_response()
-}
-
 async fn file(Path(name): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().position(|a| a.path == name) {
         Some(index) => asset(index, &headers),
@@ -236,7 +232,7 @@ async fn login(State(console): State<Console>, Json(body): Json<LoginBody>) -> R
             })
             .into_response()
         }
-        None => refuse(
+        None => error_answer(
             StatusCode::UNAUTHORIZED,
             "this login is wrong, or the code expired or was used: paste the admin token, or restart `switchboard-control up` for a new link",
         ),
@@ -254,11 +250,6 @@ async fn logout(State(console): State<Console>, headers: HeaderMap) -> StatusCod
 /// Where bridge clients read their caller token, for the user to fill in.
 const TOKEN_FILE_PLACEHOLDER: &str = "/path/to/your-caller-token";
 
-#[derive(Deserialize)]
-struct ConnectQuery {
-    caller: Option<String>,
-}
-
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ClientConfig {
@@ -273,35 +264,29 @@ struct ClientConfig {
 
 /// `GET /console/connect`: every client's config for the gateway, as
 /// `switchboard-control connect` renders it.
-async fn client_configs(
-    State(console): State<Console>,
-    Query(query): Query<ConnectQuery>,
-) -> Response {
-    let endpoint = console.gateway_url();
+async fn client_configs(State(console): State<Console>) -> Response {
+    let Some(endpoint) = console.gateway_url() else {
+        return error_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no gateway to name yet: give the control plane --gateway-url, or wait for a replica to connect",
+        );
+    };
     // As gateways decide: callers need a token once clients or issuers
     // are declared, unless the gateway config lets anonymous ones in.
     let auth = {
         let registry = console.admin.registry.borrow();
-        let issuers = registry
-            .gateway
-            .as_ref()
-            .is_some_and(|gateway| !gateway.issuers.is_empty());
-        let anonymous = registry
-            .gateway
-            .as_ref()
-            .is_some_and(|gateway| gateway.allow_anonymous);
+        let (issuers, anonymous) = registry.gateway.as_ref().map_or((false, false), |gateway| {
+            (!gateway.issuers.is_empty(), gateway.allow_anonymous)
+        });
         (!registry.clients.is_empty() || issuers) && !anonymous
     };
     let mut configs = Vec::new();
     for client in &connect::CLIENTS {
-        let caller = query
-            .caller
-            .clone()
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| client.name.to_owned());
+        // Each client named as itself in logs and traces.
+        let caller = client.name;
         let snippet = connect::Snippet {
             endpoint: &endpoint,
-            caller: &caller,
+            caller,
             name: "switchboard",
             bridge: "switchboard-gateway",
             auth: auth.then_some(TOKEN_FILE_PLACEHOLDER),
@@ -322,13 +307,7 @@ async fn client_configs(
                     }
                 ),
             }),
-            Err(error) => {
-                return (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    Json(json!({ "error": error.to_string() })),
-                )
-                    .into_response();
-            }
+            Err(error) => return error_answer(StatusCode::UNPROCESSABLE_ENTITY, error),
         }
     }
     Json(json!({ "endpoint": endpoint, "auth": auth, "clients": configs })).into_response()
@@ -339,16 +318,23 @@ async fn client_configs(
 impl Console {
     /// The endpoint clients are given: as configured, else the first
     /// connected replica's.
-    fn gateway_url(&self) -> String {
-        if let Some(url) = &self.config.gateway_url {
-            return url.clone();
-        }
+    fn gateway_url(&self) -> Option<String> {
+        self.config
+            .gateway_url
+            .clone()
+            .or_else(|| self.replica_url().map(|(_, url)| url))
+    }
+
+    /// A connected replica's id and the MCP endpoint it says it serves.
+    fn replica_url(&self) -> Option<(String, String)> {
         self.admin
             .replicas
             .snapshot()
-            .into_values()
-            .find(|r| r.connected && !r.peer_url.is_empty())
-            .map(|r| r.peer_url)
-            .unwrap_or_else(|| "http://127.0.0.1:8080/mcp".into())
+            .into_iter()
+            .find_map(|(id, r)| {
+                let reachable =
+                    r.peer_url.starts_with("http://") || r.peer_url.starts_with("https://");
+                (r.connected && reachable).then_some((id, r.peer_url))
+            })
     }
 }

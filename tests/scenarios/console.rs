@@ -446,6 +446,56 @@ async fn its_data_is_for_operators_and_its_calls_are_the_callers_own() {
             .status(),
         401
     );
+
+    // Streams are bounded: one too many is told so, and a place freed is
+    // taken again.
+    let mut open = Vec::new();
+    let refused = loop {
+        let live = http
+            .get(at("/console/live"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("GET /console/live");
+        if live.status() == 503 {
+            break live;
+        }
+        assert_eq!(live.status(), 200);
+        open.push(live);
+        assert!(open.len() <= 32, "more than 32 consoles streaming at once");
+    };
+    let body: Value = refused.json().await.expect("JSON");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("consoles are open")),
+        "{body}"
+    );
+    drop(open);
+    eventually("a console streaming again", EVENTUALLY, || async {
+        let live = http
+            .get(at("/console/live"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        (live.status() == 200)
+            .then_some(())
+            .ok_or(live.status().to_string())
+    })
+    .await;
+
+    // With no gateway left to reach, the Tools page says so.
+    sb.gateway.as_mut().expect("the gateway").kill_hard().await;
+    let (status, gone) = tools(Some(ALICE)).await;
+    assert_eq!(status, 502, "{gone}");
+    assert!(
+        gone["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no gateway could be reached")
+                && e.contains(for_clients.trim_end_matches("/mcp"))),
+        "{gone}"
+    );
 }
 
 fn tail(text: &str, lines: usize) -> String {

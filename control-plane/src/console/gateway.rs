@@ -16,17 +16,15 @@
 use std::time::Duration;
 
 use axum::{
-    Json,
     body::Bytes,
-    extract::{Query, State},
+    extract::State,
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
-use serde_json::json;
 use tracing::{debug, warn};
 
 use super::Console;
+use crate::admin::error_answer;
 
 /// The header carrying the caller's own token to the gateway.
 const CALLER_TOKEN: &str = "x-switchboard-caller-token";
@@ -45,12 +43,6 @@ pub(super) struct GatewayClient {
     http: reqwest::Client,
 }
 
-#[derive(Deserialize)]
-pub(super) struct Through {
-    /// The replica to ask; the first connected one otherwise.
-    replica: Option<String>,
-}
-
 impl GatewayClient {
     pub(super) fn new() -> Self {
         let http = reqwest::Client::builder()
@@ -64,19 +56,14 @@ impl GatewayClient {
 }
 
 /// `GET /console/tools`: the merged catalog as the caller sees it.
-pub(super) async fn tools(
-    State(console): State<Console>,
-    Query(through): Query<Through>,
-    headers: HeaderMap,
-) -> Response {
-    relay(&console, through, &headers, None).await
+pub(super) async fn tools(State(console): State<Console>, headers: HeaderMap) -> Response {
+    relay(&console, &headers, None).await
 }
 
 /// `POST /console/tools/call`: `{"name", "arguments"}`, called through the
 /// gateway.
 pub(super) async fn call(
     State(console): State<Console>,
-    Query(through): Query<Through>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -86,31 +73,26 @@ pub(super) async fn call(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/json"));
     if !json {
-        return problem(
+        return error_answer(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "a call is JSON: content-type: application/json".into(),
+            "a call is JSON: content-type: application/json",
         );
     }
     if body.len() > MAX_REQUEST_BYTES {
-        return problem(
+        return error_answer(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("a call's body may take {MAX_REQUEST_BYTES} bytes"),
         );
     }
-    relay(&console, through, &headers, Some(body)).await
+    relay(&console, &headers, Some(body)).await
 }
 
-async fn relay(
-    console: &Console,
-    through: Through,
-    headers: &HeaderMap,
-    body: Option<Bytes>,
-) -> Response {
-    let targets = targets(console, through);
+async fn relay(console: &Console, headers: &HeaderMap, body: Option<Bytes>) -> Response {
+    let targets = targets(console);
     if targets.is_empty() {
-        return problem(
+        return error_answer(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no gateway to call: give the control plane --gateway-url, or wait for a replica to connect".into(),
+            "no gateway to call: give the control plane --gateway-url, or wait for a replica to connect",
         );
     }
     let path = if body.is_some() {
@@ -144,7 +126,7 @@ async fn relay(
             Err(error) if error.is_connect() => refused.push(format!("{target}: {error}")),
             Err(error) => {
                 warn!(%target, %error, "a gateway did not answer the console");
-                return problem(
+                return error_answer(
                     StatusCode::BAD_GATEWAY,
                     format!("{target} did not answer: {error}"),
                 );
@@ -153,7 +135,7 @@ async fn relay(
     }
     let Some((target, answer)) = answered else {
         warn!(tried = ?refused, "the console could not reach a gateway");
-        return problem(
+        return error_answer(
             StatusCode::BAD_GATEWAY,
             format!("no gateway could be reached: {}", refused.join("; ")),
         );
@@ -164,7 +146,7 @@ async fn relay(
         .content_length()
         .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
     {
-        return problem(
+        return error_answer(
             StatusCode::BAD_GATEWAY,
             format!("the gateway's answer is over {MAX_ANSWER_BYTES} bytes"),
         );
@@ -177,14 +159,14 @@ async fn relay(
                 bytes.extend_from_slice(&chunk);
             }
             Ok(Some(_)) => {
-                return problem(
+                return error_answer(
                     StatusCode::BAD_GATEWAY,
                     format!("the gateway's answer is over {MAX_ANSWER_BYTES} bytes"),
                 );
             }
             Ok(None) => break,
             Err(error) => {
-                return problem(
+                return error_answer(
                     StatusCode::BAD_GATEWAY,
                     format!("{target} broke off its answer: {error}"),
                 );
@@ -209,33 +191,18 @@ async fn relay(
 /// The gateways to ask, in order, each with its base URL: the one given
 /// with `--gateway-url` (the Service clients reach, whose name gateways
 /// accept as `Host`), then a connected replica's own address (where that
-/// URL is for clients elsewhere, as on a host beside containers); or only
-/// the replica `through` names.
-fn targets(console: &Console, through: Through) -> Vec<(String, String)> {
-    let mut targets = Vec::new();
-    if through.replica.is_none()
-        && let Some(url) = &console.config.gateway_url
-    {
+/// URL is for clients elsewhere, as on a host beside containers).
+fn targets(console: &Console) -> Vec<(String, String)> {
+    let base = |url: &str| {
         let url = url.trim_end_matches('/');
-        let base = url.strip_suffix("/mcp").unwrap_or(url);
-        targets.push((base.to_owned(), base.to_owned()));
-    }
-    let replicas = console.admin.replicas.snapshot();
-    let replica = replicas.into_iter().find(|(id, r)| {
-        r.connected
-            && (r.peer_url.starts_with("http://") || r.peer_url.starts_with("https://"))
-            && through.replica.as_ref().is_none_or(|wanted| wanted == id)
+        url.strip_suffix("/mcp").unwrap_or(url).to_owned()
+    };
+    let configured = console.config.gateway_url.as_deref().map(|url| {
+        let base = base(url);
+        (base.clone(), base)
     });
-    if let Some((id, status)) = replica {
-        let base = status
-            .peer_url
-            .strip_suffix("/mcp")
-            .unwrap_or(&status.peer_url);
-        targets.push((format!("replica {id}"), base.to_owned()));
-    }
-    targets
-}
-
-fn problem(status: StatusCode, error: String) -> Response {
-    (status, Json(json!({ "error": error }))).into_response()
+    let replica = console
+        .replica_url()
+        .map(|(id, url)| (format!("replica {id}"), base(&url)));
+    configured.into_iter().chain(replica).collect()
 }

@@ -24,7 +24,6 @@ use std::{
 };
 
 use axum::{
-    Json,
     extract::State,
     http::{HeaderMap, StatusCode, header},
     response::{
@@ -40,7 +39,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{Instrument, debug, info_span};
 
 use super::{Console, ConsoleConfig};
-use crate::{admin::AdminState, auth::Gate, push::ServerHealthStatus, traces::calls::Call};
+use crate::{
+    admin::{AdminState, error_answer},
+    auth::Gate,
+    push::ServerHealthStatus,
+    traces::calls::Call,
+};
 
 /// Open console streams at once.
 pub(super) const MAX_STREAMS: usize = 32;
@@ -103,6 +107,20 @@ struct Current {
     /// The call feed the stream that woke the hub subscribed to, before it
     /// read the recent calls: the hub takes it, so no call falls between.
     calls: Option<broadcast::Receiver<Arc<Call>>>,
+}
+
+/// A `calls` event.
+#[derive(Serialize)]
+struct CallBatch<'a> {
+    calls: Vec<&'a Call>,
+    missed: u64,
+}
+
+/// A `reset` event: the items as they lie, serialized without a copy.
+#[derive(Serialize)]
+struct Reset<'a> {
+    items: &'a Items,
+    calls: Vec<Call>,
 }
 
 /// One event for every stream, serialized once.
@@ -216,12 +234,17 @@ impl Hub {
                 }
             }
             if look_now {
-                self.publish_changes();
+                // Building 5,000 items is CPU for milliseconds: off the
+                // workers that serve requests.
+                let hub = self.clone();
+                let _ = tokio::task::spawn_blocking(move || hub.publish_changes()).await;
                 built_at = Instant::now();
             }
             if !arrived.is_empty() || missed > 0 {
-                let calls: Vec<&Call> = arrived.iter().map(|call| &**call).collect();
-                let batch = json!({ "calls": calls, "missed": missed });
+                let batch = CallBatch {
+                    calls: arrived.iter().map(|call| &**call).collect(),
+                    missed,
+                };
                 let seq = self.state.lock().seq;
                 self.broadcast(seq, "calls", &batch);
                 arrived.clear();
@@ -269,11 +292,10 @@ impl Hub {
 /// `GET /console/live`.
 pub(super) async fn stream(State(console): State<Console>, headers: HeaderMap) -> Response {
     let Ok(permit) = console.streams.clone().try_acquire_owned() else {
-        return (
+        return error_answer(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": format!("{MAX_STREAMS} consoles are open: close one") })),
-        )
-            .into_response();
+            format!("{MAX_STREAMS} consoles are open: close one"),
+        );
     };
     let (tx, rx) = mpsc::channel(4);
     let span = info_span!("console.stream");
@@ -369,15 +391,23 @@ async fn deliver(tx: &mpsc::Sender<Result<Event, Infallible>>, event: Event) -> 
 }
 
 /// Sends the whole state; its sequence number, or `None` if the browser went.
-async fn reset(hub: &Hub, tx: &mpsc::Sender<Result<Event, Infallible>>) -> Option<u64> {
-    let (seq, items) = hub.current();
-    let recent = hub.source.admin.traces.recent_calls(RECENT_CALLS);
-    let data = json!({ "items": &*items, "calls": recent });
-    let event = Event::default().event("reset").json_data(&data).ok()?;
-    if !deliver(tx, event).await {
+async fn reset(hub: &Arc<Hub>, tx: &mpsc::Sender<Result<Event, Infallible>>) -> Option<u64> {
+    // Built (if the hub slept), read and serialized off the async workers.
+    let hub = hub.clone();
+    let (seq, data) = tokio::task::spawn_blocking(move || {
+        let (seq, items) = hub.current();
+        let reset = Reset {
+            items: &items,
+            calls: hub.source.admin.traces.recent_calls(RECENT_CALLS),
+        };
+        serde_json::to_string(&reset).ok().map(|data| (seq, data))
+    })
+    .await
+    .ok()??;
+    if !deliver(tx, Event::default().event("reset").data(data)).await {
         return None;
     }
-    debug!(items = items.len(), "console stream (re)started");
+    debug!("console stream (re)started");
     Some(seq)
 }
 
